@@ -1,0 +1,295 @@
+//! The dynamic (cluster-wide) configuration: `bootstrap.dcs` in the file, the
+//! `config` key in etcd afterwards. The same reader validates both, so a
+//! config edit is checked exactly as start-up is.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::problem::Problems;
+use crate::read::{Reader, scalar_text};
+
+/// pgwarden's minimums for the timings (Patroni's are ttl 20, loop_wait 1,
+/// retry_timeout 3). A short ttl is safe in pgwarden because the fence is
+/// complete before the local deadline; see ARCHITECTURE.md.
+pub const MIN_TTL: i64 = 6;
+pub const MIN_LOOP_WAIT: i64 = 1;
+pub const MIN_RETRY_TIMEOUT: i64 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Off,
+    On,
+    Quorum,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamicConfig {
+    pub ttl: u32,
+    pub loop_wait: u32,
+    pub retry_timeout: u32,
+    /// Bytes a replica may lag behind the leader and still be promoted.
+    pub maximum_lag_on_failover: u64,
+    pub primary_start_timeout: u32,
+    pub primary_stop_timeout: u32,
+    pub synchronous_mode: SyncMode,
+    pub synchronous_mode_strict: bool,
+    pub synchronous_node_count: u32,
+    pub check_timeline: bool,
+    pub max_timelines_history: u32,
+    pub pause: bool,
+    pub member_slots_ttl: Duration,
+    pub use_pg_rewind: bool,
+    pub use_slots: bool,
+    /// PostgreSQL parameters rendered as text (`on`, `256MB`, `0.9`).
+    pub parameters: BTreeMap<String, String>,
+    pub pg_hba: Vec<String>,
+}
+
+impl Default for DynamicConfig {
+    fn default() -> Self {
+        Self {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+            maximum_lag_on_failover: 1_048_576,
+            primary_start_timeout: 300,
+            primary_stop_timeout: 0,
+            synchronous_mode: SyncMode::Off,
+            synchronous_mode_strict: false,
+            synchronous_node_count: 1,
+            check_timeline: false,
+            max_timelines_history: 0,
+            pause: false,
+            member_slots_ttl: Duration::from_secs(30 * 60),
+            use_pg_rewind: false,
+            use_slots: true,
+            parameters: BTreeMap::new(),
+            pg_hba: Vec::new(),
+        }
+    }
+}
+
+/// Parameters PostgreSQL renamed; pgwarden translates them as Patroni does.
+/// Every supported PostgreSQL (13-17) uses the new name.
+const WAL_SEGMENT_MB: u64 = 16;
+
+impl DynamicConfig {
+    /// Reads the dynamic config below `base` (`bootstrap.dcs`, or `` for the
+    /// etcd `config` key), correcting what Patroni corrects, with one warning
+    /// each. The returned JSON is the section with those corrections applied,
+    /// ready to be written to etcd.
+    pub fn read(root: &Value, base: &str, problems: &mut Problems) -> (Self, Value) {
+        let path = |key: &str| if base.is_empty() { key.to_string() } else { format!("{base}.{key}") };
+        let mut r = Reader::new(root, problems);
+        let d = Self::default();
+        let u32_of = |r: &mut Reader<'_>, key: &str, min: i64, default: u32| {
+            r.int(&path(key), min, i64::from(u32::MAX)).map_or(default, |n| n as u32)
+        };
+        let ttl = u32_of(&mut r, "ttl", MIN_TTL, d.ttl);
+        let mut loop_wait = u32_of(&mut r, "loop_wait", MIN_LOOP_WAIT, d.loop_wait);
+        let mut retry_timeout = u32_of(&mut r, "retry_timeout", MIN_RETRY_TIMEOUT, d.retry_timeout);
+        let mut corrected = Vec::new();
+        if u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl) {
+            let before = (loop_wait, retry_timeout);
+            loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
+            if loop_wait + 2 * retry_timeout > ttl {
+                retry_timeout = (ttl - 1) / 2;
+            }
+            if loop_wait != before.0 {
+                corrected.push(("loop_wait", loop_wait));
+                r.problems.warn(
+                    path("loop_wait"),
+                    format!(
+                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({} + 2*{}); loop_wait lowered to {loop_wait}",
+                        before.0, before.1
+                    ),
+                );
+            }
+            if retry_timeout != before.1 {
+                corrected.push(("retry_timeout", retry_timeout));
+                r.problems.warn(
+                    path("retry_timeout"),
+                    format!(
+                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout; retry_timeout lowered to {retry_timeout}"
+                    ),
+                );
+            }
+        }
+        let legacy_start = u32_of(&mut r, "master_start_timeout", 0, d.primary_start_timeout);
+        let primary_start_timeout = u32_of(&mut r, "primary_start_timeout", 0, legacy_start);
+        let synchronous_mode = match r.choice(&path("synchronous_mode"), &["off", "on", "false", "true", "quorum"]) {
+            Some(m) if m == "on" || m == "true" => SyncMode::On,
+            Some(m) if m == "quorum" => SyncMode::Quorum,
+            _ => SyncMode::Off,
+        };
+        let member_slots_ttl = match r.get(&path("member_slots_ttl")) {
+            None => d.member_slots_ttl,
+            Some(v) => parse_duration(v).unwrap_or_else(|| {
+                r.problems.error(path("member_slots_ttl"), "expected a duration (seconds, or e.g. 30min, 1h)");
+                d.member_slots_ttl
+            }),
+        };
+        let mut parameters = parameter_map(&mut r, &path("postgresql.parameters"));
+        let mut renamed = Vec::new();
+        translate_renamed_parameters(&mut parameters, &path("postgresql.parameters"), r.problems, &mut renamed);
+        let config = Self {
+            ttl,
+            loop_wait,
+            retry_timeout,
+            maximum_lag_on_failover: r
+                .int(&path("maximum_lag_on_failover"), 0, i64::MAX)
+                .map_or(d.maximum_lag_on_failover, |n| n as u64),
+            primary_start_timeout,
+            primary_stop_timeout: u32_of(&mut r, "primary_stop_timeout", 0, d.primary_stop_timeout),
+            synchronous_mode,
+            synchronous_mode_strict: r.bool(&path("synchronous_mode_strict"), false),
+            synchronous_node_count: u32_of(&mut r, "synchronous_node_count", 1, d.synchronous_node_count),
+            check_timeline: r.bool(&path("check_timeline"), false),
+            max_timelines_history: u32_of(&mut r, "max_timelines_history", 0, 0),
+            pause: r.bool(&path("pause"), false),
+            member_slots_ttl,
+            use_pg_rewind: r.bool(&path("postgresql.use_pg_rewind"), false),
+            use_slots: r.bool(&path("postgresql.use_slots"), true),
+            parameters,
+            pg_hba: r.string_list(&path("postgresql.pg_hba")),
+        };
+        let section = if base.is_empty() { Some(root) } else { r.get(base) };
+        let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
+        for (key, value) in corrected {
+            json[key] = Value::from(value);
+        }
+        if let Some(params) = json.pointer_mut("/postgresql/parameters").and_then(Value::as_object_mut) {
+            for (old, new, value) in renamed {
+                params.remove(&old);
+                params.insert(new, Value::String(value));
+            }
+        }
+        (config, json)
+    }
+
+    /// `loop_wait` as a duration.
+    pub fn loop_wait(&self) -> Duration {
+        Duration::from_secs(u64::from(self.loop_wait))
+    }
+}
+
+/// A map of PostgreSQL parameters, each rendered as text.
+pub(crate) fn parameter_map(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(section) = r.section(path) else { return out };
+    for (name, value) in section {
+        match scalar_text(value) {
+            Some(text) => {
+                out.insert(name.clone(), text);
+            }
+            None if value.is_null() => {}
+            None => r.problems.error(format!("{path}.{name}"), "expected a parameter value (string, number or boolean)"),
+        }
+    }
+    out
+}
+
+/// `wal_keep_segments` became `wal_keep_size` in PostgreSQL 13.
+pub(crate) fn translate_renamed_parameters(
+    parameters: &mut BTreeMap<String, String>,
+    path: &str,
+    problems: &mut Problems,
+    renamed: &mut Vec<(String, String, String)>,
+) {
+    if let Some(segments) = parameters.remove("wal_keep_segments") {
+        match segments.trim().parse::<u64>() {
+            Ok(n) => {
+                let size = format!("{}MB", n * WAL_SEGMENT_MB);
+                problems.warn(
+                    format!("{path}.wal_keep_segments"),
+                    format!("renamed in PostgreSQL 13; set as wal_keep_size = {size} instead"),
+                );
+                if !parameters.contains_key("wal_keep_size") {
+                    parameters.insert("wal_keep_size".into(), size.clone());
+                    renamed.push(("wal_keep_segments".into(), "wal_keep_size".into(), size));
+                }
+            }
+            Err(_) => problems.error(format!("{path}.wal_keep_segments"), "expected an integer number of segments"),
+        }
+    }
+}
+
+/// Seconds as a number, or a number with a unit: `ms`, `s`, `min`, `h`, `d`.
+pub fn parse_duration(value: &Value) -> Option<Duration> {
+    if let Some(n) = value.as_u64() {
+        return Some(Duration::from_secs(n));
+    }
+    let text = value.as_str()?.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => return Some(Duration::from_millis(n)),
+        "min" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(v: Value) -> (DynamicConfig, Value, Vec<crate::Problem>) {
+        let mut problems = Problems::default();
+        let (cfg, json) = DynamicConfig::read(&v, "", &mut problems);
+        (cfg, json, problems.into_vec())
+    }
+
+    #[test]
+    fn timing_rule_lowers_loop_wait_first() {
+        let (cfg, json, problems) = read(json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 12}));
+        assert_eq!((cfg.ttl, cfg.loop_wait, cfg.retry_timeout), (30, 6, 12));
+        assert_eq!(json["loop_wait"], 6);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "loop_wait");
+    }
+
+    #[test]
+    fn timing_rule_then_lowers_retry_timeout() {
+        let (cfg, _, problems) = read(json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 15}));
+        assert_eq!((cfg.loop_wait, cfg.retry_timeout), (1, 14));
+        assert_eq!(problems.len(), 2);
+    }
+
+    #[test]
+    fn timing_rule_holds_after_correction_for_all_inputs() {
+        for ttl in MIN_TTL..60 {
+            for loop_wait in 1..40 {
+                for retry in MIN_RETRY_TIMEOUT..40 {
+                    let (cfg, _, _) = read(json!({"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry}));
+                    assert!(cfg.loop_wait + 2 * cfg.retry_timeout <= cfg.ttl, "{ttl} {loop_wait} {retry} -> {cfg:?}");
+                    assert!(cfg.loop_wait >= 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn renames_wal_keep_segments() {
+        let (cfg, json, problems) = read(json!({"postgresql": {"parameters": {"wal_keep_segments": 8}}}));
+        assert_eq!(cfg.parameters.get("wal_keep_size").map(String::as_str), Some("128MB"));
+        assert!(!cfg.parameters.contains_key("wal_keep_segments"));
+        assert_eq!(json["postgresql"]["parameters"]["wal_keep_size"], "128MB");
+        assert_eq!(problems[0].path, "postgresql.parameters.wal_keep_segments");
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration(&json!(90)), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration(&json!("30min")), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration(&json!("2h")), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(&json!("soon")), None);
+    }
+}

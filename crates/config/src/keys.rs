@@ -1,0 +1,222 @@
+//! The table of every configuration key (`keys.tsv`, checked in beside this
+//! crate): Patroni's keys and pgwarden's own, with type, default and whether
+//! pgwarden implements them. The loader walks the user's tree against it, so a
+//! Patroni key pgwarden lacks is "unsupported" (a warning), while a key nobody
+//! knows is an error that suggests the closest known key.
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::problem::Problems;
+
+const TABLE: &str = include_str!("../keys.tsv");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Implemented,
+    Unsupported,
+}
+
+/// One row of `keys.tsv`.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub path: String,
+    pub kind: String,
+    pub default: String,
+    pub status: Status,
+    pub description: String,
+}
+
+impl KeySpec {
+    fn segments(&self) -> impl Iterator<Item = &str> {
+        self.path.split('.')
+    }
+
+    /// Whether the walk looks below this key: only plain sections are walked;
+    /// maps, lists and `**` subtrees hold free-form content.
+    fn is_section(&self) -> bool {
+        self.kind == "section"
+    }
+
+    pub fn matches(&self, path: &[&str]) -> bool {
+        let mut pattern = self.segments();
+        for segment in path {
+            match pattern.next() {
+                Some("**") => return true,
+                Some("*") => {}
+                Some(p) if p == *segment => {}
+                _ => return false,
+            }
+        }
+        pattern.next().is_none()
+    }
+}
+
+/// Every row of the checked-in key table.
+pub fn table() -> &'static [KeySpec] {
+    static ROWS: OnceLock<Vec<KeySpec>> = OnceLock::new();
+    ROWS.get_or_init(|| parse_table(TABLE).expect("keys.tsv is checked by the crate's tests"))
+}
+
+pub fn parse_table(text: &str) -> Result<Vec<KeySpec>, String> {
+    let mut rows = Vec::new();
+    for (idx, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() != 5 {
+            return Err(format!("keys.tsv line {}: expected 5 tab-separated columns, found {}", idx + 1, cols.len()));
+        }
+        let status = match cols[3] {
+            "implemented" => Status::Implemented,
+            "unsupported" => Status::Unsupported,
+            other => return Err(format!("keys.tsv line {}: unknown status {other:?}", idx + 1)),
+        };
+        rows.push(KeySpec {
+            path: cols[0].to_string(),
+            kind: cols[1].to_string(),
+            default: cols[2].to_string(),
+            status,
+            description: cols[4].to_string(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The most specific row matching `path`: exact segments beat `*`, which beats `**`.
+pub fn find(path: &[&str]) -> Option<&'static KeySpec> {
+    table().iter().filter(|row| row.matches(path)).max_by_key(|row| {
+        row.segments()
+            .map(|s| match s {
+                "**" => 0,
+                "*" => 1,
+                _ => 2,
+            })
+            .sum::<usize>()
+    })
+}
+
+/// Walks the user's tree: unknown keys are errors, unsupported ones warnings.
+pub fn check_tree(root: &Value, problems: &mut Problems) {
+    let mut path = Vec::new();
+    walk(root, &mut path, problems);
+}
+
+fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
+    let Value::Object(map) = node else { return };
+    for (key, value) in map {
+        path.push(key.as_str());
+        let dotted = path.join(".");
+        match find(path) {
+            None => problems.error(&dotted, unknown_key_message(path)),
+            Some(spec) if spec.status == Status::Unsupported => {
+                // A catch-all row (custom method sections under `postgresql`)
+                // must not hide a typo of a real key.
+                match near_miss(path).filter(|_| spec.path.ends_with('*')) {
+                    Some(name) => problems.error(&dotted, format!("unknown key; did you mean `{name}`?")),
+                    None => problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored"),
+                }
+            }
+            Some(spec) if spec.is_section() => walk(value, path, problems),
+            Some(_) => {}
+        }
+        path.pop();
+    }
+}
+
+fn unknown_key_message(path: &[&str]) -> String {
+    match near_miss(path) {
+        Some(name) => format!("unknown key; did you mean `{name}`?"),
+        None => "unknown key (not a Patroni or pgwarden setting; see crates/config/keys.tsv)".into(),
+    }
+}
+
+/// The known sibling key closest to the last segment of `path`, if it is close
+/// enough to be a typo.
+fn near_miss(path: &[&str]) -> Option<&'static str> {
+    let (last, parent) = path.split_last().expect("a key path has at least one segment");
+    let siblings: Vec<&'static str> = table()
+        .iter()
+        .filter_map(|row| {
+            let segments: Vec<&str> = row.segments().collect();
+            let (name, row_parent) = segments.split_last()?;
+            let same_parent = row_parent.len() == parent.len()
+                && row_parent.iter().zip(parent.iter()).all(|(p, s)| *p == "*" || p == s);
+            (same_parent && !name.starts_with('*')).then_some(*name)
+        })
+        .collect();
+    siblings
+        .iter()
+        .map(|name| (edit_distance(last, name), *name))
+        .filter(|(d, name)| *d > 0 && *d <= 2.max(name.len() / 4))
+        .min()
+        .map(|(_, name)| name)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut row = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            row.push((prev[j] + cost).min(prev[j + 1] + 1).min(row[j] + 1));
+        }
+        prev = row;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_parses_and_paths_are_unique() {
+        let rows = parse_table(TABLE).expect("keys.tsv parses");
+        let mut seen = std::collections::HashSet::new();
+        for row in &rows {
+            assert!(seen.insert(row.path.clone()), "duplicate row {}", row.path);
+        }
+    }
+
+    #[test]
+    fn every_row_has_a_known_type() {
+        let kinds = [
+            "section", "string", "int", "number", "bool", "host_port", "listen", "host_port_list", "string_list",
+            "map", "list", "initdb_list", "duration", "any",
+        ];
+        for row in table() {
+            assert!(kinds.contains(&row.kind.as_str()), "{} has unknown type {}", row.path, row.kind);
+        }
+    }
+
+    #[test]
+    fn every_parent_of_a_row_is_a_section() {
+        for row in table() {
+            let segments: Vec<&str> = row.path.split('.').collect();
+            for len in 1..segments.len() {
+                let parent = &segments[..len];
+                if parent.iter().any(|s| s.starts_with('*')) {
+                    continue;
+                }
+                let spec = find(parent).unwrap_or_else(|| panic!("{} has no row for its parent", row.path));
+                assert!(
+                    spec.is_section() || spec.status == Status::Unsupported,
+                    "{} sits below {}, which is not a section",
+                    row.path,
+                    spec.path
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn suggests_close_keys() {
+        assert_eq!(unknown_key_message(&["postgresq"]), "unknown key; did you mean `postgresql`?");
+        assert_eq!(unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
+        assert!(unknown_key_message(&["zzzzzzzz"]).starts_with("unknown key (not"));
+    }
+}

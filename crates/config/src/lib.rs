@@ -1,0 +1,871 @@
+//! Patroni-compatible configuration for every pgwarden binary.
+//!
+//! This crate owns reading the config: the YAML file (or `PATRONI_CONFIGURATION`),
+//! the `PATRONI_*` environment overrides, the `pgwarden:` section, validation
+//! against the key table in `keys.tsv`, and the corrections Patroni makes with a
+//! warning. It is the only crate that reads the environment for settings. It
+//! does no network I/O and starts nothing.
+
+mod address;
+mod dynamic;
+mod env;
+pub mod keys;
+mod postgres_bin;
+mod problem;
+mod read;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized};
+use serde_json::{Map, Value};
+
+pub use address::{HostPort, ListenAddresses};
+pub use dynamic::{DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, parse_duration};
+pub use postgres_bin::{BINARIES, PostgresBinaries};
+pub use problem::{Problem, Problems, Severity};
+use read::Reader;
+
+/// Which program loads the config: each needs a different part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `pgwarden-agent`: everything, and the PostgreSQL binaries must exist.
+    Agent,
+    /// `pgwarden-health` and `pgwarden-controller`: the node's identity and addresses.
+    Service,
+    /// `pgwardenctl`: the cluster (`scope`) and how to reach etcd.
+    Ctl,
+}
+
+/// A secret (password): never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must hand it on.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scope: String,
+    /// Normalised as Patroni does: `percona_lab` becomes `/percona_lab/`.
+    pub namespace: String,
+    /// Member name; empty only for [`Purpose::Ctl`].
+    pub name: String,
+    pub restapi: RestApi,
+    pub ctl: Ctl,
+    pub etcd: Etcd,
+    pub bootstrap: Bootstrap,
+    pub postgresql: Postgresql,
+    pub tags: Tags,
+    pub watchdog: Watchdog,
+    pub log: Log,
+    pub pgwarden: Pgwarden,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestApi {
+    pub listen: HostPort,
+    /// What other members and tools use to reach this node's REST API.
+    pub connect_address: HostPort,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub keyfile_password: Option<Secret>,
+    pub cafile: Option<PathBuf>,
+    /// `none`, `optional` or `required`.
+    pub verify_client: String,
+    pub authentication: Option<BasicAuth>,
+}
+
+impl RestApi {
+    /// `http(s)://connect_address/patroni`, as Patroni advertises it.
+    pub fn api_url(&self) -> String {
+        let scheme = if self.certfile.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/patroni", self.connect_address)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Ctl {
+    pub insecure: bool,
+    pub cacert: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub keyfile_password: Option<Secret>,
+    pub authentication: Option<BasicAuth>,
+}
+
+/// How to reach etcd (v3 API), from the `etcd:` or `etcd3:` section.
+#[derive(Debug, Clone)]
+pub struct Etcd {
+    /// `etcd` or `etcd3`: which section the user wrote.
+    pub section: &'static str,
+    /// Endpoint URLs, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// One `initdb` or `basebackup` option: `- data-checksums` or `- encoding: UTF8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolOption {
+    Flag(String),
+    Value(String, String),
+}
+
+impl ToolOption {
+    /// The command-line argument: `--data-checksums`, `--encoding=UTF8`.
+    pub fn to_arg(&self) -> String {
+        match self {
+            Self::Flag(flag) => format!("--{flag}"),
+            Self::Value(key, value) => format!("--{key}={value}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapUser {
+    pub password: Option<Secret>,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub dcs: DynamicConfig,
+    /// `bootstrap.dcs` as JSON with Patroni's corrections applied: what the
+    /// first leader writes to the `config` key.
+    pub dcs_json: Value,
+    pub initdb: Vec<ToolOption>,
+    pub pg_hba: Vec<String>,
+    pub users: BTreeMap<String, BootstrapUser>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Option<Secret>,
+    pub sslmode: Option<String>,
+    pub sslkey: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslrootcert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    /// Only when configured; pg_rewind otherwise runs as the superuser.
+    pub rewind: Option<Credentials>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Postgresql {
+    pub listen: Option<ListenAddresses>,
+    pub connect_address: Option<HostPort>,
+    pub data_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
+    pub bin_name: BTreeMap<String, String>,
+    pub pgpass: Option<PathBuf>,
+    pub authentication: Authentication,
+    pub parameters: BTreeMap<String, String>,
+    pub pg_hba: Vec<String>,
+    pub create_replica_methods: Vec<String>,
+    pub basebackup: Vec<ToolOption>,
+    /// Local override of the dynamic `postgresql.use_pg_rewind`.
+    pub use_pg_rewind: Option<bool>,
+    pub pg_ctl_timeout: Duration,
+    /// `on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`.
+    pub callbacks: BTreeMap<String, String>,
+    pub pre_promote: Option<String>,
+    pub before_stop: Option<String>,
+    pub remove_data_directory_on_rewind_failure: bool,
+    pub remove_data_directory_on_diverged_timelines: bool,
+}
+
+/// Member tags (`tags:`), typed where pgwarden acts on them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tags {
+    pub nofailover: bool,
+    pub noloadbalance: bool,
+    pub clonefrom: bool,
+    pub nosync: bool,
+    pub nostream: bool,
+    pub failover_priority: Option<u32>,
+    pub sync_priority: Option<u32>,
+    pub replicatefrom: Option<String>,
+    /// Every tag as the user wrote it, as published in the member key.
+    pub json: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogMode {
+    Off,
+    Automatic,
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    pub mode: WatchdogMode,
+    pub device: PathBuf,
+    pub safety_margin: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// A tracing filter directive: `debug`, `info`, `warn`, `error`.
+    pub level: String,
+    pub json: bool,
+    pub format: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub dateformat: Option<String>,
+}
+
+/// Settings Patroni lacks; every key optional (see `keys.tsv`).
+#[derive(Debug, Clone)]
+pub struct Pgwarden {
+    /// The agent's gRPC listener; default: `restapi.listen` port + 1000.
+    pub agent_grpc_listen: HostPort,
+    pub agent_grpc_connect_address: HostPort,
+    /// The controller's gRPC listener; default: `restapi.listen` port + 2000.
+    pub controller_grpc_listen: HostPort,
+    pub controller_grpc_connect_address: HostPort,
+    /// How long before the lease's expiry the local deadline falls: at least
+    /// the worst-case time to fence PostgreSQL.
+    pub fence_margin: Duration,
+    /// Timeout of one etcd request; default: a third of `retry_timeout`.
+    pub etcd_request_timeout: Option<Duration>,
+}
+
+pub const AGENT_GRPC_PORT_OFFSET: u16 = 1000;
+pub const CONTROLLER_GRPC_PORT_OFFSET: u16 = 2000;
+
+impl Config {
+    /// `/<namespace>/<scope>/`: the prefix of every etcd key of this cluster.
+    pub fn key_prefix(&self) -> String {
+        format!("{}{}/", self.namespace, self.scope)
+    }
+
+    /// The PostgreSQL binaries: from `bin_dir`, or one discovered installation.
+    pub fn postgres_binaries(&self) -> Result<PostgresBinaries, String> {
+        match &self.postgresql.bin_dir {
+            Some(dir) => PostgresBinaries::in_dir(dir, &self.postgresql.bin_name),
+            None => PostgresBinaries::discover(&self.postgresql.bin_name, std::env::var("PATH").ok().as_deref()),
+        }
+    }
+
+    /// The etcd request timeout: configured, or a third of `retry_timeout`
+    /// (so that a retry fits inside `retry_timeout`), at least one second.
+    pub fn etcd_request_timeout(&self, retry_timeout: u32) -> Duration {
+        self.pgwarden
+            .etcd_request_timeout
+            .unwrap_or_else(|| Duration::from_millis(u64::from(retry_timeout) * 1000 / 3).max(Duration::from_secs(1)))
+    }
+}
+
+/// Where the YAML text came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub origin: String,
+    pub yaml: String,
+}
+
+impl Source {
+    pub fn file(path: &Path) -> Result<Self, LoadError> {
+        let yaml = std::fs::read_to_string(path).map_err(|e| LoadError {
+            origin: path.display().to_string(),
+            problems: vec![Problem {
+                severity: Severity::Error,
+                path: String::new(),
+                message: format!("cannot read config file {}: {e}", path.display()),
+            }],
+        })?;
+        Ok(Self { origin: path.display().to_string(), yaml })
+    }
+}
+
+/// A config that loaded, with the warnings to print once.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub origin: String,
+    pub warnings: Vec<Problem>,
+}
+
+/// A config that did not load: one problem per line, errors and warnings.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    pub origin: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let errors = self.problems.iter().filter(|p| p.severity == Severity::Error).count();
+        writeln!(f, "invalid configuration {} ({errors} error(s)):", self.origin)?;
+        for (idx, problem) in self.problems.iter().enumerate() {
+            if idx > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Loads the config as a pgwarden service does: `PATRONI_CONFIGURATION` if it
+/// is set (then no other variable applies, as in Patroni), else the file at
+/// `path` with the `PATRONI_*` overrides from the process environment.
+pub fn load(path: Option<&Path>, purpose: Purpose) -> Result<Loaded, LoadError> {
+    if let Ok(yaml) = std::env::var("PATRONI_CONFIGURATION") {
+        let source = Source { origin: "PATRONI_CONFIGURATION".into(), yaml };
+        return load_from(&source, std::iter::empty(), purpose);
+    }
+    let Some(path) = path else {
+        return Err(LoadError {
+            origin: "(none)".into(),
+            problems: vec![Problem {
+                severity: Severity::Error,
+                path: String::new(),
+                message: "no config file given: pass its path (as for `patroni /etc/patroni.yml`), --config FILE, \
+                          or set PATRONI_CONFIGURATION"
+                    .into(),
+            }],
+        });
+    };
+    let source = Source::file(path)?;
+    load_from(&source, std::env::vars(), purpose)
+}
+
+/// Loads from YAML text and an explicit environment (tests pass their own).
+pub fn load_from<I>(source: &Source, vars: I, purpose: Purpose) -> Result<Loaded, LoadError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let fail = |problems: Vec<Problem>| LoadError { origin: source.origin.clone(), problems };
+    let mut problems = Problems::default();
+    let root = match merge_layers(source, vars, &mut problems) {
+        Ok(root) => root,
+        Err(problem) => return Err(fail(vec![problem])),
+    };
+    keys::check_tree(&root, &mut problems);
+    let config = build(&root, purpose, &mut problems);
+    if problems.has_errors() {
+        return Err(fail(problems.into_vec()));
+    }
+    let config = config.expect("a config without errors is complete");
+    if purpose == Purpose::Agent
+        && let Err(why) = config.postgres_binaries()
+    {
+        problems.error(if config.postgresql.bin_dir.is_some() { "postgresql.bin_dir" } else { "" }, why);
+        return Err(fail(problems.into_vec()));
+    }
+    Ok(Loaded { config, origin: source.origin.clone(), warnings: problems.into_vec() })
+}
+
+/// Layers: the YAML text, then the `PATRONI_*` overrides, merged by figment.
+fn merge_layers<I>(source: &Source, vars: I, problems: &mut Problems) -> Result<Value, Problem>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    if let Err(e) = serde_saphyr::from_str::<serde::de::IgnoredAny>(&source.yaml) {
+        return Err(yaml_syntax_problem(&e.to_string()));
+    }
+    let mut figment = Figment::new().merge(serde_saphyr::figment::Yaml::string(&source.yaml));
+    let (overrides, ignored) = env::overrides(vars);
+    for (path, value, _name) in overrides {
+        figment = figment.merge(Serialized::default(&path, value));
+    }
+    for name in ignored {
+        problems.warn("", format!("{name} belongs to a Patroni DCS pgwarden does not support; it is ignored"));
+    }
+    let root: Value = figment.extract().map_err(|e| yaml_syntax_problem(&e.to_string()))?;
+    match root {
+        Value::Object(_) => Ok(root),
+        Value::Null => Ok(Value::Object(Map::new())),
+        other => Err(Problem {
+            severity: Severity::Error,
+            path: String::new(),
+            message: format!("the config must be a YAML mapping of keys, found {}", read::describe(&other)),
+        }),
+    }
+}
+
+fn yaml_syntax_problem(message: &str) -> Problem {
+    // serde-saphyr reports "... at line L, column C"; name the line first so
+    // the user finds it at a glance.
+    let line = message
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|digits| !digits.is_empty());
+    let first_line = message.lines().next().unwrap_or(message).trim();
+    Problem {
+        severity: Severity::Error,
+        path: line.map(|l| format!("line {l}")).unwrap_or_default(),
+        message: format!("YAML syntax error: {first_line}"),
+    }
+}
+
+fn normalise_namespace(namespace: &str) -> String {
+    let trimmed = namespace.trim().trim_matches('/');
+    if trimmed.is_empty() { "/".into() } else { format!("/{trimmed}/") }
+}
+
+fn path_of(r: &mut Reader<'_>, key: &str) -> Option<PathBuf> {
+    r.string(key).map(PathBuf::from)
+}
+
+fn secret_of(r: &mut Reader<'_>, key: &str) -> Option<Secret> {
+    r.string(key).map(Secret)
+}
+
+fn basic_auth(r: &mut Reader<'_>, base: &str) -> Option<BasicAuth> {
+    r.section(base)?;
+    let username = r.string(&format!("{base}.username"));
+    let password = secret_of(r, &format!("{base}.password"));
+    match (username, password) {
+        (Some(username), Some(password)) => Some(BasicAuth { username, password }),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.problems.error(format!("{base}.password"), "is required when username is set");
+            None
+        }
+        (None, Some(_)) => {
+            r.problems.error(format!("{base}.username"), "is required when password is set");
+            None
+        }
+    }
+}
+
+fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
+    let Some(value) = r.get(path) else { return Vec::new() };
+    let describe = read::describe;
+    match value {
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for (idx, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(flag) => out.push(ToolOption::Flag(flag.clone())),
+                    Value::Object(map) if map.len() == 1 => {
+                        let (key, value) = map.iter().next().expect("one entry");
+                        match read::scalar_text(value) {
+                            Some(text) => out.push(ToolOption::Value(key.clone(), text)),
+                            None => r.problems.error(
+                                format!("{path}[{idx}].{key}"),
+                                format!("expected a string or number, found {}", describe(value)),
+                            ),
+                        }
+                    }
+                    other => r.problems.error(
+                        format!("{path}[{idx}]"),
+                        format!("expected an option (`- name` or `- name: value`), found {}", describe(other)),
+                    ),
+                }
+            }
+            out
+        }
+        // Patroni also accepts a map for `basebackup`: {checkpoint: fast, max-rate: 100M}.
+        Value::Object(map) => map
+            .iter()
+            .filter_map(|(key, value)| read::scalar_text(value).map(|text| ToolOption::Value(key.clone(), text)))
+            .collect(),
+        other => {
+            r.problems.error(path, format!("expected a list of options, found {}", describe(other)));
+            Vec::new()
+        }
+    }
+}
+
+fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credentials {
+    r.section(base);
+    Credentials {
+        username: r.string(&format!("{base}.username")).unwrap_or_else(|| default_user.to_string()),
+        password: secret_of(r, &format!("{base}.password")),
+        sslmode: r.choice(
+            &format!("{base}.sslmode"),
+            &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+        ),
+        sslkey: path_of(r, &format!("{base}.sslkey")),
+        sslcert: path_of(r, &format!("{base}.sslcert")),
+        sslrootcert: path_of(r, &format!("{base}.sslrootcert")),
+    }
+}
+
+fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
+    let others = ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
+    let present: Vec<&str> = ["etcd", "etcd3"].into_iter().chain(others).filter(|k| r.get(k).is_some()).collect();
+    let section = match present.as_slice() {
+        [one] if *one == "etcd" || *one == "etcd3" => {
+            if *one == "etcd" {
+                "etcd"
+            } else {
+                "etcd3"
+            }
+        }
+        [] => {
+            r.problems.error("etcd3", "no DCS section: add `etcd3:` with `hosts:` listing your etcd endpoints");
+            return None;
+        }
+        [one] => {
+            r.problems.error(*one, "pgwarden stores cluster state in etcd only: replace this section with `etcd3:`");
+            return None;
+        }
+        many => {
+            r.problems.error(
+                many[1],
+                format!("exactly one DCS section is allowed, found {}: keep one `etcd3:` section", many.join(", ")),
+            );
+            return None;
+        }
+    };
+    let _ = purpose;
+    let protocol = r.choice(&format!("{section}.protocol"), &["http", "https"]).unwrap_or_else(|| "http".into());
+    let mut hosts: Vec<HostPort> = Vec::new();
+    if let Some(host) = r.host_port(&format!("{section}.host")) {
+        hosts.push(host);
+    }
+    let hosts_path = format!("{section}.hosts");
+    match r.get(&hosts_path) {
+        None => {}
+        Some(Value::String(text)) => {
+            for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match HostPort::parse(item) {
+                    Ok(hp) => hosts.push(hp),
+                    Err(why) => r.problems.error(hosts_path.clone(), why),
+                }
+            }
+        }
+        Some(Value::Array(items)) => {
+            for (idx, item) in items.iter().enumerate() {
+                match item.as_str().map(HostPort::parse) {
+                    Some(Ok(hp)) => hosts.push(hp),
+                    Some(Err(why)) => r.problems.error(format!("{hosts_path}[{idx}]"), why),
+                    None => r.problems.error(
+                        format!("{hosts_path}[{idx}]"),
+                        format!("expected host:port, found {}", read::describe(item)),
+                    ),
+                }
+            }
+        }
+        Some(other) => r.problems.error(
+            hosts_path.clone(),
+            format!("expected a list of host:port or one comma-separated string, found {}", read::describe(other)),
+        ),
+    }
+    let mut endpoints: Vec<String> = hosts.iter().map(|hp| format!("{protocol}://{hp}")).collect();
+    if let Some(url) = r.string(&format!("{section}.url")) {
+        let ok = url.starts_with("http://") || url.starts_with("https://");
+        if ok {
+            endpoints.push(url.trim_end_matches('/').to_string());
+        } else {
+            r.problems.error(format!("{section}.url"), format!("expected http://host:port or https://host:port, found {url:?}"));
+        }
+    }
+    if endpoints.is_empty() && !r.problems.has_errors() {
+        r.problems.error(format!("{section}.hosts"), "no etcd endpoint: set `hosts: [host:port, ...]` or `host: host:port`");
+    }
+    Some(Etcd {
+        section,
+        endpoints,
+        username: r.string(&format!("{section}.username")),
+        password: secret_of(r, &format!("{section}.password")),
+        cacert: path_of(r, &format!("{section}.cacert")),
+        cert: path_of(r, &format!("{section}.cert")),
+        key: path_of(r, &format!("{section}.key")),
+    })
+}
+
+fn tags(r: &mut Reader<'_>) -> Tags {
+    let json = r.section("tags").cloned().unwrap_or_default();
+    let priority = |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
+    Tags {
+        nofailover: r.bool("tags.nofailover", false),
+        noloadbalance: r.bool("tags.noloadbalance", false),
+        clonefrom: r.bool("tags.clonefrom", false),
+        nosync: r.bool("tags.nosync", false),
+        nostream: r.bool("tags.nostream", false),
+        failover_priority: priority(r, "tags.failover_priority"),
+        sync_priority: priority(r, "tags.sync_priority"),
+        replicatefrom: r.string("tags.replicatefrom"),
+        json,
+    }
+}
+
+fn log_section(r: &mut Reader<'_>) -> Log {
+    r.section("log");
+    let level = r
+        .choice("log.level", &["debug", "info", "warning", "warn", "error", "critical", "fatal", "notset"])
+        .map(|level| match level.as_str() {
+            "warning" | "warn" => "warn".to_string(),
+            "critical" | "fatal" => "error".to_string(),
+            "notset" => "trace".to_string(),
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| "info".into());
+    Log {
+        level,
+        json: r.choice("log.type", &["plain", "json"]).is_some_and(|t| t == "json"),
+        format: r.string("log.format"),
+        dir: path_of(r, "log.dir"),
+        dateformat: r.string("log.dateformat"),
+    }
+}
+
+fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
+    r.section("pgwarden");
+    let derived = |r: &mut Reader<'_>, key: &str, base: &HostPort, offset: u16| -> Option<HostPort> {
+        match r.host_port(key) {
+            Some(hp) => Some(hp),
+            None if r.get(key).is_some() => None,
+            None => base.with_port_offset(offset).map_err(|why| r.problems.error(key, format!("cannot derive: {why}"))).ok(),
+        }
+    };
+    let agent_grpc_listen = derived(r, "pgwarden.agent_grpc_listen", &restapi.listen, AGENT_GRPC_PORT_OFFSET);
+    let agent_grpc_connect_address =
+        derived(r, "pgwarden.agent_grpc_connect_address", &restapi.connect_address, AGENT_GRPC_PORT_OFFSET);
+    let controller_grpc_listen =
+        derived(r, "pgwarden.controller_grpc_listen", &restapi.listen, CONTROLLER_GRPC_PORT_OFFSET);
+    let controller_grpc_connect_address =
+        derived(r, "pgwarden.controller_grpc_connect_address", &restapi.connect_address, CONTROLLER_GRPC_PORT_OFFSET);
+    let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
+    let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
+    Some(Pgwarden {
+        agent_grpc_listen: agent_grpc_listen?,
+        agent_grpc_connect_address: agent_grpc_connect_address?,
+        controller_grpc_listen: controller_grpc_listen?,
+        controller_grpc_connect_address: controller_grpc_connect_address?,
+        fence_margin: Duration::from_secs_f64(fence_margin),
+        etcd_request_timeout,
+    })
+}
+
+/// Reads every section; `None` when a required piece is missing (the problem
+/// is recorded).
+fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Config> {
+    let mut r = Reader::new(root, problems);
+    let node = purpose != Purpose::Ctl;
+    let scope = r.required_string("scope", "the cluster name, the same on every member");
+    let name = if node {
+        r.required_string("name", "this member's name, unique in the cluster")
+    } else {
+        Some(r.string("name").unwrap_or_default())
+    };
+    let namespace = normalise_namespace(&r.string("namespace").unwrap_or_else(|| "/service/".into()));
+
+    r.section("restapi");
+    let listen = if node {
+        match r.host_port("restapi.listen") {
+            Some(listen) => Some(listen),
+            None if r.get("restapi.listen").is_some() => None,
+            None => {
+                r.problems.error("restapi.listen", "is required (host:port of this member's REST API, e.g. 0.0.0.0:8008)");
+                None
+            }
+        }
+    } else {
+        r.host_port("restapi.listen").or_else(|| Some(HostPort::new("127.0.0.1", 8008)))
+    };
+    let connect_address = r.host_port("restapi.connect_address");
+    let restapi = listen.map(|listen| RestApi {
+        connect_address: connect_address
+            .unwrap_or_else(|| HostPort::new(listen.connectable_host(), listen.port)),
+        listen,
+        certfile: path_of(&mut r, "restapi.certfile"),
+        keyfile: path_of(&mut r, "restapi.keyfile"),
+        keyfile_password: secret_of(&mut r, "restapi.keyfile_password"),
+        cafile: path_of(&mut r, "restapi.cafile"),
+        verify_client: r
+            .choice("restapi.verify_client", &["none", "optional", "required"])
+            .unwrap_or_else(|| "none".into()),
+        authentication: basic_auth(&mut r, "restapi.authentication"),
+    });
+
+    r.section("ctl");
+    let ctl = Ctl {
+        insecure: r.bool("ctl.insecure", false),
+        cacert: path_of(&mut r, "ctl.cacert"),
+        certfile: path_of(&mut r, "ctl.certfile"),
+        keyfile: path_of(&mut r, "ctl.keyfile"),
+        keyfile_password: secret_of(&mut r, "ctl.keyfile_password"),
+        authentication: basic_auth(&mut r, "ctl.authentication"),
+    };
+    let etcd = etcd_section(&mut r, purpose);
+
+    r.section("bootstrap");
+    r.section("bootstrap.dcs");
+    let (dcs, dcs_json) = DynamicConfig::read(root, "bootstrap.dcs", r.problems);
+    let mut users = BTreeMap::new();
+    if let Some(section) = r.section("bootstrap.users") {
+        for name in section.keys() {
+            let base = format!("bootstrap.users.{name}");
+            r.section(&base);
+            users.insert(
+                name.clone(),
+                BootstrapUser {
+                    password: secret_of(&mut r, &format!("{base}.password")),
+                    options: r.string_list(&format!("{base}.options")),
+                },
+            );
+        }
+    }
+    let bootstrap = Bootstrap {
+        dcs,
+        dcs_json,
+        initdb: tool_options(&mut r, "bootstrap.initdb"),
+        pg_hba: r.string_list("bootstrap.pg_hba"),
+        users,
+    };
+
+    r.section("postgresql");
+    let data_dir = if node {
+        r.required_string("postgresql.data_dir", "the PostgreSQL data directory of this member")
+    } else {
+        Some(r.string("postgresql.data_dir").unwrap_or_default())
+    };
+    let listen = r.listen("postgresql.listen");
+    if node && listen.is_none() && r.get("postgresql.listen").is_none() {
+        r.problems.error("postgresql.listen", "is required (addresses PostgreSQL listens on, e.g. 0.0.0.0:5432)");
+    }
+    let connect_address = r.host_port("postgresql.connect_address");
+    let mut bin_name = BTreeMap::new();
+    if let Some(section) = r.section("postgresql.bin_name") {
+        for key in section.keys() {
+            if let Some(file) = r.string(&format!("postgresql.bin_name.{key}")) {
+                bin_name.insert(key.clone(), file);
+            }
+        }
+    }
+    r.section("postgresql.authentication");
+    let authentication = Authentication {
+        superuser: credentials(&mut r, "postgresql.authentication.superuser", "postgres"),
+        replication: credentials(&mut r, "postgresql.authentication.replication", "replicator"),
+        rewind: r
+            .get("postgresql.authentication.rewind")
+            .is_some()
+            .then(|| credentials(&mut r, "postgresql.authentication.rewind", "rewind_user")),
+    };
+    let mut parameters = dynamic::parameter_map(&mut r, "postgresql.parameters");
+    dynamic::translate_renamed_parameters(&mut parameters, "postgresql.parameters", r.problems, &mut Vec::new());
+    let mut callbacks = BTreeMap::new();
+    if let Some(section) = r.section("postgresql.callbacks") {
+        for key in section.keys() {
+            if let Some(command) = r.string(&format!("postgresql.callbacks.{key}")) {
+                callbacks.insert(key.clone(), command);
+            }
+        }
+    }
+    let create_replica_methods = match r.string_list("postgresql.create_replica_methods") {
+        methods if methods.is_empty() => vec!["basebackup".to_string()],
+        methods => methods,
+    };
+    let postgresql = Postgresql {
+        listen,
+        connect_address,
+        data_dir: PathBuf::from(data_dir.clone().unwrap_or_default()),
+        config_dir: path_of(&mut r, "postgresql.config_dir"),
+        bin_dir: path_of(&mut r, "postgresql.bin_dir"),
+        bin_name,
+        pgpass: path_of(&mut r, "postgresql.pgpass"),
+        authentication,
+        parameters,
+        pg_hba: r.string_list("postgresql.pg_hba"),
+        create_replica_methods,
+        basebackup: tool_options(&mut r, "postgresql.basebackup"),
+        use_pg_rewind: r.get("postgresql.use_pg_rewind").is_some().then(|| r.bool("postgresql.use_pg_rewind", false)),
+        pg_ctl_timeout: Duration::from_secs(r.int("postgresql.pg_ctl_timeout", 1, 86_400).unwrap_or(60) as u64),
+        callbacks,
+        pre_promote: r.string("postgresql.pre_promote"),
+        before_stop: r.string("postgresql.before_stop"),
+        remove_data_directory_on_rewind_failure: r.bool("postgresql.remove_data_directory_on_rewind_failure", false),
+        remove_data_directory_on_diverged_timelines: r
+            .bool("postgresql.remove_data_directory_on_diverged_timelines", false),
+    };
+
+    let tags = tags(&mut r);
+    r.section("watchdog");
+    let watchdog = Watchdog {
+        mode: match r.choice("watchdog.mode", &["off", "automatic", "required"]).as_deref() {
+            Some("automatic") => WatchdogMode::Automatic,
+            Some("required") => WatchdogMode::Required,
+            Some(_) => WatchdogMode::Off,
+            // Patroni's default is `automatic`; with no watchdog device that is off.
+            None => WatchdogMode::Automatic,
+        },
+        device: path_of(&mut r, "watchdog.device").unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
+        safety_margin: r.int("watchdog.safety_margin", -1, 3600).unwrap_or(5),
+    };
+    let log = log_section(&mut r);
+    let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
+
+    if let Some(etcd) = &etcd
+        && etcd.section == "etcd"
+    {
+        r.problems.notice(
+            "etcd",
+            "read as etcd's v3 API, like `etcd3:` (Patroni's own patronictl needs `etcd3:` to read these keys)",
+        );
+    }
+    Some(Config {
+        scope: scope?,
+        namespace,
+        name: name?,
+        restapi: restapi?,
+        ctl,
+        etcd: etcd?,
+        bootstrap,
+        postgresql: Postgresql { data_dir: PathBuf::from(data_dir?), ..postgresql },
+        tags,
+        watchdog,
+        log,
+        pgwarden: pgwarden?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_normalised_like_patroni() {
+        assert_eq!(normalise_namespace("percona_lab"), "/percona_lab/");
+        assert_eq!(normalise_namespace("/service/"), "/service/");
+        assert_eq!(normalise_namespace("/db"), "/db/");
+        assert_eq!(normalise_namespace("a/b"), "/a/b/");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,17 @@
+//! The typed etcd layer: the cluster's key layout and the JSON shapes stored in
+//! it, exactly as Patroni writes them, plus connecting to etcd.
+//!
+//! Key names and shapes are a compatibility contract (DESIGN.md "etcd
+//! layout"): a tool that reads Patroni's keys reads pgwarden's. This crate
+//! decides nothing about leadership; leases and the leader key's lifecycle
+//! belong to the `election` crate.
+
+mod connect;
+mod keys;
+mod model;
+mod view;
+
+pub use connect::{ConnectError, EtcdSettings, connect, describe_error, probe};
+pub use keys::Keys;
+pub use model::{Failover, HistoryEntry, MemberData, Status, SyncState};
+pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};

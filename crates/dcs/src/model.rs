@@ -1,0 +1,168 @@
+//! The JSON values stored in the cluster's keys, with Patroni's field names.
+//! Unknown fields are kept (`extra`) so that a value written by a newer
+//! Patroni or pgwarden survives a read-modify-write.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `members/<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberData {
+    /// `postgres://host:port/postgres`.
+    #[serde(default)]
+    pub conn_url: String,
+    /// `http(s)://host:port/patroni`.
+    #[serde(default)]
+    pub api_url: String,
+    /// PostgreSQL state: `running`, `stopped`, `starting`, ...
+    #[serde(default)]
+    pub state: String,
+    /// `primary`, `replica`, `standby_leader`, `demoted` or `uninitialized`.
+    #[serde(default)]
+    pub role: String,
+    /// Version of the agent (Patroni's version for a Patroni member).
+    #[serde(default)]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xlog_location: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub tags: Map<String, Value>,
+    /// pgwarden's own: the agent's gRPC endpoint, absent for a Patroni member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_url: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl MemberData {
+    /// Parses a member value; a legacy `postgres://...` string becomes a
+    /// member with only `conn_url`.
+    pub fn parse(raw: &[u8]) -> Result<Self, serde_json::Error> {
+        match serde_json::from_slice(raw) {
+            Ok(member) => Ok(member),
+            Err(e) => match std::str::from_utf8(raw) {
+                Ok(text) if text.starts_with("postgres://") || text.starts_with("postgresql://") => {
+                    Ok(Self { conn_url: text.to_string(), ..Self::default() })
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Host and port from `conn_url`.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let rest = self.conn_url.split_once("://")?.1;
+        let authority = rest.split('/').next()?;
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let (host, port) = authority.rsplit_once(':')?;
+        Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok()?))
+    }
+}
+
+/// `status`: `{"optime": <lsn>, "slots": {...}, "retain_slots": [...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default)]
+    pub optime: u64,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub slots: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retain_slots: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `failover`: `{"leader", "member", "scheduled_at"}`, any field absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+}
+
+impl Failover {
+    /// Parses JSON, or Patroni's legacy `leader:candidate` text.
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        if let Ok(failover) = serde_json::from_slice::<Self>(raw) {
+            return Some(failover);
+        }
+        let text = std::str::from_utf8(raw).ok()?;
+        let (leader, member) = text.split_once(':')?;
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Some(Self { leader: some(leader), member: some(member), scheduled_at: None })
+    }
+}
+
+/// `sync`: `{"leader", "sync_standby": "a,b" | null, "quorum"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncState {
+    #[serde(default)]
+    pub leader: Option<String>,
+    #[serde(default)]
+    pub sync_standby: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+}
+
+impl SyncState {
+    /// The members listed as synchronous standbys.
+    pub fn members(&self) -> Vec<&str> {
+        self.sync_standby.as_deref().map(|s| s.split(',').filter(|m| !m.is_empty()).collect()).unwrap_or_default()
+    }
+}
+
+/// One `history` entry: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry(
+    pub u64,
+    pub u64,
+    pub String,
+    #[serde(default)] pub Option<String>,
+    #[serde(default)] pub Option<String>,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_patroni_member_and_keeps_unknown_fields() {
+        let raw = br#"{"conn_url":"postgres://10.0.0.1:5432/postgres","api_url":"http://10.0.0.1:8008/patroni",
+            "state":"running","role":"replica","version":"4.1.0","xlog_location":67108864,"timeline":3,
+            "replication_state":"streaming","tags":{"nofailover":true},"proxy_url":"x"}"#;
+        let member = MemberData::parse(raw).expect("a Patroni member parses");
+        assert_eq!(member.role, "replica");
+        assert_eq!(member.xlog_location, Some(67_108_864));
+        assert_eq!(member.host_port(), Some(("10.0.0.1".into(), 5432)));
+        assert_eq!(member.extra.get("proxy_url"), Some(&Value::from("x")));
+        let round = serde_json::to_value(&member).expect("serialise");
+        assert_eq!(round["proxy_url"], "x");
+        assert!(round.get("grpc_url").is_none(), "absent pgwarden fields are not written");
+    }
+
+    #[test]
+    fn reads_legacy_values() {
+        let member = MemberData::parse(b"postgres://u:p@h:5433/postgres").expect("legacy member");
+        assert_eq!(member.host_port(), Some(("h".into(), 5433)));
+        let failover = Failover::parse(b"pg1:pg2").expect("legacy failover");
+        assert_eq!(failover.member.as_deref(), Some("pg2"));
+        let history: Vec<HistoryEntry> =
+            serde_json::from_str(r#"[[1,25165984,"no recovery target specified","2024-01-01T00:00:00+00:00","pg2"],[2,1,"x"]]"#)
+                .expect("history parses");
+        assert_eq!(history[0].4.as_deref(), Some("pg2"));
+        assert_eq!(history[1].3, None);
+        let sync = SyncState { leader: Some("a".into()), sync_standby: Some("b,c".into()), quorum: None };
+        assert_eq!(sync.members(), ["b", "c"]);
+    }
+}

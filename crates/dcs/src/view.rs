@@ -1,0 +1,107 @@
+//! One consistent read of a whole cluster's keys.
+
+use etcd_client::{Client, GetOptions};
+use serde_json::Value;
+
+use crate::keys::Keys;
+use crate::model::{Failover, HistoryEntry, MemberData, Status, SyncState};
+
+/// The leader key as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    pub name: String,
+    /// The lease the key is bound to.
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// One `members/<name>` key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberEntry {
+    pub name: String,
+    pub data: MemberData,
+    pub lease: i64,
+}
+
+/// Every key of the cluster at one etcd revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// The etcd revision the view was read at.
+    pub revision: i64,
+    /// The system identifier; `Some("")` while the bootstrap winner runs initdb.
+    pub initialize: Option<String>,
+    /// The dynamic config and its mod revision (for compare-and-swap).
+    pub config: Option<(Value, i64)>,
+    pub leader: Option<LeaderView>,
+    /// Members sorted by name.
+    pub members: Vec<MemberEntry>,
+    pub status: Option<Status>,
+    pub failover: Option<Failover>,
+    pub sync: Option<SyncState>,
+    pub history: Vec<HistoryEntry>,
+    /// Keys whose values could not be parsed, with the reason; reported, not fatal.
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl ClusterView {
+    pub fn member(&self, name: &str) -> Option<&MemberEntry> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// Reads the whole cluster prefix in one linearizable range request.
+pub async fn read_cluster(client: &mut Client, keys: &Keys) -> Result<ClusterView, etcd_client::Error> {
+    let response = client.get(keys.prefix(), Some(GetOptions::new().with_prefix())).await?;
+    let mut view = ClusterView { revision: response.header().map_or(0, |h| h.revision()), ..ClusterView::default() };
+    let mut legacy_optime = None;
+    for kv in response.kvs() {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value = kv.value();
+        let mut unreadable = |why: String| view.unreadable.push((key.clone(), why));
+        if let Some(name) = keys.member_name(&key) {
+            match MemberData::parse(value) {
+                Ok(data) => view.members.push(MemberEntry { name: name.to_string(), data, lease: kv.lease() }),
+                Err(e) => unreadable(e.to_string()),
+            }
+        } else if key == keys.initialize() {
+            view.initialize = Some(String::from_utf8_lossy(value).trim().to_string());
+        } else if key == keys.config() {
+            match serde_json::from_slice(value) {
+                Ok(config) => view.config = Some((config, kv.mod_revision())),
+                Err(e) => unreadable(e.to_string()),
+            }
+        } else if key == keys.leader() {
+            view.leader = Some(LeaderView {
+                name: String::from_utf8_lossy(value).into_owned(),
+                lease: kv.lease(),
+                mod_revision: kv.mod_revision(),
+            });
+        } else if key == keys.status() {
+            match serde_json::from_slice(value) {
+                Ok(status) => view.status = Some(status),
+                Err(e) => unreadable(e.to_string()),
+            }
+        } else if key == keys.legacy_optime() {
+            legacy_optime = String::from_utf8_lossy(value).trim().parse::<u64>().ok();
+        } else if key == keys.failover() {
+            view.failover = Failover::parse(value).filter(|f| *f != Failover::default());
+        } else if key == keys.sync() {
+            match serde_json::from_slice(value) {
+                Ok(sync) => view.sync = Some(sync),
+                Err(e) => unreadable(e.to_string()),
+            }
+        } else if key == keys.history() {
+            match serde_json::from_slice(value) {
+                Ok(history) => view.history = history,
+                Err(e) => unreadable(e.to_string()),
+            }
+        }
+    }
+    if view.status.is_none()
+        && let Some(optime) = legacy_optime
+    {
+        view.status = Some(Status { optime, ..Status::default() });
+    }
+    view.members.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(view)
+}

@@ -1,0 +1,76 @@
+//! Start-up pieces shared by the pgwarden services: the config-file argument
+//! (positional as in `patroni /etc/patroni.yml`, or `--config`), printing the
+//! config's warnings once, logging set up from Patroni's `log:` section, and
+//! the shutdown signal. It owns no service logic.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use pgwarden_config::{Config, Loaded, Purpose};
+use tracing_subscriber::EnvFilter;
+
+/// The config-file arguments every service takes.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Patroni-format YAML config file (or set PATRONI_CONFIGURATION to the YAML itself).
+    #[arg(value_name = "CONFIG")]
+    pub config_file: Option<PathBuf>,
+    /// The same file, given as an option.
+    #[arg(long = "config", value_name = "CONFIG", conflicts_with = "config_file")]
+    pub config_flag: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn path(&self) -> Option<PathBuf> {
+        self.config_file.clone().or_else(|| self.config_flag.clone())
+    }
+
+    /// Loads and validates the config; a bad config is one error listing
+    /// every problem.
+    pub fn load(&self, purpose: Purpose) -> anyhow::Result<Loaded> {
+        Ok(pgwarden_config::load(self.path().as_deref(), purpose)?)
+    }
+}
+
+/// Sets up logging from the `log:` section; `RUST_LOG` overrides the level.
+pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
+        _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if log.json { builder.json().try_init() } else { builder.try_init() };
+    result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
+}
+
+/// Loads the config, sets up logging and logs the config's warnings once.
+pub fn start(args: &ConfigArgs, purpose: Purpose) -> anyhow::Result<Config> {
+    let loaded = args.load(purpose)?;
+    init_tracing(&loaded.config.log)?;
+    for problem in &loaded.warnings {
+        match problem.severity {
+            pgwarden_config::Severity::Notice => tracing::info!(path = %problem.path, "config: {}", problem.message),
+            _ => tracing::warn!(path = %problem.path, "config: {}", problem.message),
+        }
+    }
+    tracing::info!(origin = %loaded.origin, scope = %loaded.config.scope, member = %loaded.config.name, "config loaded");
+    Ok(loaded.config)
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!("failed to listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
