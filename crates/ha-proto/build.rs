@@ -1,5 +1,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["../../proto/pgwarden/v1/agent.proto", "../../proto/pgwarden/v1/controller.proto"];
+    let protos = [
+        "../../proto/pgwarden/v1/agent.proto",
+        "../../proto/pgwarden/v1/controller.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -52,7 +52,9 @@ pub fn parse_bool(value: &Value) -> Option<bool> {
 
 pub fn parse_int(value: &Value) -> Option<i64> {
     match value {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -79,7 +81,8 @@ impl<'a> Reader<'a> {
     }
 
     fn expected(&mut self, path: &str, what: &str, found: &Value) {
-        self.problems.error(path, format!("expected {what}, found {}", describe(found)));
+        self.problems
+            .error(path, format!("expected {what}, found {}", describe(found)));
     }
 
     /// A string; numbers are accepted and rendered (`scope: 1` is the name "1").
@@ -99,7 +102,8 @@ impl<'a> Reader<'a> {
         match self.string(path) {
             Some(s) if !s.trim().is_empty() => Some(s),
             Some(_) => {
-                self.problems.error(path, format!("must not be empty ({hint})"));
+                self.problems
+                    .error(path, format!("must not be empty ({hint})"));
                 None
             }
             None => {
@@ -112,7 +116,9 @@ impl<'a> Reader<'a> {
     }
 
     pub fn bool(&mut self, path: &str, default: bool) -> bool {
-        let Some(value) = self.get(path) else { return default };
+        let Some(value) = self.get(path) else {
+            return default;
+        };
         parse_bool(value).unwrap_or_else(|| {
             self.expected(path, "a boolean (true/false)", value);
             default
@@ -124,7 +130,10 @@ impl<'a> Reader<'a> {
         match parse_int(value) {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.problems.error(path, format!("expected an integer from {min} to {max}, found {n}"));
+                self.problems.error(
+                    path,
+                    format!("expected an integer from {min} to {max}, found {n}"),
+                );
                 None
             }
             None => {
@@ -144,7 +153,10 @@ impl<'a> Reader<'a> {
         match parsed {
             Some(n) if n >= min && n.is_finite() => Some(n),
             Some(n) => {
-                self.problems.error(path, format!("expected a number of at least {min}, found {n}"));
+                self.problems.error(
+                    path,
+                    format!("expected a number of at least {min}, found {n}"),
+                );
                 None
             }
             None => {
@@ -156,12 +168,16 @@ impl<'a> Reader<'a> {
 
     pub fn host_port(&mut self, path: &str) -> Option<HostPort> {
         let text = self.string(path)?;
-        HostPort::parse(&text).map_err(|why| self.problems.error(path, why)).ok()
+        HostPort::parse(&text)
+            .map_err(|why| self.problems.error(path, why))
+            .ok()
     }
 
     pub fn listen(&mut self, path: &str) -> Option<ListenAddresses> {
         let text = self.string(path)?;
-        ListenAddresses::parse(&text).map_err(|why| self.problems.error(path, why)).ok()
+        ListenAddresses::parse(&text)
+            .map_err(|why| self.problems.error(path, why))
+            .ok()
     }
 
     /// One of a fixed set of words, compared case-insensitively.
@@ -196,7 +212,9 @@ impl<'a> Reader<'a> {
 
     /// A list of strings; a single string is read as a one-element list.
     pub fn string_list(&mut self, path: &str) -> Vec<String> {
-        let Some(value) = self.get(path) else { return Vec::new() };
+        let Some(value) = self.get(path) else {
+            return Vec::new();
+        };
         match value {
             Value::String(s) => vec![s.clone()],
             Value::Array(items) => {

@@ -1,7 +1,11 @@
 //! Connecting to etcd: endpoints, timeouts, TLS and authentication from the
 //! config's `etcd3:` section.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Mutex;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
@@ -51,7 +55,10 @@ pub enum ConnectError {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConnectError> {
-    std::fs::read(path).map_err(|source| ConnectError::TlsFile { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| ConnectError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn tls_options(settings: &EtcdSettings) -> Result<Option<TlsOptions>, ConnectError> {
@@ -71,22 +78,74 @@ fn tls_options(settings: &EtcdSettings) -> Result<Option<TlsOptions>, ConnectErr
     match (&settings.cert, &settings.key) {
         (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
         (None, None) => {}
-        _ => return Err(ConnectError::Invalid("etcd cert and key must be set together".into())),
+        _ => {
+            return Err(ConnectError::Invalid(
+                "etcd cert and key must be set together".into(),
+            ));
+        }
     }
     Ok(Some(tls))
 }
 
+/// A handle on etcd that rotates over the configured endpoints: each endpoint
+/// has its own client, calls go to the current one, and a call that fails
+/// because that endpoint is unreachable or silent moves on to the next.
+/// (etcd-client's own balancing keeps routing requests to a dead endpoint.)
+#[derive(Clone)]
+pub struct Etcd {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EtcdSettings,
+    options: ConnectOptions,
+    clients: Mutex<Vec<Option<Client>>>,
+    current: AtomicUsize,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.inner.settings.endpoints)
+            .finish()
+    }
+}
+
+/// Whether an error says the endpoint could not serve the request at all, so
+/// another endpoint should be tried.
+pub fn is_unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ) && !status.message().contains("lease not found")
+        }
+        _ => false,
+    }
+}
+
 /// Connects to etcd. Connections are made lazily, so this succeeds while etcd
-/// is down (the agent must start and wait for etcd); [`probe`] checks reachability.
-/// Every request requires an etcd leader and times out after `request_timeout`.
-pub async fn connect(settings: &EtcdSettings) -> Result<Client, ConnectError> {
+/// is down (an agent must start and wait for etcd); [`Etcd::probe`] checks
+/// reachability. Every request requires an etcd leader.
+pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
     if settings.endpoints.is_empty() {
         return Err(ConnectError::Invalid("no etcd endpoints".into()));
     }
+    // No per-request transport timeout: it would also cut watch and
+    // keep-alive streams. Each call is bounded by `Etcd::call` instead.
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.request_timeout)
-        .with_timeout(settings.request_timeout)
-        .with_keep_alive(settings.request_timeout, settings.request_timeout)
+        // etcd closes connections that ping more often than every 5 s
+        // (--grpc-keepalive-min-time); dead peers are caught by request timeouts.
+        .with_keep_alive(
+            Duration::from_secs(10),
+            settings.request_timeout.max(Duration::from_secs(1)),
+        )
         .with_require_leader(true);
     if let Some(tls) = tls_options(settings)? {
         options = options.with_tls(tls);
@@ -94,24 +153,121 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Client, ConnectError> {
     if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
         options = options.with_user(user.clone(), password.clone());
     }
-    let unreachable = |e: etcd_client::Error| ConnectError::Unreachable {
-        endpoints: settings.endpoints.join(","),
-        cause: describe_error(&e),
-    };
-    Client::connect(&settings.endpoints, Some(options)).await.map_err(unreachable)
+    Ok(Etcd {
+        inner: Arc::new(Inner {
+            settings: settings.clone(),
+            options,
+            clients: Mutex::new(vec![None; settings.endpoints.len()]),
+            // The first endpoint as the user listed it; later ones on failure.
+            current: AtomicUsize::new(0),
+        }),
+    })
 }
 
-/// Checks that etcd answers (with a leader) within the request timeout.
-pub async fn probe(client: &mut Client, settings: &EtcdSettings) -> Result<(), ConnectError> {
-    let request = client.get("/", Some(GetOptions::new().with_count_only()));
-    match tokio::time::timeout(settings.request_timeout, request).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ConnectError::Unreachable { endpoints: settings.endpoints.join(","), cause: describe_error(&e) }),
-        Err(_) => Err(ConnectError::Unreachable {
-            endpoints: settings.endpoints.join(","),
-            cause: format!("no answer within {:?}", settings.request_timeout),
-        }),
+impl Etcd {
+    pub fn settings(&self) -> &EtcdSettings {
+        &self.inner.settings
     }
+
+    /// The endpoint calls go to now.
+    pub fn current_endpoint(&self) -> &str {
+        let idx = self.inner.current.load(Ordering::Relaxed);
+        &self.inner.settings.endpoints[idx]
+    }
+
+    async fn client_at(&self, idx: usize) -> Result<Client, etcd_client::Error> {
+        if let Some(client) = self.inner.clients.lock().await[idx].clone() {
+            return Ok(client);
+        }
+        let endpoint = self.inner.settings.endpoints[idx].clone();
+        let client = Client::connect([endpoint], Some(self.inner.options.clone())).await?;
+        self.inner.clients.lock().await[idx] = Some(client.clone());
+        Ok(client)
+    }
+
+    fn rotate_from(&self, idx: usize) {
+        let next = (idx + 1) % self.inner.settings.endpoints.len();
+        if self
+            .inner
+            .current
+            .compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(
+                from = %self.inner.settings.endpoints[idx],
+                to = %self.inner.settings.endpoints[next],
+                "etcd endpoint unreachable, moving to the next"
+            );
+        }
+    }
+
+    /// The client of the current endpoint, for long-lived streams (watch,
+    /// lease keep-alive); call [`Etcd::report_failure`] when such a stream breaks.
+    pub async fn client(&self) -> Result<(usize, Client), etcd_client::Error> {
+        let idx = self.inner.current.load(Ordering::Relaxed);
+        Ok((idx, self.client_at(idx).await?))
+    }
+
+    /// Moves off endpoint `idx` if it is still the current one.
+    pub fn report_failure(&self, idx: usize) {
+        self.rotate_from(idx);
+    }
+
+    /// Runs one request, bounded by the request timeout in total, trying the
+    /// endpoints in turn while they are unreachable.
+    pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let budget = self.inner.settings.request_timeout;
+        let started = tokio::time::Instant::now();
+        let n = self.inner.settings.endpoints.len();
+        let mut last = None;
+        for _ in 0..n {
+            let remaining = budget.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            let idx = self.inner.current.load(Ordering::Relaxed);
+            let attempt = async { request(self.client_at(idx).await?).await };
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if is_unreachable(&e) => {
+                    self.rotate_from(idx);
+                    last = Some(e);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.rotate_from(idx);
+                    last = Some(timeout_error(budget));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| timeout_error(budget)))
+    }
+
+    /// Checks that etcd answers (with a leader) within the request timeout.
+    pub async fn probe(&self) -> Result<(), ConnectError> {
+        let settings = &self.inner.settings;
+        self.call(|mut client| async move {
+            client
+                .get("/", Some(GetOptions::new().with_count_only()))
+                .await
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| ConnectError::Unreachable {
+            endpoints: settings.endpoints.join(","),
+            cause: describe_error(&e),
+        })
+    }
+}
+
+fn timeout_error(budget: Duration) -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
+        "no answer from etcd within {budget:?}"
+    )))
 }
 
 /// A one-line description of an etcd error for a person.
@@ -119,7 +275,11 @@ pub fn describe_error(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            if message.is_empty() { format!("{:?}", status.code()) } else { message.to_string() }
+            if message.is_empty() {
+                format!("{:?}", status.code())
+            } else {
+                message.to_string()
+            }
         }
         other => {
             let mut text = other.to_string();

@@ -11,7 +11,7 @@ mod keys;
 mod model;
 mod view;
 
-pub use connect::{ConnectError, EtcdSettings, connect, describe_error, probe};
+pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_unreachable};
 pub use keys::Keys;
 pub use model::{Failover, HistoryEntry, MemberData, Status, SyncState};
 pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};

@@ -1,6 +1,8 @@
 //! One consistent read of a whole cluster's keys.
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
+
+use crate::connect::Etcd;
 use serde_json::Value;
 
 use crate::keys::Keys;
@@ -50,9 +52,22 @@ impl ClusterView {
 }
 
 /// Reads the whole cluster prefix in one linearizable range request.
-pub async fn read_cluster(client: &mut Client, keys: &Keys) -> Result<ClusterView, etcd_client::Error> {
-    let response = client.get(keys.prefix(), Some(GetOptions::new().with_prefix())).await?;
-    let mut view = ClusterView { revision: response.header().map_or(0, |h| h.revision()), ..ClusterView::default() };
+pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_client::Error> {
+    let prefix = keys.prefix().to_string();
+    let response = etcd
+        .call(|mut client| {
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await?;
+    let mut view = ClusterView {
+        revision: response.header().map_or(0, |h| h.revision()),
+        ..ClusterView::default()
+    };
     let mut legacy_optime = None;
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -60,7 +75,11 @@ pub async fn read_cluster(client: &mut Client, keys: &Keys) -> Result<ClusterVie
         let mut unreadable = |why: String| view.unreadable.push((key.clone(), why));
         if let Some(name) = keys.member_name(&key) {
             match MemberData::parse(value) {
-                Ok(data) => view.members.push(MemberEntry { name: name.to_string(), data, lease: kv.lease() }),
+                Ok(data) => view.members.push(MemberEntry {
+                    name: name.to_string(),
+                    data,
+                    lease: kv.lease(),
+                }),
                 Err(e) => unreadable(e.to_string()),
             }
         } else if key == keys.initialize() {
@@ -100,7 +119,10 @@ pub async fn read_cluster(client: &mut Client, keys: &Keys) -> Result<ClusterVie
     if view.status.is_none()
         && let Some(optime) = legacy_optime
     {
-        view.status = Some(Status { optime, ..Status::default() });
+        view.status = Some(Status {
+            optime,
+            ..Status::default()
+        });
     }
     view.members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(view)

@@ -23,7 +23,9 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     pub fn path(&self) -> Option<PathBuf> {
-        self.config_file.clone().or_else(|| self.config_flag.clone())
+        self.config_file
+            .clone()
+            .or_else(|| self.config_flag.clone())
     }
 
     /// Loads and validates the config; a bad config is one error listing
@@ -36,11 +38,19 @@ impl ConfigArgs {
 /// Sets up logging from the `log:` section; `RUST_LOG` overrides the level.
 pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(directives).context("parse RUST_LOG")?
+        }
         _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if log.json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if log.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
 }
 
@@ -50,7 +60,9 @@ pub fn start(args: &ConfigArgs, purpose: Purpose) -> anyhow::Result<Config> {
     init_tracing(&loaded.config.log)?;
     for problem in &loaded.warnings {
         match problem.severity {
-            pgwarden_config::Severity::Notice => tracing::info!(path = %problem.path, "config: {}", problem.message),
+            pgwarden_config::Severity::Notice => {
+                tracing::info!(path = %problem.path, "config: {}", problem.message)
+            }
             _ => tracing::warn!(path = %problem.path, "config: {}", problem.message),
         }
     }

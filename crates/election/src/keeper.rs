@@ -1,0 +1,159 @@
+//! The dedicated renewal task: renews on its own schedule, independent of the
+//! HA loop, and publishes the current deadline or the loss of the lease.
+
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::{BootInstant, Election, ElectionError, Lease};
+
+/// What the renewal task knows about the lease and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Ownership is proven up to `deadline`.
+    Held { lease: i64, deadline: BootInstant },
+    /// Ownership can no longer be assumed; the task has stopped.
+    Lost { lease: i64, reason: String },
+}
+
+impl LeaseState {
+    /// The deadline while held and not yet passed.
+    pub fn live_deadline(&self) -> Option<BootInstant> {
+        match self {
+            Self::Held { deadline, .. } if !deadline.has_passed() => Some(*deadline),
+            _ => None,
+        }
+    }
+}
+
+/// A running renewal task. Dropping it stops the task (the lease is left to
+/// expire; release or revoke first for a prompt hand-over).
+pub struct RenewalHandle {
+    state: watch::Receiver<LeaseState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Election>>,
+}
+
+impl RenewalHandle {
+    /// A receiver of every state change.
+    pub fn subscribe(&self) -> watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    pub fn current(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+
+    /// Stops renewing and gives the election back (e.g. to release the key).
+    pub async fn stop(mut self) -> Option<Election> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take()?.await.ok()
+    }
+}
+
+impl Drop for RenewalHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// How long to wait before retrying a renewal that failed for a transient reason.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Renews `lease` every `interval` on a dedicated task. With `prove_key`,
+/// each renewal also proves the election's key is ours ([`Election::renew`]);
+/// without, it only refreshes the lease (for a member key).
+///
+/// A failed proof or a lost lease ends ownership at once. A transient failure
+/// is retried until the deadline; when the deadline passes without a
+/// successful renewal, ownership is lost.
+pub fn spawn_renewal(
+    mut election: Election,
+    mut lease: Lease,
+    interval: Duration,
+    prove_key: bool,
+) -> RenewalHandle {
+    let initial = LeaseState::Held {
+        lease: lease.id,
+        deadline: lease.deadline,
+    };
+    let (tx, rx) = watch::channel(initial);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut next = interval;
+        loop {
+            let deadline = lease.deadline;
+            tokio::select! {
+                _ = &mut stop_rx => return election,
+                _ = tokio::time::sleep(next) => {}
+                _ = tokio::time::sleep(deadline.remaining()) => {
+                    lose(&tx, lease.id, "the deadline passed without a successful renewal");
+                    return election;
+                }
+            }
+            let attempt = async {
+                if prove_key {
+                    election.renew(&mut lease).await
+                } else {
+                    election.keep_alive(&mut lease).await
+                }
+            };
+            let result = tokio::select! {
+                result = attempt => result,
+                _ = tokio::time::sleep(deadline.remaining()) => Err(ElectionError::Timeout(interval)),
+            };
+            match result {
+                Ok(deadline) => {
+                    next = interval;
+                    tx.send_replace(LeaseState::Held {
+                        lease: lease.id,
+                        deadline,
+                    });
+                }
+                Err(e @ (ElectionError::NotHolder { .. } | ElectionError::LeaseLost(_))) => {
+                    lose(&tx, lease.id, &e.to_string());
+                    return election;
+                }
+                Err(e) if deadline.has_passed() => {
+                    lose(
+                        &tx,
+                        lease.id,
+                        &format!("the deadline passed without a successful renewal ({e})"),
+                    );
+                    return election;
+                }
+                Err(e) => {
+                    warn!(
+                        lease = format_args!("{:x}", lease.id),
+                        "failed to renew, retrying: {e}"
+                    );
+                    next = RETRY_PAUSE.min(deadline.remaining());
+                }
+            }
+        }
+    });
+    RenewalHandle {
+        state: rx,
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+fn lose(tx: &watch::Sender<LeaseState>, lease: i64, reason: &str) {
+    info!(lease = format_args!("{lease:x}"), reason, "ownership lost");
+    tx.send_replace(LeaseState::Lost {
+        lease,
+        reason: reason.to_string(),
+    });
+}
+
+/// The default renewal interval: four renewals per TTL.
+pub fn default_interval(ttl: Duration) -> Duration {
+    (ttl / 4).max(Duration::from_millis(250))
+}

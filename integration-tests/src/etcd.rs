@@ -1,0 +1,193 @@
+//! A real etcd: one member, or three, on loopback.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+use crate::port::free_port;
+use crate::process::{ChildGuard, TestDir};
+use crate::wait::wait_until;
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<ChildGuard>,
+}
+
+/// An etcd cluster started for one test; every member is killed on drop.
+pub struct EtcdCluster {
+    dir: TestDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster has a leader.
+    pub async fn start(size: usize) -> anyhow::Result<Self> {
+        let dir = TestDir::new("etcd");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("etcd{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for idx in 0..size {
+            cluster.spawn_member(idx, "new")?;
+        }
+        cluster.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    fn spawn_member(&mut self, idx: usize, state: &str) -> anyhow::Result<()> {
+        let member = &self.members[idx];
+        let data = self.dir.path().join(&member.name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))?;
+        let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args([
+                "--initial-cluster",
+                &self.initial_cluster,
+                "--initial-cluster-state",
+                state,
+            ])
+            .args([
+                "--initial-cluster-token",
+                &format!("pgwarden-test-{}", std::process::id()),
+            ])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let name = member.name.clone();
+        let guard = ChildGuard::spawn(&mut cmd, "etcd", &self.dir)
+            .map_err(|e| anyhow::anyhow!("{e} (is etcd installed? apt-get install etcd-server)"))?;
+        self.members[idx].process = Some(guard);
+        tracing::debug!(member = %name, %client_url, "etcd started");
+        Ok(())
+    }
+
+    /// Client URLs of every member, killed or not.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// `host:port` of every member, as a Patroni config lists them.
+    pub fn host_ports(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// A client over every member's endpoint.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        Ok(Client::connect(self.endpoints(), Some(options)).await?)
+    }
+
+    /// Waits until every running member answers a linearizable read.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        for (idx, member) in self.members.iter().enumerate() {
+            if member.process.is_none() {
+                continue;
+            }
+            let url = format!("http://127.0.0.1:{}", member.client_port);
+            wait_until(
+                &format!("etcd member {idx} ({url}) to serve"),
+                timeout,
+                || {
+                    let url = url.clone();
+                    async move {
+                        let options = ConnectOptions::new()
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_timeout(Duration::from_millis(1000))
+                            .with_require_leader(true);
+                        let mut client = Client::connect([url], Some(options))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        client
+                            .get("/", Some(GetOptions::new().with_count_only()))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(Some(()))
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Kills one member at once (SIGKILL).
+    pub fn kill(&mut self, idx: usize) {
+        if let Some(mut process) = self.members[idx].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Restarts a killed member with its data.
+    pub async fn restart(&mut self, idx: usize) -> anyhow::Result<()> {
+        self.spawn_member(idx, "existing")?;
+        self.wait_healthy(Duration::from_secs(30)).await
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) one member: a network-silent etcd.
+    pub fn pause(&self, idx: usize, paused: bool) {
+        use nix::sys::signal::Signal;
+        if let Some(process) = &self.members[idx].process {
+            process.signal(if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            });
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut process) = member.process.take() {
+                // A frozen member must be thawed to die promptly.
+                process.signal(nix::sys::signal::Signal::SIGCONT);
+                process.kill();
+            }
+        }
+    }
+}
