@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod port;
 pub mod postgres;
 pub mod process;
+pub mod service;
 pub mod wait;
 
 pub use etcd::EtcdCluster;

@@ -87,8 +87,8 @@ async fn a_silent_holder_loses_the_key_within_ttl_and_its_deadline_fires_first()
     let deadline = holder.renew(&mut lease).await.expect("renew once");
     let answered_at = BootInstant::now();
     assert!(
-        deadline >= renewed_at.add(TTL).saturating_sub(MARGIN)
-            && deadline <= answered_at.add(TTL).saturating_sub(MARGIN),
+        deadline >= (renewed_at + TTL).saturating_sub(MARGIN)
+            && deadline <= (answered_at + TTL).saturating_sub(MARGIN),
         "the deadline is the send time + ttl - margin"
     );
     // Stop renewing: etcd must delete the key when the lease runs out.

@@ -466,18 +466,29 @@ where
 }
 
 fn yaml_syntax_problem(message: &str) -> Problem {
-    // serde-saphyr reports "... at line L, column C"; name the line first so
-    // the user finds it at a glance.
-    let line = message
-        .split("line ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .filter(|digits| !digits.is_empty());
+    // serde-saphyr reports "error: line L column C: what"; lead with the line
+    // so the user finds it at a glance.
     let first_line = message.lines().next().unwrap_or(message).trim();
+    let text = first_line.trim_start_matches("error:").trim();
+    let located = text.strip_prefix("line ").and_then(|rest| {
+        let (position, what) = rest.split_once(':')?;
+        let mut numbers = position.split(" column ");
+        let line = numbers.next()?.trim().parse::<u32>().ok()?;
+        let column = numbers.next().and_then(|c| c.trim().parse::<u32>().ok());
+        Some((line, column, what.trim()))
+    });
+    let (path, message) = match located {
+        Some((line, Some(column), what)) => (
+            format!("line {line}"),
+            format!("YAML syntax error at column {column}: {what}"),
+        ),
+        Some((line, None, what)) => (format!("line {line}"), format!("YAML syntax error: {what}")),
+        None => (String::new(), format!("YAML syntax error: {text}")),
+    };
     Problem {
         severity: Severity::Error,
-        path: line.map(|l| format!("line {l}")).unwrap_or_default(),
-        message: format!("YAML syntax error: {first_line}"),
+        path,
+        message,
     }
 }
 

@@ -113,7 +113,7 @@ fn versioned_dirs(parent: &Path, prefix: &str, bin: &str) -> Vec<PathBuf> {
             Some((version, entry.path().join(bin)))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     found.into_iter().map(|(_, dir)| dir).collect()
 }
 

@@ -112,3 +112,15 @@ fn invalid_configs_are_refused_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn the_shipped_sample_config_is_valid_without_warnings() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pgwarden.yml");
+    let loaded = load_from(&source(&path), std::iter::empty(), Purpose::Service)
+        .unwrap_or_else(|e| panic!("deploy/pgwarden.yml must load:\n{e}"));
+    let warnings: Vec<_> = loaded.warnings.iter().filter(|p| p.severity == Severity::Warning).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(loaded.config.pgwarden.agent_grpc_listen.port, 9008, "agent gRPC = restapi port + 1000");
+    assert_eq!(loaded.config.pgwarden.controller_grpc_listen.port, 10008, "controller gRPC = restapi port + 2000");
+    assert_eq!(loaded.config.key_prefix(), "/service/main/");
+}

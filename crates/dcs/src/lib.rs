@@ -12,6 +12,8 @@ mod model;
 mod view;
 
 pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_unreachable};
+/// The etcd client error type, re-exported so users need not depend on etcd-client.
+pub use etcd_client::Error as EtcdError;
 pub use keys::Keys;
 pub use model::{Failover, HistoryEntry, MemberData, Status, SyncState};
 pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};

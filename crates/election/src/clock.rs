@@ -28,11 +28,6 @@ impl BootInstant {
         Self(Duration::from_nanos(nanos))
     }
 
-    /// `self + d`, or `self - |d|` style arithmetic with saturation at boot.
-    pub fn add(self, d: Duration) -> Self {
-        Self(self.0 + d)
-    }
-
     pub fn saturating_sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(d))
     }
@@ -49,5 +44,13 @@ impl BootInstant {
 
     pub fn has_passed(self) -> bool {
         Self::now() >= self
+    }
+}
+
+impl std::ops::Add<Duration> for BootInstant {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        Self(self.0 + d)
     }
 }

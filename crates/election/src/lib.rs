@@ -172,8 +172,7 @@ impl Election {
 
     /// The deadline for a lease whose refresh was *sent* at `sent`.
     fn deadline(&self, sent: BootInstant, granted_ttl: Duration) -> BootInstant {
-        sent.add(granted_ttl)
-            .saturating_sub(self.settings.fence_margin)
+        (sent + granted_ttl).saturating_sub(self.settings.fence_margin)
     }
 
     /// Grants a new lease with the configured TTL.

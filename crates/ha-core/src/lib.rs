@@ -1,1 +1,10 @@
-//! placeholder
+//! Pure HA vocabulary and decisions: WAL positions, lag limits and (as the HA
+//! loop lands) the decision function over an observed snapshot.
+//!
+//! This crate does no I/O of any kind (no files, network, clock or
+//! processes): everything it needs is passed in, so every rule is
+//! deterministic and tested without a cluster.
+
+mod lsn;
+
+pub use lsn::{Lsn, parse_lag};

@@ -1,1 +1,138 @@
-//! placeholder
+//! `pgwarden-health`: the Patroni-compatible REST API HAProxy, load balancers,
+//! probes and Prometheus call (port 8008 by default). It gets the node's state
+//! from the agent's gRPC status stream and answers 200 only from fresh state.
+//!
+//! It never changes PostgreSQL or etcd itself, except through the fencer that
+//! the fencing work adds.
+
+pub mod checks;
+pub mod feed;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Parser;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use pgwarden_config::{Config, Purpose};
+use pgwarden_runtime::ConfigArgs;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::checks::Identity;
+use crate::feed::Latest;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgwarden-health",
+    version,
+    about = "pgwarden health API: Patroni-compatible REST checks"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+struct Shared {
+    identity: Identity,
+    latest: watch::Receiver<Latest>,
+}
+
+fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let latest = shared.latest.borrow().clone();
+    let answer = checks::answer(path, &shared.identity, &latest, Instant::now());
+    let method = request.method();
+    let mut builder = Response::builder().status(answer.status);
+    let body = match (method, answer.body) {
+        (&Method::GET, Some(body)) => {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+        (&Method::GET | &Method::HEAD | &Method::OPTIONS, _) => Bytes::new(),
+        _ => {
+            return Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(http::header::ALLOW, "GET, HEAD, OPTIONS")
+                .body(Full::new(Bytes::from_static(b"method not allowed\n")))
+                .expect("static response is valid");
+        }
+    };
+    builder
+        .body(Full::new(body))
+        .expect("response parts are valid")
+}
+
+/// Serves the REST API on `listener` until `shutdown` resolves, following the
+/// agent's status stream at `agent_url`.
+pub async fn run(
+    identity: Identity,
+    agent_url: String,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (tx, rx) = watch::channel(None);
+    let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx));
+    let shared = Arc::new(Shared {
+        identity,
+        latest: rx,
+    });
+    info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!("failed to accept a connection: {e}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response = respond(&request, &shared);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    follower.abort();
+    info!("health API stopped");
+    Ok(())
+}
+
+/// The agent's gRPC URL as this node reaches it.
+pub fn agent_url(config: &Config) -> String {
+    let address = &config.pgwarden.agent_grpc_listen;
+    format!("http://{}:{}", address.connectable_host(), address.port)
+}
+
+pub async fn main(args: Args) -> anyhow::Result<()> {
+    let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
+    let listener =
+        pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
+    let identity = Identity {
+        scope: config.scope.clone(),
+        name: config.name.clone(),
+    };
+    run(
+        identity,
+        agent_url(&config),
+        listener,
+        pgwarden_runtime::shutdown_signal(),
+    )
+    .await
+}

@@ -86,3 +86,19 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// Binds a TCP listener with an error that names the setting to change.
+pub async fn bind(
+    address: &pgwarden_config::HostPort,
+    what: &str,
+    setting: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let host = if address.host == "*" {
+        "0.0.0.0"
+    } else {
+        address.host.as_str()
+    };
+    tokio::net::TcpListener::bind((host, address.port)).await.with_context(|| {
+        format!("listen on {address} for {what} (is another process using the port? change {setting})")
+    })
+}

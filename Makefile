@@ -1,0 +1,38 @@
+# pgwarden: high availability for PostgreSQL. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_INCREMENTAL ?= 0
+
+.PHONY: help setup build check test demo demo-stop demo-status fmt
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Install PostgreSQL 15, etcd, HAProxy and protoc (apt) if missing
+	@./scripts/install-deps.sh
+
+build: setup ## Build every crate and binary
+	$(CARGO) build --workspace --bins
+
+check: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+test: build ## Run every test (unit, property, and integration against real etcd/PostgreSQL/HAProxy)
+	@if command -v cargo-nextest >/dev/null; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
+	@./scripts/demo.sh up
+
+demo-status: ## Show the demo cluster
+	@./scripts/demo.sh status
+
+demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
+	@./scripts/demo.sh down

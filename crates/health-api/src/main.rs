@@ -1,0 +1,13 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = health_api::Args::parse();
+    match health_api::main(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden-health: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! What the local PostgreSQL is doing, read from its data directory without
+//! connecting: `PG_VERSION`, `postmaster.pid` (PID and the postmaster's own
+//! status line) and the standby signal files.
+
+use std::path::Path;
+
+use ha_proto::v1::{PostgresState, Role};
+
+/// One observation of the local PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPostgres {
+    pub state: PostgresState,
+    pub role: Role,
+    /// 0 when no postmaster runs.
+    pub postmaster_pid: u32,
+}
+
+/// Whether `pid` is a running process; a zombie (exited but not reaped, as a
+/// detached postmaster can be when PID 1 does not reap) is not.
+pub fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+pub fn observe(data_dir: &Path) -> LocalPostgres {
+    let stopped = |role| LocalPostgres {
+        state: PostgresState::Stopped,
+        role,
+        postmaster_pid: 0,
+    };
+    if !data_dir.join("PG_VERSION").exists() {
+        return LocalPostgres {
+            state: PostgresState::Uninitialized,
+            role: Role::Uninitialized,
+            postmaster_pid: 0,
+        };
+    }
+    let standby =
+        data_dir.join("standby.signal").exists() || data_dir.join("recovery.signal").exists();
+    let role = if standby {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
+    let Ok(pidfile) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return stopped(role);
+    };
+    let lines: Vec<&str> = pidfile.lines().collect();
+    let Some(pid) = lines.first().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        return stopped(role);
+    };
+    if !is_running(pid) {
+        return stopped(role);
+    }
+    // Line 8 is the postmaster's status: starting, stopping, ready or standby.
+    let state = match lines.get(7).map(|l| l.trim()) {
+        Some("ready") => PostgresState::Running,
+        Some("standby") => {
+            return LocalPostgres {
+                state: PostgresState::Running,
+                role: Role::Replica,
+                postmaster_pid: pid,
+            };
+        }
+        Some("stopping") => PostgresState::Stopping,
+        _ => PostgresState::Starting,
+    };
+    LocalPostgres {
+        state,
+        role,
+        postmaster_pid: pid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pidfile(pid: u32, status: &str) -> String {
+        format!("{pid}\n/data\n1700000000\n5432\n/tmp\n127.0.0.1\n  5432001         0\n{status}\n")
+    }
+
+    #[test]
+    fn reads_state_and_role_from_the_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(observe(dir.path()).state, PostgresState::Uninitialized);
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
+        assert_eq!(
+            observe(dir.path()),
+            LocalPostgres {
+                state: PostgresState::Stopped,
+                role: Role::Primary,
+                postmaster_pid: 0
+            }
+        );
+        let me = std::process::id();
+        std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "ready   ")).expect("write");
+        assert_eq!(
+            observe(dir.path()),
+            LocalPostgres {
+                state: PostgresState::Running,
+                role: Role::Primary,
+                postmaster_pid: me
+            }
+        );
+        std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "standby ")).expect("write");
+        assert_eq!(observe(dir.path()).role, Role::Replica);
+        std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "starting")).expect("write");
+        assert_eq!(observe(dir.path()).state, PostgresState::Starting);
+        std::fs::write(dir.path().join("standby.signal"), "").expect("write");
+        std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "ready   ")).expect("write");
+        assert_eq!(observe(dir.path()).role, Role::Replica);
+    }
+
+    #[test]
+    fn a_stale_pid_file_means_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
+        // PID 0 never names a user process; a PID past pid_max cannot exist.
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            pidfile(4_194_304 + 7, "ready   "),
+        )
+        .expect("write");
+        assert_eq!(observe(dir.path()).state, PostgresState::Stopped);
+    }
+}

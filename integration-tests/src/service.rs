@@ -1,0 +1,97 @@
+//! pgwarden's own binaries run the way production runs them: as `postgres`,
+//! from a copy the `postgres` user can read even when the checkout sits under
+//! a private home directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use crate::process::{ChildGuard, TestDir, run_as_postgres};
+
+/// The workspace's `target/<profile>` directory, found from this test binary
+/// (`target/<profile>/deps/<test>`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary sits in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A copy of the named pgwarden binary that `postgres` can execute.
+pub fn binary(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = PathBuf::from(format!("/tmp/pgwarden-tests/{}-bin", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the binary directory");
+        dir
+    });
+    let copy = dir.join(name);
+    if !copy.exists() {
+        let built = target_dir().join(name);
+        assert!(
+            built.exists(),
+            "{} is not built: run `cargo build --workspace --bins` first",
+            built.display()
+        );
+        std::fs::copy(&built, &copy).expect("copy the binary");
+    }
+    copy
+}
+
+/// Starts a pgwarden binary as `postgres` with `args`, logging to
+/// `<dir>/<label>.log`.
+pub fn spawn(name: &str, args: &[&str], dir: &TestDir, label: &str) -> anyhow::Result<ChildGuard> {
+    let log = std::fs::File::create(dir.path().join(format!("{label}.log")))?;
+    crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    ChildGuard::spawn(run_as_postgres(&mut cmd), name, dir)
+}
+
+/// Runs a pgwarden binary as `postgres` to completion: (success, stdout, stderr).
+pub fn run(
+    name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(bool, String, String)> {
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args).current_dir("/").stdin(Stdio::null());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let output = run_as_postgres(&mut cmd).output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// A minimal HTTP/1.0 request to 127.0.0.1: (status code, body).
+pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# The local demo cluster on loopback: one etcd and three pgwarden nodes
+# (agent + health API + controller each), run as the `postgres` user.
+#   scripts/demo.sh up      start (reusing the data of an earlier run)
+#   scripts/demo.sh status  show the cluster
+#   scripts/demo.sh down    stop everything (data kept in $DEMO_DIR)
+#   scripts/demo.sh clean   stop and delete $DEMO_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEMO_DIR=${PGWARDEN_DEMO_DIR:-/tmp/pgwarden-demo}
+ETCD_PORT=${PGWARDEN_DEMO_ETCD_PORT:-12379}
+NODES=(1 2 3)
+rest_port() { echo $((8007 + $1)); }      # 8008, 8009, 8010
+pg_port() { echo $((15431 + $1)); }       # 15432, 15433, 15434
+
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_bg() { # name pidfile logfile command...
+    local name=$1 pidfile=$2 log=$3; shift 3
+    if pid_alive "$pidfile"; then echo "  $name already running (pid $(cat "$pidfile"))"; return; fi
+    as_postgres bash -c 'exec "$@" >>"'"$log"'" 2>&1 </dev/null & echo $! >"'"$pidfile"'"' _ "$@"
+    echo "  $name started (pid $(cat "$pidfile"), log $log)"
+}
+
+write_config() { # node
+    local n=$1
+    cat >"$DEMO_DIR/node$n/pgwarden.yml" <<YAML
+scope: demo
+namespace: /service/
+name: node$n
+restapi:
+  listen: 127.0.0.1:$(rest_port "$n")
+  connect_address: 127.0.0.1:$(rest_port "$n")
+etcd3:
+  hosts: 127.0.0.1:$ETCD_PORT
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 3
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+  initdb:
+    - encoding: UTF8
+    - data-checksums
+postgresql:
+  listen: 127.0.0.1:$(pg_port "$n")
+  connect_address: 127.0.0.1:$(pg_port "$n")
+  data_dir: $DEMO_DIR/node$n/data
+  pgpass: $DEMO_DIR/node$n/pgpass
+  authentication:
+    superuser: {username: postgres, password: demo-superuser}
+    replication: {username: replicator, password: demo-replicator}
+  parameters:
+    unix_socket_directories: $DEMO_DIR/node$n
+watchdog:
+  mode: off
+YAML
+}
+
+up() {
+    local started=$SECONDS
+    mkdir -p "$DEMO_DIR/bin"
+    chmod 755 "$DEMO_DIR"
+    for binary in pgwarden-agent pgwarden-health pgwarden-controller pgwardenctl; do
+        install -m 755 "$ROOT/target/debug/$binary" "$DEMO_DIR/bin/$binary"
+    done
+    for n in "${NODES[@]}"; do mkdir -p "$DEMO_DIR/node$n"; done
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$DEMO_DIR"
+    echo "etcd on 127.0.0.1:$ETCD_PORT"
+    mkdir -p "$DEMO_DIR/etcd"
+    [ "$(id -u)" -eq 0 ] && chown postgres: "$DEMO_DIR/etcd"
+    start_bg etcd "$DEMO_DIR/etcd/pid" "$DEMO_DIR/etcd/etcd.log" etcd --name demo --data-dir "$DEMO_DIR/etcd/data" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster "demo=http://127.0.0.1:$((ETCD_PORT + 1))"
+    for _ in $(seq 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" endpoint health >/dev/null 2>&1 \
+        || { echo "etcd did not come up; see $DEMO_DIR/etcd/etcd.log" >&2; exit 1; }
+    for n in "${NODES[@]}"; do
+        local dir="$DEMO_DIR/node$n"
+        write_config "$n"
+        [ "$(id -u)" -eq 0 ] && chown postgres: "$dir/pgwarden.yml"
+        echo "node$n: REST 127.0.0.1:$(rest_port "$n"), PostgreSQL 127.0.0.1:$(pg_port "$n")"
+        as_postgres "$DEMO_DIR/bin/pgwarden-agent" --validate-config "$dir/pgwarden.yml" | sed 's/^/  /'
+        start_bg agent "$dir/agent.pid" "$dir/agent.log" "$DEMO_DIR/bin/pgwarden-agent" "$dir/pgwarden.yml"
+        start_bg health "$dir/health.pid" "$dir/health.log" "$DEMO_DIR/bin/pgwarden-health" "$dir/pgwarden.yml"
+        start_bg controller "$dir/controller.pid" "$dir/controller.log" "$DEMO_DIR/bin/pgwarden-controller" "$dir/pgwarden.yml"
+    done
+    echo "up in $((SECONDS - started)) s"
+    status
+}
+
+status() {
+    "$DEMO_DIR/bin/pgwardenctl" -c "$DEMO_DIR/node1/pgwarden.yml" list || true
+    for n in "${NODES[@]}"; do
+        printf 'node%s GET /patroni: ' "$n"
+        curl -s --max-time 2 "http://127.0.0.1:$(rest_port "$n")/patroni" || printf 'no answer'
+        echo
+    done
+    echo "logs: $DEMO_DIR/node*/{agent,health,controller}.log and $DEMO_DIR/etcd/etcd.log"
+}
+
+stop_pid() { # pidfile
+    if pid_alive "$1"; then kill "$(cat "$1")" 2>/dev/null || true; fi
+    rm -f "$1"
+}
+
+down() {
+    for n in "${NODES[@]}"; do
+        local dir="$DEMO_DIR/node$n"
+        for service in controller health agent; do stop_pid "$dir/$service.pid"; done
+        if [ -f "$dir/data/postmaster.pid" ]; then
+            as_postgres /usr/lib/postgresql/15/bin/pg_ctl -D "$dir/data" stop -m fast -w >/dev/null 2>&1 || true
+        fi
+    done
+    stop_pid "$DEMO_DIR/etcd/pid"
+    echo "demo stopped; data kept in $DEMO_DIR (scripts/demo.sh clean deletes it)"
+}
+
+case "${1:-up}" in
+    up) up ;;
+    status) status ;;
+    down) down ;;
+    clean) down; rm -rf "$DEMO_DIR" ;;
+    *) echo "usage: $0 up|status|down|clean" >&2; exit 2 ;;
+esac

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what pgwarden's build, tests and demo need on Debian/Ubuntu:
+# PostgreSQL 15, etcd, HAProxy and protoc. Safe to run again: it does nothing
+# when everything is already there.
+set -euo pipefail
+
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: missing ${missing[*]}; run as root (or: sudo $0)" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust stable) is required" >&2; exit 1; }
+echo "install-deps: postgresql-15, etcd, haproxy and protoc are installed"
