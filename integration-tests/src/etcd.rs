@@ -40,11 +40,7 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
-            dir,
-            members,
-            initial_cluster,
-        };
+        let mut cluster = Self { dir, members, initial_cluster };
         for idx in 0..size {
             cluster.spawn_member(idx, "new")?;
         }
@@ -63,28 +59,10 @@ impl EtcdCluster {
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args([
-                "--initial-cluster",
-                &self.initial_cluster,
-                "--initial-cluster-state",
-                state,
-            ])
-            .args([
-                "--initial-cluster-token",
-                &format!("pgwarden-test-{}", std::process::id()),
-            ])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &format!("pgwarden-test-{}", std::process::id())])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -99,25 +77,18 @@ impl EtcdCluster {
 
     /// Client URLs of every member, killed or not.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
     }
 
     /// `host:port` of every member, as a Patroni config lists them.
     pub fn host_ports(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
-            .collect()
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
     }
 
     /// A client over every member's endpoint.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5));
+        let options =
+            ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(5));
         Ok(Client::connect(self.endpoints(), Some(options)).await?)
     }
 
@@ -128,27 +99,18 @@ impl EtcdCluster {
                 continue;
             }
             let url = format!("http://127.0.0.1:{}", member.client_port);
-            wait_until(
-                &format!("etcd member {idx} ({url}) to serve"),
-                timeout,
-                || {
-                    let url = url.clone();
-                    async move {
-                        let options = ConnectOptions::new()
-                            .with_connect_timeout(Duration::from_millis(500))
-                            .with_timeout(Duration::from_millis(1000))
-                            .with_require_leader(true);
-                        let mut client = Client::connect([url], Some(options))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        client
-                            .get("/", Some(GetOptions::new().with_count_only()))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        Ok(Some(()))
-                    }
-                },
-            )
+            wait_until(&format!("etcd member {idx} ({url}) to serve"), timeout, || {
+                let url = url.clone();
+                async move {
+                    let options = ConnectOptions::new()
+                        .with_connect_timeout(Duration::from_millis(500))
+                        .with_timeout(Duration::from_millis(1000))
+                        .with_require_leader(true);
+                    let mut client = Client::connect([url], Some(options)).await.map_err(|e| e.to_string())?;
+                    client.get("/", Some(GetOptions::new().with_count_only())).await.map_err(|e| e.to_string())?;
+                    Ok(Some(()))
+                }
+            })
             .await?;
         }
         Ok(())
@@ -171,11 +133,7 @@ impl EtcdCluster {
     pub fn pause(&self, idx: usize, paused: bool) {
         use nix::sys::signal::Signal;
         if let Some(process) = &self.members[idx].process {
-            process.signal(if paused {
-                Signal::SIGSTOP
-            } else {
-                Signal::SIGCONT
-            });
+            process.signal(if paused { Signal::SIGSTOP } else { Signal::SIGCONT });
         }
     }
 }

@@ -23,9 +23,7 @@ impl HaProxy {
             .arg("-f")
             .arg(&cfg)
             .output()
-            .map_err(|e| {
-                anyhow::anyhow!("run haproxy: {e} (is HAProxy installed? apt-get install haproxy)")
-            })?;
+            .map_err(|e| anyhow::anyhow!("run haproxy: {e} (is HAProxy installed? apt-get install haproxy)"))?;
         anyhow::ensure!(
             check.status.success(),
             "haproxy rejected the config: {}{}",
@@ -34,31 +32,16 @@ impl HaProxy {
         );
         let log = std::fs::File::create(dir.path().join("haproxy.log"))?;
         let mut cmd = Command::new("haproxy");
-        cmd.arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.arg("-db").arg("-f").arg(&cfg).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let process = ChildGuard::spawn(&mut cmd, "haproxy", &dir)?;
         let mut haproxy = Self { dir, process };
         for port in ports {
-            wait_until(
-                &format!("HAProxy to listen on {port}"),
-                Duration::from_secs(10),
-                || async {
-                    std::net::TcpStream::connect(("127.0.0.1", *port))
-                        .map(|_| Some(()))
-                        .map_err(|e| e.to_string())
-                },
-            )
+            wait_until(&format!("HAProxy to listen on {port}"), Duration::from_secs(10), || async {
+                std::net::TcpStream::connect(("127.0.0.1", *port)).map(|_| Some(())).map_err(|e| e.to_string())
+            })
             .await?;
         }
-        anyhow::ensure!(
-            !haproxy.process.has_exited(),
-            "haproxy exited; see {}",
-            haproxy.log_path().display()
-        );
+        anyhow::ensure!(!haproxy.process.has_exited(), "haproxy exited; see {}", haproxy.log_path().display());
         Ok(haproxy)
     }
 

@@ -48,12 +48,7 @@ impl PgInstance {
         let port = free_port();
         let data = dir.path().join("data");
         let mut cmd = Command::new(bins.path("initdb"));
-        cmd.arg("-D").arg(&data).args([
-            "--auth=trust",
-            "--username=postgres",
-            "--no-sync",
-            "--encoding=UTF8",
-        ]);
+        cmd.arg("-D").arg(&data).args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8"]);
         cmd.current_dir(dir.path()).stdin(Stdio::null());
         check(run_as_postgres(&mut cmd).output()?, "initdb")?;
         let socket_dir = dir.path().join("sock");
@@ -64,9 +59,7 @@ impl PgInstance {
              wal_level = replica\nmax_wal_senders = 5\nshared_buffers = 16MB\n",
             socket_dir.display()
         );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
+        let mut file = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
         std::io::Write::write_all(&mut file, conf.as_bytes())?;
         Ok(Self { dir, bins, port })
     }
@@ -89,37 +82,17 @@ impl PgInstance {
 
     fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(self.bins.path("pg_ctl"));
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null());
-        check(
-            run_as_postgres(&mut cmd).output()?,
-            &format!("pg_ctl {}", args.join(" ")),
-        )
+        cmd.arg("-D").arg(self.data_dir()).args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        check(run_as_postgres(&mut cmd).output()?, &format!("pg_ctl {}", args.join(" ")))
     }
 
     /// Starts the postmaster and waits until it accepts connections.
     pub async fn start(&self) -> anyhow::Result<()> {
         let log = self.dir.path().join("postgres.log");
-        self.pg_ctl(&[
-            "start",
-            "-w",
-            "-t",
-            "60",
-            "-l",
-            log.to_str().expect("utf-8 path"),
-        ])?;
-        wait_until(
-            "PostgreSQL to accept queries",
-            Duration::from_secs(30),
-            || async {
-                self.psql("select 1")
-                    .map(|_| Some(()))
-                    .map_err(|e| e.to_string())
-            },
-        )
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l", log.to_str().expect("utf-8 path")])?;
+        wait_until("PostgreSQL to accept queries", Duration::from_secs(30), || async {
+            self.psql("select 1").map(|_| Some(())).map_err(|e| e.to_string())
+        })
         .await
     }
 
@@ -132,15 +105,10 @@ impl PgInstance {
     /// Stops by data directory with an immediate shutdown; a postmaster that
     /// does not go away is killed by its PID from `postmaster.pid`.
     pub fn stop(&self) {
-        if self
-            .pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"])
-            .is_err()
+        if self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]).is_err()
             && let Some(pid) = self.postmaster_pid()
         {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 
@@ -153,26 +121,12 @@ impl PgInstance {
 /// Runs SQL through `psql` against `host:port` as `postgres`.
 pub fn psql_at(host: &str, port: u16, sql: &str) -> anyhow::Result<String> {
     let mut cmd = Command::new(binaries().bin_dir.join("psql"));
-    cmd.args([
-        "-X",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        host,
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(["-d", "postgres", "-c", sql])
-    .env("PGCONNECT_TIMEOUT", "3")
-    .current_dir("/")
-    .stdin(Stdio::null());
-    Ok(check(run_as_postgres(&mut cmd).output()?, "psql")?
-        .trim()
-        .to_string())
+    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "3")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    Ok(check(run_as_postgres(&mut cmd).output()?, "psql")?.trim().to_string())
 }
 
 impl Drop for PgInstance {

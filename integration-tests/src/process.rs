@@ -21,21 +21,13 @@ pub fn postgres_user() -> Option<User> {
     if !geteuid().is_root() {
         return None;
     }
-    Some(
-        User::from_name("postgres")
-            .ok()
-            .flatten()
-            .expect("a `postgres` user exists (apt-get install postgresql-15)"),
-    )
+    Some(User::from_name("postgres").ok().flatten().expect("a `postgres` user exists (apt-get install postgresql-15)"))
 }
 
 /// Makes `cmd` run as `postgres` when we are root.
 pub fn run_as_postgres(cmd: &mut Command) -> &mut Command {
     if let Some(user) = postgres_user() {
-        cmd.uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .env("HOME", &user.dir)
-            .env("USER", "postgres");
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw()).env("HOME", &user.dir).env("USER", "postgres");
     }
     cmd
 }
@@ -62,10 +54,8 @@ impl TestDir {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(ROOT).join(format!("{}-{seq}-{label}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create test dir");
-        std::fs::set_permissions(ROOT, std::fs::Permissions::from_mode(0o1777))
-            .expect("chmod test root");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod test dir");
+        std::fs::set_permissions(ROOT, std::fs::Permissions::from_mode(0o1777)).expect("chmod test root");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
         give_to_postgres(&path);
         Self { path }
     }
@@ -77,11 +67,8 @@ impl TestDir {
     /// Records a started process so that a later run can reap it if this
     /// test process dies without cleaning up.
     pub fn record_pid(&self, pid: u32, name: &str) {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path.join("pids"))
-            .expect("open pid record");
+        let mut file =
+            OpenOptions::new().create(true).append(true).open(self.path.join("pids")).expect("open pid record");
         writeln!(file, "{pid} {name}").expect("record pid");
     }
 }
@@ -104,14 +91,9 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command, name: &str, dir: &TestDir) -> anyhow::Result<Self> {
-        let child = cmd
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("start {name}: {e}"))?;
+        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("start {name}: {e}"))?;
         dir.record_pid(child.id(), name);
-        Ok(Self {
-            child: Some(child),
-            name: name.to_string(),
-        })
+        Ok(Self { child: Some(child), name: name.to_string() })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -120,9 +102,7 @@ impl ChildGuard {
 
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -163,9 +143,7 @@ pub fn is_running(pid: i32) -> bool {
 }
 
 fn comm_of(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }
 
 /// Kills what earlier test processes that died without cleaning up left in
@@ -187,24 +165,19 @@ pub fn reap_orphans() {
         if let Ok(pids) = std::fs::read_to_string(dir.join("pids")) {
             for line in pids.lines() {
                 let mut parts = line.split_whitespace();
-                let (Some(pid), Some(expected)) =
-                    (parts.next().and_then(|p| p.parse().ok()), parts.next())
-                else {
+                let (Some(pid), Some(expected)) = (parts.next().and_then(|p| p.parse().ok()), parts.next()) else {
                     continue;
                 };
-                if comm_of(pid)
-                    .is_some_and(|comm| expected.starts_with(&comm) || comm.starts_with(expected))
-                {
+                if comm_of(pid).is_some_and(|comm| expected.starts_with(&comm) || comm.starts_with(expected)) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
         for pidfile in find_postmaster_pids(&dir) {
-            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|text| {
-                text.lines()
-                    .next()
-                    .and_then(|l| l.trim().parse::<i32>().ok())
-            }) && comm_of(pid).is_some_and(|c| c == "postgres")
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|text| text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+                && comm_of(pid).is_some_and(|c| c == "postgres")
             {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }

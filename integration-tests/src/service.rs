@@ -12,10 +12,7 @@ use crate::process::{ChildGuard, TestDir, run_as_postgres};
 /// (`target/<profile>/deps/<test>`).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test binary");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary sits in target/<profile>/deps")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("test binary sits in target/<profile>/deps").to_path_buf()
 }
 
 /// A copy of the named pgwarden binary that `postgres` can execute.
@@ -29,11 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
     let copy = dir.join(name);
     if !copy.exists() {
         let built = target_dir().join(name);
-        assert!(
-            built.exists(),
-            "{} is not built: run `cargo build --workspace --bins` first",
-            built.display()
-        );
+        assert!(built.exists(), "{} is not built: run `cargo build --workspace --bins` first", built.display());
         std::fs::copy(&built, &copy).expect("copy the binary");
     }
     copy
@@ -55,11 +48,7 @@ pub fn spawn(name: &str, args: &[&str], dir: &TestDir, label: &str) -> anyhow::R
 }
 
 /// Runs a pgwarden binary as `postgres` to completion: (success, stdout, stderr).
-pub fn run(
-    name: &str,
-    args: &[&str],
-    envs: &[(&str, &str)],
-) -> anyhow::Result<(bool, String, String)> {
+pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(bool, String, String)> {
     let mut cmd = Command::new(binary(name));
     cmd.args(args).current_dir("/").stdin(Stdio::null());
     for (key, value) in envs {
@@ -78,10 +67,7 @@ pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -89,9 +75,6 @@ pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Ok((status, body))
 }

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use pgwarden_integration_tests::postgres::psql_at;
-use pgwarden_integration_tests::{
-    EtcdCluster, HaProxy, PgInstance, free_port, init_logging, wait_until,
-};
+use pgwarden_integration_tests::{EtcdCluster, HaProxy, PgInstance, free_port, init_logging, wait_until};
 
 fn port_is_closed(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
@@ -19,11 +17,7 @@ async fn etcd_serves_and_is_stopped_on_drop() {
     client.put("/harness/k", "v", None).await.expect("put");
     let got = client.get("/harness/k", None).await.expect("get");
     assert_eq!(got.kvs()[0].value(), b"v");
-    let port: u16 = etcd.host_ports()[0]
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port: u16 = etcd.host_ports()[0].rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
     drop(etcd);
     assert!(port_is_closed(port), "etcd still listens after drop");
 }
@@ -36,17 +30,11 @@ async fn postgres_runs_as_postgres_behind_haproxy_and_stops_by_data_dir() {
     let user = pg.psql("select current_user").expect("query");
     assert_eq!(user, "postgres");
     let uid = pg.psql("select pg_backend_pid()").expect("backend pid");
-    let owner =
-        std::fs::metadata(format!("/proc/{uid}")).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let owner = std::fs::metadata(format!("/proc/{uid}")).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
     if let Some(postgres) = pgwarden_integration_tests::postgres_user() {
-        assert_eq!(
-            owner.expect("backend visible"),
-            postgres.uid.as_raw(),
-            "the backend runs as postgres"
-        );
+        assert_eq!(owner.expect("backend visible"), postgres.uid.as_raw(), "the backend runs as postgres");
     }
-    pg.psql("create table t(id int); insert into t values (42)")
-        .expect("write");
+    pg.psql("create table t(id int); insert into t values (42)").expect("write");
 
     let front = free_port();
     let config = format!(
@@ -54,18 +42,10 @@ async fn postgres_runs_as_postgres_behind_haproxy_and_stops_by_data_dir() {
          listen pg\n  bind 127.0.0.1:{front}\n  server pg0 127.0.0.1:{} check inter 500ms\n",
         pg.port()
     );
-    let mut haproxy = HaProxy::start(&config, &[front])
-        .await
-        .expect("start haproxy");
-    let through = wait_until(
-        "a query through HAProxy",
-        Duration::from_secs(10),
-        || async {
-            psql_at("127.0.0.1", front, "select id from t")
-                .map(Some)
-                .map_err(|e| e.to_string())
-        },
-    )
+    let mut haproxy = HaProxy::start(&config, &[front]).await.expect("start haproxy");
+    let through = wait_until("a query through HAProxy", Duration::from_secs(10), || async {
+        psql_at("127.0.0.1", front, "select id from t").map(Some).map_err(|e| e.to_string())
+    })
     .await
     .expect("query through haproxy");
     assert_eq!(through, "42");
@@ -76,8 +56,5 @@ async fn postgres_runs_as_postgres_behind_haproxy_and_stops_by_data_dir() {
     let port = pg.port();
     drop(pg);
     assert!(port_is_closed(port), "postgres still listens after drop");
-    assert!(
-        !pgwarden_integration_tests::process::is_running(pid),
-        "postmaster {pid} survived"
-    );
+    assert!(!pgwarden_integration_tests::process::is_running(pid), "postmaster {pid} survived");
 }

@@ -12,19 +12,10 @@ use dcs::{ClusterView, EtcdSettings, Keys};
 use pgwarden_config::Purpose;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgwardenctl",
-    version,
-    about = "Operate a pgwarden (or Patroni) cluster"
-)]
+#[command(name = "pgwardenctl", version, about = "Operate a pgwarden (or Patroni) cluster")]
 pub struct Cli {
     /// Config file (Patroni format); default: $PATRONICTL_CONFIG_FILE, then ~/.config/patroni/patronictl.yaml.
-    #[arg(
-        short = 'c',
-        long = "config-file",
-        env = "PATRONICTL_CONFIG_FILE",
-        global = true
-    )]
+    #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE", global = true)]
     pub config_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

@@ -9,10 +9,7 @@ fn title_case(role: &str) -> String {
     role.split('_')
         .map(|word| {
             let mut chars = word.chars();
-            chars
-                .next()
-                .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
-                .unwrap_or_default()
+            chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -28,18 +25,10 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let sync: Vec<&str> = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
     let optime = view.status.as_ref().map(|s| s.optime);
-    let addresses: Vec<Option<(String, u16)>> =
-        view.members.iter().map(|m| m.data.host_port()).collect();
-    let hosts: Vec<&str> = addresses
-        .iter()
-        .flatten()
-        .map(|(h, _)| h.as_str())
-        .collect();
+    let addresses: Vec<Option<(String, u16)>> = view.members.iter().map(|m| m.data.host_port()).collect();
+    let hosts: Vec<&str> = addresses.iter().flatten().map(|(h, _)| h.as_str()).collect();
     let show_ports = addresses.iter().flatten().any(|(_, p)| *p != 5432)
-        || hosts
-            .iter()
-            .enumerate()
-            .any(|(i, h)| hosts[..i].contains(h));
+        || hosts.iter().enumerate().any(|(i, h)| hosts[..i].contains(h));
     let header = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
     let mut rows: Vec<[String; 6]> = Vec::new();
     for (member, address) in view.members.iter().zip(&addresses) {
@@ -50,11 +39,7 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
         };
         let is_leader = Some(member.name.as_str()) == leader;
         let role = if is_leader {
-            if member.data.role == "standby_leader" {
-                "Standby Leader".into()
-            } else {
-                "Leader".into()
-            }
+            if member.data.role == "standby_leader" { "Standby Leader".into() } else { "Leader".into() }
         } else if sync.contains(&member.name.as_str()) {
             "Sync Standby".into()
         } else if member.data.role == "standby_leader" || member.data.role == "primary" {
@@ -67,11 +52,7 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
             (Some(replication), false) => replication.clone(),
             _ => member.data.state.clone(),
         };
-        let timeline = member
-            .data
-            .timeline
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let timeline = member.data.timeline.map(|t| t.to_string()).unwrap_or_default();
         let lag = if is_leader {
             String::new()
         } else {
@@ -126,11 +107,7 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
         out.push_str(&row_line(row));
     }
     out.push_str(&rule(None));
-    if view
-        .config
-        .as_ref()
-        .is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true))
-    {
+    if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true)) {
         out.push_str(" Maintenance mode: on\n");
     }
     out
@@ -160,47 +137,25 @@ mod tests {
     fn prints_patronis_columns_with_lag_in_mb() {
         let view = ClusterView {
             initialize: Some("7277694203142172922".into()),
-            leader: Some(LeaderView {
-                name: "pg0".into(),
-                lease: 1,
-                mod_revision: 1,
-            }),
+            leader: Some(LeaderView { name: "pg0".into(), lease: 1, mod_revision: 1 }),
             members: vec![
                 member("pg0", 5432, "primary", "running", 50 << 20),
                 member("pg1", 5433, "replica", "streaming", 48 << 20),
             ],
-            status: Some(Status {
-                optime: 50 << 20,
-                ..Status::default()
-            }),
+            status: Some(Status { optime: 50 << 20, ..Status::default() }),
             ..ClusterView::default()
         };
         let table = members_table("batman", &view);
         let lines: Vec<&str> = table.lines().collect();
-        assert!(
-            lines[0].starts_with("+ Cluster: batman (7277694203142172922) "),
-            "{table}"
-        );
-        assert!(
-            lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"),
-            "{table}"
-        );
-        assert!(
-            lines[3].contains("| pg0    | 127.0.0.1:5432 | Leader  | running   |  3 |"),
-            "{table}"
-        );
-        assert!(
-            lines[4].contains("| Replica | streaming |  3 |         2 |"),
-            "{table}"
-        );
+        assert!(lines[0].starts_with("+ Cluster: batman (7277694203142172922) "), "{table}");
+        assert!(lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"), "{table}");
+        assert!(lines[3].contains("| pg0    | 127.0.0.1:5432 | Leader  | running   |  3 |"), "{table}");
+        assert!(lines[4].contains("| Replica | streaming |  3 |         2 |"), "{table}");
     }
 
     #[test]
     fn names_an_uninitialised_cluster() {
         let table = members_table("empty", &ClusterView::default());
-        assert!(
-            table.starts_with("+ Cluster: empty (uninitialized) "),
-            "{table}"
-        );
+        assert!(table.starts_with("+ Cluster: empty (uninitialized) "), "{table}");
     }
 }

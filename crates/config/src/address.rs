@@ -12,26 +12,20 @@ pub struct HostPort {
 
 impl HostPort {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-        }
+        Self { host: host.into(), port }
     }
 
     /// Parses `host:port`, `[v6]:port`. The host must not be empty.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("expected host:port, found {text:?} (unclosed '[')"))?;
-            let port = after
-                .strip_prefix(':')
-                .ok_or_else(|| format!("expected host:port, found {text:?} (no port)"))?;
+            let (host, after) =
+                rest.split_once(']').ok_or_else(|| format!("expected host:port, found {text:?} (unclosed '[')"))?;
+            let port =
+                after.strip_prefix(':').ok_or_else(|| format!("expected host:port, found {text:?} (no port)"))?;
             (host, port)
         } else {
-            text.rsplit_once(':')
-                .ok_or_else(|| format!("expected host:port, found {text:?} (no port)"))?
+            text.rsplit_once(':').ok_or_else(|| format!("expected host:port, found {text:?} (no port)"))?
         };
         if host.is_empty() {
             return Err(format!("expected host:port, found {text:?} (no host)"));
@@ -39,25 +33,16 @@ impl HostPort {
         if host.contains(char::is_whitespace) || (host.contains(':') && !text.starts_with('[')) {
             return Err(format!("expected host:port, found {text:?} (bad host)"));
         }
-        let port = parse_port(port)
-            .map_err(|why| format!("expected host:port, found {text:?} ({why})"))?;
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
+        let port = parse_port(port).map_err(|why| format!("expected host:port, found {text:?} ({why})"))?;
+        Ok(Self { host: host.to_string(), port })
     }
 
     /// The address with the same host and another port: pgwarden derives its
     /// gRPC ports from the REST API's port.
     pub fn with_port_offset(&self, offset: u16) -> Result<Self, String> {
-        let port = self
-            .port
-            .checked_add(offset)
-            .ok_or_else(|| format!("port {} + {offset} is above 65535", self.port))?;
-        Ok(Self {
-            host: self.host.clone(),
-            port,
-        })
+        let port =
+            self.port.checked_add(offset).ok_or_else(|| format!("port {} + {offset} is above 65535", self.port))?;
+        Ok(Self { host: self.host.clone(), port })
     }
 
     /// A host usable to connect to: wildcard listen addresses map to loopback.
@@ -104,21 +89,11 @@ impl ListenAddresses {
             .trim()
             .rsplit_once(':')
             .ok_or_else(|| format!("expected host[,host...]:port, found {text:?} (no port)"))?;
-        let port = parse_port(port)
-            .map_err(|why| format!("expected host[,host...]:port, found {text:?} ({why})"))?;
-        let hosts: Vec<String> = hosts
-            .split(',')
-            .map(|h| {
-                h.trim()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string()
-            })
-            .collect();
+        let port = parse_port(port).map_err(|why| format!("expected host[,host...]:port, found {text:?} ({why})"))?;
+        let hosts: Vec<String> =
+            hosts.split(',').map(|h| h.trim().trim_start_matches('[').trim_end_matches(']').to_string()).collect();
         if hosts.iter().any(String::is_empty) {
-            return Err(format!(
-                "expected host[,host...]:port, found {text:?} (empty host)"
-            ));
+            return Err(format!("expected host[,host...]:port, found {text:?} (empty host)"));
         }
         Ok(Self { hosts, port })
     }
@@ -135,33 +110,15 @@ mod tests {
 
     #[test]
     fn parses_host_port_forms() {
-        assert_eq!(
-            HostPort::parse("127.0.0.1:8008"),
-            Ok(HostPort::new("127.0.0.1", 8008))
-        );
-        assert_eq!(
-            HostPort::parse("[::1]:2379"),
-            Ok(HostPort::new("::1", 2379))
-        );
-        assert_eq!(
-            HostPort::parse(" db1.example:5432 "),
-            Ok(HostPort::new("db1.example", 5432))
-        );
+        assert_eq!(HostPort::parse("127.0.0.1:8008"), Ok(HostPort::new("127.0.0.1", 8008)));
+        assert_eq!(HostPort::parse("[::1]:2379"), Ok(HostPort::new("::1", 2379)));
+        assert_eq!(HostPort::parse(" db1.example:5432 "), Ok(HostPort::new("db1.example", 5432)));
         assert_eq!(HostPort::new("::1", 5).to_string(), "[::1]:5");
     }
 
     #[test]
     fn refuses_malformed_host_port() {
-        for bad in [
-            "localhost",
-            ":5432",
-            "h:",
-            "h:99999",
-            "h:0",
-            "h:abc",
-            "::1:5432",
-            "a b:1",
-        ] {
+        for bad in ["localhost", ":5432", "h:", "h:99999", "h:0", "h:abc", "::1:5432", "a b:1"] {
             assert!(HostPort::parse(bad).is_err(), "{bad} should be refused");
         }
     }

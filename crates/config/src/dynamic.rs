@@ -82,17 +82,12 @@ impl DynamicConfig {
     /// ready to be written to etcd.
     pub fn read(root: &Value, base: &str, problems: &mut Problems) -> (Self, Value) {
         let path = |key: &str| {
-            if base.is_empty() {
-                key.to_string()
-            } else {
-                format!("{base}.{key}")
-            }
+            if base.is_empty() { key.to_string() } else { format!("{base}.{key}") }
         };
         let mut r = Reader::new(root, problems);
         let d = Self::default();
         let u32_of = |r: &mut Reader<'_>, key: &str, min: i64, default: u32| {
-            r.int(&path(key), min, i64::from(u32::MAX))
-                .map_or(default, |n| n as u32)
+            r.int(&path(key), min, i64::from(u32::MAX)).map_or(default, |n| n as u32)
         };
         let ttl = u32_of(&mut r, "ttl", MIN_TTL, d.ttl);
         let mut loop_wait = u32_of(&mut r, "loop_wait", MIN_LOOP_WAIT, d.loop_wait);
@@ -126,10 +121,7 @@ impl DynamicConfig {
         }
         let legacy_start = u32_of(&mut r, "master_start_timeout", 0, d.primary_start_timeout);
         let primary_start_timeout = u32_of(&mut r, "primary_start_timeout", 0, legacy_start);
-        let synchronous_mode = match r.choice(
-            &path("synchronous_mode"),
-            &["off", "on", "false", "true", "quorum"],
-        ) {
+        let synchronous_mode = match r.choice(&path("synchronous_mode"), &["off", "on", "false", "true", "quorum"]) {
             Some(m) if m == "on" || m == "true" => SyncMode::On,
             Some(m) if m == "quorum" => SyncMode::Quorum,
             _ => SyncMode::Off,
@@ -137,21 +129,13 @@ impl DynamicConfig {
         let member_slots_ttl = match r.get(&path("member_slots_ttl")) {
             None => d.member_slots_ttl,
             Some(v) => parse_duration(v).unwrap_or_else(|| {
-                r.problems.error(
-                    path("member_slots_ttl"),
-                    "expected a duration (seconds, or e.g. 30min, 1h)",
-                );
+                r.problems.error(path("member_slots_ttl"), "expected a duration (seconds, or e.g. 30min, 1h)");
                 d.member_slots_ttl
             }),
         };
         let mut parameters = parameter_map(&mut r, &path("postgresql.parameters"));
         let mut renamed = Vec::new();
-        translate_renamed_parameters(
-            &mut parameters,
-            &path("postgresql.parameters"),
-            r.problems,
-            &mut renamed,
-        );
+        translate_renamed_parameters(&mut parameters, &path("postgresql.parameters"), r.problems, &mut renamed);
         let config = Self {
             ttl,
             loop_wait,
@@ -163,12 +147,7 @@ impl DynamicConfig {
             primary_stop_timeout: u32_of(&mut r, "primary_stop_timeout", 0, d.primary_stop_timeout),
             synchronous_mode,
             synchronous_mode_strict: r.bool(&path("synchronous_mode_strict"), false),
-            synchronous_node_count: u32_of(
-                &mut r,
-                "synchronous_node_count",
-                1,
-                d.synchronous_node_count,
-            ),
+            synchronous_node_count: u32_of(&mut r, "synchronous_node_count", 1, d.synchronous_node_count),
             check_timeline: r.bool(&path("check_timeline"), false),
             max_timelines_history: u32_of(&mut r, "max_timelines_history", 0, 0),
             pause: r.bool(&path("pause"), false),
@@ -178,22 +157,12 @@ impl DynamicConfig {
             parameters,
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
         };
-        let section = if base.is_empty() {
-            Some(root)
-        } else {
-            r.get(base)
-        };
-        let mut json = section
-            .cloned()
-            .filter(Value::is_object)
-            .unwrap_or_else(|| Value::Object(Map::new()));
+        let section = if base.is_empty() { Some(root) } else { r.get(base) };
+        let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
         for (key, value) in corrected {
             json[key] = Value::from(value);
         }
-        if let Some(params) = json
-            .pointer_mut("/postgresql/parameters")
-            .and_then(Value::as_object_mut)
-        {
+        if let Some(params) = json.pointer_mut("/postgresql/parameters").and_then(Value::as_object_mut) {
             for (old, new, value) in renamed {
                 params.remove(&old);
                 params.insert(new, Value::String(value));
@@ -220,10 +189,9 @@ pub(crate) fn parameter_map(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, 
                 out.insert(name.clone(), text);
             }
             None if value.is_null() => {}
-            None => r.problems.error(
-                format!("{path}.{name}"),
-                "expected a parameter value (string, number or boolean)",
-            ),
+            None => {
+                r.problems.error(format!("{path}.{name}"), "expected a parameter value (string, number or boolean)")
+            }
         }
     }
     out
@@ -249,10 +217,7 @@ pub(crate) fn translate_renamed_parameters(
                     renamed.push(("wal_keep_segments".into(), "wal_keep_size".into(), size));
                 }
             }
-            Err(_) => problems.error(
-                format!("{path}.wal_keep_segments"),
-                "expected an integer number of segments",
-            ),
+            Err(_) => problems.error(format!("{path}.wal_keep_segments"), "expected an integer number of segments"),
         }
     }
 }
@@ -263,9 +228,7 @@ pub fn parse_duration(value: &Value) -> Option<Duration> {
         return Some(Duration::from_secs(n));
     }
     let text = value.as_str()?.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let secs = match unit.trim() {
@@ -311,12 +274,8 @@ mod tests {
         for ttl in MIN_TTL..60 {
             for loop_wait in 1..40 {
                 for retry in MIN_RETRY_TIMEOUT..40 {
-                    let (cfg, _, _) =
-                        read(json!({"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry}));
-                    assert!(
-                        cfg.loop_wait + 2 * cfg.retry_timeout <= cfg.ttl,
-                        "{ttl} {loop_wait} {retry} -> {cfg:?}"
-                    );
+                    let (cfg, _, _) = read(json!({"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry}));
+                    assert!(cfg.loop_wait + 2 * cfg.retry_timeout <= cfg.ttl, "{ttl} {loop_wait} {retry} -> {cfg:?}");
                     assert!(cfg.loop_wait >= 1);
                 }
             }
@@ -325,12 +284,8 @@ mod tests {
 
     #[test]
     fn renames_wal_keep_segments() {
-        let (cfg, json, problems) =
-            read(json!({"postgresql": {"parameters": {"wal_keep_segments": 8}}}));
-        assert_eq!(
-            cfg.parameters.get("wal_keep_size").map(String::as_str),
-            Some("128MB")
-        );
+        let (cfg, json, problems) = read(json!({"postgresql": {"parameters": {"wal_keep_segments": 8}}}));
+        assert_eq!(cfg.parameters.get("wal_keep_size").map(String::as_str), Some("128MB"));
         assert!(!cfg.parameters.contains_key("wal_keep_segments"));
         assert_eq!(json["postgresql"]["parameters"]["wal_keep_size"], "128MB");
         assert_eq!(problems[0].path, "postgresql.parameters.wal_keep_segments");
@@ -339,14 +294,8 @@ mod tests {
     #[test]
     fn parses_durations() {
         assert_eq!(parse_duration(&json!(90)), Some(Duration::from_secs(90)));
-        assert_eq!(
-            parse_duration(&json!("30min")),
-            Some(Duration::from_secs(1800))
-        );
-        assert_eq!(
-            parse_duration(&json!("2h")),
-            Some(Duration::from_secs(7200))
-        );
+        assert_eq!(parse_duration(&json!("30min")), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration(&json!("2h")), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration(&json!("soon")), None);
     }
 }

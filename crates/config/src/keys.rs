@@ -67,20 +67,13 @@ pub fn parse_table(text: &str) -> Result<Vec<KeySpec>, String> {
         }
         let cols: Vec<&str> = line.split('\t').collect();
         if cols.len() != 5 {
-            return Err(format!(
-                "keys.tsv line {}: expected 5 tab-separated columns, found {}",
-                idx + 1,
-                cols.len()
-            ));
+            return Err(format!("keys.tsv line {}: expected 5 tab-separated columns, found {}", idx + 1, cols.len()));
         }
         let status = match cols[3] {
             "implemented" => Status::Implemented,
             "unsupported" => Status::Unsupported,
             other => {
-                return Err(format!(
-                    "keys.tsv line {}: unknown status {other:?}",
-                    idx + 1
-                ));
+                return Err(format!("keys.tsv line {}: unknown status {other:?}", idx + 1));
             }
         };
         rows.push(KeySpec {
@@ -96,18 +89,15 @@ pub fn parse_table(text: &str) -> Result<Vec<KeySpec>, String> {
 
 /// The most specific row matching `path`: exact segments beat `*`, which beats `**`.
 pub fn find(path: &[&str]) -> Option<&'static KeySpec> {
-    table()
-        .iter()
-        .filter(|row| row.matches(path))
-        .max_by_key(|row| {
-            row.segments()
-                .map(|s| match s {
-                    "**" => 0,
-                    "*" => 1,
-                    _ => 2,
-                })
-                .sum::<usize>()
-        })
+    table().iter().filter(|row| row.matches(path)).max_by_key(|row| {
+        row.segments()
+            .map(|s| match s {
+                "**" => 0,
+                "*" => 1,
+                _ => 2,
+            })
+            .sum::<usize>()
+    })
 }
 
 /// Walks the user's tree: unknown keys are errors, unsupported ones warnings.
@@ -127,13 +117,8 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
                 // A catch-all row (custom method sections under `postgresql`)
                 // must not hide a typo of a real key.
                 match near_miss(path).filter(|_| spec.path.ends_with('*')) {
-                    Some(name) => {
-                        problems.error(&dotted, format!("unknown key; did you mean `{name}`?"))
-                    }
-                    None => problems.warn(
-                        &dotted,
-                        "is a Patroni setting pgwarden does not support yet; it is ignored",
-                    ),
+                    Some(name) => problems.error(&dotted, format!("unknown key; did you mean `{name}`?")),
+                    None => problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored"),
                 }
             }
             Some(spec) if spec.is_section() => walk(value, path, problems),
@@ -146,28 +131,21 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
 fn unknown_key_message(path: &[&str]) -> String {
     match near_miss(path) {
         Some(name) => format!("unknown key; did you mean `{name}`?"),
-        None => {
-            "unknown key (not a Patroni or pgwarden setting; see crates/config/keys.tsv)".into()
-        }
+        None => "unknown key (not a Patroni or pgwarden setting; see crates/config/keys.tsv)".into(),
     }
 }
 
 /// The known sibling key closest to the last segment of `path`, if it is close
 /// enough to be a typo.
 fn near_miss(path: &[&str]) -> Option<&'static str> {
-    let (last, parent) = path
-        .split_last()
-        .expect("a key path has at least one segment");
+    let (last, parent) = path.split_last().expect("a key path has at least one segment");
     let siblings: Vec<&'static str> = table()
         .iter()
         .filter_map(|row| {
             let segments: Vec<&str> = row.segments().collect();
             let (name, row_parent) = segments.split_last()?;
             let same_parent = row_parent.len() == parent.len()
-                && row_parent
-                    .iter()
-                    .zip(parent.iter())
-                    .all(|(p, s)| *p == "*" || p == s);
+                && row_parent.iter().zip(parent.iter()).all(|(p, s)| *p == "*" || p == s);
             (same_parent && !name.starts_with('*')).then_some(*name)
         })
         .collect();
@@ -225,12 +203,7 @@ mod tests {
             "any",
         ];
         for row in table() {
-            assert!(
-                kinds.contains(&row.kind.as_str()),
-                "{} has unknown type {}",
-                row.path,
-                row.kind
-            );
+            assert!(kinds.contains(&row.kind.as_str()), "{} has unknown type {}", row.path, row.kind);
         }
     }
 
@@ -243,8 +216,7 @@ mod tests {
                 if parent.iter().any(|s| s.starts_with('*')) {
                     continue;
                 }
-                let spec = find(parent)
-                    .unwrap_or_else(|| panic!("{} has no row for its parent", row.path));
+                let spec = find(parent).unwrap_or_else(|| panic!("{} has no row for its parent", row.path));
                 assert!(
                     spec.is_section() || spec.status == Status::Unsupported,
                     "{} sits below {}, which is not a section",
@@ -257,14 +229,8 @@ mod tests {
 
     #[test]
     fn suggests_close_keys() {
-        assert_eq!(
-            unknown_key_message(&["postgresq"]),
-            "unknown key; did you mean `postgresql`?"
-        );
-        assert_eq!(
-            unknown_key_message(&["restapi", "lisen"]),
-            "unknown key; did you mean `listen`?"
-        );
+        assert_eq!(unknown_key_message(&["postgresq"]), "unknown key; did you mean `postgresql`?");
+        assert_eq!(unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
         assert!(unknown_key_message(&["zzzzzzzz"]).starts_with("unknown key (not"));
     }
 }

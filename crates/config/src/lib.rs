@@ -24,9 +24,7 @@ use figment::providers::{Format, Serialized};
 use serde_json::{Map, Value};
 
 pub use address::{HostPort, ListenAddresses};
-pub use dynamic::{
-    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, parse_duration,
-};
+pub use dynamic::{DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, parse_duration};
 pub use postgres_bin::{BINARIES, PostgresBinaries};
 pub use problem::{Problem, Problems, Severity};
 use read::Reader;
@@ -105,11 +103,7 @@ pub struct RestApi {
 impl RestApi {
     /// `http(s)://connect_address/patroni`, as Patroni advertises it.
     pub fn api_url(&self) -> String {
-        let scheme = if self.certfile.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.certfile.is_some() { "https" } else { "http" };
         format!("{scheme}://{}/patroni", self.connect_address)
     }
 }
@@ -283,19 +277,16 @@ impl Config {
     pub fn postgres_binaries(&self) -> Result<PostgresBinaries, String> {
         match &self.postgresql.bin_dir {
             Some(dir) => PostgresBinaries::in_dir(dir, &self.postgresql.bin_name),
-            None => PostgresBinaries::discover(
-                &self.postgresql.bin_name,
-                std::env::var("PATH").ok().as_deref(),
-            ),
+            None => PostgresBinaries::discover(&self.postgresql.bin_name, std::env::var("PATH").ok().as_deref()),
         }
     }
 
     /// The etcd request timeout: configured, or a third of `retry_timeout`
     /// (so that a retry fits inside `retry_timeout`), at least one second.
     pub fn etcd_request_timeout(&self, retry_timeout: u32) -> Duration {
-        self.pgwarden.etcd_request_timeout.unwrap_or_else(|| {
-            Duration::from_millis(u64::from(retry_timeout) * 1000 / 3).max(Duration::from_secs(1))
-        })
+        self.pgwarden
+            .etcd_request_timeout
+            .unwrap_or_else(|| Duration::from_millis(u64::from(retry_timeout) * 1000 / 3).max(Duration::from_secs(1)))
     }
 }
 
@@ -316,10 +307,7 @@ impl Source {
                 message: format!("cannot read config file {}: {e}", path.display()),
             }],
         })?;
-        Ok(Self {
-            origin: path.display().to_string(),
-            yaml,
-        })
+        Ok(Self { origin: path.display().to_string(), yaml })
     }
 }
 
@@ -340,16 +328,8 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let errors = self
-            .problems
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .count();
-        writeln!(
-            f,
-            "invalid configuration {} ({errors} error(s)):",
-            self.origin
-        )?;
+        let errors = self.problems.iter().filter(|p| p.severity == Severity::Error).count();
+        writeln!(f, "invalid configuration {} ({errors} error(s)):", self.origin)?;
         for (idx, problem) in self.problems.iter().enumerate() {
             if idx > 0 {
                 writeln!(f)?;
@@ -367,10 +347,7 @@ impl std::error::Error for LoadError {}
 /// `path` with the `PATRONI_*` overrides from the process environment.
 pub fn load(path: Option<&Path>, purpose: Purpose) -> Result<Loaded, LoadError> {
     if let Ok(yaml) = std::env::var("PATRONI_CONFIGURATION") {
-        let source = Source {
-            origin: "PATRONI_CONFIGURATION".into(),
-            yaml,
-        };
+        let source = Source { origin: "PATRONI_CONFIGURATION".into(), yaml };
         return load_from(&source, std::iter::empty(), purpose);
     }
     let Some(path) = path else {
@@ -394,10 +371,7 @@ pub fn load_from<I>(source: &Source, vars: I, purpose: Purpose) -> Result<Loaded
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let fail = |problems: Vec<Problem>| LoadError {
-        origin: source.origin.clone(),
-        problems,
-    };
+    let fail = |problems: Vec<Problem>| LoadError { origin: source.origin.clone(), problems };
     let mut problems = Problems::default();
     let root = match merge_layers(source, vars, &mut problems) {
         Ok(root) => root,
@@ -412,21 +386,10 @@ where
     if purpose == Purpose::Agent
         && let Err(why) = config.postgres_binaries()
     {
-        problems.error(
-            if config.postgresql.bin_dir.is_some() {
-                "postgresql.bin_dir"
-            } else {
-                ""
-            },
-            why,
-        );
+        problems.error(if config.postgresql.bin_dir.is_some() { "postgresql.bin_dir" } else { "" }, why);
         return Err(fail(problems.into_vec()));
     }
-    Ok(Loaded {
-        config,
-        origin: source.origin.clone(),
-        warnings: problems.into_vec(),
-    })
+    Ok(Loaded { config, origin: source.origin.clone(), warnings: problems.into_vec() })
 }
 
 /// Layers: the YAML text, then the `PATRONI_*` overrides, merged by figment.
@@ -443,24 +406,16 @@ where
         figment = figment.merge(Serialized::default(&path, value));
     }
     for name in ignored {
-        problems.warn(
-            "",
-            format!("{name} belongs to a Patroni DCS pgwarden does not support; it is ignored"),
-        );
+        problems.warn("", format!("{name} belongs to a Patroni DCS pgwarden does not support; it is ignored"));
     }
-    let root: Value = figment
-        .extract()
-        .map_err(|e| yaml_syntax_problem(&e.to_string()))?;
+    let root: Value = figment.extract().map_err(|e| yaml_syntax_problem(&e.to_string()))?;
     match root {
         Value::Object(_) => Ok(root),
         Value::Null => Ok(Value::Object(Map::new())),
         other => Err(Problem {
             severity: Severity::Error,
             path: String::new(),
-            message: format!(
-                "the config must be a YAML mapping of keys, found {}",
-                read::describe(&other)
-            ),
+            message: format!("the config must be a YAML mapping of keys, found {}", read::describe(&other)),
         }),
     }
 }
@@ -478,27 +433,18 @@ fn yaml_syntax_problem(message: &str) -> Problem {
         Some((line, column, what.trim()))
     });
     let (path, message) = match located {
-        Some((line, Some(column), what)) => (
-            format!("line {line}"),
-            format!("YAML syntax error at column {column}: {what}"),
-        ),
+        Some((line, Some(column), what)) => {
+            (format!("line {line}"), format!("YAML syntax error at column {column}: {what}"))
+        }
         Some((line, None, what)) => (format!("line {line}"), format!("YAML syntax error: {what}")),
         None => (String::new(), format!("YAML syntax error: {text}")),
     };
-    Problem {
-        severity: Severity::Error,
-        path,
-        message,
-    }
+    Problem { severity: Severity::Error, path, message }
 }
 
 fn normalise_namespace(namespace: &str) -> String {
     let trimmed = namespace.trim().trim_matches('/');
-    if trimmed.is_empty() {
-        "/".into()
-    } else {
-        format!("/{trimmed}/")
-    }
+    if trimmed.is_empty() { "/".into() } else { format!("/{trimmed}/") }
 }
 
 fn path_of(r: &mut Reader<'_>, key: &str) -> Option<PathBuf> {
@@ -517,17 +463,11 @@ fn basic_auth(r: &mut Reader<'_>, base: &str) -> Option<BasicAuth> {
         (Some(username), Some(password)) => Some(BasicAuth { username, password }),
         (None, None) => None,
         (Some(_), None) => {
-            r.problems.error(
-                format!("{base}.password"),
-                "is required when username is set",
-            );
+            r.problems.error(format!("{base}.password"), "is required when username is set");
             None
         }
         (None, Some(_)) => {
-            r.problems.error(
-                format!("{base}.username"),
-                "is required when password is set",
-            );
+            r.problems.error(format!("{base}.username"), "is required when password is set");
             None
         }
     }
@@ -556,10 +496,7 @@ fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
                     }
                     other => r.problems.error(
                         format!("{path}[{idx}]"),
-                        format!(
-                            "expected an option (`- name` or `- name: value`), found {}",
-                            describe(other)
-                        ),
+                        format!("expected an option (`- name` or `- name: value`), found {}", describe(other)),
                     ),
                 }
             }
@@ -568,15 +505,10 @@ fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
         // Patroni also accepts a map for `basebackup`: {checkpoint: fast, max-rate: 100M}.
         Value::Object(map) => map
             .iter()
-            .filter_map(|(key, value)| {
-                read::scalar_text(value).map(|text| ToolOption::Value(key.clone(), text))
-            })
+            .filter_map(|(key, value)| read::scalar_text(value).map(|text| ToolOption::Value(key.clone(), text)))
             .collect(),
         other => {
-            r.problems.error(
-                path,
-                format!("expected a list of options, found {}", describe(other)),
-            );
+            r.problems.error(path, format!("expected a list of options, found {}", describe(other)));
             Vec::new()
         }
     }
@@ -585,21 +517,10 @@ fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
 fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credentials {
     r.section(base);
     Credentials {
-        username: r
-            .string(&format!("{base}.username"))
-            .unwrap_or_else(|| default_user.to_string()),
+        username: r.string(&format!("{base}.username")).unwrap_or_else(|| default_user.to_string()),
         password: secret_of(r, &format!("{base}.password")),
-        sslmode: r.choice(
-            &format!("{base}.sslmode"),
-            &[
-                "disable",
-                "allow",
-                "prefer",
-                "require",
-                "verify-ca",
-                "verify-full",
-            ],
-        ),
+        sslmode: r
+            .choice(&format!("{base}.sslmode"), &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
         sslkey: path_of(r, &format!("{base}.sslkey")),
         sslcert: path_of(r, &format!("{base}.sslcert")),
         sslrootcert: path_of(r, &format!("{base}.sslrootcert")),
@@ -608,11 +529,7 @@ fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credential
 
 fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
     let others = ["consul", "zookeeper", "exhibitor", "kubernetes", "raft"];
-    let present: Vec<&str> = ["etcd", "etcd3"]
-        .into_iter()
-        .chain(others)
-        .filter(|k| r.get(k).is_some())
-        .collect();
+    let present: Vec<&str> = ["etcd", "etcd3"].into_iter().chain(others).filter(|k| r.get(k).is_some()).collect();
     let section = match present.as_slice() {
         [one] if *one == "etcd" || *one == "etcd3" => {
             if *one == "etcd" {
@@ -622,34 +539,23 @@ fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
             }
         }
         [] => {
-            r.problems.error(
-                "etcd3",
-                "no DCS section: add `etcd3:` with `hosts:` listing your etcd endpoints",
-            );
+            r.problems.error("etcd3", "no DCS section: add `etcd3:` with `hosts:` listing your etcd endpoints");
             return None;
         }
         [one] => {
-            r.problems.error(
-                *one,
-                "pgwarden stores cluster state in etcd only: replace this section with `etcd3:`",
-            );
+            r.problems.error(*one, "pgwarden stores cluster state in etcd only: replace this section with `etcd3:`");
             return None;
         }
         many => {
             r.problems.error(
                 many[1],
-                format!(
-                    "exactly one DCS section is allowed, found {}: keep one `etcd3:` section",
-                    many.join(", ")
-                ),
+                format!("exactly one DCS section is allowed, found {}: keep one `etcd3:` section", many.join(", ")),
             );
             return None;
         }
     };
     let _ = purpose;
-    let protocol = r
-        .choice(&format!("{section}.protocol"), &["http", "https"])
-        .unwrap_or_else(|| "http".into());
+    let protocol = r.choice(&format!("{section}.protocol"), &["http", "https"]).unwrap_or_else(|| "http".into());
     let mut hosts: Vec<HostPort> = Vec::new();
     if let Some(host) = r.host_port(&format!("{section}.host")) {
         hosts.push(host);
@@ -679,16 +585,10 @@ fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
         }
         Some(other) => r.problems.error(
             hosts_path.clone(),
-            format!(
-                "expected a list of host:port or one comma-separated string, found {}",
-                read::describe(other)
-            ),
+            format!("expected a list of host:port or one comma-separated string, found {}", read::describe(other)),
         ),
     }
-    let mut endpoints: Vec<String> = hosts
-        .iter()
-        .map(|hp| format!("{protocol}://{hp}"))
-        .collect();
+    let mut endpoints: Vec<String> = hosts.iter().map(|hp| format!("{protocol}://{hp}")).collect();
     if let Some(url) = r.string(&format!("{section}.url")) {
         let ok = url.starts_with("http://") || url.starts_with("https://");
         if ok {
@@ -701,10 +601,8 @@ fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
         }
     }
     if endpoints.is_empty() && !r.problems.has_errors() {
-        r.problems.error(
-            format!("{section}.hosts"),
-            "no etcd endpoint: set `hosts: [host:port, ...]` or `host: host:port`",
-        );
+        r.problems
+            .error(format!("{section}.hosts"), "no etcd endpoint: set `hosts: [host:port, ...]` or `host: host:port`");
     }
     Some(Etcd {
         section,
@@ -719,8 +617,7 @@ fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
 
 fn tags(r: &mut Reader<'_>) -> Tags {
     let json = r.section("tags").cloned().unwrap_or_default();
-    let priority =
-        |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
+    let priority = |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
     Tags {
         nofailover: r.bool("tags.nofailover", false),
         noloadbalance: r.bool("tags.noloadbalance", false),
@@ -737,12 +634,7 @@ fn tags(r: &mut Reader<'_>) -> Tags {
 fn log_section(r: &mut Reader<'_>) -> Log {
     r.section("log");
     let level = r
-        .choice(
-            "log.level",
-            &[
-                "debug", "info", "warning", "warn", "error", "critical", "fatal", "notset",
-            ],
-        )
+        .choice("log.level", &["debug", "info", "warning", "warn", "error", "critical", "fatal", "notset"])
         .map(|level| match level.as_str() {
             "warning" | "warn" => "warn".to_string(),
             "critical" | "fatal" => "error".to_string(),
@@ -752,9 +644,7 @@ fn log_section(r: &mut Reader<'_>) -> Log {
         .unwrap_or_else(|| "info".into());
     Log {
         level,
-        json: r
-            .choice("log.type", &["plain", "json"])
-            .is_some_and(|t| t == "json"),
+        json: r.choice("log.type", &["plain", "json"]).is_some_and(|t| t == "json"),
         format: r.string("log.format"),
         dir: path_of(r, "log.dir"),
         dateformat: r.string("log.dateformat"),
@@ -763,45 +653,24 @@ fn log_section(r: &mut Reader<'_>) -> Log {
 
 fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
     r.section("pgwarden");
-    let derived =
-        |r: &mut Reader<'_>, key: &str, base: &HostPort, offset: u16| -> Option<HostPort> {
-            match r.host_port(key) {
-                Some(hp) => Some(hp),
-                None if r.get(key).is_some() => None,
-                None => base
-                    .with_port_offset(offset)
-                    .map_err(|why| r.problems.error(key, format!("cannot derive: {why}")))
-                    .ok(),
+    let derived = |r: &mut Reader<'_>, key: &str, base: &HostPort, offset: u16| -> Option<HostPort> {
+        match r.host_port(key) {
+            Some(hp) => Some(hp),
+            None if r.get(key).is_some() => None,
+            None => {
+                base.with_port_offset(offset).map_err(|why| r.problems.error(key, format!("cannot derive: {why}"))).ok()
             }
-        };
-    let agent_grpc_listen = derived(
-        r,
-        "pgwarden.agent_grpc_listen",
-        &restapi.listen,
-        AGENT_GRPC_PORT_OFFSET,
-    );
-    let agent_grpc_connect_address = derived(
-        r,
-        "pgwarden.agent_grpc_connect_address",
-        &restapi.connect_address,
-        AGENT_GRPC_PORT_OFFSET,
-    );
-    let controller_grpc_listen = derived(
-        r,
-        "pgwarden.controller_grpc_listen",
-        &restapi.listen,
-        CONTROLLER_GRPC_PORT_OFFSET,
-    );
-    let controller_grpc_connect_address = derived(
-        r,
-        "pgwarden.controller_grpc_connect_address",
-        &restapi.connect_address,
-        CONTROLLER_GRPC_PORT_OFFSET,
-    );
+        }
+    };
+    let agent_grpc_listen = derived(r, "pgwarden.agent_grpc_listen", &restapi.listen, AGENT_GRPC_PORT_OFFSET);
+    let agent_grpc_connect_address =
+        derived(r, "pgwarden.agent_grpc_connect_address", &restapi.connect_address, AGENT_GRPC_PORT_OFFSET);
+    let controller_grpc_listen =
+        derived(r, "pgwarden.controller_grpc_listen", &restapi.listen, CONTROLLER_GRPC_PORT_OFFSET);
+    let controller_grpc_connect_address =
+        derived(r, "pgwarden.controller_grpc_connect_address", &restapi.connect_address, CONTROLLER_GRPC_PORT_OFFSET);
     let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
-    let etcd_request_timeout = r
-        .number("pgwarden.etcd_request_timeout", 0.1)
-        .map(Duration::from_secs_f64);
+    let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
     Some(Pgwarden {
         agent_grpc_listen: agent_grpc_listen?,
         agent_grpc_connect_address: agent_grpc_connect_address?,
@@ -823,8 +692,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     } else {
         Some(r.string("name").unwrap_or_default())
     };
-    let namespace =
-        normalise_namespace(&r.string("namespace").unwrap_or_else(|| "/service/".into()));
+    let namespace = normalise_namespace(&r.string("namespace").unwrap_or_else(|| "/service/".into()));
 
     r.section("restapi");
     let listen = if node {
@@ -832,21 +700,17 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
             Some(listen) => Some(listen),
             None if r.get("restapi.listen").is_some() => None,
             None => {
-                r.problems.error(
-                    "restapi.listen",
-                    "is required (host:port of this member's REST API, e.g. 0.0.0.0:8008)",
-                );
+                r.problems
+                    .error("restapi.listen", "is required (host:port of this member's REST API, e.g. 0.0.0.0:8008)");
                 None
             }
         }
     } else {
-        r.host_port("restapi.listen")
-            .or_else(|| Some(HostPort::new("127.0.0.1", 8008)))
+        r.host_port("restapi.listen").or_else(|| Some(HostPort::new("127.0.0.1", 8008)))
     };
     let connect_address = r.host_port("restapi.connect_address");
     let restapi = listen.map(|listen| RestApi {
-        connect_address: connect_address
-            .unwrap_or_else(|| HostPort::new(listen.connectable_host(), listen.port)),
+        connect_address: connect_address.unwrap_or_else(|| HostPort::new(listen.connectable_host(), listen.port)),
         listen,
         certfile: path_of(&mut r, "restapi.certfile"),
         keyfile: path_of(&mut r, "restapi.keyfile"),
@@ -896,19 +760,13 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
 
     r.section("postgresql");
     let data_dir = if node {
-        r.required_string(
-            "postgresql.data_dir",
-            "the PostgreSQL data directory of this member",
-        )
+        r.required_string("postgresql.data_dir", "the PostgreSQL data directory of this member")
     } else {
         Some(r.string("postgresql.data_dir").unwrap_or_default())
     };
     let listen = r.listen("postgresql.listen");
     if node && listen.is_none() && r.get("postgresql.listen").is_none() {
-        r.problems.error(
-            "postgresql.listen",
-            "is required (addresses PostgreSQL listens on, e.g. 0.0.0.0:5432)",
-        );
+        r.problems.error("postgresql.listen", "is required (addresses PostgreSQL listens on, e.g. 0.0.0.0:5432)");
     }
     let connect_address = r.host_port("postgresql.connect_address");
     let mut bin_name = BTreeMap::new();
@@ -922,23 +780,14 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     r.section("postgresql.authentication");
     let authentication = Authentication {
         superuser: credentials(&mut r, "postgresql.authentication.superuser", "postgres"),
-        replication: credentials(
-            &mut r,
-            "postgresql.authentication.replication",
-            "replicator",
-        ),
+        replication: credentials(&mut r, "postgresql.authentication.replication", "replicator"),
         rewind: r
             .get("postgresql.authentication.rewind")
             .is_some()
             .then(|| credentials(&mut r, "postgresql.authentication.rewind", "rewind_user")),
     };
     let mut parameters = dynamic::parameter_map(&mut r, "postgresql.parameters");
-    dynamic::translate_renamed_parameters(
-        &mut parameters,
-        "postgresql.parameters",
-        r.problems,
-        &mut Vec::new(),
-    );
+    dynamic::translate_renamed_parameters(&mut parameters, "postgresql.parameters", r.problems, &mut Vec::new());
     let mut callbacks = BTreeMap::new();
     if let Some(section) = r.section("postgresql.callbacks") {
         for key in section.keys() {
@@ -964,45 +813,31 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         pg_hba: r.string_list("postgresql.pg_hba"),
         create_replica_methods,
         basebackup: tool_options(&mut r, "postgresql.basebackup"),
-        use_pg_rewind: r
-            .get("postgresql.use_pg_rewind")
-            .is_some()
-            .then(|| r.bool("postgresql.use_pg_rewind", false)),
-        pg_ctl_timeout: Duration::from_secs(
-            r.int("postgresql.pg_ctl_timeout", 1, 86_400).unwrap_or(60) as u64,
-        ),
+        use_pg_rewind: r.get("postgresql.use_pg_rewind").is_some().then(|| r.bool("postgresql.use_pg_rewind", false)),
+        pg_ctl_timeout: Duration::from_secs(r.int("postgresql.pg_ctl_timeout", 1, 86_400).unwrap_or(60) as u64),
         callbacks,
         pre_promote: r.string("postgresql.pre_promote"),
         before_stop: r.string("postgresql.before_stop"),
-        remove_data_directory_on_rewind_failure: r
-            .bool("postgresql.remove_data_directory_on_rewind_failure", false),
-        remove_data_directory_on_diverged_timelines: r.bool(
-            "postgresql.remove_data_directory_on_diverged_timelines",
-            false,
-        ),
+        remove_data_directory_on_rewind_failure: r.bool("postgresql.remove_data_directory_on_rewind_failure", false),
+        remove_data_directory_on_diverged_timelines: r
+            .bool("postgresql.remove_data_directory_on_diverged_timelines", false),
     };
 
     let tags = tags(&mut r);
     r.section("watchdog");
     let watchdog = Watchdog {
-        mode: match r
-            .choice("watchdog.mode", &["off", "automatic", "required"])
-            .as_deref()
-        {
+        mode: match r.choice("watchdog.mode", &["off", "automatic", "required"]).as_deref() {
             Some("automatic") => WatchdogMode::Automatic,
             Some("required") => WatchdogMode::Required,
             Some(_) => WatchdogMode::Off,
             // Patroni's default is `automatic`; with no watchdog device that is off.
             None => WatchdogMode::Automatic,
         },
-        device: path_of(&mut r, "watchdog.device")
-            .unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
+        device: path_of(&mut r, "watchdog.device").unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
         safety_margin: r.int("watchdog.safety_margin", -1, 3600).unwrap_or(5),
     };
     let log = log_section(&mut r);
-    let pgwarden = restapi
-        .as_ref()
-        .and_then(|restapi| pgwarden_section(&mut r, restapi));
+    let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
 
     if let Some(etcd) = &etcd
         && etcd.section == "etcd"
@@ -1020,10 +855,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         ctl,
         etcd: etcd?,
         bootstrap,
-        postgresql: Postgresql {
-            data_dir: PathBuf::from(data_dir?),
-            ..postgresql
-        },
+        postgresql: Postgresql { data_dir: PathBuf::from(data_dir?), ..postgresql },
         tags,
         watchdog,
         log,

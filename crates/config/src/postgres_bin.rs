@@ -6,15 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The binaries pgwarden runs, by their Patroni `bin_name` key.
-pub const BINARIES: &[&str] = &[
-    "pg_ctl",
-    "initdb",
-    "pg_controldata",
-    "pg_basebackup",
-    "postgres",
-    "pg_isready",
-    "pg_rewind",
-];
+pub const BINARIES: &[&str] =
+    &["pg_ctl", "initdb", "pg_controldata", "pg_basebackup", "postgres", "pg_isready", "pg_rewind"];
 
 /// Absolute paths of the PostgreSQL binaries of one installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,10 +19,7 @@ pub struct PostgresBinaries {
 impl PostgresBinaries {
     /// The path of one binary by its Patroni name (`pg_ctl`, `initdb`, ...).
     pub fn path(&self, binary: &str) -> PathBuf {
-        self.paths
-            .get(binary)
-            .cloned()
-            .unwrap_or_else(|| self.bin_dir.join(binary))
+        self.paths.get(binary).cloned().unwrap_or_else(|| self.bin_dir.join(binary))
     }
 
     /// Resolves the binaries in `bin_dir` with `bin_name` overrides, or says
@@ -47,10 +37,7 @@ impl PostgresBinaries {
             }
         }
         if missing.is_empty() {
-            Ok(Self {
-                bin_dir: bin_dir.to_path_buf(),
-                paths,
-            })
+            Ok(Self { bin_dir: bin_dir.to_path_buf(), paths })
         } else {
             Err(format!(
                 "{} has no executable {} (point bin_dir at the directory holding pg_ctl, e.g. /usr/lib/postgresql/15/bin)",
@@ -63,16 +50,9 @@ impl PostgresBinaries {
     /// Finds one complete installation: `PATH` first (skipping directories that
     /// hold only wrappers), then `/usr/lib/postgresql/<N>/bin` and
     /// `/usr/pgsql-<N>/bin`, newest major version first.
-    pub fn discover(
-        bin_name: &BTreeMap<String, String>,
-        path_var: Option<&str>,
-    ) -> Result<Self, String> {
+    pub fn discover(bin_name: &BTreeMap<String, String>, path_var: Option<&str>) -> Result<Self, String> {
         let mut candidates: Vec<PathBuf> = path_var
-            .map(|p| {
-                std::env::split_paths(p)
-                    .filter(|dir| !is_debian_wrapper_dir(dir))
-                    .collect()
-            })
+            .map(|p| std::env::split_paths(p).filter(|dir| !is_debian_wrapper_dir(dir)).collect())
             .unwrap_or_default();
         candidates.extend(versioned_dirs(Path::new("/usr/lib/postgresql"), "", "bin"));
         candidates.extend(versioned_dirs(Path::new("/usr"), "pgsql-", "bin"));
@@ -89,15 +69,13 @@ impl PostgresBinaries {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Debian's `/usr/bin` holds `pg_ctlcluster`-style wrappers that pick a
 /// version per cluster; pgwarden must run one installation's real binaries.
 fn is_debian_wrapper_dir(dir: &Path) -> bool {
-    dir.join("pg_wrapper").exists()
-        || std::fs::read_link(dir.join("psql")).is_ok_and(|t| t.ends_with("pg_wrapper"))
+    dir.join("pg_wrapper").exists() || std::fs::read_link(dir.join("psql")).is_ok_and(|t| t.ends_with("pg_wrapper"))
 }
 
 /// `<parent>/<prefix><N>/<bin>` for every numeric N, highest first.
@@ -139,8 +117,7 @@ mod tests {
         assert!(PostgresBinaries::in_dir(&full, &BTreeMap::new()).is_ok());
         let partial = tmp.path().join("partial");
         fake_install(&partial, "pg_rewind");
-        let err =
-            PostgresBinaries::in_dir(&partial, &BTreeMap::new()).expect_err("pg_rewind is missing");
+        let err = PostgresBinaries::in_dir(&partial, &BTreeMap::new()).expect_err("pg_rewind is missing");
         assert!(err.contains("pg_rewind"), "{err}");
     }
 

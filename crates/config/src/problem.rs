@@ -48,27 +48,15 @@ pub struct Problems {
 
 impl Problems {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            severity: Severity::Error,
-            path: path.into(),
-            message: message.into(),
-        });
+        self.list.push(Problem { severity: Severity::Error, path: path.into(), message: message.into() });
     }
 
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            severity: Severity::Warning,
-            path: path.into(),
-            message: message.into(),
-        });
+        self.list.push(Problem { severity: Severity::Warning, path: path.into(), message: message.into() });
     }
 
     pub fn notice(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            severity: Severity::Notice,
-            path: path.into(),
-            message: message.into(),
-        });
+        self.list.push(Problem { severity: Severity::Notice, path: path.into(), message: message.into() });
     }
 
     pub fn has_errors(&self) -> bool {

@@ -52,9 +52,7 @@ pub fn parse_bool(value: &Value) -> Option<bool> {
 
 pub fn parse_int(value: &Value) -> Option<i64> {
     match value {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -81,8 +79,7 @@ impl<'a> Reader<'a> {
     }
 
     fn expected(&mut self, path: &str, what: &str, found: &Value) {
-        self.problems
-            .error(path, format!("expected {what}, found {}", describe(found)));
+        self.problems.error(path, format!("expected {what}, found {}", describe(found)));
     }
 
     /// A string; numbers are accepted and rendered (`scope: 1` is the name "1").
@@ -102,8 +99,7 @@ impl<'a> Reader<'a> {
         match self.string(path) {
             Some(s) if !s.trim().is_empty() => Some(s),
             Some(_) => {
-                self.problems
-                    .error(path, format!("must not be empty ({hint})"));
+                self.problems.error(path, format!("must not be empty ({hint})"));
                 None
             }
             None => {
@@ -130,10 +126,7 @@ impl<'a> Reader<'a> {
         match parse_int(value) {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.problems.error(
-                    path,
-                    format!("expected an integer from {min} to {max}, found {n}"),
-                );
+                self.problems.error(path, format!("expected an integer from {min} to {max}, found {n}"));
                 None
             }
             None => {
@@ -153,10 +146,7 @@ impl<'a> Reader<'a> {
         match parsed {
             Some(n) if n >= min && n.is_finite() => Some(n),
             Some(n) => {
-                self.problems.error(
-                    path,
-                    format!("expected a number of at least {min}, found {n}"),
-                );
+                self.problems.error(path, format!("expected a number of at least {min}, found {n}"));
                 None
             }
             None => {
@@ -168,16 +158,12 @@ impl<'a> Reader<'a> {
 
     pub fn host_port(&mut self, path: &str) -> Option<HostPort> {
         let text = self.string(path)?;
-        HostPort::parse(&text)
-            .map_err(|why| self.problems.error(path, why))
-            .ok()
+        HostPort::parse(&text).map_err(|why| self.problems.error(path, why)).ok()
     }
 
     pub fn listen(&mut self, path: &str) -> Option<ListenAddresses> {
         let text = self.string(path)?;
-        ListenAddresses::parse(&text)
-            .map_err(|why| self.problems.error(path, why))
-            .ok()
+        ListenAddresses::parse(&text).map_err(|why| self.problems.error(path, why)).ok()
     }
 
     /// One of a fixed set of words, compared case-insensitively.

@@ -6,35 +6,20 @@ use std::path::{Path, PathBuf};
 use pgwarden_config::{Purpose, Severity, Source, load_from};
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("fixture directory exists")
         .map(|entry| entry.expect("readable entry").path())
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "yml" || ext == "yaml")
-        })
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yml" || ext == "yaml"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 10,
-        "expected a real suite in {}",
-        dir.display()
-    );
+    assert!(files.len() >= 10, "expected a real suite in {}", dir.display());
     files
 }
 
 fn expectations(path: &Path, ext: &str) -> Vec<String> {
     std::fs::read_to_string(path.with_extension(ext))
-        .map(|text| {
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect()
-        })
+        .map(|text| text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
         .unwrap_or_default()
 }
 
@@ -47,12 +32,8 @@ fn valid_configs_load_with_exactly_their_warnings() {
     for path in fixtures("valid") {
         let loaded = load_from(&source(&path), std::iter::empty(), Purpose::Agent)
             .unwrap_or_else(|e| panic!("{} should load:\n{e}", path.display()));
-        let warnings: Vec<String> = loaded
-            .warnings
-            .iter()
-            .filter(|p| p.severity == Severity::Warning)
-            .map(ToString::to_string)
-            .collect();
+        let warnings: Vec<String> =
+            loaded.warnings.iter().filter(|p| p.severity == Severity::Warning).map(ToString::to_string).collect();
         let expected = expectations(&path, "warn");
         for needle in &expected {
             assert!(
@@ -62,18 +43,10 @@ fn valid_configs_load_with_exactly_their_warnings() {
             );
         }
         if expected.is_empty() {
-            assert!(
-                warnings.is_empty(),
-                "{}: unexpected warnings {warnings:#?}",
-                path.display()
-            );
+            assert!(warnings.is_empty(), "{}: unexpected warnings {warnings:#?}", path.display());
         }
         assert!(!loaded.config.scope.is_empty() && !loaded.config.name.is_empty());
-        assert!(
-            !loaded.config.etcd.endpoints.is_empty(),
-            "{}: no etcd endpoint",
-            path.display()
-        );
+        assert!(!loaded.config.etcd.endpoints.is_empty(), "{}: no etcd endpoint", path.display());
     }
 }
 
@@ -85,27 +58,14 @@ fn invalid_configs_are_refused_naming_the_key() {
             .unwrap_or_else(|| panic!("{} should be refused", path.display()));
         let text = err.to_string();
         let expected = expectations(&path, "expect");
-        assert!(
-            !expected.is_empty(),
-            "{} has no .expect file",
-            path.display()
-        );
+        assert!(!expected.is_empty(), "{} has no .expect file", path.display());
         for needle in &expected {
-            assert!(
-                text.contains(needle.as_str()),
-                "{}: output lacks {needle:?}:\n{text}",
-                path.display()
-            );
+            assert!(text.contains(needle.as_str()), "{}: output lacks {needle:?}:\n{text}", path.display());
         }
-        let first_error = err
-            .problems
-            .iter()
-            .find(|p| p.severity == Severity::Error)
-            .expect("a refused config has an error");
+        let first_error =
+            err.problems.iter().find(|p| p.severity == Severity::Error).expect("a refused config has an error");
         assert!(
-            err.problems
-                .iter()
-                .any(|p| p.severity == Severity::Error && p.path.contains(expected[0].as_str())),
+            err.problems.iter().any(|p| p.severity == Severity::Error && p.path.contains(expected[0].as_str())),
             "{}: no error is located at {:?}; first error: {first_error}",
             path.display(),
             expected[0]

@@ -83,7 +83,9 @@ fn every_unsupported_key_warns_and_is_never_unknown() {
         set(&mut root, &path, json!("x"));
         match load(&root) {
             Ok(warnings) => assert!(
-                warnings.iter().any(|w| w.severity == Severity::Warning && path.starts_with(&w.path) && w.message.contains("does not support")),
+                warnings.iter().any(|w| w.severity == Severity::Warning
+                    && path.starts_with(&w.path)
+                    && w.message.contains("does not support")),
                 "{path}: no unsupported warning; got {warnings:#?}"
             ),
             Err(problems) => panic!("{path}: an unsupported Patroni key must not be refused: {problems:#?}"),

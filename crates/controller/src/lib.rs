@@ -14,11 +14,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgwarden-controller",
-    version,
-    about = "pgwarden controller: operator workflows over gRPC"
-)]
+#[command(name = "pgwarden-controller", version, about = "pgwarden controller: operator workflows over gRPC")]
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -26,11 +22,7 @@ pub struct Args {
 
 /// The members of a cluster view as the `Controller` API reports them.
 pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse {
-    let leader = view
-        .leader
-        .as_ref()
-        .map(|l| l.name.clone())
-        .unwrap_or_default();
+    let leader = view.leader.as_ref().map(|l| l.name.clone()).unwrap_or_default();
     let members = view
         .members
         .iter()
@@ -69,10 +61,7 @@ impl ControllerService {
 }
 
 fn unavailable(e: &dcs::EtcdError) -> Status {
-    Status::unavailable(format!(
-        "cannot read the cluster from etcd: {}",
-        dcs::describe_error(e)
-    ))
+    Status::unavailable(format!("cannot read the cluster from etcd: {}", dcs::describe_error(e)))
 }
 
 #[tonic::async_trait]
@@ -81,9 +70,7 @@ impl Controller for ControllerService {
         &self,
         _request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let view = dcs::read_cluster(&self.etcd, &self.keys)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let view = dcs::read_cluster(&self.etcd, &self.keys).await.map_err(|e| unavailable(&e))?;
         Ok(Response::new(members_response(&self.scope, &view)))
     }
 }

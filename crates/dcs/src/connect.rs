@@ -55,10 +55,7 @@ pub enum ConnectError {
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConnectError> {
-    std::fs::read(path).map_err(|source| ConnectError::TlsFile {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| ConnectError::TlsFile { path: path.display().to_string(), source })
 }
 
 fn tls_options(settings: &EtcdSettings) -> Result<Option<TlsOptions>, ConnectError> {
@@ -79,9 +76,7 @@ fn tls_options(settings: &EtcdSettings) -> Result<Option<TlsOptions>, ConnectErr
         (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
         (None, None) => {}
         _ => {
-            return Err(ConnectError::Invalid(
-                "etcd cert and key must be set together".into(),
-            ));
+            return Err(ConnectError::Invalid("etcd cert and key must be set together".into()));
         }
     }
     Ok(Some(tls))
@@ -105,9 +100,7 @@ struct Inner {
 
 impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Etcd")
-            .field("endpoints", &self.inner.settings.endpoints)
-            .finish()
+        f.debug_struct("Etcd").field("endpoints", &self.inner.settings.endpoints).finish()
     }
 }
 
@@ -142,10 +135,7 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
         .with_connect_timeout(settings.request_timeout)
         // etcd closes connections that ping more often than every 5 s
         // (--grpc-keepalive-min-time); dead peers are caught by request timeouts.
-        .with_keep_alive(
-            Duration::from_secs(10),
-            settings.request_timeout.max(Duration::from_secs(1)),
-        )
+        .with_keep_alive(Duration::from_secs(10), settings.request_timeout.max(Duration::from_secs(1)))
         .with_require_leader(true);
     if let Some(tls) = tls_options(settings)? {
         options = options.with_tls(tls);
@@ -187,12 +177,7 @@ impl Etcd {
 
     fn rotate_from(&self, idx: usize) {
         let next = (idx + 1) % self.inner.settings.endpoints.len();
-        if self
-            .inner
-            .current
-            .compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
+        if self.inner.current.compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             tracing::info!(
                 from = %self.inner.settings.endpoints[idx],
                 to = %self.inner.settings.endpoints[next],
@@ -250,24 +235,18 @@ impl Etcd {
     /// Checks that etcd answers (with a leader) within the request timeout.
     pub async fn probe(&self) -> Result<(), ConnectError> {
         let settings = &self.inner.settings;
-        self.call(|mut client| async move {
-            client
-                .get("/", Some(GetOptions::new().with_count_only()))
-                .await
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| ConnectError::Unreachable {
-            endpoints: settings.endpoints.join(","),
-            cause: describe_error(&e),
-        })
+        self.call(|mut client| async move { client.get("/", Some(GetOptions::new().with_count_only())).await })
+            .await
+            .map(|_| ())
+            .map_err(|e| ConnectError::Unreachable {
+                endpoints: settings.endpoints.join(","),
+                cause: describe_error(&e),
+            })
     }
 }
 
 fn timeout_error(budget: Duration) -> etcd_client::Error {
-    etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!(
-        "no answer from etcd within {budget:?}"
-    )))
+    etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!("no answer from etcd within {budget:?}")))
 }
 
 /// A one-line description of an etcd error for a person.
@@ -275,11 +254,7 @@ pub fn describe_error(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            if message.is_empty() {
-                format!("{:?}", status.code())
-            } else {
-                message.to_string()
-            }
+            if message.is_empty() { format!("{:?}", status.code()) } else { message.to_string() }
         }
         other => {
             let mut text = other.to_string();

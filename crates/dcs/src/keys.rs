@@ -10,9 +10,7 @@ impl Keys {
     /// `namespace` is normalised (`/service/`); `scope` is the cluster name.
     pub fn new(namespace: &str, scope: &str) -> Self {
         let namespace = namespace.trim_end_matches('/');
-        Self {
-            prefix: format!("{namespace}/{scope}/"),
-        }
+        Self { prefix: format!("{namespace}/{scope}/") }
     }
 
     /// `/<namespace>/<scope>/`: every key of the cluster starts with it.
@@ -76,9 +74,7 @@ impl Keys {
 
     /// The member name a `members/<name>` key belongs to.
     pub fn member_name<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(self.prefix.as_str())?
-            .strip_prefix("members/")
-            .filter(|n| !n.is_empty() && !n.contains('/'))
+        key.strip_prefix(self.prefix.as_str())?.strip_prefix("members/").filter(|n| !n.is_empty() && !n.contains('/'))
     }
 }
 
@@ -98,10 +94,7 @@ mod tests {
         assert_eq!(keys.sync(), "/service/batman/sync");
         assert_eq!(keys.history(), "/service/batman/history");
         assert_eq!(keys.legacy_optime(), "/service/batman/optime/leader");
-        assert_eq!(
-            Keys::new("/percona_lab/", "c1").prefix(),
-            "/percona_lab/c1/"
-        );
+        assert_eq!(Keys::new("/percona_lab/", "c1").prefix(), "/percona_lab/c1/");
         assert_eq!(keys.member_name("/service/batman/members/pg1"), Some("pg1"));
         assert_eq!(keys.member_name("/service/batman/leader"), None);
     }

@@ -49,13 +49,8 @@ impl MemberData {
         match serde_json::from_slice(raw) {
             Ok(member) => Ok(member),
             Err(e) => match std::str::from_utf8(raw) {
-                Ok(text)
-                    if text.starts_with("postgres://") || text.starts_with("postgresql://") =>
-                {
-                    Ok(Self {
-                        conn_url: text.to_string(),
-                        ..Self::default()
-                    })
+                Ok(text) if text.starts_with("postgres://") || text.starts_with("postgresql://") => {
+                    Ok(Self { conn_url: text.to_string(), ..Self::default() })
                 }
                 _ => Err(e),
             },
@@ -66,16 +61,9 @@ impl MemberData {
     pub fn host_port(&self) -> Option<(String, u16)> {
         let rest = self.conn_url.split_once("://")?.1;
         let authority = rest.split('/').next()?;
-        let authority = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
         let (host, port) = authority.rsplit_once(':')?;
-        Some((
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port.parse().ok()?,
-        ))
+        Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok()?))
     }
 }
 
@@ -112,11 +100,7 @@ impl Failover {
         let text = std::str::from_utf8(raw).ok()?;
         let (leader, member) = text.split_once(':')?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        Some(Self {
-            leader: some(leader),
-            member: some(member),
-            scheduled_at: None,
-        })
+        Some(Self { leader: some(leader), member: some(member), scheduled_at: None })
     }
 }
 
@@ -134,10 +118,7 @@ pub struct SyncState {
 impl SyncState {
     /// The members listed as synchronous standbys.
     pub fn members(&self) -> Vec<&str> {
-        self.sync_standby
-            .as_deref()
-            .map(|s| s.split(',').filter(|m| !m.is_empty()).collect())
-            .unwrap_or_default()
+        self.sync_standby.as_deref().map(|s| s.split(',').filter(|m| !m.is_empty()).collect()).unwrap_or_default()
     }
 }
 
@@ -167,10 +148,7 @@ mod tests {
         assert_eq!(member.extra.get("proxy_url"), Some(&Value::from("x")));
         let round = serde_json::to_value(&member).expect("serialise");
         assert_eq!(round["proxy_url"], "x");
-        assert!(
-            round.get("grpc_url").is_none(),
-            "absent pgwarden fields are not written"
-        );
+        assert!(round.get("grpc_url").is_none(), "absent pgwarden fields are not written");
     }
 
     #[test]
@@ -179,16 +157,13 @@ mod tests {
         assert_eq!(member.host_port(), Some(("h".into(), 5433)));
         let failover = Failover::parse(b"pg1:pg2").expect("legacy failover");
         assert_eq!(failover.member.as_deref(), Some("pg2"));
-        let history: Vec<HistoryEntry> =
-            serde_json::from_str(r#"[[1,25165984,"no recovery target specified","2024-01-01T00:00:00+00:00","pg2"],[2,1,"x"]]"#)
-                .expect("history parses");
+        let history: Vec<HistoryEntry> = serde_json::from_str(
+            r#"[[1,25165984,"no recovery target specified","2024-01-01T00:00:00+00:00","pg2"],[2,1,"x"]]"#,
+        )
+        .expect("history parses");
         assert_eq!(history[0].4.as_deref(), Some("pg2"));
         assert_eq!(history[1].3, None);
-        let sync = SyncState {
-            leader: Some("a".into()),
-            sync_standby: Some("b,c".into()),
-            quorum: None,
-        };
+        let sync = SyncState { leader: Some("a".into()), sync_standby: Some("b,c".into()), quorum: None };
         assert_eq!(sync.members(), ["b", "c"]);
     }
 }

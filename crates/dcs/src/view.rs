@@ -57,17 +57,10 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
     let response = etcd
         .call(|mut client| {
             let prefix = prefix.clone();
-            async move {
-                client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-            }
+            async move { client.get(prefix, Some(GetOptions::new().with_prefix())).await }
         })
         .await?;
-    let mut view = ClusterView {
-        revision: response.header().map_or(0, |h| h.revision()),
-        ..ClusterView::default()
-    };
+    let mut view = ClusterView { revision: response.header().map_or(0, |h| h.revision()), ..ClusterView::default() };
     let mut legacy_optime = None;
     for kv in response.kvs() {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -75,11 +68,7 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
         let mut unreadable = |why: String| view.unreadable.push((key.clone(), why));
         if let Some(name) = keys.member_name(&key) {
             match MemberData::parse(value) {
-                Ok(data) => view.members.push(MemberEntry {
-                    name: name.to_string(),
-                    data,
-                    lease: kv.lease(),
-                }),
+                Ok(data) => view.members.push(MemberEntry { name: name.to_string(), data, lease: kv.lease() }),
                 Err(e) => unreadable(e.to_string()),
             }
         } else if key == keys.initialize() {
@@ -119,10 +108,7 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
     if view.status.is_none()
         && let Some(optime) = legacy_optime
     {
-        view.status = Some(Status {
-            optime,
-            ..Status::default()
-        });
+        view.status = Some(Status { optime, ..Status::default() });
     }
     view.members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(view)

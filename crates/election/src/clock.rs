@@ -14,8 +14,7 @@ pub struct BootInstant(Duration);
 
 impl BootInstant {
     pub fn now() -> Self {
-        let ts =
-            clock_gettime(ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
+        let ts = clock_gettime(ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME is available on Linux");
         Self(Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
     }
 

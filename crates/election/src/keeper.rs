@@ -73,16 +73,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// A failed proof or a lost lease ends ownership at once. A transient failure
 /// is retried until the deadline; when the deadline passes without a
 /// successful renewal, ownership is lost.
-pub fn spawn_renewal(
-    mut election: Election,
-    mut lease: Lease,
-    interval: Duration,
-    prove_key: bool,
-) -> RenewalHandle {
-    let initial = LeaseState::Held {
-        lease: lease.id,
-        deadline: lease.deadline,
-    };
+pub fn spawn_renewal(mut election: Election, mut lease: Lease, interval: Duration, prove_key: bool) -> RenewalHandle {
+    let initial = LeaseState::Held { lease: lease.id, deadline: lease.deadline };
     let (tx, rx) = watch::channel(initial);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -98,11 +90,7 @@ pub fn spawn_renewal(
                 }
             }
             let attempt = async {
-                if prove_key {
-                    election.renew(&mut lease).await
-                } else {
-                    election.keep_alive(&mut lease).await
-                }
+                if prove_key { election.renew(&mut lease).await } else { election.keep_alive(&mut lease).await }
             };
             let result = tokio::select! {
                 result = attempt => result,
@@ -111,46 +99,29 @@ pub fn spawn_renewal(
             match result {
                 Ok(deadline) => {
                     next = interval;
-                    tx.send_replace(LeaseState::Held {
-                        lease: lease.id,
-                        deadline,
-                    });
+                    tx.send_replace(LeaseState::Held { lease: lease.id, deadline });
                 }
                 Err(e @ (ElectionError::NotHolder { .. } | ElectionError::LeaseLost(_))) => {
                     lose(&tx, lease.id, &e.to_string());
                     return election;
                 }
                 Err(e) if deadline.has_passed() => {
-                    lose(
-                        &tx,
-                        lease.id,
-                        &format!("the deadline passed without a successful renewal ({e})"),
-                    );
+                    lose(&tx, lease.id, &format!("the deadline passed without a successful renewal ({e})"));
                     return election;
                 }
                 Err(e) => {
-                    warn!(
-                        lease = format_args!("{:x}", lease.id),
-                        "failed to renew, retrying: {e}"
-                    );
+                    warn!(lease = format_args!("{:x}", lease.id), "failed to renew, retrying: {e}");
                     next = RETRY_PAUSE.min(deadline.remaining());
                 }
             }
         }
     });
-    RenewalHandle {
-        state: rx,
-        stop: Some(stop_tx),
-        task: Some(task),
-    }
+    RenewalHandle { state: rx, stop: Some(stop_tx), task: Some(task) }
 }
 
 fn lose(tx: &watch::Sender<LeaseState>, lease: i64, reason: &str) {
     info!(lease = format_args!("{lease:x}"), reason, "ownership lost");
-    tx.send_replace(LeaseState::Lost {
-        lease,
-        reason: reason.to_string(),
-    });
+    tx.send_replace(LeaseState::Lost { lease, reason: reason.to_string() });
 }
 
 /// The default renewal interval: four renewals per TTL.

@@ -14,9 +14,7 @@ mod watch;
 use std::time::Duration;
 
 use dcs::Etcd;
-use etcd_client::{
-    Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tracing::debug;
 
 pub use clock::BootInstant;
@@ -30,11 +28,7 @@ pub enum ElectionError {
     LeaseLost(i64),
     /// The key is not ours (any more): another value or another lease holds it.
     #[error("key {key} is not held by {member} on lease {lease:x}")]
-    NotHolder {
-        key: String,
-        member: String,
-        lease: i64,
-    },
+    NotHolder { key: String, member: String, lease: i64 },
     /// etcd did not answer within the request timeout.
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
@@ -109,11 +103,7 @@ struct KeepAliveStream {
 
 impl Election {
     pub fn new(etcd: Etcd, settings: ElectionSettings) -> Self {
-        Self {
-            etcd,
-            settings,
-            keep_alive: None,
-        }
+        Self { etcd, settings, keep_alive: None }
     }
 
     pub fn settings(&self) -> &ElectionSettings {
@@ -135,17 +125,9 @@ impl Election {
                     return Err(e);
                 }
             };
-            self.keep_alive = Some(KeepAliveStream {
-                lease,
-                endpoint,
-                keeper,
-                responses,
-            });
+            self.keep_alive = Some(KeepAliveStream { lease, endpoint, keeper, responses });
         }
-        let stream = self
-            .keep_alive
-            .as_mut()
-            .expect("keep-alive stream was just set");
+        let stream = self.keep_alive.as_mut().expect("keep-alive stream was just set");
         let result = async {
             stream.keeper.keep_alive().await?;
             stream.responses.message().await
@@ -157,9 +139,7 @@ impl Election {
                 let endpoint = stream.endpoint;
                 self.keep_alive = None;
                 self.etcd.report_failure(endpoint);
-                Err(etcd_client::Error::LeaseKeepAliveError(
-                    "keep-alive stream closed".into(),
-                ))
+                Err(etcd_client::Error::LeaseKeepAliveError("keep-alive stream closed".into()))
             }
             Err(e) => {
                 let endpoint = stream.endpoint;
@@ -179,21 +159,10 @@ impl Election {
     pub async fn grant(&mut self) -> Result<Lease, ElectionError> {
         let sent = BootInstant::now();
         let ttl = self.settings.ttl.as_secs().max(1) as i64;
-        let response = self
-            .etcd
-            .call(|mut client| async move { client.lease_grant(ttl, None).await })
-            .await?;
+        let response = self.etcd.call(|mut client| async move { client.lease_grant(ttl, None).await }).await?;
         let granted_ttl = Duration::from_secs(response.ttl().max(0) as u64);
-        debug!(
-            lease = format_args!("{:x}", response.id()),
-            ?granted_ttl,
-            "lease granted"
-        );
-        Ok(Lease {
-            id: response.id(),
-            granted_ttl,
-            deadline: self.deadline(sent, granted_ttl),
-        })
+        debug!(lease = format_args!("{:x}", response.id()), ?granted_ttl, "lease granted");
+        Ok(Lease { id: response.id(), granted_ttl, deadline: self.deadline(sent, granted_ttl) })
     }
 
     /// Refreshes the lease once and returns its new deadline. This alone does
@@ -257,9 +226,7 @@ impl Election {
             })
             .await?;
         if response.succeeded() {
-            return Ok(Acquired::Won {
-                deadline: lease.deadline,
-            });
+            return Ok(Acquired::Won { deadline: lease.deadline });
         }
         let holder = response.op_responses().into_iter().find_map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().map(Self::holder_from),
@@ -269,18 +236,12 @@ impl Election {
             // A retried request whose first attempt was applied finds our own
             // key on our lease: that is a win.
             Some(holder) if holder.member == self.settings.member && holder.lease == lease.id => {
-                Ok(Acquired::Won {
-                    deadline: lease.deadline,
-                })
+                Ok(Acquired::Won { deadline: lease.deadline })
             }
             Some(holder) => Ok(Acquired::Held(holder)),
             // Deleted between the compare and the get cannot happen inside one
             // transaction; an empty answer means etcd misbehaved.
-            None => Err(ElectionError::NotHolder {
-                key,
-                member: self.settings.member.clone(),
-                lease: lease.id,
-            }),
+            None => Err(ElectionError::NotHolder { key, member: self.settings.member.clone(), lease: lease.id }),
         }
     }
 
@@ -291,11 +252,7 @@ impl Election {
         let deadline = self.keep_alive(lease).await?;
         let key = self.settings.key.clone();
         let txn = Txn::new().when([
-            Compare::value(
-                key.as_str(),
-                CompareOp::Equal,
-                self.settings.member.as_str(),
-            ),
+            Compare::value(key.as_str(), CompareOp::Equal, self.settings.member.as_str()),
             Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
         ]);
         let response = self
@@ -308,11 +265,7 @@ impl Election {
         if response.succeeded() {
             Ok(deadline)
         } else {
-            Err(ElectionError::NotHolder {
-                key,
-                member: self.settings.member.clone(),
-                lease: lease.id,
-            })
+            Err(ElectionError::NotHolder { key, member: self.settings.member.clone(), lease: lease.id })
         }
     }
 
@@ -322,11 +275,7 @@ impl Election {
         let key = self.settings.key.clone();
         let txn = Txn::new()
             .when([
-                Compare::value(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    self.settings.member.as_str(),
-                ),
+                Compare::value(key.as_str(), CompareOp::Equal, self.settings.member.as_str()),
                 Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
@@ -344,9 +293,7 @@ impl Election {
     pub async fn revoke(&mut self, lease: &Lease) -> Result<(), ElectionError> {
         self.keep_alive = None;
         let id = lease.id;
-        self.etcd
-            .call(|mut client| async move { client.lease_revoke(id).await })
-            .await?;
+        self.etcd.call(|mut client| async move { client.lease_revoke(id).await }).await?;
         Ok(())
     }
 

@@ -8,16 +8,8 @@ use crate::ElectionError;
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    Put {
-        key: String,
-        value: Vec<u8>,
-        lease: i64,
-        mod_revision: i64,
-    },
-    Delete {
-        key: String,
-        mod_revision: i64,
-    },
+    Put { key: String, value: Vec<u8>, lease: i64, mod_revision: i64 },
+    Delete { key: String, mod_revision: i64 },
 }
 
 impl WatchEvent {
@@ -85,10 +77,7 @@ impl Watcher {
                             lease: kv.lease(),
                             mod_revision: kv.mod_revision(),
                         },
-                        EventType::Delete => WatchEvent::Delete {
-                            key,
-                            mod_revision: kv.mod_revision(),
-                        },
+                        EventType::Delete => WatchEvent::Delete { key, mod_revision: kv.mod_revision() },
                     })
                 })
                 .collect();

@@ -25,14 +25,9 @@ impl FromStr for Lsn {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (high, low) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not an LSN (X/Y)"))?;
-        let high =
-            u32::from_str_radix(high, 16).map_err(|_| format!("{text:?} is not an LSN (X/Y)"))?;
-        let low =
-            u32::from_str_radix(low, 16).map_err(|_| format!("{text:?} is not an LSN (X/Y)"))?;
+        let (high, low) = text.trim().split_once('/').ok_or_else(|| format!("{text:?} is not an LSN (X/Y)"))?;
+        let high = u32::from_str_radix(high, 16).map_err(|_| format!("{text:?} is not an LSN (X/Y)"))?;
+        let low = u32::from_str_radix(low, 16).map_err(|_| format!("{text:?} is not an LSN (X/Y)"))?;
         Ok(Self((u64::from(high) << 32) | u64::from(low)))
     }
 }
@@ -41,9 +36,7 @@ impl FromStr for Lsn {
 /// with `B`, `kB`, `MB`, `GB` or `TB` (powers of 1024, as PostgreSQL's units).
 pub fn parse_lag(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let factor: u64 = match unit.trim() {

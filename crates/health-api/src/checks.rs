@@ -84,32 +84,16 @@ pub fn answer(path: &str, identity: &Identity, latest: &Latest, now: Instant) ->
     let status = fresh(latest, now);
     let running = status.is_some_and(|s| s.postgres_state() == PostgresState::Running);
     let code = |ok: bool| {
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
     };
     let body = Some(patroni_json(identity, latest, now));
     match path {
-        "/patroni" => Answer {
-            status: StatusCode::OK,
-            body,
-        },
-        "/health" => Answer {
-            status: code(running),
-            body,
-        },
+        "/patroni" => Answer { status: StatusCode::OK, body },
+        "/health" => Answer { status: code(running), body },
         // The agent is alive and publishing: its loop runs.
-        "/liveness" => Answer {
-            status: code(status.is_some()),
-            body: None,
-        },
+        "/liveness" => Answer { status: code(status.is_some()), body: None },
         // Every other check, known or not, fails closed.
-        _ => Answer {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            body,
-        },
+        _ => Answer { status: StatusCode::SERVICE_UNAVAILABLE, body },
     }
 }
 
@@ -118,62 +102,32 @@ mod tests {
     use super::*;
 
     fn identity() -> Identity {
-        Identity {
-            scope: "batman".into(),
-            name: "pg0".into(),
-        }
+        Identity { scope: "batman".into(), name: "pg0".into() }
     }
 
     fn status(state: PostgresState, role: Role) -> NodeStatus {
-        NodeStatus {
-            postgres_state: state as i32,
-            role: role as i32,
-            ..NodeStatus::default()
-        }
+        NodeStatus { postgres_state: state as i32, role: role as i32, ..NodeStatus::default() }
     }
 
     #[test]
     fn health_is_200_only_for_fresh_running_postgres() {
         let now = Instant::now();
         let running = Some((status(PostgresState::Running, Role::Primary), now));
-        assert_eq!(
-            answer("/health", &identity(), &running, now).status,
-            StatusCode::OK
-        );
+        assert_eq!(answer("/health", &identity(), &running, now).status, StatusCode::OK);
         let stale = Some((status(PostgresState::Running, Role::Primary), now));
         let later = now + FRESH_FOR + Duration::from_millis(1);
-        assert_eq!(
-            answer("/health", &identity(), &stale, later).status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(answer("/health", &identity(), &stale, later).status, StatusCode::SERVICE_UNAVAILABLE);
         let stopped = Some((status(PostgresState::Stopped, Role::Primary), now));
-        assert_eq!(
-            answer("/health", &identity(), &stopped, now).status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            answer("/health", &identity(), &None, now).status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(answer("/health", &identity(), &stopped, now).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer("/health", &identity(), &None, now).status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
     fn unknown_and_leader_checks_never_answer_200_yet() {
         let now = Instant::now();
         let running = Some((status(PostgresState::Running, Role::Primary), now));
-        for path in [
-            "/primary",
-            "/",
-            "/read-write",
-            "/leader",
-            "/replica",
-            "/nonsense",
-        ] {
-            assert_eq!(
-                answer(path, &identity(), &running, now).status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "{path}"
-            );
+        for path in ["/primary", "/", "/read-write", "/leader", "/replica", "/nonsense"] {
+            assert_eq!(answer(path, &identity(), &running, now).status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
         }
     }
 
@@ -182,17 +136,10 @@ mod tests {
         let now = Instant::now();
         let body = patroni_json(&identity(), &None, now);
         assert_eq!(body["state"], "unknown");
-        assert!(
-            body["pgwarden"]["agent"]
-                .as_str()
-                .is_some_and(|s| s.contains("not connected"))
-        );
+        assert!(body["pgwarden"]["agent"].as_str().is_some_and(|s| s.contains("not connected")));
         let running = Some((status(PostgresState::Running, Role::Replica), now));
         let body = patroni_json(&identity(), &running, now);
-        assert_eq!(
-            (body["state"].as_str(), body["role"].as_str()),
-            (Some("running"), Some("replica"))
-        );
+        assert_eq!((body["state"].as_str(), body["role"].as_str()), (Some("running"), Some("replica")));
         assert_eq!(body["patroni"]["scope"], "batman");
     }
 }

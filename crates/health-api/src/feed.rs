@@ -26,23 +26,13 @@ pub async fn follow_agent(url: String, tx: watch::Sender<Latest>) {
     }
 }
 
-async fn stream_once(
-    url: &str,
-    tx: &watch::Sender<Latest>,
-    connected: &mut bool,
-) -> Result<(), tonic::Status> {
+async fn stream_once(url: &str, tx: &watch::Sender<Latest>, connected: &mut bool) -> Result<(), tonic::Status> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(1));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = endpoint.connect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = NodeAgentClient::new(channel);
-    let mut stream = client
-        .watch_status(WatchStatusRequest {})
-        .await?
-        .into_inner();
+    let mut stream = client.watch_status(WatchStatusRequest {}).await?.into_inner();
     info!(%url, "following the agent's status stream");
     *connected = true;
     while let Some(status) = stream.message().await? {

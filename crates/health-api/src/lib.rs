@@ -28,11 +28,7 @@ use crate::checks::Identity;
 use crate::feed::Latest;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgwarden-health",
-    version,
-    about = "pgwarden health API: Patroni-compatible REST checks"
-)]
+#[command(name = "pgwarden-health", version, about = "pgwarden health API: Patroni-compatible REST checks")]
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -63,9 +59,7 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
                 .expect("static response is valid");
         }
     };
-    builder
-        .body(Full::new(body))
-        .expect("response parts are valid")
+    builder.body(Full::new(body)).expect("response parts are valid")
 }
 
 /// Serves the REST API on `listener` until `shutdown` resolves, following the
@@ -78,10 +72,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx));
-    let shared = Arc::new(Shared {
-        identity,
-        latest: rx,
-    });
+    let shared = Arc::new(Shared { identity, latest: rx });
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
     loop {
@@ -101,9 +92,8 @@ pub async fn run(
                 let response = respond(&request, &shared);
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 debug!(%peer, "connection ended: {e}");
             }
@@ -122,17 +112,7 @@ pub fn agent_url(config: &Config) -> String {
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
-    let listener =
-        pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
-    let identity = Identity {
-        scope: config.scope.clone(),
-        name: config.name.clone(),
-    };
-    run(
-        identity,
-        agent_url(&config),
-        listener,
-        pgwarden_runtime::shutdown_signal(),
-    )
-    .await
+    let listener = pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
+    let identity = Identity { scope: config.scope.clone(), name: config.name.clone() };
+    run(identity, agent_url(&config), listener, pgwarden_runtime::shutdown_signal()).await
 }

@@ -28,10 +28,7 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<NodeStatus, Status>> + Send
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
-    async fn get_status(
-        &self,
-        _request: Request<GetStatusRequest>,
-    ) -> Result<Response<NodeStatus>, Status> {
+    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
         Ok(Response::new(self.status.borrow().clone()))
     }
 

@@ -31,11 +31,7 @@ pub use lock::{DataDirLock, check_ownership, lock_path};
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "pgwarden-agent",
-    version,
-    about = "pgwarden node agent: supervises the local PostgreSQL"
-)]
+#[command(name = "pgwarden-agent", version, about = "pgwarden node agent: supervises the local PostgreSQL")]
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -51,11 +47,7 @@ pub fn validate_config(args: &ConfigArgs) -> ExitCode {
             for problem in &loaded.warnings {
                 eprintln!("{problem}");
             }
-            let warnings = loaded
-                .warnings
-                .iter()
-                .filter(|p| p.severity == Severity::Warning)
-                .count();
+            let warnings = loaded.warnings.iter().filter(|p| p.severity == Severity::Warning).count();
             println!(
                 "{}: valid (scope {}, member {}, {warnings} warning(s))",
                 loaded.origin, loaded.config.scope, loaded.config.name
@@ -71,9 +63,7 @@ pub fn validate_config(args: &ConfigArgs) -> ExitCode {
 }
 
 fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Observes the local PostgreSQL every [`OBSERVE_INTERVAL`] and publishes the
@@ -122,9 +112,7 @@ pub async fn run(
     let local = observe::observe(&config.postgresql.data_dir);
     let (tx, rx) = watch::channel(status_of(&config, local, 0));
     let observer = tokio::spawn(observe_loop(config.clone(), tx));
-    let address = grpc_listener
-        .local_addr()
-        .context("read the gRPC listener's address")?;
+    let address = grpc_listener.local_addr().context("read the gRPC listener's address")?;
     info!(%address, "serving the NodeAgent gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let result = tonic::transport::Server::builder()

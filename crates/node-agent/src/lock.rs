@@ -20,19 +20,13 @@ pub struct DataDirLock {
 
 /// `/var/lib/postgresql/15/main` → `/var/lib/postgresql/15/main.pgwarden.lock`.
 pub fn lock_path(data_dir: &Path) -> PathBuf {
-    let mut name = data_dir
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "data".into());
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
     name.push(".pgwarden.lock");
     data_dir.with_file_name(name)
 }
 
 fn user_name(uid: Uid) -> String {
-    User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or_else(|| format!("uid {uid}"), |u| u.name)
+    User::from_uid(uid).ok().flatten().map_or_else(|| format!("uid {uid}"), |u| u.name)
 }
 
 impl DataDirLock {
@@ -86,10 +80,7 @@ pub fn check_ownership(data_dir: &Path) -> anyhow::Result<()> {
             user_name(me),
             user_name(Uid::from_raw(meta.uid()))
         ),
-        Ok(meta) if !meta.is_dir() => bail!(
-            "postgresql.data_dir {} is not a directory",
-            data_dir.display()
-        ),
+        Ok(meta) if !meta.is_dir() => bail!("postgresql.data_dir {} is not a directory", data_dir.display()),
         _ => Ok(()),
     }
 }
@@ -104,15 +95,9 @@ mod tests {
         let data = dir.path().join("main");
         let first = DataDirLock::acquire(&data).expect("first lock");
         assert_eq!(first.path, dir.path().join("main.pgwarden.lock"));
-        let err = DataDirLock::acquire(&data)
-            .err()
-            .expect("second lock refused")
-            .to_string();
+        let err = DataDirLock::acquire(&data).err().expect("second lock refused").to_string();
         assert!(err.contains("another pgwarden-agent"), "{err}");
-        assert!(
-            err.contains(&std::process::id().to_string()),
-            "names the holder: {err}"
-        );
+        assert!(err.contains(&std::process::id().to_string()), "names the holder: {err}");
         drop(first);
         DataDirLock::acquire(&data).expect("lock again after release");
     }

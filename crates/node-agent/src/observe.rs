@@ -27,25 +27,12 @@ pub fn is_running(pid: u32) -> bool {
 }
 
 pub fn observe(data_dir: &Path) -> LocalPostgres {
-    let stopped = |role| LocalPostgres {
-        state: PostgresState::Stopped,
-        role,
-        postmaster_pid: 0,
-    };
+    let stopped = |role| LocalPostgres { state: PostgresState::Stopped, role, postmaster_pid: 0 };
     if !data_dir.join("PG_VERSION").exists() {
-        return LocalPostgres {
-            state: PostgresState::Uninitialized,
-            role: Role::Uninitialized,
-            postmaster_pid: 0,
-        };
+        return LocalPostgres { state: PostgresState::Uninitialized, role: Role::Uninitialized, postmaster_pid: 0 };
     }
-    let standby =
-        data_dir.join("standby.signal").exists() || data_dir.join("recovery.signal").exists();
-    let role = if standby {
-        Role::Replica
-    } else {
-        Role::Primary
-    };
+    let standby = data_dir.join("standby.signal").exists() || data_dir.join("recovery.signal").exists();
+    let role = if standby { Role::Replica } else { Role::Primary };
     let Ok(pidfile) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
         return stopped(role);
     };
@@ -60,20 +47,12 @@ pub fn observe(data_dir: &Path) -> LocalPostgres {
     let state = match lines.get(7).map(|l| l.trim()) {
         Some("ready") => PostgresState::Running,
         Some("standby") => {
-            return LocalPostgres {
-                state: PostgresState::Running,
-                role: Role::Replica,
-                postmaster_pid: pid,
-            };
+            return LocalPostgres { state: PostgresState::Running, role: Role::Replica, postmaster_pid: pid };
         }
         Some("stopping") => PostgresState::Stopping,
         _ => PostgresState::Starting,
     };
-    LocalPostgres {
-        state,
-        role,
-        postmaster_pid: pid,
-    }
+    LocalPostgres { state, role, postmaster_pid: pid }
 }
 
 #[cfg(test)]
@@ -91,21 +70,13 @@ mod tests {
         std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
         assert_eq!(
             observe(dir.path()),
-            LocalPostgres {
-                state: PostgresState::Stopped,
-                role: Role::Primary,
-                postmaster_pid: 0
-            }
+            LocalPostgres { state: PostgresState::Stopped, role: Role::Primary, postmaster_pid: 0 }
         );
         let me = std::process::id();
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "ready   ")).expect("write");
         assert_eq!(
             observe(dir.path()),
-            LocalPostgres {
-                state: PostgresState::Running,
-                role: Role::Primary,
-                postmaster_pid: me
-            }
+            LocalPostgres { state: PostgresState::Running, role: Role::Primary, postmaster_pid: me }
         );
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "standby ")).expect("write");
         assert_eq!(observe(dir.path()).role, Role::Replica);
@@ -121,11 +92,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
         // PID 0 never names a user process; a PID past pid_max cannot exist.
-        std::fs::write(
-            dir.path().join("postmaster.pid"),
-            pidfile(4_194_304 + 7, "ready   "),
-        )
-        .expect("write");
+        std::fs::write(dir.path().join("postmaster.pid"), pidfile(4_194_304 + 7, "ready   ")).expect("write");
         assert_eq!(observe(dir.path()).state, PostgresState::Stopped);
     }
 }

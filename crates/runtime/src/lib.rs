@@ -23,9 +23,7 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     pub fn path(&self) -> Option<PathBuf> {
-        self.config_file
-            .clone()
-            .or_else(|| self.config_flag.clone())
+        self.config_file.clone().or_else(|| self.config_flag.clone())
     }
 
     /// Loads and validates the config; a bad config is one error listing
@@ -38,19 +36,11 @@ impl ConfigArgs {
 /// Sets up logging from the `log:` section; `RUST_LOG` overrides the level.
 pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => {
-            EnvFilter::try_new(directives).context("parse RUST_LOG")?
-        }
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
         _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if log.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if log.json { builder.json().try_init() } else { builder.try_init() };
     result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
 }
 
@@ -93,11 +83,7 @@ pub async fn bind(
     what: &str,
     setting: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
-    let host = if address.host == "*" {
-        "0.0.0.0"
-    } else {
-        address.host.as_str()
-    };
+    let host = if address.host == "*" { "0.0.0.0" } else { address.host.as_str() };
     tokio::net::TcpListener::bind((host, address.port)).await.with_context(|| {
         format!("listen on {address} for {what} (is another process using the port? change {setting})")
     })
