@@ -112,8 +112,19 @@ status() {
     echo "logs: $DEMO_DIR/node*/{agent,health,controller}.log and $DEMO_DIR/etcd/etcd.log"
 }
 
-stop_pid() { # pidfile
-    if pid_alive "$1"; then kill "$(cat "$1")" 2>/dev/null || true; fi
+stop_pid() { # pidfile: SIGTERM, wait up to 30 s, then SIGKILL
+    if pid_alive "$1"; then
+        local pid
+        pid=$(cat "$1")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 300); do
+            # Exited (a zombie counts as exited: PID 1 may not reap here).
+            [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" = "Z" ] && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" | cut -c1)" != "Z" ] && kill -9 "$pid" 2>/dev/null
+    fi
     rm -f "$1"
 }
 

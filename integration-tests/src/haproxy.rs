@@ -53,3 +53,44 @@ impl HaProxy {
         self.process.kill();
     }
 }
+
+/// One backend node for [`deploy_config`].
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub pg_port: u16,
+    pub rest_port: u16,
+}
+
+/// `deploy/haproxy.cfg` rewritten for loopback: the same sections, checks
+/// and options, with the given ports and these nodes as servers.
+pub fn deploy_config(write_port: u16, read_port: u16, stats_port: u16, nodes: &[Backend]) -> String {
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg"))
+        .expect("read deploy/haproxy.cfg");
+    let mut out = String::new();
+    for line in template.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("server ") {
+            // Every server block is replaced once, at its first server line.
+            if !out.ends_with("#servers\n") {
+                for node in nodes {
+                    out.push_str(&format!(
+                        "    server {} 127.0.0.1:{} maxconn 100 check port {}\n",
+                        node.name, node.pg_port, node.rest_port
+                    ));
+                }
+                out.push_str("#servers\n");
+            }
+            continue;
+        }
+        let line = match trimmed {
+            "bind *:5000" => format!("    bind 127.0.0.1:{write_port}"),
+            "bind *:5001" => format!("    bind 127.0.0.1:{read_port}"),
+            "bind *:7000" => format!("    bind 127.0.0.1:{stats_port}"),
+            _ => line.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}

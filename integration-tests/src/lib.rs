@@ -7,6 +7,7 @@
 //!
 //! No mock stands in for etcd or PostgreSQL here.
 
+pub mod cluster;
 pub mod etcd;
 pub mod haproxy;
 pub mod port;
@@ -15,6 +16,7 @@ pub mod process;
 pub mod service;
 pub mod wait;
 
+pub use cluster::{Node, PgwardenCluster};
 pub use etcd::EtcdCluster;
 pub use haproxy::HaProxy;
 pub use port::free_port;

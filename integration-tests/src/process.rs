@@ -111,6 +111,22 @@ impl ChildGuard {
         }
     }
 
+    /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it
+    /// to exit; kills it if it does not. Returns whether it exited by itself.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        self.signal(Signal::SIGTERM);
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if self.has_exited() {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
     /// Kills the process at once and waits for it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

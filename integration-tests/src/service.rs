@@ -35,7 +35,8 @@ pub fn binary(name: &str) -> PathBuf {
 /// Starts a pgwarden binary as `postgres` with `args`, logging to
 /// `<dir>/<label>.log`.
 pub fn spawn(name: &str, args: &[&str], dir: &TestDir, label: &str) -> anyhow::Result<ChildGuard> {
-    let log = std::fs::File::create(dir.path().join(format!("{label}.log")))?;
+    // Appended to, so that a restarted service's log keeps its history.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(format!("{label}.log")))?;
     crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
     let mut cmd = Command::new(binary(name));
     cmd.args(args)

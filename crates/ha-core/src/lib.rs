@@ -5,6 +5,8 @@
 //! processes): everything it needs is passed in, so every rule is
 //! deterministic and tested without a cluster.
 
+mod decide;
 mod lsn;
 
+pub use decide::{Action, DataDir, Decision, Observed, Peer, PgRun, decide, is_best_candidate};
 pub use lsn::{Lsn, parse_lag};

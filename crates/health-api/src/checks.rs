@@ -2,6 +2,7 @@
 //! and the time, so that every rule is unit-tested (DESIGN.md invariant 2:
 //! only fresh state answers 200; unknown state answers 503).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ha_proto::v1::{NodeStatus, PostgresState, Role};
@@ -54,43 +55,135 @@ fn role_name(status: &NodeStatus) -> &'static str {
     }
 }
 
+fn tags(status: &NodeStatus) -> serde_json::Map<String, Value> {
+    serde_json::from_str::<Value>(&status.tags_json).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default()
+}
+
 /// The `/patroni` document: always answerable, saying why when state is unknown.
 pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value {
     let patroni = json!({"version": env!("CARGO_PKG_VERSION"), "scope": identity.scope, "name": identity.name});
-    match (fresh(latest, now), latest) {
-        (Some(status), _) => json!({
-            "state": state_name(status),
-            "role": role_name(status),
-            "patroni": patroni,
-        }),
-        (None, Some((_, at))) => json!({
-            "state": "unknown",
-            "role": "unknown",
-            "patroni": patroni,
-            "pgwarden": {"agent": format!("no status from the agent for {} ms", now.saturating_duration_since(*at).as_millis())},
-        }),
-        (None, None) => json!({
-            "state": "unknown",
-            "role": "unknown",
-            "patroni": patroni,
-            "pgwarden": {"agent": "the agent's status stream is not connected"},
-        }),
+    let Some(status) = fresh(latest, now) else {
+        let why = match latest {
+            Some((_, at)) => {
+                format!("no status from the agent for {} ms", now.saturating_duration_since(*at).as_millis())
+            }
+            None => "the agent's status stream is not connected".to_string(),
+        };
+        return json!({"state": "unknown", "role": "unknown", "patroni": patroni, "pgwarden": {"agent": why}});
+    };
+    let mut body = json!({
+        "state": state_name(status),
+        "role": role_name(status),
+        "patroni": patroni,
+        "dcs_last_seen": status.last_tick_unix_ms / 1000,
+        "pgwarden": {"ha": status.ha_state, "holds_leader": status.holds_leader},
+    });
+    let map = body.as_object_mut().expect("built as an object");
+    let tags = tags(status);
+    if !tags.is_empty() {
+        map.insert("tags".into(), Value::Object(tags));
     }
+    if !status.refused.is_empty() {
+        map.insert("pgwarden".into(), json!({"ha": status.ha_state, "refused": status.refused}));
+    }
+    if state_name(status) == "running" {
+        map.insert("server_version".into(), json!(status.server_version));
+        map.insert("timeline".into(), json!(status.timeline));
+        map.insert("database_system_identifier".into(), json!(status.system_identifier));
+        map.insert("postmaster_start_time".into(), json!(status.postmaster_start_time));
+        if status.role() == Role::Primary {
+            map.insert("xlog".into(), json!({"location": status.xlog_location}));
+            let replication: Vec<Value> = status
+                .replication
+                .iter()
+                .map(|r| {
+                    json!({"usename": r.usename, "application_name": r.application_name, "client_addr": r.client_addr,
+                           "state": r.state, "sync_state": r.sync_state, "sync_priority": r.sync_priority})
+                })
+                .collect();
+            map.insert("replication".into(), Value::Array(replication));
+        } else {
+            map.insert(
+                "xlog".into(),
+                json!({"received_location": status.receive_lsn, "replayed_location": status.replay_lsn,
+                       "replayed_timestamp": Value::Null, "paused": false}),
+            );
+            if !status.replication_state.is_empty() {
+                map.insert("replication_state".into(), json!(status.replication_state));
+            }
+        }
+    }
+    if !status.holds_leader && status.leader.is_empty() && state_name(status) == "running" {
+        map.insert("cluster_unlocked".into(), json!(true));
+    }
+    body
 }
 
-/// Answers one health-check path. Checks that need the leader key (`/primary`
-/// and the other role checks) answer 503 until the agent reports holding it.
-pub fn answer(path: &str, identity: &Identity, latest: &Latest, now: Instant) -> Answer {
+/// `/primary`: a running primary whose agent proves it holds the leader key.
+fn is_primary(status: &NodeStatus) -> bool {
+    status.postgres_state() == PostgresState::Running && status.role() == Role::Primary && status.holds_leader
+}
+
+/// `/replica` with its query: running replica, not `noloadbalance`, within
+/// `?lag=` of the leader's published position, matching every `?tag_k=v`.
+fn is_replica(status: &NodeStatus, query: &BTreeMap<String, String>) -> bool {
+    if status.postgres_state() != PostgresState::Running || status.role() != Role::Replica || status.noloadbalance {
+        return false;
+    }
+    if let Some(limit) = query.get("lag") {
+        let Some(limit) = ha_core::parse_lag(limit) else { return false };
+        let position = status.replay_lsn.max(status.receive_lsn);
+        if status.cluster_optime.saturating_sub(position) > limit {
+            return false;
+        }
+    }
+    tags_match(status, query)
+}
+
+fn tags_match(status: &NodeStatus, query: &BTreeMap<String, String>) -> bool {
+    let tags = tags(status);
+    query.iter().filter_map(|(k, v)| k.strip_prefix("tag_").map(|name| (name, v))).all(|(name, wanted)| {
+        match tags.get(name) {
+            Some(Value::String(s)) => s.to_lowercase() == wanted.to_lowercase(),
+            Some(other) => other.to_string().to_lowercase() == wanted.to_lowercase(),
+            None => false,
+        }
+    })
+}
+
+/// Parses a query string into a map (last value wins).
+pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (pair.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Answers one health-check path.
+pub fn answer(
+    path: &str,
+    query: &BTreeMap<String, String>,
+    identity: &Identity,
+    latest: &Latest,
+    now: Instant,
+) -> Answer {
     let status = fresh(latest, now);
-    let running = status.is_some_and(|s| s.postgres_state() == PostgresState::Running);
-    let code = |ok: bool| {
-        if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
-    };
+    let code = |ok: bool| if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Some(patroni_json(identity, latest, now));
+    let check = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: body.clone() };
     match path {
         "/patroni" => Answer { status: StatusCode::OK, body },
-        "/health" => Answer { status: code(running), body },
-        // The agent is alive and publishing: its loop runs.
+        "/" | "/primary" | "/read-write" | "/master" => check(&is_primary),
+        "/leader" => check(&|s| s.holds_leader),
+        "/replica" => check(&|s| is_replica(s, query)),
+        "/read-only" => check(&|s| is_primary(s) || is_replica(s, query)),
+        "/health" => check(&|s| s.postgres_state() == PostgresState::Running && tags_match(s, query)),
+        // The agent is alive and its HA loop publishes.
         "/liveness" => Answer { status: code(status.is_some()), body: None },
         // Every other check, known or not, fails closed.
         _ => Answer { status: StatusCode::SERVICE_UNAVAILABLE, body },
@@ -109,25 +202,70 @@ mod tests {
         NodeStatus { postgres_state: state as i32, role: role as i32, ..NodeStatus::default() }
     }
 
+    fn ask(path: &str, query: &str, latest: &Latest, now: Instant) -> StatusCode {
+        answer(path, &parse_query(Some(query)), &identity(), latest, now).status
+    }
+
     #[test]
     fn health_is_200_only_for_fresh_running_postgres() {
         let now = Instant::now();
         let running = Some((status(PostgresState::Running, Role::Primary), now));
-        assert_eq!(answer("/health", &identity(), &running, now).status, StatusCode::OK);
-        let stale = Some((status(PostgresState::Running, Role::Primary), now));
+        assert_eq!(ask("/health", "", &running, now), StatusCode::OK);
         let later = now + FRESH_FOR + Duration::from_millis(1);
-        assert_eq!(answer("/health", &identity(), &stale, later).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/health", "", &running, later), StatusCode::SERVICE_UNAVAILABLE);
         let stopped = Some((status(PostgresState::Stopped, Role::Primary), now));
-        assert_eq!(answer("/health", &identity(), &stopped, now).status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(answer("/health", &identity(), &None, now).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/health", "", &stopped, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/health", "", &None, now), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
-    fn unknown_and_leader_checks_never_answer_200_yet() {
+    fn primary_needs_the_proven_leader_key_and_fresh_state() {
         let now = Instant::now();
-        let running = Some((status(PostgresState::Running, Role::Primary), now));
-        for path in ["/primary", "/", "/read-write", "/leader", "/replica", "/nonsense"] {
-            assert_eq!(answer(path, &identity(), &running, now).status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let without_key = Some((status(PostgresState::Running, Role::Primary), now));
+        for path in ["/primary", "/", "/read-write", "/leader"] {
+            assert_eq!(ask(path, "", &without_key, now), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
+        let leader = Some((NodeStatus { holds_leader: true, ..status(PostgresState::Running, Role::Primary) }, now));
+        for path in ["/primary", "/", "/read-write", "/leader", "/read-only"] {
+            assert_eq!(ask(path, "", &leader, now), StatusCode::OK, "{path}");
+        }
+        assert_eq!(ask("/replica", "", &leader, now), StatusCode::SERVICE_UNAVAILABLE);
+        let stale = now + FRESH_FOR * 2;
+        assert_eq!(ask("/primary", "", &leader, stale), StatusCode::SERVICE_UNAVAILABLE);
+        let dead = Some((NodeStatus { holds_leader: true, ..status(PostgresState::Stopped, Role::Primary) }, now));
+        assert_eq!(ask("/primary", "", &dead, now), StatusCode::SERVICE_UNAVAILABLE, "PostgreSQL down means 503");
+    }
+
+    #[test]
+    fn replica_honours_lag_tags_and_noloadbalance() {
+        let now = Instant::now();
+        let replica = NodeStatus {
+            replay_lsn: 1000,
+            cluster_optime: 1000 + 20 * 1024,
+            tags_json: r#"{"dc":"east","nofailover":true}"#.into(),
+            ..status(PostgresState::Running, Role::Replica)
+        };
+        let latest = Some((replica.clone(), now));
+        assert_eq!(ask("/replica", "", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/read-only", "", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/replica", "lag=16kB", &latest, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/replica", "lag=1MB", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/replica", "lag=30000", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/replica", "lag=nonsense", &latest, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/replica", "tag_dc=east", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/replica", "tag_dc=west", &latest, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/replica", "tag_nofailover=true", &latest, now), StatusCode::OK);
+        assert_eq!(ask("/replica", "tag_missing=x", &latest, now), StatusCode::SERVICE_UNAVAILABLE);
+        let hidden = Some((NodeStatus { noloadbalance: true, ..replica }, now));
+        assert_eq!(ask("/replica", "", &hidden, now), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn unknown_paths_never_answer_200() {
+        let now = Instant::now();
+        let leader = Some((NodeStatus { holds_leader: true, ..status(PostgresState::Running, Role::Primary) }, now));
+        for path in ["/nonsense", "/primaryx", "/sync-ish"] {
+            assert_eq!(ask(path, "", &leader, now), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         }
     }
 
@@ -141,5 +279,6 @@ mod tests {
         let body = patroni_json(&identity(), &running, now);
         assert_eq!((body["state"].as_str(), body["role"].as_str()), (Some("running"), Some("replica")));
         assert_eq!(body["patroni"]["scope"], "batman");
+        assert!(body["xlog"]["replayed_location"].is_u64());
     }
 }

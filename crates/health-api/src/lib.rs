@@ -6,6 +6,7 @@
 //! the fencing work adds.
 
 pub mod checks;
+pub mod cluster;
 pub mod feed;
 
 use std::convert::Infallible;
@@ -37,12 +38,47 @@ pub struct Args {
 struct Shared {
     identity: Identity,
     latest: watch::Receiver<Latest>,
+    etcd: Option<(dcs::Etcd, dcs::Keys)>,
 }
 
-fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
-    let latest = shared.latest.borrow().clone();
-    let answer = checks::answer(path, &shared.identity, &latest, Instant::now());
+/// `/cluster`, `/history` and `/config` read etcd; the checks do not.
+async fn from_etcd(path: &str, shared: &Shared) -> Option<checks::Answer> {
+    if !matches!(path, "/cluster" | "/history" | "/config") {
+        return None;
+    }
+    let Some((etcd, keys)) = &shared.etcd else {
+        return Some(checks::Answer { status: StatusCode::SERVICE_UNAVAILABLE, body: None });
+    };
+    let view = match dcs::read_cluster(etcd, keys).await {
+        Ok(view) => view,
+        Err(e) => {
+            let body = serde_json::json!({"error": format!("etcd unavailable: {}", dcs::describe_error(&e))});
+            return Some(checks::Answer { status: StatusCode::SERVICE_UNAVAILABLE, body: Some(body) });
+        }
+    };
+    Some(match path {
+        "/cluster" => {
+            checks::Answer { status: StatusCode::OK, body: Some(cluster::cluster_json(&shared.identity.scope, &view)) }
+        }
+        "/history" => checks::Answer { status: StatusCode::OK, body: Some(cluster::history_json(&view)) },
+        _ => match view.config {
+            Some((config, _)) => checks::Answer { status: StatusCode::OK, body: Some(config) },
+            // Patroni answers 502 when the cluster has no config yet.
+            None => checks::Answer { status: StatusCode::BAD_GATEWAY, body: None },
+        },
+    })
+}
+
+async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    let query = checks::parse_query(request.uri().query());
+    let answer = match from_etcd(&path, shared).await {
+        Some(answer) => answer,
+        None => {
+            let latest = shared.latest.borrow().clone();
+            checks::answer(&path, &query, &shared.identity, &latest, Instant::now())
+        }
+    };
     let method = request.method();
     let mut builder = Response::builder().status(answer.status);
     let body = match (method, answer.body) {
@@ -67,12 +103,13 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>
 pub async fn run(
     identity: Identity,
     agent_url: String,
+    etcd: Option<(dcs::Etcd, dcs::Keys)>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx));
-    let shared = Arc::new(Shared { identity, latest: rx });
+    let shared = Arc::new(Shared { identity, latest: rx, etcd });
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
     loop {
@@ -89,8 +126,8 @@ pub async fn run(
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&request, &shared);
-                async move { Ok::<_, Infallible>(response) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(request, &shared).await) }
             });
             if let Err(e) =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -114,5 +151,8 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
     let listener = pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
     let identity = Identity { scope: config.scope.clone(), name: config.name.clone() };
-    run(identity, agent_url(&config), listener, pgwarden_runtime::shutdown_signal()).await
+    let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
+    let etcd = dcs::connect(&dcs::EtcdSettings::from_config(&config.etcd, timeout)).await?;
+    let keys = dcs::Keys::new(&config.namespace, &config.scope);
+    run(identity, agent_url(&config), Some((etcd, keys)), listener, pgwarden_runtime::shutdown_signal()).await
 }

@@ -7,8 +7,12 @@
 //! member's keys.
 
 mod grpc;
+mod ha;
+mod local;
 mod lock;
 pub mod observe;
+mod postgres;
+mod sql;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,7 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Parser;
-use ha_proto::v1::NodeStatus;
+use election::BootInstant;
+use ha_proto::v1::{NodeStatus, ReplicationClient};
+
+use crate::ha::HaView;
+use crate::local::Local;
 use pgwarden_config::{Config, Purpose, Severity};
 use pgwarden_runtime::ConfigArgs;
 use tokio::net::TcpListener;
@@ -62,67 +70,153 @@ pub fn validate_config(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Observes the local PostgreSQL every [`OBSERVE_INTERVAL`] and publishes the
-/// status to `tx` until every receiver is gone.
-async fn observe_loop(config: Config, tx: watch::Sender<NodeStatus>) {
+/// The status the gRPC API serves: the latest observation and HA view.
+fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
+    let sql = local.sql.clone().unwrap_or_default();
+    NodeStatus {
+        member: config.name.clone(),
+        scope: config.scope.clone(),
+        postgres_state: local.postmaster.state as i32,
+        role: local.role() as i32,
+        postmaster_pid: local.postmaster.postmaster_pid,
+        observed_at_unix_ms: local.observed_at_unix_ms,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sequence: 0,
+        data_dir: config.postgresql.data_dir.display().to_string(),
+        holds_leader: view.leader_deadline.is_some_and(|deadline| !deadline.has_passed())
+            && local.sql.as_ref().is_some_and(|s| !s.in_recovery),
+        leader: view.leader.clone().unwrap_or_default(),
+        xlog_location: sql.xlog_location,
+        receive_lsn: sql.receive_lsn,
+        replay_lsn: sql.replay_lsn,
+        timeline: sql.timeline,
+        replication_state: sql.replication_state.clone(),
+        cluster_optime: view.cluster_optime.unwrap_or_default(),
+        tags_json: serde_json::Value::Object(config.tags.json.clone()).to_string(),
+        system_identifier: sql.system_identifier.clone(),
+        server_version: sql.server_version,
+        postmaster_start_time: sql.postmaster_start_time.clone(),
+        ha_state: view.reason.clone(),
+        last_tick_unix_ms: view.last_tick_unix_ms,
+        replication: sql
+            .replication
+            .iter()
+            .map(|r| ReplicationClient {
+                usename: r.usename.clone(),
+                application_name: r.application_name.clone(),
+                client_addr: r.client_addr.clone(),
+                state: r.state.clone(),
+                sync_state: r.sync_state.clone(),
+                sync_priority: r.sync_priority,
+            })
+            .collect(),
+        upstream: view.upstream.clone().unwrap_or_default(),
+        refused: view.refused.clone().unwrap_or_default(),
+        leader_deadline_boot_ns: view.leader_deadline.map_or(0, BootInstant::as_nanos),
+        noloadbalance: config.tags.noloadbalance,
+    }
+}
+
+/// Publishes a composed status on every observation and HA view change.
+async fn compose_loop(
+    config: Config,
+    mut local: watch::Receiver<Local>,
+    mut view: watch::Receiver<HaView>,
+    tx: watch::Sender<NodeStatus>,
+) {
     let mut sequence = 0;
-    let mut ticker = tokio::time::interval(OBSERVE_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_logged = None;
     loop {
-        ticker.tick().await;
-        let local = observe::observe(&config.postgresql.data_dir);
-        if last_logged != Some(local) {
-            info!(state = ?local.state, role = ?local.role, pid = local.postmaster_pid, "local PostgreSQL");
-            last_logged = Some(local);
+        tokio::select! {
+            changed = local.changed() => if changed.is_err() { return },
+            changed = view.changed() => if changed.is_err() { return },
         }
         sequence += 1;
-        let status = status_of(&config, local, sequence);
+        let mut status = compose(&config, &local.borrow(), &view.borrow());
+        status.sequence = sequence;
         if tx.send(status).is_err() {
             return;
         }
     }
 }
 
-fn status_of(config: &Config, local: observe::LocalPostgres, sequence: u64) -> NodeStatus {
-    NodeStatus {
-        member: config.name.clone(),
-        scope: config.scope.clone(),
-        postgres_state: local.state as i32,
-        role: local.role as i32,
-        postmaster_pid: local.postmaster_pid,
-        observed_at_unix_ms: now_unix_ms(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        sequence,
-        data_dir: config.postgresql.data_dir.display().to_string(),
+/// Wakes the HA loop on every change under the cluster's prefix.
+async fn watch_cluster(etcd: dcs::Etcd, prefix: String, wake: std::sync::Arc<tokio::sync::Notify>) {
+    loop {
+        match election::watch(&etcd, &prefix, true, None).await {
+            Ok(mut watcher) => loop {
+                match watcher.next().await {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("cluster watch ended: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::debug!("failed to watch the cluster: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// Runs the agent until `shutdown` resolves: observes PostgreSQL and serves
-/// the `NodeAgent` gRPC API on `grpc_listener`.
+/// Runs the agent until `shutdown` resolves: observes PostgreSQL, runs the
+/// HA loop and serves the `NodeAgent` gRPC API on `grpc_listener`. On
+/// shutdown it stops PostgreSQL and hands the leader key over before the
+/// gRPC API goes away.
 pub async fn run(
     config: Config,
     grpc_listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let local = observe::observe(&config.postgresql.data_dir);
-    let (tx, rx) = watch::channel(status_of(&config, local, 0));
-    let observer = tokio::spawn(observe_loop(config.clone(), tx));
+    let bins = config.postgres_binaries().map_err(|e| anyhow::anyhow!(e))?;
+    let pg = postgres::Postgres::new(&config, bins)?;
+    let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
+    let etcd = dcs::connect(&dcs::EtcdSettings::from_config(&config.etcd, timeout)).await?;
+    if let Err(e) = etcd.probe().await {
+        tracing::warn!("{e} (the agent keeps trying)");
+    }
+    let initial_local = Local {
+        postmaster: observe::observe(&config.postgresql.data_dir),
+        sql: None,
+        observed_at_unix_ms: now_unix_ms(),
+    };
+    let (local_tx, local_rx) = watch::channel(initial_local.clone());
+    let (view_tx, view_rx) = watch::channel(HaView::default());
+    let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::default()));
+    let observer =
+        tokio::spawn(local::observe_loop(config.clone(), pg.socket_dir.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
+    let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
+    let agent = ha::Agent::new(config.clone(), pg, etcd.clone(), local_rx, view_tx);
+    let watcher = tokio::spawn(watch_cluster(
+        etcd,
+        dcs::Keys::new(&config.namespace, &config.scope).prefix().to_string(),
+        agent.waker(),
+    ));
+    let ha_loop = tokio::spawn(agent.run(shutdown));
     let address = grpc_listener.local_addr().context("read the gRPC listener's address")?;
     info!(%address, "serving the NodeAgent gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-    let result = tonic::transport::Server::builder()
-        .add_service(AgentService::new(rx).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serve the NodeAgent gRPC API");
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentService::new(status_rx).into_server())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = done_rx.await;
+            }),
+    );
+    let ha_result = ha_loop.await;
+    let _ = done_tx.send(());
+    let served = server.await;
+    watcher.abort();
+    composer.abort();
     observer.abort();
     info!("agent stopped");
-    result
+    ha_result.context("the HA loop panicked")?;
+    served.context("the gRPC server panicked")?.context("serve the NodeAgent gRPC API")
 }
 
 /// The agent's start-up: config, ownership and lock checks, listeners, run.

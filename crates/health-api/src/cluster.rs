@@ -1,0 +1,114 @@
+//! `/cluster` and `/history`: the cluster as etcd holds it, in Patroni's JSON.
+
+use dcs::ClusterView;
+use serde_json::{Value, json};
+
+/// Patroni's `/cluster` document: members sorted by name with their role
+/// (`leader`, `sync_standby`, `replica`), state (`streaming` for a replica
+/// that receives WAL), address, timeline, lag in bytes and tags.
+pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    let sync = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
+    let optime = view.status.as_ref().map(|s| s.optime);
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|entry| {
+            let data = &entry.data;
+            let is_leader = Some(entry.name.as_str()) == leader;
+            let role = if is_leader {
+                if data.role == "standby_leader" { "standby_leader" } else { "leader" }
+            } else if sync.contains(&entry.name.as_str()) {
+                "sync_standby"
+            } else {
+                "replica"
+            };
+            let state = match (&data.replication_state, is_leader) {
+                (Some(replication), false) => replication.clone(),
+                _ => data.state.clone(),
+            };
+            let (host, port) = data.host_port().unwrap_or_default();
+            let mut member = json!({
+                "name": entry.name,
+                "role": role,
+                "state": state,
+                "api_url": data.api_url,
+                "host": host,
+                "port": port,
+            });
+            let map = member.as_object_mut().expect("built as an object");
+            if let Some(timeline) = data.timeline {
+                map.insert("timeline".into(), json!(timeline));
+            }
+            if !data.tags.is_empty() {
+                map.insert("tags".into(), Value::Object(data.tags.clone()));
+            }
+            if !is_leader {
+                let position = data.replay_lsn.or(data.xlog_location);
+                let lag = match (optime, position) {
+                    (Some(optime), Some(position)) => json!(optime.saturating_sub(position)),
+                    _ => json!("unknown"),
+                };
+                map.insert("lag".into(), lag);
+                if let Some(lsn) = data.receive_lsn {
+                    map.insert("receive_lsn".into(), json!(ha_core::Lsn(lsn).to_string()));
+                }
+                if let Some(lsn) = data.replay_lsn {
+                    map.insert("replay_lsn".into(), json!(ha_core::Lsn(lsn).to_string()));
+                }
+            }
+            member
+        })
+        .collect();
+    let mut body = json!({"scope": scope, "members": members});
+    if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(Value::as_bool) == Some(true)) {
+        body["pause"] = json!(true);
+    }
+    body
+}
+
+/// Patroni's `/history`: `[[timeline, lsn, reason, timestamp, new_leader], ...]`.
+pub fn history_json(view: &ClusterView) -> Value {
+    serde_json::to_value(&view.history).unwrap_or_else(|_| json!([]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dcs::{LeaderView, MemberData, MemberEntry, Status};
+
+    #[test]
+    fn members_carry_patronis_fields() {
+        let member = |name: &str, role: &str, state: &str, replication: Option<&str>, lsn| MemberEntry {
+            name: name.into(),
+            lease: 1,
+            data: MemberData {
+                conn_url: format!("postgres://127.0.0.1:5432/{name}"),
+                api_url: "http://127.0.0.1:8008/patroni".into(),
+                role: role.into(),
+                state: state.into(),
+                replication_state: replication.map(String::from),
+                timeline: Some(2),
+                replay_lsn: lsn,
+                ..MemberData::default()
+            },
+        };
+        let view = ClusterView {
+            leader: Some(LeaderView { name: "a".into(), lease: 1, mod_revision: 1 }),
+            members: vec![
+                member("a", "primary", "running", None, None),
+                member("b", "replica", "running", Some("streaming"), Some(90)),
+            ],
+            status: Some(Status { optime: 100, ..Status::default() }),
+            ..ClusterView::default()
+        };
+        let body = cluster_json("s", &view);
+        assert_eq!(body["members"][0]["role"], "leader");
+        assert_eq!(body["members"][0]["state"], "running");
+        assert!(body["members"][0].get("lag").is_none());
+        assert_eq!(body["members"][1]["role"], "replica");
+        assert_eq!(body["members"][1]["state"], "streaming");
+        assert_eq!(body["members"][1]["lag"], 10);
+        assert_eq!(body["members"][1]["port"], 5432);
+    }
+}

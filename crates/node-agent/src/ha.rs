@@ -1,0 +1,741 @@
+//! The HA loop: observe (local PostgreSQL, the cluster in etcd, the lease),
+//! decide (`ha_core::decide`), execute at most one irreversible action, keep
+//! this member's key and (as leader) the cluster's keys current.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use dcs::{ClusterView, Etcd, Keys, MemberData, Status};
+use election::{Acquired, BootInstant, Election, ElectionSettings, Lease, LeaseState, RenewalHandle, spawn_renewal};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use ha_core::{Action, DataDir, Decision, Observed, Peer, PgRun, decide};
+use pgwarden_config::{Config, DynamicConfig, Problems};
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+use crate::local::Local;
+use crate::postgres::{Postgres, StartAs, Upstream, slot_name};
+use crate::sql;
+
+/// What the HA loop publishes for the status stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HaView {
+    pub leader: Option<String>,
+    /// Deadline up to which the leader key is proven ours.
+    pub leader_deadline: Option<BootInstant>,
+    pub cluster_optime: Option<u64>,
+    pub reason: String,
+    pub refused: Option<String>,
+    pub upstream: Option<String>,
+    pub last_tick_unix_ms: i64,
+}
+
+/// The agent's state between ticks.
+pub struct Agent {
+    config: Config,
+    pg: Postgres,
+    etcd: Etcd,
+    keys: Keys,
+    lease: Option<Lease>,
+    renewal: Option<RenewalHandle>,
+    /// The renewal task proves the leader key (not only the lease).
+    renewal_proves_leader: bool,
+    upstream: Option<String>,
+    sysid: Option<String>,
+    last_member_json: Option<String>,
+    last_optime: Option<u64>,
+    slot_absent_since: HashMap<String, Instant>,
+    last_reason: String,
+    loop_wait: Duration,
+    local: watch::Receiver<Local>,
+    view: watch::Sender<HaView>,
+    wake: std::sync::Arc<Notify>,
+}
+
+fn conn_url_of(member: &MemberData) -> Option<(String, u16)> {
+    member.host_port()
+}
+
+impl Agent {
+    pub fn new(
+        config: Config,
+        pg: Postgres,
+        etcd: Etcd,
+        local: watch::Receiver<Local>,
+        view: watch::Sender<HaView>,
+    ) -> Self {
+        let keys = Keys::new(&config.namespace, &config.scope);
+        Self {
+            config,
+            pg,
+            etcd,
+            keys,
+            lease: None,
+            renewal: None,
+            renewal_proves_leader: false,
+            upstream: None,
+            sysid: None,
+            last_member_json: None,
+            last_optime: None,
+            slot_absent_since: HashMap::new(),
+            last_reason: String::new(),
+            loop_wait: Duration::from_secs(1),
+            local,
+            view,
+            wake: std::sync::Arc::new(Notify::new()),
+        }
+    }
+
+    fn election(&self) -> Election {
+        let dynamic = &self.config.bootstrap.dcs;
+        Election::new(
+            self.etcd.clone(),
+            ElectionSettings {
+                key: self.keys.leader(),
+                member: self.config.name.clone(),
+                ttl: Duration::from_secs(u64::from(dynamic.ttl)),
+                fence_margin: self.config.pgwarden.fence_margin,
+                request_timeout: self.etcd.settings().request_timeout,
+            },
+        )
+    }
+
+    fn renew_interval(&self, dynamic: &DynamicConfig) -> Duration {
+        election::default_interval(Duration::from_secs(u64::from(dynamic.ttl)))
+    }
+
+    /// The current lease state, if a renewal task runs.
+    fn lease_state(&self) -> Option<LeaseState> {
+        self.renewal.as_ref().map(RenewalHandle::current)
+    }
+
+    fn leader_deadline(&self) -> Option<BootInstant> {
+        if !self.renewal_proves_leader {
+            return None;
+        }
+        self.lease_state().and_then(|s| s.live_deadline())
+    }
+
+    /// Makes sure a live lease exists and a renewal task keeps it.
+    async fn ensure_lease(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        if let Some(LeaseState::Held { .. }) = self.lease_state() {
+            return Ok(());
+        }
+        if let Some(LeaseState::Lost { reason, .. }) = self.lease_state() {
+            warn!(reason, "lease lost");
+        }
+        if let Some(handle) = self.renewal.take() {
+            let _ = handle.stop().await;
+        }
+        self.renewal_proves_leader = false;
+        // The old lease may still live (only the leader proof failed): keep it.
+        let mut election = self.election();
+        let mut kept = self.lease;
+        let alive = match kept.as_mut() {
+            Some(lease) => election.keep_alive(lease).await.is_ok(),
+            None => false,
+        };
+        let lease = match kept {
+            Some(lease) if alive => lease,
+            _ => {
+                let lease = election.grant().await.context("grant a lease")?;
+                info!(lease = format_args!("{:x}", lease.id), ttl = ?lease.granted_ttl, "lease granted");
+                self.last_member_json = None;
+                lease
+            }
+        };
+        self.lease = Some(lease);
+        self.renewal = Some(spawn_renewal(election, lease, self.renew_interval(dynamic), false));
+        Ok(())
+    }
+
+    /// Switches the renewal task to proving the leader key.
+    async fn prove_leader(&mut self, dynamic: &DynamicConfig, lease: Lease) {
+        if let Some(handle) = self.renewal.take() {
+            let _ = handle.stop().await;
+        }
+        self.renewal = Some(spawn_renewal(self.election(), lease, self.renew_interval(dynamic), true));
+        self.renewal_proves_leader = true;
+    }
+
+    fn dynamic(&self, view: Option<&ClusterView>) -> DynamicConfig {
+        match view.and_then(|v| v.config.as_ref()) {
+            Some((json, _)) => {
+                let mut problems = Problems::default();
+                let (dynamic, _) = DynamicConfig::read(json, "", &mut problems);
+                dynamic
+            }
+            None => self.config.bootstrap.dcs.clone(),
+        }
+    }
+
+    async fn local_sysid(&mut self) -> Option<String> {
+        if !self.pg.has_data() {
+            self.sysid = None;
+            return None;
+        }
+        if self.sysid.is_none() {
+            match self.pg.system_identifier().await {
+                Ok(id) => self.sysid = Some(id),
+                Err(e) => warn!("failed to read the system identifier: {e:#}"),
+            }
+        }
+        self.sysid.clone()
+    }
+
+    async fn observed(&mut self, view: Option<&ClusterView>, local: &Local) -> Observed {
+        let me = self.config.name.clone();
+        let sysid = self.local_sysid().await;
+        let data = sysid.map(|sysid| DataDir { sysid, was_primary: self.pg.was_primary() });
+        let pg = match (&local.sql, local.postmaster.state) {
+            (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
+            (Some(sql), _) => {
+                PgRun::Replica { lsn: sql.xlog_location, timeline: sql.timeline, upstream: self.upstream.clone() }
+            }
+            (None, ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized) => PgRun::Stopped,
+            (None, _) => PgRun::Transitioning,
+        };
+        if pg == PgRun::Stopped {
+            self.upstream = None;
+        }
+        let dynamic = self.dynamic(view);
+        let peers = view
+            .map(|v| {
+                v.members
+                    .iter()
+                    .filter(|m| m.name != me)
+                    .map(|m| Peer {
+                        name: m.name.clone(),
+                        running: m.data.state == "running",
+                        lsn: m.data.xlog_location,
+                        nofailover: m.data.tags.get("nofailover").and_then(serde_json::Value::as_bool) == Some(true),
+                        clonefrom: m.data.tags.get("clonefrom").and_then(serde_json::Value::as_bool) == Some(true),
+                        reachable: conn_url_of(&m.data).is_some(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let leader = view.and_then(|v| v.leader.as_ref());
+        let holds_leader = self.leader_deadline().is_some()
+            && leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id));
+        Observed {
+            me,
+            data,
+            pg,
+            initialize: view.and_then(|v| v.initialize.clone()),
+            leader: leader.map(|l| l.name.clone()),
+            holds_leader,
+            peers,
+            nofailover: self.config.tags.nofailover || self.config.tags.failover_priority == Some(0),
+            cluster_optime: view.and_then(|v| v.status.as_ref()).map(|s| s.optime),
+            maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+        }
+    }
+
+    /// Waits until the observer reports what an action just did, so that the
+    /// next tick does not act on an observation from before it.
+    async fn await_local(&mut self, what: &str, done: impl Fn(&Local) -> bool) -> anyhow::Result<()> {
+        let timeout = self.config.postgresql.pg_ctl_timeout;
+        let mut rx = self.local.clone();
+        let wait = async {
+            loop {
+                if done(&rx.borrow_and_update()) {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    bail!("the observer stopped");
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .with_context(|| format!("see PostgreSQL {what} within {timeout:?}"))?
+    }
+
+    fn upstream_of(&self, view: &ClusterView, member: &str) -> anyhow::Result<Upstream> {
+        let entry = view
+            .member(member)
+            .with_context(|| format!("find member {member} to copy or stream from: it has no key in etcd yet"))?;
+        let (host, port) = conn_url_of(&entry.data)
+            .with_context(|| format!("find member {member}'s PostgreSQL: it advertises no conn_url"))?;
+        Ok(Upstream { member: member.to_string(), host, port })
+    }
+
+    /// One tick. Returns whether to tick again at once.
+    pub async fn tick(&mut self) -> bool {
+        let view = match dcs::read_cluster(&self.etcd, &self.keys).await {
+            Ok(view) => Some(view),
+            Err(e) => {
+                warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
+                None
+            }
+        };
+        let dynamic = self.dynamic(view.as_ref());
+        self.loop_wait = dynamic.loop_wait();
+        if view.is_some()
+            && let Err(e) = self.ensure_lease(&dynamic).await
+        {
+            warn!("failed to {e:#}");
+        }
+        let local = self.local.borrow().clone();
+        let obs = self.observed(view.as_ref(), &local).await;
+        // Without etcd, the only safe decisions are those about a primary
+        // that can no longer prove the key: everything else waits.
+        let decision = if view.is_none() && !matches!(obs.pg, PgRun::Primary { .. }) {
+            Decision { reason: "etcd unreachable: waiting".into(), action: None, refused: false }
+        } else {
+            decide(&obs)
+        };
+        if decision.reason != self.last_reason || decision.action.is_some() {
+            if decision.refused {
+                error!(reason = %decision.reason, "ha tick");
+            } else {
+                info!(reason = %decision.reason, action = ?decision.action, "ha tick");
+            }
+            self.last_reason = decision.reason.clone();
+        }
+        let mut again = false;
+        if let (Some(action), Some(view)) = (&decision.action, view.as_ref()) {
+            match self.execute(action, view, &dynamic).await {
+                Ok(tick_again) => again = tick_again,
+                Err(e) => warn!(?action, "failed to {e:#}"),
+            }
+        } else if decision.action == Some(Action::Demote) {
+            // No etcd and no proof: fence all the same.
+            if let Err(e) = self.pg.stop("immediate").await {
+                error!("failed to fence PostgreSQL: {e:#}");
+            }
+        }
+        if let Some(view) = &view {
+            let local = self.local.borrow().clone();
+            if let Err(e) = self.publish_member(&local).await {
+                warn!("failed to update the member key: {e:#}");
+            }
+            if obs.holds_leader
+                && let Err(e) = self.leader_housekeeping(view, &local, &dynamic).await
+            {
+                warn!("failed to keep the cluster keys: {e:#}");
+            }
+        }
+        self.view.send_replace(HaView {
+            leader: view.as_ref().and_then(|v| v.leader.as_ref().map(|l| l.name.clone())),
+            leader_deadline: self.leader_deadline(),
+            cluster_optime: view.as_ref().and_then(|v| v.status.as_ref()).map(|s| s.optime),
+            reason: decision.reason.clone(),
+            refused: decision.refused.then(|| decision.reason.clone()),
+            upstream: self.upstream.clone(),
+            last_tick_unix_ms: crate::now_unix_ms(),
+        });
+        again
+    }
+
+    async fn execute(&mut self, action: &Action, view: &ClusterView, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
+        match action {
+            Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
+            Action::Clone { source } => {
+                let upstream = self.upstream_of(view, source)?;
+                self.pg.write_pgpass()?;
+                self.pg.prepare_empty_data_dir()?;
+                if let Err(e) = self.pg.basebackup(&upstream).await {
+                    self.pg.remove_unfinished_data_dir();
+                    return Err(e);
+                }
+                self.sysid = None;
+                Ok(true)
+            }
+            Action::StartReplica { upstream } => {
+                let upstream = match upstream {
+                    Some(member) => Some(self.upstream_of(view, member)?),
+                    None => None,
+                };
+                self.pg.write_pgpass()?;
+                self.pg.write_config(dynamic, &StartAs::Replica { upstream: upstream.clone() }, false)?;
+                self.pg.start().await?;
+                self.upstream = upstream.map(|u| u.member);
+                self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+                Ok(true)
+            }
+            Action::Follow { upstream } => {
+                let target = self.upstream_of(view, upstream)?;
+                self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(target) }, false)?;
+                self.pg.reload().await?;
+                info!(upstream, "following");
+                self.upstream = Some(upstream.clone());
+                Ok(false)
+            }
+            Action::AcquireLeader => self.acquire_leader(dynamic).await,
+            Action::StartPrimary => {
+                self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                self.pg.start().await?;
+                self.await_local("answer", |l| l.sql.is_some()).await?;
+                Ok(true)
+            }
+            Action::Promote => {
+                self.pg.promote().await?;
+                self.upstream = None;
+                self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+                let mut conn = self.connect().await?;
+                sql::checkpoint(&mut conn).await?;
+                sql::close(conn).await;
+                self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                info!(from = "replica", to = "primary", "role change");
+                Ok(true)
+            }
+            Action::Demote => {
+                self.pg.stop("immediate").await?;
+                self.await_local("stopped", |l| l.sql.is_none()).await?;
+                info!(from = "primary", to = "stopped", "role change: fenced");
+                Ok(true)
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<sqlx::postgres::PgConnection> {
+        sql::connect(&self.config, &self.pg.socket_dir, self.pg.port, Duration::from_secs(5)).await
+    }
+
+    async fn acquire_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
+        let lease = self.lease.context("no lease yet")?;
+        let mut election = self.election();
+        match election.acquire(&lease).await? {
+            Acquired::Won { .. } => {
+                info!("took the leader key");
+                self.prove_leader(dynamic, lease).await;
+                Ok(true)
+            }
+            Acquired::Held(holder) if holder.member == self.config.name => {
+                // Our own key from before a restart: re-bind it to this lease,
+                // only while it still names us (decide asks this only of a
+                // running primary).
+                let key = self.keys.leader();
+                let txn = Txn::new()
+                    .when([Compare::value(key.as_str(), CompareOp::Equal, self.config.name.as_str())])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        self.config.name.as_str(),
+                        Some(PutOptions::new().with_lease(lease.id)),
+                    )]);
+                let done = self
+                    .etcd
+                    .call(|mut client| {
+                        let txn = txn.clone();
+                        async move { client.txn(txn).await }
+                    })
+                    .await?
+                    .succeeded();
+                if done {
+                    info!("re-bound the leader key to this agent's lease");
+                    self.prove_leader(dynamic, lease).await;
+                }
+                Ok(done)
+            }
+            Acquired::Held(holder) => {
+                info!(holder = %holder.member, "the leader key went to another member");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Create-if-absent of a key with an optional lease; returns whether it was created.
+    async fn create(&self, key: String, value: String, lease: Option<i64>) -> anyhow::Result<bool> {
+        let put = lease.map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value.as_str(), put)]);
+        Ok(self
+            .etcd
+            .call(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?
+            .succeeded())
+    }
+
+    /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
+    async fn bootstrap(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let lease = self.lease.context("no lease yet")?;
+        // Bound to our lease while we bootstrap: if we die, the key goes away
+        // and another member can try.
+        if !self.create(self.keys.initialize(), String::new(), Some(lease.id)).await? {
+            info!("another member won the bootstrap race");
+            return Ok(());
+        }
+        info!("won the bootstrap race: initialising a new cluster");
+        let result = self.build_cluster(dynamic, lease).await;
+        if let Err(e) = &result {
+            error!("bootstrap failed, cleaning up so another attempt can run: {e:#}");
+            let _ = self.pg.stop("immediate").await;
+            self.pg.remove_unfinished_data_dir();
+            self.sysid = None;
+            let key = self.keys.initialize();
+            let txn = Txn::new()
+                .when([
+                    Compare::value(key.as_str(), CompareOp::Equal, ""),
+                    Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
+                ])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            let _ = self
+                .etcd
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await;
+        }
+        result
+    }
+
+    async fn build_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<()> {
+        if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
+            bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
+        }
+        self.pg.initdb().await?;
+        self.pg.write_pgpass()?;
+        // Local connections only until we hold the leader key.
+        self.pg.write_config(dynamic, &StartAs::Primary, true)?;
+        self.pg.start().await?;
+        let mut conn = self.connect().await?;
+        sql::create_roles(&mut conn, &self.config).await?;
+        sql::close(conn).await;
+        let sysid = self.pg.system_identifier().await?;
+        self.sysid = Some(sysid.clone());
+        // The identifier replaces the placeholder and leaves our lease: the
+        // cluster now exists whoever leads it.
+        let key = self.keys.initialize();
+        let txn = Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, "")]).and_then([TxnOp::put(
+            key.as_str(),
+            sysid.as_str(),
+            None,
+        )]);
+        let written = self
+            .etcd
+            .call(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?
+            .succeeded();
+        if !written {
+            bail!("the initialize key changed while bootstrapping");
+        }
+        self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        let mut election = self.election();
+        match election.acquire(&lease).await? {
+            Acquired::Won { .. } => {}
+            Acquired::Held(holder) => bail!("{} took the leader key during bootstrap", holder.member),
+        }
+        self.prove_leader(dynamic, lease).await;
+        info!(system_identifier = %sysid, "cluster initialised; opening PostgreSQL to the network");
+        self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+        self.pg.stop("fast").await?;
+        self.pg.start().await?;
+        self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+        Ok(())
+    }
+
+    /// Writes this member's key when its content changed.
+    async fn publish_member(&mut self, local: &Local) -> anyhow::Result<()> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        let connect = self
+            .config
+            .postgresql
+            .connect_address
+            .clone()
+            .or_else(|| {
+                self.config.postgresql.listen.as_ref().map(|l| {
+                    let host = l.hosts.first().map(String::as_str).unwrap_or("127.0.0.1");
+                    let host = if host == "*" || host == "0.0.0.0" { "127.0.0.1" } else { host };
+                    pgwarden_config::HostPort::new(host, l.port)
+                })
+            })
+            .context("no PostgreSQL address to advertise")?;
+        let state = match local.postmaster.state {
+            ha_proto::v1::PostgresState::Running if local.sql.is_some() => "running",
+            ha_proto::v1::PostgresState::Running | ha_proto::v1::PostgresState::Starting => "starting",
+            ha_proto::v1::PostgresState::Stopping => "stopping",
+            _ => "stopped",
+        };
+        let role = match (&local.sql, self.pg.has_data()) {
+            (Some(sql), _) if !sql.in_recovery => "primary",
+            (Some(_), _) => "replica",
+            (None, true) if self.pg.was_primary() => "primary",
+            (None, true) => "replica",
+            (None, false) => "uninitialized",
+        };
+        let grpc = &self.config.pgwarden.agent_grpc_connect_address;
+        let member = MemberData {
+            conn_url: format!("postgres://{connect}/postgres"),
+            api_url: self.config.restapi.api_url(),
+            state: state.into(),
+            role: role.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            xlog_location: local.sql.as_ref().map(|s| s.xlog_location),
+            timeline: local.sql.as_ref().map(|s| s.timeline),
+            receive_lsn: local.sql.as_ref().filter(|s| s.in_recovery).map(|s| s.receive_lsn),
+            replay_lsn: local.sql.as_ref().filter(|s| s.in_recovery).map(|s| s.replay_lsn),
+            replication_state: local
+                .sql
+                .as_ref()
+                .filter(|s| s.in_recovery && !s.replication_state.is_empty())
+                .map(|s| s.replication_state.clone()),
+            tags: self.config.tags.json.clone(),
+            grpc_url: Some(format!("http://{grpc}")),
+            extra: serde_json::Map::new(),
+        };
+        let json = serde_json::to_string(&member)?;
+        if self.last_member_json.as_deref() == Some(json.as_str()) {
+            return Ok(());
+        }
+        let key = self.keys.member(&self.config.name);
+        let value = json.clone();
+        self.etcd
+            .call(|mut client| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { client.put(key, value, Some(PutOptions::new().with_lease(lease.id))).await }
+            })
+            .await?;
+        self.last_member_json = Some(json);
+        Ok(())
+    }
+
+    /// The leader's duties: `status.optime`, the `config` and `initialize`
+    /// keys, and a replication slot per member.
+    async fn leader_housekeeping(
+        &mut self,
+        view: &ClusterView,
+        local: &Local,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
+        let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
+        if self.last_optime != Some(sql.xlog_location) {
+            let mut status = view.status.clone().unwrap_or_default();
+            status.optime = sql.xlog_location;
+            let value = serde_json::to_string(&Status { optime: sql.xlog_location, ..status })?;
+            let key = self.keys.status();
+            self.etcd
+                .call(|mut client| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { client.put(key, value, None).await }
+                })
+                .await?;
+            self.last_optime = Some(sql.xlog_location);
+        }
+        if view.config.is_none() {
+            self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        }
+        if view.initialize.as_deref().is_none_or(str::is_empty)
+            && let Some(sysid) = &self.sysid
+        {
+            let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
+        }
+        if dynamic.use_slots {
+            self.manage_slots(view, dynamic).await?;
+        }
+        Ok(())
+    }
+
+    async fn manage_slots(&mut self, view: &ClusterView, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let wanted: Vec<String> =
+            view.members.iter().filter(|m| m.name != self.config.name).map(|m| slot_name(&m.name)).collect();
+        let mut conn = self.connect().await?;
+        let existing = sql::physical_slots(&mut conn).await?;
+        for slot in wanted.iter().filter(|s| !existing.contains(s)) {
+            info!(slot, "creating a replication slot");
+            sql::create_slot(&mut conn, slot).await?;
+        }
+        let now = Instant::now();
+        self.slot_absent_since.retain(|slot, _| !wanted.contains(slot));
+        for slot in existing.iter().filter(|s| !wanted.contains(s)) {
+            let since = *self.slot_absent_since.entry(slot.clone()).or_insert(now);
+            if now.duration_since(since) >= dynamic.member_slots_ttl {
+                info!(slot, "dropping the slot of a member gone longer than member_slots_ttl");
+                sql::drop_slot(&mut conn, slot).await?;
+                self.slot_absent_since.remove(slot);
+            }
+        }
+        sql::close(conn).await;
+        Ok(())
+    }
+
+    /// A handle that wakes the loop early (etcd watch events).
+    pub fn waker(&self) -> std::sync::Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Runs ticks until `shutdown` resolves, then stops PostgreSQL, hands the
+    /// leader key over and removes the member key.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut previous_state = self.local.borrow().postmaster.state;
+        loop {
+            // A tick may wait on PostgreSQL (start, clone); shutdown must not.
+            let again = tokio::select! {
+                again = self.tick() => again,
+                () = &mut shutdown => break,
+            };
+            if again {
+                continue;
+            }
+            let loop_wait = self.loop_wait;
+            let mut lease_rx = self.renewal.as_ref().map(RenewalHandle::subscribe);
+            let lease_changed = async {
+                match lease_rx.as_mut() {
+                    Some(rx) => loop {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        if matches!(*rx.borrow(), LeaseState::Lost { .. }) {
+                            return;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            let mut local_rx = self.local.clone();
+            let local_changed = async {
+                loop {
+                    if local_rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let state = local_rx.borrow().postmaster.state;
+                    if state != previous_state {
+                        return state;
+                    }
+                }
+            };
+            let wake = self.wake.clone();
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(loop_wait) => {}
+                () = wake.notified() => {}
+                () = lease_changed => {}
+                state = local_changed => previous_state = state,
+            }
+        }
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
+        info!("shutting down: stopping PostgreSQL");
+        if let Err(e) = self.pg.stop("fast").await {
+            error!("failed to stop PostgreSQL: {e:#}");
+        }
+        let handle = self.renewal.take();
+        let election = match handle {
+            Some(handle) => handle.stop().await,
+            None => None,
+        };
+        if let (Some(mut election), Some(lease)) = (election, self.lease) {
+            match election.release(&lease).await {
+                Ok(true) => info!("released the leader key"),
+                Ok(false) => {}
+                Err(e) => warn!("failed to release the leader key: {e}"),
+            }
+            if let Err(e) = election.revoke(&lease).await {
+                warn!("failed to revoke the lease: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Control of the local PostgreSQL: initdb, pg_basebackup, the configuration
+//! files pgwarden manages, start, stop, promote, and reading `pg_controldata`.
+//! Passwords never appear on a command line: they go through the pgpass
+//! file (mode 0600) or a temporary password file removed after use.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use pgwarden_config::{Config, DynamicConfig, PostgresBinaries};
+use tokio::io::AsyncReadExt as _;
+use tokio::process::Command;
+use tracing::{info, warn};
+
+/// The file pgwarden writes its parameters to, included by `postgresql.conf`.
+const MANAGED_CONF: &str = "postgresql.conf";
+/// Where initdb's original `postgresql.conf` is kept and included first.
+const BASE_CONF: &str = "postgresql.base.conf";
+
+/// Who PostgreSQL should be when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAs {
+    Primary,
+    /// A standby streaming from `upstream` (host, port, member), or recovering only.
+    Replica {
+        upstream: Option<Upstream>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub member: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// The local PostgreSQL of this node.
+pub struct Postgres {
+    pub bins: PostgresBinaries,
+    pub data_dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub pgpass: PathBuf,
+    pub log_file: PathBuf,
+    config: Config,
+}
+
+/// `-` and other characters slot names do not allow become `_`.
+pub fn slot_name(member: &str) -> String {
+    member.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// `pgpass` escapes `:` and `\`.
+fn pgpass_escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+/// Writes a file only the owner may read, replacing it atomically.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("create {}", tmp.display()))?;
+        file.write_all(contents.as_bytes()).with_context(|| format!("write {}", tmp.display()))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
+}
+
+impl Postgres {
+    pub fn new(config: &Config, bins: PostgresBinaries) -> anyhow::Result<Self> {
+        let data_dir = config.postgresql.data_dir.clone();
+        let listen = config.postgresql.listen.as_ref().context("postgresql.listen is required")?;
+        let socket_dir = config
+            .postgresql
+            .parameters
+            .get("unix_socket_directories")
+            .and_then(|dirs| dirs.split(',').next())
+            .map(|dir| PathBuf::from(dir.trim()))
+            .unwrap_or_else(|| {
+                let debian = PathBuf::from("/var/run/postgresql");
+                if debian.is_dir() { debian } else { PathBuf::from("/tmp") }
+            });
+        let with_suffix = |suffix: &str| {
+            let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+            name.push(suffix);
+            data_dir.with_file_name(name)
+        };
+        Ok(Self {
+            bins,
+            socket_dir,
+            port: listen.port,
+            pgpass: config.postgresql.pgpass.clone().unwrap_or_else(|| with_suffix(".pgpass")),
+            log_file: with_suffix(".postgres.log"),
+            data_dir,
+            config: config.clone(),
+        })
+    }
+
+    pub fn has_data(&self) -> bool {
+        self.data_dir.join("PG_VERSION").exists()
+    }
+
+    /// The pgpass file: the replication (and rewind) credentials for any host.
+    pub fn write_pgpass(&self) -> anyhow::Result<()> {
+        let auth = &self.config.postgresql.authentication;
+        let mut lines = String::new();
+        for creds in [Some(&auth.replication), Some(&auth.superuser), auth.rewind.as_ref()].into_iter().flatten() {
+            if let Some(password) = &creds.password {
+                lines.push_str(&format!(
+                    "*:*:*:{}:{}\n",
+                    pgpass_escape(&creds.username),
+                    pgpass_escape(password.expose())
+                ));
+            }
+        }
+        write_private(&self.pgpass, &lines)
+    }
+
+    async fn run(&self, what: &str, cmd: &mut Command) -> anyhow::Result<String> {
+        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
+        let output = cmd.output().await.with_context(|| format!("run {what}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            bail!(
+                "{what} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )
+        }
+    }
+
+    /// `initdb` with `bootstrap.initdb` options; the superuser's password
+    /// goes through a temporary 0600 file.
+    pub async fn initdb(&self) -> anyhow::Result<()> {
+        let superuser = &self.config.postgresql.authentication.superuser;
+        let mut cmd = Command::new(self.bins.path("initdb"));
+        cmd.arg("-D").arg(&self.data_dir).arg(format!("--username={}", superuser.username));
+        for option in &self.config.bootstrap.initdb {
+            cmd.arg(option.to_arg());
+        }
+        let pwfile = self.data_dir.with_extension("pwfile");
+        if let Some(password) = &superuser.password {
+            write_private(&pwfile, &format!("{}\n", password.expose()))?;
+            cmd.arg(format!("--pwfile={}", pwfile.display()));
+        }
+        info!(data_dir = %self.data_dir.display(), "running initdb");
+        let result = self.run("initdb", &mut cmd).await;
+        let _ = std::fs::remove_file(&pwfile);
+        result.map(|_| ())
+    }
+
+    /// Copies the data directory from `upstream` with pg_basebackup
+    /// (`postgresql.basebackup` options), logging progress.
+    pub async fn basebackup(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        let methods = &self.config.postgresql.create_replica_methods;
+        if !methods.iter().any(|m| m == "basebackup") {
+            bail!(
+                "postgresql.create_replica_methods lists {methods:?}; pgwarden supports only `basebackup` so far: add it to the list"
+            );
+        }
+        let replication = &self.config.postgresql.authentication.replication;
+        let conninfo = format!(
+            "host={} port={} user={} application_name={} connect_timeout=5",
+            upstream.host, upstream.port, replication.username, self.config.name
+        );
+        let mut cmd = Command::new(self.bins.path("pg_basebackup"));
+        cmd.arg("-D").arg(&self.data_dir).arg("-d").arg(&conninfo).args(["--wal-method=stream", "--progress"]);
+        let mut has_checkpoint = false;
+        for option in &self.config.postgresql.basebackup {
+            has_checkpoint |= matches!(option, pgwarden_config::ToolOption::Value(k, _) if k == "checkpoint");
+            cmd.arg(option.to_arg());
+        }
+        if !has_checkpoint {
+            cmd.arg("--checkpoint=fast");
+        }
+        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.kill_on_drop(true);
+        info!(from = %upstream.member, host = %upstream.host, port = upstream.port, "cloning with pg_basebackup");
+        let mut child = cmd.spawn().context("run pg_basebackup")?;
+        let mut stderr = child.stderr.take().context("pg_basebackup stderr")?;
+        let mut collected = String::new();
+        let mut buffer = [0u8; 4096];
+        let mut last_progress = Instant::now();
+        loop {
+            let n = stderr.read(&mut buffer).await.context("read pg_basebackup output")?;
+            if n == 0 {
+                break;
+            }
+            let chunk = String::from_utf8_lossy(&buffer[..n]);
+            collected.push_str(&chunk);
+            if let Some(line) = chunk.split(['\r', '\n']).rev().find(|l| l.contains("kB"))
+                && last_progress.elapsed() >= Duration::from_secs(2)
+            {
+                info!(progress = %line.trim(), "pg_basebackup");
+                last_progress = Instant::now();
+            }
+        }
+        let status = child.wait().await.context("wait for pg_basebackup")?;
+        if !status.success() {
+            let tail: String = collected.split(['\r', '\n']).rfind(|l| !l.trim().is_empty()).unwrap_or("").into();
+            bail!("pg_basebackup from {} failed ({status}): {tail}", upstream.member);
+        }
+        if let Some(line) = collected.split(['\r', '\n']).rev().find(|l| l.contains("kB")) {
+            info!(progress = %line.trim(), "pg_basebackup done");
+        }
+        Ok(())
+    }
+
+    /// Every parameter pgwarden sets: what replication needs, the dynamic
+    /// config's parameters, then the local ones (the local YAML wins, as in Patroni).
+    pub fn parameters(&self, dynamic: &DynamicConfig, listen_local_only: bool) -> BTreeMap<String, String> {
+        let mut params = BTreeMap::new();
+        let set = |params: &mut BTreeMap<String, String>, k: &str, v: String| {
+            params.insert(k.to_string(), v);
+        };
+        set(&mut params, "wal_level", "replica".into());
+        set(&mut params, "hot_standby", "on".into());
+        set(&mut params, "max_wal_senders", "10".into());
+        set(&mut params, "max_replication_slots", "10".into());
+        set(&mut params, "wal_keep_size", "128MB".into());
+        if self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind) {
+            set(&mut params, "wal_log_hints", "on".into());
+        }
+        for (k, v) in dynamic.parameters.iter().chain(&self.config.postgresql.parameters) {
+            params.insert(k.clone(), v.clone());
+        }
+        // What the agent relies on cannot be overridden.
+        let listen = self.config.postgresql.listen.as_ref().map(|l| l.listen_addresses()).unwrap_or_default();
+        set(&mut params, "listen_addresses", if listen_local_only { String::new() } else { listen });
+        set(&mut params, "port", self.port.to_string());
+        set(&mut params, "unix_socket_directories", self.socket_dir.display().to_string());
+        set(&mut params, "hba_file", self.data_dir.join("pg_hba.conf").display().to_string());
+        params
+    }
+
+    /// The pg_hba.conf lines: configured, or loopback-only defaults.
+    fn hba_lines(&self, dynamic: &DynamicConfig) -> Vec<String> {
+        let configured = if !self.config.postgresql.pg_hba.is_empty() {
+            &self.config.postgresql.pg_hba
+        } else if !dynamic.pg_hba.is_empty() {
+            &dynamic.pg_hba
+        } else {
+            &self.config.bootstrap.pg_hba
+        };
+        if !configured.is_empty() {
+            return configured.clone();
+        }
+        let local_method =
+            if self.config.postgresql.authentication.superuser.password.is_some() { "scram-sha-256" } else { "peer" };
+        vec![
+            format!("local all all {local_method}"),
+            "host all all 127.0.0.1/32 scram-sha-256".into(),
+            "host all all ::1/128 scram-sha-256".into(),
+            "host replication all 127.0.0.1/32 scram-sha-256".into(),
+            "host replication all ::1/128 scram-sha-256".into(),
+        ]
+    }
+
+    /// Writes `postgresql.conf` (including initdb's as `postgresql.base.conf`),
+    /// `pg_hba.conf`, and the standby settings for `start_as`.
+    pub fn write_config(
+        &self,
+        dynamic: &DynamicConfig,
+        start_as: &StartAs,
+        listen_local_only: bool,
+    ) -> anyhow::Result<()> {
+        let base = self.data_dir.join(BASE_CONF);
+        let managed = self.data_dir.join(MANAGED_CONF);
+        if !base.exists() {
+            std::fs::rename(&managed, &base).with_context(|| format!("keep initdb's config as {}", base.display()))?;
+        }
+        let mut text = format!(
+            "# Written by pgwarden-agent; edits are overwritten. Put local settings in\n\
+             # postgresql.parameters of the pgwarden config.\ninclude '{BASE_CONF}'\n\n"
+        );
+        for (name, value) in self.parameters(dynamic, listen_local_only) {
+            text.push_str(&format!("{name} = {}\n", quote(&value)));
+        }
+        let standby_signal = self.data_dir.join("standby.signal");
+        match start_as {
+            StartAs::Primary => {
+                let _ = std::fs::remove_file(&standby_signal);
+            }
+            StartAs::Replica { upstream } => {
+                text.push_str("recovery_target_timeline = 'latest'\n");
+                if let Some(upstream) = upstream {
+                    text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(upstream))));
+                    if dynamic.use_slots {
+                        text.push_str(&format!("primary_slot_name = {}\n", quote(&slot_name(&self.config.name))));
+                    }
+                }
+                std::fs::write(&standby_signal, "").context("write standby.signal")?;
+            }
+        }
+        write_private(&managed, &text)?;
+        let mut hba = String::from("# Written by pgwarden-agent from the config's pg_hba.\n");
+        for line in self.hba_lines(dynamic) {
+            hba.push_str(&line);
+            hba.push('\n');
+        }
+        write_private(&self.data_dir.join("pg_hba.conf"), &hba)
+    }
+
+    fn primary_conninfo(&self, upstream: &Upstream) -> String {
+        let replication = &self.config.postgresql.authentication.replication;
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name={} passfile={} connect_timeout=3",
+            upstream.host,
+            upstream.port,
+            replication.username,
+            self.config.name,
+            self.pgpass.display()
+        );
+        if let Some(mode) = &replication.sslmode {
+            conninfo.push_str(&format!(" sslmode={mode}"));
+        }
+        conninfo
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(self.bins.path("pg_ctl"));
+        cmd.arg("-D").arg(&self.data_dir).args(args);
+        self.run(&format!("pg_ctl {}", args.first().copied().unwrap_or_default()), &mut cmd).await
+    }
+
+    fn timeout_arg(&self) -> String {
+        self.config.postgresql.pg_ctl_timeout.as_secs().to_string()
+    }
+
+    /// Starts the postmaster and waits until it accepts connections.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let log = self.log_file.display().to_string();
+        let timeout = self.timeout_arg();
+        info!(data_dir = %self.data_dir.display(), "starting PostgreSQL");
+        self.pg_ctl(&["start", "-w", "-t", &timeout, "-l", &log]).await.map(|_| ())
+    }
+
+    /// Stops the postmaster: `fast` or `immediate`.
+    pub async fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        let timeout = self.timeout_arg();
+        info!(mode, "stopping PostgreSQL");
+        match self.pg_ctl(&["stop", "-m", mode, "-w", "-t", &timeout]).await {
+            Ok(_) => Ok(()),
+            // Not running is what we wanted.
+            Err(e) if !self.data_dir.join("postmaster.pid").exists() => {
+                warn!("pg_ctl stop: {e:#}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["reload"]).await.map(|_| ())
+    }
+
+    pub async fn promote(&self) -> anyhow::Result<()> {
+        let timeout = self.timeout_arg();
+        info!("promoting PostgreSQL");
+        self.pg_ctl(&["promote", "-w", "-t", &timeout]).await.map(|_| ())
+    }
+
+    /// The database system identifier from `pg_controldata`.
+    pub async fn system_identifier(&self) -> anyhow::Result<String> {
+        let mut cmd = Command::new(self.bins.path("pg_controldata"));
+        cmd.arg(&self.data_dir);
+        let text = self.run("pg_controldata", &mut cmd).await?;
+        text.lines()
+            .find_map(|line| line.strip_prefix("Database system identifier:").map(|v| v.trim().to_string()))
+            .context("pg_controldata printed no system identifier")
+    }
+
+    /// Whether the data directory was last a primary (no standby signal).
+    pub fn was_primary(&self) -> bool {
+        !self.data_dir.join("standby.signal").exists() && !self.data_dir.join("recovery.signal").exists()
+    }
+
+    /// Removes a data directory this agent created and did not finish (a
+    /// failed bootstrap or clone): it holds nothing anyone wrote.
+    pub fn remove_unfinished_data_dir(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.data_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(data_dir = %self.data_dir.display(), "failed to remove the unfinished data directory: {e}");
+        }
+    }
+
+    /// Creates the (empty) data directory with mode 0700 for a clone.
+    pub fn prepare_empty_data_dir(&self) -> anyhow::Result<()> {
+        if self.data_dir.exists() {
+            let empty = std::fs::read_dir(&self.data_dir)?.next().is_none();
+            if !empty {
+                bail!(
+                    "{} is not empty but holds no PostgreSQL data (no PG_VERSION); move it away to let pgwarden clone",
+                    self.data_dir.display()
+                );
+            }
+        } else {
+            std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create {}", self.data_dir.display()))?;
+        }
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid_identifiers() {
+        assert_eq!(slot_name("Node-1.example"), "node_1_example");
+        assert_eq!(slot_name("pg_2"), "pg_2");
+    }
+
+    #[test]
+    fn quoting_and_pgpass_escaping() {
+        assert_eq!(quote("it's"), "'it''s'");
+        assert_eq!(pgpass_escape("a:b\\c"), "a\\:b\\\\c");
+    }
+
+    #[test]
+    fn private_files_are_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pgpass");
+        write_private(&path, "x").expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}

@@ -1,0 +1,233 @@
+//! SQL against the local PostgreSQL over its Unix socket, as the superuser.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pgwarden_config::Config;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
+
+/// What PostgreSQL says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SqlStatus {
+    pub in_recovery: bool,
+    /// Primary: the current WAL position. Replica: max(received, replayed).
+    pub xlog_location: u64,
+    pub receive_lsn: u64,
+    pub replay_lsn: u64,
+    pub timeline: u64,
+    /// `streaming` while a WAL receiver streams.
+    pub replication_state: String,
+    pub server_version: i32,
+    pub system_identifier: String,
+    pub postmaster_start_time: String,
+    pub replication: Vec<ReplicationRow>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationRow {
+    pub usename: String,
+    pub application_name: String,
+    pub client_addr: String,
+    pub state: String,
+    pub sync_state: String,
+    pub sync_priority: i32,
+}
+
+/// Connects as the superuser over the socket in `socket_dir`.
+pub async fn connect(config: &Config, socket_dir: &Path, port: u16, timeout: Duration) -> anyhow::Result<PgConnection> {
+    let superuser = &config.postgresql.authentication.superuser;
+    let mut options = PgConnectOptions::new()
+        .socket(socket_dir)
+        .port(port)
+        .username(&superuser.username)
+        .database("postgres")
+        .application_name("pgwarden-agent");
+    if let Some(password) = &superuser.password {
+        options = options.password(password.expose());
+    }
+    let options = options.disable_statement_logging();
+    let connection = tokio::time::timeout(timeout, options.connect())
+        .await
+        .context("connect to the local PostgreSQL: timed out")?
+        .context("connect to the local PostgreSQL")?;
+    Ok(connection)
+}
+
+/// One status query set; each query is small and read-only.
+pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
+    let row = sqlx::query(
+        "select pg_is_in_recovery(), current_setting('server_version_num')::int, \
+         (select system_identifier::text from pg_control_system()), pg_postmaster_start_time()::text",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("query the server's state")?;
+    let mut status = SqlStatus {
+        in_recovery: row.try_get(0)?,
+        server_version: row.try_get(1)?,
+        system_identifier: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        postmaster_start_time: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+        ..SqlStatus::default()
+    };
+    if status.in_recovery {
+        let row = sqlx::query(
+            "select coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0'), 0)::bigint, \
+                    coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0)::bigint, \
+                    coalesce((select received_tli from pg_stat_wal_receiver), \
+                             (select timeline_id from pg_control_checkpoint()))::bigint, \
+                    coalesce((select status from pg_stat_wal_receiver), '')",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .context("query the replica's WAL positions")?;
+        status.receive_lsn = row.try_get::<i64, _>(0)? as u64;
+        status.replay_lsn = row.try_get::<i64, _>(1)? as u64;
+        status.timeline = row.try_get::<i64, _>(2)? as u64;
+        status.xlog_location = status.receive_lsn.max(status.replay_lsn);
+        let receiver: String = row.try_get(3)?;
+        status.replication_state = if receiver == "streaming" { "streaming".into() } else { String::new() };
+    } else {
+        let row = sqlx::query(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, \
+                    ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .context("query the primary's WAL position")?;
+        status.xlog_location = row.try_get::<i64, _>(0)? as u64;
+        status.timeline = row.try_get::<i64, _>(1)? as u64;
+        let rows = sqlx::query(
+            "select coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(client_addr::text, ''), \
+                    coalesce(state, ''), coalesce(sync_state, ''), coalesce(sync_priority, 0) \
+             from pg_stat_replication order by application_name",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .context("query pg_stat_replication")?;
+        for row in rows {
+            status.replication.push(ReplicationRow {
+                usename: row.try_get(0)?,
+                application_name: row.try_get(1)?,
+                client_addr: row.try_get(2)?,
+                state: row.try_get(3)?,
+                sync_state: row.try_get(4)?,
+                sync_priority: row.try_get(5)?,
+            });
+        }
+    }
+    Ok(status)
+}
+
+/// Runs DDL built server-side with `format()` so that names and passwords
+/// are quoted by PostgreSQL, with statement logging off so that no password
+/// reaches the server log.
+async fn execute_formatted(conn: &mut PgConnection, template: &str, args: &[&str]) -> anyhow::Result<()> {
+    // The template is ours; values only ever travel as bind parameters.
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(template.to_string()));
+    for arg in args {
+        query = query.bind(*arg);
+    }
+    let statement = query.fetch_one(&mut *conn).await.context("build a statement")?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await.context("run a role statement")?;
+    Ok(())
+}
+
+/// Creates (or updates) the replication and rewind roles, the superuser's
+/// password, and `bootstrap.users`.
+pub async fn create_roles(conn: &mut PgConnection, config: &Config) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "set log_statement = 'none'; set log_min_error_statement = 'panic'; set log_min_duration_statement = -1",
+    )
+    .execute(&mut *conn)
+    .await
+    .context("turn statement logging off for the role statements")?;
+    let auth = &config.postgresql.authentication;
+    let upsert = |attributes: &str| {
+        format!(
+            "select case when exists (select 1 from pg_roles where rolname = $1) \
+             then format('ALTER ROLE %I WITH {attributes} PASSWORD %L', $1, $2) \
+             else format('CREATE ROLE %I WITH {attributes} PASSWORD %L', $1, $2) end"
+        )
+    };
+    if let Some(password) = &auth.superuser.password {
+        execute_formatted(conn, &upsert("SUPERUSER LOGIN"), &[&auth.superuser.username, password.expose()]).await?;
+    }
+    let replication_password = auth.replication.password.as_ref().map(|p| p.expose()).unwrap_or_default();
+    execute_formatted(conn, &upsert("LOGIN REPLICATION"), &[&auth.replication.username, replication_password])
+        .await
+        .context("create the replication role")?;
+    if let Some(rewind) = &auth.rewind
+        && rewind.username != auth.superuser.username
+    {
+        let password = rewind.password.as_ref().map(|p| p.expose()).unwrap_or_default();
+        execute_formatted(conn, &upsert("LOGIN"), &[&rewind.username, password])
+            .await
+            .context("create the rewind role")?;
+        for function in [
+            "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+            "pg_catalog.pg_stat_file(text, boolean)",
+            "pg_catalog.pg_read_binary_file(text)",
+            "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+        ] {
+            execute_formatted(
+                conn,
+                &format!("select format('GRANT EXECUTE ON function {function} TO %I', $1)"),
+                &[&rewind.username],
+            )
+            .await
+            .context("grant the rewind role its functions")?;
+        }
+    }
+    for (name, user) in &config.bootstrap.users {
+        let options: Vec<String> = user
+            .options
+            .iter()
+            .map(|o| o.trim().to_ascii_uppercase())
+            .filter(|o| o.chars().all(|c| c.is_ascii_alphabetic() || c == ' '))
+            .collect();
+        let attributes = format!("LOGIN {}", options.join(" "));
+        let password = user.password.as_ref().map(|p| p.expose()).unwrap_or_default();
+        execute_formatted(conn, &upsert(&attributes), &[name, password])
+            .await
+            .with_context(|| format!("create bootstrap user {name}"))?;
+    }
+    Ok(())
+}
+
+/// The physical replication slots on this server.
+pub async fn physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar::<_, String>("select slot_name::text from pg_replication_slots where slot_type = 'physical'")
+        .fetch_all(&mut *conn)
+        .await
+        .context("list replication slots")
+}
+
+pub async fn create_slot(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query("select pg_create_physical_replication_slot($1, true)")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("create replication slot {name}"))?;
+    Ok(())
+}
+
+pub async fn drop_slot(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query("select pg_drop_replication_slot($1) from pg_replication_slots where slot_name = $1 and not active")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("drop replication slot {name}"))?;
+    Ok(())
+}
+
+pub async fn checkpoint(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::raw_sql("checkpoint").execute(&mut *conn).await.context("checkpoint")?;
+    Ok(())
+}
+
+/// Closes a connection politely (errors ignored: it is going away).
+pub async fn close(conn: PgConnection) {
+    let _ = conn.close().await;
+}

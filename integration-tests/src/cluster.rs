@@ -1,0 +1,232 @@
+//! A pgwarden cluster on loopback for tests: one etcd, N nodes each running
+//! `pgwarden-agent` and `pgwarden-health` as `postgres` from their own
+//! config file, data directory and ports.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::etcd::EtcdCluster;
+use crate::haproxy::Backend;
+use crate::port::free_port;
+use crate::postgres::binaries;
+use crate::process::{ChildGuard, TestDir, run_as_postgres};
+use crate::service::{http, spawn};
+use crate::wait::wait_until;
+
+pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
+pub const REPLICATION_PASSWORD: &str = "test-replication-secret";
+
+/// One node: its directory, ports and running services.
+pub struct Node {
+    pub name: String,
+    pub dir: TestDir,
+    pub rest_port: u16,
+    pub pg_port: u16,
+    pub agent_port: u16,
+    agent: Option<ChildGuard>,
+    health: Option<ChildGuard>,
+}
+
+impl Node {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("pgwarden.yml")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `GET path` on this node's health API: the status code, or 0 when it
+    /// does not answer.
+    pub fn check(&self, path: &str) -> u16 {
+        http("GET", self.rest_port, path).map_or(0, |(status, _)| status)
+    }
+
+    pub fn get(&self, path: &str) -> Option<String> {
+        http("GET", self.rest_port, path).ok().map(|(_, body)| body)
+    }
+
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let config = self.config_path().display().to_string();
+        self.agent = Some(spawn("pgwarden-agent", &[&config], &self.dir, "agent")?);
+        Ok(())
+    }
+
+    pub fn start_health(&mut self) -> anyhow::Result<()> {
+        let config = self.config_path().display().to_string();
+        self.health = Some(spawn("pgwarden-health", &[&config], &self.dir, "health")?);
+        Ok(())
+    }
+
+    /// Stops the agent cleanly (SIGTERM): it stops PostgreSQL and hands over.
+    pub fn stop_agent(&mut self) -> bool {
+        self.agent.take().is_some_and(|mut agent| agent.terminate(Duration::from_secs(60)))
+    }
+
+    /// Kills the agent at once (SIGKILL); PostgreSQL keeps running.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+    }
+
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Stops PostgreSQL by data directory (immediate), as a harness must:
+    /// `pg_ctl` detached the postmaster from the agent.
+    pub fn stop_postgres(&self) {
+        if !self.data_dir().join("postmaster.pid").exists() {
+            return;
+        }
+        let mut cmd = Command::new(binaries().path("pg_ctl"));
+        cmd.arg("-D").arg(self.data_dir()).args(["stop", "-m", "immediate", "-w", "-t", "10"]);
+        cmd.current_dir("/").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let _ = run_as_postgres(&mut cmd).status();
+    }
+
+    /// Runs SQL on this node's PostgreSQL over TCP as the superuser.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        psql_port(self.pg_port, sql)
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut health) = self.health.take() {
+            health.kill();
+        }
+        self.kill_agent();
+        self.stop_postgres();
+    }
+}
+
+/// Runs SQL through `psql` against 127.0.0.1:`port` as the superuser, with
+/// the password in the environment (never on the command line).
+pub fn psql_port(port: u16, sql: &str) -> anyhow::Result<String> {
+    let mut cmd = Command::new(binaries().bin_dir.join("psql"));
+    cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "3")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    let output = run_as_postgres(&mut cmd).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql on port {port} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Node `i`'s config: Patroni format, fast timings, loopback only.
+fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: &str) -> String {
+    format!(
+        "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
+         restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
+         etcd3:\n  hosts: {hosts}\n\
+         bootstrap:\n  dcs:\n    ttl: 10\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
+         \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
+         postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
+         \x20 authentication:\n    superuser:\n      username: postgres\n      password: {su}\n\
+         \x20   replication:\n      username: replicator\n      password: {repl}\n\
+         \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: 'off'\n    shared_buffers: 16MB\n\
+         pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
+         watchdog:\n  mode: off\n{extra}",
+        rest = node.rest_port,
+        hosts = etcd.host_ports().join(","),
+        pg = node.pg_port,
+        data = node.data_dir().display(),
+        su = SUPERUSER_PASSWORD,
+        repl = REPLICATION_PASSWORD,
+        sock = node.dir.path().display(),
+        agent = node.agent_port,
+        controller = free_port(),
+    )
+}
+
+/// etcd plus N pgwarden nodes.
+pub struct PgwardenCluster {
+    pub scope: String,
+    pub nodes: Vec<Node>,
+    pub etcd: EtcdCluster,
+}
+
+impl PgwardenCluster {
+    /// Writes every node's config and starts agent and health API on each.
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let etcd = EtcdCluster::start(1).await?;
+        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd };
+        for i in 1..=n {
+            cluster.add_node(&format!("node{i}"), "")?;
+        }
+        for node in &mut cluster.nodes {
+            node.start_agent()?;
+            node.start_health()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Adds (without starting) a node with its own directory and ports.
+    pub fn add_node(&mut self, name: &str, extra_config: &str) -> anyhow::Result<&mut Node> {
+        let mut node = Node {
+            name: name.to_string(),
+            dir: TestDir::new(name),
+            rest_port: free_port(),
+            pg_port: free_port(),
+            agent_port: free_port(),
+            agent: None,
+            health: None,
+        };
+        let yaml = node_config(name, &self.scope, &node, &self.etcd, extra_config);
+        std::fs::write(node.config_path(), yaml)?;
+        crate::process::give_to_postgres(&node.config_path());
+        node.health = None;
+        self.nodes.push(node);
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    pub fn backends(&self) -> Vec<Backend> {
+        self.nodes
+            .iter()
+            .map(|n| Backend { name: n.name.clone(), pg_port: n.pg_port, rest_port: n.rest_port })
+            .collect()
+    }
+
+    /// Waits until exactly one node answers 200 on `/primary` and every
+    /// other one 200 on `/replica` with its WAL receiver streaming; returns
+    /// the leader's index.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<usize> {
+        wait_until("one primary and streaming replicas", timeout, || async {
+            let primary: Vec<usize> =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/primary") == 200).collect();
+            let replicas = (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/replica") == 200).count();
+            let streaming = (0..self.nodes.len())
+                .filter(|&i| {
+                    self.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"replication_state\":\"streaming\""))
+                })
+                .count();
+            match primary.as_slice() {
+                [leader] if replicas == self.nodes.len() - 1 && streaming == replicas => Ok(Some(*leader)),
+                _ => Err(format!("primaries {primary:?}, replicas {replicas}, streaming {streaming}")),
+            }
+        })
+        .await
+    }
+
+    /// The cluster's system identifier from etcd.
+    pub async fn system_identifier(&self) -> anyhow::Result<String> {
+        let mut client = self.etcd.client().await?;
+        let response = client.get(format!("/itest/{}/initialize", self.scope), None).await?;
+        let kv = response.kvs().first().ok_or_else(|| anyhow::anyhow!("no initialize key"))?;
+        Ok(String::from_utf8_lossy(kv.value()).into_owned())
+    }
+}

@@ -1,0 +1,190 @@
+//! A running cluster with real etcd, PostgreSQL and HAProxy: bootstrap, streaming
+//! replicas, routing through HAProxy by the health checks, restarts that keep
+//! the data, and a foreign data directory that refuses to join untouched.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pgwarden_integration_tests::cluster::psql_port;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::{HaProxy, PgInstance, PgwardenCluster, free_port, init_logging, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+
+async fn wait_row_everywhere(cluster: &PgwardenCluster, sql: &str, expected: &str) {
+    for node in &cluster.nodes {
+        wait_until(&format!("{sql} = {expected} on {}", node.name), Duration::from_secs(20), || async {
+            match node.psql(sql) {
+                Ok(value) if value == expected => Ok(Some(())),
+                Ok(value) => Err(value),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .expect("the row reaches every node");
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_one_leader_two_streaming_replicas_behind_haproxy() {
+    init_logging();
+    let cluster = PgwardenCluster::start(3).await.expect("start the cluster");
+    let leader = cluster.wait_healthy(UP).await.expect("one leader and two streaming replicas");
+    let primaries = cluster.nodes.iter().filter(|n| n.check("/primary") == 200).count();
+    assert_eq!(primaries, 1, "/primary is 200 on exactly one node");
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(node.check("/health"), 200, "{} runs PostgreSQL", node.name);
+        if i != leader {
+            assert_eq!(node.check("/primary"), 503, "{} is not primary", node.name);
+            assert_eq!(node.psql("select pg_is_in_recovery()").expect("query"), "t");
+        }
+    }
+
+    let (write, read, stats) = (free_port(), free_port(), free_port());
+    let config = deploy_config(write, read, stats, &cluster.backends());
+    let _haproxy = HaProxy::start(&config, &[write, read, stats]).await.expect("start haproxy");
+    // HAProxy marks servers up by the health checks: wait for the write port.
+    let wrote_on = wait_until("a write through HAProxy's write port", Duration::from_secs(20), || async {
+        psql_port(
+            write,
+            "create table if not exists t(id int primary key, note text); \
+                          insert into t values (1, 'through haproxy') on conflict do nothing; \
+                          select inet_server_port()",
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("write through haproxy");
+    assert!(
+        wrote_on.ends_with(&cluster.nodes[leader].pg_port.to_string()),
+        "the write landed on the leader: {wrote_on}"
+    );
+    wait_row_everywhere(&cluster, "select note from t where id = 1", "through haproxy").await;
+
+    let mut seen_ports = BTreeMap::new();
+    for _ in 0..6 {
+        let answer = wait_until("a read through HAProxy's read port", Duration::from_secs(20), || async {
+            psql_port(read, "select pg_is_in_recovery()::text || ':' || inet_server_port()")
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .expect("read through haproxy");
+        let (recovery, port) = answer.split_once(':').expect("two fields");
+        assert_eq!(recovery, "true", "the read port lands on a replica");
+        *seen_ports.entry(port.to_string()).or_insert(0) += 1;
+    }
+    assert!(!seen_ports.contains_key(&cluster.nodes[leader].pg_port.to_string()));
+
+    let body = cluster.nodes[0].get("/cluster").expect("/cluster answers");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("/cluster is JSON");
+    let roles: Vec<&str> =
+        json["members"].as_array().expect("members").iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{body}");
+    let states: Vec<&str> =
+        json["members"].as_array().expect("members").iter().map(|m| m["state"].as_str().unwrap_or("")).collect();
+    assert_eq!(states.iter().filter(|s| **s == "streaming").count(), 2, "{body}");
+
+    // The replication user's password is only in the 0600 pgpass file, never on a command line.
+    for node in &cluster.nodes {
+        let pgpass = node.data_dir().with_file_name("data.pgpass");
+        let mode =
+            std::fs::metadata(&pgpass).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+        assert_eq!(mode.expect("pgpass exists"), 0o600, "{}", pgpass.display());
+        assert!(
+            !node.agent_log().contains(pgwarden_integration_tests::cluster::REPLICATION_PASSWORD),
+            "password in the log"
+        );
+    }
+    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().expect("ps");
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains(pgwarden_integration_tests::cluster::REPLICATION_PASSWORD));
+}
+
+#[tokio::test]
+async fn restarts_keep_the_data_and_do_not_reclone() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(3).await.expect("start the cluster");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let sysid = cluster.system_identifier().await.expect("system identifier");
+    cluster.nodes[leader].psql("create table kept(v text); insert into kept values ('still here')").expect("write");
+    wait_row_everywhere(&cluster, "select v from kept", "still here").await;
+
+    // A replica's agent restarts: it comes back without re-cloning.
+    let replica = (leader + 1) % 3;
+    let marker = cluster.nodes[replica].data_dir().join("pgwarden_test_marker");
+    std::fs::write(&marker, "kept").expect("write marker");
+    assert!(cluster.nodes[replica].stop_agent(), "the agent stops on SIGTERM");
+    assert!(cluster.nodes[replica].postmaster_pid().is_none(), "a clean agent stop stops PostgreSQL");
+    cluster.nodes[replica].start_agent().expect("restart the agent");
+    cluster.wait_healthy(UP).await.expect("healthy again");
+    assert!(marker.exists(), "the replica was not re-cloned");
+    assert_eq!(cluster.nodes[replica].agent_log().matches("cloning with pg_basebackup").count(), 1, "cloned once only");
+
+    // The whole cluster stops and starts: same system identifier, same data.
+    for node in &mut cluster.nodes {
+        assert!(node.stop_agent(), "{} stops cleanly", node.name);
+    }
+    for node in &cluster.nodes {
+        assert!(node.postmaster_pid().is_none(), "{} stopped PostgreSQL", node.name);
+    }
+    for node in &mut cluster.nodes {
+        node.start_agent().expect("start again");
+    }
+    cluster.wait_healthy(UP).await.expect("healthy after a full restart");
+    assert_eq!(cluster.system_identifier().await.expect("system identifier"), sysid);
+    wait_row_everywhere(&cluster, "select v from kept", "still here").await;
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.agent_log().matches("running initdb").count(),
+            usize::from(node.agent_log().contains("won the bootstrap race"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_with_a_foreign_data_directory_refuses_and_touches_nothing() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(1).await.expect("start the cluster");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    // A data directory from another cluster, initialised but not running.
+    let foreign = PgInstance::init("foreign").expect("initdb elsewhere");
+    let node = cluster.add_node("intruder", "").expect("add a node");
+    let data = node.data_dir();
+    std::fs::rename(foreign.data_dir(), &data).expect("move the foreign data in");
+    let snapshot = |dir: &std::path::Path| -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                let entry = entry.expect("entry");
+                let meta = entry.metadata().expect("metadata");
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    files.push((entry.path().display().to_string(), meta.len(), meta.modified().expect("mtime")));
+                }
+            }
+        }
+        files.sort();
+        files
+    };
+    let before = snapshot(&data);
+    node.start_agent().expect("start the intruder's agent");
+    node.start_health().expect("start its health API");
+    let body = wait_until("the intruder to refuse", Duration::from_secs(30), || async {
+        match node.get("/patroni") {
+            Some(body) if body.contains("refused") => Ok(Some(body)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("refusal reported");
+    assert!(body.contains("refusing to join"), "{body}");
+    // Give it several loop_waits to misbehave.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(node.postmaster_pid().is_none(), "PostgreSQL was not started on foreign data");
+    assert_eq!(snapshot(&data), before, "the foreign data directory is untouched");
+    assert!(node.agent_log().contains("refusing to join"));
+    assert_eq!(node.check("/health"), 503);
+}
