@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO_DIR=${PGWARDEN_DEMO_DIR:-/tmp/pgwarden-demo}
 ETCD_PORT=${PGWARDEN_DEMO_ETCD_PORT:-12379}
+WRITE_PORT=${PGWARDEN_DEMO_WRITE_PORT:-5000}
+READ_PORT=${PGWARDEN_DEMO_READ_PORT:-5001}
+STATS_PORT=${PGWARDEN_DEMO_STATS_PORT:-7000}
 NODES=(1 2 3)
 rest_port() { echo $((8007 + $1)); }      # 8008, 8009, 8010
 pg_port() { echo $((15431 + $1)); }       # 15432, 15433, 15434
@@ -98,18 +101,62 @@ up() {
         start_bg health "$dir/health.pid" "$dir/health.log" "$DEMO_DIR/bin/pgwarden-health" "$dir/pgwarden.yml"
         start_bg controller "$dir/controller.pid" "$dir/controller.log" "$DEMO_DIR/bin/pgwarden-controller" "$dir/pgwarden.yml"
     done
+    write_haproxy_config
+    start_bg haproxy "$DEMO_DIR/haproxy.pid" "$DEMO_DIR/haproxy.log" haproxy -db -f "$DEMO_DIR/haproxy.cfg"
+    echo "waiting for a primary behind HAProxy (127.0.0.1:$WRITE_PORT)..."
+    for _ in $(seq 1200); do
+        PGPASSWORD=demo-superuser PGCONNECT_TIMEOUT=1 psql -X -At -h 127.0.0.1 -p "$WRITE_PORT" -U postgres \
+            -c 'select 1' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "waiting for the replicas to stream..."
+    for _ in $(seq 1200); do
+        local streaming=0
+        for n in "${NODES[@]}"; do
+            [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(rest_port "$n")/replica")" = 200 ] \
+                && streaming=$((streaming + 1))
+        done
+        [ "$streaming" -eq $((${#NODES[@]} - 1)) ] && break
+        sleep 0.1
+    done
     echo "up in $((SECONDS - started)) s"
     status
+    cat <<TEXT
+
+Connect (password: demo-superuser):
+  writes:  psql -h 127.0.0.1 -p $WRITE_PORT -U postgres     (HAProxy -> the node answering /primary)
+  reads:   psql -h 127.0.0.1 -p $READ_PORT -U postgres     (HAProxy -> nodes answering /replica)
+  stats:   http://127.0.0.1:$STATS_PORT/
+  health:  curl -s http://127.0.0.1:8008/cluster
+  list:    $DEMO_DIR/bin/pgwardenctl -c $DEMO_DIR/node1/pgwarden.yml list
+Logs: $DEMO_DIR/node*/{agent,health,controller}.log, $DEMO_DIR/node*/data.postgres.log,
+      $DEMO_DIR/etcd/etcd.log, $DEMO_DIR/haproxy.log
+Stop: make demo-stop (data is kept; make demo brings it back)
+TEXT
+}
+
+write_haproxy_config() {
+    # deploy/haproxy.cfg with loopback addresses and the demo's ports.
+    awk -v w="$WRITE_PORT" -v r="$READ_PORT" -v s="$STATS_PORT" -v nodes="${NODES[*]}" '
+        /^ *server / { if (!done[block]++) { n = split(nodes, ids, " ");
+            for (i = 1; i <= n; i++) printf "    server node%d 127.0.0.1:%d maxconn 100 check port %d\n", ids[i], 15431 + ids[i], 8007 + ids[i] }
+            next }
+        /^listen / { block = $2 }
+        /bind \*:5000/ { print "    bind 127.0.0.1:" w; next }
+        /bind \*:5001/ { print "    bind 127.0.0.1:" r; next }
+        /bind \*:7000/ { print "    bind 127.0.0.1:" s; next }
+        { print }' "$ROOT/deploy/haproxy.cfg" >"$DEMO_DIR/haproxy.cfg"
+    haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
 }
 
 status() {
     "$DEMO_DIR/bin/pgwardenctl" -c "$DEMO_DIR/node1/pgwarden.yml" list || true
     for n in "${NODES[@]}"; do
-        printf 'node%s GET /patroni: ' "$n"
-        curl -s --max-time 2 "http://127.0.0.1:$(rest_port "$n")/patroni" || printf 'no answer'
-        echo
+        printf 'node%s (REST 127.0.0.1:%s): /primary %s, /replica %s, /health %s\n' "$n" "$(rest_port "$n")" \
+            "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(rest_port "$n")/primary")" \
+            "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(rest_port "$n")/replica")" \
+            "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(rest_port "$n")/health")"
     done
-    echo "logs: $DEMO_DIR/node*/{agent,health,controller}.log and $DEMO_DIR/etcd/etcd.log"
 }
 
 stop_pid() { # pidfile: SIGTERM, wait up to 30 s, then SIGKILL
@@ -129,7 +176,13 @@ stop_pid() { # pidfile: SIGTERM, wait up to 30 s, then SIGKILL
 }
 
 down() {
-    for n in "${NODES[@]}"; do
+    stop_pid "$DEMO_DIR/haproxy.pid"
+    # Replicas first and the leader last, so that stopping does not fail over.
+    local leader order=()
+    leader=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD_PORT" get --print-value-only /service/demo/leader 2>/dev/null || true)
+    for n in "${NODES[@]}"; do [ "node$n" != "$leader" ] && order+=("$n"); done
+    for n in "${NODES[@]}"; do [ "node$n" = "$leader" ] && order+=("$n"); done
+    for n in "${order[@]}"; do
         local dir="$DEMO_DIR/node$n"
         for service in controller health agent; do stop_pid "$dir/$service.pid"; done
         if [ -f "$dir/data/postmaster.pid" ]; then

@@ -232,6 +232,15 @@ impl Etcd {
         Err(last.unwrap_or_else(|| timeout_error(budget)))
     }
 
+    /// Runs one transaction (see [`Etcd::call`]).
+    pub async fn txn(&self, txn: etcd_client::Txn) -> Result<etcd_client::TxnResponse, etcd_client::Error> {
+        self.call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
+    }
+
     /// Checks that etcd answers (with a leader) within the request timeout.
     pub async fn probe(&self) -> Result<(), ConnectError> {
         let settings = &self.inner.settings;

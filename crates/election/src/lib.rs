@@ -218,13 +218,7 @@ impl Election {
                 Some(PutOptions::new().with_lease(lease.id)),
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let response = self
-            .etcd
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        let response = self.etcd.txn(txn).await?;
         if response.succeeded() {
             return Ok(Acquired::Won { deadline: lease.deadline });
         }
@@ -255,13 +249,7 @@ impl Election {
             Compare::value(key.as_str(), CompareOp::Equal, self.settings.member.as_str()),
             Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
         ]);
-        let response = self
-            .etcd
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        let response = self.etcd.txn(txn).await?;
         if response.succeeded() {
             Ok(deadline)
         } else {
@@ -279,13 +267,7 @@ impl Election {
                 Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
             ])
             .and_then([TxnOp::delete(key.as_str(), None)]);
-        let response = self
-            .etcd
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        let response = self.etcd.txn(txn).await?;
         Ok(response.succeeded())
     }
 

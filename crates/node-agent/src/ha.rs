@@ -416,13 +416,7 @@ impl Agent {
                         self.config.name.as_str(),
                         Some(PutOptions::new().with_lease(lease.id)),
                     )]);
-                let done = self
-                    .etcd
-                    .call(|mut client| {
-                        let txn = txn.clone();
-                        async move { client.txn(txn).await }
-                    })
-                    .await?
+                let done = self.etcd.txn(txn).await?
                     .succeeded();
                 if done {
                     info!("re-bound the leader key to this agent's lease");
@@ -443,13 +437,7 @@ impl Agent {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value.as_str(), put)]);
-        Ok(self
-            .etcd
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?
+        Ok(self.etcd.txn(txn).await?
             .succeeded())
     }
 
@@ -476,13 +464,7 @@ impl Agent {
                     Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
                 ])
                 .and_then([TxnOp::delete(key.as_str(), None)]);
-            let _ = self
-                .etcd
-                .call(|mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await;
+            let _ = self.etcd.txn(txn).await;
         }
         result
     }
@@ -509,13 +491,7 @@ impl Agent {
             sysid.as_str(),
             None,
         )]);
-        let written = self
-            .etcd
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?
+        let written = self.etcd.txn(txn).await?
             .succeeded();
         if !written {
             bail!("the initialize key changed while bootstrapping");
@@ -557,10 +533,11 @@ impl Agent {
             ha_proto::v1::PostgresState::Stopping => "stopping",
             _ => "stopped",
         };
+        // While PostgreSQL does not answer, only the leader key makes a primary.
         let role = match (&local.sql, self.pg.has_data()) {
             (Some(sql), _) if !sql.in_recovery => "primary",
             (Some(_), _) => "replica",
-            (None, true) if self.pg.was_primary() => "primary",
+            (None, _) if self.leader_deadline().is_some() => "primary",
             (None, true) => "replica",
             (None, false) => "uninitialized",
         };
