@@ -77,14 +77,19 @@ async fn three_nodes_one_leader_two_streaming_replicas_behind_haproxy() {
     }
     assert!(!seen_ports.contains_key(&cluster.nodes[leader].pg_port.to_string()));
 
-    let body = cluster.nodes[0].get("/cluster").expect("/cluster answers");
-    let json: serde_json::Value = serde_json::from_str(&body).expect("/cluster is JSON");
-    let roles: Vec<&str> =
-        json["members"].as_array().expect("members").iter().map(|m| m["role"].as_str().unwrap_or("")).collect();
-    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{body}");
-    let states: Vec<&str> =
-        json["members"].as_array().expect("members").iter().map(|m| m["state"].as_str().unwrap_or("")).collect();
-    assert_eq!(states.iter().filter(|s| **s == "streaming").count(), 2, "{body}");
+    // /cluster comes from the member keys, which trail /patroni by up to a loop_wait.
+    let body =
+        wait_until("/cluster to show one leader and two streaming replicas", Duration::from_secs(10), || async {
+            let body = cluster.nodes[0].get("/cluster").ok_or("no answer")?;
+            let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let members = json["members"].as_array().cloned().unwrap_or_default();
+            let leaders = members.iter().filter(|m| m["role"] == "leader").count();
+            let streaming = members.iter().filter(|m| m["role"] == "replica" && m["state"] == "streaming").count();
+            if leaders == 1 && streaming == 2 { Ok(Some(body)) } else { Err(body) }
+        })
+        .await
+        .expect("/cluster");
+    assert!(body.contains(&format!("\"name\":\"{}\"", cluster.nodes[leader].name)), "{body}");
 
     // The replication user's password is only in the 0600 pgpass file, never on a command line.
     for node in &cluster.nodes {
@@ -121,8 +126,13 @@ async fn restarts_keep_the_data_and_do_not_reclone() {
     assert!(marker.exists(), "the replica was not re-cloned");
     assert_eq!(cluster.nodes[replica].agent_log().matches("cloning with pg_basebackup").count(), 1, "cloned once only");
 
-    // The whole cluster stops and starts: same system identifier, same data.
-    for node in &mut cluster.nodes {
+    // The whole cluster stops (replicas first, the leader last, as an
+    // operator stops it without failing over) and starts: same system
+    // identifier, same data.
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
+    for i in order {
+        let node = &mut cluster.nodes[i];
         assert!(node.stop_agent(), "{} stops cleanly", node.name);
     }
     for node in &cluster.nodes {
@@ -137,7 +147,7 @@ async fn restarts_keep_the_data_and_do_not_reclone() {
     for node in &cluster.nodes {
         assert_eq!(
             node.agent_log().matches("running initdb").count(),
-            usize::from(node.agent_log().contains("won the bootstrap race"))
+            usize::from(node.agent_log().contains("won the bootstrap race: initialising"))
         );
     }
 }

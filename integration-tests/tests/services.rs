@@ -7,35 +7,9 @@ use std::time::Duration;
 
 use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::node_agent_client::NodeAgentClient;
-use ha_proto::v1::{GetStatusRequest, ListMembersRequest, PostgresState, Role};
+use ha_proto::v1::{GetStatusRequest, ListMembersRequest, PostgresState, Role, WatchStatusRequest};
 use pgwarden_integration_tests::service::{http, run, spawn};
-use pgwarden_integration_tests::{EtcdCluster, PgInstance, TestDir, free_port, init_logging, wait_until};
-
-struct Ports {
-    rest: u16,
-    agent: u16,
-    controller: u16,
-}
-
-fn write_config(dir: &TestDir, etcd: &EtcdCluster, pg: &PgInstance, ports: &Ports) -> String {
-    let hosts = etcd.host_ports().join(",");
-    let yaml = format!(
-        "scope: svc\nname: node1\nnamespace: /itest/\n\
-         restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
-         etcd3:\n  hosts: {hosts}\n\
-         postgresql:\n  listen: 127.0.0.1:{pgport}\n  data_dir: {data}\n\
-         pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
-         watchdog:\n  mode: off\n",
-        rest = ports.rest,
-        agent = ports.agent,
-        controller = ports.controller,
-        pgport = pg.port(),
-        data = pg.data_dir().display(),
-    );
-    let path = dir.path().join("pgwarden.yml");
-    std::fs::write(&path, yaml).expect("write config");
-    path.display().to_string()
-}
+use pgwarden_integration_tests::{PgwardenCluster, TestDir, free_port, init_logging, wait_until};
 
 async fn health(port: u16, path: &str, expected: u16, within: Duration) -> String {
     wait_until(&format!("GET {path} to answer {expected}"), within, || async move {
@@ -52,68 +26,81 @@ async fn health(port: u16, path: &str, expected: u16, within: Duration) -> Strin
 #[tokio::test]
 async fn agent_health_controller_and_cli_work_together() {
     init_logging();
-    let etcd = EtcdCluster::start(1).await.expect("start etcd");
-    let pg = PgInstance::init("svc-pg").expect("initdb");
-    pg.start().await.expect("start postgres");
-    let dir = TestDir::new("svc");
-    let ports = Ports { rest: free_port(), agent: free_port(), controller: free_port() };
-    let config = write_config(&dir, &etcd, &pg, &ports);
+    let mut cluster = PgwardenCluster::start(1).await.expect("start a one-node cluster");
+    cluster.wait_healthy(Duration::from_secs(60)).await.expect("the node leads");
+    let node = &mut cluster.nodes[0];
+    let config = node.config_path().display().to_string();
 
     let (ok, stdout, stderr) = run("pgwarden-agent", &["--validate-config", &config], &[]).expect("validate");
     assert!(ok, "the test config is valid: {stdout}{stderr}");
 
-    let mut agent = spawn("pgwarden-agent", &[&config], &dir, "agent").expect("start agent");
-    let _health = spawn("pgwarden-health", &["--config", &config], &dir, "health").expect("start health");
-    let _controller = spawn("pgwarden-controller", &[&config], &dir, "controller").expect("start controller");
-
-    // The agent's gRPC status reflects the running primary.
-    let url = format!("http://127.0.0.1:{}", ports.agent);
-    let status = wait_until("the agent's gRPC API", Duration::from_secs(15), || {
-        let url = url.clone();
-        async move {
-            let mut client = NodeAgentClient::connect(url).await.map_err(|e| e.to_string())?;
-            let status = client.get_status(GetStatusRequest {}).await.map_err(|e| e.to_string())?.into_inner();
-            Ok((status.postgres_state() == PostgresState::Running).then_some(status))
-        }
-    })
-    .await
-    .expect("agent reports running postgres");
+    // The agent's gRPC status reflects the running primary holding the key.
+    let url = format!("http://127.0.0.1:{}", node.agent_port);
+    let mut client = NodeAgentClient::connect(url).await.expect("connect to the agent");
+    let status = client.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    assert_eq!(status.postgres_state(), PostgresState::Running);
     assert_eq!(status.role(), Role::Primary);
+    assert!(status.holds_leader, "{status:?}");
     assert_eq!(status.member, "node1");
-    assert_eq!(status.postmaster_pid as i32, pg.postmaster_pid().expect("postmaster pid"));
+    assert_eq!(status.postmaster_pid as i32, node.postmaster_pid().expect("postmaster pid"));
+    let mut stream = client.watch_status(WatchStatusRequest {}).await.expect("WatchStatus").into_inner();
+    let first = stream.message().await.expect("stream").expect("a status");
+    let second = stream.message().await.expect("stream").expect("another status");
+    assert!(second.observed_at_unix_ms >= first.observed_at_unix_ms, "the stream keeps publishing");
 
     // A second agent on the same data directory is refused, naming the holder.
     let (ok, _, stderr) = run("pgwarden-agent", &[&config], &[]).expect("second agent runs");
     assert!(!ok && stderr.contains("another pgwarden-agent already supervises"), "{stderr}");
 
-    // The health API answers from the agent's stream and fails closed.
-    let body = health(ports.rest, "/health", 200, Duration::from_secs(15)).await;
-    assert!(body.contains("\"state\":\"running\""), "{body}");
-    let (code, _) = http("GET", ports.rest, "/primary").expect("GET /primary");
-    assert_eq!(code, 503, "no leader key is held yet, so /primary fails closed");
-    let (code, _) = http("HEAD", ports.rest, "/health").expect("HEAD /health");
+    let (code, _) = http("HEAD", node.rest_port, "/primary").expect("HEAD /primary");
     assert_eq!(code, 200);
-    let (code, _) = http("POST", ports.rest, "/health").expect("POST /health");
+    let (code, _) = http("OPTIONS", node.rest_port, "/replica").expect("OPTIONS /replica");
+    assert_eq!(code, 503);
+    let (code, _) = http("POST", node.rest_port, "/health").expect("POST /health");
     assert_eq!(code, 405);
 
-    pg.stop();
-    health(ports.rest, "/health", 503, Duration::from_secs(2)).await;
-    pg.start().await.expect("restart postgres");
-    health(ports.rest, "/health", 200, Duration::from_secs(5)).await;
+    // PostgreSQL dies under the agent and cannot come back (a foreign process
+    // holds its lock file): /primary and /health answer 503 while the agent
+    // still holds the leader key.
+    let pid = node.postmaster_pid().expect("postmaster pid");
+    let pidfile = node.data_dir().join("postmaster.pid");
+    let original = std::fs::read_to_string(&pidfile).expect("read postmaster.pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill postmaster");
+    let fake: Vec<String> = original
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match i {
+            0 => std::process::id().to_string(),
+            7 => "ready   ".to_string(),
+            _ => line.to_string(),
+        })
+        .collect();
+    std::fs::write(&pidfile, fake.join("\n") + "\n").expect("write a foreign postmaster.pid");
+    health(node.rest_port, "/primary", 503, Duration::from_secs(2)).await;
+    assert_eq!(node.check("/health"), 503);
+    assert_eq!(node.check("/leader"), 200, "the agent still holds the key");
+    // The lock file goes away: the agent restarts PostgreSQL as primary.
+    std::fs::remove_file(&pidfile).expect("remove the foreign lock file");
+    health(node.rest_port, "/primary", 200, Duration::from_secs(20)).await;
 
-    agent.kill();
-    let body = health(ports.rest, "/health", 503, Duration::from_secs(2)).await;
+    // The agent killed: its stream goes stale and every check fails closed.
+    node.kill_agent();
+    let body = health(node.rest_port, "/health", 503, Duration::from_secs(2)).await;
     assert!(body.contains("\"state\":\"unknown\""), "stale state is unknown: {body}");
-    let body = health(ports.rest, "/patroni", 200, Duration::from_secs(1)).await;
+    assert_eq!(node.check("/primary"), 503);
+    let body = health(node.rest_port, "/patroni", 200, Duration::from_secs(1)).await;
     assert!(body.contains("agent"), "/patroni says why: {body}");
 
-    // The controller and the CLI read Patroni-shaped keys from etcd.
-    let mut admin = etcd.client().await.expect("etcd client");
-    admin.put("/itest/svc/initialize", "7277694203142172922", None).await.expect("put initialize");
-    admin.put("/itest/svc/leader", "pg-a", None).await.expect("put leader");
-    let member = r#"{"conn_url":"postgres://127.0.0.1:5433/postgres","api_url":"http://127.0.0.1:8009/patroni","state":"running","role":"primary","version":"4.1.0","xlog_location":100663296,"timeline":2}"#;
-    admin.put("/itest/svc/members/pg-a", member, None).await.expect("put member");
-    let url = format!("http://127.0.0.1:{}", ports.controller);
+    // The controller and the CLI read the cluster from etcd.
+    let dir = TestDir::new("controller");
+    let _controller = spawn("pgwarden-controller", &[&config], &dir, "controller").expect("start controller");
+    let controller_port: u16 = std::fs::read_to_string(&config)
+        .expect("read config")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("controller_grpc_listen: 127.0.0.1:").map(|p| p.parse().expect("port")))
+        .expect("controller port in config");
+    let url = format!("http://127.0.0.1:{controller_port}");
     let members = wait_until("the controller's gRPC API", Duration::from_secs(15), || {
         let url = url.clone();
         async move {
@@ -124,18 +111,19 @@ async fn agent_health_controller_and_cli_work_together() {
     })
     .await
     .expect("list members");
-    assert_eq!(members.system_identifier, "7277694203142172922");
-    assert_eq!(members.leader, "pg-a");
+    let sysid = cluster.system_identifier().await.expect("sysid");
+    assert_eq!(members.system_identifier, sysid);
+    assert_eq!(members.leader, "node1");
     assert_eq!(members.members.len(), 1);
     assert!(members.members[0].is_leader);
-    assert_eq!(members.members[0].xlog_location, Some(100_663_296));
+    assert!(members.members[0].grpc_url.starts_with("http://127.0.0.1:"));
 
     let (ok, stdout, stderr) = run("pgwardenctl", &["-c", &config, "list"], &[]).expect("pgwardenctl list");
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with("+ Cluster: svc (7277694203142172922) "), "{stdout}");
-    assert!(stdout.contains("| pg-a   | 127.0.0.1:5433 | Leader | running |  2 |"), "{stdout}");
+    assert!(stdout.starts_with(&format!("+ Cluster: itest ({sysid}) ")), "{stdout}");
+    assert!(stdout.contains("| node1  |") && stdout.contains("| Leader |"), "{stdout}");
     let (ok, stdout, _) = run("pgwardenctl", &["list"], &[("PATRONICTL_CONFIG_FILE", &config)]).expect("list via env");
-    assert!(ok && stdout.contains("pg-a"), "PATRONICTL_CONFIG_FILE is honoured: {stdout}");
+    assert!(ok && stdout.contains("node1"), "PATRONICTL_CONFIG_FILE is honoured: {stdout}");
 }
 
 #[tokio::test]

@@ -397,10 +397,10 @@ fn merge_layers<I>(source: &Source, vars: I, problems: &mut Problems) -> Result<
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    if let Err(e) = serde_saphyr::from_str::<serde::de::IgnoredAny>(&source.yaml) {
+    if let Err(e) = serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(&source.yaml, yaml_options()) {
         return Err(yaml_syntax_problem(&e.to_string()));
     }
-    let mut figment = Figment::new().merge(serde_saphyr::figment::Yaml::string(&source.yaml));
+    let mut figment = Figment::new().merge(PatroniYaml::string(&source.yaml));
     let (overrides, ignored) = env::overrides(vars);
     for (path, value, _name) in overrides {
         figment = figment.merge(Serialized::default(&path, value));
@@ -420,26 +420,44 @@ where
     }
 }
 
+/// YAML as PyYAML (and so Patroni) reads it where it matters: `y` and `n`
+/// are strings (`name: n` is a member named "n"), not booleans. The readers
+/// accept `yes`/`no`/`on`/`off` wherever a boolean is expected, as PyYAML does.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true, with_snippet: false }
+}
+
+/// figment's YAML format, backed by serde-saphyr with [`yaml_options`].
+struct PatroniYaml;
+
+impl figment::providers::Format for PatroniYaml {
+    type Error = serde_saphyr::Error;
+
+    const NAME: &'static str = "YAML";
+
+    fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Self::Error> {
+        serde_saphyr::from_str_with_options(text, yaml_options())
+    }
+}
+
 fn yaml_syntax_problem(message: &str) -> Problem {
-    // serde-saphyr reports "error: line L column C: what"; lead with the line
-    // so the user finds it at a glance.
-    let first_line = message.lines().next().unwrap_or(message).trim();
-    let text = first_line.trim_start_matches("error:").trim();
-    let located = text.strip_prefix("line ").and_then(|rest| {
-        let (position, what) = rest.split_once(':')?;
-        let mut numbers = position.split(" column ");
-        let line = numbers.next()?.trim().parse::<u32>().ok()?;
-        let column = numbers.next().and_then(|c| c.trim().parse::<u32>().ok());
-        Some((line, column, what.trim()))
-    });
-    let (path, message) = match located {
-        Some((line, Some(column), what)) => {
-            (format!("line {line}"), format!("YAML syntax error at column {column}: {what}"))
-        }
-        Some((line, None, what)) => (format!("line {line}"), format!("YAML syntax error: {what}")),
-        None => (String::new(), format!("YAML syntax error: {text}")),
+    // serde-saphyr says "what at line L, column C" (or "line L column C: what");
+    // lead with the line so the user finds it at a glance.
+    let first_line = message.lines().next().unwrap_or(message).trim().trim_start_matches("error:").trim();
+    let number_after = |word: &str| -> Option<u32> {
+        let rest = &first_line[first_line.find(word)? + word.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
-    Problem { severity: Severity::Error, path, message }
+    let line =
+        number_after(" at line ").or_else(|| first_line.starts_with("line ").then(|| number_after("line ")).flatten());
+    let column = number_after("column ");
+    let what = match first_line.find(" at line ") {
+        Some(idx) => &first_line[..idx],
+        None => first_line.rsplit_once(": ").map_or(first_line, |(_, what)| what),
+    };
+    let path = line.map(|l| format!("line {l}")).unwrap_or_default();
+    let at = column.map(|c| format!(" at column {c}")).unwrap_or_default();
+    Problem { severity: Severity::Error, path, message: format!("YAML syntax error{at}: {what}") }
 }
 
 fn normalise_namespace(namespace: &str) -> String {
@@ -662,13 +680,21 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
             }
         }
     };
+    // A connect address defaults to restapi.connect_address's host with the
+    // listener's port (so an explicit listener port is advertised as is).
+    let advertised = |r: &mut Reader<'_>, key: &str, listen: &Option<HostPort>| -> Option<HostPort> {
+        match r.host_port(key) {
+            Some(hp) => Some(hp),
+            None if r.get(key).is_some() => None,
+            None => listen.as_ref().map(|l| HostPort::new(restapi.connect_address.host.clone(), l.port)),
+        }
+    };
     let agent_grpc_listen = derived(r, "pgwarden.agent_grpc_listen", &restapi.listen, AGENT_GRPC_PORT_OFFSET);
-    let agent_grpc_connect_address =
-        derived(r, "pgwarden.agent_grpc_connect_address", &restapi.connect_address, AGENT_GRPC_PORT_OFFSET);
+    let agent_grpc_connect_address = advertised(r, "pgwarden.agent_grpc_connect_address", &agent_grpc_listen);
     let controller_grpc_listen =
         derived(r, "pgwarden.controller_grpc_listen", &restapi.listen, CONTROLLER_GRPC_PORT_OFFSET);
     let controller_grpc_connect_address =
-        derived(r, "pgwarden.controller_grpc_connect_address", &restapi.connect_address, CONTROLLER_GRPC_PORT_OFFSET);
+        advertised(r, "pgwarden.controller_grpc_connect_address", &controller_grpc_listen);
     let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
     let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
     Some(Pgwarden {

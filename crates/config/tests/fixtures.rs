@@ -84,3 +84,14 @@ fn the_shipped_sample_config_is_valid_without_warnings() {
     assert_eq!(loaded.config.pgwarden.controller_grpc_listen.port, 10008, "controller gRPC = restapi port + 2000");
     assert_eq!(loaded.config.key_prefix(), "/service/main/");
 }
+
+#[test]
+fn advertised_grpc_addresses_follow_the_listeners() {
+    let yaml = "scope: s\nname: n\nrestapi:\n  listen: 0.0.0.0:8008\n  connect_address: 10.0.0.5:8008\n\
+                etcd3:\n  hosts: 127.0.0.1:2379\npostgresql:\n  listen: 0.0.0.0:5432\n  data_dir: /d\n\
+                pgwarden:\n  agent_grpc_listen: 0.0.0.0:7001\n";
+    let source = Source { origin: "inline".into(), yaml: yaml.into() };
+    let config = load_from(&source, std::iter::empty(), Purpose::Service).expect("valid").config;
+    assert_eq!(config.pgwarden.agent_grpc_connect_address.to_string(), "10.0.0.5:7001");
+    assert_eq!(config.pgwarden.controller_grpc_connect_address.to_string(), "10.0.0.5:10008");
+}

@@ -44,12 +44,14 @@ pub enum PgRun {
     },
 }
 
-/// Another member, as its key in etcd reports it.
+/// Another member, as its agent (or its key in etcd) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
+    /// It takes part: its agent answers and its PostgreSQL has data.
     pub running: bool,
-    /// Its WAL position, when it reports one.
+    /// Its WAL position; `None` while its PostgreSQL does not answer yet
+    /// (a running peer without a position makes a candidate wait).
     pub lsn: Option<u64>,
     pub nofailover: bool,
     pub clonefrom: bool,
@@ -134,8 +136,9 @@ impl fmt::Display for Decision {
 }
 
 /// Whether this node may race for the leader key now: not tagged
-/// `nofailover`, not lagging more than allowed behind the last leader, and no
-/// running, eligible peer is ahead of it (equal positions: the lower name).
+/// `nofailover`, not lagging more than allowed behind the last leader, no
+/// running, eligible peer is ahead of it (equal positions: the lower name),
+/// and none is still to report its position.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
     if obs.nofailover {
         return false;
@@ -148,7 +151,8 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
     obs.peers.iter().filter(|p| p.running && !p.nofailover).all(|peer| match peer.lsn {
         Some(lsn) if lsn > my_lsn => false,
         Some(lsn) if lsn == my_lsn => peer.name > obs.me,
-        _ => true,
+        Some(_) => true,
+        None => false,
     })
 }
 

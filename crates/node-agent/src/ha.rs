@@ -46,6 +46,8 @@ pub struct Agent {
     last_member_json: Option<String>,
     last_optime: Option<u64>,
     slot_absent_since: HashMap<String, Instant>,
+    /// Since when a peer with data has not reported its WAL position.
+    peer_unknown_since: HashMap<String, Instant>,
     last_reason: String,
     loop_wait: Duration,
     local: watch::Receiver<Local>,
@@ -79,6 +81,7 @@ impl Agent {
             last_member_json: None,
             last_optime: None,
             slot_absent_since: HashMap::new(),
+            peer_unknown_since: HashMap::new(),
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
             local,
@@ -200,7 +203,7 @@ impl Agent {
             self.upstream = None;
         }
         let dynamic = self.dynamic(view);
-        let peers = view
+        let mut peers: Vec<Peer> = view
             .map(|v| {
                 v.members
                     .iter()
@@ -216,6 +219,13 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
+        // Without a leader, a member keys' positions may be a loop old: ask
+        // each peer's agent directly (DESIGN invariant 4).
+        if let Some(view) = view
+            && view.leader.is_none()
+        {
+            self.ask_peers(view, &mut peers, &dynamic).await;
+        }
         let leader = view.and_then(|v| v.leader.as_ref());
         let holds_leader = self.leader_deadline().is_some()
             && leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id));
@@ -253,6 +263,45 @@ impl Agent {
             .with_context(|| format!("see PostgreSQL {what} within {timeout:?}"))?
     }
 
+    /// Replaces each peer's key-reported state with what its agent says now.
+    /// Unreachable agents are skipped; a peer whose PostgreSQL has data but
+    /// does not answer yet is waited for, at most one ttl.
+    async fn ask_peers(&mut self, view: &ClusterView, peers: &mut [Peer], dynamic: &DynamicConfig) {
+        let timeout = Duration::from_millis(800);
+        let asks = peers.iter().map(|peer| {
+            let url = view.member(&peer.name).and_then(|m| m.data.grpc_url.clone());
+            async move {
+                let url = url?;
+                let ask = async {
+                    let mut client = ha_proto::v1::node_agent_client::NodeAgentClient::connect(url).await.ok()?;
+                    client.get_status(ha_proto::v1::GetStatusRequest {}).await.ok().map(tonic::Response::into_inner)
+                };
+                tokio::time::timeout(timeout, ask).await.ok().flatten()
+            }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let now = Instant::now();
+        let patience = Duration::from_secs(u64::from(dynamic.ttl));
+        for (peer, answer) in peers.iter_mut().zip(answers) {
+            let Some(status) = answer else {
+                peer.running = false;
+                continue;
+            };
+            let has_data = matches!(status.role(), ha_proto::v1::Role::Primary | ha_proto::v1::Role::Replica);
+            let answering = status.postgres_state() == ha_proto::v1::PostgresState::Running;
+            peer.running = has_data;
+            peer.lsn = answering.then(|| status.xlog_location.max(status.receive_lsn).max(status.replay_lsn));
+            if peer.running && peer.lsn.is_none() {
+                let since = *self.peer_unknown_since.entry(peer.name.clone()).or_insert(now);
+                if now.duration_since(since) > patience {
+                    peer.running = false;
+                }
+            } else {
+                self.peer_unknown_since.remove(&peer.name);
+            }
+        }
+    }
+
     fn upstream_of(&self, view: &ClusterView, member: &str) -> anyhow::Result<Upstream> {
         let entry = view
             .member(member)
@@ -279,6 +328,13 @@ impl Agent {
             warn!("failed to {e:#}");
         }
         let local = self.local.borrow().clone();
+        // Peers must see this member (and whether it has data) before it
+        // acts, so that a race waits for its WAL position.
+        if view.is_some()
+            && let Err(e) = self.publish_member(&local).await
+        {
+            warn!("failed to update the member key: {e:#}");
+        }
         let obs = self.observed(view.as_ref(), &local).await;
         // Without etcd, the only safe decisions are those about a primary
         // that can no longer prove the key: everything else waits.
@@ -375,6 +431,12 @@ impl Agent {
                 self.pg.promote().await?;
                 self.upstream = None;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+                // The followers' slots first, so they can stream at once.
+                if dynamic.use_slots
+                    && let Err(e) = self.manage_slots(view, dynamic).await
+                {
+                    warn!("failed to create the replication slots: {e:#}");
+                }
                 let mut conn = self.connect().await?;
                 sql::checkpoint(&mut conn).await?;
                 sql::close(conn).await;
@@ -416,8 +478,7 @@ impl Agent {
                         self.config.name.as_str(),
                         Some(PutOptions::new().with_lease(lease.id)),
                     )]);
-                let done = self.etcd.txn(txn).await?
-                    .succeeded();
+                let done = self.etcd.txn(txn).await?.succeeded();
                 if done {
                     info!("re-bound the leader key to this agent's lease");
                     self.prove_leader(dynamic, lease).await;
@@ -437,8 +498,7 @@ impl Agent {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value.as_str(), put)]);
-        Ok(self.etcd.txn(txn).await?
-            .succeeded())
+        Ok(self.etcd.txn(txn).await?.succeeded())
     }
 
     /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
@@ -491,8 +551,7 @@ impl Agent {
             sysid.as_str(),
             None,
         )]);
-        let written = self.etcd.txn(txn).await?
-            .succeeded();
+        let written = self.etcd.txn(txn).await?.succeeded();
         if !written {
             bail!("the initialize key changed while bootstrapping");
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::Parser;
 use election::BootInstant;
-use ha_proto::v1::{NodeStatus, ReplicationClient};
+use ha_proto::v1::{NodeStatus, PostgresState, ReplicationClient};
 
 use crate::ha::HaView;
 use crate::local::Local;
@@ -80,15 +80,19 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
     NodeStatus {
         member: config.name.clone(),
         scope: config.scope.clone(),
-        postgres_state: local.postmaster.state as i32,
+        // Running means answering queries: a postmaster that does not answer
+        // is reported as starting, so every check that needs it fails closed.
+        postgres_state: match (local.postmaster.state, &local.sql) {
+            (PostgresState::Running, None) => PostgresState::Starting as i32,
+            (state, _) => state as i32,
+        },
         role: local.role() as i32,
         postmaster_pid: local.postmaster.postmaster_pid,
         observed_at_unix_ms: local.observed_at_unix_ms,
         version: env!("CARGO_PKG_VERSION").to_string(),
         sequence: 0,
         data_dir: config.postgresql.data_dir.display().to_string(),
-        holds_leader: view.leader_deadline.is_some_and(|deadline| !deadline.has_passed())
-            && local.sql.as_ref().is_some_and(|s| !s.in_recovery),
+        holds_leader: view.leader_deadline.is_some_and(|deadline| !deadline.has_passed()),
         leader: view.leader.clone().unwrap_or_default(),
         xlog_location: sql.xlog_location,
         receive_lsn: sql.receive_lsn,

@@ -234,6 +234,9 @@ impl Postgres {
         set(&mut params, "max_wal_senders", "10".into());
         set(&mut params, "max_replication_slots", "10".into());
         set(&mut params, "wal_keep_size", "128MB".into());
+        // A follower re-pointed at a new leader retries every this often
+        // (PostgreSQL's default of 5 s would dominate a failover).
+        set(&mut params, "wal_retrieve_retry_interval", "1s".into());
         if self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind) {
             set(&mut params, "wal_log_hints", "on".into());
         }
