@@ -16,6 +16,8 @@ use crate::read::{Reader, scalar_text};
 pub const MIN_TTL: i64 = 6;
 pub const MIN_LOOP_WAIT: i64 = 1;
 pub const MIN_RETRY_TIMEOUT: i64 = 2;
+/// pgwarden's default `primary_start_timeout` (Patroni's is 300 s); see ARCHITECTURE.md.
+pub const DEFAULT_PRIMARY_START_TIMEOUT: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -54,7 +56,10 @@ impl Default for DynamicConfig {
             loop_wait: 10,
             retry_timeout: 10,
             maximum_lag_on_failover: 1_048_576,
-            primary_start_timeout: 300,
+            // Patroni's default is 300 s. pgwarden's keeps a crashed primary's
+            // write outage short: a restart in place takes about a second
+            // here; one that has not worked in 10 s hands over to a replica.
+            primary_start_timeout: DEFAULT_PRIMARY_START_TIMEOUT,
             primary_stop_timeout: 0,
             synchronous_mode: SyncMode::Off,
             synchronous_mode_strict: false,

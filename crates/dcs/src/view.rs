@@ -39,6 +39,8 @@ pub struct ClusterView {
     pub members: Vec<MemberEntry>,
     pub status: Option<Status>,
     pub failover: Option<Failover>,
+    /// The `failover` key's mod revision (for compare-and-swap), 0 when absent.
+    pub failover_revision: i64,
     pub sync: Option<SyncState>,
     pub history: Vec<HistoryEntry>,
     /// Keys whose values could not be parsed, with the reason; reported, not fatal.
@@ -93,6 +95,7 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
             legacy_optime = String::from_utf8_lossy(value).trim().parse::<u64>().ok();
         } else if key == keys.failover() {
             view.failover = Failover::parse(value).filter(|f| *f != Failover::default());
+            view.failover_revision = kv.mod_revision();
         } else if key == keys.sync() {
             match serde_json::from_slice(value) {
                 Ok(sync) => view.sync = Some(sync),

@@ -11,8 +11,10 @@
 //!     Clone --> Replica: StartReplica
 //!     Replica --> Leader: AcquireLeader, then Promote
 //!     Leader --> Replica: Demote (another holds the key)
-//!     Stopped --> Replica: StartReplica
+//!     Stopped --> Replica: StartReplica, or Rejoin (pg_rewind) on a newer timeline
 //!     Stopped --> Leader: StartPrimary (key held)
+//!     Leader --> Stopped: Switchover (clean stop, candidate has the checkpoint, key released)
+//!     Leader --> Stopped: ReleaseLeader (PostgreSQL not back within primary_start_timeout)
 //! ```
 
 use std::fmt;
@@ -24,6 +26,8 @@ pub struct DataDir {
     pub sysid: String,
     /// The data directory was last a primary (no standby signal file).
     pub was_primary: bool,
+    /// The timeline of its latest checkpoint (0 when unknown).
+    pub timeline: u64,
 }
 
 /// What the local postmaster is doing.
@@ -57,6 +61,18 @@ pub struct Peer {
     pub clonefrom: bool,
     /// It advertises a PostgreSQL address to clone or stream from.
     pub reachable: bool,
+    /// `tags.failover_priority` (default 1; 0 means never).
+    pub priority: u32,
+}
+
+/// A requested switchover or failover (the `failover` key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRequest {
+    /// The leader it is addressed to; `None` for a failover to `candidate`.
+    pub leader: Option<String>,
+    pub candidate: Option<String>,
+    /// Its `scheduled_at` has come (or it has none).
+    pub due: bool,
 }
 
 /// One instant's view of the world, built by the agent.
@@ -74,9 +90,21 @@ pub struct Observed {
     pub holds_leader: bool,
     pub peers: Vec<Peer>,
     pub nofailover: bool,
+    /// This member's `tags.failover_priority` (default 1).
+    pub priority: u32,
     /// The leader's last published WAL position (`status.optime`).
     pub cluster_optime: Option<u64>,
     pub maximum_lag_on_failover: u64,
+    /// The leader's timeline, from its member key.
+    pub leader_timeline: Option<u64>,
+    /// The leader has checkpointed since its promotion (its member key does
+    /// not say `checkpoint_after_promote: false`): pg_rewind can trust it.
+    pub leader_checkpointed: bool,
+    /// `pause` is set in the dynamic config: no automatic action.
+    pub paused: bool,
+    pub failover: Option<FailoverRequest>,
+    /// The key is held but PostgreSQL has not been back for `primary_start_timeout`.
+    pub start_timed_out: bool,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -100,6 +128,18 @@ pub enum Action {
     Promote,
     /// Stop PostgreSQL at once (immediate shutdown): a primary without the key.
     Demote,
+    /// Give the leader key up so a replica takes over (PostgreSQL is not
+    /// coming back in time).
+    ReleaseLeader,
+    /// The planned hand-over: checkpoint, clean shutdown, wait until the
+    /// candidate (chosen here when `None`) has the shutdown checkpoint,
+    /// release the key.
+    Switchover { candidate: Option<String> },
+    /// Remove a request that is done, stale or impossible.
+    ClearFailover,
+    /// A data directory on an older timeline (or a former primary) joins
+    /// `leader`: pg_rewind (or a re-clone where allowed), then start as its replica.
+    Rejoin { leader: String },
 }
 
 /// The decision of one tick: why, and what (nothing, or one action).
@@ -136,24 +176,75 @@ impl fmt::Display for Decision {
 }
 
 /// Whether this node may race for the leader key now: not tagged
-/// `nofailover`, not lagging more than allowed behind the last leader, no
-/// running, eligible peer is ahead of it (equal positions: the lower name),
-/// and none is still to report its position.
+/// `nofailover` (or priority 0), not lagging more than allowed behind the
+/// last leader, and no running, eligible peer is better: a higher
+/// `failover_priority`, then a more advanced WAL position, then (all equal)
+/// a lower name. A running peer that has not reported its position yet makes
+/// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
-    if obs.nofailover {
+    if obs.nofailover || obs.priority == 0 {
         return false;
     }
-    if let Some(optime) = obs.cluster_optime
-        && optime.saturating_sub(my_lsn) > obs.maximum_lag_on_failover
-    {
+    let within_lag =
+        |lsn: u64| obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover);
+    if !within_lag(my_lsn) {
         return false;
     }
-    obs.peers.iter().filter(|p| p.running && !p.nofailover).all(|peer| match peer.lsn {
-        Some(lsn) if lsn > my_lsn => false,
-        Some(lsn) if lsn == my_lsn => peer.name > obs.me,
+    let mine = (obs.priority, my_lsn);
+    obs.peers.iter().filter(|p| p.running && !p.nofailover && p.priority > 0).all(|peer| match peer.lsn {
+        Some(lsn) if !within_lag(lsn) => true,
+        Some(lsn) if (peer.priority, lsn) > mine => false,
+        Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
         Some(_) => true,
         None => false,
     })
+}
+
+/// A peer that could take over in a switchover: running, eligible, and
+/// within the lag limit.
+fn eligible_peer<'a>(obs: &'a Observed, name: &str) -> Option<&'a Peer> {
+    obs.peers.iter().find(|p| {
+        p.name == name
+            && p.running
+            && !p.nofailover
+            && p.priority > 0
+            && p.lsn.is_some_and(|lsn| {
+                obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover)
+            })
+    })
+}
+
+/// What the leader does about a `failover` request.
+fn leader_failover(obs: &Observed, request: &FailoverRequest) -> Decision {
+    let me = obs.me.as_str();
+    if request.candidate.as_deref() == Some(me) {
+        return Decision::act("the switchover to me is done: clear the request", Action::ClearFailover);
+    }
+    if let Some(leader) = request.leader.as_deref().filter(|l| *l != me) {
+        return Decision::act(
+            format!("the request names leader {leader}, but I lead: clear it"),
+            Action::ClearFailover,
+        );
+    }
+    match request.candidate.as_deref() {
+        Some(candidate) if eligible_peer(obs, candidate).is_none() => Decision::act(
+            format!(
+                "switchover candidate {candidate} is not a running, eligible member within the lag limit: clear the request"
+            ),
+            Action::ClearFailover,
+        ),
+        _ if obs.paused && request.candidate.is_none() => {
+            Decision::act("paused: a switchover needs a named candidate: clear the request", Action::ClearFailover)
+        }
+        None if !obs.peers.iter().any(|p| eligible_peer(obs, &p.name).is_some()) => {
+            Decision::act("switchover requested but no member can take over: clear the request", Action::ClearFailover)
+        }
+        _ if !request.due => Decision::idle("leader: a switchover is scheduled"),
+        candidate => Decision::act(
+            format!("switchover to {}", candidate.unwrap_or("the best candidate")),
+            Action::Switchover { candidate: candidate.map(str::to_string) },
+        ),
+    }
 }
 
 /// The member to clone from: a running peer tagged `clonefrom`, else the
@@ -182,17 +273,38 @@ pub fn decide(obs: &Observed) -> Decision {
     }
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
+    let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
+    // Named or not, a member tagged nofailover (or priority 0) never takes the key.
+    let i_am_eligible = !obs.nofailover && obs.priority > 0;
 
     if obs.holds_leader {
-        return match &obs.pg {
-            PgRun::Primary { .. } => Decision::idle("leader: running as primary"),
-            PgRun::Replica { .. } => Decision::act("leader key held: promote", Action::Promote),
-            PgRun::Stopped if obs.data.is_some() => {
+        return match (&obs.pg, &obs.failover) {
+            (PgRun::Primary { .. }, Some(request)) => leader_failover(obs, request),
+            (PgRun::Primary { .. }, None) => Decision::idle("leader: running as primary"),
+            (_, _) if obs.paused => Decision::idle("paused: leader, no automatic action"),
+            (PgRun::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
+            (PgRun::Stopped | PgRun::Transitioning, _) if obs.start_timed_out => Decision::act(
+                "PostgreSQL is not back within primary_start_timeout: release the leader key",
+                Action::ReleaseLeader,
+            ),
+            (PgRun::Stopped, _) if obs.data.is_some() => {
                 Decision::act("leader key held: start as primary", Action::StartPrimary)
             }
-            PgRun::Stopped => Decision::idle("leader key held without data: waiting"),
-            PgRun::Transitioning => Decision::idle("leader: PostgreSQL is starting or stopping"),
+            (PgRun::Stopped, _) => Decision::idle("leader key held without data: waiting"),
+            (PgRun::Transitioning, _) => Decision::idle("leader: PostgreSQL is starting or stopping"),
         };
+    }
+
+    if obs.paused {
+        // A named switchover or failover is the one thing a pause allows.
+        if named_candidate == Some(obs.me.as_str())
+            && i_am_eligible
+            && other_leader.is_none()
+            && matches!(obs.pg, PgRun::Replica { .. })
+        {
+            return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
+        }
+        return Decision::idle("paused: no automatic action");
     }
 
     if let PgRun::Primary { .. } = obs.pg {
@@ -204,7 +316,7 @@ pub fn decide(obs: &Observed) -> Decision {
         return Decision::act(format!("running as primary while {holder} holds the leader key: fence"), Action::Demote);
     }
 
-    let Some(_data) = &obs.data else {
+    if obs.data.is_none() {
         return match (&obs.initialize, other_leader) {
             (None, _) => Decision::act("no cluster yet: race to bootstrap it", Action::Bootstrap),
             (Some(id), _) if id.is_empty() => Decision::idle("another member is bootstrapping the cluster"),
@@ -216,18 +328,31 @@ pub fn decide(obs: &Observed) -> Decision {
             },
             (Some(_), None) => Decision::idle("no data and no leader to clone from: waiting"),
         };
-    };
+    }
 
     if obs.initialize.is_none() {
         return Decision::idle("data directory present but the cluster has no initialize key: waiting");
     }
 
+    let data = obs.data.as_ref().expect("checked above");
     match (&obs.pg, other_leader) {
         (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
-        (PgRun::Stopped, Some(leader)) => Decision::act(
-            format!("start as a replica of {leader}"),
-            Action::StartReplica { upstream: Some(leader.to_string()) },
-        ),
+        (PgRun::Stopped, Some(leader)) => {
+            let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
+            if !(data.was_primary || newer_timeline) {
+                Decision::act(
+                    format!("start as a replica of {leader}"),
+                    Action::StartReplica { upstream: Some(leader.to_string()) },
+                )
+            } else if !obs.leader_checkpointed {
+                Decision::idle(format!("waiting for {leader} to checkpoint after its promotion before rejoining"))
+            } else {
+                Decision::act(
+                    format!("rejoin {leader} (rewind if diverged)"),
+                    Action::Rejoin { leader: leader.to_string() },
+                )
+            }
+        }
         (PgRun::Stopped, None) => Decision::act(
             "no leader: start read-only to learn the WAL position",
             Action::StartReplica { upstream: None },
@@ -236,6 +361,14 @@ pub fn decide(obs: &Observed) -> Decision {
             Decision::act(format!("follow the new leader {leader}"), Action::Follow { upstream: leader.to_string() })
         }
         (PgRun::Replica { .. }, Some(leader)) => Decision::idle(format!("replica streaming from {leader}")),
+        (PgRun::Replica { .. }, None) if named_candidate == Some(obs.me.as_str()) && i_am_eligible => {
+            Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
+        }
+        (PgRun::Replica { .. }, None)
+            if named_candidate.is_some_and(|c| obs.peers.iter().any(|p| p.name == c && p.running)) =>
+        {
+            Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
+        }
         (PgRun::Replica { lsn, .. }, None) if is_best_candidate(obs, *lsn) => {
             Decision::act("no leader and I am the best candidate: take the leader key", Action::AcquireLeader)
         }
@@ -253,20 +386,48 @@ mod tests {
     fn base() -> Observed {
         Observed {
             me: "b".into(),
-            data: Some(DataDir { sysid: "7".into(), was_primary: false }),
+            data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }),
             pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             initialize: Some("7".into()),
             leader: Some("a".into()),
             holds_leader: false,
             peers: vec![],
             nofailover: false,
+            priority: 1,
             cluster_optime: Some(100),
             maximum_lag_on_failover: 1 << 20,
+            leader_timeline: Some(1),
+            leader_checkpointed: true,
+            paused: false,
+            failover: None,
+            start_timed_out: false,
         }
     }
 
+    fn leader() -> Observed {
+        Observed {
+            leader: Some("b".into()),
+            holds_leader: true,
+            pg: PgRun::Primary { lsn: 100, timeline: 1 },
+            peers: vec![peer("a", 100), peer("c", 100)],
+            ..base()
+        }
+    }
+
+    fn request(leader: Option<&str>, candidate: Option<&str>) -> Option<FailoverRequest> {
+        Some(FailoverRequest { leader: leader.map(String::from), candidate: candidate.map(String::from), due: true })
+    }
+
     fn peer(name: &str, lsn: u64) -> Peer {
-        Peer { name: name.into(), running: true, lsn: Some(lsn), nofailover: false, clonefrom: false, reachable: true }
+        Peer {
+            name: name.into(),
+            running: true,
+            lsn: Some(lsn),
+            nofailover: false,
+            clonefrom: false,
+            reachable: true,
+            priority: 1,
+        }
     }
 
     #[test]
@@ -361,7 +522,132 @@ mod tests {
                 Some(Action::AcquireLeader),
             ),
         ];
-        for (name, obs, expected) in cases {
+        let more: Vec<(&str, Observed, Option<Action>)> = vec![
+            (
+                "a higher failover_priority wins over a more advanced position",
+                Observed { leader: None, peers: vec![Peer { priority: 2, ..peer("c", 90) }], ..base() },
+                None,
+            ),
+            ("priority 0 never races", Observed { leader: None, priority: 0, ..base() }, None),
+            (
+                "a peer beyond the lag limit does not hold me back",
+                Observed {
+                    leader: None,
+                    cluster_optime: Some(3 << 20),
+                    maximum_lag_on_failover: 3 << 20,
+                    peers: vec![Peer { priority: 5, ..peer("c", 1) }],
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "key held, PostgreSQL down past primary_start_timeout: release",
+                Observed { pg: PgRun::Stopped, start_timed_out: true, ..leader() },
+                Some(Action::ReleaseLeader),
+            ),
+            (
+                "switchover to a named, eligible candidate",
+                Observed { failover: request(Some("b"), Some("c")), ..leader() },
+                Some(Action::Switchover { candidate: Some("c".into()) }),
+            ),
+            (
+                "switchover without a candidate",
+                Observed { failover: request(Some("b"), None), ..leader() },
+                Some(Action::Switchover { candidate: None }),
+            ),
+            (
+                "a scheduled switchover waits",
+                Observed {
+                    failover: Some(FailoverRequest { due: false, ..request(Some("b"), None).expect("some") }),
+                    ..leader()
+                },
+                None,
+            ),
+            (
+                "a switchover to a nofailover member is cleared",
+                Observed {
+                    failover: request(Some("b"), Some("c")),
+                    peers: vec![Peer { nofailover: true, ..peer("c", 100) }],
+                    ..leader()
+                },
+                Some(Action::ClearFailover),
+            ),
+            (
+                "a switchover to a lagging member is cleared",
+                Observed {
+                    failover: request(Some("b"), Some("c")),
+                    cluster_optime: Some(100 + (2 << 20)),
+                    peers: vec![peer("c", 100)],
+                    ..leader()
+                },
+                Some(Action::ClearFailover),
+            ),
+            (
+                "a request for another leader is cleared",
+                Observed { failover: request(Some("a"), None), ..leader() },
+                Some(Action::ClearFailover),
+            ),
+            (
+                "the new leader clears the request that named it",
+                Observed { failover: request(Some("a"), Some("b")), ..leader() },
+                Some(Action::ClearFailover),
+            ),
+            (
+                "the named candidate takes the free key",
+                Observed {
+                    leader: None,
+                    failover: request(Some("a"), Some("b")),
+                    peers: vec![peer("c", 500)],
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "others wait for the named candidate",
+                Observed {
+                    me: "c".into(),
+                    leader: None,
+                    failover: request(Some("a"), Some("b")),
+                    peers: vec![peer("b", 1)],
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "a stopped former primary rejoins the new leader",
+                Observed {
+                    pg: PgRun::Stopped,
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    leader_timeline: Some(2),
+                    ..base()
+                },
+                Some(Action::Rejoin { leader: "a".into() }),
+            ),
+            (
+                "a stopped replica on an older timeline rejoins",
+                Observed { pg: PgRun::Stopped, leader_timeline: Some(2), ..base() },
+                Some(Action::Rejoin { leader: "a".into() }),
+            ),
+            (
+                "rejoin waits for the new leader's checkpoint",
+                Observed { pg: PgRun::Stopped, leader_timeline: Some(2), leader_checkpointed: false, ..base() },
+                None,
+            ),
+            ("paused: no race", Observed { leader: None, paused: true, ..base() }, None),
+            ("paused: no fence", Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, paused: true, ..base() }, None),
+            ("paused: no restart", Observed { pg: PgRun::Stopped, paused: true, ..base() }, None),
+            (
+                "paused: a named switchover still proceeds",
+                Observed { paused: true, failover: request(Some("b"), Some("c")), ..leader() },
+                Some(Action::Switchover { candidate: Some("c".into()) }),
+            ),
+            (
+                "paused: a switchover without a candidate is cleared",
+                Observed { paused: true, failover: request(Some("b"), None), ..leader() },
+                Some(Action::ClearFailover),
+            ),
+        ];
+        for (name, obs, expected) in cases.into_iter().chain(more) {
             let decision = decide(&obs);
             assert_eq!(decision.action, expected, "{name}: {decision}");
             assert!(!decision.refused, "{name}");
@@ -408,22 +694,33 @@ mod tests {
             nofailover in any::<bool>(),
             peers in proptest::collection::vec((prop_oneof![Just("a"), Just("c")], any::<bool>(), proptest::option::of(0u64..200), any::<bool>()), 0..3),
             optime in proptest::option::of(0u64..300),
+            leader_timeline in 1u64..3,
+            leader_checkpointed in any::<bool>(),
+            paused in any::<bool>(),
+            failover in proptest::option::of((arb_name(), arb_name(), any::<bool>())),
+            start_timed_out in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
             Observed {
                 me: "b".into(),
-                data: has_data.then_some(DataDir { sysid, was_primary }),
+                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1 }),
                 pg: if has_data { pg } else { PgRun::Stopped },
                 initialize,
                 leader,
                 holds_leader,
                 peers: peers.into_iter().map(|(name, running, lsn, nofailover)| Peer {
-                    name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true,
+                    name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
                 }).collect(),
                 nofailover,
+                priority: 1,
                 cluster_optime: optime,
                 maximum_lag_on_failover: 50,
+                leader_timeline: Some(leader_timeline),
+                leader_checkpointed,
+                paused,
+                failover: failover.map(|(leader, candidate, due)| FailoverRequest { leader, candidate, due }),
+                start_timed_out,
             }
         }
     }
@@ -439,7 +736,7 @@ mod tests {
         #[test]
         fn a_primary_without_the_key_fences_or_rebinds_its_own(obs in arb_observed()) {
             let d = decide(&obs);
-            if matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader && !d.refused {
+            if matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader && !d.refused && !obs.paused {
                 let rebind = obs.leader.as_deref() == Some("b") && d.action == Some(Action::AcquireLeader);
                 prop_assert!(d.action == Some(Action::Demote) || rebind, "{d}");
             }
@@ -456,7 +753,35 @@ mod tests {
         }
 
         #[test]
+        fn paused_means_no_automatic_action(obs in arb_observed()) {
+            let d = decide(&obs);
+            if obs.paused {
+                let named = obs.failover.as_ref().is_some_and(|f| f.candidate.is_some());
+                let allowed = matches!(d.action, None | Some(Action::ClearFailover))
+                    || (named && matches!(d.action, Some(Action::Switchover { candidate: Some(_) }) | Some(Action::AcquireLeader)));
+                prop_assert!(allowed, "{d}");
+            }
+        }
+
+        #[test]
+        fn rejoins_only_after_the_new_leader_checkpointed(obs in arb_observed()) {
+            let d = decide(&obs);
+            if matches!(d.action, Some(Action::Rejoin { .. })) {
+                prop_assert!(obs.leader_checkpointed && obs.data.is_some());
+            }
+        }
+
+        #[test]
+        fn only_the_leader_switches_over(obs in arb_observed()) {
+            let d = decide(&obs);
+            if matches!(d.action, Some(Action::Switchover { .. } | Action::ReleaseLeader)) {
+                prop_assert!(obs.holds_leader);
+            }
+        }
+
+        #[test]
         fn nofailover_never_races(obs in arb_observed()) {
+            let obs = Observed { nofailover: true, ..obs };
             let d = decide(&obs);
             if obs.nofailover && !matches!(obs.pg, PgRun::Primary { .. }) {
                 prop_assert_ne!(d.action, Some(Action::AcquireLeader));

@@ -8,5 +8,5 @@
 mod decide;
 mod lsn;
 
-pub use decide::{Action, DataDir, Decision, Observed, Peer, PgRun, decide, is_best_candidate};
+pub use decide::{Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, decide, is_best_candidate};
 pub use lsn::{Lsn, parse_lag};

@@ -29,6 +29,7 @@ pub struct HaView {
     pub refused: Option<String>,
     pub upstream: Option<String>,
     pub last_tick_unix_ms: i64,
+    pub shutting_down: bool,
 }
 
 /// The agent's state between ticks.
@@ -48,6 +49,12 @@ pub struct Agent {
     slot_absent_since: HashMap<String, Instant>,
     /// Since when a peer with data has not reported its WAL position.
     peer_unknown_since: HashMap<String, Instant>,
+    /// Since when PostgreSQL has not run as primary while we hold the key.
+    primary_down_since: Option<Instant>,
+    /// Set between taking the key and the first checkpoint after promotion,
+    /// published as `checkpoint_after_promote: false` (rejoining nodes wait).
+    checkpoint_pending: bool,
+
     last_reason: String,
     loop_wait: Duration,
     local: watch::Receiver<Local>,
@@ -82,6 +89,8 @@ impl Agent {
             last_optime: None,
             slot_absent_since: HashMap::new(),
             peer_unknown_since: HashMap::new(),
+            primary_down_since: None,
+            checkpoint_pending: false,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
             local,
@@ -173,24 +182,36 @@ impl Agent {
         }
     }
 
-    async fn local_sysid(&mut self) -> Option<String> {
+    /// The data directory's system identifier (cached) and, while
+    /// PostgreSQL is stopped, its latest checkpoint's timeline.
+    async fn local_identity(&mut self, running_timeline: Option<u64>) -> Option<(String, u64)> {
         if !self.pg.has_data() {
             self.sysid = None;
             return None;
         }
-        if self.sysid.is_none() {
-            match self.pg.system_identifier().await {
-                Ok(id) => self.sysid = Some(id),
-                Err(e) => warn!("failed to read the system identifier: {e:#}"),
+        if let (Some(sysid), Some(timeline)) = (&self.sysid, running_timeline) {
+            return Some((sysid.clone(), timeline));
+        }
+        match self.pg.identity().await {
+            Ok((sysid, timeline)) => {
+                self.sysid = Some(sysid.clone());
+                Some((sysid, timeline))
+            }
+            Err(e) => {
+                warn!("failed to read pg_controldata: {e:#}");
+                self.sysid.clone().map(|sysid| (sysid, 0))
             }
         }
-        self.sysid.clone()
     }
 
     async fn observed(&mut self, view: Option<&ClusterView>, local: &Local) -> Observed {
         let me = self.config.name.clone();
-        let sysid = self.local_sysid().await;
-        let data = sysid.map(|sysid| DataDir { sysid, was_primary: self.pg.was_primary() });
+        let running_timeline = local.sql.as_ref().map(|s| s.timeline);
+        let data = self.local_identity(running_timeline).await.map(|(sysid, timeline)| DataDir {
+            sysid,
+            was_primary: self.pg.was_primary(),
+            timeline,
+        });
         let pg = match (&local.sql, local.postmaster.state) {
             (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
             (Some(sql), _) => {
@@ -203,6 +224,9 @@ impl Agent {
             self.upstream = None;
         }
         let dynamic = self.dynamic(view);
+        let priority_of = |tags: &serde_json::Map<String, serde_json::Value>| {
+            tags.get("failover_priority").and_then(serde_json::Value::as_u64).map_or(1, |p| p as u32)
+        };
         let mut peers: Vec<Peer> = view
             .map(|v| {
                 v.members
@@ -215,6 +239,7 @@ impl Agent {
                         nofailover: m.data.tags.get("nofailover").and_then(serde_json::Value::as_bool) == Some(true),
                         clonefrom: m.data.tags.get("clonefrom").and_then(serde_json::Value::as_bool) == Some(true),
                         reachable: conn_url_of(&m.data).is_some(),
+                        priority: priority_of(&m.data.tags),
                     })
                     .collect()
             })
@@ -229,6 +254,30 @@ impl Agent {
         let leader = view.and_then(|v| v.leader.as_ref());
         let holds_leader = self.leader_deadline().is_some()
             && leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id));
+        let leader_member = leader.and_then(|l| view.and_then(|v| v.member(&l.name)));
+        let now = Instant::now();
+        if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
+            self.primary_down_since.get_or_insert(now);
+        } else {
+            self.primary_down_since = None;
+        }
+        let start_timed_out = self.primary_down_since.is_some_and(|since| {
+            now.duration_since(since) >= Duration::from_secs(u64::from(dynamic.primary_start_timeout))
+        });
+        let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
+            leader: f.leader.clone(),
+            candidate: f.member.clone(),
+            due: match f.scheduled_at.as_deref() {
+                None | Some("") => true,
+                Some(at) => match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
+                    Ok(when) => when <= time::OffsetDateTime::now_utc(),
+                    Err(e) => {
+                        warn!(scheduled_at = at, "ignoring a switchover with an unreadable scheduled_at: {e}");
+                        false
+                    }
+                },
+            },
+        });
         Observed {
             me,
             data,
@@ -237,9 +286,16 @@ impl Agent {
             leader: leader.map(|l| l.name.clone()),
             holds_leader,
             peers,
-            nofailover: self.config.tags.nofailover || self.config.tags.failover_priority == Some(0),
+            nofailover: self.config.tags.nofailover,
+            priority: self.config.tags.failover_priority.unwrap_or(1),
             cluster_optime: view.and_then(|v| v.status.as_ref()).map(|s| s.optime),
             maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+            leader_timeline: leader_member.and_then(|m| m.data.timeline),
+            leader_checkpointed: leader_member
+                .is_none_or(|m| m.data.extra.get("checkpoint_after_promote") != Some(&serde_json::Value::Bool(false))),
+            paused: dynamic.pause,
+            failover,
+            start_timed_out,
         }
     }
 
@@ -287,7 +343,8 @@ impl Agent {
                 peer.running = false;
                 continue;
             };
-            let has_data = matches!(status.role(), ha_proto::v1::Role::Primary | ha_proto::v1::Role::Replica);
+            let has_data = matches!(status.role(), ha_proto::v1::Role::Primary | ha_proto::v1::Role::Replica)
+                && !status.shutting_down;
             let answering = status.postgres_state() == ha_proto::v1::PostgresState::Running;
             peer.running = has_data;
             peer.lsn = answering.then(|| status.xlog_location.max(status.receive_lsn).max(status.replay_lsn));
@@ -353,7 +410,7 @@ impl Agent {
         }
         let mut again = false;
         if let (Some(action), Some(view)) = (&decision.action, view.as_ref()) {
-            match self.execute(action, view, &dynamic).await {
+            match self.execute(action, view, &dynamic, &obs).await {
                 Ok(tick_again) => again = tick_again,
                 Err(e) => warn!(?action, "failed to {e:#}"),
             }
@@ -382,11 +439,18 @@ impl Agent {
             refused: decision.refused.then(|| decision.reason.clone()),
             upstream: self.upstream.clone(),
             last_tick_unix_ms: crate::now_unix_ms(),
+            shutting_down: false,
         });
         again
     }
 
-    async fn execute(&mut self, action: &Action, view: &ClusterView, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
+    async fn execute(
+        &mut self,
+        action: &Action,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        obs: &Observed,
+    ) -> anyhow::Result<bool> {
         match action {
             Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
             Action::Clone { source } => {
@@ -397,6 +461,9 @@ impl Agent {
                     self.pg.remove_unfinished_data_dir();
                     return Err(e);
                 }
+                // A clone is a replica's data directory from the first moment:
+                // it must never look like a former primary to be rewound.
+                std::fs::write(self.pg.data_dir.join("standby.signal"), "").context("write standby.signal")?;
                 self.sysid = None;
                 Ok(true)
             }
@@ -422,15 +489,40 @@ impl Agent {
             }
             Action::AcquireLeader => self.acquire_leader(dynamic).await,
             Action::StartPrimary => {
+                // Restart in place, but never past primary_start_timeout:
+                // after that the key goes to a replica.
+                let budget = Duration::from_secs(u64::from(dynamic.primary_start_timeout));
+                let spent = self.primary_down_since.map_or(Duration::ZERO, |since| since.elapsed());
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
-                self.pg.start().await?;
+                self.pg.start_within(budget.saturating_sub(spent).max(Duration::from_secs(1))).await?;
                 self.await_local("answer", |l| l.sql.is_some()).await?;
+                info!(from = "stopped", to = "primary", "role change: restarted in place");
                 Ok(true)
             }
+            Action::ReleaseLeader => {
+                self.release_leader(dynamic).await?;
+                Ok(true)
+            }
+            Action::ClearFailover => {
+                let key = self.keys.failover();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
+                    .and_then([TxnOp::delete(key.as_str(), None)]);
+                if self.etcd.txn(txn).await?.succeeded() {
+                    info!("cleared the switchover request");
+                }
+                Ok(true)
+            }
+            Action::Switchover { candidate } => self.switchover(view, dynamic, obs, candidate.clone()).await,
+            Action::Rejoin { leader } => self.rejoin(view, dynamic, leader).await,
             Action::Promote => {
+                self.checkpoint_pending = true;
+                let local = self.local.borrow().clone();
+                self.publish_member(&local).await?;
                 self.pg.promote().await?;
                 self.upstream = None;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+                info!(from = "replica", to = "primary", "role change: promoted");
                 // The followers' slots first, so they can stream at once.
                 if dynamic.use_slots
                     && let Err(e) = self.manage_slots(view, dynamic).await
@@ -439,9 +531,19 @@ impl Agent {
                 }
                 let mut conn = self.connect().await?;
                 sql::checkpoint(&mut conn).await?;
+                let entry = sql::latest_history_entry(&mut conn).await;
                 sql::close(conn).await;
+                self.checkpoint_pending = false;
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
-                info!(from = "replica", to = "primary", "role change");
+                match entry {
+                    Ok(Some(entry)) => {
+                        if let Err(e) = self.append_history(view, entry).await {
+                            warn!("failed to write the history key: {e:#}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("failed to read the timeline history: {e:#}"),
+                }
                 Ok(true)
             }
             Action::Demote => {
@@ -453,12 +555,164 @@ impl Agent {
         }
     }
 
+    /// Gives the leader key up (iff ours) and goes back to renewing only the lease.
+    async fn release_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let lease = self.lease.context("no lease")?;
+        if let Some(handle) = self.renewal.take() {
+            let _ = handle.stop().await;
+        }
+        self.renewal_proves_leader = false;
+        let mut election = self.election();
+        let released = election.release(&lease).await;
+        self.renewal = Some(spawn_renewal(election, lease, self.renew_interval(dynamic), false));
+        if released? {
+            info!("released the leader key");
+        }
+        Ok(())
+    }
+
+    /// The planned hand-over (DESIGN "Who may touch what"): checkpoint, clean
+    /// shutdown, wait until the candidate has received the shutdown
+    /// checkpoint, release the key. If the candidate never gets it, start
+    /// again as primary and drop the request.
+    async fn switchover(
+        &mut self,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        obs: &Observed,
+        candidate: Option<String>,
+    ) -> anyhow::Result<bool> {
+        let candidate = match candidate {
+            Some(candidate) => candidate,
+            None => {
+                // The best eligible replica, named in the request so that the
+                // others (and this node) defer to it.
+                let best = obs
+                    .peers
+                    .iter()
+                    .filter(|p| p.running && !p.nofailover && p.priority > 0 && p.lsn.is_some())
+                    .max_by_key(|p| (p.priority, p.lsn, std::cmp::Reverse(p.name.clone())))
+                    .map(|p| p.name.clone())
+                    .context("no candidate for the switchover")?;
+                let key = self.keys.failover();
+                let value = serde_json::to_string(&dcs::Failover {
+                    leader: Some(self.config.name.clone()),
+                    member: Some(best.clone()),
+                    scheduled_at: None,
+                })?;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
+                    .and_then([TxnOp::put(key.as_str(), value, None)]);
+                if !self.etcd.txn(txn).await?.succeeded() {
+                    bail!("the switchover request changed while choosing a candidate");
+                }
+                best
+            }
+        };
+        let grpc = view
+            .member(&candidate)
+            .and_then(|m| m.data.grpc_url.clone())
+            .with_context(|| format!("candidate {candidate} advertises no gRPC address"))?;
+        info!(candidate, "switchover: checkpoint, then a clean shutdown");
+        let mut conn = self.connect().await?;
+        sql::checkpoint(&mut conn).await?;
+        sql::close(conn).await;
+        self.pg.stop("fast").await?;
+        self.await_local("stopped", |l| l.sql.is_none()).await?;
+        let checkpoint = self.pg.latest_checkpoint().await?;
+        let wait = Duration::from_secs(u64::from(dynamic.retry_timeout).max(5));
+        let received = tokio::time::timeout(wait, async {
+            loop {
+                if let Ok(mut client) = ha_proto::v1::node_agent_client::NodeAgentClient::connect(grpc.clone()).await
+                    && let Ok(status) = client.get_status(ha_proto::v1::GetStatusRequest {}).await
+                {
+                    let status = status.into_inner();
+                    if status.receive_lsn.max(status.replay_lsn) > checkpoint {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if received.is_err() {
+            warn!(candidate, "switchover: the candidate did not receive the shutdown checkpoint; staying primary");
+            let key = self.keys.failover();
+            let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            return Ok(true);
+        }
+        info!(candidate, checkpoint = %ha_core::Lsn(checkpoint), "switchover: the candidate has the shutdown checkpoint");
+        self.release_leader(dynamic).await?;
+        info!(from = "primary", to = "stopped", candidate, "role change: switched over");
+        Ok(true)
+    }
+
+    /// A data directory on an older timeline joins the leader: pg_rewind
+    /// (or, where the config allows, a re-clone with the old directory moved
+    /// aside), then start as its replica (DESIGN invariant 5).
+    async fn rejoin(&mut self, view: &ClusterView, dynamic: &DynamicConfig, leader: &str) -> anyhow::Result<bool> {
+        let upstream = self.upstream_of(view, leader)?;
+        self.pg.write_pgpass()?;
+        let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
+        let outcome = self.pg.rewind(&upstream, !use_rewind).await;
+        match outcome {
+            Ok(false) => info!(leader, "no divergence: following"),
+            Ok(true) if use_rewind => info!(leader, "rewound onto the leader's timeline"),
+            Ok(true) if self.config.postgresql.remove_data_directory_on_diverged_timelines => {
+                self.pg.move_aside("diverged")?;
+                self.sysid = None;
+                return Ok(true);
+            }
+            Ok(true) => bail!(
+                "the data directory diverged from {leader}'s timeline and use_pg_rewind is off: set \
+                 postgresql.use_pg_rewind (or remove_data_directory_on_diverged_timelines to re-clone)"
+            ),
+            Err(e) if self.config.postgresql.remove_data_directory_on_rewind_failure => {
+                warn!("pg_rewind failed, re-cloning as configured: {e:#}");
+                self.pg.move_aside("rewind-failed")?;
+                self.sysid = None;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        }
+        self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(upstream.clone()) }, false)?;
+        self.pg.start().await?;
+        self.upstream = Some(upstream.member);
+        self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+        Ok(true)
+    }
+
+    /// Appends the promotion to the `history` key (Patroni's shape).
+    async fn append_history(&self, view: &ClusterView, entry: (u64, u64, String, String)) -> anyhow::Result<()> {
+        let (timeline, lsn, reason, timestamp) = entry;
+        let mut history = view.history.clone();
+        history.retain(|h| h.0 < timeline);
+        history.push(dcs::HistoryEntry(timeline, lsn, reason, Some(timestamp), Some(self.config.name.clone())));
+        let value = serde_json::to_string(&history)?;
+        let key = self.keys.history();
+        self.etcd
+            .call(|mut client| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { client.put(key, value, None).await }
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn connect(&self) -> anyhow::Result<sqlx::postgres::PgConnection> {
         sql::connect(&self.config, &self.pg.socket_dir, self.pg.port, Duration::from_secs(5)).await
     }
 
     async fn acquire_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
         let lease = self.lease.context("no lease yet")?;
+        // A replica about to promote says so before it holds the key, so no
+        // rejoining node can rewind against it before its first checkpoint.
+        let promoting = self.local.borrow().sql.as_ref().is_some_and(|s| s.in_recovery);
+        if promoting {
+            self.checkpoint_pending = true;
+            let local = self.local.borrow().clone();
+            self.publish_member(&local).await?;
+        }
         let mut election = self.election();
         match election.acquire(&lease).await? {
             Acquired::Won { .. } => {
@@ -487,6 +741,7 @@ impl Agent {
             }
             Acquired::Held(holder) => {
                 info!(holder = %holder.member, "the leader key went to another member");
+                self.checkpoint_pending = false;
                 Ok(true)
             }
         }
@@ -618,7 +873,11 @@ impl Agent {
                 .map(|s| s.replication_state.clone()),
             tags: self.config.tags.json.clone(),
             grpc_url: Some(format!("http://{grpc}")),
-            extra: serde_json::Map::new(),
+            extra: if self.checkpoint_pending {
+                serde_json::Map::from_iter([("checkpoint_after_promote".to_string(), serde_json::Value::Bool(false))])
+            } else {
+                serde_json::Map::new()
+            },
         };
         let json = serde_json::to_string(&member)?;
         if self.last_member_json.as_deref() == Some(json.as_str()) {
@@ -755,6 +1014,8 @@ impl Agent {
 
     async fn shut_down(&mut self) {
         info!("shutting down: stopping PostgreSQL");
+        // Peers racing for the key must not wait for this member.
+        self.view.send_modify(|view| view.shutting_down = true);
         if let Err(e) = self.pg.stop("fast").await {
             error!("failed to stop PostgreSQL: {e:#}");
         }

@@ -122,6 +122,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         refused: view.refused.clone().unwrap_or_default(),
         leader_deadline_boot_ns: view.leader_deadline.map_or(0, BootInstant::as_nanos),
         noloadbalance: config.tags.noloadbalance,
+        shutting_down: view.shutting_down,
     }
 }
 

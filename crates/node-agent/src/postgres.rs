@@ -348,8 +348,13 @@ impl Postgres {
 
     /// Starts the postmaster and waits until it accepts connections.
     pub async fn start(&self) -> anyhow::Result<()> {
+        self.start_within(self.config.postgresql.pg_ctl_timeout).await
+    }
+
+    /// Starts the postmaster, waiting at most `timeout` for it to accept connections.
+    pub async fn start_within(&self, timeout: Duration) -> anyhow::Result<()> {
         let log = self.log_file.display().to_string();
-        let timeout = self.timeout_arg();
+        let timeout = timeout.as_secs().max(1).to_string();
         info!(data_dir = %self.data_dir.display(), "starting PostgreSQL");
         self.pg_ctl(&["start", "-w", "-t", &timeout, "-l", &log]).await.map(|_| ())
     }
@@ -379,14 +384,82 @@ impl Postgres {
         self.pg_ctl(&["promote", "-w", "-t", &timeout]).await.map(|_| ())
     }
 
-    /// The database system identifier from `pg_controldata`.
-    pub async fn system_identifier(&self) -> anyhow::Result<String> {
+    /// `pg_controldata` as a map of its lines (`Database system identifier`, ...).
+    pub async fn controldata(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut cmd = Command::new(self.bins.path("pg_controldata"));
         cmd.arg(&self.data_dir);
         let text = self.run("pg_controldata", &mut cmd).await?;
-        text.lines()
-            .find_map(|line| line.strip_prefix("Database system identifier:").map(|v| v.trim().to_string()))
-            .context("pg_controldata printed no system identifier")
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+            .collect())
+    }
+
+    /// The database system identifier and the latest checkpoint's timeline.
+    pub async fn identity(&self) -> anyhow::Result<(String, u64)> {
+        let control = self.controldata().await?;
+        let sysid = control
+            .get("Database system identifier")
+            .cloned()
+            .context("pg_controldata printed no system identifier")?;
+        let timeline = control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0);
+        Ok((sysid, timeline))
+    }
+
+    /// The database system identifier from `pg_controldata`.
+    pub async fn system_identifier(&self) -> anyhow::Result<String> {
+        Ok(self.identity().await?.0)
+    }
+
+    /// The latest checkpoint's location, read after a clean shutdown.
+    pub async fn latest_checkpoint(&self) -> anyhow::Result<u64> {
+        let control = self.controldata().await?;
+        let text =
+            control.get("Latest checkpoint location").context("pg_controldata printed no checkpoint location")?;
+        let lsn: ha_core::Lsn = text.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        Ok(lsn.0)
+    }
+
+    /// Runs pg_rewind against `source` (`dry_run`: only find out whether the
+    /// data directory diverged). Returns whether a rewind was (or would be) needed.
+    pub async fn rewind(&self, source: &Upstream, dry_run: bool) -> anyhow::Result<bool> {
+        let auth = &self.config.postgresql.authentication;
+        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=5",
+            source.host, source.port, user.username
+        );
+        let mut cmd = Command::new(self.bins.path("pg_rewind"));
+        cmd.arg(format!("--target-pgdata={}", self.data_dir.display()))
+            .arg(format!("--source-server={conninfo}"))
+            .arg("--progress");
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
+        info!(from = %source.member, dry_run, "running pg_rewind");
+        let output = cmd.output().await.context("run pg_rewind")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            let tail = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            bail!("pg_rewind from {} failed ({}): {tail}", source.member, output.status);
+        }
+        let needed = !text.contains("no rewind required");
+        info!(needed, dry_run, "pg_rewind done");
+        Ok(needed)
+    }
+
+    /// Renames the data directory aside (kept, never deleted) so that a
+    /// fresh clone can take its place; returns where it went.
+    pub fn move_aside(&self, why: &str) -> anyhow::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut name = self.data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+        name.push(format!(".{why}.{stamp}"));
+        let target = self.data_dir.with_file_name(name);
+        std::fs::rename(&self.data_dir, &target)
+            .with_context(|| format!("move {} aside to {}", self.data_dir.display(), target.display()))?;
+        warn!(from = %self.data_dir.display(), to = %target.display(), "moved the data directory aside");
+        Ok(target)
     }
 
     /// Whether the data directory was last a primary (no standby signal).

@@ -231,3 +231,34 @@ pub async fn checkpoint(conn: &mut PgConnection) -> anyhow::Result<()> {
 pub async fn close(conn: PgConnection) {
     let _ = conn.close().await;
 }
+
+/// The newest entry of the current timeline's history file, as Patroni
+/// records it: (previous timeline, switch LSN, reason, ISO timestamp).
+pub async fn latest_history_entry(conn: &mut PgConnection) -> anyhow::Result<Option<(u64, u64, String, String)>> {
+    let row = sqlx::query(
+        "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint, \
+                to_char(now() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("query the timeline")?;
+    let timeline: i64 = row.try_get(0)?;
+    let now: String = row.try_get(1)?;
+    if timeline <= 1 {
+        return Ok(None);
+    }
+    let file = format!("pg_wal/{timeline:08X}.history");
+    let text: String = sqlx::query_scalar("select pg_read_file($1)")
+        .bind(&file)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(|| format!("read {file}"))?;
+    let last = text.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with('#'));
+    Ok(last.and_then(|line| {
+        let mut fields = line.split('\t');
+        let previous: u64 = fields.next()?.trim().parse().ok()?;
+        let lsn: ha_core::Lsn = fields.next()?.trim().parse().ok()?;
+        let reason = fields.next().unwrap_or("").trim().to_string();
+        Some((previous, lsn.0, reason, now))
+    }))
+}
