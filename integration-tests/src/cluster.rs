@@ -64,6 +64,23 @@ impl Node {
         self.agent.take().is_some_and(|mut agent| agent.terminate(Duration::from_secs(60)))
     }
 
+    /// Kills the health API at once (SIGKILL).
+    pub fn kill_health(&mut self) {
+        if let Some(mut health) = self.health.take() {
+            health.kill();
+        }
+    }
+
+    /// The whole node lost at once: agent, health API and PostgreSQL killed.
+    pub fn kill_node(&mut self) {
+        let pid = self.postmaster_pid();
+        self.kill_agent();
+        self.kill_health();
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Kills the agent at once (SIGKILL); PostgreSQL keeps running.
     pub fn kill_agent(&mut self) {
         if let Some(mut agent) = self.agent.take() {
@@ -163,10 +180,16 @@ pub struct PgwardenCluster {
 impl PgwardenCluster {
     /// Writes every node's config and starts agent and health API on each.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, |_| String::new()).await
+    }
+
+    /// As [`PgwardenCluster::start`], with extra YAML for node `i` (1-based),
+    /// e.g. a `tags:` section.
+    pub async fn start_with(n: usize, extra: impl Fn(usize) -> String) -> anyhow::Result<Self> {
         let etcd = EtcdCluster::start(1).await?;
         let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd };
         for i in 1..=n {
-            cluster.add_node(&format!("node{i}"), "")?;
+            cluster.add_node(&format!("node{i}"), &extra(i))?;
         }
         for node in &mut cluster.nodes {
             node.start_agent()?;
@@ -205,21 +228,55 @@ impl PgwardenCluster {
     /// other one 200 on `/replica` with its WAL receiver streaming; returns
     /// the leader's index.
     pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_healthy_among(&all, timeout).await
+    }
+
+    /// As [`PgwardenCluster::wait_healthy`], over the nodes in `among` only.
+    pub async fn wait_healthy_among(&self, among: &[usize], timeout: Duration) -> anyhow::Result<usize> {
         wait_until("one primary and streaming replicas", timeout, || async {
             let primary: Vec<usize> =
-                (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/primary") == 200).collect();
-            let replicas = (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/replica") == 200).count();
-            let streaming = (0..self.nodes.len())
-                .filter(|&i| {
+                among.iter().copied().filter(|&i| self.nodes[i].check("/primary") == 200).collect();
+            let replicas = among.iter().filter(|&&i| self.nodes[i].check("/replica") == 200).count();
+            let streaming = among
+                .iter()
+                .filter(|&&i| {
                     self.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"replication_state\":\"streaming\""))
                 })
                 .count();
             match primary.as_slice() {
-                [leader] if replicas == self.nodes.len() - 1 && streaming == replicas => Ok(Some(*leader)),
+                [leader] if replicas == among.len() - 1 && streaming == replicas => Ok(Some(*leader)),
                 _ => Err(format!("primaries {primary:?}, replicas {replicas}, streaming {streaming}")),
             }
         })
         .await
+    }
+
+    /// Waits until exactly one node answers 200 on `/primary`; returns it.
+    pub async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<usize> {
+        wait_until("exactly one primary", timeout, || async {
+            let primary: Vec<usize> =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/primary") == 200).collect();
+            match primary.as_slice() {
+                [leader] => Ok(Some(*leader)),
+                _ => Err(format!("primaries {primary:?}")),
+            }
+        })
+        .await
+    }
+
+    /// Puts a value under the cluster's prefix (`failover`, `config`, ...).
+    pub async fn put_key(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut client = self.etcd.client().await?;
+        client.put(format!("/itest/{}/{key}", self.scope), value, None).await?;
+        Ok(())
+    }
+
+    /// Reads a value under the cluster's prefix.
+    pub async fn get_key(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut client = self.etcd.client().await?;
+        let response = client.get(format!("/itest/{}/{key}", self.scope), None).await?;
+        Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// The cluster's system identifier from etcd.

@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod process;
 pub mod service;
 pub mod wait;
+pub mod writer;
 
 pub use cluster::{Node, PgwardenCluster};
 pub use etcd::EtcdCluster;

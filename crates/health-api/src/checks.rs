@@ -113,6 +113,9 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
             }
         }
     }
+    if status.paused {
+        map.insert("pause".into(), json!(true));
+    }
     if !status.holds_leader && status.leader.is_empty() && state_name(status) == "running" {
         map.insert("cluster_unlocked".into(), json!(true));
     }
@@ -183,8 +186,8 @@ pub fn answer(
         "/replica" => check(&|s| is_replica(s, query)),
         "/read-only" => check(&|s| is_primary(s) || is_replica(s, query)),
         "/health" => check(&|s| s.postgres_state() == PostgresState::Running && tags_match(s, query)),
-        // The agent is alive and its HA loop publishes.
-        "/liveness" => Answer { status: code(status.is_some()), body: None },
+        // The agent is alive and its HA loop publishes (always 200 in pause, as Patroni).
+        "/liveness" => Answer { status: code(status.is_some_and(|s| s.paused) || status.is_some()), body: None },
         // Every other check, known or not, fails closed.
         _ => Answer { status: StatusCode::SERVICE_UNAVAILABLE, body },
     }

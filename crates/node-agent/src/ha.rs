@@ -30,6 +30,7 @@ pub struct HaView {
     pub upstream: Option<String>,
     pub last_tick_unix_ms: i64,
     pub shutting_down: bool,
+    pub paused: bool,
 }
 
 /// The agent's state between ticks.
@@ -440,6 +441,7 @@ impl Agent {
             upstream: self.upstream.clone(),
             last_tick_unix_ms: crate::now_unix_ms(),
             shutting_down: false,
+            paused: dynamic.pause,
         });
         again
     }

@@ -123,6 +123,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         leader_deadline_boot_ns: view.leader_deadline.map_or(0, BootInstant::as_nanos),
         noloadbalance: config.tags.noloadbalance,
         shutting_down: view.shutting_down,
+        paused: view.paused,
     }
 }
 

@@ -1,0 +1,124 @@
+//! A client that writes numbered rows through a PostgreSQL address (HAProxy's
+//! write port) and records which writes were acknowledged and when, so a
+//! test can check that no acknowledged row was lost and measure how long
+//! writes were unavailable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _};
+use tokio::task::JoinHandle;
+
+/// What the writer saw.
+#[derive(Debug, Default)]
+pub struct WriterReport {
+    /// Acknowledged ids with the time of their acknowledgement.
+    pub acked: Vec<(i64, Instant)>,
+    pub failed_attempts: u64,
+}
+
+impl WriterReport {
+    /// The longest time between two acknowledged writes after `from`
+    /// (the write-unavailability window of a fault injected then).
+    pub fn max_gap_after(&self, from: Instant) -> Duration {
+        let mut previous = self.acked.iter().rev().find(|(_, at)| *at <= from).map_or(from, |(_, at)| *at);
+        let mut max = Duration::ZERO;
+        for (_, at) in self.acked.iter().filter(|(_, at)| *at > from) {
+            max = max.max(at.duration_since(previous));
+            previous = *at;
+        }
+        max
+    }
+
+    pub fn ids(&self) -> Vec<i64> {
+        self.acked.iter().map(|(id, _)| *id).collect()
+    }
+}
+
+/// A running writer.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<WriterReport>,
+}
+
+async fn connect(port: u16, password: &str) -> Option<PgConnection> {
+    let options = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("postgres")
+        .password(password)
+        .database("postgres")
+        .disable_statement_logging();
+    tokio::time::timeout(Duration::from_secs(1), options.connect()).await.ok()?.ok()
+}
+
+impl Writer {
+    /// Creates `table(id bigint primary key)` through `port` (retrying until
+    /// it works) and starts writing one row every `interval`.
+    pub async fn start(port: u16, password: &str, table: &str, interval: Duration) -> anyhow::Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(mut conn) = connect(port, password).await {
+                let ddl = format!("create table if not exists {table}(id bigint primary key)");
+                if sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await.is_ok() {
+                    let _ = conn.close().await;
+                    break;
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "cannot create {table} through port {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let insert = format!("insert into {table}(id) values ($1)");
+        let password = password.to_string();
+        let task = tokio::spawn(async move {
+            let mut report = WriterReport::default();
+            let mut conn: Option<PgConnection> = None;
+            let mut next_id = 1i64;
+            while !flag.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = connect(port, &password).await;
+                    if conn.is_none() {
+                        report.failed_attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                }
+                let connection = conn.as_mut().expect("connected above");
+                let write = sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(next_id).execute(connection);
+                match tokio::time::timeout(Duration::from_secs(2), write).await {
+                    Ok(Ok(_)) => {
+                        report.acked.push((next_id, Instant::now()));
+                        next_id += 1;
+                    }
+                    _ => {
+                        // The outcome is unknown; that id is never reused.
+                        report.failed_attempts += 1;
+                        next_id += 1;
+                        conn = None;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+            report
+        });
+        Ok(Self { stop, task })
+    }
+
+    pub async fn stop(self) -> WriterReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The ids of `acked` that are missing from `table` on `port`.
+pub async fn missing_rows(port: u16, password: &str, table: &str, acked: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let mut conn = connect(port, password).await.ok_or_else(|| anyhow::anyhow!("cannot connect to port {port}"))?;
+    let query = format!("select id from {table}");
+    let present: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(query)).fetch_all(&mut conn).await?;
+    let present: std::collections::HashSet<i64> = present.into_iter().collect();
+    Ok(acked.iter().copied().filter(|id| !present.contains(id)).collect())
+}

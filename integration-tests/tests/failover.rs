@@ -1,0 +1,212 @@
+//! Faults with real processes: etcd, pgwarden nodes, HAProxy and a client
+//! writing numbered rows through HAProxy's write port. Each test asserts one
+//! primary afterwards and the old primary streaming again; write
+//! unavailability is printed (measured, not asserted: see the benchmark).
+
+use std::time::{Duration, Instant};
+
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+
+struct Setup {
+    cluster: PgwardenCluster,
+    _haproxy: HaProxy,
+    write_port: u16,
+}
+
+async fn setup(n: usize, extra: impl Fn(usize) -> String) -> Setup {
+    init_logging();
+    let cluster = PgwardenCluster::start_with(n, extra).await.expect("start the cluster");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    let (write_port, read, stats) = (free_port(), free_port(), free_port());
+    let config = deploy_config(write_port, read, stats, &cluster.backends());
+    let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
+    Setup { cluster, _haproxy: haproxy, write_port }
+}
+
+async fn start_writer(setup: &Setup) -> Writer {
+    Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("start writer")
+}
+
+/// Waits until the writer has acknowledged a write after `after`.
+async fn writes_flow(writer_port: u16) {
+    wait_until("a write through HAProxy", Duration::from_secs(30), || async {
+        pgwarden_integration_tests::cluster::psql_port(writer_port, "select 1")
+            .map(|_| Some(()))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .expect("writes flow");
+}
+
+#[tokio::test]
+async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
+    let setup = setup(3, |_| String::new()).await;
+    let cluster = &setup.cluster;
+    let writer = start_writer(&setup).await;
+    let leader = cluster.wait_primary(UP).await.expect("a primary");
+    let candidate = (leader + 1) % 3;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let first = Instant::now();
+    let request =
+        format!(r#"{{"leader":"{}","member":"{}"}}"#, cluster.nodes[leader].name, cluster.nodes[candidate].name);
+    cluster.put_key("failover", &request).await.expect("request a switchover");
+    wait_until("the candidate to lead", Duration::from_secs(30), || async {
+        Ok::<_, String>((cluster.nodes[candidate].check("/primary") == 200).then_some(()))
+    })
+    .await
+    .expect("the named candidate leads");
+    let healthy = cluster.wait_healthy(UP).await.expect("the old primary streams again");
+    assert_eq!(healthy, candidate);
+    assert_eq!(cluster.get_key("failover").await.expect("read failover"), None, "the request is cleared");
+
+    // Without a candidate: the leader picks the best replica.
+    writes_flow(setup.write_port).await;
+    let second = Instant::now();
+    cluster
+        .put_key("failover", &format!(r#"{{"leader":"{}"}}"#, cluster.nodes[candidate].name))
+        .await
+        .expect("request");
+    let new_leader = wait_until("another member to lead", Duration::from_secs(30), || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] if *one != candidate => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("a switchover without a candidate");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), new_leader);
+
+    writes_flow(setup.write_port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = writer.stop().await;
+    println!(
+        "switchover write unavailability: named {:?}, unnamed {:?}; {} acknowledged, {} failed attempts",
+        report.max_gap_after(first),
+        report.max_gap_after(second),
+        report.acked.len(),
+        report.failed_attempts
+    );
+    let missing = missing_rows(cluster.nodes[new_leader].pg_port, SUPERUSER_PASSWORD, "acked", &report.ids())
+        .await
+        .expect("read rows");
+    assert!(missing.is_empty(), "acknowledged rows lost in a switchover: {missing:?}");
+    assert!(report.acked.len() > 100, "the writer wrote throughout");
+    let history = cluster.get_key("history").await.expect("read history").expect("history written");
+    assert!(history.contains(&cluster.nodes[new_leader].name), "{history}");
+}
+
+#[tokio::test]
+async fn postgres_killed_on_the_primary_restarts_in_place() {
+    let setup = setup(3, |_| String::new()).await;
+    let cluster = &setup.cluster;
+    let writer = start_writer(&setup).await;
+    let leader = cluster.wait_primary(UP).await.expect("a primary");
+    writes_flow(setup.write_port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = cluster.nodes[leader].postmaster_pid().expect("postmaster pid");
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    wait_until("/primary 503 on the old primary", Duration::from_secs(1), || async {
+        Ok::<_, String>((cluster.nodes[leader].check("/primary") == 503).then_some(()))
+    })
+    .await
+    .expect("/primary fails within one second");
+    let back = cluster.wait_primary(UP).await.expect("a primary again");
+    assert_eq!(back, leader, "restarted in place, no failover");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    writes_flow(setup.write_port).await;
+    let report = writer.stop().await;
+    println!("PostgreSQL killed: write unavailability {:?}", report.max_gap_after(killed));
+    let missing = missing_rows(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "acked", &report.ids())
+        .await
+        .expect("read rows");
+    assert!(missing.is_empty(), "a restart in place loses no acknowledged row: {missing:?}");
+}
+
+#[tokio::test]
+async fn node_lost_fails_over_and_the_old_primary_rejoins() {
+    let mut setup = setup(3, |_| String::new()).await;
+    let writer = start_writer(&setup).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    writes_flow(setup.write_port).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lost = Instant::now();
+    setup.cluster.nodes[leader].kill_node();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = setup.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over");
+    println!("node lost: new /primary after {:?}", lost.elapsed());
+    // The old primary comes back and rejoins as a replica.
+    setup.cluster.nodes[leader].start_agent().expect("restart the agent");
+    setup.cluster.nodes[leader].start_health().expect("restart the health API");
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("all three healthy"), new_leader);
+    assert!(
+        setup.cluster.nodes[leader].agent_log().contains("running pg_rewind"),
+        "the old primary was checked with pg_rewind"
+    );
+    writes_flow(setup.write_port).await;
+    let report = writer.stop().await;
+    let missing = missing_rows(setup.cluster.nodes[new_leader].pg_port, SUPERUSER_PASSWORD, "acked", &report.ids())
+        .await
+        .expect("read rows");
+    println!(
+        "node lost: write unavailability {:?}; {} of {} acknowledged rows lost (asynchronous replication)",
+        report.max_gap_after(lost),
+        missing.len(),
+        report.acked.len()
+    );
+}
+
+#[tokio::test]
+async fn nofailover_and_failover_priority_are_respected() {
+    let tags = |i: usize| match i {
+        2 => "tags:\n  nofailover: true\n".to_string(),
+        4 => "tags:\n  failover_priority: 3\n".to_string(),
+        _ => String::new(),
+    };
+    let mut setup = setup(4, tags).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
+    setup.cluster.nodes[0].kill_node();
+    let new_leader = setup.cluster.wait_healthy_among(&[1, 2, 3], UP).await.expect("a replica takes over");
+    assert_eq!(setup.cluster.nodes[new_leader].name, "node4", "the highest failover_priority wins");
+    setup.cluster.nodes[3].kill_node();
+    let next = setup.cluster.wait_healthy_among(&[1, 2], UP).await.expect("a replica takes over");
+    assert_eq!(setup.cluster.nodes[next].name, "node3", "the nofailover member never leads");
+    assert_eq!(setup.cluster.nodes[1].check("/primary"), 503);
+}
+
+#[tokio::test]
+async fn pause_blocks_failover_and_resume_restores_it() {
+    let mut setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    let config = setup.cluster.get_key("config").await.expect("read config").expect("config written");
+    let mut json: serde_json::Value = serde_json::from_str(&config).expect("config is JSON");
+    json["pause"] = serde_json::Value::Bool(true);
+    setup.cluster.put_key("config", &json.to_string()).await.expect("pause");
+    wait_until("every member to report the pause", Duration::from_secs(10), || async {
+        let paused =
+            (0..3).all(|i| setup.cluster.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"pause\":true")));
+        Ok::<_, String>(paused.then_some(()))
+    })
+    .await
+    .expect("paused");
+    setup.cluster.nodes[leader].kill_node();
+    // Longer than the ttl: without the pause a replica would have taken over.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    for (i, node) in setup.cluster.nodes.iter().enumerate() {
+        if i != leader {
+            assert_eq!(node.check("/primary"), 503, "{} must not take over while paused", node.name);
+        }
+    }
+    json["pause"] = serde_json::Value::Bool(false);
+    setup.cluster.put_key("config", &json.to_string()).await.expect("resume");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    setup.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over after resume");
+}
