@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test demo demo-stop demo-status fmt
+.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,3 +36,6 @@ demo-status: ## Show the demo cluster
 
 demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 	@./scripts/demo.sh down
+
+bench-failover: build ## Measure write unavailability per fault (3 runs each; REPEATS=n to change)
+	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- $${REPEATS:-3}

@@ -8,11 +8,16 @@ use std::sync::OnceLock;
 
 use crate::process::{ChildGuard, TestDir, run_as_postgres};
 
-/// The workspace's `target/<profile>` directory, found from this test binary
-/// (`target/<profile>/deps/<test>`).
+/// The workspace's `target/<profile>` directory, found from this binary
+/// (a test in `target/<profile>/deps/`, or a program in `target/<profile>/`).
 fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    exe.parent().and_then(Path::parent).expect("test binary sits in target/<profile>/deps").to_path_buf()
+    let exe = std::env::current_exe().expect("path of the running binary");
+    let dir = exe.parent().expect("a binary sits in a directory");
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A copy of the named pgwarden binary that `postgres` can execute.

@@ -40,6 +40,7 @@ impl WriterReport {
 /// A running writer.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    last_ack: Arc<std::sync::Mutex<Option<Instant>>>,
     task: JoinHandle<WriterReport>,
 }
 
@@ -51,7 +52,8 @@ async fn connect(port: u16, password: &str) -> Option<PgConnection> {
         .password(password)
         .database("postgres")
         .disable_statement_logging();
-    tokio::time::timeout(Duration::from_secs(1), options.connect()).await.ok()?.ok()
+    // Long enough for HAProxy to hold a connection while no server is up yet.
+    tokio::time::timeout(Duration::from_secs(5), options.connect()).await.ok()?.ok()
 }
 
 impl Writer {
@@ -72,6 +74,8 @@ impl Writer {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let last_ack = Arc::new(std::sync::Mutex::new(None));
+        let last = last_ack.clone();
         let insert = format!("insert into {table}(id) values ($1)");
         let password = password.to_string();
         let task = tokio::spawn(async move {
@@ -91,7 +95,9 @@ impl Writer {
                 let write = sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(next_id).execute(connection);
                 match tokio::time::timeout(Duration::from_secs(2), write).await {
                     Ok(Ok(_)) => {
-                        report.acked.push((next_id, Instant::now()));
+                        let now = Instant::now();
+                        report.acked.push((next_id, now));
+                        *last.lock().expect("ack time") = Some(now);
                         next_id += 1;
                     }
                     _ => {
@@ -105,7 +111,16 @@ impl Writer {
             }
             report
         });
-        Ok(Self { stop, task })
+        Ok(Self { stop, last_ack, task })
+    }
+
+    /// Waits until a write is acknowledged after `instant`.
+    pub async fn wait_ack_after(&self, instant: Instant, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait::wait_until("an acknowledged write", timeout, || async {
+            let last = *self.last_ack.lock().expect("ack time");
+            Ok::<_, String>(last.filter(|at| *at > instant).map(|_| ()))
+        })
+        .await
     }
 
     pub async fn stop(self) -> WriterReport {

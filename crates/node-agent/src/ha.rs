@@ -326,15 +326,10 @@ impl Agent {
     async fn ask_peers(&mut self, view: &ClusterView, peers: &mut [Peer], dynamic: &DynamicConfig) {
         let timeout = Duration::from_millis(800);
         let asks = peers.iter().map(|peer| {
-            let url = view.member(&peer.name).and_then(|m| m.data.grpc_url.clone());
-            async move {
-                let url = url?;
-                let ask = async {
-                    let mut client = ha_proto::v1::node_agent_client::NodeAgentClient::connect(url).await.ok()?;
-                    client.get_status(ha_proto::v1::GetStatusRequest {}).await.ok().map(tonic::Response::into_inner)
-                };
-                tokio::time::timeout(timeout, ask).await.ok().flatten()
-            }
+            let member = view.member(&peer.name);
+            let grpc_url = member.and_then(|m| m.data.grpc_url.clone());
+            let api_url = member.map(|m| m.data.api_url.clone()).unwrap_or_default();
+            crate::peers::ask(grpc_url, api_url, timeout)
         });
         let answers = futures_util::future::join_all(asks).await;
         let now = Instant::now();
@@ -344,11 +339,8 @@ impl Agent {
                 peer.running = false;
                 continue;
             };
-            let has_data = matches!(status.role(), ha_proto::v1::Role::Primary | ha_proto::v1::Role::Replica)
-                && !status.shutting_down;
-            let answering = status.postgres_state() == ha_proto::v1::PostgresState::Running;
-            peer.running = has_data;
-            peer.lsn = answering.then(|| status.xlog_location.max(status.receive_lsn).max(status.replay_lsn));
+            peer.running = status.has_data && !status.shutting_down;
+            peer.lsn = status.lsn;
             if peer.running && peer.lsn.is_none() {
                 let since = *self.peer_unknown_since.entry(peer.name.clone()).or_insert(now);
                 if now.duration_since(since) > patience {

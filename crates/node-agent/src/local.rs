@@ -33,6 +33,10 @@ impl Local {
     }
 }
 
+/// How long one round of status queries may take: under the 500 ms in which
+/// a health check still trusts an observation.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// Observes every `interval` and publishes each observation.
 pub async fn observe_loop(
     config: Config,
@@ -50,13 +54,13 @@ pub async fn observe_loop(
         let mut status = None;
         if postmaster.state == PostgresState::Running {
             if connection.is_none() {
-                match sql::connect(&config, &socket_dir, port, interval).await {
+                match sql::connect(&config, &socket_dir, port, QUERY_TIMEOUT).await {
                     Ok(conn) => connection = Some(conn),
                     Err(e) => debug!("observer: {e:#}"),
                 }
             }
             if let Some(conn) = connection.as_mut() {
-                match tokio::time::timeout(interval, sql::status(conn)).await {
+                match tokio::time::timeout(QUERY_TIMEOUT, sql::status(conn)).await {
                     Ok(Ok(answer)) => status = Some(answer),
                     Ok(Err(e)) => {
                         debug!("observer: {e:#}");

@@ -346,6 +346,58 @@ impl Postgres {
         self.config.postgresql.pg_ctl_timeout.as_secs().to_string()
     }
 
+    /// Kills what a dead postmaster left behind: its children keep the shared
+    /// memory attached (the next start then refuses, "another server might
+    /// be running") until each notices the death. They are the `postgres`
+    /// processes whose working directory is this data directory. Called only
+    /// when no postmaster runs here.
+    pub async fn kill_orphans(&self) {
+        let Ok(data_dir) = std::fs::canonicalize(&self.data_dir) else { return };
+        let find = || -> Vec<i32> {
+            let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir)
+                        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+                        && crate::observe::is_running(*pid as u32)
+                })
+                .collect()
+        };
+        let orphans = find();
+        if orphans.is_empty() {
+            return;
+        }
+        warn!(?orphans, "killing processes the dead postmaster left behind");
+        for pid in &orphans {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        for _ in 0..50 {
+            if find().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Removes `postmaster.pid` (and the socket's lock file) when the PID in
+    /// it is not a running process.
+    /// PostgreSQL checks the PID with kill(0), which succeeds on a zombie: a
+    /// killed postmaster that nobody reaped yet (PID 1 in some containers)
+    /// would block the restart until it is reaped.
+    fn remove_stale_pid_file(&self) {
+        let socket_lock = self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port));
+        for lock in [self.data_dir.join("postmaster.pid"), socket_lock] {
+            let Ok(text) = std::fs::read_to_string(&lock) else { continue };
+            let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { continue };
+            if !crate::observe::is_running(pid) {
+                info!(pid, lock = %lock.display(), "removing the stale lock file of a dead postmaster");
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+    }
+
     /// Starts the postmaster and waits until it accepts connections.
     pub async fn start(&self) -> anyhow::Result<()> {
         self.start_within(self.config.postgresql.pg_ctl_timeout).await
@@ -353,6 +405,8 @@ impl Postgres {
 
     /// Starts the postmaster, waiting at most `timeout` for it to accept connections.
     pub async fn start_within(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.kill_orphans().await;
+        self.remove_stale_pid_file();
         let log = self.log_file.display().to_string();
         let timeout = timeout.as_secs().max(1).to_string();
         info!(data_dir = %self.data_dir.display(), "starting PostgreSQL");

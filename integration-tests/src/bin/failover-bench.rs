@@ -1,0 +1,127 @@
+//! Failover benchmark: brings up etcd + 3 pgwarden nodes + HAProxy on
+//! loopback (ttl 10, loop_wait 1, retry_timeout 3; the fast HAProxy checks of
+//! deploy/haproxy.cfg), runs a client writing a row every 5 ms through
+//! HAProxy, injects a fault, and reports the write-unavailability window
+//! (last acknowledged write before the fault to the first after), the time to
+//! a new `/primary` 200, and acknowledged rows lost.
+//!
+//!     cargo run -p pgwarden-integration-tests --bin failover-bench -- [REPEATS] [SCENARIO...]
+//!
+//! Scenarios: switchover, postgres-killed, node-lost, agent-stopped. Needs the
+//! workspace's binaries built (`cargo build --workspace --bins`) and root or
+//! the `postgres` user, as the tests do.
+
+use std::time::{Duration, Instant};
+
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+
+struct Run {
+    unavailable: Duration,
+    to_primary: Duration,
+    lost: usize,
+    acked: usize,
+}
+
+async fn run_once(scenario: &str) -> anyhow::Result<Run> {
+    let mut cluster = PgwardenCluster::start(3).await?;
+    cluster.wait_healthy(UP).await?;
+    let (write, read, stats) = (free_port(), free_port(), free_port());
+    let _haproxy =
+        HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
+    let writer = Writer::start(write, SUPERUSER_PASSWORD, "bench", Duration::from_millis(5)).await?;
+    let leader = cluster.wait_primary(UP).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    match scenario {
+        "switchover" => {
+            let request = format!(r#"{{"leader":"{}"}}"#, cluster.nodes[leader].name);
+            cluster.put_key("failover", &request).await?;
+        }
+        "postgres-killed" => {
+            let pid = cluster.nodes[leader].postmaster_pid().ok_or_else(|| anyhow::anyhow!("no postmaster"))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        }
+        "node-lost" => cluster.nodes[leader].kill_node(),
+        "agent-stopped" => {
+            cluster.nodes[leader].stop_agent();
+        }
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+    // The time to a /primary 200 on any node, polled every 10 ms.
+    if scenario == "postgres-killed" {
+        // The old primary must first stop answering 200 (restart in place follows).
+        wait_until("/primary 503", UP, || async {
+            Ok::<_, String>((cluster.nodes[leader].check("/primary") != 200).then_some(()))
+        })
+        .await?;
+    }
+    let primary = wait_until("a primary after the fault", UP, || async {
+        let answers: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match answers.as_slice() {
+            [one] if *one != leader || scenario == "postgres-killed" => Ok(Some(*one)),
+            _ => Err(format!("{answers:?}")),
+        }
+    })
+    .await?;
+    let to_primary = fault.elapsed();
+    // The writer gets through again, then measure.
+    writer.wait_ack_after(fault + to_primary, UP).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = writer.stop().await;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        let times: Vec<String> = report
+            .acked
+            .iter()
+            .filter(|(_, at)| *at > fault)
+            .map(|(id, at)| format!("{id}@{:.3}", at.duration_since(fault).as_secs_f64()))
+            .collect();
+        eprintln!("{scenario}: fault→{:?}; acks: {}", to_primary, times.join(" "));
+    }
+    let lost = missing_rows(cluster.nodes[primary].pg_port, SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
+    Ok(Run { unavailable: report.max_gap_after(fault), to_primary, lost, acked: report.acked.len() })
+}
+
+fn summary(values: &mut [Duration]) -> String {
+    values.sort();
+    let median = values[values.len() / 2];
+    format!(
+        "{:>7.2} s  [{:.2} .. {:.2}]",
+        median.as_secs_f64(),
+        values[0].as_secs_f64(),
+        values[values.len() - 1].as_secs_f64()
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let repeats: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let mut scenarios: Vec<String> = args.collect();
+    if scenarios.is_empty() {
+        scenarios = ["switchover", "postgres-killed", "agent-stopped", "node-lost"].map(String::from).to_vec();
+    }
+    println!(
+        "pgwarden failover benchmark: {repeats} run(s) per scenario, ttl 10, loop_wait 1, retry_timeout 3, fast HAProxy checks"
+    );
+    println!("scenario         write unavailable (median [min..max])   new /primary 200               acked rows lost");
+
+    for scenario in &scenarios {
+        let mut unavailable = Vec::new();
+        let mut to_primary = Vec::new();
+        let (mut lost, mut acked) = (0, 0);
+        for _ in 0..repeats {
+            let run = run_once(scenario).await?;
+            unavailable.push(run.unavailable);
+            to_primary.push(run.to_primary);
+            lost += run.lost;
+            acked += run.acked;
+        }
+        println!("{scenario:<16} {:<38} {:<30} {lost} of {acked}", summary(&mut unavailable), summary(&mut to_primary));
+    }
+    Ok(())
+}
