@@ -213,3 +213,39 @@ async fn pause_blocks_failover_and_resume_restores_it() {
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     setup.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over after resume");
 }
+
+#[tokio::test]
+async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() {
+    // node2 may never lead; node3 is made to lag: nobody may take over.
+    let mut setup = setup(3, |i| if i == 2 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    assert_eq!(leader, 0);
+    let lagging = &setup.cluster.nodes[2];
+    let receiver: i32 =
+        lagging.psql("select pid from pg_stat_wal_receiver").expect("walreceiver pid").parse().expect("a pid");
+    let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), signal);
+    let optime = || async {
+        let status = setup.cluster.get_key("status").await.ok().flatten().unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|json| json["optime"].as_u64()).unwrap_or(0)
+    };
+    let before = optime().await;
+    stop(nix::sys::signal::Signal::SIGSTOP).expect("freeze node3's WAL receiver");
+    // About 8 MB of WAL, beyond the default maximum_lag_on_failover of 1 MB.
+    setup.cluster.nodes[0]
+        .psql("create table filler as select g, repeat('x', 500) as pad from generate_series(1, 15000) g")
+        .expect("write WAL");
+    wait_until("the leader to publish its new position", Duration::from_secs(10), || async {
+        Ok::<_, String>((optime().await > before + (7 << 20)).then_some(()))
+    })
+    .await
+    .expect("status.optime moved by the written WAL");
+    setup.cluster.nodes[0].kill_node();
+    // Longer than the ttl: the key is long gone, and still nobody leads.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    for i in [1, 2] {
+        assert_eq!(setup.cluster.nodes[i].check("/primary"), 503, "{} must not lead", setup.cluster.nodes[i].name);
+    }
+    let reason = setup.cluster.nodes[2].get("/patroni").unwrap_or_default();
+    let _ = stop(nix::sys::signal::Signal::SIGCONT);
+    assert!(reason.contains("behind the last leader"), "node3 says why it does not take over: {reason}");
+}

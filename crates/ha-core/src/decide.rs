@@ -372,7 +372,14 @@ pub fn decide(obs: &Observed) -> Decision {
         (PgRun::Replica { lsn, .. }, None) if is_best_candidate(obs, *lsn) => {
             Decision::act("no leader and I am the best candidate: take the leader key", Action::AcquireLeader)
         }
-        (PgRun::Replica { .. }, None) => Decision::idle("no leader: waiting for a better candidate"),
+        (PgRun::Replica { lsn, .. }, None) => match obs.cluster_optime.map(|optime| optime.saturating_sub(*lsn)) {
+            Some(lag) if lag > obs.maximum_lag_on_failover => Decision::idle(format!(
+                "no leader: not a candidate, {lag} bytes behind the last leader (maximum_lag_on_failover {})",
+                obs.maximum_lag_on_failover
+            )),
+            _ if obs.nofailover || obs.priority == 0 => Decision::idle("no leader: not a candidate (nofailover)"),
+            _ => Decision::idle("no leader: waiting for a better candidate"),
+        },
         // A primary never gets here (it returned above); stay idle if it did.
         (PgRun::Primary { .. }, _) => Decision::idle("running as primary"),
     }
