@@ -167,7 +167,47 @@ pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Answers one health-check path.
+/// The agent's view of etcd is recent: its last successful read is within a ttl.
+fn dcs_reachable(status: &NodeStatus) -> bool {
+    status.dcs_last_seen_unix_ms > 0
+        && status.observed_at_unix_ms - status.dcs_last_seen_unix_ms <= i64::from(status.ttl.max(1)) * 1000
+}
+
+/// `/readiness`: the leader, or a streaming replica within `?lag=` (default
+/// `maximum_lag_on_failover`) by its replayed (`mode=apply`, default) or
+/// received (`mode=write`) position.
+fn is_ready(status: &NodeStatus, query: &BTreeMap<String, String>) -> bool {
+    if status.holds_leader && status.postgres_state() == PostgresState::Running {
+        return true;
+    }
+    if status.postgres_state() != PostgresState::Running || status.replication_state != "streaming" {
+        return false;
+    }
+    let limit = match query.get("lag") {
+        Some(text) => match ha_core::parse_lag(text) {
+            Some(limit) => limit,
+            None => return false,
+        },
+        None => status.maximum_lag_on_failover,
+    };
+    let position =
+        if query.get("mode").map(String::as_str) == Some("write") { status.receive_lsn } else { status.replay_lsn };
+    status.cluster_optime.saturating_sub(position) <= limit
+}
+
+/// `/liveness`: the agent publishes and its HA loop ran within the ttl (twice
+/// the ttl on a replica); always alive while paused, as Patroni.
+fn is_alive(status: &NodeStatus) -> bool {
+    if status.paused {
+        return true;
+    }
+    let ttl_ms = i64::from(status.ttl.max(1)) * 1000;
+    let limit = if status.role() == Role::Primary { ttl_ms } else { 2 * ttl_ms };
+    status.observed_at_unix_ms - status.last_tick_unix_ms <= limit
+}
+
+/// Answers one health-check path from the agent's latest status only: no
+/// query to PostgreSQL or etcd on the request path.
 pub fn answer(
     path: &str,
     query: &BTreeMap<String, String>,
@@ -179,15 +219,23 @@ pub fn answer(
     let code = |ok: bool| if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Some(patroni_json(identity, latest, now));
     let check = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: body.clone() };
+    let bare = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: None };
     match path {
         "/patroni" => Answer { status: StatusCode::OK, body },
         "/" | "/primary" | "/read-write" | "/master" => check(&is_primary),
         "/leader" => check(&|s| s.holds_leader),
+        // pgwarden does not run standby clusters: there is never a standby leader.
+        "/standby-leader" | "/standby_leader" => check(&|_| false),
         "/replica" => check(&|s| is_replica(s, query)),
         "/read-only" => check(&|s| is_primary(s) || is_replica(s, query)),
+        "/sync" | "/synchronous" => check(&|s| dcs_reachable(s) && s.sync_standby && is_replica(s, query)),
+        "/async" | "/asynchronous" => check(&|s| dcs_reachable(s) && !s.sync_standby && is_replica(s, query)),
+        "/read-only-sync" | "/read-only-synchronous" => {
+            check(&|s| is_primary(s) || (dcs_reachable(s) && s.sync_standby && is_replica(s, query)))
+        }
         "/health" => check(&|s| s.postgres_state() == PostgresState::Running && tags_match(s, query)),
-        // The agent is alive and its HA loop publishes (always 200 in pause, as Patroni).
-        "/liveness" => Answer { status: code(status.is_some_and(|s| s.paused) || status.is_some()), body: None },
+        "/liveness" => bare(&is_alive),
+        "/readiness" => bare(&|s| is_ready(s, query)),
         // Every other check, known or not, fails closed.
         _ => Answer { status: StatusCode::SERVICE_UNAVAILABLE, body },
     }
@@ -202,7 +250,16 @@ mod tests {
     }
 
     fn status(state: PostgresState, role: Role) -> NodeStatus {
-        NodeStatus { postgres_state: state as i32, role: role as i32, ..NodeStatus::default() }
+        NodeStatus {
+            postgres_state: state as i32,
+            role: role as i32,
+            ttl: 10,
+            observed_at_unix_ms: 1_000_000,
+            last_tick_unix_ms: 999_000,
+            dcs_last_seen_unix_ms: 999_000,
+            maximum_lag_on_failover: 1 << 20,
+            ..NodeStatus::default()
+        }
     }
 
     fn ask(path: &str, query: &str, latest: &Latest, now: Instant) -> StatusCode {
@@ -261,6 +318,40 @@ mod tests {
         assert_eq!(ask("/replica", "tag_missing=x", &latest, now), StatusCode::SERVICE_UNAVAILABLE);
         let hidden = Some((NodeStatus { noloadbalance: true, ..replica }, now));
         assert_eq!(ask("/replica", "", &hidden, now), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn sync_async_readiness_and_liveness() {
+        let now = Instant::now();
+        let replica = NodeStatus {
+            replication_state: "streaming".into(),
+            replay_lsn: 1000,
+            receive_lsn: 3000,
+            cluster_optime: 3000,
+            ..status(PostgresState::Running, Role::Replica)
+        };
+        let sync = Some((NodeStatus { sync_standby: true, ..replica.clone() }, now));
+        let not_sync = Some((replica.clone(), now));
+        assert_eq!(ask("/sync", "", &sync, now), StatusCode::OK);
+        assert_eq!(ask("/async", "", &sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/async", "", &not_sync, now), StatusCode::OK);
+        assert_eq!(ask("/read-only-sync", "", &sync, now), StatusCode::OK);
+        assert_eq!(ask("/read-only-sync", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        let no_dcs = Some((NodeStatus { dcs_last_seen_unix_ms: 900_000, ..replica.clone() }, now));
+        assert_eq!(ask("/async", "", &no_dcs, now), StatusCode::SERVICE_UNAVAILABLE, "without etcd, 503");
+        assert_eq!(ask("/readiness", "", &not_sync, now), StatusCode::OK);
+        assert_eq!(ask("/readiness", "lag=1kB", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE, "replay lag 2000 B");
+        assert_eq!(ask("/readiness", "lag=1kB&mode=write", &not_sync, now), StatusCode::OK, "receive lag 0");
+        let not_streaming = Some((NodeStatus { replication_state: String::new(), ..replica.clone() }, now));
+        assert_eq!(ask("/readiness", "", &not_streaming, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/liveness", "", &not_sync, now), StatusCode::OK);
+        let stuck = Some((NodeStatus { last_tick_unix_ms: 900_000, ..replica.clone() }, now));
+        assert_eq!(ask("/liveness", "", &stuck, now), StatusCode::SERVICE_UNAVAILABLE, "no tick for 2 ttl");
+        let paused = Some((NodeStatus { last_tick_unix_ms: 900_000, paused: true, ..replica }, now));
+        assert_eq!(ask("/liveness", "", &paused, now), StatusCode::OK, "always alive in pause");
+        for path in ["/standby-leader", "/standby_leader"] {
+            assert_eq!(ask(path, "", &sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod feed;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -72,6 +73,16 @@ async fn from_etcd(path: &str, shared: &Shared) -> Option<checks::Answer> {
 async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     let query = checks::parse_query(request.uri().query());
+    if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        let latest = shared.latest.borrow().clone();
+        let text = metrics::render(&shared.identity, &latest, Instant::now());
+        let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(body))
+            .expect("response parts are valid");
+    }
     let answer = match from_etcd(&path, shared).await {
         Some(answer) => answer,
         None => {

@@ -31,6 +31,12 @@ pub struct HaView {
     pub last_tick_unix_ms: i64,
     pub shutting_down: bool,
     pub paused: bool,
+    pub sync_standby: bool,
+    pub ttl: u32,
+    pub maximum_lag_on_failover: u64,
+    pub tick_duration: Duration,
+    pub etcd_read_duration: Duration,
+    pub dcs_last_seen_unix_ms: i64,
 }
 
 /// The agent's state between ticks.
@@ -52,6 +58,7 @@ pub struct Agent {
     peer_unknown_since: HashMap<String, Instant>,
     /// Since when PostgreSQL has not run as primary while we hold the key.
     primary_down_since: Option<Instant>,
+    last_dcs_seen_unix_ms: i64,
     /// Set between taking the key and the first checkpoint after promotion,
     /// published as `checkpoint_after_promote: false` (rejoining nodes wait).
     checkpoint_pending: bool,
@@ -92,6 +99,7 @@ impl Agent {
             peer_unknown_since: HashMap::new(),
             primary_down_since: None,
             checkpoint_pending: false,
+            last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
             local,
@@ -363,13 +371,18 @@ impl Agent {
 
     /// One tick. Returns whether to tick again at once.
     pub async fn tick(&mut self) -> bool {
+        let started = Instant::now();
         let view = match dcs::read_cluster(&self.etcd, &self.keys).await {
-            Ok(view) => Some(view),
+            Ok(view) => {
+                self.last_dcs_seen_unix_ms = crate::now_unix_ms();
+                Some(view)
+            }
             Err(e) => {
                 warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
                 None
             }
         };
+        let etcd_read_duration = started.elapsed();
         let dynamic = self.dynamic(view.as_ref());
         self.loop_wait = dynamic.loop_wait();
         if view.is_some()
@@ -434,6 +447,15 @@ impl Agent {
             last_tick_unix_ms: crate::now_unix_ms(),
             shutting_down: false,
             paused: dynamic.pause,
+            sync_standby: view
+                .as_ref()
+                .and_then(|v| v.sync.as_ref())
+                .is_some_and(|sync| sync.members().contains(&self.config.name.as_str())),
+            ttl: dynamic.ttl,
+            maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+            tick_duration: started.elapsed(),
+            etcd_read_duration,
+            dcs_last_seen_unix_ms: self.last_dcs_seen_unix_ms,
         });
         again
     }

@@ -126,6 +126,12 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         noloadbalance: config.tags.noloadbalance,
         shutting_down: view.shutting_down,
         paused: view.paused,
+        sync_standby: view.sync_standby,
+        ttl: view.ttl,
+        maximum_lag_on_failover: view.maximum_lag_on_failover,
+        ha_loop_duration_us: view.tick_duration.as_micros() as u64,
+        etcd_read_duration_us: view.etcd_read_duration.as_micros() as u64,
+        dcs_last_seen_unix_ms: view.dcs_last_seen_unix_ms,
     }
 }
 

@@ -1,0 +1,159 @@
+//! `/metrics` in Prometheus' text format, with Patroni's metric names (so
+//! existing dashboards and alerts keep working) and pgwarden's own.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use ha_proto::v1::{PostgresState, Role};
+
+use crate::checks::{FRESH_FOR, Identity};
+use crate::feed::Latest;
+
+/// Patroni's zero-padded version number: 0.1.0 -> 000100.
+fn version_number(version: &str) -> u64 {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let (major, minor, patch) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    major * 10_000 + minor * 100 + patch
+}
+
+pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
+    let labels = format!(r#"scope="{}",name="{}""#, escape(&identity.scope), escape(&identity.name));
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}");
+    };
+    let status = latest.as_ref().filter(|(_, at)| now.saturating_duration_since(*at) <= FRESH_FOR).map(|(s, _)| s);
+    let age = latest.as_ref().map_or(f64::INFINITY, |(_, at)| now.saturating_duration_since(*at).as_secs_f64());
+    metric(
+        "patroni_version",
+        "gauge",
+        "Version of the agent (Patroni's zero-padded form).",
+        version_number(env!("CARGO_PKG_VERSION")) as f64,
+    );
+    metric("pgwarden_agent_status_age_seconds", "gauge", "Seconds since the last status from the agent.", age);
+    let Some(s) = status else {
+        metric("patroni_postgres_running", "gauge", "1 if PostgreSQL is running (unknown: 0).", 0.0);
+        return out;
+    };
+    let running = s.postgres_state() == PostgresState::Running;
+    let primary = running && s.role() == Role::Primary && s.holds_leader;
+    let replica = running && s.role() == Role::Replica;
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    metric("patroni_postgres_running", "gauge", "1 if PostgreSQL is running.", flag(running));
+    metric("patroni_primary", "gauge", "1 if this node is the running primary holding the leader key.", flag(primary));
+    metric("patroni_replica", "gauge", "1 if this node is a running replica.", flag(replica));
+    metric("patroni_standby_leader", "gauge", "1 if this node is a standby leader.", 0.0);
+    metric(
+        "patroni_sync_standby",
+        "gauge",
+        "1 if this node is a synchronous standby.",
+        flag(replica && s.sync_standby),
+    );
+    metric(
+        "patroni_xlog_location",
+        "counter",
+        "Current WAL position of the primary, in bytes.",
+        if primary { s.xlog_location as f64 } else { 0.0 },
+    );
+    metric(
+        "patroni_xlog_received_location",
+        "counter",
+        "WAL received by this replica, in bytes.",
+        if replica { s.receive_lsn as f64 } else { 0.0 },
+    );
+    metric(
+        "patroni_xlog_replayed_location",
+        "counter",
+        "WAL replayed by this replica, in bytes.",
+        if replica { s.replay_lsn as f64 } else { 0.0 },
+    );
+    metric("patroni_xlog_paused", "gauge", "1 if WAL replay is paused.", 0.0);
+    metric(
+        "patroni_postgres_streaming",
+        "gauge",
+        "1 if this replica streams WAL.",
+        flag(replica && s.replication_state == "streaming"),
+    );
+    metric(
+        "patroni_postgres_in_archive_recovery",
+        "gauge",
+        "1 if this replica recovers without streaming.",
+        flag(replica && s.replication_state != "streaming"),
+    );
+    metric("patroni_postgres_server_version", "gauge", "PostgreSQL's version number.", f64::from(s.server_version));
+    metric("patroni_postgres_timeline", "counter", "PostgreSQL's timeline.", s.timeline as f64);
+    metric("patroni_cluster_unlocked", "gauge", "1 if no member holds the leader key.", flag(s.leader.is_empty()));
+    metric(
+        "patroni_dcs_last_seen",
+        "gauge",
+        "Unix time of the last successful etcd read.",
+        (s.dcs_last_seen_unix_ms / 1000) as f64,
+    );
+    metric("patroni_is_paused", "gauge", "1 if the cluster is paused.", flag(s.paused));
+    metric("patroni_pending_restart", "gauge", "1 if PostgreSQL needs a restart for a changed parameter.", 0.0);
+    let lease_left = if s.holds_leader && s.leader_deadline_boot_ns > 0 {
+        let now_ns = now_boot_ns();
+        (s.leader_deadline_boot_ns.saturating_sub(now_ns)) as f64 / 1e9
+    } else {
+        0.0
+    };
+    metric(
+        "pgwarden_leader_lease_seconds_left",
+        "gauge",
+        "Seconds until the leader key's local deadline (0 when not leader).",
+        lease_left,
+    );
+    metric(
+        "pgwarden_ha_loop_duration_seconds",
+        "gauge",
+        "Duration of the HA loop's last tick.",
+        s.ha_loop_duration_us as f64 / 1e6,
+    );
+    metric(
+        "pgwarden_etcd_read_duration_seconds",
+        "gauge",
+        "Duration of the HA loop's last etcd read.",
+        s.etcd_read_duration_us as f64 / 1e6,
+    );
+    out
+}
+
+/// Now on CLOCK_BOOTTIME, the clock the agent's deadlines use.
+fn now_boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha_proto::v1::NodeStatus;
+
+    #[test]
+    fn renders_patronis_names() {
+        let identity = Identity { scope: "batman".into(), name: "pg0".into() };
+        let now = Instant::now();
+        let status = NodeStatus {
+            postgres_state: PostgresState::Running as i32,
+            role: Role::Primary as i32,
+            holds_leader: true,
+            leader: "pg0".into(),
+            xlog_location: 1234,
+            timeline: 3,
+            ..NodeStatus::default()
+        };
+        let text = render(&identity, &Some((status, now)), now);
+        assert!(text.contains(r#"patroni_primary{scope="batman",name="pg0"} 1"#), "{text}");
+        assert!(text.contains(r#"patroni_xlog_location{scope="batman",name="pg0"} 1234"#), "{text}");
+        assert!(text.contains(r#"patroni_postgres_timeline{scope="batman",name="pg0"} 3"#), "{text}");
+        assert!(text.contains("# TYPE patroni_replica gauge"));
+        let unknown = render(&identity, &None, now);
+        assert!(unknown.contains(r#"patroni_postgres_running{scope="batman",name="pg0"} 0"#), "{unknown}");
+        assert!(!unknown.contains("patroni_primary"));
+        assert_eq!(version_number("4.1.0"), 40100);
+    }
+}
