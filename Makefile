@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover
+.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover bench-health
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,3 +39,6 @@ demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 
 bench-failover: build ## Measure write unavailability per fault (3 runs each; REPEATS=n to change)
 	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- $${REPEATS:-3}
+
+bench-health: ## GET /primary latency and requests/s on one core (wrk, 10 s; needs `make demo` running)
+	@./scripts/bench-health.sh
