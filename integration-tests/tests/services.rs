@@ -29,6 +29,7 @@ async fn agent_health_controller_and_cli_work_together() {
     let mut cluster = PgwardenCluster::start(1).await.expect("start a one-node cluster");
     cluster.wait_healthy(Duration::from_secs(60)).await.expect("the node leads");
     let node = &mut cluster.nodes[0];
+    let pg_port = node.pg_port;
     let config = node.config_path().display().to_string();
 
     let (ok, stdout, stderr) = run("pgwarden-agent", &["--validate-config", &config], &[]).expect("validate");
@@ -92,6 +93,14 @@ async fn agent_health_controller_and_cli_work_together() {
     let body = health(node.rest_port, "/patroni", 200, Duration::from_secs(1)).await;
     assert!(body.contains("agent"), "/patroni says why: {body}");
 
+    // Without a controller the CLI reads etcd directly.
+    let (ok, stdout, stderr) =
+        run("pgwardenctl", &["-c", &config, "-v", "list", "-f", "json"], &[]).expect("list json");
+    assert!(ok && stderr.contains("from etcd"), "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&stdout).expect("list -f json is JSON");
+    assert_eq!(rows[0]["Member"], "node1");
+    assert_eq!(rows[0]["Role"], "Leader");
+
     // The controller and the CLI read the cluster from etcd.
     let dir = TestDir::new("controller");
     let _controller = spawn("pgwarden-controller", &[&config], &dir, "controller").expect("start controller");
@@ -122,8 +131,22 @@ async fn agent_health_controller_and_cli_work_together() {
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with(&format!("+ Cluster: itest ({sysid}) ")), "{stdout}");
     assert!(stdout.contains("| node1  |") && stdout.contains("| Leader |"), "{stdout}");
-    let (ok, stdout, _) = run("pgwardenctl", &["list"], &[("PATRONICTL_CONFIG_FILE", &config)]).expect("list via env");
+    let (ok, stdout, stderr) =
+        run("pgwardenctl", &["-v", "list"], &[("PATRONICTL_CONFIG_FILE", &config)]).expect("list via env");
     assert!(ok && stdout.contains("node1"), "PATRONICTL_CONFIG_FILE is honoured: {stdout}");
+    assert!(stderr.contains("from controller"), "with a controller, the CLI asks it: {stderr}");
+    let (ok, stdout, _) = run("pgwardenctl", &["-c", &config, "list", "-f", "yaml"], &[]).expect("list yaml");
+    assert!(ok && stdout.contains("Member: node1"), "{stdout}");
+    let (ok, stdout, _) = run("pgwardenctl", &["-c", &config, "topology"], &[]).expect("topology");
+    assert!(ok && stdout.contains("| node1"), "{stdout}");
+    let (ok, stdout, _) = run("pgwardenctl", &["-c", &config, "dsn"], &[]).expect("dsn");
+    assert!(ok && stdout.trim() == format!("host=127.0.0.1 port={pg_port}"), "{stdout}");
+    let (ok, stdout, _) = run("pgwardenctl", &["-c", &config, "show-config"], &[]).expect("show-config");
+    assert!(ok && stdout.contains("ttl: 10") && stdout.contains("loop_wait: 1"), "{stdout}");
+    let (ok, stdout, _) = run("pgwardenctl", &["-c", &config, "history", "-f", "json"], &[]).expect("history");
+    assert!(ok && stdout.trim().starts_with('['), "{stdout}");
+    let (ok, _, stderr) = run("pgwardenctl", &["-c", &config, "dsn", "-m", "nobody"], &[]).expect("dsn nobody");
+    assert!(!ok && stderr.contains("nobody is not a member"), "{stderr}");
 }
 
 #[tokio::test]

@@ -1,15 +1,17 @@
 //! `pgwardenctl`: the operator's command line, compatible with `patronictl`'s
 //! config lookup (`-c`, `PATRONICTL_CONFIG_FILE`, `~/.config/patroni/patronictl.yaml`)
-//! and output. Reads go straight to etcd, as `patronictl` does; it changes
-//! nothing without a command that says so.
+//! and output. It reads the cluster from the active controller over gRPC and
+//! falls back to etcd directly when no controller answers; it changes nothing
+//! without a command that says so.
 
+mod source;
 mod table;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use dcs::{ClusterView, EtcdSettings, Keys};
-use pgwarden_config::Purpose;
+use clap::{Parser, Subcommand, ValueEnum};
+use pgwarden_config::{Config, Purpose};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgwardenctl", version, about = "Operate a pgwarden (or Patroni) cluster")]
@@ -17,8 +19,19 @@ pub struct Cli {
     /// Config file (Patroni format); default: $PATRONICTL_CONFIG_FILE, then ~/.config/patroni/patronictl.yaml.
     #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE", global = true)]
     pub config_file: Option<PathBuf>,
+    /// Say on stderr where the cluster was read from (the controller or etcd).
+    #[arg(short = 'v', long = "verbose", global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Pretty,
+    Json,
+    Yaml,
+    Tsv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -27,6 +40,30 @@ pub enum Command {
     List {
         /// Cluster name; default: the config's scope.
         cluster: Option<String>,
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(short = 'W')]
+        watch_default: bool,
+        /// Refresh every N seconds until interrupted.
+        #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
+    /// The members table with replicas indented under the member they stream from.
+    Topology { cluster: Option<String> },
+    /// Timeline history: TL | LSN | Reason | Timestamp | New Leader.
+    History {
+        cluster: Option<String>,
+        #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
+        format: Format,
+    },
+    /// The dynamic configuration (the `config` key) as YAML.
+    ShowConfig { cluster: Option<String> },
+    /// A libpq connection string for a member (default: the leader).
+    Dsn {
+        cluster: Option<String>,
+        #[arg(short = 'm', long = "member")]
+        member: Option<String>,
     },
 }
 
@@ -35,24 +72,64 @@ fn default_config_file() -> Option<PathBuf> {
     Some(PathBuf::from(home).join(".config/patroni/patronictl.yaml"))
 }
 
+async fn read(config: &Config, cluster: Option<String>, verbose: bool) -> anyhow::Result<source::Snapshot> {
+    let scope = cluster.unwrap_or_else(|| config.scope.clone());
+    let snapshot = source::read(config, &scope).await?;
+    if verbose {
+        eprintln!("read cluster {scope} from {}", snapshot.from);
+    }
+    Ok(snapshot)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let path = cli.config_file.clone().or_else(default_config_file);
     let loaded = pgwarden_config::load(path.as_deref(), Purpose::Ctl)?;
     let config = loaded.config;
     match cli.command {
-        Command::List { cluster } => {
-            let scope = cluster.unwrap_or_else(|| config.scope.clone());
-            let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
-            let etcd = dcs::connect(&EtcdSettings::from_config(&config.etcd, timeout)).await?;
-            let keys = Keys::new(&config.namespace, &scope);
-            let view: ClusterView = dcs::read_cluster(&etcd, &keys).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read cluster {scope} from etcd at {}: {}; check that etcd runs and that the config's etcd3.hosts lists it",
-                    config.etcd.endpoints.join(","),
-                    dcs::describe_error(&e)
-                )
-            })?;
-            print!("{}", table::members_table(&scope, &view));
+        Command::List { cluster, format, watch_default, watch } => {
+            let interval = watch.or(watch_default.then_some(2.0)).map(Duration::from_secs_f64);
+            loop {
+                let snapshot = read(&config, cluster.clone(), cli.verbose).await?;
+                if interval.is_some() {
+                    // Clear the screen and home the cursor, as `watch` does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", table::render_list(&snapshot, format)?);
+                match interval {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => return Ok(()),
+                }
+            }
+        }
+        Command::Topology { cluster } => {
+            let snapshot = read(&config, cluster, cli.verbose).await?;
+            print!("{}", table::members_table(&snapshot.scope, &snapshot.view, true));
+            Ok(())
+        }
+        Command::History { cluster, format } => {
+            let snapshot = read(&config, cluster, cli.verbose).await?;
+            print!("{}", table::render_history(&snapshot, format)?);
+            Ok(())
+        }
+        Command::ShowConfig { cluster } => {
+            let snapshot = read(&config, cluster, cli.verbose).await?;
+            let value = snapshot.view.config.map(|(json, _)| json).unwrap_or(serde_json::Value::Null);
+            print!("{}", serde_saphyr::to_string(&value)?);
+            Ok(())
+        }
+        Command::Dsn { cluster, member } => {
+            let snapshot = read(&config, cluster, cli.verbose).await?;
+            let name = match member.or_else(|| snapshot.view.leader.as_ref().map(|l| l.name.clone())) {
+                Some(name) => name,
+                None => anyhow::bail!("the cluster has no leader: name a member with -m"),
+            };
+            let entry = snapshot
+                .view
+                .member(&name)
+                .ok_or_else(|| anyhow::anyhow!("{name} is not a member of cluster {}", snapshot.scope))?;
+            let (host, port) =
+                entry.data.host_port().ok_or_else(|| anyhow::anyhow!("{name} advertises no PostgreSQL address"))?;
+            println!("host={host} port={port}");
             Ok(())
         }
     }

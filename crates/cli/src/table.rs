@@ -3,6 +3,9 @@
 
 use dcs::ClusterView;
 
+use crate::Format;
+use crate::source::Snapshot;
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn title_case(role: &str) -> String {
@@ -15,13 +18,19 @@ fn title_case(role: &str) -> String {
         .join(" ")
 }
 
-/// Renders the table; members sorted by name.
-pub fn members_table(scope: &str, view: &ClusterView) -> String {
-    let sysid = match view.initialize.as_deref() {
+const HEADER: [&str; 6] = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
+
+/// The system identifier as the table's title shows it.
+fn sysid(view: &ClusterView) -> String {
+    match view.initialize.as_deref() {
         None => "uninitialized".to_string(),
         Some("") => "initializing".to_string(),
         Some(id) => id.to_string(),
-    };
+    }
+}
+
+/// One row per member, sorted by name, in the table's columns.
+pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
     let sync: Vec<&str> = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
     let optime = view.status.as_ref().map(|s| s.optime);
@@ -29,8 +38,7 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
     let hosts: Vec<&str> = addresses.iter().flatten().map(|(h, _)| h.as_str()).collect();
     let show_ports = addresses.iter().flatten().any(|(_, p)| *p != 5432)
         || hosts.iter().enumerate().any(|(i, h)| hosts[..i].contains(h));
-    let header = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
-    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut rows: Vec<(bool, [String; 6])> = Vec::new();
     for (member, address) in view.members.iter().zip(&addresses) {
         let host = match address {
             Some((h, p)) if show_ports => format!("{h}:{p}"),
@@ -58,16 +66,25 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
         } else {
             let position = member.data.replay_lsn.or(member.data.xlog_location);
             match (optime, position) {
-                (Some(optime), Some(position)) => {
-                    format!("{:.0}", optime.saturating_sub(position) as f64 / MIB)
-                }
+                (Some(optime), Some(position)) => format!("{:.0}", optime.saturating_sub(position) as f64 / MIB),
                 _ => "unknown".into(),
             }
         };
-        rows.push([member.name.clone(), host, role, state, timeline, lag]);
+        let name =
+            if topology && !is_leader && leader.is_some() { format!("+ {}", member.name) } else { member.name.clone() };
+        rows.push((is_leader, [name, host, role, state, timeline, lag]));
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    if topology {
+        // The leader first, its replicas indented below it.
+        rows.sort_by_key(|(is_leader, _)| !*is_leader);
+    }
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// A bordered table with a title in its top rule, as patronictl draws it.
+fn draw(title: &str, header: &[&str], rows: &[Vec<String>], numeric_from: usize) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -91,8 +108,7 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
     let row_line = |cells: &[String]| {
         let mut line = String::from("|");
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            let numeric = i >= 4;
-            if numeric {
+            if i >= numeric_from {
                 line.push_str(&format!(" {cell:>w$} |"));
             } else {
                 line.push_str(&format!(" {cell:<w$} |"));
@@ -100,17 +116,103 @@ pub fn members_table(scope: &str, view: &ClusterView) -> String {
         }
         line + "\n"
     };
-    let mut out = rule(Some(&format!("Cluster: {scope} ({sysid})")));
-    out.push_str(&row_line(&header.map(String::from)));
+    let mut out = rule(Some(title));
+    out.push_str(&row_line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
     out.push_str(&rule(None));
-    for row in &rows {
+    for row in rows {
         out.push_str(&row_line(row));
     }
     out.push_str(&rule(None));
+    out
+}
+
+/// Renders the members table; members sorted by name (`topology`: the leader
+/// first, replicas indented).
+pub fn members_table(scope: &str, view: &ClusterView, topology: bool) -> String {
+    let rows: Vec<Vec<String>> = rows(view, topology).into_iter().map(|r| r.to_vec()).collect();
+    let mut out = draw(&format!("Cluster: {scope} ({})", sysid(view)), &HEADER, &rows, 4);
     if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true)) {
         out.push_str(" Maintenance mode: on\n");
     }
     out
+}
+
+/// `list` in the chosen format; json/yaml/tsv carry the same columns plus `Cluster`.
+pub fn render_list(snapshot: &Snapshot, format: Format) -> anyhow::Result<String> {
+    let rows = rows(&snapshot.view, false);
+    let records: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            let mut record = serde_json::Map::new();
+            record.insert("Cluster".into(), snapshot.scope.clone().into());
+            for (key, value) in HEADER.iter().zip(row) {
+                let value = match *key {
+                    "TL" | "Lag in MB" => {
+                        value.parse::<u64>().map_or_else(|_| serde_json::Value::from(value.clone()), Into::into)
+                    }
+                    _ => value.clone().into(),
+                };
+                record.insert((*key).to_string(), value);
+            }
+            serde_json::Value::Object(record)
+        })
+        .collect();
+    Ok(match format {
+        Format::Pretty => members_table(&snapshot.scope, &snapshot.view, false),
+        Format::Json => format!("{}\n", serde_json::to_string(&records)?),
+        Format::Yaml => serde_saphyr::to_string(&records)?,
+        Format::Tsv => {
+            let mut out = format!("Cluster\t{}\n", HEADER.join("\t"));
+            for row in &rows {
+                out.push_str(&format!("{}\t{}\n", snapshot.scope, row.join("\t")));
+            }
+            out
+        }
+    })
+}
+
+/// `history`: TL | LSN | Reason | Timestamp | New Leader.
+pub fn render_history(snapshot: &Snapshot, format: Format) -> anyhow::Result<String> {
+    let header = ["TL", "LSN", "Reason", "Timestamp", "New Leader"];
+    let rows: Vec<Vec<String>> = snapshot
+        .view
+        .history
+        .iter()
+        .map(|h| {
+            vec![
+                h.0.to_string(),
+                ha_core::Lsn(h.1).to_string(),
+                h.2.clone(),
+                h.3.clone().unwrap_or_default(),
+                h.4.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(match format {
+        Format::Pretty => draw(&format!("Cluster: {} history", snapshot.scope), &header, &rows, 99),
+        Format::Json | Format::Yaml => {
+            let records: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    serde_json::Value::Object(
+                        header.iter().map(|h| h.to_string()).zip(row.iter().map(|v| v.clone().into())).collect(),
+                    )
+                })
+                .collect();
+            if matches!(format, Format::Json) {
+                format!("{}\n", serde_json::to_string(&records)?)
+            } else {
+                serde_saphyr::to_string(&records)?
+            }
+        }
+        Format::Tsv => {
+            let mut out = format!("{}\n", header.join("\t"));
+            for row in &rows {
+                out.push_str(&format!("{}\n", row.join("\t")));
+            }
+            out
+        }
+    })
 }
 
 #[cfg(test)]
@@ -145,7 +247,7 @@ mod tests {
             status: Some(Status { optime: 50 << 20, ..Status::default() }),
             ..ClusterView::default()
         };
-        let table = members_table("batman", &view);
+        let table = members_table("batman", &view, false);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("+ Cluster: batman (7277694203142172922) "), "{table}");
         assert!(lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"), "{table}");
@@ -155,7 +257,7 @@ mod tests {
 
     #[test]
     fn names_an_uninitialised_cluster() {
-        let table = members_table("empty", &ClusterView::default());
+        let table = members_table("empty", &ClusterView::default(), false);
         assert!(table.starts_with("+ Cluster: empty (uninitialized) "), "{table}");
     }
 }

@@ -37,6 +37,9 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
             xlog_location: entry.data.xlog_location,
             is_leader: entry.name == leader,
             tags_json: serde_json::Value::Object(entry.data.tags.clone()).to_string(),
+            replication_state: entry.data.replication_state.clone().unwrap_or_default(),
+            receive_lsn: entry.data.receive_lsn,
+            replay_lsn: entry.data.replay_lsn,
         })
         .collect();
     ListMembersResponse {
@@ -44,6 +47,18 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
         system_identifier: view.initialize.clone().unwrap_or_default(),
         leader,
         members,
+        optime: view.status.as_ref().map_or(0, |s| s.optime),
+        sync_standbys: view
+            .sync
+            .as_ref()
+            .map(|s| s.members().into_iter().map(String::from).collect())
+            .unwrap_or_default(),
+        paused: view
+            .config
+            .as_ref()
+            .is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true)),
+        history_json: serde_json::to_string(&view.history).unwrap_or_default(),
+        config_json: view.config.as_ref().map(|(c, _)| c.to_string()).unwrap_or_default(),
     }
 }
 

@@ -1,0 +1,89 @@
+//! Where the CLI reads the cluster: the active controller over gRPC, or etcd
+//! directly when no controller answers (as `patronictl` always does).
+
+use std::time::Duration;
+
+use dcs::{ClusterView, EtcdSettings, Keys, LeaderView, MemberData, MemberEntry, Status, SyncState};
+use ha_proto::v1::ListMembersRequest;
+use ha_proto::v1::controller_client::ControllerClient;
+use pgwarden_config::Config;
+
+/// The cluster as read, and from where.
+pub struct Snapshot {
+    pub scope: String,
+    pub view: ClusterView,
+    /// `controller <url>` or `etcd`.
+    pub from: String,
+}
+
+async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
+    if scope != config.scope {
+        return None;
+    }
+    let url = format!("http://{}", config.pgwarden.controller_grpc_connect_address);
+    let ask = async {
+        let mut client = ControllerClient::connect(url.clone()).await.ok()?;
+        client.list_members(ListMembersRequest {}).await.ok().map(tonic::Response::into_inner)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()?;
+    let members = response
+        .members
+        .iter()
+        .map(|m| MemberEntry {
+            name: m.name.clone(),
+            lease: 0,
+            data: MemberData {
+                conn_url: m.conn_url.clone(),
+                api_url: m.api_url.clone(),
+                state: m.state.clone(),
+                role: m.role.clone(),
+                xlog_location: m.xlog_location,
+                timeline: (m.timeline > 0).then_some(m.timeline),
+                receive_lsn: m.receive_lsn,
+                replay_lsn: m.replay_lsn,
+                replication_state: (!m.replication_state.is_empty()).then(|| m.replication_state.clone()),
+                tags: serde_json::from_str(&m.tags_json).unwrap_or_default(),
+                grpc_url: (!m.grpc_url.is_empty()).then(|| m.grpc_url.clone()),
+                ..MemberData::default()
+            },
+        })
+        .collect();
+    let config_json: Option<serde_json::Value> = serde_json::from_str(&response.config_json).ok();
+    let view = ClusterView {
+        initialize: (!response.system_identifier.is_empty()).then(|| response.system_identifier.clone()),
+        leader: (!response.leader.is_empty()).then(|| LeaderView {
+            name: response.leader.clone(),
+            lease: 0,
+            mod_revision: 0,
+        }),
+        members,
+        status: (response.optime > 0).then(|| Status { optime: response.optime, ..Status::default() }),
+        sync: (!response.sync_standbys.is_empty()).then(|| SyncState {
+            leader: None,
+            sync_standby: Some(response.sync_standbys.join(",")),
+            quorum: None,
+        }),
+        history: serde_json::from_str(&response.history_json).unwrap_or_default(),
+        config: config_json.map(|json| (json, 0)),
+        ..ClusterView::default()
+    };
+    Some(Snapshot { scope: response.scope, view, from: format!("controller {url}") })
+}
+
+/// Reads the cluster: the controller first, then etcd.
+pub async fn read(config: &Config, scope: &str) -> anyhow::Result<Snapshot> {
+    if let Some(snapshot) = from_controller(config, scope).await {
+        return Ok(snapshot);
+    }
+    let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
+    let etcd = dcs::connect(&EtcdSettings::from_config(&config.etcd, timeout)).await?;
+    let keys = Keys::new(&config.namespace, scope);
+    let view = dcs::read_cluster(&etcd, &keys).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read cluster {scope} from etcd at {}: {}; check that etcd runs and that the config's etcd3.hosts lists it",
+            config.etcd.endpoints.join(","),
+            dcs::describe_error(&e)
+        )
+    })?;
+    Ok(Snapshot { scope: scope.to_string(), view, from: "etcd".into() })
+}
