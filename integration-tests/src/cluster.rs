@@ -64,6 +64,17 @@ impl Node {
         self.agent.take().is_some_and(|mut agent| agent.terminate(Duration::from_secs(60)))
     }
 
+    /// Sends a signal to the agent (SIGSTOP freezes it, SIGCONT thaws it).
+    pub fn signal_agent(&self, signal: nix::sys::signal::Signal) {
+        if let Some(agent) = &self.agent {
+            agent.signal(signal);
+        }
+    }
+
+    pub fn health_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("health.log")).unwrap_or_default()
+    }
+
     /// Kills the health API at once (SIGKILL).
     pub fn kill_health(&mut self) {
         if let Some(mut health) = self.health.take() {

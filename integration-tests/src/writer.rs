@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 pub struct WriterReport {
     /// Acknowledged ids with the time of their acknowledgement.
     pub acked: Vec<(i64, Instant)>,
+    /// The wall-clock time of the last acknowledgement.
+    pub last_ack_wall: Option<std::time::SystemTime>,
     pub failed_attempts: u64,
 }
 
@@ -97,6 +99,7 @@ impl Writer {
                     Ok(Ok(_)) => {
                         let now = Instant::now();
                         report.acked.push((next_id, now));
+                        report.last_ack_wall = Some(std::time::SystemTime::now());
                         *last.lock().expect("ack time") = Some(now);
                         next_id += 1;
                     }

@@ -249,3 +249,51 @@ async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() 
     let _ = stop(nix::sys::signal::Signal::SIGCONT);
     assert!(reason.contains("behind the last leader"), "node3 says why it does not take over: {reason}");
 }
+
+#[tokio::test]
+async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
+    let setup = setup(3, |_| String::new()).await;
+    let cluster = &setup.cluster;
+    let leader = cluster.wait_primary(UP).await.expect("a primary");
+    // A client writing straight to the old primary, not through HAProxy: it
+    // sees every write the old primary accepts.
+    let direct = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "direct", Duration::from_millis(5))
+        .await
+        .expect("start a direct writer");
+    direct.wait_ack_after(Instant::now(), UP).await.expect("writes to the old primary");
+    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_until("a replica to take over", UP, || async {
+        let primaries: Vec<usize> =
+            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("failover");
+    let report = direct.stop().await;
+    // The new timeline's history file is written by the promotion, before
+    // the new primary accepts a write.
+    let promoted: f64 = cluster.nodes[new_leader]
+        .psql("select extract(epoch from modification) from pg_stat_file('pg_wal/00000002.history')")
+        .expect("promotion time")
+        .parse()
+        .expect("epoch seconds");
+    let last_old_write = report
+        .last_ack_wall
+        .expect("the old primary accepted writes")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    println!("frozen agent: last write on the old primary {:.3} s before the promotion", promoted - last_old_write);
+    assert!(last_old_write < promoted, "the old primary accepted a write after the promotion: two writers");
+    assert!(cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
+    assert!(
+        cluster.nodes[leader].postmaster_pid().is_none_or(|pid| !pgwarden_integration_tests::process::is_running(pid))
+    );
+    // Thawed, the old agent finds its key gone and rejoins as a replica.
+    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+}

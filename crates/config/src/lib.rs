@@ -262,6 +262,9 @@ pub struct Pgwarden {
     pub fence_margin: Duration,
     /// Timeout of one etcd request; default: a third of `retry_timeout`.
     pub etcd_request_timeout: Option<Duration>,
+    /// The agent takes the leader key only while the fencer in
+    /// pgwarden-health acknowledges (default true).
+    pub require_fencer: bool,
 }
 
 pub const AGENT_GRPC_PORT_OFFSET: u16 = 1000;
@@ -697,6 +700,7 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
         advertised(r, "pgwarden.controller_grpc_connect_address", &controller_grpc_listen);
     let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
     let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
+    let require_fencer = r.bool("pgwarden.require_fencer", true);
     Some(Pgwarden {
         agent_grpc_listen: agent_grpc_listen?,
         agent_grpc_connect_address: agent_grpc_connect_address?,
@@ -704,6 +708,7 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
         controller_grpc_connect_address: controller_grpc_connect_address?,
         fence_margin: Duration::from_secs_f64(fence_margin),
         etcd_request_timeout,
+        require_fencer,
     })
 }
 

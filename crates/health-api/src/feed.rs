@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ha_proto::v1::node_agent_client::NodeAgentClient;
-use ha_proto::v1::{NodeStatus, WatchStatusRequest};
+use ha_proto::v1::{FencerAck, NodeStatus, WatchStatusRequest};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -12,11 +12,17 @@ use tracing::{info, warn};
 pub type Latest = Option<(NodeStatus, Instant)>;
 
 /// Connects to the agent at `url` and publishes every status it streams,
-/// reconnecting after a failure.
-pub async fn follow_agent(url: String, tx: watch::Sender<Latest>) {
+/// reconnecting after a failure. While connected, it acknowledges the fencer
+/// to the agent every 250 ms (the agent leads only while acknowledged).
+pub async fn follow_agent(
+    url: String,
+    tx: watch::Sender<Latest>,
+    member: String,
+    fencer: watch::Receiver<crate::fencer::FencerState>,
+) {
     let mut connected = false;
     loop {
-        match stream_once(&url, &tx, &mut connected).await {
+        match stream_once(&url, &tx, &mut connected, &member, &fencer).await {
             Ok(()) => warn!(%url, "the agent closed its status stream"),
             Err(e) if connected => warn!(%url, "lost the agent's status stream: {e}"),
             Err(_) => {}
@@ -26,7 +32,13 @@ pub async fn follow_agent(url: String, tx: watch::Sender<Latest>) {
     }
 }
 
-async fn stream_once(url: &str, tx: &watch::Sender<Latest>, connected: &mut bool) -> Result<(), tonic::Status> {
+async fn stream_once(
+    url: &str,
+    tx: &watch::Sender<Latest>,
+    connected: &mut bool,
+    member: &str,
+    fencer: &watch::Receiver<crate::fencer::FencerState>,
+) -> Result<(), tonic::Status> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(1));
@@ -35,8 +47,25 @@ async fn stream_once(url: &str, tx: &watch::Sender<Latest>, connected: &mut bool
     let mut stream = client.watch_status(WatchStatusRequest {}).await?.into_inner();
     info!(%url, "following the agent's status stream");
     *connected = true;
-    while let Some(status) = stream.message().await? {
-        tx.send_replace(Some((status, Instant::now())));
+    let mut ack_client = client.clone();
+    let (member, fencer) = (member.to_string(), fencer.clone());
+    let acks = tokio::spawn(async move {
+        loop {
+            let armed_deadline_boot_ns = fencer.borrow().armed_deadline_ns();
+            let ack = FencerAck { member: member.clone(), armed_deadline_boot_ns };
+            if let Err(e) = ack_client.acknowledge_fencer(ack).await {
+                warn!("failed to acknowledge the fencer to the agent: {}", e.message());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let result = async {
+        while let Some(status) = stream.message().await? {
+            tx.send_replace(Some((status, Instant::now())));
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    acks.abort();
+    result
 }

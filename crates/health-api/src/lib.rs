@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod cluster;
 pub mod feed;
+pub mod fencer;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -40,6 +41,7 @@ struct Shared {
     identity: Identity,
     latest: watch::Receiver<Latest>,
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
+    fencer: watch::Receiver<fencer::FencerState>,
 }
 
 /// `/cluster`, `/history` and `/config` read etcd; the checks do not.
@@ -75,7 +77,15 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
     let query = checks::parse_query(request.uri().query());
     if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         let latest = shared.latest.borrow().clone();
-        let text = metrics::render(&shared.identity, &latest, Instant::now());
+        let mut text = metrics::render(&shared.identity, &latest, Instant::now());
+        let state = *shared.fencer.borrow();
+        text.push_str(&format!(
+            "# HELP pgwarden_fencer_state The fencer: 0 disarmed, 1 armed (guarding a primary), 2 fenced.\n\
+             # TYPE pgwarden_fencer_state gauge\npgwarden_fencer_state{{scope=\"{}\",name=\"{}\"}} {}\n",
+            shared.identity.scope,
+            shared.identity.name,
+            state.gauge()
+        ));
         let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
         return Response::builder()
             .status(StatusCode::OK)
@@ -115,12 +125,15 @@ pub async fn run(
     identity: Identity,
     agent_url: String,
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
+    fencer_settings: Option<fencer::FencerSettings>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
-    let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx));
-    let shared = Arc::new(Shared { identity, latest: rx, etcd });
+    let (fencer_tx, fencer_rx) = watch::channel(fencer::FencerState::Disarmed);
+    let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
+    let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone()));
+    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx });
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
     loop {
@@ -148,6 +161,9 @@ pub async fn run(
         });
     }
     follower.abort();
+    if let Some(task) = fencer_task {
+        task.abort();
+    }
     info!("health API stopped");
     Ok(())
 }
@@ -165,5 +181,27 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
     let etcd = dcs::connect(&dcs::EtcdSettings::from_config(&config.etcd, timeout)).await?;
     let keys = dcs::Keys::new(&config.namespace, &config.scope);
-    run(identity, agent_url(&config), Some((etcd, keys)), listener, pgwarden_runtime::shutdown_signal()).await
+    let fencer_settings = match config.postgres_binaries() {
+        Ok(bins) => Some(fencer::FencerSettings {
+            member: config.name.clone(),
+            data_dir: config.postgresql.data_dir.clone(),
+            pg_ctl: bins.path("pg_ctl"),
+            agent_grace: std::time::Duration::from_secs(3),
+            etcd: Some((etcd.clone(), keys.clone())),
+            fence_margin: config.pgwarden.fence_margin,
+        }),
+        Err(why) => {
+            tracing::error!("the fencer cannot run without PostgreSQL's binaries: {why}");
+            None
+        }
+    };
+    run(
+        identity,
+        agent_url(&config),
+        Some((etcd, keys)),
+        fencer_settings,
+        listener,
+        pgwarden_runtime::shutdown_signal(),
+    )
+    .await
 }

@@ -68,7 +68,11 @@ pub struct Agent {
     local: watch::Receiver<Local>,
     view: watch::Sender<HaView>,
     wake: std::sync::Arc<Notify>,
+    fencer_acks: crate::grpc::FencerAcks,
 }
+
+/// A fencer acknowledgement older than this does not count.
+const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
 
 fn conn_url_of(member: &MemberData) -> Option<(String, u16)> {
     member.host_port()
@@ -81,6 +85,7 @@ impl Agent {
         etcd: Etcd,
         local: watch::Receiver<Local>,
         view: watch::Sender<HaView>,
+        fencer_acks: crate::grpc::FencerAcks,
     ) -> Self {
         let keys = Keys::new(&config.namespace, &config.scope);
         Self {
@@ -105,6 +110,7 @@ impl Agent {
             local,
             view,
             wake: std::sync::Arc::new(Notify::new()),
+            fencer_acks,
         }
     }
 
@@ -719,8 +725,27 @@ impl Agent {
         sql::connect(&self.config, &self.pg.socket_dir, self.pg.port, Duration::from_secs(5)).await
     }
 
+    /// Whether the independent fencer (pgwarden-health) has acknowledged
+    /// recently, or the config does without it.
+    fn fencer_ready(&self) -> bool {
+        !self.config.pgwarden.require_fencer
+            || self.fencer_acks.lock().ok().and_then(|ack| *ack).is_some_and(|at| at.elapsed() <= FENCER_ACK_MAX_AGE)
+    }
+
+    fn require_fencer(&self) -> anyhow::Result<()> {
+        if self.fencer_ready() {
+            Ok(())
+        } else {
+            bail!(
+                "take the leader key: no fencer has acknowledged in the last {FENCER_ACK_MAX_AGE:?}; \
+                 run pgwarden-health beside the agent (or set pgwarden.require_fencer: false)"
+            )
+        }
+    }
+
     async fn acquire_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
         let lease = self.lease.context("no lease yet")?;
+        self.require_fencer()?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.
         let promoting = self.local.borrow().sql.as_ref().is_some_and(|s| s.in_recovery);
@@ -827,6 +852,12 @@ impl Agent {
             bail!("the initialize key changed while bootstrapping");
         }
         self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        // The fencer beside us must be watching before we lead.
+        let waited = Instant::now();
+        while !self.fencer_ready() && waited.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.require_fencer()?;
         let mut election = self.election();
         match election.acquire(&lease).await? {
             Acquired::Won { .. } => {}

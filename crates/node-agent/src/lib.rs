@@ -10,7 +10,6 @@ mod grpc;
 mod ha;
 mod local;
 mod lock;
-pub mod observe;
 mod peers;
 mod postgres;
 mod sql;
@@ -194,7 +193,7 @@ pub async fn run(
         tracing::warn!("{e} (the agent keeps trying)");
     }
     let initial_local = Local {
-        postmaster: observe::observe(&config.postgresql.data_dir),
+        postmaster: pg_local::observe(&config.postgresql.data_dir),
         sql: None,
         observed_at_unix_ms: now_unix_ms(),
     };
@@ -204,7 +203,8 @@ pub async fn run(
     let observer =
         tokio::spawn(local::observe_loop(config.clone(), pg.socket_dir.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
-    let agent = ha::Agent::new(config.clone(), pg, etcd.clone(), local_rx, view_tx);
+    let fencer_acks = grpc::FencerAcks::default();
+    let agent = ha::Agent::new(config.clone(), pg, etcd.clone(), local_rx, view_tx, fencer_acks.clone());
     let watcher = tokio::spawn(watch_cluster(
         etcd,
         dcs::Keys::new(&config.namespace, &config.scope).prefix().to_string(),
@@ -217,7 +217,7 @@ pub async fn run(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AgentService::new(status_rx).into_server())
+            .add_service(AgentService::new(status_rx, config.name.clone(), fencer_acks).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = done_rx.await;
             }),

@@ -9,8 +9,8 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::observe::{self, LocalPostgres};
 use crate::sql::{self, SqlStatus};
+use pg_local::{self, LocalPostgres};
 
 /// One observation: the postmaster as seen on disk, and PostgreSQL's own
 /// answers while it runs (`None` when it does not answer).
@@ -50,7 +50,7 @@ pub async fn observe_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let postmaster = observe::observe(&config.postgresql.data_dir);
+        let postmaster = pg_local::observe(&config.postgresql.data_dir);
         let mut status = None;
         if postmaster.state == PostgresState::Running {
             if connection.is_none() {

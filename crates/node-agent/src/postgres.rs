@@ -361,7 +361,7 @@ impl Postgres {
                 .filter(|pid| {
                     std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir)
                         && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
-                        && crate::observe::is_running(*pid as u32)
+                        && pg_local::is_running(*pid as u32)
                 })
                 .collect()
         };
@@ -391,7 +391,7 @@ impl Postgres {
         for lock in [self.data_dir.join("postmaster.pid"), socket_lock] {
             let Ok(text) = std::fs::read_to_string(&lock) else { continue };
             let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { continue };
-            if !crate::observe::is_running(pid) {
+            if !pg_local::is_running(pid) {
                 info!(pid, lock = %lock.display(), "removing the stale lock file of a dead postmaster");
                 let _ = std::fs::remove_file(&lock);
             }

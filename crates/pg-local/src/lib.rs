@@ -1,6 +1,7 @@
 //! What the local PostgreSQL is doing, read from its data directory without
 //! connecting: `PG_VERSION`, `postmaster.pid` (PID and the postmaster's own
-//! status line) and the standby signal files.
+//! status line) and the standby signal files. Shared by the agent's observer
+//! and the health API's fencer; it never changes anything.
 
 use std::path::Path;
 

@@ -1,0 +1,172 @@
+//! The independent fencer (DESIGN.md invariant 1): the agent streams the
+//! deadline up to which its leader key is proven; if no later deadline has
+//! arrived when it passes, and PostgreSQL still runs as a primary here, the
+//! fencer stops PostgreSQL itself (immediate shutdown, which ends every
+//! session). It covers a frozen or hung agent, whose renewals stop while its
+//! PostgreSQL would keep accepting writes.
+//!
+//! It stays armed while the cluster is paused: a pause stops automatic
+//! actions, not the one-writer guarantee (to run PostgreSQL with no agent,
+//! stop pgwarden-health too).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ha_proto::v1::{PostgresState, Role};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::feed::Latest;
+
+/// What the fencer is doing, for `/metrics` and `/patroni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FencerState {
+    /// Nothing to guard: this node does not lead.
+    #[default]
+    Disarmed,
+    /// Guarding a primary until this deadline (CLOCK_BOOTTIME ns).
+    Armed { deadline_ns: u64 },
+    /// PostgreSQL was stopped because the deadline passed.
+    Fenced,
+}
+
+impl FencerState {
+    pub fn gauge(self) -> u8 {
+        match self {
+            Self::Disarmed => 0,
+            Self::Armed { .. } => 1,
+            Self::Fenced => 2,
+        }
+    }
+
+    pub fn armed_deadline_ns(self) -> u64 {
+        match self {
+            Self::Armed { deadline_ns } => deadline_ns,
+            _ => 0,
+        }
+    }
+}
+
+/// How the fencer reaches PostgreSQL and etcd.
+pub struct FencerSettings {
+    pub member: String,
+    pub data_dir: PathBuf,
+    pub pg_ctl: PathBuf,
+    /// When the agent has not spoken for this long after start, a running
+    /// primary is judged from etcd.
+    pub agent_grace: Duration,
+    /// For the start-up check: the etcd handle, the leader key and the margin.
+    pub etcd: Option<(dcs::Etcd, dcs::Keys)>,
+    pub fence_margin: Duration,
+}
+
+fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+}
+
+/// A primary runs here (by its files: no connection needed).
+fn primary_running(settings: &FencerSettings) -> Option<u32> {
+    let local = pg_local::observe(&settings.data_dir);
+    let alive = matches!(local.state, PostgresState::Running | PostgresState::Starting | PostgresState::Stopping);
+    (alive && local.role == Role::Primary && local.postmaster_pid != 0).then_some(local.postmaster_pid)
+}
+
+/// Stops PostgreSQL at once: `pg_ctl stop -m immediate`, then SIGKILL to the
+/// postmaster if it is still there after a second.
+async fn fence(settings: &FencerSettings, why: &str) {
+    let Some(pid) = primary_running(settings) else { return };
+    error!(pid, reason = why, "fencing: stopping PostgreSQL immediately");
+    let stop = tokio::process::Command::new(&settings.pg_ctl)
+        .arg("-D")
+        .arg(&settings.data_dir)
+        .args(["stop", "-m", "immediate", "-w", "-t", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let stopped = tokio::time::timeout(Duration::from_secs(2), stop).await.is_ok_and(|s| s.is_ok_and(|s| s.success()));
+    if !stopped && pg_local::is_running(pid) {
+        warn!(pid, "pg_ctl did not stop PostgreSQL: killing the postmaster");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    info!("fenced");
+}
+
+/// The remaining lease of our leader key in etcd, for a fencer that starts
+/// beside a running primary with no agent: `Some(deadline)` when this member
+/// holds the key, `None` when it does not or etcd cannot say.
+async fn deadline_from_etcd(settings: &FencerSettings) -> Option<u64> {
+    let (etcd, keys) = settings.etcd.as_ref()?;
+    let leader = keys.leader();
+    let sent = now_ns();
+    let response = etcd
+        .call(|mut client| {
+            let leader = leader.clone();
+            async move { client.get(leader, None).await }
+        })
+        .await
+        .ok()?;
+    let kv = response.kvs().first()?;
+    if kv.value() != settings.member.as_bytes() || kv.lease() == 0 {
+        return None;
+    }
+    let lease = kv.lease();
+    let ttl = etcd.call(|mut client| async move { client.lease_time_to_live(lease, None).await }).await.ok()?.ttl();
+    (ttl > 0).then(|| sent + (ttl as u64) * 1_000_000_000 - settings.fence_margin.as_nanos() as u64)
+}
+
+/// Runs the fencer until the process ends.
+pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, state: watch::Sender<FencerState>) {
+    let started = Instant::now();
+    let mut heard_agent = false;
+    let mut armed: Option<u64> = None;
+    loop {
+        let fresh_status =
+            if latest.has_changed().unwrap_or(false) { latest.borrow_and_update().clone() } else { None };
+        if let Some((status, _)) = fresh_status {
+            heard_agent = true;
+            if status.holds_leader && status.leader_deadline_boot_ns > 0 {
+                armed = Some(status.leader_deadline_boot_ns);
+            } else if primary_running(&settings).is_none() {
+                // The agent holds no key and no primary runs: nothing to guard.
+                armed = None;
+            }
+        }
+        if !heard_agent
+            && started.elapsed() >= settings.agent_grace
+            && armed.is_none()
+            && primary_running(&settings).is_some()
+        {
+            match deadline_from_etcd(&settings).await {
+                Some(deadline) => {
+                    info!("no agent; the leader key's lease in etcd bounds this primary");
+                    armed = Some(deadline);
+                }
+                None => {
+                    fence(&settings, "a primary runs with no agent and no leader key of ours in etcd").await;
+                    state.send_replace(FencerState::Fenced);
+                    heard_agent = true;
+                }
+            }
+        }
+        if let Some(deadline) = armed
+            && now_ns() >= deadline
+        {
+            if primary_running(&settings).is_some() {
+                fence(&settings, "the leader deadline passed without a renewal from the agent").await;
+                state.send_replace(FencerState::Fenced);
+            }
+            armed = None;
+        }
+        if let Some(deadline_ns) = armed {
+            state.send_replace(FencerState::Armed { deadline_ns });
+        } else if *state.borrow() != FencerState::Fenced {
+            state.send_replace(FencerState::Disarmed);
+        }
+        // Wake for a new status, or every 10 ms near a deadline.
+        let _ = tokio::time::timeout(Duration::from_millis(10), latest.changed()).await;
+    }
+}
