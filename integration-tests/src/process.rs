@@ -146,16 +146,9 @@ fn is_alive(pid: i32) -> bool {
     pid > 0 && kill(Pid::from_raw(pid), None).is_ok()
 }
 
-/// Whether `pid` is a running process. A zombie (exited, not yet reaped,
-/// which happens to a detached postmaster when PID 1 does not reap) is not.
+/// Whether `pid` is a running process (a zombie is not).
 pub fn is_running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the command name, which is in parentheses.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    pid > 0 && pg_local::is_running(pid as u32)
 }
 
 fn comm_of(pid: i32) -> Option<String> {
