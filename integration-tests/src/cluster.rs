@@ -160,7 +160,7 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
     format!(
         "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
-         etcd3:\n  hosts: {hosts}\n\
+         {etcd}\
          bootstrap:\n  dcs:\n    ttl: 10\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
          \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
          postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
@@ -170,7 +170,12 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
          pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
          watchdog:\n  mode: off\n{extra}",
         rest = node.rest_port,
-        hosts = etcd.host_ports().join(","),
+        // A node's extra config may bring its own `etcd3:` (e.g. through a proxy).
+        etcd = if extra.contains("etcd3:") {
+            String::new()
+        } else {
+            format!("etcd3:\n  hosts: {}\n", etcd.host_ports().join(","))
+        },
         pg = node.pg_port,
         data = node.data_dir().display(),
         su = SUPERUSER_PASSWORD,

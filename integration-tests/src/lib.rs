@@ -13,6 +13,7 @@ pub mod haproxy;
 pub mod port;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod service;
 pub mod wait;
 pub mod writer;

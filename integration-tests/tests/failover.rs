@@ -297,3 +297,55 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
 }
+
+#[tokio::test]
+async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted() {
+    init_logging();
+    // Each node reaches etcd only through its own proxy, which the test can cut.
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd for the cluster");
+    let etcd_port: u16 = cluster.etcd.host_ports()[0].rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut proxies = Vec::new();
+    for i in 1..=3 {
+        let proxy = pgwarden_integration_tests::proxy::TcpProxy::start(etcd_port).await.expect("proxy");
+        cluster.add_node(&format!("node{i}"), &format!("etcd3:\n  hosts: 127.0.0.1:{}\n", proxy.port)).expect("node");
+        proxies.push(proxy);
+    }
+    for node in &mut cluster.nodes {
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+    }
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let direct = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "direct", Duration::from_millis(5))
+        .await
+        .expect("start a direct writer");
+    direct.wait_ack_after(Instant::now(), UP).await.expect("writes to the primary");
+    proxies[leader].cut();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_until("a replica to take over", UP, || async {
+        let primaries: Vec<usize> =
+            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("failover");
+    let report = direct.stop().await;
+    let promoted: f64 = cluster.nodes[new_leader]
+        .psql("select extract(epoch from modification) from pg_stat_file('pg_wal/00000002.history')")
+        .expect("promotion time")
+        .parse()
+        .expect("epoch seconds");
+    let last_old_write = report
+        .last_ack_wall
+        .expect("the old primary accepted writes")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    println!("etcd cut from the primary: last write on it {:.3} s before the promotion", promoted - last_old_write);
+    assert!(last_old_write < promoted, "the old primary accepted a write after the promotion: two writers");
+    // Back on etcd, the old primary rejoins as a replica.
+    proxies[leader].restore();
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+}

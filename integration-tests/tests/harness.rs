@@ -29,10 +29,11 @@ async fn postgres_runs_as_postgres_behind_haproxy_and_stops_by_data_dir() {
     pg.start().await.expect("start postgres");
     let user = pg.psql("select current_user").expect("query");
     assert_eq!(user, "postgres");
-    let uid = pg.psql("select pg_backend_pid()").expect("backend pid");
-    let owner = std::fs::metadata(format!("/proc/{uid}")).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    // The postmaster (long-lived, unlike a backend) runs as postgres.
+    let postmaster = pg.postmaster_pid().expect("postmaster.pid");
+    let owner = std::fs::metadata(format!("/proc/{postmaster}")).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
     if let Some(postgres) = pgwarden_integration_tests::postgres_user() {
-        assert_eq!(owner.expect("backend visible"), postgres.uid.as_raw(), "the backend runs as postgres");
+        assert_eq!(owner.expect("postmaster visible"), postgres.uid.as_raw(), "PostgreSQL runs as postgres");
     }
     pg.psql("create table t(id int); insert into t values (42)").expect("write");
 
@@ -56,5 +57,9 @@ async fn postgres_runs_as_postgres_behind_haproxy_and_stops_by_data_dir() {
     let port = pg.port();
     drop(pg);
     assert!(port_is_closed(port), "postgres still listens after drop");
-    assert!(!pgwarden_integration_tests::process::is_running(pid), "postmaster {pid} survived");
+    wait_until("the postmaster to exit", Duration::from_secs(5), || async move {
+        Ok::<_, String>((!pgwarden_integration_tests::process::is_running(pid)).then_some(()))
+    })
+    .await
+    .expect("the postmaster exits after a stop by data directory");
 }
