@@ -43,6 +43,54 @@ async fn writes_flow(writer_port: u16) {
     .expect("writes flow");
 }
 
+/// Starts a client writing straight to `leader`'s PostgreSQL (not through
+/// HAProxy: it sees every write that node accepts) and waits for its first write.
+async fn direct_writer(cluster: &PgwardenCluster, leader: usize) -> Writer {
+    let writer = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "direct", Duration::from_millis(5))
+        .await
+        .expect("start a direct writer");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes to the primary");
+    writer
+}
+
+/// Waits until another node than `leader` is primary, then checks that the
+/// old primary accepted no write after the promotion (the new timeline's
+/// history file is written by the promotion, before the new primary accepts
+/// a write). Returns the new leader.
+async fn assert_one_writer_through_failover(
+    cluster: &PgwardenCluster,
+    leader: usize,
+    direct: Writer,
+    fault: &str,
+) -> usize {
+    let others: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| i != leader).collect();
+    let new_leader = wait_until("a replica to take over", UP, || async {
+        let primaries: Vec<usize> =
+            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("failover");
+    let report = direct.stop().await;
+    let promoted: f64 = cluster.nodes[new_leader]
+        .psql("select extract(epoch from modification) from pg_stat_file('pg_wal/00000002.history')")
+        .expect("promotion time")
+        .parse()
+        .expect("epoch seconds");
+    let last_old_write = report
+        .last_ack_wall
+        .expect("the old primary accepted writes")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    println!("{fault}: last write on the old primary {:.3} s before the promotion", promoted - last_old_write);
+    assert!(last_old_write < promoted, "{fault}: the old primary accepted a write after the promotion: two writers");
+    new_leader
+}
+
 #[tokio::test]
 async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
     let setup = setup(3, |_| String::new()).await;
@@ -255,40 +303,9 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     let setup = setup(3, |_| String::new()).await;
     let cluster = &setup.cluster;
     let leader = cluster.wait_primary(UP).await.expect("a primary");
-    // A client writing straight to the old primary, not through HAProxy: it
-    // sees every write the old primary accepts.
-    let direct = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "direct", Duration::from_millis(5))
-        .await
-        .expect("start a direct writer");
-    direct.wait_ack_after(Instant::now(), UP).await.expect("writes to the old primary");
+    let direct = direct_writer(cluster, leader).await;
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = wait_until("a replica to take over", UP, || async {
-        let primaries: Vec<usize> =
-            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
-        match primaries.as_slice() {
-            [one] => Ok(Some(*one)),
-            _ => Err(format!("{primaries:?}")),
-        }
-    })
-    .await
-    .expect("failover");
-    let report = direct.stop().await;
-    // The new timeline's history file is written by the promotion, before
-    // the new primary accepts a write.
-    let promoted: f64 = cluster.nodes[new_leader]
-        .psql("select extract(epoch from modification) from pg_stat_file('pg_wal/00000002.history')")
-        .expect("promotion time")
-        .parse()
-        .expect("epoch seconds");
-    let last_old_write = report
-        .last_ack_wall
-        .expect("the old primary accepted writes")
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
-    println!("frozen agent: last write on the old primary {:.3} s before the promotion", promoted - last_old_write);
-    assert!(last_old_write < promoted, "the old primary accepted a write after the promotion: two writers");
+    let new_leader = assert_one_writer_through_failover(cluster, leader, direct, "frozen agent").await;
     assert!(cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     assert!(
         cluster.nodes[leader].postmaster_pid().is_none_or(|pid| !pgwarden_integration_tests::process::is_running(pid))
@@ -315,36 +332,9 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
         node.start_health().expect("health");
     }
     let leader = cluster.wait_healthy(UP).await.expect("healthy");
-    let direct = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "direct", Duration::from_millis(5))
-        .await
-        .expect("start a direct writer");
-    direct.wait_ack_after(Instant::now(), UP).await.expect("writes to the primary");
+    let direct = direct_writer(&cluster, leader).await;
     proxies[leader].cut();
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let new_leader = wait_until("a replica to take over", UP, || async {
-        let primaries: Vec<usize> =
-            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
-        match primaries.as_slice() {
-            [one] => Ok(Some(*one)),
-            _ => Err(format!("{primaries:?}")),
-        }
-    })
-    .await
-    .expect("failover");
-    let report = direct.stop().await;
-    let promoted: f64 = cluster.nodes[new_leader]
-        .psql("select extract(epoch from modification) from pg_stat_file('pg_wal/00000002.history')")
-        .expect("promotion time")
-        .parse()
-        .expect("epoch seconds");
-    let last_old_write = report
-        .last_ack_wall
-        .expect("the old primary accepted writes")
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs_f64();
-    println!("etcd cut from the primary: last write on it {:.3} s before the promotion", promoted - last_old_write);
-    assert!(last_old_write < promoted, "the old primary accepted a write after the promotion: two writers");
+    let new_leader = assert_one_writer_through_failover(&cluster, leader, direct, "etcd cut from the primary").await;
     // Back on etcd, the old primary rejoins as a replica.
     proxies[leader].restore();
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
