@@ -185,6 +185,16 @@ async fn bad_start_ups_are_refused_with_the_cause_and_the_fix() {
     .expect("validate with env");
     assert!(!ok && stderr.contains("restapi.listen: expected host:port"), "env overrides are validated: {stderr}");
 
+    // A data directory owned by another user (root) is refused, untouched.
+    let foreign = dir.path().join("data");
+    std::fs::create_dir_all(&foreign).expect("create a root-owned data dir");
+    std::fs::write(foreign.join("keep"), "x").expect("a file in it");
+    if pgwarden_integration_tests::postgres_user().is_some() {
+        let (ok, _, stderr) = run("pgwarden-agent", &[&config], &[]).expect("run agent");
+        assert!(!ok && stderr.contains("belongs to root") && stderr.contains("chown"), "{stderr}");
+        assert_eq!(std::fs::read_to_string(foreign.join("keep")).expect("still there"), "x");
+    }
+
     let yaml = std::fs::read_to_string(&config).expect("read config");
     let (ok, stdout, stderr) =
         run("pgwarden-agent", &["--validate-config"], &[("PATRONI_CONFIGURATION", yaml.as_str())])

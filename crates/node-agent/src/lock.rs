@@ -73,13 +73,20 @@ pub fn check_ownership(data_dir: &Path) -> anyhow::Result<()> {
         );
     }
     match std::fs::metadata(data_dir) {
-        Ok(meta) if Uid::from_raw(meta.uid()) != me => bail!(
-            "postgresql.data_dir {} belongs to {}, but pgwarden-agent runs as {}: run the agent as {} (or fix the path); nothing was changed",
-            data_dir.display(),
-            user_name(Uid::from_raw(meta.uid())),
-            user_name(me),
-            user_name(Uid::from_raw(meta.uid()))
-        ),
+        Ok(meta) if Uid::from_raw(meta.uid()) != me => {
+            let owner = Uid::from_raw(meta.uid());
+            let fix = if owner.is_root() {
+                format!("chown -R {} {} (or point postgresql.data_dir elsewhere)", user_name(me), data_dir.display())
+            } else {
+                format!("run the agent as {} (or fix the path)", user_name(owner))
+            };
+            bail!(
+                "postgresql.data_dir {} belongs to {}, but pgwarden-agent runs as {}: {fix}; nothing was changed",
+                data_dir.display(),
+                user_name(owner),
+                user_name(me)
+            )
+        }
         Ok(meta) if !meta.is_dir() => bail!("postgresql.data_dir {} is not a directory", data_dir.display()),
         _ => Ok(()),
     }
