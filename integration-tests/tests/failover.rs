@@ -339,3 +339,16 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
     proxies[leader].restore();
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
 }
+
+#[tokio::test]
+async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted() {
+    let mut setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    let direct = direct_writer(&setup.cluster, leader).await;
+    // SIGKILL: PostgreSQL keeps running, nothing renews the key any more.
+    setup.cluster.nodes[leader].kill_agent();
+    let new_leader = assert_one_writer_through_failover(&setup.cluster, leader, direct, "agent killed alone").await;
+    assert!(setup.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
+    setup.cluster.nodes[leader].start_agent().expect("restart the agent");
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+}
