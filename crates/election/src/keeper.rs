@@ -67,8 +67,8 @@ impl Drop for RenewalHandle {
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Renews `lease` every `interval` on a dedicated task. With `prove_key`,
-/// each renewal also proves the election's key is ours ([`Election::renew`]);
-/// without, it only refreshes the lease (for a member key).
+/// each renewal also proves the election's key is ours ([`Election::renew`]),
+/// the first one at once; without, it only refreshes the lease (for a member key).
 ///
 /// A failed proof or a lost lease ends ownership at once. A transient failure
 /// is retried until the deadline; when the deadline passes without a
@@ -78,7 +78,9 @@ pub fn spawn_renewal(mut election: Election, mut lease: Lease, interval: Duratio
     let (tx, rx) = watch::channel(initial);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let mut next = interval;
+        // A task that proves a key proves it at once: the deadline it was
+        // handed may be old (the lease's last plain keep-alive).
+        let mut next = if prove_key { Duration::ZERO } else { interval };
         loop {
             let deadline = lease.deadline;
             tokio::select! {

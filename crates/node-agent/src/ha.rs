@@ -178,10 +178,15 @@ impl Agent {
     }
 
     /// Switches the renewal task to proving the leader key.
-    async fn prove_leader(&mut self, dynamic: &DynamicConfig, lease: Lease) {
+    async fn prove_leader(&mut self, dynamic: &DynamicConfig, mut lease: Lease) {
         if let Some(handle) = self.renewal.take() {
+            // Carry the lease's latest deadline over (never an older one).
+            if let LeaseState::Held { deadline, .. } = handle.current() {
+                lease.deadline = lease.deadline.max(deadline);
+            }
             let _ = handle.stop().await;
         }
+        self.lease = Some(lease);
         self.renewal = Some(spawn_renewal(self.election(), lease, self.renew_interval(dynamic), true));
         self.renewal_proves_leader = true;
     }
@@ -579,10 +584,14 @@ impl Agent {
 
     /// Gives the leader key up (iff ours) and goes back to renewing only the lease.
     async fn release_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
-        let lease = self.lease.context("no lease")?;
+        let mut lease = self.lease.context("no lease")?;
         if let Some(handle) = self.renewal.take() {
+            if let LeaseState::Held { deadline, .. } = handle.current() {
+                lease.deadline = lease.deadline.max(deadline);
+            }
             let _ = handle.stop().await;
         }
+        self.lease = Some(lease);
         self.renewal_proves_leader = false;
         let mut election = self.election();
         let released = election.release(&lease).await;
