@@ -32,17 +32,6 @@ async fn start_writer(setup: &Setup) -> Writer {
     Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("start writer")
 }
 
-/// Waits until the writer has acknowledged a write after `after`.
-async fn writes_flow(writer_port: u16) {
-    wait_until("a write through HAProxy", Duration::from_secs(30), || async {
-        pgwarden_integration_tests::cluster::psql_port(writer_port, "select 1")
-            .map(|_| Some(()))
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .expect("writes flow");
-}
-
 /// Starts a client writing straight to `leader`'s PostgreSQL (not through
 /// HAProxy: it sees every write that node accepts) and waits for its first write.
 async fn direct_writer(cluster: &PgwardenCluster, leader: usize) -> Writer {
@@ -98,7 +87,7 @@ async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
     let writer = start_writer(&setup).await;
     let leader = cluster.wait_primary(UP).await.expect("a primary");
     let candidate = (leader + 1) % 3;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.wait_ack_after(Instant::now(), UP).await.expect("the writer writes");
 
     let first = Instant::now();
     let request =
@@ -119,7 +108,7 @@ async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
     .expect("the new leader clears the request");
 
     // Without a candidate: the leader picks the best replica.
-    writes_flow(setup.write_port).await;
+    writer.wait_ack_after(Instant::now(), UP).await.expect("the writer writes again");
     let second = Instant::now();
     cluster
         .put_key("failover", &format!(r#"{{"leader":"{}"}}"#, cluster.nodes[candidate].name))
@@ -164,8 +153,7 @@ async fn postgres_killed_on_the_primary_restarts_in_place() {
     let cluster = &setup.cluster;
     let writer = start_writer(&setup).await;
     let leader = cluster.wait_primary(UP).await.expect("a primary");
-    writes_flow(setup.write_port).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.wait_ack_after(Instant::now(), UP).await.expect("the writer writes");
     let pid = cluster.nodes[leader].postmaster_pid().expect("postmaster pid");
     let killed = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
@@ -191,8 +179,7 @@ async fn node_lost_fails_over_and_the_old_primary_rejoins() {
     let mut setup = setup(3, |_| String::new()).await;
     let writer = start_writer(&setup).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
-    writes_flow(setup.write_port).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer.wait_ack_after(Instant::now(), UP).await.expect("the writer writes");
     let lost = Instant::now();
     setup.cluster.nodes[leader].kill_node();
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
