@@ -110,10 +110,12 @@ async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
     // Without a candidate: the leader picks the best replica.
     writer.wait_ack_after(Instant::now(), UP).await.expect("the writer writes again");
     let second = Instant::now();
-    cluster
-        .put_key("failover", &format!(r#"{{"leader":"{}"}}"#, cluster.nodes[candidate].name))
-        .await
-        .expect("request");
+    // This time through the CLI, as an operator does (it follows the switchover to its end).
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[])
+            .expect("pgwardenctl switchover");
+    assert!(ok && stdout.contains("Successfully switched over"), "{stdout}{stderr}");
     let new_leader = wait_until("another member to lead", Duration::from_secs(30), || async {
         let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
         match primaries.as_slice() {
@@ -229,10 +231,15 @@ async fn nofailover_and_failover_priority_are_respected() {
 async fn pause_blocks_failover_and_resume_restores_it() {
     let mut setup = setup(3, |_| String::new()).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
-    let config = setup.cluster.get_key("config").await.expect("read config").expect("config written");
-    let mut json: serde_json::Value = serde_json::from_str(&config).expect("config is JSON");
-    json["pause"] = serde_json::Value::Bool(true);
-    setup.cluster.put_key("config", &json.to_string()).await.expect("pause");
+    let config = setup.cluster.nodes[0].config_path().display().to_string();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["-c", config.as_str()];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) =
+            pgwarden_integration_tests::service::run("pgwardenctl", &all, &[]).expect("pgwardenctl");
+        assert!(ok, "pgwardenctl {args:?}: {stdout}{stderr}");
+    };
+    ctl(&["pause", "--wait"]);
     wait_until("every member to report the pause", Duration::from_secs(10), || async {
         let paused =
             (0..3).all(|i| setup.cluster.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"pause\":true")));
@@ -248,8 +255,7 @@ async fn pause_blocks_failover_and_resume_restores_it() {
             assert_eq!(node.check("/primary"), 503, "{} must not take over while paused", node.name);
         }
     }
-    json["pause"] = serde_json::Value::Bool(false);
-    setup.cluster.put_key("config", &json.to_string()).await.expect("resume");
+    ctl(&["resume"]);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     setup.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over after resume");
 }

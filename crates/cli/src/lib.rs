@@ -4,6 +4,7 @@
 //! falls back to etcd directly when no controller answers; it changes nothing
 //! without a command that says so.
 
+mod actions;
 mod source;
 mod table;
 
@@ -59,6 +60,43 @@ pub enum Command {
     },
     /// The dynamic configuration (the `config` key) as YAML.
     ShowConfig { cluster: Option<String> },
+    /// Request a planned switchover (the agents carry it out) and follow it.
+    Switchover {
+        cluster: Option<String>,
+        /// The current leader (checked).
+        #[arg(long, alias = "primary")]
+        leader: Option<String>,
+        /// The member to take over; default: the best replica.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When: `now` or an ISO 8601 time with a time zone.
+        #[arg(long)]
+        scheduled: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fail over to a named member (also without a leader).
+    Failover {
+        cluster: Option<String>,
+        #[arg(long)]
+        candidate: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause automatic failover and PostgreSQL management.
+    Pause {
+        cluster: Option<String>,
+        /// Wait until every member reports the pause.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Resume automatic management.
+    Resume {
+        cluster: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
     /// A libpq connection string for a member (default: the leader).
     Dsn {
         cluster: Option<String>,
@@ -116,6 +154,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let value = snapshot.view.config.map(|(json, _)| json).unwrap_or(serde_json::Value::Null);
             print!("{}", serde_saphyr::to_string(&value)?);
             Ok(())
+        }
+        Command::Switchover { cluster, leader, candidate, scheduled, force } => {
+            let target = actions::target(&config, cluster).await?;
+            actions::switchover(&target, leader, candidate, scheduled, force).await
+        }
+        Command::Failover { cluster, candidate, force } => {
+            let target = actions::target(&config, cluster).await?;
+            actions::failover(&target, candidate, force).await
+        }
+        Command::Pause { cluster, wait } => {
+            actions::set_pause(&actions::target(&config, cluster).await?, true, wait).await
+        }
+        Command::Resume { cluster, wait } => {
+            actions::set_pause(&actions::target(&config, cluster).await?, false, wait).await
         }
         Command::Dsn { cluster, member } => {
             let snapshot = read(&config, cluster, cli.verbose).await?;

@@ -929,10 +929,16 @@ impl Agent {
                 .map(|s| s.replication_state.clone()),
             tags: self.config.tags.json.clone(),
             grpc_url: Some(format!("http://{grpc}")),
-            extra: if self.checkpoint_pending {
-                serde_json::Map::from_iter([("checkpoint_after_promote".to_string(), serde_json::Value::Bool(false))])
-            } else {
-                serde_json::Map::new()
+            extra: {
+                let mut extra = serde_json::Map::new();
+                if self.checkpoint_pending {
+                    extra.insert("checkpoint_after_promote".into(), serde_json::Value::Bool(false));
+                }
+                // Patroni's members say `pause: true` while the cluster is paused.
+                if self.view.borrow().paused {
+                    extra.insert("pause".into(), serde_json::Value::Bool(true));
+                }
+                extra
             },
         };
         let json = serde_json::to_string(&member)?;
