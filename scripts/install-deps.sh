@@ -4,7 +4,8 @@
 # when everything is already there.
 set -euo pipefail
 
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler)
+# curl and procps: the demo's checks and the tests' process listing.
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

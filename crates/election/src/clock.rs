@@ -23,10 +23,6 @@ impl BootInstant {
         self.0.as_nanos() as u64
     }
 
-    pub fn from_nanos(nanos: u64) -> Self {
-        Self(Duration::from_nanos(nanos))
-    }
-
     pub fn saturating_sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(d))
     }

@@ -12,14 +12,6 @@ pub enum WatchEvent {
     Delete { key: String, mod_revision: i64 },
 }
 
-impl WatchEvent {
-    pub fn key(&self) -> &str {
-        match self {
-            Self::Put { key, .. } | Self::Delete { key, .. } => key,
-        }
-    }
-}
-
 /// An open watch.
 pub struct Watcher {
     stream: WatchStream,

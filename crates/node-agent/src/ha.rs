@@ -74,10 +74,6 @@ pub struct Agent {
 /// A fencer acknowledgement older than this does not count.
 const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
 
-fn conn_url_of(member: &MemberData) -> Option<(String, u16)> {
-    member.host_port()
-}
-
 impl Agent {
     pub fn new(
         config: Config,
@@ -258,7 +254,7 @@ impl Agent {
                         lsn: m.data.xlog_location,
                         nofailover: m.data.tags.get("nofailover").and_then(serde_json::Value::as_bool) == Some(true),
                         clonefrom: m.data.tags.get("clonefrom").and_then(serde_json::Value::as_bool) == Some(true),
-                        reachable: conn_url_of(&m.data).is_some(),
+                        reachable: m.data.host_port().is_some(),
                         priority: priority_of(&m.data.tags),
                     })
                     .collect()
@@ -375,7 +371,9 @@ impl Agent {
         let entry = view
             .member(member)
             .with_context(|| format!("find member {member} to copy or stream from: it has no key in etcd yet"))?;
-        let (host, port) = conn_url_of(&entry.data)
+        let (host, port) = entry
+            .data
+            .host_port()
             .with_context(|| format!("find member {member}'s PostgreSQL: it advertises no conn_url"))?;
         Ok(Upstream { member: member.to_string(), host, port })
     }
