@@ -22,6 +22,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 test: build ## Run every test (unit, property, and integration against real etcd/PostgreSQL/HAProxy)
+	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

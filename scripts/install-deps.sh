@@ -5,7 +5,7 @@
 set -euo pipefail
 
 # curl and procps: the demo's checks and the tests' process listing.
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps)
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps keepalived)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -168,7 +168,7 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
          \x20   replication:\n      username: replicator\n      password: {repl}\n\
          \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: 'off'\n    shared_buffers: 16MB\n\
          pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
-         watchdog:\n  mode: off\n{extra}",
+         {watchdog}{extra}",
         rest = node.rest_port,
         // A node's extra config may bring its own `etcd3:` (e.g. through a proxy).
         etcd = if extra.contains("etcd3:") {
@@ -177,6 +177,8 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
             format!("etcd3:\n  hosts: {}\n", etcd.host_ports().join(","))
         },
         pg = node.pg_port,
+        // Tests run without a watchdog device unless a test brings its own section.
+        watchdog = if extra.contains("watchdog:") { "" } else { "watchdog:\n  mode: off\n" },
         data = node.data_dir().display(),
         su = SUPERUSER_PASSWORD,
         repl = REPLICATION_PASSWORD,
@@ -202,7 +204,16 @@ impl PgwardenCluster {
     /// As [`PgwardenCluster::start`], with extra YAML for node `i` (1-based),
     /// e.g. a `tags:` section.
     pub async fn start_with(n: usize, extra: impl Fn(usize) -> String) -> anyhow::Result<Self> {
-        let etcd = EtcdCluster::start(1).await?;
+        Self::start_with_etcd(n, 1, extra).await
+    }
+
+    /// As [`PgwardenCluster::start_with`], over an etcd of `etcd_members` members.
+    pub async fn start_with_etcd(
+        n: usize,
+        etcd_members: usize,
+        extra: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Self> {
+        let etcd = EtcdCluster::start(etcd_members).await?;
         let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd };
         for i in 1..=n {
             cluster.add_node(&format!("node{i}"), &extra(i))?;

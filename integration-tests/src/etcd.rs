@@ -116,6 +116,27 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// The index of the member the others follow (asked of each running member).
+    pub async fn leader_index(&self) -> anyhow::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for member in self.members.iter().filter(|m| m.process.is_some()) {
+            let url = format!("http://127.0.0.1:{}", member.client_port);
+            let options = ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+            let mut client = Client::connect([url], Some(options)).await?;
+            let status = client.status().await?;
+            ids.push((member.name.clone(), status.header().map(|h| h.member_id())));
+            leader = Some(status.leader());
+        }
+        let leader = leader.ok_or_else(|| anyhow::anyhow!("no etcd member is running"))?;
+        let name = ids
+            .into_iter()
+            .find(|(_, id)| *id == Some(leader))
+            .map(|(name, _)| name)
+            .ok_or_else(|| anyhow::anyhow!("no running member is the etcd leader"))?;
+        Ok(self.members.iter().position(|m| m.name == name).expect("a member's name"))
+    }
+
     /// Kills one member at once (SIGKILL).
     pub fn kill(&mut self, idx: usize) {
         if let Some(mut process) = self.members[idx].process.take() {

@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod haproxy;
 pub mod port;
 pub mod postgres;
+pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod service;

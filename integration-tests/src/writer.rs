@@ -46,7 +46,7 @@ pub struct Writer {
     task: JoinHandle<WriterReport>,
 }
 
-async fn connect(port: u16, password: &str) -> Option<PgConnection> {
+pub(crate) async fn connect(port: u16, password: &str) -> Option<PgConnection> {
     let options = PgConnectOptions::new()
         .host("127.0.0.1")
         .port(port)

@@ -105,6 +105,7 @@ pub async fn run(
     let keys = Keys::new(&config.namespace, &config.scope);
     let service = ControllerService::new(etcd, keys, config.scope.clone());
     info!(address = %listener.local_addr()?, "serving the Controller gRPC API");
+    pgwarden_runtime::notify::ready("serving the Controller gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(ControllerServer::new(service))

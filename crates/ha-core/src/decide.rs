@@ -13,6 +13,7 @@
 //!     Leader --> Replica: Demote (another holds the key)
 //!     Stopped --> Replica: StartReplica, or Rejoin (pg_rewind) on a newer timeline
 //!     Stopped --> Leader: StartPrimary (key held)
+//!     Stopped --> Leader: AcquireLeader, StartPrimary (the last primary, nothing promoted since: same timeline)
 //!     Leader --> Stopped: Switchover (clean stop, candidate has the checkpoint, key released)
 //!     Leader --> Stopped: ReleaseLeader (PostgreSQL not back within primary_start_timeout)
 //! ```
@@ -63,6 +64,8 @@ pub struct Peer {
     pub reachable: bool,
     /// `tags.failover_priority` (default 1; 0 means never).
     pub priority: u32,
+    /// The timeline its member key reports.
+    pub timeline: Option<u64>,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -105,6 +108,11 @@ pub struct Observed {
     pub failover: Option<FailoverRequest>,
     /// The key is held but PostgreSQL has not been back for `primary_start_timeout`.
     pub start_timed_out: bool,
+    /// The highest timeline the `history` key records a promotion from.
+    pub history_timeline: Option<u64>,
+    /// This agent gave the leader key up on purpose (switchover, or
+    /// PostgreSQL not back in time) and nobody has taken it since.
+    pub released_leader: bool,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -259,6 +267,22 @@ fn clone_source(obs: &Observed, leader: &str) -> Option<String> {
         .map(|p| p.name.clone())
 }
 
+/// A stopped former primary may resume on its own timeline: it was the
+/// primary of `data.timeline` (a primary's data directory on timeline T
+/// belongs to the one member that promoted onto T, or bootstrapped T = 1),
+/// and no promotion has happened since: `history` records none from T, and
+/// no member reports a later timeline. Its WAL then contains everything any
+/// replica received, so starting it as primary loses nothing and keeps the
+/// timeline (Patroni would start it read-only and promote onto T + 1).
+fn may_resume(obs: &Observed, data: &DataDir) -> bool {
+    data.was_primary
+        && data.timeline > 0
+        && !obs.released_leader
+        && obs.history_timeline.is_none_or(|tl| tl < data.timeline)
+        && obs.leader_timeline.is_none_or(|tl| tl <= data.timeline)
+        && obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline))
+}
+
 pub fn decide(obs: &Observed) -> Decision {
     // Data of another cluster: touch nothing.
     if let (Some(data), Some(cluster)) = (&obs.data, &obs.initialize)
@@ -353,6 +377,18 @@ pub fn decide(obs: &Observed) -> Decision {
                 )
             }
         }
+        (PgRun::Stopped, None)
+            if may_resume(obs, data)
+                && (leader_is_me || (i_am_eligible && named_candidate.is_none_or(|c| c == obs.me))) =>
+        {
+            Decision::act(
+                format!(
+                    "the last primary, and nothing was promoted since: take the leader key and resume on timeline {}",
+                    data.timeline
+                ),
+                Action::AcquireLeader,
+            )
+        }
         (PgRun::Stopped, None) => Decision::act(
             "no leader: start read-only to learn the WAL position",
             Action::StartReplica { upstream: None },
@@ -408,6 +444,8 @@ mod tests {
             paused: false,
             failover: None,
             start_timed_out: false,
+            history_timeline: None,
+            released_leader: false,
         }
     }
 
@@ -417,6 +455,18 @@ mod tests {
             holds_leader: true,
             pg: PgRun::Primary { lsn: 100, timeline: 1 },
             peers: vec![peer("a", 100), peer("c", 100)],
+            ..base()
+        }
+    }
+
+    /// The former primary `b`, stopped, no leader key, replicas on its timeline.
+    fn resumable() -> Observed {
+        Observed {
+            pg: PgRun::Stopped,
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+            leader: None,
+            leader_timeline: None,
+            peers: vec![peer("a", 90), peer("c", 100)],
             ..base()
         }
     }
@@ -434,6 +484,7 @@ mod tests {
             clonefrom: false,
             reachable: true,
             priority: 1,
+            timeline: Some(1),
         }
     }
 
@@ -640,6 +691,41 @@ mod tests {
                 Observed { pg: PgRun::Stopped, leader_timeline: Some(2), leader_checkpointed: false, ..base() },
                 None,
             ),
+            (
+                "the last primary, stopped (fenced in an etcd outage), nothing promoted: resume",
+                resumable(),
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "the last primary with its own key on an old lease: re-bind and resume",
+                Observed { leader: Some("b".into()), ..resumable() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "a stopped former primary after a promotion recorded in history: start read-only",
+                Observed { history_timeline: Some(1), ..resumable() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
+            (
+                "a stopped former primary while a member reports a later timeline: start read-only",
+                Observed { peers: vec![Peer { timeline: Some(2), ..peer("a", 100) }], ..resumable() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
+            (
+                "a former primary that handed the key over does not take it back",
+                Observed { released_leader: true, ..resumable() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
+            (
+                "a former primary while a switchover names another: start read-only",
+                Observed { failover: request(Some("b"), Some("a")), ..resumable() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
+            (
+                "a stopped replica's data never resumes as primary",
+                Observed { data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }), ..resumable() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
             ("paused: no race", Observed { leader: None, paused: true, ..base() }, None),
             ("paused: no fence", Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, paused: true, ..base() }, None),
             ("paused: no restart", Observed { pg: PgRun::Stopped, paused: true, ..base() }, None),
@@ -706,6 +792,9 @@ mod tests {
             paused in any::<bool>(),
             failover in proptest::option::of((arb_name(), arb_name(), any::<bool>())),
             start_timed_out in any::<bool>(),
+            history_timeline in proptest::option::of(0u64..3),
+            peer_timeline in proptest::option::of(1u64..3),
+            released_leader in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -718,6 +807,7 @@ mod tests {
                 holds_leader,
                 peers: peers.into_iter().map(|(name, running, lsn, nofailover)| Peer {
                     name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
+                    timeline: peer_timeline,
                 }).collect(),
                 nofailover,
                 priority: 1,
@@ -728,6 +818,8 @@ mod tests {
                 paused,
                 failover: failover.map(|(leader, candidate, due)| FailoverRequest { leader, candidate, due }),
                 start_timed_out,
+                history_timeline,
+                released_leader,
             }
         }
     }
@@ -746,6 +838,18 @@ mod tests {
             if matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader && !d.refused && !obs.paused {
                 let rebind = obs.leader.as_deref() == Some("b") && d.action == Some(Action::AcquireLeader);
                 prop_assert!(d.action == Some(Action::Demote) || rebind, "{d}");
+            }
+        }
+
+        #[test]
+        fn a_stopped_node_takes_the_key_only_to_resume_its_own_timeline(obs in arb_observed()) {
+            let d = decide(&obs);
+            if obs.pg == PgRun::Stopped && !obs.holds_leader && d.action == Some(Action::AcquireLeader) {
+                let data = obs.data.as_ref().expect("a node without data never takes the key");
+                prop_assert!(data.was_primary && !obs.released_leader, "{d}");
+                prop_assert!(obs.history_timeline.is_none_or(|tl| tl < data.timeline), "{d}");
+                prop_assert!(obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline)), "{d}");
+                prop_assert!(obs.leader.is_none() || obs.leader.as_deref() == Some("b"), "{d}");
             }
         }
 

@@ -123,10 +123,14 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
     let started = Instant::now();
     let mut heard_agent = false;
     let mut armed: Option<u64> = None;
+    let mut last_arrival: Option<Instant> = None;
     loop {
-        let fresh_status =
-            if latest.has_changed().unwrap_or(false) { latest.borrow_and_update().clone() } else { None };
-        if let Some((status, _)) = fresh_status {
+        // Every status is read by its arrival time, not by the channel's
+        // changed flag (the wait below consumes that flag).
+        let current = latest.borrow_and_update().clone();
+        let fresh_status = current.filter(|(_, arrived)| Some(*arrived) != last_arrival);
+        if let Some((status, arrived)) = fresh_status {
+            last_arrival = Some(arrived);
             heard_agent = true;
             if status.holds_leader && status.leader_deadline_boot_ns > 0 {
                 armed = Some(status.leader_deadline_boot_ns);
@@ -168,5 +172,42 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
         }
         // Wake for a new status, or every 10 ms near a deadline.
         let _ = tokio::time::timeout(Duration::from_millis(10), latest.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha_proto::v1::NodeStatus;
+
+    /// Every status the agent streams reaches the fencer, also those that
+    /// arrive while it waits (a regression: the wait consumed them).
+    #[tokio::test]
+    async fn arms_from_each_streamed_deadline() {
+        let settings = FencerSettings {
+            member: "node1".into(),
+            data_dir: PathBuf::from("/nonexistent/pgwarden-fencer-test"),
+            pg_ctl: PathBuf::from("/bin/false"),
+            agent_grace: Duration::from_secs(60),
+            etcd: None,
+            fence_margin: Duration::from_secs(2),
+        };
+        let (tx, rx) = watch::channel(None);
+        let (state_tx, mut state_rx) = watch::channel(FencerState::Disarmed);
+        let fencer = tokio::spawn(run(settings, rx, state_tx));
+        for step in 1..=20u64 {
+            let deadline_ns = now_ns() + 60_000_000_000 + step;
+            let status = NodeStatus { holds_leader: true, leader_deadline_boot_ns: deadline_ns, ..Default::default() };
+            tx.send_replace(Some((status, Instant::now())));
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                state_rx.wait_for(|s| *s == FencerState::Armed { deadline_ns }),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("step {step}: not armed with the streamed deadline"))
+            .expect("fencer running");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        fencer.abort();
     }
 }

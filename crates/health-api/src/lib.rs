@@ -195,6 +195,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             None
         }
     };
+    pgwarden_runtime::notify::ready("serving the REST API; the fencer runs");
     run(
         identity,
         agent_url(&config),

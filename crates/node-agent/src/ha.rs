@@ -62,6 +62,10 @@ pub struct Agent {
     /// Set between taking the key and the first checkpoint after promotion,
     /// published as `checkpoint_after_promote: false` (rejoining nodes wait).
     checkpoint_pending: bool,
+    /// When this agent last gave the leader key up on purpose.
+    released_at: Option<Instant>,
+    /// The `watchdog:` device, armed while leading.
+    watchdog: crate::watchdog::DeviceWatchdog,
 
     last_reason: String,
     loop_wait: Duration,
@@ -84,6 +88,7 @@ impl Agent {
         fencer_acks: crate::grpc::FencerAcks,
     ) -> Self {
         let keys = Keys::new(&config.namespace, &config.scope);
+        let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone());
         Self {
             config,
             pg,
@@ -100,6 +105,8 @@ impl Agent {
             peer_unknown_since: HashMap::new(),
             primary_down_since: None,
             checkpoint_pending: false,
+            released_at: None,
+            watchdog,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
@@ -256,6 +263,7 @@ impl Agent {
                         clonefrom: m.data.tags.get("clonefrom").and_then(serde_json::Value::as_bool) == Some(true),
                         reachable: m.data.host_port().is_some(),
                         priority: priority_of(&m.data.tags),
+                        timeline: m.data.timeline,
                     })
                     .collect()
             })
@@ -268,8 +276,11 @@ impl Agent {
             self.ask_peers(view, &mut peers, &dynamic).await;
         }
         let leader = view.and_then(|v| v.leader.as_ref());
+        // Without etcd, the proven deadline alone says whether the key is
+        // still ours (DESIGN invariant 1): lead until it passes, then fence.
         let holds_leader = self.leader_deadline().is_some()
-            && leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id));
+            && (view.is_none()
+                || leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id)));
         let leader_member = leader.and_then(|l| view.and_then(|v| v.member(&l.name)));
         let now = Instant::now();
         if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
@@ -299,7 +310,11 @@ impl Agent {
             data,
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
-            leader: leader.map(|l| l.name.clone()),
+            leader: if view.is_none() && holds_leader {
+                Some(self.config.name.clone())
+            } else {
+                leader.map(|l| l.name.clone())
+            },
             holds_leader,
             peers,
             nofailover: self.config.tags.nofailover,
@@ -312,6 +327,12 @@ impl Agent {
             paused: dynamic.pause,
             failover,
             start_timed_out,
+            history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
+            // Handed over: a replica is taking the key; give it two ttls
+            // before this node may resume on its own.
+            released_leader: self
+                .released_at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(2 * u64::from(dynamic.ttl))),
         }
     }
 
@@ -434,6 +455,11 @@ impl Agent {
             if let Err(e) = self.pg.stop("immediate").await {
                 error!("failed to fence PostgreSQL: {e:#}");
             }
+        }
+        if self.leader_deadline().is_some() {
+            self.watchdog.keepalive();
+        } else if self.watchdog.is_armed() {
+            self.watchdog.disarm();
         }
         if let Some(view) = &view {
             let local = self.local.borrow().clone();
@@ -594,6 +620,7 @@ impl Agent {
         let mut election = self.election();
         let released = election.release(&lease).await;
         self.renewal = Some(spawn_renewal(election, lease, self.renew_interval(dynamic), false));
+        self.released_at = Some(Instant::now());
         if released? {
             info!("released the leader key");
         }
@@ -753,6 +780,7 @@ impl Agent {
     async fn acquire_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
         let lease = self.lease.context("no lease yet")?;
         self.require_fencer()?;
+        self.watchdog.arm(dynamic.ttl)?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.
         let promoting = self.local.borrow().sql.as_ref().is_some_and(|s| s.in_recovery);
@@ -769,9 +797,10 @@ impl Agent {
                 Ok(true)
             }
             Acquired::Held(holder) if holder.member == self.config.name => {
-                // Our own key from before a restart: re-bind it to this lease,
-                // only while it still names us (decide asks this only of a
-                // running primary).
+                // Our own key from before a restart or an etcd outage: re-bind
+                // it to this lease, only while it still names us (decide asks
+                // this of a running primary, or of the stopped last primary
+                // resuming on its timeline).
                 let key = self.keys.leader();
                 let txn = Txn::new()
                     .when([Compare::value(key.as_str(), CompareOp::Equal, self.config.name.as_str())])
@@ -807,6 +836,9 @@ impl Agent {
     /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
     async fn bootstrap(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
         let lease = self.lease.context("no lease yet")?;
+        // A node that may not lead (watchdog required, none usable) must not
+        // build the cluster either.
+        self.watchdog.arm(dynamic.ttl)?;
         // Bound to our lease while we bootstrap: if we die, the key goes away
         // and another member can try.
         if !self.create(self.keys.initialize(), String::new(), Some(lease.id)).await? {

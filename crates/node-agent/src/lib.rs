@@ -13,6 +13,7 @@ mod lock;
 mod peers;
 mod postgres;
 mod sql;
+mod watchdog;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -47,6 +48,32 @@ pub struct Args {
     /// Check the config file and exit: 0 if valid (warnings printed), 1 with one line per problem.
     #[arg(long)]
     pub validate_config: bool,
+    /// For the systemd unit's `ExecStopPost=`: when the unit stopped because
+    /// its watchdog expired (`$SERVICE_RESULT` is `watchdog`), stop the local
+    /// PostgreSQL at once (immediate shutdown); otherwise do nothing.
+    #[arg(long)]
+    pub fence_if_watchdog: bool,
+}
+
+/// `--fence-if-watchdog`: the unit-level fence. The agent's unit keeps
+/// PostgreSQL alive across agent restarts (`KillMode=process`), so a hung
+/// agent killed by the systemd watchdog would leave a primary nobody fences.
+pub async fn fence_if_watchdog(args: &ConfigArgs) -> anyhow::Result<()> {
+    let result = std::env::var("SERVICE_RESULT").unwrap_or_default();
+    if result != "watchdog" {
+        println!(
+            "pgwarden-agent: the unit ended with SERVICE_RESULT={result:?}, not a watchdog expiry: nothing to fence"
+        );
+        return Ok(());
+    }
+    let config = args.load(Purpose::Agent)?.config;
+    let bins = config.postgres_binaries().map_err(|e| anyhow::anyhow!(e))?;
+    let pg = postgres::Postgres::new(&config, bins)?;
+    eprintln!(
+        "pgwarden-agent: the systemd watchdog expired: fencing PostgreSQL in {} (immediate shutdown)",
+        config.postgresql.data_dir.display()
+    );
+    pg.stop("immediate").await
 }
 
 /// `--validate-config`: every problem on its own line, naming the key.
@@ -202,6 +229,7 @@ pub async fn run(
     let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::default()));
     let observer =
         tokio::spawn(local::observe_loop(config.clone(), pg.socket_dir.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
+    let view_rx_for_watchdog = view_rx.clone();
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();
     let agent = ha::Agent::new(config.clone(), pg, etcd.clone(), local_rx, view_tx, fencer_acks.clone());
@@ -210,9 +238,12 @@ pub async fn run(
         dcs::Keys::new(&config.namespace, &config.scope).prefix().to_string(),
         agent.waker(),
     ));
+    let systemd_watchdog =
+        tokio::spawn(watchdog::systemd_watchdog(view_rx_for_watchdog, config.watchdog.safety_margin));
     let ha_loop = tokio::spawn(agent.run(shutdown));
     let address = grpc_listener.local_addr().context("read the gRPC listener's address")?;
     info!(%address, "serving the NodeAgent gRPC API");
+    pgwarden_runtime::notify::ready("serving the NodeAgent gRPC API; the HA loop runs");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -223,6 +254,7 @@ pub async fn run(
             }),
     );
     let ha_result = ha_loop.await;
+    systemd_watchdog.abort();
     let _ = done_tx.send(());
     let served = server.await;
     watcher.abort();

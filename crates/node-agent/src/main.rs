@@ -14,6 +14,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.fence_if_watchdog {
+        return match runtime.block_on(node_agent::fence_if_watchdog(&args.config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pgwarden-agent: failed to fence: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(node_agent::main(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

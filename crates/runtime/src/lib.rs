@@ -88,3 +88,43 @@ pub async fn bind(
         format!("listen on {address} for {what} (is another process using the port? change {setting})")
     })
 }
+
+/// systemd notifications (`Type=notify` units). Outside systemd
+/// (`NOTIFY_SOCKET` unset) every call does nothing.
+pub mod notify {
+    use std::time::Duration;
+
+    use sd_notify::NotifyState;
+
+    fn send(states: &[NotifyState]) {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!("failed to notify systemd: {e}");
+        }
+    }
+
+    /// `READY=1`: the service is serving.
+    pub fn ready(status: &str) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// `STOPPING=1`.
+    pub fn stopping() {
+        send(&[NotifyState::Stopping]);
+    }
+
+    /// `WATCHDOG=1`: the service is alive.
+    pub fn watchdog() {
+        send(&[NotifyState::Watchdog]);
+    }
+
+    /// `WATCHDOG_USEC=`: changes the unit's watchdog timeout at run time.
+    pub fn watchdog_timeout(timeout: Duration) {
+        let usec = u32::try_from(timeout.as_micros()).unwrap_or(u32::MAX);
+        send(&[NotifyState::WatchdogUsec(usec)]);
+    }
+
+    /// The unit's watchdog timeout, when systemd set one for this process.
+    pub fn watchdog_enabled() -> Option<Duration> {
+        sd_notify::watchdog_enabled()
+    }
+}

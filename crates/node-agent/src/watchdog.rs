@@ -1,0 +1,198 @@
+//! The watchdog layers of fencing (below the fencer in `pgwarden-health`):
+//!
+//! - the systemd watchdog: `WATCHDOG=1` while the HA loop ticks, with the
+//!   unit's timeout set at run time from the live ttl (`WATCHDOG_USEC`); on
+//!   expiry systemd kills the agent and the unit's `ExecStopPost=
+//!   pgwarden-agent --fence-if-watchdog` stops PostgreSQL (the unit uses
+//!   `KillMode=process`, so PostgreSQL would otherwise survive);
+//! - Patroni's `watchdog:` section driving a Linux watchdog device: armed
+//!   before this node takes the leader key, kept alive by every HA tick while
+//!   it leads, disarmed (magic close) when it stops leading. If the agent
+//!   hangs, the machine resets before the leader key can expire.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use pgwarden_config::{Watchdog, WatchdogMode};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::ha::HaView;
+
+nix::ioctl_read!(wdioc_keepalive, b'W', 5, nix::libc::c_int);
+nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, nix::libc::c_int);
+
+/// The watchdog timeout for a ttl: `ttl - safety_margin`, or half the ttl
+/// when `safety_margin` is -1 (Patroni's rule); at least one second.
+pub fn timeout_for(ttl: u32, safety_margin: i64) -> Duration {
+    let ttl = i64::from(ttl);
+    let seconds = if safety_margin < 0 { ttl / 2 } else { ttl - safety_margin };
+    Duration::from_secs(seconds.max(1) as u64)
+}
+
+/// A Linux watchdog device (`/dev/watchdog`), armed only while leading.
+pub struct DeviceWatchdog {
+    config: Watchdog,
+    armed: Option<File>,
+    /// `automatic` mode found no usable device: warned once, then off.
+    unusable: bool,
+}
+
+impl DeviceWatchdog {
+    pub fn new(config: Watchdog) -> Self {
+        Self { config, armed: None, unusable: false }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
+    /// Arms the device before this node takes the leader key. Fails only in
+    /// `required` mode (the node must then not lead); `automatic` mode warns
+    /// once and goes on without it.
+    pub fn arm(&mut self, ttl: u32) -> anyhow::Result<()> {
+        if self.config.mode == WatchdogMode::Off || self.armed.is_some() || self.unusable {
+            return Ok(());
+        }
+        let timeout = timeout_for(ttl, self.config.safety_margin);
+        match open_and_set(&self.config.device, timeout) {
+            Ok(file) => {
+                info!(device = %self.config.device.display(), ?timeout, "watchdog armed");
+                self.armed = Some(file);
+                Ok(())
+            }
+            Err(e) if self.config.mode == WatchdogMode::Required => Err(e.context(format!(
+                "watchdog.mode is required, so this node will not lead: load a watchdog driver (e.g. \
+                 `modprobe softdog`) and let the postgres user open {}, or set watchdog.mode: automatic",
+                self.config.device.display()
+            ))),
+            Err(e) => {
+                warn!("{e:#}; watchdog.mode is automatic: leading without a watchdog device");
+                self.unusable = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// One keep-alive (every HA tick while leading).
+    #[allow(unsafe_code)] // the watchdog API is ioctl only
+    pub fn keepalive(&mut self) {
+        if let Some(file) = &self.armed {
+            let mut dummy: nix::libc::c_int = 0;
+            // SAFETY: WDIOC_KEEPALIVE on an open watchdog fd writes at most one int.
+            if let Err(e) = unsafe { wdioc_keepalive(file.as_raw_fd(), &mut dummy) } {
+                warn!("watchdog keep-alive failed: {e}");
+            }
+        }
+    }
+
+    /// Disarms the device (magic close), when this node no longer leads.
+    pub fn disarm(&mut self) {
+        if let Some(mut file) = self.armed.take() {
+            match file.write_all(b"V") {
+                Ok(()) => info!("watchdog disarmed"),
+                Err(e) => warn!("failed to disarm the watchdog (magic close): {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for DeviceWatchdog {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+#[allow(unsafe_code)] // the watchdog API is ioctl only
+fn open_and_set(device: &std::path::Path, timeout: Duration) -> anyhow::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .with_context(|| format!("open the watchdog device {}", device.display()))?;
+    let mut seconds = timeout.as_secs() as nix::libc::c_int;
+    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer.
+    let set = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut seconds) };
+    if let Err(e) = set {
+        // Not a watchdog: close it without triggering anything.
+        let mut file = file;
+        let _ = file.write_all(b"V");
+        anyhow::bail!("{} is not a usable watchdog device (setting the timeout failed: {e})", device.display());
+    }
+    Ok(file)
+}
+
+/// Sends `WATCHDOG=1` to systemd while the HA loop completes ticks (a
+/// non-leader busy in a long action, e.g. a base backup, is not held to it),
+/// and keeps the unit's timeout at `ttl - safety_margin`. Runs only when
+/// systemd enabled a watchdog for this process.
+pub async fn systemd_watchdog(mut view: watch::Receiver<HaView>, safety_margin: i64) {
+    if pgwarden_runtime::notify::watchdog_enabled().is_none() {
+        return;
+    }
+    let mut timeout = Duration::ZERO;
+    loop {
+        let (ttl, last_tick_ms, leading) = {
+            let v = view.borrow_and_update();
+            (v.ttl, v.last_tick_unix_ms, v.leader_deadline.is_some())
+        };
+        if ttl > 0 {
+            let wanted = timeout_for(ttl, safety_margin);
+            if wanted != timeout {
+                info!(?wanted, "systemd watchdog timeout set from the ttl");
+                pgwarden_runtime::notify::watchdog_timeout(wanted);
+                timeout = wanted;
+            }
+            let tick_age = Duration::from_millis((crate::now_unix_ms() - last_tick_ms).max(0) as u64);
+            if !leading || tick_age < timeout {
+                pgwarden_runtime::notify::watchdog();
+            }
+        }
+        let period = if timeout.is_zero() { Duration::from_secs(1) } else { timeout / 4 };
+        let _ = tokio::time::timeout(period, view.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_follows_patroni() {
+        assert_eq!(timeout_for(30, 5), Duration::from_secs(25));
+        assert_eq!(timeout_for(30, -1), Duration::from_secs(15));
+        assert_eq!(timeout_for(6, 10), Duration::from_secs(1));
+    }
+
+    fn config(mode: WatchdogMode, device: &std::path::Path) -> Watchdog {
+        Watchdog { mode, device: device.to_path_buf(), safety_margin: 5 }
+    }
+
+    #[test]
+    fn required_refuses_a_missing_device_with_the_fix() {
+        let mut wd = DeviceWatchdog::new(config(WatchdogMode::Required, std::path::Path::new("/nonexistent/wd")));
+        let err = format!("{:#}", wd.arm(30).expect_err("no device"));
+        assert!(err.contains("/nonexistent/wd") && err.contains("modprobe softdog"), "{err}");
+        assert!(!wd.is_armed());
+    }
+
+    #[test]
+    fn required_refuses_a_file_that_is_not_a_watchdog() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let mut wd = DeviceWatchdog::new(config(WatchdogMode::Required, file.path()));
+        let err = format!("{:#}", wd.arm(30).expect_err("not a watchdog"));
+        assert!(err.contains("not a usable watchdog device"), "{err}");
+    }
+
+    #[test]
+    fn automatic_goes_on_without_a_device_and_off_never_opens_it() {
+        let mut wd = DeviceWatchdog::new(config(WatchdogMode::Automatic, std::path::Path::new("/nonexistent/wd")));
+        wd.arm(30).expect("automatic never fails");
+        assert!(!wd.is_armed());
+        let mut off = DeviceWatchdog::new(config(WatchdogMode::Off, std::path::Path::new("/nonexistent/wd")));
+        off.arm(30).expect("off never fails");
+        assert!(!off.is_armed());
+    }
+}

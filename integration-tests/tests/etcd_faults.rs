@@ -1,0 +1,163 @@
+//! etcd faults under a running cluster, with a client writing numbered rows
+//! through HAProxy and every node probed directly for writability
+//! throughout: etcd stopped for everyone, one etcd member killed, the etcd
+//! leader killed. Also the watchdog layers of fencing.
+
+use std::time::{Duration, Instant};
+
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::probe::{ProbeReport, WriteProbe};
+use pgwarden_integration_tests::process::is_running;
+use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, service, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+/// The clusters' ttl (integration-tests/src/cluster.rs).
+const TTL: Duration = Duration::from_secs(10);
+
+struct Setup {
+    cluster: PgwardenCluster,
+    _haproxy: HaProxy,
+    write_port: u16,
+    leader: usize,
+}
+
+async fn setup(etcd_members: usize) -> Setup {
+    init_logging();
+    let cluster = PgwardenCluster::start_with_etcd(3, etcd_members, |_| String::new()).await.expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let (write_port, read, stats) = (free_port(), free_port(), free_port());
+    let config = deploy_config(write_port, read, stats, &cluster.backends());
+    let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
+    Setup { cluster, _haproxy: haproxy, write_port, leader }
+}
+
+/// A healthy cluster under load: the leader's timeline before the fault,
+/// every node probed for writability, a client writing through HAProxy.
+async fn loaded(etcd_members: usize) -> (Setup, (String, String), WriteProbe, Writer) {
+    let setup = setup(etcd_members).await;
+    let before = timeline(&setup.cluster, setup.leader);
+    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    let writer =
+        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
+    (setup, before, probe, writer)
+}
+
+/// The checkpoint's timeline and the number of timeline history files: a
+/// promotion would raise the one and add to the other.
+fn timeline(cluster: &PgwardenCluster, node: usize) -> (String, String) {
+    let psql = |sql: &str| cluster.nodes[node].psql(sql).expect("psql");
+    (
+        psql("select timeline_id from pg_control_checkpoint()"),
+        psql("select count(*) from pg_ls_waldir() where name like '%.history'"),
+    )
+}
+
+/// The end of every test: the writer lost nothing, and at no moment did two
+/// nodes accept writes; only `leader` ever did.
+async fn assert_no_loss_and_one_writer(setup: &Setup, writer: Writer, probe: WriteProbe, fault: &str) {
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
+    let report = writer.stop().await;
+    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
+    assert!(missing.is_empty(), "{fault}: acknowledged rows lost: {missing:?}");
+    let probes: ProbeReport = probe.stop().await;
+    let overlap = probes.two_writer_seconds();
+    println!(
+        "{fault}: {} rows acknowledged, 0 lost; seconds with two writable nodes: {overlap:.3}; writers {:?}",
+        report.acked.len(),
+        probes.writers()
+    );
+    assert_eq!(overlap, 0.0, "{fault}: two nodes accepted writes at the same time: {:?}", probes.spans);
+    assert_eq!(probes.writers(), vec![setup.leader], "{fault}: only the primary ever accepted writes");
+}
+
+#[tokio::test]
+async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_timeline() {
+    let (mut setup, before, probe, writer) = loaded(1).await;
+    let leader = setup.leader;
+    let pid = setup.cluster.nodes[leader].postmaster_pid().expect("the primary runs");
+
+    setup.cluster.etcd.kill(0);
+    let stopped = Instant::now();
+    // No one can prove the key: the primary fences itself before its deadline.
+    wait_until("the primary to fence itself", UP, || async { Ok::<_, String>((!is_running(pid)).then_some(())) })
+        .await
+        .expect("fenced");
+    let fenced_after = stopped.elapsed();
+    println!("etcd stopped: the primary fenced after {fenced_after:?} (ttl {TTL:?})");
+    assert!(fenced_after < TTL, "fenced before the lease could expire");
+
+    setup.cluster.etcd.restart(0).await.expect("etcd back");
+    let back = Instant::now();
+    // Nothing happened elsewhere: the same node resumes, on the same timeline.
+    let resumed = setup.cluster.wait_healthy(UP).await.expect("healthy again");
+    println!("etcd back: healthy again after {:?}", back.elapsed());
+    assert_eq!(resumed, leader, "the old primary resumes");
+    assert_eq!(timeline(&setup.cluster, leader), before, "same timeline, no promotion");
+    assert!(setup.cluster.nodes[leader].agent_log().contains("resume on timeline"), "the agent says why it resumed");
+    assert_no_loss_and_one_writer(&setup, writer, probe, "etcd stopped").await;
+}
+
+#[tokio::test]
+async fn losing_an_etcd_follower_and_then_the_etcd_leader_keeps_the_primary() {
+    let (mut setup, before, probe, writer) = loaded(3).await;
+    let leader = setup.leader;
+
+    // One etcd follower killed: quorum holds, nothing may change for a ttl.
+    let etcd_leader = setup.cluster.etcd.leader_index().await.expect("etcd leader");
+    let follower = (0..3).find(|&i| i != etcd_leader).expect("a follower");
+    setup.cluster.etcd.kill(follower);
+    writer.wait_ack_after(Instant::now() + TTL, UP).await.expect("writes go on for a ttl");
+    setup.cluster.etcd.restart(follower).await.expect("follower back");
+
+    // The etcd leader killed: the other two elect a new one; the lease and
+    // the leader key survive the change.
+    let etcd_leader = setup.cluster.etcd.leader_index().await.expect("etcd leader");
+    setup.cluster.etcd.kill(etcd_leader);
+    writer.wait_ack_after(Instant::now() + TTL, UP).await.expect("writes go on for a ttl");
+    setup.cluster.etcd.restart(etcd_leader).await.expect("etcd leader back");
+
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy"), leader, "same primary");
+    assert_eq!(timeline(&setup.cluster, leader), before, "same timeline");
+    assert_no_loss_and_one_writer(&setup, writer, probe, "etcd member, then etcd leader, killed").await;
+
+    // The unit-level fence (systemd ExecStopPost): nothing unless the unit's
+    // watchdog expired; then PostgreSQL stops at once. Tried on a replica.
+    let replica = (0..3).find(|&i| i != leader).expect("a replica");
+    let node = &setup.cluster.nodes[replica];
+    let pid = node.postmaster_pid().expect("the replica runs");
+    let config = node.config_path().display().to_string();
+    let args = ["--fence-if-watchdog", config.as_str()];
+    let (ok, stdout, _) = service::run("pgwarden-agent", &args, &[("SERVICE_RESULT", "exit-code")]).expect("run");
+    assert!(ok && stdout.contains("nothing to fence"), "{stdout}");
+    assert!(is_running(pid), "no watchdog expiry: PostgreSQL untouched");
+    let (ok, _, stderr) = service::run("pgwarden-agent", &args, &[("SERVICE_RESULT", "watchdog")]).expect("run");
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("watchdog expired"), "{stderr}");
+    // pg_ctl returns once the pid file is gone; the process exits just after.
+    wait_until("the fenced postmaster to exit", Duration::from_secs(5), || async {
+        Ok::<_, String>((!is_running(pid)).then_some(()))
+    })
+    .await
+    .expect("the watchdog fence stopped PostgreSQL");
+}
+
+#[tokio::test]
+async fn a_required_watchdog_that_cannot_be_armed_keeps_the_node_from_leading() {
+    init_logging();
+    let extra = |_| "watchdog:\n  mode: required\n  device: /nonexistent/watchdog\n".to_string();
+    let cluster = PgwardenCluster::start_with(1, extra).await.expect("start");
+    let node = &cluster.nodes[0];
+    wait_until("the agent to refuse leading without a watchdog", UP, || async {
+        Ok::<_, String>(node.agent_log().contains("watchdog.mode is required").then_some(()))
+    })
+    .await
+    .expect("refused");
+    let log = node.agent_log();
+    assert!(log.contains("/nonexistent/watchdog") && log.contains("modprobe softdog"), "names the device and the fix");
+    assert_eq!(cluster.get_key("initialize").await.expect("etcd"), None, "no bootstrap without the watchdog");
+    assert!(node.postmaster_pid().is_none(), "no data directory was built");
+}
