@@ -125,10 +125,12 @@ async fn losing_an_etcd_follower_and_then_the_etcd_leader_keeps_the_primary() {
     assert_no_loss_and_one_writer(&setup, writer, probe, "etcd member, then etcd leader, killed").await;
 
     // The unit-level fence (systemd ExecStopPost): nothing unless the unit's
-    // watchdog expired; then PostgreSQL stops at once. Tried on a replica.
+    // watchdog expired; then PostgreSQL stops at once. Tried on a replica
+    // whose agent was killed, as systemd kills a hung agent before the fence.
     let replica = (0..3).find(|&i| i != leader).expect("a replica");
-    let node = &setup.cluster.nodes[replica];
+    let node = &mut setup.cluster.nodes[replica];
     let pid = node.postmaster_pid().expect("the replica runs");
+    node.kill_agent();
     let config = node.config_path().display().to_string();
     let args = ["--fence-if-watchdog", config.as_str()];
     let (ok, stdout, _) = service::run("pgwarden-agent", &args, &[("SERVICE_RESULT", "exit-code")]).expect("run");
@@ -143,6 +145,9 @@ async fn losing_an_etcd_follower_and_then_the_etcd_leader_keeps_the_primary() {
     })
     .await
     .expect("the watchdog fence stopped PostgreSQL");
+    // The restarted agent brings the replica back.
+    node.start_agent().expect("restart the agent");
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy"), leader);
 }
 
 #[tokio::test]
