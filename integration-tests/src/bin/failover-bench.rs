@@ -1,13 +1,17 @@
 //! Failover benchmark: brings up etcd + 3 pgwarden nodes + HAProxy on
 //! loopback (ttl 10, loop_wait 1, retry_timeout 3; the fast HAProxy checks of
 //! deploy/haproxy.cfg), runs a client writing a row every 5 ms through
-//! HAProxy, injects a fault, and reports the write-unavailability window
-//! (last acknowledged write before the fault to the first after), the time to
-//! a new `/primary` 200, and acknowledged rows lost.
+//! HAProxy, probes every node directly for writability, injects a fault, and
+//! reports the write-unavailability window (last acknowledged write before the
+//! fault to the first after), the time to a new `/primary` 200, acknowledged
+//! rows lost, seconds during which two nodes accepted writes, and the time
+//! until the old primary streams again.
 //!
 //!     cargo run -p pgwarden-integration-tests --bin failover-bench -- [REPEATS] [SCENARIO...]
 //!
-//! Scenarios: switchover, postgres-killed, node-lost, agent-stopped. Needs the
+//! Scenarios: switchover, postgres-killed, agent-stopped, agent-killed (SIGKILL,
+//! PostgreSQL left running), agent-frozen (SIGSTOP, SIGCONT once a replica
+//! took over), node-lost. Needs the
 //! workspace's binaries built (`cargo build --workspace --bins`) and root or
 //! the `postgres` user, as the tests do.
 
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::probe::WriteProbe;
 use pgwarden_integration_tests::writer::{Writer, missing_rows};
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, wait_until};
 
@@ -25,6 +30,9 @@ struct Run {
     to_primary: Duration,
     lost: usize,
     acked: usize,
+    two_writers: f64,
+    /// Fault to the old primary streaming again (`None`: the node is gone).
+    rejoined: Option<Duration>,
 }
 
 async fn run_once(scenario: &str) -> anyhow::Result<Run> {
@@ -35,6 +43,8 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
         HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
     let writer = Writer::start(write, SUPERUSER_PASSWORD, "bench", Duration::from_millis(5)).await?;
     let leader = cluster.wait_primary(UP).await?;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let fault = Instant::now();
     match scenario {
@@ -50,6 +60,8 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
         "agent-stopped" => {
             cluster.nodes[leader].stop_agent();
         }
+        "agent-killed" => cluster.nodes[leader].kill_agent(),
+        "agent-frozen" => cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP),
         other => anyhow::bail!("unknown scenario {other}"),
     }
     // The time to a /primary 200 on any node, polled every 10 ms.
@@ -83,7 +95,28 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
         eprintln!("{scenario}: fault→{:?}; acks: {}", to_primary, times.join(" "));
     }
     let lost = missing_rows(cluster.nodes[primary].pg_port, SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
-    Ok(Run { unavailable: report.max_gap_after(fault), to_primary, lost, acked: report.acked.len() })
+    // The old primary back: its agent restarted or thawed, then streaming.
+    let rejoined = match scenario {
+        "node-lost" => None,
+        _ => {
+            match scenario {
+                "agent-stopped" | "agent-killed" => cluster.nodes[leader].start_agent()?,
+                "agent-frozen" => cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT),
+                _ => {}
+            }
+            cluster.wait_healthy(UP).await?;
+            Some(fault.elapsed())
+        }
+    };
+    let two_writers = probe.stop().await.two_writer_seconds();
+    Ok(Run {
+        unavailable: report.max_gap_after(fault),
+        to_primary,
+        lost,
+        acked: report.acked.len(),
+        two_writers,
+        rejoined,
+    })
 }
 
 fn summary(values: &mut [Duration]) -> String {
@@ -103,25 +136,39 @@ async fn main() -> anyhow::Result<()> {
     let repeats: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(3);
     let mut scenarios: Vec<String> = args.collect();
     if scenarios.is_empty() {
-        scenarios = ["switchover", "postgres-killed", "agent-stopped", "node-lost"].map(String::from).to_vec();
+        scenarios = ["switchover", "postgres-killed", "agent-stopped", "agent-killed", "agent-frozen", "node-lost"]
+            .map(String::from)
+            .to_vec();
     }
     println!(
         "pgwarden failover benchmark: {repeats} run(s) per scenario, ttl 10, loop_wait 1, retry_timeout 3, fast HAProxy checks"
     );
-    println!("scenario         write unavailable (median [min..max])   new /primary 200               acked rows lost");
+    println!(
+        "scenario         write unavailable (median [min..max])   new /primary 200               acked rows lost   \
+         two writers (s)   old primary streaming"
+    );
 
     for scenario in &scenarios {
         let mut unavailable = Vec::new();
         let mut to_primary = Vec::new();
-        let (mut lost, mut acked) = (0, 0);
+        let mut rejoined = Vec::new();
+        let (mut lost, mut acked, mut two_writers) = (0, 0, 0.0);
         for _ in 0..repeats {
             let run = run_once(scenario).await?;
             unavailable.push(run.unavailable);
             to_primary.push(run.to_primary);
+            rejoined.extend(run.rejoined);
             lost += run.lost;
             acked += run.acked;
+            two_writers += run.two_writers;
         }
-        println!("{scenario:<16} {:<38} {:<30} {lost} of {acked}", summary(&mut unavailable), summary(&mut to_primary));
+        let rejoined = if rejoined.is_empty() { "n/a (node gone)".to_string() } else { summary(&mut rejoined) };
+        println!(
+            "{scenario:<16} {:<38} {:<30} {:<17} {two_writers:<17.3} {rejoined}",
+            summary(&mut unavailable),
+            summary(&mut to_primary),
+            format!("{lost} of {acked}")
+        );
     }
     Ok(())
 }
