@@ -16,6 +16,9 @@ use crate::wait::wait_until;
 
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
 pub const REPLICATION_PASSWORD: &str = "test-replication-secret";
+/// `restapi.authentication` of every test node (the write endpoints need it).
+pub const REST_USER: &str = "admin";
+pub const REST_PASSWORD: &str = "test-rest-secret";
 
 /// One node: its directory, ports and running services.
 pub struct Node {
@@ -24,8 +27,10 @@ pub struct Node {
     pub rest_port: u16,
     pub pg_port: u16,
     pub agent_port: u16,
+    pub controller_port: u16,
     agent: Option<ChildGuard>,
     health: Option<ChildGuard>,
+    controller: Option<ChildGuard>,
 }
 
 impl Node {
@@ -59,6 +64,28 @@ impl Node {
         Ok(())
     }
 
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let config = self.config_path().display().to_string();
+        self.controller = Some(spawn("pgwarden-controller", &[&config], &self.dir, "controller")?);
+        Ok(())
+    }
+
+    /// Kills the controller at once (SIGKILL).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            controller.kill();
+        }
+    }
+
+    /// The controller's gRPC URL.
+    pub fn controller_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.controller_port)
+    }
+
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
     /// Stops the agent cleanly (SIGTERM): it stops PostgreSQL and hands over.
     pub fn stop_agent(&mut self) -> bool {
         self.agent.take().is_some_and(|mut agent| agent.terminate(Duration::from_secs(60)))
@@ -82,11 +109,12 @@ impl Node {
         }
     }
 
-    /// The whole node lost at once: agent, health API and PostgreSQL killed.
+    /// The whole node lost at once: agent, health API, controller and PostgreSQL killed.
     pub fn kill_node(&mut self) {
         let pid = self.postmaster_pid();
         self.kill_agent();
         self.kill_health();
+        self.kill_controller();
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -131,6 +159,7 @@ impl Drop for Node {
         if let Some(mut health) = self.health.take() {
             health.kill();
         }
+        self.kill_controller();
         self.kill_agent();
         self.stop_postgres();
     }
@@ -160,6 +189,7 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
     format!(
         "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
+         \x20 authentication:\n    username: {rest_user}\n    password: {rest_password}\n\
          {etcd}\
          bootstrap:\n  dcs:\n    ttl: 10\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
          \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
@@ -170,6 +200,8 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
          pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
          {watchdog}{extra}",
         rest = node.rest_port,
+        rest_user = REST_USER,
+        rest_password = REST_PASSWORD,
         // A node's extra config may bring its own `etcd3:` (e.g. through a proxy).
         etcd = if extra.contains("etcd3:") {
             String::new()
@@ -184,7 +216,7 @@ fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: 
         repl = REPLICATION_PASSWORD,
         sock = node.dir.path().display(),
         agent = node.agent_port,
-        controller = free_port(),
+        controller = node.controller_port,
     )
 }
 
@@ -221,6 +253,7 @@ impl PgwardenCluster {
         for node in &mut cluster.nodes {
             node.start_agent()?;
             node.start_health()?;
+            node.start_controller()?;
         }
         Ok(cluster)
     }
@@ -233,8 +266,10 @@ impl PgwardenCluster {
             rest_port: free_port(),
             pg_port: free_port(),
             agent_port: free_port(),
+            controller_port: free_port(),
             agent: None,
             health: None,
+            controller: None,
         };
         let yaml = node_config(name, &self.scope, &node, &self.etcd, extra_config);
         std::fs::write(node.config_path(), yaml)?;
@@ -304,6 +339,12 @@ impl PgwardenCluster {
         let mut client = self.etcd.client().await?;
         let response = client.get(format!("/itest/{}/{key}", self.scope), None).await?;
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// The leader's last published WAL position (`status.optime`), 0 if none.
+    pub async fn optime(&self) -> u64 {
+        let status = self.get_key("status").await.ok().flatten().unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|json| json["optime"].as_u64()).unwrap_or(0)
     }
 
     /// The cluster's system identifier from etcd.

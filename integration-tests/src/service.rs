@@ -70,10 +70,26 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(
 
 /// A minimal HTTP/1.0 request to 127.0.0.1: (status code, body).
 pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_with(method, port, path, &[], "", std::time::Duration::from_secs(2))
+}
+
+/// As [`http`], with extra headers, a body and a read timeout.
+pub fn http_with(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len())?;
+    for (name, value) in headers {
+        write!(stream, "{name}: {value}\r\n")?;
+    }
+    write!(stream, "\r\n{body}")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

@@ -270,10 +270,7 @@ async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() 
     let receiver: i32 =
         lagging.psql("select pid from pg_stat_wal_receiver").expect("walreceiver pid").parse().expect("a pid");
     let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), signal);
-    let optime = || async {
-        let status = setup.cluster.get_key("status").await.ok().flatten().unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|json| json["optime"].as_u64()).unwrap_or(0)
-    };
+    let optime = || setup.cluster.optime();
     let before = optime().await;
     stop(nix::sys::signal::Signal::SIGSTOP).expect("freeze node3's WAL receiver");
     // About 8 MB of WAL, beyond the default maximum_lag_on_failover of 1 MB.

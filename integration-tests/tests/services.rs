@@ -94,6 +94,7 @@ async fn agent_health_controller_and_cli_work_together() {
     assert!(body.contains("agent"), "/patroni says why: {body}");
 
     // Without a controller the CLI reads etcd directly.
+    node.kill_controller();
     let (ok, stdout, stderr) =
         run("pgwardenctl", &["-c", &config, "-v", "list", "-f", "json"], &[]).expect("list json");
     assert!(ok && stderr.contains("from etcd"), "{stderr}");

@@ -1,6 +1,7 @@
-//! Commands that change the cluster, written to etcd as `patronictl` does
-//! when it cannot reach the REST API: a switchover or failover request in the
-//! `failover` key (the agents carry it out), and `pause` in the `config` key.
+//! Commands that change the cluster: switchover and failover through the
+//! controller (or, when none answers, the same workflow run here against
+//! etcd, as `patronictl` falls back to the DCS), and `pause` in the `config`
+//! key.
 //! Every write is a compare-and-swap; nothing is written before the request
 //! is checked.
 
@@ -8,8 +9,10 @@ use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use dcs::{ClusterView, Etcd, EtcdSettings, Failover, Keys};
+use dcs::{ClusterView, Etcd, EtcdSettings, Keys};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use ha_proto::v1::controller_client::ControllerClient;
+use ha_proto::v1::{CancelSwitchoverRequest, FailoverRequest, SwitchoverRequest, WatchEventsRequest};
 use pgwarden_config::Config;
 
 pub struct Target {
@@ -32,7 +35,7 @@ async fn read(target: &Target) -> anyhow::Result<ClusterView> {
 }
 
 /// Asks for confirmation on a terminal; without one, `--force` is required.
-fn confirm(question: &str, force: bool) -> anyhow::Result<()> {
+pub fn confirm(question: &str, force: bool) -> anyhow::Result<()> {
     if force {
         return Ok(());
     }
@@ -46,62 +49,84 @@ fn confirm(question: &str, force: bool) -> anyhow::Result<()> {
     if matches!(answer.trim(), "y" | "Y" | "yes") { Ok(()) } else { bail!("aborted") }
 }
 
-fn tag_is_true(view: &ClusterView, member: &str, tag: &str) -> bool {
-    view.member(member).and_then(|m| m.data.tags.get(tag)).and_then(serde_json::Value::as_bool) == Some(true)
+/// How a switchover or failover reaches the cluster: the controller's gRPC
+/// API (progress streamed live), or, when no controller answers, the same
+/// workflow run here against etcd (as `patronictl` falls back to the DCS).
+pub enum Workflow {
+    Switchover { leader: String, candidate: String, scheduled_at: String },
+    Failover { candidate: String },
+    Cancel,
 }
 
-/// Writes the request iff no other is pending, then (unless scheduled)
-/// follows it until the leader changes.
-async fn request(target: &Target, view: &ClusterView, failover: Failover, wait_for: Duration) -> anyhow::Result<()> {
-    if let Some(pending) = &view.failover {
-        bail!(
-            "a switchover or failover is already requested ({}); wait for it, or delete the key {} to drop it",
-            serde_json::to_string(pending)?,
-            target.keys.failover()
-        );
+fn time_of(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!("[hour]:[minute]:[second].[subsecond digits:3]")).ok()
+        })
+        .unwrap_or_default()
+}
+
+async fn controller_client(config: &Config, scope: &str) -> Option<ControllerClient<tonic::transport::Channel>> {
+    if scope != config.scope {
+        return None;
     }
-    let key = target.keys.failover();
-    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
-        key.as_str(),
-        serde_json::to_string(&failover)?,
-        None,
-    )]);
-    if !target.etcd.txn(txn).await.context("write the request")?.succeeded() {
-        bail!("another request was written at the same moment; run `pgwardenctl list` and try again");
-    }
-    if let Some(at) = &failover.scheduled_at {
-        println!("Switchover scheduled at {at}");
-        return Ok(());
-    }
-    let old_leader = view.leader.as_ref().map(|l| l.name.clone());
-    let started = Instant::now();
-    while started.elapsed() < wait_for {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = read(target).await?;
-        let leader = now.leader.as_ref().map(|l| l.name.clone());
-        // Done when the leader changed and the new one cleared the request.
-        if leader.is_some() && leader != old_leader && now.failover.is_none() {
-            let leader = leader.unwrap_or_default();
-            match failover.member.as_deref() {
-                Some(wanted) if wanted != leader => println!("Switched over to \"{leader}\" instead of \"{wanted}\""),
-                _ => println!("Successfully switched over to \"{leader}\""),
+    let address = &config.pgwarden.controller_grpc_connect_address;
+    let url = format!("http://{}:{}", address.connectable_host(), address.port);
+    tokio::time::timeout(Duration::from_secs(2), ControllerClient::connect(url)).await.ok()?.ok()
+}
+
+fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+/// Runs `workflow`, printing the controller's events while it runs.
+pub async fn run_workflow(config: &Config, target: &Target, workflow: Workflow) -> anyhow::Result<()> {
+    let Some(mut client) = controller_client(config, &target.scope).await else {
+        eprintln!("no controller answers: running the workflow here, against etcd");
+        let cluster = controller::workflow::Cluster {
+            etcd: target.etcd.clone(),
+            keys: target.keys.clone(),
+            scope: target.scope.clone(),
+        };
+        let message = match workflow {
+            Workflow::Switchover { leader, candidate, scheduled_at } => {
+                controller::workflow::switchover(&cluster, &leader, &candidate, &scheduled_at).await.map(|r| r.message)
             }
-            return Ok(());
+            Workflow::Failover { candidate } => {
+                controller::workflow::failover(&cluster, &candidate).await.map(|r| r.message)
+            }
+            Workflow::Cancel => controller::workflow::cancel(&cluster).await,
+        };
+        println!("{}", message.map_err(failed)?);
+        return Ok(());
+    };
+    // Subscribe before asking, so that no step is missed.
+    let mut events = client.watch_events(WatchEventsRequest {}).await.map_err(failed)?.into_inner();
+    let printer = tokio::spawn(async move {
+        while let Ok(Some(event)) = events.message().await {
+            println!("{}  {}", time_of(event.at_unix_ms), event.message);
         }
-        if now.failover.is_none() && leader == old_leader {
-            bail!("Switchover failed: the leader cleared the request (see its agent's log for why)");
+    });
+    let outcome = match workflow {
+        Workflow::Switchover { leader, candidate, scheduled_at } => client
+            .switchover(SwitchoverRequest { leader, candidate, scheduled_at })
+            .await
+            .map(|r| r.into_inner().message),
+        Workflow::Failover { candidate } => {
+            client.failover(FailoverRequest { candidate }).await.map(|r| r.into_inner().message)
         }
-    }
-    bail!("Switchover status unknown after {} seconds: check `pgwardenctl list`", wait_for.as_secs())
-}
-
-fn wait_budget(view: &ClusterView) -> Duration {
-    let loop_wait =
-        view.config.as_ref().and_then(|(c, _)| c.get("loop_wait")).and_then(serde_json::Value::as_u64).unwrap_or(10);
-    Duration::from_secs(2 * loop_wait.max(10))
+        Workflow::Cancel => client.cancel_switchover(CancelSwitchoverRequest {}).await.map(|r| r.into_inner().message),
+    };
+    // The last events (the new leader's role change) follow the outcome closely.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    printer.abort();
+    println!("{}", outcome.map_err(failed)?);
+    Ok(())
 }
 
 pub async fn switchover(
+    config: &Config,
     target: &Target,
     leader: Option<String>,
     candidate: Option<String>,
@@ -115,52 +140,22 @@ pub async fn switchover(
             target.scope
         );
     };
-    if let Some(leader) = &leader
-        && *leader != current
-    {
-        bail!("leader name does not match: {current} leads, not {leader}");
-    }
-    if let Some(candidate) = &candidate {
-        if *candidate == current {
-            bail!("Switchover target and source are the same");
-        }
-        if view.member(candidate).is_none() {
-            bail!("candidate {candidate} does not exist in cluster {}", target.scope);
-        }
-        if tag_is_true(&view, candidate, "nofailover") {
-            bail!("candidate {candidate} is tagged nofailover");
-        }
-    }
-    let scheduled_at = match scheduled.as_deref() {
-        None | Some("now") => None,
-        Some(at) => {
-            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| {
-                anyhow::anyhow!(
-                    "--scheduled {at:?}: expected `now` or an ISO 8601 time with a time zone, e.g. 2026-12-01T03:00:00+00:00"
-                )
-            })?;
-            Some(at.to_string())
-        }
+    let to = candidate.clone().unwrap_or_else(|| "the best replica".into());
+    let when = scheduled.clone().filter(|s| s != "now").map_or_else(|| "now".to_string(), |at| format!("at {at}"));
+    confirm(&format!("Switch over cluster {} from {current} to {to}, {when}?", target.scope), force)?;
+    let workflow = Workflow::Switchover {
+        leader: leader.unwrap_or_default(),
+        candidate: candidate.unwrap_or_default(),
+        scheduled_at: scheduled.unwrap_or_default(),
     };
-    confirm(&format!("Switch over cluster {} from {current}?", target.scope), force)?;
-    let failover = Failover { leader: Some(current), member: candidate, scheduled_at };
-    request(target, &view, failover, wait_budget(&view)).await
+    run_workflow(config, target, workflow).await
 }
 
-pub async fn failover(target: &Target, candidate: String, force: bool) -> anyhow::Result<()> {
+pub async fn failover(config: &Config, target: &Target, candidate: String, force: bool) -> anyhow::Result<()> {
     let view = read(target).await?;
-    if view.member(&candidate).is_none() {
-        bail!("candidate {candidate} does not exist in cluster {}", target.scope);
-    }
-    if tag_is_true(&view, &candidate, "nofailover") {
-        bail!("candidate {candidate} is tagged nofailover");
-    }
-    if view.leader.as_ref().is_some_and(|l| l.name == candidate) {
-        bail!("{candidate} is already the leader");
-    }
-    confirm(&format!("Fail cluster {} over to {candidate}?", target.scope), force)?;
-    let failover = Failover { leader: None, member: Some(candidate), scheduled_at: None };
-    request(target, &view, failover, wait_budget(&view)).await
+    let from = view.leader.as_ref().map_or_else(|| "no leader".to_string(), |l| format!("leader {}", l.name));
+    confirm(&format!("Fail cluster {} over to {candidate} ({from} now)?", target.scope), force)?;
+    run_workflow(config, target, Workflow::Failover { candidate }).await
 }
 
 /// Sets or clears `pause` in the `config` key (compare-and-swap); with
@@ -204,7 +199,7 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
             if pending.is_empty() {
                 break;
             }
-            if started.elapsed() > wait_budget(&now) {
+            if started.elapsed() > controller::workflow::deadline(&now) {
                 bail!("members not yet reporting it: {}", pending.join(", "));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -84,6 +84,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Discard a scheduled switchover.
+    Flush {
+        cluster: Option<String>,
+        #[arg(value_enum)]
+        what: FlushWhat,
+        #[arg(long)]
+        force: bool,
+    },
     /// Pause automatic failover and PostgreSQL management.
     Pause {
         cluster: Option<String>,
@@ -103,6 +111,11 @@ pub enum Command {
         #[arg(short = 'm', long = "member")]
         member: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FlushWhat {
+    Switchover,
 }
 
 fn default_config_file() -> Option<PathBuf> {
@@ -157,11 +170,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Switchover { cluster, leader, candidate, scheduled, force } => {
             let target = actions::target(&config, cluster).await?;
-            actions::switchover(&target, leader, candidate, scheduled, force).await
+            actions::switchover(&config, &target, leader, candidate, scheduled, force).await
         }
         Command::Failover { cluster, candidate, force } => {
             let target = actions::target(&config, cluster).await?;
-            actions::failover(&target, candidate, force).await
+            actions::failover(&config, &target, candidate, force).await
+        }
+        Command::Flush { cluster, what: FlushWhat::Switchover, force } => {
+            let target = actions::target(&config, cluster).await?;
+            actions::confirm(&format!("Delete the pending switchover of cluster {}?", target.scope), force)?;
+            actions::run_workflow(&config, &target, actions::Workflow::Cancel).await
         }
         Command::Pause { cluster, wait } => {
             actions::set_pause(&actions::target(&config, cluster).await?, true, wait).await

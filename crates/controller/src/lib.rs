@@ -3,15 +3,32 @@
 //! cluster from etcd and expresses intent there; it never writes the `leader`
 //! key and never promotes or demotes PostgreSQL (DESIGN.md "Who may touch what").
 
+pub mod active;
+pub mod events;
+pub mod workflow;
+
+use std::pin::Pin;
+use std::time::Duration;
+
 use clap::Parser;
-use dcs::{ClusterView, Etcd, EtcdSettings, Keys};
+use dcs::{ClusterView, EtcdSettings, Keys};
+use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::controller_server::{Controller, ControllerServer};
-use ha_proto::v1::{ListMembersRequest, ListMembersResponse, Member};
+use ha_proto::v1::{
+    CancelSwitchoverRequest, CancelSwitchoverResponse, ClusterEvent, FailoverRequest, GetActiveRequest,
+    GetActiveResponse, ListMembersRequest, ListMembersResponse, Member, SwitchoverRequest, WatchEventsRequest,
+    WorkflowResponse,
+};
 use pgwarden_config::{Config, Purpose};
 use pgwarden_runtime::ConfigArgs;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
+
+use crate::active::ActiveState;
+use crate::workflow::Cluster;
 
 #[derive(Debug, Parser)]
 #[command(name = "pgwarden-controller", version, about = "pgwarden controller: operator workflows over gRPC")]
@@ -64,20 +81,60 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
 
 /// The `Controller` gRPC service.
 pub struct ControllerService {
-    etcd: Etcd,
-    keys: Keys,
-    scope: String,
+    cluster: Cluster,
+    active: watch::Receiver<ActiveState>,
+    events: broadcast::Sender<ClusterEvent>,
 }
 
 impl ControllerService {
-    pub fn new(etcd: Etcd, keys: Keys, scope: String) -> Self {
-        Self { etcd, keys, scope }
+    pub fn new(
+        cluster: Cluster,
+        active: watch::Receiver<ActiveState>,
+        events: broadcast::Sender<ClusterEvent>,
+    ) -> Self {
+        Self { cluster, active, events }
+    }
+
+    /// The active controller to forward a write to, or `None` when this is
+    /// it. A dead active controller is waited out (its key expires within a
+    /// ttl and another takes over), up to `FORWARD_PATIENCE`.
+    async fn forward_to(&self) -> Result<Option<ControllerClient<tonic::transport::Channel>>, Status> {
+        let started = std::time::Instant::now();
+        loop {
+            let active = self.active.borrow().clone();
+            if active.this_one {
+                return Ok(None);
+            }
+            let why = if active.url.is_empty() {
+                "no controller is active yet (is etcd reachable?)".to_string()
+            } else {
+                let connect =
+                    tokio::time::timeout(Duration::from_secs(1), ControllerClient::connect(active.url.clone()));
+                match connect.await {
+                    Ok(Ok(client)) => return Ok(Some(client)),
+                    Ok(Err(e)) => format!(
+                        "this controller is not active; the active one is {} at {}, and it does not answer: {e}",
+                        active.member, active.url
+                    ),
+                    Err(_) => format!(
+                        "this controller is not active; the active one is {} at {}, and it does not answer",
+                        active.member, active.url
+                    ),
+                }
+            };
+            if started.elapsed() > FORWARD_PATIENCE {
+                return Err(Status::unavailable(format!("{why}; retry in a few seconds")));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
-fn unavailable(e: &dcs::EtcdError) -> Status {
-    Status::unavailable(format!("cannot read the cluster from etcd: {}", dcs::describe_error(e)))
-}
+/// How long a request waits for a reachable active controller: longer than
+/// a ttl, so that a dead one's key expires and another takes over.
+const FORWARD_PATIENCE: Duration = Duration::from_secs(40);
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ClusterEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
@@ -85,8 +142,71 @@ impl Controller for ControllerService {
         &self,
         _request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let view = dcs::read_cluster(&self.etcd, &self.keys).await.map_err(|e| unavailable(&e))?;
-        Ok(Response::new(members_response(&self.scope, &view)))
+        let view = self.cluster.read().await?;
+        Ok(Response::new(members_response(&self.cluster.scope, &view)))
+    }
+
+    async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<WorkflowResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.switchover(request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        info!(leader = %request.leader, candidate = %request.candidate, scheduled_at = %request.scheduled_at, "switchover requested");
+        let outcome =
+            workflow::switchover(&self.cluster, &request.leader, &request.candidate, &request.scheduled_at).await;
+        self.report("switchover", &outcome);
+        outcome.map(Response::new)
+    }
+
+    async fn cancel_switchover(
+        &self,
+        request: Request<CancelSwitchoverRequest>,
+    ) -> Result<Response<CancelSwitchoverResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.cancel_switchover(request.into_inner()).await;
+        }
+        let message = workflow::cancel(&self.cluster).await?;
+        let _ = self.events.send(events::event("workflow", "", "the pending switchover was cancelled".into()));
+        Ok(Response::new(CancelSwitchoverResponse { message }))
+    }
+
+    async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<WorkflowResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.failover(request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        info!(candidate = %request.candidate, "failover requested");
+        let outcome = workflow::failover(&self.cluster, &request.candidate).await;
+        self.report("failover", &outcome);
+        outcome.map(Response::new)
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = tokio_stream::wrappers::BroadcastStream::new(self.events.subscribe())
+            .filter_map(|event| event.ok().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_active(&self, _request: Request<GetActiveRequest>) -> Result<Response<GetActiveResponse>, Status> {
+        let active = self.active.borrow().clone();
+        Ok(Response::new(GetActiveResponse { member: active.member, url: active.url, this_one: active.this_one }))
+    }
+}
+
+impl ControllerService {
+    /// One event and one log line per workflow outcome.
+    fn report(&self, what: &str, outcome: &Result<WorkflowResponse, Status>) {
+        let message = match outcome {
+            Ok(response) => format!("{what}: {} ({} ms)", response.message, response.duration_ms),
+            Err(status) => format!("{what} refused or failed ({:?}): {}", status.code(), status.message()),
+        };
+        info!("{message}");
+        let _ = self.events.send(events::event("workflow", "", message));
     }
 }
 
@@ -103,7 +223,15 @@ pub async fn run(
         tracing::warn!("{e}");
     }
     let keys = Keys::new(&config.namespace, &config.scope);
-    let service = ControllerService::new(etcd, keys, config.scope.clone());
+    let cluster = Cluster { etcd: etcd.clone(), keys: keys.clone(), scope: config.scope.clone() };
+    let address = &config.pgwarden.controller_grpc_connect_address;
+    let url = format!("http://{}:{}", address.connectable_host(), address.port);
+    let (active_tx, active_rx) = watch::channel(ActiveState::default());
+    let ttl = Duration::from_secs(u64::from(config.bootstrap.dcs.ttl));
+    let election = tokio::spawn(active::run(etcd, keys.controller(), config.name.clone(), url, ttl, active_tx));
+    let (events_tx, _) = broadcast::channel(1024);
+    let observer = tokio::spawn(events::run(cluster.clone(), events_tx.clone(), active_rx.clone()));
+    let service = ControllerService::new(cluster, active_rx, events_tx);
     info!(address = %listener.local_addr()?, "serving the Controller gRPC API");
     pgwarden_runtime::notify::ready("serving the Controller gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -111,6 +239,8 @@ pub async fn run(
         .add_service(ControllerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    election.abort();
+    observer.abort();
     info!("controller stopped");
     Ok(())
 }

@@ -37,6 +37,12 @@ impl Keys {
         self.key("leader")
     }
 
+    /// pgwarden's own key: the active controller (`<member> <grpc url>`),
+    /// bound to its lease. Patroni ignores it.
+    pub fn controller(&self) -> String {
+        self.key("pgwarden-controller")
+    }
+
     /// `members/`: prefix of every member key.
     pub fn members_prefix(&self) -> String {
         self.key("members/")

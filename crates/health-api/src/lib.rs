@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod feed;
 pub mod fencer;
 pub mod metrics;
+pub mod write;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,6 +43,16 @@ struct Shared {
     latest: watch::Receiver<Latest>,
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
     fencer: watch::Receiver<fencer::FencerState>,
+    writes: WriteSettings,
+}
+
+/// Where the write endpoints go, and who may call them.
+#[derive(Default)]
+pub struct WriteSettings {
+    /// The controller's gRPC URL on this node.
+    pub controller_url: String,
+    /// `restapi.authentication`: required on every write endpoint when set.
+    pub authentication: Option<pgwarden_config::BasicAuth>,
 }
 
 /// `/cluster`, `/history` and `/config` read etcd; the checks do not.
@@ -72,8 +83,28 @@ async fn from_etcd(path: &str, shared: &Shared) -> Option<checks::Answer> {
     })
 }
 
+fn text_response(status: StatusCode, text: String, challenge: bool) -> Response<Full<Bytes>> {
+    let mut builder =
+        Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+    if challenge {
+        builder = builder.header(http::header::WWW_AUTHENTICATE, "Basic realm=\"pgwarden\"");
+    }
+    builder.body(Full::new(Bytes::from(text))).expect("response parts are valid")
+}
+
 async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
+    if write::handles(request.method(), &path) {
+        if !write::authorized(request.headers().get(http::header::AUTHORIZATION), shared.writes.authentication.as_ref())
+        {
+            let text = "authentication required: send the restapi.authentication user and password (HTTP basic auth)\n";
+            return text_response(StatusCode::UNAUTHORIZED, text.into(), true);
+        }
+        let method = request.method().clone();
+        let reply = write::answer(&method, &path, request.into_body(), &shared.writes.controller_url).await;
+        info!(%method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
+        return text_response(reply.status, reply.text, reply.challenge);
+    }
     let query = checks::parse_query(request.uri().query());
     if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         let latest = shared.latest.borrow().clone();
@@ -126,6 +157,7 @@ pub async fn run(
     agent_url: String,
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
     fencer_settings: Option<fencer::FencerSettings>,
+    writes: WriteSettings,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -133,7 +165,7 @@ pub async fn run(
     let (fencer_tx, fencer_rx) = watch::channel(fencer::FencerState::Disarmed);
     let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
     let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone()));
-    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx });
+    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes });
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
     loop {
@@ -201,6 +233,14 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         agent_url(&config),
         Some((etcd, keys)),
         fencer_settings,
+        WriteSettings {
+            controller_url: format!(
+                "http://{}:{}",
+                config.pgwarden.controller_grpc_connect_address.connectable_host(),
+                config.pgwarden.controller_grpc_connect_address.port
+            ),
+            authentication: config.restapi.authentication.clone(),
+        },
         listener,
         pgwarden_runtime::shutdown_signal(),
     )

@@ -1,0 +1,297 @@
+//! The switchover and failover workflows. A request is checked against the
+//! cluster as etcd and the candidates' agents report it, written to the
+//! `failover` key with compare-and-swap (create-if-absent), and followed
+//! until the leader key changes hands. The agents carry it out (DESIGN.md
+//! "Who may touch what"); nothing here writes `leader` or touches PostgreSQL.
+//!
+//! Used by the active controller, and by `pgwardenctl` itself when no
+//! controller answers (as `patronictl` falls back to the DCS).
+
+use std::time::{Duration, Instant};
+
+use dcs::{ClusterView, Etcd, Failover, Keys};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use ha_proto::v1::node_agent_client::NodeAgentClient;
+use ha_proto::v1::{GetStatusRequest, NodeStatus, WorkflowOutcome, WorkflowResponse};
+use pgwarden_config::{DynamicConfig, Problems};
+use tonic::Status;
+
+/// The cluster a workflow runs against.
+#[derive(Clone)]
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub keys: Keys,
+    pub scope: String,
+}
+
+impl Cluster {
+    pub async fn read(&self) -> Result<ClusterView, Status> {
+        dcs::read_cluster(&self.etcd, &self.keys).await.map_err(|e| {
+            Status::unavailable(format!("cannot read cluster {} from etcd: {}", self.scope, dcs::describe_error(&e)))
+        })
+    }
+}
+
+/// The dynamic config in force (`config` key, else defaults).
+pub fn dynamic(view: &ClusterView) -> DynamicConfig {
+    match &view.config {
+        Some((json, _)) => DynamicConfig::read(json, "", &mut Problems::default()).0,
+        None => DynamicConfig::default(),
+    }
+}
+
+/// How long a request is followed: Patroni's `2 * max(10, loop_wait)`.
+pub fn deadline(view: &ClusterView) -> Duration {
+    Duration::from_secs(2 * dynamic(view).loop_wait().as_secs().max(10))
+}
+
+fn tag(view: &ClusterView, member: &str, name: &str) -> Option<serde_json::Value> {
+    view.member(member).and_then(|m| m.data.tags.get(name).cloned())
+}
+
+fn never_leads(view: &ClusterView, member: &str) -> bool {
+    tag(view, member, "nofailover").and_then(|v| v.as_bool()) == Some(true)
+        || tag(view, member, "failover_priority").and_then(|v| v.as_u64()) == Some(0)
+}
+
+/// A member's status from its agent (`None`: unreachable or not a pgwarden member).
+async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
+    let url = view.member(member)?.data.grpc_url.clone()?;
+    let ask = async {
+        let mut client = NodeAgentClient::connect(url).await.ok()?;
+        client.get_status(GetStatusRequest {}).await.ok().map(tonic::Response::into_inner)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+}
+
+fn position(status: &NodeStatus) -> u64 {
+    status.xlog_location.max(status.receive_lsn).max(status.replay_lsn)
+}
+
+/// Why `candidate` cannot take over from a running leader now, if it cannot:
+/// unknown, tagged never to lead, not running, or lagging.
+async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<Status> {
+    if view.member(candidate).is_none() {
+        return Some(Status::not_found(format!("candidate {candidate} is not a member of this cluster")));
+    }
+    if never_leads(view, candidate) {
+        return Some(Status::failed_precondition(format!(
+            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
+        )));
+    }
+    let Some(status) = agent_status(view, candidate).await else {
+        return Some(Status::failed_precondition(format!(
+            "candidate {candidate} does not answer: its agent is unreachable"
+        )));
+    };
+    if status.system_identifier.is_empty() || status.shutting_down {
+        return Some(Status::failed_precondition(format!("candidate {candidate}'s PostgreSQL is not running")));
+    }
+    let lag = leader_position.saturating_sub(position(&status));
+    let limit = dynamic(view).maximum_lag_on_failover;
+    (lag > limit).then(|| {
+        Status::failed_precondition(format!(
+            "candidate {candidate} is {lag} bytes behind the leader (maximum_lag_on_failover is {limit}); \
+             wait for it to catch up or choose another candidate"
+        ))
+    })
+}
+
+fn parse_time(at: &str) -> Result<time::OffsetDateTime, Status> {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        Status::invalid_argument(format!(
+            "scheduled_at {at:?}: expected an ISO 8601 time with a time zone, e.g. 2026-12-01T03:00:00+00:00"
+        ))
+    })
+}
+
+/// A planned switchover from `leader` (empty: the current one) to
+/// `candidate` (empty: the best eligible replica), now or at `scheduled_at`.
+pub async fn switchover(
+    cluster: &Cluster,
+    leader: &str,
+    candidate: &str,
+    scheduled_at: &str,
+) -> Result<WorkflowResponse, Status> {
+    let view = cluster.read().await?;
+    let paused = dynamic(&view).pause;
+    let Some(current) = view.leader.as_ref().map(|l| l.name.clone()) else {
+        return Err(Status::failed_precondition(format!(
+            "cluster {} has no leader: a switchover needs one (fail over to a named candidate instead)",
+            cluster.scope
+        )));
+    };
+    if !leader.is_empty() && leader != current {
+        return Err(Status::failed_precondition(format!("leader name does not match: {current} leads, not {leader}")));
+    }
+    if candidate == current {
+        return Err(Status::invalid_argument("Switchover target and source are the same"));
+    }
+    let scheduled_at = match scheduled_at {
+        "" | "now" => None,
+        at if paused => {
+            return Err(Status::invalid_argument(format!("Can't schedule switchover in the paused state ({at})")));
+        }
+        at => {
+            if parse_time(at)? <= time::OffsetDateTime::now_utc() {
+                return Err(Status::invalid_argument(format!("scheduled_at {at} is in the past")));
+            }
+            Some(at.to_string())
+        }
+    };
+    if paused && candidate.is_empty() {
+        return Err(Status::invalid_argument("Switchover is possible only to a specific candidate in a paused state"));
+    }
+    let leader_position = match agent_status(&view, &current).await {
+        Some(status) => position(&status),
+        None => view.status.as_ref().map_or(0, |s| s.optime),
+    };
+    if candidate.is_empty() {
+        let others: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).filter(|n| *n != current).collect();
+        if others.is_empty() {
+            return Err(Status::failed_precondition(
+                "switchover is not possible: cluster does not have members except leader",
+            ));
+        }
+        let mut reasons = Vec::new();
+        for other in others {
+            match candidate_problem(&view, other, leader_position).await {
+                None => {
+                    reasons.clear();
+                    break;
+                }
+                Some(why) => reasons.push(why.message().to_string()),
+            }
+        }
+        if !reasons.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "switchover is not possible: no good candidates have been found ({})",
+                reasons.join("; ")
+            )));
+        }
+    } else if let Some(problem) = candidate_problem(&view, candidate, leader_position).await {
+        return Err(problem);
+    }
+    let request = Failover {
+        leader: Some(current.clone()),
+        member: (!candidate.is_empty()).then(|| candidate.to_string()),
+        scheduled_at,
+    };
+    write_and_follow(cluster, &view, request).await
+}
+
+/// A manual failover to `candidate`. With a running leader it is a
+/// switchover to `candidate`; without one, the lag checks are skipped (the
+/// named candidate takes the key if it can, even if behind).
+pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResponse, Status> {
+    if candidate.is_empty() {
+        return Err(Status::invalid_argument("Failover could be performed only to a specific candidate"));
+    }
+    let view = cluster.read().await?;
+    if view.leader.as_ref().is_some_and(|l| l.name == candidate) {
+        return Err(Status::invalid_argument(format!("{candidate} is already the leader")));
+    }
+    if view.leader.is_some() {
+        return switchover(cluster, "", candidate, "").await;
+    }
+    if view.member(candidate).is_none() {
+        return Err(Status::not_found(format!("candidate {candidate} is not a member of this cluster")));
+    }
+    if never_leads(&view, candidate) {
+        return Err(Status::failed_precondition(format!(
+            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
+        )));
+    }
+    match agent_status(&view, candidate).await {
+        Some(status) if !status.system_identifier.is_empty() && !status.shutting_down => {}
+        _ => {
+            return Err(Status::failed_precondition(format!(
+                "candidate {candidate} cannot take over: its agent or PostgreSQL is not running"
+            )));
+        }
+    }
+    let request = Failover { leader: None, member: Some(candidate.to_string()), scheduled_at: None };
+    write_and_follow(cluster, &view, request).await
+}
+
+/// Drops a pending switchover (compare-and-swap on the key's revision).
+pub async fn cancel(cluster: &Cluster) -> Result<String, Status> {
+    let view = cluster.read().await?;
+    if view.failover.is_none() {
+        return Err(Status::not_found("no switchover is scheduled"));
+    }
+    let key = cluster.keys.failover();
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
+    let done = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?.succeeded();
+    if !done {
+        return Err(Status::aborted("the request changed while deleting it (compare-and-swap lost); look again"));
+    }
+    Ok("scheduled switchover deleted".to_string())
+}
+
+/// Writes the request iff no other is pending, then (unless scheduled)
+/// follows it until a new leader holds the key.
+async fn write_and_follow(
+    cluster: &Cluster,
+    view: &ClusterView,
+    request: Failover,
+) -> Result<WorkflowResponse, Status> {
+    if let Some(pending) = &view.failover {
+        return Err(Status::already_exists(format!(
+            "a switchover or failover is already pending ({}); wait for it or cancel it",
+            serde_json::to_string(pending).unwrap_or_default()
+        )));
+    }
+    let key = cluster.keys.failover();
+    let value = serde_json::to_string(&request).map_err(|e| Status::internal(e.to_string()))?;
+    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        key.as_str(),
+        value,
+        None,
+    )]);
+    let started = Instant::now();
+    let written = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?.succeeded();
+    if !written {
+        return Err(Status::aborted("another request was written at the same moment (compare-and-swap lost)"));
+    }
+    if request.scheduled_at.is_some() {
+        return Ok(WorkflowResponse {
+            outcome: WorkflowOutcome::Scheduled as i32,
+            new_leader: String::new(),
+            message: "Switchover scheduled".into(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    let old_leader = view.leader.as_ref().map(|l| l.name.clone());
+    let budget = deadline(view);
+    while started.elapsed() < budget {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = cluster.read().await?;
+        let leader = now.leader.as_ref().map(|l| l.name.clone());
+        if let Some(new_leader) = leader.clone().filter(|l| Some(l) != old_leader.as_ref()) {
+            let message = match request.member.as_deref() {
+                Some(wanted) if wanted != new_leader => {
+                    format!("Switched over to \"{new_leader}\" instead of \"{wanted}\"")
+                }
+                _ => format!("Successfully switched over to \"{new_leader}\""),
+            };
+            return Ok(WorkflowResponse {
+                outcome: WorkflowOutcome::Done as i32,
+                new_leader,
+                message,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        if now.failover.is_none() && leader == old_leader {
+            return Err(Status::unavailable(
+                "Switchover failed: the leader dropped the request (see its agent's log for why)",
+            ));
+        }
+    }
+    Err(Status::deadline_exceeded(format!(
+        "Switchover status unknown after {} seconds: check `pgwardenctl list`",
+        budget.as_secs()
+    )))
+}

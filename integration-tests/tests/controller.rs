@@ -1,0 +1,356 @@
+//! The controller's workflows on a real 3-node cluster: switchover with and
+//! without a candidate through gRPC, REST and the CLI; a scheduled switchover
+//! and its cancellation; refusals that change nothing; a manual failover with
+//! no leader; the active controller killed in the middle of a switchover.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ha_proto::v1::controller_client::ControllerClient;
+use ha_proto::v1::{FailoverRequest, GetActiveRequest, SwitchoverRequest, WorkflowOutcome, WorkflowResponse};
+use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER};
+use pgwarden_integration_tests::service::{http_with, run};
+use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
+use tonic::Code;
+
+const UP: Duration = Duration::from_secs(90);
+
+async fn cluster(extra: impl Fn(usize) -> String) -> (PgwardenCluster, usize) {
+    init_logging();
+    let cluster = PgwardenCluster::start_with(3, extra).await.expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    (cluster, leader)
+}
+
+async fn client(cluster: &PgwardenCluster, node: usize) -> ControllerClient<tonic::transport::Channel> {
+    let url = cluster.nodes[node].controller_url();
+    wait_until("the controller to answer", UP, || {
+        let url = url.clone();
+        async move { Ok::<_, String>(ControllerClient::connect(url).await.ok()) }
+    })
+    .await
+    .expect("controller")
+}
+
+/// Waits until some controller is active; returns its node index.
+async fn active_controller(cluster: &PgwardenCluster, among: &[usize]) -> usize {
+    wait_until("a controller to be active", UP, || async {
+        for &i in among {
+            let Ok(mut c) = ControllerClient::connect(cluster.nodes[i].controller_url()).await else { continue };
+            if let Ok(active) = c.get_active(GetActiveRequest {}).await
+                && active.get_ref().this_one
+            {
+                return Ok(Some(i));
+            }
+        }
+        Err("none active yet".to_string())
+    })
+    .await
+    .expect("an active controller")
+}
+
+fn auth() -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")))
+}
+
+/// A REST write on `node`: (status, body).
+fn rest(cluster: &PgwardenCluster, node: usize, method: &str, path: &str, body: &str, authed: bool) -> (u16, String) {
+    let authorization = auth();
+    let headers: Vec<(&str, &str)> = if authed {
+        vec![("Authorization", authorization.as_str()), ("Content-Type", "application/json")]
+    } else {
+        vec![]
+    };
+    http_with(method, cluster.nodes[node].rest_port, path, &headers, body, Duration::from_secs(60)).expect("REST call")
+}
+
+fn leader_name(cluster: &PgwardenCluster, i: usize) -> String {
+    cluster.nodes[i].name.clone()
+}
+
+/// After a finished switchover: one primary (the expected one, if given),
+/// every replica streaming, the request cleared.
+async fn settled(cluster: &PgwardenCluster, expected: Option<usize>) -> usize {
+    let leader = cluster.wait_healthy(UP).await.expect("healthy after the switchover");
+    if let Some(expected) = expected {
+        assert_eq!(leader, expected, "the named candidate leads");
+    }
+    wait_until("the request to be cleared", Duration::from_secs(20), || async {
+        Ok::<_, String>(cluster.get_key("failover").await.ok().flatten().is_none().then_some(()))
+    })
+    .await
+    .expect("cleared");
+    leader
+}
+
+/// Waits until exactly one node other than `leader` is primary.
+async fn another_primary(cluster: &PgwardenCluster, leader: usize) -> usize {
+    wait_until("another member to lead", UP, || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] if *one != leader => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("switched over")
+}
+
+fn done(response: &WorkflowResponse, leader: &str) {
+    assert_eq!(response.outcome, WorkflowOutcome::Done as i32, "{response:?}");
+    assert_eq!(response.new_leader, leader, "{response:?}");
+}
+
+#[tokio::test]
+async fn switchover_with_and_without_a_candidate_through_grpc_rest_and_the_cli() {
+    let (cluster, mut leader) = cluster(|_| String::new()).await;
+    let mut grpc = client(&cluster, (leader + 1) % 3).await;
+    let mut timings = Vec::new();
+
+    // gRPC, named candidate (asked of a controller that may have to forward).
+    let candidate = (leader + 1) % 3;
+    let started = Instant::now();
+    let response = grpc
+        .switchover(SwitchoverRequest { candidate: leader_name(&cluster, candidate), ..Default::default() })
+        .await
+        .expect("gRPC switchover")
+        .into_inner();
+    timings.push(("gRPC, named", started.elapsed()));
+    done(&response, &leader_name(&cluster, candidate));
+    assert!(response.message.contains("Successfully switched over"), "{response:?}");
+    leader = settled(&cluster, Some(candidate)).await;
+
+    // gRPC, no candidate: the best replica.
+    let started = Instant::now();
+    let response = grpc.switchover(SwitchoverRequest::default()).await.expect("gRPC switchover").into_inner();
+    timings.push(("gRPC, best replica", started.elapsed()));
+    assert_ne!(response.new_leader, leader_name(&cluster, leader));
+    leader = settled(&cluster, None).await;
+    assert_eq!(response.new_leader, leader_name(&cluster, leader));
+
+    // REST: refused without credentials, nothing written.
+    let body = format!(r#"{{"leader":"{}"}}"#, leader_name(&cluster, leader));
+    let (status, text) = rest(&cluster, leader, "POST", "/switchover", &body, false);
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(cluster.get_key("failover").await.expect("etcd"), None, "nothing written");
+    // REST, no candidate.
+    let started = Instant::now();
+    let (status, text) = rest(&cluster, leader, "POST", "/switchover", &body, true);
+    timings.push(("REST, best replica", started.elapsed()));
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("Successfully switched over to"), "{text}");
+    leader = settled(&cluster, None).await;
+    // REST, named candidate, asked of a replica's health API.
+    let candidate = (leader + 1) % 3;
+    let body = format!(
+        r#"{{"leader":"{}","candidate":"{}"}}"#,
+        leader_name(&cluster, leader),
+        leader_name(&cluster, candidate)
+    );
+    let started = Instant::now();
+    let (status, text) = rest(&cluster, (leader + 2) % 3, "POST", "/switchover", &body, true);
+    timings.push(("REST, named", started.elapsed()));
+    assert_eq!(
+        (status, text.as_str()),
+        (200, format!("Successfully switched over to \"{}\"", leader_name(&cluster, candidate)).as_str())
+    );
+    leader = settled(&cluster, Some(candidate)).await;
+
+    // The CLI, named and not; it prints the workflow's events as they happen.
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let candidate = (leader + 1) % 3;
+    let name = leader_name(&cluster, candidate);
+    let started = Instant::now();
+    let (ok, stdout, stderr) =
+        run("pgwardenctl", &["-c", &config, "switchover", "--candidate", &name, "--force"], &[]).expect("run");
+    timings.push(("CLI, named", started.elapsed()));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{name} took the leader key")), "the CLI shows progress: {stdout}");
+    assert!(stdout.contains(&format!("Successfully switched over to \"{name}\"")), "{stdout}");
+    leader = settled(&cluster, Some(candidate)).await;
+    let started = Instant::now();
+    let (ok, stdout, stderr) = run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[]).expect("run");
+    timings.push(("CLI, best replica", started.elapsed()));
+    assert!(ok && stdout.contains("Successfully switched over"), "{stdout}{stderr}");
+    assert_ne!(settled(&cluster, None).await, leader);
+    for (how, took) in timings {
+        println!("switchover through {how}: {took:?} from the request to the new leader");
+    }
+}
+
+#[tokio::test]
+async fn refused_requests_change_nothing() {
+    // node3 never leads.
+    let (cluster, leader) =
+        cluster(|i| if i == 3 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
+    let mut grpc = client(&cluster, leader).await;
+    let current = leader_name(&cluster, leader);
+    let refused = |result: Result<tonic::Response<WorkflowResponse>, tonic::Status>, code: Code, words: &str| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(words), "{status:?}");
+    };
+    let ask = |candidate: &str| SwitchoverRequest { candidate: candidate.into(), ..Default::default() };
+    refused(grpc.switchover(ask("nobody")).await, Code::NotFound, "not a member");
+    refused(grpc.switchover(ask("node3")).await, Code::FailedPrecondition, "nofailover");
+    refused(grpc.switchover(ask(&current)).await, Code::InvalidArgument, "same");
+    refused(
+        grpc.switchover(SwitchoverRequest { leader: "node9".into(), ..Default::default() }).await,
+        Code::FailedPrecondition,
+        "leader name does not match",
+    );
+    refused(
+        grpc.switchover(SwitchoverRequest { scheduled_at: "tomorrow".into(), ..Default::default() }).await,
+        Code::InvalidArgument,
+        "ISO 8601",
+    );
+    refused(
+        grpc.failover(FailoverRequest { candidate: String::new() }).await,
+        Code::InvalidArgument,
+        "specific candidate",
+    );
+
+    // A lagging candidate: node2's WAL receiver frozen while the leader writes.
+    let lagging = if leader == 1 { 0 } else { 1 };
+    if leader != 0 && leader != 1 {
+        unreachable!("node3 is nofailover, so node1 or node2 leads");
+    }
+    let receiver: i32 = cluster.nodes[lagging]
+        .psql("select pid from pg_stat_wal_receiver")
+        .expect("walreceiver pid")
+        .parse()
+        .expect("a pid");
+    let freeze = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), signal);
+    let optime = || cluster.optime();
+    let before = optime().await;
+    freeze(nix::sys::signal::Signal::SIGSTOP).expect("freeze the WAL receiver");
+    cluster.nodes[leader]
+        .psql("create table filler as select g, repeat('x', 500) as pad from generate_series(1, 15000) g")
+        .expect("write about 8 MB of WAL");
+    // Asked once the leader has reported its new position.
+    wait_until("the leader to publish its new position", Duration::from_secs(10), || async {
+        Ok::<_, String>((optime().await > before + (7 << 20)).then_some(()))
+    })
+    .await
+    .expect("status.optime moved by the written WAL");
+    let lagging_name = leader_name(&cluster, lagging);
+    let result = grpc.switchover(ask(&lagging_name)).await;
+    freeze(nix::sys::signal::Signal::SIGCONT).expect("thaw");
+    refused(result, Code::FailedPrecondition, "bytes behind the leader");
+
+    // The same refusals through REST, with Patroni's codes.
+    for candidate in ["nobody", "node3"] {
+        let body = format!(r#"{{"leader":"{current}","candidate":"{candidate}"}}"#);
+        let (status, text) = rest(&cluster, leader, "POST", "/switchover", &body, true);
+        assert_eq!(status, 412, "{candidate}: {text}");
+    }
+    let (status, text) = rest(&cluster, leader, "POST", "/switchover", "{}", true);
+    assert_eq!((status, text.as_str()), (400, "Switchover could be performed only from a specific leader"));
+    let (status, text) = rest(&cluster, leader, "POST", "/failover", r#"{"leader":"x"}"#, true);
+    assert_eq!((status, text.as_str()), (400, "Failover could be performed only to a specific candidate"));
+    let (status, text) = rest(&cluster, leader, "POST", "/switchover", "{not json", true);
+    assert_eq!(status, 400, "{text}");
+    let (status, _) = rest(&cluster, leader, "DELETE", "/switchover", "", true);
+    assert_eq!(status, 404, "no switchover is scheduled");
+
+    // Nothing changed.
+    assert_eq!(cluster.get_key("failover").await.expect("etcd"), None);
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), leader);
+}
+
+#[tokio::test]
+async fn a_scheduled_switchover_can_be_cancelled_or_carried_out_on_time() {
+    let (cluster, leader) = cluster(|_| String::new()).await;
+    let mut grpc = client(&cluster, leader).await;
+    let at = |seconds: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+    };
+    let response = grpc
+        .switchover(SwitchoverRequest { scheduled_at: at(3600), ..Default::default() })
+        .await
+        .expect("scheduled")
+        .into_inner();
+    assert_eq!(response.outcome, WorkflowOutcome::Scheduled as i32, "{response:?}");
+    let key = cluster.get_key("failover").await.expect("etcd").expect("the request is written");
+    assert!(key.contains("scheduled_at"), "{key}");
+    // A second request while one is pending is refused.
+    let again = grpc.switchover(SwitchoverRequest::default()).await.expect_err("one at a time");
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    // Cancelled through REST.
+    let (status, text) = rest(&cluster, leader, "DELETE", "/switchover", "", true);
+    assert_eq!((status, text.as_str()), (200, "scheduled switchover deleted"));
+    assert_eq!(cluster.get_key("failover").await.expect("etcd"), None);
+
+    // Scheduled a few seconds ahead through the CLI: carried out on time.
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let when = at(4);
+    let due = Instant::now() + Duration::from_secs(3);
+    let (ok, stdout, stderr) =
+        run("pgwardenctl", &["-c", &config, "switchover", "--scheduled", &when, "--force"], &[]).expect("run");
+    assert!(ok && stdout.contains("Switchover scheduled"), "{stdout}{stderr}");
+    let new_leader = another_primary(&cluster, leader).await;
+    assert!(Instant::now() >= due, "not before its time");
+    assert_eq!(settled(&cluster, None).await, new_leader);
+}
+
+#[tokio::test]
+async fn manual_failover_to_a_named_member_after_the_leader_is_gone() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let config = cluster.nodes[0].config_path().display().to_string();
+    // Paused: nobody takes over by themselves.
+    let (ok, stdout, stderr) = run("pgwardenctl", &["-c", &config, "pause", "--wait"], &[]).expect("run");
+    assert!(ok, "{stdout}{stderr}");
+    cluster.nodes[leader].kill_node();
+    wait_until("the leader key to expire", UP, || async {
+        Ok::<_, String>(cluster.get_key("leader").await.ok().flatten().is_none().then_some(()))
+    })
+    .await
+    .expect("no leader");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let candidate = others[1];
+    let mut grpc = client(&cluster, others[0]).await;
+    let response = grpc
+        .failover(FailoverRequest { candidate: leader_name(&cluster, candidate) })
+        .await
+        .expect("manual failover")
+        .into_inner();
+    done(&response, &leader_name(&cluster, candidate));
+    let (ok, stdout, stderr) = run("pgwardenctl", &["-c", &config, "resume", "--wait"], &[]).expect("run");
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(cluster.wait_healthy_among(&others, UP).await.expect("healthy"), candidate);
+}
+
+#[tokio::test]
+async fn the_active_controller_killed_mid_switchover_leaves_one_primary_and_another_controller_active() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let active = active_controller(&cluster, &[0, 1, 2]).await;
+    let mut grpc = client(&cluster, active).await;
+    // Scheduled beyond the dead controller's lease (ttl 10 s), so that the
+    // next one takes over while the workflow is pending.
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::seconds(14))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let response = grpc
+        .switchover(SwitchoverRequest { scheduled_at: at, ..Default::default() })
+        .await
+        .expect("scheduled")
+        .into_inner();
+    assert_eq!(response.outcome, WorkflowOutcome::Scheduled as i32);
+    cluster.nodes[active].kill_controller();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != active).collect();
+    let next = active_controller(&cluster, &survivors).await;
+    // The agents carry the switchover out; the new active controller follows it.
+    let new_leader = another_primary(&cluster, leader).await;
+    assert_eq!(settled(&cluster, None).await, new_leader);
+    assert!(
+        cluster.nodes[next].controller_log().contains("following: switchover"),
+        "the new active controller picked the workflow up"
+    );
+    // The new active controller serves requests.
+    let mut grpc = client(&cluster, next).await;
+    let response = grpc.switchover(SwitchoverRequest::default()).await.expect("switchover").into_inner();
+    assert_eq!(response.outcome, WorkflowOutcome::Done as i32);
+    settled(&cluster, None).await;
+}
