@@ -45,7 +45,7 @@ fi
 # --- HAProxy ---
 # -dW turns warnings into errors: a config that HAProxy accepts with a warning
 # (a missing timeout, an ignored keyword) is not an example to copy.
-haproxy_configs=(deploy/haproxy.cfg deploy/haproxy/*.cfg)
+haproxy_configs=(deploy/haproxy/*.cfg)
 require_tool haproxy "${haproxy_configs[0]}"
 for f in "${haproxy_configs[@]}"; do
     require_file "$f"

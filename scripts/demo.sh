@@ -136,7 +136,7 @@ TEXT
 }
 
 write_haproxy_config() {
-    # deploy/haproxy.cfg with loopback addresses and the demo's ports.
+    # deploy/haproxy/haproxy-fast.cfg with loopback addresses and the demo's ports.
     awk -v w="$WRITE_PORT" -v r="$READ_PORT" -v s="$STATS_PORT" -v nodes="${NODES[*]}" '
         /^ *server / { if (!done[block]++) { n = split(nodes, ids, " ");
             for (i = 1; i <= n; i++) printf "    server node%d 127.0.0.1:%d maxconn 100 check port %d\n", ids[i], 15431 + ids[i], 8007 + ids[i] }
@@ -145,7 +145,7 @@ write_haproxy_config() {
         /bind \*:5000/ { print "    bind 127.0.0.1:" w; next }
         /bind \*:5001/ { print "    bind 127.0.0.1:" r; next }
         /bind \*:7000/ { print "    bind 127.0.0.1:" s; next }
-        { print }' "$ROOT/deploy/haproxy.cfg" >"$DEMO_DIR/haproxy.cfg"
+        { print }' "$ROOT/deploy/haproxy/haproxy-fast.cfg" >"$DEMO_DIR/haproxy.cfg"
     haproxy -c -q -f "$DEMO_DIR/haproxy.cfg"
 }
 

@@ -258,6 +258,29 @@ impl PgwardenCluster {
         Ok(cluster)
     }
 
+    /// As [`PgwardenCluster::start`], each node reaching etcd only through its
+    /// own proxy, which a test can cut (`proxies[i]` serves `nodes[i]`).
+    pub async fn start_behind_proxies(n: usize) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
+        let mut cluster = Self::start_with(0, |_| String::new()).await?;
+        let etcd_port: u16 = cluster.etcd.host_ports()[0]
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("etcd's port"))?;
+        let mut proxies = Vec::new();
+        for i in 1..=n {
+            let proxy = crate::proxy::TcpProxy::start(etcd_port).await?;
+            cluster.add_node(&format!("node{i}"), &format!("etcd3:\n  hosts: 127.0.0.1:{}\n", proxy.port))?;
+            proxies.push(proxy);
+        }
+        for node in &mut cluster.nodes {
+            node.start_agent()?;
+            node.start_health()?;
+            node.start_controller()?;
+        }
+        Ok((cluster, proxies))
+    }
+
     /// Adds (without starting) a node with its own directory and ports.
     pub fn add_node(&mut self, name: &str, extra_config: &str) -> anyhow::Result<&mut Node> {
         let mut node = Node {

@@ -62,11 +62,11 @@ pub struct Backend {
     pub rest_port: u16,
 }
 
-/// `deploy/haproxy.cfg` rewritten for loopback: the same sections, checks
+/// `deploy/haproxy/haproxy-fast.cfg` rewritten for loopback: the same sections, checks
 /// and options, with the given ports and these nodes as servers.
 pub fn deploy_config(write_port: u16, read_port: u16, stats_port: u16, nodes: &[Backend]) -> String {
-    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg"))
-        .expect("read deploy/haproxy.cfg");
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy-fast.cfg"))
+        .expect("read deploy/haproxy/haproxy-fast.cfg");
     let mut out = String::new();
     for line in template.lines() {
         let trimmed = line.trim_start();

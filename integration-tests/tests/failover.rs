@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::probe::WriteProbe;
 use pgwarden_integration_tests::writer::{Writer, missing_rows};
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 
@@ -20,7 +21,10 @@ struct Setup {
 
 async fn setup(n: usize, extra: impl Fn(usize) -> String) -> Setup {
     init_logging();
-    let cluster = PgwardenCluster::start_with(n, extra).await.expect("start the cluster");
+    with_haproxy(PgwardenCluster::start_with(n, extra).await.expect("start the cluster")).await
+}
+
+async fn with_haproxy(cluster: PgwardenCluster) -> Setup {
     cluster.wait_healthy(UP).await.expect("healthy");
     let (write_port, read, stats) = (free_port(), free_port(), free_port());
     let config = deploy_config(write_port, read, stats, &cluster.backends());
@@ -40,6 +44,38 @@ async fn direct_writer(cluster: &PgwardenCluster, leader: usize) -> Writer {
         .expect("start a direct writer");
     writer.wait_ack_after(Instant::now(), UP).await.expect("writes to the primary");
     writer
+}
+
+/// The fencing faults' frame: a client writing through HAProxy and every node
+/// probed directly for writability, from before the fault to the end.
+struct Watched {
+    writer: Writer,
+    probe: WriteProbe,
+}
+
+async fn watch(setup: &Setup) -> Watched {
+    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    let writer = start_writer(setup).await;
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes through HAProxy");
+    Watched { writer, probe }
+}
+
+/// After the old primary streams again: no acknowledged row lost, never two
+/// writable nodes at once, and only the old then the new primary ever wrote.
+async fn assert_watched(setup: &Setup, watched: Watched, old: usize, new: usize, fault: &str) {
+    watched.writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
+    let report = watched.writer.stop().await;
+    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
+    assert!(missing.is_empty(), "{fault}: acknowledged rows lost: {missing:?}");
+    let probes = watched.probe.stop().await;
+    println!(
+        "{fault}: {} rows through HAProxy, 0 lost; seconds with two writable nodes: {:.3}",
+        report.acked.len(),
+        probes.two_writer_seconds()
+    );
+    assert_eq!(probes.two_writer_seconds(), 0.0, "{fault}: two writable nodes at once: {:?}", probes.spans);
+    assert_eq!(probes.writers(), vec![old, new], "{fault}: the old primary, then the new one");
 }
 
 /// Waits until another node than `leader` is primary, then checks that the
@@ -298,6 +334,7 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     let setup = setup(3, |_| String::new()).await;
     let cluster = &setup.cluster;
     let leader = cluster.wait_primary(UP).await.expect("a primary");
+    let watched = watch(&setup).await;
     let direct = direct_writer(cluster, leader).await;
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
     let new_leader = assert_one_writer_through_failover(cluster, leader, direct, "frozen agent").await;
@@ -308,37 +345,32 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     // Thawed, the old agent finds its key gone and rejoins as a replica.
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    assert_watched(&setup, watched, leader, new_leader, "frozen agent").await;
 }
 
 #[tokio::test]
 async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted() {
     init_logging();
     // Each node reaches etcd only through its own proxy, which the test can cut.
-    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd for the cluster");
-    let etcd_port: u16 = cluster.etcd.host_ports()[0].rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
-    let mut proxies = Vec::new();
-    for i in 1..=3 {
-        let proxy = pgwarden_integration_tests::proxy::TcpProxy::start(etcd_port).await.expect("proxy");
-        cluster.add_node(&format!("node{i}"), &format!("etcd3:\n  hosts: 127.0.0.1:{}\n", proxy.port)).expect("node");
-        proxies.push(proxy);
-    }
-    for node in &mut cluster.nodes {
-        node.start_agent().expect("agent");
-        node.start_health().expect("health");
-    }
+    let (cluster, proxies) = PgwardenCluster::start_behind_proxies(3).await.expect("start");
+    let setup = with_haproxy(cluster).await;
+    let cluster = &setup.cluster;
     let leader = cluster.wait_healthy(UP).await.expect("healthy");
-    let direct = direct_writer(&cluster, leader).await;
+    let watched = watch(&setup).await;
+    let direct = direct_writer(cluster, leader).await;
     proxies[leader].cut();
-    let new_leader = assert_one_writer_through_failover(&cluster, leader, direct, "etcd cut from the primary").await;
+    let new_leader = assert_one_writer_through_failover(cluster, leader, direct, "etcd cut from the primary").await;
     // Back on etcd, the old primary rejoins as a replica.
     proxies[leader].restore();
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    assert_watched(&setup, watched, leader, new_leader, "etcd cut from the primary").await;
 }
 
 #[tokio::test]
 async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted() {
     let mut setup = setup(3, |_| String::new()).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    let watched = watch(&setup).await;
     let direct = direct_writer(&setup.cluster, leader).await;
     // SIGKILL: PostgreSQL keeps running, nothing renews the key any more.
     setup.cluster.nodes[leader].kill_agent();
@@ -346,4 +378,5 @@ async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted(
     assert!(setup.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     setup.cluster.nodes[leader].start_agent().expect("restart the agent");
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    assert_watched(&setup, watched, leader, new_leader, "agent killed alone").await;
 }

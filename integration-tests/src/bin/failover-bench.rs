@@ -1,6 +1,6 @@
 //! Failover benchmark: brings up etcd + 3 pgwarden nodes + HAProxy on
 //! loopback (ttl 10, loop_wait 1, retry_timeout 3; the fast HAProxy checks of
-//! deploy/haproxy.cfg), runs a client writing a row every 5 ms through
+//! deploy/haproxy/haproxy-fast.cfg), runs a client writing a row every 5 ms through
 //! HAProxy, probes every node directly for writability, injects a fault, and
 //! reports the write-unavailability window (last acknowledged write before the
 //! fault to the first after), the time to a new `/primary` 200, acknowledged
@@ -9,14 +9,19 @@
 //!
 //!     cargo run -p pgwarden-integration-tests --bin failover-bench -- [REPEATS] [SCENARIO...]
 //!
-//! Scenarios: switchover, postgres-killed, agent-stopped, agent-killed (SIGKILL,
+//! Scenarios: switchover (asked of the controller over gRPC), postgres-killed, agent-stopped, agent-killed (SIGKILL,
 //! PostgreSQL left running), agent-frozen (SIGSTOP, SIGCONT once a replica
-//! took over), node-lost. Needs the
+//! took over), etcd-cut (the primary's path to etcd black-holed, restored
+//! once a replica took over), etcd-stopped (etcd killed for everyone,
+//! restarted once the primary fenced itself: the same node resumes),
+//! node-lost. Needs the
 //! workspace's binaries built (`cargo build --workspace --bins`) and root or
 //! the `postgres` user, as the tests do.
 
 use std::time::{Duration, Instant};
 
+use ha_proto::v1::SwitchoverRequest;
+use ha_proto::v1::controller_client::ControllerClient;
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
@@ -36,7 +41,12 @@ struct Run {
 }
 
 async fn run_once(scenario: &str) -> anyhow::Result<Run> {
-    let mut cluster = PgwardenCluster::start(3).await?;
+    // etcd-cut needs each node behind its own proxy to etcd.
+    let (mut cluster, proxies) = if scenario == "etcd-cut" {
+        PgwardenCluster::start_behind_proxies(3).await?
+    } else {
+        (PgwardenCluster::start(3).await?, Vec::new())
+    };
     cluster.wait_healthy(UP).await?;
     let (write, read, stats) = (free_port(), free_port(), free_port());
     let _haproxy =
@@ -49,8 +59,9 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
     let fault = Instant::now();
     match scenario {
         "switchover" => {
-            let request = format!(r#"{{"leader":"{}"}}"#, cluster.nodes[leader].name);
-            cluster.put_key("failover", &request).await?;
+            // As an operator asks: the controller's gRPC API (it answers when done).
+            let mut controller = ControllerClient::connect(cluster.nodes[leader].controller_url()).await?;
+            tokio::spawn(async move { controller.switchover(SwitchoverRequest::default()).await });
         }
         "postgres-killed" => {
             let pid = cluster.nodes[leader].postmaster_pid().ok_or_else(|| anyhow::anyhow!("no postmaster"))?;
@@ -62,20 +73,28 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
         }
         "agent-killed" => cluster.nodes[leader].kill_agent(),
         "agent-frozen" => cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP),
+        "etcd-cut" => proxies[leader].cut(),
+        "etcd-stopped" => cluster.etcd.kill(0),
         other => anyhow::bail!("unknown scenario {other}"),
     }
     // The time to a /primary 200 on any node, polled every 10 ms.
-    if scenario == "postgres-killed" {
-        // The old primary must first stop answering 200 (restart in place follows).
+    // The same node comes back as primary in these two.
+    let same_node = matches!(scenario, "postgres-killed" | "etcd-stopped");
+    if same_node {
+        // The old primary must first stop answering 200 (restart in place, or
+        // its fence before the deadline when etcd is gone, follows).
         wait_until("/primary 503", UP, || async {
             Ok::<_, String>((cluster.nodes[leader].check("/primary") != 200).then_some(()))
         })
         .await?;
     }
+    if scenario == "etcd-stopped" {
+        cluster.etcd.restart(0).await?;
+    }
     let primary = wait_until("a primary after the fault", UP, || async {
         let answers: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
         match answers.as_slice() {
-            [one] if *one != leader || scenario == "postgres-killed" => Ok(Some(*one)),
+            [one] if *one != leader || same_node => Ok(Some(*one)),
             _ => Err(format!("{answers:?}")),
         }
     })
@@ -102,6 +121,7 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
             match scenario {
                 "agent-stopped" | "agent-killed" => cluster.nodes[leader].start_agent()?,
                 "agent-frozen" => cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT),
+                "etcd-cut" => proxies[leader].restore(),
                 _ => {}
             }
             cluster.wait_healthy(UP).await?;
@@ -136,9 +156,18 @@ async fn main() -> anyhow::Result<()> {
     let repeats: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(3);
     let mut scenarios: Vec<String> = args.collect();
     if scenarios.is_empty() {
-        scenarios = ["switchover", "postgres-killed", "agent-stopped", "agent-killed", "agent-frozen", "node-lost"]
-            .map(String::from)
-            .to_vec();
+        scenarios = [
+            "switchover",
+            "postgres-killed",
+            "agent-stopped",
+            "agent-killed",
+            "agent-frozen",
+            "etcd-cut",
+            "etcd-stopped",
+            "node-lost",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     println!(
         "pgwarden failover benchmark: {repeats} run(s) per scenario, ttl 10, loop_wait 1, retry_timeout 3, fast HAProxy checks"
