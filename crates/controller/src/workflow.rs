@@ -79,6 +79,17 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
             "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
         )));
     }
+    if dynamic(view).synchronous_mode != pgwarden_config::SyncMode::Off {
+        let sync: Vec<&str> = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
+        if !sync.contains(&candidate) {
+            return Some(Status::failed_precondition(format!(
+                "candidate {candidate} is not a synchronous standby (the sync key lists: {}); in synchronous \
+                 mode only a listed standby may take over without losing commits: choose one of those, or wait \
+                 until the leader makes {candidate} synchronous",
+                if sync.is_empty() { "none".to_string() } else { sync.join(", ") }
+            )));
+        }
+    }
     let Some(status) = agent_status(view, candidate).await else {
         return Some(Status::failed_precondition(format!(
             "candidate {candidate} does not answer: its agent is unreachable"

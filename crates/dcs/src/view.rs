@@ -42,6 +42,8 @@ pub struct ClusterView {
     /// The `failover` key's mod revision (for compare-and-swap), 0 when absent.
     pub failover_revision: i64,
     pub sync: Option<SyncState>,
+    /// The `sync` key's mod revision (0: absent), for compare-and-swap.
+    pub sync_revision: i64,
     pub history: Vec<HistoryEntry>,
     /// Keys whose values could not be parsed, with the reason; reported, not fatal.
     pub unreadable: Vec<(String, String)>,
@@ -98,7 +100,10 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
             view.failover_revision = kv.mod_revision();
         } else if key == keys.sync() {
             match serde_json::from_slice(value) {
-                Ok(sync) => view.sync = Some(sync),
+                Ok(sync) => {
+                    view.sync = Some(sync);
+                    view.sync_revision = kv.mod_revision();
+                }
                 Err(e) => unreadable(e.to_string()),
             }
         } else if key == keys.history() {

@@ -113,6 +113,10 @@ pub struct Observed {
     /// This agent gave the leader key up on purpose (switchover, or
     /// PostgreSQL not back in time) and nobody has taken it since.
     pub released_leader: bool,
+    /// `synchronous_mode` is on: only a member listed in `sync` may take over.
+    pub sync_mode: bool,
+    /// The standbys the `sync` key lists.
+    pub sync_standbys: Vec<String>,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -190,7 +194,7 @@ impl fmt::Display for Decision {
 /// a lower name. A running peer that has not reported its position yet makes
 /// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
-    if obs.nofailover || obs.priority == 0 {
+    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) {
         return false;
     }
     let within_lag =
@@ -199,20 +203,28 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
         return false;
     }
     let mine = (obs.priority, my_lsn);
-    obs.peers.iter().filter(|p| p.running && !p.nofailover && p.priority > 0).all(|peer| match peer.lsn {
-        Some(lsn) if !within_lag(lsn) => true,
-        Some(lsn) if (peer.priority, lsn) > mine => false,
-        Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
-        Some(_) => true,
-        None => false,
+    obs.peers.iter().filter(|p| p.running && !p.nofailover && p.priority > 0 && sync_allows(obs, &p.name)).all(|peer| {
+        match peer.lsn {
+            Some(lsn) if !within_lag(lsn) => true,
+            Some(lsn) if (peer.priority, lsn) > mine => false,
+            Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
+            Some(_) => true,
+            None => false,
+        }
     })
 }
 
-/// A peer that could take over in a switchover: running, eligible, and
-/// within the lag limit.
+/// In synchronous mode only a member listed in `sync` may take over.
+fn sync_allows(obs: &Observed, name: &str) -> bool {
+    !obs.sync_mode || obs.sync_standbys.iter().any(|s| s == name)
+}
+
+/// A peer that could take over in a switchover: running, eligible, listed
+/// in `sync` in synchronous mode, and within the lag limit.
 fn eligible_peer<'a>(obs: &'a Observed, name: &str) -> Option<&'a Peer> {
     obs.peers.iter().find(|p| {
         p.name == name
+            && sync_allows(obs, name)
             && p.running
             && !p.nofailover
             && p.priority > 0
@@ -446,6 +458,8 @@ mod tests {
             start_timed_out: false,
             history_timeline: None,
             released_leader: false,
+            sync_mode: false,
+            sync_standbys: vec![],
         }
     }
 
@@ -726,6 +740,49 @@ mod tests {
                 Observed { data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }), ..resumable() },
                 Some(Action::StartReplica { upstream: None }),
             ),
+            (
+                "sync mode: a standby not in sync never races",
+                Observed { leader: None, sync_mode: true, sync_standbys: vec!["c".into()], ..base() },
+                None,
+            ),
+            (
+                "sync mode: the listed standby races",
+                Observed { leader: None, sync_mode: true, sync_standbys: vec!["b".into()], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "sync mode: an unlisted but more advanced peer does not make the listed one wait",
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_standbys: vec!["b".into()],
+                    peers: vec![peer("c", 500)],
+                    cluster_optime: Some(500),
+                    maximum_lag_on_failover: 1 << 20,
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "sync mode: a switchover to a standby not in sync is cleared",
+                Observed {
+                    sync_mode: true,
+                    sync_standbys: vec!["a".into()],
+                    failover: request(Some("b"), Some("c")),
+                    ..leader()
+                },
+                Some(Action::ClearFailover),
+            ),
+            (
+                "sync mode: a switchover to the sync standby proceeds",
+                Observed {
+                    sync_mode: true,
+                    sync_standbys: vec!["c".into()],
+                    failover: request(Some("b"), Some("c")),
+                    ..leader()
+                },
+                Some(Action::Switchover { candidate: Some("c".into()) }),
+            ),
             ("paused: no race", Observed { leader: None, paused: true, ..base() }, None),
             ("paused: no fence", Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, paused: true, ..base() }, None),
             ("paused: no restart", Observed { pg: PgRun::Stopped, paused: true, ..base() }, None),
@@ -795,6 +852,8 @@ mod tests {
             history_timeline in proptest::option::of(0u64..3),
             peer_timeline in proptest::option::of(1u64..3),
             released_leader in any::<bool>(),
+            sync_mode in any::<bool>(),
+            sync_standbys in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())], 0..3),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -820,6 +879,8 @@ mod tests {
                 start_timed_out,
                 history_timeline,
                 released_leader,
+                sync_mode,
+                sync_standbys,
             }
         }
     }
@@ -850,6 +911,15 @@ mod tests {
                 prop_assert!(obs.history_timeline.is_none_or(|tl| tl < data.timeline), "{d}");
                 prop_assert!(obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline)), "{d}");
                 prop_assert!(obs.leader.is_none() || obs.leader.as_deref() == Some("b"), "{d}");
+            }
+        }
+
+        #[test]
+        fn in_synchronous_mode_only_a_listed_standby_races(obs in arb_observed()) {
+            let d = decide(&obs);
+            let named = obs.failover.as_ref().and_then(|f| f.candidate.as_deref()) == Some("b");
+            if obs.sync_mode && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) && !named {
+                prop_assert!(obs.sync_standbys.iter().any(|s| s == "b"), "{d}");
             }
         }
 

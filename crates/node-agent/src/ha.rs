@@ -66,6 +66,10 @@ pub struct Agent {
     released_at: Option<Instant>,
     /// The `watchdog:` device, armed while leading.
     watchdog: crate::watchdog::DeviceWatchdog,
+    /// Synchronous mode, as leader: the standbys in
+    /// `synchronous_standby_names` (P) and the one joining.
+    sync_configured: Vec<String>,
+    sync_pending: Option<ha_core::sync::Pending>,
 
     last_reason: String,
     loop_wait: Duration,
@@ -107,6 +111,8 @@ impl Agent {
             checkpoint_pending: false,
             released_at: None,
             watchdog,
+            sync_configured: Vec::new(),
+            sync_pending: None,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
@@ -333,6 +339,11 @@ impl Agent {
             released_leader: self
                 .released_at
                 .is_some_and(|at| at.elapsed() < Duration::from_secs(2 * u64::from(dynamic.ttl))),
+            sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
+            sync_standbys: view
+                .and_then(|v| v.sync.as_ref())
+                .map(|s| s.members().into_iter().map(String::from).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -429,6 +440,14 @@ impl Agent {
             warn!("failed to update the member key: {e:#}");
         }
         let obs = self.observed(view.as_ref(), &local).await;
+        if !obs.holds_leader {
+            // Not leading: no standby is ours to wait for; the config a
+            // promotion starts from (strict mode: a placeholder, so commits
+            // block until a standby is synchronous).
+            self.sync_configured.clear();
+            self.sync_pending = None;
+            self.pg.set_sync_names(self.sync_names(&dynamic));
+        }
         // Without etcd, the only safe decisions are those about a primary
         // that can no longer prove the key: everything else waits.
         let decision = if view.is_none() && !matches!(obs.pg, PgRun::Primary { .. }) {
@@ -555,11 +574,7 @@ impl Agent {
                 Ok(true)
             }
             Action::ClearFailover => {
-                let key = self.keys.failover();
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
-                    .and_then([TxnOp::delete(key.as_str(), None)]);
-                if self.etcd.txn(txn).await?.succeeded() {
+                if self.delete_at_revision(self.keys.failover(), view.failover_revision).await? {
                     info!("cleared the switchover request");
                 }
                 Ok(true)
@@ -824,6 +839,15 @@ impl Agent {
         }
     }
 
+    /// Deletes `key` iff it is still at `revision` (compare-and-swap);
+    /// returns whether it was deleted.
+    async fn delete_at_revision(&self, key: String, revision: i64) -> anyhow::Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        Ok(self.etcd.txn(txn).await?.succeeded())
+    }
+
     /// Create-if-absent of a key with an optional lease; returns whether it was created.
     async fn create(&self, key: String, value: String, lease: Option<i64>) -> anyhow::Result<bool> {
         let put = lease.map(|id| PutOptions::new().with_lease(id));
@@ -1020,6 +1044,129 @@ impl Agent {
         if dynamic.use_slots {
             self.manage_slots(view, dynamic).await?;
         }
+        self.manage_sync(view, local, dynamic).await
+    }
+
+    /// `synchronous_standby_names` for the config files: none outside
+    /// synchronous mode, else P (or, strict, a placeholder when P is empty).
+    fn sync_names(&self, dynamic: &DynamicConfig) -> Option<String> {
+        (dynamic.synchronous_mode != pgwarden_config::SyncMode::Off)
+            .then(|| ha_core::sync::standby_names(&self.sync_configured, dynamic.synchronous_mode_strict))
+    }
+
+    /// Synchronous replication as leader: one step of `ha_core::sync` per
+    /// tick; out of synchronous mode, the `sync` key goes.
+    async fn manage_sync(&mut self, view: &ClusterView, local: &Local, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        use ha_core::sync::{Standby, SyncInput, SyncStep, next_step};
+        let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
+        if dynamic.synchronous_mode == pgwarden_config::SyncMode::Off {
+            self.sync_configured.clear();
+            self.sync_pending = None;
+            if self.pg.set_sync_names(None) {
+                info!("synchronous mode off: synchronous_standby_names cleared");
+                self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                self.pg.reload().await?;
+            }
+            if view.sync.is_some() && self.delete_at_revision(self.keys.sync(), view.sync_revision).await? {
+                info!("synchronous mode off: removed the sync key");
+            }
+            return Ok(());
+        }
+        let me = self.config.name.clone();
+        let key_is_mine = view.sync.as_ref().is_some_and(|s| s.leader.as_deref() == Some(me.as_str()));
+        let published: Vec<String> = view
+            .sync
+            .as_ref()
+            .filter(|_| key_is_mine)
+            .map(|s| s.members().into_iter().map(String::from).collect())
+            .unwrap_or_default();
+        let nosync = |name: &str| {
+            view.member(name)
+                .is_none_or(|m| m.data.tags.get("nosync").and_then(serde_json::Value::as_bool) == Some(true))
+        };
+        let standbys = sql
+            .replication
+            .iter()
+            .map(|r| Standby {
+                name: r.application_name.clone(),
+                streaming: r.state == "streaming",
+                sync: r.sync_state == "sync" || r.sync_state == "quorum",
+                flush_lsn: r.flush_lsn,
+                eligible: !nosync(&r.application_name),
+            })
+            .collect();
+        let input = SyncInput {
+            node_count: dynamic.synchronous_node_count as usize,
+            published,
+            key_is_mine,
+            configured: self.sync_configured.clone(),
+            pending: self.sync_pending.clone(),
+            standbys,
+            primary_lsn: sql.xlog_location,
+        };
+        // The configured names as PostgreSQL must have them (after a restart
+        // or a promotion, before any step).
+        if self.pg.set_sync_names(self.sync_names(dynamic)) {
+            self.apply_sync_names(dynamic).await?;
+        }
+        match next_step(&input) {
+            SyncStep::Idle => {}
+            SyncStep::Mark(lsn) => {
+                if let Some(pending) = &mut self.sync_pending {
+                    info!(standby = %pending.name, lsn = %ha_core::Lsn(lsn), "synchronous: the standby confirms; waiting for it to flush this far");
+                    pending.since_lsn = Some(lsn);
+                }
+            }
+            SyncStep::Configure { names, pending } => {
+                info!(standbys = ?names, joining = ?pending.as_ref().map(|p| &p.name), "synchronous_standby_names");
+                self.sync_configured = names;
+                self.sync_pending = pending;
+                self.pg.set_sync_names(self.sync_names(dynamic));
+                self.apply_sync_names(dynamic).await?;
+            }
+            SyncStep::Publish(names) => {
+                let value = serde_json::to_string(&dcs::SyncState {
+                    leader: Some(me.clone()),
+                    sync_standby: (!names.is_empty()).then(|| names.join(",")),
+                    quorum: None,
+                })?;
+                let key = self.keys.sync();
+                let compare = if view.sync.is_some() {
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, view.sync_revision)
+                } else {
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+                };
+                let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), value, None)]);
+                if self.etcd.txn(txn).await?.succeeded() {
+                    info!(standbys = ?names, "published the sync key");
+                    if self.sync_pending.as_ref().is_some_and(|p| names.contains(&p.name)) {
+                        self.sync_pending = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the config with the current `synchronous_standby_names`,
+    /// reloads, and waits until PostgreSQL uses it.
+    async fn apply_sync_names(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let wanted = self.sync_names(dynamic).unwrap_or_default();
+        self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+        self.pg.reload().await?;
+        let mut conn = self.connect().await?;
+        let started = Instant::now();
+        loop {
+            let current = sql::show(&mut conn, "synchronous_standby_names").await?;
+            if current == wanted {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                bail!("PostgreSQL did not take synchronous_standby_names = {wanted:?} within 5 s (it has {current:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sql::close(conn).await;
         Ok(())
     }
 

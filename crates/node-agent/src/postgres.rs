@@ -47,6 +47,9 @@ pub struct Postgres {
     pub pgpass: PathBuf,
     pub log_file: PathBuf,
     config: Config,
+    /// `synchronous_standby_names` while synchronous mode is on (the HA loop
+    /// sets it; it overrides the configured parameter).
+    sync_names: std::sync::Mutex<Option<String>>,
 }
 
 /// `-` and other characters slot names do not allow become `_`.
@@ -107,6 +110,7 @@ impl Postgres {
             log_file: with_suffix(".postgres.log"),
             data_dir,
             config: config.clone(),
+            sync_names: std::sync::Mutex::new(None),
         })
     }
 
@@ -249,7 +253,19 @@ impl Postgres {
         set(&mut params, "port", self.port.to_string());
         set(&mut params, "unix_socket_directories", self.socket_dir.display().to_string());
         set(&mut params, "hba_file", self.data_dir.join("pg_hba.conf").display().to_string());
+        if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
+            set(&mut params, "synchronous_standby_names", names);
+        }
         params
+    }
+
+    /// Sets `synchronous_standby_names` for the next config written; returns
+    /// whether it changed.
+    pub fn set_sync_names(&self, names: Option<String>) -> bool {
+        let mut current = self.sync_names.lock().expect("sync names");
+        let changed = *current != names;
+        *current = names;
+        changed
     }
 
     /// The pg_hba.conf lines: configured, or loopback-only defaults.

@@ -33,6 +33,18 @@ pub struct ReplicationRow {
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
+    /// The standby's flushed position (bytes).
+    pub flush_lsn: u64,
+}
+
+/// `SHOW name` (a new transaction each time, so a reloaded value shows).
+pub async fn show(conn: &mut PgConnection, name: &str) -> anyhow::Result<String> {
+    let row = sqlx::query("select current_setting($1)")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .with_context(|| format!("read the setting {name}"))?;
+    Ok(row.try_get(0)?)
 }
 
 /// Connects as the superuser over the socket in `socket_dir`.
@@ -100,7 +112,8 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
         status.timeline = row.try_get::<i64, _>(1)? as u64;
         let rows = sqlx::query(
             "select coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(client_addr::text, ''), \
-                    coalesce(state, ''), coalesce(sync_state, ''), coalesce(sync_priority, 0) \
+                    coalesce(state, ''), coalesce(sync_state, ''), coalesce(sync_priority, 0), \
+                    coalesce(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint \
              from pg_stat_replication order by application_name",
         )
         .fetch_all(&mut *conn)
@@ -114,6 +127,7 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
                 state: row.try_get(3)?,
                 sync_state: row.try_get(4)?,
                 sync_priority: row.try_get(5)?,
+                flush_lsn: row.try_get::<i64, _>(6)? as u64,
             });
         }
     }

@@ -1,0 +1,313 @@
+//! Synchronous replication, decided purely: which standbys the leader lists
+//! in `synchronous_standby_names` (the configured set P) and which it
+//! publishes in the `sync` key (the set S, the only members that may take
+//! over). One step at a time, in an order that keeps every acknowledged
+//! commit on every member of S (DESIGN.md invariant 4):
+//!
+//! - `synchronous_standby_names = 'FIRST n (P)'` with `n = |P|`: a commit
+//!   waits for every listed standby;
+//! - a standby enters P first; it enters S only once PostgreSQL reports it
+//!   `sync` and it has then flushed up to the primary's position taken after
+//!   that (every commit acknowledged before it joined P is below that
+//!   position, every later one waited for it);
+//! - a standby that is gone leaves P before it leaves S: commits stop
+//!   waiting for it at once (in non-strict mode), then it is unpublished;
+//! - with no standby left, strict mode lists a placeholder nobody can match,
+//!   so commits block instead of going asynchronous.
+
+/// Listed when strict mode has no standby: no server has this name.
+pub const STRICT_PLACEHOLDER: &str = "__pgwarden_strict_sync_placeholder__";
+
+/// One standby as the primary's `pg_stat_replication` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    pub name: String,
+    /// `state = 'streaming'`.
+    pub streaming: bool,
+    /// PostgreSQL counts it as synchronous now (`sync_state = 'sync'`).
+    pub sync: bool,
+    pub flush_lsn: u64,
+    /// A member of the cluster, not tagged `nosync`.
+    pub eligible: bool,
+}
+
+/// A standby put in P and not yet in S; `since_lsn` is the primary's
+/// position recorded once PostgreSQL reported it synchronous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub name: String,
+    pub since_lsn: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncInput {
+    pub node_count: usize,
+    /// S: the `sync` key's standbys, when the key names this leader.
+    pub published: Vec<String>,
+    /// Whether the `sync` key exists and names this leader.
+    pub key_is_mine: bool,
+    /// P: the standbys in `synchronous_standby_names` now.
+    pub configured: Vec<String>,
+    pub pending: Option<Pending>,
+    pub standbys: Vec<Standby>,
+    pub primary_lsn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncStep {
+    /// Nothing to do now (or waiting for a standby to catch up).
+    Idle,
+    /// Write the `sync` key (compare-and-swap): this leader and these standbys.
+    Publish(Vec<String>),
+    /// Set `synchronous_standby_names` to these standbys and reload.
+    Configure { names: Vec<String>, pending: Option<Pending> },
+    /// The pending standby is synchronous: remember the primary's position.
+    Mark(u64),
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The next step towards `node_count` synchronous standbys.
+pub fn next_step(input: &SyncInput) -> SyncStep {
+    let healthy = |name: &str| input.standbys.iter().any(|s| s.name == name && s.streaming && s.eligible);
+    let row = |name: &str| input.standbys.iter().find(|s| s.name == name);
+    // A key left by another leader: start from nothing we have not checked.
+    if !input.key_is_mine {
+        return SyncStep::Publish(Vec::new());
+    }
+    let s = &input.published;
+    let p = &input.configured;
+    // Leaving: out of P first, then out of S.
+    let gone: Vec<&String> = s.iter().filter(|n| !healthy(n)).collect();
+    if !gone.is_empty() {
+        if p.iter().any(|n| gone.contains(&n)) {
+            let names = sorted(p.iter().filter(|n| !gone.contains(n)).cloned().collect());
+            let pending = input.pending.clone().filter(|x| !gone.contains(&&x.name));
+            return SyncStep::Configure { names, pending };
+        }
+        return SyncStep::Publish(sorted(s.iter().filter(|n| !gone.contains(n)).cloned().collect()));
+    }
+    if let Some(pending) = &input.pending {
+        if !healthy(&pending.name) || s.len() >= input.node_count.max(1) && !s.contains(&pending.name) {
+            let names = sorted(p.iter().filter(|n| **n != pending.name).cloned().collect());
+            return SyncStep::Configure { names, pending: None };
+        }
+        if s.contains(&pending.name) {
+            // Published: clear the pending mark (P already lists it).
+            return SyncStep::Configure { names: sorted(p.clone()), pending: None };
+        }
+        if !p.contains(&pending.name) {
+            let mut names = p.clone();
+            names.push(pending.name.clone());
+            return SyncStep::Configure { names: sorted(names), pending: Some(pending.clone()) };
+        }
+        let standby = row(&pending.name).expect("healthy means listed");
+        return match pending.since_lsn {
+            None if standby.sync => SyncStep::Mark(input.primary_lsn),
+            Some(lsn) if standby.sync && standby.flush_lsn >= lsn => {
+                let mut names = s.clone();
+                names.push(pending.name.clone());
+                SyncStep::Publish(sorted(names))
+            }
+            _ => SyncStep::Idle,
+        };
+    }
+    // Joining: one standby at a time, the most advanced first.
+    if s.len() < input.node_count.max(1) {
+        let best = input
+            .standbys
+            .iter()
+            .filter(|c| c.streaming && c.eligible && !s.contains(&c.name))
+            .max_by(|a, b| a.flush_lsn.cmp(&b.flush_lsn).then_with(|| b.name.cmp(&a.name)));
+        if let Some(best) = best {
+            let mut names = p.clone();
+            names.push(best.name.clone());
+            return SyncStep::Configure {
+                names: sorted(names),
+                pending: Some(Pending { name: best.name.clone(), since_lsn: None }),
+            };
+        }
+    }
+    // Names in P that are neither published nor pending go.
+    if p.iter().any(|n| !s.contains(n)) {
+        return SyncStep::Configure {
+            names: sorted(p.iter().filter(|n| s.contains(n)).cloned().collect()),
+            pending: None,
+        };
+    }
+    SyncStep::Idle
+}
+
+/// `synchronous_standby_names` for P: every listed standby must confirm.
+pub fn standby_names(names: &[String], strict: bool) -> String {
+    if names.is_empty() {
+        return if strict { format!("\"{STRICT_PLACEHOLDER}\"") } else { String::new() };
+    }
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
+    format!("FIRST {} ({})", names.len(), quoted.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn standby(name: &str, sync: bool, flush: u64) -> Standby {
+        Standby { name: name.into(), streaming: true, sync, flush_lsn: flush, eligible: true }
+    }
+
+    fn input() -> SyncInput {
+        SyncInput {
+            node_count: 1,
+            published: vec![],
+            key_is_mine: true,
+            configured: vec![],
+            pending: None,
+            standbys: vec![standby("b", false, 90), standby("c", false, 100)],
+            primary_lsn: 100,
+        }
+    }
+
+    /// Applies steps the way the agent does, with PostgreSQL reporting a
+    /// listed standby `sync` and flushing up to the primary's position.
+    fn run(mut state: SyncInput, steps: usize) -> (SyncInput, Vec<SyncStep>) {
+        let mut seen = Vec::new();
+        for _ in 0..steps {
+            let step = next_step(&state);
+            seen.push(step.clone());
+            match step {
+                SyncStep::Idle => {
+                    for s in &mut state.standbys {
+                        s.sync = state.configured.contains(&s.name);
+                        if s.sync {
+                            s.flush_lsn = state.primary_lsn;
+                        }
+                    }
+                    state.primary_lsn += 10;
+                }
+                SyncStep::Publish(names) => {
+                    state.key_is_mine = true;
+                    if state.pending.as_ref().is_some_and(|p| names.contains(&p.name)) {
+                        state.pending = None;
+                    }
+                    state.published = names;
+                }
+                SyncStep::Configure { names, pending } => {
+                    state.configured = names;
+                    state.pending = pending;
+                    for s in &mut state.standbys {
+                        s.sync = state.configured.contains(&s.name) && s.sync;
+                    }
+                }
+                SyncStep::Mark(lsn) => {
+                    if let Some(p) = &mut state.pending {
+                        p.since_lsn = Some(lsn);
+                    }
+                }
+            }
+        }
+        (state, seen)
+    }
+
+    #[test]
+    fn a_standby_joins_p_then_s_once_caught_up() {
+        let (state, steps) = run(input(), 8);
+        assert_eq!(
+            steps[0],
+            SyncStep::Configure {
+                names: vec!["c".into()],
+                pending: Some(Pending { name: "c".into(), since_lsn: None })
+            },
+            "the most advanced standby first"
+        );
+        assert_eq!(state.published, vec!["c".to_string()]);
+        assert_eq!(state.configured, vec!["c".to_string()]);
+        assert_eq!(state.pending, None);
+    }
+
+    #[test]
+    fn a_lost_standby_leaves_p_before_s_and_another_takes_its_place() {
+        let mut state = input();
+        state.published = vec!["c".into()];
+        state.configured = vec!["c".into()];
+        state.standbys[1].streaming = false;
+        assert_eq!(next_step(&state), SyncStep::Configure { names: vec![], pending: None });
+        state.configured = vec![];
+        assert_eq!(next_step(&state), SyncStep::Publish(vec![]));
+        state.published = vec![];
+        let (state, _) = run(state, 8);
+        assert_eq!(state.published, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_key_of_another_leader_is_reset_first() {
+        let state = SyncInput { key_is_mine: false, published: vec!["me".into()], ..input() };
+        assert_eq!(next_step(&state), SyncStep::Publish(vec![]));
+    }
+
+    #[test]
+    fn nosync_never_joins() {
+        let mut state = input();
+        for s in &mut state.standbys {
+            s.eligible = false;
+        }
+        assert_eq!(next_step(&state), SyncStep::Idle);
+    }
+
+    #[test]
+    fn names_are_rendered_for_postgres() {
+        assert_eq!(standby_names(&[], false), "");
+        assert_eq!(standby_names(&[], true), format!("\"{STRICT_PLACEHOLDER}\""));
+        assert_eq!(standby_names(&["a".into(), "b".into()], false), "FIRST 2 (\"a\", \"b\")");
+    }
+
+    proptest! {
+        /// Whatever the standbys do, a member is published in S only while
+        /// it is listed in P (commits wait for it) and only after it caught
+        /// up with a position taken once PostgreSQL counted it synchronous.
+        #[test]
+        fn s_only_names_caught_up_standbys_listed_in_p(
+            flips in proptest::collection::vec((0usize..3, any::<bool>()), 0..30),
+            count in 1usize..3,
+        ) {
+            let mut state = SyncInput {
+                node_count: count,
+                standbys: vec![standby("a", false, 0), standby("b", false, 0), standby("c", false, 0)],
+                ..input()
+            };
+            let mut caught_up_since: std::collections::HashMap<String, u64> = Default::default();
+            for (who, streaming) in flips {
+                state.standbys[who].streaming = streaming;
+                if !streaming {
+                    state.standbys[who].sync = false;
+                }
+                for _ in 0..4 {
+                    let step = next_step(&state);
+                    if let SyncStep::Publish(names) = &step {
+                        for name in names.iter().filter(|n| !state.published.contains(n)) {
+                            prop_assert!(state.configured.contains(name), "{name} published before listed");
+                            let mark = state.pending.as_ref().and_then(|p| p.since_lsn);
+                            prop_assert!(mark.is_some(), "{name} published without a mark");
+                            let row = state.standbys.iter().find(|s| &s.name == name).expect("row");
+                            prop_assert!(row.flush_lsn >= mark.unwrap_or(u64::MAX));
+                            caught_up_since.insert(name.clone(), row.flush_lsn);
+                        }
+                    }
+                    if let SyncStep::Configure { names, .. } = &step {
+                        for gone in state.published.iter().filter(|n| !names.contains(n)) {
+                            // Leaving P while still in S is allowed only on the way out.
+                            let healthy = state.standbys.iter().any(|s| &s.name == gone && s.streaming && s.eligible);
+                            prop_assert!(!healthy, "{gone} dropped from P while healthy and published");
+                        }
+                    }
+                    let (next, _) = run(state.clone(), 1);
+                    state = next;
+                }
+            }
+        }
+    }
+}

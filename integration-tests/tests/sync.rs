@@ -1,0 +1,289 @@
+//! Synchronous replication on a real cluster: turned on and off at run time,
+//! no acknowledged commit lost under faults injected at random moments (the
+//! seed is printed; set PGWARDEN_TEST_SEED to replay one), a lost sync
+//! standby replaced (non-strict) or writes blocked until one returns (strict).
+
+use std::time::{Duration, Instant};
+
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::proxy::TcpProxy;
+use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+
+struct Setup {
+    cluster: PgwardenCluster,
+    proxies: Vec<TcpProxy>,
+    _haproxy: HaProxy,
+    write_port: u16,
+}
+
+/// Merges `patch` into the dynamic config (the `config` key), as an
+/// operator's edit would.
+async fn patch_config(cluster: &PgwardenCluster, patch: serde_json::Value) {
+    let current = cluster.get_key("config").await.expect("etcd").expect("a config key");
+    let mut config: serde_json::Value = serde_json::from_str(&current).expect("config JSON");
+    for (key, value) in patch.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
+    cluster.put_key("config", &config.to_string()).await.expect("write config");
+}
+
+/// The standbys the `sync` key lists.
+async fn sync_standbys(cluster: &PgwardenCluster) -> Vec<String> {
+    let Some(value) = cluster.get_key("sync").await.ok().flatten() else { return Vec::new() };
+    let json: serde_json::Value = serde_json::from_str(&value).expect("sync JSON");
+    json["sync_standby"].as_str().map(|s| s.split(',').map(String::from).collect()).unwrap_or_default()
+}
+
+/// Waits until the `sync` key lists exactly one standby other than `not`; returns its index.
+async fn one_sync_standby(cluster: &PgwardenCluster, not: Option<usize>) -> usize {
+    wait_until("a synchronous standby", UP, || async {
+        let listed = sync_standbys(cluster).await;
+        match listed.as_slice() {
+            [one] => {
+                let idx = cluster.nodes.iter().position(|n| &n.name == one);
+                Ok(idx.filter(|i| Some(*i) != not))
+            }
+            _ => Err(format!("sync key lists {listed:?}")),
+        }
+    })
+    .await
+    .expect("sync standby")
+}
+
+async fn setup(nodes: usize, behind_proxies: bool, strict: bool) -> Setup {
+    init_logging();
+    let (cluster, proxies) = if behind_proxies {
+        PgwardenCluster::start_behind_proxies(nodes).await.expect("start")
+    } else {
+        (PgwardenCluster::start(nodes).await.expect("start"), Vec::new())
+    };
+    cluster.wait_healthy(UP).await.expect("healthy");
+    patch_config(&cluster, serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": strict})).await;
+    let (write_port, read, stats) = (free_port(), free_port(), free_port());
+    let config = deploy_config(write_port, read, stats, &cluster.backends());
+    let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
+    Setup { cluster, proxies, _haproxy: haproxy, write_port }
+}
+
+/// A small deterministic generator for the fault's moment.
+fn seed() -> u64 {
+    std::env::var("PGWARDEN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    })
+}
+
+fn delay_from(seed: u64) -> Duration {
+    let mut x = seed | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_millis(x % 2000)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    PostgresKilled,
+    NodeLost,
+    AgentFrozen,
+    EtcdCutFromPrimary,
+}
+
+/// A client commits numbered rows through HAProxy (`synchronous_commit =
+/// on`, no statement timeout on the server side) while the fault hits the
+/// primary at a random moment; not one acknowledged row may be missing from
+/// the final primary, which (after a failover) must have been a listed sync
+/// standby.
+async fn no_acknowledged_commit_lost(fault: Fault) {
+    let seed = seed();
+    let delay = delay_from(seed);
+    println!("{fault:?}: seed {seed} (PGWARDEN_TEST_SEED={seed} replays it), fault {delay:?} into the writes");
+    let mut setup = setup(3, matches!(fault, Fault::EtcdCutFromPrimary), false).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
+    let sync = one_sync_standby(&setup.cluster, Some(leader)).await;
+    let writer =
+        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(2)).await.expect("writer");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("sync commits acknowledged");
+    // Not a sleep standing in for a condition: the fault's moment is the variable under test.
+    tokio::time::sleep(delay).await;
+    let node = &mut setup.cluster.nodes[leader];
+    match fault {
+        Fault::PostgresKilled => {
+            let pid = node.postmaster_pid().expect("postmaster");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+        }
+        Fault::NodeLost => node.kill_node(),
+        Fault::AgentFrozen => node.signal_agent(nix::sys::signal::Signal::SIGSTOP),
+        Fault::EtcdCutFromPrimary => setup.proxies[leader].cut(),
+    }
+    let injected = Instant::now();
+    let new_leader = wait_until("a primary after the fault", UP, || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| setup.cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] if *one != leader || matches!(fault, Fault::PostgresKilled) => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("a primary again");
+    if new_leader != leader {
+        assert_eq!(new_leader, sync, "{fault:?}: only the synchronous standby may take over");
+    }
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go on");
+    let report = writer.stop().await;
+    let missing = missing_rows(setup.cluster.nodes[new_leader].pg_port, SUPERUSER_PASSWORD, "acked", &report.ids())
+        .await
+        .expect("read");
+    println!(
+        "{fault:?}: new primary {} after {:?}; {} commits acknowledged, {} missing; write window {:?}",
+        setup.cluster.nodes[new_leader].name,
+        injected.elapsed(),
+        report.acked.len(),
+        missing.len(),
+        report.max_gap_after(injected)
+    );
+    assert!(missing.is_empty(), "{fault:?} (seed {seed}): acknowledged commits lost: {missing:?}");
+    match fault {
+        Fault::AgentFrozen => setup.cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT),
+        Fault::EtcdCutFromPrimary => setup.proxies[leader].restore(),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn sync_mode_postgres_killed_loses_no_acknowledged_commit() {
+    no_acknowledged_commit_lost(Fault::PostgresKilled).await;
+}
+
+#[tokio::test]
+async fn sync_mode_node_lost_loses_no_acknowledged_commit() {
+    no_acknowledged_commit_lost(Fault::NodeLost).await;
+}
+
+#[tokio::test]
+async fn sync_mode_agent_frozen_loses_no_acknowledged_commit() {
+    no_acknowledged_commit_lost(Fault::AgentFrozen).await;
+}
+
+#[tokio::test]
+async fn sync_mode_etcd_cut_from_the_primary_loses_no_acknowledged_commit() {
+    no_acknowledged_commit_lost(Fault::EtcdCutFromPrimary).await;
+}
+
+#[tokio::test]
+async fn sync_mode_turns_on_and_off_at_run_time_and_shows_everywhere() {
+    let setup = setup(3, false, false).await;
+    let cluster = &setup.cluster;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let sync = one_sync_standby(cluster, Some(leader)).await;
+    let other = (0..3).find(|&i| i != leader && i != sync).expect("the third node");
+    let names = cluster.nodes[leader].psql("show synchronous_standby_names").expect("psql");
+    assert_eq!(names, format!("FIRST 1 (\"{}\")", cluster.nodes[sync].name));
+    wait_until("/sync and /async to agree with the key", UP, || async {
+        let checks = (
+            cluster.nodes[sync].check("/sync"),
+            cluster.nodes[other].check("/async"),
+            cluster.nodes[other].check("/sync"),
+            cluster.nodes[leader].check("/read-only-sync"),
+        );
+        Ok::<_, String>((checks == (200, 200, 503, 200)).then_some(()))
+    })
+    .await
+    .expect("health checks");
+    let body = cluster.nodes[leader].get("/cluster").expect("/cluster");
+    assert!(body.contains("\"sync_standby\""), "{body}");
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let (ok, stdout, _) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "list"], &[]).expect("list");
+    assert!(ok && stdout.contains("Sync Standby"), "{stdout}");
+    // A switchover to the asynchronous standby is refused, with the reason.
+    let (status, text) = pgwarden_integration_tests::service::http_with(
+        "POST",
+        cluster.nodes[leader].rest_port,
+        "/switchover",
+        &[("Authorization", &rest_auth())],
+        &format!(r#"{{"leader":"{}","candidate":"{}"}}"#, cluster.nodes[leader].name, cluster.nodes[other].name),
+        Duration::from_secs(30),
+    )
+    .expect("REST");
+    assert_eq!(status, 412, "{text}");
+    assert!(text.contains("not a synchronous standby"), "{text}");
+
+    // Off at run time: the key goes and commits no longer wait.
+    patch_config(cluster, serde_json::json!({"synchronous_mode": false})).await;
+    wait_until("the sync key to go", UP, || async {
+        let names = cluster.nodes[leader].psql("show synchronous_standby_names").map_err(|e| e.to_string())?;
+        let key = cluster.get_key("sync").await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((key.is_none() && names.is_empty()).then_some(()))
+    })
+    .await
+    .expect("synchronous mode off");
+}
+
+fn rest_auth() -> String {
+    use base64::Engine as _;
+    let credentials = format!(
+        "{}:{}",
+        pgwarden_integration_tests::cluster::REST_USER,
+        pgwarden_integration_tests::cluster::REST_PASSWORD
+    );
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials))
+}
+
+#[tokio::test]
+async fn a_lost_sync_standby_is_replaced_when_not_strict() {
+    let mut setup = setup(3, false, false).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
+    let sync = one_sync_standby(&setup.cluster, Some(leader)).await;
+    let writer =
+        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
+    setup.cluster.nodes[sync].kill_node();
+    let killed = Instant::now();
+    let replacement = one_sync_standby(&setup.cluster, Some(sync)).await;
+    assert_ne!(replacement, leader);
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go on with the new sync standby");
+    let report = writer.stop().await;
+    println!(
+        "sync standby lost: replaced after {:?}; longest write gap {:?}",
+        killed.elapsed(),
+        report.max_gap_after(killed)
+    );
+}
+
+#[tokio::test]
+async fn strict_mode_blocks_writes_without_a_standby_and_resumes_when_one_returns() {
+    let mut setup = setup(2, false, true).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
+    let standby = one_sync_standby(&setup.cluster, Some(leader)).await;
+    let writer =
+        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
+    setup.cluster.nodes[standby].kill_node();
+    let killed = Instant::now();
+    // The leader drops the dead standby and lists the placeholder: commits wait.
+    let leader_node = &setup.cluster.nodes[leader];
+    wait_until("the placeholder to be listed", UP, || async {
+        let names = leader_node.psql("show synchronous_standby_names").map_err(|e| e.to_string())?;
+        Ok::<_, String>(names.contains("placeholder").then_some(()))
+    })
+    .await
+    .expect("strict placeholder");
+    let blocked_from = Instant::now();
+    // Observe a window of blocked writes: any acknowledgement inside it fails the test.
+    let window = Duration::from_secs(4);
+    let early = writer.wait_ack_after(blocked_from, window).await;
+    assert!(early.is_err(), "a commit was acknowledged with no synchronous standby in strict mode");
+    // The standby returns: writes resume.
+    let node = &mut setup.cluster.nodes[standby];
+    node.start_agent().expect("agent");
+    node.start_health().expect("health");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes resume with the standby back");
+    let report = writer.stop().await;
+    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
+    assert!(missing.is_empty(), "{missing:?}");
+    println!("strict: writes blocked from {:?} after the kill until the standby returned", blocked_from - killed);
+}
