@@ -68,6 +68,21 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(
     ))
 }
 
+/// As [`run`], with `input` on standard input.
+pub fn run_with_input(name: &str, args: &[&str], input: &str) -> anyhow::Result<(bool, String, String)> {
+    use std::io::Write as _;
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args).current_dir("/").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = run_as_postgres(&mut cmd).spawn()?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
 /// A minimal HTTP/1.0 request to 127.0.0.1: (status code, body).
 pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_with(method, port, path, &[], "", std::time::Duration::from_secs(2))

@@ -58,7 +58,7 @@ pub enum Workflow {
     Cancel,
 }
 
-fn time_of(ms: i64) -> String {
+pub(crate) fn time_of(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -67,7 +67,10 @@ fn time_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn controller_client(config: &Config, scope: &str) -> Option<ControllerClient<tonic::transport::Channel>> {
+pub(crate) async fn controller_client(
+    config: &Config,
+    scope: &str,
+) -> Option<ControllerClient<tonic::transport::Channel>> {
     if scope != config.scope {
         return None;
     }
@@ -76,7 +79,7 @@ async fn controller_client(config: &Config, scope: &str) -> Option<ControllerCli
     tokio::time::timeout(Duration::from_secs(2), ControllerClient::connect(url)).await.ok()?.ok()
 }
 
-fn failed(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 

@@ -5,6 +5,7 @@
 //! without a command that says so.
 
 mod actions;
+mod operations;
 mod source;
 mod table;
 
@@ -84,6 +85,61 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Change the dynamic configuration: `--set key=value`, `--pg name=value`,
+    /// `--apply FILE` (YAML or JSON, `-` for stdin), or in $EDITOR; shows the
+    /// diff and asks unless --force.
+    EditConfig {
+        cluster: Option<String>,
+        #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(short = 'p', long = "pg", value_name = "NAME=VALUE")]
+        pgs: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        apply: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart PostgreSQL: the named members, or all (replicas first, one at
+    /// a time, the leader last).
+    Restart {
+        /// `[CLUSTER] [MEMBER...]`: a first name equal to the config's scope is the cluster.
+        #[arg(value_name = "CLUSTER_OR_MEMBER")]
+        names: Vec<String>,
+        /// Only members with this role.
+        #[arg(long, value_parser = ["primary", "replica"])]
+        role: Option<String>,
+        /// Only members with a parameter change pending a restart.
+        #[arg(long)]
+        pending: bool,
+        /// Switch the leader over to a replica before restarting it.
+        #[arg(long)]
+        switchover: bool,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-clone a replica from the leader (its old data directory is moved aside).
+    Reinit {
+        /// `[CLUSTER] MEMBER`.
+        #[arg(value_name = "CLUSTER_OR_MEMBER", num_args = 1..=2, required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make members re-read their config files (all when none is named).
+    Reload {
+        /// `[CLUSTER] [MEMBER...]`: a first name equal to the config's scope is the cluster.
+        #[arg(value_name = "CLUSTER_OR_MEMBER")]
+        names: Vec<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete the cluster's keys from etcd, after you type its name.
+    Remove {
+        cluster: String,
+        /// Remove even while members run.
+        #[arg(long)]
+        force: bool,
+    },
     /// Discard a scheduled switchover.
     Flush {
         cluster: Option<String>,
@@ -116,6 +172,17 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FlushWhat {
     Switchover,
+}
+
+/// `[CLUSTER] [MEMBER...]` as patronictl takes them: the first name is the
+/// cluster when it is the config's scope (or when two names are given to
+/// `reinit`), otherwise every name is a member of the config's cluster.
+fn cluster_and_members(config: &Config, mut names: Vec<String>) -> (Option<String>, Vec<String>) {
+    if names.first().is_some_and(|first| *first == config.scope) {
+        let cluster = names.remove(0);
+        return (Some(cluster), names);
+    }
+    (None, names)
 }
 
 fn default_config_file() -> Option<PathBuf> {
@@ -180,6 +247,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = actions::target(&config, cluster).await?;
             actions::confirm(&format!("Delete the pending switchover of cluster {}?", target.scope), force)?;
             actions::run_workflow(&config, &target, actions::Workflow::Cancel).await
+        }
+        Command::EditConfig { cluster, sets, pgs, apply, force } => {
+            let target = actions::target(&config, cluster).await?;
+            operations::edit_config(&config, &target, operations::EditConfig { sets, pgs, apply, force }).await
+        }
+        Command::Restart { names, role, pending, switchover, force } => {
+            let (cluster, members) = cluster_and_members(&config, names);
+            let target = actions::target(&config, cluster).await?;
+            operations::restart(&config, &target, members, role, pending, switchover, force).await
+        }
+        Command::Reinit { names, force } => {
+            // Two names: CLUSTER MEMBER, as patronictl.
+            let (cluster, member) = match names.as_slice() {
+                [cluster, member] => (Some(cluster.clone()), member.clone()),
+                [member] => (None, member.clone()),
+                _ => anyhow::bail!("reinit takes [CLUSTER] MEMBER"),
+            };
+            let target = actions::target(&config, cluster).await?;
+            operations::reinit(&config, &target, member, force).await
+        }
+        Command::Reload { names, force } => {
+            let (cluster, members) = cluster_and_members(&config, names);
+            let target = actions::target(&config, cluster).await?;
+            operations::reload(&config, &target, members, force).await
+        }
+        Command::Remove { cluster, force } => {
+            operations::remove(&actions::target(&config, Some(cluster)).await?, force).await
         }
         Command::Pause { cluster, wait } => {
             actions::set_pause(&actions::target(&config, cluster).await?, true, wait).await

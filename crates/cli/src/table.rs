@@ -128,9 +128,24 @@ fn draw(title: &str, header: &[&str], rows: &[Vec<String>], numeric_from: usize)
 
 /// Renders the members table; members sorted by name (`topology`: the leader
 /// first, replicas indented).
+/// A member reports a parameter change waiting for a restart.
+fn pending_restart(view: &ClusterView, name: &str) -> bool {
+    let name = name.trim_start_matches("+ ");
+    view.member(name).is_some_and(|m| m.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)))
+}
+
 pub fn members_table(scope: &str, view: &ClusterView, topology: bool) -> String {
-    let rows: Vec<Vec<String>> = rows(view, topology).into_iter().map(|r| r.to_vec()).collect();
-    let mut out = draw(&format!("Cluster: {scope} ({})", sysid(view)), &HEADER, &rows, 4);
+    let mut rows: Vec<Vec<String>> = rows(view, topology).into_iter().map(|r| r.to_vec()).collect();
+    let mut header = HEADER.to_vec();
+    // Patroni's column, shown only when some member has a restart pending.
+    if rows.iter().any(|r| pending_restart(view, &r[0])) {
+        header.push("Pending restart");
+        for row in &mut rows {
+            let mark = if pending_restart(view, &row[0]) { "*" } else { "" };
+            row.push(mark.to_string());
+        }
+    }
+    let mut out = draw(&format!("Cluster: {scope} ({})", sysid(view)), &header, &rows, 4);
     if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true)) {
         out.push_str(" Maintenance mode: on\n");
     }
@@ -153,6 +168,9 @@ pub fn render_list(snapshot: &Snapshot, format: Format) -> anyhow::Result<String
                     _ => value.clone().into(),
                 };
                 record.insert((*key).to_string(), value);
+            }
+            if pending_restart(&snapshot.view, &row[0]) {
+                record.insert("Pending restart".into(), "*".into());
             }
             serde_json::Value::Object(record)
         })

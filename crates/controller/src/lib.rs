@@ -5,6 +5,7 @@
 
 pub mod active;
 pub mod events;
+pub mod operations;
 pub mod workflow;
 
 use std::pin::Pin;
@@ -15,9 +16,10 @@ use dcs::{ClusterView, EtcdSettings, Keys};
 use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::controller_server::{Controller, ControllerServer};
 use ha_proto::v1::{
-    CancelSwitchoverRequest, CancelSwitchoverResponse, ClusterEvent, FailoverRequest, GetActiveRequest,
-    GetActiveResponse, ListMembersRequest, ListMembersResponse, Member, SwitchoverRequest, WatchEventsRequest,
-    WorkflowResponse,
+    CancelSwitchoverRequest, CancelSwitchoverResponse, ClusterEvent, ConfigResponse, FailoverRequest, GetActiveRequest,
+    GetActiveResponse, GetConfigRequest, ListMembersRequest, ListMembersResponse, Member, MembersResponse,
+    PatchConfigRequest, PutConfigRequest, ReinitializeMemberRequest, ReloadMembersRequest, RestartMembersRequest,
+    SwitchoverRequest, WatchEventsRequest, WorkflowResponse,
 };
 use pgwarden_config::{Config, Purpose};
 use pgwarden_runtime::ConfigArgs;
@@ -57,6 +59,7 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
             replication_state: entry.data.replication_state.clone().unwrap_or_default(),
             receive_lsn: entry.data.receive_lsn,
             replay_lsn: entry.data.replay_lsn,
+            pending_restart: entry.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)),
         })
         .collect();
     ListMembersResponse {
@@ -196,9 +199,83 @@ impl Controller for ControllerService {
         let active = self.active.borrow().clone();
         Ok(Response::new(GetActiveResponse { member: active.member, url: active.url, this_one: active.this_one }))
     }
+
+    async fn get_config(&self, _request: Request<GetConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
+        operations::get_config(&self.cluster).await.map(Response::new)
+    }
+
+    async fn patch_config(&self, request: Request<PatchConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.patch_config(request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        let outcome =
+            operations::change_config(&self.cluster, &request.patch_json, false, request.expected_revision).await;
+        self.report_config(&outcome);
+        outcome.map(Response::new)
+    }
+
+    async fn put_config(&self, request: Request<PutConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.put_config(request.into_inner()).await;
+        }
+        let request = request.into_inner();
+        let outcome =
+            operations::change_config(&self.cluster, &request.config_json, true, request.expected_revision).await;
+        self.report_config(&outcome);
+        outcome.map(Response::new)
+    }
+
+    async fn restart(&self, request: Request<RestartMembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.restart(request.into_inner()).await;
+        }
+        let r = request.into_inner();
+        let progress = self.progress();
+        operations::restart(&self.cluster, &r.members, &r.role, r.pending_only, r.switchover_leader, &progress)
+            .await
+            .map(Response::new)
+    }
+
+    async fn reinitialize(
+        &self,
+        request: Request<ReinitializeMemberRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.reinitialize(request.into_inner()).await;
+        }
+        let progress = self.progress();
+        operations::reinitialize(&self.cluster, &request.into_inner().member, &progress).await.map(Response::new)
+    }
+
+    async fn reload(&self, request: Request<ReloadMembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.reload(request.into_inner()).await;
+        }
+        let progress = self.progress();
+        operations::reload(&self.cluster, &request.into_inner().members, &progress).await.map(Response::new)
+    }
 }
 
 impl ControllerService {
+    /// Progress of an operation, into the event stream.
+    fn progress(&self) -> impl Fn(ClusterEvent) + Sync + use<> {
+        let events = self.events.clone();
+        move |event| {
+            let _ = events.send(event);
+        }
+    }
+
+    fn report_config(&self, outcome: &Result<ConfigResponse, Status>) {
+        let message = match outcome {
+            Ok(response) if response.need_restart.is_empty() => "configuration changed".to_string(),
+            Ok(response) => format!("configuration changed; needs a restart: {}", response.need_restart.join(", ")),
+            Err(status) => format!("configuration change refused ({:?}): {}", status.code(), status.message()),
+        };
+        info!("{message}");
+        let _ = self.events.send(events::event("config", "", message));
+    }
+
     /// One event and one log line per workflow outcome.
     fn report(&self, what: &str, outcome: &Result<WorkflowResponse, Status>) {
         let message = match outcome {
@@ -233,6 +310,7 @@ pub async fn run(
     let observer = tokio::spawn(events::run(cluster.clone(), events_tx.clone(), active_rx.clone()));
     let service = ControllerService::new(cluster, active_rx, events_tx);
     info!(address = %listener.local_addr()?, "serving the Controller gRPC API");
+    pgwarden_runtime::ignore_sighup("pgwarden-controller");
     pgwarden_runtime::notify::ready("serving the Controller gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()

@@ -101,7 +101,9 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
             return text_response(StatusCode::UNAUTHORIZED, text.into(), true);
         }
         let method = request.method().clone();
-        let reply = write::answer(&method, &path, request.into_body(), &shared.writes.controller_url).await;
+        let reply =
+            write::answer(&method, &path, request.into_body(), &shared.writes.controller_url, &shared.identity.name)
+                .await;
         info!(%method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
         return text_response(reply.status, reply.text, reply.challenge);
     }
@@ -227,6 +229,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             None
         }
     };
+    pgwarden_runtime::ignore_sighup("pgwarden-health");
     pgwarden_runtime::notify::ready("serving the REST API; the fencer runs");
     run(
         identity,

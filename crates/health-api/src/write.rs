@@ -1,7 +1,10 @@
 //! Patroni's REST write endpoints, forwarded to the controller's gRPC API:
-//! `POST /switchover`, `POST /failover`, `DELETE /switchover`, with Patroni's
-//! request bodies and status codes, behind `restapi.authentication` (HTTP
-//! basic auth) when it is set. GET endpoints are never authenticated.
+//! `POST /switchover`, `POST /failover`, `DELETE /switchover`, `PATCH` and
+//! `PUT /config`, and for this node `POST /restart`, `POST /reinitialize`,
+//! `POST /reload` (`DELETE /restart`: no scheduled restarts exist), with
+//! Patroni's request bodies and status codes, behind
+//! `restapi.authentication` (HTTP basic auth) when it is set. GET endpoints
+//! are never authenticated.
 
 use std::time::Duration;
 
@@ -31,7 +34,12 @@ fn reply(status: StatusCode, text: impl Into<String>) -> Reply {
 
 /// Whether `method path` is a write endpoint this module answers.
 pub fn handles(method: &Method, path: &str) -> bool {
-    matches!((method, path), (&Method::POST, "/switchover" | "/failover") | (&Method::DELETE, "/switchover"))
+    matches!(
+        (method, path),
+        (&Method::POST, "/switchover" | "/failover" | "/restart" | "/reinitialize" | "/reload")
+            | (&Method::DELETE, "/switchover" | "/restart")
+            | (&Method::PATCH | &Method::PUT, "/config")
+    )
 }
 
 /// Compares in time independent of where the first difference is.
@@ -105,12 +113,111 @@ fn text_field(body: &serde_json::Map<String, serde_json::Value>, name: &str) -> 
     }
 }
 
+async fn controller(controller_url: &str) -> Result<ControllerClient<tonic::transport::Channel>, Reply> {
+    let connect = tokio::time::timeout(Duration::from_secs(3), ControllerClient::connect(controller_url.to_string()));
+    match connect.await {
+        Ok(Ok(client)) => Ok(client),
+        _ => Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the controller at {controller_url} does not answer: is pgwarden-controller running?"),
+        )),
+    }
+}
+
+/// The node-scoped and configuration endpoints.
+async fn answer_operation(
+    method: &Method,
+    path: &str,
+    body: serde_json::Map<String, serde_json::Value>,
+    controller_url: &str,
+    member: &str,
+) -> Reply {
+    use ha_proto::v1::{
+        PatchConfigRequest, PutConfigRequest, ReinitializeMemberRequest, ReloadMembersRequest, RestartMembersRequest,
+    };
+    if (method, path) == (&Method::DELETE, "/restart") {
+        return reply(StatusCode::NOT_FOUND, "no restarts are scheduled");
+    }
+    if path == "/restart" {
+        let known = ["restart_pending", "role", "schedule", "timeout", "postgres_version"];
+        if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
+            return reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}"));
+        }
+        if body.get("schedule").is_some_and(|s| !s.is_null()) {
+            return reply(StatusCode::BAD_REQUEST, "scheduled restarts are not supported by pgwarden yet: restart now");
+        }
+        let role = match body.get("role") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(role)) if role == "primary" || role == "replica" => role.clone(),
+            Some(other) => return reply(StatusCode::BAD_REQUEST, format!("role {other}: expected primary or replica")),
+        };
+        let pending_only = body.get("restart_pending").and_then(serde_json::Value::as_bool) == Some(true);
+        let mut client = match controller(controller_url).await {
+            Ok(client) => client,
+            Err(reply) => return reply,
+        };
+        let request =
+            RestartMembersRequest { members: vec![member.to_string()], role, pending_only, switchover_leader: false };
+        return match client.restart(request).await {
+            Ok(response) => {
+                let outcome = response.into_inner().outcomes.into_iter().next();
+                match outcome {
+                    Some(o) if o.done => reply(StatusCode::OK, "restarted successfully"),
+                    Some(o) => reply(StatusCode::OK, format!("restart conditions are not satisfied: {}", o.message)),
+                    None => reply(StatusCode::SERVICE_UNAVAILABLE, "restart failed"),
+                }
+            }
+            Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("restart failed: {}", error.message())),
+        };
+    }
+    let mut client = match controller(controller_url).await {
+        Ok(client) => client,
+        Err(reply) => return reply,
+    };
+    match path {
+        "/reinitialize" => match client.reinitialize(ReinitializeMemberRequest { member: member.to_string() }).await {
+            Ok(_) => reply(StatusCode::OK, "reinitialize started"),
+            Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
+        },
+        "/reload" => match client.reload(ReloadMembersRequest { members: vec![member.to_string()] }).await {
+            Ok(_) => reply(StatusCode::ACCEPTED, "reload scheduled"),
+            Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
+        },
+        _ => {
+            let json = serde_json::Value::Object(body).to_string();
+            let result = if *method == Method::PUT {
+                client.put_config(PutConfigRequest { config_json: json, expected_revision: 0 }).await
+            } else {
+                client.patch_config(PatchConfigRequest { patch_json: json, expected_revision: 0 }).await
+            };
+            match result {
+                Ok(response) => reply(StatusCode::OK, response.into_inner().config_json),
+                Err(error) => {
+                    let status = match error.code() {
+                        Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                        Code::Aborted => StatusCode::CONFLICT,
+                        Code::FailedPrecondition | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    reply(status, error.message())
+                }
+            }
+        }
+    }
+}
+
 /// Answers one write request through the controller at `controller_url`.
-pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url: &str) -> Reply {
+pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url: &str, member: &str) -> Reply {
     let body = match body_object(body).await {
         Ok(body) => body,
         Err(reply) => return reply,
     };
+    if !matches!(path, "/switchover" | "/failover") {
+        if matches!(path, "/config") && body.is_empty() {
+            return reply(StatusCode::BAD_REQUEST, "an empty configuration change: send a JSON object");
+        }
+        return answer_operation(method, path, body, controller_url, member).await;
+    }
     let known = ["leader", "candidate", "member", "scheduled_at"];
     if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
         return reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}"));
@@ -144,15 +251,9 @@ pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url:
             return reply(StatusCode::BAD_REQUEST, "Switchover target and source are the same");
         }
     }
-    let connect = tokio::time::timeout(Duration::from_secs(3), ControllerClient::connect(controller_url.to_string()));
-    let mut client = match connect.await {
-        Ok(Ok(client)) => client,
-        _ => {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the controller at {controller_url} does not answer: is pgwarden-controller running?"),
-            );
-        }
+    let mut client = match controller(controller_url).await {
+        Ok(client) => client,
+        Err(reply) => return reply,
     };
     match (method, failover) {
         (&Method::DELETE, _) => match client.cancel_switchover(CancelSwitchoverRequest {}).await {

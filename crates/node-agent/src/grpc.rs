@@ -3,8 +3,28 @@
 use std::pin::Pin;
 
 use ha_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
-use ha_proto::v1::{FencerAck, FencerAckReply, GetStatusRequest, NodeStatus, WatchStatusRequest};
-use tokio::sync::watch;
+use ha_proto::v1::{
+    ActionReply, CheckParametersReply, CheckParametersRequest, FencerAck, FencerAckReply, GetStatusRequest, NodeStatus,
+    ReinitializeRequest, ReloadRequest, RestartRequest, WatchStatusRequest,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A request the HA loop carries out between ticks (one thing at a time).
+#[derive(Debug)]
+pub enum Command {
+    Restart { only_if_pending: bool, role: String },
+    Reinitialize,
+    Reload,
+    CheckParameters(std::collections::BTreeMap<String, String>),
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Action(ActionReply),
+    Checked(CheckParametersReply),
+}
+
+pub type CommandMsg = (Command, oneshot::Sender<Result<Outcome, Status>>);
 use tokio_stream::Stream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -17,11 +37,31 @@ pub struct AgentService {
     status: watch::Receiver<NodeStatus>,
     member: String,
     fencer: FencerAcks,
+    commands: mpsc::Sender<CommandMsg>,
 }
 
 impl AgentService {
-    pub fn new(status: watch::Receiver<NodeStatus>, member: String, fencer: FencerAcks) -> Self {
-        Self { status, member, fencer }
+    pub fn new(
+        status: watch::Receiver<NodeStatus>,
+        member: String,
+        fencer: FencerAcks,
+        commands: mpsc::Sender<CommandMsg>,
+    ) -> Self {
+        Self { status, member, fencer, commands }
+    }
+
+    /// Hands `command` to the HA loop and waits for its outcome.
+    async fn ask(&self, command: Command) -> Result<Outcome, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send((command, tx)).await.map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        rx.await.map_err(|_| Status::unavailable("the agent is shutting down"))?
+    }
+
+    async fn action(&self, command: Command) -> Result<Response<ActionReply>, Status> {
+        match self.ask(command).await? {
+            Outcome::Action(reply) => Ok(Response::new(reply)),
+            Outcome::Checked(_) => Err(Status::internal("unexpected outcome")),
+        }
     }
 
     pub fn into_server(self) -> NodeAgentServer<Self> {
@@ -57,5 +97,32 @@ impl NodeAgent for AgentService {
         }
         *self.fencer.lock().map_err(|_| Status::internal("fencer state poisoned"))? = Some(std::time::Instant::now());
         Ok(Response::new(FencerAckReply {}))
+    }
+
+    async fn restart(&self, request: Request<RestartRequest>) -> Result<Response<ActionReply>, Status> {
+        let request = request.into_inner();
+        if !matches!(request.role.as_str(), "" | "primary" | "replica") {
+            return Err(Status::invalid_argument(format!("role {:?}: expected primary or replica", request.role)));
+        }
+        self.action(Command::Restart { only_if_pending: request.only_if_pending, role: request.role }).await
+    }
+
+    async fn reinitialize(&self, _request: Request<ReinitializeRequest>) -> Result<Response<ActionReply>, Status> {
+        self.action(Command::Reinitialize).await
+    }
+
+    async fn reload(&self, _request: Request<ReloadRequest>) -> Result<Response<ActionReply>, Status> {
+        self.action(Command::Reload).await
+    }
+
+    async fn check_parameters(
+        &self,
+        request: Request<CheckParametersRequest>,
+    ) -> Result<Response<CheckParametersReply>, Status> {
+        let parameters = request.into_inner().parameters.into_iter().collect();
+        match self.ask(Command::CheckParameters(parameters)).await? {
+            Outcome::Checked(reply) => Ok(Response::new(reply)),
+            Outcome::Action(_) => Err(Status::internal("unexpected outcome")),
+        }
     }
 }

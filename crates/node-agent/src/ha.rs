@@ -77,6 +77,17 @@ pub struct Agent {
     view: watch::Sender<HaView>,
     wake: std::sync::Arc<Notify>,
     fencer_acks: crate::grpc::FencerAcks,
+    /// Restart, reinitialize, reload, parameter checks: carried out between ticks.
+    commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
+    /// The config file, re-read by a reload.
+    config_path: Option<std::path::PathBuf>,
+}
+
+/// Where operator requests come from: the gRPC API's channel, and the
+/// config file a reload re-reads.
+pub struct Requests {
+    pub commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// A fencer acknowledgement older than this does not count.
@@ -90,7 +101,9 @@ impl Agent {
         local: watch::Receiver<Local>,
         view: watch::Sender<HaView>,
         fencer_acks: crate::grpc::FencerAcks,
+        requests: Requests,
     ) -> Self {
+        let Requests { commands, config_path } = requests;
         let keys = Keys::new(&config.namespace, &config.scope);
         let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone());
         Self {
@@ -113,6 +126,8 @@ impl Agent {
             watchdog,
             sync_configured: Vec::new(),
             sync_pending: None,
+            commands,
+            config_path,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
@@ -473,6 +488,17 @@ impl Agent {
             // No etcd and no proof: fence all the same.
             if let Err(e) = self.pg.stop("immediate").await {
                 error!("failed to fence PostgreSQL: {e:#}");
+            }
+        }
+        // A changed parameter (dynamic config or a reload) reaches PostgreSQL
+        // by a reload; one that needs a restart shows as pending_restart.
+        if let Some(view) = &view
+            && local.sql.is_some()
+            && self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false))
+        {
+            info!("PostgreSQL parameters changed: rewriting the config and reloading");
+            if let Err(e) = self.rewrite_running_config(Some(view), &dynamic).await {
+                warn!("failed to apply the changed parameters: {e:#}");
             }
         }
         if self.leader_deadline().is_some() {
@@ -992,6 +1018,9 @@ impl Agent {
                 if self.view.borrow().paused {
                     extra.insert("pause".into(), serde_json::Value::Bool(true));
                 }
+                if local.sql.as_ref().is_some_and(|s| s.pending_restart) {
+                    extra.insert("pending_restart".into(), serde_json::Value::Bool(true));
+                }
                 extra
             },
         };
@@ -1240,15 +1269,122 @@ impl Agent {
                 }
             };
             let wake = self.wake.clone();
-            tokio::select! {
+            let command = tokio::select! {
                 () = &mut shutdown => break,
-                () = tokio::time::sleep(loop_wait) => {}
-                () = wake.notified() => {}
-                () = lease_changed => {}
-                state = local_changed => previous_state = state,
+                () = tokio::time::sleep(loop_wait) => None,
+                () = wake.notified() => None,
+                () = lease_changed => None,
+                state = local_changed => {
+                    previous_state = state;
+                    None
+                }
+                command = self.commands.recv() => command,
+            };
+            if let Some((command, reply)) = command {
+                info!(?command, "carrying out a request");
+                let outcome = self.command(command).await;
+                if let Err(status) = &outcome {
+                    warn!("request refused or failed: {}", status.message());
+                }
+                let _ = reply.send(outcome);
             }
         }
         self.shut_down().await;
+    }
+
+    /// One request from the gRPC API (or SIGHUP), between ticks.
+    async fn command(&mut self, command: crate::grpc::Command) -> Result<crate::grpc::Outcome, tonic::Status> {
+        use crate::grpc::{Command, Outcome};
+        use ha_proto::v1::{ActionReply, CheckParametersReply};
+        use tonic::Status;
+        let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
+        let reply = |done: bool, message: String| Ok(Outcome::Action(ActionReply { done, message }));
+        match command {
+            Command::CheckParameters(parameters) => {
+                let mut conn = self.connect().await.map_err(failed)?;
+                let (problems, need_restart) = sql::check_parameters(&mut conn, &parameters).await.map_err(failed)?;
+                sql::close(conn).await;
+                Ok(Outcome::Checked(CheckParametersReply { problems, need_restart }))
+            }
+            Command::Restart { only_if_pending, role } => {
+                let local = self.local.borrow().clone();
+                let Some(sql) = local.sql else {
+                    return Err(Status::failed_precondition("PostgreSQL is not running here: nothing to restart"));
+                };
+                let mine = if sql.in_recovery { "replica" } else { "primary" };
+                if !role.is_empty() && role != mine {
+                    return reply(false, format!("skipped: {} is a {mine}", self.config.name));
+                }
+                if only_if_pending && !sql.pending_restart {
+                    return reply(false, format!("skipped: {} has no restart pending", self.config.name));
+                }
+                let started = Instant::now();
+                self.pg.restart().await.map_err(failed)?;
+                self.await_local("answer after the restart", |l| l.sql.is_some()).await.map_err(failed)?;
+                info!(role = mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
+                reply(true, format!("restarted {} ({mine}) in {} ms", self.config.name, started.elapsed().as_millis()))
+            }
+            Command::Reinitialize => {
+                if self.leader_deadline().is_some() {
+                    return Err(Status::failed_precondition("I am the leader, can not reinitialize"));
+                }
+                let view = dcs::read_cluster(&self.etcd, &self.keys)
+                    .await
+                    .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+                if view.leader.is_none() {
+                    return Err(Status::failed_precondition("Cluster has no leader, can not reinitialize"));
+                }
+                self.pg.stop("immediate").await.map_err(failed)?;
+                self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
+                let aside = self.pg.move_aside("reinit").map_err(failed)?;
+                self.upstream = None;
+                self.wake.notify_one();
+                reply(true, format!("reinitialize started: the old data directory is kept at {}", aside.display()))
+            }
+            Command::Reload => {
+                let loaded = pgwarden_config::load(self.config_path.as_deref(), pgwarden_config::Purpose::Agent)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("the config file is not valid; nothing changed: {e:#}"))
+                    })?;
+                let new = loaded.config;
+                let fixed =
+                    |c: &Config| (c.name.clone(), c.scope.clone(), c.postgresql.data_dir.clone(), c.namespace.clone());
+                if fixed(&new) != fixed(&self.config) {
+                    return Err(Status::failed_precondition(
+                        "name, scope, namespace or data_dir changed: restart pgwarden-agent to apply that",
+                    ));
+                }
+                self.config = new.clone();
+                self.pg.set_config(new);
+                let view = dcs::read_cluster(&self.etcd, &self.keys).await.ok();
+                let dynamic = self.dynamic(view.as_ref());
+                self.rewrite_running_config(view.as_ref(), &dynamic).await.map_err(failed)?;
+                info!(origin = %loaded.origin, "config reloaded");
+                reply(true, format!("reloaded the config of {}", self.config.name))
+            }
+        }
+    }
+
+    /// Writes the config files for the role PostgreSQL runs in now and
+    /// reloads it (parameters, pg_hba); nothing when it does not run.
+    async fn rewrite_running_config(
+        &mut self,
+        view: Option<&ClusterView>,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
+        let local = self.local.borrow().clone();
+        let Some(sql) = local.sql else { return Ok(()) };
+        let start_as = if !sql.in_recovery {
+            StartAs::Primary
+        } else {
+            let upstream = match (&self.upstream, view) {
+                (Some(member), Some(view)) => Some(self.upstream_of(view, member)?),
+                _ => None,
+            };
+            StartAs::Replica { upstream }
+        };
+        self.pg.write_config(dynamic, &start_as, false)?;
+        self.pg.reload().await
     }
 
     async fn shut_down(&mut self) {

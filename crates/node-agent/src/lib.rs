@@ -158,6 +158,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         ha_loop_duration_us: view.tick_duration.as_micros() as u64,
         etcd_read_duration_us: view.etcd_read_duration.as_micros() as u64,
         dcs_last_seen_unix_ms: view.dcs_last_seen_unix_ms,
+        pending_restart: sql.pending_restart,
     }
 }
 
@@ -207,8 +208,29 @@ async fn watch_cluster(etcd: dcs::Etcd, prefix: String, wake: std::sync::Arc<tok
 /// HA loop and serves the `NodeAgent` gRPC API on `grpc_listener`. On
 /// shutdown it stops PostgreSQL and hands the leader key over before the
 /// gRPC API goes away.
+/// SIGHUP re-reads the config file, as Patroni does (`systemctl reload`).
+async fn reload_on_sighup(commands: tokio::sync::mpsc::Sender<grpc::CommandMsg>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload with `pgwardenctl reload` instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the config");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if commands.send((grpc::Command::Reload, tx)).await.is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::error!("reload refused: {}", status.message()),
+            Err(_) => return,
+        }
+    }
+}
+
 pub async fn run(
     config: Config,
+    config_path: Option<std::path::PathBuf>,
     grpc_listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -232,7 +254,17 @@ pub async fn run(
     let view_rx_for_watchdog = view_rx.clone();
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();
-    let agent = ha::Agent::new(config.clone(), pg, etcd.clone(), local_rx, view_tx, fencer_acks.clone());
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    let agent = ha::Agent::new(
+        config.clone(),
+        pg,
+        etcd.clone(),
+        local_rx,
+        view_tx,
+        fencer_acks.clone(),
+        ha::Requests { commands: commands_rx, config_path },
+    );
+    let sighup = tokio::spawn(reload_on_sighup(commands_tx.clone()));
     let watcher = tokio::spawn(watch_cluster(
         etcd,
         dcs::Keys::new(&config.namespace, &config.scope).prefix().to_string(),
@@ -248,13 +280,14 @@ pub async fn run(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(AgentService::new(status_rx, config.name.clone(), fencer_acks).into_server())
+            .add_service(AgentService::new(status_rx, config.name.clone(), fencer_acks, commands_tx).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = done_rx.await;
             }),
     );
     let ha_result = ha_loop.await;
     systemd_watchdog.abort();
+    sighup.abort();
     let _ = done_tx.send(());
     let served = server.await;
     watcher.abort();
@@ -278,5 +311,5 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         "pgwarden.agent_grpc_listen (default: restapi.listen port + 1000)",
     )
     .await?;
-    run(config, listener, pgwarden_runtime::shutdown_signal()).await
+    run(config, args.config.path(), listener, pgwarden_runtime::shutdown_signal()).await
 }

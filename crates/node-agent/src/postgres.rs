@@ -50,6 +50,8 @@ pub struct Postgres {
     /// `synchronous_standby_names` while synchronous mode is on (the HA loop
     /// sets it; it overrides the configured parameter).
     sync_names: std::sync::Mutex<Option<String>>,
+    /// The parameters last written to `postgresql.conf`.
+    written: std::sync::Mutex<Option<BTreeMap<String, String>>>,
 }
 
 /// `-` and other characters slot names do not allow become `_`.
@@ -111,6 +113,7 @@ impl Postgres {
             data_dir,
             config: config.clone(),
             sync_names: std::sync::Mutex::new(None),
+            written: std::sync::Mutex::new(None),
         })
     }
 
@@ -308,9 +311,11 @@ impl Postgres {
             "# Written by pgwarden-agent; edits are overwritten. Put local settings in\n\
              # postgresql.parameters of the pgwarden config.\ninclude '{BASE_CONF}'\n\n"
         );
-        for (name, value) in self.parameters(dynamic, listen_local_only) {
-            text.push_str(&format!("{name} = {}\n", quote(&value)));
+        let parameters = self.parameters(dynamic, listen_local_only);
+        for (name, value) in &parameters {
+            text.push_str(&format!("{name} = {}\n", quote(value)));
         }
+        *self.written.lock().expect("written parameters") = Some(parameters);
         let standby_signal = self.data_dir.join("standby.signal");
         match start_as {
             StartAs::Primary => {
@@ -442,6 +447,26 @@ impl Postgres {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `pg_ctl restart -m fast`, with the options it was started with.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let timeout = self.timeout_arg();
+        info!("restarting PostgreSQL");
+        // `-l` as at start: without it the new postmaster would hold pg_ctl's
+        // output pipes open, and this call would never return.
+        let log = self.log_file.display().to_string();
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", &timeout, "-l", &log]).await.map(|_| ())
+    }
+
+    /// The parameters of the last config file written.
+    pub fn written_parameters(&self) -> Option<BTreeMap<String, String>> {
+        self.written.lock().expect("written parameters").clone()
+    }
+
+    /// A re-read config (reload): parameters, pg_hba, authentication.
+    pub fn set_config(&mut self, config: Config) {
+        self.config = config;
     }
 
     pub async fn reload(&self) -> anyhow::Result<()> {

@@ -23,6 +23,8 @@ pub struct SqlStatus {
     pub system_identifier: String,
     pub postmaster_start_time: String,
     pub replication: Vec<ReplicationRow>,
+    /// Some parameter change waits for a restart.
+    pub pending_restart: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +37,56 @@ pub struct ReplicationRow {
     pub sync_priority: i32,
     /// The standby's flushed position (bytes).
     pub flush_lsn: u64,
+}
+
+/// What PostgreSQL would say of each parameter: unknown names, values out of
+/// range or not among an enum's values; and which need a restart.
+pub async fn check_parameters(
+    conn: &mut PgConnection,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let (mut problems, mut need_restart) = (Vec::new(), Vec::new());
+    for (name, value) in parameters {
+        let row = sqlx::query(
+            "select vartype, context, coalesce(min_val, ''), coalesce(max_val, ''),                     coalesce(array_to_string(enumvals, ','), '') from pg_settings where name = lower($1)",
+        )
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("read pg_settings")?;
+        let Some(row) = row else {
+            problems.push(format!("{name}: PostgreSQL has no such parameter"));
+            continue;
+        };
+        let (vartype, context, min, max, enums): (String, String, String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+        if context == "postmaster" {
+            need_restart.push(name.clone());
+        }
+        let lower = value.to_lowercase();
+        match vartype.as_str() {
+            "bool" if !["on", "off", "true", "false", "yes", "no", "1", "0"].contains(&lower.as_str()) => {
+                problems.push(format!("{name}: {value:?} is not a boolean"));
+            }
+            "enum" if !enums.split(',').any(|e| e == lower) => {
+                problems.push(format!("{name}: {value:?} is not one of {enums}"));
+            }
+            "integer" | "real" => {
+                // A unit suffix (`16MB`, `5min`) is PostgreSQL's to convert; a bare number is checked here.
+                if let Ok(number) = value.trim().parse::<f64>() {
+                    let below = min.parse::<f64>().is_ok_and(|m| number < m);
+                    let above = max.parse::<f64>().is_ok_and(|m| number > m);
+                    if below || above {
+                        problems.push(format!("{name}: {value} is outside [{min}, {max}]"));
+                    }
+                } else if !value.trim().chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-') {
+                    problems.push(format!("{name}: {value:?} is not a number"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((problems, need_restart))
 }
 
 /// `SHOW name` (a new transaction each time, so a reloaded value shows).
@@ -76,7 +128,13 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
     .fetch_one(&mut *conn)
     .await
     .context("query the server's state")?;
+    let pending: bool = sqlx::query("select exists (select 1 from pg_settings where pending_restart)")
+        .fetch_one(&mut *conn)
+        .await
+        .context("query pending_restart")?
+        .try_get(0)?;
     let mut status = SqlStatus {
+        pending_restart: pending,
         in_recovery: row.try_get(0)?,
         server_version: row.try_get(1)?,
         system_identifier: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),

@@ -77,6 +77,21 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A service with nothing to re-read keeps running on SIGHUP (`systemctl
+/// reload` of the whole target) and says so, instead of dying of it.
+pub fn ignore_sighup(service: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: {service} reads its config only at start; restart it to apply a changed file \
+                 (pgwarden-agent applies PostgreSQL settings on reload)"
+            );
+        }
+    });
+}
+
 /// Binds a TCP listener with an error that names the setting to change.
 pub async fn bind(
     address: &pgwarden_config::HostPort,

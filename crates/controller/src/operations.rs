@@ -1,0 +1,270 @@
+//! Day-two operations: the dynamic configuration (read, patch, replace,
+//! each validated before anything is written and written with
+//! compare-and-swap), and restart, reinitialize and reload carried out by
+//! the members' agents over gRPC, one member at a time.
+
+use std::time::{Duration, Instant};
+
+use dcs::ClusterView;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use ha_proto::v1::node_agent_client::NodeAgentClient;
+use ha_proto::v1::{
+    CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome, MembersResponse,
+    ReinitializeRequest, ReloadRequest, RestartRequest,
+};
+use pgwarden_config::{DynamicConfig, Problems, Severity};
+use serde_json::Value;
+use tonic::Status;
+
+use crate::workflow::{self, Cluster};
+
+/// Where progress goes (the controller's event stream, or nowhere).
+pub type Progress<'a> = &'a (dyn Fn(ClusterEvent) + Sync);
+
+fn say(progress: Progress<'_>, member: &str, message: String) {
+    tracing::info!(member, "{message}");
+    progress(crate::events::event("workflow", member, message));
+}
+
+pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, Status> {
+    let view = cluster.read().await?;
+    let (config, revision) = view.config.clone().unwrap_or((Value::Object(Default::default()), 0));
+    Ok(ConfigResponse { config_json: config.to_string(), revision, need_restart: Vec::new() })
+}
+
+/// RFC 7396 merge patch: objects merge, `null` deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let map = target.as_object_mut().expect("made an object");
+            for (key, value) in patch {
+                if value.is_null() {
+                    map.remove(key);
+                } else {
+                    merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Patches (`replace` false) or replaces the dynamic configuration.
+pub async fn change_config(
+    cluster: &Cluster,
+    json: &str,
+    replace: bool,
+    expected_revision: i64,
+) -> Result<ConfigResponse, Status> {
+    let input: Value = serde_json::from_str(json)
+        .map_err(|e| Status::invalid_argument(format!("the configuration change is not valid JSON: {e}")))?;
+    if !input.is_object() {
+        return Err(Status::invalid_argument("the configuration change must be a JSON object"));
+    }
+    let view = cluster.read().await?;
+    let Some((current, revision)) = view.config.clone() else {
+        return Err(Status::failed_precondition(format!(
+            "cluster {} has no config key yet (is it bootstrapped?)",
+            cluster.scope
+        )));
+    };
+    if expected_revision != 0 && expected_revision != revision {
+        return Err(Status::aborted(format!(
+            "the configuration changed since revision {expected_revision} (it is at {revision} now): read it again and retry"
+        )));
+    }
+    let mut new = if replace { Value::Object(Default::default()) } else { current };
+    merge_patch(&mut new, &input);
+    let need_restart = validate(&view, &new).await?;
+    let key = cluster.keys.config();
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+        .and_then([TxnOp::put(key.as_str(), new.to_string(), None)]);
+    let response = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+    if !response.succeeded() {
+        return Err(Status::aborted(
+            "another edit changed the configuration at the same moment (compare-and-swap lost); nothing was written: read it again and retry",
+        ));
+    }
+    let revision = response.header().map_or(0, |h| h.revision());
+    Ok(ConfigResponse { config_json: new.to_string(), revision, need_restart })
+}
+
+/// Everything a node would say of `config` before it is written: types,
+/// the timing rule (refused here rather than corrected), and PostgreSQL's
+/// view of the parameters (asked of the leader's agent). Returns the
+/// parameters that need a restart.
+async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Status> {
+    let mut problems = Problems::default();
+    let (dynamic, _) = DynamicConfig::read(config, "", &mut problems);
+    let refused: Vec<String> = problems
+        .into_vec()
+        .into_iter()
+        .filter(|p| p.severity != Severity::Notice)
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
+    if !refused.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "the configuration is not valid; nothing was written: {}",
+            refused.join("; ")
+        )));
+    }
+    if dynamic.parameters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
+        return Err(Status::failed_precondition(
+            "PostgreSQL parameters can only be checked against a running leader; the cluster has none",
+        ));
+    };
+    let mut agent = agent(view, &leader).await?;
+    let checked = agent
+        .check_parameters(CheckParametersRequest { parameters: dynamic.parameters.clone().into_iter().collect() })
+        .await?
+        .into_inner();
+    if !checked.problems.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "PostgreSQL would refuse these parameters; nothing was written: {}",
+            checked.problems.join("; ")
+        )));
+    }
+    // Only those whose value changes need the restart.
+    let before = view.config.as_ref().map(|(c, _)| DynamicConfig::read(c, "", &mut Problems::default()).0);
+    Ok(checked
+        .need_restart
+        .into_iter()
+        .filter(|name| before.as_ref().and_then(|b| b.parameters.get(name)) != dynamic.parameters.get(name))
+        .collect())
+}
+
+async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<tonic::transport::Channel>, Status> {
+    let url = view
+        .member(member)
+        .and_then(|m| m.data.grpc_url.clone())
+        .ok_or_else(|| Status::not_found(format!("{member} is not a pgwarden member of this cluster")))?;
+    tokio::time::timeout(Duration::from_secs(3), NodeAgentClient::connect(url.clone()))
+        .await
+        .map_err(|_| Status::unavailable(format!("{member}'s agent at {url} does not answer")))?
+        .map_err(|e| Status::unavailable(format!("{member}'s agent at {url} does not answer: {e}")))
+}
+
+/// The named members (all when empty), each checked to exist.
+fn members(view: &ClusterView, names: &[String]) -> Result<Vec<String>, Status> {
+    if names.is_empty() {
+        return Ok(view.members.iter().map(|m| m.name.clone()).collect());
+    }
+    for name in names {
+        if view.member(name).is_none() {
+            return Err(Status::not_found(format!("{name} is not a member of this cluster")));
+        }
+    }
+    Ok(names.to_vec())
+}
+
+/// Waits until `member` streams from the leader again (or, as leader, answers).
+async fn wait_streaming(cluster: &Cluster, member: &str, within: Duration) -> Result<Duration, Status> {
+    let started = Instant::now();
+    loop {
+        let view = cluster.read().await?;
+        let leading = view.leader.as_ref().is_some_and(|l| l.name == member);
+        if let Ok(mut client) = agent(&view, member).await
+            && let Ok(status) = client.get_status(GetStatusRequest {}).await
+        {
+            let status = status.into_inner();
+            let answering = !status.system_identifier.is_empty();
+            if answering && (leading || status.replication_state == "streaming") {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > within {
+            return Err(Status::deadline_exceeded(format!(
+                "{member} is not streaming again after {} s: see its agent's log",
+                within.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A rolling restart: replicas first, one at a time, each streaming again
+/// before the next; the leader last (in place, or after a switchover).
+pub async fn restart(
+    cluster: &Cluster,
+    names: &[String],
+    role: &str,
+    pending_only: bool,
+    switchover_leader: bool,
+    progress: Progress<'_>,
+) -> Result<MembersResponse, Status> {
+    if !matches!(role, "" | "primary" | "replica") {
+        return Err(Status::invalid_argument(format!("role {role:?}: expected primary or replica")));
+    }
+    let view = cluster.read().await?;
+    let leader = view.leader.as_ref().map(|l| l.name.clone());
+    let mut order = members(&view, names)?;
+    order.sort_by_key(|m| (Some(m) == leader.as_ref(), m.clone()));
+    let mut outcomes = Vec::new();
+    for member in order {
+        let view = cluster.read().await?;
+        let is_leader = view.leader.as_ref().is_some_and(|l| l.name == member);
+        if is_leader && switchover_leader && role != "replica" {
+            say(progress, &member, format!("{member} leads: switching over before its restart"));
+            let done = workflow::switchover(cluster, &member, "", "").await?;
+            say(progress, &member, format!("{} ({} ms)", done.message, done.duration_ms));
+            wait_streaming(cluster, &member, Duration::from_secs(120)).await?;
+        }
+        let view = cluster.read().await?;
+        let mut client = agent(&view, &member).await?;
+        say(progress, &member, format!("{member}: restarting"));
+        let reply = client
+            .restart(RestartRequest { only_if_pending: pending_only, role: role.to_string() })
+            .await?
+            .into_inner();
+        if reply.done {
+            let took = wait_streaming(cluster, &member, Duration::from_secs(120)).await?;
+            say(progress, &member, format!("{} ; back and streaming after {} ms", reply.message, took.as_millis()));
+        } else {
+            say(progress, &member, reply.message.clone());
+        }
+        outcomes.push(MemberOutcome { member, done: reply.done, message: reply.message });
+    }
+    Ok(MembersResponse { outcomes })
+}
+
+/// Re-clones `member` from the leader and waits until it streams again.
+pub async fn reinitialize(cluster: &Cluster, member: &str, progress: Progress<'_>) -> Result<MembersResponse, Status> {
+    let view = cluster.read().await?;
+    members(&view, &[member.to_string()])?;
+    let reply = agent(&view, member).await?.reinitialize(ReinitializeRequest {}).await?.into_inner();
+    say(progress, member, format!("{member}: {}", reply.message));
+    let took = wait_streaming(cluster, member, Duration::from_secs(600)).await?;
+    say(progress, member, format!("{member}: re-cloned and streaming after {} ms", took.as_millis()));
+    Ok(MembersResponse { outcomes: vec![MemberOutcome { member: member.into(), done: true, message: reply.message }] })
+}
+
+/// Makes each member's agent re-read its config file.
+pub async fn reload(cluster: &Cluster, names: &[String], progress: Progress<'_>) -> Result<MembersResponse, Status> {
+    let view = cluster.read().await?;
+    let mut outcomes = Vec::new();
+    for member in members(&view, names)? {
+        let reply = agent(&view, &member).await?.reload(ReloadRequest {}).await?.into_inner();
+        say(progress, &member, reply.message.clone());
+        outcomes.push(MemberOutcome { member, done: reply.done, message: reply.message });
+    }
+    Ok(MembersResponse { outcomes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut target = serde_json::json!({"ttl": 30, "postgresql": {"parameters": {"a": "1", "b": "2"}}});
+        merge_patch(&mut target, &serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"a": null, "c": "3"}}}));
+        assert_eq!(target, serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"b": "2", "c": "3"}}}));
+    }
+}
