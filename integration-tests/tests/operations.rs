@@ -239,3 +239,50 @@ async fn reload_applies_a_changed_config_file_and_remove_needs_the_name() {
     assert_eq!(cluster.get_key("initialize").await.expect("etcd"), None);
     assert_eq!(cluster.get_key("config").await.expect("etcd"), None);
 }
+
+#[tokio::test]
+async fn a_scheduled_restart_happens_on_time_and_can_be_deleted() {
+    let (cluster, leader) = cluster().await;
+    let replica = (leader + 1) % 3;
+    let node = &cluster.nodes[replica];
+    let at = |seconds: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format")
+    };
+    // Through REST: scheduled (202), a second one refused (409), deleted (200), none left (404).
+    let post = |body: String| {
+        http_with("POST", node.rest_port, "/restart", &[("Authorization", &auth())], &body, Duration::from_secs(30))
+            .expect("POST /restart")
+    };
+    let (status, text) = post(format!(r#"{{"schedule":"{}"}}"#, at(3600)));
+    assert_eq!((status, text.as_str()), (202, "Restart scheduled"));
+    let (_, list, _) = ctl(&cluster, &["list"]);
+    assert!(list.contains("Scheduled restart"), "{list}");
+    let (status, text) = post(format!(r#"{{"schedule":"{}"}}"#, at(7200)));
+    assert_eq!(status, 409, "{text}");
+    let (status, text) = post(r#"{"schedule":"2020-01-01T00:00:00+00:00"}"#.to_string());
+    assert_eq!(status, 422, "{text}");
+    let delete = || {
+        http_with("DELETE", node.rest_port, "/restart", &[("Authorization", &auth())], "", Duration::from_secs(30))
+            .expect("DELETE /restart")
+    };
+    assert_eq!(delete(), (200, "scheduled restart deleted".to_string()));
+    assert_eq!(delete(), (404, "no restarts are scheduled".to_string()));
+
+    // Through the CLI, a few seconds ahead: carried out then, not before.
+    let before = node.psql("select pg_postmaster_start_time()").expect("psql");
+    let when = at(4);
+    let due = Instant::now() + Duration::from_secs(3);
+    let name = node.name.clone();
+    let (ok, stdout, stderr) = ctl(&cluster, &["restart", &name, "--scheduled", &when, "--force"]);
+    assert!(ok && stdout.contains("Restart scheduled"), "{stdout}{stderr}");
+    wait_until("the scheduled restart", UP, || async {
+        let now = node.psql("select pg_postmaster_start_time()").unwrap_or_default();
+        Ok::<_, String>((!now.is_empty() && now != before).then_some(()))
+    })
+    .await
+    .expect("restarted");
+    assert!(Instant::now() >= due, "not before its time");
+    cluster.wait_healthy(UP).await.expect("healthy");
+}

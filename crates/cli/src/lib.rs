@@ -114,6 +114,9 @@ pub enum Command {
         /// Switch the leader over to a replica before restarting it.
         #[arg(long)]
         switchover: bool,
+        /// When: an ISO 8601 time with a time zone (each member restarts then).
+        #[arg(long)]
+        scheduled: Option<String>,
         #[arg(long)]
         force: bool,
     },
@@ -140,7 +143,7 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Discard a scheduled switchover.
+    /// Discard a scheduled switchover or the scheduled restarts.
     Flush {
         cluster: Option<String>,
         #[arg(value_enum)]
@@ -172,6 +175,7 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum FlushWhat {
     Switchover,
+    Restart,
 }
 
 /// `[CLUSTER] [MEMBER...]` as patronictl takes them: the first name is the
@@ -243,6 +247,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = actions::target(&config, cluster).await?;
             actions::failover(&config, &target, candidate, force).await
         }
+        Command::Flush { cluster, what: FlushWhat::Restart, force } => {
+            let target = actions::target(&config, cluster).await?;
+            operations::flush_restart(&config, &target, force).await
+        }
         Command::Flush { cluster, what: FlushWhat::Switchover, force } => {
             let target = actions::target(&config, cluster).await?;
             actions::confirm(&format!("Delete the pending switchover of cluster {}?", target.scope), force)?;
@@ -252,10 +260,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = actions::target(&config, cluster).await?;
             operations::edit_config(&config, &target, operations::EditConfig { sets, pgs, apply, force }).await
         }
-        Command::Restart { names, role, pending, switchover, force } => {
+        Command::Restart { names, role, pending, switchover, scheduled, force } => {
             let (cluster, members) = cluster_and_members(&config, names);
             let target = actions::target(&config, cluster).await?;
-            operations::restart(&config, &target, members, role, pending, switchover, force).await
+            let restart = operations::Restart { members, role, pending, switchover, scheduled, force };
+            operations::restart(&config, &target, restart).await
         }
         Command::Reinit { names, force } => {
             // Two names: CLUSTER MEMBER, as patronictl.

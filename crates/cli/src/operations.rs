@@ -35,6 +35,7 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
             });
             let result = match operation {
                 Operation::Restart(request) => client.restart(request).await,
+                Operation::CancelRestart(request) => client.cancel_restart(request).await,
                 Operation::Reinit(request) => client.reinitialize(request).await,
                 Operation::Reload(request) => client.reload(request).await,
             };
@@ -47,6 +48,18 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
             let cluster = cluster(target);
             let progress = |event: ClusterEvent| print_event(&event);
             let result: Result<MembersResponse, tonic::Status> = match operation {
+                Operation::Restart(r) if !r.schedule.is_empty() => {
+                    controller::operations::schedule_restart(
+                        &cluster,
+                        &r.members,
+                        &r.role,
+                        r.pending_only,
+                        &r.schedule,
+                        &progress,
+                    )
+                    .await
+                }
+                Operation::CancelRestart(r) => controller::operations::cancel_restart(&cluster, &r.members).await,
                 Operation::Restart(r) => {
                     controller::operations::restart(
                         &cluster,
@@ -72,28 +85,41 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
 
 enum Operation {
     Restart(RestartMembersRequest),
+    CancelRestart(ha_proto::v1::CancelRestartMembersRequest),
     Reinit(ReinitializeMemberRequest),
     Reload(ReloadMembersRequest),
 }
 
-pub async fn restart(
-    config: &Config,
-    target: &Target,
-    members: Vec<String>,
-    role: Option<String>,
-    pending: bool,
-    switchover: bool,
-    force: bool,
-) -> anyhow::Result<()> {
+/// What `restart` was asked.
+pub struct Restart {
+    pub members: Vec<String>,
+    pub role: Option<String>,
+    pub pending: bool,
+    pub switchover: bool,
+    pub scheduled: Option<String>,
+    pub force: bool,
+}
+
+pub async fn restart(config: &Config, target: &Target, restart: Restart) -> anyhow::Result<()> {
+    let Restart { members, role, pending, switchover, scheduled, force } = restart;
     let which = if members.is_empty() { "every member".to_string() } else { members.join(", ") };
-    confirm(&format!("Restart PostgreSQL on {which} of cluster {}?", target.scope), force)?;
+    let when = scheduled.as_deref().map_or_else(|| "now".to_string(), |at| format!("at {at}"));
+    confirm(&format!("Restart PostgreSQL on {which} of cluster {}, {when}?", target.scope), force)?;
     let request = RestartMembersRequest {
         members,
         role: role.unwrap_or_default(),
         pending_only: pending,
         switchover_leader: switchover,
+        schedule: scheduled.unwrap_or_default(),
     };
     members_operation(config, target, Operation::Restart(request)).await
+}
+
+/// `flush restart`: drops scheduled restarts.
+pub async fn flush_restart(config: &Config, target: &Target, force: bool) -> anyhow::Result<()> {
+    confirm(&format!("Delete the scheduled restarts of cluster {}?", target.scope), force)?;
+    let request = ha_proto::v1::CancelRestartMembersRequest { members: Vec::new() };
+    members_operation(config, target, Operation::CancelRestart(request)).await
 }
 
 pub async fn reinit(config: &Config, target: &Target, member: String, force: bool) -> anyhow::Result<()> {

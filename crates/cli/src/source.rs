@@ -44,10 +44,15 @@ async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
                 replication_state: (!m.replication_state.is_empty()).then(|| m.replication_state.clone()),
                 tags: serde_json::from_str(&m.tags_json).unwrap_or_default(),
                 grpc_url: (!m.grpc_url.is_empty()).then(|| m.grpc_url.clone()),
-                extra: if m.pending_restart {
-                    [("pending_restart".to_string(), serde_json::Value::Bool(true))].into_iter().collect()
-                } else {
-                    Default::default()
+                extra: {
+                    let mut extra = serde_json::Map::new();
+                    if m.pending_restart {
+                        extra.insert("pending_restart".into(), serde_json::Value::Bool(true));
+                    }
+                    if !m.scheduled_restart.is_empty() {
+                        extra.insert("scheduled_restart".into(), serde_json::json!({"schedule": m.scheduled_restart}));
+                    }
+                    extra
                 },
                 ..MemberData::default()
             },

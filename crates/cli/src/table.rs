@@ -134,6 +134,12 @@ fn pending_restart(view: &ClusterView, name: &str) -> bool {
     view.member(name).is_some_and(|m| m.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)))
 }
 
+/// When a restart is scheduled on the member.
+fn scheduled_restart(view: &ClusterView, name: &str) -> Option<String> {
+    let name = name.trim_start_matches("+ ");
+    view.member(name)?.data.extra.get("scheduled_restart")?.get("schedule")?.as_str().map(String::from)
+}
+
 pub fn members_table(scope: &str, view: &ClusterView, topology: bool) -> String {
     let mut rows: Vec<Vec<String>> = rows(view, topology).into_iter().map(|r| r.to_vec()).collect();
     let mut header = HEADER.to_vec();
@@ -143,6 +149,13 @@ pub fn members_table(scope: &str, view: &ClusterView, topology: bool) -> String 
         for row in &mut rows {
             let mark = if pending_restart(view, &row[0]) { "*" } else { "" };
             row.push(mark.to_string());
+        }
+    }
+    if rows.iter().any(|r| scheduled_restart(view, &r[0]).is_some()) {
+        header.push("Scheduled restart");
+        for row in &mut rows {
+            let at = scheduled_restart(view, &row[0]).unwrap_or_default();
+            row.push(at);
         }
     }
     let mut out = draw(&format!("Cluster: {scope} ({})", sysid(view)), &header, &rows, 4);

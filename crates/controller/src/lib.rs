@@ -60,6 +60,14 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
             receive_lsn: entry.data.receive_lsn,
             replay_lsn: entry.data.replay_lsn,
             pending_restart: entry.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)),
+            scheduled_restart: entry
+                .data
+                .extra
+                .get("scheduled_restart")
+                .and_then(|s| s.get("schedule"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
         })
         .collect();
     ListMembersResponse {
@@ -232,9 +240,31 @@ impl Controller for ControllerService {
         }
         let r = request.into_inner();
         let progress = self.progress();
+        if !r.schedule.is_empty() {
+            return operations::schedule_restart(
+                &self.cluster,
+                &r.members,
+                &r.role,
+                r.pending_only,
+                &r.schedule,
+                &progress,
+            )
+            .await
+            .map(Response::new);
+        }
         operations::restart(&self.cluster, &r.members, &r.role, r.pending_only, r.switchover_leader, &progress)
             .await
             .map(Response::new)
+    }
+
+    async fn cancel_restart(
+        &self,
+        request: Request<ha_proto::v1::CancelRestartMembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        if let Some(mut active) = self.forward_to().await? {
+            return active.cancel_restart(request.into_inner()).await;
+        }
+        operations::cancel_restart(&self.cluster, &request.into_inner().members).await.map(Response::new)
     }
 
     async fn reinitialize(

@@ -9,8 +9,8 @@ use dcs::ClusterView;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ha_proto::v1::node_agent_client::NodeAgentClient;
 use ha_proto::v1::{
-    CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome, MembersResponse,
-    ReinitializeRequest, ReloadRequest, RestartRequest,
+    CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome,
+    MembersResponse, ReinitializeRequest, ReloadRequest, RestartRequest,
 };
 use pgwarden_config::{DynamicConfig, Problems, Severity};
 use serde_json::Value;
@@ -189,6 +189,49 @@ async fn wait_streaming(cluster: &Cluster, member: &str, within: Duration) -> Re
     }
 }
 
+/// Schedules a restart on each member (each carries it out by itself at
+/// `schedule`, its conditions checked then).
+pub async fn schedule_restart(
+    cluster: &Cluster,
+    names: &[String],
+    role: &str,
+    pending_only: bool,
+    schedule: &str,
+    progress: Progress<'_>,
+) -> Result<MembersResponse, Status> {
+    let view = cluster.read().await?;
+    let mut outcomes = Vec::new();
+    for member in members(&view, names)? {
+        let request =
+            RestartRequest { only_if_pending: pending_only, role: role.to_string(), schedule: schedule.to_string() };
+        let reply = agent(&view, &member).await?.restart(request).await?.into_inner();
+        say(progress, &member, format!("{member}: {}", reply.message));
+        outcomes.push(MemberOutcome { member, done: reply.done, message: reply.message });
+    }
+    Ok(MembersResponse { outcomes })
+}
+
+/// Drops the scheduled restarts of the members (all when none named); a
+/// member with none is reported, not an error, unless it was named alone.
+pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<MembersResponse, Status> {
+    let view = cluster.read().await?;
+    let targets = members(&view, names)?;
+    let mut outcomes = Vec::new();
+    for member in &targets {
+        match agent(&view, member).await?.cancel_restart(CancelRestartRequest {}).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                outcomes.push(MemberOutcome { member: member.clone(), done: true, message: reply.message });
+            }
+            Err(status) if status.code() == tonic::Code::NotFound && targets.len() > 1 => {
+                outcomes.push(MemberOutcome { member: member.clone(), done: false, message: status.message().into() });
+            }
+            Err(status) => return Err(status),
+        }
+    }
+    Ok(MembersResponse { outcomes })
+}
+
 /// A rolling restart: replicas first, one at a time, each streaming again
 /// before the next; the leader last (in place, or after a switchover).
 pub async fn restart(
@@ -220,7 +263,7 @@ pub async fn restart(
         let mut client = agent(&view, &member).await?;
         say(progress, &member, format!("{member}: restarting"));
         let reply = client
-            .restart(RestartRequest { only_if_pending: pending_only, role: role.to_string() })
+            .restart(RestartRequest { only_if_pending: pending_only, role: role.to_string(), schedule: String::new() })
             .await?
             .into_inner();
         if reply.done {

@@ -136,16 +136,27 @@ async fn answer_operation(
         PatchConfigRequest, PutConfigRequest, ReinitializeMemberRequest, ReloadMembersRequest, RestartMembersRequest,
     };
     if (method, path) == (&Method::DELETE, "/restart") {
-        return reply(StatusCode::NOT_FOUND, "no restarts are scheduled");
+        let mut client = match controller(controller_url).await {
+            Ok(client) => client,
+            Err(reply) => return reply,
+        };
+        let request = ha_proto::v1::CancelRestartMembersRequest { members: vec![member.to_string()] };
+        return match client.cancel_restart(request).await {
+            Ok(_) => reply(StatusCode::OK, "scheduled restart deleted"),
+            Err(error) if error.code() == Code::NotFound => reply(StatusCode::NOT_FOUND, "no restarts are scheduled"),
+            Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
+        };
     }
     if path == "/restart" {
         let known = ["restart_pending", "role", "schedule", "timeout", "postgres_version"];
         if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
             return reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}"));
         }
-        if body.get("schedule").is_some_and(|s| !s.is_null()) {
-            return reply(StatusCode::BAD_REQUEST, "scheduled restarts are not supported by pgwarden yet: restart now");
-        }
+        let schedule = match body.get("schedule") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(at)) => at.clone(),
+            Some(other) => return reply(StatusCode::BAD_REQUEST, format!("schedule {other}: expected a time")),
+        };
         let role = match body.get("role") {
             None | Some(serde_json::Value::Null) => String::new(),
             Some(serde_json::Value::String(role)) if role == "primary" || role == "replica" => role.clone(),
@@ -156,9 +167,20 @@ async fn answer_operation(
             Ok(client) => client,
             Err(reply) => return reply,
         };
-        let request =
-            RestartMembersRequest { members: vec![member.to_string()], role, pending_only, switchover_leader: false };
+        let scheduled = !schedule.is_empty();
+        let request = RestartMembersRequest {
+            members: vec![member.to_string()],
+            role,
+            pending_only,
+            switchover_leader: false,
+            schedule,
+        };
         return match client.restart(request).await {
+            Ok(_) if scheduled => reply(StatusCode::ACCEPTED, "Restart scheduled"),
+            Err(error) if error.code() == Code::AlreadyExists => reply(StatusCode::CONFLICT, error.message()),
+            Err(error) if error.code() == Code::InvalidArgument => {
+                reply(StatusCode::UNPROCESSABLE_ENTITY, error.message())
+            }
             Ok(response) => {
                 let outcome = response.into_inner().outcomes.into_iter().next();
                 match outcome {

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// A request the HA loop carries out between ticks (one thing at a time).
 #[derive(Debug)]
 pub enum Command {
-    Restart { only_if_pending: bool, role: String },
+    Restart { only_if_pending: bool, role: String, schedule: String },
+    CancelRestart,
     Reinitialize,
     Reload,
     CheckParameters(std::collections::BTreeMap<String, String>),
@@ -104,7 +105,19 @@ impl NodeAgent for AgentService {
         if !matches!(request.role.as_str(), "" | "primary" | "replica") {
             return Err(Status::invalid_argument(format!("role {:?}: expected primary or replica", request.role)));
         }
-        self.action(Command::Restart { only_if_pending: request.only_if_pending, role: request.role }).await
+        self.action(Command::Restart {
+            only_if_pending: request.only_if_pending,
+            role: request.role,
+            schedule: request.schedule,
+        })
+        .await
+    }
+
+    async fn cancel_restart(
+        &self,
+        _request: Request<ha_proto::v1::CancelRestartRequest>,
+    ) -> Result<Response<ActionReply>, Status> {
+        self.action(Command::CancelRestart).await
     }
 
     async fn reinitialize(&self, _request: Request<ReinitializeRequest>) -> Result<Response<ActionReply>, Status> {

@@ -81,6 +81,16 @@ pub struct Agent {
     commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
     /// The config file, re-read by a reload.
     config_path: Option<std::path::PathBuf>,
+    /// A restart to carry out at a time.
+    scheduled_restart: Option<ScheduledRestart>,
+}
+
+#[derive(Debug, Clone)]
+struct ScheduledRestart {
+    at: time::OffsetDateTime,
+    text: String,
+    only_if_pending: bool,
+    role: String,
 }
 
 /// Where operator requests come from: the gRPC API's channel, and the
@@ -128,6 +138,7 @@ impl Agent {
             sync_pending: None,
             commands,
             config_path,
+            scheduled_restart: None,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
@@ -488,6 +499,21 @@ impl Agent {
             // No etcd and no proof: fence all the same.
             if let Err(e) = self.pg.stop("immediate").await {
                 error!("failed to fence PostgreSQL: {e:#}");
+            }
+        }
+        // A scheduled restart whose time has come (its conditions checked now).
+        if let Some(due) = self.scheduled_restart.clone().filter(|s| s.at <= time::OffsetDateTime::now_utc()) {
+            self.scheduled_restart = None;
+            info!(schedule = %due.text, "carrying out the scheduled restart");
+            let restart = crate::grpc::Command::Restart {
+                only_if_pending: due.only_if_pending,
+                role: due.role,
+                schedule: String::new(),
+            };
+            match self.command(restart).await {
+                Ok(crate::grpc::Outcome::Action(reply)) => info!("scheduled restart: {}", reply.message),
+                Ok(_) => {}
+                Err(status) => warn!("scheduled restart failed: {}", status.message()),
             }
         }
         // A changed parameter (dynamic config or a reload) reaches PostgreSQL
@@ -1021,6 +1047,18 @@ impl Agent {
                 if local.sql.as_ref().is_some_and(|s| s.pending_restart) {
                     extra.insert("pending_restart".into(), serde_json::Value::Bool(true));
                 }
+                // Patroni's member field for a scheduled restart.
+                if let Some(scheduled) = &self.scheduled_restart {
+                    let mut restart = serde_json::Map::new();
+                    restart.insert("schedule".into(), scheduled.text.clone().into());
+                    if scheduled.only_if_pending {
+                        restart.insert("restart_pending".into(), true.into());
+                    }
+                    if !scheduled.role.is_empty() {
+                        restart.insert("role".into(), scheduled.role.clone().into());
+                    }
+                    extra.insert("scheduled_restart".into(), serde_json::Value::Object(restart));
+                }
                 extra
             },
         };
@@ -1306,7 +1344,33 @@ impl Agent {
                 sql::close(conn).await;
                 Ok(Outcome::Checked(CheckParametersReply { problems, need_restart }))
             }
-            Command::Restart { only_if_pending, role } => {
+            Command::CancelRestart => match self.scheduled_restart.take() {
+                Some(_) => {
+                    let local = self.local.borrow().clone();
+                    let _ = self.publish_member(&local).await;
+                    reply(true, "scheduled restart deleted".into())
+                }
+                None => Err(Status::not_found("no restarts are scheduled")),
+            },
+            Command::Restart { only_if_pending, role, schedule } if !schedule.is_empty() => {
+                let at = time::OffsetDateTime::parse(&schedule, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "schedule {schedule:?}: expected an ISO 8601 time with a time zone"
+                        ))
+                    })?;
+                if at <= time::OffsetDateTime::now_utc() {
+                    return Err(Status::invalid_argument(format!("schedule {schedule} is in the past")));
+                }
+                if self.scheduled_restart.is_some() {
+                    return Err(Status::already_exists("Another restart is already scheduled"));
+                }
+                self.scheduled_restart = Some(ScheduledRestart { at, text: schedule.clone(), only_if_pending, role });
+                let local = self.local.borrow().clone();
+                let _ = self.publish_member(&local).await;
+                reply(true, format!("Restart scheduled at {schedule}"))
+            }
+            Command::Restart { only_if_pending, role, .. } => {
                 let local = self.local.borrow().clone();
                 let Some(sql) = local.sql else {
                     return Err(Status::failed_precondition("PostgreSQL is not running here: nothing to restart"));
