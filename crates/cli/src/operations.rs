@@ -48,29 +48,8 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
             let cluster = cluster(target);
             let progress = |event: ClusterEvent| print_event(&event);
             let result: Result<MembersResponse, tonic::Status> = match operation {
-                Operation::Restart(r) if !r.schedule.is_empty() => {
-                    controller::operations::schedule_restart(
-                        &cluster,
-                        &r.members,
-                        &r.role,
-                        r.pending_only,
-                        &r.schedule,
-                        &progress,
-                    )
-                    .await
-                }
                 Operation::CancelRestart(r) => controller::operations::cancel_restart(&cluster, &r.members).await,
-                Operation::Restart(r) => {
-                    controller::operations::restart(
-                        &cluster,
-                        &r.members,
-                        &r.role,
-                        r.pending_only,
-                        r.switchover_leader,
-                        &progress,
-                    )
-                    .await
-                }
+                Operation::Restart(r) => controller::operations::restart_members(&cluster, &r, &progress).await,
                 Operation::Reinit(r) => controller::operations::reinitialize(&cluster, &r.member, &progress).await,
                 Operation::Reload(r) => controller::operations::reload(&cluster, &r.members, &progress).await,
             };

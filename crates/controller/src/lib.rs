@@ -238,23 +238,8 @@ impl Controller for ControllerService {
         if let Some(mut active) = self.forward_to().await? {
             return active.restart(request.into_inner()).await;
         }
-        let r = request.into_inner();
         let progress = self.progress();
-        if !r.schedule.is_empty() {
-            return operations::schedule_restart(
-                &self.cluster,
-                &r.members,
-                &r.role,
-                r.pending_only,
-                &r.schedule,
-                &progress,
-            )
-            .await
-            .map(Response::new);
-        }
-        operations::restart(&self.cluster, &r.members, &r.role, r.pending_only, r.switchover_leader, &progress)
-            .await
-            .map(Response::new)
+        operations::restart_members(&self.cluster, &request.into_inner(), &progress).await.map(Response::new)
     }
 
     async fn cancel_restart(

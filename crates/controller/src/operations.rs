@@ -189,6 +189,19 @@ async fn wait_streaming(cluster: &Cluster, member: &str, within: Duration) -> Re
     }
 }
 
+/// A `Restart` request: scheduled on each member, or a rolling restart now.
+pub async fn restart_members(
+    cluster: &Cluster,
+    r: &ha_proto::v1::RestartMembersRequest,
+    progress: Progress<'_>,
+) -> Result<MembersResponse, Status> {
+    if r.schedule.is_empty() {
+        restart(cluster, &r.members, &r.role, r.pending_only, r.switchover_leader, progress).await
+    } else {
+        schedule_restart(cluster, &r.members, &r.role, r.pending_only, &r.schedule, progress).await
+    }
+}
+
 /// Schedules a restart on each member (each carries it out by itself at
 /// `schedule`, its conditions checked then).
 pub async fn schedule_restart(
