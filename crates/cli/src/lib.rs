@@ -60,7 +60,12 @@ pub enum Command {
         format: Format,
     },
     /// The dynamic configuration (the `config` key) as YAML.
-    ShowConfig { cluster: Option<String> },
+    ShowConfig {
+        cluster: Option<String>,
+        /// `yaml` (default) or `json`.
+        #[arg(short = 'f', long = "format", value_parser = ["yaml", "json"], default_value = "yaml")]
+        format: String,
+    },
     /// Request a planned switchover (the agents carry it out) and follow it.
     Switchover {
         cluster: Option<String>,
@@ -233,10 +238,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", table::render_history(&snapshot, format)?);
             Ok(())
         }
-        Command::ShowConfig { cluster } => {
+        Command::ShowConfig { cluster, format } => {
             let snapshot = read(&config, cluster, cli.verbose).await?;
             let value = snapshot.view.config.map(|(json, _)| json).unwrap_or(serde_json::Value::Null);
-            print!("{}", serde_saphyr::to_string(&value)?);
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", serde_saphyr::to_string(&value)?);
+            }
             Ok(())
         }
         Command::Switchover { cluster, leader, candidate, scheduled, force } => {
