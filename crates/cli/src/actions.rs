@@ -76,7 +76,21 @@ pub(crate) async fn controller_client(
     }
     let address = &config.pgwarden.controller_grpc_connect_address;
     let url = format!("http://{}:{}", address.connectable_host(), address.port);
-    tokio::time::timeout(Duration::from_secs(2), ControllerClient::connect(url)).await.ok()?.ok()
+    let connect = |url: String| async move {
+        tokio::time::timeout(Duration::from_secs(2), ControllerClient::connect(url)).await.ok()?.ok()
+    };
+    let mut client = connect(url).await?;
+    // Talk to the active controller itself: it runs the operation, so its
+    // event stream carries the operation's progress.
+    if let Ok(active) = client.get_active(ha_proto::v1::GetActiveRequest {}).await
+        && let active = active.into_inner()
+        && !active.this_one
+        && !active.url.is_empty()
+        && let Some(active) = connect(active.url).await
+    {
+        client = active;
+    }
+    Some(client)
 }
 
 pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
