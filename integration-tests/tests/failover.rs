@@ -148,9 +148,13 @@ async fn switchover_with_and_without_a_candidate_loses_no_acknowledged_row() {
     let second = Instant::now();
     // This time through the CLI, as an operator does (it follows the switchover to its end).
     let config = cluster.nodes[0].config_path().display().to_string();
-    let (ok, stdout, stderr) =
+    // Off the runtime's thread, so that the writer keeps writing meanwhile.
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
         pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[])
-            .expect("pgwardenctl switchover");
+            .expect("pgwardenctl switchover")
+    })
+    .await
+    .expect("join");
     assert!(ok && stdout.contains("Successfully switched over"), "{stdout}{stderr}");
     let new_leader = wait_until("another member to lead", Duration::from_secs(30), || async {
         let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();

@@ -150,7 +150,13 @@ async fn a_rolling_restart_with_a_switchover_keeps_writes_going() {
     let started_at: Vec<String> =
         cluster.nodes.iter().map(|n| n.psql("select pg_postmaster_start_time()").expect("psql")).collect();
     let started = Instant::now();
-    let (ok, stdout, stderr) = ctl(&cluster, &["restart", "--switchover", "--force"]);
+    // Off the runtime's thread: the writer must keep running meanwhile.
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run("pgwardenctl", &["-c", &config, "restart", "--switchover", "--force"], &[]).expect("run pgwardenctl")
+    })
+    .await
+    .expect("join");
     assert!(ok, "{stdout}{stderr}");
     let new_leader = cluster.wait_healthy(UP).await.expect("healthy");
     assert_ne!(new_leader, leader, "the leader was switched over before its restart");
@@ -164,9 +170,9 @@ async fn a_rolling_restart_with_a_switchover_keeps_writes_going() {
     assert!(missing.is_empty(), "{missing:?}");
     let gap = report.max_gap_after(started);
     println!("rolling restart of 3 nodes: {:?}; longest write gap {gap:?}", started.elapsed());
-    // Writes were refused only during the one switchover (0.5 s measured), not
-    // for a primary restart in place on top of it.
-    assert!(gap < Duration::from_secs(3), "writes refused for {gap:?}");
+    // Writes were refused only during the one switchover (about 0.5 s
+    // measured by the benchmark), not for a primary restart on top of it.
+    assert!(gap < Duration::from_millis(1500), "writes refused for {gap:?}");
 }
 
 #[tokio::test]
