@@ -83,6 +83,12 @@ pub struct Agent {
     config_path: Option<std::path::PathBuf>,
     /// A restart to carry out at a time.
     scheduled_restart: Option<ScheduledRestart>,
+    callbacks: crate::callbacks::Callbacks,
+    /// PostgreSQL's role when last seen answering (`None`: not answering),
+    /// and the last role it had: what `on_start`, `on_stop` and
+    /// `on_role_change` are derived from.
+    seen_running: Option<&'static str>,
+    last_role: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +122,10 @@ impl Agent {
         let Requests { commands, config_path } = requests;
         let keys = Keys::new(&config.namespace, &config.scope);
         let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone());
+        let callbacks = crate::callbacks::Callbacks::new(&config);
+        // The role the data directory last had, so that a former primary
+        // coming back as a replica counts as a role change.
+        let last_role = pg.has_data().then(|| if pg.was_primary() { "primary" } else { "replica" });
         Self {
             config,
             pg,
@@ -139,6 +149,9 @@ impl Agent {
             commands,
             config_path,
             scheduled_restart: None,
+            callbacks,
+            seen_running: None,
+            last_role,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
             loop_wait: Duration::from_secs(1),
@@ -501,6 +514,7 @@ impl Agent {
                 error!("failed to fence PostgreSQL: {e:#}");
             }
         }
+        self.derive_callbacks();
         // A scheduled restart whose time has come (its conditions checked now).
         if let Some(due) = self.scheduled_restart.clone().filter(|s| s.at <= time::OffsetDateTime::now_utc()) {
             self.scheduled_restart = None;
@@ -523,8 +537,13 @@ impl Agent {
             && self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false))
         {
             info!("PostgreSQL parameters changed: rewriting the config and reloading");
-            if let Err(e) = self.rewrite_running_config(Some(view), &dynamic).await {
-                warn!("failed to apply the changed parameters: {e:#}");
+            match self.rewrite_running_config(Some(view), &dynamic).await {
+                Ok(()) => {
+                    if let Some(role) = self.seen_running {
+                        self.callbacks.fire("reload", role);
+                    }
+                }
+                Err(e) => warn!("failed to apply the changed parameters: {e:#}"),
             }
         }
         if self.leader_deadline().is_some() {
@@ -634,6 +653,12 @@ impl Agent {
             Action::Switchover { candidate } => self.switchover(view, dynamic, obs, candidate.clone()).await,
             Action::Rejoin { leader } => self.rejoin(view, dynamic, leader).await,
             Action::Promote => {
+                if let Err(e) = self.callbacks.pre_promote().await {
+                    error!("pre_promote vetoed the promotion: {e:#}; giving the leader key up");
+                    self.checkpoint_pending = false;
+                    self.release_leader(dynamic).await?;
+                    bail!("pre_promote vetoed the promotion: {e:#}");
+                }
                 self.checkpoint_pending = true;
                 let local = self.local.borrow().clone();
                 self.publish_member(&local).await?;
@@ -736,6 +761,7 @@ impl Agent {
             .member(&candidate)
             .and_then(|m| m.data.grpc_url.clone())
             .with_context(|| format!("candidate {candidate} advertises no gRPC address"))?;
+        self.callbacks.before_stop("primary").await;
         info!(candidate, "switchover: checkpoint, then a clean shutdown");
         let mut conn = self.connect().await?;
         sql::checkpoint(&mut conn).await?;
@@ -1383,8 +1409,10 @@ impl Agent {
                     return reply(false, format!("skipped: {} has no restart pending", self.config.name));
                 }
                 let started = Instant::now();
+                self.callbacks.before_stop(mine).await;
                 self.pg.restart().await.map_err(failed)?;
                 self.await_local("answer after the restart", |l| l.sql.is_some()).await.map_err(failed)?;
+                self.callbacks.fire("restart", mine);
                 info!(role = mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
                 reply(true, format!("restarted {} ({mine}) in {} ms", self.config.name, started.elapsed().as_millis()))
             }
@@ -1419,13 +1447,36 @@ impl Agent {
                     ));
                 }
                 self.config = new.clone();
+                self.callbacks = crate::callbacks::Callbacks::new(&new);
                 self.pg.set_config(new);
                 let view = dcs::read_cluster(&self.etcd, &self.keys).await.ok();
                 let dynamic = self.dynamic(view.as_ref());
                 self.rewrite_running_config(view.as_ref(), &dynamic).await.map_err(failed)?;
                 info!(origin = %loaded.origin, "config reloaded");
+                if let Some(role) = self.seen_running {
+                    self.callbacks.fire("reload", role);
+                }
                 reply(true, format!("reloaded the config of {}", self.config.name))
             }
+        }
+    }
+
+    /// Fires `on_start`, `on_stop` and `on_role_change` from what PostgreSQL
+    /// did since the last look.
+    fn derive_callbacks(&mut self) {
+        let now = self.local.borrow().sql.as_ref().map(|s| if s.in_recovery { "replica" } else { "primary" });
+        match (self.seen_running, now) {
+            (None, Some(role)) if self.last_role.is_some_and(|last| last != role) => {
+                self.callbacks.fire("role_change", role);
+            }
+            (None, Some(role)) => self.callbacks.fire("start", role),
+            (Some(role), None) => self.callbacks.fire("stop", role),
+            (Some(before), Some(role)) if before != role => self.callbacks.fire("role_change", role),
+            _ => {}
+        }
+        self.seen_running = now;
+        if now.is_some() {
+            self.last_role = now;
         }
     }
 
@@ -1455,6 +1506,9 @@ impl Agent {
         info!("shutting down: stopping PostgreSQL");
         // Peers racing for the key must not wait for this member.
         self.view.send_modify(|view| view.shutting_down = true);
+        if let Some(role) = self.seen_running {
+            self.callbacks.before_stop(role).await;
+        }
         if let Err(e) = self.pg.stop("fast").await {
             error!("failed to stop PostgreSQL: {e:#}");
         }

@@ -6,6 +6,7 @@
 //! It must never act on another node's PostgreSQL, and never write another
 //! member's keys.
 
+mod callbacks;
 mod grpc;
 mod ha;
 mod local;

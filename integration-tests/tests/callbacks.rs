@@ -1,0 +1,122 @@
+//! Patroni's callbacks on a real cluster: a script records every role
+//! change through a failover and the old primary's return; `pre_promote`
+//! vetoes a promotion.
+
+use std::time::Duration;
+
+use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
+
+const UP: Duration = Duration::from_secs(90);
+
+/// Adds `lines` (indented for the `postgresql:` section) to node `i`'s config.
+fn add_to_postgresql_section(cluster: &PgwardenCluster, i: usize, lines: &str) {
+    let path = cluster.nodes[i].config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replacen("\npostgresql:\n", &format!("\npostgresql:\n{lines}"), 1);
+    std::fs::write(&path, text).expect("write config");
+}
+
+/// Starts etcd and `n` nodes, each configured by `configure` before it
+/// starts; node1 first, so that it bootstraps and leads.
+async fn start(n: usize, configure: impl Fn(&PgwardenCluster, usize)) -> PgwardenCluster {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    for i in 1..=n {
+        cluster.add_node(&format!("node{i}"), "").expect("node");
+    }
+    for i in 0..n {
+        configure(&cluster, i);
+    }
+    for i in 0..n {
+        let node = &mut cluster.nodes[i];
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+        node.start_controller().expect("controller");
+        if i == 0 {
+            assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+        }
+    }
+    cluster
+}
+
+fn recorded(cluster: &PgwardenCluster, i: usize) -> String {
+    std::fs::read_to_string(cluster.nodes[i].dir.path().join("callbacks.log")).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_callback_script_records_every_role_change_through_a_failover() {
+    let mut cluster = start(3, |cluster, i| {
+        let log = cluster.nodes[i].dir.path().join("callbacks.log");
+        let script = cluster.nodes[i].dir.path().join("callback.sh");
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        pgwarden_integration_tests::process::give_to_postgres(&script);
+        let s = script.display();
+        add_to_postgresql_section(
+            cluster,
+            i,
+            &format!("  callbacks:\n    on_start: {s}\n    on_stop: {s}\n    on_role_change: {s}\n"),
+        );
+    })
+    .await;
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    wait_until("the start callbacks", UP, || async {
+        let all = recorded(&cluster, leader).contains("on_start primary itest")
+            && replicas.iter().all(|&i| recorded(&cluster, i).contains("on_start replica itest"));
+        Ok::<_, String>(all.then_some(()))
+    })
+    .await
+    .expect("on_start on every node");
+
+    cluster.nodes[leader].kill_node();
+    let new_leader = wait_until("a new leader", UP, || async {
+        let primaries: Vec<usize> =
+            replicas.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .expect("failover");
+    wait_until("the new leader's role change callback", UP, || async {
+        Ok::<_, String>(recorded(&cluster, new_leader).contains("on_role_change primary itest").then_some(()))
+    })
+    .await
+    .expect("on_role_change primary");
+    // The old primary comes back: rewound, it follows, and says so.
+    cluster.nodes[leader].start_agent().expect("agent");
+    cluster.nodes[leader].start_health().expect("health");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    wait_until("the old primary's role change callback", UP, || async {
+        Ok::<_, String>(recorded(&cluster, leader).contains("on_role_change replica itest").then_some(()))
+    })
+    .await
+    .expect("on_role_change replica");
+    for i in 0..3 {
+        println!("{}: {}", cluster.nodes[i].name, recorded(&cluster, i).replace('\n', " | "));
+    }
+}
+
+#[tokio::test]
+async fn pre_promote_failing_vetoes_the_promotion() {
+    let mut cluster = start(2, |cluster, i| {
+        if i == 1 {
+            add_to_postgresql_section(cluster, i, "  pre_promote: exit 1;\n");
+        }
+    })
+    .await;
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    assert_eq!(leader, 0, "node1 bootstrapped");
+    cluster.nodes[0].kill_node();
+    // node2 takes the key, its pre_promote fails, it gives the key up; again.
+    wait_until("two vetoed promotions", UP, || async {
+        let log = cluster.nodes[1].agent_log();
+        Ok::<_, String>((log.matches("pre_promote vetoed the promotion").count() >= 2).then_some(()))
+    })
+    .await
+    .expect("vetoed");
+    assert_eq!(cluster.nodes[1].check("/primary"), 503);
+    assert_eq!(cluster.nodes[1].psql("select pg_is_in_recovery()").expect("psql"), "t", "never promoted");
+}
