@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod feed;
 pub mod fencer;
 pub mod metrics;
+pub mod tls;
 pub mod write;
 
 use std::convert::Infallible;
@@ -53,6 +54,8 @@ pub struct WriteSettings {
     pub controller_url: String,
     /// `restapi.authentication`: required on every write endpoint when set.
     pub authentication: Option<pgwarden_config::BasicAuth>,
+    /// HTTPS, and whether write endpoints need a client certificate.
+    pub tls: Option<(tokio_rustls::TlsAcceptor, tls::ClientCerts)>,
 }
 
 /// `/cluster`, `/history` and `/config` read etcd; the checks do not.
@@ -92,9 +95,14 @@ fn text_response(status: StatusCode, text: String, challenge: bool) -> Response<
     builder.body(Full::new(Bytes::from(text))).expect("response parts are valid")
 }
 
-async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn respond(request: Request<Incoming>, shared: &Shared, client_verified: bool) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     if write::handles(request.method(), &path) {
+        let needs_cert = shared.writes.tls.as_ref().is_some_and(|(_, mode)| *mode != tls::ClientCerts::None);
+        if needs_cert && !client_verified {
+            let text = "this endpoint needs a client certificate signed by restapi.cafile\n";
+            return text_response(StatusCode::FORBIDDEN, text.into(), false);
+        }
         if !write::authorized(request.headers().get(http::header::AUTHORIZATION), shared.writes.authentication.as_ref())
         {
             let text = "authentication required: send the restapi.authentication user and password (HTTP basic auth)\n";
@@ -152,6 +160,20 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
     builder.body(Full::new(body)).expect("response parts are valid")
 }
 
+/// Serves HTTP/1.1 on one connection (plain or TLS).
+async fn serve<S>(stream: S, shared: Arc<Shared>, client_verified: bool, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(respond(request, &shared, client_verified).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+        debug!(%peer, "connection ended: {e}");
+    }
+}
+
 /// Serves the REST API on `listener` until `shutdown` resolves, following the
 /// agent's status stream at `agent_url`.
 pub async fn run(
@@ -183,14 +205,17 @@ pub async fn run(
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(request, &shared).await) }
-            });
-            if let Err(e) =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
-                debug!(%peer, "connection ended: {e}");
+            let Some((acceptor, _)) = shared.writes.tls.clone() else {
+                serve(stream, shared, false, peer).await;
+                return;
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let verified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    serve(stream, shared, verified, peer).await;
+                }
+                Ok(Err(e)) => info!(%peer, "refused a TLS connection: {e}"),
+                Err(_) => info!(%peer, "refused a TLS connection: no handshake within 10 s"),
             }
         });
     }
@@ -243,6 +268,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 config.pgwarden.controller_grpc_connect_address.port
             ),
             authentication: config.restapi.authentication.clone(),
+            tls: tls::acceptor(&config.restapi)?,
         },
         listener,
         pgwarden_runtime::shutdown_signal(),

@@ -1,0 +1,79 @@
+//! HTTPS for the REST API: `restapi.certfile` / `keyfile` (PEM), and client
+//! certificates checked against `restapi.cafile` per `restapi.verify_client`
+//! (`none`; `optional`: the unsafe endpoints need one; `required`: every
+//! request needs one, refused at the handshake).
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use pgwarden_config::RestApi;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// Whether write endpoints need a verified client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    None,
+    OptionalForReads,
+    Required,
+}
+
+/// The TLS acceptor for `restapi`, or `None` for plain HTTP.
+pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAcceptor, ClientCerts)>> {
+    let Some(certfile) = &restapi.certfile else {
+        if restapi.verify_client != "none" {
+            bail!(
+                "restapi.verify_client is {:?} but restapi.certfile is not set: client certificates need HTTPS",
+                restapi.verify_client
+            );
+        }
+        return Ok(None);
+    };
+    if restapi.keyfile_password.is_some() {
+        bail!(
+            "restapi.keyfile_password: encrypted private keys are not supported; store the key unencrypted with mode 0600"
+        );
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
+        .with_context(|| format!("read restapi.certfile {}", certfile.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parse restapi.certfile {} (PEM certificates expected)", certfile.display()))?;
+    if certs.is_empty() {
+        bail!("restapi.certfile {} holds no certificate", certfile.display());
+    }
+    let keyfile = restapi.keyfile.as_ref().unwrap_or(certfile);
+    let key = PrivateKeyDer::from_pem_file(keyfile)
+        .with_context(|| format!("read the private key from {} (restapi.keyfile)", keyfile.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let mode = match restapi.verify_client.as_str() {
+        "required" => ClientCerts::Required,
+        "optional" => ClientCerts::OptionalForReads,
+        _ => ClientCerts::None,
+    };
+    let builder = if mode == ClientCerts::None {
+        builder.with_no_client_auth()
+    } else {
+        let cafile = restapi
+            .cafile
+            .as_ref()
+            .context("restapi.verify_client needs restapi.cafile: the CA that signs client certificates")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(cafile)
+            .with_context(|| format!("read restapi.cafile {}", cafile.display()))?
+        {
+            roots.add(cert.with_context(|| format!("parse restapi.cafile {}", cafile.display()))?)?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier = if mode == ClientCerts::OptionalForReads { verifier.allow_unauthenticated() } else { verifier };
+        builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .with_context(|| format!("restapi.keyfile {} does not match restapi.certfile", keyfile.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some((tokio_rustls::TlsAcceptor::from(Arc::new(config)), mode)))
+}

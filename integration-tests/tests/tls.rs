@@ -1,0 +1,163 @@
+//! HTTPS on the REST API with certificates generated here (rcgen): a client
+//! certificate required at the handshake, or only for the write endpoints;
+//! a missing or foreign client certificate, plain HTTP and a wrong password
+//! refused with a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER};
+use pgwarden_integration_tests::process::give_to_postgres;
+use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+const UP: Duration = Duration::from_secs(90);
+
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    rogue_cert: PathBuf,
+    rogue_key: PathBuf,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write PEM");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    give_to_postgres(&path);
+    path
+}
+
+/// Certificate parameters with their own subject name (rcgen's default
+/// name would make every certificate look self-issued).
+fn params(names: &[&str], common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+}
+
+fn pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = params(&[], "pgwarden test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &issuer)
+        .expect("sign");
+    let client_key = KeyPair::generate().expect("key");
+    let client = CertificateParams::new(vec!["operator".to_string()])
+        .expect("params")
+        .signed_by(&client_key, &issuer)
+        .expect("sign");
+    let rogue_key = KeyPair::generate().expect("key");
+    let rogue =
+        CertificateParams::new(vec!["operator".to_string()]).expect("params").self_signed(&rogue_key).expect("self");
+    Pki {
+        ca: write(dir, "ca.pem", &ca_cert.pem()),
+        server_cert: write(dir, "server.pem", &server.pem()),
+        server_key: write(dir, "server.key", &server_key.serialize_pem()),
+        client_cert: write(dir, "client.pem", &client.pem()),
+        client_key: write(dir, "client.key", &client_key.serialize_pem()),
+        rogue_cert: write(dir, "rogue.pem", &rogue.pem()),
+        rogue_key: write(dir, "rogue.key", &rogue_key.serialize_pem()),
+    }
+}
+
+/// curl against the node's REST port over HTTPS: (exit ok, status code, stderr).
+fn curl(port: u16, pki: &Pki, client: Option<(&Path, &Path)>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg("--cacert")
+        .arg(&pki.ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let output = cmd.args(args).output().expect("run curl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn set_tls(cluster: &PgwardenCluster, pki: &Pki, verify_client: &str) {
+    let path = cluster.nodes[0].config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let tls = format!(
+        "  certfile: {}\n  keyfile: {}\n  cafile: {}\n  verify_client: {verify_client}\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    let text = text.replacen("\nrestapi:\n", &format!("\nrestapi:\n{tls}"), 1);
+    std::fs::write(&path, text).expect("write config");
+}
+
+#[tokio::test]
+async fn https_with_client_certificates_refuses_what_it_must() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    cluster.add_node("node1", "").expect("node");
+    let pki = pki(cluster.nodes[0].dir.path());
+    set_tls(&cluster, &pki, "required");
+    let node = &mut cluster.nodes[0];
+    node.start_agent().expect("agent");
+    node.start_health().expect("health");
+    node.start_controller().expect("controller");
+    let port = node.rest_port;
+    let me = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    wait_until("/primary 200 over HTTPS with a client certificate", UP, || async {
+        let (_, code, stderr) = curl(port, &pki, me, &[&url("/primary")]);
+        if code == "200" { Ok(Some(())) } else { Err(format!("{code} {stderr}")) }
+    })
+    .await
+    .expect("HTTPS");
+    let (ok, _, stderr) = curl(port, &pki, None, &[&url("/primary")]);
+    assert!(!ok, "no client certificate: refused at the handshake ({stderr})");
+    let (ok, _, stderr) = curl(port, &pki, Some((&pki.rogue_cert, &pki.rogue_key)), &[&url("/primary")]);
+    assert!(!ok, "a certificate from another CA: refused ({stderr})");
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/primary")])
+        .output()
+        .expect("curl");
+    assert!(
+        !plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("\"role\""),
+        "plain HTTP gets no answer"
+    );
+    let (_, code, _) = curl(
+        port,
+        &pki,
+        me,
+        &["-X", "POST", "-u", &format!("{REST_USER}:wrong"), "-d", r#"{"leader":"node1"}"#, &url("/switchover")],
+    );
+    assert_eq!(code, "401", "a wrong password is refused");
+    assert!(cluster.nodes[0].health_log().contains("refused a TLS connection"), "the refusals are logged");
+
+    // Optional: reads without a certificate, writes only with one.
+    cluster.nodes[0].kill_health();
+    let path = cluster.nodes[0].config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, text.replace("verify_client: required", "verify_client: optional")).expect("write");
+    cluster.nodes[0].start_health().expect("health");
+    wait_until("HTTPS reads without a client certificate", UP, || async {
+        let (_, code, stderr) = curl(port, &pki, None, &[&url("/primary")]);
+        if code == "200" { Ok(Some(())) } else { Err(format!("{code} {stderr}")) }
+    })
+    .await
+    .expect("optional");
+    let credentials = format!("{REST_USER}:{REST_PASSWORD}");
+    let post = ["-X", "POST", "-u", credentials.as_str(), "-d", r#"{"leader":"node1"}"#];
+    let (_, code, _) = curl(port, &pki, None, &[&post[..], &[url("/switchover").as_str()]].concat());
+    assert_eq!(code, "403", "a write without a client certificate");
+    let (_, code, _) = curl(port, &pki, me, &[&post[..], &[url("/switchover").as_str()]].concat());
+    assert_eq!(code, "412", "with one, the request reaches the controller (one node: no candidate)");
+}
