@@ -47,18 +47,11 @@ fn pki(dir: &Path) -> Pki {
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
     let issuer = Issuer::new(ca_params, &ca_key);
     let server_key = KeyPair::generate().expect("key");
-    let server = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&server_key, &issuer)
-        .expect("sign");
+    let server = params(&["localhost", "127.0.0.1"], "localhost").signed_by(&server_key, &issuer).expect("sign");
     let client_key = KeyPair::generate().expect("key");
-    let client = CertificateParams::new(vec!["operator".to_string()])
-        .expect("params")
-        .signed_by(&client_key, &issuer)
-        .expect("sign");
+    let client = params(&["operator"], "operator").signed_by(&client_key, &issuer).expect("sign");
     let rogue_key = KeyPair::generate().expect("key");
-    let rogue =
-        CertificateParams::new(vec!["operator".to_string()]).expect("params").self_signed(&rogue_key).expect("self");
+    let rogue = params(&["operator"], "rogue").self_signed(&rogue_key).expect("self-signed");
     Pki {
         ca: write(dir, "ca.pem", &ca_cert.pem()),
         server_cert: write(dir, "server.pem", &server.pem()),
@@ -160,4 +153,73 @@ async fn https_with_client_certificates_refuses_what_it_must() {
     assert_eq!(code, "403", "a write without a client certificate");
     let (_, code, _) = curl(port, &pki, me, &[&post[..], &[url("/switchover").as_str()]].concat());
     assert_eq!(code, "412", "with one, the request reaches the controller (one node: no candidate)");
+}
+
+#[tokio::test]
+async fn the_cluster_runs_on_an_etcd_that_requires_tls_and_client_certificates() {
+    use pgwarden_integration_tests::process::{ChildGuard, TestDir};
+    init_logging();
+    // An etcd serving HTTPS only, requiring client certificates from our CA.
+    let dir = TestDir::new("etcd-tls");
+    let pki = pki(dir.path());
+    let (client_port, peer_port) = (pgwarden_integration_tests::free_port(), pgwarden_integration_tests::free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", "tls0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls0={peer_url}")])
+        .arg("--cert-file")
+        .arg(&pki.server_cert)
+        .arg("--key-file")
+        .arg(&pki.server_key)
+        .arg("--trusted-ca-file")
+        .arg(&pki.ca)
+        .arg("--client-cert-auth")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let _etcd = ChildGuard::spawn(&mut cmd, "etcd", &dir).expect("start etcd");
+
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("harness etcd");
+    let etcd = |cert: &Path, key: &Path| {
+        format!(
+            "etcd3:\n  protocol: https\n  hosts: 127.0.0.1:{client_port}\n  cacert: {}\n  cert: {}\n  key: {}\n",
+            pki.ca.display(),
+            cert.display(),
+            key.display()
+        )
+    };
+    cluster.add_node("node1", &etcd(&pki.client_cert, &pki.client_key)).expect("node");
+    let node = &mut cluster.nodes[0];
+    node.start_agent().expect("agent");
+    node.start_health().expect("health");
+    node.start_controller().expect("controller");
+    assert_eq!(cluster.wait_primary(UP).await.expect("a primary over a TLS etcd"), 0);
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "list"], &[]).expect("list");
+    assert!(ok && stdout.contains("Leader"), "{stdout}{stderr}");
+
+    // A client whose certificate is not from the CA etcd trusts is refused, clearly.
+    let bad = cluster.nodes[0].dir.path().join("bad.yml");
+    let text = std::fs::read_to_string(&config).expect("read");
+    let text = text
+        .replace(&pki.client_cert.display().to_string(), &pki.rogue_cert.display().to_string())
+        .replace(&pki.client_key.display().to_string(), &pki.rogue_key.display().to_string())
+        // No controller there: the CLI reads etcd itself.
+        .replace(
+            &format!("controller_grpc_listen: 127.0.0.1:{}", cluster.nodes[0].controller_port),
+            &format!("controller_grpc_listen: 127.0.0.1:{}", pgwarden_integration_tests::free_port()),
+        );
+    std::fs::write(&bad, text).expect("write");
+    give_to_postgres(&bad);
+    let bad = bad.display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &bad, "list"], &[]).expect("list");
+    assert!(!ok, "a foreign client certificate must not read the cluster: {stdout}");
+    println!("refused as: {}", stderr.trim());
+    assert!(stderr.contains("etcd3.cert"), "the error names the setting to check: {stderr}");
 }

@@ -89,8 +89,15 @@ pub async fn read(config: &Config, scope: &str) -> anyhow::Result<Snapshot> {
     let etcd = dcs::connect(&EtcdSettings::from_config(&config.etcd, timeout)).await?;
     let keys = Keys::new(&config.namespace, scope);
     let view = dcs::read_cluster(&etcd, &keys).await.map_err(|e| {
+        let tls = config.etcd.endpoints.iter().any(|e| e.starts_with("https://"));
+        let hint = if tls {
+            "check that etcd runs, that etcd3.hosts lists it, and that etcd3.cacert signs etcd's certificate \
+             and etcd trusts the CA of etcd3.cert (a refused client certificate shows as a transport error)"
+        } else {
+            "check that etcd runs and that the config's etcd3.hosts lists it"
+        };
         anyhow::anyhow!(
-            "cannot read cluster {scope} from etcd at {}: {}; check that etcd runs and that the config's etcd3.hosts lists it",
+            "cannot read cluster {scope} from etcd at {}: {}; {hint}",
             config.etcd.endpoints.join(","),
             dcs::describe_error(&e)
         )
