@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover bench-health
+.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover bench-health install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,3 +43,16 @@ bench-failover: build ## Measure write unavailability per fault (3 runs each; RE
 
 bench-health: ## GET /primary latency and requests/s on one core (wrk, 10 s; needs `make demo` running)
 	@./scripts/bench-health.sh
+
+PREFIX ?= /usr/local
+SYSTEMD_DIR ?= /etc/systemd/system
+PROFILE ?= release
+BINARIES := pgwarden-agent pgwarden-health pgwarden-controller pgwardenctl
+
+install: ## Build (PROFILE=release) and install binaries to $(PREFIX)/bin and units to $(SYSTEMD_DIR) (DESTDIR honoured)
+	$(CARGO) build --workspace --bins $(if $(filter release,$(PROFILE)),--release,)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR) $(DESTDIR)/etc/pgwarden
+	for b in $(BINARIES); do install -m 0755 target/$(if $(filter release,$(PROFILE)),release,debug)/$$b $(DESTDIR)$(PREFIX)/bin/; done
+	install -m 0644 deploy/systemd/*.service deploy/systemd/pgwarden.target $(DESTDIR)$(SYSTEMD_DIR)/
+	@echo "Installed. Next: put the node's config in /etc/pgwarden/pgwarden.yml (owner postgres, mode 0600),"
+	@echo "then: systemctl daemon-reload && systemctl enable --now pgwarden.target (docs/operations.md)."
