@@ -202,3 +202,25 @@ async fn bad_start_ups_are_refused_with_the_cause_and_the_fix() {
             .expect("validate env");
     assert!(ok, "PATRONI_CONFIGURATION holds the whole YAML: {stdout}{stderr}");
 }
+
+#[tokio::test]
+async fn log_dir_writes_each_service_to_its_own_file() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    let logs = TestDir::new("logs");
+    pgwarden_integration_tests::process::give_to_postgres(logs.path());
+    let extra = format!("log:\n  level: INFO\n  dir: {}\n", logs.path().display());
+    cluster.add_node("node1", &extra).expect("node");
+    cluster.nodes[0].start_health().expect("health");
+    let file = logs.path().join("pgwarden-health.log");
+    wait_until("the health API to log into log.dir", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        Ok::<_, String>(text.contains("serving the REST API").then_some(()))
+    })
+    .await
+    .expect("log file");
+    assert!(
+        !cluster.nodes[0].health_log().contains("serving the REST API"),
+        "with log.dir, nothing goes to standard error"
+    );
+}

@@ -39,8 +39,31 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
         _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if log.json { builder.json().try_init() } else { builder.try_init() };
+    let result = match &log.dir {
+        // Patroni's `log.dir`: a file per service in that directory, appended to.
+        Some(dir) => {
+            let service = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "pgwarden".into());
+            std::fs::create_dir_all(dir).with_context(|| format!("create log.dir {}", dir.display()))?;
+            let path = dir.join(format!("{service}.log"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("open the log file {} (log.dir)", path.display()))?;
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file));
+            if log.json { builder.json().try_init() } else { builder.try_init() }
+        }
+        None => {
+            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            if log.json { builder.json().try_init() } else { builder.try_init() }
+        }
+    };
     result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
 }
 
