@@ -354,3 +354,22 @@ async fn the_active_controller_killed_mid_switchover_leaves_one_primary_and_anot
     assert_eq!(response.outcome, WorkflowOutcome::Done as i32);
     settled(&cluster, None).await;
 }
+
+#[tokio::test]
+async fn a_restarted_controller_frees_its_own_stale_key_and_serves() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let active = active_controller(&cluster, &[0, 1, 2]).await;
+    // Killed: its key stays behind, naming this member and URL.
+    cluster.nodes[active].kill_controller();
+    cluster.nodes[active].start_controller().expect("restart the controller");
+    // The new process must neither forward to itself nor wait out a ttl.
+    let mut grpc = client(&cluster, active).await;
+    let response = grpc.switchover(SwitchoverRequest::default()).await.expect("switchover").into_inner();
+    assert_eq!(response.outcome, WorkflowOutcome::Done as i32, "{response:?}");
+    assert_ne!(settled(&cluster, None).await, leader);
+    assert!(
+        cluster.nodes[active].controller_log().contains("previous run")
+            || active_controller(&cluster, &[0, 1, 2]).await != active,
+        "the stale key was freed, or another controller took over"
+    );
+}

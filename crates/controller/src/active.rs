@@ -39,6 +39,26 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
     loop {
         // Standby: read the holder; try only when the key is free.
         match election.holder().await {
+            // Our own key from before a restart (same member, same URL): the
+            // old process is gone, so the key is freed at once rather than
+            // left to expire (and never forwarded to: that would be us).
+            Ok(Some(holder)) if holder.member == settings.member => {
+                let key = settings.key.as_str();
+                let txn = etcd_client::Txn::new()
+                    .when([
+                        etcd_client::Compare::value(key, etcd_client::CompareOp::Equal, holder.member.as_str()),
+                        etcd_client::Compare::mod_revision(key, etcd_client::CompareOp::Equal, holder.mod_revision),
+                    ])
+                    .and_then([etcd_client::TxnOp::delete(key, None)]);
+                match etcd.txn(txn).await {
+                    Ok(_) => info!("removed this member's controller key left by a previous run"),
+                    Err(e) => {
+                        warn!("cannot remove this member's old controller key: {}", dcs::describe_error(&e));
+                        tokio::time::sleep(STANDBY_POLL).await;
+                    }
+                }
+                continue;
+            }
             Ok(Some(holder)) => {
                 let (member, url) = parse(&holder.member);
                 tx.send_if_modified(|state| {

@@ -93,6 +93,8 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
 /// The `Controller` gRPC service.
 pub struct ControllerService {
     cluster: Cluster,
+    /// This controller's own URL: never a forwarding target.
+    own_url: String,
     active: watch::Receiver<ActiveState>,
     events: broadcast::Sender<ClusterEvent>,
 }
@@ -100,10 +102,11 @@ pub struct ControllerService {
 impl ControllerService {
     pub fn new(
         cluster: Cluster,
+        own_url: String,
         active: watch::Receiver<ActiveState>,
         events: broadcast::Sender<ClusterEvent>,
     ) -> Self {
-        Self { cluster, active, events }
+        Self { cluster, own_url, active, events }
     }
 
     /// The active controller to forward a write to, or `None` when this is
@@ -116,7 +119,7 @@ impl ControllerService {
             if active.this_one {
                 return Ok(None);
             }
-            let why = if active.url.is_empty() {
+            let why = if active.url.is_empty() || active.url == self.own_url {
                 "no controller is active yet (is etcd reachable?)".to_string()
             } else {
                 let connect =
@@ -320,10 +323,12 @@ pub async fn run(
     let url = format!("http://{}:{}", address.connectable_host(), address.port);
     let (active_tx, active_rx) = watch::channel(ActiveState::default());
     let ttl = Duration::from_secs(u64::from(config.bootstrap.dcs.ttl));
-    let election = tokio::spawn(active::run(etcd, keys.controller(), config.name.clone(), url, ttl, active_tx));
+    let own_url = url.clone();
+    let election =
+        tokio::spawn(active::run(etcd.clone(), keys.controller(), config.name.clone(), url.clone(), ttl, active_tx));
     let (events_tx, _) = broadcast::channel(1024);
     let observer = tokio::spawn(events::run(cluster.clone(), events_tx.clone(), active_rx.clone()));
-    let service = ControllerService::new(cluster, active_rx, events_tx);
+    let service = ControllerService::new(cluster, url, active_rx, events_tx);
     info!(address = %listener.local_addr()?, "serving the Controller gRPC API");
     pgwarden_runtime::ignore_sighup("pgwarden-controller");
     pgwarden_runtime::notify::ready("serving the Controller gRPC API");
@@ -334,6 +339,17 @@ pub async fn run(
         .await?;
     election.abort();
     observer.abort();
+    // Hand the active role over at once rather than after a ttl.
+    let key = keys.controller();
+    let ours = format!("{} {}", config.name, own_url);
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::value(key.as_str(), etcd_client::CompareOp::Equal, ours.as_str())])
+        .and_then([etcd_client::TxnOp::delete(key.as_str(), None)]);
+    if let Ok(response) = etcd.txn(txn).await
+        && response.succeeded()
+    {
+        info!("released the active controller key");
+    }
     info!("controller stopped");
     Ok(())
 }

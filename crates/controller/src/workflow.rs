@@ -282,6 +282,13 @@ async fn write_and_follow(
         let now = cluster.read().await?;
         let leader = now.leader.as_ref().map(|l| l.name.clone());
         if let Some(new_leader) = leader.clone().filter(|l| Some(l) != old_leader.as_ref()) {
+            // Done once the new leader also cleared the request, so that the
+            // next request is not refused as "already pending" (bounded: the
+            // leader clears it on its next tick).
+            let cleared_by = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < cleared_by && cluster.read().await?.failover.is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let message = match request.member.as_deref() {
                 Some(wanted) if wanted != new_leader => {
                     format!("Switched over to \"{new_leader}\" instead of \"{wanted}\"")
