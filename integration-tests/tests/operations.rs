@@ -275,6 +275,12 @@ async fn a_scheduled_restart_happens_on_time_and_can_be_deleted() {
     };
     assert_eq!(delete(), (200, "scheduled restart deleted".to_string()));
     assert_eq!(delete(), (404, "no restarts are scheduled".to_string()));
+    // And through the CLI: `flush restart`.
+    let (status, _) = post(format!(r#"{{"schedule":"{}"}}"#, at(3600)));
+    assert_eq!(status, 202);
+    let (ok, stdout, stderr) = ctl(&cluster, &["flush", "itest", "restart", "--force"]);
+    assert!(ok && stdout.contains("scheduled restart deleted"), "{stdout}{stderr}");
+    assert_eq!(delete(), (404, "no restarts are scheduled".to_string()));
 
     // Through the CLI, a few seconds ahead: carried out then, not before.
     let before = node.psql("select pg_postmaster_start_time()").expect("psql");

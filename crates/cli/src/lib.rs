@@ -120,7 +120,7 @@ pub enum Command {
         #[arg(long)]
         switchover: bool,
         /// When: an ISO 8601 time with a time zone (each member restarts then).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "switchover")]
         scheduled: Option<String>,
         #[arg(long)]
         force: bool,
@@ -150,9 +150,9 @@ pub enum Command {
     },
     /// Discard a scheduled switchover or the scheduled restarts.
     Flush {
-        cluster: Option<String>,
-        #[arg(value_enum)]
-        what: FlushWhat,
+        /// `[CLUSTER] switchover|restart`.
+        #[arg(value_name = "CLUSTER_OR_WHAT", num_args = 1..=2, required = true)]
+        args: Vec<String>,
         #[arg(long)]
         force: bool,
     },
@@ -175,12 +175,6 @@ pub enum Command {
         #[arg(short = 'm', long = "member")]
         member: Option<String>,
     },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum FlushWhat {
-    Switchover,
-    Restart,
 }
 
 /// `[CLUSTER] [MEMBER...]` as patronictl takes them: the first name is the
@@ -256,14 +250,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = actions::target(&config, cluster).await?;
             actions::failover(&config, &target, candidate, force).await
         }
-        Command::Flush { cluster, what: FlushWhat::Restart, force } => {
+        Command::Flush { args, force } => {
+            let (cluster, what) = match args.as_slice() {
+                [cluster, what] => (Some(cluster.clone()), what.clone()),
+                [what] => (None, what.clone()),
+                _ => anyhow::bail!("flush takes [CLUSTER] switchover|restart"),
+            };
             let target = actions::target(&config, cluster).await?;
-            operations::flush_restart(&config, &target, force).await
-        }
-        Command::Flush { cluster, what: FlushWhat::Switchover, force } => {
-            let target = actions::target(&config, cluster).await?;
-            actions::confirm(&format!("Delete the pending switchover of cluster {}?", target.scope), force)?;
-            actions::run_workflow(&config, &target, actions::Workflow::Cancel).await
+            match what.as_str() {
+                "restart" => operations::flush_restart(&config, &target, force).await,
+                "switchover" => {
+                    actions::confirm(&format!("Delete the pending switchover of cluster {}?", target.scope), force)?;
+                    actions::run_workflow(&config, &target, actions::Workflow::Cancel).await
+                }
+                other => anyhow::bail!("flush {other:?}: expected switchover or restart"),
+            }
         }
         Command::EditConfig { cluster, sets, pgs, apply, force } => {
             let target = actions::target(&config, cluster).await?;
@@ -314,5 +315,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("host={host} port={port}");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every subcommand's arguments are consistent (clap checks this only
+    /// when a command is used, and then panics).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -116,6 +116,9 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
     if status.paused {
         map.insert("pause".into(), json!(true));
     }
+    if status.pending_restart {
+        map.insert("pending_restart".into(), json!(true));
+    }
     if !status.holds_leader && status.leader.is_empty() && state_name(status) == "running" {
         map.insert("cluster_unlocked".into(), json!(true));
     }

@@ -90,7 +90,12 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         (s.dcs_last_seen_unix_ms / 1000) as f64,
     );
     metric("patroni_is_paused", "gauge", "1 if the cluster is paused.", flag(s.paused));
-    metric("patroni_pending_restart", "gauge", "1 if PostgreSQL needs a restart for a changed parameter.", 0.0);
+    metric(
+        "patroni_pending_restart",
+        "gauge",
+        "1 if PostgreSQL needs a restart for a changed parameter.",
+        flag(s.pending_restart),
+    );
     let lease_left = if s.holds_leader && s.leader_deadline_boot_ns > 0 {
         let now_ns = now_boot_ns();
         (s.leader_deadline_boot_ns.saturating_sub(now_ns)) as f64 / 1e9

@@ -317,12 +317,14 @@ impl Postgres {
         }
         *self.written.lock().expect("written parameters") = Some(parameters);
         let standby_signal = self.data_dir.join("standby.signal");
+        // Written for both roles: it needs a restart to change, so dropping it
+        // on promotion would leave the new primary "pending restart".
+        text.push_str("recovery_target_timeline = 'latest'\n");
         match start_as {
             StartAs::Primary => {
                 let _ = std::fs::remove_file(&standby_signal);
             }
             StartAs::Replica { upstream } => {
-                text.push_str("recovery_target_timeline = 'latest'\n");
                 if let Some(upstream) = upstream {
                     text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(upstream))));
                     if dynamic.use_slots {

@@ -60,7 +60,10 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
             if log.json { builder.json().try_init() } else { builder.try_init() }
         }
         None => {
-            let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            // Colour only on a terminal: journald and log files get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let builder =
+                tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
             if log.json { builder.json().try_init() } else { builder.try_init() }
         }
     };
