@@ -189,7 +189,6 @@ pub struct Postgresql {
     pub listen: Option<ListenAddresses>,
     pub connect_address: Option<HostPort>,
     pub data_dir: PathBuf,
-    pub config_dir: Option<PathBuf>,
     pub bin_dir: Option<PathBuf>,
     pub bin_name: BTreeMap<String, String>,
     pub pgpass: Option<PathBuf>,
@@ -216,10 +215,7 @@ pub struct Tags {
     pub noloadbalance: bool,
     pub clonefrom: bool,
     pub nosync: bool,
-    pub nostream: bool,
     pub failover_priority: Option<u32>,
-    pub sync_priority: Option<u32>,
-    pub replicatefrom: Option<String>,
     /// Every tag as the user wrote it, as published in the member key.
     pub json: Map<String, Value>,
 }
@@ -644,10 +640,7 @@ fn tags(r: &mut Reader<'_>) -> Tags {
         noloadbalance: r.bool("tags.noloadbalance", false),
         clonefrom: r.bool("tags.clonefrom", false),
         nosync: r.bool("tags.nosync", false),
-        nostream: r.bool("tags.nostream", false),
         failover_priority: priority(r, "tags.failover_priority"),
-        sync_priority: priority(r, "tags.sync_priority"),
-        replicatefrom: r.string("tags.replicatefrom"),
         json,
     }
 }
@@ -835,7 +828,6 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         listen,
         connect_address,
         data_dir: PathBuf::from(data_dir.clone().unwrap_or_default()),
-        config_dir: path_of(&mut r, "postgresql.config_dir"),
         bin_dir: path_of(&mut r, "postgresql.bin_dir"),
         bin_name,
         pgpass: path_of(&mut r, "postgresql.pgpass"),
