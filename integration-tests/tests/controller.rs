@@ -211,10 +211,8 @@ async fn refused_requests_change_nothing() {
     );
 
     // A lagging candidate: node2's WAL receiver frozen while the leader writes.
-    let lagging = if leader == 1 { 0 } else { 1 };
-    if leader != 0 && leader != 1 {
-        unreachable!("node3 is nofailover, so node1 or node2 leads");
-    }
+    assert!(leader < 2, "node3 is nofailover, so node1 or node2 leads");
+    let lagging = 1 - leader;
     let receiver: i32 = cluster.nodes[lagging]
         .psql("select pid from pg_stat_wal_receiver")
         .expect("walreceiver pid")
