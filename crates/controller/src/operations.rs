@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use dcs::ClusterView;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use ha_proto::v1::node_agent_client::NodeAgentClient;
 use ha_proto::v1::{
     CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome,
     MembersResponse, ReinitializeRequest, ReloadRequest, RestartRequest,
@@ -16,7 +15,7 @@ use pgwarden_config::{DynamicConfig, Problems, Severity};
 use serde_json::Value;
 use tonic::Status;
 
-use crate::workflow::{self, Cluster};
+use crate::workflow::{self, Cluster, agent};
 
 /// Where progress goes (the controller's event stream, or nowhere).
 pub type Progress<'a> = &'a (dyn Fn(ClusterEvent) + Sync);
@@ -138,17 +137,6 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
         .into_iter()
         .filter(|name| before.as_ref().and_then(|b| b.parameters.get(name)) != dynamic.parameters.get(name))
         .collect())
-}
-
-async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<tonic::transport::Channel>, Status> {
-    let url = view
-        .member(member)
-        .and_then(|m| m.data.grpc_url.clone())
-        .ok_or_else(|| Status::not_found(format!("{member} is not a pgwarden member of this cluster")))?;
-    tokio::time::timeout(Duration::from_secs(3), NodeAgentClient::connect(url.clone()))
-        .await
-        .map_err(|_| Status::unavailable(format!("{member}'s agent at {url} does not answer")))?
-        .map_err(|e| Status::unavailable(format!("{member}'s agent at {url} does not answer: {e}")))
 }
 
 /// The named members (all when empty), each checked to exist.

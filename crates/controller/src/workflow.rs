@@ -55,10 +55,24 @@ fn never_leads(view: &ClusterView, member: &str) -> bool {
 }
 
 /// A member's status from its agent (`None`: unreachable or not a pgwarden member).
+/// A client of `member`'s agent, from the gRPC address its key advertises.
+pub(crate) async fn agent(
+    view: &ClusterView,
+    member: &str,
+) -> Result<NodeAgentClient<tonic::transport::Channel>, Status> {
+    let url = view
+        .member(member)
+        .and_then(|m| m.data.grpc_url.clone())
+        .ok_or_else(|| Status::not_found(format!("{member} is not a pgwarden member of this cluster")))?;
+    tokio::time::timeout(Duration::from_secs(2), NodeAgentClient::connect(url.clone()))
+        .await
+        .map_err(|_| Status::unavailable(format!("{member}'s agent at {url} does not answer")))?
+        .map_err(|e| Status::unavailable(format!("{member}'s agent at {url} does not answer: {e}")))
+}
+
 async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
-    let url = view.member(member)?.data.grpc_url.clone()?;
     let ask = async {
-        let mut client = NodeAgentClient::connect(url).await.ok()?;
+        let mut client = agent(view, member).await.ok()?;
         client.get_status(GetStatusRequest {}).await.ok().map(tonic::Response::into_inner)
     };
     tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
