@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod grpc;
 pub mod haproxy;
 pub mod port;
 pub mod postgres;

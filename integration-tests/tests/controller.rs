@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::{FailoverRequest, GetActiveRequest, SwitchoverRequest, WorkflowOutcome, WorkflowResponse};
 use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER};
+use pgwarden_integration_tests::grpc;
 use pgwarden_integration_tests::service::{http_with, run};
 use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
 use tonic::Code;
@@ -22,11 +22,11 @@ async fn cluster(extra: impl Fn(usize) -> String) -> (PgwardenCluster, usize) {
     (cluster, leader)
 }
 
-async fn client(cluster: &PgwardenCluster, node: usize) -> ControllerClient<tonic::transport::Channel> {
+async fn client(cluster: &PgwardenCluster, node: usize) -> grpc::Controller {
     let url = cluster.nodes[node].controller_url();
     wait_until("the controller to answer", UP, || {
         let url = url.clone();
-        async move { Ok::<_, String>(ControllerClient::connect(url).await.ok()) }
+        async move { Ok::<_, String>(grpc::controller(url).await.ok()) }
     })
     .await
     .expect("controller")
@@ -36,7 +36,7 @@ async fn client(cluster: &PgwardenCluster, node: usize) -> ControllerClient<toni
 async fn active_controller(cluster: &PgwardenCluster, among: &[usize]) -> usize {
     wait_until("a controller to be active", UP, || async {
         for &i in among {
-            let Ok(mut c) = ControllerClient::connect(cluster.nodes[i].controller_url()).await else { continue };
+            let Ok(mut c) = grpc::controller(cluster.nodes[i].controller_url()).await else { continue };
             if let Ok(active) = c.get_active(GetActiveRequest {}).await
                 && active.get_ref().this_one
             {
@@ -250,6 +250,28 @@ async fn refused_requests_change_nothing() {
     assert_eq!(status, 400, "{text}");
     let (status, _) = rest(&cluster, leader, "DELETE", "/switchover", "", true);
     assert_eq!(status, 404, "no switchover is scheduled");
+
+    // gRPC without credentials (or with a wrong password): the state-changing
+    // calls of the controller and the agents are refused; reads are open.
+    let other = leader_name(&cluster, 1 - leader);
+    let url = cluster.nodes[leader].controller_url();
+    let mut anonymous = ha_proto::v1::controller_client::ControllerClient::connect(url).await.expect("connect");
+    let status = anonymous.switchover(ask(&other)).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("restapi.authentication"), "{status:?}");
+    anonymous.list_members(ha_proto::v1::ListMembersRequest {}).await.expect("reads need no credentials");
+    let mut agent = ha_proto::v1::node_agent_client::NodeAgentClient::connect(format!(
+        "http://127.0.0.1:{}",
+        cluster.nodes[leader].agent_port
+    ))
+    .await
+    .expect("connect to the agent");
+    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:nope")));
+    let mut restart = tonic::Request::new(ha_proto::v1::RestartRequest::default());
+    restart.metadata_mut().insert("authorization", wrong.parse().expect("header"));
+    let status = agent.restart(restart).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    agent.get_status(ha_proto::v1::GetStatusRequest {}).await.expect("reads need no credentials");
 
     // Nothing changed.
     assert_eq!(cluster.get_key("failover").await.expect("etcd"), None);

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::{GetConfigRequest, PatchConfigRequest, ReinitializeMemberRequest};
 use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER, SUPERUSER_PASSWORD};
+use pgwarden_integration_tests::grpc;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::service::{http_with, run, run_with_input};
 use pgwarden_integration_tests::writer::{Writer, missing_rows};
@@ -105,11 +105,11 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
     assert_eq!(cluster.get_key("config").await.expect("etcd").expect("config"), before, "nothing written");
 
     // Two editors read the same revision; the second loses.
-    let mut grpc = ControllerClient::connect(cluster.nodes[leader].controller_url()).await.expect("controller");
-    let revision = grpc.get_config(GetConfigRequest {}).await.expect("get").into_inner().revision;
+    let mut client = grpc::controller(cluster.nodes[leader].controller_url()).await.expect("controller");
+    let revision = client.get_config(GetConfigRequest {}).await.expect("get").into_inner().revision;
     let patch = |json: &str| PatchConfigRequest { patch_json: json.into(), expected_revision: revision };
-    grpc.patch_config(patch(r#"{"maximum_lag_on_failover": 2097152}"#)).await.expect("first edit wins");
-    let lost = grpc.patch_config(patch(r#"{"maximum_lag_on_failover": 4194304}"#)).await.expect_err("second loses");
+    client.patch_config(patch(r#"{"maximum_lag_on_failover": 2097152}"#)).await.expect("first edit wins");
+    let lost = client.patch_config(patch(r#"{"maximum_lag_on_failover": 4194304}"#)).await.expect_err("second loses");
     assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
     assert!(lost.message().contains("changed since revision"), "{lost:?}");
     let now = cluster.get_key("config").await.expect("etcd").expect("config");
@@ -179,8 +179,8 @@ async fn a_rolling_restart_with_a_switchover_keeps_writes_going() {
 async fn reinit_re_clones_a_replica_and_is_refused_on_the_leader() {
     let (cluster, leader) = cluster().await;
     cluster.nodes[leader].psql("create table kept as select 1 as x").expect("write");
-    let mut grpc = ControllerClient::connect(cluster.nodes[leader].controller_url()).await.expect("controller");
-    let refused = grpc
+    let mut client = grpc::controller(cluster.nodes[leader].controller_url()).await.expect("controller");
+    let refused = client
         .reinitialize(ReinitializeMemberRequest { member: cluster.nodes[leader].name.clone() })
         .await
         .expect_err("refused on the leader");

@@ -223,3 +223,89 @@ async fn the_cluster_runs_on_an_etcd_that_requires_tls_and_client_certificates()
     println!("refused as: {}", stderr.trim());
     assert!(stderr.contains("etcd3.cert"), "the error names the setting to check: {stderr}");
 }
+
+/// Turns on mutual TLS for the gRPC APIs in `node`'s config.
+fn set_grpc_tls(cluster: &PgwardenCluster, node: usize, pki: &Pki) {
+    let path = cluster.nodes[node].config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let tls = format!(
+        "  grpc_certfile: {}\n  grpc_keyfile: {}\n  grpc_cafile: {}\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display()
+    );
+    std::fs::write(&path, text.replacen("\npgwarden:\n", &format!("\npgwarden:\n{tls}"), 1)).expect("write config");
+}
+
+/// A `GetStatus` call to `port` over TLS with the given client identity.
+async fn agent_status(port: u16, pki: &Pki, identity: Option<(&Path, &Path)>) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let ca = std::fs::read(&pki.ca).expect("CA");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(std::fs::read(cert).expect("cert"), std::fs::read(key).expect("key")));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(3));
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel);
+    client.get_status(ha_proto::v1::GetStatusRequest {}).await.map(|_| ()).map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn grpc_apis_use_mutual_tls_and_a_switchover_runs_over_it() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    cluster.add_node("node1", "").expect("node1");
+    cluster.add_node("node2", "").expect("node2");
+    let pki = pki(cluster.nodes[0].dir.path());
+    for i in 0..2 {
+        set_grpc_tls(&cluster, i, &pki);
+    }
+    for node in &mut cluster.nodes {
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+        node.start_controller().expect("controller");
+    }
+    let leader = cluster.wait_healthy(UP).await.expect("a primary and a streaming replica over gRPC TLS");
+    let member = cluster.get_key(&format!("members/node{}", leader + 1)).await.expect("etcd").expect("member key");
+    assert!(member.contains("\"grpc_url\":\"https://"), "the advertised gRPC URL is https: {member}");
+
+    // The CLI goes through the active controller over mutual TLS (ctl falls
+    // back to pgwarden.grpc_*), and the switchover it asks for runs.
+    let config = cluster.nodes[leader].config_path().display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "-v", "list"], &[]).expect("list");
+    assert!(ok && stderr.contains("from controller https://"), "read through the controller: {stdout}{stderr}");
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[])
+            .expect("switchover");
+    assert!(ok, "switchover over gRPC TLS: {stdout}{stderr}");
+    let new_leader = wait_until("the other node to lead", UP, || async {
+        let leader_now = cluster.wait_healthy(Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((leader_now != leader).then_some(leader_now))
+    })
+    .await
+    .expect("switched over");
+
+    // Refused: plain HTTP/2, TLS without a client certificate, a certificate from another CA.
+    let port = cluster.nodes[new_leader].agent_port;
+    agent_status(port, &pki, Some((&pki.client_cert, &pki.client_key))).await.expect("our CA's client certificate");
+    let plain = ha_proto::v1::node_agent_client::NodeAgentClient::connect(format!("http://127.0.0.1:{port}")).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut client) => client.get_status(ha_proto::v1::GetStatusRequest {}).await.is_err(),
+    };
+    assert!(refused, "plain HTTP/2 gets no answer from a TLS agent");
+    let no_cert = agent_status(port, &pki, None).await.expect_err("no client certificate");
+    println!("without a client certificate: {no_cert}");
+    let rogue = agent_status(port, &pki, Some((&pki.rogue_cert, &pki.rogue_key))).await.expect_err("foreign CA");
+    println!("with a foreign certificate: {rogue}");
+    let log = std::fs::read_to_string(cluster.nodes[new_leader].dir.path().join("agent.log")).expect("agent log");
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("tls accept error")).collect();
+    assert!(refusals.len() >= 2, "the agent logs each refused handshake: {refusals:?}");
+    println!("{}", refusals.join("\n"));
+}

@@ -5,6 +5,7 @@
 //! Every write is a compare-and-swap; nothing is written before the request
 //! is checked.
 
+use pgwarden_runtime::grpc::AuthChannel;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
@@ -67,17 +68,13 @@ pub(crate) fn time_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) async fn controller_client(
-    config: &Config,
-    scope: &str,
-) -> Option<ControllerClient<tonic::transport::Channel>> {
+pub(crate) async fn controller_client(config: &Config, scope: &str) -> Option<ControllerClient<AuthChannel>> {
     if scope != config.scope {
         return None;
     }
-    let address = &config.pgwarden.controller_grpc_connect_address;
-    let url = format!("http://{}:{}", address.connectable_host(), address.port);
+    let url = config.pgwarden.controller_grpc_url();
     let connect = |url: String| async move {
-        tokio::time::timeout(Duration::from_secs(2), ControllerClient::connect(url)).await.ok()?.ok()
+        pgwarden_runtime::grpc::connect(&url, Duration::from_secs(2)).await.ok().map(ControllerClient::new)
     };
     let mut client = connect(url).await?;
     // Talk to the active controller itself: it runs the operation, so its

@@ -206,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let path = cli.config_file.clone().or_else(default_config_file);
     let loaded = pgwarden_config::load(path.as_deref(), Purpose::Ctl)?;
     let config = loaded.config;
+    pgwarden_runtime::grpc::init_ctl_client(&config)?;
     match cli.command {
         Command::List { cluster, format, watch_default, watch } => {
             let interval = watch.or(watch_default.then_some(2.0)).map(Duration::from_secs_f64);

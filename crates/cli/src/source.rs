@@ -20,9 +20,10 @@ async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
     if scope != config.scope {
         return None;
     }
-    let url = format!("http://{}", config.pgwarden.controller_grpc_connect_address);
+    let url = config.pgwarden.controller_grpc_url();
     let ask = async {
-        let mut client = ControllerClient::connect(url.clone()).await.ok()?;
+        let mut client =
+            ControllerClient::new(pgwarden_runtime::grpc::connect(&url, Duration::from_secs(2)).await.ok()?);
         client.list_members(ListMembersRequest {}).await.ok().map(tonic::Response::into_inner)
     };
     let response = tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()?;

@@ -110,11 +110,9 @@ impl RestApi {
 
 #[derive(Debug, Clone, Default)]
 pub struct Ctl {
-    pub insecure: bool,
     pub cacert: Option<PathBuf>,
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
-    pub keyfile_password: Option<Secret>,
     pub authentication: Option<BasicAuth>,
 }
 
@@ -261,6 +259,39 @@ pub struct Pgwarden {
     /// The agent takes the leader key only while the fencer in
     /// pgwarden-health acknowledges (default true).
     pub require_fencer: bool,
+    /// TLS on the gRPC APIs (`pgwarden.grpc_certfile` and friends); `None`: plain HTTP/2.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// TLS for the agent's and controller's gRPC APIs and every gRPC call a
+/// pgwarden service makes: one node certificate, used as server and as
+/// client certificate, and the CA that signed every member's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTls {
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub cafile: PathBuf,
+    /// Servers refuse a client without a certificate signed by `cafile`.
+    pub verify_client: bool,
+}
+
+impl Pgwarden {
+    /// `https` when the gRPC APIs use TLS, else `http`.
+    pub fn grpc_scheme(&self) -> &'static str {
+        if self.grpc_tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The URL peers and tools use for this node's agent.
+    pub fn agent_grpc_url(&self) -> String {
+        let address = &self.agent_grpc_connect_address;
+        format!("{}://{}:{}", self.grpc_scheme(), address.connectable_host(), address.port)
+    }
+
+    /// The URL peers and tools use for this node's controller.
+    pub fn controller_grpc_url(&self) -> String {
+        let address = &self.controller_grpc_connect_address;
+        format!("{}://{}:{}", self.grpc_scheme(), address.connectable_host(), address.port)
+    }
 }
 
 pub const AGENT_GRPC_PORT_OFFSET: u16 = 1000;
@@ -694,6 +725,7 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
     let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
     let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
     let require_fencer = r.bool("pgwarden.require_fencer", true);
+    let grpc_tls = grpc_tls(r);
     Some(Pgwarden {
         agent_grpc_listen: agent_grpc_listen?,
         agent_grpc_connect_address: agent_grpc_connect_address?,
@@ -702,6 +734,36 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
         fence_margin: Duration::from_secs_f64(fence_margin),
         etcd_request_timeout,
         require_fencer,
+        grpc_tls,
+    })
+}
+
+fn grpc_tls(r: &mut Reader<'_>) -> Option<GrpcTls> {
+    let certfile = path_of(r, "pgwarden.grpc_certfile");
+    let keyfile = path_of(r, "pgwarden.grpc_keyfile");
+    let cafile = path_of(r, "pgwarden.grpc_cafile");
+    let verify_client = r.choice("pgwarden.grpc_verify_client", &["none", "required"]);
+    let Some(certfile) = certfile else {
+        for key in ["pgwarden.grpc_keyfile", "pgwarden.grpc_cafile", "pgwarden.grpc_verify_client"] {
+            if r.get(key).is_some() {
+                r.problems
+                    .error(key, "is set but pgwarden.grpc_certfile is not: gRPC TLS needs this node's certificate");
+            }
+        }
+        return None;
+    };
+    let Some(cafile) = cafile else {
+        r.problems.error(
+            "pgwarden.grpc_certfile",
+            "is set but pgwarden.grpc_cafile is not: set it to the CA that signed the members' gRPC certificates",
+        );
+        return None;
+    };
+    Some(GrpcTls {
+        keyfile: keyfile.unwrap_or_else(|| certfile.clone()),
+        certfile,
+        cafile,
+        verify_client: verify_client.is_none_or(|v| v == "required"),
     })
 }
 
@@ -748,11 +810,9 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
 
     r.section("ctl");
     let ctl = Ctl {
-        insecure: r.bool("ctl.insecure", false),
         cacert: path_of(&mut r, "ctl.cacert"),
         certfile: path_of(&mut r, "ctl.certfile"),
         keyfile: path_of(&mut r, "ctl.keyfile"),
-        keyfile_password: secret_of(&mut r, "ctl.keyfile_password"),
         authentication: basic_auth(&mut r, "ctl.authentication"),
     };
     let etcd = etcd_section(&mut r, purpose);

@@ -8,6 +8,7 @@ pub mod events;
 pub mod operations;
 pub mod workflow;
 
+use pgwarden_runtime::grpc::AuthChannel;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -112,7 +113,7 @@ impl ControllerService {
     /// The active controller to forward a write to, or `None` when this is
     /// it. A dead active controller is waited out (its key expires within a
     /// ttl and another takes over), up to `FORWARD_PATIENCE`.
-    async fn forward_to(&self) -> Result<Option<ControllerClient<tonic::transport::Channel>>, Status> {
+    async fn forward_to(&self) -> Result<Option<ControllerClient<AuthChannel>>, Status> {
         let started = std::time::Instant::now();
         loop {
             let active = self.active.borrow().clone();
@@ -122,16 +123,10 @@ impl ControllerService {
             let why = if active.url.is_empty() || active.url == self.own_url {
                 "no controller is active yet (is etcd reachable?)".to_string()
             } else {
-                let connect =
-                    tokio::time::timeout(Duration::from_secs(1), ControllerClient::connect(active.url.clone()));
-                match connect.await {
-                    Ok(Ok(client)) => return Ok(Some(client)),
-                    Ok(Err(e)) => format!(
-                        "this controller is not active; the active one is {} at {}, and it does not answer: {e}",
-                        active.member, active.url
-                    ),
-                    Err(_) => format!(
-                        "this controller is not active; the active one is {} at {}, and it does not answer",
+                match pgwarden_runtime::grpc::connect(&active.url, Duration::from_secs(1)).await {
+                    Ok(channel) => return Ok(Some(ControllerClient::new(channel))),
+                    Err(e) => format!(
+                        "this controller is not active; the active one is {} at {}, and it does not answer: {e:#}",
                         active.member, active.url
                     ),
                 }
@@ -305,6 +300,15 @@ impl ControllerService {
     }
 }
 
+/// The `Controller` calls anyone may make; the others change state and need
+/// `restapi.authentication`'s credentials when it is set.
+const OPEN_METHODS: &[&str] = &[
+    "/pgwarden.v1.Controller/ListMembers",
+    "/pgwarden.v1.Controller/WatchEvents",
+    "/pgwarden.v1.Controller/GetActive",
+    "/pgwarden.v1.Controller/GetConfig",
+];
+
 /// Serves the `Controller` API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -319,8 +323,7 @@ pub async fn run(
     }
     let keys = Keys::new(&config.namespace, &config.scope);
     let cluster = Cluster { etcd: etcd.clone(), keys: keys.clone(), scope: config.scope.clone() };
-    let address = &config.pgwarden.controller_grpc_connect_address;
-    let url = format!("http://{}:{}", address.connectable_host(), address.port);
+    let url = config.pgwarden.controller_grpc_url();
     let (active_tx, active_rx) = watch::channel(ActiveState::default());
     let ttl = Duration::from_secs(u64::from(config.bootstrap.dcs.ttl));
     let own_url = url.clone();
@@ -333,7 +336,8 @@ pub async fn run(
     pgwarden_runtime::ignore_sighup("pgwarden-controller");
     pgwarden_runtime::notify::ready("serving the Controller gRPC API");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    pgwarden_runtime::grpc::server(config.pgwarden.grpc_tls.as_ref())?
+        .layer(pgwarden_runtime::grpc::RequireAuth::new(config.restapi.authentication.as_ref(), OPEN_METHODS))
         .add_service(ControllerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -356,6 +360,7 @@ pub async fn run(
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
+    pgwarden_runtime::grpc::init_service_client(&config)?;
     let listener = pgwarden_runtime::bind(
         &config.pgwarden.controller_grpc_listen,
         "the controller's gRPC API",

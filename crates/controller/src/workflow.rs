@@ -7,6 +7,7 @@
 //! Used by the active controller, and by `pgwardenctl` itself when no
 //! controller answers (as `patronictl` falls back to the DCS).
 
+use pgwarden_runtime::grpc::AuthChannel;
 use std::time::{Duration, Instant};
 
 use dcs::{ClusterView, Etcd, Failover, Keys};
@@ -56,18 +57,15 @@ fn never_leads(view: &ClusterView, member: &str) -> bool {
 
 /// A member's status from its agent (`None`: unreachable or not a pgwarden member).
 /// A client of `member`'s agent, from the gRPC address its key advertises.
-pub(crate) async fn agent(
-    view: &ClusterView,
-    member: &str,
-) -> Result<NodeAgentClient<tonic::transport::Channel>, Status> {
+pub(crate) async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<AuthChannel>, Status> {
     let url = view
         .member(member)
         .and_then(|m| m.data.grpc_url.clone())
         .ok_or_else(|| Status::not_found(format!("{member} is not a pgwarden member of this cluster")))?;
-    tokio::time::timeout(Duration::from_secs(2), NodeAgentClient::connect(url.clone()))
+    pgwarden_runtime::grpc::connect(&url, Duration::from_secs(2))
         .await
-        .map_err(|_| Status::unavailable(format!("{member}'s agent at {url} does not answer")))?
-        .map_err(|e| Status::unavailable(format!("{member}'s agent at {url} does not answer: {e}")))
+        .map(NodeAgentClient::new)
+        .map_err(|e| Status::unavailable(format!("{member}'s agent does not answer: {e:#}")))
 }
 
 async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {

@@ -39,10 +39,9 @@ async fn stream_once(
     member: &str,
     fencer: &watch::Receiver<crate::fencer::FencerState>,
 ) -> Result<(), tonic::Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1));
-    let channel = endpoint.connect().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = pgwarden_runtime::grpc::connect(url, Duration::from_secs(1))
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
     let mut client = NodeAgentClient::new(channel);
     let mut stream = client.watch_status(WatchStatusRequest {}).await?.into_inner();
     info!(%url, "following the agent's status stream");

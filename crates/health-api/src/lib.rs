@@ -230,11 +230,12 @@ pub async fn run(
 /// The agent's gRPC URL as this node reaches it.
 pub fn agent_url(config: &Config) -> String {
     let address = &config.pgwarden.agent_grpc_listen;
-    format!("http://{}:{}", address.connectable_host(), address.port)
+    format!("{}://{}:{}", config.pgwarden.grpc_scheme(), address.connectable_host(), address.port)
 }
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
+    pgwarden_runtime::grpc::init_service_client(&config)?;
     let listener = pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
     let identity = Identity { scope: config.scope.clone(), name: config.name.clone() };
     let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
@@ -262,11 +263,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         Some((etcd, keys)),
         fencer_settings,
         WriteSettings {
-            controller_url: format!(
-                "http://{}:{}",
-                config.pgwarden.controller_grpc_connect_address.connectable_host(),
-                config.pgwarden.controller_grpc_connect_address.port
-            ),
+            controller_url: config.pgwarden.controller_grpc_url(),
             authentication: config.restapi.authentication.clone(),
             tls: tls::acceptor(&config.restapi)?,
         },

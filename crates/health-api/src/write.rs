@@ -6,15 +6,14 @@
 //! `restapi.authentication` (HTTP basic auth) when it is set. GET endpoints
 //! are never authenticated.
 
+use pgwarden_runtime::grpc::AuthChannel;
 use std::time::Duration;
 
-use base64::Engine as _;
 use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::{CancelSwitchoverRequest, FailoverRequest, SwitchoverRequest, WorkflowOutcome, WorkflowResponse};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
-use pgwarden_config::BasicAuth;
 use tonic::{Code, Status};
 
 /// A request body larger than this is refused (they are a few fields).
@@ -42,23 +41,7 @@ pub fn handles(method: &Method, path: &str) -> bool {
     )
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Checks `Authorization: Basic ...` against `restapi.authentication`.
-pub fn authorized(header: Option<&http::HeaderValue>, auth: Option<&BasicAuth>) -> bool {
-    let Some(auth) = auth else { return true };
-    let Some(encoded) = header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Basic ")) else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let expected = format!("{}:{}", auth.username, auth.password.expose());
-    same(&decoded, expected.as_bytes())
-}
+pub use pgwarden_runtime::grpc::authorized;
 
 /// Patroni's status code for a controller error.
 fn status_of(error: &Status, deleting: bool) -> StatusCode {
@@ -113,13 +96,12 @@ fn text_field(body: &serde_json::Map<String, serde_json::Value>, name: &str) -> 
     }
 }
 
-async fn controller(controller_url: &str) -> Result<ControllerClient<tonic::transport::Channel>, Reply> {
-    let connect = tokio::time::timeout(Duration::from_secs(3), ControllerClient::connect(controller_url.to_string()));
-    match connect.await {
-        Ok(Ok(client)) => Ok(client),
-        _ => Err(reply(
+async fn controller(controller_url: &str) -> Result<ControllerClient<AuthChannel>, Reply> {
+    match pgwarden_runtime::grpc::connect(controller_url, Duration::from_secs(3)).await {
+        Ok(channel) => Ok(ControllerClient::new(channel)),
+        Err(e) => Err(reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the controller at {controller_url} does not answer: is pgwarden-controller running?"),
+            format!("the controller does not answer ({e:#}): is pgwarden-controller running?"),
         )),
     }
 }
@@ -291,20 +273,6 @@ pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwarden_config::Secret;
-
-    #[test]
-    fn basic_auth_is_checked_exactly() {
-        let auth = BasicAuth { username: "admin".into(), password: Secret::new("s3cret") };
-        let header = |text: &str| http::HeaderValue::from_str(text).expect("header");
-        let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:s3cret"));
-        let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:s3cre"));
-        assert!(authorized(Some(&header(&good)), Some(&auth)));
-        assert!(!authorized(Some(&header(&wrong)), Some(&auth)));
-        assert!(!authorized(Some(&header("Basic !!!")), Some(&auth)));
-        assert!(!authorized(None, Some(&auth)));
-        assert!(authorized(None, None), "no authentication configured: open");
-    }
 
     #[test]
     fn controller_errors_map_to_patroni_codes() {

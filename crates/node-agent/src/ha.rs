@@ -772,8 +772,10 @@ impl Agent {
         let wait = Duration::from_secs(u64::from(dynamic.retry_timeout).max(5));
         let received = tokio::time::timeout(wait, async {
             loop {
-                if let Ok(mut client) = ha_proto::v1::node_agent_client::NodeAgentClient::connect(grpc.clone()).await
-                    && let Ok(status) = client.get_status(ha_proto::v1::GetStatusRequest {}).await
+                if let Ok(channel) = pgwarden_runtime::grpc::connect(&grpc, Duration::from_secs(1)).await
+                    && let Ok(status) = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel)
+                        .get_status(ha_proto::v1::GetStatusRequest {})
+                        .await
                 {
                     let status = status.into_inner();
                     if status.receive_lsn.max(status.replay_lsn) > checkpoint {
@@ -1043,7 +1045,6 @@ impl Agent {
             (None, true) => "replica",
             (None, false) => "uninitialized",
         };
-        let grpc = &self.config.pgwarden.agent_grpc_connect_address;
         let member = MemberData {
             conn_url: format!("postgres://{connect}/postgres"),
             api_url: self.config.restapi.api_url(),
@@ -1060,7 +1061,7 @@ impl Agent {
                 .filter(|s| s.in_recovery && !s.replication_state.is_empty())
                 .map(|s| s.replication_state.clone()),
             tags: self.config.tags.json.clone(),
-            grpc_url: Some(format!("http://{grpc}")),
+            grpc_url: Some(self.config.pgwarden.agent_grpc_url()),
             extra: {
                 let mut extra = serde_json::Map::new();
                 if self.checkpoint_pending {

@@ -280,7 +280,8 @@ pub async fn run(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        pgwarden_runtime::grpc::server(config.pgwarden.grpc_tls.as_ref())?
+            .layer(pgwarden_runtime::grpc::RequireAuth::new(config.restapi.authentication.as_ref(), OPEN_METHODS))
             .add_service(AgentService::new(status_rx, config.name.clone(), fencer_acks, commands_tx).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = done_rx.await;
@@ -300,8 +301,17 @@ pub async fn run(
 }
 
 /// The agent's start-up: config, ownership and lock checks, listeners, run.
+/// The `NodeAgent` calls anyone may make; the others change state and need
+/// `restapi.authentication`'s credentials when it is set.
+const OPEN_METHODS: &[&str] = &[
+    "/pgwarden.v1.NodeAgent/GetStatus",
+    "/pgwarden.v1.NodeAgent/WatchStatus",
+    "/pgwarden.v1.NodeAgent/CheckParameters",
+];
+
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Agent)?;
+    pgwarden_runtime::grpc::init_service_client(&config)?;
     let data_dir: &Path = &config.postgresql.data_dir;
     check_ownership(data_dir)?;
     let lock = DataDirLock::acquire(data_dir)?;

@@ -22,7 +22,8 @@ pub struct PeerStatus {
 }
 
 async fn over_grpc(url: String) -> Option<PeerStatus> {
-    let mut client = NodeAgentClient::connect(url).await.ok()?;
+    let channel = pgwarden_runtime::grpc::connect(&url, std::time::Duration::from_secs(1)).await.ok()?;
+    let mut client = NodeAgentClient::new(channel);
     let status = client.get_status(GetStatusRequest {}).await.ok()?.into_inner();
     let answering = status.postgres_state() == PostgresState::Running;
     Some(PeerStatus {

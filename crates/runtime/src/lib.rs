@@ -3,6 +3,8 @@
 //! config's warnings once, logging set up from Patroni's `log:` section, and
 //! the shutdown signal. It owns no service logic.
 
+pub mod grpc;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -39,6 +41,9 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
         _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
     };
+    // tonic reports a refused gRPC TLS handshake (no or a foreign client
+    // certificate) only at debug level; it is worth a line at every level.
+    let filter = filter.add_directive("tonic::transport::server::io_stream=debug".parse().context("tonic directive")?);
     let result = match &log.dir {
         // Patroni's `log.dir`: a file per service in that directory, appended to.
         Some(dir) => {

@@ -21,7 +21,6 @@
 use std::time::{Duration, Instant};
 
 use ha_proto::v1::SwitchoverRequest;
-use ha_proto::v1::controller_client::ControllerClient;
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
@@ -60,7 +59,8 @@ async fn run_once(scenario: &str) -> anyhow::Result<Run> {
     match scenario {
         "switchover" => {
             // As an operator asks: the controller's gRPC API (it answers when done).
-            let mut controller = ControllerClient::connect(cluster.nodes[leader].controller_url()).await?;
+            let mut controller =
+                pgwarden_integration_tests::grpc::controller(cluster.nodes[leader].controller_url()).await?;
             tokio::spawn(async move { controller.switchover(SwitchoverRequest::default()).await });
         }
         "postgres-killed" => {

@@ -1,0 +1,286 @@
+//! The gRPC transport every pgwarden service and the CLI share: TLS and
+//! mutual TLS from `pgwarden.grpc_*` (`ctl.*` for the CLI), and the basic-auth
+//! credentials of `restapi.authentication` (`ctl.authentication` for the CLI)
+//! on every call that changes state.
+//!
+//! A process sets its client side once at start-up ([`init_client`]); every
+//! gRPC call it makes then goes through [`connect`], which applies TLS to
+//! `https://` URLs and adds the `authorization` header. Servers are built
+//! with [`server`] and wrapped in [`RequireAuth`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use http::HeaderValue;
+use pgwarden_config::{BasicAuth, Config, GrpcTls};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+/// How this process calls gRPC servers.
+#[derive(Debug, Clone, Default)]
+struct ClientSettings {
+    tls: Option<ClientTlsConfig>,
+    authorization: Option<HeaderValue>,
+}
+
+static CLIENT: OnceLock<ClientSettings> = OnceLock::new();
+
+fn read(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {key} {}", path.display()))
+}
+
+/// The PEM text of `path`, which must hold at least one `what` block.
+fn read_pem(path: &std::path::Path, key: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = read(path, key)?;
+    if !String::from_utf8_lossy(&pem).contains(&format!("-----BEGIN {what}")) {
+        bail!("{key} {} holds no PEM {what}", path.display());
+    }
+    Ok(pem)
+}
+
+fn read_key(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = read(path, key)?;
+    let text = String::from_utf8_lossy(&pem);
+    if text.contains("ENCRYPTED") {
+        bail!("{key} {} is encrypted: pgwarden needs the key unencrypted (mode 0600)", path.display());
+    }
+    if !text.contains("PRIVATE KEY-----") {
+        bail!("{key} {} holds no PEM private key", path.display());
+    }
+    Ok(pem)
+}
+
+/// The `authorization` header value for `auth`.
+pub fn basic_header(auth: &BasicAuth) -> HeaderValue {
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.username, auth.password.expose()));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `Authorization: Basic ...` against `auth` (no `auth`: allowed).
+pub fn authorized(header: Option<&HeaderValue>, auth: Option<&BasicAuth>) -> bool {
+    let Some(auth) = auth else { return true };
+    let Some(encoded) = header.and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Basic ")) else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let expected = format!("{}:{}", auth.username, auth.password.expose());
+    same(&decoded, expected.as_bytes())
+}
+
+/// Sets how a service calls the others: the node's gRPC TLS files and
+/// `restapi.authentication`. Reads the files now, so a missing or bad one
+/// stops the service at start-up with the file named.
+pub fn init_service_client(config: &Config) -> anyhow::Result<()> {
+    let tls = match &config.pgwarden.grpc_tls {
+        Some(tls) => Some(client_tls(&tls.cafile, Some((&tls.certfile, &tls.keyfile)), "pgwarden.grpc")?),
+        None => None,
+    };
+    init_client(tls, config.restapi.authentication.as_ref());
+    Ok(())
+}
+
+/// Sets how the CLI calls the controller: `ctl.cacert`/`certfile`/`keyfile`,
+/// each falling back to the node's `pgwarden.grpc_*` file, and
+/// `ctl.authentication`, falling back to `restapi.authentication`.
+pub fn init_ctl_client(config: &Config) -> anyhow::Result<()> {
+    let ctl = &config.ctl;
+    let node = config.pgwarden.grpc_tls.as_ref();
+    let cafile = ctl.cacert.clone().or_else(|| node.map(|t| t.cafile.clone()));
+    let certfile = ctl.certfile.clone().or_else(|| node.map(|t| t.certfile.clone()));
+    let keyfile = ctl.keyfile.clone().or_else(|| ctl.certfile.clone()).or_else(|| node.map(|t| t.keyfile.clone()));
+    let tls = match (cafile, certfile.zip(keyfile)) {
+        (Some(ca), identity) => {
+            Some(client_tls(&ca, identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), "ctl")?)
+        }
+        (None, Some(_)) => bail!("ctl.certfile is set but neither ctl.cacert nor pgwarden.grpc_cafile is"),
+        (None, None) => None,
+    };
+    init_client(tls, ctl.authentication.as_ref().or(config.restapi.authentication.as_ref()));
+    Ok(())
+}
+
+fn init_client(tls: Option<ClientTlsConfig>, auth: Option<&BasicAuth>) {
+    let _ = CLIENT.set(ClientSettings { tls, authorization: auth.map(basic_header) });
+}
+
+fn client_tls(
+    cafile: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    section: &str,
+) -> anyhow::Result<ClientTlsConfig> {
+    let ca = read_pem(cafile, &format!("{section} CA file"), "CERTIFICATE")?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((certfile, keyfile)) = identity {
+        let cert = read_pem(certfile, &format!("{section} certificate"), "CERTIFICATE")?;
+        let key = read_key(keyfile, &format!("{section} key"))?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Ok(tls)
+}
+
+/// A gRPC server builder with TLS from `pgwarden.grpc_*` when configured.
+pub fn server(tls: Option<&GrpcTls>) -> anyhow::Result<Server> {
+    let builder = Server::builder();
+    let Some(tls) = tls else { return Ok(builder) };
+    let cert = read_pem(&tls.certfile, "pgwarden.grpc_certfile", "CERTIFICATE")?;
+    let key = read_key(&tls.keyfile, "pgwarden.grpc_keyfile")?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if tls.verify_client {
+        let ca = read_pem(&tls.cafile, "pgwarden.grpc_cafile", "CERTIFICATE")?;
+        config = config.client_ca_root(Certificate::from_pem(ca));
+    }
+    builder
+        .tls_config(config)
+        .context("pgwarden.grpc_certfile/grpc_keyfile: the certificate and key do not form a TLS identity")
+}
+
+/// A channel to `url` (`http://` or `https://`), connected within `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<AuthChannel> {
+    let settings = CLIENT.get().cloned().unwrap_or_default();
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("{url} is not a gRPC URL"))?
+        .connect_timeout(timeout);
+    if url.starts_with("https://") {
+        let Some(tls) = settings.tls.clone() else {
+            bail!(
+                "{url} uses TLS, but this node has no pgwarden.grpc_cafile (ctl.cacert for pgwardenctl) to verify it"
+            );
+        };
+        endpoint = endpoint.tls_config(tls).context("gRPC TLS settings")?;
+    }
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
+        .await
+        .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout:?}"))?
+        .map_err(|e| anyhow::anyhow!("{url}: {}", error_chain(&e)))?;
+    Ok(AuthChannel { inner: channel, authorization: settings.authorization })
+}
+
+/// The causes of a transport error, which tonic keeps in its source chain
+/// (a TLS refusal is only named there).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A gRPC channel that adds this process's credentials to every call.
+#[derive(Debug, Clone)]
+pub struct AuthChannel {
+    inner: Channel,
+    authorization: Option<HeaderValue>,
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for AuthChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <Channel as tower_service::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+        }
+        tower_service::Service::call(&mut self.inner, request)
+    }
+}
+
+/// Refuses calls to the methods not listed as open unless they carry the
+/// credentials of `restapi.authentication` (when it is set).
+#[derive(Debug, Clone)]
+pub struct RequireAuth {
+    auth: Option<Arc<BasicAuth>>,
+    /// The full paths (`/pgwarden.v1.NodeAgent/GetStatus`) anyone may call.
+    open: &'static [&'static str],
+}
+
+impl RequireAuth {
+    pub fn new(auth: Option<&BasicAuth>, open: &'static [&'static str]) -> Self {
+        Self { auth: auth.cloned().map(Arc::new), open }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for RequireAuth {
+    type Service = RequireAuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireAuthService { inner, policy: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequireAuthService<S> {
+    inner: S,
+    policy: RequireAuth,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower_service::Service<http::Request<B>> for RequireAuthService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let open = self.policy.open.contains(&path);
+        if open || authorized(request.headers().get(http::header::AUTHORIZATION), self.policy.auth.as_deref()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let status = tonic::Status::unauthenticated(format!(
+            "{path} changes state and needs the credentials of restapi.authentication \
+             (pgwardenctl: ctl.authentication or restapi.authentication in its config)"
+        ));
+        Box::pin(async move { Ok(status.into_http()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> BasicAuth {
+        BasicAuth { username: "admin".into(), password: pgwarden_config::Secret::new("s3cret") }
+    }
+
+    #[test]
+    fn basic_credentials_round_trip_and_near_misses_fail() {
+        let auth = auth();
+        assert!(authorized(Some(&basic_header(&auth)), Some(&auth)));
+        let wrong = BasicAuth { username: "admin".into(), password: pgwarden_config::Secret::new("s3cre") };
+        assert!(!authorized(Some(&basic_header(&wrong)), Some(&auth)));
+        assert!(!authorized(None, Some(&auth)));
+        assert!(!authorized(Some(&HeaderValue::from_static("Bearer x")), Some(&auth)));
+        assert!(!authorized(Some(&HeaderValue::from_static("Basic !!!")), Some(&auth)));
+        assert!(authorized(None, None));
+    }
+}
