@@ -309,3 +309,89 @@ async fn grpc_apis_use_mutual_tls_and_a_switchover_runs_over_it() {
     assert!(refusals.len() >= 2, "the agent logs each refused handshake: {refusals:?}");
     println!("{}", refusals.join("\n"));
 }
+
+/// PostgreSQL serving TLS in `node`'s config, replication (and pg_rewind)
+/// only over TLS with the server certificate verified against `ca`.
+fn set_postgres_tls(cluster: &PgwardenCluster, node: usize, pki: &Pki, ca: &Path) {
+    let path = cluster.nodes[node].config_path();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let verify = format!("      sslmode: verify-full\n      sslrootcert: {}\n", ca.display());
+    let text = text
+        .replacen(
+            "  parameters:\n",
+            &format!(
+                "  pg_hba:\n  - local all all scram-sha-256\n  - hostssl replication replicator 127.0.0.1/32 scram-sha-256\n  \
+                 - hostnossl replication all 127.0.0.1/32 reject\n  - host all all 127.0.0.1/32 scram-sha-256\n  \
+                 parameters:\n    ssl: 'on'\n    ssl_cert_file: {}\n    ssl_key_file: {}\n",
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ),
+            1,
+        )
+        .replacen(
+            &format!("      password: {}\n", pgwarden_integration_tests::cluster::REPLICATION_PASSWORD),
+            &format!("      password: {}\n{verify}", pgwarden_integration_tests::cluster::REPLICATION_PASSWORD),
+            1,
+        )
+        .replacen(
+            &format!("      password: {}\n", pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD),
+            &format!("      password: {}\n{verify}", pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD),
+            1,
+        );
+    std::fs::write(&path, text).expect("write config");
+}
+
+#[tokio::test]
+async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    for name in ["node1", "node2", "node3"] {
+        cluster.add_node(name, "").expect("node");
+    }
+    let pki = pki(cluster.nodes[0].dir.path());
+    for i in 0..2 {
+        set_postgres_tls(&cluster, i, &pki, &pki.ca);
+    }
+    // node3 trusts another CA: it must not clone from a server it cannot verify.
+    set_postgres_tls(&cluster, 2, &pki, &pki.rogue_cert);
+    for node in &mut cluster.nodes {
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+    }
+    let leader =
+        cluster.wait_healthy_among(&[0, 1], UP).await.expect("node1 and node2: a primary and a streaming replica");
+    let replica = 1 - leader;
+    let streams = cluster.nodes[leader]
+        .psql(
+            "select application_name || ':' || ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+             order by 1",
+        )
+        .expect("pg_stat_ssl");
+    assert_eq!(streams, format!("node{}:true", replica + 1), "the one replica streams over TLS");
+
+    // A clean switchover: the old primary follows the new one, again over TLS.
+    let config = cluster.nodes[leader].config_path().display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[])
+            .expect("switchover");
+    assert!(ok, "{stdout}{stderr}");
+    wait_until("the old primary streaming over TLS from the new one", UP, || async {
+        let streams = cluster.nodes[replica]
+            .psql("select application_name || ':' || ssl from pg_stat_replication r join pg_stat_ssl s using (pid)")
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((streams == format!("node{}:true", leader + 1)).then_some(()))
+    })
+    .await
+    .expect("streaming after the switchover");
+
+    // node3 never got a copy: pg_basebackup refused the server's certificate.
+    let refused = wait_until("node3's clone to be refused", UP, || async {
+        let log = cluster.nodes[2].agent_log();
+        Ok::<_, String>(log.lines().find(|l| l.contains("certificate verify failed")).map(String::from))
+    })
+    .await
+    .expect("a clear refusal in node3's log");
+    println!("node3: {refused}");
+    assert!(!cluster.nodes[2].data_dir().join("PG_VERSION").exists(), "node3 has no data directory");
+    assert_ne!(cluster.nodes[2].check("/replica"), 200);
+}

@@ -183,8 +183,12 @@ impl Postgres {
         }
         let replication = &self.config.postgresql.authentication.replication;
         let conninfo = format!(
-            "host={} port={} user={} application_name={} connect_timeout=5",
-            upstream.host, upstream.port, replication.username, self.config.name
+            "host={} port={} user={} application_name={} connect_timeout=5{}",
+            upstream.host,
+            upstream.port,
+            replication.username,
+            self.config.name,
+            ssl_options(replication)
         );
         let mut cmd = Command::new(self.bins.path("pg_basebackup"));
         cmd.arg("-D").arg(&self.data_dir).arg("-d").arg(&conninfo).args(["--wal-method=stream", "--progress"]);
@@ -353,9 +357,7 @@ impl Postgres {
             self.config.name,
             self.pgpass.display()
         );
-        if let Some(mode) = &replication.sslmode {
-            conninfo.push_str(&format!(" sslmode={mode}"));
-        }
+        conninfo.push_str(&ssl_options(replication));
         conninfo
     }
 
@@ -523,8 +525,11 @@ impl Postgres {
         let auth = &self.config.postgresql.authentication;
         let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
         let conninfo = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=5",
-            source.host, source.port, user.username
+            "host={} port={} user={} dbname=postgres connect_timeout=5{}",
+            source.host,
+            source.port,
+            user.username,
+            ssl_options(user)
         );
         let mut cmd = Command::new(self.bins.path("pg_rewind"));
         cmd.arg(format!("--target-pgdata={}", self.data_dir.display()))
@@ -592,6 +597,31 @@ impl Postgres {
     }
 }
 
+/// The libpq SSL options of `credentials` (`sslmode`, `sslcert`, `sslkey`,
+/// `sslrootcert`) as conninfo text, each preceded by a space.
+fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
+    let mut text = String::new();
+    if let Some(mode) = &credentials.sslmode {
+        text.push_str(&format!(" sslmode={}", conninfo_value(mode)));
+    }
+    for (key, path) in
+        [("sslcert", &credentials.sslcert), ("sslkey", &credentials.sslkey), ("sslrootcert", &credentials.sslrootcert)]
+    {
+        if let Some(path) = path {
+            text.push_str(&format!(" {key}={}", conninfo_value(&path.display().to_string())));
+        }
+    }
+    text
+}
+
+/// A conninfo value, quoted when it holds spaces, quotes or backslashes.
+fn conninfo_value(value: &str) -> String {
+    if !value.is_empty() && !value.contains([' ', '\'', '\\']) {
+        return value.to_string();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +645,22 @@ mod tests {
         write_private(&path, "x").expect("write");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn ssl_options_name_every_file_and_quote_what_needs_it() {
+        let credentials = pgwarden_config::Credentials {
+            username: "replicator".into(),
+            sslmode: Some("verify-full".into()),
+            sslcert: Some("/etc/pg/client.crt".into()),
+            sslkey: Some("/etc/pg/my key's.key".into()),
+            sslrootcert: Some("/etc/pg/ca.crt".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ssl_options(&credentials),
+            " sslmode=verify-full sslcert=/etc/pg/client.crt sslkey='/etc/pg/my key\\'s.key' sslrootcert=/etc/pg/ca.crt"
+        );
+        assert_eq!(ssl_options(&pgwarden_config::Credentials::default()), "");
     }
 }
