@@ -10,6 +10,7 @@ mod address;
 mod dynamic;
 mod env;
 pub mod keys;
+pub mod logformat;
 mod postgres_bin;
 mod problem;
 mod read;
@@ -237,9 +238,11 @@ pub struct Log {
     /// A tracing filter directive: `debug`, `info`, `warn`, `error`.
     pub level: String,
     pub json: bool,
-    pub format: Option<String>,
+    /// `log.format` parsed (plain lines only); `None`: pgwarden's own layout.
+    pub format: Option<Vec<logformat::LogPart>>,
     pub dir: Option<PathBuf>,
-    pub dateformat: Option<String>,
+    /// `log.dateformat` parsed; `None`: Python's `2024-05-01 12:00:00,123`.
+    pub dateformat: Option<Vec<logformat::DatePart>>,
 }
 
 /// Settings Patroni lacks; every key optional (see `keys.tsv`).
@@ -687,13 +690,26 @@ fn log_section(r: &mut Reader<'_>) -> Log {
             other => other.to_string(),
         })
         .unwrap_or_else(|| "info".into());
-    Log {
-        level,
-        json: r.choice("log.type", &["plain", "json"]).is_some_and(|t| t == "json"),
-        format: r.string("log.format"),
-        dir: path_of(r, "log.dir"),
-        dateformat: r.string("log.dateformat"),
-    }
+    let json = r.choice("log.type", &["plain", "json"]).is_some_and(|t| t == "json");
+    let format = match r.get("log.format") {
+        // With type json Patroni takes a list of field names; pgwarden's json
+        // lines always carry timestamp, level, target and fields.
+        Some(_) if json => {
+            r.problems.warn(
+                "log.format",
+                "is ignored with log.type json: each json line carries timestamp, level, target and the fields",
+            );
+            None
+        }
+        Some(_) => r
+            .string("log.format")
+            .and_then(|text| logformat::parse_format(&text).map_err(|why| r.problems.error("log.format", why)).ok()),
+        None => None,
+    };
+    let dateformat = r.string("log.dateformat").and_then(|text| {
+        logformat::parse_dateformat(&text).map_err(|why| r.problems.error("log.dateformat", why)).ok()
+    });
+    Log { level, json, format, dir: path_of(r, "log.dir"), dateformat }
 }
 
 fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {

@@ -4,6 +4,7 @@
 //! the shutdown signal. It owns no service logic.
 
 pub mod grpc;
+mod logline;
 
 use std::path::PathBuf;
 
@@ -62,17 +63,29 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
                 .with_env_filter(filter)
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file));
-            if log.json { builder.json().try_init() } else { builder.try_init() }
+            match &log.format {
+                _ if log.json => builder.json().try_init(),
+                Some(parts) => builder.event_format(patroni_format(log, parts)).try_init(),
+                None => builder.try_init(),
+            }
         }
         None => {
             // Colour only on a terminal: journald and log files get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let builder =
                 tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-            if log.json { builder.json().try_init() } else { builder.try_init() }
+            match &log.format {
+                _ if log.json => builder.json().try_init(),
+                Some(parts) => builder.event_format(patroni_format(log, parts)).try_init(),
+                None => builder.try_init(),
+            }
         }
     };
     result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
+}
+
+fn patroni_format(log: &pgwarden_config::Log, parts: &[pgwarden_config::logformat::LogPart]) -> logline::PatroniFormat {
+    logline::PatroniFormat { parts: parts.to_vec(), dateformat: log.dateformat.clone() }
 }
 
 /// Loads the config, sets up logging and logs the config's warnings once.
