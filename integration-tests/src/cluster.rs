@@ -11,7 +11,7 @@ use crate::haproxy::Backend;
 use crate::port::free_port;
 use crate::postgres::binaries;
 use crate::process::{ChildGuard, TestDir, run_as_postgres};
-use crate::service::{http, spawn};
+use crate::service::spawn;
 use crate::wait::wait_until;
 
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
@@ -45,11 +45,11 @@ impl Node {
     /// `GET path` on this node's health API: the status code, or 0 when it
     /// does not answer.
     pub fn check(&self, path: &str) -> u16 {
-        http("GET", self.rest_port, path).map_or(0, |(status, _)| status)
+        crate::service::status_of(self.rest_port, path)
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
-        http("GET", self.rest_port, path).ok().map(|(_, body)| body)
+        crate::service::body_of(self.rest_port, path)
     }
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
@@ -128,8 +128,7 @@ impl Node {
     }
 
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        crate::postgres::postmaster_pid_in(&self.data_dir())
     }
 
     /// Stops PostgreSQL by data directory (immediate), as a harness must:
@@ -185,13 +184,13 @@ pub fn psql_port(port: u16, sql: &str) -> anyhow::Result<String> {
 }
 
 /// Node `i`'s config: Patroni format, fast timings, loopback only.
-fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, extra: &str) -> String {
+fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, ttl: u32, extra: &str) -> String {
     format!(
         "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
          \x20 authentication:\n    username: {rest_user}\n    password: {rest_password}\n\
          {etcd}\
-         bootstrap:\n  dcs:\n    ttl: 10\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
+         bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
          \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
          postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
          \x20 authentication:\n    superuser:\n      username: postgres\n      password: {su}\n\
@@ -225,6 +224,8 @@ pub struct PgwardenCluster {
     pub scope: String,
     pub nodes: Vec<Node>,
     pub etcd: EtcdCluster,
+    /// `bootstrap.dcs.ttl` of nodes added from now on (default 10; loop_wait 1, retry_timeout 3).
+    pub ttl: u32,
 }
 
 impl PgwardenCluster {
@@ -246,7 +247,7 @@ impl PgwardenCluster {
         extra: impl Fn(usize) -> String,
     ) -> anyhow::Result<Self> {
         let etcd = EtcdCluster::start(etcd_members).await?;
-        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd };
+        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd, ttl: 10 };
         for i in 1..=n {
             cluster.add_node(&format!("node{i}"), &extra(i))?;
         }
@@ -261,7 +262,29 @@ impl PgwardenCluster {
     /// As [`PgwardenCluster::start`], each node reaching etcd only through its
     /// own proxy, which a test can cut (`proxies[i]` serves `nodes[i]`).
     pub async fn start_behind_proxies(n: usize) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
+        Self::start_with_ttl(n, 10, true).await
+    }
+
+    /// `n` nodes with `bootstrap.dcs.ttl` = `ttl`, each behind its own etcd
+    /// proxy when `behind_proxies` (else the proxies list is empty).
+    pub async fn start_with_ttl(
+        n: usize,
+        ttl: u32,
+        behind_proxies: bool,
+    ) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
         let mut cluster = Self::start_with(0, |_| String::new()).await?;
+        cluster.ttl = ttl;
+        if !behind_proxies {
+            for i in 1..=n {
+                cluster.add_node(&format!("node{i}"), "")?;
+            }
+            for node in &mut cluster.nodes {
+                node.start_agent()?;
+                node.start_health()?;
+                node.start_controller()?;
+            }
+            return Ok((cluster, Vec::new()));
+        }
         let etcd_port: u16 = cluster.etcd.host_ports()[0]
             .rsplit(':')
             .next()
@@ -294,7 +317,7 @@ impl PgwardenCluster {
             health: None,
             controller: None,
         };
-        let yaml = node_config(name, &self.scope, &node, &self.etcd, extra_config);
+        let yaml = node_config(name, &self.scope, &node, &self.etcd, self.ttl, extra_config);
         std::fs::write(node.config_path(), yaml)?;
         crate::process::give_to_postgres(&node.config_path());
         node.health = None;
@@ -362,6 +385,14 @@ impl PgwardenCluster {
         let mut client = self.etcd.client().await?;
         let response = client.get(format!("/itest/{}/{key}", self.scope), None).await?;
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// The ttl (seconds) the lease of `key` was granted with; `None` without key or lease.
+    pub async fn lease_ttl(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        let mut client = self.etcd.client().await?;
+        let response = client.get(format!("/itest/{}/{key}", self.scope), None).await?;
+        let Some(lease) = response.kvs().first().map(|kv| kv.lease()).filter(|&l| l != 0) else { return Ok(None) };
+        Ok(Some(client.lease_time_to_live(lease, None).await?.granted_ttl()))
     }
 
     /// The leader's last published WAL position (`status.optime`), 0 if none.

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod grpc;
 pub mod haproxy;
+pub mod patroni;
 pub mod port;
 pub mod postgres;
 pub mod probe;

@@ -134,3 +134,24 @@ impl Drop for PgInstance {
         self.stop();
     }
 }
+
+/// The postmaster's pid from `data_dir/postmaster.pid`, while the file exists.
+pub fn postmaster_pid_in(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Stops the PostgreSQL of `data_dir` (immediate), as a harness must after a
+/// manager (pgwarden or Patroni) detached the postmaster from itself.
+pub fn stop_immediate(data_dir: &Path) {
+    if !data_dir.join("postmaster.pid").exists() {
+        return;
+    }
+    let mut cmd = Command::new(binaries().path("pg_ctl"));
+    cmd.arg("-D").arg(data_dir).args(["stop", "-m", "immediate", "-w", "-t", "10"]);
+    cmd.current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ = crate::process::run_as_postgres(&mut cmd).status();
+}

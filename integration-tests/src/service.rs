@@ -115,3 +115,13 @@ pub fn http_with(
     let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     Ok((status, body))
 }
+
+/// `GET path` on a REST port: the status code, or 0 when nothing answers.
+pub fn status_of(port: u16, path: &str) -> u16 {
+    http("GET", port, path).map_or(0, |(status, _)| status)
+}
+
+/// `GET path` on a REST port: the body, when something answers.
+pub fn body_of(port: u16, path: &str) -> Option<String> {
+    http("GET", port, path).ok().map(|(_, body)| body)
+}

@@ -298,3 +298,40 @@ async fn a_scheduled_restart_happens_on_time_and_can_be_deleted() {
     assert!(Instant::now() >= due, "not before its time");
     cluster.wait_healthy(UP).await.expect("healthy");
 }
+
+#[tokio::test]
+async fn a_ttl_edit_reaches_the_leases_and_a_demoted_primary_drops_its_member_slots() {
+    let (cluster, leader) = cluster().await;
+    let name = |i: usize| cluster.nodes[i].name.clone();
+    assert_eq!(cluster.lease_ttl("leader").await.expect("etcd"), Some(10), "bootstrap ttl");
+    let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--set", "ttl=20", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let replica = (leader + 1) % 3;
+    wait_until("the replicas' member leases at ttl 20", UP, || async {
+        let ttls = [
+            cluster.lease_ttl(&format!("members/{}", name(replica))).await.map_err(|e| e.to_string())?,
+            cluster.lease_ttl(&format!("members/{}", name((leader + 2) % 3))).await.map_err(|e| e.to_string())?,
+        ];
+        Ok::<_, String>((ttls == [Some(20), Some(20)]).then_some(()))
+    })
+    .await
+    .expect("member leases follow the live ttl");
+    assert_eq!(cluster.lease_ttl("leader").await.expect("etcd"), Some(10), "the leader keeps its lease meanwhile");
+    let (ok, stdout, stderr) = ctl(&cluster, &["switchover", "--candidate", &name(replica), "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), replica);
+    assert_eq!(cluster.lease_ttl("leader").await.expect("etcd"), Some(20), "the new leader's key has the live ttl");
+    // The old primary, now a replica, keeps no member slot (they would pin WAL forever).
+    wait_until("the demoted primary to drop its member slots", UP, || async {
+        let slots =
+            cluster.nodes[leader].psql("select count(*) from pg_replication_slots").map_err(|e| e.to_string())?;
+        Ok::<_, String>((slots == "0").then_some(()))
+    })
+    .await
+    .expect("no slots left on the old primary");
+    assert_eq!(
+        cluster.nodes[leader].psql("show cluster_name").expect("psql"),
+        cluster.scope,
+        "cluster_name is the scope"
+    );
+}

@@ -46,6 +46,10 @@ pub struct Agent {
     etcd: Etcd,
     keys: Keys,
     lease: Option<Lease>,
+    /// The ttl (seconds) asked for when `lease` was granted.
+    lease_ttl: u32,
+    /// When a replica last looked for member slots left from a term as primary.
+    replica_slots_checked: Option<Instant>,
     renewal: Option<RenewalHandle>,
     /// The renewal task proves the leader key (not only the lease).
     renewal_proves_leader: bool,
@@ -132,6 +136,8 @@ impl Agent {
             etcd,
             keys,
             lease: None,
+            lease_ttl: 0,
+            replica_slots_checked: None,
             renewal: None,
             renewal_proves_leader: false,
             upstream: None,
@@ -162,8 +168,10 @@ impl Agent {
         }
     }
 
-    fn election(&self) -> Election {
-        let dynamic = &self.config.bootstrap.dcs;
+    /// An election on the leader key whose new leases get `dynamic.ttl`: the
+    /// live ttl from the `config` key, not the local file's `bootstrap.dcs`
+    /// (a migrated or edited cluster's may differ).
+    fn election(&self, dynamic: &DynamicConfig) -> Election {
         Election::new(
             self.etcd.clone(),
             ElectionSettings {
@@ -176,8 +184,13 @@ impl Agent {
         )
     }
 
+    /// Renewal pace: a quarter of the shorter of the live ttl and the ttl the
+    /// held lease was granted with (a lease granted before a ttl increase
+    /// must still be renewed before it expires).
     fn renew_interval(&self, dynamic: &DynamicConfig) -> Duration {
-        election::default_interval(Duration::from_secs(u64::from(dynamic.ttl)))
+        let live = Duration::from_secs(u64::from(dynamic.ttl));
+        let granted = self.lease.map_or(live, |lease| lease.granted_ttl);
+        election::default_interval(live.min(granted))
     }
 
     /// The current lease state, if a renewal task runs.
@@ -194,8 +207,15 @@ impl Agent {
 
     /// Makes sure a live lease exists and a renewal task keeps it.
     async fn ensure_lease(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let ttl_changed = self.lease.is_some() && self.lease_ttl != dynamic.ttl;
         if let Some(LeaseState::Held { .. }) = self.lease_state() {
-            return Ok(());
+            // A member lease follows a ttl change at once (a new lease, the
+            // member key put again on it); the leader's lease keeps its ttl
+            // until the key changes hands.
+            if !ttl_changed || self.renewal_proves_leader {
+                return Ok(());
+            }
+            info!(ttl = dynamic.ttl, "ttl changed: a new member lease");
         }
         if let Some(LeaseState::Lost { reason, .. }) = self.lease_state() {
             warn!(reason, "lease lost");
@@ -205,8 +225,8 @@ impl Agent {
         }
         self.renewal_proves_leader = false;
         // The old lease may still live (only the leader proof failed): keep it.
-        let mut election = self.election();
-        let mut kept = self.lease;
+        let mut election = self.election(dynamic);
+        let mut kept = self.lease.filter(|_| !ttl_changed);
         let alive = match kept.as_mut() {
             Some(lease) => election.keep_alive(lease).await.is_ok(),
             None => false,
@@ -215,6 +235,7 @@ impl Agent {
             Some(lease) if alive => lease,
             _ => {
                 let lease = election.grant().await.context("grant a lease")?;
+                self.lease_ttl = dynamic.ttl;
                 info!(lease = format_args!("{:x}", lease.id), ttl = ?lease.granted_ttl, "lease granted");
                 self.last_member_json = None;
                 lease
@@ -235,7 +256,7 @@ impl Agent {
             let _ = handle.stop().await;
         }
         self.lease = Some(lease);
-        self.renewal = Some(spawn_renewal(self.election(), lease, self.renew_interval(dynamic), true));
+        self.renewal = Some(spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true));
         self.renewal_proves_leader = true;
     }
 
@@ -506,7 +527,13 @@ impl Agent {
         if let (Some(action), Some(view)) = (&decision.action, view.as_ref()) {
             match self.execute(action, view, &dynamic, &obs).await {
                 Ok(tick_again) => again = tick_again,
-                Err(e) => warn!(?action, "failed to {e:#}"),
+                Err(e) => {
+                    warn!(?action, "failed to {e:#}");
+                    // Not again before loop_wait: etcd events wake the loop
+                    // many times a second, and a failure that repeats (a
+                    // permission, a refused clone) would spin and flood the log.
+                    tokio::time::sleep(self.loop_wait).await;
+                }
             }
         } else if decision.action == Some(Action::Demote) {
             // No etcd and no proof: fence all the same.
@@ -560,6 +587,11 @@ impl Agent {
                 && let Err(e) = self.leader_housekeeping(view, &local, &dynamic).await
             {
                 warn!("failed to keep the cluster keys: {e:#}");
+            }
+            if !obs.holds_leader
+                && let Err(e) = self.drop_replica_slots(view, &local).await
+            {
+                warn!("failed to drop the member slots kept from a term as primary: {e:#}");
             }
         }
         self.view.send_replace(HaView {
@@ -709,7 +741,7 @@ impl Agent {
         }
         self.lease = Some(lease);
         self.renewal_proves_leader = false;
-        let mut election = self.election();
+        let mut election = self.election(dynamic);
         let released = election.release(&lease).await;
         self.renewal = Some(spawn_renewal(election, lease, self.renew_interval(dynamic), false));
         self.released_at = Some(Instant::now());
@@ -884,7 +916,7 @@ impl Agent {
             let local = self.local.borrow().clone();
             self.publish_member(&local).await?;
         }
-        let mut election = self.election();
+        let mut election = self.election(dynamic);
         match election.acquire(&lease).await? {
             Acquired::Won { .. } => {
                 info!("took the leader key");
@@ -1001,7 +1033,7 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.require_fencer()?;
-        let mut election = self.election();
+        let mut election = self.election(dynamic);
         match election.acquire(&lease).await? {
             Acquired::Won { .. } => {}
             Acquired::Held(holder) => bail!("{} took the leader key during bootstrap", holder.member),
@@ -1117,7 +1149,11 @@ impl Agent {
         if self.last_optime != Some(sql.xlog_location) {
             let mut status = view.status.clone().unwrap_or_default();
             status.optime = sql.xlog_location;
-            let value = serde_json::to_string(&Status { optime: sql.xlog_location, ..status })?;
+            // Slot positions are not published: a stale copy (Patroni's
+            // last, after a migration) would mislead a Patroni member.
+            let status =
+                Status { optime: sql.xlog_location, slots: Default::default(), retain_slots: Vec::new(), ..status };
+            let value = serde_json::to_string(&status)?;
             let key = self.keys.status();
             self.etcd
                 .call(|mut client| {
@@ -1284,6 +1320,29 @@ impl Agent {
             }
         }
         sql::close(conn).await;
+        Ok(())
+    }
+
+    /// On a replica: drops the inactive member slots it kept from a term as
+    /// primary (they pin WAL forever; the next leader creates its own).
+    /// Checked when the replica starts and then once a minute.
+    async fn drop_replica_slots(&mut self, view: &ClusterView, local: &Local) -> anyhow::Result<()> {
+        if !local.sql.as_ref().is_some_and(|s| s.in_recovery) {
+            self.replica_slots_checked = None;
+            return Ok(());
+        }
+        if self.replica_slots_checked.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return Ok(());
+        }
+        let mut conn = self.connect().await?;
+        let stale = sql::inactive_physical_slots(&mut conn).await?;
+        let members: Vec<String> = view.members.iter().map(|m| slot_name(&m.name)).collect();
+        for slot in stale.iter().filter(|s| members.contains(s)) {
+            info!(slot, "dropping a member slot kept from a term as primary");
+            sql::drop_slot(&mut conn, slot).await?;
+        }
+        sql::close(conn).await;
+        self.replica_slots_checked = Some(Instant::now());
         Ok(())
     }
 

@@ -68,21 +68,33 @@ fn pgpass_escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
-/// Writes a file only the owner may read, replacing it atomically.
+/// Writes a file only the owner may read, replacing it atomically through
+/// `<name>.pgwarden-tmp` beside it. Where the directory is not writable
+/// (a pgpass file placed in a root-owned directory), the file itself is
+/// rewritten in place instead.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("create {}", tmp.display()))?;
-        file.write_all(contents.as_bytes()).with_context(|| format!("write {}", tmp.display()))?;
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".pgwarden-tmp");
+    let tmp = path.with_file_name(name);
+    let write = |target: &Path| -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(target)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()
+    };
+    match write(&tmp) {
+        Ok(()) => std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => write(path).with_context(|| {
+            format!(
+                "write {} (its directory is not writable, and neither is the file: \
+                     make the file or its directory writable by the user pgwarden runs as)",
+                path.display()
+            )
+        }),
+        Err(e) => Err(e).with_context(|| {
+            format!("create {} (the directory must be writable by the user pgwarden runs as)", tmp.display())
+        }),
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
 }
 
 impl Postgres {
@@ -248,6 +260,8 @@ impl Postgres {
         // A follower re-pointed at a new leader retries every this often
         // (PostgreSQL's default of 5 s would dominate a failover).
         set(&mut params, "wal_retrieve_retry_interval", "1s".into());
+        // As Patroni: the scope names the server in process titles and logs.
+        set(&mut params, "cluster_name", self.config.scope.clone());
         if self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind) {
             set(&mut params, "wal_log_hints", "on".into());
         }
@@ -662,5 +676,19 @@ mod tests {
             " sslmode=verify-full sslcert=/etc/pg/client.crt sslkey='/etc/pg/my key\\'s.key' sslrootcert=/etc/pg/ca.crt"
         );
         assert_eq!(ssl_options(&pgwarden_config::Credentials::default()), "");
+    }
+
+    #[test]
+    fn private_files_are_replaced_whole_with_mode_0600_and_no_temp_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node1.pgpass_pgwarden");
+        write_private(&path, "first\n").expect("write");
+        write_private(&path, "second\n").expect("replace");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "second\n");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("node1.pgpass_pgwarden")], "no temp file left beside it");
     }
 }

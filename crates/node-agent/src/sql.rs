@@ -276,6 +276,16 @@ pub async fn physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Strin
         .context("list replication slots")
 }
 
+/// Physical slots no walsender uses.
+pub async fn inactive_physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar::<_, String>(
+        "select slot_name::text from pg_replication_slots where slot_type = 'physical' and not active",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .context("list inactive replication slots")
+}
+
 pub async fn create_slot(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     sqlx::query("select pg_create_physical_replication_slot($1, true)")
         .bind(name)
