@@ -3,12 +3,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test demo demo-stop demo-status fmt bench-failover bench-health install
+.PHONY: help setup build check test demo demo-stop demo-status fmt bench bench-smoke bench-health install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: ## Install PostgreSQL 15, etcd, HAProxy and protoc (apt) if missing
+setup: ## Install PostgreSQL 15, etcd, HAProxy, protoc, wrk (apt) and Patroni (PyPI, for the migration test) if missing
 	@./scripts/install-deps.sh
 
 build: setup ## Build every crate and binary
@@ -21,13 +21,14 @@ check: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: build ## Run every test (unit, property, and integration against real etcd/PostgreSQL/HAProxy)
+test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni) and the benchmark's smoke mode
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory bench-smoke
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up
@@ -38,8 +39,15 @@ demo-status: ## Show the demo cluster
 demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 	@./scripts/demo.sh down
 
-bench-failover: build ## Measure write unavailability per fault (3 runs each; REPEATS=n to change)
-	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- $${REPEATS:-3}
+BENCH_PROFILE ?= release
+BENCH_ARGS ?=
+
+bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (~25 min)
+	$(CARGO) build --workspace --bins $(if $(filter release,$(BENCH_PROFILE)),--release,)
+	$(CARGO) run -q $(if $(filter release,$(BENCH_PROFILE)),--release,) -p pgwarden-integration-tests --bin failover-bench -- $(BENCH_ARGS)
+
+bench-smoke: build ## The benchmark's short mode (pgwarden only, two scenarios; report in target/bench-smoke)
+	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- --smoke
 
 bench-health: ## GET /primary latency and requests/s on one core (wrk, 10 s; needs `make demo` running)
 	@./scripts/bench-health.sh

@@ -4,8 +4,10 @@
 # when everything is already there.
 set -euo pipefail
 
-# curl and procps: the demo's checks and the tests' process listing.
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps keepalived)
+# curl and procps: the demo's checks and the tests' process listing; wrk and
+# util-linux (taskset): the health-check benchmark; python3-venv: Patroni for
+# the migration test and the side-by-side benchmark.
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps keepalived wrk util-linux python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -22,3 +24,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust stable) is required" >&2; exit 1; }
 echo "install-deps: postgresql-15, etcd, haproxy and protoc are installed"
+# Patroni from PyPI (pinned) in a virtual environment the postgres user can
+# run: the migration test starts a Patroni cluster and moves it to pgwarden.
+"$(dirname "$0")/install-patroni.sh"

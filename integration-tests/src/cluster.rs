@@ -70,6 +70,14 @@ impl Node {
         Ok(())
     }
 
+    /// The running pgwarden services of this node and their pids.
+    pub fn service_pids(&self) -> Vec<(&'static str, u32)> {
+        [("pgwarden-agent", &self.agent), ("pgwarden-health", &self.health), ("pgwarden-controller", &self.controller)]
+            .into_iter()
+            .filter_map(|(name, child)| child.as_ref().and_then(ChildGuard::pid).map(|pid| (name, pid)))
+            .collect()
+    }
+
     /// Kills the controller at once (SIGKILL).
     pub fn kill_controller(&mut self) {
         if let Some(mut controller) = self.controller.take() {

@@ -65,8 +65,13 @@ pub struct Backend {
 /// `deploy/haproxy/haproxy-fast.cfg` rewritten for loopback: the same sections, checks
 /// and options, with the given ports and these nodes as servers.
 pub fn deploy_config(write_port: u16, read_port: u16, stats_port: u16, nodes: &[Backend]) -> String {
-    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy/haproxy-fast.cfg"))
-        .expect("read deploy/haproxy/haproxy-fast.cfg");
+    deploy_config_from("haproxy-fast.cfg", write_port, read_port, stats_port, nodes)
+}
+
+/// As [`deploy_config`], from another file of `deploy/haproxy/` (e.g. `haproxy-classic.cfg`).
+pub fn deploy_config_from(file: &str, write_port: u16, read_port: u16, stats_port: u16, nodes: &[Backend]) -> String {
+    let path = format!("{}/../deploy/haproxy/{file}", env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     let mut out = String::new();
     for line in template.lines() {
         let trimmed = line.trim_start();

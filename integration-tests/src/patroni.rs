@@ -44,6 +44,8 @@ pub struct PatroniNode {
     pub rest_port: u16,
     pub pg_port: u16,
     patroni: Option<ChildGuard>,
+    /// pgwarden's agent, health API and controller, once the node is migrated.
+    pgwarden: Vec<ChildGuard>,
 }
 
 impl PatroniNode {
@@ -115,6 +117,51 @@ impl PatroniNode {
         }
     }
 
+    /// The config pgwarden reads on this node after the migration: the same
+    /// `patroni.yml`, with the pgpass file moved out of the way of Patroni's
+    /// and pgwarden's gRPC listeners on free ports (docs/migrating-from-patroni.md).
+    pub fn write_pgwarden_config(&self) -> anyhow::Result<PathBuf> {
+        let yaml = std::fs::read_to_string(self.config_path())?;
+        let pgpass = format!("  pgpass: {}/pgpass\n", self.dir.path().display());
+        anyhow::ensure!(yaml.contains(&pgpass), "patroni.yml sets postgresql.pgpass");
+        let yaml = yaml.replace(&pgpass, &format!("  pgpass: {}/pgpass_pgwarden\n", self.dir.path().display()));
+        let yaml = format!(
+            "{yaml}pgwarden:\n  agent_grpc_listen: 127.0.0.1:{}\n  controller_grpc_listen: 127.0.0.1:{}\n",
+            free_port(),
+            free_port()
+        );
+        let path = self.dir.path().join("pgwarden.yml");
+        write_config(&path, &yaml)?;
+        Ok(path)
+    }
+
+    /// Starts pgwarden's three services on this node (Patroni must be stopped).
+    pub fn start_pgwarden(&mut self) -> anyhow::Result<()> {
+        let config = self.dir.path().join("pgwarden.yml").display().to_string();
+        for (binary, label) in
+            [("pgwarden-health", "health"), ("pgwarden-agent", "agent"), ("pgwarden-controller", "controller")]
+        {
+            self.pgwarden.push(crate::service::spawn(binary, &[&config], &self.dir, label)?);
+        }
+        Ok(())
+    }
+
+    /// Stops pgwarden on this node as `systemctl stop pgwarden.target` does:
+    /// the agent cleanly (it stops PostgreSQL), then the others.
+    pub fn stop_pgwarden(&mut self) {
+        let mut services: Vec<ChildGuard> = self.pgwarden.drain(..).collect();
+        if let Some(agent) = services.iter_mut().find(|s| s.name == "pgwarden-agent") {
+            agent.terminate(Duration::from_secs(60));
+        }
+        for mut service in services {
+            service.terminate(Duration::from_secs(10));
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("patroni.log")).unwrap_or_default()
     }
@@ -127,6 +174,9 @@ impl PatroniNode {
 impl Drop for PatroniNode {
     fn drop(&mut self) {
         self.kill();
+        for mut service in self.pgwarden.drain(..) {
+            service.kill();
+        }
         self.stop_postgres();
     }
 }
@@ -223,6 +273,7 @@ impl PatroniCluster {
             rest_port: free_port(),
             pg_port: free_port(),
             patroni: None,
+            pgwarden: Vec::new(),
         };
         write_config(&node.config_path(), &node_config(&self.scope, &node, etcd_hosts, timings))?;
         self.nodes.push(node);

@@ -654,6 +654,10 @@ impl Agent {
             }
             Action::Follow { upstream } => {
                 let target = self.upstream_of(view, upstream)?;
+                // The new primary_conninfo names the pgpass file: it must
+                // hold the password before the WAL receiver reconnects (an
+                // adopted replica may never have had it written).
+                self.pg.write_pgpass()?;
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(target) }, false)?;
                 self.pg.reload().await?;
                 info!(upstream, "following");

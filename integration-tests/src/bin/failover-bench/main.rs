@@ -1,0 +1,245 @@
+//! Failover benchmark, pgwarden side by side with Patroni: brings up etcd + 3
+//! nodes + HAProxy (the same deploy/haproxy/haproxy-fast.cfg for every
+//! system) on loopback, runs a client writing a row every 5 ms through
+//! HAProxy, probes every node directly for writability, injects a fault and
+//! measures:
+//!
+//! - write unavailability: the longest gap between acknowledged writes after the fault;
+//! - the time to a new `/primary` 200;
+//! - acknowledged rows missing on the final primary;
+//! - seconds during which two nodes accepted writes (every node probed directly);
+//! - the time until the old primary streams again (its agent restarted or
+//!   thawed, its path to etcd restored, its node restarted).
+//!
+//! Systems (`--systems`): `pgwarden` (ttl 10, loop_wait 1, retry_timeout 3),
+//! `pgwarden-ttl20` (Patroni's tightest timings), `patroni` (Patroni from PyPI
+//! in the virtual environment of scripts/install-patroni.sh, ttl 20). Runs
+//! alternate between systems (repetition, then scenario, then system), so that
+//! machine noise hits all alike. Then the footprint at idle (RSS, CPU seconds
+//! per hour, etcd requests per minute) and the health check under `wrk`.
+//! The report (`benchmarks.md` and one SVG timeline per scenario) goes to
+//! `--out` (default docs/).
+//!
+//!     failover-bench [--repeats N] [--systems a,b] [--out DIR] [--smoke] [SCENARIO...]
+//!
+//! Scenarios: switchover, postgres-killed, node-lost, agent-killed,
+//! agent-frozen, etcd-cut (the default set), agent-stopped, etcd-stopped.
+//! Needs the workspace's binaries built and root or the `postgres` user.
+
+mod footprint;
+mod report;
+mod svg;
+mod systems;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::probe::WriteProbe;
+use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::{HaProxy, free_port, wait_until};
+use systems::{Cluster, System};
+
+const UP: Duration = Duration::from_secs(120);
+
+pub const DEFAULT_SCENARIOS: [&str; 6] =
+    ["switchover", "postgres-killed", "node-lost", "agent-killed", "agent-frozen", "etcd-cut"];
+
+#[derive(Debug, Parser)]
+#[command(about = "pgwarden and Patroni failover benchmark on loopback")]
+struct Args {
+    /// Runs per scenario and system.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Systems to compare (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [System::Pgwarden, System::PgwardenTtl20, System::Patroni])]
+    systems: Vec<System>,
+    /// Where benchmarks.md and the SVG timelines go.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// Seconds each system idles for the footprint measurement.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
+    /// Seconds of `wrk` per system for the health-check measurement.
+    #[arg(long, default_value_t = 10)]
+    wrk_seconds: u64,
+    /// CI's short mode: pgwarden only, one run of switchover and
+    /// postgres-killed, 5 s of idle and 2 s of wrk, the report under target/.
+    #[arg(long)]
+    smoke: bool,
+    /// Scenarios (default: the comparison set).
+    scenarios: Vec<String>,
+}
+
+/// One run's measurements.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub unavailable: Duration,
+    pub to_primary: Duration,
+    pub lost: usize,
+    pub acked: usize,
+    pub two_writers: f64,
+    /// Fault to the old primary streaming again.
+    pub rejoined: Option<Duration>,
+    /// Acknowledgement times, seconds relative to the fault (for the plot).
+    pub acks: Vec<f64>,
+}
+
+async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
+    let mut cluster = system.start(scenario == "etcd-cut").await?;
+    let leader = cluster.wait_healthy(UP).await?;
+    let (write, read, stats) = (free_port(), free_port(), free_port());
+    let _haproxy =
+        HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
+    let writer = Writer::start(write, SUPERUSER_PASSWORD, "bench", Duration::from_millis(5)).await?;
+    let probe = WriteProbe::start(&cluster.pg_ports(), SUPERUSER_PASSWORD);
+    // Writes flow before the fault.
+    writer.wait_ack_after(Instant::now(), UP).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fault = Instant::now();
+    match scenario {
+        "switchover" => cluster.switchover(leader).await?,
+        "postgres-killed" => {
+            let pid = cluster.postmaster_pid(leader).ok_or_else(|| anyhow::anyhow!("no postmaster"))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        }
+        "node-lost" => cluster.kill_node(leader),
+        "agent-stopped" => match &mut cluster {
+            Cluster::Pgwarden(c, _) => {
+                c.nodes[leader].stop_agent();
+            }
+            Cluster::Patroni(c) => {
+                c.nodes[leader].stop();
+            }
+        },
+        "agent-killed" => cluster.kill_agent(leader),
+        "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGSTOP),
+        "etcd-cut" => cluster.proxy(leader).cut(),
+        "etcd-stopped" => match &mut cluster {
+            Cluster::Pgwarden(c, _) => c.etcd.kill(0),
+            Cluster::Patroni(c) => c.etcd.kill(0),
+        },
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+    // The old primary stops answering 200 (it may come back as the primary:
+    // PostgreSQL restarted in place, or the same node after etcd returns).
+    wait_until("the old primary's /primary to fail", UP, || async {
+        Ok::<_, String>((cluster.check(leader, "/primary") != 200).then_some(()))
+    })
+    .await?;
+    if scenario == "etcd-stopped" {
+        match &mut cluster {
+            Cluster::Pgwarden(c, _) => c.etcd.restart(0).await?,
+            Cluster::Patroni(c) => c.etcd.restart(0).await?,
+        }
+    }
+    let primary = wait_until("a primary after the fault", UP, || async {
+        match cluster.answering("/primary").as_slice() {
+            [one] => Ok(Some(*one)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let to_primary = fault.elapsed();
+    writer.wait_ack_after(fault + to_primary, UP).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = writer.stop().await;
+    let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
+    // The old primary back: its agent restarted or thawed, etcd reachable
+    // again, its node restarted; then streaming from the new primary.
+    match scenario {
+        "agent-stopped" | "agent-killed" => cluster.restart_node(leader, false)?,
+        "node-lost" => cluster.restart_node(leader, true)?,
+        "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGCONT),
+        "etcd-cut" => cluster.proxy(leader).restore(),
+        _ => {}
+    }
+    let rejoined = cluster.wait_healthy(UP).await.ok().map(|_| fault.elapsed());
+    let two_writers = probe.stop().await.two_writer_seconds();
+    let acks = report
+        .acked
+        .iter()
+        .map(|(_, at)| {
+            if *at >= fault { at.duration_since(fault).as_secs_f64() } else { -fault.duration_since(*at).as_secs_f64() }
+        })
+        .collect();
+    Ok(Run {
+        unavailable: report.max_gap_after(fault),
+        to_primary,
+        lost,
+        acked: report.acked.len(),
+        two_writers,
+        rejoined,
+        acks,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.systems = vec![System::Pgwarden];
+        args.repeats = 1;
+        args.idle_seconds = 5;
+        args.wrk_seconds = 2;
+        if args.scenarios.is_empty() {
+            args.scenarios = vec!["switchover".into(), "postgres-killed".into()];
+        }
+        if args.out == std::path::Path::new("docs") {
+            args.out = PathBuf::from("target/bench-smoke");
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = DEFAULT_SCENARIOS.map(String::from).to_vec();
+    }
+    let started = Instant::now();
+    let mut results = report::Results::new(&args.systems, &args.scenarios);
+    println!(
+        "failover benchmark: {} run(s) per scenario and system; systems: {}",
+        args.repeats,
+        args.systems.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
+    );
+    for repetition in 1..=args.repeats {
+        for scenario in &args.scenarios {
+            for &system in &args.systems {
+                let run = run_once(system, scenario).await?;
+                println!(
+                    "[{repetition}/{}] {scenario:<16} {:<18} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {}",
+                    args.repeats,
+                    system.label(),
+                    run.unavailable.as_secs_f64(),
+                    run.to_primary.as_secs_f64(),
+                    run.lost,
+                    run.acked,
+                    run.two_writers,
+                    run.rejoined.map_or("no".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                );
+                results.add(system, scenario, run);
+            }
+        }
+    }
+    let mut footprints = Vec::new();
+    let mut health = Vec::new();
+    for &system in &args.systems {
+        let cluster = system.start(false).await?;
+        let leader = cluster.wait_healthy(UP).await?;
+        footprints.push(footprint::idle(system, &cluster, Duration::from_secs(args.idle_seconds)).await?);
+        health.push(footprint::health(system, &cluster, leader, args.wrk_seconds)?);
+    }
+    std::fs::create_dir_all(args.out.join("benchmarks"))?;
+    let markdown = report::markdown(&results, &footprints, &health, &args.scenarios, args.repeats, started.elapsed());
+    for scenario in &args.scenarios {
+        let picture = svg::timeline(scenario, &results.median_runs(scenario));
+        std::fs::write(args.out.join("benchmarks").join(format!("{scenario}.svg")), picture)?;
+    }
+    std::fs::write(args.out.join("benchmarks.md"), &markdown)?;
+    println!("{markdown}");
+    println!(
+        "report written to {} ({:.0} s in all)",
+        args.out.join("benchmarks.md").display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
