@@ -88,7 +88,7 @@ pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String
     http_with(method, port, path, &[], "", std::time::Duration::from_secs(2))
 }
 
-/// As [`http`], with extra headers, a body and a read timeout.
+/// As [`http`], with extra headers, a body and a timeout (connect, write and read each).
 pub fn http_with(
     method: &str,
     port: u16,
@@ -98,8 +98,12 @@ pub fn http_with(
     timeout: std::time::Duration,
 ) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    // A bounded connect: a frozen server's full accept queue drops SYNs,
+    // and an unbounded connect would wait for the kernel to give up.
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len())?;
     for (name, value) in headers {
         write!(stream, "{name}: {value}\r\n")?;

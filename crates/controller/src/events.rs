@@ -104,10 +104,14 @@ pub async fn run(cluster: Cluster, events: broadcast::Sender<ClusterEvent>, mut 
             }
             previous = Some(view);
         }
+        // The watch wakes every controller on each change; the active one
+        // also looks every 2 s (requests fall due without any change), the
+        // others every 10 s (a safety net for a watch that went quiet).
+        let pace = if was_active.this_one { Duration::from_secs(2) } else { Duration::from_secs(10) };
         tokio::select! {
             () = wake.notified() => {}
             _ = active.changed() => {}
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = tokio::time::sleep(pace) => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! this member's key and (as leader) the cluster's keys current.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -79,7 +80,10 @@ pub struct Agent {
     loop_wait: Duration,
     local: watch::Receiver<Local>,
     view: watch::Sender<HaView>,
-    wake: std::sync::Arc<Notify>,
+    wake: std::sync::Arc<ClusterWatch>,
+    /// The last cluster view read from etcd, the watch generation it was
+    /// read at and when: reused while the watch reports no change.
+    cached_view: Option<(ClusterView, u64, Instant)>,
     fencer_acks: crate::grpc::FencerAcks,
     /// Restart, reinitialize, reload, parameter checks: carried out between ticks.
     commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
@@ -112,6 +116,34 @@ pub struct Requests {
 
 /// A fencer acknowledgement older than this does not count.
 const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// How long a cluster view read from etcd is reused while the watch on the
+/// cluster's prefix reports no change (a safety net against a watch that
+/// went quiet without an error).
+const MAX_VIEW_AGE: Duration = Duration::from_secs(5);
+
+/// The cluster watch's signals to the HA loop: a wake-up on every change,
+/// a generation that grows with every change (and whenever the watch starts
+/// or ends, as events may have been missed), and whether a watch runs.
+#[derive(Debug, Default)]
+pub struct ClusterWatch {
+    pub wake: Notify,
+    pub generation: AtomicU64,
+    pub watching: AtomicBool,
+}
+
+impl ClusterWatch {
+    /// Something under the prefix changed (or may have).
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    pub fn set_watching(&self, watching: bool) {
+        self.watching.store(watching, Ordering::SeqCst);
+        self.changed();
+    }
+}
 
 impl Agent {
     pub fn new(
@@ -163,7 +195,8 @@ impl Agent {
             loop_wait: Duration::from_secs(1),
             local,
             view,
-            wake: std::sync::Arc::new(Notify::new()),
+            wake: std::sync::Arc::new(ClusterWatch::default()),
+            cached_view: None,
             fencer_acks,
         }
     }
@@ -473,15 +506,27 @@ impl Agent {
     /// One tick. Returns whether to tick again at once.
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
-        let view = match dcs::read_cluster(&self.etcd, &self.keys).await {
-            Ok(view) => {
+        let generation = self.wake.generation.load(Ordering::SeqCst);
+        let cached = self.cached_view.as_ref().filter(|(_, read_at, at)| {
+            self.wake.watching.load(Ordering::SeqCst) && *read_at == generation && at.elapsed() < MAX_VIEW_AGE
+        });
+        let view = match cached {
+            Some((view, _, _)) => {
                 self.last_dcs_seen_unix_ms = crate::now_unix_ms();
-                Some(view)
+                Some(view.clone())
             }
-            Err(e) => {
-                warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
-                None
-            }
+            None => match dcs::read_cluster(&self.etcd, &self.keys).await {
+                Ok(view) => {
+                    self.last_dcs_seen_unix_ms = crate::now_unix_ms();
+                    self.cached_view = Some((view.clone(), generation, Instant::now()));
+                    Some(view)
+                }
+                Err(e) => {
+                    warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
+                    self.cached_view = None;
+                    None
+                }
+            },
         };
         let etcd_read_duration = started.elapsed();
         let dynamic = self.dynamic(view.as_ref());
@@ -1351,7 +1396,7 @@ impl Agent {
     }
 
     /// A handle that wakes the loop early (etcd watch events).
-    pub fn waker(&self) -> std::sync::Arc<Notify> {
+    pub fn waker(&self) -> std::sync::Arc<ClusterWatch> {
         self.wake.clone()
     }
 
@@ -1397,6 +1442,7 @@ impl Agent {
                 }
             };
             let wake = self.wake.clone();
+            let wake = &wake.wake;
             let command = tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(loop_wait) => None,
@@ -1494,7 +1540,7 @@ impl Agent {
                 self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
                 let aside = self.pg.move_aside("reinit").map_err(failed)?;
                 self.upstream = None;
-                self.wake.notify_one();
+                self.wake.wake.notify_one();
                 reply(true, format!("reinitialize started: the old data directory is kept at {}", aside.display()))
             }
             Command::Reload => {

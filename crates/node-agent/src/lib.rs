@@ -185,20 +185,25 @@ async fn compose_loop(
     }
 }
 
-/// Wakes the HA loop on every change under the cluster's prefix.
-async fn watch_cluster(etcd: dcs::Etcd, prefix: String, wake: std::sync::Arc<tokio::sync::Notify>) {
+/// Tells the HA loop about every change under the cluster's prefix (and
+/// when the watch starts or ends, so that it reads etcd again).
+async fn watch_cluster(etcd: dcs::Etcd, prefix: String, watch: std::sync::Arc<ha::ClusterWatch>) {
     loop {
         match election::watch(&etcd, &prefix, true, None).await {
-            Ok(mut watcher) => loop {
-                match watcher.next().await {
-                    Ok(Some(_)) => wake.notify_one(),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("cluster watch ended: {e}");
-                        break;
+            Ok(mut watcher) => {
+                watch.set_watching(true);
+                loop {
+                    match watcher.next().await {
+                        Ok(Some(_)) => watch.changed(),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!("cluster watch ended: {e}");
+                            break;
+                        }
                     }
                 }
-            },
+                watch.set_watching(false);
+            }
             Err(e) => tracing::debug!("failed to watch the cluster: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -98,6 +98,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
     // Writes flow before the fault.
     writer.wait_ack_after(Instant::now(), UP).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let old_postmaster = cluster.postmaster_pid(leader);
     let fault = Instant::now();
     match scenario {
         "switchover" => cluster.switchover(leader).await?,
@@ -123,29 +124,42 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
         },
         other => anyhow::bail!("unknown scenario {other}"),
     }
-    // The old primary stops answering 200 (it may come back as the primary:
-    // PostgreSQL restarted in place, or the same node after etcd returns).
-    wait_until("the old primary's /primary to fail", UP, || async {
-        Ok::<_, String>((cluster.check(leader, "/primary") != 200).then_some(()))
-    })
-    .await?;
     if scenario == "etcd-stopped" {
+        // etcd returns once the primary stopped serving (fenced or demoted).
+        wait_until("the old primary's /primary to fail", UP, || async {
+            Ok::<_, String>((cluster.check(leader, "/primary") != 200).then_some(()))
+        })
+        .await?;
         match &mut cluster {
             Cluster::Pgwarden(c, _) => c.etcd.restart(0).await?,
             Cluster::Patroni(c) => c.etcd.restart(0).await?,
         }
     }
-    let primary = wait_until("a primary after the fault", UP, || async {
+    // A new primary: one node answers 200 on /primary and it is another node,
+    // or the same node with a new postmaster (restarted in place). Patroni's
+    // REST API can answer 200 from its last view while PostgreSQL is down,
+    // so a 200 from the old postmaster does not count.
+    wait_until("a new primary after the fault", UP, || async {
         match cluster.answering("/primary").as_slice() {
-            [one] => Ok(Some(*one)),
+            [one] if *one != leader || cluster.postmaster_pid(*one).is_some_and(|pid| Some(pid) != old_postmaster) => {
+                Ok(Some(*one))
+            }
             other => Err(format!("{other:?}")),
         }
     })
     .await?;
     let to_primary = fault.elapsed();
     writer.wait_ack_after(fault + to_primary, UP).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writes go on a little, so that the timeline shows them back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let report = writer.stop().await;
+    let primary = wait_until("one primary", UP, || async {
+        match cluster.answering("/primary").as_slice() {
+            [one] => Ok(Some(*one)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
     let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
     // The old primary back: its agent restarted or thawed, etcd reachable
     // again, its node restarted; then streaming from the new primary.
@@ -204,7 +218,14 @@ async fn main() -> anyhow::Result<()> {
     for repetition in 1..=args.repeats {
         for scenario in &args.scenarios {
             for &system in &args.systems {
-                let run = run_once(system, scenario).await?;
+                let run = match run_once(system, scenario).await {
+                    Ok(run) => run,
+                    Err(e) => {
+                        println!("[{repetition}/{}] {scenario:<16} {:<18} FAILED: {e:#}", args.repeats, system.label());
+                        results.fail(system, scenario, format!("{e:#}"));
+                        continue;
+                    }
+                };
                 println!(
                     "[{repetition}/{}] {scenario:<16} {:<18} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {}",
                     args.repeats,

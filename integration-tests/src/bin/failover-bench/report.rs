@@ -12,6 +12,8 @@ use crate::systems::System;
 pub struct Results {
     systems: Vec<System>,
     runs: Vec<(System, String, Run)>,
+    /// Runs that did not end in one primary with writes going (why).
+    failures: Vec<(System, String, String)>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -30,7 +32,11 @@ fn spread(mut values: Vec<f64>) -> String {
 
 impl Results {
     pub fn new(systems: &[System], _scenarios: &[String]) -> Self {
-        Self { systems: systems.to_vec(), runs: Vec::new() }
+        Self { systems: systems.to_vec(), runs: Vec::new(), failures: Vec::new() }
+    }
+
+    pub fn fail(&mut self, system: System, scenario: &str, why: String) {
+        self.failures.push((system, scenario.to_string(), why));
     }
 
     pub fn add(&mut self, system: System, scenario: &str, run: Run) {
@@ -192,6 +198,9 @@ pub fn markdown(
                 runs.iter().map(|r| r.two_writers).sum::<f64>(),
             );
         }
+    }
+    for (system, scenario, why) in &results.failures {
+        let _ = writeln!(md, "| {scenario} | {} | **run failed**: {} | | | | |", system.label(), why.replace('|', "/"));
     }
     let _ = writeln!(
         md,

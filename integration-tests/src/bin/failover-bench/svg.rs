@@ -8,7 +8,7 @@ use crate::systems::System;
 
 const WIDTH: f64 = 900.0;
 const PANEL: f64 = 120.0;
-const LEFT: f64 = 60.0;
+const LEFT: f64 = 90.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BIN: f64 = 0.1;
@@ -51,8 +51,16 @@ pub fn timeline(scenario: &str, runs: &[(System, Run)]) -> String {
     for (panel, ((system, run), counts)) in runs.iter().zip(&counts).enumerate() {
         let top = TOP + PANEL * panel as f64;
         let base = top + PANEL - 25.0;
-        let scale = (PANEL - 40.0) / peak;
+        let scale = (PANEL - 65.0) / peak;
         let _ = writeln!(svg, r#"<text x="{LEFT}" y="{}" font-weight="bold">{}</text>"#, top + 10.0, system.label());
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="end" fill="#555">{peak:.0}/100 ms</text>"##,
+            LEFT - 4.0,
+            base - peak * scale + 4.0
+        );
+        let _ =
+            writeln!(svg, r##"<text x="{}" y="{}" text-anchor="end" fill="#555">0</text>"##, LEFT - 4.0, base + 4.0);
         let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{base}" x2="{}" y2="{base}" stroke="#888"/>"##, WIDTH - RIGHT);
         let bar = (WIDTH - LEFT - RIGHT) / bins as f64;
         for (i, &count) in counts.iter().enumerate() {
