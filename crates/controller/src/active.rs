@@ -26,6 +26,24 @@ fn parse(value: &str) -> (String, String) {
 /// How often a standby controller looks whether the key is free.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 
+/// A standby's longest wait between two looks at the key, should its watch
+/// go quiet without an error.
+const STANDBY_SAFETY_POLL: Duration = Duration::from_secs(10);
+
+/// Waits until the key changes after `revision` (it expired, was released
+/// or taken over), watching it rather than polling etcd.
+async fn until_changed(etcd: &Etcd, key: &str, revision: i64) {
+    let watched = async {
+        match election::watch(etcd, key, false, Some(revision)).await {
+            Ok(mut watcher) => {
+                let _ = watcher.next().await;
+            }
+            Err(_) => tokio::time::sleep(STANDBY_POLL).await,
+        }
+    };
+    let _ = tokio::time::timeout(STANDBY_SAFETY_POLL, watched).await;
+}
+
 /// Runs the election for ever, publishing who is active.
 pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Duration, tx: watch::Sender<ActiveState>) {
     let settings = ElectionSettings {
@@ -67,7 +85,7 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
                     *state = next;
                     changed
                 });
-                tokio::time::sleep(STANDBY_POLL).await;
+                until_changed(&etcd, &settings.key, holder.mod_revision).await;
                 continue;
             }
             Ok(None) => {}

@@ -209,7 +209,8 @@ impl Etcd {
         let started = tokio::time::Instant::now();
         let n = self.inner.settings.endpoints.len();
         let mut last = None;
-        for _ in 0..n {
+        let mut retried_auth = false;
+        for _ in 0..n + 1 {
             let remaining = budget.saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 break;
@@ -220,6 +221,14 @@ impl Etcd {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) if is_unreachable(&e) => {
                     self.rotate_from(idx);
+                    last = Some(e);
+                }
+                // etcd forgets an auth token after --auth-token-ttl of
+                // disuse: a new client authenticates again.
+                Ok(Err(e)) if is_expired_token(&e) && !retried_auth => {
+                    retried_auth = true;
+                    tracing::debug!("etcd auth token expired; authenticating again");
+                    self.inner.clients.lock().await[idx] = None;
                     last = Some(e);
                 }
                 Ok(Err(e)) => return Err(e),
@@ -258,12 +267,29 @@ fn timeout_error(budget: Duration) -> etcd_client::Error {
     etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(format!("no answer from etcd within {budget:?}")))
 }
 
+/// An error saying the auth token is no longer valid.
+fn is_expired_token(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(status) if status.message().contains("invalid auth token"))
+}
+
 /// A one-line description of an etcd error for a person.
 pub fn describe_error(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(status) => {
             let message = status.message();
-            if message.is_empty() { format!("{:?}", status.code()) } else { message.to_string() }
+            let text = if message.is_empty() { format!("{:?}", status.code()) } else { message.to_string() };
+            let auth = matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                || message.contains("authentication failed")
+                || message.contains("permission denied")
+                || message.contains("user name is empty");
+            if auth {
+                format!(
+                    "{text} (check etcd3.username and etcd3.password, or etcd.* for an `etcd:` section; \
+                     the user needs read-write access to the cluster's prefix)"
+                )
+            } else {
+                text
+            }
         }
         other => {
             let mut text = other.to_string();

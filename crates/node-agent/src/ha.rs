@@ -120,7 +120,7 @@ const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
 /// How long a cluster view read from etcd is reused while the watch on the
 /// cluster's prefix reports no change (a safety net against a watch that
 /// went quiet without an error).
-const MAX_VIEW_AGE: Duration = Duration::from_secs(5);
+const MAX_VIEW_AGE: Duration = Duration::from_secs(10);
 
 /// The cluster watch's signals to the HA loop: a wake-up on every change,
 /// a generation that grows with every change (and whenever the watch starts
