@@ -42,7 +42,7 @@ demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 BENCH_PROFILE ?= release
 BENCH_ARGS ?=
 
-bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (~25 min)
+bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (about 25 minutes on 2 cores)
 	$(CARGO) build --workspace --bins $(if $(filter release,$(BENCH_PROFILE)),--release,)
 	$(CARGO) run -q $(if $(filter release,$(BENCH_PROFILE)),--release,) -p pgwarden-integration-tests --bin failover-bench -- $(BENCH_ARGS)
 
@@ -62,5 +62,7 @@ install: ## Build (PROFILE=release) and install binaries to $(PREFIX)/bin and un
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR) $(DESTDIR)/etc/pgwarden
 	for b in $(BINARIES); do install -m 0755 target/$(if $(filter release,$(PROFILE)),release,debug)/$$b $(DESTDIR)$(PREFIX)/bin/; done
 	install -m 0644 deploy/systemd/*.service deploy/systemd/pgwarden.target $(DESTDIR)$(SYSTEMD_DIR)/
+	install -d $(DESTDIR)$(PREFIX)/lib/pgwarden
+	install -m 0755 deploy/callbacks/vip.sh $(DESTDIR)$(PREFIX)/lib/pgwarden/
 	@echo "Installed. Next: put the node's config in /etc/pgwarden/pgwarden.yml (owner postgres, mode 0600),"
 	@echo "then: systemctl daemon-reload && systemctl enable --now pgwarden.target (docs/operations.md)."

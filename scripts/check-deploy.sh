@@ -3,7 +3,7 @@
 # haproxy -c on the HAProxy configs, systemd-analyze verify on the systemd
 # units, keepalived -t on keepalived.conf, and for the YAML files (etcd and
 # node configs) a parse plus the checks the tools themselves do not offer
-# offline. Prints one line per checked file and stops with a non-zero exit
+# offline, and the callback scripts (bash -n, shellcheck). Prints one line per checked file and stops with a non-zero exit
 # at the first failure, showing the tool's output.
 #
 #     scripts/check-deploy.sh
@@ -383,3 +383,17 @@ if [ -n "$bin_dir" ]; then
 else
     skipped "pgwarden-agent --validate-config on the node configs: PGWARDEN_BIN_DIR not set"
 fi
+
+# --- Callbacks ---
+# Shell syntax, and shellcheck when it is installed (its absence is said).
+# integration-tests/tests/callbacks.rs runs vip.sh against a real address.
+for f in deploy/callbacks/*.sh; do
+    [ -x "$f" ] || fail "$f" "not executable (pgwarden runs callbacks directly)"
+    out=$(bash -n "$f" 2>&1) || fail "$f" "bash -n" "$out"
+    if command -v shellcheck >/dev/null; then
+        out=$(shellcheck "$f" 2>&1) || fail "$f" "shellcheck" "$out"
+        ok "$f" "bash -n, shellcheck: clean"
+    else
+        ok "$f" "bash -n (shellcheck not installed)"
+    fi
+done

@@ -6,8 +6,11 @@ set -euo pipefail
 
 # curl and procps: the demo's checks and the tests' process listing; wrk and
 # util-linux (taskset): the health-check benchmark; python3-venv: Patroni for
-# the migration test and the side-by-side benchmark.
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler curl procps keepalived wrk util-linux python3-venv)
+# the migration test and the side-by-side benchmark; libprotobuf-dev: the
+# well-known .proto files (google/protobuf/descriptor.proto) etcd-client's
+# build script compiles against, only a "Recommends" of protobuf-compiler and
+# so missing with --no-install-recommends; shellcheck: the callback scripts.
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -120,3 +120,39 @@ async fn pre_promote_failing_vetoes_the_promotion() {
     assert_eq!(cluster.nodes[1].check("/primary"), 503);
     assert_eq!(cluster.nodes[1].psql("select pg_is_in_recovery()").expect("psql"), "t", "never promoted");
 }
+
+/// `deploy/callbacks/vip.sh` as pgwarden calls it, with a real address on
+/// the loopback interface (the test runs as root, so `ip` needs no sudo).
+#[test]
+fn the_vip_callback_of_deploy_moves_an_address_with_the_role() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/callbacks/vip.sh");
+    let vip = "127.0.0.77";
+    let call = |action: &str, role: &str| {
+        let output = std::process::Command::new(script)
+            .args([action, role, "itest"])
+            .env("VIP", format!("{vip}/32"))
+            .env("VIP_DEV", "lo")
+            .env("IP", "ip")
+            .env("VIP_CONF", "/nonexistent")
+            .output()
+            .expect("run vip.sh");
+        assert!(output.status.success(), "vip.sh {action} {role}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let on_lo = || {
+        let output = std::process::Command::new("ip").args(["-o", "addr", "show", "dev", "lo"]).output().expect("ip");
+        String::from_utf8_lossy(&output.stdout).contains(&format!(" {vip}/32"))
+    };
+    call("on_stop", "replica"); // clean start, whatever an earlier run left
+    assert!(!on_lo());
+    assert!(call("on_role_change", "primary").contains("added"), "promoted: the VIP comes");
+    assert!(on_lo(), "the address is on lo");
+    assert!(call("on_start", "primary").contains("already"), "idempotent");
+    assert!(call("on_role_change", "replica").contains("removed"), "demoted: the VIP goes");
+    assert!(!on_lo());
+    call("on_start", "replica");
+    assert!(!on_lo(), "a replica never takes it");
+    call("on_role_change", "primary");
+    assert!(call("on_stop", "primary").contains("removed"), "stopped (or fenced): the VIP goes");
+    assert!(!on_lo());
+}

@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, default_value = "docs")]
     out: PathBuf,
     /// Seconds each system idles for the footprint measurement.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 40)]
     idle_seconds: u64,
     /// Seconds of `wrk` per system for the health-check measurement.
     #[arg(long, default_value_t = 10)]
@@ -97,7 +97,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
     let probe = WriteProbe::start(&cluster.pg_ports(), SUPERUSER_PASSWORD);
     // Writes flow before the fault.
     writer.wait_ack_after(Instant::now(), UP).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let old_postmaster = cluster.postmaster_pid(leader);
     let fault = Instant::now();
     match scenario {
@@ -151,7 +151,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
     let to_primary = fault.elapsed();
     writer.wait_ack_after(fault + to_primary, UP).await?;
     // Writes go on a little, so that the timeline shows them back.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let report = writer.stop().await;
     let primary = wait_until("one primary", UP, || async {
         match cluster.answering("/primary").as_slice() {
