@@ -59,6 +59,8 @@ impl ProbeReport {
 /// Probes running in the background until [`WriteProbe::stop`].
 pub struct WriteProbe {
     stop: Arc<AtomicBool>,
+    /// Per node: a probe got an answer (writable or read-only) at least once.
+    answered: Vec<Arc<AtomicBool>>,
     tasks: Vec<JoinHandle<Vec<Span>>>,
 }
 
@@ -66,12 +68,33 @@ impl WriteProbe {
     /// Starts probing each of `ports` (PostgreSQL ports, node index = position).
     pub fn start(ports: &[u16], password: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered: Vec<Arc<AtomicBool>> = ports.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
         let tasks = ports
             .iter()
             .enumerate()
-            .map(|(node, &port)| tokio::spawn(probe_node(node, port, password.to_string(), stop.clone())))
+            .map(|(node, &port)| {
+                tokio::spawn(probe_node(node, port, password.to_string(), stop.clone(), answered[node].clone()))
+            })
             .collect();
-        Self { stop, tasks }
+        Self { stop, answered, tasks }
+    }
+
+    /// Waits until every node answered a probe: before a fault, so that the
+    /// probes are known to see the old primary (a connection can take a
+    /// while on a loaded machine: SCRAM in a debug build).
+    pub async fn wait_answered(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let silent: Vec<usize> =
+                (0..self.answered.len()).filter(|&n| !self.answered[n].load(Ordering::Relaxed)).collect();
+            if silent.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("write probes: no answer from node(s) {silent:?} within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(self) -> ProbeReport {
@@ -84,14 +107,20 @@ impl WriteProbe {
     }
 }
 
-async fn probe_node(node: usize, port: u16, password: String, stop: Arc<AtomicBool>) -> Vec<Span> {
+async fn probe_node(
+    node: usize,
+    port: u16,
+    password: String,
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicBool>,
+) -> Vec<Span> {
     let mut spans = Vec::new();
     let mut current: Option<Span> = None;
     let mut conn: Option<PgConnection> = None;
     while !stop.load(Ordering::Relaxed) {
         let sent = SystemTime::now();
         if conn.is_none() {
-            conn = tokio::time::timeout(Duration::from_millis(500), crate::writer::connect(port, &password))
+            conn = tokio::time::timeout(Duration::from_secs(3), crate::writer::connect(port, &password))
                 .await
                 .ok()
                 .flatten();
@@ -100,8 +129,14 @@ async fn probe_node(node: usize, port: u16, password: String, stop: Arc<AtomicBo
             Some(connection) => {
                 let probe = sqlx::query("select txid_current()").execute(connection);
                 match tokio::time::timeout(Duration::from_millis(500), probe).await {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(sqlx::Error::Database(_))) => false,
+                    Ok(Ok(_)) => {
+                        answered.store(true, Ordering::Relaxed);
+                        true
+                    }
+                    Ok(Err(sqlx::Error::Database(_))) => {
+                        answered.store(true, Ordering::Relaxed);
+                        false
+                    }
                     _ => {
                         conn = None;
                         false

@@ -43,6 +43,7 @@ async fn loaded(etcd_members: usize) -> (Setup, (String, String), WriteProbe, Wr
     let writer =
         Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
     writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
+    probe.wait_answered(UP).await.expect("probes");
     (setup, before, probe, writer)
 }
 

@@ -58,6 +58,7 @@ async fn watch(setup: &Setup) -> Watched {
     let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
     let writer = start_writer(setup).await;
     writer.wait_ack_after(Instant::now(), UP).await.expect("writes through HAProxy");
+    probe.wait_answered(UP).await.expect("probes");
     Watched { writer, probe }
 }
 

@@ -97,6 +97,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
     let probe = WriteProbe::start(&cluster.pg_ports(), SUPERUSER_PASSWORD);
     // Writes flow before the fault.
     writer.wait_ack_after(Instant::now(), UP).await?;
+    probe.wait_answered(UP).await?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let old_postmaster = cluster.postmaster_pid(leader);
     let fault = Instant::now();
