@@ -83,6 +83,9 @@ pub struct Run {
     pub two_writers: f64,
     /// Fault to the old primary streaming again.
     pub rejoined: Option<Duration>,
+    /// The old primary's return (agent restarted or thawed, etcd reachable,
+    /// node restarted) to it streaming again: the rejoin itself.
+    pub rejoin: Option<Duration>,
     /// Acknowledgement times, seconds relative to the fault (for the plot).
     pub acks: Vec<f64>,
 }
@@ -164,6 +167,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
     let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
     // The old primary back: its agent restarted or thawed, etcd reachable
     // again, its node restarted; then streaming from the new primary.
+    let returned = Instant::now();
     match scenario {
         "agent-stopped" | "agent-killed" => cluster.restart_node(leader, false)?,
         "node-lost" => cluster.restart_node(leader, true)?,
@@ -171,7 +175,8 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
         "etcd-cut" => cluster.proxy(leader).restore(),
         _ => {}
     }
-    let rejoined = cluster.wait_healthy(UP).await.ok().map(|_| fault.elapsed());
+    let healthy = cluster.wait_healthy(UP).await.is_ok();
+    let (rejoined, rejoin) = if healthy { (Some(fault.elapsed()), Some(returned.elapsed())) } else { (None, None) };
     let two_writers = probe.stop().await.two_writer_seconds();
     let acks = report
         .acked
@@ -187,6 +192,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
         acked: report.acked.len(),
         two_writers,
         rejoined,
+        rejoin,
         acks,
     })
 }
@@ -228,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 };
                 println!(
-                    "[{repetition}/{}] {scenario:<16} {:<18} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {}",
+                    "[{repetition}/{}] {scenario:<16} {:<18} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {} ({} after its return)",
                     args.repeats,
                     system.label(),
                     run.unavailable.as_secs_f64(),
@@ -237,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
                     run.acked,
                     run.two_writers,
                     run.rejoined.map_or("no".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                    run.rejoin.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 );
                 results.add(system, scenario, run);
             }

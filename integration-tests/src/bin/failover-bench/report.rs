@@ -171,9 +171,9 @@ pub fn markdown(
     let _ = writeln!(md, "## Every scenario (seconds: median [min..max])\n");
     let _ = writeln!(
         md,
-        "| scenario | system | write unavailable | new `/primary` 200 | acked rows lost | two writers (s, sum) | old primary streaming again |"
+        "| scenario | system | write unavailable | new `/primary` 200 | acked rows lost | two writers (s, sum) | old primary streaming again | its rejoin |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for scenario in scenarios {
         for &system in &results.systems {
             let runs = results.of(system, scenario);
@@ -189,9 +189,10 @@ pub fn markdown(
             } else {
                 format!("{} ({missing} run(s) did not rejoin)", spread(rejoined))
             };
+            let rejoin_only = spread(runs.iter().filter_map(|r| r.rejoin.map(|d| d.as_secs_f64())).collect());
             let _ = writeln!(
                 md,
-                "| {scenario} | {} | {} | {} | {lost} of {acked} | {:.3} | {rejoin} |",
+                "| {scenario} | {} | {} | {} | {lost} of {acked} | {:.3} | {rejoin} | {rejoin_only} |",
                 system.label(),
                 spread(runs.iter().map(|r| r.unavailable.as_secs_f64()).collect()),
                 spread(runs.iter().map(|r| r.to_primary.as_secs_f64()).collect()),
@@ -200,7 +201,8 @@ pub fn markdown(
         }
     }
     for (system, scenario, why) in &results.failures {
-        let _ = writeln!(md, "| {scenario} | {} | **run failed**: {} | | | | |", system.label(), why.replace('|', "/"));
+        let _ =
+            writeln!(md, "| {scenario} | {} | **run failed**: {} | | | | | |", system.label(), why.replace('|', "/"));
     }
     let _ = writeln!(
         md,
@@ -211,7 +213,9 @@ pub fn markdown(
          PostgreSQL left running, the agent restarted once a new primary took writes; **agent-frozen**: SIGSTOP \
          to the agent, SIGCONT once a new primary took writes; **etcd-cut**: the primary's path to etcd \
          black-holed (a TCP proxy per node), restored once a new primary took writes. \"Old primary streaming \
-         again\" counts from the fault until all three nodes are healthy again.\n"
+         again\" counts from the fault until all three nodes are healthy again; \"its rejoin\" from the old \
+         primary's return (agent restarted or thawed, etcd path restored, node restarted; in a switchover or \
+         postgres-killed, once the new primary took writes) to the same point.\n"
     );
     let _ = writeln!(md, "## Footprint at idle (per node, mean of three)\n");
     let _ = writeln!(
