@@ -11,7 +11,7 @@ use crate::haproxy::Backend;
 use crate::port::free_port;
 use crate::postgres::binaries;
 use crate::process::{ChildGuard, TestDir, run_as_postgres};
-use crate::service::spawn;
+use crate::service::spawn_with_env;
 use crate::wait::wait_until;
 
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
@@ -28,6 +28,9 @@ pub struct Node {
     pub pg_port: u16,
     pub agent_port: u16,
     pub controller_port: u16,
+    /// Extra environment of the services started from now on (e.g. systemd's
+    /// `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
     agent: Option<ChildGuard>,
     health: Option<ChildGuard>,
     controller: Option<ChildGuard>,
@@ -54,19 +57,19 @@ impl Node {
 
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
-        self.agent = Some(spawn("pgwarden-agent", &[&config], &self.dir, "agent")?);
+        self.agent = Some(spawn_with_env("pgwarden-agent", &[&config], &self.dir, "agent", &self.env)?);
         Ok(())
     }
 
     pub fn start_health(&mut self) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
-        self.health = Some(spawn("pgwarden-health", &[&config], &self.dir, "health")?);
+        self.health = Some(spawn_with_env("pgwarden-health", &[&config], &self.dir, "health", &self.env)?);
         Ok(())
     }
 
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
-        self.controller = Some(spawn("pgwarden-controller", &[&config], &self.dir, "controller")?);
+        self.controller = Some(spawn_with_env("pgwarden-controller", &[&config], &self.dir, "controller", &self.env)?);
         Ok(())
     }
 
@@ -321,6 +324,7 @@ impl PgwardenCluster {
             pg_port: free_port(),
             agent_port: free_port(),
             controller_port: free_port(),
+            env: Vec::new(),
             agent: None,
             health: None,
             controller: None,

@@ -40,6 +40,17 @@ pub fn binary(name: &str) -> PathBuf {
 /// Starts a pgwarden binary as `postgres` with `args`, logging to
 /// `<dir>/<label>.log`.
 pub fn spawn(name: &str, args: &[&str], dir: &TestDir, label: &str) -> anyhow::Result<ChildGuard> {
+    spawn_with_env(name, args, dir, label, &[])
+}
+
+/// As [`spawn`], with extra environment variables.
+pub fn spawn_with_env(
+    name: &str,
+    args: &[&str],
+    dir: &TestDir,
+    label: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<ChildGuard> {
     // Appended to, so that a restarted service's log keeps its history.
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(format!("{label}.log")))?;
     crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
@@ -50,6 +61,7 @@ pub fn spawn(name: &str, args: &[&str], dir: &TestDir, label: &str) -> anyhow::R
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     ChildGuard::spawn(run_as_postgres(&mut cmd), name, dir)
 }
 
