@@ -42,7 +42,7 @@ demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 BENCH_PROFILE ?= release
 BENCH_ARGS ?=
 
-bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (about 25 minutes on 2 cores)
+bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (25-40 minutes on 2 cores, depending on the machine, half of it a cold release build on the slower one)
 	$(CARGO) build --workspace --bins $(if $(filter release,$(BENCH_PROFILE)),--release,)
 	$(CARGO) run -q $(if $(filter release,$(BENCH_PROFILE)),--release,) -p pgwarden-integration-tests --bin failover-bench -- $(BENCH_ARGS)
 

@@ -91,10 +91,12 @@ pub fn timeline(scenario: &str, runs: &[(System, Run)]) -> String {
                 x(t),
                 top + 14.0
             );
+            // A label that would run off the right edge goes left of its line.
+            let (anchor, label_x) =
+                if x(t) > WIDTH - RIGHT - 190.0 { ("end", x(t) - 3.0) } else { ("start", x(t) + 3.0) };
             let _ = writeln!(
                 svg,
-                r#"<text x="{:.1}" y="{}" fill="{colour}">{label}</text>"#,
-                x(t) + 3.0,
+                r#"<text x="{label_x:.1}" y="{}" fill="{colour}" text-anchor="{anchor}">{label}</text>"#,
                 top + 24.0 + if t > 0.0 { 12.0 } else { 0.0 }
             );
         }
