@@ -129,10 +129,32 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
 }
 
 fn unknown_key_message(path: &[&str]) -> String {
+    // A real key at the wrong level (`loop_wait` at the top instead of under
+    // `bootstrap.dcs`) is the likelier mistake than a typo.
+    let elsewhere = known_elsewhere(path);
+    if !elsewhere.is_empty() {
+        let places: Vec<String> = elsewhere
+            .iter()
+            .map(|p| if p.contains('.') { format!("`{p}`") } else { format!("`{p}` at the top level") })
+            .collect();
+        return format!("unknown key here; it is a setting at {} (check the indentation)", places.join(" or "));
+    }
     match near_miss(path) {
         Some(name) => format!("unknown key; did you mean `{name}`?"),
-        None => "unknown key (not a Patroni or pgwarden setting; see crates/config/keys.tsv)".into(),
+        None => "unknown key (not a Patroni or pgwarden setting: check its spelling)".into(),
     }
+}
+
+/// The full paths of implemented keys named like the last segment of `path`
+/// (at most three), for a key put at the wrong level.
+fn known_elsewhere(path: &[&str]) -> Vec<&'static str> {
+    let last = path.last().expect("a key path has at least one segment");
+    table()
+        .iter()
+        .filter(|row| row.status == Status::Implemented && row.segments().last() == Some(*last))
+        .map(|row| row.path.as_str())
+        .take(3)
+        .collect()
 }
 
 /// The known sibling key closest to the last segment of `path`, if it is close
@@ -173,6 +195,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_at_the_wrong_level_names_where_it_belongs() {
+        let message = super::unknown_key_message(&["loop_wait"]);
+        assert!(message.contains("`bootstrap.dcs.loop_wait`"), "{message}");
+        assert!(message.contains("indentation"), "{message}");
+        let message = super::unknown_key_message(&["etcd3", "scope"]);
+        assert!(message.contains("`scope`"), "{message}");
+        // A plain typo still gets the closest sibling.
+        assert_eq!(super::unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
+        assert!(super::unknown_key_message(&["no_such_setting"]).contains("check its spelling"));
+    }
+
     use super::*;
 
     #[test]
