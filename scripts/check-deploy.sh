@@ -3,8 +3,9 @@
 # haproxy -c on the HAProxy configs, systemd-analyze verify on the systemd
 # units, keepalived -t on keepalived.conf, and for the YAML files (etcd and
 # node configs) a parse plus the checks the tools themselves do not offer
-# offline, and the callback scripts (bash -n, shellcheck). Prints one line per checked file and stops with a non-zero exit
-# at the first failure, showing the tool's output.
+# offline, and the callback scripts (bash -n, shellcheck). Prints one line
+# per checked file and stops with a non-zero exit at the first failure,
+# showing the tool's output.
 #
 #     scripts/check-deploy.sh
 #     PGWARDEN_BIN_DIR=target/debug scripts/check-deploy.sh

@@ -46,7 +46,10 @@ add_vip() {
         echo "vip: $VIP already on $VIP_DEV"
         return
     fi
-    $IP addr add "$VIP" dev "$VIP_DEV"
+    if ! $IP addr add "$VIP" dev "$VIP_DEV"; then
+        echo "vip: could not add $VIP on $VIP_DEV: the agent needs CAP_NET_ADMIN (see the drop-in at the top of $0) and VIP_DEV must exist" >&2
+        exit 1
+    fi
     echo "vip: added $VIP on $VIP_DEV ($action, $role)"
     if [ -n "${ARPING:-}" ]; then
         $ARPING -U -c 3 -I "$VIP_DEV" "$address" >/dev/null 2>&1 || echo "vip: arping failed" >&2
@@ -57,12 +60,17 @@ del_vip() {
     if ! has_vip; then
         return
     fi
-    $IP addr del "$VIP" dev "$VIP_DEV"
+    if ! $IP addr del "$VIP" dev "$VIP_DEV"; then
+        echo "vip: could not remove $VIP from $VIP_DEV: the agent needs CAP_NET_ADMIN (see the drop-in at the top of $0)" >&2
+        exit 1
+    fi
     echo "vip: removed $VIP from $VIP_DEV ($action, $role)"
 }
 
+# Only a running primary holds the VIP: any other event or role removes it,
+# also one left behind by a crash (a node that starts as a replica).
 case "$action:$role" in
-    on_start:primary | on_start:master | on_role_change:primary | on_role_change:master) add_vip ;;
-    on_stop:* | on_role_change:*) del_vip ;;
-    *) ;;
+    on_stop:*) del_vip ;;
+    *:primary | *:master) add_vip ;;
+    *) del_vip ;;
 esac

@@ -152,6 +152,11 @@ fn the_vip_callback_of_deploy_moves_an_address_with_the_role() {
     assert!(!on_lo());
     call("on_start", "replica");
     assert!(!on_lo(), "a replica never takes it");
+    // A VIP left behind (the node crashed while primary) goes when it starts as a replica.
+    call("on_role_change", "primary");
+    assert!(on_lo());
+    assert!(call("on_start", "replica").contains("removed"), "a stale VIP is removed");
+    assert!(!on_lo());
     call("on_role_change", "primary");
     assert!(call("on_stop", "primary").contains("removed"), "stopped (or fenced): the VIP goes");
     assert!(!on_lo());

@@ -195,19 +195,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_key_at_the_wrong_level_names_where_it_belongs() {
-        let message = super::unknown_key_message(&["loop_wait"]);
+        let message = unknown_key_message(&["loop_wait"]);
         assert!(message.contains("`bootstrap.dcs.loop_wait`"), "{message}");
         assert!(message.contains("indentation"), "{message}");
-        let message = super::unknown_key_message(&["etcd3", "scope"]);
-        assert!(message.contains("`scope`"), "{message}");
+        let message = unknown_key_message(&["etcd3", "scope"]);
+        assert!(message.contains("`scope` at the top level"), "{message}");
         // A plain typo still gets the closest sibling.
-        assert_eq!(super::unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
-        assert!(super::unknown_key_message(&["no_such_setting"]).contains("check its spelling"));
+        assert_eq!(unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
+        assert!(unknown_key_message(&["no_such_setting"]).contains("check its spelling"));
     }
-
-    use super::*;
 
     #[test]
     fn table_parses_and_paths_are_unique() {
