@@ -39,7 +39,9 @@ VIP_DEV=${VIP_DEV:-eth0}
 IP=${IP:-ip}
 address=${VIP%/*}
 
-has_vip() { $IP -o addr show dev "$VIP_DEV" | grep -q " inet6\? $address/"; }
+# grep reads all of ip's output (no -q): with pipefail, an early exit would
+# turn ip's SIGPIPE into "absent".
+has_vip() { $IP -o addr show dev "$VIP_DEV" | grep " inet6\? $address/" >/dev/null; }
 
 add_vip() {
     if has_vip; then
