@@ -132,9 +132,14 @@ impl Writer {
     }
 }
 
-/// The ids of `acked` that are missing from `table` on `port`.
+/// The ids of `acked` that are missing from `table` on `port`. Right after a
+/// fault the node may still refuse a connection for a moment: retried up to 30 s.
 pub async fn missing_rows(port: u16, password: &str, table: &str, acked: &[i64]) -> anyhow::Result<Vec<i64>> {
-    let mut conn = connect(port, password).await.ok_or_else(|| anyhow::anyhow!("cannot connect to port {port}"))?;
+    let mut conn =
+        crate::wait::wait_until(&format!("a connection to port {port}"), Duration::from_secs(30), || async {
+            Ok(connect(port, password).await)
+        })
+        .await?;
     let query = format!("select id from {table}");
     let present: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(query)).fetch_all(&mut conn).await?;
     let present: std::collections::HashSet<i64> = present.into_iter().collect();
