@@ -41,10 +41,19 @@ demo-stop: ## Stop the demo cluster (data is kept for the next `make demo`)
 
 BENCH_PROFILE ?= release
 BENCH_ARGS ?=
+BENCH_DIR := target/$(if $(filter release,$(BENCH_PROFILE)),release,debug)
 
-bench: setup ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (25-40 minutes on 2 cores, depending on the machine, half of it a cold release build on the slower one)
-	$(CARGO) build --workspace --bins $(if $(filter release,$(BENCH_PROFILE)),--release,)
-	$(CARGO) run -q $(if $(filter release,$(BENCH_PROFILE)),--release,) -p pgwarden-integration-tests --bin failover-bench -- $(BENCH_ARGS)
+# Patroni's install (mostly download) runs beside the release build (CPU);
+# only the binaries the benchmark starts are built; the benchmark itself
+# runs alone.
+bench: ## pgwarden side by side with Patroni (failover, footprint, health checks): writes docs/benchmarks.md and docs/benchmarks/*.svg (20-30 minutes on 2 cores, a cold release build included; BENCHMARKS.md)
+	@PGWARDEN_SKIP_PATRONI=1 ./scripts/install-deps.sh
+	@mkdir -p target; ./scripts/install-patroni.sh > target/install-patroni.log 2>&1 & patroni=$$!; \
+	$(CARGO) build $(if $(filter release,$(BENCH_PROFILE)),--release,) -p node-agent -p health-api -p controller -p pgwarden-integration-tests --bins; \
+	built=$$?; \
+	if ! wait $$patroni; then cat target/install-patroni.log >&2; exit 1; fi; \
+	cat target/install-patroni.log; exit $$built
+	$(BENCH_DIR)/failover-bench $(BENCH_ARGS)
 
 bench-smoke: build ## The benchmark's short mode (pgwarden only, two scenarios; report in target/bench-smoke)
 	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- --smoke

@@ -29,4 +29,8 @@ command -v cargo >/dev/null || { echo "install-deps: cargo (Rust stable) is requ
 echo "install-deps: postgresql-15, etcd, haproxy and protoc are installed"
 # Patroni from PyPI (pinned) in a virtual environment the postgres user can
 # run: the migration test starts a Patroni cluster and moves it to pgwarden.
-"$(dirname "$0")/install-patroni.sh"
+# PGWARDEN_SKIP_PATRONI=1 leaves it to the caller (`make bench` installs it
+# while it builds).
+if [ "${PGWARDEN_SKIP_PATRONI:-0}" != 1 ]; then
+    "$(dirname "$0")/install-patroni.sh"
+fi

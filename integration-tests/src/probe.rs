@@ -97,13 +97,21 @@ impl WriteProbe {
         }
     }
 
-    pub async fn stop(self) -> ProbeReport {
+    pub async fn stop(mut self) -> ProbeReport {
         self.stop.store(true, Ordering::Relaxed);
         let mut report = ProbeReport::default();
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             report.spans.extend(task.await.unwrap_or_default());
         }
         report
+    }
+}
+
+/// Probes dropped without `stop` (a run that failed half-way) end, rather
+/// than probing a cluster that lives on.
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -43,7 +43,15 @@ impl WriterReport {
 pub struct Writer {
     stop: Arc<AtomicBool>,
     last_ack: Arc<std::sync::Mutex<Option<Instant>>>,
-    task: JoinHandle<WriterReport>,
+    task: Option<JoinHandle<WriterReport>>,
+}
+
+/// A writer dropped without `stop` (a test or run that failed half-way)
+/// stops writing, rather than hammering a cluster that lives on.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 pub(crate) async fn connect(port: u16, password: &str) -> Option<PgConnection> {
@@ -114,7 +122,7 @@ impl Writer {
             }
             report
         });
-        Ok(Self { stop, last_ack, task })
+        Ok(Self { stop, last_ack, task: Some(task) })
     }
 
     /// Waits until a write is acknowledged after `instant`.
@@ -126,9 +134,12 @@ impl Writer {
         .await
     }
 
-    pub async fn stop(self) -> WriterReport {
+    pub async fn stop(mut self) -> WriterReport {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or_default()
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => WriterReport::default(),
+        }
     }
 }
 

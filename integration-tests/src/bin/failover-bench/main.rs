@@ -60,10 +60,10 @@ struct Args {
     #[arg(long, default_value = "docs")]
     out: PathBuf,
     /// Seconds each system idles for the footprint measurement.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
     /// Seconds of `wrk` per system for the health-check measurement.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     wrk_seconds: u64,
     /// CI's short mode: pgwarden only, one run of switchover and
     /// postgres-killed, 5 s of idle and 2 s of wrk, the report under target/.
@@ -90,13 +90,15 @@ pub struct Run {
     pub acks: Vec<f64>,
 }
 
-async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
-    let mut cluster = system.start(scenario == "etcd-cut").await?;
+/// One fault on a running, healthy `cluster`; the rows go to `table` (new
+/// for each run, so that earlier runs' rows cannot hide a lost one). The
+/// cluster is left healthy again, unless the old primary did not rejoin.
+async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str) -> anyhow::Result<Run> {
     let leader = cluster.wait_healthy(UP).await?;
     let (write, read, stats) = (free_port(), free_port(), free_port());
     let _haproxy =
         HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
-    let writer = Writer::start(write, SUPERUSER_PASSWORD, "bench", Duration::from_millis(5)).await?;
+    let writer = Writer::start(write, SUPERUSER_PASSWORD, table, Duration::from_millis(5)).await?;
     let probe = WriteProbe::start(&cluster.pg_ports(), SUPERUSER_PASSWORD);
     // Writes flow before the fault.
     writer.wait_ack_after(Instant::now(), UP).await?;
@@ -111,7 +113,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
         }
         "node-lost" => cluster.kill_node(leader),
-        "agent-stopped" => match &mut cluster {
+        "agent-stopped" => match &mut *cluster {
             Cluster::Pgwarden(c, _) => {
                 c.nodes[leader].stop_agent();
             }
@@ -122,7 +124,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
         "agent-killed" => cluster.kill_agent(leader),
         "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGSTOP),
         "etcd-cut" => cluster.proxy(leader).cut(),
-        "etcd-stopped" => match &mut cluster {
+        "etcd-stopped" => match &mut *cluster {
             Cluster::Pgwarden(c, _) => c.etcd.kill(0),
             Cluster::Patroni(c) => c.etcd.kill(0),
         },
@@ -134,7 +136,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
             Ok::<_, String>((cluster.check(leader, "/primary") != 200).then_some(()))
         })
         .await?;
-        match &mut cluster {
+        match &mut *cluster {
             Cluster::Pgwarden(c, _) => c.etcd.restart(0).await?,
             Cluster::Patroni(c) => c.etcd.restart(0).await?,
         }
@@ -164,7 +166,7 @@ async fn run_once(system: System, scenario: &str) -> anyhow::Result<Run> {
         }
     })
     .await?;
-    let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, "bench", &report.ids()).await?.len();
+    let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, table, &report.ids()).await?.len();
     // The old primary back: its agent restarted or thawed, etcd reachable
     // again, its node restarted; then streaming from the new primary.
     let returned = Instant::now();
@@ -222,21 +224,39 @@ async fn main() -> anyhow::Result<()> {
         args.repeats,
         args.systems.iter().map(|s| s.label()).collect::<Vec<_>>().join(", ")
     );
+    let mut footprints = Vec::new();
+    let mut health = Vec::new();
+    let mut table = 0;
     for repetition in 1..=args.repeats {
-        for scenario in &args.scenarios {
-            for &system in &args.systems {
-                let run = match run_once(system, scenario).await {
+        // Systems take turns, one repetition each, the first one rotating,
+        // so that machine noise hits all alike. One cluster per system and
+        // repetition serves every scenario in turn (each leaves it healthy);
+        // a fresh one replaces it after a run that did not.
+        let systems = args.systems.len();
+        for turn in 0..systems {
+            let system = args.systems[(repetition - 1 + turn) % systems];
+            let mut cluster: Option<Cluster> = None;
+            for scenario in &args.scenarios {
+                let prefix = format!("[{repetition}/{}] {scenario:<16} {:<18}", args.repeats, system.label());
+                table += 1;
+                let outcome = match cluster.as_mut() {
+                    Some(running) => run_once(running, &format!("bench_{table}"), scenario).await,
+                    None => match system.start().await {
+                        Ok(started) => run_once(cluster.insert(started), &format!("bench_{table}"), scenario).await,
+                        Err(e) => Err(e.context("start the cluster")),
+                    },
+                };
+                let run = match outcome {
                     Ok(run) => run,
                     Err(e) => {
-                        println!("[{repetition}/{}] {scenario:<16} {:<18} FAILED: {e:#}", args.repeats, system.label());
+                        println!("{prefix} FAILED: {e:#}");
                         results.fail(system, scenario, format!("{e:#}"));
+                        cluster = None;
                         continue;
                     }
                 };
                 println!(
-                    "[{repetition}/{}] {scenario:<16} {:<18} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {} ({} after its return)",
-                    args.repeats,
-                    system.label(),
+                    "{prefix} unavailable {:>6.2} s, new primary {:>6.2} s, lost {} of {}, two writers {:.3} s, rejoined {} ({} after its return)",
                     run.unavailable.as_secs_f64(),
                     run.to_primary.as_secs_f64(),
                     run.lost,
@@ -245,17 +265,23 @@ async fn main() -> anyhow::Result<()> {
                     run.rejoined.map_or("no".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                     run.rejoin.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 );
+                if run.rejoined.is_none() {
+                    cluster = None;
+                }
                 results.add(system, scenario, run);
             }
+            if repetition == args.repeats {
+                // The footprint at idle and the health check, on the last
+                // repetition's cluster once its faults are over.
+                let cluster = match cluster {
+                    Some(running) => running,
+                    None => system.start().await?,
+                };
+                let leader = cluster.wait_healthy(UP).await?;
+                footprints.push(footprint::idle(system, &cluster, Duration::from_secs(args.idle_seconds)).await?);
+                health.push(footprint::health(system, &cluster, leader, args.wrk_seconds)?);
+            }
         }
-    }
-    let mut footprints = Vec::new();
-    let mut health = Vec::new();
-    for &system in &args.systems {
-        let cluster = system.start(false).await?;
-        let leader = cluster.wait_healthy(UP).await?;
-        footprints.push(footprint::idle(system, &cluster, Duration::from_secs(args.idle_seconds)).await?);
-        health.push(footprint::health(system, &cluster, leader, args.wrk_seconds)?);
     }
     std::fs::create_dir_all(args.out.join("benchmarks"))?;
     let markdown = report::markdown(&results, &footprints, &health, &args.scenarios, args.repeats, started.elapsed());

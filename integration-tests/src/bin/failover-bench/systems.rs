@@ -39,9 +39,10 @@ impl System {
         }
     }
 
-    /// Brings the system up (not yet healthy); `behind_proxies` puts each
-    /// node's path to etcd through a proxy a scenario can cut.
-    pub async fn start(self, behind_proxies: bool) -> anyhow::Result<Cluster> {
+    /// Brings the system up (not yet healthy), each node's path to etcd
+    /// through a proxy the etcd-cut scenario can cut.
+    pub async fn start(self) -> anyhow::Result<Cluster> {
+        let behind_proxies = true;
         Ok(match self {
             Self::Pgwarden | Self::PgwardenTtl20 => {
                 let (cluster, proxies) = PgwardenCluster::start_with_ttl(3, self.timings().ttl, behind_proxies).await?;
