@@ -47,6 +47,9 @@ const UP: Duration = Duration::from_secs(120);
 pub const DEFAULT_SCENARIOS: [&str; 6] =
     ["switchover", "postgres-killed", "node-lost", "agent-killed", "agent-frozen", "etcd-cut"];
 
+/// Scenarios run only on request.
+const EXTRA_SCENARIOS: [&str; 2] = ["agent-stopped", "etcd-stopped"];
+
 #[derive(Debug, Parser)]
 #[command(about = "pgwarden and Patroni failover benchmark on loopback")]
 struct Args {
@@ -217,6 +220,11 @@ async fn main() -> anyhow::Result<()> {
     if args.scenarios.is_empty() {
         args.scenarios = DEFAULT_SCENARIOS.map(String::from).to_vec();
     }
+    // A misspelt scenario is refused before any cluster starts.
+    let known: Vec<&str> = DEFAULT_SCENARIOS.iter().chain(&EXTRA_SCENARIOS).copied().collect();
+    if let Some(unknown) = args.scenarios.iter().find(|s| !known.contains(&s.as_str())) {
+        anyhow::bail!("unknown scenario {unknown:?}; the scenarios are: {}", known.join(", "));
+    }
     let started = Instant::now();
     let mut results = report::Results::new(&args.systems, &args.scenarios);
     println!(
@@ -239,10 +247,11 @@ async fn main() -> anyhow::Result<()> {
             for scenario in &args.scenarios {
                 let prefix = format!("[{repetition}/{}] {scenario:<16} {:<18}", args.repeats, system.label());
                 table += 1;
+                let rows = format!("bench_{table}");
                 let outcome = match cluster.as_mut() {
-                    Some(running) => run_once(running, &format!("bench_{table}"), scenario).await,
+                    Some(running) => run_once(running, &rows, scenario).await,
                     None => match system.start().await {
-                        Ok(started) => run_once(cluster.insert(started), &format!("bench_{table}"), scenario).await,
+                        Ok(started) => run_once(cluster.insert(started), &rows, scenario).await,
                         Err(e) => Err(e.context("start the cluster")),
                     },
                 };

@@ -42,13 +42,12 @@ impl System {
     /// Brings the system up (not yet healthy), each node's path to etcd
     /// through a proxy the etcd-cut scenario can cut.
     pub async fn start(self) -> anyhow::Result<Cluster> {
-        let behind_proxies = true;
         Ok(match self {
             Self::Pgwarden | Self::PgwardenTtl20 => {
-                let (cluster, proxies) = PgwardenCluster::start_with_ttl(3, self.timings().ttl, behind_proxies).await?;
+                let (cluster, proxies) = PgwardenCluster::start_with_ttl(3, self.timings().ttl, true).await?;
                 Cluster::Pgwarden(cluster, proxies)
             }
-            Self::Patroni => Cluster::Patroni(PatroniCluster::start(3, self.timings(), behind_proxies).await?),
+            Self::Patroni => Cluster::Patroni(PatroniCluster::start(3, self.timings(), true).await?),
         })
     }
 }
