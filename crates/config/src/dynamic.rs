@@ -76,6 +76,17 @@ impl Default for DynamicConfig {
     }
 }
 
+/// Patroni's correction of `loop_wait` and `retry_timeout` for a given ttl:
+/// lower loop_wait first (to at least 1), then retry_timeout = (ttl-1)//2.
+fn patroni_timings(ttl: u32, loop_wait: u32, retry_timeout: u32) -> (u32, u32) {
+    if loop_wait + 2 * retry_timeout <= ttl {
+        return (loop_wait, retry_timeout);
+    }
+    let loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
+    let retry_timeout = if loop_wait + 2 * retry_timeout > ttl { (ttl - 1) / 2 } else { retry_timeout };
+    (loop_wait, retry_timeout)
+}
+
 /// Parameters PostgreSQL renamed; pgwarden translates them as Patroni does.
 /// Every supported PostgreSQL (13-17) uses the new name.
 const WAL_SEGMENT_MB: u64 = 16;
@@ -98,6 +109,18 @@ impl DynamicConfig {
         let mut loop_wait = u32_of(&mut r, "loop_wait", MIN_LOOP_WAIT, d.loop_wait);
         let mut retry_timeout = u32_of(&mut r, "retry_timeout", MIN_RETRY_TIMEOUT, d.retry_timeout);
         let mut corrected = Vec::new();
+        // Patroni first raises a ttl below 20 to 20; pgwarden keeps it (its
+        // minimum is MIN_TTL), so its result differs and the warning says so.
+        let patroni_differs = ttl < 20 && u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl);
+        let patroni_note = if patroni_differs {
+            let (p_loop, p_retry) = patroni_timings(20, loop_wait, retry_timeout);
+            format!(
+                " (Patroni would first raise ttl to its minimum of 20 and end with ttl 20, loop_wait {p_loop}, \
+                 retry_timeout {p_retry}; pgwarden keeps ttl {ttl}, as its minimum is {MIN_TTL})"
+            )
+        } else {
+            String::new()
+        };
         if u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl) {
             let before = (loop_wait, retry_timeout);
             loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
@@ -109,7 +132,7 @@ impl DynamicConfig {
                 r.problems.warn(
                     path("loop_wait"),
                     format!(
-                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({} + 2*{}); loop_wait lowered to {loop_wait}",
+                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout ({} + 2*{}); loop_wait lowered to {loop_wait}{patroni_note}",
                         before.0, before.1
                     ),
                 );
@@ -119,7 +142,8 @@ impl DynamicConfig {
                 r.problems.warn(
                     path("retry_timeout"),
                     format!(
-                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout; retry_timeout lowered to {retry_timeout}"
+                        "ttl ({ttl}) must be at least loop_wait + 2*retry_timeout; retry_timeout lowered to {retry_timeout}{}",
+                        if loop_wait == before.0 { patroni_note.as_str() } else { "" }
                     ),
                 );
             }
@@ -272,6 +296,22 @@ mod tests {
         let (cfg, _, problems) = read(json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 15}));
         assert_eq!((cfg.loop_wait, cfg.retry_timeout), (1, 14));
         assert_eq!(problems.len(), 2);
+    }
+
+    /// A guide's `ttl: 10, loop_wait: 10, retry_timeout: 10`: Patroni raises
+    /// ttl to 20 first; pgwarden keeps 10, and its warning says both.
+    #[test]
+    fn a_short_ttl_says_where_pgwarden_differs_from_patroni() {
+        let (cfg, _, problems) = read(json!({"ttl": 10, "loop_wait": 10, "retry_timeout": 10}));
+        assert_eq!((cfg.ttl, cfg.loop_wait, cfg.retry_timeout), (10, 1, 4));
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.contains("ttl 20, loop_wait 1, retry_timeout 9") && t.contains("keeps ttl 10")),
+            "{text:#?}"
+        );
+        // At or above Patroni's minimum both agree: no such note.
+        let (_, _, problems) = read(json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 12}));
+        assert!(problems.iter().all(|p| !p.to_string().contains("Patroni would")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod address;
 mod dynamic;
 mod env;
+pub mod hba;
 pub mod keys;
 pub mod logformat;
 mod postgres_bin;
@@ -205,6 +206,12 @@ pub struct Postgresql {
     pub before_stop: Option<String>,
     pub remove_data_directory_on_rewind_failure: bool,
     pub remove_data_directory_on_diverged_timelines: bool,
+    /// Patroni's `use_unix_socket`: the agent reaches its PostgreSQL over the
+    /// Unix socket instead of TCP (default false, as in Patroni).
+    pub use_unix_socket: bool,
+    /// Patroni's `use_unix_socket_repl`: local replication connections
+    /// (pg_rewind's source checks) over the socket.
+    pub use_unix_socket_repl: bool,
 }
 
 /// Member tags (`tags:`), typed where pgwarden acts on them.
@@ -420,6 +427,18 @@ where
         && let Err(why) = config.postgres_binaries()
     {
         problems.error(if config.postgresql.bin_dir.is_some() { "postgresql.bin_dir" } else { "" }, why);
+        return Err(fail(problems.into_vec()));
+    }
+    // The agent must be able to log in to its own PostgreSQL with the rules
+    // it will run with: refused before anything is written.
+    if purpose == Purpose::Agent
+        && let Some((rules, source)) = hba::effective_rules(&config)
+        && let Err(why) = hba::check_agent_access(&config, &rules, &hba::local_connection(&config), &source)
+    {
+        let has_data = config.postgresql.data_dir.join("PG_VERSION").exists();
+        let path =
+            if config.postgresql.pg_hba.is_empty() && !has_data { "bootstrap.pg_hba" } else { "postgresql.pg_hba" };
+        problems.error(path, why);
         return Err(fail(problems.into_vec()));
     }
     Ok(Loaded { config, origin: source.origin.clone(), warnings: problems.into_vec() })
@@ -920,6 +939,8 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         remove_data_directory_on_rewind_failure: r.bool("postgresql.remove_data_directory_on_rewind_failure", false),
         remove_data_directory_on_diverged_timelines: r
             .bool("postgresql.remove_data_directory_on_diverged_timelines", false),
+        use_unix_socket: r.bool("postgresql.use_unix_socket", false),
+        use_unix_socket_repl: r.bool("postgresql.use_unix_socket_repl", false),
     };
 
     let tags = tags(&mut r);

@@ -66,6 +66,9 @@ pub struct Peer {
     pub priority: u32,
     /// The timeline its member key reports.
     pub timeline: Option<u64>,
+    /// Its member key says it has a database: PostgreSQL running, a WAL
+    /// position or timeline, or a primary/replica role (Patroni's too).
+    pub has_data: bool,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -117,6 +120,9 @@ pub struct Observed {
     pub sync_mode: bool,
     /// The standbys the `sync` key lists.
     pub sync_standbys: Vec<String>,
+    /// etcd answered this tick's read: `initialize` and `leader` are what
+    /// etcd holds, not unknown.
+    pub etcd_answered: bool,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -344,6 +350,17 @@ pub fn decide(obs: &Observed) -> Decision {
     }
 
     if let PgRun::Primary { .. } = obs.pg {
+        // A primary in a scope etcd knows nothing of (no initialize key, no
+        // leader) is not pgwarden's: someone else's cluster (Patroni on
+        // etcd's v2 API, another namespace). Stopping it would take a live
+        // database down; leave it running and say so.
+        if obs.etcd_answered && obs.initialize.is_none() && obs.leader.is_none() {
+            return Decision::refuse(
+                "PostgreSQL runs here as a primary, but etcd holds no cluster under this scope (no initialize key, \
+                 no leader): refusing to manage or stop it. If it belongs to a cluster run by Patroni on etcd's v2 \
+                 API or under another namespace, migrate that first (docs/migrating-from-patroni.md); nothing was changed",
+            );
+        }
         if leader_is_me {
             // Our own key on an older lease (the agent restarted): re-bind it.
             return Decision::act("running primary, own leader key on an old lease: re-bind", Action::AcquireLeader);
@@ -353,7 +370,14 @@ pub fn decide(obs: &Observed) -> Decision {
     }
 
     if obs.data.is_none() {
+        let with_data: Vec<&str> = obs.peers.iter().filter(|p| p.has_data).map(|p| p.name.as_str()).collect();
         return match (&obs.initialize, other_leader) {
+            (None, _) if !with_data.is_empty() => Decision::refuse(format!(
+                "no initialize key, but member(s) {} report a database: refusing to bootstrap a second cluster \
+                 under this scope. If etcd lost the cluster's keys, restore them (or start pgwarden on the member \
+                 with data first); nothing was changed",
+                with_data.join(", ")
+            )),
             (None, _) => Decision::act("no cluster yet: race to bootstrap it", Action::Bootstrap),
             (Some(id), _) if id.is_empty() => Decision::idle("another member is bootstrapping the cluster"),
             (Some(_), Some(leader)) => match clone_source(obs, leader) {
@@ -460,6 +484,7 @@ mod tests {
             released_leader: false,
             sync_mode: false,
             sync_standbys: vec![],
+            etcd_answered: true,
         }
     }
 
@@ -499,7 +524,52 @@ mod tests {
             reachable: true,
             priority: 1,
             timeline: Some(1),
+            has_data: true,
         }
+    }
+
+    /// A new empty node in a scope whose only trace is another member with
+    /// data (its keys lost, or a cluster pgwarden cannot see) must not start
+    /// a second cluster: that is how a second writable primary got behind
+    /// the same HAProxy in the guides' issue.
+    #[test]
+    fn no_bootstrap_beside_a_member_with_data() {
+        let obs = Observed {
+            data: None,
+            pg: PgRun::Stopped,
+            initialize: None,
+            leader: None,
+            peers: vec![Peer { running: false, lsn: None, timeline: None, ..peer("a", 0) }],
+            ..base()
+        };
+        let d = decide(&obs);
+        assert!(d.refused && d.action.is_none(), "{d}");
+        assert!(d.reason.contains('a'), "{d}");
+        // Members that are empty too: a fresh cluster bootstraps as before.
+        let fresh = Observed {
+            peers: vec![Peer { running: false, lsn: None, timeline: None, has_data: false, ..peer("a", 0) }],
+            ..obs
+        };
+        assert_eq!(decide(&fresh).action, Some(Action::Bootstrap));
+    }
+
+    #[test]
+    fn a_primary_etcd_knows_nothing_of_is_left_running() {
+        let obs = Observed {
+            pg: PgRun::Primary { lsn: 100, timeline: 1 },
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+            initialize: None,
+            leader: None,
+            ..base()
+        };
+        let d = decide(&obs);
+        assert!(d.refused && d.action.is_none(), "{d}");
+        // Without an answer from etcd nothing is known: fence as before.
+        let d = decide(&Observed { etcd_answered: false, ..obs.clone() });
+        assert_eq!(d.action, Some(Action::Demote), "{d}");
+        // In a known cluster, a primary without the key is fenced.
+        let d = decide(&Observed { initialize: Some("7".into()), ..obs });
+        assert_eq!(d.action, Some(Action::Demote), "{d}");
     }
 
     #[test]
@@ -854,6 +924,8 @@ mod tests {
             released_leader in any::<bool>(),
             sync_mode in any::<bool>(),
             sync_standbys in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())], 0..3),
+            peers_have_data in any::<bool>(),
+            etcd_answered in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -866,7 +938,7 @@ mod tests {
                 holds_leader,
                 peers: peers.into_iter().map(|(name, running, lsn, nofailover)| Peer {
                     name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
-                    timeline: peer_timeline,
+                    timeline: peer_timeline, has_data: peers_have_data || running,
                 }).collect(),
                 nofailover,
                 priority: 1,
@@ -881,6 +953,7 @@ mod tests {
                 released_leader,
                 sync_mode,
                 sync_standbys,
+                etcd_answered,
             }
         }
     }
@@ -927,8 +1000,10 @@ mod tests {
         fn foreign_data_is_never_touched(obs in arb_observed()) {
             let d = decide(&obs);
             let foreign = matches!((&obs.data, &obs.initialize), (Some(data), Some(id)) if !id.is_empty() && *id != data.sysid);
-            prop_assert_eq!(d.refused, foreign);
             if foreign {
+                prop_assert!(d.refused, "{d}");
+            }
+            if d.refused {
                 prop_assert_eq!(d.action, None);
             }
         }
@@ -974,6 +1049,16 @@ mod tests {
             let d = decide(&obs);
             if d.action == Some(Action::Bootstrap) {
                 prop_assert!(obs.data.is_none() && obs.initialize.is_none());
+                prop_assert!(obs.peers.iter().all(|p| !p.has_data), "bootstrapped beside a member with data: {d}");
+            }
+        }
+
+        #[test]
+        fn a_primary_in_a_scope_etcd_does_not_know_is_never_stopped(obs in arb_observed()) {
+            let d = decide(&obs);
+            if matches!(obs.pg, PgRun::Primary { .. }) && obs.etcd_answered && obs.initialize.is_none() && obs.leader.is_none() && !obs.holds_leader {
+                prop_assert!(d.action.is_none(), "{d}");
+                prop_assert!(d.refused || obs.paused, "{d}");
             }
         }
 

@@ -363,6 +363,10 @@ impl Agent {
                         reachable: m.data.host_port().is_some(),
                         priority: priority_of(&m.data.tags),
                         timeline: m.data.timeline,
+                        has_data: m.data.state == "running"
+                            || m.data.xlog_location.is_some()
+                            || m.data.timeline.is_some()
+                            || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
                     })
                     .collect()
             })
@@ -437,6 +441,7 @@ impl Agent {
                 .and_then(|v| v.sync.as_ref())
                 .map(|s| s.members().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
+            etcd_answered: view.is_some(),
         }
     }
 
@@ -932,7 +937,7 @@ impl Agent {
     }
 
     async fn connect(&self) -> anyhow::Result<sqlx::postgres::PgConnection> {
-        sql::connect(&self.config, &self.pg.socket_dir, self.pg.port, Duration::from_secs(5)).await
+        sql::connect(&self.config, &self.pg.local, self.pg.port, Duration::from_secs(5)).await
     }
 
     /// Whether the independent fencer (pgwarden-health) has acknowledged
@@ -1054,6 +1059,7 @@ impl Agent {
             bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
         }
         self.pg.initdb().await?;
+        self.pg.write_bootstrap_hba(dynamic)?;
         self.pg.write_pgpass()?;
         // Local connections only until we hold the leader key.
         self.pg.write_config(dynamic, &StartAs::Primary, true)?;

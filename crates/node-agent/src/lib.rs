@@ -256,7 +256,7 @@ pub async fn run(
     let (view_tx, view_rx) = watch::channel(HaView::default());
     let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::default()));
     let observer =
-        tokio::spawn(local::observe_loop(config.clone(), pg.socket_dir.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
+        tokio::spawn(local::observe_loop(config.clone(), pg.local.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
     let view_rx_for_watchdog = view_rx.clone();
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();

@@ -40,12 +40,15 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 /// Observes every `interval` and publishes each observation.
 pub async fn observe_loop(
     config: Config,
-    socket_dir: std::path::PathBuf,
+    local: pgwarden_config::hba::LocalConnection,
     port: u16,
     interval: Duration,
     tx: watch::Sender<Local>,
 ) {
     let mut connection: Option<PgConnection> = None;
+    // A failure to connect to a running PostgreSQL (authentication, pg_hba,
+    // socket) is logged once per distinct cause, not every 100 ms.
+    let mut last_connect_error: Option<String> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -54,9 +57,24 @@ pub async fn observe_loop(
         let mut status = None;
         if postmaster.state == PostgresState::Running {
             if connection.is_none() {
-                match sql::connect(&config, &socket_dir, port, QUERY_TIMEOUT).await {
-                    Ok(conn) => connection = Some(conn),
-                    Err(e) => debug!("observer: {e:#}"),
+                match sql::connect(&config, &local, port, QUERY_TIMEOUT).await {
+                    Ok(conn) => {
+                        if last_connect_error.take().is_some() {
+                            tracing::info!("connected to the local PostgreSQL again");
+                        }
+                        connection = Some(conn);
+                    }
+                    Err(e) => {
+                        let text = format!("{e:#}");
+                        // Refused while starting up is expected; anything else says why.
+                        let starting = text.contains("starting up") || text.contains("Connection refused");
+                        if !starting && last_connect_error.as_deref() != Some(text.as_str()) {
+                            tracing::warn!("PostgreSQL runs but the agent cannot log in: {text}");
+                        } else {
+                            debug!("observer: {text}");
+                        }
+                        last_connect_error = Some(text);
+                    }
                 }
             }
             if let Some(conn) = connection.as_mut() {

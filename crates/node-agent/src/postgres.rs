@@ -42,7 +42,10 @@ pub struct Upstream {
 pub struct Postgres {
     pub bins: PostgresBinaries,
     pub data_dir: PathBuf,
+    /// The first socket directory, resolved against the data directory.
     pub socket_dir: PathBuf,
+    /// How the agent connects (TCP unless `use_unix_socket`, as Patroni).
+    pub local: pgwarden_config::hba::LocalConnection,
     pub port: u16,
     pub pgpass: PathBuf,
     pub log_file: PathBuf,
@@ -101,16 +104,13 @@ impl Postgres {
     pub fn new(config: &Config, bins: PostgresBinaries) -> anyhow::Result<Self> {
         let data_dir = config.postgresql.data_dir.clone();
         let listen = config.postgresql.listen.as_ref().context("postgresql.listen is required")?;
-        let socket_dir = config
-            .postgresql
-            .parameters
-            .get("unix_socket_directories")
-            .and_then(|dirs| dirs.split(',').next())
-            .map(|dir| PathBuf::from(dir.trim()))
-            .unwrap_or_else(|| {
-                let debian = PathBuf::from("/var/run/postgresql");
-                if debian.is_dir() { debian } else { PathBuf::from("/tmp") }
-            });
+        // Relative directories are resolved against the data directory, where
+        // PostgreSQL runs (a guide's `unix_socket_directories: '.'`).
+        let socket_dir = pgwarden_config::hba::socket_directories(config)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let local = pgwarden_config::hba::local_connection(config);
         let with_suffix = |suffix: &str| {
             let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
             name.push(suffix);
@@ -119,6 +119,7 @@ impl Postgres {
         Ok(Self {
             bins,
             socket_dir,
+            local,
             port: listen.port,
             pgpass: config.postgresql.pgpass.clone().unwrap_or_else(|| with_suffix(".pgpass")),
             log_file: with_suffix(".postgres.log"),
@@ -270,9 +271,25 @@ impl Postgres {
         }
         // What the agent relies on cannot be overridden.
         let listen = self.config.postgresql.listen.as_ref().map(|l| l.listen_addresses()).unwrap_or_default();
-        set(&mut params, "listen_addresses", if listen_local_only { String::new() } else { listen });
+        // Until the bootstrap holds the leader key, only the agent's own
+        // connection is accepted: the socket, or the one local TCP address.
+        let local_only = match &self.local {
+            pgwarden_config::hba::LocalConnection::Socket(_) => String::new(),
+            pgwarden_config::hba::LocalConnection::Tcp(host) => host.clone(),
+        };
+        set(&mut params, "listen_addresses", if listen_local_only { local_only } else { listen });
         set(&mut params, "port", self.port.to_string());
-        set(&mut params, "unix_socket_directories", self.socket_dir.display().to_string());
+        // The user's list as written (PostgreSQL resolves relative entries
+        // against the data directory), else the default directory.
+        let socket_dirs = self
+            .config
+            .postgresql
+            .parameters
+            .get("unix_socket_directories")
+            .or_else(|| dynamic.parameters.get("unix_socket_directories"))
+            .cloned()
+            .unwrap_or_else(|| self.socket_dir.display().to_string());
+        set(&mut params, "unix_socket_directories", socket_dirs);
         set(&mut params, "hba_file", self.data_dir.join("pg_hba.conf").display().to_string());
         if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
             set(&mut params, "synchronous_standby_names", names);
@@ -289,27 +306,55 @@ impl Postgres {
         changed
     }
 
-    /// The pg_hba.conf lines: configured, or loopback-only defaults.
-    fn hba_lines(&self, dynamic: &DynamicConfig) -> Vec<String> {
-        let configured = if !self.config.postgresql.pg_hba.is_empty() {
-            &self.config.postgresql.pg_hba
+    /// The pg_hba.conf lines pgwarden owns, as Patroni: the local
+    /// `postgresql.pg_hba`, else the dynamic config's. `None`: the file is
+    /// left as it is (initdb's with `bootstrap.pg_hba` appended at bootstrap,
+    /// the leader's copy on a clone, Patroni's on an adopted node).
+    fn hba_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+        if !self.config.postgresql.pg_hba.is_empty() {
+            Some((self.config.postgresql.pg_hba.clone(), "postgresql.pg_hba"))
         } else if !dynamic.pg_hba.is_empty() {
-            &dynamic.pg_hba
+            Some((dynamic.pg_hba.clone(), "the dynamic config's postgresql.pg_hba"))
         } else {
-            &self.config.bootstrap.pg_hba
-        };
-        if !configured.is_empty() {
-            return configured.clone();
+            None
         }
-        let local_method =
-            if self.config.postgresql.authentication.superuser.password.is_some() { "scram-sha-256" } else { "peer" };
-        vec![
-            format!("local all all {local_method}"),
-            "host all all 127.0.0.1/32 scram-sha-256".into(),
-            "host all all ::1/128 scram-sha-256".into(),
-            "host replication all 127.0.0.1/32 scram-sha-256".into(),
-            "host replication all ::1/128 scram-sha-256".into(),
-        ]
+    }
+
+    /// Writes `pg_hba.conf` from `lines`, unless they would lock the agent
+    /// out: then nothing is written and the error names the line to add.
+    fn write_hba(&self, lines: &[String], source: &str) -> anyhow::Result<()> {
+        pgwarden_config::hba::check_agent_access(&self.config, lines, &self.local, source)
+            .map_err(|why| anyhow::anyhow!("{why} (pg_hba.conf left unchanged)"))?;
+        let mut hba = String::from("# Written by pgwarden-agent from the config's pg_hba.\n");
+        for line in lines {
+            hba.push_str(line);
+            hba.push('\n');
+        }
+        write_private(&self.data_dir.join("pg_hba.conf"), &hba)
+    }
+
+    /// The pg_hba.conf of a new cluster, right after initdb: the configured
+    /// rules when pgwarden owns the file; else, as Patroni, initdb's file
+    /// with `bootstrap.pg_hba` appended; with neither, pgwarden's loopback
+    /// password rules (not initdb's `trust`).
+    pub fn write_bootstrap_hba(&self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        if let Some((lines, source)) = self.hba_lines(dynamic) {
+            return self.write_hba(&lines, source);
+        }
+        let (lines, source) = pgwarden_config::hba::bootstrap_rules(&self.config);
+        if self.config.bootstrap.pg_hba.is_empty() {
+            return self.write_hba(&lines, &source);
+        }
+        pgwarden_config::hba::check_agent_access(&self.config, &lines, &self.local, &source)
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        let path = self.data_dir.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        text.push_str("\n# Appended by pgwarden-agent from bootstrap.pg_hba.\n");
+        for line in &self.config.bootstrap.pg_hba {
+            text.push_str(line);
+            text.push('\n');
+        }
+        write_private(&path, &text)
     }
 
     /// Writes `postgresql.conf` (including initdb's as `postgresql.base.conf`),
@@ -352,13 +397,10 @@ impl Postgres {
                 std::fs::write(&standby_signal, "").context("write standby.signal")?;
             }
         }
-        write_private(&managed, &text)?;
-        let mut hba = String::from("# Written by pgwarden-agent from the config's pg_hba.\n");
-        for line in self.hba_lines(dynamic) {
-            hba.push_str(&line);
-            hba.push('\n');
+        if let Some((lines, source)) = self.hba_lines(dynamic) {
+            self.write_hba(&lines, source)?;
         }
-        write_private(&self.data_dir.join("pg_hba.conf"), &hba)
+        write_private(&managed, &text)
     }
 
     fn primary_conninfo(&self, upstream: &Upstream) -> String {

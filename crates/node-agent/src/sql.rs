@@ -1,10 +1,11 @@
-//! SQL against the local PostgreSQL over its Unix socket, as the superuser.
+//! SQL against the local PostgreSQL as the superuser: over TCP, or over the
+//! Unix socket with `postgresql.use_unix_socket` (Patroni's rule).
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use pgwarden_config::Config;
+use pgwarden_config::hba::LocalConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 
@@ -99,23 +100,28 @@ pub async fn show(conn: &mut PgConnection, name: &str) -> anyhow::Result<String>
     Ok(row.try_get(0)?)
 }
 
-/// Connects as the superuser over the socket in `socket_dir`.
-pub async fn connect(config: &Config, socket_dir: &Path, port: u16, timeout: Duration) -> anyhow::Result<PgConnection> {
+/// Connects as the superuser over `local` (TCP or the Unix socket).
+pub async fn connect(
+    config: &Config,
+    local: &LocalConnection,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<PgConnection> {
     let superuser = &config.postgresql.authentication.superuser;
-    let mut options = PgConnectOptions::new()
-        .socket(socket_dir)
-        .port(port)
-        .username(&superuser.username)
-        .database("postgres")
-        .application_name("pgwarden-agent");
+    let options = match local {
+        LocalConnection::Socket(dir) => PgConnectOptions::new().socket(dir),
+        LocalConnection::Tcp(host) => PgConnectOptions::new().host(host),
+    };
+    let mut options =
+        options.port(port).username(&superuser.username).database("postgres").application_name("pgwarden-agent");
     if let Some(password) = &superuser.password {
         options = options.password(password.expose());
     }
     let options = options.disable_statement_logging();
     let connection = tokio::time::timeout(timeout, options.connect())
         .await
-        .context("connect to the local PostgreSQL: timed out")?
-        .context("connect to the local PostgreSQL")?;
+        .with_context(|| format!("connect to the local PostgreSQL over {}: timed out", local.describe()))?
+        .with_context(|| format!("connect to the local PostgreSQL over {}", local.describe()))?;
     Ok(connection)
 }
 
