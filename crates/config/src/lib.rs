@@ -964,7 +964,9 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     {
         r.problems.notice(
             "etcd",
-            "read as etcd's v3 API, like `etcd3:` (Patroni's own patronictl needs `etcd3:` to read these keys)",
+            "read as etcd's v3 API, like `etcd3:`; Patroni drives this section through etcd's v2 API, so at start the \
+             agent looks for the scope in etcd's v2 keyspace and refuses, touching nothing, while a cluster lives \
+             there (docs/migrating-from-patroni.md: `pgwardenctl migrate-v2` moves it)",
         );
     }
     Some(Config {

@@ -9,6 +9,7 @@
 mod connect;
 mod keys;
 mod model;
+pub mod v2;
 mod view;
 
 pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_unreachable};

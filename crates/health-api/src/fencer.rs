@@ -59,6 +59,21 @@ pub struct FencerSettings {
     /// For the start-up check: the etcd handle, the leader key and the margin.
     pub etcd: Option<(dcs::Etcd, dcs::Keys)>,
     pub fence_margin: Duration,
+    /// With an `etcd:` section: where to look for a Patroni cluster in etcd's
+    /// v2 keyspace (settings, namespace, scope).
+    pub v2: Option<(dcs::EtcdSettings, String, String)>,
+}
+
+/// What the start-up check decides for a primary running with no agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Judgement {
+    /// Our leader key's lease bounds it: guard until this deadline.
+    Guard(u64),
+    /// Not pgwarden's primary (etcd holds no cluster under the scope, or a
+    /// Patroni cluster lives in the v2 keyspace): never stop it.
+    Leave(String),
+    /// pgwarden's cluster, and the key is not ours (or etcd cannot say).
+    Fence,
 }
 
 fn now_ns() -> u64 {
@@ -95,27 +110,36 @@ async fn fence(settings: &FencerSettings, why: &str) {
     info!("fenced");
 }
 
-/// The remaining lease of our leader key in etcd, for a fencer that starts
-/// beside a running primary with no agent: `Some(deadline)` when this member
-/// holds the key, `None` when it does not or etcd cannot say.
-async fn deadline_from_etcd(settings: &FencerSettings) -> Option<u64> {
-    let (etcd, keys) = settings.etcd.as_ref()?;
-    let leader = keys.leader();
-    let sent = now_ns();
-    let response = etcd
-        .call(|mut client| {
-            let leader = leader.clone();
-            async move { client.get(leader, None).await }
-        })
-        .await
-        .ok()?;
-    let kv = response.kvs().first()?;
-    if kv.value() != settings.member.as_bytes() || kv.lease() == 0 {
-        return None;
+/// Judges a primary found running with no agent at start-up: guarded by
+/// our leader key's remaining lease, left alone when it is not pgwarden's
+/// (no `initialize` key under the scope, or a live Patroni cluster in v2),
+/// else fenced. Any doubt about etcd fences.
+async fn judge_from_etcd(settings: &FencerSettings) -> Judgement {
+    if let Some((v2, namespace, scope)) = &settings.v2
+        && let Ok(dcs::v2::V2Scope::Present(cluster)) = dcs::v2::probe(v2, namespace, scope).await
+        && cluster.is_live()
+    {
+        return Judgement::Leave("a live Patroni cluster holds this scope in etcd's v2 keyspace".into());
     }
-    let lease = kv.lease();
-    let ttl = etcd.call(|mut client| async move { client.lease_time_to_live(lease, None).await }).await.ok()?.ttl();
-    (ttl > 0).then(|| sent + (ttl as u64) * 1_000_000_000 - settings.fence_margin.as_nanos() as u64)
+    let Some((etcd, keys)) = settings.etcd.as_ref() else { return Judgement::Fence };
+    let sent = now_ns();
+    let prefix = keys.prefix().to_string();
+    let Ok(view) = dcs::read_cluster(etcd, keys).await else { return Judgement::Fence };
+    if view.initialize.is_none() && view.leader.is_none() {
+        return Judgement::Leave(format!("etcd holds no cluster under {prefix}: this primary is not pgwarden's"));
+    }
+    let Some(leader) = view.leader.as_ref().filter(|l| l.name == settings.member && l.lease != 0) else {
+        return Judgement::Fence;
+    };
+    let lease = leader.lease;
+    let Ok(answer) = etcd.call(|mut client| async move { client.lease_time_to_live(lease, None).await }).await else {
+        return Judgement::Fence;
+    };
+    let ttl = answer.ttl();
+    if ttl <= 0 {
+        return Judgement::Fence;
+    }
+    Judgement::Guard(sent + (ttl as u64) * 1_000_000_000 - settings.fence_margin.as_nanos() as u64)
 }
 
 /// Runs the fencer until the process ends.
@@ -144,12 +168,16 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
             && armed.is_none()
             && primary_running(&settings).is_some()
         {
-            match deadline_from_etcd(&settings).await {
-                Some(deadline) => {
+            match judge_from_etcd(&settings).await {
+                Judgement::Guard(deadline) => {
                     info!("no agent; the leader key's lease in etcd bounds this primary");
                     armed = Some(deadline);
                 }
-                None => {
+                Judgement::Leave(why) => {
+                    warn!("a primary runs here with no agent, and {why}: leaving it running");
+                    heard_agent = true;
+                }
+                Judgement::Fence => {
                     fence(&settings, "a primary runs with no agent and no leader key of ours in etcd").await;
                     state.send_replace(FencerState::Fenced);
                     heard_agent = true;
@@ -191,6 +219,7 @@ mod tests {
             agent_grace: Duration::from_secs(60),
             etcd: None,
             fence_margin: Duration::from_secs(2),
+            v2: None,
         };
         let (tx, rx) = watch::channel(None);
         let (state_tx, mut state_rx) = watch::channel(FencerState::Disarmed);

@@ -249,6 +249,11 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             agent_grace: std::time::Duration::from_secs(3),
             etcd: Some((etcd.clone(), keys.clone())),
             fence_margin: config.pgwarden.fence_margin,
+            // Patroni keeps an `etcd:` section's cluster in v2: a primary it
+            // runs there is not pgwarden's to fence.
+            v2: (config.etcd.section == "etcd").then(|| {
+                (dcs::EtcdSettings::from_config(&config.etcd, timeout), config.namespace.clone(), config.scope.clone())
+            }),
         }),
         Err(why) => {
             tracing::error!("the fencer cannot run without PostgreSQL's binaries: {why}");

@@ -25,6 +25,10 @@ fn main() -> ExitCode {
     }
     match runtime.block_on(node_agent::main(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<node_agent::StartRefused>().is_some() => {
+            eprintln!("pgwarden-agent: refusing to start: {e}");
+            ExitCode::from(78)
+        }
         Err(e) => {
             eprintln!("pgwarden-agent: {e:#}");
             ExitCode::FAILURE
