@@ -5,6 +5,7 @@
 //! without a command that says so.
 
 mod actions;
+mod migrate;
 mod operations;
 mod source;
 mod table;
@@ -169,6 +170,18 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Copy a Patroni cluster's keys from etcd's v2 keyspace (an `etcd:`
+    /// section) to v3, with the cluster paused; `--remove-v2` deletes the v2
+    /// copy once no member runs there (docs/migrating-from-patroni.md).
+    MigrateV2 {
+        cluster: Option<String>,
+        /// Delete the scope from etcd's v2 keyspace instead (refused while a Patroni member runs there).
+        #[arg(long = "remove-v2")]
+        remove_v2: bool,
+        /// With --remove-v2: remove keys that were never copied to v3 (a cluster gone for good).
+        #[arg(long, requires = "remove_v2")]
+        force: bool,
+    },
     /// A libpq connection string for a member (default: the leader).
     Dsn {
         cluster: Option<String>,
@@ -300,6 +313,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Resume { cluster, wait } => {
             actions::set_pause(&actions::target(&config, cluster).await?, false, wait).await
+        }
+        Command::MigrateV2 { cluster, remove_v2, force } => {
+            let target = actions::target(&config, cluster).await?;
+            migrate::migrate_v2(&config, &target, migrate::MigrateV2 { remove_v2, force }).await
         }
         Command::Dsn { cluster, member } => {
             let snapshot = read(&config, cluster, cli.verbose).await?;

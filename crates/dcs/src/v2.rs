@@ -192,13 +192,13 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &st
     Ok((status, body.to_string()))
 }
 
-/// One GET against one endpoint (`http(s)://host:port`).
-async fn get(settings: &EtcdSettings, endpoint: &str, path: &str) -> Result<(u16, String), String> {
+/// One request against one endpoint (`http(s)://host:port`).
+async fn request(settings: &EtcdSettings, endpoint: &str, method: &str, path: &str) -> Result<(u16, String), String> {
     let (https, authority) = match endpoint.split_once("://") {
         Some((scheme, rest)) => (scheme == "https", rest.trim_end_matches('/')),
         None => (false, endpoint),
     };
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n");
     if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
         use base64::Engine as _;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -216,21 +216,54 @@ async fn get(settings: &EtcdSettings, endpoint: &str, path: &str) -> Result<(u16
     }
 }
 
-/// Looks for `scope` in etcd's v2 keyspace, trying each endpoint in turn.
-pub async fn probe(settings: &EtcdSettings, namespace: &str, scope: &str) -> Result<V2Scope, String> {
-    let dir = scope_dir(namespace, scope);
-    let path = format!("/v2/keys{dir}?recursive=true&quorum=true");
+/// One request, trying each endpoint in turn until one answers.
+async fn first_answer(settings: &EtcdSettings, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut errors = Vec::new();
     for endpoint in &settings.endpoints {
-        match tokio::time::timeout(settings.request_timeout.max(Duration::from_secs(1)), get(settings, endpoint, &path))
-            .await
-        {
-            Ok(Ok((status, body))) => return parse_answer(status, &body, &dir),
+        let limit = settings.request_timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(limit, request(settings, endpoint, method, path)).await {
+            Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => errors.push(format!("{endpoint}: {e}")),
             Err(_) => errors.push(format!("{endpoint}: timed out")),
         }
     }
-    Err(format!("cannot read etcd's v2 keyspace: {}", errors.join("; ")))
+    Err(format!("cannot reach etcd's v2 API: {}", errors.join("; ")))
+}
+
+/// Looks for `scope` in etcd's v2 keyspace.
+pub async fn probe(settings: &EtcdSettings, namespace: &str, scope: &str) -> Result<V2Scope, String> {
+    let dir = scope_dir(namespace, scope);
+    let (status, body) = first_answer(settings, "GET", &format!("/v2/keys{dir}?recursive=true&quorum=true")).await?;
+    parse_answer(status, &body, &dir)
+}
+
+/// Deletes the scope's directory from etcd's v2 keyspace (every key below it).
+pub async fn remove(settings: &EtcdSettings, namespace: &str, scope: &str) -> Result<(), String> {
+    let dir = scope_dir(namespace, scope);
+    match first_answer(settings, "DELETE", &format!("/v2/keys{dir}?recursive=true&dir=true")).await? {
+        (200 | 202, _) => Ok(()),
+        (404, body) if body.contains("\"errorCode\":100") => Ok(()),
+        (status, body) => Err(format!("etcd's v2 API refused to delete {dir} ({status}): {}", body.trim())),
+    }
+}
+
+/// The v3 keys a cluster moved from v2 gets: its lasting keys, with
+/// Patroni's old `optime/leader` as `status`. Not copied: `leader` and
+/// `members/*` (on leases; each Patroni writes its own on v3) and `failover`
+/// (a request left over must not act in the new keyspace).
+pub fn keys_to_copy(cluster: &V2Cluster) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for name in ["initialize", "config", "history", "sync"] {
+        if let Some(value) = cluster.keys.get(name) {
+            out.push((name, value.clone()));
+        }
+    }
+    match (cluster.keys.get("status"), cluster.keys.get("optime/leader")) {
+        (Some(status), _) => out.push(("status", status.clone())),
+        (None, Some(optime)) => out.push(("status", format!("{{\"optime\":{}}}", optime.trim()))),
+        (None, None) => {}
+    }
+    out
 }
 
 #[cfg(test)]
