@@ -315,6 +315,48 @@ impl PgwardenCluster {
         Ok((cluster, proxies))
     }
 
+    /// Adds (without starting) a node whose whole config `yaml` writes, from
+    /// the node's directory and ports; the agent and controller listen where
+    /// pgwarden's defaults put them (REST port + 1000 and + 2000), so a
+    /// config without a `pgwarden:` section works.
+    pub fn add_node_from(&mut self, name: &str, yaml: impl FnOnce(&Node) -> String) -> anyhow::Result<&mut Node> {
+        let rest_port = crate::port::free_port_with_offsets(&[1000, 2000]);
+        let node = Node {
+            name: name.to_string(),
+            dir: TestDir::new(name),
+            rest_port,
+            pg_port: free_port(),
+            agent_port: rest_port + 1000,
+            controller_port: rest_port + 2000,
+            env: Vec::new(),
+            agent: None,
+            health: None,
+            controller: None,
+        };
+        std::fs::write(node.config_path(), yaml(&node))?;
+        std::fs::set_permissions(node.config_path(), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        crate::process::give_to_postgres(&node.config_path());
+        self.nodes.push(node);
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Starts the agent, health API and controller of every node not running yet.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            if node.agent.is_none() {
+                node.start_agent()?;
+                node.start_health()?;
+                node.start_controller()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the node's agent process has exited, and with which code.
+    pub fn agent_exit_code(node: &mut Node) -> Option<Option<i32>> {
+        node.agent.as_mut().and_then(ChildGuard::try_exit_code)
+    }
+
     /// Adds (without starting) a node with its own directory and ports.
     pub fn add_node(&mut self, name: &str, extra_config: &str) -> anyhow::Result<&mut Node> {
         let mut node = Node {

@@ -64,6 +64,8 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", &format!("pgwarden-test-{}", std::process::id())])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // As the guides' etcd configs: Patroni's `etcd:` section needs the v2 API.
+            .arg("--enable-v2=true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -10,7 +10,9 @@
 pub mod cluster;
 pub mod etcd;
 pub mod grpc;
+pub mod guides;
 pub mod haproxy;
+pub mod migration;
 pub mod patroni;
 pub mod port;
 pub mod postgres;

@@ -66,6 +66,16 @@ impl PatroniNode {
         crate::service::body_of(self.rest_port, path)
     }
 
+    /// Runs SQL on this node's PostgreSQL over TCP as the superuser.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        crate::cluster::psql_port(self.pg_port, sql)
+    }
+
+    /// The database system identifier, asked of the running PostgreSQL.
+    pub fn psql_system_identifier(&self) -> String {
+        self.psql("select system_identifier from pg_control_system()").expect("ask PostgreSQL its system identifier")
+    }
+
     /// Starts Patroni as `postgres`, logging to `<dir>/patroni.log`.
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log_path = self.dir.path().join("patroni.log");
@@ -137,7 +147,13 @@ impl PatroniNode {
 
     /// Starts pgwarden's three services on this node (Patroni must be stopped).
     pub fn start_pgwarden(&mut self) -> anyhow::Result<()> {
-        let config = self.dir.path().join("pgwarden.yml").display().to_string();
+        self.start_pgwarden_on(&self.dir.path().join("pgwarden.yml"))
+    }
+
+    /// As [`PatroniNode::start_pgwarden`], reading `config` (e.g. the node's
+    /// unchanged `patroni.yml`).
+    pub fn start_pgwarden_on(&mut self, config: &Path) -> anyhow::Result<()> {
+        let config = config.display().to_string();
         for (binary, label) in
             [("pgwarden-health", "health"), ("pgwarden-agent", "agent"), ("pgwarden-controller", "controller")]
         {
@@ -160,6 +176,16 @@ impl PatroniNode {
 
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn health_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("health.log")).unwrap_or_default()
+    }
+
+    /// The exit code of this node's pgwarden agent once it has exited
+    /// (`Some(None)`: killed by a signal); `None` while it runs or never ran.
+    pub fn agent_exit_code(&mut self) -> Option<Option<i32>> {
+        self.pgwarden.iter_mut().find(|s| s.name == "pgwarden-agent").and_then(ChildGuard::try_exit_code)
     }
 
     pub fn log(&self) -> String {
@@ -263,6 +289,45 @@ impl PatroniCluster {
             node.start()?;
         }
         Ok(cluster)
+    }
+
+    /// etcd and no node yet; the scope names the cluster.
+    pub async fn empty(scope: &str) -> anyhow::Result<Self> {
+        patroni_binary()?;
+        let etcd = EtcdCluster::start(1).await?;
+        Ok(Self { scope: scope.into(), nodes: Vec::new(), etcd, proxies: Vec::new() })
+    }
+
+    /// Adds (without starting) a node whose whole config `yaml` writes from
+    /// the node's directory and ports (a guide's `patroni.yml`). The REST
+    /// port leaves + 1000 and + 2000 free for pgwarden's services, which
+    /// derive their ports from it when the node moves to pgwarden.
+    pub fn add_node_from(
+        &mut self,
+        name: &str,
+        yaml: impl FnOnce(&PatroniNode) -> String,
+    ) -> anyhow::Result<&mut PatroniNode> {
+        let node = PatroniNode {
+            name: name.to_string(),
+            dir: TestDir::new(&format!("patroni-{name}")),
+            rest_port: crate::port::free_port_with_offsets(&[1000, 2000]),
+            pg_port: free_port(),
+            patroni: None,
+            pgwarden: Vec::new(),
+        };
+        write_config(&node.config_path(), &yaml(&node))?;
+        self.nodes.push(node);
+        Ok(self.nodes.last_mut().expect("just pushed"))
+    }
+
+    /// Starts every node added and not running.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            if node.patroni.is_none() {
+                node.start()?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds (without starting) a node with its own directory and ports.

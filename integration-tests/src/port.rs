@@ -34,3 +34,30 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port on 127.0.0.1 after 200 tries");
 }
+
+/// A free port `p` such that `p + offset` is free too for every offset, all
+/// held like [`free_port`]'s: for configs that derive ports from the REST
+/// port (pgwarden's agent at +1000, controller at +2000).
+pub fn free_port_with_offsets(offsets: &[u16]) -> u16 {
+    let dir = std::path::Path::new("/tmp/pgwarden-test-ports");
+    for _ in 0..200 {
+        let port = free_port();
+        let mut locks = Vec::new();
+        for offset in offsets {
+            let Some(other) = port.checked_add(*offset) else { break };
+            if TcpListener::bind(("127.0.0.1", other)).is_err() {
+                break;
+            }
+            let Ok(file) = File::create(dir.join(other.to_string())) else { break };
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => locks.push(lock),
+                Err(_) => break,
+            }
+        }
+        if locks.len() == offsets.len() {
+            HELD.lock().expect("port lock list").extend(locks);
+            return port;
+        }
+    }
+    panic!("no free port with free offsets {offsets:?} after 200 tries");
+}

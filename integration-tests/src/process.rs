@@ -101,6 +101,13 @@ impl ChildGuard {
     }
 
     /// Whether the process has exited.
+    /// `Some(code)` once the process has exited (`None` inside: killed by a
+    /// signal); `None` while it runs.
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        Some(status.code())
+    }
+
     pub fn has_exited(&mut self) -> bool {
         self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
