@@ -199,9 +199,24 @@ async fn a_guide_cluster_moves_from_etcds_v2_keyspace_to_pgwarden_without_losing
         .await;
         assert!(missing.is_ok(), "{}: {missing:?}", node.name);
     }
-    let listed = pgwardenctl(&pgwarden_yml, &["list"]);
+    // The members table (from the member keys) says streaming for both.
+    let listed = wait_until("pgwardenctl list to show two replicas streaming", UP, || async {
+        let listed = pgwardenctl(&pgwarden_yml, &["list"]);
+        if listed.matches("streaming").count() == 2 { Ok(Some(listed)) } else { Err(listed) }
+    })
+    .await
+    .expect("two replicas streaming");
     println!("{listed}");
-    assert_eq!(listed.matches("streaming").count(), 2, "two replicas streaming: {listed}");
+    for node in &cluster.nodes {
+        let slots = node.psql("select string_agg(slot_name || ':' || active, ',') from pg_replication_slots");
+        println!("{} slots: {slots:?}", node.name);
+    }
+    // The old Patroni leader, adopted by pgwarden as a replica and never
+    // leading under it, keeps the member slots Patroni kept on it.
+    let kept = cluster.nodes[leader]
+        .psql("select count(*) from pg_replication_slots where slot_type = 'physical' and not active")
+        .expect("psql");
+    assert_ne!(kept, "0", "the adopted replica {} keeps its member slots", cluster.nodes[leader].name);
     // Every promotion is in the history, Patroni's switchover included.
     let history = pgwardenctl(&pgwarden_yml, &["history"]);
     println!("{history}");
@@ -210,7 +225,12 @@ async fn a_guide_cluster_moves_from_etcds_v2_keyspace_to_pgwarden_without_losing
         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["timeline"].as_u64())
         .expect("timeline");
-    let entries = history.lines().filter(|l| l.trim_start().starts_with('|') && l.contains('-')).count();
+    let timelines: Vec<u64> = history
+        .lines()
+        .filter_map(|line| line.trim_start_matches('|').split('|').next()?.trim().parse().ok())
+        .collect();
     assert!(timeline >= 3, "two switchovers: timeline {timeline}");
-    assert!(entries as u64 >= timeline - 1, "one history entry per promotion: {history}");
+    assert_eq!(timelines, (1..timeline).collect::<Vec<_>>(), "one history entry per promotion: {history}");
+    // The promotions pgwarden made carry their time and new leader.
+    assert!(history.lines().filter(|l| l.contains("T") && l.contains(":")).count() >= 2, "{history}");
 }

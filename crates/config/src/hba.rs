@@ -311,18 +311,32 @@ pub fn evaluate(lines: &[String], client: &Client<'_>) -> Verdict {
     Verdict::Refused("no line matches it".into())
 }
 
-/// initdb's own pg_hba.conf (PostgreSQL 13-17), with the methods its
-/// `auth`, `auth-local` and `auth-host` options choose (default `trust`).
-pub fn initdb_default(config: &Config) -> Vec<String> {
+/// The `--auth-local` and `--auth-host` initdb runs with: the config's
+/// `auth`, `auth-local` and `auth-host` options, else pgwarden's defaults,
+/// `peer` over the socket (`sudo -u postgres psql` keeps working) and
+/// `scram-sha-256` over TCP (`trust` without a superuser password, which
+/// initdb requires for a password method), instead of initdb's own `trust` for both, which
+/// Patroni keeps (secure by default; a documented difference).
+pub fn initdb_auth(config: &Config) -> (String, String) {
     let option = |name: &str| {
         config.bootstrap.initdb.iter().find_map(|o| match o {
             crate::ToolOption::Value(k, v) if k == name => Some(v.clone()),
             _ => None,
         })
     };
-    let both = option("auth").unwrap_or_else(|| "trust".into());
-    let local = option("auth-local").unwrap_or_else(|| both.clone());
-    let host = option("auth-host").unwrap_or(both);
+    let both = option("auth");
+    let local = option("auth-local").or_else(|| both.clone()).unwrap_or_else(|| "peer".into());
+    // initdb refuses a password method without a superuser password.
+    let host_default =
+        if config.postgresql.authentication.superuser.password.is_some() { "scram-sha-256" } else { "trust" };
+    let host = option("auth-host").or(both).unwrap_or_else(|| host_default.into());
+    (local, host)
+}
+
+/// initdb's own pg_hba.conf (PostgreSQL 13-17), with the methods
+/// [`initdb_auth`] gives it.
+pub fn initdb_default(config: &Config) -> Vec<String> {
+    let (local, host) = initdb_auth(config);
     vec![
         format!("local all all {local}"),
         format!("host all all 127.0.0.1/32 {host}"),

@@ -321,6 +321,8 @@ pub async fn run(
         // Not fatal: etcd may come up after the controller; requests report it.
         tracing::warn!("{e}");
     }
+    // A Patroni cluster in etcd's v2 keyspace is not ours to operate on.
+    dcs::v2::check_scope(&config, &etcd, timeout, None).await?;
     let keys = Keys::new(&config.namespace, &config.scope);
     let cluster = Cluster { etcd: etcd.clone(), keys: keys.clone(), scope: config.scope.clone() };
     let url = config.pgwarden.controller_grpc_url();

@@ -216,6 +216,68 @@ async fn request(settings: &EtcdSettings, endpoint: &str, method: &str, path: &s
     }
 }
 
+/// A service refused to start and touched nothing: its `main` exits with
+/// EX_CONFIG (78), which the units' `RestartPreventExitStatus=` keeps
+/// systemd from restarting in a loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartRefused(pub String);
+
+/// The exit code of a refused start (sysexits' EX_CONFIG).
+pub const REFUSED_EXIT_CODE: u8 = 78;
+
+/// With an `etcd:` section, Patroni keeps the cluster in etcd's v2 keyspace:
+/// a service looks there before it acts (the guides' users' clusters live
+/// there). Waits for etcd to answer; refuses with [`StartRefused`] when a
+/// cluster lives there that has not been moved to v3. Does nothing for an
+/// `etcd3:` section.
+pub async fn check_scope(
+    config: &pgwarden_config::Config,
+    etcd: &crate::Etcd,
+    timeout: Duration,
+    config_path: Option<&std::path::Path>,
+) -> Result<(), StartRefused> {
+    if config.etcd.section != "etcd" {
+        return Ok(());
+    }
+    let settings = EtcdSettings::from_config(&config.etcd, timeout);
+    let keys = crate::Keys::new(&config.namespace, &config.scope);
+    let dir = scope_dir(&config.namespace, &config.scope);
+    let path = config_path.map_or_else(|| "<config>".to_string(), |p| p.display().to_string());
+    let mut logged = false;
+    loop {
+        let found = probe(&settings, &config.namespace, &config.scope).await;
+        let v3 = crate::read_cluster(etcd, &keys).await;
+        match (found, v3) {
+            (Ok(v2), Ok(view)) => {
+                return match verdict(&v2, view.initialize.as_deref(), &dir, &path) {
+                    Ok(None) => {
+                        tracing::info!("etcd's v2 keyspace holds no cluster under {dir}");
+                        Ok(())
+                    }
+                    Ok(Some(warning)) => {
+                        tracing::warn!("{warning}");
+                        Ok(())
+                    }
+                    Err(refusal) => Err(StartRefused(refusal)),
+                };
+            }
+            (Err(e), _) if !logged => {
+                tracing::warn!(
+                    "{e}; waiting for etcd before acting (an `etcd:` section may mean a Patroni cluster on v2)"
+                );
+                logged = true;
+            }
+            (_, Err(e)) if !logged => {
+                tracing::warn!("failed to read the cluster from etcd: {}; waiting", crate::describe_error(&e));
+                logged = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// One request, trying each endpoint in turn until one answers.
 async fn first_answer(settings: &EtcdSettings, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut errors = Vec::new();

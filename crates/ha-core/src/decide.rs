@@ -123,6 +123,9 @@ pub struct Observed {
     /// etcd answered this tick's read: `initialize` and `leader` are what
     /// etcd holds, not unknown.
     pub etcd_answered: bool,
+    /// A running replica whose WAL receiver does not stream: why, as far as
+    /// the shell can tell (`None` while it streams, or not a replica).
+    pub not_streaming: Option<String>,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -432,7 +435,10 @@ pub fn decide(obs: &Observed) -> Decision {
         (PgRun::Replica { upstream, .. }, Some(leader)) if upstream.as_deref() != Some(leader) => {
             Decision::act(format!("follow the new leader {leader}"), Action::Follow { upstream: leader.to_string() })
         }
-        (PgRun::Replica { .. }, Some(leader)) => Decision::idle(format!("replica streaming from {leader}")),
+        (PgRun::Replica { .. }, Some(leader)) => match &obs.not_streaming {
+            None => Decision::idle(format!("replica streaming from {leader}")),
+            Some(why) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
+        },
         (PgRun::Replica { .. }, None) if named_candidate == Some(obs.me.as_str()) && i_am_eligible => {
             Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
         }
@@ -485,6 +491,7 @@ mod tests {
             sync_mode: false,
             sync_standbys: vec![],
             etcd_answered: true,
+            not_streaming: None,
         }
     }
 
@@ -551,6 +558,17 @@ mod tests {
             ..obs
         };
         assert_eq!(decide(&fresh).action, Some(Action::Bootstrap));
+    }
+
+    /// The tick's reason (logged, and in `/patroni`) says "streaming" only
+    /// while the WAL receiver streams, and otherwise why not.
+    #[test]
+    fn a_replica_that_does_not_stream_says_why() {
+        assert_eq!(decide(&base()).reason, "replica streaming from a");
+        let obs = Observed { not_streaming: Some("replication slot \"b\" does not exist".into()), ..base() };
+        let d = decide(&obs);
+        assert!(d.reason.contains("not streaming") && d.reason.contains("slot"), "{d}");
+        assert!(!d.reason.contains("streaming from"), "{d}");
     }
 
     #[test]
@@ -954,6 +972,7 @@ mod tests {
                 sync_mode,
                 sync_standbys,
                 etcd_answered,
+                not_streaming: None,
             }
         }
     }

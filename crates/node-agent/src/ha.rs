@@ -58,6 +58,13 @@ pub struct Agent {
     sysid: Option<String>,
     last_member_json: Option<String>,
     last_optime: Option<u64>,
+    /// This agent has held the leader key since it started: member slots on
+    /// its PostgreSQL, once a replica again, are its own term's leftovers.
+    led_here: bool,
+    /// The last answer of `why_not_streaming`, and when it was looked up.
+    not_streaming_cache: Option<(Instant, String)>,
+    /// (timeline, history entries) last completed from the timeline history file.
+    history_checked: Option<(u64, usize)>,
     slot_absent_since: HashMap<String, Instant>,
     /// Since when a peer with data has not reported its WAL position.
     peer_unknown_since: HashMap<String, Instant>,
@@ -176,6 +183,9 @@ impl Agent {
             sysid: None,
             last_member_json: None,
             last_optime: None,
+            history_checked: None,
+            not_streaming_cache: None,
+            led_here: false,
             slot_absent_since: HashMap::new(),
             peer_unknown_since: HashMap::new(),
             primary_down_since: None,
@@ -345,6 +355,12 @@ impl Agent {
         if pg == PgRun::Stopped {
             self.upstream = None;
         }
+        let not_streaming = match &local.sql {
+            Some(sql) if sql.in_recovery && sql.replication_state != "streaming" => {
+                Some(self.why_not_streaming(&sql.receiver_status))
+            }
+            _ => None,
+        };
         let dynamic = self.dynamic(view);
         let priority_of = |tags: &serde_json::Map<String, serde_json::Value>| {
             tags.get("failover_priority").and_then(serde_json::Value::as_u64).map_or(1, |p| p as u32)
@@ -442,7 +458,29 @@ impl Agent {
                 .map(|s| s.members().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
             etcd_answered: view.is_some(),
+            not_streaming,
         }
+    }
+
+    /// Why the local replica's WAL receiver does not stream: its status, and
+    /// the last complaint of the WAL receiver in PostgreSQL's log (a missing
+    /// replication slot, a refused login). Looked up at most every 2 s.
+    fn why_not_streaming(&mut self, receiver_status: &str) -> String {
+        if let Some((at, why)) = &self.not_streaming_cache
+            && at.elapsed() < Duration::from_secs(2)
+        {
+            return why.clone();
+        }
+        let mut why = if receiver_status.is_empty() {
+            "no WAL receiver runs".to_string()
+        } else {
+            format!("the WAL receiver is {receiver_status}")
+        };
+        if let Some(line) = last_receiver_complaint(&self.pg.log_file) {
+            why.push_str(&format!("; PostgreSQL's log: {line}"));
+        }
+        self.not_streaming_cache = Some((Instant::now(), why.clone()));
+        why
     }
 
     /// Waits until the observer reports what an action just did, so that the
@@ -633,6 +671,7 @@ impl Agent {
             if let Err(e) = self.publish_member(&local).await {
                 warn!("failed to update the member key: {e:#}");
             }
+            self.led_here |= obs.holds_leader;
             if obs.holds_leader
                 && let Err(e) = self.leader_housekeeping(view, &local, &dynamic).await
             {
@@ -1226,10 +1265,68 @@ impl Agent {
         {
             let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
         }
+        self.complete_history(view, sql.timeline).await?;
         if dynamic.use_slots {
             self.manage_slots(view, dynamic).await?;
         }
         self.manage_sync(view, local, dynamic).await
+    }
+
+    /// Adds to the `history` key the promotions PostgreSQL's timeline history
+    /// file records and the key lacks (one made by Patroni during a
+    /// migration, or by an agent that died before writing its entry), as
+    /// Patroni rebuilds it. Read once per timeline and history revision.
+    async fn complete_history(&mut self, view: &ClusterView, timeline: u64) -> anyhow::Result<()> {
+        if timeline <= 1 || self.history_checked == Some((timeline, view.history.len())) {
+            return Ok(());
+        }
+        let file = self.pg.data_dir.join("pg_wal").join(ha_core::timeline::history_file_name(timeline));
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!("failed to read the timeline history file {}: {e}", file.display());
+                self.history_checked = Some((timeline, view.history.len()));
+                return Ok(());
+            }
+        };
+        // Read afresh and written only if unchanged since: this tick's view
+        // predates an entry the promotion may have appended a moment ago.
+        let key = self.keys.history();
+        let current = self
+            .etcd
+            .call(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await?;
+        let (history, revision) = match current.kvs().first() {
+            Some(kv) => {
+                (serde_json::from_slice::<Vec<dcs::HistoryEntry>>(kv.value()).unwrap_or_default(), kv.mod_revision())
+            }
+            None => (Vec::new(), 0),
+        };
+        let known: Vec<u64> = history.iter().map(|h| h.0).collect();
+        let switches = ha_core::timeline::parse_history_file(&text);
+        let missing = ha_core::timeline::missing_switches(&known, &switches);
+        if !missing.is_empty() {
+            let mut history = history.clone();
+            history.extend(missing.iter().map(|s| dcs::HistoryEntry(s.timeline, s.lsn, s.reason.clone(), None, None)));
+            history.sort_by_key(|h| h.0);
+            let value = serde_json::to_string(&history)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
+            if !self.etcd.txn(txn).await?.succeeded() {
+                // Changed meanwhile: look again at the next tick.
+                return Ok(());
+            }
+            info!(
+                timelines = ?missing.iter().map(|s| s.timeline).collect::<Vec<_>>(),
+                "history: added the promotions PostgreSQL's timeline history records and the key lacked"
+            );
+        }
+        self.history_checked = Some((timeline, view.history.len()));
+        Ok(())
     }
 
     /// `synchronous_standby_names` for the config files: none outside
@@ -1393,8 +1490,16 @@ impl Agent {
         let stale = sql::inactive_physical_slots(&mut conn).await?;
         let members: Vec<String> = view.members.iter().map(|m| slot_name(&m.name)).collect();
         for slot in stale.iter().filter(|s| members.contains(s)) {
-            info!(slot, "dropping a member slot kept from a term as primary");
-            sql::drop_slot(&mut conn, slot).await?;
+            if self.led_here {
+                info!(slot, "dropping a member slot kept from a term as primary");
+                sql::drop_slot(&mut conn, slot).await?;
+            } else {
+                // A replica adopted from Patroni keeps the member slots Patroni
+                // kept on it (ready for a failover to this node); they are
+                // moved along with replay, as Patroni does, so that they do
+                // not pin WAL here.
+                sql::advance_slot_to_replay(&mut conn, slot).await?;
+            }
         }
         sql::close(conn).await;
         self.replica_slots_checked = Some(Instant::now());
@@ -1410,7 +1515,16 @@ impl Agent {
     /// leader key over and removes the member key.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut previous_state = self.local.borrow().postmaster.state;
+        // What wakes the loop early when it changes: the postmaster's state,
+        // and PostgreSQL's role, streaming and timeline (so the member key and
+        // the tick's reason say "streaming" only while it streams).
+        let summary = |local: &Local| {
+            (
+                local.postmaster.state,
+                local.sql.as_ref().map(|s| (s.in_recovery, s.replication_state == "streaming", s.timeline)),
+            )
+        };
+        let mut previous_state = summary(&self.local.borrow());
         loop {
             // A tick may wait on PostgreSQL (start, clone); shutdown must not.
             let again = tokio::select! {
@@ -1441,7 +1555,7 @@ impl Agent {
                     if local_rx.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }
-                    let state = local_rx.borrow().postmaster.state;
+                    let state = summary(&local_rx.borrow());
                     if state != previous_state {
                         return state;
                     }
@@ -1643,5 +1757,59 @@ impl Agent {
                 warn!("failed to revoke the lease: {e}");
             }
         }
+    }
+}
+
+/// The WAL receiver's last complaint in the tail of PostgreSQL's log
+/// (`FATAL:` / `ERROR:` lines about the primary, WAL streaming or slots),
+/// from the message on. `None` without such a line or a readable log.
+fn last_receiver_complaint(log_file: &std::path::Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(log_file).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(32 * 1024))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    const ABOUT: [&str; 6] =
+        ["primary server", "WAL stream", "replication slot", "pg_hba.conf", "authentication failed", "upstream"];
+    // A complaint older than the last "started streaming" is not the cause.
+    let line =
+        text.lines().rev().take(200).take_while(|line| !line.contains("started streaming WAL")).find(|line| {
+            (line.contains("FATAL:") || line.contains("ERROR:")) && ABOUT.iter().any(|a| line.contains(a))
+        })?;
+    let from = line.find("FATAL:").or_else(|| line.find("ERROR:")).unwrap_or(0);
+    Some(line[from..].split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_receiver_complaint;
+
+    #[test]
+    fn finds_the_wal_receivers_last_complaint_since_it_last_streamed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("pg.log");
+        std::fs::write(
+            &log,
+            "2026-12-05 LOG:  started streaming WAL from primary at 0/3000000 on timeline 1\n\
+             2026-12-05 FATAL:  could not start WAL streaming: ERROR:  replication slot \"node2\" does not exist\n\
+             2026-12-05 LOG:  waiting for WAL to become available at 0/3000060\n",
+        )
+        .expect("write log");
+        let why = last_receiver_complaint(&log).expect("a complaint");
+        assert!(
+            why.starts_with("FATAL: could not start WAL streaming") && why.contains("\"node2\" does not exist"),
+            "{why}"
+        );
+        // Streaming again since: the old complaint is not the cause.
+        std::fs::write(
+            &log,
+            "FATAL:  could not connect to the primary server: connection refused\n\
+             LOG:  started streaming WAL from primary at 0/3000000 on timeline 1\n",
+        )
+        .expect("write log");
+        assert_eq!(last_receiver_complaint(&log), None);
+        assert_eq!(last_receiver_complaint(&dir.path().join("missing.log")), None);
     }
 }

@@ -248,7 +248,7 @@ pub async fn run(
         tracing::warn!("{e} (the agent keeps trying)");
     }
     if config.etcd.section == "etcd" {
-        check_v2_keyspace(&config, &etcd, timeout, config_path.as_deref()).await?;
+        dcs::v2::check_scope(&config, &etcd, timeout, config_path.as_deref()).await?;
     }
     let initial_local = Local {
         postmaster: pg_local::observe(&config.postgresql.data_dir),
@@ -308,60 +308,7 @@ pub async fn run(
     served.context("the gRPC server panicked")?.context("serve the NodeAgent gRPC API")
 }
 
-/// The agent refused to start and touched nothing: `main` exits with
-/// EX_CONFIG (78), which the unit's `RestartPreventExitStatus=` keeps
-/// systemd from restarting in a loop.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartRefused(pub String);
-
-/// With an `etcd:` section, Patroni keeps the cluster in etcd's v2 keyspace:
-/// look there before acting (the guides' users' clusters live there). Waits
-/// for etcd to answer; refuses when a cluster lives there that has not been
-/// moved to v3.
-async fn check_v2_keyspace(
-    config: &Config,
-    etcd: &dcs::Etcd,
-    timeout: Duration,
-    config_path: Option<&Path>,
-) -> anyhow::Result<()> {
-    let settings = dcs::EtcdSettings::from_config(&config.etcd, timeout);
-    let keys = dcs::Keys::new(&config.namespace, &config.scope);
-    let dir = dcs::v2::scope_dir(&config.namespace, &config.scope);
-    let path = config_path.map_or_else(|| "<config>".to_string(), |p| p.display().to_string());
-    let mut logged = false;
-    loop {
-        let found = dcs::v2::probe(&settings, &config.namespace, &config.scope).await;
-        let v3 = dcs::read_cluster(etcd, &keys).await;
-        match (found, v3) {
-            (Ok(v2), Ok(view)) => {
-                return match dcs::v2::verdict(&v2, view.initialize.as_deref(), &dir, &path) {
-                    Ok(None) => {
-                        info!("etcd's v2 keyspace holds no cluster under {dir}");
-                        Ok(())
-                    }
-                    Ok(Some(warning)) => {
-                        tracing::warn!("{warning}");
-                        Ok(())
-                    }
-                    Err(refusal) => Err(StartRefused(refusal).into()),
-                };
-            }
-            (Err(e), _) if !logged => {
-                tracing::warn!(
-                    "{e}; waiting for etcd before acting (an `etcd:` section may mean a Patroni cluster on v2)"
-                );
-                logged = true;
-            }
-            (_, Err(e)) if !logged => {
-                tracing::warn!("failed to read the cluster from etcd: {}; waiting", dcs::describe_error(&e));
-                logged = true;
-            }
-            _ => {}
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
+pub use dcs::v2::StartRefused;
 
 /// The agent's start-up: config, ownership and lock checks, listeners, run.
 /// The `NodeAgent` calls anyone may make; the others change state and need

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<node_agent::StartRefused>().is_some() => {
             eprintln!("pgwarden-agent: refusing to start: {e}");
-            ExitCode::from(78)
+            ExitCode::from(dcs::v2::REFUSED_EXIT_CODE)
         }
         Err(e) => {
             eprintln!("pgwarden-agent: {e:#}");

@@ -174,6 +174,22 @@ impl Postgres {
         for option in &self.config.bootstrap.initdb {
             cmd.arg(option.to_arg());
         }
+        // Never initdb's `trust`: peer over the socket, SCRAM over TCP, unless
+        // the config chooses (pgwarden_config::hba::initdb_auth).
+        let (auth_local, auth_host) = pgwarden_config::hba::initdb_auth(&self.config);
+        let chosen = |name: &str| {
+            self.config
+                .bootstrap
+                .initdb
+                .iter()
+                .any(|o| matches!(o, pgwarden_config::ToolOption::Value(k, _) if k == name))
+        };
+        if !chosen("auth") && !chosen("auth-local") {
+            cmd.arg(format!("--auth-local={auth_local}"));
+        }
+        if !chosen("auth") && !chosen("auth-host") {
+            cmd.arg(format!("--auth-host={auth_host}"));
+        }
         let pwfile = self.data_dir.with_extension("pwfile");
         if let Some(password) = &superuser.password {
             write_private(&pwfile, &format!("{}\n", password.expose()))?;

@@ -20,6 +20,9 @@ pub struct SqlStatus {
     pub timeline: u64,
     /// `streaming` while a WAL receiver streams.
     pub replication_state: String,
+    /// The WAL receiver's status (`streaming`, `starting`, `waiting`, ...),
+    /// empty when none runs.
+    pub receiver_status: String,
     pub server_version: i32,
     pub system_identifier: String,
     pub postmaster_start_time: String,
@@ -164,6 +167,7 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
         status.xlog_location = status.receive_lsn.max(status.replay_lsn);
         let receiver: String = row.try_get(3)?;
         status.replication_state = if receiver == "streaming" { "streaming".into() } else { String::new() };
+        status.receiver_status = receiver;
     } else {
         let row = sqlx::query(
             "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, \
@@ -290,6 +294,22 @@ pub async fn inactive_physical_slots(conn: &mut PgConnection) -> anyhow::Result<
     .fetch_all(&mut *conn)
     .await
     .context("list inactive replication slots")
+}
+
+/// Moves an inactive physical slot on a standby up to the replayed position,
+/// when it reserves WAL and is behind it (a slot kept for after a failover
+/// must not pin WAL on the standby).
+pub async fn advance_slot_to_replay(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "select pg_replication_slot_advance(slot_name, pg_last_wal_replay_lsn()) from pg_replication_slots \
+         where slot_name = $1 and slot_type = 'physical' and not active and restart_lsn is not null \
+         and pg_last_wal_replay_lsn() is not null and restart_lsn < pg_last_wal_replay_lsn()",
+    )
+    .bind(name)
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("advance replication slot {name}"))?;
+    Ok(())
 }
 
 pub async fn create_slot(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
