@@ -145,6 +145,12 @@ enum Match {
     Maybe,
 }
 
+impl From<bool> for Match {
+    fn from(yes: bool) -> Self {
+        if yes { Match::Yes } else { Match::No }
+    }
+}
+
 /// Splits a line into fields, honouring double quotes and `#` comments.
 fn fields(line: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
@@ -215,7 +221,7 @@ fn match_address(address: IpAddr, spec: &str, mask: Option<&str>) -> Match {
         }
         _ => false,
     };
-    if in_network { Match::Yes } else { Match::No }
+    Match::from(in_network)
 }
 
 fn mask_bits(mask: IpAddr) -> u32 {
@@ -254,20 +260,20 @@ pub fn evaluate(lines: &[String], client: &Client<'_>) -> Verdict {
             return Verdict::Unknown;
         };
         let database_match = match_list(database, *db_quoted, |d, quoted| match d {
-            _ if quoted => (d == client.database).then_some(Match::Yes).unwrap_or(Match::No),
+            _ if quoted => Match::from(d == client.database),
             "all" if !replication => Match::Yes,
             "replication" if replication => Match::Yes,
             "all" | "replication" => Match::No,
-            "sameuser" if !replication => (client.database == client.user).then_some(Match::Yes).unwrap_or(Match::No),
+            "sameuser" if !replication => Match::from(client.database == client.user),
             "samerole" | "samegroup" if !replication => Match::Maybe,
             d if d.starts_with('@') || d.starts_with('/') => Match::Maybe,
-            d => (d == client.database && !replication).then_some(Match::Yes).unwrap_or(Match::No),
+            d => Match::from(d == client.database && !replication),
         });
         let user_match = match_list(user, *user_quoted, |u, quoted| match u {
-            _ if quoted => (u == client.user).then_some(Match::Yes).unwrap_or(Match::No),
+            _ if quoted => Match::from(u == client.user),
             "all" => Match::Yes,
             u if u.starts_with('+') || u.starts_with('@') || u.starts_with('/') => Match::Maybe,
-            u => (u == client.user).then_some(Match::Yes).unwrap_or(Match::No),
+            u => Match::from(u == client.user),
         });
         let (address_match, method_at) = match (tcp, client.address) {
             (true, Some(address)) => {
