@@ -162,3 +162,38 @@ pub async fn move_to_pgwarden(
     flowing("the final switchover").await;
     pgwarden_yml
 }
+
+/// Waits until every node of `cluster` holds every row `ids` (the writer's
+/// acknowledged ids) in `table`; panics naming the node that lacks some.
+pub async fn assert_every_acknowledged_row_everywhere(cluster: &PatroniCluster, table: &str, ids: &[i64]) {
+    for node in &cluster.nodes {
+        let missing = wait_until(&format!("{} to hold every acknowledged row", node.name), UP, || async {
+            let missing = crate::writer::missing_rows(node.pg_port, crate::cluster::SUPERUSER_PASSWORD, table, ids)
+                .await
+                .map_err(|e| e.to_string())?;
+            if missing.is_empty() { Ok(Some(missing)) } else { Err(format!("{} missing", missing.len())) }
+        })
+        .await;
+        assert!(missing.is_ok(), "{}: {missing:?}", node.name);
+    }
+}
+
+/// HAProxy with the classic checks (as the migration page asks) in front of
+/// `cluster`, and a writer through it once only the leader takes writes
+/// (the classic checks take a few seconds to mark the replicas DOWN).
+pub async fn haproxy_and_writer(cluster: &PatroniCluster, leader: usize, table: &str) -> (crate::HaProxy, Writer) {
+    use crate::free_port;
+    let (write, read, stats) = (free_port(), free_port(), free_port());
+    let config = crate::haproxy::deploy_config_from("haproxy-classic.cfg", write, read, stats, &cluster.backends());
+    let haproxy = crate::HaProxy::start(&config, &[write, read, stats]).await.expect("HAProxy");
+    wait_until("HAProxy to route writes to the leader only", UP, || async {
+        let up = write_servers_up(stats);
+        Ok::<_, String>((up == [cluster.nodes[leader].name.clone()]).then_some(()).ok_or(format!("{up:?}")).ok())
+    })
+    .await
+    .expect("HAProxy settled");
+    let writer = Writer::start(write, crate::cluster::SUPERUSER_PASSWORD, table, Duration::from_millis(10))
+        .await
+        .expect("writer");
+    (haproxy, writer)
+}

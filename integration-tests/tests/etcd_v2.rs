@@ -9,15 +9,13 @@
 
 use std::time::Duration;
 
-use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::guides::{self, Guide, GuideNode};
-use pgwarden_integration_tests::haproxy::deploy_config_from;
 use pgwarden_integration_tests::migration::{
-    PgwardenConfig, UP, move_to_pgwarden, patronictl, pgwardenctl, try_pgwardenctl, write_servers_up,
+    PgwardenConfig, UP, assert_every_acknowledged_row_everywhere, haproxy_and_writer, move_to_pgwarden, patronictl,
+    pgwardenctl, try_pgwardenctl,
 };
 use pgwarden_integration_tests::patroni::PatroniCluster;
-use pgwarden_integration_tests::writer::{Writer, missing_rows};
-use pgwarden_integration_tests::{HaProxy, free_port, init_logging, wait_until};
+use pgwarden_integration_tests::{init_logging, wait_until};
 
 /// A guide-built Patroni cluster on etcd's v2 API: three nodes, healthy.
 async fn guide_cluster_on_v2(nodes: usize) -> (PatroniCluster, usize) {
@@ -130,16 +128,7 @@ fn to_etcd3(path: &std::path::Path) {
 async fn a_guide_cluster_moves_from_etcds_v2_keyspace_to_pgwarden_without_losing_a_write() {
     init_logging();
     let (mut cluster, leader) = guide_cluster_on_v2(3).await;
-    let (write, read, stats) = (free_port(), free_port(), free_port());
-    let haproxy_config = deploy_config_from("haproxy-classic.cfg", write, read, stats, &cluster.backends());
-    let _haproxy = HaProxy::start(&haproxy_config, &[write, read, stats]).await.expect("HAProxy");
-    wait_until("HAProxy to route writes to the leader only", UP, || async {
-        let up = write_servers_up(stats);
-        Ok::<_, String>((up == [cluster.nodes[leader].name.clone()]).then_some(()).ok_or(format!("{up:?}")).ok())
-    })
-    .await
-    .expect("HAProxy settled");
-    let writer = Writer::start(write, SUPERUSER_PASSWORD, "from_v2", Duration::from_millis(10)).await.expect("writer");
+    let (_haproxy, writer) = haproxy_and_writer(&cluster, leader, "from_v2").await;
     let flowing = |what: &'static str| {
         let writer = &writer;
         async move {
@@ -189,16 +178,7 @@ async fn a_guide_cluster_moves_from_etcds_v2_keyspace_to_pgwarden_without_losing
         report.failed_attempts,
         report.max_gap_after(report.acked[0].1)
     );
-    let ids = report.ids();
-    for node in &cluster.nodes {
-        let missing = wait_until(&format!("{} to hold every acknowledged row", node.name), UP, || async {
-            let missing =
-                missing_rows(node.pg_port, SUPERUSER_PASSWORD, "from_v2", &ids).await.map_err(|e| e.to_string())?;
-            if missing.is_empty() { Ok(Some(missing)) } else { Err(format!("{} missing", missing.len())) }
-        })
-        .await;
-        assert!(missing.is_ok(), "{}: {missing:?}", node.name);
-    }
+    assert_every_acknowledged_row_everywhere(&cluster, "from_v2", &report.ids()).await;
     // The members table (from the member keys) says streaming for both.
     let listed = wait_until("pgwardenctl list to show two replicas streaming", UP, || async {
         let listed = pgwardenctl(&pgwarden_yml, &["list"]);

@@ -42,6 +42,11 @@ async fn through_haproxy(backends: &[Backend], label: &str) {
     .expect("reads reach a replica through HAProxy");
 }
 
+/// The guide's text for one node (the same for pgwarden and Patroni).
+fn guide_config(guide: Guide, name: &str, rest_port: u16, pg_port: u16, dir: &std::path::Path, etcd: &str) -> String {
+    guides::config(guide, &GuideNode { name, rest_port, pg_port, dir, etcd })
+}
+
 async fn boots_under_pgwarden(guide: Guide) {
     let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
     let etcd = cluster.etcd.host_ports()[0].clone();
@@ -49,16 +54,7 @@ async fn boots_under_pgwarden(guide: Guide) {
         let name = format!("node{i}");
         cluster
             .add_node_from(&name, |node| {
-                guides::config(
-                    guide,
-                    &GuideNode {
-                        name: &name,
-                        rest_port: node.rest_port,
-                        pg_port: node.pg_port,
-                        dir: node.dir.path(),
-                        etcd: &etcd,
-                    },
-                )
+                guide_config(guide, &name, node.rest_port, node.pg_port, node.dir.path(), &etcd)
             })
             .expect("node config");
     }
@@ -102,16 +98,7 @@ async fn boots_under_patroni(guide: Guide) {
         let name = format!("node{i}");
         cluster
             .add_node_from(&name, |node| {
-                guides::config(
-                    guide,
-                    &GuideNode {
-                        name: &name,
-                        rest_port: node.rest_port,
-                        pg_port: node.pg_port,
-                        dir: node.dir.path(),
-                        etcd: &etcd,
-                    },
-                )
+                guide_config(guide, &name, node.rest_port, node.pg_port, node.dir.path(), &etcd)
             })
             .expect("node config");
     }

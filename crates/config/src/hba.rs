@@ -52,12 +52,7 @@ impl LocalConnection {
 /// resolved against the data directory as PostgreSQL does (it runs there),
 /// or the platform default.
 pub fn socket_directories(config: &Config) -> Vec<PathBuf> {
-    let configured = config
-        .postgresql
-        .parameters
-        .get("unix_socket_directories")
-        .or_else(|| config.bootstrap.dcs.parameters.get("unix_socket_directories"));
-    match configured {
+    match configured_socket_directories(config) {
         Some(dirs) => dirs
             .split(',')
             .map(str::trim)
@@ -92,23 +87,35 @@ pub fn tcp_local_host(config: &Config) -> String {
 
 /// How the agent connects: the Unix socket when `use_unix_socket` is true
 /// and an absolute socket directory is configured (Patroni falls back to TCP
-/// otherwise), else TCP.
+/// otherwise), else TCP. One exception: a superuser without a password can
+/// only get in by `peer` over the socket (pgwarden never runs initdb with
+/// `trust`, which is how Patroni lets such a superuser in over TCP), so the
+/// agent uses the socket then.
 pub fn local_connection(config: &Config) -> LocalConnection {
     if config.postgresql.use_unix_socket
         && let Some(dir) = first_absolute_socket_dir(config)
     {
         return LocalConnection::Socket(dir);
     }
+    if config.postgresql.authentication.superuser.password.is_none()
+        && let Some(dir) = socket_directories(config).into_iter().next()
+    {
+        return LocalConnection::Socket(dir);
+    }
     LocalConnection::Tcp(tcp_local_host(config))
 }
 
-fn first_absolute_socket_dir(config: &Config) -> Option<PathBuf> {
-    let configured = config
+/// `unix_socket_directories` as configured: locally, else in `bootstrap.dcs`.
+fn configured_socket_directories(config: &Config) -> Option<&String> {
+    config
         .postgresql
         .parameters
         .get("unix_socket_directories")
-        .or_else(|| config.bootstrap.dcs.parameters.get("unix_socket_directories"));
-    match configured {
+        .or_else(|| config.bootstrap.dcs.parameters.get("unix_socket_directories"))
+}
+
+fn first_absolute_socket_dir(config: &Config) -> Option<PathBuf> {
+    match configured_socket_directories(config) {
         Some(dirs) => dirs.split(',').map(str::trim).find(|d| d.starts_with('/')).map(PathBuf::from),
         None => socket_directories(config).into_iter().next(),
     }
@@ -354,17 +361,25 @@ pub fn initdb_default(config: &Config) -> Vec<String> {
 }
 
 /// pgwarden's own rules for a new cluster whose config has no `pg_hba` at
-/// all: password logins on loopback (peer over the socket without a password).
+/// all: password logins on loopback (peer over the socket without a
+/// password), and the superuser on the address the agent connects to when
+/// that is not loopback.
 pub fn pgwarden_default(config: &Config) -> Vec<String> {
     let local_method =
         if config.postgresql.authentication.superuser.password.is_some() { "scram-sha-256" } else { "peer" };
-    vec![
+    let mut lines = vec![
         format!("local all all {local_method}"),
         "host all all 127.0.0.1/32 scram-sha-256".into(),
         "host all all ::1/128 scram-sha-256".into(),
         "host replication all 127.0.0.1/32 scram-sha-256".into(),
         "host replication all ::1/128 scram-sha-256".into(),
-    ]
+    ];
+    if let Some(address) = local_connection(config).client_address().filter(|a| !a.is_loopback()) {
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let user = &config.postgresql.authentication.superuser.username;
+        lines.push(format!("host all {user} {address}/{bits} scram-sha-256"));
+    }
+    lines
 }
 
 /// The operating-system user the agent runs as (`postgres` when checked by root).
@@ -543,5 +558,54 @@ mod tests {
         let rules = lines(&["host \"all\" all 127.0.0.1/32 trust", "host all all 127.0.0.1/32 reject"]);
         assert!(matches!(evaluate(&rules, &client(Some("127.0.0.1"), "postgres", "postgres")), Verdict::Refused(_)));
         assert_eq!(evaluate(&rules, &client(Some("127.0.0.1"), "all", "postgres")), Verdict::Allowed(1));
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    fn config(postgresql: &str) -> Config {
+        let yaml = format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n  hosts: 127.0.0.1:2379\n\
+             postgresql:\n  data_dir: /nonexistent/pgwarden-hba-test/data\n{postgresql}"
+        );
+        let source = crate::Source { origin: "test".into(), yaml };
+        crate::load_from(&source, std::iter::empty(), crate::Purpose::Service).expect("a valid config").config
+    }
+
+    const PASSWORDS: &str =
+        "  authentication:\n    superuser:\n      password: s\n    replication:\n      password: r\n";
+
+    #[test]
+    fn connects_as_patroni_does() {
+        let tcp = config(&format!("  listen: 0.0.0.0:5432\n{PASSWORDS}"));
+        assert_eq!(local_connection(&tcp), LocalConnection::Tcp("127.0.0.1".into()));
+        let first = config(&format!("  listen: 10.0.0.5,10.0.0.6:5432\n{PASSWORDS}"));
+        assert_eq!(local_connection(&first), LocalConnection::Tcp("10.0.0.5".into()));
+        let socket = config(&format!(
+            "  listen: 0.0.0.0:5432\n  use_unix_socket: true\n{PASSWORDS}  parameters:\n    unix_socket_directories: '.,/run/pg'\n"
+        ));
+        // Patroni takes the first absolute directory.
+        assert_eq!(local_connection(&socket), LocalConnection::Socket("/run/pg".into()));
+        // A relative directory is the data directory's, as PostgreSQL resolves it.
+        assert_eq!(socket_directories(&socket)[0], PathBuf::from("/nonexistent/pgwarden-hba-test/data/."));
+        // Without a superuser password only peer over the socket can let the agent in.
+        let no_password = config("  listen: 0.0.0.0:5432\n  parameters:\n    unix_socket_directories: /run/pg\n");
+        assert_eq!(local_connection(&no_password), LocalConnection::Socket("/run/pg".into()));
+    }
+
+    #[test]
+    fn pgwardens_defaults_let_the_agent_in_on_a_non_loopback_address() {
+        let config = config(&format!("  listen: 10.0.3.1:5432\n{PASSWORDS}"));
+        let (rules, source) = bootstrap_rules(&config);
+        assert!(source.contains("pgwarden's defaults"), "{source}");
+        assert_eq!(check_agent_access(&config, &rules, &local_connection(&config), &source), Ok(()));
+    }
+
+    #[test]
+    fn initdb_never_trusts_by_default() {
+        let config = config(&format!("  listen: 127.0.0.1:5432\n{PASSWORDS}"));
+        assert_eq!(initdb_auth(&config), ("peer".to_string(), "scram-sha-256".to_string()));
     }
 }
