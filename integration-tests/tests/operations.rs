@@ -102,7 +102,28 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
     assert!(!ok && stderr.contains("wal_level"), "{stderr}");
     let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--pg", "no_such_parameter=1", "--force"]);
     assert!(!ok && stderr.contains("no such parameter"), "{stderr}");
+    // The hardening probe's cases: a value that would add a line to
+    // postgresql.conf on every member, garbage after a unit, a NUL byte.
+    for value in
+        [r#""1MB'\narchive_command = 'touch /tmp/pwned""#, r#""64MBgarbage""#, r#""10 ; x""#, r#""64MB\u0000""#]
+    {
+        let (status, body) = http_with(
+            "PATCH",
+            cluster.nodes[leader].rest_port,
+            "/config",
+            &[("Authorization", &auth())],
+            &format!(r#"{{"postgresql":{{"parameters":{{"work_mem":{value}}}}}}}"#),
+            Duration::from_secs(30),
+        )
+        .expect("PATCH /config");
+        assert!(status == 400 || status == 422, "{value}: {status} {body}");
+        assert!(body.contains("work_mem"), "{value}: {body}");
+    }
+    let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--pg", "shared_buffers=5min", "--force"]);
+    assert!(!ok && stderr.contains("shared_buffers"), "{stderr}");
     assert_eq!(cluster.get_key("config").await.expect("etcd").expect("config"), before, "nothing written");
+    let conf = std::fs::read_to_string(cluster.nodes[leader].data_dir().join("postgresql.conf")).expect("conf");
+    assert!(!conf.contains("archive_command") && !conf.contains("garbage"), "{conf}");
 
     // Two editors read the same revision; the second loses.
     let mut client = grpc::controller(cluster.nodes[leader].controller_url()).await.expect("controller");

@@ -215,6 +215,10 @@ pub(crate) fn parameter_map(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, 
     for (name, value) in section {
         match scalar_text(value) {
             Some(text) => {
+                if let Err(why) = check_parameter_text(name, &text) {
+                    r.problems.error(format!("{path}.{name}"), why);
+                    continue;
+                }
                 out.insert(name.clone(), text);
             }
             None if value.is_null() => {}
@@ -224,6 +228,92 @@ pub(crate) fn parameter_map(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, 
         }
     }
     out
+}
+
+/// What PostgreSQL's config file syntax can hold, checked before a
+/// parameter is accepted anywhere (file, `PATCH /config`, `edit-config`):
+/// a name of letters, digits, `_` and `.` (custom `ext.name`), and a value
+/// without control characters (a newline would end the quoted value and add
+/// a line of its own to `postgresql.conf` on every member).
+pub fn check_parameter_text(name: &str, value: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        return Err(format!("{name:?} is not a PostgreSQL parameter name (letters, digits, `_` and `.` only)"));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the value contains the control character {:?}, which PostgreSQL's config file cannot hold: remove it",
+            c
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a numeric setting's text as PostgreSQL reads it: a number (hex
+/// `0x..` for integers), optionally followed by a unit of the parameter's
+/// kind (memory: B, kB, MB, GB, TB; time: us, ms, s, min, h, d), converted
+/// to the parameter's own unit (`pg_settings.unit`, such as `8kB` or `ms`)
+/// and compared with `min_val`/`max_val`.
+pub fn check_numeric_setting(value: &str, unit: &str, min: &str, max: &str) -> Result<(), String> {
+    const MEMORY: [(&str, f64); 5] =
+        [("B", 1.0), ("kB", 1024.0), ("MB", 1048576.0), ("GB", 1073741824.0), ("TB", 1099511627776.0)];
+    const TIME: [(&str, f64); 6] =
+        [("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("min", 60000.0), ("h", 3600000.0), ("d", 86400000.0)];
+    let text = value.trim();
+    let number_end = text
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '-' || c == '+') && i == 0)))
+        .map_or(text.len(), |(i, _)| i);
+    let (number, suffix) = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        (i64::from_str_radix(hex.trim(), 16).ok().map(|n| n as f64), "")
+    } else {
+        // An exponent (1e3) belongs to the number, not to a unit.
+        let (mut number, mut rest) = text.split_at(number_end);
+        if let Some(exponent) = rest.strip_prefix(['e', 'E'])
+            && let Some(len) = exponent
+                .char_indices()
+                .find(|&(i, c)| !(c.is_ascii_digit() || ((c == '-' || c == '+') && i == 0)))
+                .map(|(i, _)| i)
+                .or(Some(exponent.len()))
+                .filter(|&len| len > 0)
+        {
+            number = &text[..number_end + 1 + len];
+            rest = &text[number_end + 1 + len..];
+        }
+        (number.parse::<f64>().ok(), rest.trim())
+    };
+    let Some(number) = number.filter(|n| n.is_finite()) else {
+        return Err(format!("{value:?} is not a number"));
+    };
+    let base = unit.trim_start_matches(|c: char| c.is_ascii_digit());
+    let base_factor: f64 = unit[..unit.len() - base.len()].parse().unwrap_or(1.0);
+    let table: &[(&str, f64)] = if MEMORY.iter().any(|(u, _)| *u == base) {
+        &MEMORY
+    } else if TIME.iter().any(|(u, _)| *u == base) {
+        &TIME
+    } else {
+        &[]
+    };
+    let in_base = if suffix.is_empty() {
+        number
+    } else {
+        let units: Vec<&str> = table.iter().map(|(u, _)| *u).collect();
+        let Some((_, factor)) = table.iter().find(|(u, _)| *u == suffix) else {
+            return Err(if units.is_empty() {
+                format!("{value:?}: this parameter takes a plain number, without a unit")
+            } else {
+                format!("{value:?}: {suffix:?} is not a unit here (use one of {})", units.join(", "))
+            });
+        };
+        let base_in_table = table.iter().find(|(u, _)| *u == base).map_or(1.0, |(_, f)| *f);
+        number * factor / (base_in_table * base_factor)
+    };
+    let below = min.parse::<f64>().is_ok_and(|m| in_base < m);
+    let above = max.parse::<f64>().is_ok_and(|m| in_base > m);
+    if below || above {
+        let unit_note = if unit.is_empty() { String::new() } else { format!(" (in units of {unit})") };
+        return Err(format!("{value} is outside [{min}, {max}]{unit_note}"));
+    }
+    Ok(())
 }
 
 /// `wal_keep_segments` became `wal_keep_size` in PostgreSQL 13.
@@ -325,6 +415,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The probe's injection: a newline in a value added a line to
+    /// `postgresql.conf` on every member. Refused with the key's path.
+    #[test]
+    fn parameter_values_cannot_inject_config_lines() {
+        let (_, _, problems) = read(json!({"postgresql": {"parameters": {
+            "work_mem": "1MB'\narchive_command = 'touch /x",
+            "maintenance_work_mem": "64MB\u{0}",
+            "bad name": "1",
+            "auto_explain.log_min_duration": "1s",
+            "search_path": "'$user', public\\",
+        }}}));
+        let errors: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            errors.iter().any(|e| e.contains("postgresql.parameters.work_mem") && e.contains("control character")),
+            "{errors:#?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("maintenance_work_mem")), "{errors:#?}");
+        assert!(errors.iter().any(|e| e.contains("bad name")), "{errors:#?}");
+        assert!(!errors.iter().any(|e| e.contains("auto_explain") || e.contains("search_path")), "{errors:#?}");
+    }
+
+    #[test]
+    fn numeric_settings_are_read_as_postgresql_reads_them() {
+        // shared_buffers: unit 8kB, [16, 1073741823].
+        assert_eq!(check_numeric_setting("128MB", "8kB", "16", "1073741823"), Ok(()));
+        assert_eq!(check_numeric_setting("16384", "8kB", "16", "1073741823"), Ok(()));
+        assert_eq!(check_numeric_setting("1TB", "8kB", "16", "1073741823"), Ok(()));
+        assert!(check_numeric_setting("64MBgarbage", "8kB", "16", "1073741823").is_err());
+        assert!(check_numeric_setting("10 ; x", "8kB", "16", "1073741823").is_err());
+        assert!(check_numeric_setting("100kB", "8kB", "16", "1073741823").is_err(), "below 16 x 8kB");
+        assert!(check_numeric_setting("5min", "8kB", "16", "1073741823").is_err(), "a time unit on memory");
+        // checkpoint_timeout: unit s, [30, 86400].
+        assert_eq!(check_numeric_setting("5min", "s", "30", "86400"), Ok(()));
+        assert_eq!(check_numeric_setting("30 s", "s", "30", "86400"), Ok(()));
+        assert!(check_numeric_setting("10s", "s", "30", "86400").is_err());
+        // max_connections: no unit.
+        assert_eq!(check_numeric_setting("0x64", "", "1", "262143"), Ok(()));
+        assert!(check_numeric_setting("100MB", "", "1", "262143").is_err());
+        // real: checkpoint_completion_target.
+        assert_eq!(check_numeric_setting("0.9", "", "0", "1"), Ok(()));
+        assert_eq!(check_numeric_setting("9e-1", "", "0", "1"), Ok(()));
+        assert!(check_numeric_setting("", "", "0", "1").is_err());
     }
 
     #[test]

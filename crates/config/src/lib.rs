@@ -26,7 +26,10 @@ use figment::providers::{Format, Serialized};
 use serde_json::{Map, Value};
 
 pub use address::{HostPort, ListenAddresses};
-pub use dynamic::{DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, parse_duration};
+pub use dynamic::{
+    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, check_numeric_setting, check_parameter_text,
+    parse_duration,
+};
 pub use postgres_bin::{BINARIES, PostgresBinaries};
 pub use problem::{Problem, Problems, Severity};
 use read::Reader;

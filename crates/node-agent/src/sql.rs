@@ -52,7 +52,8 @@ pub async fn check_parameters(
     let (mut problems, mut need_restart) = (Vec::new(), Vec::new());
     for (name, value) in parameters {
         let row = sqlx::query(
-            "select vartype, context, coalesce(min_val, ''), coalesce(max_val, ''),                     coalesce(array_to_string(enumvals, ','), '') from pg_settings where name = lower($1)",
+            "select vartype, context, coalesce(min_val, ''), coalesce(max_val, ''), \
+             coalesce(array_to_string(enumvals, ','), ''), coalesce(unit, '') from pg_settings where name = lower($1)",
         )
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -62,8 +63,8 @@ pub async fn check_parameters(
             problems.push(format!("{name}: PostgreSQL has no such parameter"));
             continue;
         };
-        let (vartype, context, min, max, enums): (String, String, String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
+        let (vartype, context, min, max, enums, unit): (String, String, String, String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?, row.try_get(5)?);
         if context == "postmaster" {
             need_restart.push(name.clone());
         }
@@ -76,15 +77,8 @@ pub async fn check_parameters(
                 problems.push(format!("{name}: {value:?} is not one of {enums}"));
             }
             "integer" | "real" => {
-                // A unit suffix (`16MB`, `5min`) is PostgreSQL's to convert; a bare number is checked here.
-                if let Ok(number) = value.trim().parse::<f64>() {
-                    let below = min.parse::<f64>().is_ok_and(|m| number < m);
-                    let above = max.parse::<f64>().is_ok_and(|m| number > m);
-                    if below || above {
-                        problems.push(format!("{name}: {value} is outside [{min}, {max}]"));
-                    }
-                } else if !value.trim().chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-') {
-                    problems.push(format!("{name}: {value:?} is not a number"));
+                if let Err(why) = pgwarden_config::check_numeric_setting(value, &unit, &min, &max) {
+                    problems.push(format!("{name}: {why}"));
                 }
             }
             _ => {}
