@@ -129,3 +129,58 @@ async fn every_endpoint_on_the_leader_and_on_replicas() {
     assert_eq!(status, 200);
     assert!(body.contains("\"state\":\"unknown\"") && body.contains("agent"), "{body}");
 }
+
+/// The hardening probe's idle-connection flood: 20,000 idle TCP connections
+/// kept the REST server from answering `/primary`. Now connections past the
+/// cap push out the oldest idle one, an idle connection is closed, and so is
+/// a client that never finishes its request header (slowloris). Bounded: it
+/// stops by itself within a minute.
+#[tokio::test]
+async fn idle_and_slow_clients_cannot_keep_the_health_checks_out() {
+    use std::io::{Read as _, Write as _};
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    cluster.add_node("node1", "").expect("node");
+    cluster.nodes[0].start_health().expect("health API");
+    let port = cluster.nodes[0].rest_port;
+    wait_until("the health API to answer", UP, || async {
+        Ok::<_, String>((code(port, "GET", "/patroni") != 0).then_some(()))
+    })
+    .await
+    .expect("up");
+    // Twice the cap of idle connections, and a slowloris header.
+    let idle: Vec<std::net::TcpStream> =
+        (0..512).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET /patroni HTTP/1.1\r\nHost: x\r\n").expect("half a header");
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_ne!(code(port, "GET", "/patroni"), 0, "a check answered despite the idle connections");
+    }
+    println!("20 checks beside 512 idle connections in {:?}", started.elapsed());
+    // The slow client is cut off after the header timeout (5 s).
+    slow.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut buffer = [0u8; 512];
+    let read = slow.read(&mut buffer);
+    let closed = match &read {
+        Ok(0) => true,
+        Ok(n) => String::from_utf8_lossy(&buffer[..*n]).contains("408"),
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    assert!(closed, "the slow client was not cut off: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "closed after {:?}", started.elapsed());
+    // Every idle connection is closed by the server (evicted or timed out).
+    let mut open = idle;
+    wait_until("the server to close the idle connections", Duration::from_secs(40), || {
+        // Still open: a read would block. Closed: end of stream or a reset.
+        open.retain(|stream| {
+            stream.set_nonblocking(true).expect("nonblocking");
+            let mut byte = [0u8; 1];
+            matches!((&*stream).read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+        let left = open.len();
+        async move { if left == 0 { Ok(Some(())) } else { Err(format!("{left} still open")) } }
+    })
+    .await
+    .expect("idle connections closed");
+}

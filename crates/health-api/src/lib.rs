@@ -160,17 +160,110 @@ async fn respond(request: Request<Incoming>, shared: &Shared, client_verified: b
     builder.body(Full::new(body)).expect("response parts are valid")
 }
 
-/// Serves HTTP/1.1 on one connection (plain or TLS).
-async fn serve<S>(stream: S, shared: Arc<Shared>, client_verified: bool, peer: std::net::SocketAddr)
-where
+/// How many connections the REST server keeps open at most. Health checks
+/// open short connections; a new one past the limit closes the oldest
+/// connection that has no request in flight, so idle or slow clients can
+/// never keep HAProxy's checks out.
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send a whole request header within this.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection with no request in flight for this long is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One open connection, as the accept loop sees it.
+struct OpenConnection {
+    /// Close it now (evicted to make room).
+    close: tokio::sync::Notify,
+    /// A request is being answered.
+    busy: std::sync::atomic::AtomicBool,
+}
+
+/// The open connections by their order of arrival.
+#[derive(Default)]
+struct Connections {
+    next_id: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<OpenConnection>>>,
+}
+
+impl Connections {
+    /// Registers a new connection, evicting the oldest one without a request
+    /// in flight when full; `None` when every open connection is busy.
+    fn admit(&self) -> Option<(u64, Arc<OpenConnection>)> {
+        let mut open = self.open.lock().expect("connection registry");
+        if open.len() >= MAX_CONNECTIONS {
+            let oldest_idle =
+                open.iter().find(|(_, c)| !c.busy.load(std::sync::atomic::Ordering::SeqCst)).map(|(id, _)| *id)?;
+            if let Some(evicted) = open.remove(&oldest_idle) {
+                evicted.close.notify_one();
+            }
+        }
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let connection = Arc::new(OpenConnection {
+            close: tokio::sync::Notify::new(),
+            busy: std::sync::atomic::AtomicBool::new(false),
+        });
+        open.insert(id, connection.clone());
+        Some((id, connection))
+    }
+
+    fn remove(&self, id: u64) {
+        self.open.lock().expect("connection registry").remove(&id);
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS), closing it when a
+/// header is not read within `HEADER_READ_TIMEOUT`, when it idles past
+/// `IDLE_TIMEOUT`, or when it is evicted.
+async fn serve<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    client_verified: bool,
+    peer: std::net::SocketAddr,
+    connection: Arc<OpenConnection>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(respond(request, &shared, client_verified).await) }
-    });
-    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-        debug!(%peer, "connection ended: {e}");
+    use std::sync::atomic::Ordering;
+    let last_activity = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let service = {
+        let (connection, last_activity) = (connection.clone(), last_activity.clone());
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (shared, connection, last_activity) = (shared.clone(), connection.clone(), last_activity.clone());
+            async move {
+                connection.busy.store(true, Ordering::SeqCst);
+                let response = respond(request, &shared, client_verified).await;
+                *last_activity.lock().expect("activity") = Instant::now();
+                connection.busy.store(false, Ordering::SeqCst);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            () = connection.close.notified() => {
+                debug!(%peer, "connection closed to make room for a new one");
+                return;
+            }
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)), if !closing => {
+                let idle = last_activity.lock().expect("activity").elapsed();
+                if !connection.busy.load(Ordering::SeqCst) && idle >= IDLE_TIMEOUT {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }
 
@@ -190,6 +283,7 @@ pub async fn run(
     let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
     let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone()));
     let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes });
+    let connections = Arc::new(Connections::default());
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
     loop {
@@ -203,20 +297,24 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        let shared = shared.clone();
+        let Some((id, connection)) = connections.admit() else {
+            debug!(%peer, "every connection is answering a request: closing the new one");
+            continue;
+        };
+        let (shared, connections) = (shared.clone(), connections.clone());
         tokio::spawn(async move {
-            let Some((acceptor, _)) = shared.writes.tls.clone() else {
-                serve(stream, shared, false, peer).await;
-                return;
-            };
-            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let verified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                    serve(stream, shared, verified, peer).await;
-                }
-                Ok(Err(e)) => info!(%peer, "refused a TLS connection: {e}"),
-                Err(_) => info!(%peer, "refused a TLS connection: no handshake within 10 s"),
+            match shared.writes.tls.clone() {
+                None => serve(stream, shared, false, peer, connection).await,
+                Some((acceptor, _)) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let verified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        serve(stream, shared, verified, peer, connection).await;
+                    }
+                    Ok(Err(e)) => info!(%peer, "refused a TLS connection: {e}"),
+                    Err(_) => info!(%peer, "refused a TLS connection: no handshake within 5 s"),
+                },
             }
+            connections.remove(id);
         });
     }
     follower.abort();
