@@ -272,6 +272,25 @@ async fn refused_requests_change_nothing() {
     let status = agent.restart(restart).await.expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     agent.get_status(ha_proto::v1::GetStatusRequest {}).await.expect("reads need no credentials");
+    // CheckParameters, which the hardening probe flooded anonymously, needs
+    // the credentials too, and refuses an oversized request at once.
+    let many = |n: usize| ha_proto::v1::CheckParametersRequest {
+        parameters: (0..n).map(|i| (format!("p{i}"), "1".to_string())).collect(),
+    };
+    let status = agent.check_parameters(many(1)).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let right =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")));
+    let mut flood = tonic::Request::new(many(20_000));
+    flood.metadata_mut().insert("authorization", right.parse().expect("header"));
+    let status = agent.check_parameters(flood).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let mut one = tonic::Request::new(ha_proto::v1::CheckParametersRequest {
+        parameters: [("work_mem".to_string(), "64MBgarbage".to_string())].into(),
+    });
+    one.metadata_mut().insert("authorization", right.parse().expect("header"));
+    let reply = agent.check_parameters(one).await.expect("checked").into_inner();
+    assert!(reply.problems.iter().any(|p| p.contains("work_mem")), "{reply:?}");
 
     // Nothing changed.
     assert_eq!(cluster.get_key("failover").await.expect("etcd"), None);

@@ -16,13 +16,11 @@ pub enum Command {
     CancelRestart,
     Reinitialize,
     Reload,
-    CheckParameters(std::collections::BTreeMap<String, String>),
 }
 
 #[derive(Debug)]
 pub enum Outcome {
     Action(ActionReply),
-    Checked(CheckParametersReply),
 }
 
 pub type CommandMsg = (Command, oneshot::Sender<Result<Outcome, Status>>);
@@ -39,6 +37,23 @@ pub struct AgentService {
     member: String,
     fencer: FencerAcks,
     commands: mpsc::Sender<CommandMsg>,
+    parameters: std::sync::Arc<ParameterChecker>,
+}
+
+/// Most parameters one `CheckParameters` call may carry (PostgreSQL has
+/// about 350), and the longest name and value.
+const MAX_CHECKED_PARAMETERS: usize = 1000;
+const MAX_PARAMETER_NAME: usize = 63;
+const MAX_PARAMETER_VALUE: usize = 8192;
+
+/// Answers `CheckParameters` from its own connections, beside the HA loop
+/// (never in its command queue, where a flood of checks delayed reloads and
+/// restarts), at most two at a time.
+pub struct ParameterChecker {
+    pub config: pgwarden_config::Config,
+    pub local: pgwarden_config::hba::LocalConnection,
+    pub port: u16,
+    pub permits: tokio::sync::Semaphore,
 }
 
 impl AgentService {
@@ -47,8 +62,9 @@ impl AgentService {
         member: String,
         fencer: FencerAcks,
         commands: mpsc::Sender<CommandMsg>,
+        parameters: std::sync::Arc<ParameterChecker>,
     ) -> Self {
-        Self { status, member, fencer, commands }
+        Self { status, member, fencer, commands, parameters }
     }
 
     /// Hands `command` to the HA loop and waits for its outcome.
@@ -61,7 +77,6 @@ impl AgentService {
     async fn action(&self, command: Command) -> Result<Response<ActionReply>, Status> {
         match self.ask(command).await? {
             Outcome::Action(reply) => Ok(Response::new(reply)),
-            Outcome::Checked(_) => Err(Status::internal("unexpected outcome")),
         }
     }
 
@@ -132,10 +147,33 @@ impl NodeAgent for AgentService {
         &self,
         request: Request<CheckParametersRequest>,
     ) -> Result<Response<CheckParametersReply>, Status> {
-        let parameters = request.into_inner().parameters.into_iter().collect();
-        match self.ask(Command::CheckParameters(parameters)).await? {
-            Outcome::Checked(reply) => Ok(Response::new(reply)),
-            Outcome::Action(_) => Err(Status::internal("unexpected outcome")),
+        let parameters: std::collections::BTreeMap<String, String> =
+            request.into_inner().parameters.into_iter().collect();
+        if parameters.len() > MAX_CHECKED_PARAMETERS {
+            return Err(Status::invalid_argument(format!(
+                "{} parameters: at most {MAX_CHECKED_PARAMETERS} per request",
+                parameters.len()
+            )));
         }
+        for (name, value) in &parameters {
+            if name.len() > MAX_PARAMETER_NAME || value.len() > MAX_PARAMETER_VALUE {
+                return Err(Status::invalid_argument(format!(
+                    "parameter {:?}: names are at most {MAX_PARAMETER_NAME} bytes and values {MAX_PARAMETER_VALUE}",
+                    name.chars().take(MAX_PARAMETER_NAME).collect::<String>()
+                )));
+            }
+            pgwarden_config::check_parameter_text(name, value)
+                .map_err(|why| Status::invalid_argument(format!("{name}: {why}")))?;
+        }
+        let checker = &self.parameters;
+        let _permit = checker.permits.acquire().await.map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
+        let mut conn =
+            crate::sql::connect(&checker.config, &checker.local, checker.port, std::time::Duration::from_secs(5))
+                .await
+                .map_err(failed)?;
+        let (problems, need_restart) = crate::sql::check_parameters(&mut conn, &parameters).await.map_err(failed)?;
+        crate::sql::close(conn).await;
+        Ok(Response::new(CheckParametersReply { problems, need_restart }))
     }
 }

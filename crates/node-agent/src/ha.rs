@@ -641,7 +641,6 @@ impl Agent {
             };
             match self.command(restart).await {
                 Ok(crate::grpc::Outcome::Action(reply)) => info!("scheduled restart: {}", reply.message),
-                Ok(_) => {}
                 Err(status) => warn!("scheduled restart failed: {}", status.message()),
             }
         }
@@ -1589,17 +1588,11 @@ impl Agent {
     /// One request from the gRPC API (or SIGHUP), between ticks.
     async fn command(&mut self, command: crate::grpc::Command) -> Result<crate::grpc::Outcome, tonic::Status> {
         use crate::grpc::{Command, Outcome};
-        use ha_proto::v1::{ActionReply, CheckParametersReply};
+        use ha_proto::v1::ActionReply;
         use tonic::Status;
         let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
         let reply = |done: bool, message: String| Ok(Outcome::Action(ActionReply { done, message }));
         match command {
-            Command::CheckParameters(parameters) => {
-                let mut conn = self.connect().await.map_err(failed)?;
-                let (problems, need_restart) = sql::check_parameters(&mut conn, &parameters).await.map_err(failed)?;
-                sql::close(conn).await;
-                Ok(Outcome::Checked(CheckParametersReply { problems, need_restart }))
-            }
             Command::CancelRestart => match self.scheduled_restart.take() {
                 Some(_) => {
                     let local = self.local.borrow().clone();

@@ -260,6 +260,12 @@ pub async fn run(
     let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::default()));
     let observer =
         tokio::spawn(local::observe_loop(config.clone(), pg.local.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
+    let parameter_checker = std::sync::Arc::new(grpc::ParameterChecker {
+        config: config.clone(),
+        local: pg.local.clone(),
+        port: pg.port,
+        permits: tokio::sync::Semaphore::new(2),
+    });
     let view_rx_for_watchdog = view_rx.clone();
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();
@@ -290,7 +296,10 @@ pub async fn run(
     let server = tokio::spawn(
         pgwarden_runtime::grpc::server(config.pgwarden.grpc_tls.as_ref())?
             .layer(pgwarden_runtime::grpc::RequireAuth::new(config.restapi.authentication.as_ref(), OPEN_METHODS))
-            .add_service(AgentService::new(status_rx, config.name.clone(), fencer_acks, commands_tx).into_server())
+            .add_service(
+                AgentService::new(status_rx, config.name.clone(), fencer_acks, commands_tx, parameter_checker)
+                    .into_server(),
+            )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = done_rx.await;
             }),
@@ -313,11 +322,7 @@ pub use dcs::v2::StartRefused;
 /// The agent's start-up: config, ownership and lock checks, listeners, run.
 /// The `NodeAgent` calls anyone may make; the others change state and need
 /// `restapi.authentication`'s credentials when it is set.
-const OPEN_METHODS: &[&str] = &[
-    "/pgwarden.v1.NodeAgent/GetStatus",
-    "/pgwarden.v1.NodeAgent/WatchStatus",
-    "/pgwarden.v1.NodeAgent/CheckParameters",
-];
+const OPEN_METHODS: &[&str] = &["/pgwarden.v1.NodeAgent/GetStatus", "/pgwarden.v1.NodeAgent/WatchStatus"];
 
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Agent)?;
