@@ -119,6 +119,22 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
         assert!(status == 400 || status == 422, "{value}: {status} {body}");
         assert!(body.contains("work_mem"), "{value}: {body}");
     }
+    // POST /restart with a mistyped restart_pending: 400, no restart (it
+    // restarted unconditionally); with nothing pending: Patroni's 503.
+    let started = cluster.nodes[leader].psql("select pg_postmaster_start_time()").expect("psql");
+    for (body, expected) in [(r#"{"restart_pending":"yes"}"#, 400), (r#"{"restart_pending":true}"#, 503)] {
+        let (status, text) = http_with(
+            "POST",
+            cluster.nodes[leader].rest_port,
+            "/restart",
+            &[("Authorization", &auth())],
+            body,
+            Duration::from_secs(60),
+        )
+        .expect("POST /restart");
+        assert_eq!(status, expected, "{body}: {text}");
+    }
+    assert_eq!(cluster.nodes[leader].psql("select pg_postmaster_start_time()").expect("psql"), started, "no restart");
     let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--pg", "shared_buffers=5min", "--force"]);
     assert!(!ok && stderr.contains("shared_buffers"), "{stderr}");
     assert_eq!(cluster.get_key("config").await.expect("etcd").expect("config"), before, "nothing written");

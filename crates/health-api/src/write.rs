@@ -144,7 +144,15 @@ async fn answer_operation(
             Some(serde_json::Value::String(role)) if role == "primary" || role == "replica" => role.clone(),
             Some(other) => return reply(StatusCode::BAD_REQUEST, format!("role {other}: expected primary or replica")),
         };
-        let pending_only = body.get("restart_pending").and_then(serde_json::Value::as_bool) == Some(true);
+        // Patroni's rule: restart_pending is a boolean; "yes" must not read as
+        // "restart unconditionally".
+        let pending_only = match body.get("restart_pending") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(pending)) => *pending,
+            Some(other) => {
+                return reply(StatusCode::BAD_REQUEST, format!("restart_pending {other}: expected true or false"));
+            }
+        };
         let mut client = match controller(controller_url).await {
             Ok(client) => client,
             Err(reply) => return reply,
@@ -167,7 +175,11 @@ async fn answer_operation(
                 let outcome = response.into_inner().outcomes.into_iter().next();
                 match outcome {
                     Some(o) if o.done => reply(StatusCode::OK, "restarted successfully"),
-                    Some(o) => reply(StatusCode::OK, format!("restart conditions are not satisfied: {}", o.message)),
+                    // Patroni answers 503 when the conditions are not met.
+                    Some(o) => reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("restart conditions are not satisfied: {}", o.message),
+                    ),
                     None => reply(StatusCode::SERVICE_UNAVAILABLE, "restart failed"),
                 }
             }
