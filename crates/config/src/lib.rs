@@ -817,6 +817,18 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         Some(r.string("name").unwrap_or_default())
     };
     let namespace = normalise_namespace(&r.string("namespace").unwrap_or_else(|| "/service/".into()));
+    // Each names one level of the etcd layout: a `/` or `..` would land in
+    // (and collide with) another cluster's or member's keys.
+    for (key, value) in [("scope", scope.as_deref()), ("name", name.as_deref())] {
+        if let Some(value) = value
+            && (value.contains('/') || value == "." || value == "..")
+        {
+            r.problems.error(key, format!("{value:?} cannot name an etcd key level: no `/`, `.` or `..`"));
+        }
+    }
+    if namespace.split('/').any(|level| level == ".." || level == ".") {
+        r.problems.error("namespace", format!("{namespace:?}: `.` and `..` are not allowed in the etcd path"));
+    }
 
     r.section("restapi");
     let listen = if node {
@@ -961,6 +973,32 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     };
     let log = log_section(&mut r);
     let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
+    // The fence must be complete before the lease can expire: a margin of a
+    // whole ttl or more leaves no time to lead at all.
+    if let Some(section) = &pgwarden
+        && section.fence_margin >= Duration::from_secs(u64::from(bootstrap.dcs.ttl))
+    {
+        r.problems.error(
+            "pgwarden.fence_margin",
+            format!(
+                "{:?} must be below bootstrap.dcs.ttl ({} s): the leader is fenced that long before its lease expires",
+                section.fence_margin, bootstrap.dcs.ttl
+            ),
+        );
+    }
+    // A data directory that is a system directory: never managed (the
+    // ownership check would otherwise advise `chown -R postgres /`).
+    if node && let Some(dir) = data_dir.as_deref() {
+        let trimmed = dir.trim_end_matches('/');
+        if ["", "/etc", "/usr", "/var", "/var/lib", "/home", "/root", "/tmp", "/bin", "/boot", "/opt", "/srv"]
+            .contains(&trimmed)
+        {
+            r.problems.error(
+                "postgresql.data_dir",
+                format!("{dir:?} is a system directory: give PostgreSQL a directory of its own, such as /var/lib/postgresql/15/main"),
+            );
+        }
+    }
 
     if let Some(etcd) = &etcd
         && etcd.section == "etcd"
