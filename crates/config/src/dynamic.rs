@@ -41,6 +41,10 @@ pub struct DynamicConfig {
     pub check_timeline: bool,
     pub max_timelines_history: u32,
     pub pause: bool,
+    /// Patroni's `standby_cluster` is set (a section that is not null): this
+    /// cluster would follow a remote primary. pgwarden does not implement it
+    /// and refuses to act rather than run a writable primary.
+    pub standby_cluster: bool,
     pub member_slots_ttl: Duration,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
@@ -67,6 +71,7 @@ impl Default for DynamicConfig {
             check_timeline: false,
             max_timelines_history: 0,
             pause: false,
+            standby_cluster: false,
             member_slots_ttl: Duration::from_secs(30 * 60),
             use_pg_rewind: false,
             use_slots: true,
@@ -180,6 +185,7 @@ impl DynamicConfig {
             check_timeline: r.bool(&path("check_timeline"), false),
             max_timelines_history: u32_of(&mut r, "max_timelines_history", 0, 0),
             pause: r.bool(&path("pause"), false),
+            standby_cluster: r.get(&path("standby_cluster")).is_some_and(|v| !v.is_null()),
             member_slots_ttl,
             use_pg_rewind: r.bool(&path("postgresql.use_pg_rewind"), false),
             use_slots: r.bool(&path("postgresql.use_slots"), true),

@@ -16,6 +16,10 @@ const TABLE: &str = include_str!("../keys.tsv");
 pub enum Status {
     Implemented,
     Unsupported,
+    /// Not implemented, and ignoring it could lose data or give a second
+    /// writer: the loader refuses the config (the error is raised where the
+    /// section is read), never just warns.
+    Refused,
 }
 
 /// One row of `keys.tsv`.
@@ -72,6 +76,7 @@ pub fn parse_table(text: &str) -> Result<Vec<KeySpec>, String> {
         let status = match cols[3] {
             "implemented" => Status::Implemented,
             "unsupported" => Status::Unsupported,
+            "refused" => Status::Refused,
             other => {
                 return Err(format!("keys.tsv line {}: unknown status {other:?}", idx + 1));
             }
@@ -121,6 +126,8 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
                     None => problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored"),
                 }
             }
+            // Refused keys get their error where the section is read.
+            Some(spec) if spec.status == Status::Refused => {}
             Some(spec) if spec.is_section() => walk(value, path, problems),
             Some(_) => {}
         }

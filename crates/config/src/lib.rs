@@ -973,6 +973,25 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     };
     let log = log_section(&mut r);
     let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
+    // Settings whose meaning pgwarden does not implement and whose absence
+    // would give a second writer: refused, not ignored.
+    if bootstrap.dcs.standby_cluster {
+        r.problems.error(
+            "bootstrap.dcs.standby_cluster",
+            "pgwarden does not run standby clusters yet: ignoring this would bootstrap a writable primary instead of \
+             a standby of the remote cluster (two writers across sites). Keep Patroni for this cluster, or remove the \
+             section to build an independent cluster",
+        );
+    }
+    if let Some(method) = r.string("bootstrap.method").filter(|m| m != "initdb") {
+        r.problems.error(
+            "bootstrap.method",
+            format!(
+                "{method:?}: only initdb is supported; running initdb instead would create an empty cluster where \
+                 you meant to restore one. Remove bootstrap.method to bootstrap with initdb"
+            ),
+        );
+    }
     // The fence must be complete before the lease can expire: a margin of a
     // whole ttl or more leaves no time to lead at all.
     if let Some(section) = &pgwarden

@@ -94,3 +94,28 @@ fn every_unsupported_key_warns_and_is_never_unknown() {
     }
     assert!(checked > 50, "only {checked} keys checked");
 }
+
+/// Keys whose absence would give a second writer (a standby cluster run as
+/// an independent primary, initdb where a restore was meant) are refused at
+/// start, with an error naming the key or its section.
+#[test]
+fn every_refused_key_is_refused_naming_it() {
+    let mut checked = 0;
+    for row in table() {
+        if row.status != Status::Refused {
+            continue;
+        }
+        let path = row.path.replace(".**", "");
+        let mut root = base("etcd3");
+        set(&mut root, &path, json!("x"));
+        match load(&root) {
+            Ok(warnings) => panic!("{path}: a refused key was accepted: {warnings:#?}"),
+            Err(problems) => assert!(
+                problems.iter().any(|p| p.severity == Severity::Error && path.starts_with(&p.path)),
+                "{path}: no error names the key or its section: {problems:#?}"
+            ),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} refused keys");
+}

@@ -111,6 +111,12 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
             refused.join("; ")
         )));
     }
+    if dynamic.standby_cluster {
+        return Err(Status::invalid_argument(
+            "standby_cluster: pgwarden does not run standby clusters yet, and its agents would refuse to act on a \
+             config that sets it; nothing was written",
+        ));
+    }
     if dynamic.parameters.is_empty() {
         return Ok(Vec::new());
     }

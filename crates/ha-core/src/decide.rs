@@ -126,6 +126,10 @@ pub struct Observed {
     /// A running replica whose WAL receiver does not stream: why, as far as
     /// the shell can tell (`None` while it streams, or not a replica).
     pub not_streaming: Option<String>,
+    /// The cluster's dynamic config sets something pgwarden does not
+    /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
+    /// carried by the `sync` key): what, and what to do.
+    pub unsupported: Option<String>,
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -316,6 +320,11 @@ pub fn decide(obs: &Observed) -> Decision {
             data.sysid
         ));
     }
+    // A setting whose meaning pgwarden does not implement, where acting as if
+    // it were absent could give a second writer: no action at all.
+    if let Some(what) = &obs.unsupported {
+        return Decision::refuse(format!("{what}: refusing to act (nothing is changed)"));
+    }
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
     let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
@@ -492,6 +501,7 @@ mod tests {
             sync_standbys: vec![],
             etcd_answered: true,
             not_streaming: None,
+            unsupported: None,
         }
     }
 
@@ -558,6 +568,21 @@ mod tests {
             ..obs
         };
         assert_eq!(decide(&fresh).action, Some(Action::Bootstrap));
+    }
+
+    #[test]
+    fn an_unsupported_setting_that_matters_stops_every_action() {
+        let obs = Observed {
+            data: None,
+            pg: PgRun::Stopped,
+            initialize: None,
+            leader: None,
+            unsupported: Some("the config key sets standby_cluster".into()),
+            ..base()
+        };
+        let d = decide(&obs);
+        assert!(d.refused && d.action.is_none(), "{d}");
+        assert_eq!(decide(&Observed { unsupported: None, ..obs }).action, Some(Action::Bootstrap));
     }
 
     /// The tick's reason (logged, and in `/patroni`) says "streaming" only
@@ -973,6 +998,7 @@ mod tests {
                 sync_standbys,
                 etcd_answered,
                 not_streaming: None,
+                unsupported: None,
             }
         }
     }

@@ -459,6 +459,22 @@ impl Agent {
                 .unwrap_or_default(),
             etcd_answered: view.is_some(),
             not_streaming,
+            unsupported: if dynamic.standby_cluster {
+                Some(
+                    "the cluster's config key sets standby_cluster, which pgwarden does not implement (a standby \
+                     cluster run as an independent one would be a second writer); keep Patroni for this cluster or \
+                     remove standby_cluster from the config key"
+                        .into(),
+                )
+            } else if view.and_then(|v| v.sync.as_ref()).and_then(|s| s.quorum).is_some_and(|q| q > 0) {
+                Some(
+                    "the sync key carries Patroni's quorum commit (quorum > 0), which pgwarden does not implement; \
+                     set synchronous_mode to on (or off) with Patroni before moving to pgwarden"
+                        .into(),
+                )
+            } else {
+                None
+            },
         }
     }
 
