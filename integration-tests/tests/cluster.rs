@@ -198,3 +198,59 @@ async fn a_node_with_a_foreign_data_directory_refuses_and_touches_nothing() {
     assert!(node.agent_log().contains("refusing to join"));
     assert_eq!(node.check("/health"), 503);
 }
+
+/// A primary pgwarden finds running in a scope etcd knows nothing of (no
+/// `initialize`, no `leader`: someone else's cluster, such as one run by
+/// Patroni on etcd's v2 API or under another namespace) is neither managed
+/// nor stopped: not by the agent's HA loop (it used to fence it at once), not
+/// when the agent stops (it used to stop whatever ran in `data_dir`), and not
+/// by the fencer running without an agent.
+#[tokio::test]
+async fn a_primary_in_a_scope_etcd_does_not_know_is_neither_managed_nor_stopped() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    let foreign = PgInstance::init("unmanaged").expect("initdb");
+    let node = cluster.add_node("node1", "").expect("node");
+    let data = node.data_dir();
+    std::fs::rename(foreign.data_dir(), &data).expect("move the data directory in");
+    let conf = data.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    text.push_str(&format!("port = {}\nunix_socket_directories = '{}'\n", node.pg_port, node.dir.path().display()));
+    std::fs::write(&conf, text).expect("write postgresql.conf");
+    let mut start = std::process::Command::new(pgwarden_integration_tests::postgres::binaries().path("pg_ctl"));
+    start
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(node.dir.path().join("unmanaged.log"))
+        .args(["start", "-w", "-t", "60"])
+        .current_dir(node.dir.path())
+        .stdin(std::process::Stdio::null());
+    let started = pgwarden_integration_tests::process::run_as_postgres(&mut start).status().expect("pg_ctl");
+    assert!(started.success(), "the unmanaged primary starts");
+    let postmaster = node.postmaster_pid().expect("a postmaster");
+
+    node.start_agent().expect("agent");
+    node.start_health().expect("health API");
+    wait_until("the agent to refuse", UP, || async {
+        Ok::<_, String>(node.agent_log().contains("etcd holds no cluster under this scope").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", node.agent_log()));
+    assert!(node.stop_agent(), "the agent stops on SIGTERM");
+    assert!(node.agent_log().contains("leaving PostgreSQL as it is"), "{}", node.agent_log());
+    assert_eq!(node.postmaster_pid(), Some(postmaster), "the agent left the primary running");
+    assert_eq!(node.psql("select pg_is_in_recovery()").expect("psql"), "f");
+
+    // The fencer, restarted with no agent beside it, judges it and leaves it.
+    let node = &mut cluster.nodes[0];
+    node.kill_health();
+    node.start_health().expect("health API again");
+    let node = &cluster.nodes[0];
+    wait_until("the fencer's judgement", UP, || async {
+        Ok::<_, String>(node.health_log().contains("leaving it running").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", node.health_log()));
+    assert_eq!(node.postmaster_pid(), Some(postmaster), "the fencer left the primary running");
+}

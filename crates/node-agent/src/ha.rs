@@ -58,6 +58,9 @@ pub struct Agent {
     sysid: Option<String>,
     last_member_json: Option<String>,
     last_optime: Option<u64>,
+    /// The agent has acted on the local PostgreSQL, or found it in a cluster
+    /// etcd knows: only then does a shutdown stop it.
+    managed: bool,
     /// This agent has held the leader key since it started: member slots on
     /// its PostgreSQL, once a replica again, are its own term's leftovers.
     led_here: bool,
@@ -186,6 +189,7 @@ impl Agent {
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,
+            managed: false,
             slot_absent_since: HashMap::new(),
             peer_unknown_since: HashMap::new(),
             primary_down_since: None,
@@ -627,6 +631,10 @@ impl Agent {
             }
             self.last_reason = decision.reason.clone();
         }
+        // PostgreSQL here is this agent's to stop once the agent has acted on
+        // it or found it in a cluster etcd knows; never one it only refused.
+        self.managed |=
+            !decision.refused && obs.etcd_answered && (obs.initialize.is_some() || decision.action.is_some());
         let mut again = false;
         if let (Some(action), Some(view)) = (&decision.action, view.as_ref()) {
             match self.execute(action, view, &dynamic, &obs).await {
@@ -1742,14 +1750,18 @@ impl Agent {
     }
 
     async fn shut_down(&mut self) {
-        info!("shutting down: stopping PostgreSQL");
         // Peers racing for the key must not wait for this member.
         self.view.send_modify(|view| view.shutting_down = true);
-        if let Some(role) = self.seen_running {
-            self.callbacks.before_stop(role).await;
-        }
-        if let Err(e) = self.pg.stop("fast").await {
-            error!("failed to stop PostgreSQL: {e:#}");
+        if self.managed {
+            info!("shutting down: stopping PostgreSQL");
+            if let Some(role) = self.seen_running {
+                self.callbacks.before_stop(role).await;
+            }
+            if let Err(e) = self.pg.stop("fast").await {
+                error!("failed to stop PostgreSQL: {e:#}");
+            }
+        } else {
+            info!("shutting down: leaving PostgreSQL as it is (this agent never managed it)");
         }
         let handle = self.renewal.take();
         let election = match handle {
