@@ -412,3 +412,39 @@ async fn a_restarted_controller_frees_its_own_stale_key_and_serves() {
         "the stale key was freed, or another controller took over"
     );
 }
+
+/// The hardening probe: a switchover to a member whose fencer was down made
+/// the leader step down, the candidate refuse the key (no fencer), and the
+/// cluster go without a primary for 50 s. Each member now publishes whether
+/// its fencer acknowledges (`fencer_ready`); the leader hands over only to
+/// one that does, and keeps leading otherwise.
+#[tokio::test]
+async fn a_switchover_to_a_member_without_its_fencer_is_refused_and_the_leader_keeps_leading() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let candidate = (leader + 1) % 3;
+    let name = leader_name(&cluster, candidate);
+    cluster.nodes[candidate].kill_health();
+    wait_until("the candidate to publish that it cannot lead", UP, || async {
+        let member = cluster.get_key(&format!("members/{name}")).await.map_err(|e| e.to_string())?.unwrap_or_default();
+        Ok::<_, String>(member.contains("\"fencer_ready\":false").then_some(()))
+    })
+    .await
+    .expect("fencer_ready false");
+    let mut grpc = client(&cluster, leader).await;
+    let request = SwitchoverRequest { candidate: name.clone(), ..Default::default() };
+    let outcome = grpc.switchover(request).await;
+    println!("switchover to {name} without its fencer: {outcome:?}");
+    assert!(
+        outcome.is_err() || outcome.as_ref().is_ok_and(|r| r.get_ref().outcome != WorkflowOutcome::Done as i32),
+        "{outcome:?}"
+    );
+    // The leader never stepped down: it still answers /primary, on the same timeline.
+    assert_eq!(cluster.nodes[leader].check("/primary"), 200, "the leader kept leading");
+    assert_eq!(cluster.nodes[leader].psql("select pg_is_in_recovery()").expect("psql"), "f");
+    wait_until("the request to be cleared", UP, || async {
+        Ok::<_, String>(cluster.get_key("failover").await.map_err(|e| e.to_string())?.is_none().then_some(()))
+    })
+    .await
+    .expect("request cleared");
+    assert_eq!(cluster.nodes[leader].check("/primary"), 200, "the leader kept leading");
+}

@@ -69,6 +69,10 @@ pub struct Peer {
     /// Its member key says it has a database: PostgreSQL running, a WAL
     /// position or timeline, or a primary/replica role (Patroni's too).
     pub has_data: bool,
+    /// It may take the leader key: its fencer acknowledges (pgwarden's
+    /// `fencer_ready` member field; a member without it, such as Patroni's,
+    /// counts as able).
+    pub can_lead: bool,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -126,6 +130,9 @@ pub struct Observed {
     /// A running replica whose WAL receiver does not stream: why, as far as
     /// the shell can tell (`None` while it streams, or not a replica).
     pub not_streaming: Option<String>,
+    /// This member may take the leader key: its fencer acknowledges (or
+    /// `require_fencer` is off).
+    pub can_lead: bool,
     /// The cluster's dynamic config sets something pgwarden does not
     /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
     /// carried by the `sync` key): what, and what to do.
@@ -207,7 +214,7 @@ impl fmt::Display for Decision {
 /// a lower name. A running peer that has not reported its position yet makes
 /// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
-    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) {
+    if obs.nofailover || obs.priority == 0 || !obs.can_lead || !sync_allows(obs, &obs.me) {
         return false;
     }
     let within_lag =
@@ -216,14 +223,13 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
         return false;
     }
     let mine = (obs.priority, my_lsn);
-    obs.peers.iter().filter(|p| p.running && !p.nofailover && p.priority > 0 && sync_allows(obs, &p.name)).all(|peer| {
-        match peer.lsn {
-            Some(lsn) if !within_lag(lsn) => true,
-            Some(lsn) if (peer.priority, lsn) > mine => false,
-            Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
-            Some(_) => true,
-            None => false,
-        }
+    let rivals = |p: &&Peer| p.running && p.can_lead && !p.nofailover && p.priority > 0 && sync_allows(obs, &p.name);
+    obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
+        Some(lsn) if !within_lag(lsn) => true,
+        Some(lsn) if (peer.priority, lsn) > mine => false,
+        Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
+        Some(_) => true,
+        None => false,
     })
 }
 
@@ -239,12 +245,26 @@ fn eligible_peer<'a>(obs: &'a Observed, name: &str) -> Option<&'a Peer> {
         p.name == name
             && sync_allows(obs, name)
             && p.running
+            && p.can_lead
             && !p.nofailover
             && p.priority > 0
             && p.lsn.is_some_and(|lsn| {
                 obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover)
             })
     })
+}
+
+/// The member a switchover without a named candidate hands over to: the
+/// eligible peer (see `eligible_peer`: running, its fencer acknowledging, not
+/// `nofailover`, in `sync` in synchronous mode, within the lag limit) with
+/// the highest `failover_priority`, then the most advanced LSN, then the
+/// smallest name.
+pub fn switchover_candidate(obs: &Observed) -> Option<String> {
+    obs.peers
+        .iter()
+        .filter(|p| eligible_peer(obs, &p.name).is_some())
+        .max_by_key(|p| (p.priority, p.lsn, std::cmp::Reverse(p.name.clone())))
+        .map(|p| p.name.clone())
 }
 
 /// What the leader does about a `failover` request.
@@ -328,8 +348,9 @@ pub fn decide(obs: &Observed) -> Decision {
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
     let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
-    // Named or not, a member tagged nofailover (or priority 0) never takes the key.
-    let i_am_eligible = !obs.nofailover && obs.priority > 0;
+    // Named or not, a member tagged nofailover (or priority 0), or whose
+    // fencer does not acknowledge, never takes the key.
+    let i_am_eligible = !obs.nofailover && obs.priority > 0 && obs.can_lead;
 
     if obs.holds_leader {
         return match (&obs.pg, &obs.failover) {
@@ -502,6 +523,7 @@ mod tests {
             etcd_answered: true,
             not_streaming: None,
             unsupported: None,
+            can_lead: true,
         }
     }
 
@@ -542,6 +564,7 @@ mod tests {
             priority: 1,
             timeline: Some(1),
             has_data: true,
+            can_lead: true,
         }
     }
 
@@ -969,6 +992,8 @@ mod tests {
             sync_standbys in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())], 0..3),
             peers_have_data in any::<bool>(),
             etcd_answered in any::<bool>(),
+            can_lead in any::<bool>(),
+            peers_can_lead in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -981,7 +1006,7 @@ mod tests {
                 holds_leader,
                 peers: peers.into_iter().map(|(name, running, lsn, nofailover)| Peer {
                     name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
-                    timeline: peer_timeline, has_data: peers_have_data || running,
+                    timeline: peer_timeline, has_data: peers_have_data || running, can_lead: peers_can_lead,
                 }).collect(),
                 nofailover,
                 priority: 1,
@@ -999,6 +1024,7 @@ mod tests {
                 etcd_answered,
                 not_streaming: None,
                 unsupported: None,
+                can_lead,
             }
         }
     }
@@ -1077,6 +1103,29 @@ mod tests {
             let d = decide(&obs);
             if matches!(d.action, Some(Action::Switchover { .. } | Action::ReleaseLeader)) {
                 prop_assert!(obs.holds_leader);
+            }
+        }
+
+        /// A member whose fencer does not acknowledge never races for the
+        /// key (it could not take it: the others would wait on it), and a
+        /// leader never hands over to such a member (the hardening probe saw
+        /// a switchover to one leave the cluster without a primary for 50 s).
+        #[test]
+        fn only_a_member_whose_fencer_acknowledges_takes_or_is_handed_the_key(obs in arb_observed()) {
+            let d = decide(&obs);
+            let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some("b");
+            if !obs.can_lead && !rebind_own {
+                prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
+            }
+            if let Some(Action::Switchover { candidate: Some(candidate) }) = &d.action {
+                prop_assert!(obs.peers.iter().any(|p| &p.name == candidate && p.can_lead), "{}", d);
+            }
+        }
+
+        #[test]
+        fn the_switchover_candidate_is_always_eligible(obs in arb_observed()) {
+            if let Some(name) = switchover_candidate(&obs) {
+                prop_assert!(eligible_peer(&obs, &name).is_some());
             }
         }
 

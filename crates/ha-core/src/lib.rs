@@ -10,5 +10,7 @@ mod lsn;
 pub mod sync;
 pub mod timeline;
 
-pub use decide::{Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, decide, is_best_candidate};
+pub use decide::{
+    Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, decide, is_best_candidate, switchover_candidate,
+};
 pub use lsn::{Lsn, parse_lag};

@@ -387,6 +387,7 @@ impl Agent {
                             || m.data.xlog_location.is_some()
                             || m.data.timeline.is_some()
                             || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
+                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
                     })
                     .collect()
             })
@@ -462,6 +463,7 @@ impl Agent {
                 .map(|s| s.members().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
             etcd_answered: view.is_some(),
+            can_lead: self.fencer_ready(),
             not_streaming,
             unsupported: if dynamic.standby_cluster {
                 Some(
@@ -883,13 +885,7 @@ impl Agent {
             None => {
                 // The best eligible replica, named in the request so that the
                 // others (and this node) defer to it.
-                let best = obs
-                    .peers
-                    .iter()
-                    .filter(|p| p.running && !p.nofailover && p.priority > 0 && p.lsn.is_some())
-                    .max_by_key(|p| (p.priority, p.lsn, std::cmp::Reverse(p.name.clone())))
-                    .map(|p| p.name.clone())
-                    .context("no candidate for the switchover")?;
+                let best = ha_core::switchover_candidate(obs).context("no candidate for the switchover")?;
                 let key = self.keys.failover();
                 let value = serde_json::to_string(&dcs::Failover {
                     leader: Some(self.config.name.clone()),
@@ -1223,6 +1219,9 @@ impl Agent {
                 if local.sql.as_ref().is_some_and(|s| s.pending_restart) {
                     extra.insert("pending_restart".into(), serde_json::Value::Bool(true));
                 }
+                // Whether this member may take the leader key (its fencer
+                // acknowledges): a leader hands over only to one that may.
+                extra.insert("fencer_ready".into(), serde_json::Value::Bool(self.fencer_ready()));
                 // Patroni's member field for a scheduled restart.
                 if let Some(scheduled) = &self.scheduled_restart {
                     let mut restart = serde_json::Map::new();
