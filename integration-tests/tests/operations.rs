@@ -218,11 +218,15 @@ async fn a_rolling_restart_with_a_switchover_keeps_writes_going() {
     let new = &cluster.nodes[new_leader];
     let timeline: u64 = new.psql("select timeline_id from pg_control_checkpoint()").expect("psql").parse().expect("tl");
     assert_eq!(timeline, timeline_before.parse::<u64>().expect("tl") + 1, "one promotion");
-    let promoted: f64 = new
-        .psql(&format!("select extract(epoch from modification) from pg_stat_file('pg_wal/{timeline:08X}.history')"))
-        .expect("promotion time")
-        .parse()
-        .expect("epoch");
+    // When the agent asked for the promotion, from its log (microseconds; the
+    // history file's mtime has whole seconds only, too coarse now that the
+    // loop reacts at once to a restarted replica).
+    let log = new.agent_log();
+    let line =
+        log.lines().rfind(|l| l.contains("promoting PostgreSQL")).expect("the promotion in the new leader's log");
+    let at = line.split_whitespace().next().expect("a timestamp");
+    let promoted: f64 =
+        new.psql(&format!("select extract(epoch from '{at}'::timestamptz)")).expect("psql").parse().expect("epoch");
     let restarted: f64 =
         new.psql("select extract(epoch from pg_postmaster_start_time())").expect("psql").parse().expect("epoch");
     assert!(restarted < promoted, "the new leader restarted after its promotion (a primary restart)");
