@@ -291,6 +291,29 @@ async fn refused_requests_change_nothing() {
     one.metadata_mut().insert("authorization", right.parse().expect("header"));
     let reply = agent.check_parameters(one).await.expect("checked").into_inner();
     assert!(reply.problems.iter().any(|p| p.contains("work_mem")), "{reply:?}");
+    // Failed authentication is logged with the client's address, on gRPC and REST.
+    let log = cluster.nodes[leader].agent_log();
+    assert!(
+        log.lines().any(|l| l.contains("refused a gRPC call: authentication failed") && l.contains("127.0.0.1")),
+        "{log}"
+    );
+    let (status, _) = http_with(
+        "POST",
+        cluster.nodes[leader].rest_port,
+        "/switchover",
+        &[("Authorization", &wrong)],
+        r#"{"candidate":"node3"}"#,
+        Duration::from_secs(10),
+    )
+    .expect("POST /switchover");
+    assert_eq!(status, 401);
+    let log = cluster.nodes[leader].health_log();
+    assert!(
+        log.lines().any(|l| l.contains("refused a write request: authentication failed")
+            && l.contains("127.0.0.1")
+            && l.contains("wrong")),
+        "{log}"
+    );
 
     // Nothing changed.
     assert_eq!(cluster.get_key("failover").await.expect("etcd"), None);

@@ -27,7 +27,7 @@ use pgwarden_config::{Config, Purpose};
 use pgwarden_runtime::ConfigArgs;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::checks::Identity;
 use crate::feed::Latest;
@@ -95,24 +95,38 @@ fn text_response(status: StatusCode, text: String, challenge: bool) -> Response<
     builder.body(Full::new(Bytes::from(text))).expect("response parts are valid")
 }
 
-async fn respond(request: Request<Incoming>, shared: &Shared, client_verified: bool) -> Response<Full<Bytes>> {
+async fn respond(
+    request: Request<Incoming>,
+    shared: &Shared,
+    client_verified: bool,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
     if write::handles(request.method(), &path) {
+        let method = request.method().clone();
         let needs_cert = shared.writes.tls.as_ref().is_some_and(|(_, mode)| *mode != tls::ClientCerts::None);
         if needs_cert && !client_verified {
+            warn!(client = %peer, %method, path, "refused a write request: no verified client certificate");
             let text = "this endpoint needs a client certificate signed by restapi.cafile\n";
             return text_response(StatusCode::FORBIDDEN, text.into(), false);
         }
         if !write::authorized(request.headers().get(http::header::AUTHORIZATION), shared.writes.authentication.as_ref())
         {
+            let sent = request.headers().contains_key(http::header::AUTHORIZATION);
+            warn!(
+                client = %peer,
+                %method,
+                path,
+                credentials = if sent { "wrong" } else { "none" },
+                "refused a write request: authentication failed"
+            );
             let text = "authentication required: send the restapi.authentication user and password (HTTP basic auth)\n";
             return text_response(StatusCode::UNAUTHORIZED, text.into(), true);
         }
-        let method = request.method().clone();
         let reply =
             write::answer(&method, &path, request.into_body(), &shared.writes.controller_url, &shared.identity.name)
                 .await;
-        info!(%method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
+        info!(client = %peer, %method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
         return text_response(reply.status, reply.text, reply.challenge);
     }
     let query = checks::parse_query(request.uri().query());
@@ -231,7 +245,7 @@ async fn serve<S>(
             let (shared, connection, last_activity) = (shared.clone(), connection.clone(), last_activity.clone());
             async move {
                 connection.busy.store(true, Ordering::SeqCst);
-                let response = respond(request, &shared, client_verified).await;
+                let response = respond(request, &shared, client_verified, peer).await;
                 *last_activity.lock().expect("activity") = Instant::now();
                 connection.busy.store(false, Ordering::SeqCst);
                 Ok::<_, Infallible>(response)

@@ -256,6 +256,20 @@ where
         if open || authorized(request.headers().get(http::header::AUTHORIZATION), self.policy.auth.as_deref()) {
             return Box::pin(self.inner.call(request));
         }
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let extensions = request.extensions();
+        let client = extensions
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|tls| tls.get_ref().remote_addr()))
+            .map_or_else(|| "unknown".to_string(), |addr| addr.to_string());
+        let sent = request.headers().contains_key(http::header::AUTHORIZATION);
+        tracing::warn!(
+            client,
+            method = path,
+            credentials = if sent { "wrong" } else { "none" },
+            "refused a gRPC call: authentication failed"
+        );
         let status = tonic::Status::unauthenticated(format!(
             "{path} changes state and needs the credentials of restapi.authentication \
              (pgwardenctl: ctl.authentication or restapi.authentication in its config)"
