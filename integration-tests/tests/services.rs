@@ -223,4 +223,7 @@ async fn log_dir_writes_each_service_to_its_own_file() {
         !cluster.nodes[0].health_log().contains("serving the REST API"),
         "with log.dir, nothing goes to standard error"
     );
+    // Not the umask's 0644: the log names members, addresses and refused clients.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("log file").permissions());
+    assert_eq!(mode & 0o777, 0o600, "log.mode's default");
 }

@@ -253,6 +253,8 @@ pub struct Log {
     pub dir: Option<PathBuf>,
     /// `log.dateformat` parsed; `None`: Python's `2024-05-01 12:00:00,123`.
     pub dateformat: Option<Vec<logformat::DatePart>>,
+    /// `log.mode`: permissions of the files in `log.dir` (default 0600).
+    pub mode: u32,
 }
 
 /// Settings Patroni lacks; every key optional (see `keys.tsv`).
@@ -701,6 +703,27 @@ fn tags(r: &mut Reader<'_>) -> Tags {
     }
 }
 
+/// `log.mode` as Patroni users write it: `0640`. A YAML 1.1 reader (Python,
+/// Patroni) reads that as octal; this YAML 1.2 reader gives the number 640.
+/// Permissions are always written in octal, so a number whose digits are
+/// all octal digits is read as octal (640 is 0640); one with an 8 or 9 is
+/// taken as already converted to decimal (384 is 0600). A string (`"0640"`)
+/// is octal. (A decimal mode whose digits are all octal, such as 420 for
+/// 0644, is misread: write modes in octal.)
+fn log_mode(value: &Value) -> Option<u32> {
+    let text = match value {
+        Value::Number(n) => n.as_u64()?.to_string(),
+        Value::String(s) => s.trim().trim_start_matches("0o").to_string(),
+        _ => return None,
+    };
+    let mode = if text.chars().all(|c| ('0'..='7').contains(&c)) {
+        u32::from_str_radix(&text, 8).ok()?
+    } else {
+        text.parse().ok()?
+    };
+    (mode <= 0o777).then_some(mode)
+}
+
 fn log_section(r: &mut Reader<'_>) -> Log {
     r.section("log");
     let level = r
@@ -731,7 +754,21 @@ fn log_section(r: &mut Reader<'_>) -> Log {
     let dateformat = r.string("log.dateformat").and_then(|text| {
         logformat::parse_dateformat(&text).map_err(|why| r.problems.error("log.dateformat", why)).ok()
     });
-    Log { level, json, format, dir: path_of(r, "log.dir"), dateformat }
+    // Patroni's `log.mode`: the log files' permissions (an integer, 0-511;
+    // YAML's 0640 reads as octal). pgwarden's default is 0600, not the umask:
+    // logs name members, addresses and refused clients.
+    let mode = match r.get("log.mode") {
+        None | Some(Value::Null) => 0o600,
+        Some(value) => match log_mode(value) {
+            Some(mode) => mode,
+            None => {
+                r.problems
+                    .error("log.mode", format!("expected file permissions in octal, such as 0640; found {value}"));
+                0o600
+            }
+        },
+    };
+    Log { level, json, format, dir: path_of(r, "log.dir"), dateformat, mode }
 }
 
 fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
@@ -1061,5 +1098,20 @@ mod tests {
     fn secrets_do_not_print() {
         let secret = Secret::new("hunter2");
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}
+
+#[cfg(test)]
+mod log_mode_tests {
+    use super::*;
+
+    #[test]
+    fn log_mode_reads_as_patroni_users_write_it() {
+        assert_eq!(log_mode(&Value::from(640)), Some(0o640), "0640 in YAML 1.2 is the number 640");
+        assert_eq!(log_mode(&Value::from(600)), Some(0o600));
+        assert_eq!(log_mode(&Value::from(384)), Some(0o600), "already converted to decimal (it has an 8)");
+        assert_eq!(log_mode(&Value::from("0640")), Some(0o640));
+        assert_eq!(log_mode(&Value::from(1777)), None, "beyond 0777");
+        assert_eq!(log_mode(&Value::from("rw-r-----")), None);
     }
 }

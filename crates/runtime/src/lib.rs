@@ -54,11 +54,15 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "pgwarden".into());
             std::fs::create_dir_all(dir).with_context(|| format!("create log.dir {}", dir.display()))?;
             let path = dir.join(format!("{service}.log"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .with_context(|| format!("open the log file {} (log.dir)", path.display()))?;
+            let file = std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new().create(true).append(true),
+                log.mode,
+            )
+            .open(&path)
+            .with_context(|| format!("open the log file {} (log.dir)", path.display()))?;
+            // An existing file gets the mode too (log.mode changed, or created before).
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(log.mode))
+                .with_context(|| format!("set the mode of {} (log.mode)", path.display()))?;
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(false)
