@@ -471,3 +471,49 @@ async fn a_switchover_to_a_member_without_its_fencer_is_refused_and_the_leader_k
     .expect("request cleared");
     assert_eq!(cluster.nodes[leader].check("/primary"), 200, "the leader kept leading");
 }
+
+/// Whether member `name`'s key says its fencer acknowledges.
+async fn fencer_ready(cluster: &PgwardenCluster, name: &str) -> bool {
+    let key = format!("members/{name}");
+    cluster.get_key(&key).await.ok().flatten().unwrap_or_default().contains("\"fencer_ready\":true")
+}
+
+/// The hardening probe's spoof: with a member's fencer down, another process
+/// calling `AcknowledgeFencer` let that member be made primary. An
+/// acknowledgement now carries a secret only the local `pgwarden-health` can
+/// read (0600, beside the data directory): valid REST credentials are not
+/// enough, and the member keeps saying it cannot lead.
+#[tokio::test]
+async fn a_foreign_process_cannot_pose_as_a_members_fencer() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let replica = (leader + 1) % 3;
+    let name = leader_name(&cluster, replica);
+    cluster.nodes[replica].kill_health();
+    wait_until("the replica to publish that it cannot lead", UP, || async {
+        Ok::<_, String>((!fencer_ready(&cluster, &name).await).then_some(()))
+    })
+    .await
+    .expect("fencer_ready false");
+    let mut agent = ha_proto::v1::node_agent_client::NodeAgentClient::connect(format!(
+        "http://127.0.0.1:{}",
+        cluster.nodes[replica].agent_port
+    ))
+    .await
+    .expect("connect to the agent");
+    let credentials = auth();
+    for _ in 0..12 {
+        let mut ack = tonic::Request::new(ha_proto::v1::FencerAck { member: name.clone(), armed_deadline_boot_ns: 0 });
+        ack.metadata_mut().insert("authorization", credentials.parse().expect("header"));
+        let status = agent.acknowledge_fencer(ack).await.expect_err("a spoofed acknowledgement is refused");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!fencer_ready(&cluster, &name).await, "the spoofed acknowledgements did not count");
+    // Its own fencer back: it may lead again.
+    cluster.nodes[replica].start_health().expect("health API");
+    wait_until("the replica's own fencer to acknowledge", UP, || async {
+        Ok::<_, String>(fencer_ready(&cluster, &name).await.then_some(()))
+    })
+    .await
+    .expect("fencer_ready true");
+}

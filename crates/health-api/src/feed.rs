@@ -19,10 +19,11 @@ pub async fn follow_agent(
     tx: watch::Sender<Latest>,
     member: String,
     fencer: watch::Receiver<crate::fencer::FencerState>,
+    fencer_token: Option<std::path::PathBuf>,
 ) {
     let mut connected = false;
     loop {
-        match stream_once(&url, &tx, &mut connected, &member, &fencer).await {
+        match stream_once(&url, &tx, &mut connected, &member, &fencer, fencer_token.clone()).await {
             Ok(()) => warn!(%url, "the agent closed its status stream"),
             Err(e) if connected => warn!(%url, "lost the agent's status stream: {e}"),
             Err(_) => {}
@@ -38,6 +39,7 @@ async fn stream_once(
     connected: &mut bool,
     member: &str,
     fencer: &watch::Receiver<crate::fencer::FencerState>,
+    fencer_token: Option<std::path::PathBuf>,
 ) -> Result<(), tonic::Status> {
     let channel = pgwarden_runtime::grpc::connect(url, Duration::from_secs(1))
         .await
@@ -48,15 +50,35 @@ async fn stream_once(
     *connected = true;
     let mut ack_client = client.clone();
     let (member, fencer) = (member.to_string(), fencer.clone());
-    let acks = tokio::spawn(async move {
-        loop {
-            let armed_deadline_boot_ns = fencer.borrow().armed_deadline_ns();
-            let ack = FencerAck { member: member.clone(), armed_deadline_boot_ns };
-            if let Err(e) = ack_client.acknowledge_fencer(ack).await {
-                warn!("failed to acknowledge the fencer to the agent: {}", e.message());
+    // Without a fencer (no PostgreSQL binaries) nothing is acknowledged: the
+    // agent must not lead on the word of a fencer that does not run.
+    let acks = fencer_token.map(|token_path| {
+        tokio::spawn(async move {
+            let mut last_error = String::new();
+            loop {
+                let armed_deadline_boot_ns = fencer.borrow().armed_deadline_ns();
+                let mut ack = tonic::Request::new(FencerAck { member: member.clone(), armed_deadline_boot_ns });
+                let result = match std::fs::read_to_string(&token_path) {
+                    Ok(token) => match token.trim().parse() {
+                        Ok(value) => {
+                            ack.metadata_mut().insert(pg_local::FENCER_TOKEN_METADATA, value);
+                            ack_client.acknowledge_fencer(ack).await.map(|_| ()).map_err(|e| e.message().to_string())
+                        }
+                        Err(_) => Err(format!("{} does not hold a token", token_path.display())),
+                    },
+                    Err(e) => Err(format!("cannot read the fencer token {}: {e}", token_path.display())),
+                };
+                match result {
+                    Ok(()) => last_error.clear(),
+                    Err(e) if e != last_error => {
+                        warn!("failed to acknowledge the fencer to the agent: {e}");
+                        last_error = e;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
     });
     let result = async {
         while let Some(status) = stream.message().await? {
@@ -65,6 +87,8 @@ async fn stream_once(
         Ok(())
     }
     .await;
-    acks.abort();
+    if let Some(acks) = acks {
+        acks.abort();
+    }
     result
 }

@@ -294,8 +294,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let (fencer_tx, fencer_rx) = watch::channel(fencer::FencerState::Disarmed);
+    let fencer_token = fencer_settings.as_ref().map(|settings| pg_local::fencer_token_path(&settings.data_dir));
     let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
-    let follower = tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone()));
+    let follower =
+        tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone(), fencer_token));
     let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes });
     let connections = Arc::new(Connections::default());
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");

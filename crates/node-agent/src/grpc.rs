@@ -36,6 +36,9 @@ pub struct AgentService {
     status: watch::Receiver<NodeStatus>,
     member: String,
     fencer: FencerAcks,
+    /// The secret in `pg_local::fencer_token_path`: an acknowledgement must
+    /// carry it.
+    fencer_token: String,
     commands: mpsc::Sender<CommandMsg>,
     parameters: std::sync::Arc<ParameterChecker>,
 }
@@ -61,10 +64,11 @@ impl AgentService {
         status: watch::Receiver<NodeStatus>,
         member: String,
         fencer: FencerAcks,
+        fencer_token: String,
         commands: mpsc::Sender<CommandMsg>,
         parameters: std::sync::Arc<ParameterChecker>,
     ) -> Self {
-        Self { status, member, fencer, commands, parameters }
+        Self { status, member, fencer, fencer_token, commands, parameters }
     }
 
     /// Hands `command` to the HA loop and waits for its outcome.
@@ -104,6 +108,18 @@ impl NodeAgent for AgentService {
     }
 
     async fn acknowledge_fencer(&self, request: Request<FencerAck>) -> Result<Response<FencerAckReply>, Status> {
+        let token = request.metadata().get(pg_local::FENCER_TOKEN_METADATA).and_then(|v| v.to_str().ok());
+        // Compared in full whatever the input, so timing tells nothing.
+        let expected = self.fencer_token.as_bytes();
+        let matches = token.is_some_and(|t| {
+            t.len() == expected.len() && t.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        });
+        if !matches {
+            return Err(Status::permission_denied(
+                "only the pgwarden-health beside this agent may acknowledge the fencer: it sends the token the \
+                 agent writes to <data_dir>.pgwarden.fencer-token (run both as the data directory's owner)",
+            ));
+        }
         let ack = request.into_inner();
         if ack.member != self.member {
             return Err(Status::invalid_argument(format!(

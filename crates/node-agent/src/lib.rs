@@ -238,6 +238,7 @@ pub async fn run(
     config: Config,
     config_path: Option<std::path::PathBuf>,
     grpc_listener: TcpListener,
+    fencer_token: String,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let bins = config.postgres_binaries().map_err(|e| anyhow::anyhow!(e))?;
@@ -297,8 +298,15 @@ pub async fn run(
         pgwarden_runtime::grpc::server(config.pgwarden.grpc_tls.as_ref())?
             .layer(pgwarden_runtime::grpc::RequireAuth::new(config.restapi.authentication.as_ref(), OPEN_METHODS))
             .add_service(
-                AgentService::new(status_rx, config.name.clone(), fencer_acks, commands_tx, parameter_checker)
-                    .into_server(),
+                AgentService::new(
+                    status_rx,
+                    config.name.clone(),
+                    fencer_acks,
+                    fencer_token,
+                    commands_tx,
+                    parameter_checker,
+                )
+                .into_server(),
             )
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = done_rx.await;
@@ -331,11 +339,19 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     check_ownership(data_dir)?;
     let lock = DataDirLock::acquire(data_dir)?;
     info!(lock = %lock.path.display(), "holding the data directory lock");
+    // A new secret for the fencer link at every start (0600, beside the lock).
+    let token_path = pg_local::fencer_token_path(data_dir);
+    let mut random = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").context("open /dev/urandom")?, &mut random)
+        .context("read /dev/urandom")?;
+    let fencer_token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    postgres::write_private(&token_path, &fencer_token)
+        .with_context(|| format!("write the fencer token {}", token_path.display()))?;
     let listener = pgwarden_runtime::bind(
         &config.pgwarden.agent_grpc_listen,
         "the agent's gRPC API",
         "pgwarden.agent_grpc_listen (default: restapi.listen port + 1000)",
     )
     .await?;
-    run(config, args.config.path(), listener, pgwarden_runtime::shutdown_signal()).await
+    run(config, args.config.path(), listener, fencer_token, pgwarden_runtime::shutdown_signal()).await
 }

@@ -18,6 +18,20 @@ pub struct LocalPostgres {
 
 /// Whether `pid` is a running process; a zombie (exited but not reaped, as a
 /// detached postmaster can be when PID 1 does not reap) is not.
+/// Where the agent keeps the secret only the `pgwarden-health` beside it
+/// can read (both run as the data directory's owner; the file is 0600):
+/// `<data_dir>.pgwarden.fencer-token`. A fencer acknowledgement must carry
+/// it, so no other process that reaches the agent's port can pose as the
+/// fencer.
+pub fn fencer_token_path(data_dir: &Path) -> std::path::PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+    name.push(".pgwarden.fencer-token");
+    data_dir.with_file_name(name)
+}
+
+/// The gRPC metadata key that carries the fencer token.
+pub const FENCER_TOKEN_METADATA: &str = "x-pgwarden-fencer-token";
+
 pub fn is_running(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
