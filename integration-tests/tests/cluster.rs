@@ -254,3 +254,34 @@ async fn a_primary_in_a_scope_etcd_does_not_know_is_neither_managed_nor_stopped(
     .unwrap_or_else(|e| panic!("{e}: {}", node.health_log()));
     assert_eq!(node.postmaster_pid(), Some(postmaster), "the fencer left the primary running");
 }
+
+/// DESIGN invariant 3: a duplicate member name is refused. A fourth node
+/// started with a running member's name (its own ports and data) waits out
+/// the other key for ttl + 5 s, then exits with 78, having written nothing:
+/// the running member's key is untouched.
+#[tokio::test]
+async fn a_second_node_with_a_members_name_is_refused() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(2).await.expect("start the cluster");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    let before = cluster.get_key("members/node2").await.expect("etcd").expect("node2's key");
+    let twin = cluster.add_node("node2", "").expect("a twin named node2");
+    twin.start_agent().expect("agent");
+    let started = std::time::Instant::now();
+    let mut code = None;
+    while started.elapsed() < UP {
+        if let Some(exited) = PgwardenCluster::agent_exit_code(&mut cluster.nodes[2]) {
+            code = Some(exited);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cluster.nodes[2].agent_log();
+    assert_eq!(code, Some(Some(78)), "{log}");
+    assert!(log.contains("is in use by another node"), "{log}");
+    println!("refused after {:?}", started.elapsed());
+    assert!(!cluster.nodes[2].data_dir().join("PG_VERSION").exists(), "no data written");
+    let after = cluster.get_key("members/node2").await.expect("etcd").expect("node2's key");
+    let api = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("json")["api_url"].clone();
+    assert_eq!(api(&after), api(&before), "the running member's key is its own");
+}

@@ -251,6 +251,7 @@ pub async fn run(
     if config.etcd.section == "etcd" {
         dcs::v2::check_scope(&config, &etcd, timeout, config_path.as_deref()).await?;
     }
+    check_unique_name(&config, &etcd).await?;
     let initial_local = Local {
         postmaster: pg_local::observe(&config.postgresql.data_dir),
         sql: None,
@@ -326,6 +327,47 @@ pub async fn run(
 }
 
 pub use dcs::v2::StartRefused;
+
+/// DESIGN invariant 3: a member name is unique. A live member key under our
+/// name that another node keeps (another REST address) makes this agent
+/// refuse to start; one left by this node's previous run, or one that stops
+/// being renewed, is waited out (at most ttl + 5 s).
+async fn check_unique_name(config: &Config, etcd: &dcs::Etcd) -> anyhow::Result<()> {
+    let keys = dcs::Keys::new(&config.namespace, &config.scope);
+    let ours = config.restapi.api_url();
+    let patience = Duration::from_secs(u64::from(config.bootstrap.dcs.ttl) + 5);
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let view = match dcs::read_cluster(etcd, &keys).await {
+            Ok(view) => view,
+            // etcd not answering: the HA loop waits for it; nothing to compare.
+            Err(_) => return Ok(()),
+        };
+        let other = view.member(&config.name).map(|m| m.data.api_url.clone()).filter(|url| *url != ours);
+        let Some(other) = other else { return Ok(()) };
+        if started.elapsed() >= patience {
+            return Err(StartRefused(format!(
+                "member name {:?} is in use by another node (its REST API is {other}; ours is {ours}), and its key \
+                 stayed alive for {} s: names must be unique in a cluster (DESIGN invariant 3). Give this node its \
+                 own `name`; nothing was changed",
+                config.name,
+                patience.as_secs()
+            ))
+            .into());
+        }
+        if !warned {
+            tracing::warn!(
+                %other,
+                "member key {:?} names another REST address: waiting up to {} s for it to expire",
+                config.name,
+                patience.as_secs()
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
 
 /// The agent's start-up: config, ownership and lock checks, listeners, run.
 /// The `NodeAgent` calls anyone may make; the others change state and need
