@@ -214,7 +214,7 @@ impl fmt::Display for Decision {
 /// a lower name. A running peer that has not reported its position yet makes
 /// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
-    if obs.nofailover || obs.priority == 0 || !obs.can_lead || !sync_allows(obs, &obs.me) {
+    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) {
         return false;
     }
     let within_lag =
@@ -329,6 +329,22 @@ fn may_resume(obs: &Observed, data: &DataDir) -> bool {
 }
 
 pub fn decide(obs: &Observed) -> Decision {
+    let decision = decide_unfenced(obs);
+    // Without its fencer's acknowledgement a member may not take the key: it
+    // waits (its member key tells the others to pass it over) rather than
+    // take another path, such as starting read-only instead of resuming. Its
+    // own key on an old lease is still re-bound: it already leads.
+    let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+    if decision.action == Some(Action::AcquireLeader) && !obs.can_lead && !rebind_own {
+        return Decision::idle(format!(
+            "{}, but the fencer beside this agent has not acknowledged: waiting for it",
+            decision.reason
+        ));
+    }
+    decision
+}
+
+fn decide_unfenced(obs: &Observed) -> Decision {
     // Data of another cluster: touch nothing.
     if let (Some(data), Some(cluster)) = (&obs.data, &obs.initialize)
         && !cluster.is_empty()
@@ -348,9 +364,8 @@ pub fn decide(obs: &Observed) -> Decision {
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
     let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
-    // Named or not, a member tagged nofailover (or priority 0), or whose
-    // fencer does not acknowledge, never takes the key.
-    let i_am_eligible = !obs.nofailover && obs.priority > 0 && obs.can_lead;
+    // Named or not, a member tagged nofailover (or priority 0) never takes the key.
+    let i_am_eligible = !obs.nofailover && obs.priority > 0;
 
     if obs.holds_leader {
         return match (&obs.pg, &obs.failover) {

@@ -39,6 +39,9 @@ pub struct AgentService {
     /// The secret in `pg_local::fencer_token_path`: an acknowledgement must
     /// carry it.
     fencer_token: String,
+    /// Woken when the fencer acknowledges again after a silence, so the
+    /// member key says at once that this member may lead.
+    waker: Option<std::sync::Arc<crate::ha::ClusterWatch>>,
     commands: mpsc::Sender<CommandMsg>,
     parameters: std::sync::Arc<ParameterChecker>,
 }
@@ -68,7 +71,13 @@ impl AgentService {
         commands: mpsc::Sender<CommandMsg>,
         parameters: std::sync::Arc<ParameterChecker>,
     ) -> Self {
-        Self { status, member, fencer, fencer_token, commands, parameters }
+        Self { status, member, fencer, fencer_token, waker: None, commands, parameters }
+    }
+
+    /// Wakes the HA loop through `waker` when the fencer acknowledges again.
+    pub fn with_waker(mut self, waker: std::sync::Arc<crate::ha::ClusterWatch>) -> Self {
+        self.waker = Some(waker);
+        self
     }
 
     /// Hands `command` to the HA loop and waits for its outcome.
@@ -127,7 +136,15 @@ impl NodeAgent for AgentService {
                 self.member, ack.member
             )));
         }
-        *self.fencer.lock().map_err(|_| Status::internal("fencer state poisoned"))? = Some(std::time::Instant::now());
+        let was_silent = {
+            let mut last = self.fencer.lock().map_err(|_| Status::internal("fencer state poisoned"))?;
+            let silent = last.is_none_or(|at| at.elapsed() > crate::ha::FENCER_ACK_MAX_AGE);
+            *last = Some(std::time::Instant::now());
+            silent
+        };
+        if was_silent && let Some(waker) = &self.waker {
+            waker.nudge();
+        }
         Ok(Response::new(FencerAckReply {}))
     }
 

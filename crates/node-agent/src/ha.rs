@@ -125,7 +125,7 @@ pub struct Requests {
 }
 
 /// A fencer acknowledgement older than this does not count.
-const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
+pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// How long a cluster view read from etcd is reused while the watch on the
 /// cluster's prefix reports no change (a safety net against a watch that
@@ -146,6 +146,12 @@ impl ClusterWatch {
     /// Something under the prefix changed (or may have).
     pub fn changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Wakes the HA loop without invalidating its view of etcd (a local
+    /// change, such as the fencer acknowledging again, to publish at once).
+    pub fn nudge(&self) {
         self.wake.notify_one();
     }
 

@@ -281,6 +281,7 @@ pub async fn run(
         fencer_acks.clone(),
         ha::Requests { commands: commands_rx, config_path },
     );
+    let waker = agent.waker();
     let sighup = tokio::spawn(reload_on_sighup(commands_tx.clone()));
     let watcher = tokio::spawn(watch_cluster(
         etcd,
@@ -307,6 +308,7 @@ pub async fn run(
                     commands_tx,
                     parameter_checker,
                 )
+                .with_waker(waker)
                 .into_server(),
             )
             .serve_with_incoming_shutdown(incoming, async {
