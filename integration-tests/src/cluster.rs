@@ -61,6 +61,12 @@ impl Node {
         Ok(())
     }
 
+    /// The exit code of this node's agent once it has exited (`Some(None)`:
+    /// killed by a signal); `None` while it runs or never ran.
+    pub fn agent_exit_code(&mut self) -> Option<Option<i32>> {
+        self.agent.as_mut().and_then(ChildGuard::try_exit_code)
+    }
+
     pub fn start_health(&mut self) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
         self.health = Some(spawn_with_env("pgwarden-health", &[&config], &self.dir, "health", &self.env)?);
@@ -350,11 +356,6 @@ impl PgwardenCluster {
             }
         }
         Ok(())
-    }
-
-    /// Whether the node's agent process has exited, and with which code.
-    pub fn agent_exit_code(node: &mut Node) -> Option<Option<i32>> {
-        node.agent.as_mut().and_then(ChildGuard::try_exit_code)
     }
 
     /// Adds (without starting) a node with its own directory and ports.

@@ -270,7 +270,7 @@ async fn a_second_node_with_a_members_name_is_refused() {
     let started = std::time::Instant::now();
     let mut code = None;
     while started.elapsed() < UP {
-        if let Some(exited) = PgwardenCluster::agent_exit_code(&mut cluster.nodes[2]) {
+        if let Some(exited) = cluster.nodes[2].agent_exit_code() {
             code = Some(exited);
             break;
         }

@@ -448,8 +448,7 @@ async fn a_switchover_to_a_member_without_its_fencer_is_refused_and_the_leader_k
     let name = leader_name(&cluster, candidate);
     cluster.nodes[candidate].kill_health();
     wait_until("the candidate to publish that it cannot lead", UP, || async {
-        let member = cluster.get_key(&format!("members/{name}")).await.map_err(|e| e.to_string())?.unwrap_or_default();
-        Ok::<_, String>(member.contains("\"fencer_ready\":false").then_some(()))
+        Ok::<_, String>((!fencer_ready(&cluster, &name).await).then_some(()))
     })
     .await
     .expect("fencer_ready false");
