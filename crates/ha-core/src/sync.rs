@@ -10,8 +10,9 @@
 //!   `sync` and it has then flushed up to the primary's position taken after
 //!   that (every commit acknowledged before it joined P is below that
 //!   position, every later one waited for it);
-//! - a standby that is gone leaves P before it leaves S: commits stop
-//!   waiting for it at once (in non-strict mode), then it is unpublished;
+//! - a standby that is gone leaves S first (compare-and-swap), and only
+//!   once that write succeeded leaves P: until then commits wait for it, so
+//!   every member of S has every acknowledged commit;
 //! - with no standby left, strict mode lists a placeholder nobody can match,
 //!   so commits block instead of going asynchronous.
 
@@ -81,15 +82,20 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
     }
     let s = &input.published;
     let p = &input.configured;
-    // Leaving: out of P first, then out of S.
+    // Leaving: out of S first (a compare-and-swap that may fail and is
+    // retried: until it succeeds, P still lists the standby and commits wait
+    // for it), then out of P. The other order acknowledges commits without
+    // a member that is still promotable.
     let gone: Vec<&String> = s.iter().filter(|n| !healthy(n)).collect();
     if !gone.is_empty() {
-        if p.iter().any(|n| gone.contains(&n)) {
-            let names = sorted(p.iter().filter(|n| !gone.contains(n)).cloned().collect());
-            let pending = input.pending.clone().filter(|x| !gone.contains(&&x.name));
-            return SyncStep::Configure { names, pending };
-        }
         return SyncStep::Publish(sorted(s.iter().filter(|n| !gone.contains(n)).cloned().collect()));
+    }
+    // Names in P that are neither published nor pending go (a standby
+    // unpublished above, or one that never made it into S).
+    let pending_name = input.pending.as_ref().map(|x| &x.name);
+    if p.iter().any(|n| !s.contains(n) && Some(n) != pending_name) {
+        let names = sorted(p.iter().filter(|n| s.contains(n) || Some(*n) == pending_name).cloned().collect());
+        return SyncStep::Configure { names, pending: input.pending.clone() };
     }
     if let Some(pending) = &input.pending {
         if !healthy(&pending.name) || s.len() >= input.node_count.max(1) && !s.contains(&pending.name) {
@@ -131,13 +137,6 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
                 pending: Some(Pending { name: best.name.clone(), since_lsn: None }),
             };
         }
-    }
-    // Names in P that are neither published nor pending go.
-    if p.iter().any(|n| !s.contains(n)) {
-        return SyncStep::Configure {
-            names: sorted(p.iter().filter(|n| s.contains(n)).cloned().collect()),
-            pending: None,
-        };
     }
     SyncStep::Idle
 }
@@ -230,15 +229,16 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_standby_leaves_p_before_s_and_another_takes_its_place() {
+    fn a_lost_standby_leaves_s_before_p_and_another_takes_its_place() {
         let mut state = input();
         state.published = vec!["c".into()];
         state.configured = vec!["c".into()];
         state.standbys[1].streaming = false;
-        assert_eq!(next_step(&state), SyncStep::Configure { names: vec![], pending: None });
-        state.configured = vec![];
+        // Out of S first; while that write fails, P keeps it (commits wait).
         assert_eq!(next_step(&state), SyncStep::Publish(vec![]));
         state.published = vec![];
+        assert_eq!(next_step(&state), SyncStep::Configure { names: vec![], pending: None });
+        state.configured = vec![];
         let (state, _) = run(state, 8);
         assert_eq!(state.published, vec!["b".to_string()]);
     }
@@ -268,7 +268,8 @@ mod tests {
     proptest! {
         /// Whatever the standbys do, a member is published in S only while
         /// it is listed in P (commits wait for it) and only after it caught
-        /// up with a position taken once PostgreSQL counted it synchronous.
+        /// up with a position taken once PostgreSQL counted it synchronous;
+        /// and it stays in P as long as it is in S.
         #[test]
         fn s_only_names_caught_up_standbys_listed_in_p(
             flips in proptest::collection::vec((0usize..3, any::<bool>()), 0..30),
@@ -298,10 +299,9 @@ mod tests {
                         }
                     }
                     if let SyncStep::Configure { names, .. } = &step {
+                        // A member of S never leaves P (it leaves S first).
                         for gone in state.published.iter().filter(|n| !names.contains(n)) {
-                            // Leaving P while still in S is allowed only on the way out.
-                            let healthy = state.standbys.iter().any(|s| &s.name == gone && s.streaming && s.eligible);
-                            prop_assert!(!healthy, "{gone} dropped from P while healthy and published");
+                            prop_assert!(false, "{gone} dropped from P while still published in S");
                         }
                     }
                     let (next, _) = run(state.clone(), 1);

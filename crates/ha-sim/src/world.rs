@@ -1,0 +1,968 @@
+//! The cluster under simulation: nodes (agent, fencer, PostgreSQL), etcd,
+//! the network, clients and operators, driven by one event queue in
+//! simulated time. Nothing here reads a clock or a thread: a seed decides
+//! everything.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use ha_core::sync::Pending;
+
+use crate::model::{Data, Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
+use crate::rng::Rng;
+
+/// Timing and sizing of one run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub nodes: usize,
+    pub ttl: Time,
+    pub loop_wait: Time,
+    pub fence_margin: Time,
+    pub primary_start_timeout: Time,
+    pub retry_timeout: Time,
+    pub request_timeout: Time,
+    /// `maximum_lag_on_failover`, in records.
+    pub max_lag: u64,
+    /// Faults and operator actions happen until then...
+    pub fault_phase: Time,
+    /// ...and once all are healed, the cluster must have one primary and
+    /// every member streaming within this bound.
+    pub heal_bound: Time,
+    pub writers: usize,
+}
+
+impl Params {
+    pub fn for_seed(rng: &mut Rng) -> Self {
+        let ttl = [10_000, 15_000, 30_000][rng.pick(3)];
+        Self {
+            nodes: 3,
+            ttl,
+            loop_wait: [1_000, 2_000][rng.pick(2)],
+            fence_margin: 2_000,
+            primary_start_timeout: [3_000, 10_000][rng.pick(2)],
+            retry_timeout: ttl / 2,
+            request_timeout: 2_000,
+            max_lag: 1_000_000,
+            fault_phase: 60_000,
+            heal_bound: 4 * ttl + 30_000,
+            writers: 3,
+        }
+    }
+}
+
+/// What the agent is in the middle of (a long action split in steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// initdb is done: write `initialize`, take the key, start.
+    BootstrapDone,
+    /// pg_basebackup from `source` completes.
+    CloneDone { source: usize },
+    /// `pg_ctl start` returned or gave up; the agent looks again.
+    StartReturned { budget_end: Time },
+    /// `pre_promote` returned: promote.
+    Promote,
+    /// The promotion's checkpoint is done.
+    Promoted,
+    /// Waiting for the switchover candidate to have the shutdown checkpoint.
+    SwitchoverPoll { candidate: usize, checkpoint: u64, until: Time },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ev {
+    Tick { node: usize, token: u64 },
+    Step { node: usize, epoch: u64, step: Step },
+    Keeper { node: usize, epoch: u64 },
+    FencerCheck { node: usize, deadline: Time },
+    PgReady { node: usize, incarnation: u64 },
+    Stream { node: usize },
+    Write { writer: usize },
+    Fault,
+    Operator,
+    Heal(Heal),
+    HealAll,
+    Liveness,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heal {
+    AgentResume(usize),
+    AgentStart(usize),
+    NodeStart(usize),
+    FencerStart(usize),
+    /// The node crashes now (scheduled by a compound fault).
+    Crash(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub up: bool,
+    /// Incarnation: events of a dead agent are dropped.
+    pub epoch: u64,
+    pub paused_until: Option<Time>,
+    pub busy: bool,
+    pub tick_token: u64,
+    pub lease: Option<u64>,
+    /// The lease's deadline as the keeper proved it (global time).
+    pub lease_deadline: Time,
+    pub lease_lost: bool,
+    pub proves_leader: bool,
+    pub sync_configured: Vec<String>,
+    pub sync_pending: Option<Pending>,
+    /// `synchronous_standby_names` as the agent would write it next.
+    pub wanted_ssn: Ssn,
+    pub released_at: Option<Time>,
+    pub primary_down_since: Option<Time>,
+    pub upstream: Option<usize>,
+    pub checkpoint_pending: bool,
+    pub peer_unknown_since: BTreeMap<usize, Time>,
+    /// The last tick's decision (for the trace).
+    pub last_reason: String,
+}
+
+impl Agent {
+    fn fresh(epoch: u64) -> Self {
+        Self {
+            up: true,
+            epoch,
+            paused_until: None,
+            busy: false,
+            tick_token: 0,
+            lease: None,
+            lease_deadline: 0,
+            lease_lost: false,
+            proves_leader: false,
+            sync_configured: Vec::new(),
+            sync_pending: None,
+            wanted_ssn: Ssn::Async,
+            released_at: None,
+            primary_down_since: None,
+            upstream: None,
+            checkpoint_pending: false,
+            peer_unknown_since: BTreeMap::new(),
+            last_reason: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    /// Local clock rate error, in parts per million (positive: fast).
+    pub drift_ppm: i64,
+    pub agent: Agent,
+    pub fencer_up: bool,
+    /// The deadline the fencer guards (armed), as the agent last streamed it.
+    pub fencer_deadline: Option<Time>,
+    pub pg: Pg,
+    pub cut_etcd_until: Time,
+    pub cut_peers_until: Time,
+    /// The whole machine is down until restarted.
+    pub crashed: bool,
+}
+
+/// A safety or liveness violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Time,
+    pub what: String,
+}
+
+/// Knobs the shrinker and the regression cases turn.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Fault draws (by index) that are not applied.
+    pub skip_faults: Vec<usize>,
+    /// Operator draws (by index) that are not applied.
+    pub skip_operators: Vec<usize>,
+    pub trace: bool,
+}
+
+pub struct World {
+    pub now: Time,
+    pub p: Params,
+    pub rng: Rng,
+    /// Fault and operator schedules draw from their own streams, so a
+    /// skipped fault leaves the rest of the schedule as it was.
+    pub fault_rng: Rng,
+    pub op_rng: Rng,
+    queue: BinaryHeap<Reverse<(Time, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    seq: u64,
+    pub etcd: Etcd,
+    pub nodes: Vec<Node>,
+    pub next_commit: u64,
+    /// Commits acknowledged in synchronous mode: (id, lsn).
+    pub must_survive: Vec<(u64, u64)>,
+    pub acked: u64,
+    pub sync_dirty: bool,
+    pub violation: Option<Violation>,
+    pub trace: Option<Vec<String>>,
+    pub processed: u64,
+    pub faults_drawn: usize,
+    pub ops_drawn: usize,
+    pub opts: Options,
+    pub healed_at: Option<Time>,
+}
+
+impl World {
+    pub fn new(seed: u64, opts: Options) -> Self {
+        let mut rng = Rng::new(seed);
+        let p = Params::for_seed(&mut rng);
+        let config = Dynamic { sync_mode: rng.chance(50), strict: rng.chance(30), node_count: 1, pause: false };
+        let nodes = (0..p.nodes)
+            .map(|i| Node {
+                name: ((b'a' + i as u8) as char).to_string(),
+                drift_ppm: rng.range(0, 1000) as i64 - 500,
+                agent: Agent::fresh(1),
+                fencer_up: true,
+                fencer_deadline: None,
+                pg: Pg::new(),
+                cut_etcd_until: 0,
+                cut_peers_until: 0,
+                crashed: false,
+            })
+            .collect();
+        let fault_rng = Rng::new(rng.next_u64());
+        let op_rng = Rng::new(rng.next_u64());
+        let trace = opts.trace.then(Vec::new);
+        let mut world = Self {
+            now: 0,
+            p,
+            rng,
+            fault_rng,
+            op_rng,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            seq: 0,
+            etcd: Etcd::new(config),
+            nodes,
+            next_commit: 1,
+            must_survive: Vec::new(),
+            acked: 0,
+            sync_dirty: false,
+            violation: None,
+            trace,
+            processed: 0,
+            faults_drawn: 0,
+            ops_drawn: 0,
+            opts,
+            healed_at: None,
+        };
+        for i in 0..world.p.nodes {
+            let start = world.rng.range(0, 500);
+            world.schedule_tick(i, start);
+            let epoch = world.nodes[i].agent.epoch;
+            world.at(start + 100, Ev::Keeper { node: i, epoch });
+            world.at(start + 50, Ev::Stream { node: i });
+        }
+        for writer in 0..world.p.writers {
+            let at = world.rng.range(3_000, 4_000);
+            world.at(at, Ev::Write { writer });
+        }
+        let first_fault = world.fault_rng.range(5_000, 10_000);
+        world.at(first_fault, Ev::Fault);
+        let first_op = world.op_rng.range(8_000, 15_000);
+        world.at(first_op, Ev::Operator);
+        let heal = world.p.fault_phase;
+        world.at(heal, Ev::HealAll);
+        world
+    }
+
+    // ------------------------------------------------------- plumbing ----
+
+    pub fn at(&mut self, delay: Time, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue.push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+    }
+
+    pub fn log(&mut self, node: Option<usize>, text: impl FnOnce() -> String) {
+        if let Some(trace) = self.trace.as_mut() {
+            let who = node.map_or_else(|| "-".to_string(), |i| self.nodes[i].name.clone());
+            trace.push(format!("{:>9.3}s {who:<2} {}", self.now as f64 / 1000.0, text()));
+        }
+    }
+
+    pub fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.log(None, || format!("VIOLATION: {what}"));
+            self.violation = Some(Violation { at: self.now, what });
+        }
+    }
+
+    /// A local interval of `ms` as global time on node `i`'s clock.
+    pub fn local(&self, i: usize, ms: Time) -> Time {
+        let rate = 1_000_000 + self.nodes[i].drift_ppm;
+        ms * 1_000_000 / rate as u64
+    }
+
+    pub fn etcd_ok(&self, i: usize) -> bool {
+        !self.nodes[i].crashed && self.now >= self.etcd.down_until && self.now >= self.nodes[i].cut_etcd_until
+    }
+
+    pub fn link(&self, i: usize, j: usize) -> bool {
+        i == j
+            || (!self.nodes[i].crashed
+                && !self.nodes[j].crashed
+                && self.now >= self.nodes[i].cut_peers_until
+                && self.now >= self.nodes[j].cut_peers_until)
+    }
+
+    pub fn agent_alive(&self, i: usize) -> bool {
+        let a = &self.nodes[i].agent;
+        a.up && a.paused_until.is_none_or(|t| t <= self.now) && !self.nodes[i].crashed
+    }
+
+    pub fn schedule_tick(&mut self, i: usize, delay: Time) {
+        self.nodes[i].agent.tick_token += 1;
+        let token = self.nodes[i].agent.tick_token;
+        self.at(delay, Ev::Tick { node: i, token });
+    }
+
+    /// The leader key changed hands or went: every idle agent looks now
+    /// (the agents watch the leader key).
+    pub fn wake_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.agent_alive(i) && !self.nodes[i].agent.busy && self.etcd_ok(i) {
+                let delay = self.rng.range(2, 30);
+                self.schedule_tick(i, delay);
+            }
+        }
+    }
+
+    // ------------------------------------------------------- the loop ----
+
+    /// Runs to the end; returns the number of events processed.
+    pub fn run(&mut self) -> u64 {
+        while let Some(Reverse((at, _, index))) = self.queue.pop() {
+            let Some(ev) = self.events[index].take() else { continue };
+            self.now = at;
+            if self.etcd.expire(self.now) {
+                self.log(None, || "etcd: the leader key's lease expired".into());
+                self.wake_all();
+            }
+            self.processed += 1;
+            let done = ev == Ev::Liveness;
+            self.handle(ev);
+            self.check_safety();
+            if self.violation.is_some() || done {
+                break;
+            }
+        }
+        self.processed
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Tick { node, token } => {
+                if token == self.nodes[node].agent.tick_token && self.defer_if_paused(node, &Ev::Tick { node, token }) {
+                    self.tick(node);
+                }
+            }
+            Ev::Step { node, epoch, step } => {
+                if epoch == self.nodes[node].agent.epoch
+                    && self.nodes[node].agent.up
+                    && self.defer_if_paused(node, &Ev::Step { node, epoch, step: step.clone() })
+                {
+                    self.step(node, step);
+                }
+            }
+            Ev::Keeper { node, epoch } => {
+                if epoch == self.nodes[node].agent.epoch
+                    && self.nodes[node].agent.up
+                    && self.defer_if_paused(node, &Ev::Keeper { node, epoch })
+                {
+                    self.keeper(node);
+                    let interval = self.local(node, self.p.ttl / 4);
+                    self.at(interval, Ev::Keeper { node, epoch });
+                }
+            }
+            Ev::FencerCheck { node, deadline } => self.fencer_check(node, deadline),
+            Ev::PgReady { node, incarnation } => self.pg_ready(node, incarnation),
+            Ev::Stream { node } => {
+                self.stream(node);
+                let next = self.rng.range(50, 150);
+                self.at(next, Ev::Stream { node });
+            }
+            Ev::Write { writer } => {
+                self.client_write();
+                if self.now < self.p.fault_phase + self.p.heal_bound {
+                    let next = self.rng.range(50, 400);
+                    self.at(next, Ev::Write { writer });
+                }
+            }
+            Ev::Fault => {
+                self.fault();
+                let next = self.fault_rng.range(1_500, 6_000);
+                if self.now + next < self.p.fault_phase {
+                    self.at(next, Ev::Fault);
+                }
+            }
+            Ev::Operator => {
+                self.operator();
+                let next = self.op_rng.range(4_000, 12_000);
+                if self.now + next < self.p.fault_phase {
+                    self.at(next, Ev::Operator);
+                }
+            }
+            Ev::Heal(heal) => self.heal(heal),
+            Ev::HealAll => self.heal_all(),
+            Ev::Liveness => self.check_liveness(),
+        }
+    }
+
+    /// A stopped (SIGSTOP) agent handles nothing until it resumes: the
+    /// event waits. Returns whether to handle it now.
+    fn defer_if_paused(&mut self, i: usize, ev: &Ev) -> bool {
+        if self.nodes[i].crashed || !self.nodes[i].agent.up {
+            return false;
+        }
+        match self.nodes[i].agent.paused_until {
+            Some(until) if until > self.now => {
+                let delay = until - self.now;
+                self.at(delay, ev.clone());
+                false
+            }
+            _ => true,
+        }
+    }
+
+    // -------------------------------------------------- PostgreSQL ----
+
+    /// `pg_ctl start`: ready after crash recovery (if it needs one) or a
+    /// short start; as primary when the standby signal is gone.
+    pub fn pg_start(&mut self, i: usize, primary: bool, upstream: Option<usize>) -> Time {
+        let pg = &mut self.nodes[i].pg;
+        let took = if pg.needs_recovery { pg.recovery_ms } else { 100 + self.rng.range(0, 400) };
+        let pg = &mut self.nodes[i].pg;
+        if !primary && let Some(data) = pg.data.as_mut() {
+            // The config written for a replica includes standby.signal.
+            data.was_primary = false;
+        }
+        pg.incarnation += 1;
+        pg.run = Run::Starting { until: self.now + took, primary };
+        pg.upstream = upstream;
+        pg.streaming = false;
+        let incarnation = pg.incarnation;
+        self.at(took, Ev::PgReady { node: i, incarnation });
+        took
+    }
+
+    fn pg_ready(&mut self, i: usize, incarnation: u64) {
+        if self.nodes[i].pg.incarnation != incarnation || self.nodes[i].crashed {
+            return;
+        }
+        let pg = &mut self.nodes[i].pg;
+        let Run::Starting { primary, .. } = pg.run else { return };
+        pg.needs_recovery = false;
+        if primary {
+            pg.run = Run::Primary;
+            if let Some(data) = pg.data.as_mut() {
+                data.was_primary = true;
+            }
+            self.log(Some(i), || "PostgreSQL: up as primary".into());
+            self.on_new_primary(i);
+        } else {
+            pg.run = Run::Replica;
+            self.log(Some(i), || "PostgreSQL: up as replica".into());
+        }
+    }
+
+    /// `pg_ctl promote`: a new timeline, its history, an end-of-recovery record.
+    pub fn pg_promote(&mut self, i: usize) {
+        let id = self.record();
+        let pg = &mut self.nodes[i].pg;
+        if pg.run != Run::Replica {
+            return;
+        }
+        let Some(data) = pg.data.as_mut() else { return };
+        let old = data.timeline;
+        let at = data.lsn();
+        data.history.push((old, at));
+        data.timeline = old + 1;
+        data.wal.push(id);
+        data.was_primary = true;
+        pg.run = Run::Primary;
+        pg.upstream = None;
+        pg.streaming = false;
+        let tl = old + 1;
+        self.log(Some(i), || format!("PostgreSQL: promoted onto timeline {tl} at lsn {at}"));
+        self.on_new_primary(i);
+    }
+
+    /// A fast (clean) shutdown: a shutdown checkpoint, which the connected
+    /// standbys receive before the postmaster exits.
+    pub fn pg_stop_fast(&mut self, i: usize) -> u64 {
+        let id = self.record();
+        let primary = self.nodes[i].pg.run == Run::Primary;
+        if let Some(data) = self.nodes[i].pg.data.as_mut().filter(|_| primary) {
+            data.wal.push(id);
+        }
+        for r in 0..self.nodes.len() {
+            if r != i && self.nodes[r].pg.upstream == Some(i) && self.nodes[r].pg.streaming {
+                self.stream(r);
+            }
+        }
+        let pg = &mut self.nodes[i].pg;
+        pg.run = Run::Stopped;
+        pg.streaming = false;
+        pg.waiting.clear();
+        pg.incarnation += 1;
+        pg.lsn().unwrap_or(0)
+    }
+
+    pub fn record(&mut self) -> u64 {
+        self.next_commit += 1;
+        self.next_commit | NOT_A_COMMIT
+    }
+
+    /// One streaming round of replica `r`: PostgreSQL's rules for whether
+    /// it may stream at all (timeline history, position), then it receives
+    /// everything its upstream has.
+    fn stream(&mut self, r: usize) {
+        let (run, upstream) = (self.nodes[r].pg.run, self.nodes[r].pg.upstream);
+        let Some(u) = upstream.filter(|_| run == Run::Replica) else {
+            self.nodes[r].pg.streaming = false;
+            return;
+        };
+        if !self.link(r, u) || !self.nodes[u].pg.running() || self.nodes[u].crashed {
+            self.nodes[r].pg.streaming = false;
+            return;
+        }
+        let (Some(mine), Some(theirs)) = (self.nodes[r].pg.data.as_ref(), self.nodes[u].pg.data.as_ref()) else {
+            return;
+        };
+        if mine.sysid != theirs.sysid {
+            self.nodes[r].pg.streaming = false;
+            return;
+        }
+        // PostgreSQL: the upstream must have this timeline in its history
+        // with a switch point at or after our position, and have WAL up to it.
+        let allowed = match theirs.end_of(mine.timeline) {
+            Some(end) => mine.lsn() <= end && mine.lsn() <= theirs.lsn(),
+            None => false,
+        };
+        if !allowed {
+            self.nodes[r].pg.streaming = false;
+            return;
+        }
+        let n = mine.wal.len();
+        if mine.wal[..] != theirs.wal[..n] {
+            let fork = mine.wal.iter().zip(&theirs.wal).position(|(a, b)| a != b).unwrap_or(n);
+            let what = format!(
+                "{} streams from {} although its WAL diverged at lsn {} (timeline {} vs {}): PostgreSQL cannot tell, the data is silently corrupt",
+                self.nodes[r].name,
+                self.nodes[u].name,
+                fork + 1,
+                mine.timeline,
+                theirs.timeline
+            );
+            self.violate(what);
+            return;
+        }
+        let copy = theirs.clone();
+        let pg = &mut self.nodes[r].pg;
+        let data = pg.data.as_mut().expect("checked");
+        data.wal = copy.wal;
+        data.timeline = copy.timeline;
+        data.history = copy.history;
+        pg.streaming = true;
+        if self.nodes[u].pg.run == Run::Primary {
+            self.settle(u);
+        }
+    }
+
+    /// Acknowledges the waiting commits of primary `p` that its
+    /// `synchronous_standby_names` lets through.
+    pub fn settle(&mut self, p: usize) {
+        if self.nodes[p].pg.waiting.is_empty() {
+            return;
+        }
+        let ssn = self.nodes[p].pg.ssn.clone();
+        let waiting = std::mem::take(&mut self.nodes[p].pg.waiting);
+        let mut still = Vec::new();
+        for (id, lsn) in waiting {
+            let ok = match &ssn {
+                Ssn::Async => true,
+                Ssn::Placeholder => false,
+                Ssn::Names(names) => names.iter().all(|name| {
+                    self.nodes.iter().any(|n| {
+                        n.name == *name && n.pg.data.as_ref().is_some_and(|d| d.wal.get(lsn as usize - 1) == Some(&id))
+                    })
+                }),
+            };
+            if ok {
+                self.acknowledge(p, id, lsn);
+            } else {
+                still.push((id, lsn));
+            }
+        }
+        self.nodes[p].pg.waiting = still;
+    }
+
+    fn acknowledge(&mut self, p: usize, id: u64, lsn: u64) {
+        self.acked += 1;
+        if self.etcd.config.sync_mode {
+            self.must_survive.push((id, lsn));
+            self.sync_dirty = true;
+        }
+        self.log(Some(p), || format!("client: commit {id} acknowledged at lsn {lsn}"));
+    }
+
+    fn client_write(&mut self) {
+        let primaries: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].pg.run == Run::Primary && !self.nodes[*i].crashed)
+            .collect();
+        if primaries.is_empty() {
+            return;
+        }
+        let p = primaries[self.rng.pick(primaries.len())];
+        self.next_commit += 1;
+        let id = self.next_commit;
+        let Some(data) = self.nodes[p].pg.data.as_mut() else { return };
+        data.wal.push(id);
+        let lsn = data.lsn();
+        self.nodes[p].pg.waiting.push((id, lsn));
+        self.settle(p);
+    }
+
+    /// A node became primary: in synchronous mode it must hold every
+    /// acknowledged commit.
+    fn on_new_primary(&mut self, i: usize) {
+        if !self.etcd.config.sync_mode {
+            return;
+        }
+        let Some(data) = self.nodes[i].pg.data.as_ref() else { return };
+        if let Some((id, lsn)) = self.must_survive.iter().find(|(id, lsn)| data.wal.get(*lsn as usize - 1) != Some(id))
+        {
+            let what = format!(
+                "{} became primary without commit {id} (lsn {lsn}), acknowledged in synchronous mode",
+                self.nodes[i].name
+            );
+            self.violate(what);
+        }
+    }
+
+    // -------------------------------------------------------- fencer ----
+
+    fn fencer_check(&mut self, i: usize, deadline: Time) {
+        let node = &mut self.nodes[i];
+        if !node.fencer_up || node.crashed || node.fencer_deadline != Some(deadline) {
+            return;
+        }
+        node.fencer_deadline = None;
+        if node.pg.run == Run::Primary || matches!(node.pg.run, Run::Starting { primary: true, .. }) {
+            node.pg.stop_immediate();
+            self.log(Some(i), || "fencer: the leader deadline passed without a renewal: PostgreSQL stopped".into());
+        }
+    }
+
+    /// The agent streams its proven deadline to the fencer.
+    pub fn arm_fencer(&mut self, i: usize, deadline: Time) {
+        let node = &mut self.nodes[i];
+        if !node.fencer_up || node.fencer_deadline == Some(deadline) {
+            return;
+        }
+        node.fencer_deadline = Some(deadline);
+        let delay = deadline.saturating_sub(self.now);
+        self.at(delay, Ev::FencerCheck { node: i, deadline });
+    }
+
+    // ----------------------------------------------- faults, operators ----
+
+    fn fault(&mut self) {
+        let index = self.faults_drawn;
+        self.faults_drawn += 1;
+        let kind = self.fault_rng.pick(9);
+        let i = self.fault_rng.pick(self.nodes.len());
+        let duration = self.fault_rng.range(500, 2 * self.p.ttl);
+        if self.opts.skip_faults.contains(&index) {
+            return;
+        }
+        let name = self.nodes[i].name.clone();
+        if self.nodes[i].crashed && kind != 0 {
+            return;
+        }
+        match kind {
+            0 => {
+                self.etcd.down_until = self.etcd.down_until.max(self.now + duration);
+                self.log(None, || format!("fault #{index}: etcd loses its quorum for {duration} ms"));
+            }
+            1 => {
+                self.nodes[i].cut_etcd_until = self.now + duration;
+                self.log(None, || format!("fault #{index}: {name} cut off from etcd for {duration} ms"));
+            }
+            2 => {
+                self.nodes[i].cut_peers_until = self.now + duration;
+                self.log(None, || format!("fault #{index}: {name} cut off from the other nodes for {duration} ms"));
+            }
+            3 => {
+                let recovery = self.fault_rng.range(100, 2 * self.p.primary_start_timeout);
+                self.kill_postgres(i, recovery);
+                self.log(None, || {
+                    format!("fault #{index}: PostgreSQL on {name} killed (crash recovery {recovery} ms)")
+                });
+            }
+            4 => {
+                let recovery = self.fault_rng.range(100, 2 * self.p.primary_start_timeout);
+                self.kill_postgres(i, recovery);
+                self.nodes[i].crashed = true;
+                self.nodes[i].agent.up = false;
+                self.nodes[i].agent.epoch += 1;
+                self.nodes[i].fencer_up = false;
+                self.nodes[i].fencer_deadline = None;
+                self.at(duration, Ev::Heal(Heal::NodeStart(i)));
+                self.log(None, || format!("fault #{index}: node {name} crashes for {duration} ms"));
+            }
+            5 => {
+                let until = self.now + duration;
+                self.nodes[i].agent.paused_until = Some(until);
+                self.at(duration, Ev::Heal(Heal::AgentResume(i)));
+                self.log(None, || {
+                    format!("fault #{index}: the agent on {name} is stopped (SIGSTOP) for {duration} ms")
+                });
+            }
+            6 => {
+                self.nodes[i].agent.up = false;
+                self.nodes[i].agent.epoch += 1;
+                let restart = self.fault_rng.range(200, 3_000);
+                self.at(restart, Ev::Heal(Heal::AgentStart(i)));
+                self.log(None, || format!("fault #{index}: the agent on {name} is killed, restarted in {restart} ms"));
+            }
+            7 => {
+                self.nodes[i].fencer_up = false;
+                self.nodes[i].fencer_deadline = None;
+                self.at(duration, Ev::Heal(Heal::FencerStart(i)));
+                self.log(None, || format!("fault #{index}: the fencer on {name} is down for {duration} ms"));
+            }
+            _ => {
+                // The sync standby's PostgreSQL killed, and soon after the primary's node.
+                let leader = self.etcd.leader.map(|(l, _)| l);
+                let standby = self.etcd.sync.as_ref().and_then(|s| s.standbys.first().copied());
+                if let (Some(l), Some(s)) = (leader, standby) {
+                    let recovery = self.fault_rng.range(100, self.p.primary_start_timeout);
+                    self.kill_postgres(s, recovery);
+                    let (ln, sn) = (self.nodes[l].name.clone(), self.nodes[s].name.clone());
+                    self.log(None, || {
+                        format!("fault #{index}: sync standby {sn}'s PostgreSQL killed, then {ln}'s node")
+                    });
+                    let soon = self.fault_rng.range(50, 1_000);
+                    self.at(soon, Ev::Heal(Heal::Crash(l)));
+                }
+            }
+        }
+    }
+
+    fn kill_postgres(&mut self, i: usize, recovery: Time) {
+        let pg = &mut self.nodes[i].pg;
+        if pg.run != Run::Stopped {
+            pg.stop_immediate();
+            pg.recovery_ms = recovery;
+        }
+    }
+
+    fn operator(&mut self) {
+        let index = self.ops_drawn;
+        self.ops_drawn += 1;
+        let kind = self.op_rng.pick(7);
+        let target = self.op_rng.pick(self.nodes.len());
+        let scheduled = self.op_rng.chance(30).then(|| self.now + self.op_rng.range(500, 5_000));
+        let named = self.op_rng.chance(60);
+        if self.opts.skip_operators.contains(&index) || self.now < self.etcd.down_until {
+            return;
+        }
+        let leader = self.etcd.leader.map(|(l, _)| l);
+        let name = self.nodes[target].name.clone();
+        match kind {
+            0 | 1 => {
+                let Some(l) = leader else { return };
+                let member = named.then_some(target).filter(|t| *t != l);
+                self.etcd.put_failover(Some(Failover { leader: Some(l), member, scheduled_at: scheduled }));
+                let who = member.map_or("the best candidate".to_string(), |m| self.nodes[m].name.clone());
+                self.log(None, || format!("operator #{index}: switchover to {who} (scheduled: {scheduled:?})"));
+            }
+            2 => {
+                self.etcd.put_failover(Some(Failover { leader: None, member: Some(target), scheduled_at: None }));
+                self.log(None, || format!("operator #{index}: failover to {name}"));
+            }
+            3 => {
+                self.etcd.config.pause = !self.etcd.config.pause;
+                self.etcd.bump();
+                let on = self.etcd.config.pause;
+                self.log(None, || format!("operator #{index}: pause {on}"));
+            }
+            4 => {
+                self.etcd.config.sync_mode = !self.etcd.config.sync_mode;
+                self.etcd.bump();
+                if !self.etcd.config.sync_mode {
+                    self.must_survive.clear();
+                }
+                let on = self.etcd.config.sync_mode;
+                self.log(None, || format!("operator #{index}: synchronous_mode {on}"));
+            }
+            5 => {
+                self.etcd.config.strict = !self.etcd.config.strict;
+                self.etcd.bump();
+                let on = self.etcd.config.strict;
+                self.log(None, || format!("operator #{index}: synchronous_mode_strict {on}"));
+            }
+            _ => {
+                self.etcd.config.node_count = 3 - self.etcd.config.node_count;
+                self.etcd.bump();
+                let n = self.etcd.config.node_count;
+                self.log(None, || format!("operator #{index}: synchronous_node_count {n}"));
+            }
+        }
+    }
+
+    fn heal(&mut self, heal: Heal) {
+        match heal {
+            Heal::AgentResume(i) => {
+                if self.nodes[i].agent.paused_until.is_some_and(|t| t <= self.now) {
+                    self.nodes[i].agent.paused_until = None;
+                    self.log(Some(i), || "agent resumed (SIGCONT)".into());
+                }
+            }
+            Heal::AgentStart(i) => {
+                if !self.nodes[i].agent.up && !self.nodes[i].crashed {
+                    self.start_agent(i);
+                }
+            }
+            Heal::NodeStart(i) => {
+                if self.nodes[i].crashed {
+                    self.nodes[i].crashed = false;
+                    self.nodes[i].fencer_up = true;
+                    self.start_agent(i);
+                    self.log(Some(i), || "node back".into());
+                }
+            }
+            Heal::Crash(i) => {
+                if !self.nodes[i].crashed && self.now < self.p.fault_phase {
+                    let recovery = self.rng.range(100, self.p.primary_start_timeout);
+                    self.kill_postgres(i, recovery);
+                    self.nodes[i].crashed = true;
+                    self.nodes[i].agent.up = false;
+                    self.nodes[i].agent.epoch += 1;
+                    self.nodes[i].fencer_up = false;
+                    self.nodes[i].fencer_deadline = None;
+                    let back = self.rng.range(1_000, 2 * self.p.ttl);
+                    self.at(back, Ev::Heal(Heal::NodeStart(i)));
+                    self.log(Some(i), || format!("node crashes for {back} ms"));
+                }
+            }
+            Heal::FencerStart(i) => {
+                if !self.nodes[i].crashed {
+                    self.nodes[i].fencer_up = true;
+                }
+            }
+        }
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        let epoch = self.nodes[i].agent.epoch + 1;
+        self.nodes[i].agent = Agent::fresh(epoch);
+        self.schedule_tick(i, 50);
+        self.at(60, Ev::Keeper { node: i, epoch });
+        self.log(Some(i), || "agent started".into());
+    }
+
+    /// The end of the fault phase: everything is healed; the cluster then
+    /// has `heal_bound` to settle.
+    fn heal_all(&mut self) {
+        self.etcd.down_until = self.now;
+        if self.etcd.config.pause {
+            self.etcd.config.pause = false;
+            self.etcd.bump();
+        }
+        for i in 0..self.nodes.len() {
+            self.nodes[i].cut_etcd_until = self.now;
+            self.nodes[i].cut_peers_until = self.now;
+            self.nodes[i].agent.paused_until = None;
+            if self.nodes[i].crashed {
+                self.nodes[i].crashed = false;
+                self.start_agent(i);
+            } else if !self.nodes[i].agent.up {
+                self.start_agent(i);
+            }
+            self.nodes[i].fencer_up = true;
+        }
+        self.healed_at = Some(self.now);
+        self.log(None, || "every fault healed".into());
+        self.wake_all();
+        let bound = self.p.heal_bound;
+        self.at(bound, Ev::Liveness);
+    }
+
+    // ---------------------------------------------------- invariants ----
+
+    fn check_safety(&mut self) {
+        let primaries: Vec<&str> =
+            self.nodes.iter().filter(|n| n.pg.run == Run::Primary).map(|n| n.name.as_str()).collect();
+        if primaries.len() > 1 {
+            let what = format!("two writers: {} run as primary at once", primaries.join(" and "));
+            self.violate(what);
+        }
+        if let Some((holder, lease)) = self.etcd.leader
+            && self.etcd.leases.get(&lease).is_none_or(|l| l.owner != holder)
+        {
+            let what = format!("the leader key names {} but sits on another node's lease", self.nodes[holder].name);
+            self.violate(what);
+        }
+        if self.sync_dirty && self.etcd.config.sync_mode {
+            self.sync_dirty = false;
+            if let Some(sync) = self.etcd.sync.clone() {
+                for s in sync.standbys {
+                    let data = self.nodes[s].pg.data.as_ref();
+                    let missing = self
+                        .must_survive
+                        .iter()
+                        .find(|(id, lsn)| data.is_none_or(|d| d.wal.get(*lsn as usize - 1) != Some(id)));
+                    if let Some((id, lsn)) = missing {
+                        let what = format!(
+                            "commit {id} (lsn {lsn}) was acknowledged in synchronous mode but {} (listed in sync) lacks it",
+                            self.nodes[s].name
+                        );
+                        self.violate(what);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        let leader = self.etcd.leader.map(|(l, _)| l);
+        let primaries: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].pg.run == Run::Primary).collect();
+        let problem = match (leader, primaries.as_slice()) {
+            (None, _) => Some("no leader".to_string()),
+            (Some(l), [p]) if *p == l => {
+                let lagging: Vec<String> = (0..self.nodes.len())
+                    .filter(|r| *r != l)
+                    .filter(|r| {
+                        let pg = &self.nodes[*r].pg;
+                        !(pg.run == Run::Replica && pg.upstream == Some(l) && pg.streaming)
+                    })
+                    .map(|r| format!("{} ({})", self.nodes[r].name, self.nodes[r].agent.last_reason))
+                    .collect();
+                (!lagging.is_empty()).then(|| format!("not streaming from the leader: {}", lagging.join("; ")))
+            }
+            (Some(l), _) => Some(format!("leader {} but {} primaries", self.nodes[l].name, primaries.len())),
+        };
+        if let Some(problem) = problem {
+            let what = format!(
+                "liveness: {} ms after every fault healed: {problem}; reasons: {}",
+                self.p.heal_bound,
+                self.nodes
+                    .iter()
+                    .map(|n| format!("{}: {}", n.name, n.agent.last_reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            self.violate(what);
+        }
+    }
+
+    pub fn data_of(&self, i: usize) -> Option<&Data> {
+        self.nodes[i].pg.data.as_ref()
+    }
+}
