@@ -82,6 +82,12 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
     }
     let s = &input.published;
     let p = &input.configured;
+    // Every member of S is in P, whatever P was rebuilt from (an agent
+    // restarted under a running primary): commits wait for all of them.
+    if s.iter().any(|n| !p.contains(n)) {
+        let names = sorted(p.iter().chain(s).cloned().collect());
+        return SyncStep::Configure { names, pending: input.pending.clone() };
+    }
     // Leaving: out of S first (a compare-and-swap that may fail and is
     // retried: until it succeeds, P still lists the standby and commits wait
     // for it), then out of P. The other order acknowledges commits without
@@ -139,6 +145,42 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
         }
     }
     SyncStep::Idle
+}
+
+/// The standbys a `synchronous_standby_names` value lists, in PostgreSQL's
+/// syntax (`FIRST n (a, b)`, `ANY n (a, b)`, `n (a, b)` or a plain list;
+/// names may be double-quoted). The strict placeholder and `*` name nobody.
+/// An agent that starts under a running primary rebuilds P from this.
+pub fn parse_standby_names(value: &str) -> Vec<String> {
+    let mut rest = value.trim();
+    for keyword in ["FIRST", "ANY"] {
+        if rest.len() >= keyword.len() && rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
+            rest = rest[keyword.len()..].trim_start();
+        }
+    }
+    if let Some(open) = rest.find('(')
+        && rest[..open].trim().chars().all(|c| c.is_ascii_digit())
+    {
+        rest = rest[open + 1..].trim_end().trim_end_matches(')');
+    }
+    let mut names = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => names.push(std::mem::take(&mut current)),
+            c if quoted || !c.is_whitespace() => current.push(c),
+            _ => {}
+        }
+    }
+    names.push(current);
+    sorted(names.into_iter().filter(|n| !n.is_empty() && n != "*" && n != STRICT_PLACEHOLDER).collect())
 }
 
 /// `synchronous_standby_names` for P: every listed standby must confirm.
@@ -256,6 +298,26 @@ mod tests {
             s.eligible = false;
         }
         assert_eq!(next_step(&state), SyncStep::Idle);
+    }
+
+    #[test]
+    fn a_published_standby_missing_from_p_is_put_back_first() {
+        // An agent restarted under a running primary lost P; S lists c.
+        let state = SyncInput { published: vec!["c".into()], configured: vec![], ..input() };
+        assert_eq!(next_step(&state), SyncStep::Configure { names: vec!["c".into()], pending: None });
+    }
+
+    #[test]
+    fn reads_postgres_standby_lists() {
+        assert_eq!(parse_standby_names(""), Vec::<String>::new());
+        assert_eq!(parse_standby_names("FIRST 2 (\"b\", \"c\")"), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(parse_standby_names("any 1 (c,b)"), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(parse_standby_names("2 (b, \"x\"\"y\")"), vec!["b".to_string(), "x\"y".to_string()]);
+        assert_eq!(parse_standby_names("b, c"), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(parse_standby_names(&standby_names(&[], true)), Vec::<String>::new());
+        assert_eq!(parse_standby_names("*"), Vec::<String>::new());
+        let rendered = standby_names(&["a b".into(), "c".into()], false);
+        assert_eq!(parse_standby_names(&rendered), vec!["a b".to_string(), "c".to_string()]);
     }
 
     #[test]

@@ -243,10 +243,12 @@ impl World {
         }
         let obs = self.observe(i, view.as_ref());
         if !obs.holds_leader {
+            let sync_mode = self.etcd.config.sync_mode;
             let agent = &mut self.nodes[i].agent;
             agent.sync_configured.clear();
             agent.sync_pending = None;
-            self.nodes[i].agent.wanted_ssn = self.sync_names(i);
+            agent.sync_rebuilt = false;
+            agent.wanted_ssn = if sync_mode { Ssn::Placeholder } else { Ssn::Async };
         }
         let decision = if view.is_none() && !matches!(obs.pg, PgRun::Primary { .. }) {
             Decision { reason: "etcd unreachable: waiting".into(), action: None, refused: false }
@@ -616,6 +618,15 @@ impl World {
                 eligible: true,
             })
             .collect();
+        if !self.nodes[i].agent.sync_rebuilt {
+            let live = match &self.nodes[i].pg.ssn {
+                Ssn::Names(names) => names.clone(),
+                Ssn::Async | Ssn::Placeholder => Vec::new(),
+            };
+            let agent = &mut self.nodes[i].agent;
+            agent.sync_configured = live;
+            agent.sync_rebuilt = true;
+        }
         let agent = &self.nodes[i].agent;
         let input = SyncInput {
             node_count: self.etcd.config.node_count,

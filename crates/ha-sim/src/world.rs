@@ -108,6 +108,7 @@ pub struct Agent {
     pub proves_leader: bool,
     pub sync_configured: Vec<String>,
     pub sync_pending: Option<Pending>,
+    pub sync_rebuilt: bool,
     /// `synchronous_standby_names` as the agent would write it next.
     pub wanted_ssn: Ssn,
     pub released_at: Option<Time>,
@@ -133,6 +134,7 @@ impl Agent {
             proves_leader: false,
             sync_configured: Vec::new(),
             sync_pending: None,
+            sync_rebuilt: false,
             wanted_ssn: Ssn::Async,
             released_at: None,
             primary_down_since: None,

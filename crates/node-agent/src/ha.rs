@@ -85,6 +85,9 @@ pub struct Agent {
     /// `synchronous_standby_names` (P) and the one joining.
     sync_configured: Vec<String>,
     sync_pending: Option<ha_core::sync::Pending>,
+    /// `sync_configured` was rebuilt from PostgreSQL's live setting since
+    /// this agent last took the leader key.
+    sync_rebuilt: bool,
 
     last_reason: String,
     loop_wait: Duration,
@@ -204,6 +207,7 @@ impl Agent {
             watchdog,
             sync_configured: Vec::new(),
             sync_pending: None,
+            sync_rebuilt: false,
             commands,
             config_path,
             scheduled_restart: None,
@@ -617,12 +621,18 @@ impl Agent {
         }
         let obs = self.observed(view.as_ref(), &local).await;
         if !obs.holds_leader {
-            // Not leading: no standby is ours to wait for; the config a
-            // promotion starts from (strict mode: a placeholder, so commits
-            // block until a standby is synchronous).
+            // Not leading: no standby is ours to wait for. In synchronous
+            // mode the placeholder, never '': a primary that lost the key
+            // must not release the commits waiting on it as acknowledged,
+            // and a promotion starts with commits waiting until the leader's
+            // first synchronous step (DESIGN invariant 4).
             self.sync_configured.clear();
             self.sync_pending = None;
-            self.pg.set_sync_names(self.sync_names(&dynamic));
+            self.sync_rebuilt = false;
+            self.pg.set_sync_names(
+                (dynamic.synchronous_mode != pgwarden_config::SyncMode::Off)
+                    .then(|| ha_core::sync::standby_names(&[], true)),
+            );
         }
         // Without etcd, the only safe decisions are those about a primary
         // that can no longer prove the key: everything else waits.
@@ -1414,6 +1424,19 @@ impl Agent {
             standbys,
             primary_lsn: sql.xlog_location,
         };
+        // Leading again (an agent restarted under a running primary, or a
+        // promotion): P starts from what PostgreSQL runs with, never from an
+        // empty memory; the sync step then puts back any member of S it lacks.
+        if !self.sync_rebuilt {
+            let mut conn = self.connect().await?;
+            let live = sql::show(&mut conn, "synchronous_standby_names").await;
+            sql::close(conn).await;
+            self.sync_configured = ha_core::sync::parse_standby_names(&live?);
+            self.sync_rebuilt = true;
+            if !self.sync_configured.is_empty() {
+                info!(standbys = ?self.sync_configured, "synchronous_standby_names rebuilt from PostgreSQL");
+            }
+        }
         // The configured names as PostgreSQL must have them (after a restart
         // or a promotion, before any step).
         if self.pg.set_sync_names(self.sync_names(dynamic)) {
