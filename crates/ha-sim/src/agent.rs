@@ -624,7 +624,9 @@ impl World {
                 Ssn::Async | Ssn::Placeholder => Vec::new(),
             };
             let agent = &mut self.nodes[i].agent;
-            agent.sync_configured = live;
+            agent.sync_configured = live.into_iter().chain(published.iter().cloned()).collect();
+            agent.sync_configured.sort();
+            agent.sync_configured.dedup();
             agent.sync_rebuilt = true;
         }
         let agent = &self.nodes[i].agent;

@@ -1415,6 +1415,23 @@ impl Agent {
                 eligible: !nosync(&r.application_name),
             })
             .collect();
+        // Leading again (an agent restarted under a running primary, or a
+        // promotion): P starts from what PostgreSQL runs with and every
+        // member of S, never from an empty memory (DESIGN invariant 4).
+        if !self.sync_rebuilt {
+            let mut conn = self.connect().await?;
+            let live = sql::show(&mut conn, "synchronous_standby_names").await;
+            sql::close(conn).await;
+            let mut names = ha_core::sync::parse_standby_names(&live?);
+            names.extend(published.iter().cloned());
+            names.sort();
+            names.dedup();
+            self.sync_configured = names;
+            self.sync_rebuilt = true;
+            if !self.sync_configured.is_empty() {
+                info!(standbys = ?self.sync_configured, "synchronous_standby_names rebuilt from PostgreSQL");
+            }
+        }
         let input = SyncInput {
             node_count: dynamic.synchronous_node_count as usize,
             published,
@@ -1424,19 +1441,6 @@ impl Agent {
             standbys,
             primary_lsn: sql.xlog_location,
         };
-        // Leading again (an agent restarted under a running primary, or a
-        // promotion): P starts from what PostgreSQL runs with, never from an
-        // empty memory; the sync step then puts back any member of S it lacks.
-        if !self.sync_rebuilt {
-            let mut conn = self.connect().await?;
-            let live = sql::show(&mut conn, "synchronous_standby_names").await;
-            sql::close(conn).await;
-            self.sync_configured = ha_core::sync::parse_standby_names(&live?);
-            self.sync_rebuilt = true;
-            if !self.sync_configured.is_empty() {
-                info!(standbys = ?self.sync_configured, "synchronous_standby_names rebuilt from PostgreSQL");
-            }
-        }
         // The configured names as PostgreSQL must have them (after a restart
         // or a promotion, before any step).
         if self.pg.set_sync_names(self.sync_names(dynamic)) {
