@@ -15,7 +15,7 @@
 //!     Stopped --> Leader: StartPrimary (key held)
 //!     Stopped --> Leader: AcquireLeader, StartPrimary (the last primary, nothing promoted since: same timeline)
 //!     Leader --> Stopped: Switchover (clean stop, candidate has the checkpoint, key released)
-//!     Leader --> Stopped: ReleaseLeader (PostgreSQL not back within primary_start_timeout)
+//!     Leader --> Stopped: Demote, then ReleaseLeader (PostgreSQL not back within primary_start_timeout)
 //! ```
 
 use std::fmt;
@@ -373,7 +373,14 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             (PgRun::Primary { .. }, None) => Decision::idle("leader: running as primary"),
             (_, _) if obs.paused => Decision::idle("paused: leader, no automatic action"),
             (PgRun::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
-            (PgRun::Stopped | PgRun::Transitioning, _) if obs.start_timed_out => Decision::act(
+            // `pg_ctl start` gave up, but the postmaster may still finish
+            // crash recovery and open as a writable primary: stop it, and
+            // give the key up only once it is gone.
+            (PgRun::Transitioning, _) if obs.start_timed_out => Decision::act(
+                "PostgreSQL is not back within primary_start_timeout: stop it before releasing the leader key",
+                Action::Demote,
+            ),
+            (PgRun::Stopped, _) if obs.start_timed_out => Decision::act(
                 "PostgreSQL is not back within primary_start_timeout: release the leader key",
                 Action::ReleaseLeader,
             ),
@@ -767,6 +774,11 @@ mod tests {
                 "key held, PostgreSQL down past primary_start_timeout: release",
                 Observed { pg: PgRun::Stopped, start_timed_out: true, ..leader() },
                 Some(Action::ReleaseLeader),
+            ),
+            (
+                "key held, PostgreSQL still in crash recovery past primary_start_timeout: stop it first",
+                Observed { pg: PgRun::Transitioning, start_timed_out: true, ..leader() },
+                Some(Action::Demote),
             ),
             (
                 "switchover to a named, eligible candidate",

@@ -33,11 +33,21 @@ impl World {
     }
 
     /// The renewal task: refresh the lease; when leading, prove the key is
-    /// still ours on it. The deadline counts from the refresh's sending.
-    pub(crate) fn keeper(&mut self, i: usize) {
-        let Some(lease) = self.nodes[i].agent.lease else { return };
+    /// still ours on it. The deadline counts from the refresh's sending. A
+    /// deadline that passes without a renewal loses the lease (the tick then
+    /// keeps it if etcd still has it, or grants a new one). Returns whether
+    /// the renewal succeeded (the next comes a quarter ttl later, else soon).
+    pub(crate) fn keeper(&mut self, i: usize) -> bool {
+        let Some(lease) = self.nodes[i].agent.lease.filter(|_| !self.nodes[i].agent.lease_lost) else { return true };
+        if self.nodes[i].agent.lease_deadline <= self.now {
+            let agent = &mut self.nodes[i].agent;
+            agent.lease_lost = true;
+            agent.proves_leader = false;
+            self.log(Some(i), || "lease keeper: the deadline passed without a renewal".into());
+            return true;
+        }
         if !self.etcd_ok(i) {
-            return;
+            return false;
         }
         let expires = self.now + self.p.ttl;
         match self.etcd.leases.get_mut(&lease) {
@@ -47,7 +57,7 @@ impl World {
                 agent.lease_lost = true;
                 agent.proves_leader = false;
                 self.log(Some(i), || "lease keeper: the lease is gone".into());
-                return;
+                return true;
             }
         }
         let deadline = self.now + self.local(i, self.p.ttl - self.p.fence_margin);
@@ -55,18 +65,30 @@ impl World {
         agent.lease_deadline = deadline;
         if agent.proves_leader && self.etcd.leader != Some((i, lease)) {
             agent.proves_leader = false;
+            agent.lease_lost = true;
             self.log(Some(i), || "lease keeper: the leader key is no longer ours".into());
         }
+        true
     }
 
+    /// A live lease with a renewal task (the old one while etcd still has it).
     fn ensure_lease(&mut self, i: usize) {
         let agent = &self.nodes[i].agent;
-        let alive = agent.lease.is_some_and(|l| self.etcd.leases.contains_key(&l)) && !agent.lease_lost;
-        if alive {
+        // The renewal task reports the loss at the deadline itself.
+        if agent.lease.is_some() && !agent.lease_lost && agent.lease_deadline > self.now {
             return;
         }
-        let id = self.etcd.grant(i, self.now, self.p.ttl);
         let deadline = self.now + self.local(i, self.p.ttl - self.p.fence_margin);
+        let kept = agent.lease.filter(|l| self.etcd.leases.contains_key(l));
+        let id = match kept {
+            Some(id) => {
+                if let Some(l) = self.etcd.leases.get_mut(&id) {
+                    l.expires = self.now + self.p.ttl;
+                }
+                id
+            }
+            None => self.etcd.grant(i, self.now, self.p.ttl),
+        };
         let agent = &mut self.nodes[i].agent;
         agent.lease = Some(id);
         agent.lease_lost = false;
@@ -340,7 +362,7 @@ impl World {
                 Ok(Next::Done)
             }
             Action::AcquireLeader => {
-                let lease = lease.ok_or("no lease yet")?;
+                let lease = lease.filter(|l| self.etcd.leases.contains_key(l)).ok_or("etcd: requested lease not found")?;
                 if !self.nodes[i].fencer_up {
                     return Err("no fencer has acknowledged".into());
                 }
@@ -353,6 +375,7 @@ impl World {
                         self.etcd.leader = Some((i, lease));
                         self.etcd.bump();
                         self.nodes[i].agent.proves_leader = true;
+                        self.keeper(i);
                         self.log(Some(i), || "took the leader key".into());
                         self.wake_all();
                     }
@@ -360,6 +383,7 @@ impl World {
                         self.etcd.leader = Some((i, lease));
                         self.etcd.bump();
                         self.nodes[i].agent.proves_leader = true;
+                        self.keeper(i);
                         self.log(Some(i), || "re-bound the leader key to this agent's lease".into());
                     }
                     Some(_) => self.nodes[i].agent.checkpoint_pending = false,
@@ -481,6 +505,7 @@ impl World {
                 self.etcd.leader = lease.map(|l| (i, l));
                 self.etcd.bump();
                 self.nodes[i].agent.proves_leader = true;
+                self.keeper(i);
                 self.log(Some(i), || "bootstrapped the cluster, took the leader key".into());
                 self.wake_all();
                 let took = self.pg_start(i, true, None);

@@ -11,6 +11,9 @@ use ha_core::sync::Pending;
 use crate::model::{Data, Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
 use crate::rng::Rng;
 
+/// The lease keeper's pause after a failed renewal (as `election::keeper`).
+pub const RETRY_PAUSE: Time = 200;
+
 /// Timing and sizing of one run.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -374,8 +377,8 @@ impl World {
                     && self.nodes[node].agent.up
                     && self.defer_if_paused(node, &Ev::Keeper { node, epoch })
                 {
-                    self.keeper(node);
-                    let interval = self.local(node, self.p.ttl / 4);
+                    let interval = if self.keeper(node) { self.p.ttl / 4 } else { RETRY_PAUSE };
+                    let interval = self.local(node, interval);
                     self.at(interval, Ev::Keeper { node, epoch });
                 }
             }
