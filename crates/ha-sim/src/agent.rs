@@ -253,12 +253,43 @@ impl World {
         }
     }
 
-    /// One turn of the HA loop on node `i`.
+    /// One turn of the HA loop on node `i`: first, a leader whose deadline
+    /// passed fences before anything else (no etcd round trip first); then
+    /// the cluster is read (a read etcd does not answer fails after the
+    /// request timeout) and the turn goes on in [`World::turn`].
     pub(crate) fn tick(&mut self, i: usize) {
         if self.nodes[i].agent.busy {
             return;
         }
-        let view = self.etcd_ok(i).then(|| self.etcd.view());
+        let agent = &self.nodes[i].agent;
+        let was_leading = agent.proves_leader || agent.lease_lost;
+        let writable = matches!(self.nodes[i].pg.run, Run::Primary | Run::Starting { primary: true, .. });
+        if was_leading && agent.lease_deadline <= self.now && writable {
+            self.nodes[i].pg.stop_immediate();
+            self.nodes[i].agent.proves_leader = false;
+            self.log(Some(i), || "the leader deadline passed without a renewal: PostgreSQL stopped at once".into());
+        }
+        if self.etcd_ok(i) {
+            let view = self.etcd.view();
+            self.turn(i, Some(view));
+        } else {
+            self.nodes[i].agent.busy = true;
+            let epoch = self.nodes[i].agent.epoch;
+            self.at(self.p.request_timeout, Ev::Step { node: i, epoch, step: Step::ReadFailed });
+        }
+    }
+
+    /// The leader deadline passed (the renewal task reports the loss): an
+    /// idle loop looks at once.
+    pub(crate) fn deadline_wake(&mut self, i: usize, deadline: u64) {
+        let agent = &self.nodes[i].agent;
+        if agent.lease_deadline == deadline && !agent.busy && self.agent_alive(i) {
+            self.schedule_tick(i, 0);
+        }
+    }
+
+    /// The rest of a turn, with the cluster as read (`None`: etcd did not answer).
+    pub(crate) fn turn(&mut self, i: usize, view: Option<View>) {
         if view.is_some() {
             self.ensure_lease(i);
             self.publish_member(i);
@@ -301,18 +332,18 @@ impl World {
             }
             _ => {}
         }
-        let extra = if view.is_none() { self.p.request_timeout } else { 0 };
-        self.tick_end(i, view.is_some(), again, extra);
+        self.tick_end(i, view.is_some(), again);
     }
 
     /// The rest of a turn: parameters, fencer, member key, the leader's housekeeping.
-    fn tick_end(&mut self, i: usize, etcd_seen: bool, again: bool, extra: u64) {
+    fn tick_end(&mut self, i: usize, etcd_seen: bool, again: bool) {
         if etcd_seen && self.nodes[i].pg.running() {
             self.apply_ssn(i);
         }
         if self.holds(i) {
             let deadline = self.nodes[i].agent.lease_deadline;
             self.arm_fencer(i, deadline);
+            self.at(deadline - self.now, Ev::DeadlineWake { node: i, deadline });
         }
         if etcd_seen && self.etcd_ok(i) {
             self.publish_member(i);
@@ -320,14 +351,14 @@ impl World {
                 self.housekeeping(i);
             }
         }
-        let delay = if again { 10 } else { self.p.loop_wait + extra };
+        let delay = if again { 10 } else { self.p.loop_wait };
         self.schedule_tick(i, delay);
     }
 
     fn finish(&mut self, i: usize, again: bool) {
         self.nodes[i].agent.busy = false;
         let seen = self.etcd_ok(i);
-        self.tick_end(i, seen, again, 0);
+        self.tick_end(i, seen, again);
     }
 
     fn execute(&mut self, i: usize, action: &Action, view: &View, obs: &Observed) -> Result<Next, String> {
@@ -362,7 +393,8 @@ impl World {
                 Ok(Next::Done)
             }
             Action::AcquireLeader => {
-                let lease = lease.filter(|l| self.etcd.leases.contains_key(l)).ok_or("etcd: requested lease not found")?;
+                let lease =
+                    lease.filter(|l| self.etcd.leases.contains_key(l)).ok_or("etcd: requested lease not found")?;
                 if !self.nodes[i].fencer_up {
                     return Err("no fencer has acknowledged".into());
                 }
@@ -532,6 +564,10 @@ impl World {
                         self.finish(i, false);
                     }
                 }
+            }
+            Step::ReadFailed => {
+                self.nodes[i].agent.busy = false;
+                self.turn(i, None);
             }
             Step::StartReturned { budget_end } => {
                 let up = self.nodes[i].pg.running();

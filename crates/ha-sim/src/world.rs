@@ -56,6 +56,8 @@ impl Params {
 /// What the agent is in the middle of (a long action split in steps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// etcd did not answer the tick's read within the request timeout.
+    ReadFailed,
     /// initdb is done: write `initialize`, take the key, start.
     BootstrapDone,
     /// pg_basebackup from `source` completes.
@@ -76,6 +78,7 @@ pub enum Ev {
     Step { node: usize, epoch: u64, step: Step },
     Keeper { node: usize, epoch: u64 },
     FencerCheck { node: usize, deadline: Time },
+    DeadlineWake { node: usize, deadline: Time },
     PgReady { node: usize, incarnation: u64 },
     Stream { node: usize },
     Write { writer: usize },
@@ -383,6 +386,7 @@ impl World {
                 }
             }
             Ev::FencerCheck { node, deadline } => self.fencer_check(node, deadline),
+            Ev::DeadlineWake { node, deadline } => self.deadline_wake(node, deadline),
             Ev::PgReady { node, incarnation } => self.pg_ready(node, incarnation),
             Ev::Stream { node } => {
                 self.stream(node);

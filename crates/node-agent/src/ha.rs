@@ -581,6 +581,29 @@ impl Agent {
     /// One tick. Returns whether to tick again at once.
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
+        // A leader whose deadline passed without a renewal fences before
+        // anything else: no etcd round trip first (it may take the whole
+        // request timeout, longer than fence_margin) and no cached view that
+        // still names it leader (DESIGN invariant 1). The fencer does the
+        // same; this covers a fencer that is down.
+        if self.renewal_proves_leader && self.leader_deadline().is_none() {
+            let local = self.local.borrow().clone();
+            let writable = match &local.sql {
+                Some(sql) => !sql.in_recovery,
+                None => !matches!(
+                    local.postmaster.state,
+                    ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                ),
+            };
+            self.cached_view = None;
+            if writable {
+                warn!("the leader deadline passed without a renewal: stopping PostgreSQL before anything else");
+                match self.pg.stop("immediate").await {
+                    Ok(()) => info!(from = "primary", to = "stopped", "role change: fenced"),
+                    Err(e) => error!("failed to fence PostgreSQL: {e:#}"),
+                }
+            }
+        }
         let generation = self.wake.generation.load(Ordering::SeqCst);
         let cached = self.cached_view.as_ref().filter(|(_, read_at, at)| {
             self.wake.watching.load(Ordering::SeqCst) && *read_at == generation && at.elapsed() < MAX_VIEW_AGE
