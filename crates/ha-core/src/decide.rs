@@ -370,6 +370,18 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     if obs.holds_leader {
         return match (&obs.pg, &obs.failover) {
             (PgRun::Primary { .. }, Some(request)) => leader_failover(obs, request),
+            // The fencer beside this agent went silent: a further fault (the
+            // agent frozen) would leave nobody to fence this primary. Hand
+            // over while that is still clean; stay if nobody can take over.
+            (PgRun::Primary { .. }, None) if !obs.can_lead && !obs.paused => match switchover_candidate(obs) {
+                Some(candidate) => Decision::act(
+                    format!("leader, but the fencer beside this agent stopped acknowledging: hand over to {candidate}"),
+                    Action::Switchover { candidate: None },
+                ),
+                None => Decision::idle(
+                    "leader, but the fencer beside this agent stopped acknowledging and no member can take over: staying",
+                ),
+            },
             (PgRun::Primary { .. }, None) => Decision::idle("leader: running as primary"),
             (_, _) if obs.paused => Decision::idle("paused: leader, no automatic action"),
             (PgRun::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
@@ -774,6 +786,16 @@ mod tests {
                 "key held, PostgreSQL down past primary_start_timeout: release",
                 Observed { pg: PgRun::Stopped, start_timed_out: true, ..leader() },
                 Some(Action::ReleaseLeader),
+            ),
+            (
+                "leader whose fencer went silent hands over to an eligible replica",
+                Observed { can_lead: false, ..leader() },
+                Some(Action::Switchover { candidate: None }),
+            ),
+            (
+                "leader whose fencer went silent stays when nobody can take over",
+                Observed { can_lead: false, peers: vec![], ..leader() },
+                None,
             ),
             (
                 "key held, PostgreSQL still in crash recovery past primary_start_timeout: stop it first",

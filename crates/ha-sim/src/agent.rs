@@ -108,7 +108,7 @@ impl World {
             lsn: running.then(|| node.pg.lsn()).flatten(),
             timeline: running.then(|| node.pg.data.as_ref().map(|d| d.timeline)).flatten(),
             has_data: node.pg.data.is_some(),
-            fencer_ready: node.fencer_up,
+            fencer_ready: self.fencer_acks(i),
             checkpoint_pending: node.agent.checkpoint_pending,
         };
         if self.etcd.members.get(&i).is_none_or(|(m, l)| *m != member || *l != lease) {
@@ -248,7 +248,7 @@ impl World {
                 .unwrap_or_default(),
             etcd_answered: view.is_some(),
             not_streaming,
-            can_lead: self.nodes[i].fencer_up,
+            can_lead: self.fencer_acks(i),
             unsupported: None,
         }
     }
@@ -395,7 +395,7 @@ impl World {
             Action::AcquireLeader => {
                 let lease =
                     lease.filter(|l| self.etcd.leases.contains_key(l)).ok_or("etcd: requested lease not found")?;
-                if !self.nodes[i].fencer_up {
+                if !self.fencer_acks(i) {
                     return Err("no fencer has acknowledged".into());
                 }
                 if self.nodes[i].pg.run == Run::Replica {

@@ -159,6 +159,8 @@ pub struct Node {
     pub drift_ppm: i64,
     pub agent: Agent,
     pub fencer_up: bool,
+    /// When the fencer went down (its acknowledgements go stale 2 s later).
+    pub fencer_down_at: Time,
     /// The deadline the fencer guards (armed), as the agent last streamed it.
     pub fencer_deadline: Option<Time>,
     pub pg: Pg,
@@ -223,6 +225,7 @@ impl World {
                 drift_ppm: rng.range(0, 1000) as i64 - 500,
                 agent: Agent::fresh(1),
                 fencer_up: true,
+                fencer_down_at: 0,
                 fencer_deadline: None,
                 pg: Pg::new(),
                 cut_etcd_until: 0,
@@ -314,6 +317,12 @@ impl World {
                 && !self.nodes[j].crashed
                 && self.now >= self.nodes[i].cut_peers_until
                 && self.now >= self.nodes[j].cut_peers_until)
+    }
+
+    /// The agent counts the fencer as acknowledging (acknowledgements every
+    /// 250 ms, stale after 2 s: `FENCER_ACK_MAX_AGE`).
+    pub fn fencer_acks(&self, i: usize) -> bool {
+        self.nodes[i].fencer_up || self.now < self.nodes[i].fencer_down_at + 2_000
     }
 
     pub fn agent_alive(&self, i: usize) -> bool {
@@ -723,6 +732,11 @@ impl World {
                 self.at(duration, Ev::Heal(Heal::NodeStart(i)));
                 self.log(None, || format!("fault #{index}: node {name} crashes for {duration} ms"));
             }
+            // A frozen agent beside a dead fencer leaves nobody to fence
+            // but a watchdog, which the model has not: outside the fault
+            // model (DESIGN invariant 1; synchronous mode still loses nothing).
+            5 if !self.nodes[i].fencer_up => {}
+            7 if self.nodes[i].agent.paused_until.is_some_and(|t| t > self.now) => {}
             5 => {
                 let until = self.now + duration;
                 self.nodes[i].agent.paused_until = Some(until);
@@ -740,6 +754,7 @@ impl World {
             }
             7 => {
                 self.nodes[i].fencer_up = false;
+                self.nodes[i].fencer_down_at = self.now;
                 self.nodes[i].fencer_deadline = None;
                 self.at(duration, Ev::Heal(Heal::FencerStart(i)));
                 self.log(None, || format!("fault #{index}: the fencer on {name} is down for {duration} ms"));
