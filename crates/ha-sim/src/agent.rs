@@ -577,6 +577,11 @@ impl World {
                 self.finish(i, up);
             }
             Step::Promote => {
+                if !self.holds(i) {
+                    self.nodes[i].agent.checkpoint_pending = false;
+                    self.log(Some(i), || "promote: the key is no longer proven ours: not promoting".into());
+                    return self.finish(i, true);
+                }
                 self.pg_promote(i);
                 self.nodes[i].agent.upstream = None;
                 let epoch = self.nodes[i].agent.epoch;

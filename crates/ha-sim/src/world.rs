@@ -74,14 +74,41 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ev {
-    Tick { node: usize, token: u64 },
-    Step { node: usize, epoch: u64, step: Step },
-    Keeper { node: usize, epoch: u64 },
-    FencerCheck { node: usize, deadline: Time },
-    DeadlineWake { node: usize, deadline: Time },
-    PgReady { node: usize, incarnation: u64 },
-    Stream { node: usize },
-    Write { writer: usize },
+    Tick {
+        node: usize,
+        token: u64,
+    },
+    Step {
+        node: usize,
+        epoch: u64,
+        step: Step,
+    },
+    Keeper {
+        node: usize,
+        epoch: u64,
+    },
+    FencerCheck {
+        node: usize,
+        deadline: Time,
+    },
+    DeadlineWake {
+        node: usize,
+        deadline: Time,
+    },
+    /// The fencer's 10 ms poll finds a primary after its deadline lapsed.
+    FencerPoll {
+        node: usize,
+    },
+    PgReady {
+        node: usize,
+        incarnation: u64,
+    },
+    Stream {
+        node: usize,
+    },
+    Write {
+        writer: usize,
+    },
     Fault,
     Operator,
     Heal(Heal),
@@ -163,6 +190,8 @@ pub struct Node {
     pub fencer_down_at: Time,
     /// The deadline the fencer guards (armed), as the agent last streamed it.
     pub fencer_deadline: Option<Time>,
+    /// A deadline passed with no later one: the fencer stops any primary.
+    pub fencer_lapsed: bool,
     pub pg: Pg,
     pub cut_etcd_until: Time,
     pub cut_peers_until: Time,
@@ -227,6 +256,7 @@ impl World {
                 fencer_up: true,
                 fencer_down_at: 0,
                 fencer_deadline: None,
+                fencer_lapsed: false,
                 pg: Pg::new(),
                 cut_etcd_until: 0,
                 cut_peers_until: 0,
@@ -396,6 +426,13 @@ impl World {
             }
             Ev::FencerCheck { node, deadline } => self.fencer_check(node, deadline),
             Ev::DeadlineWake { node, deadline } => self.deadline_wake(node, deadline),
+            Ev::FencerPoll { node } => {
+                let n = &mut self.nodes[node];
+                if n.fencer_up && n.fencer_lapsed && n.fencer_deadline.is_none() && n.pg.run == Run::Primary {
+                    n.pg.stop_immediate();
+                    self.log(Some(node), || "fencer: a primary appeared after the deadline lapsed: stopped".into());
+                }
+            }
             Ev::PgReady { node, incarnation } => self.pg_ready(node, incarnation),
             Ev::Stream { node } => {
                 self.stream(node);
@@ -647,6 +684,9 @@ impl World {
     /// A node became primary: in synchronous mode it must hold every
     /// acknowledged commit.
     fn on_new_primary(&mut self, i: usize) {
+        if self.nodes[i].fencer_up && self.nodes[i].fencer_lapsed {
+            self.at(10, Ev::FencerPoll { node: i });
+        }
         if !self.etcd.config.sync_mode {
             return;
         }
@@ -669,6 +709,7 @@ impl World {
             return;
         }
         node.fencer_deadline = None;
+        node.fencer_lapsed = true;
         if node.pg.run == Run::Primary || matches!(node.pg.run, Run::Starting { primary: true, .. }) {
             node.pg.stop_immediate();
             self.log(Some(i), || "fencer: the leader deadline passed without a renewal: PostgreSQL stopped".into());
@@ -682,6 +723,7 @@ impl World {
             return;
         }
         node.fencer_deadline = Some(deadline);
+        node.fencer_lapsed = false;
         let delay = deadline.saturating_sub(self.now);
         self.at(delay, Ev::FencerCheck { node: i, deadline });
     }

@@ -147,6 +147,10 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
     let started = Instant::now();
     let mut heard_agent = false;
     let mut armed: Option<u64> = None;
+    // A deadline passed with no later one: until the agent proves a new
+    // one, any primary that runs here is fenced, also one that appears
+    // later (an agent frozen in pre_promote that promotes when it thaws).
+    let mut lapsed = false;
     let mut last_arrival: Option<Instant> = None;
     loop {
         // Every status is read by its arrival time, not by the channel's
@@ -156,7 +160,10 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
         if let Some((status, arrived)) = fresh_status {
             last_arrival = Some(arrived);
             heard_agent = true;
-            if status.holds_leader && status.leader_deadline_boot_ns > 0 {
+            if status.holds_leader && status.leader_deadline_boot_ns > now_ns() {
+                armed = Some(status.leader_deadline_boot_ns);
+                lapsed = false;
+            } else if status.holds_leader && status.leader_deadline_boot_ns > 0 {
                 armed = Some(status.leader_deadline_boot_ns);
             } else if primary_running(&settings).is_none() {
                 // The agent holds no key and no primary runs: nothing to guard.
@@ -192,6 +199,12 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
                 state.send_replace(FencerState::Fenced);
             }
             armed = None;
+            lapsed = true;
+        }
+        if lapsed && armed.is_none() && primary_running(&settings).is_some() {
+            fence(&settings, "a primary started after the leader deadline lapsed, with no new deadline from the agent")
+                .await;
+            state.send_replace(FencerState::Fenced);
         }
         if let Some(deadline_ns) = armed {
             state.send_replace(FencerState::Armed { deadline_ns });

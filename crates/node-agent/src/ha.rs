@@ -824,6 +824,9 @@ impl Agent {
                 let budget = Duration::from_secs(u64::from(dynamic.primary_start_timeout));
                 let spent = self.primary_down_since.map_or(Duration::ZERO, |since| since.elapsed());
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                if self.leader_deadline().is_none() {
+                    bail!("start as primary: the leader key is no longer proven ours (its deadline passed)");
+                }
                 self.pg.start_within(budget.saturating_sub(spent).max(Duration::from_secs(1))).await?;
                 self.await_local("answer", |l| l.sql.is_some()).await?;
                 info!(from = "stopped", to = "primary", "role change: restarted in place");
@@ -851,6 +854,13 @@ impl Agent {
                 self.checkpoint_pending = true;
                 let local = self.local.borrow().clone();
                 self.publish_member(&local).await?;
+                // pre_promote and the member key took time (the agent may
+                // even have been frozen): promote only while the key is
+                // still proven ours, never on the tick's old view.
+                if self.leader_deadline().is_none() {
+                    self.checkpoint_pending = false;
+                    bail!("promote: the leader key is no longer proven ours (its deadline passed); not promoting");
+                }
                 self.pg.promote().await?;
                 self.upstream = None;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
