@@ -233,6 +233,15 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
     })
 }
 
+/// A member named in the `failover` key may take the key: not tagged
+/// `nofailover`, in `sync` in synchronous mode, within the lag limit.
+fn named_may_lead(obs: &Observed, my_lsn: u64) -> bool {
+    !obs.nofailover
+        && obs.priority > 0
+        && sync_allows(obs, &obs.me)
+        && obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(my_lsn) <= obs.maximum_lag_on_failover)
+}
+
 /// In synchronous mode only a member listed in `sync` may take over.
 fn sync_allows(obs: &Observed, name: &str) -> bool {
     !obs.sync_mode || obs.sync_standbys.iter().any(|s| s == name)
@@ -404,12 +413,14 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         };
     }
 
+    let request_due = obs.failover.as_ref().is_some_and(|f| f.due);
     if obs.paused {
         // A named switchover or failover is the one thing a pause allows.
-        if named_candidate == Some(obs.me.as_str())
-            && i_am_eligible
+        if let PgRun::Replica { lsn, .. } = obs.pg
+            && named_candidate == Some(obs.me.as_str())
+            && request_due
+            && named_may_lead(obs, lsn)
             && other_leader.is_none()
-            && matches!(obs.pg, PgRun::Replica { .. })
         {
             return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
         }
@@ -503,11 +514,17 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             None => Decision::idle(format!("replica streaming from {leader}")),
             Some(why) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
         },
-        (PgRun::Replica { .. }, None) if named_candidate == Some(obs.me.as_str()) && i_am_eligible => {
+        // A named candidate passes the same checks as any other (DESIGN
+        // invariant 4): in `sync` in synchronous mode, within the lag limit,
+        // and only once the request is due. One that does not is passed
+        // over: the others race as usual and the new leader clears it.
+        (PgRun::Replica { lsn, .. }, None)
+            if named_candidate == Some(obs.me.as_str()) && request_due && named_may_lead(obs, *lsn) =>
+        {
             Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
         }
         (PgRun::Replica { .. }, None)
-            if named_candidate.is_some_and(|c| obs.peers.iter().any(|p| p.name == c && p.running)) =>
+            if request_due && named_candidate.is_some_and(|c| eligible_peer(obs, c).is_some()) =>
         {
             Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
         }
@@ -1108,11 +1125,23 @@ mod tests {
         }
 
         #[test]
+        /// Named in the `failover` key or not (finding 2 of the safety
+        /// review: a named candidate skipped this check).
         fn in_synchronous_mode_only_a_listed_standby_races(obs in arb_observed()) {
             let d = decide(&obs);
-            let named = obs.failover.as_ref().and_then(|f| f.candidate.as_deref()) == Some("b");
-            if obs.sync_mode && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) && !named {
+            if obs.sync_mode && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
                 prop_assert!(obs.sync_standbys.iter().any(|s| s == "b"), "{d}");
+            }
+        }
+
+        #[test]
+        fn a_replica_races_only_within_the_lag_limit(obs in arb_observed()) {
+            let d = decide(&obs);
+            if let PgRun::Replica { lsn, .. } = obs.pg
+                && d.action == Some(Action::AcquireLeader)
+            {
+                let lag = obs.cluster_optime.map_or(0, |optime| optime.saturating_sub(lsn));
+                prop_assert!(lag <= obs.maximum_lag_on_failover, "{d}");
             }
         }
 
