@@ -124,6 +124,9 @@ pub struct Observed {
     pub sync_mode: bool,
     /// The standbys the `sync` key lists.
     pub sync_standbys: Vec<String>,
+    /// The leader the `sync` key names: the last primary, which holds every
+    /// commit it acknowledged, may take over too (as in Patroni).
+    pub sync_leader: Option<String>,
     /// etcd answered this tick's read: `initialize` and `leader` are what
     /// etcd holds, not unknown.
     pub etcd_answered: bool,
@@ -242,9 +245,10 @@ fn named_may_lead(obs: &Observed, my_lsn: u64) -> bool {
         && obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(my_lsn) <= obs.maximum_lag_on_failover)
 }
 
-/// In synchronous mode only a member listed in `sync` may take over.
+/// In synchronous mode only a member listed in `sync`, or the leader the
+/// key names, may take over.
 fn sync_allows(obs: &Observed, name: &str) -> bool {
-    !obs.sync_mode || obs.sync_standbys.iter().any(|s| s == name)
+    !obs.sync_mode || obs.sync_standbys.iter().any(|s| s == name) || obs.sync_leader.as_deref() == Some(name)
 }
 
 /// A peer that could take over in a switchover: running, eligible, listed
@@ -493,7 +497,9 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         }
         (PgRun::Stopped, None)
             if may_resume(obs, data)
-                && (leader_is_me || (i_am_eligible && named_candidate.is_none_or(|c| c == obs.me))) =>
+                && (leader_is_me
+                    || (i_am_eligible
+                        && named_candidate.is_none_or(|c| c == obs.me || eligible_peer(obs, c).is_none()))) =>
         {
             Decision::act(
                 format!(
@@ -571,6 +577,7 @@ mod tests {
             released_leader: false,
             sync_mode: false,
             sync_standbys: vec![],
+            sync_leader: None,
             etcd_answered: true,
             not_streaming: None,
             unsupported: None,
@@ -1087,6 +1094,7 @@ mod tests {
                 released_leader,
                 sync_mode,
                 sync_standbys,
+                sync_leader: None,
                 etcd_answered,
                 not_streaming: None,
                 unsupported: None,

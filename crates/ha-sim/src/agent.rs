@@ -246,6 +246,7 @@ impl World {
                 .and_then(|v| v.sync.as_ref())
                 .map(|s| s.standbys.iter().map(|j| name(*j)).collect())
                 .unwrap_or_default(),
+            sync_leader: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.leader).map(name),
             etcd_answered: view.is_some(),
             not_streaming,
             can_lead: self.fencer_acks(i),
@@ -581,6 +582,18 @@ impl World {
                     self.nodes[i].agent.checkpoint_pending = false;
                     self.log(Some(i), || "promote: the key is no longer proven ours: not promoting".into());
                     return self.finish(i, true);
+                }
+                // Synchronous mode: the sync key names this leader, with no
+                // standby, before PostgreSQL may acknowledge anything.
+                if self.etcd.config.sync_mode && self.etcd.sync.as_ref().is_none_or(|k| k.leader != Some(i)) {
+                    if !self.etcd_ok(i) {
+                        self.nodes[i].agent.checkpoint_pending = false;
+                        self.log(Some(i), || "promote: cannot reset the sync key: not promoting".into());
+                        return self.finish(i, false);
+                    }
+                    self.etcd.put_sync(Some(SyncKey { leader: Some(i), standbys: Vec::new() }));
+                    self.sync_dirty = true;
+                    self.log(Some(i), || "sync key reset to this leader before promoting".into());
                 }
                 self.pg_promote(i);
                 self.nodes[i].agent.upstream = None;

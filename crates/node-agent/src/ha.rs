@@ -472,6 +472,7 @@ impl Agent {
                 .and_then(|v| v.sync.as_ref())
                 .map(|s| s.members().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
+            sync_leader: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.leader.clone()),
             etcd_answered: view.is_some(),
             can_lead: self.fencer_ready(),
             not_streaming,
@@ -861,6 +862,15 @@ impl Agent {
                     self.checkpoint_pending = false;
                     bail!("promote: the leader key is no longer proven ours (its deadline passed); not promoting");
                 }
+                // Synchronous mode: the sync key names this leader with no
+                // standby before PostgreSQL may acknowledge anything; a stale
+                // key could let a standby that never confirmed our commits
+                // take over (finding 8 of the safety review).
+                if dynamic.synchronous_mode != pgwarden_config::SyncMode::Off
+                    && view.sync.as_ref().is_none_or(|k| k.leader.as_deref() != Some(self.config.name.as_str()))
+                {
+                    self.reset_sync_key(view).await.inspect_err(|_| self.checkpoint_pending = false)?;
+                }
                 self.pg.promote().await?;
                 self.upstream = None;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
@@ -895,6 +905,28 @@ impl Agent {
                 Ok(true)
             }
         }
+    }
+
+    /// Writes the `sync` key as this leader's with no standby
+    /// (compare-and-swap against the tick's view).
+    async fn reset_sync_key(&mut self, view: &ClusterView) -> anyhow::Result<()> {
+        let value = serde_json::to_string(&dcs::SyncState {
+            leader: Some(self.config.name.clone()),
+            sync_standby: None,
+            quorum: None,
+        })?;
+        let key = self.keys.sync();
+        let compare = if view.sync.is_some() {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, view.sync_revision)
+        } else {
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+        };
+        let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), value, None)]);
+        if !self.etcd.txn(txn).await?.succeeded() {
+            bail!("promote: the sync key changed while resetting it; not promoting");
+        }
+        info!("synchronous mode: the sync key names this leader, with no standby yet");
+        Ok(())
     }
 
     /// Gives the leader key up (iff ours) and goes back to renewing only the lease.
