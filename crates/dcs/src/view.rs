@@ -45,6 +45,8 @@ pub struct ClusterView {
     /// The `sync` key's mod revision (0: absent), for compare-and-swap.
     pub sync_revision: i64,
     pub history: Vec<HistoryEntry>,
+    /// The `history` key's mod revision (0: absent), for compare-and-swap.
+    pub history_revision: i64,
     /// Keys whose values could not be parsed, with the reason; reported, not fatal.
     pub unreadable: Vec<(String, String)>,
 }
@@ -108,7 +110,10 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
             }
         } else if key == keys.history() {
             match serde_json::from_slice(value) {
-                Ok(history) => view.history = history,
+                Ok(history) => {
+                    view.history = history;
+                    view.history_revision = kv.mod_revision();
+                }
                 Err(e) => unreadable(e.to_string()),
             }
         }

@@ -117,6 +117,9 @@ pub struct Observed {
     pub start_timed_out: bool,
     /// The highest timeline the `history` key records a promotion from.
     pub history_timeline: Option<u64>,
+    /// The member that recorded that promotion (a candidate records it
+    /// before it promotes).
+    pub history_author: Option<String>,
     /// This agent gave the leader key up on purpose (switchover, or
     /// PostgreSQL not back in time) and nobody has taken it since.
     pub released_leader: bool,
@@ -175,6 +178,11 @@ pub enum Action {
     /// A data directory on an older timeline (or a former primary) joins
     /// `leader`: pg_rewind (or a re-clone where allowed), then start as its replica.
     Rejoin { leader: String },
+    /// This member recorded a promotion from `timeline` in the `history` key
+    /// and never made it (its data is still on that timeline, it holds no
+    /// key): withdraw the entry (compare-and-swap), so that the members on
+    /// that timeline may race again.
+    WithdrawPromotion { timeline: u64 },
 }
 
 /// The decision of one tick: why, and what (nothing, or one action).
@@ -216,8 +224,8 @@ impl fmt::Display for Decision {
 /// `failover_priority`, then a more advanced WAL position, then (all equal)
 /// a lower name. A running peer that has not reported its position yet makes
 /// it wait.
-pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
-    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) {
+pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
+    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) || behind_cluster_timeline(obs, my_timeline) {
         return false;
     }
     let within_lag =
@@ -226,7 +234,14 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
         return false;
     }
     let mine = (obs.priority, my_lsn);
-    let rivals = |p: &&Peer| p.running && p.can_lead && !p.nofailover && p.priority > 0 && sync_allows(obs, &p.name);
+    let rivals = |p: &&Peer| {
+        p.running
+            && p.can_lead
+            && !p.nofailover
+            && p.priority > 0
+            && sync_allows(obs, &p.name)
+            && !p.timeline.is_some_and(|tl| behind_cluster_timeline(obs, tl))
+    };
     obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
         Some(lsn) if !within_lag(lsn) => true,
         Some(lsn) if (peer.priority, lsn) > mine => false,
@@ -236,10 +251,18 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64) -> bool {
     })
 }
 
+/// A member on a timeline the `history` key records as ended: its WAL
+/// misses the latest promotion, and promoting it would fork a second
+/// history (DESIGN invariant 4; Patroni checks the same).
+fn behind_cluster_timeline(obs: &Observed, timeline: u64) -> bool {
+    obs.history_timeline.is_some_and(|ended| timeline <= ended)
+}
+
 /// A member named in the `failover` key may take the key: not tagged
 /// `nofailover`, in `sync` in synchronous mode, within the lag limit.
-fn named_may_lead(obs: &Observed, my_lsn: u64) -> bool {
+fn named_may_lead(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
     !obs.nofailover
+        && !behind_cluster_timeline(obs, my_timeline)
         && obs.priority > 0
         && sync_allows(obs, &obs.me)
         && obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(my_lsn) <= obs.maximum_lag_on_failover)
@@ -261,6 +284,7 @@ fn eligible_peer<'a>(obs: &'a Observed, name: &str) -> Option<&'a Peer> {
             && p.can_lead
             && !p.nofailover
             && p.priority > 0
+            && !p.timeline.is_some_and(|tl| behind_cluster_timeline(obs, tl))
             && p.lsn.is_some_and(|lsn| {
                 obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover)
             })
@@ -420,10 +444,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     let request_due = obs.failover.as_ref().is_some_and(|f| f.due);
     if obs.paused {
         // A named switchover or failover is the one thing a pause allows.
-        if let PgRun::Replica { lsn, .. } = obs.pg
+        if let PgRun::Replica { lsn, timeline, .. } = obs.pg
             && named_candidate == Some(obs.me.as_str())
             && request_due
-            && named_may_lead(obs, lsn)
+            && named_may_lead(obs, lsn, timeline)
             && other_leader.is_none()
         {
             return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
@@ -449,6 +473,21 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         }
         let holder = other_leader.map_or_else(|| "nobody".to_string(), str::to_string);
         return Decision::act(format!("running as primary while {holder} holds the leader key: fence"), Action::Demote);
+    }
+
+    // A promotion this member recorded and never made: only it can tell
+    // (by its own data directory), and until it withdraws the entry the
+    // others may not race on that timeline.
+    if let (Some(ended), Some(data)) = (obs.history_timeline, &obs.data)
+        && obs.history_author.as_deref() == Some(obs.me.as_str())
+        && obs.etcd_answered
+        && data.timeline > 0
+        && data.timeline <= ended
+    {
+        return Decision::act(
+            format!("the history key records my promotion from timeline {ended}, which never happened: withdraw it"),
+            Action::WithdrawPromotion { timeline: ended },
+        );
     }
 
     if obs.data.is_none() {
@@ -524,8 +563,8 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // invariant 4): in `sync` in synchronous mode, within the lag limit,
         // and only once the request is due. One that does not is passed
         // over: the others race as usual and the new leader clears it.
-        (PgRun::Replica { lsn, .. }, None)
-            if named_candidate == Some(obs.me.as_str()) && request_due && named_may_lead(obs, *lsn) =>
+        (PgRun::Replica { lsn, timeline, .. }, None)
+            if named_candidate == Some(obs.me.as_str()) && request_due && named_may_lead(obs, *lsn, *timeline) =>
         {
             Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
         }
@@ -534,9 +573,12 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         {
             Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
         }
-        (PgRun::Replica { lsn, .. }, None) if is_best_candidate(obs, *lsn) => {
+        (PgRun::Replica { lsn, timeline, .. }, None) if is_best_candidate(obs, *lsn, *timeline) => {
             Decision::act("no leader and I am the best candidate: take the leader key", Action::AcquireLeader)
         }
+        (PgRun::Replica { timeline, .. }, None) if behind_cluster_timeline(obs, *timeline) => Decision::idle(format!(
+            "no leader: not a candidate, timeline {timeline} ended with a promotion the history key records"
+        )),
         (PgRun::Replica { lsn, .. }, None) => match obs.cluster_optime.map(|optime| optime.saturating_sub(*lsn)) {
             Some(lag) if lag > obs.maximum_lag_on_failover => Decision::idle(format!(
                 "no leader: not a candidate, {lag} bytes behind the last leader (maximum_lag_on_failover {})",
@@ -574,6 +616,7 @@ mod tests {
             failover: None,
             start_timed_out: false,
             history_timeline: None,
+            history_author: None,
             released_leader: false,
             sync_mode: false,
             sync_standbys: vec![],
@@ -810,6 +853,39 @@ mod tests {
                 "key held, PostgreSQL down past primary_start_timeout: release",
                 Observed { pg: PgRun::Stopped, start_timed_out: true, ..leader() },
                 Some(Action::ReleaseLeader),
+            ),
+            (
+                "a replica on a timeline the history key records as ended never races, whatever its LSN",
+                Observed {
+                    leader: None,
+                    history_timeline: Some(1),
+                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    peers: vec![Peer { timeline: Some(2), ..peer("a", 100) }],
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "a promotion I recorded and never made is withdrawn",
+                Observed {
+                    leader: None,
+                    history_timeline: Some(1),
+                    history_author: Some("b".into()),
+                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    ..base()
+                },
+                Some(Action::WithdrawPromotion { timeline: 1 }),
+            ),
+            (
+                "a promotion recorded by another member is not mine to withdraw",
+                Observed {
+                    leader: None,
+                    history_timeline: Some(1),
+                    history_author: Some("a".into()),
+                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    ..base()
+                },
+                None,
             ),
             (
                 "leader whose fencer went silent hands over to an eligible replica",
@@ -1091,6 +1167,7 @@ mod tests {
                 failover: failover.map(|(leader, candidate, due)| FailoverRequest { leader, candidate, due }),
                 start_timed_out,
                 history_timeline,
+                history_author: None,
                 released_leader,
                 sync_mode,
                 sync_standbys,
@@ -1139,6 +1216,16 @@ mod tests {
             let d = decide(&obs);
             if obs.sync_mode && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
                 prop_assert!(obs.sync_standbys.iter().any(|s| s == "b"), "{d}");
+            }
+        }
+
+        #[test]
+        fn a_replica_on_an_ended_timeline_never_races(obs in arb_observed()) {
+            let d = decide(&obs);
+            if let PgRun::Replica { timeline, .. } = obs.pg
+                && obs.history_timeline.is_some_and(|ended| timeline <= ended)
+            {
+                prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
             }
         }
 

@@ -239,7 +239,10 @@ impl World {
                 due: f.scheduled_at.is_none_or(|at| at <= now),
             }),
             start_timed_out,
-            history_timeline: view.and_then(|v| v.history.iter().map(|(tl, _)| *tl).max()),
+            history_timeline: view.and_then(|v| v.history.iter().map(|(tl, _, _)| *tl).max()),
+            history_author: view
+                .and_then(|v| v.history.iter().max_by_key(|(tl, _, _)| *tl))
+                .map(|(_, _, author)| name(*author)),
             released_leader,
             sync_mode: config.sync_mode,
             sync_standbys: view
@@ -472,6 +475,12 @@ impl World {
                 self.log(Some(i), || format!("switchover: clean shutdown at lsn {checkpoint}"));
                 Ok(Next::Busy(20, Step::SwitchoverPoll { candidate, checkpoint, until }))
             }
+            Action::WithdrawPromotion { timeline } => {
+                let timeline = *timeline;
+                self.etcd.history.retain(|(tl, _, _)| *tl < timeline);
+                self.etcd.bump();
+                Ok(Next::Again)
+            }
             Action::Rejoin { leader } => {
                 let l = self.index_of(leader).ok_or("unknown member")?;
                 self.rewind(i, l)?;
@@ -595,6 +604,19 @@ impl World {
                     self.sync_dirty = true;
                     self.log(Some(i), || "sync key reset to this leader before promoting".into());
                 }
+                // The promotion is recorded before it happens: if this node
+                // dies right after, nobody resumes or races on the old timeline.
+                let Some((timeline, lsn)) = self.nodes[i].pg.data.as_ref().map(|d| (d.timeline, d.lsn())) else {
+                    return self.finish(i, false);
+                };
+                if !self.etcd_ok(i) {
+                    self.nodes[i].agent.checkpoint_pending = false;
+                    self.log(Some(i), || "promote: cannot record it in the history key: not promoting".into());
+                    return self.finish(i, false);
+                }
+                self.etcd.history.retain(|(tl, _, _)| *tl < timeline);
+                self.etcd.history.push((timeline, lsn, i));
+                self.etcd.bump();
                 self.pg_promote(i);
                 self.nodes[i].agent.upstream = None;
                 let epoch = self.nodes[i].agent.epoch;
@@ -607,8 +629,8 @@ impl World {
                     && let Some(data) = self.nodes[i].pg.data.as_ref().filter(|_| self.nodes[i].pg.run == Run::Primary)
                     && let Some(entry) = data.history.last().copied()
                 {
-                    self.etcd.history.retain(|(tl, _)| *tl < entry.0);
-                    self.etcd.history.push(entry);
+                    self.etcd.history.retain(|(tl, _, _)| *tl < entry.0);
+                    self.etcd.history.push((entry.0, entry.1, i));
                     self.etcd.bump();
                 }
                 self.finish(i, true);
@@ -653,9 +675,9 @@ impl World {
         }
         if timeline > 1
             && let Some(entry) = last_switch
-            && !self.etcd.history.iter().any(|(tl, _)| *tl == entry.0)
+            && !self.etcd.history.iter().any(|(tl, _, _)| *tl == entry.0)
         {
-            self.etcd.history.push(entry);
+            self.etcd.history.push((entry.0, entry.1, i));
             self.etcd.history.sort_unstable();
             self.etcd.bump();
         }

@@ -63,7 +63,8 @@ pub struct View {
     pub failover: Option<Failover>,
     pub failover_rev: u64,
     pub members: BTreeMap<usize, Member>,
-    pub history: Vec<(u64, u64)>,
+    /// (timeline that ended, at which LSN, the member that recorded it).
+    pub history: Vec<(u64, u64, usize)>,
     pub optime: Option<u64>,
     pub config: Dynamic,
 }
@@ -81,7 +82,7 @@ pub struct Etcd {
     pub failover: Option<Failover>,
     pub failover_rev: u64,
     pub members: BTreeMap<usize, (Member, u64)>,
-    pub history: Vec<(u64, u64)>,
+    pub history: Vec<(u64, u64, usize)>,
     pub optime: Option<u64>,
     pub config: Dynamic,
     /// Unavailable (no quorum) until then.

@@ -341,7 +341,7 @@ impl Agent {
         match self.pg.identity().await {
             Ok((sysid, timeline)) => {
                 self.sysid = Some(sysid.clone());
-                Some((sysid, timeline))
+                Some((sysid, timeline.max(self.pg.latest_history_timeline())))
             }
             Err(e) => {
                 warn!("failed to read pg_controldata: {e:#}");
@@ -462,6 +462,9 @@ impl Agent {
             failover,
             start_timed_out,
             history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
+            history_author: view
+                .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
+                .and_then(|entry| entry.4.clone()),
             // Handed over: a replica is taking the key; give it two ttls
             // before this node may resume on its own.
             released_leader: self
@@ -871,6 +874,20 @@ impl Agent {
                 {
                     self.reset_sync_key(view).await.inspect_err(|_| self.checkpoint_pending = false)?;
                 }
+                // The promotion is recorded before it happens, at the WAL
+                // position it will switch at (corrected from the timeline
+                // history file once promoted): if this node dies right after,
+                // no former primary resumes and no replica races on the
+                // old timeline (finding 3 of the safety review).
+                let position = local.sql.as_ref().map(|sql| (sql.timeline, sql.xlog_location));
+                let (timeline, lsn) = position.context("promote: PostgreSQL does not answer")?;
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                if let Err(e) = self.append_history(view, (timeline, lsn, "pgwarden: promoting".into(), now)).await {
+                    self.checkpoint_pending = false;
+                    bail!("promote: record the promotion in the history key first: {e:#}");
+                }
                 self.pg.promote().await?;
                 self.upstream = None;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
@@ -895,6 +912,18 @@ impl Agent {
                     }
                     Ok(None) => {}
                     Err(e) => warn!("failed to read the timeline history: {e:#}"),
+                }
+                Ok(true)
+            }
+            Action::WithdrawPromotion { timeline } => {
+                let mut history = view.history.clone();
+                history.retain(|h| h.0 < *timeline);
+                let key = self.keys.history();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.history_revision)])
+                    .and_then([TxnOp::put(key.as_str(), serde_json::to_string(&history)?, None)]);
+                if self.etcd.txn(txn).await?.succeeded() {
+                    warn!(timeline, "withdrew the promotion this member recorded and never made");
                 }
                 Ok(true)
             }

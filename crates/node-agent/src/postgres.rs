@@ -577,6 +577,23 @@ impl Postgres {
         Ok((sysid, timeline))
     }
 
+    /// The highest timeline with a history file in `pg_wal`: a promotion
+    /// writes it before anything else, so a primary that crashed right after
+    /// promoting (its latest checkpoint still on the old timeline) is known
+    /// to be on the new one. 0 when there is none.
+    pub fn latest_history_timeline(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("pg_wal")) else { return 0 };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let hex = name.strip_suffix(".history").filter(|h| h.len() == 8)?;
+                u64::from_str_radix(hex, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The database system identifier from `pg_controldata`.
     pub async fn system_identifier(&self) -> anyhow::Result<String> {
         Ok(self.identity().await?.0)
