@@ -433,6 +433,14 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 "PostgreSQL is not back within primary_start_timeout: release the leader key",
                 Action::ReleaseLeader,
             ),
+            // A replica's data directory never starts as a primary: that
+            // would stay on its timeline with no history entry, and a former
+            // primary's diverged WAL would later look like no divergence at
+            // all. It starts as a replica and is promoted onto a new timeline.
+            (PgRun::Stopped, _) if obs.data.as_ref().is_some_and(|d| !d.was_primary) => Decision::act(
+                "leader key held, a replica's data directory: start it read-only, then promote",
+                Action::StartReplica { upstream: None },
+            ),
             (PgRun::Stopped, _) if obs.data.is_some() => {
                 Decision::act("leader key held: start as primary", Action::StartPrimary)
             }
@@ -811,8 +819,14 @@ mod tests {
                 Some(Action::Promote),
             ),
             (
-                "key held, stopped: start as primary",
-                Observed { leader: Some("b".into()), holds_leader: true, pg: PgRun::Stopped, ..base() },
+                "key held, a former primary stopped: start as primary",
+                Observed {
+                    leader: Some("b".into()),
+                    holds_leader: true,
+                    pg: PgRun::Stopped,
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    ..base()
+                },
                 Some(Action::StartPrimary),
             ),
             (
@@ -864,6 +878,20 @@ mod tests {
                     ..base()
                 },
                 None,
+            ),
+            (
+                "key held with a replica's data directory: start read-only (then promote), never as primary",
+                Observed { pg: PgRun::Stopped, ..leader() },
+                Some(Action::StartReplica { upstream: None }),
+            ),
+            (
+                "key held with a former primary's data directory: start as primary",
+                Observed {
+                    pg: PgRun::Stopped,
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    ..leader()
+                },
+                Some(Action::StartPrimary),
             ),
             (
                 "a promotion I recorded and never made is withdrawn",
@@ -1186,6 +1214,14 @@ mod tests {
             let d = decide(&obs);
             let makes_primary = matches!(d.action, Some(Action::Promote | Action::StartPrimary));
             prop_assert!(!makes_primary || obs.holds_leader, "{d}");
+        }
+
+        #[test]
+        fn only_a_former_primarys_data_starts_as_primary(obs in arb_observed()) {
+            let d = decide(&obs);
+            if d.action == Some(Action::StartPrimary) {
+                prop_assert!(obs.data.as_ref().is_some_and(|data| data.was_primary), "{d}");
+            }
         }
 
         #[test]
