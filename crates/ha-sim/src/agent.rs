@@ -594,7 +594,10 @@ impl World {
                 }
                 // Synchronous mode: the sync key names this leader, with no
                 // standby, before PostgreSQL may acknowledge anything.
-                if self.etcd.config.sync_mode && self.etcd.sync.as_ref().is_none_or(|k| k.leader != Some(i)) {
+                // Also out of synchronous mode, a key left by another leader
+                // goes stale now: it would count the moment the mode is on.
+                let stale = self.etcd.sync.as_ref().is_some_and(|k| k.leader != Some(i));
+                if stale || (self.etcd.config.sync_mode && self.etcd.sync.is_none()) {
                     if !self.etcd_ok(i) {
                         self.nodes[i].agent.checkpoint_pending = false;
                         self.log(Some(i), || "promote: cannot reset the sync key: not promoting".into());

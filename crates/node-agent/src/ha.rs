@@ -869,9 +869,10 @@ impl Agent {
                 // standby before PostgreSQL may acknowledge anything; a stale
                 // key could let a standby that never confirmed our commits
                 // take over (finding 8 of the safety review).
-                if dynamic.synchronous_mode != pgwarden_config::SyncMode::Off
-                    && view.sync.as_ref().is_none_or(|k| k.leader.as_deref() != Some(self.config.name.as_str()))
-                {
+                // Out of synchronous mode too: a key another leader left
+                // would count the moment the mode is turned on.
+                let stale = view.sync.as_ref().is_some_and(|k| k.leader.as_deref() != Some(self.config.name.as_str()));
+                if stale || (dynamic.synchronous_mode != pgwarden_config::SyncMode::Off && view.sync.is_none()) {
                     self.reset_sync_key(view).await.inspect_err(|_| self.checkpoint_pending = false)?;
                 }
                 // The promotion is recorded before it happens, at the WAL
