@@ -688,6 +688,7 @@ impl World {
     }
 
     fn manage_sync(&mut self, i: usize) {
+        self.nodes[i].sync_seen = true;
         if !self.etcd.config.sync_mode {
             let agent = &mut self.nodes[i].agent;
             agent.sync_configured.clear();

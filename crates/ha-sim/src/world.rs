@@ -195,6 +195,9 @@ pub struct Node {
     pub pg: Pg,
     pub cut_etcd_until: Time,
     pub cut_peers_until: Time,
+    /// The agent configured PostgreSQL since synchronous mode last turned
+    /// on: from then on, what this primary acknowledges carries the promise.
+    pub sync_seen: bool,
     /// The whole machine is down until restarted.
     pub crashed: bool,
 }
@@ -260,6 +263,7 @@ impl World {
                 pg: Pg::new(),
                 cut_etcd_until: 0,
                 cut_peers_until: 0,
+                sync_seen: true,
                 crashed: false,
             })
             .collect();
@@ -657,7 +661,7 @@ impl World {
 
     fn acknowledge(&mut self, p: usize, id: u64, lsn: u64) {
         self.acked += 1;
-        if self.etcd.config.sync_mode {
+        if self.etcd.config.sync_mode && self.nodes[p].sync_seen {
             self.must_survive.push((id, lsn));
             self.sync_dirty = true;
         }
@@ -862,6 +866,10 @@ impl World {
                 self.etcd.bump();
                 if !self.etcd.config.sync_mode {
                     self.must_survive.clear();
+                }
+                // A mode change takes effect at the leader's next loop.
+                for node in &mut self.nodes {
+                    node.sync_seen = false;
                 }
                 let on = self.etcd.config.sync_mode;
                 self.log(None, || format!("operator #{index}: synchronous_mode {on}"));
