@@ -120,6 +120,9 @@ pub struct Observed {
     /// The member that recorded that promotion (a candidate records it
     /// before it promotes).
     pub history_author: Option<String>,
+    /// Every promotion the `history` key records: the timeline that ended
+    /// and the LSN it ended at.
+    pub history_switches: Vec<(u64, u64)>,
     /// This agent gave the leader key up on purpose (switchover, or
     /// PostgreSQL not back in time) and nobody has taken it since.
     pub released_leader: bool,
@@ -560,6 +563,21 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             "no leader: start read-only to learn the WAL position",
             Action::StartReplica { upstream: None },
         ),
+        // A replica that replayed past the point where its timeline ended
+        // can never follow the new one (PostgreSQL refuses: "forked off
+        // before the current recovery point"): stop it, so it rejoins by
+        // pg_rewind.
+        (PgRun::Replica { lsn, timeline, .. }, Some(leader))
+            if obs.leader_timeline.is_some_and(|tl| tl > *timeline)
+                && obs.history_switches.iter().any(|(tl, end)| tl == timeline && lsn > end) =>
+        {
+            Decision::act(
+                format!(
+                    "replica diverged from {leader}'s timeline (past where timeline {timeline} ended): stop it to rewind"
+                ),
+                Action::Demote,
+            )
+        }
         (PgRun::Replica { upstream, .. }, Some(leader)) if upstream.as_deref() != Some(leader) => {
             Decision::act(format!("follow the new leader {leader}"), Action::Follow { upstream: leader.to_string() })
         }
@@ -625,6 +643,7 @@ mod tests {
             start_timed_out: false,
             history_timeline: None,
             history_author: None,
+            history_switches: vec![],
             released_leader: false,
             sync_mode: false,
             sync_standbys: vec![],
@@ -892,6 +911,26 @@ mod tests {
                     ..leader()
                 },
                 Some(Action::StartPrimary),
+            ),
+            (
+                "a replica past the end of its timeline stops, to rewind",
+                Observed {
+                    leader_timeline: Some(2),
+                    history_switches: vec![(1, 90)],
+                    pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+                    ..base()
+                },
+                Some(Action::Demote),
+            ),
+            (
+                "a replica behind the end of its timeline follows",
+                Observed {
+                    leader_timeline: Some(2),
+                    history_switches: vec![(1, 120)],
+                    pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+                    ..base()
+                },
+                None,
             ),
             (
                 "a promotion I recorded and never made is withdrawn",
@@ -1196,6 +1235,7 @@ mod tests {
                 start_timed_out,
                 history_timeline,
                 history_author: None,
+            history_switches: vec![],
                 released_leader,
                 sync_mode,
                 sync_standbys,

@@ -240,6 +240,9 @@ impl World {
             }),
             start_timed_out,
             history_timeline: view.and_then(|v| v.history.iter().map(|(tl, _, _)| *tl).max()),
+            history_switches: view
+                .map(|v| v.history.iter().map(|(tl, lsn, _)| (*tl, *lsn)).collect())
+                .unwrap_or_default(),
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|(tl, _, _)| *tl))
                 .map(|(_, _, author)| name(*author)),

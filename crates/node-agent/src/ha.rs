@@ -462,6 +462,7 @@ impl Agent {
             failover,
             start_timed_out,
             history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
+            history_switches: view.map(|v| v.history.iter().map(|h| (h.0, h.1)).collect()).unwrap_or_default(),
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
                 .and_then(|entry| entry.4.clone()),
@@ -929,9 +930,14 @@ impl Agent {
                 Ok(true)
             }
             Action::Demote => {
-                self.pg.stop("immediate").await?;
+                let replica = matches!(obs.pg, PgRun::Replica { .. });
+                self.pg.stop(if replica { "fast" } else { "immediate" }).await?;
                 self.await_local("stopped", |l| l.sql.is_none()).await?;
-                info!(from = "primary", to = "stopped", "role change: fenced");
+                if replica {
+                    info!(from = "replica", to = "stopped", "role change: stopped to rewind");
+                } else {
+                    info!(from = "primary", to = "stopped", "role change: fenced");
+                }
                 Ok(true)
             }
         }
