@@ -272,9 +272,14 @@ fn named_may_lead(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
 }
 
 /// In synchronous mode only a member listed in `sync`, or the leader the
-/// key names, may take over.
+/// key names, may take over. A `sync` key that names no leader (none was
+/// ever written: the mode was never active under a leader, so no commit was
+/// acknowledged synchronously) restricts nobody, as in Patroni.
 fn sync_allows(obs: &Observed, name: &str) -> bool {
-    !obs.sync_mode || obs.sync_standbys.iter().any(|s| s == name) || obs.sync_leader.as_deref() == Some(name)
+    !obs.sync_mode
+        || obs.sync_leader.is_none()
+        || obs.sync_standbys.iter().any(|s| s == name)
+        || obs.sync_leader.as_deref() == Some(name)
 }
 
 /// A peer that could take over in a switchover: running, eligible, listed
@@ -1094,12 +1099,24 @@ mod tests {
             ),
             (
                 "sync mode: a standby not in sync never races",
-                Observed { leader: None, sync_mode: true, sync_standbys: vec!["c".into()], ..base() },
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["c".into()],
+                    ..base()
+                },
                 None,
             ),
             (
                 "sync mode: the listed standby races",
-                Observed { leader: None, sync_mode: true, sync_standbys: vec!["b".into()], ..base() },
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["b".into()],
+                    ..base()
+                },
                 Some(Action::AcquireLeader),
             ),
             (
@@ -1107,6 +1124,7 @@ mod tests {
                 Observed {
                     leader: None,
                     sync_mode: true,
+                    sync_leader: Some("a".into()),
                     sync_standbys: vec!["b".into()],
                     peers: vec![peer("c", 500)],
                     cluster_optime: Some(500),
@@ -1119,6 +1137,7 @@ mod tests {
                 "sync mode: a switchover to a standby not in sync is cleared",
                 Observed {
                     sync_mode: true,
+                    sync_leader: Some("a".into()),
                     sync_standbys: vec!["a".into()],
                     failover: request(Some("b"), Some("c")),
                     ..leader()
@@ -1129,6 +1148,7 @@ mod tests {
                 "sync mode: a switchover to the sync standby proceeds",
                 Observed {
                     sync_mode: true,
+                    sync_leader: Some("a".into()),
                     sync_standbys: vec!["c".into()],
                     failover: request(Some("b"), Some("c")),
                     ..leader()
@@ -1206,6 +1226,7 @@ mod tests {
             released_leader in any::<bool>(),
             sync_mode in any::<bool>(),
             sync_standbys in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())], 0..3),
+            sync_leader in arb_name(),
             peers_have_data in any::<bool>(),
             etcd_answered in any::<bool>(),
             can_lead in any::<bool>(),
@@ -1239,7 +1260,7 @@ mod tests {
                 released_leader,
                 sync_mode,
                 sync_standbys,
-                sync_leader: None,
+                sync_leader,
                 etcd_answered,
                 not_streaming: None,
                 unsupported: None,
@@ -1290,8 +1311,10 @@ mod tests {
         /// review: a named candidate skipped this check).
         fn in_synchronous_mode_only_a_listed_standby_races(obs in arb_observed()) {
             let d = decide(&obs);
-            if obs.sync_mode && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
-                prop_assert!(obs.sync_standbys.iter().any(|s| s == "b"), "{d}");
+            let active = obs.sync_mode && obs.sync_leader.is_some();
+            if active && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
+                let listed = obs.sync_standbys.iter().any(|s| s == "b") || obs.sync_leader.as_deref() == Some("b");
+                prop_assert!(listed, "{d}");
             }
         }
 
