@@ -67,6 +67,10 @@ impl World {
             agent.proves_leader = false;
             agent.lease_lost = true;
             self.log(Some(i), || "lease keeper: the leader key is no longer ours".into());
+        } else if agent.proves_leader && self.nodes[i].fencer_deadline.is_some() {
+            // The new deadline reaches the fencer from the keeper, not at
+            // the end of a loop that may be busy for a long while.
+            self.arm_fencer(i, deadline);
         }
         true
     }

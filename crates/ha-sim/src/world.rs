@@ -432,7 +432,8 @@ impl World {
             Ev::DeadlineWake { node, deadline } => self.deadline_wake(node, deadline),
             Ev::FencerPoll { node } => {
                 let n = &mut self.nodes[node];
-                if n.fencer_up && n.fencer_lapsed && n.fencer_deadline.is_none() && n.pg.run == Run::Primary {
+                let writable = matches!(n.pg.run, Run::Primary | Run::Starting { primary: true, .. });
+                if n.fencer_up && n.fencer_lapsed && n.fencer_deadline.is_none() && writable {
                     n.pg.stop_immediate();
                     self.log(Some(node), || "fencer: a primary appeared after the deadline lapsed: stopped".into());
                 }
@@ -503,6 +504,9 @@ impl World {
         pg.upstream = upstream;
         pg.streaming = false;
         let incarnation = pg.incarnation;
+        if primary && self.nodes[i].fencer_up && self.nodes[i].fencer_lapsed {
+            self.at(10, Ev::FencerPoll { node: i });
+        }
         self.at(took, Ev::PgReady { node: i, incarnation });
         took
     }
@@ -951,7 +955,8 @@ impl World {
         for i in 0..self.nodes.len() {
             self.nodes[i].cut_etcd_until = self.now;
             self.nodes[i].cut_peers_until = self.now;
-            self.nodes[i].agent.paused_until = None;
+            // A stopped agent resumes at its own time (its deferred events
+            // are queued for then); the heal bound covers it.
             if self.nodes[i].crashed {
                 self.nodes[i].crashed = false;
                 self.start_agent(i);

@@ -313,7 +313,27 @@ impl Agent {
             let _ = handle.stop().await;
         }
         self.lease = Some(lease);
-        self.renewal = Some(spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true));
+        let handle = spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true);
+        // Each renewal's deadline reaches the fencer (and the health checks)
+        // at once, not at the end of a loop that may be busy for a long
+        // while (a promotion, a start in crash recovery): a healthy leader
+        // is not fenced on an old deadline. Only a deadline the loop already
+        // published is moved; the loop alone says the key is held.
+        let mut lease_rx = handle.subscribe();
+        let view = self.view.clone();
+        tokio::spawn(async move {
+            while lease_rx.changed().await.is_ok() {
+                let deadline = lease_rx.borrow().live_deadline();
+                view.send_if_modified(|v| {
+                    let moved = v.leader_deadline.is_some() && v.leader_deadline != deadline;
+                    if moved {
+                        v.leader_deadline = deadline;
+                    }
+                    moved
+                });
+            }
+        });
+        self.renewal = Some(handle);
         self.renewal_proves_leader = true;
     }
 
