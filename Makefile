@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test demo demo-stop demo-status fmt bench bench-smoke bench-health install
+.PHONY: help setup build check test sim demo demo-stop demo-status fmt bench bench-smoke bench-health install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,14 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	$(MAKE) --no-print-directory bench-smoke
+
+SIM_SEEDS ?= 100000
+SIM_START ?= 0
+
+sim: ## The deterministic cluster simulator (crates/ha-sim): SIM_SEEDS seeded fault schedules (default 100000), counts of seeds, events and violations; a violation prints its seed and the command that replays it
+	$(CARGO) run -q --release -p ha-sim -- --seeds $(SIM_SEEDS) --start $(SIM_START)
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up

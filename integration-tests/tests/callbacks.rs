@@ -1,9 +1,12 @@
 //! Patroni's callbacks on a real cluster: a script records every role
 //! change through a failover and the old primary's return; `pre_promote`
-//! vetoes a promotion.
+//! vetoes a promotion; an agent frozen in `pre_promote` does not promote
+//! when it thaws.
 
 use std::time::Duration;
 
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::probe::WriteProbe;
 use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
@@ -119,6 +122,65 @@ async fn pre_promote_failing_vetoes_the_promotion() {
     .expect("vetoed");
     assert_eq!(cluster.nodes[1].check("/primary"), 503);
     assert_eq!(cluster.nodes[1].psql("select pg_is_in_recovery()").expect("psql"), "t", "never promoted");
+}
+
+/// A stalled agent during `pre_promote` (issue 20, finding 5): the first
+/// replica to enter its `pre_promote` has its agent frozen (SIGSTOP) there;
+/// its lease runs out and the other replica takes over. Thawed, the frozen
+/// agent must not promote: it re-checks that the key is still proven its own.
+/// Every node is probed for writability throughout.
+#[tokio::test]
+async fn an_agent_frozen_in_pre_promote_does_not_promote_when_it_thaws() {
+    let mut cluster = start(3, |cluster, i| {
+        if i > 0 {
+            // The hook's arguments follow its command line: a script.
+            let dir = cluster.nodes[i].dir.path();
+            let script = dir.join("pre_promote.sh");
+            let body = format!("#!/bin/sh\ntouch {}\nsleep 2\n", dir.join("in_pre_promote").display());
+            std::fs::write(&script, body).expect("write the hook");
+            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+            add_to_postgresql_section(cluster, i, &format!("  pre_promote: {}\n", script.display()));
+        }
+    })
+    .await;
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    assert_eq!(leader, 0, "node1 bootstrapped");
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("every node answers the probe");
+    cluster.nodes[0].kill_node();
+    let frozen = wait_until("a candidate in pre_promote", UP, || async {
+        Ok::<_, String>((1..3).find(|&i| cluster.nodes[i].dir.path().join("in_pre_promote").exists()))
+    })
+    .await
+    .expect("pre_promote runs");
+    cluster.nodes[frozen].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let other = 3 - frozen;
+    wait_until("the other replica to take over", UP, || async {
+        Ok::<_, String>((cluster.nodes[other].check("/primary") == 200).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", cluster.nodes[other].agent_log()));
+    cluster.nodes[frozen].signal_agent(nix::sys::signal::Signal::SIGCONT);
+    wait_until("the thawed node to follow the new primary", UP, || async {
+        Ok::<_, String>((cluster.nodes[frozen].check("/replica") == 200).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", cluster.nodes[frozen].agent_log()));
+    let report = probe.stop().await;
+    println!(
+        "frozen in pre_promote: {}; two-writer time {:.3} s; nodes that accepted writes {:?}",
+        cluster.nodes[frozen].name,
+        report.two_writer_seconds(),
+        report.writers()
+    );
+    assert_eq!(report.two_writer_seconds(), 0.0, "two nodes accepted writes at once");
+    assert!(!report.writers().contains(&frozen), "the thawed node accepted writes: {:?}", report.writers());
+    // Thawed, the promotion was abandoned: the key is no longer proven its
+    // own (or its lease is gone, which fails the member key's update first).
+    let log = cluster.nodes[frozen].agent_log();
+    let abandoned = log.lines().any(|l| l.contains("action=Promote") && l.contains("failed to"));
+    assert!(abandoned, "{log}");
 }
 
 /// `deploy/callbacks/vip.sh` as pgwarden calls it, with a real address on

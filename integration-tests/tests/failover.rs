@@ -385,3 +385,100 @@ async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted(
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
     assert_watched(&setup, watched, leader, new_leader, "agent killed alone").await;
 }
+
+/// The postmaster's `startup` process (crash recovery) of the postmaster
+/// in `data_dir`, if one runs.
+fn startup_process(postmaster: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        let ppid: i32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read_to_string(entry.path().join("cmdline")).ok()?;
+        (ppid == postmaster && cmdline.contains("startup")).then_some(pid)
+    })
+}
+
+/// Crash recovery longer than `primary_start_timeout` (issue 20, finding 4):
+/// the primary's PostgreSQL is killed, the agent restarts it in place, and
+/// its crash recovery is held (its `startup` process stopped, as a slow disk
+/// would). `pg_ctl start` gives up, but the postmaster would finish recovery
+/// as a writable primary: the agent must stop it before it releases the key.
+/// Three writers go through HAProxy and every node is probed for
+/// writability; recovery is let go once a primary runs again.
+#[tokio::test]
+async fn a_primary_still_in_crash_recovery_past_primary_start_timeout_is_stopped_before_a_replica_takes_over() {
+    let setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
+    let config = setup.cluster.get_key("config").await.expect("etcd").expect("config key");
+    let mut config: serde_json::Value = serde_json::from_str(&config).expect("config JSON");
+    config["primary_start_timeout"] = serde_json::json!(2);
+    setup.cluster.put_key("config", &config.to_string()).await.expect("write config");
+    // WAL that crash recovery must replay: no checkpoint covers it.
+    setup.cluster.nodes[leader]
+        .psql("checkpoint; create table filler as select g, repeat('x', 600) as pad from generate_series(1, 60000) g")
+        .expect("filler");
+    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("every node answers the probe");
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let table = format!("acked{w}");
+        let writer = Writer::start(setup.write_port, SUPERUSER_PASSWORD, &table, Duration::from_millis(5)).await;
+        writers.push((table, writer.expect("writer")));
+    }
+    let old = setup.cluster.nodes[leader].postmaster_pid().expect("postmaster");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    // Catch the restarted postmaster's recovery and hold it (polled every
+    // 2 ms: recovery of the filler's WAL takes far longer).
+    let node = &setup.cluster.nodes[leader];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let startup = loop {
+        let restarted = node.postmaster_pid().filter(|pid| *pid != old);
+        if let Some(pid) = restarted.and_then(startup_process) {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).expect("stop");
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no crash recovery seen on {}: {}", node.name, node.agent_log());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // A primary again: a replica, or the old primary itself once its stuck
+    // postmaster is gone (it then has the most WAL of all and may win the race).
+    let new_leader = wait_until("a primary after the stuck one was stopped", UP, || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| setup.cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", setup.cluster.nodes[leader].agent_log()));
+    // Recovery goes on (if the process is still there, the stuck postmaster was not stopped).
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(startup), nix::sys::signal::Signal::SIGCONT);
+    // Every other node streams from the new primary (the old one, if it
+    // lost the race, only as a replica).
+    wait_until("every other node streaming from the new primary", UP, || async {
+        let lagging: Vec<usize> =
+            (0..3).filter(|&i| i != new_leader && setup.cluster.nodes[i].check("/replica") != 200).collect();
+        if lagging.is_empty() { Ok(Some(())) } else { Err(format!("not streaming: {lagging:?}")) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", setup.cluster.nodes[leader].agent_log()));
+    let probes = probe.stop().await;
+    let mut lost = Vec::new();
+    for (table, writer) in writers {
+        let report = writer.stop().await;
+        let port = setup.cluster.nodes[new_leader].pg_port;
+        lost.extend(missing_rows(port, SUPERUSER_PASSWORD, &table, &report.ids()).await.expect("read"));
+    }
+    println!(
+        "crash recovery held on {}: new primary {}; two-writer time {:.3} s; nodes that accepted writes {:?}; rows the new primary lacks (asynchronous mode: reported, not asserted) {}",
+        setup.cluster.nodes[leader].name,
+        setup.cluster.nodes[new_leader].name,
+        probes.two_writer_seconds(),
+        probes.writers(),
+        lost.len()
+    );
+    assert_eq!(probes.two_writer_seconds(), 0.0, "two nodes accepted writes at once");
+    let log = setup.cluster.nodes[leader].agent_log();
+    assert!(log.contains("stop it before releasing the leader key"), "{log}");
+}

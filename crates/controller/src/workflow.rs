@@ -91,9 +91,14 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
             "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
         )));
     }
-    if dynamic(view).synchronous_mode != pgwarden_config::SyncMode::Off {
-        let sync: Vec<&str> = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
-        if !sync.contains(&candidate) {
+    // Synchronous mode restricts the candidates once active (the sync key
+    // names a leader): its standbys and that leader (as `ha_core::decide`).
+    let active_sync = view.sync.as_ref().filter(|s| s.leader.is_some());
+    if dynamic(view).synchronous_mode != pgwarden_config::SyncMode::Off
+        && let Some(key) = active_sync
+    {
+        let sync: Vec<&str> = key.members();
+        if !sync.contains(&candidate) && key.leader.as_deref() != Some(candidate) {
             return Some(Status::failed_precondition(format!(
                 "candidate {candidate} is not a synchronous standby (the sync key lists: {}); in synchronous \
                  mode only a listed standby may take over without losing commits: choose one of those, or wait \
@@ -109,6 +114,13 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
     };
     if status.system_identifier.is_empty() || status.shutting_down {
         return Some(Status::failed_precondition(format!("candidate {candidate}'s PostgreSQL is not running")));
+    }
+    let ended = view.history.iter().map(|h| h.0).max();
+    if let Some(ended) = ended.filter(|ended| status.timeline <= *ended) {
+        return Some(Status::failed_precondition(format!(
+            "candidate {candidate} is on timeline {}, which ended with a promotion the history key records              (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new timeline",
+            status.timeline
+        )));
     }
     let lag = leader_position.saturating_sub(position(&status));
     let limit = dynamic(view).maximum_lag_on_failover;
@@ -217,21 +229,11 @@ pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResp
     if view.leader.is_some() {
         return switchover(cluster, "", candidate, "").await;
     }
-    if view.member(candidate).is_none() {
-        return Err(Status::not_found(format!("candidate {candidate} is not a member of this cluster")));
-    }
-    if never_leads(&view, candidate) {
-        return Err(Status::failed_precondition(format!(
-            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
-        )));
-    }
-    match agent_status(&view, candidate).await {
-        Some(status) if !status.system_identifier.is_empty() && !status.shutting_down => {}
-        _ => {
-            return Err(Status::failed_precondition(format!(
-                "candidate {candidate} cannot take over: its agent or PostgreSQL is not running"
-            )));
-        }
+    // The same checks as a switchover's, against the last leader's position
+    // (the agents enforce them too: a named member that fails one is passed over).
+    let optime = view.status.as_ref().map_or(0, |s| s.optime);
+    if let Some(problem) = candidate_problem(&view, candidate, optime).await {
+        return Err(problem);
     }
     let request = Failover { leader: None, member: Some(candidate.to_string()), scheduled_at: None };
     write_and_follow(cluster, &view, request).await

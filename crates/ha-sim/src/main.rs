@@ -30,6 +30,9 @@ struct Args {
     no_shrink: bool,
 }
 
+/// One worker's count: seeds, events, acknowledged commits, violations (seed, what).
+type Tally = (u64, u64, u64, Vec<(u64, String)>);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.replay {
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let next = std::sync::atomic::AtomicU64::new(args.start);
     let end = args.start + args.seeds;
-    let results: Vec<(u64, u64, u64, Vec<(u64, String)>)> = std::thread::scope(|scope| {
+    let results: Vec<Tally> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {

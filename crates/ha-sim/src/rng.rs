@@ -6,7 +6,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x5EED_0F_9A7D_E11)
+        Self(seed ^ 0x0005_EED0_F9A7_DE11)
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -1045,3 +1045,89 @@ impl World {
         self.nodes[i].pg.data.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SyncKey;
+
+    fn data(wal: Vec<u64>) -> Data {
+        Data { sysid: "7".into(), was_primary: false, wal, timeline: 1, history: Vec::new() }
+    }
+
+    /// A quiet world: nothing scheduled, three nodes with the same data.
+    fn world() -> World {
+        let mut w = World::new(1, Options::default());
+        w.queue.clear();
+        for node in &mut w.nodes {
+            node.pg.data = Some(data(vec![1, 2, 3]));
+        }
+        w
+    }
+
+    #[test]
+    fn two_primaries_at_once_are_a_violation() {
+        let mut w = world();
+        w.nodes[0].pg.run = Run::Primary;
+        w.check_safety();
+        assert!(w.violation.is_none());
+        w.nodes[2].pg.run = Run::Primary;
+        w.check_safety();
+        assert!(w.violation.as_ref().is_some_and(|v| v.what.starts_with("two writers: a and c")), "{:?}", w.violation);
+    }
+
+    #[test]
+    fn a_sync_member_without_an_acknowledged_commit_is_a_violation() {
+        let mut w = world();
+        w.etcd.config.sync_mode = true;
+        w.etcd.sync = Some(SyncKey { leader: Some(0), standbys: vec![1] });
+        w.nodes[0].pg.data = Some(data(vec![1, 2, 3, 4]));
+        w.must_survive.push((4, 4));
+        w.sync_dirty = true;
+        w.check_safety();
+        assert!(
+            w.violation.as_ref().is_some_and(|v| v.what.contains("b (listed in sync) lacks it")),
+            "{:?}",
+            w.violation
+        );
+    }
+
+    #[test]
+    fn a_commit_waits_for_every_listed_standby() {
+        let mut w = world();
+        w.nodes[0].pg.run = Run::Primary;
+        w.nodes[0].pg.ssn = Ssn::Names(vec!["b".into()]);
+        w.client_write();
+        assert_eq!(w.acked, 0, "not acknowledged before b has it");
+        w.nodes[1].pg.run = Run::Replica;
+        w.nodes[1].pg.upstream = Some(0);
+        w.stream(1);
+        assert_eq!(w.acked, 1, "acknowledged once b flushed it");
+        w.nodes[0].pg.ssn = Ssn::Placeholder;
+        w.client_write();
+        w.stream(1);
+        assert_eq!(w.acked, 1, "the placeholder confirms nothing");
+    }
+
+    #[test]
+    fn streaming_over_diverged_wal_is_a_violation_and_over_a_fork_is_refused() {
+        let mut w = world();
+        w.nodes[0].pg.run = Run::Primary;
+        w.nodes[0].pg.data = Some(data(vec![1, 2, 9, 10]));
+        w.nodes[1].pg.run = Run::Replica;
+        w.nodes[1].pg.upstream = Some(0);
+        w.stream(1);
+        assert!(w.violation.as_ref().is_some_and(|v| v.what.contains("diverged at lsn 3")), "{:?}", w.violation);
+
+        // On a later timeline that forked before b's position, PostgreSQL
+        // refuses to stream: no violation, no streaming.
+        let mut w = world();
+        w.nodes[0].pg.run = Run::Primary;
+        w.nodes[0].pg.data = Some(Data { timeline: 2, history: vec![(1, 2)], ..data(vec![1, 2, 9, 10]) });
+        w.nodes[1].pg.run = Run::Replica;
+        w.nodes[1].pg.upstream = Some(0);
+        w.stream(1);
+        assert!(w.violation.is_none());
+        assert!(!w.nodes[1].pg.streaming);
+    }
+}

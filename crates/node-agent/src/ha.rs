@@ -952,7 +952,16 @@ impl Agent {
             Action::Demote => {
                 let replica = matches!(obs.pg, PgRun::Replica { .. });
                 self.pg.stop(if replica { "fast" } else { "immediate" }).await?;
-                self.await_local("stopped", |l| l.sql.is_none()).await?;
+                // Gone, not only silent: a postmaster still in crash recovery
+                // answers no query either.
+                self.await_local("stopped", |l| {
+                    l.sql.is_none()
+                        && matches!(
+                            l.postmaster.state,
+                            ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                        )
+                })
+                .await?;
                 if replica {
                     info!(from = "replica", to = "stopped", "role change: stopped to rewind");
                 } else {
