@@ -73,6 +73,10 @@ pub struct Peer {
     /// `fencer_ready` member field; a member without it, such as Patroni's,
     /// counts as able).
     pub can_lead: bool,
+    /// It answers as a running, writable primary (asked directly when there
+    /// is no leader): while it does, nobody races (Patroni: "primary is
+    /// still alive"); it fences itself or takes its key back first.
+    pub primary: bool,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -371,6 +375,7 @@ fn may_resume(obs: &Observed, data: &DataDir) -> bool {
         && obs.history_timeline.is_none_or(|tl| tl < data.timeline)
         && obs.leader_timeline.is_none_or(|tl| tl <= data.timeline)
         && obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline))
+        && !obs.peers.iter().any(|p| p.primary)
 }
 
 pub fn decide(obs: &Observed) -> Decision {
@@ -459,12 +464,26 @@ fn decide_unfenced(obs: &Observed) -> Decision {
 
     let request_due = obs.failover.as_ref().is_some_and(|f| f.due);
     if obs.paused {
+        // A running primary keeps (or takes back) its key during a pause: no
+        // failover happens then, but a primary without its key would meet a
+        // racing replica the moment the pause ends (as in Patroni).
+        if matches!(obs.pg, PgRun::Primary { .. })
+            && obs.etcd_answered
+            && obs.initialize.is_some()
+            && (leader_is_me || obs.leader.is_none())
+        {
+            return Decision::act(
+                "paused, and this running primary's key is not on this agent's lease: take it",
+                Action::AcquireLeader,
+            );
+        }
         // A named switchover or failover is the one thing a pause allows.
         if let PgRun::Replica { lsn, timeline, .. } = obs.pg
             && named_candidate == Some(obs.me.as_str())
             && request_due
             && named_may_lead(obs, lsn, timeline)
             && other_leader.is_none()
+            && !obs.peers.iter().any(|p| p.primary)
         {
             return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
         }
@@ -590,6 +609,13 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             None => Decision::idle(format!("replica streaming from {leader}")),
             Some(why) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
         },
+        (PgRun::Replica { .. }, None) if obs.peers.iter().any(|p| p.primary) => {
+            let alive: Vec<&str> = obs.peers.iter().filter(|p| p.primary).map(|p| p.name.as_str()).collect();
+            Decision::idle(format!(
+                "no leader, but {} still runs as a primary: waiting for it to fence itself or take its key back",
+                alive.join(", ")
+            ))
+        }
         // A named candidate passes the same checks as any other (DESIGN
         // invariant 4): in `sync` in synchronous mode, within the lag limit,
         // and only once the request is due. One that does not is passed
@@ -698,6 +724,7 @@ mod tests {
             timeline: Some(1),
             has_data: true,
             can_lead: true,
+            primary: false,
         }
     }
 
@@ -958,6 +985,21 @@ mod tests {
                     ..base()
                 },
                 None,
+            ),
+            (
+                "no leader, but a peer still runs as a primary: nobody races",
+                Observed { leader: None, peers: vec![Peer { primary: true, ..peer("a", 50) }], ..base() },
+                None,
+            ),
+            (
+                "paused, a running primary whose key is on an old lease re-binds it",
+                Observed { paused: true, holds_leader: false, ..leader() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "paused, a running primary whose key expired takes it back",
+                Observed { paused: true, holds_leader: false, leader: None, ..leader() },
+                Some(Action::AcquireLeader),
             ),
             (
                 "leader whose fencer went silent hands over to an eligible replica",
@@ -1231,6 +1273,7 @@ mod tests {
             etcd_answered in any::<bool>(),
             can_lead in any::<bool>(),
             peers_can_lead in any::<bool>(),
+            peers_primary in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -1244,6 +1287,7 @@ mod tests {
                 peers: peers.into_iter().map(|(name, running, lsn, nofailover)| Peer {
                     name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
                     timeline: peer_timeline, has_data: peers_have_data || running, can_lead: peers_can_lead,
+                    primary: peers_primary && running,
                 }).collect(),
                 nofailover,
                 priority: 1,
@@ -1315,6 +1359,15 @@ mod tests {
             if active && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
                 let listed = obs.sync_standbys.iter().any(|s| s == "b") || obs.sync_leader.as_deref() == Some("b");
                 prop_assert!(listed, "{d}");
+            }
+        }
+
+        #[test]
+        fn nobody_races_while_a_peer_runs_as_a_primary(obs in arb_observed()) {
+            let d = decide(&obs);
+            let primary_alive = obs.peers.iter().any(|p| p.primary);
+            if primary_alive && !matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader {
+                prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
             }
         }
 

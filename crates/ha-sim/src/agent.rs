@@ -114,6 +114,7 @@ impl World {
             has_data: node.pg.data.is_some(),
             fencer_ready: self.fencer_acks(i),
             checkpoint_pending: node.agent.checkpoint_pending,
+            primary: node.pg.run == Run::Primary,
         };
         if self.etcd.members.get(&i).is_none_or(|(m, l)| *m != member || *l != lease) {
             self.etcd.members.insert(i, (member, lease));
@@ -178,6 +179,7 @@ impl World {
                         timeline: m.timeline,
                         has_data: m.has_data,
                         can_lead: m.fencer_ready,
+                        primary: m.primary,
                     })
                     .collect()
             })
@@ -190,10 +192,12 @@ impl World {
                 let j = self.index_of(&peer.name).expect("a member is a node");
                 if !self.link(i, j) || !self.agent_alive(j) {
                     peer.running = false;
+                    peer.primary = false;
                     continue;
                 }
                 let other = &self.nodes[j];
                 peer.running = other.pg.data.is_some();
+                peer.primary = other.pg.run == Run::Primary;
                 peer.lsn = other.pg.running().then(|| other.pg.lsn()).flatten();
                 if peer.running && peer.lsn.is_none() {
                     let since = *self.nodes[i].agent.peer_unknown_since.entry(j).or_insert(now);
@@ -219,7 +223,7 @@ impl World {
         }
         let start_timed_out = agent.primary_down_since.is_some_and(|since| now - since >= self.p.primary_start_timeout);
         let released_leader = agent.released_at.is_some_and(|at| now - at < 2 * self.p.ttl);
-        let config = view.map(|v| v.config.clone()).unwrap_or_else(|| self.etcd.config.clone());
+        let config = view.map(|v| v.config.clone()).unwrap_or_else(|| self.bootstrap.clone());
         let leader = view.and_then(|v| v.leader.map(|(l, _)| l));
         let leader_member = leader.and_then(|l| view.and_then(|v| v.members.get(&l)));
         Observed {
@@ -307,7 +311,7 @@ impl World {
         }
         let obs = self.observe(i, view.as_ref());
         if !obs.holds_leader {
-            let sync_mode = self.etcd.config.sync_mode;
+            let sync_mode = obs.sync_mode;
             let agent = &mut self.nodes[i].agent;
             agent.sync_configured.clear();
             agent.sync_pending = None;
@@ -351,6 +355,8 @@ impl World {
         if etcd_seen && self.nodes[i].pg.running() {
             self.apply_ssn(i);
         }
+        // The agent's status reaches the fencer at every turn.
+        self.nodes[i].fencer_heard |= self.nodes[i].fencer_up;
         if self.holds(i) {
             let deadline = self.nodes[i].agent.lease_deadline;
             self.arm_fencer(i, deadline);
@@ -406,7 +412,11 @@ impl World {
             Action::AcquireLeader => {
                 let lease =
                     lease.filter(|l| self.etcd.leases.contains_key(l)).ok_or("etcd: requested lease not found")?;
-                if !self.fencer_acks(i) {
+                // Re-binding its own key under a running primary needs no
+                // fencer: it already leads, and a proven deadline lets the
+                // agent fence by itself.
+                let rebind = self.nodes[i].pg.run == Run::Primary && self.etcd.leader.is_some_and(|(l, _)| l == i);
+                if !rebind && !self.fencer_acks(i) {
                     return Err("no fencer has acknowledged".into());
                 }
                 if self.nodes[i].pg.run == Run::Replica {

@@ -29,6 +29,8 @@ pub struct Member {
     pub fencer_ready: bool,
     /// `checkpoint_after_promote: false` while a promotion's checkpoint is pending.
     pub checkpoint_pending: bool,
+    /// Its role: a running primary.
+    pub primary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,6 +96,11 @@ pub enum Ev {
         deadline: Time,
     },
     /// The fencer's 10 ms poll finds a primary after its deadline lapsed.
+    /// A (re)started fencer that has heard nothing from its agent judges a
+    /// running primary from etcd (`agent_grace`, 3 s).
+    FencerJudge {
+        node: usize,
+    },
     FencerPoll {
         node: usize,
     },
@@ -192,6 +197,8 @@ pub struct Node {
     pub fencer_deadline: Option<Time>,
     /// A deadline passed with no later one: the fencer stops any primary.
     pub fencer_lapsed: bool,
+    /// The fencer has had a status from the agent since it started.
+    pub fencer_heard: bool,
     pub pg: Pg,
     pub cut_etcd_until: Time,
     pub cut_peers_until: Time,
@@ -231,6 +238,9 @@ pub struct World {
     events: Vec<Option<Ev>>,
     seq: u64,
     pub etcd: Etcd,
+    /// The config file's `bootstrap.dcs`: what an agent goes by when etcd
+    /// does not answer.
+    pub bootstrap: Dynamic,
     pub nodes: Vec<Node>,
     pub next_commit: u64,
     /// Commits acknowledged in synchronous mode: (id, lsn).
@@ -260,6 +270,7 @@ impl World {
                 fencer_down_at: 0,
                 fencer_deadline: None,
                 fencer_lapsed: false,
+                fencer_heard: false,
                 pg: Pg::new(),
                 cut_etcd_until: 0,
                 cut_peers_until: 0,
@@ -279,7 +290,8 @@ impl World {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             seq: 0,
-            etcd: Etcd::new(config),
+            etcd: Etcd::new(config.clone()),
+            bootstrap: config,
             nodes,
             next_commit: 1,
             must_survive: Vec::new(),
@@ -430,6 +442,7 @@ impl World {
             }
             Ev::FencerCheck { node, deadline } => self.fencer_check(node, deadline),
             Ev::DeadlineWake { node, deadline } => self.deadline_wake(node, deadline),
+            Ev::FencerJudge { node } => self.fencer_judge(node),
             Ev::FencerPoll { node } => {
                 let n = &mut self.nodes[node];
                 let writable = matches!(n.pg.run, Run::Primary | Run::Starting { primary: true, .. });
@@ -724,6 +737,44 @@ impl World {
         }
     }
 
+    /// A fencer started beside a silent agent: a running primary is guarded
+    /// by its leader key's lease in etcd, or fenced when etcd cannot say the
+    /// key is this node's (`fencer::judge_from_etcd`).
+    fn fencer_judge(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let writable = matches!(node.pg.run, Run::Primary | Run::Starting { primary: true, .. });
+        if !node.fencer_up || node.crashed || node.fencer_heard || node.fencer_deadline.is_some() || !writable {
+            return;
+        }
+        let lease = self.etcd.leader.filter(|(l, _)| *l == i).and_then(|(_, lease)| self.etcd.leases.get(&lease));
+        match lease.filter(|_| self.etcd_ok(i)) {
+            Some(lease) => {
+                let deadline = lease.expires.saturating_sub(self.p.fence_margin).max(self.now);
+                self.arm_fencer(i, deadline);
+                self.log(Some(i), || {
+                    "fencer: no word from the agent; the leader key's lease bounds this primary".into()
+                });
+            }
+            None => {
+                self.nodes[i].pg.stop_immediate();
+                self.log(Some(i), || {
+                    "fencer: no word from the agent and no leader key of ours: PostgreSQL stopped".into()
+                });
+            }
+        }
+    }
+
+    /// The fencer starts (again): it knows no deadline until the agent
+    /// streams one, and judges from etcd if none comes.
+    fn fencer_start(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.fencer_up = true;
+        node.fencer_heard = false;
+        node.fencer_deadline = None;
+        node.fencer_lapsed = false;
+        self.at(3_000, Ev::FencerJudge { node: i });
+    }
+
     /// The agent streams its proven deadline to the fencer.
     pub fn arm_fencer(&mut self, i: usize, deadline: Time) {
         let node = &mut self.nodes[i];
@@ -785,8 +836,10 @@ impl World {
             // A frozen agent beside a dead fencer leaves nobody to fence
             // but a watchdog, which the model has not: outside the fault
             // model (DESIGN invariant 1; synchronous mode still loses nothing).
-            5 if !self.nodes[i].fencer_up => {}
-            7 if self.nodes[i].agent.paused_until.is_some_and(|t| t > self.now) => {}
+            // Likewise an agent killed (and restarting, with no deadline of
+            // its own yet) beside a dead fencer: see ARCHITECTURE.md.
+            5 | 6 if !self.nodes[i].fencer_up => {}
+            7 if self.nodes[i].agent.paused_until.is_some_and(|t| t > self.now) || !self.nodes[i].agent.up => {}
             5 => {
                 let until = self.now + duration;
                 self.nodes[i].agent.paused_until = Some(until);
@@ -909,7 +962,7 @@ impl World {
             Heal::NodeStart(i) => {
                 if self.nodes[i].crashed {
                     self.nodes[i].crashed = false;
-                    self.nodes[i].fencer_up = true;
+                    self.fencer_start(i);
                     self.start_agent(i);
                     self.log(Some(i), || "node back".into());
                 }
@@ -929,8 +982,8 @@ impl World {
                 }
             }
             Heal::FencerStart(i) => {
-                if !self.nodes[i].crashed {
-                    self.nodes[i].fencer_up = true;
+                if !self.nodes[i].crashed && !self.nodes[i].fencer_up {
+                    self.fencer_start(i);
                 }
             }
         }
@@ -963,7 +1016,9 @@ impl World {
             } else if !self.nodes[i].agent.up {
                 self.start_agent(i);
             }
-            self.nodes[i].fencer_up = true;
+            if !self.nodes[i].fencer_up {
+                self.fencer_start(i);
+            }
         }
         self.healed_at = Some(self.now);
         self.log(None, || "every fault healed".into());

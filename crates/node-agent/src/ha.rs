@@ -418,6 +418,7 @@ impl Agent {
                             || m.data.timeline.is_some()
                             || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
                         can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
+                        primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
                     })
                     .collect()
             })
@@ -577,10 +578,12 @@ impl Agent {
         for (peer, answer) in peers.iter_mut().zip(answers) {
             let Some(status) = answer else {
                 peer.running = false;
+                peer.primary = false;
                 continue;
             };
             peer.running = status.has_data && !status.shutting_down;
             peer.lsn = status.lsn;
+            peer.primary = status.primary;
             if peer.running && peer.lsn.is_none() {
                 let since = *self.peer_unknown_since.entry(peer.name.clone()).or_insert(now);
                 if now.duration_since(since) > patience {
@@ -842,7 +845,13 @@ impl Agent {
                 self.upstream = Some(upstream.clone());
                 Ok(false)
             }
-            Action::AcquireLeader => self.acquire_leader(dynamic).await,
+            Action::AcquireLeader => {
+                // Re-binding its own key under a running primary needs no
+                // fencer: it already leads, and the proven deadline lets this
+                // agent fence by itself (without it, nobody would).
+                let rebind = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+                self.acquire_leader(dynamic, rebind).await
+            }
             Action::StartPrimary => {
                 // Restart in place, but never past primary_start_timeout:
                 // after that the key goes to a replica.
@@ -1162,9 +1171,11 @@ impl Agent {
         }
     }
 
-    async fn acquire_leader(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<bool> {
+    async fn acquire_leader(&mut self, dynamic: &DynamicConfig, rebind: bool) -> anyhow::Result<bool> {
         let lease = self.lease.context("no lease yet")?;
-        self.require_fencer()?;
+        if !rebind {
+            self.require_fencer()?;
+        }
         self.watchdog.arm(dynamic.ttl)?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.

@@ -19,6 +19,8 @@ pub struct PeerStatus {
     pub lsn: Option<u64>,
     /// It is leaving (a clean agent stop): not a candidate.
     pub shutting_down: bool,
+    /// Its PostgreSQL answers as a writable primary.
+    pub primary: bool,
 }
 
 async fn over_grpc(url: String) -> Option<PeerStatus> {
@@ -30,6 +32,7 @@ async fn over_grpc(url: String) -> Option<PeerStatus> {
         has_data: matches!(status.role(), Role::Primary | Role::Replica | Role::StandbyLeader),
         lsn: answering.then(|| status.xlog_location.max(status.receive_lsn).max(status.replay_lsn)),
         shutting_down: status.shutting_down,
+        primary: answering && status.role() == Role::Primary,
     })
 }
 
@@ -44,6 +47,7 @@ pub fn from_patroni_json(body: &Value) -> PeerStatus {
         has_data: matches!(role, "primary" | "master" | "replica" | "standby_leader" | "demoted"),
         lsn: if running { lsn } else { None },
         shutting_down: false,
+        primary: running && matches!(role, "primary" | "master"),
     }
 }
 
@@ -81,11 +85,16 @@ mod tests {
     fn reads_patronis_status_document() {
         let replica = json!({"state": "running", "role": "replica",
             "xlog": {"received_location": 100, "replayed_location": 90, "paused": false}});
-        assert_eq!(from_patroni_json(&replica), PeerStatus { has_data: true, lsn: Some(100), shutting_down: false });
+        let status = PeerStatus { has_data: true, lsn: Some(100), shutting_down: false, primary: false };
+        assert_eq!(from_patroni_json(&replica), status);
         let primary = json!({"state": "running", "role": "primary", "xlog": {"location": 500}});
         assert_eq!(from_patroni_json(&primary).lsn, Some(500));
+        assert!(from_patroni_json(&primary).primary, "a running primary blocks the race");
         let stopped = json!({"state": "stopped", "role": "replica"});
-        assert_eq!(from_patroni_json(&stopped), PeerStatus { has_data: true, lsn: None, shutting_down: false });
+        let status = PeerStatus { has_data: true, lsn: None, shutting_down: false, primary: false };
+        assert_eq!(from_patroni_json(&stopped), status);
+        let stopped_primary = json!({"state": "stopped", "role": "primary"});
+        assert!(!from_patroni_json(&stopped_primary).primary);
         let empty = json!({"state": "stopped", "role": "uninitialized"});
         assert!(!from_patroni_json(&empty).has_data);
     }
