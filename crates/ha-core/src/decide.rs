@@ -609,6 +609,14 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             None => Decision::idle(format!("replica streaming from {leader}")),
             Some(why) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
         },
+        // The key names this member, on a lease its renewal task no longer
+        // proves (a renewal was late, the agent restarted), and PostgreSQL
+        // is not a primary: give the key up (compare-and-swap on value and
+        // lease) so that the race runs, rather than hold it unproven.
+        (PgRun::Replica { .. }, None) if leader_is_me => Decision::act(
+            "the leader key names me, unproven, and PostgreSQL is not a primary: give it up so the race can run",
+            Action::ReleaseLeader,
+        ),
         (PgRun::Replica { .. }, None) if obs.peers.iter().any(|p| p.primary) => {
             let alive: Vec<&str> = obs.peers.iter().filter(|p| p.primary).map(|p| p.name.as_str()).collect();
             Decision::idle(format!(
@@ -985,6 +993,11 @@ mod tests {
                     ..base()
                 },
                 None,
+            ),
+            (
+                "a replica holding its own key unproven gives it up",
+                Observed { leader: Some("b".into()), holds_leader: false, ..base() },
+                Some(Action::ReleaseLeader),
             ),
             (
                 "no leader, but a peer still runs as a primary: nobody races",
@@ -1426,8 +1439,12 @@ mod tests {
         #[test]
         fn only_the_leader_switches_over(obs in arb_observed()) {
             let d = decide(&obs);
-            if matches!(d.action, Some(Action::Switchover { .. } | Action::ReleaseLeader)) {
+            if matches!(d.action, Some(Action::Switchover { .. })) {
                 prop_assert!(obs.holds_leader);
+            }
+            if d.action == Some(Action::ReleaseLeader) {
+                let own_unproven = obs.leader.as_deref() == Some("b") && !matches!(obs.pg, PgRun::Primary { .. });
+                prop_assert!(obs.holds_leader || own_unproven, "{d}");
             }
         }
 
