@@ -411,6 +411,21 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     if let Some(what) = &obs.unsupported {
         return Decision::refuse(format!("{what}: refusing to act (nothing is changed)"));
     }
+    // A former primary's data directory starting up (crash recovery) will
+    // open as a writable primary: it is treated as one.
+    let starting_primary =
+        obs.pg == PgRun::Transitioning && obs.data.as_ref().is_some_and(|d| d.was_primary) && !obs.holds_leader;
+    // Without etcd, the only safe decisions are those about a primary that
+    // can no longer prove the key (DESIGN invariant 1): everything else waits.
+    if !obs.etcd_answered && !matches!(obs.pg, PgRun::Primary { .. }) && !starting_primary {
+        return Decision::idle("etcd unreachable: waiting");
+    }
+    if starting_primary && !obs.paused {
+        return Decision::act(
+            "a primary's data directory is starting up here without the leader key: stop it before it opens for writes",
+            Action::Demote,
+        );
+    }
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
     let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
@@ -992,6 +1007,21 @@ mod tests {
                     pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
                     ..base()
                 },
+                None,
+            ),
+            (
+                "a former primary starting without the key is stopped before it opens",
+                Observed {
+                    leader: None,
+                    pg: PgRun::Transitioning,
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    ..base()
+                },
+                Some(Action::Demote),
+            ),
+            (
+                "without etcd a replica waits",
+                Observed { etcd_answered: false, leader: None, initialize: None, ..base() },
                 None,
             ),
             (

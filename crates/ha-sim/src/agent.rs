@@ -6,7 +6,7 @@
 //! The decisions are not modelled: they are the real functions.
 
 use ha_core::sync::{Standby, SyncInput, SyncStep, next_step};
-use ha_core::{Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, decide};
+use ha_core::{Action, DataDir, FailoverRequest, Observed, Peer, PgRun, decide};
 
 use crate::model::{Data, Failover, Member, Run, Ssn, SyncKey, View};
 use crate::world::{Ev, Step, World};
@@ -318,11 +318,7 @@ impl World {
             agent.sync_rebuilt = false;
             agent.wanted_ssn = if sync_mode { Ssn::Placeholder } else { Ssn::Async };
         }
-        let decision = if view.is_none() && !matches!(obs.pg, PgRun::Primary { .. }) {
-            Decision { reason: "etcd unreachable: waiting".into(), action: None, refused: false }
-        } else {
-            decide(&obs)
-        };
+        let decision = decide(&obs);
         if decision.reason != self.nodes[i].agent.last_reason || decision.action.is_some() {
             let shown = decision.to_string();
             self.log(Some(i), || format!("tick: {shown}"));

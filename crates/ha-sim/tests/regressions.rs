@@ -20,6 +20,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (6046, "finding 13: a start in crash recovery outlived the lease and came up writable beside the new leader"),
     (39, "liveness: synchronous mode turned on with the leader's PostgreSQL down: nobody could ever lead"),
     (2, "liveness: a replica past the end of its timeline waited forever instead of rewinding"),
+    (20909, "pause: a restarted agent never re-bound its running primary's key; a replica raced when the pause ended"),
+    (10354, "a restarted agent could not re-bind its running primary's key without a fencer; the old lease ran out"),
+    (8109, "liveness: a replica held its own key unproven after a late renewal; nobody could lead"),
+    (83138, "an agent restarted during a start in crash recovery left the postmaster to open writable without the key"),
 ];
 
 #[test]

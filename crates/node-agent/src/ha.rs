@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use dcs::{ClusterView, Etcd, Keys, MemberData, Status};
 use election::{Acquired, BootInstant, Election, ElectionSettings, Lease, LeaseState, RenewalHandle, spawn_renewal};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use ha_core::{Action, DataDir, Decision, Observed, Peer, PgRun, decide};
+use ha_core::{Action, DataDir, Observed, Peer, PgRun, decide};
 use pgwarden_config::{Config, DynamicConfig, Problems};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
@@ -685,13 +685,9 @@ impl Agent {
                     .then(|| ha_core::sync::standby_names(&[], true)),
             );
         }
-        // Without etcd, the only safe decisions are those about a primary
+        // Without etcd, `decide` acts only on a primary (or one starting)
         // that can no longer prove the key: everything else waits.
-        let decision = if view.is_none() && !matches!(obs.pg, PgRun::Primary { .. }) {
-            Decision { reason: "etcd unreachable: waiting".into(), action: None, refused: false }
-        } else {
-            decide(&obs)
-        };
+        let decision = decide(&obs);
         if decision.reason != self.last_reason || decision.action.is_some() {
             if decision.refused {
                 error!(reason = %decision.reason, "ha tick");
