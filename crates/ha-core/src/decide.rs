@@ -96,6 +96,9 @@ pub struct Observed {
     /// `None`: no initialised data directory.
     pub data: Option<DataDir>,
     pub pg: PgRun,
+    /// The postmaster is starting up (its pid file says so: crash recovery
+    /// or a start in progress), not merely silent to queries.
+    pub pg_starting: bool,
     /// The `initialize` key: `None` absent, `Some("")` while a bootstrap runs.
     pub initialize: Option<String>,
     /// Holder of the leader key.
@@ -413,8 +416,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     }
     // A former primary's data directory starting up (crash recovery) will
     // open as a writable primary: it is treated as one.
-    let starting_primary =
-        obs.pg == PgRun::Transitioning && obs.data.as_ref().is_some_and(|d| d.was_primary) && !obs.holds_leader;
+    let starting_primary = obs.pg == PgRun::Transitioning
+        && obs.pg_starting
+        && obs.data.as_ref().is_some_and(|d| d.was_primary)
+        && !obs.holds_leader;
     // Without etcd, the only safe decisions are those about a primary that
     // can no longer prove the key (DESIGN invariant 1): everything else waits.
     if !obs.etcd_answered && !matches!(obs.pg, PgRun::Primary { .. }) && !starting_primary {
@@ -682,6 +687,7 @@ mod tests {
             me: "b".into(),
             data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }),
             pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+            pg_starting: false,
             initialize: Some("7".into()),
             leader: Some("a".into()),
             holds_leader: false,
@@ -1014,10 +1020,21 @@ mod tests {
                 Observed {
                     leader: None,
                     pg: PgRun::Transitioning,
+                    pg_starting: true,
                     data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
                     ..base()
                 },
                 Some(Action::Demote),
+            ),
+            (
+                "a running primary merely silent to queries (no status yet) is not stopped",
+                Observed {
+                    leader: Some("b".into()),
+                    pg: PgRun::Transitioning,
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    ..base()
+                },
+                None,
             ),
             (
                 "without etcd a replica waits",
@@ -1317,13 +1334,15 @@ mod tests {
             can_lead in any::<bool>(),
             peers_can_lead in any::<bool>(),
             peers_primary in any::<bool>(),
+            pg_starting in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
             Observed {
                 me: "b".into(),
                 data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1 }),
-                pg: if has_data { pg } else { PgRun::Stopped },
+                pg: if has_data { pg.clone() } else { PgRun::Stopped },
+                pg_starting: pg_starting && pg == PgRun::Transitioning,
                 initialize,
                 leader,
                 holds_leader,
@@ -1452,7 +1471,12 @@ mod tests {
             let d = decide(&obs);
             if obs.paused {
                 let named = obs.failover.as_ref().is_some_and(|f| f.candidate.is_some());
+                // A running primary keeps or takes back its own key.
+                let own_key = matches!(obs.pg, PgRun::Primary { .. })
+                    && d.action == Some(Action::AcquireLeader)
+                    && obs.leader.as_deref().is_none_or(|l| l == "b");
                 let allowed = matches!(d.action, None | Some(Action::ClearFailover))
+                    || own_key
                     || (named && matches!(d.action, Some(Action::Switchover { candidate: Some(_) }) | Some(Action::AcquireLeader)));
                 prop_assert!(allowed, "{d}");
             }

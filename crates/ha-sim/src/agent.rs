@@ -229,6 +229,7 @@ impl World {
         Observed {
             me: name(i),
             data,
+            pg_starting: matches!(self.nodes[i].pg.run, Run::Starting { .. }),
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
             leader: if view.is_none() && holds_leader { Some(name(i)) } else { leader.map(name) },

@@ -463,6 +463,7 @@ impl Agent {
         Observed {
             me,
             data,
+            pg_starting: local.sql.is_none() && local.postmaster.state == ha_proto::v1::PostgresState::Starting,
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
             leader: if view.is_none() && holds_leader {
