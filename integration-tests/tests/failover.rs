@@ -482,3 +482,61 @@ async fn a_primary_still_in_crash_recovery_past_primary_start_timeout_is_stopped
     let log = setup.cluster.nodes[leader].agent_log();
     assert!(log.contains("stop it before releasing the leader key"), "{log}");
 }
+
+/// Fence mechanics (issue 20, finding 12): the primary's agent frozen and
+/// its postmaster frozen too (SIGSTOP: `pg_ctl stop` cannot stop it). At the
+/// deadline the fencer must kill the postmaster and every one of its
+/// processes (a backend outlives a killed postmaster and could still
+/// acknowledge a commit), check that they are gone, and only then say
+/// "fenced"; a replica then takes over, and no two nodes ever accept writes.
+#[tokio::test]
+async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks() {
+    let setup = setup(3, |_| String::new()).await;
+    let cluster = &setup.cluster;
+    let leader = cluster.wait_primary(UP).await.expect("a primary");
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("every node answers the probe");
+    let postmaster = cluster.nodes[leader].postmaster_pid().expect("postmaster");
+    let children: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: i32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == postmaster).then_some(pid)
+        })
+        .collect();
+    assert!(!children.is_empty(), "the postmaster has processes");
+    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(postmaster), nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    let new_leader = wait_until("a replica to take over", UP, || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] if *one != leader => Ok(Some(*one)),
+            _ => Err(format!("{primaries:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", cluster.nodes[leader].health_log()));
+    let log = cluster.nodes[leader].health_log();
+    assert!(log.contains("killing its processes and the postmaster"), "{log}");
+    assert!(log.contains("fenced: the postmaster is gone"), "{log}");
+    let alive: Vec<i32> = children
+        .iter()
+        .chain([&postmaster])
+        .copied()
+        .filter(|&pid| pgwarden_integration_tests::process::is_running(pid))
+        .collect();
+    assert!(alive.is_empty(), "processes of the fenced instance still run: {alive:?}");
+    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
+    let report = probe.stop().await;
+    println!(
+        "fence by kill: new primary {}; two-writer time {:.3} s; nodes that accepted writes {:?}",
+        cluster.nodes[new_leader].name,
+        report.two_writer_seconds(),
+        report.writers()
+    );
+    assert_eq!(report.two_writer_seconds(), 0.0, "two nodes accepted writes at once");
+}

@@ -88,10 +88,13 @@ fn primary_running(settings: &FencerSettings) -> Option<u32> {
     (alive && local.role == Role::Primary && local.postmaster_pid != 0).then_some(local.postmaster_pid)
 }
 
-/// Stops PostgreSQL at once: `pg_ctl stop -m immediate`, then SIGKILL to the
-/// postmaster if it is still there after a second.
-async fn fence(settings: &FencerSettings, why: &str) {
-    let Some(pid) = primary_running(settings) else { return };
+/// Stops PostgreSQL at once: `pg_ctl stop -m immediate`; if the postmaster
+/// is still there after 2 s, SIGKILL to its children (a backend outlives a
+/// killed postmaster and could still acknowledge a commit) and to it; then
+/// checks that every one of them is gone. Returns whether it is (a failure
+/// is logged and the caller tries again at its next turn, 10 ms later).
+async fn fence(settings: &FencerSettings, why: &str) -> bool {
+    let Some(pid) = primary_running(settings) else { return true };
     error!(pid, reason = why, "fencing: stopping PostgreSQL immediately");
     let stop = tokio::process::Command::new(&settings.pg_ctl)
         .arg("-D")
@@ -103,11 +106,29 @@ async fn fence(settings: &FencerSettings, why: &str) {
         .kill_on_drop(true)
         .status();
     let stopped = tokio::time::timeout(Duration::from_secs(2), stop).await.is_ok_and(|s| s.is_ok_and(|s| s.success()));
+    let mut left = vec![pid];
     if !stopped && pg_local::is_running(pid) {
-        warn!(pid, "pg_ctl did not stop PostgreSQL: killing the postmaster");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        warn!(pid, "pg_ctl did not stop PostgreSQL: killing its processes and the postmaster");
+        left = pg_local::children_of(pid);
+        left.push(pid);
+        for &process in &left {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(process as i32), nix::sys::signal::Signal::SIGKILL);
+        }
     }
-    info!("fenced");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let alive: Vec<u32> = left.iter().copied().filter(|&p| pg_local::is_running(p)).collect();
+        if alive.is_empty() {
+            info!("fenced: the postmaster is gone");
+            return true;
+        }
+        if Instant::now() >= deadline {
+            error!(?alive, "fencing failed: these processes are still running; trying again");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Judges a primary found running with no agent at start-up: guarded by
@@ -185,8 +206,12 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
                     heard_agent = true;
                 }
                 Judgement::Fence => {
-                    fence(&settings, "a primary runs with no agent and no leader key of ours in etcd").await;
-                    state.send_replace(FencerState::Fenced);
+                    if fence(&settings, "a primary runs with no agent and no leader key of ours in etcd").await {
+                        state.send_replace(FencerState::Fenced);
+                    } else {
+                        // Not done: from now on any primary here is fenced.
+                        lapsed = true;
+                    }
                     heard_agent = true;
                 }
             }
@@ -194,16 +219,21 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
         if let Some(deadline) = armed
             && now_ns() >= deadline
         {
-            if primary_running(&settings).is_some() {
-                fence(&settings, "the leader deadline passed without a renewal from the agent").await;
+            if primary_running(&settings).is_some()
+                && fence(&settings, "the leader deadline passed without a renewal from the agent").await
+            {
                 state.send_replace(FencerState::Fenced);
             }
+            // Also when the fence failed: the lapsed rule below tries again.
             armed = None;
             lapsed = true;
         }
-        if lapsed && armed.is_none() && primary_running(&settings).is_some() {
-            fence(&settings, "a primary started after the leader deadline lapsed, with no new deadline from the agent")
-                .await;
+        if lapsed
+            && armed.is_none()
+            && primary_running(&settings).is_some()
+            && fence(&settings, "a primary runs after the leader deadline lapsed, with no new deadline from the agent")
+                .await
+        {
             state.send_replace(FencerState::Fenced);
         }
         if let Some(deadline_ns) = armed {

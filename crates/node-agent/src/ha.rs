@@ -1922,18 +1922,33 @@ impl Agent {
     async fn shut_down(&mut self) {
         // Peers racing for the key must not wait for this member.
         self.view.send_modify(|view| view.shutting_down = true);
+        let mut stopped = true;
         if self.managed {
             info!("shutting down: stopping PostgreSQL");
             if let Some(role) = self.seen_running {
                 self.callbacks.before_stop(role).await;
             }
             if let Err(e) = self.pg.stop("fast").await {
-                error!("failed to stop PostgreSQL: {e:#}");
+                error!("failed to stop PostgreSQL: {e:#}; stopping it immediately");
+                if let Err(e) = self.pg.stop("immediate").await {
+                    error!("failed to stop PostgreSQL: {e:#}");
+                    stopped = false;
+                }
             }
         } else {
             info!("shutting down: leaving PostgreSQL as it is (this agent never managed it)");
         }
         let handle = self.renewal.take();
+        if !stopped {
+            // A PostgreSQL that may still run as primary keeps the key: it
+            // goes only when the lease runs out, after the fencer's deadline
+            // (finding 12 of the safety review: it used to be released).
+            error!("PostgreSQL did not stop: the leader key is not released; it expires with the lease");
+            if let Some(handle) = handle {
+                let _ = handle.stop().await;
+            }
+            return;
+        }
         let election = match handle {
             Some(handle) => handle.stop().await,
             None => None,

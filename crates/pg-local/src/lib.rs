@@ -41,6 +41,20 @@ pub fn is_running(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// The processes whose parent is `pid` (a postmaster's backends and workers).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
 pub fn observe(data_dir: &Path) -> LocalPostgres {
     let stopped = |role| LocalPostgres { state: PostgresState::Stopped, role, postmaster_pid: 0 };
     if !data_dir.join("PG_VERSION").exists() {
