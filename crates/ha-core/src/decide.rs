@@ -828,6 +828,13 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_prints_its_reason_and_action() {
+        let acting = Decision::act("no leader", Action::AcquireLeader);
+        assert_eq!(acting.to_string(), "no leader: AcquireLeader");
+        assert_eq!(Decision::idle("waiting").to_string(), "waiting");
+    }
+
+    #[test]
     fn table() {
         let cases: Vec<(&str, Observed, Option<Action>)> = vec![
             ("streaming replica of the leader idles", base(), None),
@@ -1040,6 +1047,60 @@ mod tests {
                 "without etcd a replica waits",
                 Observed { etcd_answered: false, leader: None, initialize: None, ..base() },
                 None,
+            ),
+            // Cases that pin the candidate rule down (each kills a mutant
+            // `cargo mutants` found surviving; docs/mutants.md).
+            (
+                "a rival with failover_priority 0 never holds me back, whatever its position",
+                Observed { leader: None, peers: vec![Peer { priority: 0, ..peer("a", 500) }], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "a rival beyond the lag limit never holds me back, whatever its priority",
+                Observed {
+                    leader: None,
+                    cluster_optime: Some(1000),
+                    maximum_lag_on_failover: 950,
+                    peers: vec![Peer { priority: 5, ..peer("a", 1) }],
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "a rival behind me with a smaller name does not hold me back",
+                Observed { leader: None, peers: vec![peer("a", 50)], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "an equal rival with a larger name does not hold me back",
+                Observed { leader: None, peers: vec![peer("c", 100)], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "an equal rival with a smaller name goes first",
+                Observed { leader: None, peers: vec![peer("a", 100)], ..base() },
+                None,
+            ),
+            (
+                "a member named in the failover key with failover_priority 0 never takes the key",
+                Observed { leader: None, priority: 0, failover: request(None, Some("b")), ..base() },
+                None,
+            ),
+            (
+                "out of synchronous mode a stale sync key restricts nobody",
+                Observed {
+                    leader: None,
+                    sync_mode: false,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["c".into()],
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "the last primary resumes when its own key names it on its timeline",
+                Observed { leader: Some("b".into()), leader_timeline: Some(1), ..resumable() },
+                Some(Action::AcquireLeader),
             ),
             (
                 "a replica holding its own key unproven gives it up",
