@@ -257,6 +257,14 @@ pub struct Log {
     pub mode: u32,
 }
 
+/// How long the fencer gives `pg_ctl stop -m immediate` to stop a primary.
+pub const FENCE_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the fencer then gives the SIGKILLed processes to be gone.
+pub const FENCE_KILL_CHECK: Duration = Duration::from_millis(500);
+/// The fencer's worst case to stop a primary: `pgwarden.fence_margin` may not
+/// be shorter (finding 12 of the safety review).
+pub const FENCE_WORST_CASE: Duration = FENCE_STOP_TIMEOUT.saturating_add(FENCE_KILL_CHECK);
+
 /// Settings Patroni lacks; every key optional (see `keys.tsv`).
 #[derive(Debug, Clone)]
 pub struct Pgwarden {
@@ -797,7 +805,19 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
         derived(r, "pgwarden.controller_grpc_listen", &restapi.listen, CONTROLLER_GRPC_PORT_OFFSET);
     let controller_grpc_connect_address =
         advertised(r, "pgwarden.controller_grpc_connect_address", &controller_grpc_listen);
-    let fence_margin = r.number("pgwarden.fence_margin", 0.1).unwrap_or(2.0);
+    let fence_margin = r.number("pgwarden.fence_margin", 0.0).unwrap_or(2.0);
+    if fence_margin < FENCE_WORST_CASE.as_secs_f64() {
+        r.problems.error(
+            "pgwarden.fence_margin",
+            format!(
+                "{fence_margin} s is shorter than the fencer's worst case to stop PostgreSQL ({} s: `pg_ctl stop -m \
+                 immediate`, then a kill and its check): the lease could expire, and a replica be promoted, before \
+                 the old primary is stopped; set at least {}",
+                FENCE_WORST_CASE.as_secs_f64(),
+                FENCE_WORST_CASE.as_secs_f64()
+            ),
+        );
+    }
     let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
     let require_fencer = r.bool("pgwarden.require_fencer", true);
     let grpc_tls = grpc_tls(r);

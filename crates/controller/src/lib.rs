@@ -369,5 +369,6 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         "pgwarden.controller_grpc_listen (default: restapi.listen port + 2000)",
     )
     .await?;
+    pgwarden_runtime::warn_if_writes_are_open(&listener, &config, "the controller's gRPC API");
     run(config, listener, pgwarden_runtime::shutdown_signal()).await
 }

@@ -89,7 +89,7 @@ fn primary_running(settings: &FencerSettings) -> Option<u32> {
 }
 
 /// Stops PostgreSQL at once: `pg_ctl stop -m immediate`; if the postmaster
-/// is still there after 2 s, SIGKILL to its children (a backend outlives a
+/// is still there after 1 s, SIGKILL to its children (a backend outlives a
 /// killed postmaster and could still acknowledge a commit) and to it; then
 /// checks that every one of them is gone. Returns whether it is (a failure
 /// is logged and the caller tries again at its next turn, 10 ms later).
@@ -105,7 +105,9 @@ async fn fence(settings: &FencerSettings, why: &str) -> bool {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .status();
-    let stopped = tokio::time::timeout(Duration::from_secs(2), stop).await.is_ok_and(|s| s.is_ok_and(|s| s.success()));
+    let stopped = tokio::time::timeout(pgwarden_config::FENCE_STOP_TIMEOUT, stop)
+        .await
+        .is_ok_and(|s| s.is_ok_and(|s| s.success()));
     let mut left = vec![pid];
     if !stopped && pg_local::is_running(pid) {
         warn!(pid, "pg_ctl did not stop PostgreSQL: killing its processes and the postmaster");
@@ -116,7 +118,7 @@ async fn fence(settings: &FencerSettings, why: &str) -> bool {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(process as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + pgwarden_config::FENCE_KILL_CHECK;
     loop {
         let alive: Vec<u32> = left.iter().copied().filter(|&p| pg_local::is_running(p)).collect();
         if alive.is_empty() {

@@ -397,5 +397,6 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         "pgwarden.agent_grpc_listen (default: restapi.listen port + 1000)",
     )
     .await?;
+    pgwarden_runtime::warn_if_writes_are_open(&listener, &config, "the agent's gRPC API");
     run(config, args.config.path(), listener, fencer_token, pgwarden_runtime::shutdown_signal()).await
 }

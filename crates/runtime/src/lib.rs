@@ -152,6 +152,26 @@ pub async fn bind(
     })
 }
 
+/// Warns once at start when state-changing endpoints (`what`) listen on
+/// an address other hosts can reach and `restapi.authentication` is not set:
+/// anyone who reaches the port can then switch over, restart or reinit.
+pub fn warn_if_writes_are_open(listener: &tokio::net::TcpListener, config: &pgwarden_config::Config, what: &str) {
+    let Ok(address) = listener.local_addr() else { return };
+    if writes_are_open(address, config.restapi.authentication.is_some()) {
+        tracing::warn!(
+            %address,
+            "{what} accepts state-changing requests from anyone who reaches {address}: set restapi.authentication \
+             (and TLS), or listen on a loopback or private address only"
+        );
+    }
+}
+
+/// Whether write endpoints on `address` are open to other hosts without
+/// credentials (a wildcard address counts as reachable).
+fn writes_are_open(address: std::net::SocketAddr, authenticated: bool) -> bool {
+    !authenticated && !address.ip().is_loopback()
+}
+
 /// systemd notifications (`Type=notify` units). Outside systemd
 /// (`NOTIFY_SOCKET` unset) every call does nothing.
 pub mod notify {
@@ -189,5 +209,21 @@ pub mod notify {
     /// The unit's watchdog timeout, when systemd set one for this process.
     pub fn watchdog_enabled() -> Option<Duration> {
         sd_notify::watchdog_enabled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_write_endpoints_are_those_others_reach_without_credentials() {
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().expect("address");
+        assert!(writes_are_open(at("0.0.0.0:8008"), false));
+        assert!(writes_are_open(at("10.0.0.11:8008"), false));
+        assert!(writes_are_open(at("[::]:8008"), false));
+        assert!(!writes_are_open(at("127.0.0.1:8008"), false));
+        assert!(!writes_are_open(at("[::1]:8008"), false));
+        assert!(!writes_are_open(at("0.0.0.0:8008"), true));
     }
 }
