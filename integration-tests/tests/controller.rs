@@ -516,3 +516,54 @@ async fn a_foreign_process_cannot_pose_as_a_members_fencer() {
     .await
     .expect("fencer_ready true");
 }
+
+/// `restapi.allowlist` (Patroni's): a write from an address outside it is
+/// refused with 403 before the credentials are looked at, and writes
+/// nothing; a network that holds the client lets it through to the usual
+/// checks; `allowlist_include_members` lets in the hosts of the members'
+/// own addresses (here 127.0.0.1).
+#[tokio::test]
+async fn writes_from_outside_restapi_allowlist_are_refused() {
+    let (mut cluster, leader) = cluster(|_| String::new()).await;
+    let path = cluster.nodes[leader].config_path();
+    let original = std::fs::read_to_string(&path).expect("read config");
+    let body = format!(r#"{{"leader":"{}","candidate":"nobody"}}"#, leader_name(&cluster, leader));
+    let authorization = auth();
+    let headers = [("Authorization", authorization.as_str()), ("Content-Type", "application/json")];
+    let port = cluster.nodes[leader].rest_port;
+    let with_allowlist = async |cluster: &mut PgwardenCluster, lines: &str| -> (u16, String) {
+        let node = &mut cluster.nodes[leader];
+        node.kill_health();
+        let text = original.replacen("\nrestapi:\n", &format!("\nrestapi:\n{lines}"), 1);
+        std::fs::write(&path, text).expect("write config");
+        node.start_health().expect("health API");
+        wait_until("the health API to answer a write", UP, || async {
+            match http_with("POST", port, "/switchover", &headers, &body, Duration::from_secs(30)) {
+                Ok((status, text)) if status != 503 => Ok(Some((status, text))),
+                Ok((status, text)) => Err(format!("{status} {text}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .expect("an answer")
+    };
+
+    let (status, text) = with_allowlist(&mut cluster, "  allowlist: ['10.255.255.1', '192.0.2.0/24']\n").await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("Access is denied"), "{text}");
+    assert_eq!(cluster.get_key("failover").await.expect("etcd"), None, "nothing written");
+    assert!(cluster.nodes[leader].health_log().contains("not in restapi.allowlist"));
+
+    // A network that holds the client: the request reaches the usual checks
+    // (an unknown candidate: refused by the controller, not by the allowlist).
+    let (status, text) = with_allowlist(&mut cluster, "  allowlist: ['10.255.255.1', '127.0.0.0/8']\n").await;
+    assert_ne!(status, 403, "{text}");
+    assert!(text.contains("nobody"), "{text}");
+
+    // Only the members' hosts.
+    let (status, text) =
+        with_allowlist(&mut cluster, "  allowlist: ['10.255.255.1']\n  allowlist_include_members: true\n").await;
+    assert_ne!(status, 403, "{text}");
+    assert!(text.contains("nobody"), "{text}");
+    assert_eq!(cluster.get_key("failover").await.expect("etcd"), None, "an unknown candidate writes nothing");
+}

@@ -103,6 +103,11 @@ pub struct RestApi {
     /// `none`, `optional` or `required`.
     pub verify_client: String,
     pub authentication: Option<BasicAuth>,
+    /// `restapi.allowlist`: hosts and CIDR networks allowed to call the
+    /// write endpoints (empty: no restriction by address).
+    pub allowlist: Vec<String>,
+    /// `restapi.allowlist_include_members`: the members' hosts too.
+    pub allowlist_include_members: bool,
 }
 
 impl RestApi {
@@ -255,6 +260,28 @@ pub struct Log {
     pub dateformat: Option<Vec<logformat::DatePart>>,
     /// `log.mode`: permissions of the files in `log.dir` (default 0600).
     pub mode: u32,
+}
+
+/// `restapi.allowlist`: each entry an address, a host name, or a CIDR
+/// network whose prefix fits the address family.
+fn allowlist(r: &mut Reader) -> Vec<String> {
+    let entries = r.string_list("restapi.allowlist");
+    for entry in &entries {
+        if let Some((address, prefix)) = entry.trim().split_once('/') {
+            let max = match address.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 32,
+                Ok(std::net::IpAddr::V6(_)) => 128,
+                Err(_) => {
+                    r.problems.error("restapi.allowlist", format!("{entry:?}: a network is address/prefix"));
+                    continue;
+                }
+            };
+            if prefix.parse::<u8>().ok().is_none_or(|p| p > max) {
+                r.problems.error("restapi.allowlist", format!("{entry:?}: the prefix length must be 0 to {max}"));
+            }
+        }
+    }
+    entries
 }
 
 /// How long the fencer gives `pg_ctl stop -m immediate` to stop a primary.
@@ -913,6 +940,8 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
             .choice("restapi.verify_client", &["none", "optional", "required"])
             .unwrap_or_else(|| "none".into()),
         authentication: basic_auth(&mut r, "restapi.authentication"),
+        allowlist: allowlist(&mut r),
+        allowlist_include_members: r.bool("restapi.allowlist_include_members", false),
     });
 
     r.section("ctl");

@@ -5,6 +5,7 @@
 //! It never changes PostgreSQL or etcd itself, except through the fencer that
 //! the fencing work adds.
 
+pub mod allowlist;
 pub mod checks;
 pub mod cluster;
 pub mod feed;
@@ -56,6 +57,32 @@ pub struct WriteSettings {
     pub authentication: Option<pgwarden_config::BasicAuth>,
     /// HTTPS, and whether write endpoints need a client certificate.
     pub tls: Option<(tokio_rustls::TlsAcceptor, tls::ClientCerts)>,
+    /// `restapi.allowlist` (names resolved at start) and `allowlist_include_members`.
+    pub allowlist: allowlist::Allowlist,
+}
+
+/// Whether `peer` may call the write endpoints: in the allowlist, or (with
+/// `allowlist_include_members`) the host of a registered member's REST or
+/// PostgreSQL address, as etcd lists them now.
+async fn allowed(shared: &Shared, peer: std::net::IpAddr) -> bool {
+    let list = &shared.writes.allowlist;
+    if list.is_open() || list.allows(peer) {
+        return true;
+    }
+    if !list.include_members {
+        return false;
+    }
+    let Some((etcd, keys)) = &shared.etcd else { return false };
+    let Ok(view) = dcs::read_cluster(etcd, keys).await else { return false };
+    for member in &view.members {
+        let urls = [member.data.api_url.as_str(), member.data.conn_url.as_str()];
+        for host in urls.into_iter().filter_map(allowlist::url_host) {
+            if allowlist::resolve_host(host).await.iter().any(|n| n.contains(peer)) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// `/cluster`, `/history` and `/config` read etcd; the checks do not.
@@ -105,6 +132,10 @@ async fn respond(
     if write::handles(request.method(), &path) {
         let method = request.method().clone();
         let needs_cert = shared.writes.tls.as_ref().is_some_and(|(_, mode)| *mode != tls::ClientCerts::None);
+        if !allowed(shared, peer.ip()).await {
+            warn!(client = %peer, %method, path, "refused a write request: the client is not in restapi.allowlist");
+            return text_response(StatusCode::FORBIDDEN, "Access is denied\n".into(), false);
+        }
         if needs_cert && !client_verified {
             warn!(client = %peer, %method, path, "refused a write request: no verified client certificate");
             let text = "this endpoint needs a client certificate signed by restapi.cafile\n";
@@ -386,6 +417,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             controller_url: config.pgwarden.controller_grpc_url(),
             authentication: config.restapi.authentication.clone(),
             tls: tls::acceptor(&config.restapi)?,
+            allowlist: allowlist::Allowlist {
+                networks: allowlist::resolve(&config.restapi.allowlist).await,
+                include_members: config.restapi.allowlist_include_members,
+            },
         },
         listener,
         pgwarden_runtime::shutdown_signal(),
