@@ -149,6 +149,9 @@ pub struct Observed {
     /// This member may take the leader key: its fencer acknowledges (or
     /// `require_fencer` is off).
     pub can_lead: bool,
+    /// The fencer beside this agent has been silent for a while (not merely
+    /// not yet heard from after a start): a leader hands over.
+    pub fencer_lost: bool,
     /// The cluster's dynamic config sets something pgwarden does not
     /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
     /// carried by the `sync` key): what, and what to do.
@@ -443,7 +446,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             // The fencer beside this agent went silent: a further fault (the
             // agent frozen) would leave nobody to fence this primary. Hand
             // over while that is still clean; stay if nobody can take over.
-            (PgRun::Primary { .. }, None) if !obs.can_lead && !obs.paused => match switchover_candidate(obs) {
+            (PgRun::Primary { .. }, None) if obs.fencer_lost && !obs.paused => match switchover_candidate(obs) {
                 Some(candidate) => Decision::act(
                     format!("leader, but the fencer beside this agent stopped acknowledging: hand over to {candidate}"),
                     Action::Switchover { candidate: None },
@@ -712,6 +715,7 @@ mod tests {
             not_streaming: None,
             unsupported: None,
             can_lead: true,
+            fencer_lost: false,
         }
     }
 
@@ -1124,12 +1128,17 @@ mod tests {
             ),
             (
                 "leader whose fencer went silent hands over to an eligible replica",
-                Observed { can_lead: false, ..leader() },
+                Observed { can_lead: false, fencer_lost: true, ..leader() },
                 Some(Action::Switchover { candidate: None }),
             ),
             (
                 "leader whose fencer went silent stays when nobody can take over",
-                Observed { can_lead: false, peers: vec![], ..leader() },
+                Observed { can_lead: false, fencer_lost: true, peers: vec![], ..leader() },
+                None,
+            ),
+            (
+                "a leader not yet acknowledged by its fencer (an agent just restarted) keeps leading",
+                Observed { can_lead: false, fencer_lost: false, ..leader() },
                 None,
             ),
             (
@@ -1432,6 +1441,7 @@ mod tests {
                 not_streaming: None,
                 unsupported: None,
                 can_lead,
+                fencer_lost: !can_lead,
             }
         }
     }

@@ -913,29 +913,19 @@ impl World {
                 self.log(None, || format!("operator #{index}: failover to {name}"));
             }
             3 => {
-                self.etcd.config.pause = !self.etcd.config.pause;
-                self.etcd.bump();
-                let on = self.etcd.config.pause;
-                self.log(None, || format!("operator #{index}: pause {on}"));
+                self.toggle(index, "pause", |c| &mut c.pause);
             }
             4 => {
-                self.etcd.config.sync_mode = !self.etcd.config.sync_mode;
-                self.etcd.bump();
-                if !self.etcd.config.sync_mode {
+                if !self.toggle(index, "synchronous_mode", |c| &mut c.sync_mode) {
                     self.must_survive.clear();
                 }
                 // A mode change takes effect at the leader's next loop.
                 for node in &mut self.nodes {
                     node.sync_seen = false;
                 }
-                let on = self.etcd.config.sync_mode;
-                self.log(None, || format!("operator #{index}: synchronous_mode {on}"));
             }
             5 => {
-                self.etcd.config.strict = !self.etcd.config.strict;
-                self.etcd.bump();
-                let on = self.etcd.config.strict;
-                self.log(None, || format!("operator #{index}: synchronous_mode_strict {on}"));
+                self.toggle(index, "synchronous_mode_strict", |c| &mut c.strict);
             }
             _ => {
                 self.etcd.config.node_count = 3 - self.etcd.config.node_count;
@@ -944,6 +934,17 @@ impl World {
                 self.log(None, || format!("operator #{index}: synchronous_node_count {n}"));
             }
         }
+    }
+
+    /// An operator's edit of the `config` key turning `what` over; returns
+    /// its new value.
+    fn toggle(&mut self, index: usize, what: &str, field: fn(&mut Dynamic) -> &mut bool) -> bool {
+        let value = field(&mut self.etcd.config);
+        *value = !*value;
+        let on = *value;
+        self.etcd.bump();
+        self.log(None, || format!("operator #{index}: {what} {on}"));
+        on
     }
 
     fn heal(&mut self, heal: Heal) {

@@ -98,6 +98,8 @@ pub struct Agent {
     /// read at and when: reused while the watch reports no change.
     cached_view: Option<(ClusterView, u64, Instant)>,
     fencer_acks: crate::grpc::FencerAcks,
+    /// When this agent started.
+    started: Instant,
     /// Restart, reinitialize, reload, parameter checks: carried out between ticks.
     commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
     /// The config file, re-read by a reload.
@@ -129,6 +131,9 @@ pub struct Requests {
 
 /// A fencer acknowledgement older than this does not count.
 pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
+/// A leader whose fencer has been silent this long hands over (a restarted
+/// agent first waits this long for its fencer to reconnect).
+const FENCER_LOST_AFTER: Duration = Duration::from_secs(10);
 
 /// How long a cluster view read from etcd is reused while the watch on the
 /// cluster's prefix reports no change (a safety net against a watch that
@@ -222,6 +227,7 @@ impl Agent {
             wake: std::sync::Arc::new(ClusterWatch::default()),
             cached_view: None,
             fencer_acks,
+            started: Instant::now(),
         }
     }
 
@@ -501,6 +507,7 @@ impl Agent {
             sync_leader: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.leader.clone()),
             etcd_answered: view.is_some(),
             can_lead: self.fencer_ready(),
+            fencer_lost: self.fencer_lost(),
             not_streaming,
             unsupported: if dynamic.standby_cluster {
                 Some(
@@ -981,9 +988,20 @@ impl Agent {
     /// Writes the `sync` key as this leader's with no standby
     /// (compare-and-swap against the tick's view).
     async fn reset_sync_key(&mut self, view: &ClusterView) -> anyhow::Result<()> {
+        if !self.write_sync_key(view, &[]).await? {
+            bail!("promote: the sync key changed while resetting it; not promoting");
+        }
+        info!("synchronous mode: the sync key names this leader, with no standby yet");
+        Ok(())
+    }
+
+    /// Writes the `sync` key: this leader and `standbys`, by compare-and-swap
+    /// on the revision the view read (created iff absent). Returns whether it
+    /// was written.
+    async fn write_sync_key(&self, view: &ClusterView, standbys: &[String]) -> anyhow::Result<bool> {
         let value = serde_json::to_string(&dcs::SyncState {
             leader: Some(self.config.name.clone()),
-            sync_standby: None,
+            sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
             quorum: None,
         })?;
         let key = self.keys.sync();
@@ -993,11 +1011,7 @@ impl Agent {
             Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
         };
         let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), value, None)]);
-        if !self.etcd.txn(txn).await?.succeeded() {
-            bail!("promote: the sync key changed while resetting it; not promoting");
-        }
-        info!("synchronous mode: the sync key names this leader, with no standby yet");
-        Ok(())
+        Ok(self.etcd.txn(txn).await?.succeeded())
     }
 
     /// Gives the leader key up (iff ours) and goes back to renewing only the lease.
@@ -1152,6 +1166,16 @@ impl Agent {
 
     /// Whether the independent fencer (pgwarden-health) has acknowledged
     /// recently, or the config does without it.
+    /// The fencer has been silent for `FENCER_LOST_AFTER`: since its last
+    /// acknowledgement, or since this agent started when it never sent one.
+    fn fencer_lost(&self) -> bool {
+        if !self.config.pgwarden.require_fencer {
+            return false;
+        }
+        let last = self.fencer_acks.lock().ok().and_then(|ack| *ack);
+        last.unwrap_or(self.started).elapsed() > FENCER_LOST_AFTER
+    }
+
     fn fencer_ready(&self) -> bool {
         !self.config.pgwarden.require_fencer
             || self.fencer_acks.lock().ok().and_then(|ack| *ack).is_some_and(|at| at.elapsed() <= FENCER_ACK_MAX_AGE)
@@ -1600,19 +1624,7 @@ impl Agent {
                 self.apply_sync_names(dynamic).await?;
             }
             SyncStep::Publish(names) => {
-                let value = serde_json::to_string(&dcs::SyncState {
-                    leader: Some(me.clone()),
-                    sync_standby: (!names.is_empty()).then(|| names.join(",")),
-                    quorum: None,
-                })?;
-                let key = self.keys.sync();
-                let compare = if view.sync.is_some() {
-                    Compare::mod_revision(key.as_str(), CompareOp::Equal, view.sync_revision)
-                } else {
-                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-                };
-                let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), value, None)]);
-                if self.etcd.txn(txn).await?.succeeded() {
+                if self.write_sync_key(view, &names).await? {
                     info!(standbys = ?names, "published the sync key");
                     if self.sync_pending.as_ref().is_some_and(|p| names.contains(&p.name)) {
                         self.sync_pending = None;
