@@ -97,7 +97,7 @@ pub enum Ev {
     },
     /// The fencer's 10 ms poll finds a primary after its deadline lapsed.
     /// A (re)started fencer that has heard nothing from its agent judges a
-    /// running primary from etcd (`agent_grace`, 3 s).
+    /// running primary from etcd (`agent_grace`, 1 s).
     FencerJudge {
         node: usize,
     },
@@ -199,6 +199,8 @@ pub struct Node {
     pub fencer_lapsed: bool,
     /// The fencer has had a status from the agent since it started.
     pub fencer_heard: bool,
+    /// The deadline the fencer remembers on disk (`<data_dir>.pgwarden.fencer-deadline`).
+    pub fencer_remembered: Option<Time>,
     pub pg: Pg,
     pub cut_etcd_until: Time,
     pub cut_peers_until: Time,
@@ -271,6 +273,7 @@ impl World {
                 fencer_deadline: None,
                 fencer_lapsed: false,
                 fencer_heard: false,
+                fencer_remembered: None,
                 pg: Pg::new(),
                 cut_etcd_until: 0,
                 cut_peers_until: 0,
@@ -772,7 +775,11 @@ impl World {
         node.fencer_heard = false;
         node.fencer_deadline = None;
         node.fencer_lapsed = false;
-        self.at(3_000, Ev::FencerJudge { node: i });
+        // The deadline guarded before the restart, while it has not passed.
+        if let Some(deadline) = node.fencer_remembered.filter(|d| *d > self.now) {
+            self.arm_fencer(i, deadline);
+        }
+        self.at(1_000, Ev::FencerJudge { node: i });
     }
 
     /// The agent streams its proven deadline to the fencer.
@@ -782,6 +789,7 @@ impl World {
             return;
         }
         node.fencer_deadline = Some(deadline);
+        node.fencer_remembered = Some(deadline);
         node.fencer_lapsed = false;
         let delay = deadline.saturating_sub(self.now);
         self.at(delay, Ev::FencerCheck { node: i, deadline });

@@ -24,6 +24,11 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (10354, "a restarted agent could not re-bind its running primary's key without a fencer; the old lease ran out"),
     (8109, "liveness: a replica held its own key unproven after a late renewal; nobody could lead"),
     (83138, "an agent restarted during a start in crash recovery left the postmaster to open writable without the key"),
+    (
+        110139,
+        "a fencer restarted beside an agent blocked on etcd had lost its deadline; it judged only after the lease",
+    ),
+    (161842, "a fencer restarted just before its agent was killed was unarmed until after the lease expired"),
 ];
 
 #[test]

@@ -81,6 +81,29 @@ fn now_ns() -> u64 {
         .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
+/// The deadline a previous run of the fencer guarded, if any.
+fn remembered_deadline(data_dir: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(pg_local::fencer_deadline_path(data_dir)).ok()?;
+    text.trim().parse().ok().filter(|ns| *ns > 0)
+}
+
+/// Remembers the guarded deadline (written whole, 0600; a failure is logged:
+/// it costs only the restart case).
+fn remember_deadline(data_dir: &std::path::Path, deadline: Option<u64>) {
+    let path = pg_local::fencer_deadline_path(data_dir);
+    let temporary = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+        std::io::Write::write_all(&mut file, deadline.unwrap_or(0).to_string().as_bytes())?;
+        std::fs::rename(&temporary, &path)
+    };
+    if let Err(e) = write() {
+        warn!(path = %path.display(), "failed to remember the fencer's deadline: {e}");
+    }
+}
+
 /// A primary runs here (by its files: no connection needed).
 fn primary_running(settings: &FencerSettings) -> Option<u32> {
     let local = pg_local::observe(&settings.data_dir);
@@ -169,11 +192,20 @@ async fn judge_from_etcd(settings: &FencerSettings) -> Judgement {
 pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, state: watch::Sender<FencerState>) {
     let started = Instant::now();
     let mut heard_agent = false;
-    let mut armed: Option<u64> = None;
+    // A fencer restarted beside a silent agent (frozen, or blocked on etcd)
+    // takes up the deadline its previous run guarded while it has not passed
+    // (CLOCK_BOOTTIME survives the restart). A passed one proves nothing
+    // either way: the agent's word, or etcd's after `agent_grace`, decides.
+    let remembered = remembered_deadline(&settings.data_dir);
+    let mut armed: Option<u64> = remembered.filter(|deadline| *deadline > now_ns());
     // A deadline passed with no later one: until the agent proves a new
     // one, any primary that runs here is fenced, also one that appears
     // later (an agent frozen in pre_promote that promotes when it thaws).
     let mut lapsed = false;
+    if let Some(deadline) = armed {
+        info!(deadline_ns = deadline, "took up the deadline guarded before this restart");
+    }
+    let mut written = remembered;
     let mut last_arrival: Option<Instant> = None;
     loop {
         // Every status is read by its arrival time, not by the channel's
@@ -238,6 +270,13 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
         {
             state.send_replace(FencerState::Fenced);
         }
+        // Remembered for a restart: the deadline guarded (a passed one stays,
+        // so that a restart finds it lapsed), 0 once nothing is guarded.
+        let remember = if armed.is_some() || lapsed { armed.or(written) } else { None };
+        if remember != written {
+            remember_deadline(&settings.data_dir, remember);
+            written = remember;
+        }
         if let Some(deadline_ns) = armed {
             state.send_replace(FencerState::Armed { deadline_ns });
         } else if *state.borrow() != FencerState::Fenced {
@@ -252,6 +291,23 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
 mod tests {
     use super::*;
     use ha_proto::v1::NodeStatus;
+
+    /// The guarded deadline survives a restart of the fencer: written whole
+    /// with mode 0600, read back, and 0 (nothing guarded) reads as none.
+    #[test]
+    fn the_guarded_deadline_is_remembered_across_a_restart() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        assert_eq!(remembered_deadline(&data_dir), None, "nothing remembered yet");
+        remember_deadline(&data_dir, Some(123_456_789));
+        assert_eq!(remembered_deadline(&data_dir), Some(123_456_789));
+        let path = pg_local::fencer_deadline_path(&data_dir);
+        let mode = std::fs::metadata(&path).expect("the file").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        remember_deadline(&data_dir, None);
+        assert_eq!(remembered_deadline(&data_dir), None, "0 means nothing guarded");
+    }
 
     /// Every status the agent streams reaches the fencer, also those that
     /// arrive while it waits (a regression: the wait consumed them).

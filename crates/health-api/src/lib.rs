@@ -392,7 +392,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             member: config.name.clone(),
             data_dir: config.postgresql.data_dir.clone(),
             pg_ctl: bins.path("pg_ctl"),
-            agent_grace: std::time::Duration::from_secs(3),
+            // The agent streams its status within a few hundred ms of
+            // connecting; a fencer restarted beside a silent one must judge
+            // well within fence_margin of a deadline it no longer knows.
+            agent_grace: std::time::Duration::from_secs(1),
             etcd: Some((etcd.clone(), keys.clone())),
             fence_margin: config.pgwarden.fence_margin,
             // Patroni keeps an `etcd:` section's cluster in v2: a primary it

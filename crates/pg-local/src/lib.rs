@@ -29,6 +29,15 @@ pub fn fencer_token_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.with_file_name(name)
 }
 
+/// Where the fencer remembers the deadline it guards (CLOCK_BOOTTIME ns,
+/// 0 for none), so that a fencer restarted beside a silent agent is armed at
+/// once: `<data_dir>.pgwarden.fencer-deadline`.
+pub fn fencer_deadline_path(data_dir: &Path) -> std::path::PathBuf {
+    let mut name = data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+    name.push(".pgwarden.fencer-deadline");
+    data_dir.with_file_name(name)
+}
+
 /// The gRPC metadata key that carries the fencer token.
 pub const FENCER_TOKEN_METADATA: &str = "x-pgwarden-fencer-token";
 
