@@ -67,9 +67,11 @@ impl World {
             agent.proves_leader = false;
             agent.lease_lost = true;
             self.log(Some(i), || "lease keeper: the leader key is no longer ours".into());
-        } else if agent.proves_leader && self.nodes[i].fencer_deadline.is_some() {
-            // The new deadline reaches the fencer from the keeper, not at
-            // the end of a loop that may be busy for a long while.
+        } else if agent.proves_leader {
+            // The new deadline reaches the fencer from the keeper (the status
+            // stream carries it), not at the end of a loop that may be busy
+            // for a long while: also a fencer restarted meanwhile.
+            self.nodes[i].fencer_heard |= self.nodes[i].fencer_up;
             self.arm_fencer(i, deadline);
         }
         true
