@@ -227,7 +227,10 @@ impl Data {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     Stopped,
-    Starting { until: Time, primary: bool },
+    /// Started (crash recovery, or a start in progress); ready later.
+    Starting {
+        primary: bool,
+    },
     Primary,
     Replica,
 }

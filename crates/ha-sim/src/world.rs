@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use ha_core::sync::Pending;
 
-use crate::model::{Data, Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
+use crate::model::{Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
 use crate::rng::Rng;
 
 /// The lease keeper's pause after a failed renewal (as `election::keeper`).
@@ -516,7 +516,7 @@ impl World {
             data.was_primary = false;
         }
         pg.incarnation += 1;
-        pg.run = Run::Starting { until: self.now + took, primary };
+        pg.run = Run::Starting { primary };
         pg.upstream = upstream;
         pg.streaming = false;
         let incarnation = pg.incarnation;
@@ -1104,16 +1104,12 @@ impl World {
             self.violate(what);
         }
     }
-
-    pub fn data_of(&self, i: usize) -> Option<&Data> {
-        self.nodes[i].pg.data.as_ref()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SyncKey;
+    use crate::model::{Data, SyncKey};
 
     fn data(wal: Vec<u64>) -> Data {
         Data { sysid: "7".into(), was_primary: false, wal, timeline: 1, history: Vec::new() }
