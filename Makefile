@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test sim demo demo-stop demo-status fmt bench bench-smoke bench-health install
+.PHONY: help setup build check test sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,7 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
+	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 
 SIM_SEEDS ?= 100000
@@ -36,6 +37,18 @@ SIM_START ?= 0
 
 sim: ## The deterministic cluster simulator (crates/ha-sim): SIM_SEEDS seeded fault schedules (default 100000), counts of seeds, events and violations; a violation prints its seed and the command that replays it
 	$(CARGO) run -q --release -p ha-sim -- --seeds $(SIM_SEEDS) --start $(SIM_START)
+
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?=
+FUZZ_SEED ?= 1
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# LLVM's SanitizerCoverage on the stable toolchain (as cargo-afl does);
+# --target keeps the flags off build scripts and proc macros.
+FUZZ_RUSTFLAGS := -C passes=sancov-module -C llvm-args=-sanitizer-coverage-level=3 -C llvm-args=-sanitizer-coverage-trace-pc-guard
+
+fuzz: ## Coverage-guided fuzzing (crates/fuzz) of REST requests, the config file, dynamic-config edits and setting texts: FUZZ_SECONDS per target (default 120), FUZZ_TARGETS to pick; failing inputs in target/fuzz-out
+	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR=target/fuzz $(CARGO) build --profile fuzz --target $(HOST_TRIPLE) -p pgwarden-fuzz
+	target/fuzz/$(HOST_TRIPLE)/fuzz/pgwarden-fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out target/fuzz-out $(FUZZ_TARGETS)
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up

@@ -97,6 +97,13 @@ async fn three_nodes_one_leader_two_streaming_replicas_behind_haproxy() {
         let mode =
             std::fs::metadata(&pgpass).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
         assert_eq!(mode.expect("pgpass exists"), 0o600, "{}", pgpass.display());
+        // Each line names the one server it is for (the leader this replica
+        // streams from), never any host.
+        let contents = std::fs::read_to_string(&pgpass).expect("read pgpass");
+        if node.name != cluster.nodes[leader].name {
+            let scope = format!("127.0.0.1:{}:*:", cluster.nodes[leader].pg_port);
+            assert!(!contents.is_empty() && contents.lines().all(|l| l.starts_with(&scope)), "{contents}");
+        }
         assert!(
             !node.agent_log().contains(pgwarden_integration_tests::cluster::REPLICATION_PASSWORD),
             "password in the log"

@@ -84,11 +84,13 @@ impl Default for DynamicConfig {
 /// Patroni's correction of `loop_wait` and `retry_timeout` for a given ttl:
 /// lower loop_wait first (to at least 1), then retry_timeout = (ttl-1)//2.
 fn patroni_timings(ttl: u32, loop_wait: u32, retry_timeout: u32) -> (u32, u32) {
-    if loop_wait + 2 * retry_timeout <= ttl {
+    let too_long =
+        |loop_wait: u32, retry_timeout: u32| u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl);
+    if !too_long(loop_wait, retry_timeout) {
         return (loop_wait, retry_timeout);
     }
-    let loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
-    let retry_timeout = if loop_wait + 2 * retry_timeout > ttl { (ttl - 1) / 2 } else { retry_timeout };
+    let loop_wait = ttl.saturating_sub(retry_timeout.saturating_mul(2)).max(1);
+    let retry_timeout = if too_long(loop_wait, retry_timeout) { (ttl - 1) / 2 } else { retry_timeout };
     (loop_wait, retry_timeout)
 }
 
@@ -128,8 +130,9 @@ impl DynamicConfig {
         };
         if u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl) {
             let before = (loop_wait, retry_timeout);
-            loop_wait = ttl.saturating_sub(2 * retry_timeout).max(1);
-            if loop_wait + 2 * retry_timeout > ttl {
+            // u64: retry_timeout may be near u32::MAX (found by `make fuzz`).
+            loop_wait = ttl.saturating_sub(retry_timeout.saturating_mul(2)).max(1);
+            if u64::from(loop_wait) + 2 * u64::from(retry_timeout) > u64::from(ttl) {
                 retry_timeout = (ttl - 1) / 2;
             }
             if loop_wait != before.0 {
@@ -330,9 +333,10 @@ pub(crate) fn translate_renamed_parameters(
     renamed: &mut Vec<(String, String, String)>,
 ) {
     if let Some(segments) = parameters.remove("wal_keep_segments") {
-        match segments.trim().parse::<u64>() {
-            Ok(n) => {
-                let size = format!("{}MB", n * WAL_SEGMENT_MB);
+        // A count whose size overflows is no count (found by `make fuzz`).
+        match segments.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(WAL_SEGMENT_MB)) {
+            Some(megabytes) => {
+                let size = format!("{megabytes}MB");
                 problems.warn(
                     format!("{path}.wal_keep_segments"),
                     format!("renamed in PostgreSQL 13; set as wal_keep_size = {size} instead"),
@@ -342,7 +346,7 @@ pub(crate) fn translate_renamed_parameters(
                     renamed.push(("wal_keep_segments".into(), "wal_keep_size".into(), size));
                 }
             }
-            Err(_) => problems.error(format!("{path}.wal_keep_segments"), "expected an integer number of segments"),
+            None => problems.error(format!("{path}.wal_keep_segments"), "expected an integer number of segments"),
         }
     }
 }
@@ -356,15 +360,17 @@ pub fn parse_duration(value: &Value) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
+    // A product past u64 is no duration (found by `make fuzz`: it wrapped
+    // to a small one in a release build).
     let secs = match unit.trim() {
-        "" | "s" => n,
+        "" | "s" => Some(n),
         "ms" => return Some(Duration::from_millis(n)),
-        "min" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "min" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86400),
         _ => return None,
     };
-    Some(Duration::from_secs(secs))
+    secs.map(Duration::from_secs)
 }
 
 #[cfg(test)]
@@ -376,6 +382,16 @@ mod tests {
         let mut problems = Problems::default();
         let (cfg, json) = DynamicConfig::read(&v, "", &mut problems);
         (cfg, json, problems.into_vec())
+    }
+
+    #[test]
+    fn timing_rule_survives_a_retry_timeout_near_u32_max() {
+        // Found by `make fuzz`: 2 * retry_timeout overflowed u32.
+        for ttl in [8, 30] {
+            let (cfg, _, problems) = read(json!({"ttl": ttl, "loop_wait": 10, "retry_timeout": 2_147_483_648u64}));
+            assert!(u64::from(cfg.loop_wait) + 2 * u64::from(cfg.retry_timeout) <= u64::from(cfg.ttl), "{cfg:?}");
+            assert!(!problems.is_empty(), "the correction is reported");
+        }
     }
 
     #[test]
@@ -474,6 +490,11 @@ mod tests {
         assert!(!cfg.parameters.contains_key("wal_keep_segments"));
         assert_eq!(json["postgresql"]["parameters"]["wal_keep_size"], "128MB");
         assert_eq!(problems[0].path, "postgresql.parameters.wal_keep_segments");
+        // Found by `make fuzz`: the size overflowed.
+        let (cfg, _, problems) =
+            read(json!({"postgresql": {"parameters": {"wal_keep_segments": "2000000000000000000"}}}));
+        assert!(!cfg.parameters.contains_key("wal_keep_size"));
+        assert!(problems.iter().any(|p| p.message.contains("expected an integer number of segments")), "{problems:?}");
     }
 
     #[test]
@@ -482,5 +503,9 @@ mod tests {
         assert_eq!(parse_duration(&json!("30min")), Some(Duration::from_secs(1800)));
         assert_eq!(parse_duration(&json!("2h")), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration(&json!("soon")), None);
+        // Found by `make fuzz`: the product wrapped (a release build) or
+        // panicked (a debug build).
+        assert_eq!(parse_duration(&json!("9223372036854775807min")), None);
+        assert_eq!(parse_duration(&json!("18446744073709551615")), Some(Duration::from_secs(u64::MAX)));
     }
 }

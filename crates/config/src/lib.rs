@@ -832,7 +832,10 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
         derived(r, "pgwarden.controller_grpc_listen", &restapi.listen, CONTROLLER_GRPC_PORT_OFFSET);
     let controller_grpc_connect_address =
         advertised(r, "pgwarden.controller_grpc_connect_address", &controller_grpc_listen);
-    let fence_margin = r.number("pgwarden.fence_margin", 0.0).unwrap_or(2.0);
+    // Durations in seconds: any bound past a day is a typo (and 1e308 would
+    // not fit a Duration; found by `make fuzz`).
+    const SECONDS_IN_A_DAY: f64 = 86_400.0;
+    let fence_margin = r.number("pgwarden.fence_margin", 0.0, SECONDS_IN_A_DAY).unwrap_or(2.0);
     if fence_margin < FENCE_WORST_CASE.as_secs_f64() {
         r.problems.error(
             "pgwarden.fence_margin",
@@ -845,7 +848,8 @@ fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {
             ),
         );
     }
-    let etcd_request_timeout = r.number("pgwarden.etcd_request_timeout", 0.1).map(Duration::from_secs_f64);
+    let etcd_request_timeout =
+        r.number("pgwarden.etcd_request_timeout", 0.1, SECONDS_IN_A_DAY).map(Duration::from_secs_f64);
     let require_fencer = r.bool("pgwarden.require_fencer", true);
     let grpc_tls = grpc_tls(r);
     Some(Pgwarden {

@@ -67,6 +67,9 @@ pub fn parse_format(text: &str) -> Result<Vec<LogPart>, String> {
     let mut rest = text;
     while let Some(at) = rest.find('%') {
         literal.push_str(&rest[..at]);
+        // From this `%` on, for messages (an index into `rest`, not `text`:
+        // found by `make fuzz`, it sliced inside a character).
+        let from_here = &rest[at..];
         rest = &rest[at + 1..];
         if let Some(after) = rest.strip_prefix('%') {
             literal.push('%');
@@ -74,7 +77,7 @@ pub fn parse_format(text: &str) -> Result<Vec<LogPart>, String> {
             continue;
         }
         let Some(inner) = rest.strip_prefix('(') else {
-            return Err(format!("a bare % at {:?}: write %(name)s, or %% for a percent sign", &text[at..]));
+            return Err(format!("a bare % at {from_here:?}: write %(name)s, or %% for a percent sign"));
         };
         let close = inner.find(')').ok_or_else(|| format!("%( without a closing ) in {text:?}"))?;
         let name = &inner[..close];
@@ -177,6 +180,10 @@ mod tests {
         assert!(parse_format("%(message)").expect_err("refused").contains("conversion"));
         assert!(parse_format("50% %(message)s").expect_err("refused").contains("bare %"));
         assert!(parse_format("%(message s").expect_err("refused").contains("closing"));
+        // Found by `make fuzz`: the message sliced `text` at an index into
+        // the rest of it, inside this character.
+        let err = parse_format("é%(message)s 5% x").expect_err("refused");
+        assert!(err.contains("\"% x\""), "{err}");
     }
 
     #[test]

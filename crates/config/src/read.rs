@@ -136,7 +136,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn number(&mut self, path: &str, min: f64) -> Option<f64> {
+    pub fn number(&mut self, path: &str, min: f64, max: f64) -> Option<f64> {
         let value = self.get(path)?;
         let parsed = match value {
             Value::Number(n) => n.as_f64(),
@@ -144,9 +144,9 @@ impl<'a> Reader<'a> {
             _ => None,
         };
         match parsed {
-            Some(n) if n >= min && n.is_finite() => Some(n),
-            Some(n) => {
-                self.problems.error(path, format!("expected a number of at least {min}, found {n}"));
+            Some(n) if n >= min && n <= max => Some(n),
+            Some(_) => {
+                self.problems.error(path, format!("expected a number from {min} to {max}, found {}", describe(value)));
                 None
             }
             None => {

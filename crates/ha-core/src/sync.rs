@@ -153,9 +153,15 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
 /// An agent that starts under a running primary rebuilds P from this.
 pub fn parse_standby_names(value: &str) -> Vec<String> {
     let mut rest = value.trim();
+    // A keyword only where a count follows it: `anya, bob` lists `anya`.
     for keyword in ["FIRST", "ANY"] {
-        if rest.len() >= keyword.len() && rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
-            rest = rest[keyword.len()..].trim_start();
+        if let Some(head) = rest.get(..keyword.len())
+            && head.eq_ignore_ascii_case(keyword)
+            && let after = &rest[keyword.len()..]
+            && after.starts_with(char::is_whitespace)
+            && after.trim_start().starts_with(|c: char| c.is_ascii_digit())
+        {
+            rest = after.trim_start();
         }
     }
     if let Some(open) = rest.find('(')
@@ -316,6 +322,11 @@ mod tests {
         assert_eq!(parse_standby_names("b, c"), vec!["b".to_string(), "c".to_string()]);
         assert_eq!(parse_standby_names(&standby_names(&[], true)), Vec::<String>::new());
         assert_eq!(parse_standby_names("*"), Vec::<String>::new());
+        // Names that begin like a keyword are names (found by `make fuzz`:
+        // these sliced inside a character, or lost their first letters).
+        assert_eq!(parse_standby_names("anya, firstnode"), vec!["anya".to_string(), "firstnode".to_string()]);
+        assert_eq!(parse_standby_names("añy, ü"), vec!["añy".to_string(), "ü".to_string()]);
+        assert_eq!(parse_standby_names("ñ"), vec!["ñ".to_string()]);
         let rendered = standby_names(&["a b".into(), "c".into()], false);
         assert_eq!(parse_standby_names(&rendered), vec!["a b".to_string(), "c".to_string()]);
     }

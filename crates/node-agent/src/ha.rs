@@ -40,6 +40,43 @@ pub struct HaView {
     pub dcs_last_seen_unix_ms: i64,
 }
 
+/// The device watchdog, even after a panic while it was held (it only
+/// holds a file and counters).
+fn lock_watchdog(
+    watchdog: &crate::watchdog::SharedWatchdog,
+) -> std::sync::MutexGuard<'_, crate::watchdog::DeviceWatchdog> {
+    watchdog.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Each renewal of a leader's lease, as the lease keeper makes it: its
+/// deadline reaches the fencer (and the health checks) at once, not at the
+/// end of a loop that may be busy for a long while (a promotion, a start in
+/// crash recovery), so a healthy leader is not fenced on an old deadline;
+/// and it keeps the watchdog device alive (DESIGN invariant 1). Only a
+/// deadline the loop already published is moved: the loop alone says the
+/// key is held.
+async fn forward_renewals(
+    mut lease_rx: watch::Receiver<LeaseState>,
+    view: watch::Sender<HaView>,
+    watchdog: crate::watchdog::SharedWatchdog,
+) {
+    while lease_rx.changed().await.is_ok() {
+        let deadline = lease_rx.borrow().live_deadline();
+        let mut leading = false;
+        view.send_if_modified(|v| {
+            leading = v.leader_deadline.is_some();
+            let moved = leading && v.leader_deadline != deadline;
+            if moved {
+                v.leader_deadline = deadline;
+            }
+            moved
+        });
+        if leading && deadline.is_some() {
+            lock_watchdog(&watchdog).keepalive();
+        }
+    }
+}
+
 /// The agent's state between ticks.
 pub struct Agent {
     config: Config,
@@ -80,7 +117,7 @@ pub struct Agent {
     /// When this agent last gave the leader key up on purpose.
     released_at: Option<Instant>,
     /// The `watchdog:` device, armed while leading.
-    watchdog: crate::watchdog::DeviceWatchdog,
+    watchdog: crate::watchdog::SharedWatchdog,
     /// Synchronous mode, as leader: the standbys in
     /// `synchronous_standby_names` (P) and the one joining.
     sync_configured: Vec<String>,
@@ -181,7 +218,7 @@ impl Agent {
     ) -> Self {
         let Requests { commands, config_path } = requests;
         let keys = Keys::new(&config.namespace, &config.scope);
-        let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone());
+        let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone()).shared();
         let callbacks = crate::callbacks::Callbacks::new(&config);
         // The role the data directory last had, so that a former primary
         // coming back as a replica counts as a role change.
@@ -320,25 +357,7 @@ impl Agent {
         }
         self.lease = Some(lease);
         let handle = spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true);
-        // Each renewal's deadline reaches the fencer (and the health checks)
-        // at once, not at the end of a loop that may be busy for a long
-        // while (a promotion, a start in crash recovery): a healthy leader
-        // is not fenced on an old deadline. Only a deadline the loop already
-        // published is moved; the loop alone says the key is held.
-        let mut lease_rx = handle.subscribe();
-        let view = self.view.clone();
-        tokio::spawn(async move {
-            while lease_rx.changed().await.is_ok() {
-                let deadline = lease_rx.borrow().live_deadline();
-                view.send_if_modified(|v| {
-                    let moved = v.leader_deadline.is_some() && v.leader_deadline != deadline;
-                    if moved {
-                        v.leader_deadline = deadline;
-                    }
-                    moved
-                });
-            }
-        });
+        tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
         self.renewal = Some(handle);
         self.renewal_proves_leader = true;
     }
@@ -757,10 +776,10 @@ impl Agent {
                 Err(e) => warn!("failed to apply the changed parameters: {e:#}"),
             }
         }
-        if self.leader_deadline().is_some() {
-            self.watchdog.keepalive();
-        } else if self.watchdog.is_armed() {
-            self.watchdog.disarm();
+        // The lease keeper's renewals keep the device alive while leading
+        // (`forward_renewals`); here it is only disarmed.
+        if self.leader_deadline().is_none() {
+            lock_watchdog(&self.watchdog).disarm();
         }
         if let Some(view) = &view {
             let local = self.local.borrow().clone();
@@ -813,7 +832,7 @@ impl Agent {
             Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
             Action::Clone { source } => {
                 let upstream = self.upstream_of(view, source)?;
-                self.pg.write_pgpass()?;
+                self.pg.write_pgpass(Some(&upstream))?;
                 self.pg.prepare_empty_data_dir()?;
                 if let Err(e) = self.pg.basebackup(&upstream).await {
                     self.pg.remove_unfinished_data_dir();
@@ -830,7 +849,7 @@ impl Agent {
                     Some(member) => Some(self.upstream_of(view, member)?),
                     None => None,
                 };
-                self.pg.write_pgpass()?;
+                self.pg.write_pgpass(upstream.as_ref())?;
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: upstream.clone() }, false)?;
                 self.pg.start().await?;
                 self.upstream = upstream.map(|u| u.member);
@@ -842,7 +861,7 @@ impl Agent {
                 // The new primary_conninfo names the pgpass file: it must
                 // hold the password before the WAL receiver reconnects (an
                 // adopted replica may never have had it written).
-                self.pg.write_pgpass()?;
+                self.pg.write_pgpass(Some(&target))?;
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(target) }, false)?;
                 self.pg.reload().await?;
                 info!(upstream, "following");
@@ -1113,7 +1132,7 @@ impl Agent {
     /// aside), then start as its replica (DESIGN invariant 5).
     async fn rejoin(&mut self, view: &ClusterView, dynamic: &DynamicConfig, leader: &str) -> anyhow::Result<bool> {
         let upstream = self.upstream_of(view, leader)?;
-        self.pg.write_pgpass()?;
+        self.pg.write_pgpass(Some(&upstream))?;
         let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
         let outcome = self.pg.rewind(&upstream, !use_rewind).await;
         match outcome {
@@ -1197,7 +1216,7 @@ impl Agent {
         if !rebind {
             self.require_fencer()?;
         }
-        self.watchdog.arm(dynamic.ttl)?;
+        lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.
         let promoting = self.local.borrow().sql.as_ref().is_some_and(|s| s.in_recovery);
@@ -1264,7 +1283,7 @@ impl Agent {
         let lease = self.lease.context("no lease yet")?;
         // A node that may not lead (watchdog required, none usable) must not
         // build the cluster either.
-        self.watchdog.arm(dynamic.ttl)?;
+        lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
         // Bound to our lease while we bootstrap: if we die, the key goes away
         // and another member can try.
         if !self.create(self.keys.initialize(), String::new(), Some(lease.id)).await? {
@@ -1296,7 +1315,7 @@ impl Agent {
         }
         self.pg.initdb().await?;
         self.pg.write_bootstrap_hba(dynamic)?;
-        self.pg.write_pgpass()?;
+        self.pg.write_pgpass(None)?;
         // Local connections only until we hold the leader key.
         self.pg.write_config(dynamic, &StartAs::Primary, true)?;
         self.pg.start().await?;
@@ -2003,6 +2022,62 @@ fn last_receiver_complaint(log_file: &std::path::Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::last_receiver_complaint;
+
+    mod renewals {
+        use std::time::Duration;
+
+        use election::{BootInstant, LeaseState};
+        use tokio::sync::watch;
+
+        use crate::ha::{HaView, forward_renewals};
+        use crate::watchdog::DeviceWatchdog;
+
+        async fn until(what: &str, condition: impl Fn() -> bool) {
+            let started = std::time::Instant::now();
+            while !condition() {
+                assert!(started.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        /// DESIGN invariant 1 (issue 20, finding 13): while the HA loop is
+        /// busy in one long action, each renewal still reaches the published
+        /// deadline and the watchdog device, without the loop ticking.
+        #[tokio::test]
+        async fn each_renewal_moves_the_published_deadline_and_feeds_the_watchdog() {
+            let config = pgwarden_config::Watchdog {
+                mode: pgwarden_config::WatchdogMode::Required,
+                device: "/dev/null".into(),
+                safety_margin: 5,
+            };
+            let file = tempfile::tempfile().expect("temp file");
+            let watchdog = DeviceWatchdog::armed_on(config, file).shared();
+            let keepalives = || watchdog.lock().expect("watchdog").keepalives();
+            let first = BootInstant::now() + Duration::from_secs(10);
+            let (lease_tx, lease_rx) = watch::channel(LeaseState::Held { lease: 7, deadline: first });
+            let (view_tx, view_rx) = watch::channel(HaView::default());
+            tokio::spawn(forward_renewals(lease_rx, view_tx.clone(), watchdog.clone()));
+
+            // Not published as leader by the loop yet: nothing moves.
+            lease_tx.send_replace(LeaseState::Held { lease: 7, deadline: first + Duration::from_secs(1) });
+            tokio::task::yield_now().await;
+            // The loop publishes the key as held; renewals now move it.
+            view_tx.send_modify(|v| v.leader_deadline = Some(first));
+            let renewed = first + Duration::from_secs(2);
+            lease_tx.send_replace(LeaseState::Held { lease: 7, deadline: renewed });
+            until("the renewed deadline", || view_rx.borrow().leader_deadline == Some(renewed)).await;
+            assert_eq!(keepalives(), 1, "one keep-alive, for the renewal made while leading");
+            let again = renewed + Duration::from_secs(2);
+            lease_tx.send_replace(LeaseState::Held { lease: 7, deadline: again });
+            until("the second renewal", || keepalives() == 2).await;
+            assert_eq!(view_rx.borrow().leader_deadline, Some(again));
+
+            // A lost lease clears the deadline and feeds nothing.
+            lease_tx.send_replace(LeaseState::Lost { lease: 7, reason: "test".into() });
+            until("the cleared deadline", || view_rx.borrow().leader_deadline.is_none()).await;
+            assert_eq!(keepalives(), 2);
+        }
+    }
 
     #[test]
     fn finds_the_wal_receivers_last_complaint_since_it_last_streamed() {

@@ -71,6 +71,31 @@ fn pgpass_escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
+/// One `host:port:*:user:password` line per role with a password that
+/// connects to `upstream`: the replication role, and the rewind role (the
+/// superuser when no rewind role is configured).
+fn pgpass_lines(auth: &pgwarden_config::Authentication, upstream: Option<&Upstream>) -> String {
+    let Some(upstream) = upstream else { return String::new() };
+    let rewind = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+    let mut lines = String::new();
+    let mut seen = Vec::new();
+    for creds in [&auth.replication, rewind] {
+        let Some(password) = &creds.password else { continue };
+        if seen.contains(&&creds.username) {
+            continue;
+        }
+        seen.push(&creds.username);
+        lines.push_str(&format!(
+            "{}:{}:*:{}:{}\n",
+            pgpass_escape(&upstream.host),
+            upstream.port,
+            pgpass_escape(&creds.username),
+            pgpass_escape(password.expose())
+        ));
+    }
+    lines
+}
+
 /// Writes a file only the owner may read, replacing it atomically through
 /// `<name>.pgwarden-tmp` beside it. Where the directory is not writable
 /// (a pgpass file placed in a root-owned directory), the file itself is
@@ -134,20 +159,12 @@ impl Postgres {
         self.data_dir.join("PG_VERSION").exists()
     }
 
-    /// The pgpass file: the replication (and rewind) credentials for any host.
-    pub fn write_pgpass(&self) -> anyhow::Result<()> {
-        let auth = &self.config.postgresql.authentication;
-        let mut lines = String::new();
-        for creds in [Some(&auth.replication), Some(&auth.superuser), auth.rewind.as_ref()].into_iter().flatten() {
-            if let Some(password) = &creds.password {
-                lines.push_str(&format!(
-                    "*:*:*:{}:{}\n",
-                    pgpass_escape(&creds.username),
-                    pgpass_escape(password.expose())
-                ));
-            }
-        }
-        write_private(&self.pgpass, &lines)
+    /// The pgpass file: the credentials the next connection to `upstream`
+    /// needs (streaming, pg_basebackup, pg_rewind), scoped to its host and
+    /// port as Patroni does, so a password never goes to another server.
+    /// With no upstream the file is emptied.
+    pub fn write_pgpass(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {
+        write_private(&self.pgpass, &pgpass_lines(&self.config.postgresql.authentication, upstream))
     }
 
     async fn run(&self, what: &str, cmd: &mut Command) -> anyhow::Result<String> {
@@ -725,6 +742,30 @@ mod tests {
     fn quoting_and_pgpass_escaping() {
         assert_eq!(quote("it's"), "'it''s'");
         assert_eq!(pgpass_escape("a:b\\c"), "a\\:b\\\\c");
+    }
+
+    #[test]
+    fn pgpass_lines_are_scoped_to_the_upstream_host_and_port() {
+        let creds = |user: &str, password: Option<&str>| pgwarden_config::Credentials {
+            username: user.into(),
+            password: password.map(pgwarden_config::Secret::new),
+            ..Default::default()
+        };
+        let mut auth = pgwarden_config::Authentication {
+            superuser: creds("postgres", Some("su:pw")),
+            replication: creds("replicator", Some("rep")),
+            rewind: None,
+        };
+        let upstream = Upstream { member: "pg2".into(), host: "fe80::1".into(), port: 5433 };
+        assert_eq!(
+            pgpass_lines(&auth, Some(&upstream)),
+            "fe80\\:\\:1:5433:*:replicator:rep\nfe80\\:\\:1:5433:*:postgres:su\\:pw\n",
+            "pg_rewind runs as the superuser without a rewind role; no line matches any other host"
+        );
+        auth.rewind = Some(creds("rewinder", Some("rw")));
+        auth.replication.password = None;
+        assert_eq!(pgpass_lines(&auth, Some(&upstream)), "fe80\\:\\:1:5433:*:rewinder:rw\n");
+        assert_eq!(pgpass_lines(&auth, None), "", "no upstream, no password on disk");
     }
 
     #[test]

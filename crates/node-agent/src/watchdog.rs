@@ -4,16 +4,22 @@
 //!   unit's timeout set at run time from the live ttl (`WATCHDOG_USEC`); on
 //!   expiry systemd kills the agent and the unit's `ExecStopPost=
 //!   pgwarden-agent --fence-if-watchdog` stops PostgreSQL (the unit uses
-//!   `KillMode=process`, so PostgreSQL would otherwise survive);
+//!   `KillMode=process`, so PostgreSQL would otherwise survive); while this
+//!   node leads, it is sent only while the lease keeper renews;
 //! - Patroni's `watchdog:` section driving a Linux watchdog device: armed
-//!   before this node takes the leader key, kept alive by every HA tick while
-//!   it leads, disarmed (magic close) when it stops leading. If the agent
-//!   hangs, the machine resets before the leader key can expire.
+//!   before this node takes the leader key, kept alive by each renewal of
+//!   the lease (not by the HA tick, which a long promotion or checkpoint can
+//!   hold for longer than the timeout), disarmed (magic close) when it stops
+//!   leading. If the agent hangs, the machine resets before the leader key
+//!   can expire.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use election::BootInstant;
 
 use anyhow::Context as _;
 use pgwarden_config::{Watchdog, WatchdogMode};
@@ -39,15 +45,38 @@ pub struct DeviceWatchdog {
     armed: Option<File>,
     /// `automatic` mode found no usable device: warned once, then off.
     unusable: bool,
+    /// Keep-alives sent to an armed device.
+    keepalives: u64,
 }
+
+/// The device, shared by the HA loop (arm, disarm) and the lease keeper's
+/// renewals (keep-alive).
+pub type SharedWatchdog = Arc<Mutex<DeviceWatchdog>>;
 
 impl DeviceWatchdog {
     pub fn new(config: Watchdog) -> Self {
-        Self { config, armed: None, unusable: false }
+        Self { config, armed: None, unusable: false, keepalives: 0 }
     }
 
+    /// Armed on any open file (tests: the keep-alive ioctl then fails, and
+    /// is counted all the same).
+    #[cfg(test)]
+    pub fn armed_on(config: Watchdog, file: File) -> Self {
+        Self { config, armed: Some(file), unusable: false, keepalives: 0 }
+    }
+
+    pub fn shared(self) -> SharedWatchdog {
+        Arc::new(Mutex::new(self))
+    }
+
+    #[cfg(test)]
     pub fn is_armed(&self) -> bool {
         self.armed.is_some()
+    }
+
+    #[cfg(test)]
+    pub fn keepalives(&self) -> u64 {
+        self.keepalives
     }
 
     /// Arms the device before this node takes the leader key. Fails only in
@@ -77,10 +106,11 @@ impl DeviceWatchdog {
         }
     }
 
-    /// One keep-alive (every HA tick while leading).
+    /// One keep-alive (each renewal of the lease while leading).
     #[allow(unsafe_code)] // the watchdog API is ioctl only
     pub fn keepalive(&mut self) {
         if let Some(file) = &self.armed {
+            self.keepalives += 1;
             let mut dummy: nix::libc::c_int = 0;
             // SAFETY: WDIOC_KEEPALIVE on an open watchdog fd writes at most one int.
             if let Err(e) = unsafe { wdioc_keepalive(file.as_raw_fd(), &mut dummy) } {
@@ -124,19 +154,27 @@ fn open_and_set(device: &std::path::Path, timeout: Duration) -> anyhow::Result<F
     Ok(file)
 }
 
-/// Sends `WATCHDOG=1` to systemd while the HA loop completes ticks (a
-/// non-leader busy in a long action, e.g. a base backup, is not held to it),
-/// and keeps the unit's timeout at `ttl - safety_margin`. Runs only when
-/// systemd enabled a watchdog for this process.
+/// Whether to send `WATCHDOG=1` now: always while this node does not lead
+/// (a non-leader busy in a long action, e.g. a base backup, is not held to
+/// it); while it leads, only while the lease keeper's renewals keep the
+/// published deadline ahead (a leader busy in a long promotion or checkpoint
+/// is not killed while its lease is renewed; a frozen agent renews nothing).
+pub fn systemd_may_feed(leader_deadline: Option<BootInstant>) -> bool {
+    leader_deadline.is_none_or(|deadline| !deadline.has_passed())
+}
+
+/// Sends `WATCHDOG=1` to systemd as [`systemd_may_feed`] says, and keeps the
+/// unit's timeout at `ttl - safety_margin`. Runs only when systemd enabled a
+/// watchdog for this process.
 pub async fn systemd_watchdog(mut view: watch::Receiver<HaView>, safety_margin: i64) {
     if pgwarden_runtime::notify::watchdog_enabled().is_none() {
         return;
     }
     let mut timeout = Duration::ZERO;
     loop {
-        let (ttl, last_tick_ms, leading) = {
+        let (ttl, deadline) = {
             let v = view.borrow_and_update();
-            (v.ttl, v.last_tick_unix_ms, v.leader_deadline.is_some())
+            (v.ttl, v.leader_deadline)
         };
         if ttl > 0 {
             let wanted = timeout_for(ttl, safety_margin);
@@ -145,8 +183,7 @@ pub async fn systemd_watchdog(mut view: watch::Receiver<HaView>, safety_margin: 
                 pgwarden_runtime::notify::watchdog_timeout(wanted);
                 timeout = wanted;
             }
-            let tick_age = Duration::from_millis((crate::now_unix_ms() - last_tick_ms).max(0) as u64);
-            if !leading || tick_age < timeout {
+            if systemd_may_feed(deadline) {
                 pgwarden_runtime::notify::watchdog();
             }
         }
@@ -158,6 +195,15 @@ pub async fn systemd_watchdog(mut view: watch::Receiver<HaView>, safety_margin: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_is_fed_while_not_leading_or_while_the_lease_is_renewed() {
+        assert!(systemd_may_feed(None), "not leading");
+        assert!(systemd_may_feed(Some(BootInstant::now() + Duration::from_secs(5))), "deadline ahead");
+        let passed = BootInstant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!systemd_may_feed(Some(passed)), "leading on a deadline that passed: the keeper is not renewing");
+    }
 
     #[test]
     fn timeout_follows_patroni() {
