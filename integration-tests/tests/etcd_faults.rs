@@ -98,7 +98,11 @@ async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_
     println!("etcd back: healthy again after {:?}", back.elapsed());
     assert_eq!(resumed, leader, "the old primary resumes");
     assert_eq!(timeline(&setup.cluster, leader), before, "same timeline, no promotion");
-    assert!(setup.cluster.nodes[leader].agent_log().contains("resume on timeline"), "the agent says why it resumed");
+    let log = setup.cluster.nodes[leader].agent_log();
+    assert!(log.contains("resume on timeline"), "the agent says why it resumed");
+    // It resumed only after reading that its WAL reaches the published optime
+    // (issue 20, finding 3): the fence stopped it immediately, mid-stream.
+    assert!(log.contains("read where the local WAL ends"), "{log}");
     assert_no_loss_and_one_writer(&setup, writer, probe, "etcd stopped").await;
 }
 

@@ -29,6 +29,9 @@ pub struct DataDir {
     pub was_primary: bool,
     /// The timeline of its latest checkpoint (0 when unknown).
     pub timeline: u64,
+    /// Where its valid WAL ends, read while PostgreSQL is stopped (a lower
+    /// bound; `None` when unknown or not read).
+    pub wal_end: Option<u64>,
 }
 
 /// What the local postmaster is doing.
@@ -374,9 +377,14 @@ fn clone_source(obs: &Observed, leader: &str) -> Option<String> {
 /// no member reports a later timeline. Its WAL then contains everything any
 /// replica received, so starting it as primary loses nothing and keeps the
 /// timeline (Patroni would start it read-only and promote onto T + 1).
+/// Besides the `history` key (which a new leader writes before it
+/// promotes), its own WAL must reach the last position a leader published
+/// (`status.optime`): WAL that ends short of it means someone led past it
+/// (or its own last writes were lost), so it starts read-only and races.
 fn may_resume(obs: &Observed, data: &DataDir) -> bool {
     data.was_primary
         && data.timeline > 0
+        && obs.cluster_optime.is_none_or(|optime| data.wal_end.is_some_and(|end| end >= optime))
         && !obs.released_leader
         && obs.history_timeline.is_none_or(|tl| tl < data.timeline)
         && obs.leader_timeline.is_none_or(|tl| tl <= data.timeline)
@@ -688,7 +696,7 @@ mod tests {
     fn base() -> Observed {
         Observed {
             me: "b".into(),
-            data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }),
+            data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1, wal_end: None }),
             pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             pg_starting: false,
             initialize: Some("7".into()),
@@ -733,7 +741,7 @@ mod tests {
     fn resumable() -> Observed {
         Observed {
             pg: PgRun::Stopped,
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
             leader: None,
             leader_timeline: None,
             peers: vec![peer("a", 90), peer("c", 100)],
@@ -816,7 +824,7 @@ mod tests {
     fn a_primary_etcd_knows_nothing_of_is_left_running() {
         let obs = Observed {
             pg: PgRun::Primary { lsn: 100, timeline: 1 },
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
             initialize: None,
             leader: None,
             ..base()
@@ -836,6 +844,32 @@ mod tests {
         let acting = Decision::act("no leader", Action::AcquireLeader);
         assert_eq!(acting.to_string(), "no leader: AcquireLeader");
         assert_eq!(Decision::idle("waiting").to_string(), "waiting");
+    }
+
+    #[test]
+    /// Issue 20, finding 3: `history` says nothing was promoted, but the
+    /// leader published a position past the end of this node's WAL (a term
+    /// whose history entry was lost, or its own writes lost): it does not
+    /// resume on its old timeline; it starts read-only and races.
+    fn a_former_primary_whose_wal_ends_before_the_published_optime_does_not_resume() {
+        let short = Observed {
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(900) }),
+            cluster_optime: Some(1000),
+            ..resumable()
+        };
+        assert_eq!(decide(&short).action, Some(Action::StartReplica { upstream: None }), "{}", decide(&short));
+        let unknown = Observed {
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
+            cluster_optime: Some(1000),
+            ..resumable()
+        };
+        assert_eq!(decide(&unknown).action, Some(Action::StartReplica { upstream: None }), "{}", decide(&unknown));
+        let reaches = Observed {
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1000) }),
+            cluster_optime: Some(1000),
+            ..resumable()
+        };
+        assert_eq!(decide(&reaches).action, Some(Action::AcquireLeader), "{}", decide(&reaches));
     }
 
     #[test]
@@ -915,7 +949,7 @@ mod tests {
                     leader: Some("b".into()),
                     holds_leader: true,
                     pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
                     ..base()
                 },
                 Some(Action::StartPrimary),
@@ -979,7 +1013,7 @@ mod tests {
                 "key held with a former primary's data directory: start as primary",
                 Observed {
                     pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
                     ..leader()
                 },
                 Some(Action::StartPrimary),
@@ -1032,7 +1066,7 @@ mod tests {
                     leader: None,
                     pg: PgRun::Transitioning,
                     pg_starting: true,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
                     ..base()
                 },
                 Some(Action::Demote),
@@ -1042,7 +1076,7 @@ mod tests {
                 Observed {
                     leader: Some("b".into()),
                     pg: PgRun::Transitioning,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
                     ..base()
                 },
                 None,
@@ -1218,7 +1252,7 @@ mod tests {
                 "a stopped former primary rejoins the new leader",
                 Observed {
                     pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1 }),
+                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
                     leader_timeline: Some(2),
                     ..base()
                 },
@@ -1266,7 +1300,10 @@ mod tests {
             ),
             (
                 "a stopped replica's data never resumes as primary",
-                Observed { data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1 }), ..resumable() },
+                Observed {
+                    data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1, wal_end: None }),
+                    ..resumable()
+                },
                 Some(Action::StartReplica { upstream: None }),
             ),
             (
@@ -1388,6 +1425,7 @@ mod tests {
             nofailover in any::<bool>(),
             peers in proptest::collection::vec((prop_oneof![Just("a"), Just("c")], any::<bool>(), proptest::option::of(0u64..200), any::<bool>()), 0..3),
             optime in proptest::option::of(0u64..300),
+            wal_end in proptest::option::of(0u64..400),
             leader_timeline in 1u64..3,
             leader_checkpointed in any::<bool>(),
             paused in any::<bool>(),
@@ -1410,7 +1448,7 @@ mod tests {
             let holds_leader = holds && leader.as_deref() == Some("b");
             Observed {
                 me: "b".into(),
-                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1 }),
+                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end }),
                 pg: if has_data { pg.clone() } else { PgRun::Stopped },
                 pg_starting: pg_starting && pg == PgRun::Transitioning,
                 initialize,
@@ -1480,6 +1518,8 @@ mod tests {
                 prop_assert!(obs.history_timeline.is_none_or(|tl| tl < data.timeline), "{d}");
                 prop_assert!(obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline)), "{d}");
                 prop_assert!(obs.leader.is_none() || obs.leader.as_deref() == Some("b"), "{d}");
+                // Finding 3: its own WAL reaches the last published position.
+                prop_assert!(obs.cluster_optime.is_none_or(|o| data.wal_end.is_some_and(|end| end >= o)), "{d}");
             }
         }
 

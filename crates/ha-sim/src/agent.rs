@@ -156,6 +156,7 @@ impl World {
             sysid: d.sysid.clone(),
             was_primary: d.was_primary,
             timeline: d.timeline,
+            wal_end: Some(d.lsn()),
         });
         let (lsn, timeline) = node.pg.data.as_ref().map_or((0, 0), |d| (d.lsn(), d.timeline));
         let pg = match node.pg.run {

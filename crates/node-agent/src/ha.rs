@@ -95,6 +95,8 @@ pub struct Agent {
     sysid: Option<String>,
     last_member_json: Option<String>,
     last_optime: Option<u64>,
+    /// The end of the stopped data directory's WAL, by REDO point.
+    wal_end_cache: Option<((String, u64), Option<u64>)>,
     /// The agent has acted on the local PostgreSQL, or found it in a cluster
     /// etcd knows: only then does a shutdown stop it.
     managed: bool,
@@ -237,6 +239,7 @@ impl Agent {
             sysid: None,
             last_member_json: None,
             last_optime: None,
+            wal_end_cache: None,
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,
@@ -395,13 +398,44 @@ impl Agent {
         }
     }
 
+    /// The end of a stopped data directory's WAL, read once per REDO point
+    /// (the data cannot change while PostgreSQL is stopped, except by
+    /// pg_rewind, which moves the REDO point). `None` when it cannot be read.
+    async fn stopped_wal_end(&mut self) -> Option<u64> {
+        let redo = match self.pg.redo_point().await {
+            Ok(redo) => redo,
+            Err(e) => {
+                warn!("failed to read the REDO point: {e:#}");
+                return None;
+            }
+        };
+        if let Some((key, end)) = &self.wal_end_cache
+            && *key == redo
+        {
+            return *end;
+        }
+        let end = match self.pg.wal_end(&redo.0, redo.1).await {
+            Ok(end) => {
+                info!(redo = %redo.0, end = %ha_core::Lsn(end), "read where the local WAL ends");
+                Some(end)
+            }
+            Err(e) => {
+                warn!("failed to read where the local WAL ends (this node will not resume as primary): {e:#}");
+                None
+            }
+        };
+        self.wal_end_cache = Some((redo, end));
+        end
+    }
+
     async fn observed(&mut self, view: Option<&ClusterView>, local: &Local) -> Observed {
         let me = self.config.name.clone();
         let running_timeline = local.sql.as_ref().map(|s| s.timeline);
-        let data = self.local_identity(running_timeline).await.map(|(sysid, timeline)| DataDir {
+        let mut data = self.local_identity(running_timeline).await.map(|(sysid, timeline)| DataDir {
             sysid,
             was_primary: self.pg.was_primary(),
             timeline,
+            wal_end: None,
         });
         let pg = match (&local.sql, local.postmaster.state) {
             (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
@@ -411,6 +445,11 @@ impl Agent {
             (None, ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized) => PgRun::Stopped,
             (None, _) => PgRun::Transitioning,
         };
+        // A stopped former primary resumes only if its WAL reaches the last
+        // published position (decide's may_resume): read where it ends.
+        if let Some(data) = data.as_mut().filter(|d| d.was_primary && pg == PgRun::Stopped) {
+            data.wal_end = self.stopped_wal_end().await;
+        }
         if pg == PgRun::Stopped {
             self.upstream = None;
         }

@@ -96,6 +96,15 @@ fn pgpass_lines(auth: &pgwarden_config::Authentication, upstream: Option<&Upstre
     lines
 }
 
+/// The end of the record a `pg_waldump` line shows (`len (rec/tot): R/ T,
+/// ..., lsn: HI/LO, ...`): its LSN plus its total length.
+fn waldump_record_end(line: &str) -> Option<u64> {
+    let total =
+        line.split("len (rec/tot):").nth(1)?.split(',').next()?.split('/').nth(1)?.trim().parse::<u64>().ok()?;
+    let lsn: ha_core::Lsn = line.split("lsn: ").nth(1)?.split(',').next()?.parse().ok()?;
+    lsn.0.checked_add(total)
+}
+
 /// Writes a file only the owner may read, replacing it atomically through
 /// `<name>.pgwarden-tmp` beside it. Where the directory is not writable
 /// (a pgpass file placed in a root-owned directory), the file itself is
@@ -594,6 +603,56 @@ impl Postgres {
         Ok((sysid, timeline))
     }
 
+    /// Where the latest checkpoint's REDO point is, as `pg_controldata`
+    /// prints it, with its timeline: the key of a stopped data directory's
+    /// WAL (it changes only when PostgreSQL runs or pg_rewind writes).
+    pub async fn redo_point(&self) -> anyhow::Result<(String, u64)> {
+        let control = self.controldata().await?;
+        let redo = control.get("Latest checkpoint's REDO location").cloned().context("no REDO location")?;
+        let timeline = control
+            .get("Latest checkpoint's TimeLineID")
+            .and_then(|t| t.parse().ok())
+            .context("no checkpoint timeline")?;
+        Ok((redo, timeline))
+    }
+
+    /// Where the valid WAL of this stopped data directory ends (a lower
+    /// bound): the end of the last record `pg_waldump` reads from the REDO
+    /// point on. It reads the WAL written since the latest checkpoint, once
+    /// per stop (the agent caches it by REDO point).
+    pub async fn wal_end(&self, redo: &str, timeline: u64) -> anyhow::Result<u64> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut cmd = Command::new(self.bins.path("pg_waldump"));
+        cmd.arg("--path")
+            .arg(self.data_dir.join("pg_wal"))
+            .arg(format!("--start={redo}"))
+            .arg(format!("--timeline={timeline}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("run pg_waldump")?;
+        let stdout = child.stdout.take().context("pg_waldump stdout")?;
+        let read = async {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut end = None;
+            while let Some(line) = lines.next_line().await? {
+                if let Some(record_end) = waldump_record_end(&line) {
+                    end = Some(record_end);
+                }
+            }
+            anyhow::Ok(end)
+        };
+        // pg_waldump ends with an error at the end of valid WAL: its exit
+        // status says nothing; the records it printed do.
+        let end = tokio::time::timeout(Duration::from_secs(120), read)
+            .await
+            .context("pg_waldump ran past 120 s")??
+            .context("pg_waldump printed no record from the REDO point")?;
+        let _ = child.wait().await;
+        Ok(end)
+    }
+
     /// The highest timeline with a history file in `pg_wal`: a promotion
     /// writes it before anything else, so a primary that crashed right after
     /// promoting (its latest checkpoint still on the old timeline) is known
@@ -766,6 +825,16 @@ mod tests {
         auth.replication.password = None;
         assert_eq!(pgpass_lines(&auth, Some(&upstream)), "fe80\\:\\:1:5433:*:rewinder:rw\n");
         assert_eq!(pgpass_lines(&auth, None), "", "no upstream, no password on disk");
+    }
+
+    #[test]
+    fn a_waldump_line_gives_the_end_of_its_record() {
+        let line = "rmgr: XLOG        len (rec/tot):    114/   114, tx:          0, lsn: 0/01500718, prev 0/015006D0, \
+                    desc: CHECKPOINT_SHUTDOWN redo 0/1500718; tli 1";
+        assert_eq!(waldump_record_end(line), Some(0x0150_0718 + 114));
+        let high = "rmgr: Heap len (rec/tot): 54/ 8246, tx: 735, lsn: 1/00000028, prev 0/FFFFFFD8, desc: INSERT";
+        assert_eq!(waldump_record_end(high), Some((1 << 32) + 0x28 + 8246));
+        assert_eq!(waldump_record_end("pg_waldump: error: error in WAL record at 0/1500718"), None);
     }
 
     #[test]
