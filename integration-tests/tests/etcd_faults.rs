@@ -103,6 +103,12 @@ async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_
     // It resumed only after reading that its WAL reaches the published optime
     // (issue 20, finding 3): the fence stopped it immediately, mid-stream.
     assert!(log.contains("read where the local WAL ends"), "{log}");
+    // The ordered fence held acknowledgements before the deadline (issue 20,
+    // finding 12); the hold is gone once it resumed (writes flow below).
+    assert!(log.contains("holding commit acknowledgements"), "{log}");
+    let auto_conf = std::fs::read_to_string(setup.cluster.nodes[leader].data_dir().join("postgresql.auto.conf"))
+        .expect("postgresql.auto.conf");
+    assert!(!auto_conf.contains("pgwarden_fence_hold"), "{auto_conf}");
     assert_no_loss_and_one_writer(&setup, writer, probe, "etcd stopped").await;
 }
 

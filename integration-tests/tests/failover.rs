@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
-use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::writer::{Writer, WriterReport, missing_rows};
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
@@ -44,6 +44,30 @@ async fn direct_writer(cluster: &PgwardenCluster, leader: usize) -> Writer {
         .expect("start a direct writer");
     writer.wait_ack_after(Instant::now(), UP).await.expect("writes to the primary");
     writer
+}
+
+/// The LSN at which an agent's log says it held commit acknowledgements.
+fn held_lsn(log: &str) -> Option<ha_core::Lsn> {
+    let line = log.lines().find(|l| l.contains("holding commit acknowledgements"))?;
+    let plain: String = strip_ansi(line);
+    plain.split_whitespace().find_map(|word| word.strip_prefix("lsn=")).and_then(|lsn| lsn.parse().ok())
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The fencing faults' frame: a client writing through HAProxy and every node
@@ -88,7 +112,7 @@ async fn assert_one_writer_through_failover(
     leader: usize,
     direct: Writer,
     fault: &str,
-) -> usize {
+) -> (usize, WriterReport) {
     let others: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| i != leader).collect();
     let new_leader = wait_until("a replica to take over", UP, || async {
         let primaries: Vec<usize> =
@@ -114,7 +138,7 @@ async fn assert_one_writer_through_failover(
         .as_secs_f64();
     println!("{fault}: last write on the old primary {:.3} s before the promotion", promoted - last_old_write);
     assert!(last_old_write < promoted, "{fault}: the old primary accepted a write after the promotion: two writers");
-    new_leader
+    (new_leader, report)
 }
 
 #[tokio::test]
@@ -342,7 +366,7 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     let watched = watch(&setup).await;
     let direct = direct_writer(cluster, leader).await;
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
-    let new_leader = assert_one_writer_through_failover(cluster, leader, direct, "frozen agent").await;
+    let (new_leader, _) = assert_one_writer_through_failover(cluster, leader, direct, "frozen agent").await;
     assert!(cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     assert!(
         cluster.nodes[leader].postmaster_pid().is_none_or(|pid| !pgwarden_integration_tests::process::is_running(pid))
@@ -364,7 +388,20 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
     let watched = watch(&setup).await;
     let direct = direct_writer(cluster, leader).await;
     proxies[leader].cut();
-    let new_leader = assert_one_writer_through_failover(cluster, leader, direct, "etcd cut from the primary").await;
+    let (new_leader, direct) =
+        assert_one_writer_through_failover(cluster, leader, direct, "etcd cut from the primary").await;
+    // The ordered fence (issue 20, finding 12): before its deadline the old
+    // primary stopped acknowledging commits, and the new primary's timeline
+    // begins past that point, so every commit acknowledged on the old one,
+    // directly or through HAProxy, is on the new one.
+    let log = cluster.nodes[leader].agent_log();
+    let held = held_lsn(&log).unwrap_or_else(|| panic!("the old primary never held acknowledgements:\n{log}"));
+    let history = cluster.nodes[new_leader].psql("select pg_read_file('pg_wal/00000002.history')").expect("history");
+    let switch: ha_core::Lsn = history.split('\t').nth(1).expect("a switch point").parse().expect("an LSN");
+    println!("etcd cut from the primary: acknowledgements held at {held}, the new timeline starts at {switch}");
+    assert!(switch >= held, "the new timeline starts at {switch}, before the hold at {held}");
+    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "direct", &direct.ids()).await.expect("read");
+    assert!(missing.is_empty(), "rows acknowledged by the old primary lost: {missing:?}");
     // Back on etcd, the old primary rejoins as a replica.
     proxies[leader].restore();
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
@@ -379,7 +416,8 @@ async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted(
     let direct = direct_writer(&setup.cluster, leader).await;
     // SIGKILL: PostgreSQL keeps running, nothing renews the key any more.
     setup.cluster.nodes[leader].kill_agent();
-    let new_leader = assert_one_writer_through_failover(&setup.cluster, leader, direct, "agent killed alone").await;
+    let (new_leader, _) =
+        assert_one_writer_through_failover(&setup.cluster, leader, direct, "agent killed alone").await;
     assert!(setup.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     setup.cluster.nodes[leader].start_agent().expect("restart the agent");
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);

@@ -361,6 +361,16 @@ impl Agent {
         self.lease = Some(lease);
         let handle = spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true);
         tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
+        // The ordered fence's first step: no acknowledgement in the last
+        // moments of a lease nobody renews (issue 20, finding 12).
+        let hold = crate::ackhold::AckHold {
+            config: self.config.clone(),
+            local: self.pg.local.clone(),
+            port: self.pg.port,
+            data_dir: self.pg.data_dir.clone(),
+            lead: crate::ackhold::lead(dynamic.ttl, self.config.pgwarden.fence_margin),
+        };
+        tokio::spawn(crate::ackhold::hold_acks_near_deadline(handle.subscribe(), self.view.subscribe(), hold));
         self.renewal = Some(handle);
         self.renewal_proves_leader = true;
     }

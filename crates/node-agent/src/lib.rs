@@ -6,6 +6,7 @@
 //! It must never act on another node's PostgreSQL, and never write another
 //! member's keys.
 
+mod ackhold;
 mod callbacks;
 mod grpc;
 mod ha;
@@ -252,6 +253,17 @@ pub async fn run(
         dcs::v2::check_scope(&config, &etcd, timeout, config_path.as_deref()).await?;
     }
     check_unique_name(&config, &etcd).await?;
+    // A hold on acknowledgements an earlier run left (it died holding one)
+    // would block every commit of the running primary it adopts.
+    match ackhold::clear_residue(&config.postgresql.data_dir) {
+        Ok(true) if pg_local::observe(&config.postgresql.data_dir).state != ha_proto::v1::PostgresState::Stopped => {
+            if let Err(e) = pg.reload().await {
+                tracing::warn!("failed to reload PostgreSQL after removing the hold: {e:#}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("failed to remove a hold on commit acknowledgements: {e:#}"),
+    }
     let initial_local = Local {
         postmaster: pg_local::observe(&config.postgresql.data_dir),
         sql: None,

@@ -442,6 +442,8 @@ impl Postgres {
         if let Some((lines, source)) = self.hba_lines(dynamic) {
             self.write_hba(&lines, source)?;
         }
+        // The HA loop's names, not a hold an earlier leader term left.
+        crate::ackhold::clear_residue(&self.data_dir)?;
         write_private(&managed, &text)
     }
 

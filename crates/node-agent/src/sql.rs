@@ -97,6 +97,47 @@ pub async fn show(conn: &mut PgConnection, name: &str) -> anyhow::Result<String>
     Ok(row.try_get(0)?)
 }
 
+/// Holds every later commit: runs `statement` (an `ALTER SYSTEM` naming a
+/// standby that never connects, so it needs no config file written by the
+/// HA loop), then a reload.
+pub async fn hold_acknowledgements(conn: &mut PgConnection, statement: &'static str) -> anyhow::Result<()> {
+    sqlx::raw_sql(statement).execute(&mut *conn).await.context("set synchronous_standby_names (alter system)")?;
+    sqlx::query("select pg_reload_conf()").execute(&mut *conn).await.context("reload the config")?;
+    Ok(())
+}
+
+/// Undoes [`hold_acknowledgements`].
+pub async fn release_acknowledgements(conn: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::raw_sql("alter system reset synchronous_standby_names")
+        .execute(&mut *conn)
+        .await
+        .context("reset synchronous_standby_names (alter system)")?;
+    sqlx::query("select pg_reload_conf()").execute(&mut *conn).await.context("reload the config")?;
+    Ok(())
+}
+
+/// The primary's current WAL write position.
+pub async fn current_wal_lsn(conn: &mut PgConnection) -> anyhow::Result<u64> {
+    let row = sqlx::query("select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        .fetch_one(&mut *conn)
+        .await
+        .context("read the current WAL position")?;
+    Ok(row.try_get::<i64, _>(0)? as u64)
+}
+
+/// How many replicas stream, and how many of them flushed `lsn`.
+pub async fn replicas_flushed_to(conn: &mut PgConnection, lsn: u64) -> anyhow::Result<(i64, i64)> {
+    let row = sqlx::query(
+        "select count(*), count(*) filter (where pg_wal_lsn_diff(flush_lsn, '0/0') >= $1) \
+         from pg_stat_replication where state = 'streaming'",
+    )
+    .bind(lsn as i64)
+    .fetch_one(&mut *conn)
+    .await
+    .context("read the replicas' flush positions")?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// Connects as the superuser over `local` (TCP or the Unix socket).
 pub async fn connect(
     config: &Config,
