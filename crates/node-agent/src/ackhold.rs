@@ -20,7 +20,7 @@ use election::{BootInstant, LeaseState};
 use pgwarden_config::Config;
 use pgwarden_config::hba::LocalConnection;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::ha::HaView;
 use crate::sql;
