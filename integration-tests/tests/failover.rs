@@ -70,33 +70,45 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// The fencing faults' frame: a client writing through HAProxy and every node
-/// probed directly for writability, from before the fault to the end.
+/// The fencing faults' frame: three clients writing concurrently through
+/// HAProxy (each its own table) and every node probed directly for
+/// writability, from before the fault to the end.
 struct Watched {
-    writer: Writer,
+    writers: Vec<(String, Writer)>,
     probe: WriteProbe,
 }
 
 async fn watch(setup: &Setup) -> Watched {
     let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
     let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    let writer = start_writer(setup).await;
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes through HAProxy");
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let table = format!("acked{w}");
+        let writer = Writer::start(setup.write_port, SUPERUSER_PASSWORD, &table, Duration::from_millis(5)).await;
+        writers.push((table, writer.expect("start a writer")));
+    }
+    for (_, writer) in &writers {
+        writer.wait_ack_after(Instant::now(), UP).await.expect("writes through HAProxy");
+    }
     probe.wait_answered(UP).await.expect("probes");
-    Watched { writer, probe }
+    Watched { writers, probe }
 }
 
-/// After the old primary streams again: no acknowledged row lost, never two
-/// writable nodes at once, and only the old then the new primary ever wrote.
+/// After the old primary streams again: no row any writer saw acknowledged
+/// lost, never two writable nodes at once, and only the old then the new
+/// primary ever wrote.
 async fn assert_watched(setup: &Setup, watched: Watched, old: usize, new: usize, fault: &str) {
-    watched.writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
-    let report = watched.writer.stop().await;
-    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
-    assert!(missing.is_empty(), "{fault}: acknowledged rows lost: {missing:?}");
+    let mut acked = 0;
+    for (table, writer) in watched.writers {
+        writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
+        let report = writer.stop().await;
+        let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, &table, &report.ids()).await.expect("read");
+        assert!(missing.is_empty(), "{fault}: acknowledged rows of {table} lost: {missing:?}");
+        acked += report.acked.len();
+    }
     let probes = watched.probe.stop().await;
     println!(
-        "{fault}: {} rows through HAProxy, 0 lost; seconds with two writable nodes: {:.3}",
-        report.acked.len(),
+        "{fault}: {acked} rows through HAProxy from 3 writers, 0 lost; seconds with two writable nodes: {:.3}",
         probes.two_writer_seconds()
     );
     assert_eq!(probes.two_writer_seconds(), 0.0, "{fault}: two writable nodes at once: {:?}", probes.spans);
