@@ -291,4 +291,30 @@ async fn a_second_node_with_a_members_name_is_refused() {
     let after = cluster.get_key("members/node2").await.expect("etcd").expect("node2's key");
     let api = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("json")["api_url"].clone();
     assert_eq!(api(&after), api(&before), "the running member's key is its own");
+
+    // A twin that even advertises node2's REST address is told apart by its
+    // PostgreSQL address.
+    let node2_rest = cluster.nodes.iter().find(|n| n.name == "node2").expect("node2").rest_port;
+    let twin = cluster.add_node("node2", "").expect("a second twin");
+    let path = twin.config_path();
+    let own = format!("connect_address: 127.0.0.1:{}", twin.rest_port);
+    let yaml = std::fs::read_to_string(&path).expect("config");
+    assert!(yaml.contains(&own), "{yaml}");
+    std::fs::write(&path, yaml.replace(&own, &format!("connect_address: 127.0.0.1:{node2_rest}"))).expect("write");
+    twin.start_agent().expect("agent");
+    let started = std::time::Instant::now();
+    let mut code = None;
+    while started.elapsed() < UP {
+        if let Some(exited) = cluster.nodes[3].agent_exit_code() {
+            code = Some(exited);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = cluster.nodes[3].agent_log();
+    assert_eq!(code, Some(Some(78)), "{log}");
+    assert!(log.contains("is in use by another node"), "{log}");
+    let after = cluster.get_key("members/node2").await.expect("etcd").expect("node2's key");
+    let conn = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("json")["conn_url"].clone();
+    assert_eq!((api(&after), conn(&after)), (api(&before), conn(&before)), "the running member's key is its own");
 }

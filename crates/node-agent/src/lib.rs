@@ -349,6 +349,9 @@ pub use dcs::v2::StartRefused;
 async fn check_unique_name(config: &Config, etcd: &dcs::Etcd) -> anyhow::Result<()> {
     let keys = dcs::Keys::new(&config.namespace, &config.scope);
     let ours = config.restapi.api_url();
+    // Our PostgreSQL address as the member key carries it (when it can be
+    // known here): a twin may share the REST address but not both.
+    let our_conn = config.postgresql.connect_address.as_ref().map(|a| format!("postgres://{a}/postgres"));
     let patience = Duration::from_secs(u64::from(config.bootstrap.dcs.ttl) + 5);
     let started = std::time::Instant::now();
     let mut warned = false;
@@ -358,14 +361,18 @@ async fn check_unique_name(config: &Config, etcd: &dcs::Etcd) -> anyhow::Result<
             // etcd not answering: the HA loop waits for it; nothing to compare.
             Err(_) => return Ok(()),
         };
-        let other = view.member(&config.name).map(|m| m.data.api_url.clone()).filter(|url| *url != ours);
+        let other = view
+            .member(&config.name)
+            .filter(|m| m.data.api_url != ours || our_conn.as_ref().is_some_and(|conn| m.data.conn_url != *conn))
+            .map(|m| format!("{} and PostgreSQL at {}", m.data.api_url, m.data.conn_url));
         let Some(other) = other else { return Ok(()) };
         if started.elapsed() >= patience {
             return Err(StartRefused(format!(
-                "member name {:?} is in use by another node (its REST API is {other}; ours is {ours}), and its key \
+                "member name {:?} is in use by another node (its REST API is {other}; ours is {ours}{}), and its key \
                  stayed alive for {} s: names must be unique in a cluster (DESIGN invariant 3). Give this node its \
                  own `name`; nothing was changed",
                 config.name,
+                our_conn.as_ref().map(|c| format!(" and PostgreSQL at {c}")).unwrap_or_default(),
                 patience.as_secs()
             ))
             .into());
@@ -373,7 +380,7 @@ async fn check_unique_name(config: &Config, etcd: &dcs::Etcd) -> anyhow::Result<
         if !warned {
             tracing::warn!(
                 %other,
-                "member key {:?} names another REST address: waiting up to {} s for it to expire",
+                "member key {:?} names another node's addresses: waiting up to {} s for it to expire",
                 config.name,
                 patience.as_secs()
             );
