@@ -362,3 +362,57 @@ async fn strict_mode_blocks_writes_without_a_standby_and_resumes_when_one_return
     assert!(missing.is_empty(), "{missing:?}");
     println!("strict: writes blocked from {:?} after the kill until the standby returned", blocked_from - killed);
 }
+
+/// Patroni parity (issue 23): tags written as strings are read as Patroni
+/// reads them by every member, not only by the node that has them, and a
+/// boolean tag that is false is left out of what a member publishes. With
+/// node1 leading, node2 tagged `nosync: 'true'` and node3 `sync_priority:
+/// '0'` may never be the synchronous standby: the `sync` key stays empty.
+/// node3's `nofailover: false` is not published, so `/replica?tag_nofailover=false`
+/// fails on it as on Patroni, while `nosync: 'true'` is published as written.
+#[tokio::test]
+async fn tags_written_as_strings_are_honoured_by_every_member_and_false_ones_are_not_published() {
+    init_logging();
+    // `start_with` numbers the nodes from 1, as their names.
+    let cluster = PgwardenCluster::start_with(3, |i| match i {
+        2 => "tags:\n  nosync: 'true'\n".to_string(),
+        3 => "tags:\n  sync_priority: '0'\n  nofailover: false\n".to_string(),
+        _ => String::new(),
+    })
+    .await
+    .expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    if leader != 0 {
+        let request = format!(r#"{{"leader":"{}","member":"{}"}}"#, cluster.nodes[leader].name, cluster.nodes[0].name);
+        cluster.put_key("failover", &request).await.expect("request a switchover");
+        wait_until("node1 to lead", UP, || async {
+            Ok::<_, String>((cluster.nodes[0].check("/primary") == 200).then_some(()))
+        })
+        .await
+        .expect("node1 leads");
+    }
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), 0);
+    patch_config(&cluster, serde_json::json!({"synchronous_mode": true})).await;
+    // The leader takes synchronous mode up: the sync key names it.
+    wait_until("the sync key", UP, || async {
+        let value = cluster.get_key("sync").await.map_err(|e| e.to_string())?.unwrap_or_default();
+        Ok::<_, String>(value.contains("\"leader\":\"node1\"").then_some(()))
+    })
+    .await
+    .expect("the leader writes the sync key");
+    // Several loops later no standby has been chosen.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let listed = sync_standbys(&cluster).await;
+        assert!(
+            listed.iter().all(String::is_empty),
+            "a standby tagged out of synchronous replication listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node3 = cluster.get_key("members/node3").await.expect("etcd").expect("node3's key");
+    let tags: serde_json::Value = serde_json::from_str::<serde_json::Value>(&node3).expect("json")["tags"].clone();
+    assert_eq!(tags, serde_json::json!({"sync_priority": "0"}), "false boolean tags are not published");
+    assert_eq!(cluster.nodes[2].check("/replica?tag_nofailover=false"), 503);
+    assert_eq!(cluster.nodes[1].check("/replica?tag_nosync=true"), 200);
+}

@@ -15,6 +15,7 @@ pub mod logformat;
 mod postgres_bin;
 mod problem;
 mod read;
+pub use read::{parse_bool, parse_int};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -230,7 +231,10 @@ pub struct Tags {
     pub clonefrom: bool,
     pub nosync: bool,
     pub failover_priority: Option<u32>,
-    /// Every tag as the user wrote it, as published in the member key.
+    /// `sync_priority`: the others read it from the member key's tags.
+    pub sync_priority: Option<u32>,
+    /// The effective tags, as published in the member key and `/patroni`
+    /// ([`effective_tags`]).
     pub json: Map<String, Value>,
 }
 
@@ -725,8 +729,26 @@ fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd> {
     })
 }
 
+/// The tags Patroni treats as booleans (and leaves out of a member's
+/// published tags when false).
+pub const BOOLEAN_TAGS: &[&str] = &["clonefrom", "nofailover", "noloadbalance", "nosync", "nostream"];
+
+/// The tags a member publishes, as Patroni's: a boolean tag only when it is
+/// true (and `nofailover` also when `failover_priority` is set, so the two
+/// can be reconciled), every other tag as written.
+pub fn effective_tags(tags: &Map<String, Value>) -> Map<String, Value> {
+    tags.iter()
+        .filter(|(name, value)| {
+            !BOOLEAN_TAGS.contains(&name.as_str())
+                || parse_bool(value) == Some(true)
+                || (name.as_str() == "nofailover" && tags.contains_key("failover_priority"))
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 fn tags(r: &mut Reader<'_>) -> Tags {
-    let json = r.section("tags").cloned().unwrap_or_default();
+    let json = effective_tags(&r.section("tags").cloned().unwrap_or_default());
     let priority = |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
     Tags {
         nofailover: r.bool("tags.nofailover", false),
@@ -734,6 +756,7 @@ fn tags(r: &mut Reader<'_>) -> Tags {
         clonefrom: r.bool("tags.clonefrom", false),
         nosync: r.bool("tags.nosync", false),
         failover_priority: priority(r, "tags.failover_priority"),
+        sync_priority: priority(r, "tags.sync_priority"),
         json,
     }
 }
@@ -1138,6 +1161,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn namespaces_are_normalised_like_patroni() {
@@ -1145,6 +1169,35 @@ mod tests {
         assert_eq!(normalise_namespace("/service/"), "/service/");
         assert_eq!(normalise_namespace("/db"), "/db/");
         assert_eq!(normalise_namespace("a/b"), "/a/b/");
+    }
+
+    #[test]
+    fn false_boolean_tags_are_not_published_and_others_are_kept_as_written() {
+        let tags: Map<String, Value> = serde_json::from_str(
+            r#"{"nofailover":false,"noloadbalance":"off","clonefrom":"true","nosync":0,"nostream":true,
+                "sync_priority":"0","dc":"east"}"#,
+        )
+        .expect("json");
+        let published: Map<String, Value> =
+            serde_json::from_str(r#"{"clonefrom":"true","nostream":true,"sync_priority":"0","dc":"east"}"#)
+                .expect("json");
+        assert_eq!(effective_tags(&tags), published);
+        // nofailover stays beside failover_priority, false or not, as in Patroni.
+        let both: Map<String, Value> =
+            serde_json::from_str(r#"{"nofailover":false,"failover_priority":2}"#).expect("json");
+        assert_eq!(effective_tags(&both), both);
+    }
+
+    #[test]
+    fn booleans_read_as_patroni_reads_them() {
+        for yes in [json!(true), json!("on"), json!("TRUE"), json!("yes"), json!("1"), json!(1)] {
+            assert_eq!(parse_bool(&yes), Some(true), "{yes}");
+        }
+        for no in [json!(false), json!("off"), json!("False"), json!("no"), json!("0"), json!(0)] {
+            assert_eq!(parse_bool(&no), Some(false), "{no}");
+        }
+        assert_eq!(parse_bool(&json!("maybe")), None);
+        assert_eq!(parse_bool(&json!(2)), None);
     }
 
     #[test]

@@ -38,14 +38,18 @@ pub fn lookup<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
     if node.is_null() { None } else { Some(node) }
 }
 
+/// A boolean as Patroni reads one: `true`/`false`, or a string or number
+/// `on`, `true`, `yes`, `y`, `1` / `off`, `false`, `no`, `n`, `0` (any case).
 pub fn parse_bool(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "y" => Some(true),
-            "false" | "no" | "off" | "n" => Some(false),
-            _ => None,
-        },
+    let text = match value {
+        Value::Bool(b) => return Some(*b),
+        Value::String(s) => s.trim().to_ascii_lowercase(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    match text.as_str() {
+        "true" | "yes" | "on" | "y" | "1" => Some(true),
+        "false" | "no" | "off" | "n" | "0" => Some(false),
         _ => None,
     }
 }

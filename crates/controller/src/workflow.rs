@@ -46,13 +46,9 @@ pub fn deadline(view: &ClusterView) -> Duration {
     Duration::from_secs(2 * dynamic(view).loop_wait().as_secs().max(10))
 }
 
-fn tag(view: &ClusterView, member: &str, name: &str) -> Option<serde_json::Value> {
-    view.member(member).and_then(|m| m.data.tags.get(name).cloned())
-}
-
 fn never_leads(view: &ClusterView, member: &str) -> bool {
-    tag(view, member, "nofailover").and_then(|v| v.as_bool()) == Some(true)
-        || tag(view, member, "failover_priority").and_then(|v| v.as_u64()) == Some(0)
+    view.member(member)
+        .is_some_and(|m| m.data.tag_flag("nofailover") || m.data.tag_number("failover_priority") == Some(0))
 }
 
 /// A member's status from its agent (`None`: unreachable or not a pgwarden member).

@@ -57,6 +57,18 @@ impl MemberData {
         }
     }
 
+    /// A boolean tag as Patroni reads another member's: `true`, or a string
+    /// such as `'true'` or `'on'` (a member whose config quoted it).
+    pub fn tag_flag(&self, name: &str) -> bool {
+        self.tags.get(name).and_then(pgwarden_config::parse_bool) == Some(true)
+    }
+
+    /// An integer tag (`failover_priority`, `sync_priority`), written as a
+    /// number or a string.
+    pub fn tag_number(&self, name: &str) -> Option<i64> {
+        self.tags.get(name).and_then(pgwarden_config::parse_int)
+    }
+
     /// Host and port from `conn_url`.
     pub fn host_port(&self) -> Option<(String, u16)> {
         let rest = self.conn_url.split_once("://")?.1;
@@ -135,6 +147,19 @@ pub struct HistoryEntry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_read_as_patroni_reads_another_members() {
+        let raw = br#"{"conn_url":"postgres://h:5432/postgres","tags":{"nosync":"true","clonefrom":true,
+            "nofailover":"no","sync_priority":"0","failover_priority":3}}"#;
+        let member = MemberData::parse(raw).expect("parses");
+        assert!(member.tag_flag("nosync"), "a quoted true");
+        assert!(member.tag_flag("clonefrom"));
+        assert!(!member.tag_flag("nofailover"));
+        assert!(!member.tag_flag("noloadbalance"), "absent");
+        assert_eq!(member.tag_number("sync_priority"), Some(0));
+        assert_eq!(member.tag_number("failover_priority"), Some(3));
+    }
 
     #[test]
     fn reads_a_patroni_member_and_keeps_unknown_fields() {

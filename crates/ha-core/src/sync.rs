@@ -28,8 +28,10 @@ pub struct Standby {
     /// PostgreSQL counts it as synchronous now (`sync_state = 'sync'`).
     pub sync: bool,
     pub flush_lsn: u64,
-    /// A member of the cluster, not tagged `nosync`.
+    /// A member of the cluster, not tagged `nosync` (nor `sync_priority: 0`).
     pub eligible: bool,
+    /// Its `sync_priority` tag (default 1): a higher one is chosen first.
+    pub priority: u32,
 }
 
 /// A standby put in P and not yet in S; `since_lsn` is the primary's
@@ -128,13 +130,13 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
             _ => SyncStep::Idle,
         };
     }
-    // Joining: one standby at a time, the most advanced first.
+    // Joining: one standby at a time, the highest `sync_priority` first, then
+    // the most advanced.
     if s.len() < input.node_count.max(1) {
-        let best = input
-            .standbys
-            .iter()
-            .filter(|c| c.streaming && c.eligible && !s.contains(&c.name))
-            .max_by(|a, b| a.flush_lsn.cmp(&b.flush_lsn).then_with(|| b.name.cmp(&a.name)));
+        let best =
+            input.standbys.iter().filter(|c| c.streaming && c.eligible && !s.contains(&c.name)).max_by(|a, b| {
+                a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
+            });
         if let Some(best) = best {
             let mut names = p.clone();
             names.push(best.name.clone());
@@ -204,7 +206,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn standby(name: &str, sync: bool, flush: u64) -> Standby {
-        Standby { name: name.into(), streaming: true, sync, flush_lsn: flush, eligible: true }
+        Standby { name: name.into(), streaming: true, sync, flush_lsn: flush, eligible: true, priority: 1 }
+    }
+
+    #[test]
+    fn a_higher_sync_priority_is_chosen_before_a_more_advanced_standby() {
+        let input = SyncInput {
+            node_count: 1,
+            published: vec![],
+            key_is_mine: true,
+            configured: vec![],
+            pending: None,
+            standbys: vec![standby("a", false, 900), Standby { priority: 2, ..standby("b", false, 100) }],
+            primary_lsn: 1000,
+        };
+        match next_step(&input) {
+            SyncStep::Configure { names, .. } => assert_eq!(names, vec!["b".to_string()]),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn input() -> SyncInput {

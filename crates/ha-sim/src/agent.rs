@@ -739,6 +739,8 @@ impl World {
                 sync: matches!(live, Ssn::Names(names) if names.contains(&self.nodes[r].name)),
                 flush_lsn: self.nodes[r].pg.lsn().unwrap_or(0),
                 eligible: true,
+                // Uneven `sync_priority` tags, so the choice follows them.
+                priority: 1 + (r % 2) as u32,
             })
             .collect();
         if !self.nodes[i].agent.sync_rebuilt {

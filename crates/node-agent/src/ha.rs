@@ -470,9 +470,8 @@ impl Agent {
             _ => None,
         };
         let dynamic = self.dynamic(view);
-        let priority_of = |tags: &serde_json::Map<String, serde_json::Value>| {
-            tags.get("failover_priority").and_then(serde_json::Value::as_u64).map_or(1, |p| p as u32)
-        };
+        let priority_of =
+            |data: &MemberData| data.tag_number("failover_priority").and_then(|p| u32::try_from(p).ok()).unwrap_or(1);
         let mut peers: Vec<Peer> = view
             .map(|v| {
                 v.members
@@ -482,10 +481,10 @@ impl Agent {
                         name: m.name.clone(),
                         running: m.data.state == "running",
                         lsn: m.data.xlog_location,
-                        nofailover: m.data.tags.get("nofailover").and_then(serde_json::Value::as_bool) == Some(true),
-                        clonefrom: m.data.tags.get("clonefrom").and_then(serde_json::Value::as_bool) == Some(true),
+                        nofailover: m.data.tag_flag("nofailover"),
+                        clonefrom: m.data.tag_flag("clonefrom"),
                         reachable: m.data.host_port().is_some(),
-                        priority: priority_of(&m.data.tags),
+                        priority: priority_of(&m.data),
                         timeline: m.data.timeline,
                         has_data: m.data.state == "running"
                             || m.data.xlog_location.is_some()
@@ -1631,8 +1630,7 @@ impl Agent {
             .map(|s| s.members().into_iter().map(String::from).collect())
             .unwrap_or_default();
         let nosync = |name: &str| {
-            view.member(name)
-                .is_none_or(|m| m.data.tags.get("nosync").and_then(serde_json::Value::as_bool) == Some(true))
+            view.member(name).is_none_or(|m| m.data.tag_flag("nosync") || m.data.tag_number("sync_priority") == Some(0))
         };
         let standbys = sql
             .replication
@@ -1643,6 +1641,11 @@ impl Agent {
                 sync: r.sync_state == "sync" || r.sync_state == "quorum",
                 flush_lsn: r.flush_lsn,
                 eligible: !nosync(&r.application_name),
+                priority: view
+                    .member(&r.application_name)
+                    .and_then(|m| m.data.tag_number("sync_priority"))
+                    .and_then(|p| u32::try_from(p).ok())
+                    .unwrap_or(1),
             })
             .collect();
         // Leading again (an agent restarted under a running primary, or a
