@@ -337,6 +337,11 @@ async fn a_scheduled_switchover_can_be_cancelled_or_carried_out_on_time() {
     assert_eq!(response.outcome, WorkflowOutcome::Scheduled as i32, "{response:?}");
     let key = cluster.get_key("failover").await.expect("etcd").expect("the request is written");
     assert!(key.contains("scheduled_at"), "{key}");
+    // /cluster shows it as Patroni's does.
+    let body = cluster.nodes[leader].get("/cluster").expect("/cluster");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(json["scheduled_switchover"]["from"], cluster.nodes[leader].name.as_str(), "{body}");
+    assert!(json["scheduled_switchover"]["at"].as_str().is_some_and(|a| !a.is_empty()), "{body}");
     // A second request while one is pending is refused.
     let again = grpc.switchover(SwitchoverRequest::default()).await.expect_err("one at a time");
     assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");

@@ -270,6 +270,9 @@ async fn sync_mode_turns_on_and_off_at_run_time_and_shows_everywhere() {
     .expect("health checks");
     let body = cluster.nodes[leader].get("/cluster").expect("/cluster");
     assert!(body.contains("\"sync_standby\""), "{body}");
+    // Patroni's /patroni marks the synchronous replica, and only it.
+    let marked = |i: usize| cluster.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"sync_standby\":true"));
+    assert!(marked(sync) && !marked(other) && !marked(leader));
     let config = cluster.nodes[0].config_path().display().to_string();
     let (ok, stdout, _) =
         pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "list"], &[]).expect("list");

@@ -111,6 +111,10 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
             if !status.replication_state.is_empty() {
                 map.insert("replication_state".into(), json!(status.replication_state));
             }
+            // Patroni's mark of a synchronous standby (the `sync` key lists it).
+            if status.sync_standby {
+                map.insert("sync_standby".into(), json!(true));
+            }
         }
     }
     if status.paused {
@@ -340,6 +344,9 @@ mod tests {
         assert_eq!(ask("/async", "", &not_sync, now), StatusCode::OK);
         assert_eq!(ask("/read-only-sync", "", &sync, now), StatusCode::OK);
         assert_eq!(ask("/read-only-sync", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        let identity = identity();
+        assert_eq!(patroni_json(&identity, &sync, now)["sync_standby"], true, "Patroni marks the sync standby");
+        assert!(patroni_json(&identity, &not_sync, now).get("sync_standby").is_none());
         let no_dcs = Some((NodeStatus { dcs_last_seen_unix_ms: 900_000, ..replica.clone() }, now));
         assert_eq!(ask("/async", "", &no_dcs, now), StatusCode::SERVICE_UNAVAILABLE, "without etcd, 503");
         assert_eq!(ask("/readiness", "", &not_sync, now), StatusCode::OK);

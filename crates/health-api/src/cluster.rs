@@ -43,6 +43,9 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
             if !data.tags.is_empty() {
                 map.insert("tags".into(), Value::Object(data.tags.clone()));
             }
+            if data.extra.get("pending_restart") == Some(&Value::Bool(true)) {
+                map.insert("pending_restart".into(), json!(true));
+            }
             if !is_leader {
                 let position = data.replay_lsn.or(data.xlog_location);
                 let lag = match (optime, position) {
@@ -63,6 +66,19 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
     let mut body = json!({"scope": scope, "members": members});
     if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(Value::as_bool) == Some(true)) {
         body["pause"] = json!(true);
+    }
+    // Patroni's: a switchover scheduled in the `failover` key.
+    if let Some(failover) = &view.failover
+        && let Some(at) = &failover.scheduled_at
+    {
+        let mut scheduled = json!({"at": at});
+        if let Some(from) = &failover.leader {
+            scheduled["from"] = json!(from);
+        }
+        if let Some(to) = &failover.member {
+            scheduled["to"] = json!(to);
+        }
+        body["scheduled_switchover"] = scheduled;
     }
     body
 }
@@ -110,5 +126,25 @@ mod tests {
         assert_eq!(body["members"][1]["state"], "streaming");
         assert_eq!(body["members"][1]["lag"], 10);
         assert_eq!(body["members"][1]["port"], 5432);
+        assert!(body.get("scheduled_switchover").is_none());
+        assert!(body["members"][1].get("pending_restart").is_none());
+    }
+
+    #[test]
+    fn a_scheduled_switchover_and_a_pending_restart_show_as_in_patroni() {
+        let mut pending = MemberData { conn_url: "postgres://h:5432/postgres".into(), ..MemberData::default() };
+        pending.extra.insert("pending_restart".into(), json!(true));
+        let view = ClusterView {
+            members: vec![MemberEntry { name: "b".into(), lease: 1, data: pending }],
+            failover: Some(dcs::Failover {
+                leader: Some("a".into()),
+                member: Some("b".into()),
+                scheduled_at: Some("2026-12-05T10:00:00+00:00".into()),
+            }),
+            ..ClusterView::default()
+        };
+        let body = cluster_json("s", &view);
+        assert_eq!(body["scheduled_switchover"], json!({"at": "2026-12-05T10:00:00+00:00", "from": "a", "to": "b"}));
+        assert_eq!(body["members"][0]["pending_restart"], true);
     }
 }
