@@ -324,6 +324,31 @@ async fn pause_blocks_failover_and_resume_restores_it() {
     })
     .await
     .expect("paused");
+    // A replay paused by hand during the pause shows in /patroni (xlog.paused)
+    // and in /metrics, and the agent leaves it paused, as Patroni does.
+    let replica = (leader + 1) % 3;
+    let node = &setup.cluster.nodes[replica];
+    node.psql("select pg_wal_replay_pause()").expect("pause the replay");
+    let replay_paused = || {
+        node.get("/patroni")
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|j| j["xlog"]["paused"] == true)
+    };
+    wait_until("/patroni to report the paused replay", Duration::from_secs(10), || async {
+        Ok::<_, String>(replay_paused().then_some(()))
+    })
+    .await
+    .expect("xlog.paused");
+    let metrics = node.get("/metrics").expect("/metrics");
+    let line = metrics.lines().find(|l| l.starts_with("patroni_xlog_paused{")).expect("the metric");
+    assert!(line.ends_with(" 1"), "{line}");
+    let window = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window {
+        assert_eq!(node.psql("select pg_is_wal_replay_paused()").expect("psql"), "t", "the agent resumed the replay");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(replay_paused());
+    node.psql("select pg_wal_replay_resume()").expect("resume the replay");
     setup.cluster.nodes[leader].kill_node();
     // Longer than the ttl: without the pause a replica would have taken over.
     tokio::time::sleep(Duration::from_secs(14)).await;

@@ -106,7 +106,12 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
             map.insert(
                 "xlog".into(),
                 json!({"received_location": status.receive_lsn, "replayed_location": status.replay_lsn,
-                       "replayed_timestamp": Value::Null, "paused": false}),
+                       "replayed_timestamp": if status.replayed_timestamp.is_empty() {
+                           Value::Null
+                       } else {
+                           json!(status.replayed_timestamp)
+                       },
+                       "paused": status.replay_paused}),
             );
             if !status.replication_state.is_empty() {
                 map.insert("replication_state".into(), json!(status.replication_state));
@@ -347,6 +352,20 @@ mod tests {
         let identity = identity();
         assert_eq!(patroni_json(&identity, &sync, now)["sync_standby"], true, "Patroni marks the sync standby");
         assert!(patroni_json(&identity, &not_sync, now).get("sync_standby").is_none());
+        let paused = Some((
+            NodeStatus {
+                replay_paused: true,
+                replayed_timestamp: "2026-12-05 09:10:40.5+00:00".into(),
+                ..replica.clone()
+            },
+            now,
+        ));
+        let xlog = &patroni_json(&identity, &paused, now)["xlog"];
+        assert_eq!(
+            (xlog["paused"].clone(), xlog["replayed_timestamp"].clone()),
+            (json!(true), json!("2026-12-05 09:10:40.5+00:00"))
+        );
+        assert_eq!(patroni_json(&identity, &not_sync, now)["xlog"]["replayed_timestamp"], Value::Null);
         let no_dcs = Some((NodeStatus { dcs_last_seen_unix_ms: 900_000, ..replica.clone() }, now));
         assert_eq!(ask("/async", "", &no_dcs, now), StatusCode::SERVICE_UNAVAILABLE, "without etcd, 503");
         assert_eq!(ask("/readiness", "", &not_sync, now), StatusCode::OK);

@@ -67,7 +67,7 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         "WAL replayed by this replica, in bytes.",
         if replica { s.replay_lsn as f64 } else { 0.0 },
     );
-    metric("patroni_xlog_paused", "gauge", "1 if WAL replay is paused.", 0.0);
+    metric("patroni_xlog_paused", "gauge", "1 if WAL replay is paused.", flag(replica && s.replay_paused));
     metric(
         "patroni_postgres_streaming",
         "gauge",

@@ -161,6 +161,8 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         etcd_read_duration_us: view.etcd_read_duration.as_micros() as u64,
         dcs_last_seen_unix_ms: view.dcs_last_seen_unix_ms,
         pending_restart: sql.pending_restart,
+        replay_paused: sql.replay_paused,
+        replayed_timestamp: sql.replayed_timestamp.clone(),
     }
 }
 
