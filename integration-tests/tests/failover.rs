@@ -362,6 +362,38 @@ async fn pause_blocks_failover_and_resume_restores_it() {
     setup.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over after resume");
 }
 
+/// Patroni parity (issue 23): in pause, with the leader's PostgreSQL
+/// stopped, resume is accepted (it changes no PostgreSQL parameter, so
+/// nothing asks the stopped PostgreSQL), and so is a parameter edit, checked
+/// locally only; then the HA loop acts and the cluster serves again.
+#[tokio::test]
+async fn resume_and_edits_work_while_the_leaders_postgres_is_stopped_in_pause() {
+    let setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    let config = setup.cluster.nodes[0].config_path().display().to_string();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["-c", config.as_str()];
+        all.extend_from_slice(args);
+        pgwarden_integration_tests::service::run("pgwardenctl", &all, &[]).expect("pgwardenctl")
+    };
+    let (ok, out, err) = ctl(&["pause", "--wait"]);
+    assert!(ok, "{out}{err}");
+    setup.cluster.nodes[leader].stop_postgres();
+    wait_until("the leader to report PostgreSQL stopped", UP, || async {
+        let body = setup.cluster.nodes[leader].get("/patroni").unwrap_or_default();
+        Ok::<_, String>(body.contains("\"state\":\"stopped\"").then_some(()))
+    })
+    .await
+    .expect("stopped");
+    let (ok, out, err) = ctl(&["edit-config", "--force", "-p", "work_mem=8MB"]);
+    assert!(ok, "a parameter edit with the leader's PostgreSQL down: {out}{err}");
+    let (ok, out, err) = ctl(&["resume"]);
+    assert!(ok, "resume with the leader's PostgreSQL down: {out}{err}");
+    let serving = setup.cluster.wait_healthy(UP).await.expect("healthy after the resume");
+    let work_mem = setup.cluster.nodes[serving].psql("show work_mem").expect("psql");
+    assert_eq!(work_mem, "8MB");
+}
+
 #[tokio::test]
 async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() {
     // node2 may never lead; node3 is made to lag: nobody may take over.

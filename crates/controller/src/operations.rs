@@ -117,32 +117,50 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
              config that sets it; nothing was written",
         ));
     }
-    if dynamic.parameters.is_empty() {
+    // Only the parameters this edit changes are asked of PostgreSQL: an edit
+    // that changes none (`pause`, `ttl`) needs no running leader, as in
+    // Patroni.
+    let before = view.config.as_ref().map(|(c, _)| DynamicConfig::read(c, "", &mut Problems::default()).0);
+    let changed: Vec<(String, String)> = dynamic
+        .parameters
+        .iter()
+        .filter(|(name, value)| before.as_ref().and_then(|b| b.parameters.get(*name)) != Some(*value))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    if changed.is_empty() {
         return Ok(Vec::new());
     }
-    let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
-        return Err(Status::failed_precondition(
-            "PostgreSQL parameters can only be checked against a running leader; the cluster has none",
-        ));
+    let names = changed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
+    // Without a leader whose PostgreSQL answers, the local checks above
+    // (types, units, control characters) are all there is: accepted with a
+    // warning, as Patroni accepts them; PostgreSQL says the rest when it loads
+    // them.
+    let unchecked = |why: String| {
+        tracing::warn!(parameters = %names, "{why}: the parameters are accepted after the local checks only");
+        Ok(Vec::new())
     };
-    let mut agent = agent(view, &leader).await?;
-    let checked = agent
-        .check_parameters(CheckParametersRequest { parameters: dynamic.parameters.clone().into_iter().collect() })
-        .await?
-        .into_inner();
+    let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
+        return unchecked("the cluster has no leader to check PostgreSQL parameters against".into());
+    };
+    let mut agent = match agent(view, &leader).await {
+        Ok(agent) => agent,
+        Err(e) => return unchecked(format!("the leader's agent cannot be reached ({})", e.message())),
+    };
+    let checked =
+        match agent.check_parameters(CheckParametersRequest { parameters: changed.iter().cloned().collect() }).await {
+            Ok(checked) => checked.into_inner(),
+            Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::FailedPrecondition) => {
+                return unchecked(format!("the leader's PostgreSQL cannot answer ({})", e.message()));
+            }
+            Err(e) => return Err(e),
+        };
     if !checked.problems.is_empty() {
         return Err(Status::invalid_argument(format!(
             "PostgreSQL would refuse these parameters; nothing was written: {}",
             checked.problems.join("; ")
         )));
     }
-    // Only those whose value changes need the restart.
-    let before = view.config.as_ref().map(|(c, _)| DynamicConfig::read(c, "", &mut Problems::default()).0);
-    Ok(checked
-        .need_restart
-        .into_iter()
-        .filter(|name| before.as_ref().and_then(|b| b.parameters.get(name)) != dynamic.parameters.get(name))
-        .collect())
+    Ok(checked.need_restart)
 }
 
 /// The named members (all when empty), each checked to exist.
