@@ -505,6 +505,39 @@ fn startup_process(postmaster: i32) -> Option<i32> {
     })
 }
 
+/// Patroni parity (issue 23): `master_start_timeout: 0` (the old name of
+/// `primary_start_timeout`) fails over at once when the primary's
+/// PostgreSQL crashes. The old primary gives its key up and, back read-only
+/// with the most WAL, leaves the race to the replicas (it used to take the
+/// key back 0.3 s later, so no replica was ever promoted); it then rejoins
+/// the new leader. Three writers through HAProxy and a write probe on every
+/// node throughout.
+#[tokio::test]
+async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
+    let setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
+    let config = setup.cluster.get_key("config").await.expect("etcd").expect("config key");
+    let mut config: serde_json::Value = serde_json::from_str(&config).expect("config JSON");
+    config["master_start_timeout"] = serde_json::json!(0);
+    setup.cluster.put_key("config", &config.to_string()).await.expect("write config");
+    let watched = watch(&setup).await;
+    let old = setup.cluster.nodes[leader].postmaster_pid().expect("postmaster");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_until("a replica to take over", UP, || async {
+        let primaries: Vec<usize> = (0..3).filter(|&i| setup.cluster.nodes[i].check("/primary") == 200).collect();
+        match primaries.as_slice() {
+            [one] if *one != leader => Ok(Some(*one)),
+            _ => Err(format!("primaries {primaries:?}")),
+        }
+    })
+    .await
+    .expect("a replica leads");
+    assert!(others.contains(&new_leader));
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    assert_watched(&setup, watched, leader, new_leader, "master_start_timeout 0").await;
+}
+
 /// Crash recovery longer than `primary_start_timeout` (issue 20, finding 4):
 /// the primary's PostgreSQL is killed, the agent restarts it in place, and
 /// its crash recovery is held (its `startup` process stopped, as a slow disk

@@ -134,7 +134,9 @@ pub struct Observed {
     /// and the LSN it ended at.
     pub history_switches: Vec<(u64, u64)>,
     /// This agent gave the leader key up on purpose (switchover, or
-    /// PostgreSQL not back in time) and nobody has taken it since.
+    /// PostgreSQL not back in time) within the last two ttls. It then
+    /// neither resumes nor races while another member may lead, and
+    /// publishes that it may not lead (peers see `can_lead` false).
     pub released_leader: bool,
     /// `synchronous_mode` is on: only a member listed in `sync` may take over.
     pub sync_mode: bool,
@@ -258,6 +260,14 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
             && sync_allows(obs, &p.name)
             && !p.timeline.is_some_and(|tl| behind_cluster_timeline(obs, tl))
     };
+    // A member that gave the key up itself (a switchover, or its PostgreSQL
+    // not back within primary_start_timeout: 0 means "fail over at once")
+    // leaves the race to any other member that may lead, as Patroni does; it
+    // races only when none can (its peers see it as one that may not lead
+    // meanwhile, so they do not wait for it).
+    if obs.released_leader && obs.peers.iter().filter(rivals).any(|p| p.lsn.is_some_and(within_lag)) {
+        return false;
+    }
     obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
         Some(lsn) if !within_lag(lsn) => true,
         Some(lsn) if (peer.priority, lsn) > mine => false,
@@ -844,6 +854,27 @@ mod tests {
         let acting = Decision::act("no leader", Action::AcquireLeader);
         assert_eq!(acting.to_string(), "no leader: AcquireLeader");
         assert_eq!(Decision::idle("waiting").to_string(), "waiting");
+    }
+
+    #[test]
+    /// Patroni parity (issue 23): `primary_start_timeout: 0` fails over at
+    /// once; the crashed primary that released the key, back read-only with
+    /// the most WAL, does not take it back while a replica may lead.
+    fn a_member_that_released_the_key_leaves_the_race_to_the_others() {
+        let released = Observed {
+            pg: PgRun::Replica { lsn: 200, timeline: 1, upstream: None },
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
+            leader: None,
+            released_leader: true,
+            peers: vec![peer("a", 150), peer("c", 190)],
+            cluster_optime: Some(200),
+            ..base()
+        };
+        assert_ne!(decide(&released).action, Some(Action::AcquireLeader), "{}", decide(&released));
+        let alone = Observed { peers: vec![Peer { can_lead: false, ..peer("a", 150) }], ..released.clone() };
+        assert_eq!(decide(&alone).action, Some(Action::AcquireLeader), "nobody else may lead: it races");
+        let not_released = Observed { released_leader: false, ..released };
+        assert_eq!(decide(&not_released).action, Some(Action::AcquireLeader));
     }
 
     #[test]

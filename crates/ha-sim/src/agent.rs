@@ -117,6 +117,7 @@ impl World {
             fencer_ready: self.fencer_acks(i),
             checkpoint_pending: node.agent.checkpoint_pending,
             primary: node.pg.run == Run::Primary,
+            released_leader: node.agent.released_at.is_some_and(|at| self.now - at < 2 * self.p.ttl),
         };
         if self.etcd.members.get(&i).is_none_or(|(m, l)| *m != member || *l != lease) {
             self.etcd.members.insert(i, (member, lease));
@@ -181,7 +182,7 @@ impl World {
                         priority: 1,
                         timeline: m.timeline,
                         has_data: m.has_data,
-                        can_lead: m.fencer_ready,
+                        can_lead: m.fencer_ready && !m.released_leader,
                         primary: m.primary,
                     })
                     .collect()

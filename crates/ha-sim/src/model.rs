@@ -31,6 +31,8 @@ pub struct Member {
     pub checkpoint_pending: bool,
     /// Its role: a running primary.
     pub primary: bool,
+    /// It gave the leader key up itself within the last two ttls.
+    pub released_leader: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

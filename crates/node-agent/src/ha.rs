@@ -490,7 +490,8 @@ impl Agent {
                             || m.data.xlog_location.is_some()
                             || m.data.timeline.is_some()
                             || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
-                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
+                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false))
+                            && m.data.extra.get("released_leader") != Some(&serde_json::Value::Bool(true)),
                         primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
                     })
                     .collect()
@@ -563,9 +564,7 @@ impl Agent {
                 .and_then(|entry| entry.4.clone()),
             // Handed over: a replica is taking the key; give it two ttls
             // before this node may resume on its own.
-            released_leader: self
-                .released_at
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(2 * u64::from(dynamic.ttl))),
+            released_leader: self.released_recently(dynamic.ttl),
             sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
             sync_standbys: view
                 .and_then(|v| v.sync.as_ref())
@@ -1231,6 +1230,12 @@ impl Agent {
         sql::connect(&self.config, &self.pg.local, self.pg.port, Duration::from_secs(5)).await
     }
 
+    /// This agent gave the leader key up on purpose within the last two
+    /// ttls (a replica is taking it over).
+    fn released_recently(&self, ttl: u32) -> bool {
+        self.released_at.is_some_and(|at| at.elapsed() < Duration::from_secs(2 * u64::from(ttl)))
+    }
+
     /// Whether the independent fencer (pgwarden-health) has acknowledged
     /// recently, or the config does without it.
     /// The fencer has been silent for `FENCER_LOST_AFTER`: since its last
@@ -1467,6 +1472,11 @@ impl Agent {
                 // Whether this member may take the leader key (its fencer
                 // acknowledges): a leader hands over only to one that may.
                 extra.insert("fencer_ready".into(), serde_json::Value::Bool(self.fencer_ready()));
+                // It gave the key up itself lately: the others race without
+                // waiting for it (decide's `released_leader`).
+                if self.released_recently(self.view.borrow().ttl) {
+                    extra.insert("released_leader".into(), serde_json::Value::Bool(true));
+                }
                 // Patroni's member field for a scheduled restart.
                 if let Some(scheduled) = &self.scheduled_restart {
                     let mut restart = serde_json::Map::new();
