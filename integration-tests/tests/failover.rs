@@ -363,9 +363,10 @@ async fn pause_blocks_failover_and_resume_restores_it() {
 }
 
 /// Patroni parity (issue 23): in pause, with the leader's PostgreSQL
-/// stopped, resume is accepted (it changes no PostgreSQL parameter, so
-/// nothing asks the stopped PostgreSQL), and so is a parameter edit, checked
-/// locally only; then the HA loop acts and the cluster serves again.
+/// stopped, a parameter edit is accepted (checked locally only), a restart
+/// request starts PostgreSQL again, and resume is accepted with it stopped
+/// again (it changes no PostgreSQL parameter, so nothing asks the stopped
+/// PostgreSQL); then the HA loop acts and the cluster serves again.
 #[tokio::test]
 async fn resume_and_edits_work_while_the_leaders_postgres_is_stopped_in_pause() {
     let setup = setup(3, |_| String::new()).await;
@@ -387,6 +388,17 @@ async fn resume_and_edits_work_while_the_leaders_postgres_is_stopped_in_pause() 
     .expect("stopped");
     let (ok, out, err) = ctl(&["edit-config", "--force", "-p", "work_mem=8MB"]);
     assert!(ok, "a parameter edit with the leader's PostgreSQL down: {out}{err}");
+    // A restart request starts a stopped PostgreSQL, still in pause, as
+    // Patroni's does: the leader's as the primary.
+    let name = setup.cluster.nodes[leader].name.clone();
+    let (ok, out, err) = ctl(&["restart", "--force", &name]);
+    assert!(ok, "restart of a stopped PostgreSQL in pause: {out}{err}");
+    wait_until("the leader's PostgreSQL back as the primary", UP, || async {
+        Ok::<_, String>((setup.cluster.nodes[leader].check("/primary") == 200).then_some(()))
+    })
+    .await
+    .expect("started on request");
+    setup.cluster.nodes[leader].stop_postgres();
     let (ok, out, err) = ctl(&["resume"]);
     assert!(ok, "resume with the leader's PostgreSQL down: {out}{err}");
     let serving = setup.cluster.wait_healthy(UP).await.expect("healthy after the resume");

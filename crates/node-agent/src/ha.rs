@@ -1909,7 +1909,7 @@ impl Agent {
             Command::Restart { only_if_pending, role, .. } => {
                 let local = self.local.borrow().clone();
                 let Some(sql) = local.sql else {
-                    return Err(Status::failed_precondition("PostgreSQL is not running here: nothing to restart"));
+                    return self.start_on_request(&role, only_if_pending).await;
                 };
                 let mine = if sql.in_recovery { "replica" } else { "primary" };
                 if !role.is_empty() && role != mine {
@@ -1969,6 +1969,58 @@ impl Agent {
                 reply(true, format!("reloaded the config of {}", self.config.name))
             }
         }
+    }
+
+    /// `POST /restart` of a stopped PostgreSQL starts it, as Patroni does (in
+    /// pause the HA loop would not): as the primary on the leader, as a
+    /// replica of the leader elsewhere. A former primary's data directory
+    /// that does not hold the leader key is refused: it would open a second
+    /// writable database.
+    async fn start_on_request(
+        &mut self,
+        role: &str,
+        only_if_pending: bool,
+    ) -> Result<crate::grpc::Outcome, tonic::Status> {
+        use tonic::Status;
+        let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
+        let reply =
+            |done: bool, message: String| Ok(crate::grpc::Outcome::Action(ha_proto::v1::ActionReply { done, message }));
+        if only_if_pending {
+            return reply(
+                false,
+                format!("skipped: PostgreSQL is not running on {}, so no restart is pending", self.config.name),
+            );
+        }
+        let view = dcs::read_cluster(&self.etcd, &self.keys)
+            .await
+            .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+        let dynamic = self.dynamic(Some(&view));
+        let local = self.local.borrow().clone();
+        let obs = self.observed(Some(&view), &local).await;
+        if obs.pg != PgRun::Stopped {
+            return Err(Status::failed_precondition("PostgreSQL is starting or stopping here: try again in a moment"));
+        }
+        let Some(data) = obs.data.clone() else {
+            return Err(Status::failed_precondition("PostgreSQL has no data directory here: nothing to start"));
+        };
+        let (action, starts_as) = if obs.holds_leader && data.was_primary {
+            (Action::StartPrimary, "primary")
+        } else if data.was_primary {
+            return Err(Status::failed_precondition(
+                "this data directory was last a primary and this member does not hold the leader key: starting it \
+                 would open a second writable database; reinitialize it (or resume, and the HA loop rejoins it)",
+            ));
+        } else {
+            (Action::StartReplica { upstream: view.leader.as_ref().map(|l| l.name.clone()) }, "replica")
+        };
+        if !role.is_empty() && role != starts_as {
+            return reply(false, format!("skipped: {} would start as a {starts_as}", self.config.name));
+        }
+        let started = Instant::now();
+        self.execute(&action, &view, &dynamic, &obs).await.map_err(failed)?;
+        self.await_local("answer after the start", |l| l.sql.is_some()).await.map_err(failed)?;
+        info!(role = starts_as, took = ?started.elapsed(), "started PostgreSQL on a restart request");
+        reply(true, format!("started {} ({starts_as}) in {} ms", self.config.name, started.elapsed().as_millis()))
     }
 
     /// Fires `on_start`, `on_stop` and `on_role_change` from what PostgreSQL
