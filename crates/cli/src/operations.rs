@@ -242,6 +242,9 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
     }
     .map_err(failed)?;
     println!("Configuration changed");
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
     if !response.need_restart.is_empty() {
         println!(
             "These take effect after a restart (see `Pending restart` in `list`; `pgwardenctl restart --pending`): {}",

@@ -28,7 +28,7 @@ fn say(progress: Progress<'_>, member: &str, message: String) {
 pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, Status> {
     let view = cluster.read().await?;
     let (config, revision) = view.config.clone().unwrap_or((Value::Object(Default::default()), 0));
-    Ok(ConfigResponse { config_json: config.to_string(), revision, need_restart: Vec::new() })
+    Ok(ConfigResponse { config_json: config.to_string(), revision, need_restart: Vec::new(), warnings: Vec::new() })
 }
 
 /// RFC 7396 merge patch: objects merge, `null` deletes, anything else replaces.
@@ -77,7 +77,7 @@ pub async fn change_config(
     }
     let mut new = if replace { Value::Object(Default::default()) } else { current };
     merge_patch(&mut new, &input);
-    let need_restart = validate(&view, &new).await?;
+    let (need_restart, warnings) = validate(&view, &new).await?;
     let key = cluster.keys.config();
     let txn = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
@@ -89,20 +89,27 @@ pub async fn change_config(
         ));
     }
     let revision = response.header().map_or(0, |h| h.revision());
-    Ok(ConfigResponse { config_json: new.to_string(), revision, need_restart })
+    Ok(ConfigResponse { config_json: new.to_string(), revision, need_restart, warnings })
 }
 
-/// Everything a node would say of `config` before it is written: types,
-/// the timing rule (refused here rather than corrected), and PostgreSQL's
-/// view of the parameters (asked of the leader's agent). Returns the
-/// parameters that need a restart.
-async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Status> {
+/// Everything a node would say of `config` before it is written: types
+/// (an error refuses the edit), what the nodes will correct or ignore (the
+/// timing rule, unused keys: accepted with warnings, as Patroni accepts
+/// them), and PostgreSQL's view of the changed parameters (asked of the
+/// leader's agent). Returns the parameters that need a restart, and the
+/// warnings.
+async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Vec<String>), Status> {
     let mut problems = Problems::default();
     let (dynamic, _) = DynamicConfig::read(config, "", &mut problems);
+    let problems = problems.into_vec();
+    let warnings: Vec<String> = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Warning)
+        .map(|p| format!("{}: {}", p.path, p.message))
+        .collect();
     let refused: Vec<String> = problems
-        .into_vec()
-        .into_iter()
-        .filter(|p| p.severity != Severity::Notice)
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
         .map(|p| format!("{}: {}", p.path, p.message))
         .collect();
     if !refused.is_empty() {
@@ -128,7 +135,7 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     if changed.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), warnings));
     }
     let names = changed.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
     // Without a leader whose PostgreSQL answers, the local checks above
@@ -137,7 +144,9 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
     // them.
     let unchecked = |why: String| {
         tracing::warn!(parameters = %names, "{why}: the parameters are accepted after the local checks only");
-        Ok(Vec::new())
+        let mut warnings = warnings.clone();
+        warnings.push(format!("{names}: checked locally only ({why})"));
+        Ok((Vec::new(), warnings))
     };
     let Some(leader) = view.leader.as_ref().map(|l| l.name.clone()) else {
         return unchecked("the cluster has no leader to check PostgreSQL parameters against".into());
@@ -160,7 +169,7 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<Vec<String>, Sta
             checked.problems.join("; ")
         )));
     }
-    Ok(checked.need_restart)
+    Ok((checked.need_restart, warnings))
 }
 
 /// The named members (all when empty), each checked to exist.
