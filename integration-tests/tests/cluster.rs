@@ -318,3 +318,29 @@ async fn a_second_node_with_a_members_name_is_refused() {
     let conn = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("json")["conn_url"].clone();
     assert_eq!((api(&after), conn(&after)), (api(&before), conn(&before)), "the running member's key is its own");
 }
+
+/// Patroni parity (issue 23): a node whose `data_dir` lies under directories
+/// that do not exist yet creates them (0700) and joins, as Patroni's does;
+/// pgwarden used to refuse to start.
+#[tokio::test]
+async fn a_data_dir_under_missing_directories_is_created() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(1).await.expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    let node = cluster.add_node("node2", "").expect("node2");
+    let nested = node.dir.path().join("not/yet/there/data");
+    let yaml = std::fs::read_to_string(node.config_path()).expect("config");
+    let own = format!("data_dir: {}", node.data_dir().display());
+    assert!(yaml.contains(&own), "{yaml}");
+    std::fs::write(node.config_path(), yaml.replace(&own, &format!("data_dir: {}", nested.display()))).expect("write");
+    cluster.start_all().expect("start node2");
+    wait_until("node2 to stream from node1", UP, || async {
+        let body = cluster.nodes[1].get("/patroni").ok_or("no answer")?;
+        Ok::<_, String>(body.contains("\"replication_state\":\"streaming\"").then_some(()))
+    })
+    .await
+    .expect("node2 streams");
+    let mode = std::fs::metadata(nested.parent().expect("parent")).expect("created").permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
+    assert!(nested.join("PG_VERSION").exists());
+}

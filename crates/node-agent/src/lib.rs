@@ -402,6 +402,9 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     pgwarden_runtime::grpc::init_service_client(&config)?;
     let data_dir: &Path = &config.postgresql.data_dir;
     check_ownership(data_dir)?;
+    if lock::ensure_parent(data_dir)? {
+        info!(parent = %data_dir.parent().unwrap_or(data_dir).display(), "created the directory postgresql.data_dir goes in");
+    }
     let lock = DataDirLock::acquire(data_dir)?;
     info!(lock = %lock.path.display(), "holding the data directory lock");
     // A new secret for the fencer link at every start (0600, beside the lock).

@@ -63,6 +63,27 @@ impl DataDirLock {
     }
 }
 
+/// Creates the directory that holds `data_dir` (and the lock file beside it)
+/// when it does not exist yet, mode 0700, as Patroni creates what it needs;
+/// returns whether it did.
+pub fn ensure_parent(data_dir: &Path) -> anyhow::Result<bool> {
+    let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) else { return Ok(false) };
+    if parent.exists() {
+        return Ok(false);
+    }
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(parent)
+        .with_context(|| {
+            format!(
+                "create {}, the directory postgresql.data_dir goes in: create it writable by {}, or point \
+                 postgresql.data_dir elsewhere",
+                parent.display(),
+                user_name(geteuid())
+            )
+        })?;
+    Ok(true)
+}
+
 /// Refuses to run as root (PostgreSQL refuses it too) or on a data directory
 /// that belongs to another user; touches nothing either way.
 pub fn check_ownership(data_dir: &Path) -> anyhow::Result<()> {
@@ -95,6 +116,18 @@ pub fn check_ownership(data_dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_parent_of_the_data_directory_is_created_0700() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("a/b/main");
+        assert!(ensure_parent(&data).expect("created"));
+        let mode = std::fs::metadata(dir.path().join("a/b")).expect("exists").mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(!data.exists(), "the data directory itself is initdb's or pg_basebackup's to make");
+        assert!(!ensure_parent(&data).expect("nothing to do"));
+        DataDirLock::acquire(&data).expect("the lock file can go beside it");
+    }
 
     #[test]
     fn a_second_lock_on_the_same_data_dir_is_refused() {
