@@ -26,6 +26,15 @@ pub enum LogField {
     Process,
     /// The thread's name (`ThreadName` in Python's terms, the worker's name here).
     ThreadName,
+    /// Python's function name: pgwarden's records carry none, so the last
+    /// part of the module path, as `module`.
+    FuncName,
+    /// The millisecond part of the time.
+    Msecs,
+    /// Milliseconds since the process started.
+    RelativeCreated,
+    /// The program (`pgwarden-agent`, ...).
+    ProcessName,
 }
 
 /// A piece of a parsed format: literal text or a field with its padding.
@@ -53,12 +62,16 @@ fn field(name: &str) -> Option<LogField> {
         "lineno" => LogField::LineNo,
         "process" => LogField::Process,
         "threadName" | "thread" => LogField::ThreadName,
+        "funcName" => LogField::FuncName,
+        "msecs" => LogField::Msecs,
+        "relativeCreated" => LogField::RelativeCreated,
+        "processName" => LogField::ProcessName,
         _ => return None,
     })
 }
 
-const FIELDS: &str = "asctime, created, levelname, levelno, message, name, module, filename, pathname, lineno, \
-                      process, thread, threadName";
+const FIELDS: &str = "asctime, created, levelname, levelno, message, name, module, funcName, filename, pathname, \
+                      lineno, msecs, relativeCreated, process, processName, thread, threadName";
 
 /// Parses a Python logging format string (`%(asctime)s %(levelname)s: %(message)s`).
 pub fn parse_format(text: &str) -> Result<Vec<LogPart>, String> {
@@ -175,7 +188,13 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_broken_formats_are_refused_with_the_reason() {
-        assert!(parse_format("%(funcName)s %(message)s").expect_err("refused").contains("not a field"));
+        assert!(parse_format("%(exc_info)s %(message)s").expect_err("refused").contains("not a field"));
+        // Patroni users' formats with Python's other record fields load.
+        for format in
+            ["%(asctime)s %(funcName)s: %(message)s", "%(msecs)d %(relativeCreated)d %(processName)s %(message)s"]
+        {
+            parse_format(format).unwrap_or_else(|e| panic!("{format}: {e}"));
+        }
         assert!(parse_format("%(asctime)s").expect_err("refused").contains("no %(message)s"));
         assert!(parse_format("%(message)").expect_err("refused").contains("conversion"));
         assert!(parse_format("50% %(message)s").expect_err("refused").contains("bare %"));

@@ -89,6 +89,7 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
 }
 
 fn patroni_format(log: &pgwarden_config::Log, parts: &[pgwarden_config::logformat::LogPart]) -> logline::PatroniFormat {
+    logline::start_clock();
     logline::PatroniFormat { parts: parts.to_vec(), dateformat: log.dateformat.clone() }
 }
 

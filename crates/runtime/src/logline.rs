@@ -93,6 +93,17 @@ pub fn asctime(now: OffsetDateTime, dateformat: Option<&[DatePart]>) -> String {
     out
 }
 
+/// Starts `relativeCreated`'s clock (when logging is set up).
+pub fn start_clock() {
+    started();
+}
+
+/// When this process began logging (`relativeCreated` counts from it).
+fn started() -> std::time::Instant {
+    static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 impl<S, N> FormatEvent<S, N> for PatroniFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -124,6 +135,13 @@ where
                 LogField::LineNo => meta.line().unwrap_or_default().to_string(),
                 LogField::Process => std::process::id().to_string(),
                 LogField::ThreadName => std::thread::current().name().unwrap_or("main").to_string(),
+                LogField::FuncName => meta.target().rsplit("::").next().unwrap_or_default().to_string(),
+                LogField::Msecs => now.millisecond().to_string(),
+                LogField::RelativeCreated => started().elapsed().as_millis().to_string(),
+                LogField::ProcessName => std::env::args()
+                    .next()
+                    .and_then(|arg0| arg0.rsplit('/').next().map(str::to_string))
+                    .unwrap_or_default(),
             };
             if left {
                 write!(writer, "{text:<width$}")?;
@@ -139,6 +157,44 @@ where
 mod tests {
     use super::*;
     use pgwarden_config::logformat::parse_dateformat;
+
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pythons_other_record_fields_render() {
+        let parts = pgwarden_config::logformat::parse_format(
+            "%(levelname)s %(name)s %(funcName)s %(processName)s %(msecs)d %(relativeCreated)d| %(message)s",
+        )
+        .expect("a format Patroni users write");
+        start_clock();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(PatroniFormat { parts, dateformat: None })
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || tracing::info!(target: "node_agent::ha", "hello"));
+        let text = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+        let (fields, message) = text.split_once('|').expect("the separator");
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        assert_eq!(&fields[..3], ["INFO", "node_agent::ha", "ha"], "{text}");
+        assert!(!fields[3].is_empty(), "the program's name: {text}");
+        assert!(fields[4].parse::<u16>().is_ok_and(|ms| ms < 1000), "{text}");
+        assert!(fields[5].parse::<u64>().is_ok(), "{text}");
+        assert_eq!(message.trim(), "hello");
+    }
 
     #[test]
     fn asctime_defaults_to_pythons_layout_and_follows_a_dateformat() {
