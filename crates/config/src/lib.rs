@@ -1084,6 +1084,17 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         device: path_of(&mut r, "watchdog.device").unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
         safety_margin: r.int("watchdog.safety_margin", -1, 3600).unwrap_or(5),
     };
+    // Patroni's `watchdog.driver`: `default` (the Linux device) is the one
+    // pgwarden has; Patroni's `testing` driver (its test suite's fake) is
+    // not, and the device is used instead.
+    if let Some(driver) = r.string("watchdog.driver")
+        && driver != "default"
+    {
+        r.problems.warn(
+            "watchdog.driver",
+            format!("only the default driver (the Linux watchdog device) exists in pgwarden; {driver:?} is ignored"),
+        );
+    }
     let log = log_section(&mut r);
     let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
     // Settings whose meaning pgwarden does not implement and whose absence
