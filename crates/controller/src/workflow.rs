@@ -80,7 +80,9 @@ fn position(status: &NodeStatus) -> u64 {
 /// unknown, tagged never to lead, not running, or lagging.
 async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<Status> {
     if view.member(candidate).is_none() {
-        return Some(Status::not_found(format!("candidate {candidate} is not a member of this cluster")));
+        return Some(Status::not_found(format!(
+            "candidate does not exists: {candidate} is not a member of this cluster"
+        )));
     }
     if never_leads(view, candidate) {
         return Some(Status::failed_precondition(format!(
@@ -96,7 +98,8 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
         let sync: Vec<&str> = key.members();
         if !sync.contains(&candidate) && key.leader.as_deref() != Some(candidate) {
             return Some(Status::failed_precondition(format!(
-                "candidate {candidate} is not a synchronous standby (the sync key lists: {}); in synchronous \
+                "candidate name does not match with sync_standby: {candidate} is not a synchronous standby (the \
+                 sync key lists: {}); in synchronous \
                  mode only a listed standby may take over without losing commits: choose one of those, or wait \
                  until the leader makes {candidate} synchronous",
                 if sync.is_empty() { "none".to_string() } else { sync.join(", ") }
@@ -114,7 +117,9 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
     let ended = view.history.iter().map(|h| h.0).max();
     if let Some(ended) = ended.filter(|ended| status.timeline <= *ended) {
         return Some(Status::failed_precondition(format!(
-            "candidate {candidate} is on timeline {}, which ended with a promotion the history key records              (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new timeline",
+            "candidate {candidate} is on timeline {}, which ended with a promotion the history key records \
+             (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new \
+             timeline",
             status.timeline
         )));
     }
