@@ -22,6 +22,10 @@ struct Pki {
     client_key: PathBuf,
     rogue_cert: PathBuf,
     rogue_key: PathBuf,
+    /// Self-signed and its own CA (`CA:TRUE`), listed in the cafile: how
+    /// Patroni's test suite sets up its REST certificates.
+    own_ca_cert: PathBuf,
+    own_ca_key: PathBuf,
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -52,14 +56,20 @@ fn pki(dir: &Path) -> Pki {
     let client = params(&["operator"], "operator").signed_by(&client_key, &issuer).expect("sign");
     let rogue_key = KeyPair::generate().expect("key");
     let rogue = params(&["operator"], "rogue").self_signed(&rogue_key).expect("self-signed");
+    let own_ca_key = KeyPair::generate().expect("key");
+    let mut own_ca_params = params(&["operator"], "its own CA");
+    own_ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let own_ca = own_ca_params.self_signed(&own_ca_key).expect("self-signed CA");
     Pki {
-        ca: write(dir, "ca.pem", &ca_cert.pem()),
+        ca: write(dir, "ca.pem", &format!("{}{}", ca_cert.pem(), own_ca.pem())),
         server_cert: write(dir, "server.pem", &server.pem()),
         server_key: write(dir, "server.key", &server_key.serialize_pem()),
         client_cert: write(dir, "client.pem", &client.pem()),
         client_key: write(dir, "client.key", &client_key.serialize_pem()),
         rogue_cert: write(dir, "rogue.pem", &rogue.pem()),
         rogue_key: write(dir, "rogue.key", &rogue_key.serialize_pem()),
+        own_ca_cert: write(dir, "own-ca.pem", &own_ca.pem()),
+        own_ca_key: write(dir, "own-ca.key", &own_ca_key.serialize_pem()),
     }
 }
 
@@ -118,6 +128,11 @@ async fn https_with_client_certificates_refuses_what_it_must() {
     assert!(!ok, "no client certificate: refused at the handshake ({stderr})");
     let (ok, _, stderr) = curl(port, &pki, Some((&pki.rogue_cert, &pki.rogue_key)), &[&url("/primary")]);
     assert!(!ok, "a certificate from another CA: refused ({stderr})");
+    // Patroni parity (issue 23): a self-signed certificate that is its own CA,
+    // listed in the cafile, is accepted as Python's ssl accepts it (webpki
+    // alone refuses it: CaUsedAsEndEntity).
+    let (_, code, stderr) = curl(port, &pki, Some((&pki.own_ca_cert, &pki.own_ca_key)), &[&url("/primary")]);
+    assert_eq!(code, "200", "{stderr}");
     let plain = Command::new("curl")
         .args(["-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/primary")])
         .output()
