@@ -80,6 +80,10 @@ pub struct Peer {
     /// is no leader): while it does, nobody races (Patroni: "primary is
     /// still alive"); it fences itself or takes its key back first.
     pub primary: bool,
+    /// It gave the leader key up itself lately (its member key's
+    /// `released_leader`): the race does not wait for it. It stays a
+    /// candidate for a switchover.
+    pub released: bool,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -252,7 +256,7 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
         return false;
     }
     let mine = (obs.priority, my_lsn);
-    let rivals = |p: &&Peer| {
+    let may_lead = |p: &&Peer| {
         p.running
             && p.can_lead
             && !p.nofailover
@@ -262,12 +266,15 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
     };
     // A member that gave the key up itself (a switchover, or its PostgreSQL
     // not back within primary_start_timeout: 0 means "fail over at once")
-    // leaves the race to any other member that may lead, as Patroni does; it
-    // races only when none can (its peers see it as one that may not lead
-    // meanwhile, so they do not wait for it).
-    if obs.released_leader && obs.peers.iter().filter(rivals).any(|p| p.lsn.is_some_and(within_lag)) {
+    // leaves the race to the members that did not, as Patroni does: the
+    // others do not wait for it, and it races only when none of them can
+    // (then against the other members that gave the key up, as usual).
+    let fresh = |p: &&Peer| may_lead(p) && !p.released && p.lsn.is_some_and(within_lag);
+    let fresh_rival = obs.peers.iter().any(|p| fresh(&p));
+    if obs.released_leader && fresh_rival {
         return false;
     }
+    let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader);
     obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
         Some(lsn) if !within_lag(lsn) => true,
         Some(lsn) if (peer.priority, lsn) > mine => false,
@@ -776,6 +783,7 @@ mod tests {
             has_data: true,
             can_lead: true,
             primary: false,
+            released: false,
         }
     }
 
@@ -873,6 +881,24 @@ mod tests {
         assert_ne!(decide(&released).action, Some(Action::AcquireLeader), "{}", decide(&released));
         let alone = Observed { peers: vec![Peer { can_lead: false, ..peer("a", 150) }], ..released.clone() };
         assert_eq!(decide(&alone).action, Some(Action::AcquireLeader), "nobody else may lead: it races");
+        // Its peers do not wait for it in the race...
+        let peer_view = Observed {
+            me: "a".into(),
+            pg: PgRun::Replica { lsn: 190, timeline: 1, upstream: None },
+            peers: vec![Peer { released: true, ..peer("b", 200) }],
+            leader: None,
+            cluster_optime: Some(200),
+            ..base()
+        };
+        assert_eq!(decide(&peer_view).action, Some(Action::AcquireLeader), "{}", decide(&peer_view));
+        // Among members that all gave the key up, the usual order decides.
+        let both = Observed { peers: vec![Peer { released: true, ..peer("a", 250) }], ..released.clone() };
+        assert_ne!(decide(&both).action, Some(Action::AcquireLeader), "a is further ahead: {}", decide(&both));
+        let both = Observed { peers: vec![Peer { released: true, ..peer("a", 150) }], ..released.clone() };
+        assert_eq!(decide(&both).action, Some(Action::AcquireLeader), "{}", decide(&both));
+        // ...but it stays a switchover candidate.
+        let leading = Observed { peers: vec![Peer { released: true, ..peer("a", 100) }], ..leader() };
+        assert_eq!(switchover_candidate(&leading).as_deref(), Some("a"));
         let not_released = Observed { released_leader: false, ..released };
         assert_eq!(decide(&not_released).action, Some(Action::AcquireLeader));
     }
@@ -1473,6 +1499,7 @@ mod tests {
             can_lead in any::<bool>(),
             peers_can_lead in any::<bool>(),
             peers_primary in any::<bool>(),
+            peers_released in any::<bool>(),
             pg_starting in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
@@ -1489,6 +1516,7 @@ mod tests {
                     name: name.into(), running, lsn, nofailover, clonefrom: false, reachable: true, priority: 1,
                     timeline: peer_timeline, has_data: peers_have_data || running, can_lead: peers_can_lead,
                     primary: peers_primary && running,
+                    released: peers_released,
                 }).collect(),
                 nofailover,
                 priority: 1,

@@ -182,7 +182,8 @@ impl World {
                         priority: 1,
                         timeline: m.timeline,
                         has_data: m.has_data,
-                        can_lead: m.fencer_ready && !m.released_leader,
+                        can_lead: m.fencer_ready,
+                        released: m.released_leader,
                         primary: m.primary,
                     })
                     .collect()

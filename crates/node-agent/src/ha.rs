@@ -40,6 +40,10 @@ pub struct HaView {
     pub dcs_last_seen_unix_ms: i64,
 }
 
+/// The reason of the `history` entry a candidate writes before it promotes
+/// (replaced by PostgreSQL's own entry once promoted).
+const PROMOTING: &str = "pgwarden: promoting";
+
 /// The device watchdog, even after a panic while it was held (it only
 /// holds a file and counters).
 fn lock_watchdog(
@@ -490,8 +494,8 @@ impl Agent {
                             || m.data.xlog_location.is_some()
                             || m.data.timeline.is_some()
                             || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
-                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false))
-                            && m.data.extra.get("released_leader") != Some(&serde_json::Value::Bool(true)),
+                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
+                        released: m.data.extra.get("released_leader") == Some(&serde_json::Value::Bool(true)),
                         primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
                     })
                     .collect()
@@ -558,7 +562,13 @@ impl Agent {
             failover,
             start_timed_out,
             history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
-            history_switches: view.map(|v| v.history.iter().map(|h| (h.0, h.1)).collect()).unwrap_or_default(),
+            // Only switch points PostgreSQL's own timeline history confirmed:
+            // the entry a candidate writes before it promotes carries its
+            // position of a moment before, which a replica holding the old
+            // primary's last records has passed without having diverged.
+            history_switches: view
+                .map(|v| v.history.iter().filter(|h| h.2 != PROMOTING).map(|h| (h.0, h.1)).collect())
+                .unwrap_or_default(),
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
                 .and_then(|entry| entry.4.clone()),
@@ -980,12 +990,21 @@ impl Agent {
                 // history file once promoted): if this node dies right after,
                 // no former primary resumes and no replica races on the
                 // old timeline (finding 3 of the safety review).
-                let position = local.sql.as_ref().map(|sql| (sql.timeline, sql.xlog_location));
+                // The position now, not the observer's last look: WAL the old
+                // primary sent last (its shutdown checkpoint) may have arrived
+                // since.
+                // The timeline is the observer's (it keeps the WAL
+                // receiver's while the receiver is down).
+                let mut conn = self.connect().await?;
+                let fresh = sql::status(&mut conn).await.ok().map(|sql| sql.xlog_location);
+                sql::close(conn).await;
+                let position = self.local.borrow().sql.as_ref().map(|sql| (sql.timeline, sql.xlog_location));
                 let (timeline, lsn) = position.context("promote: PostgreSQL does not answer")?;
+                let lsn = lsn.max(fresh.unwrap_or(0));
                 let now = time::OffsetDateTime::now_utc()
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
-                if let Err(e) = self.append_history(view, (timeline, lsn, "pgwarden: promoting".into(), now)).await {
+                if let Err(e) = self.append_history(view, (timeline, lsn, PROMOTING.into(), now)).await {
                     self.checkpoint_pending = false;
                     bail!("promote: record the promotion in the history key first: {e:#}");
                 }

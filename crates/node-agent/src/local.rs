@@ -49,12 +49,17 @@ pub async fn observe_loop(
     // A failure to connect to a running PostgreSQL (authentication, pg_hba,
     // socket) is logged once per distinct cause, not every 100 ms.
     let mut last_connect_error: Option<String> = None;
+    // The last timeline the WAL receiver reported, by postmaster start time:
+    // while the receiver is down (its upstream stopped or switched), a
+    // replica still replays that timeline, though its latest restartpoint
+    // may name an older one.
+    let mut received: Option<(String, u64)> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let postmaster = pg_local::observe(&config.postgresql.data_dir);
-        let mut status = None;
+        let mut status: Option<sql::SqlStatus> = None;
         if postmaster.state == PostgresState::Running {
             if connection.is_none() {
                 match sql::connect(&config, &local, port, QUERY_TIMEOUT).await {
@@ -90,10 +95,56 @@ pub async fn observe_loop(
         } else if let Some(conn) = connection.take() {
             sql::close(conn).await;
         }
+        if let Some(status) = status.as_mut() {
+            keep_received_timeline(status, &mut received);
+        }
         // Sent every time, changed or not: the timestamp is what tells a
         // reader the observation is fresh.
         if tx.send(Local { postmaster, sql: status, observed_at_unix_ms: crate::now_unix_ms() }).is_err() {
             return;
         }
+    }
+}
+
+/// A replica's timeline while its WAL receiver is down: the last one the
+/// receiver reported under this postmaster, if later than the restartpoint's.
+fn keep_received_timeline(status: &mut sql::SqlStatus, received: &mut Option<(String, u64)>) {
+    if !status.in_recovery {
+        *received = None;
+        return;
+    }
+    if status.timeline_from_receiver {
+        *received = Some((status.postmaster_start_time.clone(), status.timeline));
+    } else if let Some((started, timeline)) = received.as_ref()
+        && *started == status.postmaster_start_time
+    {
+        status.timeline = status.timeline.max(*timeline);
+    }
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_keeps_the_receivers_timeline_while_the_receiver_is_down() {
+        let replica = |timeline, from_receiver, started: &str| sql::SqlStatus {
+            in_recovery: true,
+            timeline,
+            timeline_from_receiver: from_receiver,
+            postmaster_start_time: started.into(),
+            ..sql::SqlStatus::default()
+        };
+        let mut received = None;
+        let mut streaming = replica(6, true, "t1");
+        keep_received_timeline(&mut streaming, &mut received);
+        // Its upstream stopped: the restartpoint still says 5.
+        let mut down = replica(5, false, "t1");
+        keep_received_timeline(&mut down, &mut received);
+        assert_eq!(down.timeline, 6);
+        // Restarted (another postmaster): nothing carried over.
+        let mut restarted = replica(5, false, "t2");
+        keep_received_timeline(&mut restarted, &mut received);
+        assert_eq!(restarted.timeline, 5);
     }
 }

@@ -31,6 +31,9 @@ pub struct SqlStatus {
     pub pending_restart: bool,
     /// A replica's WAL replay is paused (`pg_is_wal_replay_paused()`).
     pub replay_paused: bool,
+    /// A replica's `timeline` is its WAL receiver's (`received_tli`), not
+    /// the latest restartpoint's, which can be a timeline it has left.
+    pub timeline_from_receiver: bool,
     /// When the last replayed transaction committed, as Patroni shows it
     /// (`2026-12-05 09:10:40.123456+00:00`); empty when unknown.
     pub replayed_timestamp: String,
@@ -194,18 +197,20 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
         let row = sqlx::query(
             "select coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0'), 0)::bigint, \
                     coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0)::bigint, \
-                    coalesce((select received_tli from pg_stat_wal_receiver), \
+                    coalesce((select nullif(received_tli, 0) from pg_stat_wal_receiver), \
                              (select timeline_id from pg_control_checkpoint()))::bigint, \
                     coalesce((select status from pg_stat_wal_receiver), ''), \
                     pg_is_wal_replay_paused(), \
                     coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', \
-                                     'YYYY-MM-DD HH24:MI:SS.US') || '+00:00', '')",
+                                     'YYYY-MM-DD HH24:MI:SS.US') || '+00:00', ''), \
+                    exists (select 1 from pg_stat_wal_receiver where received_tli > 0)",
         )
         .fetch_one(&mut *conn)
         .await
         .context("query the replica's WAL positions")?;
         status.replay_paused = row.try_get(4)?;
         status.replayed_timestamp = row.try_get(5)?;
+        status.timeline_from_receiver = row.try_get(6)?;
         status.receive_lsn = row.try_get::<i64, _>(0)? as u64;
         status.replay_lsn = row.try_get::<i64, _>(1)? as u64;
         status.timeline = row.try_get::<i64, _>(2)? as u64;
