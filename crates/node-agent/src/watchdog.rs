@@ -39,6 +39,24 @@ pub fn timeout_for(ttl: u32, safety_margin: i64) -> Duration {
     Duration::from_secs(seconds.max(1) as u64)
 }
 
+/// The device is fed on each renewal of the lease (every ttl/4): its
+/// timeout must outlast a renewal interval by a second, or the machine of a
+/// healthy leader would be reset.
+pub fn timeout_outlasts_renewals(ttl: u32, safety_margin: i64) -> Result<(), String> {
+    let timeout = timeout_for(ttl, safety_margin);
+    let renewals = election::default_interval(Duration::from_secs(u64::from(ttl)));
+    if timeout > renewals + Duration::from_secs(1) {
+        return Ok(());
+    }
+    Err(format!(
+        "the watchdog timeout ({} s: ttl {ttl} - watchdog.safety_margin {safety_margin}) does not outlast a lease \
+         renewal interval ({:.1} s) by a second, so the machine of a healthy leader would be reset: lower \
+         watchdog.safety_margin (-1 means ttl/2) or raise ttl",
+        timeout.as_secs(),
+        renewals.as_secs_f64()
+    ))
+}
+
 /// A Linux watchdog device (`/dev/watchdog`), armed only while leading.
 pub struct DeviceWatchdog {
     config: Watchdog,
@@ -87,6 +105,14 @@ impl DeviceWatchdog {
             return Ok(());
         }
         let timeout = timeout_for(ttl, self.config.safety_margin);
+        if let Err(why) = timeout_outlasts_renewals(ttl, self.config.safety_margin) {
+            if self.config.mode == WatchdogMode::Required {
+                anyhow::bail!("watchdog.mode is required, so this node will not lead: {why}");
+            }
+            warn!("{why}; watchdog.mode is automatic: leading without a watchdog device");
+            self.unusable = true;
+            return Ok(());
+        }
         match open_and_set(&self.config.device, timeout) {
             Ok(file) => {
                 info!(device = %self.config.device.display(), ?timeout, "watchdog armed");
@@ -203,6 +229,22 @@ mod tests {
         let passed = BootInstant::now();
         std::thread::sleep(Duration::from_millis(5));
         assert!(!systemd_may_feed(Some(passed)), "leading on a deadline that passed: the keeper is not renewing");
+    }
+
+    #[test]
+    fn a_timeout_shorter_than_the_renewals_is_refused_in_required_mode_and_skipped_in_automatic() {
+        assert!(timeout_outlasts_renewals(10, 5).is_ok(), "5 s against renewals every 2.5 s");
+        assert!(timeout_outlasts_renewals(6, -1).is_ok(), "3 s against 1.5 s");
+        let why = timeout_outlasts_renewals(6, 5).expect_err("1 s against 1.5 s");
+        assert!(why.contains("safety_margin") && why.contains("reset"), "{why}");
+        // Refused before the device is opened (it would start counting).
+        let mut required = DeviceWatchdog::new(config(WatchdogMode::Required, std::path::Path::new("/nonexistent/wd")));
+        let err = format!("{:#}", required.arm(6).expect_err("refused"));
+        assert!(err.contains("will not lead") && err.contains("renewal"), "{err}");
+        let mut automatic =
+            DeviceWatchdog::new(config(WatchdogMode::Automatic, std::path::Path::new("/nonexistent/wd")));
+        automatic.arm(6).expect("automatic goes on without it");
+        assert!(!automatic.is_armed());
     }
 
     #[test]
