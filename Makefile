@@ -46,7 +46,7 @@ HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
 # --target keeps the flags off build scripts and proc macros.
 FUZZ_RUSTFLAGS := -C passes=sancov-module -C llvm-args=-sanitizer-coverage-level=3 -C llvm-args=-sanitizer-coverage-trace-pc-guard
 
-fuzz: ## Coverage-guided fuzzing (crates/fuzz) of REST requests, the config file, dynamic-config edits and setting texts: FUZZ_SECONDS per target (default 120), FUZZ_TARGETS to pick; failing inputs in target/fuzz-out
+fuzz: ## Coverage-guided fuzzing (crates/fuzz) of REST requests, the config file, dynamic-config edits, setting texts and etcd values: FUZZ_SECONDS per target (default 120), FUZZ_TARGETS to pick; failing inputs in target/fuzz-out
 	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR=target/fuzz $(CARGO) build --profile fuzz --target $(HOST_TRIPLE) -p pgwarden-fuzz
 	target/fuzz/$(HOST_TRIPLE)/fuzz/pgwarden-fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out target/fuzz-out $(FUZZ_TARGETS)
 

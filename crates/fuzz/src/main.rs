@@ -19,7 +19,7 @@ use ha_sim::rng::Rng;
 #[command(name = "pgwarden-fuzz", about = "Fuzz what pgwarden parses from outside")]
 struct Args {
     /// Targets to run, one after the other (all when none is named):
-    /// config, dynamic, settings, checks, rest.
+    /// config, dynamic, settings, checks, etcd, rest.
     targets: Vec<String>,
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]

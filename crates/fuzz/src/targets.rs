@@ -21,7 +21,7 @@ pub trait Target {
     fn run(&mut self, input: &[u8]) -> Result<(), String>;
 }
 
-pub const NAMES: &[&str] = &["config", "dynamic", "settings", "checks", "rest"];
+pub const NAMES: &[&str] = &["config", "dynamic", "settings", "checks", "etcd", "rest"];
 
 pub fn by_name(name: &str) -> anyhow::Result<Box<dyn Target>> {
     Ok(match name {
@@ -29,6 +29,7 @@ pub fn by_name(name: &str) -> anyhow::Result<Box<dyn Target>> {
         "dynamic" => Box::new(DynamicEdit),
         "settings" => Box::new(SettingTexts),
         "checks" => Box::new(HealthChecks),
+        "etcd" => Box::new(EtcdValues),
         "rest" => Box::new(RestServer::start()?),
         other => anyhow::bail!("no fuzz target {other:?}: the targets are {}", NAMES.join(", ")),
     })
@@ -341,6 +342,83 @@ impl Target for HealthChecks {
         if answer.status.as_u16() == 200 && (!known || path == "/standby-leader") {
             return Err(format!("{path} answered 200"));
         }
+        Ok(())
+    }
+}
+
+/// Values under the cluster's prefix in etcd, as another program (Patroni,
+/// `etcdctl`, anyone who can write there) may have left them: each parsed as
+/// pgwarden parses it, then read as the agent, the controller and `/cluster`
+/// read it. The first byte picks the key; the rest is the value.
+struct EtcdValues;
+
+impl Target for EtcdValues {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        [
+            (0u8, r#"{"conn_url":"postgres://10.0.0.1:5432/postgres","api_url":"http://10.0.0.1:8008/patroni","state":"running","role":"replica","xlog_location":67108864,"timeline":3,"tags":{"nofailover":"true","sync_priority":"0"},"released_leader":true}"#),
+            (0, "postgres://[fe80::1]:5432/postgres"),
+            (1, r#"{"leader":"pg0","member":"pg1","scheduled_at":"2026-12-05T10:00:00+00:00"}"#),
+            (1, "pg0:pg1"),
+            (2, r#"{"leader":"pg0","sync_standby":"pg1,pg2","quorum":1}"#),
+            (3, r#"[[1,25165984,"no recovery target specified","2026-12-05T10:00:00+00:00","pg1"],[2,33554432,"x"]]"#),
+            (4, r#"{"optime":67108864,"slots":{"pg1":67108864},"retain_slots":["pg1"]}"#),
+        ]
+        .iter()
+        .map(|(key, value)| {
+            let mut seed = vec![*key];
+            seed.extend_from_slice(value.as_bytes());
+            seed
+        })
+        .collect()
+    }
+
+    fn dictionary(&self) -> &'static [&'static [u8]] {
+        &[
+            b"\"conn_url\":",
+            b"\"tags\":{",
+            b"\"timeline\":",
+            b"postgres://",
+            b"[::1]",
+            b":65536",
+            b",",
+            b"\"true\"",
+            b"null",
+            b"[]",
+            b"{}",
+        ]
+    }
+
+    fn max_len(&self) -> usize {
+        2048
+    }
+
+    fn run(&mut self, input: &[u8]) -> Result<(), String> {
+        let Some((&key, value)) = input.split_first() else { return Ok(()) };
+        let mut view = dcs::ClusterView::default();
+        match key % 5 {
+            0 => {
+                if let Ok(data) = dcs::MemberData::parse(value) {
+                    let _ = data.host_port();
+                    for tag in ["nofailover", "nosync", "clonefrom", "failover_priority", "sync_priority"] {
+                        let _ = (data.tag_flag(tag), data.tag_number(tag));
+                    }
+                    view.members.push(dcs::MemberEntry { name: "pg1".into(), data, lease: 1 });
+                }
+            }
+            1 => view.failover = dcs::Failover::parse(value),
+            2 => {
+                view.sync = serde_json::from_slice::<dcs::SyncState>(value).ok();
+                let _ = view.sync.as_ref().map(dcs::SyncState::members);
+            }
+            3 => view.history = serde_json::from_slice(value).unwrap_or_default(),
+            _ => view.status = serde_json::from_slice(value).ok(),
+        }
+        let _ = health_api::cluster::cluster_json("s", &view);
+        let _ = health_api::cluster::history_json(&view);
         Ok(())
     }
 }
