@@ -139,8 +139,8 @@ pub struct Observed {
     pub history_switches: Vec<(u64, u64)>,
     /// This agent gave the leader key up on purpose (switchover, or
     /// PostgreSQL not back in time) within the last two ttls. It then
-    /// neither resumes nor races while another member may lead, and
-    /// publishes that it may not lead (peers see `can_lead` false).
+    /// neither resumes nor races while a member that did not give the key up
+    /// may lead, and says so in its member key (peers see `released`).
     pub released_leader: bool,
     /// `synchronous_mode` is on: only a member listed in `sync` may take over.
     pub sync_mode: bool,
