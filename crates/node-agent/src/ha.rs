@@ -101,6 +101,9 @@ pub struct Agent {
     last_optime: Option<u64>,
     /// The end of the stopped data directory's WAL, by REDO point.
     wal_end_cache: Option<((String, u64), Option<u64>)>,
+    /// The latest checkpoint's REDO point and timeline, as last read while
+    /// PostgreSQL was stopped.
+    redo: Option<(String, u64)>,
     /// The agent has acted on the local PostgreSQL, or found it in a cluster
     /// etcd knows: only then does a shutdown stop it.
     managed: bool,
@@ -244,6 +247,7 @@ impl Agent {
             last_member_json: None,
             last_optime: None,
             wal_end_cache: None,
+            redo: None,
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,
@@ -401,8 +405,9 @@ impl Agent {
             return Some((sysid.clone(), timeline));
         }
         match self.pg.identity().await {
-            Ok((sysid, timeline)) => {
+            Ok((sysid, timeline, redo)) => {
                 self.sysid = Some(sysid.clone());
+                self.redo = redo;
                 Some((sysid, timeline.max(self.pg.latest_history_timeline())))
             }
             Err(e) => {
@@ -415,13 +420,11 @@ impl Agent {
     /// The end of a stopped data directory's WAL, read once per REDO point
     /// (the data cannot change while PostgreSQL is stopped, except by
     /// pg_rewind, which moves the REDO point). `None` when it cannot be read.
+    /// The REDO point is the one `local_identity` read this tick.
     async fn stopped_wal_end(&mut self) -> Option<u64> {
-        let redo = match self.pg.redo_point().await {
-            Ok(redo) => redo,
-            Err(e) => {
-                warn!("failed to read the REDO point: {e:#}");
-                return None;
-            }
+        let Some(redo) = self.redo.clone() else {
+            warn!("pg_controldata gave no REDO point: this node will not resume as primary");
+            return None;
         };
         if let Some((key, end)) = &self.wal_end_cache
             && *key == redo

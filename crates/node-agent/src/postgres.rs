@@ -594,28 +594,19 @@ impl Postgres {
             .collect())
     }
 
-    /// The database system identifier and the latest checkpoint's timeline.
-    pub async fn identity(&self) -> anyhow::Result<(String, u64)> {
+    /// The database system identifier, the latest checkpoint's timeline,
+    /// and its REDO point (as `pg_controldata` prints it, with that
+    /// timeline): the key of a stopped data directory's WAL, which changes
+    /// only when PostgreSQL runs or pg_rewind writes.
+    pub async fn identity(&self) -> anyhow::Result<(String, u64, Option<(String, u64)>)> {
         let control = self.controldata().await?;
         let sysid = control
             .get("Database system identifier")
             .cloned()
             .context("pg_controldata printed no system identifier")?;
         let timeline = control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0);
-        Ok((sysid, timeline))
-    }
-
-    /// Where the latest checkpoint's REDO point is, as `pg_controldata`
-    /// prints it, with its timeline: the key of a stopped data directory's
-    /// WAL (it changes only when PostgreSQL runs or pg_rewind writes).
-    pub async fn redo_point(&self) -> anyhow::Result<(String, u64)> {
-        let control = self.controldata().await?;
-        let redo = control.get("Latest checkpoint's REDO location").cloned().context("no REDO location")?;
-        let timeline = control
-            .get("Latest checkpoint's TimeLineID")
-            .and_then(|t| t.parse().ok())
-            .context("no checkpoint timeline")?;
-        Ok((redo, timeline))
+        let redo = control.get("Latest checkpoint's REDO location").map(|redo| (redo.clone(), timeline));
+        Ok((sysid, timeline, redo.filter(|_| timeline > 0)))
     }
 
     /// Where the valid WAL of this stopped data directory ends (a lower
