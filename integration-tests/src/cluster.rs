@@ -67,6 +67,20 @@ impl Node {
         self.agent.as_mut().and_then(ChildGuard::try_exit_code)
     }
 
+    /// Waits up to `timeout` for this node's agent to exit and returns its
+    /// exit code (`None`: killed by a signal); panics, with its log, if it
+    /// still runs.
+    pub async fn wait_agent_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(code) = self.agent_exit_code() {
+                return code;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the agent on {} did not exit within {timeout:?}: {}", self.name, self.agent_log());
+    }
+
     pub fn start_health(&mut self) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
         self.health = Some(spawn_with_env("pgwarden-health", &[&config], &self.dir, "health", &self.env)?);
@@ -433,6 +447,18 @@ impl PgwardenCluster {
         let mut client = self.etcd.client().await?;
         client.put(format!("/itest/{}/{key}", self.scope), value, None).await?;
         Ok(())
+    }
+
+    /// Sets top-level keys of the dynamic config (the `config` key) behind
+    /// the controller's back, as `patronictl` or an operator's `etcdctl`
+    /// would.
+    pub async fn patch_config(&self, patch: serde_json::Value) -> anyhow::Result<()> {
+        let current = self.get_key("config").await?.ok_or_else(|| anyhow::anyhow!("no config key yet"))?;
+        let mut config: serde_json::Value = serde_json::from_str(&current)?;
+        for (key, value) in patch.as_object().ok_or_else(|| anyhow::anyhow!("a patch is a JSON object"))? {
+            config[key] = value.clone();
+        }
+        self.put_key("config", &config.to_string()).await
     }
 
     /// Reads a value under the cluster's prefix.

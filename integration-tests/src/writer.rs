@@ -156,3 +156,57 @@ pub async fn missing_rows(port: u16, password: &str, table: &str, acked: &[i64])
     let present: std::collections::HashSet<i64> = present.into_iter().collect();
     Ok(acked.iter().copied().filter(|id| !present.contains(id)).collect())
 }
+
+/// Several writers at once, each on its own table (`{prefix}0`, `{prefix}1`,
+/// ...): the concurrent clients every fault test runs.
+pub struct Writers {
+    port: u16,
+    password: String,
+    writers: Vec<(String, Writer)>,
+}
+
+impl Writers {
+    /// Starts `count` writers through `port`, each writing every 5 ms, and
+    /// waits for each one's first acknowledgement.
+    pub async fn start(
+        port: u16,
+        password: &str,
+        prefix: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut writers = Vec::new();
+        for w in 0..count {
+            let table = format!("{prefix}{w}");
+            writers.push((table.clone(), Writer::start(port, password, &table, Duration::from_millis(5)).await?));
+        }
+        let group = Self { port, password: password.to_string(), writers };
+        group.wait_ack_after(Instant::now(), timeout).await?;
+        Ok(group)
+    }
+
+    /// Waits until every writer has an acknowledgement after `instant`.
+    pub async fn wait_ack_after(&self, instant: Instant, timeout: Duration) -> anyhow::Result<()> {
+        for (_, writer) in &self.writers {
+            writer.wait_ack_after(instant, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops every writer once each has written again, and reads back what
+    /// each saw acknowledged: the number of acknowledged rows, and every
+    /// acknowledged id missing from its table (`table: ids`).
+    pub async fn stop_and_check(self, timeout: Duration) -> anyhow::Result<(usize, Vec<String>)> {
+        self.wait_ack_after(Instant::now(), timeout).await?;
+        let (mut acked, mut lost) = (0, Vec::new());
+        for (table, writer) in self.writers {
+            let report = writer.stop().await;
+            acked += report.acked.len();
+            let missing = missing_rows(self.port, &self.password, &table, &report.ids()).await?;
+            if !missing.is_empty() {
+                lost.push(format!("{table}: {missing:?}"));
+            }
+        }
+        Ok((acked, lost))
+    }
+}

@@ -275,16 +275,9 @@ async fn a_second_node_with_a_members_name_is_refused() {
     let twin = cluster.add_node("node2", "").expect("a twin named node2");
     twin.start_agent().expect("agent");
     let started = std::time::Instant::now();
-    let mut code = None;
-    while started.elapsed() < UP {
-        if let Some(exited) = cluster.nodes[2].agent_exit_code() {
-            code = Some(exited);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let code = cluster.nodes[2].wait_agent_exit(UP).await;
     let log = cluster.nodes[2].agent_log();
-    assert_eq!(code, Some(Some(78)), "{log}");
+    assert_eq!(code, Some(78), "{log}");
     assert!(log.contains("is in use by another node"), "{log}");
     println!("refused after {:?}", started.elapsed());
     assert!(!cluster.nodes[2].data_dir().join("PG_VERSION").exists(), "no data written");
@@ -302,17 +295,9 @@ async fn a_second_node_with_a_members_name_is_refused() {
     assert!(yaml.contains(&own), "{yaml}");
     std::fs::write(&path, yaml.replace(&own, &format!("connect_address: 127.0.0.1:{node2_rest}"))).expect("write");
     twin.start_agent().expect("agent");
-    let started = std::time::Instant::now();
-    let mut code = None;
-    while started.elapsed() < UP {
-        if let Some(exited) = cluster.nodes[3].agent_exit_code() {
-            code = Some(exited);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let code = cluster.nodes[3].wait_agent_exit(UP).await;
     let log = cluster.nodes[3].agent_log();
-    assert_eq!(code, Some(Some(78)), "{log}");
+    assert_eq!(code, Some(78), "{log}");
     assert!(log.contains("is in use by another node"), "{log}");
     let after = cluster.get_key("members/node2").await.expect("etcd").expect("node2's key");
     let conn = |json: &str| serde_json::from_str::<serde_json::Value>(json).expect("json")["conn_url"].clone();

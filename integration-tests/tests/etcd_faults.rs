@@ -1,5 +1,5 @@
-//! etcd faults under a running cluster, with a client writing numbered rows
-//! through HAProxy and every node probed directly for writability
+//! etcd faults under a running cluster, with three clients writing numbered
+//! rows through HAProxy and every node probed directly for writability
 //! throughout: etcd stopped for everyone, one etcd member killed, the etcd
 //! leader killed. Also the watchdog layers of fencing.
 
@@ -9,7 +9,7 @@ use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::{ProbeReport, WriteProbe};
 use pgwarden_integration_tests::process::is_running;
-use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::writer::Writers;
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, service, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
@@ -34,15 +34,13 @@ async fn setup(etcd_members: usize) -> Setup {
 }
 
 /// A healthy cluster under load: the leader's timeline before the fault,
-/// every node probed for writability, a client writing through HAProxy.
-async fn loaded(etcd_members: usize) -> (Setup, (String, String), WriteProbe, Writer) {
+/// every node probed for writability, three clients writing through HAProxy.
+async fn loaded(etcd_members: usize) -> (Setup, (String, String), WriteProbe, Writers) {
     let setup = setup(etcd_members).await;
     let before = timeline(&setup.cluster, setup.leader);
     let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
     let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    let writer =
-        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
+    let writer = Writers::start(setup.write_port, SUPERUSER_PASSWORD, "acked", 3, UP).await.expect("writers");
     probe.wait_answered(UP).await.expect("probes");
     (setup, before, probe, writer)
 }
@@ -57,18 +55,16 @@ fn timeline(cluster: &PgwardenCluster, node: usize) -> (String, String) {
     )
 }
 
-/// The end of every test: the writer lost nothing, and at no moment did two
+/// The end of every test: no writer lost anything, and at no moment did two
 /// nodes accept writes; only `leader` ever did.
-async fn assert_no_loss_and_one_writer(setup: &Setup, writer: Writer, probe: WriteProbe, fault: &str) {
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
-    let report = writer.stop().await;
-    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
-    assert!(missing.is_empty(), "{fault}: acknowledged rows lost: {missing:?}");
+async fn assert_no_loss_and_one_writer(setup: &Setup, writers: Writers, probe: WriteProbe, fault: &str) {
+    let (acked, lost) = writers.stop_and_check(UP).await.expect("writes go through again, and read back");
+    assert!(lost.is_empty(), "{fault}: acknowledged rows lost: {lost:?}");
     let probes: ProbeReport = probe.stop().await;
     let overlap = probes.two_writer_seconds();
     println!(
-        "{fault}: {} rows acknowledged, 0 lost; seconds with two writable nodes: {overlap:.3}; writers {:?}",
-        report.acked.len(),
+        "{fault}: {acked} rows acknowledged to 3 writers, 0 lost; seconds with two writable nodes: {overlap:.3}; \
+         writers {:?}",
         probes.writers()
     );
     assert_eq!(overlap, 0.0, "{fault}: two nodes accepted writes at the same time: {:?}", probes.spans);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
-use pgwarden_integration_tests::writer::{Writer, WriterReport, missing_rows};
+use pgwarden_integration_tests::writer::{Writer, WriterReport, Writers, missing_rows};
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
@@ -74,22 +74,14 @@ fn strip_ansi(text: &str) -> String {
 /// HAProxy (each its own table) and every node probed directly for
 /// writability, from before the fault to the end.
 struct Watched {
-    writers: Vec<(String, Writer)>,
+    writers: Writers,
     probe: WriteProbe,
 }
 
 async fn watch(setup: &Setup) -> Watched {
     let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
     let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    let mut writers = Vec::new();
-    for w in 0..3 {
-        let table = format!("acked{w}");
-        let writer = Writer::start(setup.write_port, SUPERUSER_PASSWORD, &table, Duration::from_millis(5)).await;
-        writers.push((table, writer.expect("start a writer")));
-    }
-    for (_, writer) in &writers {
-        writer.wait_ack_after(Instant::now(), UP).await.expect("writes through HAProxy");
-    }
+    let writers = Writers::start(setup.write_port, SUPERUSER_PASSWORD, "acked", 3, UP).await.expect("writers");
     probe.wait_answered(UP).await.expect("probes");
     Watched { writers, probe }
 }
@@ -97,15 +89,9 @@ async fn watch(setup: &Setup) -> Watched {
 /// After the old primary streams again: no row any writer saw acknowledged
 /// lost, never two writable nodes at once, and only the old then the new
 /// primary ever wrote.
-async fn assert_watched(setup: &Setup, watched: Watched, old: usize, new: usize, fault: &str) {
-    let mut acked = 0;
-    for (table, writer) in watched.writers {
-        writer.wait_ack_after(Instant::now(), UP).await.expect("writes go through again");
-        let report = writer.stop().await;
-        let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, &table, &report.ids()).await.expect("read");
-        assert!(missing.is_empty(), "{fault}: acknowledged rows of {table} lost: {missing:?}");
-        acked += report.acked.len();
-    }
+async fn assert_watched(watched: Watched, old: usize, new: usize, fault: &str) {
+    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
+    assert!(lost.is_empty(), "{fault}: acknowledged rows lost: {lost:?}");
     let probes = watched.probe.stop().await;
     println!(
         "{fault}: {acked} rows through HAProxy from 3 writers, 0 lost; seconds with two writable nodes: {:.3}",
@@ -455,7 +441,7 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     // Thawed, the old agent finds its key gone and rejoins as a replica.
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(&setup, watched, leader, new_leader, "frozen agent").await;
+    assert_watched(watched, leader, new_leader, "frozen agent").await;
 }
 
 #[tokio::test]
@@ -486,7 +472,7 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
     // Back on etcd, the old primary rejoins as a replica.
     proxies[leader].restore();
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(&setup, watched, leader, new_leader, "etcd cut from the primary").await;
+    assert_watched(watched, leader, new_leader, "etcd cut from the primary").await;
 }
 
 #[tokio::test]
@@ -502,7 +488,7 @@ async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted(
     assert!(setup.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     setup.cluster.nodes[leader].start_agent().expect("restart the agent");
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(&setup, watched, leader, new_leader, "agent killed alone").await;
+    assert_watched(watched, leader, new_leader, "agent killed alone").await;
 }
 
 /// The postmaster's `startup` process (crash recovery) of the postmaster
@@ -528,10 +514,7 @@ fn startup_process(postmaster: i32) -> Option<i32> {
 async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
     let setup = setup(3, |_| String::new()).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    let config = setup.cluster.get_key("config").await.expect("etcd").expect("config key");
-    let mut config: serde_json::Value = serde_json::from_str(&config).expect("config JSON");
-    config["master_start_timeout"] = serde_json::json!(0);
-    setup.cluster.put_key("config", &config.to_string()).await.expect("write config");
+    setup.cluster.patch_config(serde_json::json!({"master_start_timeout": 0})).await.expect("write config");
     let watched = watch(&setup).await;
     let old = setup.cluster.nodes[leader].postmaster_pid().expect("postmaster");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).expect("kill");
@@ -547,7 +530,7 @@ async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
     .expect("a replica leads");
     assert!(others.contains(&new_leader));
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(&setup, watched, leader, new_leader, "master_start_timeout 0").await;
+    assert_watched(watched, leader, new_leader, "master_start_timeout 0").await;
 }
 
 /// Crash recovery longer than `primary_start_timeout` (issue 20, finding 4):
@@ -561,10 +544,7 @@ async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
 async fn a_primary_still_in_crash_recovery_past_primary_start_timeout_is_stopped_before_a_replica_takes_over() {
     let setup = setup(3, |_| String::new()).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    let config = setup.cluster.get_key("config").await.expect("etcd").expect("config key");
-    let mut config: serde_json::Value = serde_json::from_str(&config).expect("config JSON");
-    config["primary_start_timeout"] = serde_json::json!(2);
-    setup.cluster.put_key("config", &config.to_string()).await.expect("write config");
+    setup.cluster.patch_config(serde_json::json!({"primary_start_timeout": 2})).await.expect("write config");
     // WAL that crash recovery must replay: no checkpoint covers it.
     setup.cluster.nodes[leader]
         .psql("checkpoint; create table filler as select g, repeat('x', 600) as pad from generate_series(1, 60000) g")

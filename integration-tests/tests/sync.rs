@@ -23,17 +23,6 @@ struct Setup {
     write_port: u16,
 }
 
-/// Merges `patch` into the dynamic config (the `config` key), as an
-/// operator's edit would.
-async fn patch_config(cluster: &PgwardenCluster, patch: serde_json::Value) {
-    let current = cluster.get_key("config").await.expect("etcd").expect("a config key");
-    let mut config: serde_json::Value = serde_json::from_str(&current).expect("config JSON");
-    for (key, value) in patch.as_object().expect("an object") {
-        config[key] = value.clone();
-    }
-    cluster.put_key("config", &config.to_string()).await.expect("write config");
-}
-
 /// The standbys the `sync` key lists.
 async fn sync_standbys(cluster: &PgwardenCluster) -> Vec<String> {
     let Some(value) = cluster.get_key("sync").await.ok().flatten() else { return Vec::new() };
@@ -65,7 +54,10 @@ async fn setup(nodes: usize, behind_proxies: bool, strict: bool) -> Setup {
         (PgwardenCluster::start(nodes).await.expect("start"), Vec::new())
     };
     cluster.wait_healthy(UP).await.expect("healthy");
-    patch_config(&cluster, serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": strict})).await;
+    cluster
+        .patch_config(serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": strict}))
+        .await
+        .expect("write config");
     let (write_port, read, stats) = (free_port(), free_port(), free_port());
     let config = deploy_config(write_port, read, stats, &cluster.backends());
     let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
@@ -291,7 +283,7 @@ async fn sync_mode_turns_on_and_off_at_run_time_and_shows_everywhere() {
     assert!(text.contains("not a synchronous standby"), "{text}");
 
     // Off at run time: the key goes and commits no longer wait.
-    patch_config(cluster, serde_json::json!({"synchronous_mode": false})).await;
+    cluster.patch_config(serde_json::json!({"synchronous_mode": false})).await.expect("write config");
     wait_until("the sync key to go", UP, || async {
         let names = cluster.nodes[leader].psql("show synchronous_standby_names").map_err(|e| e.to_string())?;
         let key = cluster.get_key("sync").await.map_err(|e| e.to_string())?;
@@ -395,7 +387,7 @@ async fn tags_written_as_strings_are_honoured_by_every_member_and_false_ones_are
         .expect("node1 leads");
     }
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), 0);
-    patch_config(&cluster, serde_json::json!({"synchronous_mode": true})).await;
+    cluster.patch_config(serde_json::json!({"synchronous_mode": true})).await.expect("write config");
     // The leader takes synchronous mode up: the sync key names it.
     wait_until("the sync key", UP, || async {
         let value = cluster.get_key("sync").await.map_err(|e| e.to_string())?.unwrap_or_default();
