@@ -462,10 +462,11 @@ async fn a_switchover_to_a_member_without_its_fencer_is_refused_and_the_leader_k
     let request = SwitchoverRequest { candidate: name.clone(), ..Default::default() };
     let outcome = grpc.switchover(request).await;
     println!("switchover to {name} without its fencer: {outcome:?}");
-    assert!(
-        outcome.is_err() || outcome.as_ref().is_ok_and(|r| r.get_ref().outcome != WorkflowOutcome::Done as i32),
-        "{outcome:?}"
-    );
+    // The controller applies the candidate rule the leader applies
+    // (`ha_core::CandidateRules`): refused before anything is written.
+    let refusal = outcome.expect_err("a switchover to a member whose fencer is silent is refused");
+    assert_eq!(refusal.code(), tonic::Code::FailedPrecondition, "{refusal:?}");
+    assert!(refusal.message().contains("fencer does not acknowledge"), "{refusal:?}");
     // The leader never stepped down: it still answers /primary, on the same timeline.
     assert_eq!(cluster.nodes[leader].check("/primary"), 200, "the leader kept leading");
     assert_eq!(cluster.nodes[leader].psql("select pg_is_in_recovery()").expect("psql"), "f");

@@ -77,59 +77,67 @@ fn position(status: &NodeStatus) -> u64 {
 }
 
 /// Why `candidate` cannot take over from a running leader now, if it cannot:
-/// unknown, tagged never to lead, not running, or lagging.
+/// unknown, or barred by the candidate rule (`ha_core::CandidateRules::problem`, the one
+/// `decide` and the leader apply), with a message that says what to do.
 async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<Status> {
-    if view.member(candidate).is_none() {
+    let Some(member) = view.member(candidate) else {
         return Some(Status::not_found(format!(
             "candidate does not exists: {candidate} is not a member of this cluster"
         )));
-    }
-    if never_leads(view, candidate) {
-        return Some(Status::failed_precondition(format!(
-            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
-        )));
-    }
-    // Synchronous mode restricts the candidates once active (the sync key
-    // names a leader): its standbys and that leader (as `ha_core::decide`).
-    let active_sync = view.sync.as_ref().filter(|s| s.leader.is_some());
-    if dynamic(view).synchronous_mode != pgwarden_config::SyncMode::Off
-        && let Some(key) = active_sync
-    {
-        let sync: Vec<&str> = key.members();
-        if !sync.contains(&candidate) && key.leader.as_deref() != Some(candidate) {
-            return Some(Status::failed_precondition(format!(
-                "candidate name does not match with sync_standby: {candidate} is not a synchronous standby (the \
-                 sync key lists: {}); in synchronous \
-                 mode only a listed standby may take over without losing commits: choose one of those, or wait \
-                 until the leader makes {candidate} synchronous",
-                if sync.is_empty() { "none".to_string() } else { sync.join(", ") }
-            )));
-        }
-    }
-    let Some(status) = agent_status(view, candidate).await else {
-        return Some(Status::failed_precondition(format!(
-            "candidate {candidate} does not answer: its agent is unreachable"
-        )));
     };
-    if status.system_identifier.is_empty() || status.shutting_down {
-        return Some(Status::failed_precondition(format!("candidate {candidate}'s PostgreSQL is not running")));
-    }
-    let ended = view.history.iter().map(|h| h.0).max();
-    if let Some(ended) = ended.filter(|ended| status.timeline <= *ended) {
-        return Some(Status::failed_precondition(format!(
-            "candidate {candidate} is on timeline {}, which ended with a promotion the history key records \
+    let status = agent_status(view, candidate).await;
+    let dynamic = dynamic(view);
+    let sync_standbys: Vec<String> =
+        view.sync.as_ref().map(|s| s.members().into_iter().map(String::from).collect()).unwrap_or_default();
+    // The rule `ha_core::decide` and the leader apply (DESIGN invariant 4).
+    let rules = ha_core::CandidateRules {
+        sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
+        sync_standbys: &sync_standbys,
+        sync_leader: view.sync.as_ref().and_then(|s| s.leader.as_deref()),
+        history_timeline: view.history.iter().map(|h| h.0).max(),
+        cluster_optime: Some(leader_position),
+        maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+    };
+    let contender = ha_core::Contender {
+        name: candidate,
+        nofailover: never_leads(view, candidate),
+        priority: 1,
+        running: status.as_ref().is_some_and(|s| !s.system_identifier.is_empty() && !s.shutting_down),
+        can_lead: member.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
+        timeline: status.as_ref().map(|s| s.timeline),
+        lsn: status.as_ref().map(position),
+    };
+    let problem = rules.problem(&contender)?;
+    Some(match problem {
+        ha_core::Ineligible::NeverLeads => Status::failed_precondition(format!(
+            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
+        )),
+        ha_core::Ineligible::NotSynchronous => Status::failed_precondition(format!(
+            "candidate name does not match with sync_standby: {candidate} is not a synchronous standby (the \
+             sync key lists: {}); in synchronous \
+             mode only a listed standby may take over without losing commits: choose one of those, or wait \
+             until the leader makes {candidate} synchronous",
+            if sync_standbys.is_empty() { "none".to_string() } else { sync_standbys.join(", ") }
+        )),
+        ha_core::Ineligible::NotRunning | ha_core::Ineligible::NoPosition if status.is_none() => {
+            Status::failed_precondition(format!("candidate {candidate} does not answer: its agent is unreachable"))
+        }
+        ha_core::Ineligible::NotRunning | ha_core::Ineligible::NoPosition => {
+            Status::failed_precondition(format!("candidate {candidate}'s PostgreSQL is not running"))
+        }
+        ha_core::Ineligible::FencerSilent => Status::failed_precondition(format!(
+            "candidate {candidate}'s fencer does not acknowledge: nobody would fence it as primary, so it may \
+             not take the leader key; check pgwarden-health on {candidate}"
+        )),
+        ha_core::Ineligible::EndedTimeline { timeline, ended } => Status::failed_precondition(format!(
+            "candidate {candidate} is on timeline {timeline}, which ended with a promotion the history key records \
              (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new \
-             timeline",
-            status.timeline
-        )));
-    }
-    let lag = leader_position.saturating_sub(position(&status));
-    let limit = dynamic(view).maximum_lag_on_failover;
-    (lag > limit).then(|| {
-        Status::failed_precondition(format!(
+             timeline"
+        )),
+        ha_core::Ineligible::Lagging { lag, limit } => Status::failed_precondition(format!(
             "candidate {candidate} is {lag} bytes behind the leader (maximum_lag_on_failover is {limit}); \
              wait for it to catch up or choose another candidate"
-        ))
+        )),
     })
 }
 

@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+use crate::candidate::{CandidateRules, Contender, Ineligible};
+
 /// The local data directory, as read from `pg_controldata` and the signal files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
@@ -84,6 +86,11 @@ pub struct Peer {
     /// `released_leader`): the race does not wait for it. It stays a
     /// candidate for a switchover.
     pub released: bool,
+    /// Since when (`Observed::now_ms`'s clock) its agent has said it has
+    /// data but has not given a WAL position (its PostgreSQL does not answer
+    /// yet). A candidate waits for such a peer at most one ttl
+    /// (`Observed::takes_part`).
+    pub position_unknown_since_ms: Option<u64>,
 }
 
 /// A requested switchover or failover (the `failover` key).
@@ -92,8 +99,50 @@ pub struct FailoverRequest {
     /// The leader it is addressed to; `None` for a failover to `candidate`.
     pub leader: Option<String>,
     pub candidate: Option<String>,
-    /// Its `scheduled_at` has come (or it has none).
-    pub due: bool,
+    /// When it is to happen (its `scheduled_at`).
+    pub scheduled: Schedule,
+}
+
+/// A request's `scheduled_at`, as the key holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// No `scheduled_at` (or an empty one): at once.
+    Now,
+    /// At this wall-clock time (Unix milliseconds).
+    At(i64),
+    /// A `scheduled_at` that is not a time: the request never comes due
+    /// (the leader clears it once it is otherwise impossible).
+    Unreadable(String),
+}
+
+impl FailoverRequest {
+    /// Its time has come: it has none, or the wall clock reached it.
+    pub fn due(&self, now_unix_ms: i64) -> bool {
+        match self.scheduled {
+            Schedule::Now => true,
+            Schedule::At(at) => at <= now_unix_ms,
+            Schedule::Unreadable(_) => false,
+        }
+    }
+}
+
+/// A member that gave the leader key up on purpose at `released_at_ms`
+/// still counts as having just released it for two ttls: long enough for a
+/// replica to take the key before it may resume on its own, and what its
+/// member key's `released_leader` says meanwhile.
+pub fn released_recently(released_at_ms: Option<u64>, now_ms: u64, ttl_ms: u64) -> bool {
+    released_at_ms.is_some_and(|at| now_ms.saturating_sub(at) < 2 * ttl_ms)
+}
+
+/// The deadline fast path (DESIGN invariant 1): an agent whose renewal task
+/// proved the leader key, and whose deadline passed without a renewal,
+/// stops a writable PostgreSQL (primary, or a postmaster that may open as
+/// one) before anything else: before any etcd round trip (which may take
+/// the whole request timeout, longer than `fence_margin`) and before any
+/// cached view that still names it leader. The fencer does the same; this
+/// covers a fencer that is down.
+pub fn fence_at_once(proving_leader: bool, deadline_live: bool, writable: bool) -> bool {
+    proving_leader && !deadline_live && writable
 }
 
 /// One instant's view of the world, built by the agent.
@@ -127,8 +176,18 @@ pub struct Observed {
     /// `pause` is set in the dynamic config: no automatic action.
     pub paused: bool,
     pub failover: Option<FailoverRequest>,
-    /// The key is held but PostgreSQL has not been back for `primary_start_timeout`.
-    pub start_timed_out: bool,
+    /// The agent's monotonic clock, in milliseconds (the simulator's
+    /// simulated time): every `_ms` instant below is on it.
+    pub now_ms: u64,
+    /// The wall clock (Unix milliseconds), for a request's `scheduled_at`.
+    pub now_unix_ms: i64,
+    /// The live ttl, in milliseconds.
+    pub ttl_ms: u64,
+    /// Since when the leader key has been held while PostgreSQL did not run
+    /// as primary (`None`: not so).
+    pub primary_down_since_ms: Option<u64>,
+    /// `primary_start_timeout`, in milliseconds.
+    pub primary_start_timeout_ms: u64,
     /// The highest timeline the `history` key records a promotion from.
     pub history_timeline: Option<u64>,
     /// The member that recorded that promotion (a candidate records it
@@ -137,11 +196,9 @@ pub struct Observed {
     /// Every promotion the `history` key records: the timeline that ended
     /// and the LSN it ended at.
     pub history_switches: Vec<(u64, u64)>,
-    /// This agent gave the leader key up on purpose (switchover, or
-    /// PostgreSQL not back in time) within the last two ttls. It then
-    /// neither resumes nor races while a member that did not give the key up
-    /// may lead, and says so in its member key (peers see `released`).
-    pub released_leader: bool,
+    /// When this agent last gave the leader key up on purpose (switchover,
+    /// or PostgreSQL not back in time); see `Observed::released_leader`.
+    pub released_at_ms: Option<u64>,
     /// `synchronous_mode` is on: only a member listed in `sync` may take over.
     pub sync_mode: bool,
     /// The standbys the `sync` key lists.
@@ -165,6 +222,76 @@ pub struct Observed {
     /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
     /// carried by the `sync` key): what, and what to do.
     pub unsupported: Option<String>,
+}
+
+impl Observed {
+    /// The key is held but PostgreSQL has not run as primary for
+    /// `primary_start_timeout` (0: at once).
+    pub fn start_timed_out(&self) -> bool {
+        self.primary_down_since_ms
+            .is_some_and(|since| self.now_ms.saturating_sub(since) >= self.primary_start_timeout_ms)
+    }
+
+    /// This agent gave the leader key up on purpose within the last two
+    /// ttls. It then neither resumes nor races while a member that did not
+    /// give the key up may lead, and says so in its member key (peers see
+    /// `released`).
+    pub fn released_leader(&self) -> bool {
+        released_recently(self.released_at_ms, self.now_ms, self.ttl_ms)
+    }
+
+    /// A peer takes part in the race: it runs, and if it has not given a WAL
+    /// position yet, not for longer than one ttl (a peer whose PostgreSQL
+    /// never answers must not hold the race back for ever).
+    pub fn takes_part(&self, peer: &Peer) -> bool {
+        peer.running
+            && !(peer.lsn.is_none()
+                && peer.position_unknown_since_ms.is_some_and(|since| self.now_ms.saturating_sub(since) > self.ttl_ms))
+    }
+
+    /// The facts the candidate rule reads.
+    pub fn candidate_rules(&self) -> CandidateRules<'_> {
+        CandidateRules {
+            sync_mode: self.sync_mode,
+            sync_standbys: &self.sync_standbys,
+            sync_leader: self.sync_leader.as_deref(),
+            history_timeline: self.history_timeline,
+            cluster_optime: self.cluster_optime,
+            maximum_lag_on_failover: self.maximum_lag_on_failover,
+        }
+    }
+
+    /// A peer, for the candidate rule.
+    pub fn contender<'a>(&self, peer: &'a Peer) -> Contender<'a> {
+        Contender {
+            name: &peer.name,
+            nofailover: peer.nofailover,
+            priority: peer.priority,
+            running: self.takes_part(peer),
+            can_lead: peer.can_lead,
+            timeline: peer.timeline,
+            lsn: peer.lsn,
+        }
+    }
+
+    /// This member as a running replica at `lsn` on `timeline`, for the
+    /// candidate rule (its own fencer is checked by `decide` itself).
+    fn contender_self(&self, lsn: u64, timeline: u64) -> Contender<'_> {
+        Contender {
+            name: &self.me,
+            nofailover: self.nofailover,
+            priority: self.priority,
+            running: true,
+            can_lead: true,
+            timeline: Some(timeline),
+            lsn: Some(lsn),
+        }
+    }
+
+    /// The failover request, if any, has come due.
+    fn request_due(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.due(self.now_unix_ms))
+    }
 }
 
 /// What to do next. Every action is idempotent; the executor stops at the
@@ -247,34 +374,28 @@ impl fmt::Display for Decision {
 /// a lower name. A running peer that has not reported its position yet makes
 /// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
-    if obs.nofailover || obs.priority == 0 || !sync_allows(obs, &obs.me) || behind_cluster_timeline(obs, my_timeline) {
-        return false;
-    }
-    let within_lag =
-        |lsn: u64| obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover);
-    if !within_lag(my_lsn) {
+    let rules = obs.candidate_rules();
+    if rules.problem(&obs.contender_self(my_lsn, my_timeline)).is_some() {
         return false;
     }
     let mine = (obs.priority, my_lsn);
+    // A rival: it could lead but for its position, which is compared below
+    // (one beyond the lag limit never holds a candidate back).
     let may_lead = |p: &&Peer| {
-        p.running
-            && p.can_lead
-            && !p.nofailover
-            && p.priority > 0
-            && sync_allows(obs, &p.name)
-            && !p.timeline.is_some_and(|tl| behind_cluster_timeline(obs, tl))
+        matches!(rules.problem(&obs.contender(p)), None | Some(Ineligible::Lagging { .. } | Ineligible::NoPosition))
     };
     // A member that gave the key up itself (a switchover, or its PostgreSQL
     // not back within primary_start_timeout: 0 means "fail over at once")
     // leaves the race to the members that did not, as Patroni does: the
     // others do not wait for it, and it races only when none of them can
     // (then against the other members that gave the key up, as usual).
-    let fresh = |p: &&Peer| may_lead(p) && !p.released && p.lsn.is_some_and(within_lag);
+    let fresh = |p: &&Peer| !p.released && rules.problem(&obs.contender(p)).is_none();
     let fresh_rival = obs.peers.iter().any(|p| fresh(&p));
-    if obs.released_leader && fresh_rival {
+    if obs.released_leader() && fresh_rival {
         return false;
     }
-    let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader);
+    let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader());
+    let within_lag = |lsn: u64| rules.lag(lsn) <= obs.maximum_lag_on_failover;
     obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
         Some(lsn) if !within_lag(lsn) => true,
         Some(lsn) if (peer.priority, lsn) > mine => false,
@@ -288,50 +409,26 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
 /// misses the latest promotion, and promoting it would fork a second
 /// history (DESIGN invariant 4; Patroni checks the same).
 fn behind_cluster_timeline(obs: &Observed, timeline: u64) -> bool {
-    obs.history_timeline.is_some_and(|ended| timeline <= ended)
+    obs.candidate_rules().timeline_ended(timeline)
 }
 
-/// A member named in the `failover` key may take the key: not tagged
-/// `nofailover`, in `sync` in synchronous mode, within the lag limit.
+/// A member named in the `failover` key may take the key: the candidate
+/// rule, as for any other (`CandidateRules::problem`).
 fn named_may_lead(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
-    !obs.nofailover
-        && !behind_cluster_timeline(obs, my_timeline)
-        && obs.priority > 0
-        && sync_allows(obs, &obs.me)
-        && obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(my_lsn) <= obs.maximum_lag_on_failover)
+    obs.candidate_rules().problem(&obs.contender_self(my_lsn, my_timeline)).is_none()
 }
 
-/// In synchronous mode only a member listed in `sync`, or the leader the
-/// key names, may take over. A `sync` key that names no leader (none was
-/// ever written: the mode was never active under a leader, so no commit was
-/// acknowledged synchronously) restricts nobody, as in Patroni.
-fn sync_allows(obs: &Observed, name: &str) -> bool {
-    !obs.sync_mode
-        || obs.sync_leader.is_none()
-        || obs.sync_standbys.iter().any(|s| s == name)
-        || obs.sync_leader.as_deref() == Some(name)
-}
-
-/// A peer that could take over in a switchover: running, eligible, listed
-/// in `sync` in synchronous mode, and within the lag limit.
+/// A peer that could take over in a switchover: the candidate rule
+/// (`CandidateRules::problem`) finds nothing against it.
 fn eligible_peer<'a>(obs: &'a Observed, name: &str) -> Option<&'a Peer> {
-    obs.peers.iter().find(|p| {
-        p.name == name
-            && sync_allows(obs, name)
-            && p.running
-            && p.can_lead
-            && !p.nofailover
-            && p.priority > 0
-            && !p.timeline.is_some_and(|tl| behind_cluster_timeline(obs, tl))
-            && p.lsn.is_some_and(|lsn| {
-                obs.cluster_optime.is_none_or(|optime| optime.saturating_sub(lsn) <= obs.maximum_lag_on_failover)
-            })
-    })
+    let rules = obs.candidate_rules();
+    obs.peers.iter().find(|p| p.name == name && rules.problem(&obs.contender(p)).is_none())
 }
 
 /// The member a switchover without a named candidate hands over to: the
-/// eligible peer (see `eligible_peer`: running, its fencer acknowledging, not
-/// `nofailover`, in `sync` in synchronous mode, within the lag limit) with
+/// eligible peer (`CandidateRules::problem`: running, its fencer
+/// acknowledging, not `nofailover`, in `sync` in synchronous mode, not on an
+/// ended timeline, within the lag limit) with
 /// the highest `failover_priority`, then the most advanced LSN, then the
 /// smallest name.
 pub fn switchover_candidate(obs: &Observed) -> Option<String> {
@@ -367,7 +464,12 @@ fn leader_failover(obs: &Observed, request: &FailoverRequest) -> Decision {
         None if !obs.peers.iter().any(|p| eligible_peer(obs, &p.name).is_some()) => {
             Decision::act("switchover requested but no member can take over: clear the request", Action::ClearFailover)
         }
-        _ if !request.due => Decision::idle("leader: a switchover is scheduled"),
+        _ if !request.due(obs.now_unix_ms) => match &request.scheduled {
+            Schedule::Unreadable(at) => {
+                Decision::idle(format!("leader: ignoring a switchover with an unreadable scheduled_at {at:?}"))
+            }
+            _ => Decision::idle("leader: a switchover is scheduled"),
+        },
         candidate => Decision::act(
             format!("switchover to {}", candidate.unwrap_or("the best candidate")),
             Action::Switchover { candidate: candidate.map(str::to_string) },
@@ -378,7 +480,7 @@ fn leader_failover(obs: &Observed, request: &FailoverRequest) -> Decision {
 /// The member to clone from: a running peer tagged `clonefrom`, else the
 /// leader once it advertises an address.
 fn clone_source(obs: &Observed, leader: &str) -> Option<String> {
-    let reachable = |p: &&Peer| p.running && p.reachable && p.name != obs.me;
+    let reachable = |p: &&Peer| obs.takes_part(p) && p.reachable && p.name != obs.me;
     obs.peers
         .iter()
         .filter(reachable)
@@ -402,7 +504,7 @@ fn may_resume(obs: &Observed, data: &DataDir) -> bool {
     data.was_primary
         && data.timeline > 0
         && obs.cluster_optime.is_none_or(|optime| data.wal_end.is_some_and(|end| end >= optime))
-        && !obs.released_leader
+        && !obs.released_leader()
         && obs.history_timeline.is_none_or(|tl| tl < data.timeline)
         && obs.leader_timeline.is_none_or(|tl| tl <= data.timeline)
         && obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline))
@@ -486,11 +588,11 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             // `pg_ctl start` gave up, but the postmaster may still finish
             // crash recovery and open as a writable primary: stop it, and
             // give the key up only once it is gone.
-            (PgRun::Transitioning, _) if obs.start_timed_out => Decision::act(
+            (PgRun::Transitioning, _) if obs.start_timed_out() => Decision::act(
                 "PostgreSQL is not back within primary_start_timeout: stop it before releasing the leader key",
                 Action::Demote,
             ),
-            (PgRun::Stopped, _) if obs.start_timed_out => Decision::act(
+            (PgRun::Stopped, _) if obs.start_timed_out() => Decision::act(
                 "PostgreSQL is not back within primary_start_timeout: release the leader key",
                 Action::ReleaseLeader,
             ),
@@ -510,7 +612,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         };
     }
 
-    let request_due = obs.failover.as_ref().is_some_and(|f| f.due);
+    let request_due = obs.request_due();
     if obs.paused {
         // A running primary keeps (or takes back) its key during a pause: no
         // failover happens then, but a primary without its key would meet a
@@ -728,11 +830,15 @@ mod tests {
             leader_checkpointed: true,
             paused: false,
             failover: None,
-            start_timed_out: false,
+            now_ms: 0,
+            now_unix_ms: 0,
+            ttl_ms: 10_000,
+            primary_down_since_ms: None,
+            primary_start_timeout_ms: 300_000,
             history_timeline: None,
             history_author: None,
             history_switches: vec![],
-            released_leader: false,
+            released_at_ms: None,
             sync_mode: false,
             sync_standbys: vec![],
             sync_leader: None,
@@ -767,7 +873,11 @@ mod tests {
     }
 
     fn request(leader: Option<&str>, candidate: Option<&str>) -> Option<FailoverRequest> {
-        Some(FailoverRequest { leader: leader.map(String::from), candidate: candidate.map(String::from), due: true })
+        Some(FailoverRequest {
+            leader: leader.map(String::from),
+            candidate: candidate.map(String::from),
+            scheduled: Schedule::Now,
+        })
     }
 
     fn peer(name: &str, lsn: u64) -> Peer {
@@ -784,6 +894,7 @@ mod tests {
             can_lead: true,
             primary: false,
             released: false,
+            position_unknown_since_ms: None,
         }
     }
 
@@ -791,6 +902,75 @@ mod tests {
     /// data (its keys lost, or a cluster pgwarden cannot see) must not start
     /// a second cluster: that is how a second writable primary got behind
     /// the same HAProxy in the guides' issue.
+    #[test]
+    fn primary_start_timeout_counts_from_when_the_primary_went_down() {
+        let down =
+            Observed { pg: PgRun::Stopped, primary_down_since_ms: Some(1_000), data: resumable().data, ..leader() };
+        let before = Observed { now_ms: 300_999, ..down.clone() };
+        assert_eq!(decide(&before).action, Some(Action::StartPrimary), "{}", decide(&before));
+        let at = Observed { now_ms: 301_000, ..down.clone() };
+        assert_eq!(decide(&at).action, Some(Action::ReleaseLeader), "{}", decide(&at));
+        // 0: at once.
+        let zero = Observed { primary_start_timeout_ms: 0, now_ms: 1_000, ..down };
+        assert_eq!(decide(&zero).action, Some(Action::ReleaseLeader));
+    }
+
+    #[test]
+    fn a_released_key_counts_as_just_released_for_two_ttls() {
+        let released = Observed { released_at_ms: Some(5_000), ..resumable() };
+        let inside = Observed { now_ms: 24_999, ..released.clone() };
+        assert!(inside.released_leader());
+        assert_ne!(decide(&inside).action, Some(Action::AcquireLeader), "{}", decide(&inside));
+        let after = Observed { now_ms: 25_000, ..released };
+        assert!(!after.released_leader());
+        assert_eq!(decide(&after).action, Some(Action::AcquireLeader), "{}", decide(&after));
+        assert!(!released_recently(Some(0), 0, 0), "ttl 0 gives no window");
+    }
+
+    #[test]
+    fn a_peer_without_a_position_holds_the_race_back_for_one_ttl_only() {
+        let silent = Peer { lsn: None, position_unknown_since_ms: Some(1_000), ..peer("a", 0) };
+        let racing = Observed { leader: None, peers: vec![silent], ..base() };
+        let waiting = Observed { now_ms: 11_000, ..racing.clone() };
+        assert_eq!(decide(&waiting).action, None, "{}", decide(&waiting));
+        let given_up = Observed { now_ms: 11_001, ..racing };
+        assert_eq!(decide(&given_up).action, Some(Action::AcquireLeader), "{}", decide(&given_up));
+    }
+
+    #[test]
+    fn a_scheduled_switchover_waits_for_its_time_and_an_unreadable_one_never_comes() {
+        let scheduled = Observed {
+            failover: Some(FailoverRequest {
+                scheduled: Schedule::At(5_000),
+                ..request(Some("b"), Some("a")).expect("some")
+            }),
+            ..leader()
+        };
+        let early = Observed { now_unix_ms: 4_999, ..scheduled.clone() };
+        assert_eq!(decide(&early).action, None, "{}", decide(&early));
+        let due = Observed { now_unix_ms: 5_000, ..scheduled };
+        assert_eq!(decide(&due).action, Some(Action::Switchover { candidate: Some("a".into()) }));
+        let unreadable = Observed {
+            failover: Some(FailoverRequest {
+                scheduled: Schedule::Unreadable("tomorrow".into()),
+                ..request(Some("b"), Some("a")).expect("some")
+            }),
+            now_unix_ms: i64::MAX,
+            ..leader()
+        };
+        let d = decide(&unreadable);
+        assert_eq!(d.action, None);
+        assert!(d.reason.contains("unreadable scheduled_at \"tomorrow\""), "{d}");
+    }
+
+    #[test]
+    fn the_deadline_fast_path_fences_only_a_writable_leader_whose_deadline_passed() {
+        assert!(fence_at_once(true, false, true));
+        assert!(!fence_at_once(true, true, true), "a live deadline");
+        assert!(!fence_at_once(false, false, true), "never proved the key");
+        assert!(!fence_at_once(true, false, false), "nothing writable to stop");
+    }
+
     #[test]
     fn no_bootstrap_beside_a_member_with_data() {
         let obs = Observed {
@@ -873,7 +1053,7 @@ mod tests {
             pg: PgRun::Replica { lsn: 200, timeline: 1, upstream: None },
             data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
             leader: None,
-            released_leader: true,
+            released_at_ms: Some(0),
             peers: vec![peer("a", 150), peer("c", 190)],
             cluster_optime: Some(200),
             ..base()
@@ -899,7 +1079,7 @@ mod tests {
         // ...but it stays a switchover candidate.
         let leading = Observed { peers: vec![Peer { released: true, ..peer("a", 100) }], ..leader() };
         assert_eq!(switchover_candidate(&leading).as_deref(), Some("a"));
-        let not_released = Observed { released_leader: false, ..released };
+        let not_released = Observed { released_at_ms: None, ..released };
         assert_eq!(decide(&not_released).action, Some(Action::AcquireLeader));
     }
 
@@ -1047,7 +1227,7 @@ mod tests {
             ),
             (
                 "key held, PostgreSQL down past primary_start_timeout: release",
-                Observed { pg: PgRun::Stopped, start_timed_out: true, ..leader() },
+                Observed { pg: PgRun::Stopped, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
                 Some(Action::ReleaseLeader),
             ),
             (
@@ -1234,7 +1414,7 @@ mod tests {
             ),
             (
                 "key held, PostgreSQL still in crash recovery past primary_start_timeout: stop it first",
-                Observed { pg: PgRun::Transitioning, start_timed_out: true, ..leader() },
+                Observed { pg: PgRun::Transitioning, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
                 Some(Action::Demote),
             ),
             (
@@ -1250,7 +1430,10 @@ mod tests {
             (
                 "a scheduled switchover waits",
                 Observed {
-                    failover: Some(FailoverRequest { due: false, ..request(Some("b"), None).expect("some") }),
+                    failover: Some(FailoverRequest {
+                        scheduled: Schedule::At(1),
+                        ..request(Some("b"), None).expect("some")
+                    }),
                     ..leader()
                 },
                 None,
@@ -1347,7 +1530,7 @@ mod tests {
             ),
             (
                 "a former primary that handed the key over does not take it back",
-                Observed { released_leader: true, ..resumable() },
+                Observed { released_at_ms: Some(0), ..resumable() },
                 Some(Action::StartReplica { upstream: None }),
             ),
             (
@@ -1487,10 +1670,10 @@ mod tests {
             leader_checkpointed in any::<bool>(),
             paused in any::<bool>(),
             failover in proptest::option::of((arb_name(), arb_name(), any::<bool>())),
-            start_timed_out in any::<bool>(),
+            primary_down_since_ms in proptest::option::of(0u64..2_000),
             history_timeline in proptest::option::of(0u64..3),
             peer_timeline in proptest::option::of(1u64..3),
-            released_leader in any::<bool>(),
+            released_at_ms in proptest::option::of(0u64..40_000),
             sync_mode in any::<bool>(),
             sync_standbys in proptest::collection::vec(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())], 0..3),
             sync_leader in arb_name(),
@@ -1517,6 +1700,7 @@ mod tests {
                     timeline: peer_timeline, has_data: peers_have_data || running, can_lead: peers_can_lead,
                     primary: peers_primary && running,
                     released: peers_released,
+                    position_unknown_since_ms: None,
                 }).collect(),
                 nofailover,
                 priority: 1,
@@ -1525,12 +1709,21 @@ mod tests {
                 leader_timeline: Some(leader_timeline),
                 leader_checkpointed,
                 paused,
-                failover: failover.map(|(leader, candidate, due)| FailoverRequest { leader, candidate, due }),
-                start_timed_out,
+                failover: failover.map(|(leader, candidate, due)| FailoverRequest {
+                    leader,
+                    candidate,
+                    scheduled: if due { Schedule::Now } else { Schedule::At(1) },
+                }),
+                now_ms: 30_000,
+                now_unix_ms: 0,
+                ttl_ms: 10_000,
+                // Before now - 500: timed out; after it: not yet.
+                primary_down_since_ms: primary_down_since_ms.map(|since| since + 28_500),
+                primary_start_timeout_ms: 500,
                 history_timeline,
                 history_author: None,
             history_switches: vec![],
-                released_leader,
+                released_at_ms,
                 sync_mode,
                 sync_standbys,
                 sync_leader,
@@ -1573,7 +1766,7 @@ mod tests {
             let d = decide(&obs);
             if obs.pg == PgRun::Stopped && !obs.holds_leader && d.action == Some(Action::AcquireLeader) {
                 let data = obs.data.as_ref().expect("a node without data never takes the key");
-                prop_assert!(data.was_primary && !obs.released_leader, "{d}");
+                prop_assert!(data.was_primary && !obs.released_leader(), "{d}");
                 prop_assert!(obs.history_timeline.is_none_or(|tl| tl < data.timeline), "{d}");
                 prop_assert!(obs.peers.iter().all(|p| p.timeline.is_none_or(|tl| tl <= data.timeline)), "{d}");
                 prop_assert!(obs.leader.is_none() || obs.leader.as_deref() == Some("b"), "{d}");

@@ -5,12 +5,15 @@
 //! processes): everything it needs is passed in, so every rule is
 //! deterministic and tested without a cluster.
 
+mod candidate;
 mod decide;
 mod lsn;
 pub mod sync;
 pub mod timeline;
 
+pub use candidate::{CandidateRules, Contender, Ineligible};
 pub use decide::{
-    Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, decide, is_best_candidate, switchover_candidate,
+    Action, DataDir, Decision, FailoverRequest, Observed, Peer, PgRun, Schedule, decide, fence_at_once,
+    is_best_candidate, released_recently, switchover_candidate,
 };
 pub use lsn::{Lsn, parse_lag};

@@ -6,7 +6,7 @@
 //! The decisions are not modelled: they are the real functions.
 
 use ha_core::sync::{Standby, SyncInput, SyncStep, next_step};
-use ha_core::{Action, DataDir, FailoverRequest, Observed, Peer, PgRun, decide};
+use ha_core::{Action, DataDir, FailoverRequest, Observed, Peer, PgRun, Schedule, decide};
 
 use crate::model::{Data, Failover, Member, Run, Ssn, SyncKey, View};
 use crate::world::{Ev, Step, World};
@@ -117,7 +117,7 @@ impl World {
             fencer_ready: self.fencer_acks(i),
             checkpoint_pending: node.agent.checkpoint_pending,
             primary: node.pg.run == Run::Primary,
-            released_leader: node.agent.released_at.is_some_and(|at| self.now - at < 2 * self.p.ttl),
+            released_leader: ha_core::released_recently(node.agent.released_at, self.now, self.p.ttl),
         };
         if self.etcd.members.get(&i).is_none_or(|(m, l)| *m != member || *l != lease) {
             self.etcd.members.insert(i, (member, lease));
@@ -185,6 +185,7 @@ impl World {
                         can_lead: m.fencer_ready,
                         released: m.released_leader,
                         primary: m.primary,
+                        position_unknown_since_ms: None,
                     })
                     .collect()
             })
@@ -205,10 +206,8 @@ impl World {
                 peer.primary = other.pg.run == Run::Primary;
                 peer.lsn = other.pg.running().then(|| other.pg.lsn()).flatten();
                 if peer.running && peer.lsn.is_none() {
-                    let since = *self.nodes[i].agent.peer_unknown_since.entry(j).or_insert(now);
-                    if now - since > self.p.ttl {
-                        peer.running = false;
-                    }
+                    peer.position_unknown_since_ms =
+                        Some(*self.nodes[i].agent.peer_unknown_since.entry(j).or_insert(now));
                 } else {
                     self.nodes[i].agent.peer_unknown_since.remove(&j);
                 }
@@ -226,8 +225,8 @@ impl World {
         if pg == PgRun::Stopped {
             agent.upstream = None;
         }
-        let start_timed_out = agent.primary_down_since.is_some_and(|since| now - since >= self.p.primary_start_timeout);
-        let released_leader = agent.released_at.is_some_and(|at| now - at < 2 * self.p.ttl);
+        let primary_down_since_ms = agent.primary_down_since;
+        let released_at_ms = agent.released_at;
         let config = view.map(|v| v.config.clone()).unwrap_or_else(|| self.bootstrap.clone());
         let leader = view.and_then(|v| v.leader.map(|(l, _)| l));
         let leader_member = leader.and_then(|l| view.and_then(|v| v.members.get(&l)));
@@ -250,9 +249,14 @@ impl World {
             failover: view.and_then(|v| v.failover.as_ref()).map(|f| FailoverRequest {
                 leader: f.leader.map(name),
                 candidate: f.member.map(name),
-                due: f.scheduled_at.is_none_or(|at| at <= now),
+                scheduled: f.scheduled_at.map_or(Schedule::Now, |at| Schedule::At(at as i64)),
             }),
-            start_timed_out,
+            now_ms: now,
+            // The simulation has one clock: scheduled times are on it.
+            now_unix_ms: now as i64,
+            ttl_ms: self.p.ttl,
+            primary_down_since_ms,
+            primary_start_timeout_ms: self.p.primary_start_timeout,
             history_timeline: view.and_then(|v| v.history.iter().map(|(tl, _, _)| *tl).max()),
             history_switches: view
                 .map(|v| v.history.iter().map(|(tl, lsn, _)| (*tl, *lsn)).collect())
@@ -260,7 +264,7 @@ impl World {
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|(tl, _, _)| *tl))
                 .map(|(_, _, author)| name(*author)),
-            released_leader,
+            released_at_ms,
             sync_mode: config.sync_mode,
             sync_standbys: view
                 .and_then(|v| v.sync.as_ref())
@@ -286,7 +290,7 @@ impl World {
         let agent = &self.nodes[i].agent;
         let was_leading = agent.proves_leader || agent.lease_lost;
         let writable = matches!(self.nodes[i].pg.run, Run::Primary | Run::Starting { primary: true, .. });
-        if was_leading && agent.lease_deadline <= self.now && writable {
+        if ha_core::fence_at_once(was_leading, agent.lease_deadline > self.now, writable) {
             self.nodes[i].pg.stop_immediate();
             self.nodes[i].agent.proves_leader = false;
             self.log(Some(i), || "the leader deadline passed without a renewal: PostgreSQL stopped at once".into());

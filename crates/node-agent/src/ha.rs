@@ -116,15 +116,15 @@ pub struct Agent {
     history_checked: Option<(u64, usize)>,
     slot_absent_since: HashMap<String, Instant>,
     /// Since when a peer with data has not reported its WAL position.
-    peer_unknown_since: HashMap<String, Instant>,
-    /// Since when PostgreSQL has not run as primary while we hold the key.
-    primary_down_since: Option<Instant>,
+    peer_unknown_since: HashMap<String, u64>,
+    /// Since when (`now_ms`) PostgreSQL has not run as primary while we hold the key.
+    primary_down_since_ms: Option<u64>,
     last_dcs_seen_unix_ms: i64,
     /// Set between taking the key and the first checkpoint after promotion,
     /// published as `checkpoint_after_promote: false` (rejoining nodes wait).
     checkpoint_pending: bool,
-    /// When this agent last gave the leader key up on purpose.
-    released_at: Option<Instant>,
+    /// When (`now_ms`) this agent last gave the leader key up on purpose.
+    released_at_ms: Option<u64>,
     /// The `watchdog:` device, armed while leading.
     watchdog: crate::watchdog::SharedWatchdog,
     /// Synchronous mode, as leader: the standbys in
@@ -254,9 +254,9 @@ impl Agent {
             managed: false,
             slot_absent_since: HashMap::new(),
             peer_unknown_since: HashMap::new(),
-            primary_down_since: None,
+            primary_down_since_ms: None,
             checkpoint_pending: false,
-            released_at: None,
+            released_at_ms: None,
             watchdog,
             sync_configured: Vec::new(),
             sync_pending: None,
@@ -500,6 +500,7 @@ impl Agent {
                         can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
                         released: m.data.extra.get("released_leader") == Some(&serde_json::Value::Bool(true)),
                         primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
+                        position_unknown_since_ms: None,
                     })
                     .collect()
             })
@@ -509,7 +510,7 @@ impl Agent {
         if let Some(view) = view
             && view.leader.is_none()
         {
-            self.ask_peers(view, &mut peers, &dynamic).await;
+            self.ask_peers(view, &mut peers).await;
         }
         let leader = view.and_then(|v| v.leader.as_ref());
         // Without etcd, the proven deadline alone says whether the key is
@@ -518,26 +519,20 @@ impl Agent {
             && (view.is_none()
                 || leader.is_some_and(|l| l.name == me && Some(l.lease) == self.lease.map(|lease| lease.id)));
         let leader_member = leader.and_then(|l| view.and_then(|v| v.member(&l.name)));
-        let now = Instant::now();
+        let now_ms = self.now_ms();
         if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
-            self.primary_down_since.get_or_insert(now);
+            self.primary_down_since_ms.get_or_insert(now_ms);
         } else {
-            self.primary_down_since = None;
+            self.primary_down_since_ms = None;
         }
-        let start_timed_out = self.primary_down_since.is_some_and(|since| {
-            now.duration_since(since) >= Duration::from_secs(u64::from(dynamic.primary_start_timeout))
-        });
         let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
             leader: f.leader.clone(),
             candidate: f.member.clone(),
-            due: match f.scheduled_at.as_deref() {
-                None | Some("") => true,
+            scheduled: match f.scheduled_at.as_deref() {
+                None | Some("") => ha_core::Schedule::Now,
                 Some(at) => match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
-                    Ok(when) => when <= time::OffsetDateTime::now_utc(),
-                    Err(e) => {
-                        warn!(scheduled_at = at, "ignoring a switchover with an unreadable scheduled_at: {e}");
-                        false
-                    }
+                    Ok(when) => ha_core::Schedule::At((when.unix_timestamp_nanos() / 1_000_000) as i64),
+                    Err(_) => ha_core::Schedule::Unreadable(at.to_string()),
                 },
             },
         });
@@ -563,7 +558,11 @@ impl Agent {
                 .is_none_or(|m| m.data.extra.get("checkpoint_after_promote") != Some(&serde_json::Value::Bool(false))),
             paused: dynamic.pause,
             failover,
-            start_timed_out,
+            now_ms,
+            now_unix_ms: crate::now_unix_ms(),
+            ttl_ms: u64::from(dynamic.ttl) * 1000,
+            primary_down_since_ms: self.primary_down_since_ms,
+            primary_start_timeout_ms: u64::from(dynamic.primary_start_timeout) * 1000,
             history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
             // Only switch points PostgreSQL's own timeline history confirmed:
             // the entry a candidate writes before it promotes carries its
@@ -575,9 +574,7 @@ impl Agent {
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
                 .and_then(|entry| entry.4.clone()),
-            // Handed over: a replica is taking the key; give it two ttls
-            // before this node may resume on its own.
-            released_leader: self.released_recently(dynamic.ttl),
+            released_at_ms: self.released_at_ms,
             sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
             sync_standbys: view
                 .and_then(|v| v.sync.as_ref())
@@ -649,9 +646,10 @@ impl Agent {
     }
 
     /// Replaces each peer's key-reported state with what its agent says now.
-    /// Unreachable agents are skipped; a peer whose PostgreSQL has data but
-    /// does not answer yet is waited for, at most one ttl.
-    async fn ask_peers(&mut self, view: &ClusterView, peers: &mut [Peer], dynamic: &DynamicConfig) {
+    /// Unreachable agents are skipped; for a peer whose PostgreSQL has data
+    /// but does not answer yet, since when (`decide` waits for it at most
+    /// one ttl: `Observed::takes_part`).
+    async fn ask_peers(&mut self, view: &ClusterView, peers: &mut [Peer]) {
         let timeout = Duration::from_millis(800);
         let asks = peers.iter().map(|peer| {
             let member = view.member(&peer.name);
@@ -660,8 +658,7 @@ impl Agent {
             crate::peers::ask(grpc_url, api_url, timeout)
         });
         let answers = futures_util::future::join_all(asks).await;
-        let now = Instant::now();
-        let patience = Duration::from_secs(u64::from(dynamic.ttl));
+        let now_ms = self.now_ms();
         for (peer, answer) in peers.iter_mut().zip(answers) {
             let Some(status) = answer else {
                 peer.running = false;
@@ -672,10 +669,8 @@ impl Agent {
             peer.lsn = status.lsn;
             peer.primary = status.primary;
             if peer.running && peer.lsn.is_none() {
-                let since = *self.peer_unknown_since.entry(peer.name.clone()).or_insert(now);
-                if now.duration_since(since) > patience {
-                    peer.running = false;
-                }
+                peer.position_unknown_since_ms =
+                    Some(*self.peer_unknown_since.entry(peer.name.clone()).or_insert(now_ms));
             } else {
                 self.peer_unknown_since.remove(&peer.name);
             }
@@ -711,7 +706,7 @@ impl Agent {
                 ),
             };
             self.cached_view = None;
-            if writable {
+            if ha_core::fence_at_once(self.renewal_proves_leader, self.leader_deadline().is_some(), writable) {
                 warn!("the leader deadline passed without a renewal: stopping PostgreSQL before anything else");
                 match self.pg.stop("immediate").await {
                     Ok(()) => info!(from = "primary", to = "stopped", "role change: fenced"),
@@ -939,7 +934,9 @@ impl Agent {
                 // Restart in place, but never past primary_start_timeout:
                 // after that the key goes to a replica.
                 let budget = Duration::from_secs(u64::from(dynamic.primary_start_timeout));
-                let spent = self.primary_down_since.map_or(Duration::ZERO, |since| since.elapsed());
+                let spent = Duration::from_millis(
+                    self.primary_down_since_ms.map_or(0, |since| self.now_ms().saturating_sub(since)),
+                );
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
                 if self.leader_deadline().is_none() {
                     bail!("start as primary: the leader key is no longer proven ours (its deadline passed)");
@@ -1116,7 +1113,7 @@ impl Agent {
         let mut election = self.election(dynamic);
         let released = election.release(&lease).await;
         self.renewal = Some(spawn_renewal(election, lease, self.renew_interval(dynamic), false));
-        self.released_at = Some(Instant::now());
+        self.released_at_ms = Some(self.now_ms());
         if released? {
             info!("released the leader key");
         }
@@ -1253,9 +1250,14 @@ impl Agent {
     }
 
     /// This agent gave the leader key up on purpose within the last two
-    /// ttls (a replica is taking it over).
+    /// ttls (a replica is taking it over): `ha_core::released_recently`.
     fn released_recently(&self, ttl: u32) -> bool {
-        self.released_at.is_some_and(|at| at.elapsed() < Duration::from_secs(2 * u64::from(ttl)))
+        ha_core::released_recently(self.released_at_ms, self.now_ms(), u64::from(ttl) * 1000)
+    }
+
+    /// The agent's monotonic clock for `decide`: milliseconds since it started.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Whether the independent fencer (pgwarden-health) has acknowledged
