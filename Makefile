@@ -3,12 +3,12 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install
+.PHONY: help setup build check test monitoring-check sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: ## Install PostgreSQL 15, etcd, HAProxy, protoc, wrk (apt) and Patroni (PyPI, for the migration test) if missing
+setup: ## Install PostgreSQL 15, etcd, HAProxy, protoc, wrk, promtool (apt) and Patroni (PyPI, for the migration test) if missing
 	@./scripts/install-deps.sh
 
 build: setup ## Build every crate and binary
@@ -23,6 +23,7 @@ fmt: ## Format the code
 
 test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni) and the benchmark's smoke mode
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
+	./deploy/monitoring/check.sh
 	@if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -31,6 +32,9 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
+
+monitoring-check: ## Check deploy/monitoring/: the alert rules (promtool check and unit tests) and the Grafana dashboard, both over metrics pgwarden exports (needs promtool: make setup)
+	./deploy/monitoring/check.sh
 
 SIM_SEEDS ?= 100000
 SIM_START ?= 0

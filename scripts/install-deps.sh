@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgwarden's build, tests and demo need on Debian/Ubuntu:
-# PostgreSQL 15, etcd, HAProxy and protoc. Safe to run again: it does nothing
-# when everything is already there.
+# PostgreSQL 15, etcd, HAProxy, protoc and promtool. Safe to run again: it
+# does nothing when everything is already there.
 set -euo pipefail
 
 # curl and procps: the demo's checks and the tests' process listing; wrk and
@@ -9,8 +9,10 @@ set -euo pipefail
 # the migration test and the side-by-side benchmark; libprotobuf-dev: the
 # well-known .proto files (google/protobuf/descriptor.proto) etcd-client's
 # build script compiles against, only a "Recommends" of protobuf-compiler and
-# so missing with --no-install-recommends; shellcheck: the callback scripts.
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv)
+# so missing with --no-install-recommends; shellcheck: the callback scripts;
+# prometheus: its promtool checks and unit-tests the alert rules in
+# deploy/monitoring/ (the server it also installs is not wanted: see below).
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -24,9 +26,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The package enables and starts a Prometheus server (port 9090) where
+    # systemd runs; only promtool is wanted. A server that was there before
+    # is left alone: this runs only when the package was just installed.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    fi
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust stable) is required" >&2; exit 1; }
-echo "install-deps: postgresql-15, etcd, haproxy and protoc are installed"
+echo "install-deps: postgresql-15, etcd, haproxy, protoc and promtool are installed"
 # Patroni from PyPI (pinned) in a virtual environment the postgres user can
 # run: the migration test starts a Patroni cluster and moves it to pgwarden.
 # PGWARDEN_SKIP_PATRONI=1 leaves it to the caller (`make bench` installs it
