@@ -18,7 +18,8 @@ data source variable, and panels that each have a gridPos inside the
 with a PromQL `expr`; every `$variable` used must be defined. Every metric
 name in a panel's or variable's query, in a rule's `expr` and in a test's
 input series must be an exported one. Each alert must have a test case that
-expects it to fire and one that expects it silent.
+expects it to fire and one that expects it silent, and a `runbook` into
+docs/ must name an existing heading.
 
 With --promql-rules, the dashboard's queries are written to OUT as recording
 rules (variables replaced by sample values) so that `promtool check rules OUT`
@@ -325,15 +326,26 @@ def yaml_scalar(lines, index, where):
     return " ".join(parts), following
 
 
+def markdown_anchors(path):
+    """The anchors GitHub gives a Markdown file's headings."""
+    headings = re.findall(r"(?m)^#+ (.*)$", Path(path).read_text(encoding="utf-8"))
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def check_rules(path, exported, problems):
     """Returns the alert names."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
+    repo = Path(__file__).resolve().parents[2]
     alerts = []
     expressions = 0
     for index, line in enumerate(lines):
         alert = re.match(r"^\s*-?\s*alert:\s*(\S+)\s*$", line)
         if alert:
             alerts.append(alert.group(1))
+        # A runbook into this repository's docs must name an existing heading.
+        runbook = re.match(r"^\s*runbook:\s*(docs/[\w./-]+\.md)#(\S+)\s*$", line)
+        if runbook and runbook.group(2) not in markdown_anchors(repo / runbook.group(1)):
+            problems.add(f"{path}:{index + 1}", f"runbook {runbook.group(1)}#{runbook.group(2)}: no such heading")
         if re.match(r"^\s*-?\s*expr:", line):
             where = f"{path}:{index + 1}"
             try:
