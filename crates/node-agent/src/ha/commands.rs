@@ -1,0 +1,182 @@
+//! Operator commands from the gRPC API (restart, reinitialize, reload, parameter checks), carried
+//! out between ticks, and restarts scheduled for later.
+
+use super::*;
+
+impl Agent {
+    /// One request from the gRPC API (or SIGHUP), between ticks.
+    pub(super) async fn command(
+        &mut self,
+        command: crate::grpc::Command,
+    ) -> Result<crate::grpc::Outcome, tonic::Status> {
+        use crate::grpc::{Command, Outcome};
+        use ha_proto::v1::ActionReply;
+        use tonic::Status;
+        let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
+        let reply = |done: bool, message: String| Ok(Outcome::Action(ActionReply { done, message }));
+        match command {
+            Command::CancelRestart => match self.scheduled_restart.take() {
+                Some(_) => {
+                    let local = self.local.borrow().clone();
+                    let _ = self.publish_member(&local).await;
+                    reply(true, "scheduled restart deleted".into())
+                }
+                None => Err(Status::not_found("no restarts are scheduled")),
+            },
+            Command::Restart { only_if_pending, role, schedule } if !schedule.is_empty() => {
+                let at = time::OffsetDateTime::parse(&schedule, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "schedule {schedule:?}: expected an ISO 8601 time with a time zone"
+                        ))
+                    })?;
+                if at <= time::OffsetDateTime::now_utc() {
+                    return Err(Status::invalid_argument(format!("schedule {schedule} is in the past")));
+                }
+                if self.scheduled_restart.is_some() {
+                    return Err(Status::already_exists("Another restart is already scheduled"));
+                }
+                self.scheduled_restart = Some(ScheduledRestart { at, text: schedule.clone(), only_if_pending, role });
+                let local = self.local.borrow().clone();
+                let _ = self.publish_member(&local).await;
+                reply(true, format!("Restart scheduled at {schedule}"))
+            }
+            Command::Restart { only_if_pending, role, .. } => {
+                let local = self.local.borrow().clone();
+                let Some(sql) = local.sql else {
+                    return self.start_on_request(&role, only_if_pending).await;
+                };
+                let mine = if sql.in_recovery { "replica" } else { "primary" };
+                if !role.is_empty() && role != mine {
+                    return reply(false, format!("skipped: {} is a {mine}", self.config.name));
+                }
+                if only_if_pending && !sql.pending_restart {
+                    return reply(false, format!("skipped: {} has no restart pending", self.config.name));
+                }
+                let started = Instant::now();
+                self.callbacks.before_stop(mine).await;
+                self.pg.restart().await.map_err(failed)?;
+                self.await_local("answer after the restart", |l| l.sql.is_some()).await.map_err(failed)?;
+                self.callbacks.fire("restart", mine);
+                info!(role = mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
+                reply(true, format!("restarted {} ({mine}) in {} ms", self.config.name, started.elapsed().as_millis()))
+            }
+            Command::Reinitialize => {
+                if self.leader_deadline().is_some() {
+                    return Err(Status::failed_precondition("I am the leader, can not reinitialize"));
+                }
+                let view = dcs::read_cluster(&self.etcd, &self.keys)
+                    .await
+                    .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+                if view.leader.is_none() {
+                    return Err(Status::failed_precondition("Cluster has no leader, can not reinitialize"));
+                }
+                self.pg.stop("immediate").await.map_err(failed)?;
+                self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
+                let aside = self.pg.move_aside("reinit").map_err(failed)?;
+                self.upstream = None;
+                self.wake.wake.notify_one();
+                reply(true, format!("reinitialize started: the old data directory is kept at {}", aside.display()))
+            }
+            Command::Reload => {
+                let loaded = pgwarden_config::load(self.config_path.as_deref(), pgwarden_config::Purpose::Agent)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!("the config file is not valid; nothing changed: {e:#}"))
+                    })?;
+                let new = loaded.config;
+                let fixed =
+                    |c: &Config| (c.name.clone(), c.scope.clone(), c.postgresql.data_dir.clone(), c.namespace.clone());
+                if fixed(&new) != fixed(&self.config) {
+                    return Err(Status::failed_precondition(
+                        "name, scope, namespace or data_dir changed: restart pgwarden-agent to apply that",
+                    ));
+                }
+                self.config = new.clone();
+                self.callbacks = crate::callbacks::Callbacks::new(&new);
+                self.pg.set_config(new);
+                let view = dcs::read_cluster(&self.etcd, &self.keys).await.ok();
+                let dynamic = self.dynamic(view.as_ref());
+                self.rewrite_running_config(view.as_ref(), &dynamic).await.map_err(failed)?;
+                info!(origin = %loaded.origin, "config reloaded");
+                if let Some(role) = self.seen_running {
+                    self.callbacks.fire("reload", role);
+                }
+                reply(true, format!("reloaded the config of {}", self.config.name))
+            }
+        }
+    }
+
+    /// `POST /restart` of a stopped PostgreSQL starts it, as Patroni does (in
+    /// pause the HA loop would not): as the primary on the leader, as a
+    /// replica of the leader elsewhere. A former primary's data directory
+    /// that does not hold the leader key is refused: it would open a second
+    /// writable database.
+    pub(super) async fn start_on_request(
+        &mut self,
+        role: &str,
+        only_if_pending: bool,
+    ) -> Result<crate::grpc::Outcome, tonic::Status> {
+        use tonic::Status;
+        let failed = |e: anyhow::Error| Status::unavailable(format!("{e:#}"));
+        let reply =
+            |done: bool, message: String| Ok(crate::grpc::Outcome::Action(ha_proto::v1::ActionReply { done, message }));
+        if only_if_pending {
+            return reply(
+                false,
+                format!("skipped: PostgreSQL is not running on {}, so no restart is pending", self.config.name),
+            );
+        }
+        let view = dcs::read_cluster(&self.etcd, &self.keys)
+            .await
+            .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+        let dynamic = self.dynamic(Some(&view));
+        let local = self.local.borrow().clone();
+        let obs = self.observed(Some(&view), &local).await;
+        if obs.pg != PgRun::Stopped {
+            return Err(Status::failed_precondition("PostgreSQL is starting or stopping here: try again in a moment"));
+        }
+        let Some(data) = obs.data.clone() else {
+            return Err(Status::failed_precondition("PostgreSQL has no data directory here: nothing to start"));
+        };
+        let (action, starts_as) = if obs.holds_leader && data.was_primary {
+            (Action::StartPrimary, "primary")
+        } else if data.was_primary {
+            return Err(Status::failed_precondition(
+                "this data directory was last a primary and this member does not hold the leader key: starting it \
+                 would open a second writable database; reinitialize it (or resume, and the HA loop rejoins it)",
+            ));
+        } else {
+            (Action::StartReplica { upstream: view.leader.as_ref().map(|l| l.name.clone()) }, "replica")
+        };
+        if !role.is_empty() && role != starts_as {
+            return reply(false, format!("skipped: {} would start as a {starts_as}", self.config.name));
+        }
+        let started = Instant::now();
+        self.execute(&action, &view, &dynamic, &obs).await.map_err(failed)?;
+        self.await_local("answer after the start", |l| l.sql.is_some()).await.map_err(failed)?;
+        info!(role = starts_as, took = ?started.elapsed(), "started PostgreSQL on a restart request");
+        reply(true, format!("started {} ({starts_as}) in {} ms", self.config.name, started.elapsed().as_millis()))
+    }
+
+    /// Writes the config files for the role PostgreSQL runs in now and
+    /// reloads it (parameters, pg_hba); nothing when it does not run.
+    pub(super) async fn rewrite_running_config(
+        &mut self,
+        view: Option<&ClusterView>,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
+        let local = self.local.borrow().clone();
+        let Some(sql) = local.sql else { return Ok(()) };
+        let start_as = if !sql.in_recovery {
+            StartAs::Primary
+        } else {
+            let upstream = match (&self.upstream, view) {
+                (Some(member), Some(view)) => Some(self.upstream_of(view, member)?),
+                _ => None,
+            };
+            StartAs::Replica { upstream }
+        };
+        self.pg.write_config(dynamic, &start_as, false)?;
+        self.pg.reload().await
+    }
+}

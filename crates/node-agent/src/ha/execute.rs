@@ -1,0 +1,423 @@
+//! The executors: one `ha_core::Action` carried out per tick (clone, start, promote, rejoin,
+//! switchover, bootstrap), each re-checking what it needs just before it acts.
+
+use super::*;
+
+impl Agent {
+    pub(super) async fn execute(
+        &mut self,
+        action: &Action,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        obs: &Observed,
+    ) -> anyhow::Result<bool> {
+        match action {
+            Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
+            Action::Clone { source } => {
+                let upstream = self.upstream_of(view, source)?;
+                self.pg.write_pgpass(Some(&upstream))?;
+                self.pg.prepare_empty_data_dir()?;
+                if let Err(e) = self.pg.basebackup(&upstream).await {
+                    self.pg.remove_unfinished_data_dir();
+                    return Err(e);
+                }
+                // A clone is a replica's data directory from the first moment:
+                // it must never look like a former primary to be rewound.
+                std::fs::write(self.pg.data_dir.join("standby.signal"), "").context("write standby.signal")?;
+                self.sysid = None;
+                Ok(true)
+            }
+            Action::StartReplica { upstream } => {
+                let upstream = match upstream {
+                    Some(member) => Some(self.upstream_of(view, member)?),
+                    None => None,
+                };
+                self.pg.write_pgpass(upstream.as_ref())?;
+                self.pg.write_config(dynamic, &StartAs::Replica { upstream: upstream.clone() }, false)?;
+                self.pg.start().await?;
+                self.upstream = upstream.map(|u| u.member);
+                self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+                Ok(true)
+            }
+            Action::Follow { upstream } => {
+                let target = self.upstream_of(view, upstream)?;
+                // The new primary_conninfo names the pgpass file: it must
+                // hold the password before the WAL receiver reconnects (an
+                // adopted replica may never have had it written).
+                self.pg.write_pgpass(Some(&target))?;
+                self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(target) }, false)?;
+                self.pg.reload().await?;
+                info!(upstream, "following");
+                self.upstream = Some(upstream.clone());
+                Ok(false)
+            }
+            Action::AcquireLeader => {
+                // Re-binding its own key under a running primary needs no
+                // fencer: it already leads, and the proven deadline lets this
+                // agent fence by itself (without it, nobody would).
+                let rebind = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+                self.acquire_leader(dynamic, rebind).await
+            }
+            Action::StartPrimary => {
+                // Restart in place, but never past primary_start_timeout:
+                // after that the key goes to a replica.
+                let budget = Duration::from_secs(u64::from(dynamic.primary_start_timeout));
+                let spent = Duration::from_millis(
+                    self.primary_down_since_ms.map_or(0, |since| self.now_ms().saturating_sub(since)),
+                );
+                self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                if self.leader_deadline().is_none() {
+                    bail!("start as primary: the leader key is no longer proven ours (its deadline passed)");
+                }
+                self.pg.start_within(budget.saturating_sub(spent).max(Duration::from_secs(1))).await?;
+                self.await_local("answer", |l| l.sql.is_some()).await?;
+                info!(from = "stopped", to = "primary", "role change: restarted in place");
+                Ok(true)
+            }
+            Action::ReleaseLeader => {
+                self.release_leader(dynamic).await?;
+                Ok(true)
+            }
+            Action::ClearFailover => {
+                if self.delete_at_revision(self.keys.failover(), view.failover_revision).await? {
+                    info!("cleared the switchover request");
+                }
+                Ok(true)
+            }
+            Action::Switchover { candidate } => self.switchover(view, dynamic, obs, candidate.clone()).await,
+            Action::Rejoin { leader } => self.rejoin(view, dynamic, leader).await,
+            Action::Promote => {
+                if let Err(e) = self.callbacks.pre_promote().await {
+                    error!("pre_promote vetoed the promotion: {e:#}; giving the leader key up");
+                    self.checkpoint_pending = false;
+                    self.release_leader(dynamic).await?;
+                    bail!("pre_promote vetoed the promotion: {e:#}");
+                }
+                self.checkpoint_pending = true;
+                let local = self.local.borrow().clone();
+                self.publish_member(&local).await?;
+                // pre_promote and the member key took time (the agent may
+                // even have been frozen): promote only while the key is
+                // still proven ours, never on the tick's old view.
+                if self.leader_deadline().is_none() {
+                    self.checkpoint_pending = false;
+                    bail!("promote: the leader key is no longer proven ours (its deadline passed); not promoting");
+                }
+                // Synchronous mode: the sync key names this leader with no
+                // standby before PostgreSQL may acknowledge anything; a stale
+                // key could let a standby that never confirmed our commits
+                // take over (finding 8 of the safety review).
+                // Out of synchronous mode too: a key another leader left
+                // would count the moment the mode is turned on.
+                let stale = view.sync.as_ref().is_some_and(|k| k.leader.as_deref() != Some(self.config.name.as_str()));
+                if stale || (dynamic.synchronous_mode != pgwarden_config::SyncMode::Off && view.sync.is_none()) {
+                    self.reset_sync_key(view).await.inspect_err(|_| self.checkpoint_pending = false)?;
+                }
+                // The promotion is recorded before it happens, at the WAL
+                // position it will switch at (corrected from the timeline
+                // history file once promoted): if this node dies right after,
+                // no former primary resumes and no replica races on the
+                // old timeline (finding 3 of the safety review).
+                // The position now, not the observer's last look: WAL the old
+                // primary sent last (its shutdown checkpoint) may have arrived
+                // since.
+                // The timeline is the observer's (it keeps the WAL
+                // receiver's while the receiver is down).
+                let mut conn = self.connect().await?;
+                let fresh = sql::status(&mut conn).await.ok().map(|sql| sql.xlog_location);
+                sql::close(conn).await;
+                let position = self.local.borrow().sql.as_ref().map(|sql| (sql.timeline, sql.xlog_location));
+                let (timeline, lsn) = position.context("promote: PostgreSQL does not answer")?;
+                let lsn = lsn.max(fresh.unwrap_or(0));
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                if let Err(e) = self.append_history(view, (timeline, lsn, PROMOTING.into(), now)).await {
+                    self.checkpoint_pending = false;
+                    bail!("promote: record the promotion in the history key first: {e:#}");
+                }
+                self.pg.promote().await?;
+                self.upstream = None;
+                self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+                info!(from = "replica", to = "primary", "role change: promoted");
+                // The followers' slots first, so they can stream at once.
+                if dynamic.use_slots
+                    && let Err(e) = self.manage_slots(view, dynamic).await
+                {
+                    warn!("failed to create the replication slots: {e:#}");
+                }
+                let mut conn = self.connect().await?;
+                sql::checkpoint(&mut conn).await?;
+                let entry = sql::latest_history_entry(&mut conn).await;
+                sql::close(conn).await;
+                self.checkpoint_pending = false;
+                self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                match entry {
+                    Ok(Some(entry)) => {
+                        if let Err(e) = self.append_history(view, entry).await {
+                            warn!("failed to write the history key: {e:#}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("failed to read the timeline history: {e:#}"),
+                }
+                Ok(true)
+            }
+            Action::WithdrawPromotion { timeline } => {
+                let mut history = view.history.clone();
+                history.retain(|h| h.0 < *timeline);
+                let key = self.keys.history();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.history_revision)])
+                    .and_then([TxnOp::put(key.as_str(), serde_json::to_string(&history)?, None)]);
+                if self.etcd.txn(txn).await?.succeeded() {
+                    warn!(timeline, "withdrew the promotion this member recorded and never made");
+                }
+                Ok(true)
+            }
+            Action::Demote => {
+                let replica = matches!(obs.pg, PgRun::Replica { .. });
+                self.pg.stop(if replica { "fast" } else { "immediate" }).await?;
+                // Gone, not only silent: a postmaster still in crash recovery
+                // answers no query either.
+                self.await_local("stopped", |l| {
+                    l.sql.is_none()
+                        && matches!(
+                            l.postmaster.state,
+                            ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                        )
+                })
+                .await?;
+                if replica {
+                    info!(from = "replica", to = "stopped", "role change: stopped to rewind");
+                } else {
+                    info!(from = "primary", to = "stopped", "role change: fenced");
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The planned hand-over (DESIGN "Who may touch what"): checkpoint, clean
+    /// shutdown, wait until the candidate has received the shutdown
+    /// checkpoint, release the key. If the candidate never gets it, start
+    /// again as primary and drop the request.
+    pub(super) async fn switchover(
+        &mut self,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        obs: &Observed,
+        candidate: Option<String>,
+    ) -> anyhow::Result<bool> {
+        let candidate = match candidate {
+            Some(candidate) => candidate,
+            None => {
+                // The best eligible replica, named in the request so that the
+                // others (and this node) defer to it.
+                let best = ha_core::switchover_candidate(obs).context("no candidate for the switchover")?;
+                let key = self.keys.failover();
+                let value = serde_json::to_string(&dcs::Failover {
+                    leader: Some(self.config.name.clone()),
+                    member: Some(best.clone()),
+                    scheduled_at: None,
+                })?;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
+                    .and_then([TxnOp::put(key.as_str(), value, None)]);
+                if !self.etcd.txn(txn).await?.succeeded() {
+                    bail!("the switchover request changed while choosing a candidate");
+                }
+                best
+            }
+        };
+        let grpc = view
+            .member(&candidate)
+            .and_then(|m| m.data.grpc_url.clone())
+            .with_context(|| format!("candidate {candidate} advertises no gRPC address"))?;
+        self.callbacks.before_stop("primary").await;
+        info!(candidate, "switchover: checkpoint, then a clean shutdown");
+        let mut conn = self.connect().await?;
+        sql::checkpoint(&mut conn).await?;
+        sql::close(conn).await;
+        self.pg.stop("fast").await?;
+        self.await_local("stopped", |l| l.sql.is_none()).await?;
+        let checkpoint = self.pg.latest_checkpoint().await?;
+        let wait = Duration::from_secs(u64::from(dynamic.retry_timeout).max(5));
+        let received = tokio::time::timeout(wait, async {
+            loop {
+                if let Ok(channel) = pgwarden_runtime::grpc::connect(&grpc, Duration::from_secs(1)).await
+                    && let Ok(status) = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel)
+                        .get_status(ha_proto::v1::GetStatusRequest {})
+                        .await
+                {
+                    let status = status.into_inner();
+                    if status.receive_lsn.max(status.replay_lsn) > checkpoint {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if received.is_err() {
+            warn!(candidate, "switchover: the candidate did not receive the shutdown checkpoint; staying primary");
+            let key = self.keys.failover();
+            let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            return Ok(true);
+        }
+        info!(candidate, checkpoint = %ha_core::Lsn(checkpoint), "switchover: the candidate has the shutdown checkpoint");
+        self.release_leader(dynamic).await?;
+        info!(from = "primary", to = "stopped", candidate, "role change: switched over");
+        Ok(true)
+    }
+
+    /// A data directory on an older timeline joins the leader: pg_rewind
+    /// (or, where the config allows, a re-clone with the old directory moved
+    /// aside), then start as its replica (DESIGN invariant 5).
+    pub(super) async fn rejoin(
+        &mut self,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        leader: &str,
+    ) -> anyhow::Result<bool> {
+        let upstream = self.upstream_of(view, leader)?;
+        self.pg.write_pgpass(Some(&upstream))?;
+        let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
+        let outcome = self.pg.rewind(&upstream, !use_rewind).await;
+        match outcome {
+            Ok(false) => info!(leader, "no divergence: following"),
+            Ok(true) if use_rewind => info!(leader, "rewound onto the leader's timeline"),
+            Ok(true) if self.config.postgresql.remove_data_directory_on_diverged_timelines => {
+                self.pg.move_aside("diverged")?;
+                self.sysid = None;
+                return Ok(true);
+            }
+            Ok(true) => bail!(
+                "the data directory diverged from {leader}'s timeline and use_pg_rewind is off: set \
+                 postgresql.use_pg_rewind (or remove_data_directory_on_diverged_timelines to re-clone)"
+            ),
+            Err(e) if self.config.postgresql.remove_data_directory_on_rewind_failure => {
+                warn!("pg_rewind failed, re-cloning as configured: {e:#}");
+                self.pg.move_aside("rewind-failed")?;
+                self.sysid = None;
+                return Ok(true);
+            }
+            Err(e) => return Err(e),
+        }
+        self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(upstream.clone()) }, false)?;
+        self.pg.start().await?;
+        self.upstream = Some(upstream.member);
+        self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+        Ok(true)
+    }
+
+    /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
+    pub(super) async fn bootstrap(&mut self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let lease = self.keeper.lease.context("no lease yet")?;
+        // A node that may not lead (watchdog required, none usable) must not
+        // build the cluster either.
+        lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
+        // Bound to our lease while we bootstrap: if we die, the key goes away
+        // and another member can try.
+        if !self.create(self.keys.initialize(), String::new(), Some(lease.id)).await? {
+            info!("another member won the bootstrap race");
+            return Ok(());
+        }
+        info!("won the bootstrap race: initialising a new cluster");
+        let result = self.build_cluster(dynamic, lease).await;
+        if let Err(e) = &result {
+            error!("bootstrap failed, cleaning up so another attempt can run: {e:#}");
+            let _ = self.pg.stop("immediate").await;
+            self.pg.remove_unfinished_data_dir();
+            self.sysid = None;
+            let key = self.keys.initialize();
+            let txn = Txn::new()
+                .when([
+                    Compare::value(key.as_str(), CompareOp::Equal, ""),
+                    Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
+                ])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            let _ = self.etcd.txn(txn).await;
+        }
+        result
+    }
+
+    pub(super) async fn build_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<()> {
+        if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
+            bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
+        }
+        self.pg.initdb().await?;
+        self.pg.write_bootstrap_hba(dynamic)?;
+        self.pg.write_pgpass(None)?;
+        // Local connections only until we hold the leader key.
+        self.pg.write_config(dynamic, &StartAs::Primary, true)?;
+        self.pg.start().await?;
+        let mut conn = self.connect().await?;
+        sql::create_roles(&mut conn, &self.config).await?;
+        sql::close(conn).await;
+        let sysid = self.pg.system_identifier().await?;
+        self.sysid = Some(sysid.clone());
+        // The identifier replaces the placeholder and leaves our lease: the
+        // cluster now exists whoever leads it.
+        let key = self.keys.initialize();
+        let txn = Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, "")]).and_then([TxnOp::put(
+            key.as_str(),
+            sysid.as_str(),
+            None,
+        )]);
+        let written = self.etcd.txn(txn).await?.succeeded();
+        if !written {
+            bail!("the initialize key changed while bootstrapping");
+        }
+        self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        // The fencer beside us must be watching before we lead.
+        let waited = Instant::now();
+        while !self.fencer_ready() && waited.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.require_fencer()?;
+        let mut election = self.election(dynamic);
+        match election.acquire(&lease).await? {
+            Acquired::Won { .. } => {}
+            Acquired::Held(holder) => bail!("{} took the leader key during bootstrap", holder.member),
+        }
+        self.prove_leader(dynamic, lease).await;
+        info!(system_identifier = %sysid, "cluster initialised; opening PostgreSQL to the network");
+        self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+        self.pg.stop("fast").await?;
+        self.pg.start().await?;
+        self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+        Ok(())
+    }
+
+    /// Waits until the observer reports what an action just did, so that the
+    /// next tick does not act on an observation from before it.
+    pub(super) async fn await_local(&mut self, what: &str, done: impl Fn(&Local) -> bool) -> anyhow::Result<()> {
+        let timeout = self.config.postgresql.pg_ctl_timeout;
+        let mut rx = self.local.clone();
+        let wait = async {
+            loop {
+                if done(&rx.borrow_and_update()) {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    bail!("the observer stopped");
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .with_context(|| format!("see PostgreSQL {what} within {timeout:?}"))?
+    }
+
+    pub(super) fn upstream_of(&self, view: &ClusterView, member: &str) -> anyhow::Result<Upstream> {
+        let entry = view
+            .member(member)
+            .with_context(|| format!("find member {member} to copy or stream from: it has no key in etcd yet"))?;
+        let (host, port) = entry
+            .data
+            .host_port()
+            .with_context(|| format!("find member {member}'s PostgreSQL: it advertises no conn_url"))?;
+        Ok(Upstream { member: member.to_string(), host, port })
+    }
+}

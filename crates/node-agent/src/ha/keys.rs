@@ -1,0 +1,339 @@
+//! The keys this agent writes besides the leader key: its member key, and as leader `status`,
+//! `config`, `initialize` and `history`.
+
+use super::*;
+
+/// The member key's content as last written (written again only when it changes).
+#[derive(Debug, Default)]
+pub(super) struct MemberPublisher {
+    pub(super) last_json: Option<String>,
+}
+
+/// The member key's `state`, as Patroni names it.
+pub(super) fn member_state(local: &Local) -> &'static str {
+    match local.postmaster.state {
+        ha_proto::v1::PostgresState::Running if local.sql.is_some() => "running",
+        ha_proto::v1::PostgresState::Running | ha_proto::v1::PostgresState::Starting => "starting",
+        ha_proto::v1::PostgresState::Stopping => "stopping",
+        _ => "stopped",
+    }
+}
+
+/// The member key's `role`: PostgreSQL's own answer; while it does not
+/// answer, only a proven leader key makes a primary.
+pub(super) fn member_role(local: &Local, has_data: bool, leading: bool) -> &'static str {
+    match &local.sql {
+        Some(sql) if !sql.in_recovery => "primary",
+        Some(_) => "replica",
+        None if leading => "primary",
+        None if has_data => "replica",
+        None => "uninitialized",
+    }
+}
+
+/// What the agent knows about itself beyond PostgreSQL, for its member key.
+#[derive(Debug, Default)]
+pub(super) struct MemberFacts<'a> {
+    /// Between taking the key and the first checkpoint after promotion.
+    pub(super) checkpoint_pending: bool,
+    pub(super) paused: bool,
+    pub(super) pending_restart: bool,
+    pub(super) fencer_ready: bool,
+    /// Gave the leader key up itself lately (`ha_core::released_recently`).
+    pub(super) released: bool,
+    pub(super) scheduled_restart: Option<&'a ScheduledRestart>,
+}
+
+/// The member key's fields beyond Patroni's core ones: Patroni's
+/// `checkpoint_after_promote`, `pause`, `pending_restart` and
+/// `scheduled_restart`, and pgwarden's `fencer_ready` (a leader hands over
+/// only to a member that may lead) and `released_leader` (the others race
+/// without waiting for it: decide's `Peer::released`).
+pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut extra = serde_json::Map::new();
+    if facts.checkpoint_pending {
+        extra.insert("checkpoint_after_promote".into(), Value::Bool(false));
+    }
+    if facts.paused {
+        extra.insert("pause".into(), Value::Bool(true));
+    }
+    if facts.pending_restart {
+        extra.insert("pending_restart".into(), Value::Bool(true));
+    }
+    extra.insert("fencer_ready".into(), Value::Bool(facts.fencer_ready));
+    if facts.released {
+        extra.insert("released_leader".into(), Value::Bool(true));
+    }
+    if let Some(scheduled) = facts.scheduled_restart {
+        let mut restart = serde_json::Map::new();
+        restart.insert("schedule".into(), scheduled.text.clone().into());
+        if scheduled.only_if_pending {
+            restart.insert("restart_pending".into(), true.into());
+        }
+        if !scheduled.role.is_empty() {
+            restart.insert("role".into(), scheduled.role.clone().into());
+        }
+        extra.insert("scheduled_restart".into(), Value::Object(restart));
+    }
+    extra
+}
+
+impl Agent {
+    /// Writes this member's key when its content changed.
+    pub(super) async fn publish_member(&mut self, local: &Local) -> anyhow::Result<()> {
+        let Some(lease) = self.keeper.lease else { return Ok(()) };
+        let connect = self
+            .config
+            .postgresql
+            .connect_address
+            .clone()
+            .or_else(|| {
+                self.config.postgresql.listen.as_ref().map(|l| {
+                    let host = l.hosts.first().map(String::as_str).unwrap_or("127.0.0.1");
+                    let host = if host == "*" || host == "0.0.0.0" { "127.0.0.1" } else { host };
+                    pgwarden_config::HostPort::new(host, l.port)
+                })
+            })
+            .context("no PostgreSQL address to advertise")?;
+        let state = member_state(local);
+        let role = member_role(local, self.pg.has_data(), self.leader_deadline().is_some());
+        let member = MemberData {
+            conn_url: format!("postgres://{connect}/postgres"),
+            api_url: self.config.restapi.api_url(),
+            state: state.into(),
+            role: role.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            xlog_location: local.sql.as_ref().map(|s| s.xlog_location),
+            timeline: local.sql.as_ref().map(|s| s.timeline),
+            receive_lsn: local.sql.as_ref().filter(|s| s.in_recovery).map(|s| s.receive_lsn),
+            replay_lsn: local.sql.as_ref().filter(|s| s.in_recovery).map(|s| s.replay_lsn),
+            replication_state: local
+                .sql
+                .as_ref()
+                .filter(|s| s.in_recovery && !s.replication_state.is_empty())
+                .map(|s| s.replication_state.clone()),
+            tags: self.config.tags.json.clone(),
+            grpc_url: Some(self.config.pgwarden.agent_grpc_url()),
+            extra: member_extra(&MemberFacts {
+                checkpoint_pending: self.checkpoint_pending,
+                paused: self.view.borrow().paused,
+                pending_restart: local.sql.as_ref().is_some_and(|s| s.pending_restart),
+                fencer_ready: self.fencer_ready(),
+                released: self.released_recently(self.view.borrow().ttl),
+                scheduled_restart: self.scheduled_restart.as_ref(),
+            }),
+        };
+        let json = serde_json::to_string(&member)?;
+        if self.publisher.last_json.as_deref() == Some(json.as_str()) {
+            return Ok(());
+        }
+        let key = self.keys.member(&self.config.name);
+        let value = json.clone();
+        self.etcd
+            .call(|mut client| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { client.put(key, value, Some(PutOptions::new().with_lease(lease.id))).await }
+            })
+            .await?;
+        self.publisher.last_json = Some(json);
+        Ok(())
+    }
+
+    /// The leader's duties: `status.optime`, the `config` and `initialize`
+    /// keys, and a replication slot per member.
+    pub(super) async fn leader_housekeeping(
+        &mut self,
+        view: &ClusterView,
+        local: &Local,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
+        let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
+        if self.last_optime != Some(sql.xlog_location) {
+            let mut status = view.status.clone().unwrap_or_default();
+            status.optime = sql.xlog_location;
+            // Slot positions are not published: a stale copy (Patroni's
+            // last, after a migration) would mislead a Patroni member.
+            let status =
+                Status { optime: sql.xlog_location, slots: Default::default(), retain_slots: Vec::new(), ..status };
+            let value = serde_json::to_string(&status)?;
+            let key = self.keys.status();
+            self.etcd
+                .call(|mut client| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { client.put(key, value, None).await }
+                })
+                .await?;
+            self.last_optime = Some(sql.xlog_location);
+        }
+        if view.config.is_none() {
+            self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        }
+        if view.initialize.as_deref().is_none_or(str::is_empty)
+            && let Some(sysid) = &self.sysid
+        {
+            let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
+        }
+        self.complete_history(view, sql.timeline).await?;
+        if dynamic.use_slots {
+            self.manage_slots(view, dynamic).await?;
+        }
+        self.manage_sync(view, local, dynamic).await
+    }
+
+    /// Adds to the `history` key the promotions PostgreSQL's timeline history
+    /// file records and the key lacks (one made by Patroni during a
+    /// migration, or by an agent that died before writing its entry), as
+    /// Patroni rebuilds it. Read once per timeline and history revision.
+    pub(super) async fn complete_history(&mut self, view: &ClusterView, timeline: u64) -> anyhow::Result<()> {
+        if timeline <= 1 || self.history_checked == Some((timeline, view.history.len())) {
+            return Ok(());
+        }
+        let file = self.pg.data_dir.join("pg_wal").join(ha_core::timeline::history_file_name(timeline));
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!("failed to read the timeline history file {}: {e}", file.display());
+                self.history_checked = Some((timeline, view.history.len()));
+                return Ok(());
+            }
+        };
+        // Read afresh and written only if unchanged since: this tick's view
+        // predates an entry the promotion may have appended a moment ago.
+        let key = self.keys.history();
+        let current = self
+            .etcd
+            .call(|mut client| {
+                let key = key.clone();
+                async move { client.get(key, None).await }
+            })
+            .await?;
+        let (history, revision) = match current.kvs().first() {
+            Some(kv) => {
+                (serde_json::from_slice::<Vec<dcs::HistoryEntry>>(kv.value()).unwrap_or_default(), kv.mod_revision())
+            }
+            None => (Vec::new(), 0),
+        };
+        let known: Vec<u64> = history.iter().map(|h| h.0).collect();
+        let switches = ha_core::timeline::parse_history_file(&text);
+        let missing = ha_core::timeline::missing_switches(&known, &switches);
+        if !missing.is_empty() {
+            let mut history = history.clone();
+            history.extend(missing.iter().map(|s| dcs::HistoryEntry(s.timeline, s.lsn, s.reason.clone(), None, None)));
+            history.sort_by_key(|h| h.0);
+            let value = serde_json::to_string(&history)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
+            if !self.etcd.txn(txn).await?.succeeded() {
+                // Changed meanwhile: look again at the next tick.
+                return Ok(());
+            }
+            info!(
+                timelines = ?missing.iter().map(|s| s.timeline).collect::<Vec<_>>(),
+                "history: added the promotions PostgreSQL's timeline history records and the key lacked"
+            );
+        }
+        self.history_checked = Some((timeline, view.history.len()));
+        Ok(())
+    }
+
+    /// Appends the promotion to the `history` key (Patroni's shape).
+    pub(super) async fn append_history(
+        &self,
+        view: &ClusterView,
+        entry: (u64, u64, String, String),
+    ) -> anyhow::Result<()> {
+        let (timeline, lsn, reason, timestamp) = entry;
+        let mut history = view.history.clone();
+        history.retain(|h| h.0 < timeline);
+        history.push(dcs::HistoryEntry(timeline, lsn, reason, Some(timestamp), Some(self.config.name.clone())));
+        let value = serde_json::to_string(&history)?;
+        let key = self.keys.history();
+        self.etcd
+            .call(|mut client| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { client.put(key, value, None).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Create-if-absent of a key with an optional lease; returns whether it was created.
+    pub(super) async fn create(&self, key: String, value: String, lease: Option<i64>) -> anyhow::Result<bool> {
+        let put = lease.map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value.as_str(), put)]);
+        Ok(self.etcd.txn(txn).await?.succeeded())
+    }
+
+    /// Deletes `key` iff it is still at `revision` (compare-and-swap);
+    /// returns whether it was deleted.
+    pub(super) async fn delete_at_revision(&self, key: String, revision: i64) -> anyhow::Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        Ok(self.etcd.txn(txn).await?.succeeded())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ha_proto::v1::PostgresState;
+
+    fn local(state: PostgresState, sql: Option<bool>) -> Local {
+        Local {
+            postmaster: pg_local::LocalPostgres { state, role: Default::default(), postmaster_pid: 0 },
+            sql: sql.map(|in_recovery| sql::SqlStatus { in_recovery, ..Default::default() }),
+            observed_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn state_and_role_as_patroni_names_them() {
+        let up = local(PostgresState::Running, Some(false));
+        assert_eq!((member_state(&up), member_role(&up, true, false)), ("running", "primary"));
+        let replica = local(PostgresState::Running, Some(true));
+        assert_eq!(member_role(&replica, true, true), "replica", "PostgreSQL's answer wins");
+        let silent = local(PostgresState::Running, None);
+        assert_eq!(member_state(&silent), "starting", "running but not answering yet");
+        assert_eq!(member_role(&silent, true, true), "primary", "the proven key makes a primary");
+        assert_eq!(member_role(&silent, true, false), "replica");
+        assert_eq!(member_role(&silent, false, false), "uninitialized");
+        assert_eq!(member_state(&local(PostgresState::Stopping, None)), "stopping");
+        assert_eq!(member_state(&local(PostgresState::Stopped, None)), "stopped");
+    }
+
+    #[test]
+    fn extra_fields_appear_only_when_they_say_something() {
+        let quiet = member_extra(&MemberFacts { fencer_ready: true, ..MemberFacts::default() });
+        assert_eq!(serde_json::Value::Object(quiet), serde_json::json!({"fencer_ready": true}));
+        let restart = ScheduledRestart {
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            text: "2026-12-05T12:00:00+00:00".into(),
+            only_if_pending: true,
+            role: "replica".into(),
+        };
+        let all = member_extra(&MemberFacts {
+            checkpoint_pending: true,
+            paused: true,
+            pending_restart: true,
+            fencer_ready: false,
+            released: true,
+            scheduled_restart: Some(&restart),
+        });
+        assert_eq!(
+            serde_json::Value::Object(all),
+            serde_json::json!({
+                "checkpoint_after_promote": false,
+                "pause": true,
+                "pending_restart": true,
+                "fencer_ready": false,
+                "released_leader": true,
+                "scheduled_restart": {"schedule": "2026-12-05T12:00:00+00:00", "restart_pending": true, "role": "replica"},
+            })
+        );
+    }
+}
