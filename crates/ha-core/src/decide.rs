@@ -134,6 +134,26 @@ pub fn released_recently(released_at_ms: Option<u64>, now_ms: u64, ttl_ms: u64) 
     released_at_ms.is_some_and(|at| now_ms.saturating_sub(at) < 2 * ttl_ms)
 }
 
+/// A fencer acknowledgement older than this does not count (milliseconds).
+pub const FENCER_ACK_MAX_AGE_MS: u64 = 2_000;
+/// A leader whose fencer has been silent this long hands over; a restarted
+/// agent first waits this long for its fencer to reconnect (milliseconds).
+pub const FENCER_LOST_AFTER_MS: u64 = 10_000;
+
+/// This member may take the leader key: its fencer acknowledged within
+/// `FENCER_ACK_MAX_AGE_MS` (or the config does without one). `last_ack_ms`
+/// and `now_ms` are on the agent's clock (`Observed::now_ms`).
+pub fn fencer_ready(required: bool, last_ack_ms: Option<u64>, now_ms: u64) -> bool {
+    !required || last_ack_ms.is_some_and(|at| now_ms.saturating_sub(at) <= FENCER_ACK_MAX_AGE_MS)
+}
+
+/// The fencer beside this agent has been silent for `FENCER_LOST_AFTER_MS`:
+/// since its last acknowledgement, or since the agent started (`started_ms`)
+/// when it never sent one. Never when the config does without a fencer.
+pub fn fencer_lost(required: bool, last_ack_ms: Option<u64>, started_ms: u64, now_ms: u64) -> bool {
+    required && now_ms.saturating_sub(last_ack_ms.unwrap_or(started_ms)) > FENCER_LOST_AFTER_MS
+}
+
 /// The deadline fast path (DESIGN invariant 1): an agent whose renewal task
 /// proved the leader key, and whose deadline passed without a renewal,
 /// stops a writable PostgreSQL (primary, or a postmaster that may open as
@@ -452,12 +472,18 @@ fn leader_failover(obs: &Observed, request: &FailoverRequest) -> Decision {
         );
     }
     match request.candidate.as_deref() {
-        Some(candidate) if eligible_peer(obs, candidate).is_none() => Decision::act(
-            format!(
-                "switchover candidate {candidate} is not a running, eligible member within the lag limit: clear the request"
-            ),
-            Action::ClearFailover,
-        ),
+        Some(candidate) if eligible_peer(obs, candidate).is_none() => {
+            let why = obs
+                .peers
+                .iter()
+                .find(|p| p.name == candidate)
+                .and_then(|p| obs.candidate_rules().problem(&obs.contender(p)))
+                .map_or_else(|| "not a member".to_string(), |problem| problem.to_string());
+            Decision::act(
+                format!("switchover candidate {candidate} cannot take over ({why}): clear the request"),
+                Action::ClearFailover,
+            )
+        }
         _ if obs.paused && request.candidate.is_none() => {
             Decision::act("paused: a switchover needs a named candidate: clear the request", Action::ClearFailover)
         }
@@ -964,6 +990,19 @@ mod tests {
     }
 
     #[test]
+    fn a_fencer_counts_for_two_seconds_after_it_acknowledges_and_is_lost_after_ten_silent() {
+        assert!(fencer_ready(true, Some(1_000), 3_000));
+        assert!(!fencer_ready(true, Some(1_000), 3_001));
+        assert!(!fencer_ready(true, None, 0), "never heard from");
+        assert!(fencer_ready(false, None, 0), "require_fencer: false");
+        assert!(!fencer_lost(true, Some(1_000), 0, 11_000));
+        assert!(fencer_lost(true, Some(1_000), 0, 11_001));
+        assert!(!fencer_lost(true, None, 5_000, 15_000), "a restarted agent waits ten seconds from its start");
+        assert!(fencer_lost(true, None, 5_000, 15_001));
+        assert!(!fencer_lost(false, None, 0, u64::MAX));
+    }
+
+    #[test]
     fn the_deadline_fast_path_fences_only_a_writable_leader_whose_deadline_passed() {
         assert!(fence_at_once(true, false, true));
         assert!(!fence_at_once(true, true, true), "a live deadline");
@@ -1035,6 +1074,32 @@ mod tests {
         // In a known cluster, a primary without the key is fenced.
         let d = decide(&Observed { initialize: Some("7".into()), ..obs });
         assert_eq!(d.action, Some(Action::Demote), "{d}");
+    }
+
+    #[test]
+    fn the_leader_says_why_it_clears_a_request_for_a_candidate_that_cannot_take_over() {
+        let cases = [
+            (Peer { nofailover: true, ..peer("a", 100) }, "tagged nofailover"),
+            (Peer { can_lead: false, ..peer("a", 100) }, "fencer does not acknowledge"),
+            (Peer { running: false, ..peer("a", 100) }, "not running"),
+            (Peer { lsn: None, ..peer("a", 100) }, "no WAL position"),
+            (Peer { timeline: Some(1), ..peer("a", 100) }, "on timeline 1, which ended"),
+            (peer("a", 0), "bytes behind the last leader"),
+        ];
+        for (candidate, why) in cases {
+            let obs = Observed {
+                peers: vec![candidate, peer("c", 100)],
+                failover: request(Some("b"), Some("a")),
+                history_timeline: why.starts_with("on timeline").then_some(1),
+                cluster_optime: Some(if why.contains("behind") { 1 << 30 } else { 100 }),
+                ..leader()
+            };
+            let d = decide(&obs);
+            assert_eq!(d.action, Some(Action::ClearFailover), "{d}");
+            assert!(d.reason.contains(why), "{why}: {d}");
+        }
+        let obs = Observed { failover: request(Some("b"), Some("z")), ..leader() };
+        assert!(decide(&obs).reason.contains("(not a member)"), "{}", decide(&obs));
     }
 
     #[test]

@@ -274,7 +274,8 @@ impl World {
             etcd_answered: view.is_some(),
             not_streaming,
             can_lead: self.fencer_acks(i),
-            fencer_lost: !self.nodes[i].fencer_up && now >= self.nodes[i].fencer_down_at + 10_000,
+            fencer_lost: !self.nodes[i].fencer_up
+                && ha_core::fencer_lost(true, Some(self.nodes[i].fencer_down_at), 0, now),
             unsupported: None,
         }
     }

@@ -371,7 +371,9 @@ impl World {
     /// The agent counts the fencer as acknowledging (acknowledgements every
     /// 250 ms, stale after 2 s: `FENCER_ACK_MAX_AGE`).
     pub fn fencer_acks(&self, i: usize) -> bool {
-        self.nodes[i].fencer_up || self.now < self.nodes[i].fencer_down_at + 2_000
+        // Up: it acknowledged within the last 250 ms.
+        let last_ack = if self.nodes[i].fencer_up { self.now } else { self.nodes[i].fencer_down_at };
+        ha_core::fencer_ready(true, Some(last_ack), self.now)
     }
 
     pub fn agent_alive(&self, i: usize) -> bool {

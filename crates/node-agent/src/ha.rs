@@ -140,10 +140,7 @@ pub struct Requests {
 }
 
 /// A fencer acknowledgement older than this does not count.
-pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_secs(2);
-/// A leader whose fencer has been silent this long hands over (a restarted
-/// agent first waits this long for its fencer to reconnect).
-const FENCER_LOST_AFTER: Duration = Duration::from_secs(10);
+pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_millis(ha_core::FENCER_ACK_MAX_AGE_MS);
 
 /// How long a cluster view read from etcd is reused while the watch on the
 /// cluster's prefix reports no change (a safety net against a watch that

@@ -257,16 +257,19 @@ impl Agent {
     /// The fencer has been silent for `FENCER_LOST_AFTER`: since its last
     /// acknowledgement, or since this agent started when it never sent one.
     pub(super) fn fencer_lost(&self) -> bool {
-        if !self.config.pgwarden.require_fencer {
-            return false;
-        }
-        let last = self.fencer_acks.lock().ok().and_then(|ack| *ack);
-        last.unwrap_or(self.started).elapsed() > FENCER_LOST_AFTER
+        ha_core::fencer_lost(self.config.pgwarden.require_fencer, self.fencer_last_ack_ms(), 0, self.now_ms())
     }
 
+    /// `ha_core::fencer_ready`: the fencer acknowledged lately (or none is required).
     pub(super) fn fencer_ready(&self) -> bool {
-        !self.config.pgwarden.require_fencer
-            || self.fencer_acks.lock().ok().and_then(|ack| *ack).is_some_and(|at| at.elapsed() <= FENCER_ACK_MAX_AGE)
+        ha_core::fencer_ready(self.config.pgwarden.require_fencer, self.fencer_last_ack_ms(), self.now_ms())
+    }
+
+    /// The fencer's last acknowledgement on the agent's clock (`now_ms`).
+    fn fencer_last_ack_ms(&self) -> Option<u64> {
+        let at = self.fencer_acks.lock().ok().and_then(|ack| *ack)?;
+        let since_start = at.checked_duration_since(self.started).unwrap_or_default();
+        Some(u64::try_from(since_start.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub(super) fn require_fencer(&self) -> anyhow::Result<()> {
