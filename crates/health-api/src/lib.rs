@@ -165,13 +165,7 @@ async fn respond(
         let latest = shared.latest.borrow().clone();
         let mut text = metrics::render(&shared.identity, &latest, Instant::now());
         let state = *shared.fencer.borrow();
-        text.push_str(&format!(
-            "# HELP pgwarden_fencer_state The fencer: 0 disarmed, 1 armed (guarding a primary), 2 fenced.\n\
-             # TYPE pgwarden_fencer_state gauge\npgwarden_fencer_state{{scope=\"{}\",name=\"{}\"}} {}\n",
-            shared.identity.scope,
-            shared.identity.name,
-            state.gauge()
-        ));
+        text.push_str(&metrics::render_fencer(&shared.identity, state.gauge()));
         let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
         return Response::builder()
             .status(StatusCode::OK)

@@ -20,6 +20,7 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
     let labels = format!(r#"scope="{}",name="{}""#, escape(&identity.scope), escape(&identity.name));
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let value = sample(value);
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}");
     };
     let status = latest.as_ref().filter(|(_, at)| now.saturating_duration_since(*at) <= FRESH_FOR).map(|(s, _)| s);
@@ -129,6 +130,26 @@ fn now_boot_ns() -> u64 {
         .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
+/// The fencer's gauge (0 disarmed, 1 armed, 2 fenced), labelled as the rest.
+pub fn render_fencer(identity: &Identity, gauge: u8) -> String {
+    format!(
+        "# HELP pgwarden_fencer_state The fencer: 0 disarmed, 1 armed (guarding a primary), 2 fenced.\n\
+         # TYPE pgwarden_fencer_state gauge\npgwarden_fencer_state{{scope=\"{}\",name=\"{}\"}} {gauge}\n",
+        escape(&identity.scope),
+        escape(&identity.name),
+    )
+}
+
+/// A sample value as the text format spells it (`+Inf`, `-Inf`, `NaN`).
+fn sample(value: f64) -> String {
+    match value {
+        v if v.is_nan() => "NaN".into(),
+        v if v == f64::INFINITY => "+Inf".into(),
+        v if v == f64::NEG_INFINITY => "-Inf".into(),
+        v => v.to_string(),
+    }
+}
+
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -160,5 +181,20 @@ mod tests {
         assert!(unknown.contains(r#"patroni_postgres_running{scope="batman",name="pg0"} 0"#), "{unknown}");
         assert!(!unknown.contains("patroni_primary"));
         assert_eq!(version_number("4.1.0"), 40100);
+        assert!(
+            unknown.contains(r#"pgwarden_agent_status_age_seconds{scope="batman",name="pg0"} +Inf"#),
+            "no status yet: the text format's +Inf: {unknown}"
+        );
+    }
+
+    #[test]
+    fn labels_are_escaped_in_every_metric_so_a_name_cannot_inject_samples() {
+        let identity = Identity { scope: "a\"b".into(), name: "x\\y\nfake_metric 1".into() };
+        let now = Instant::now();
+        let text = render(&identity, &None, now) + &render_fencer(&identity, 2);
+        let labels = r#"{scope="a\"b",name="x\\y\nfake_metric 1"}"#;
+        assert!(text.contains(&format!("pgwarden_fencer_state{labels} 2")), "{text}");
+        assert!(text.contains(&format!("patroni_postgres_running{labels} 0")), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("fake_metric")), "{text}");
     }
 }
