@@ -5,6 +5,7 @@
 //! without a command that says so.
 
 mod actions;
+pub mod generate;
 mod migrate;
 mod operations;
 mod source;
@@ -188,6 +189,12 @@ pub enum Command {
         #[arg(short = 'm', long = "member")]
         member: Option<String>,
     },
+}
+
+/// The parser `main` runs: [`Cli`] and the hidden [`generate`] subcommand.
+pub fn command_line() -> clap::Command {
+    use clap::CommandFactory as _;
+    Cli::command().subcommand(generate::command())
 }
 
 /// `[CLUSTER] [MEMBER...]` as patronictl takes them: the first name is the
