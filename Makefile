@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test monitoring-check sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install
+.PHONY: help setup build check test monitoring-check sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -99,3 +99,18 @@ install: ## Build (PROFILE=release) and install binaries to $(PREFIX)/bin and un
 	install -m 0755 deploy/callbacks/vip.sh $(DESTDIR)$(PREFIX)/lib/pgwarden/
 	@echo "Installed. Next: put the node's config in /etc/pgwarden/pgwarden.yml (owner postgres, mode 0600),"
 	@echo "then: systemctl daemon-reload && systemctl enable --now pgwarden.target (docs/operations.md)."
+
+# cargo-deb packages from one crate (pgwarden-cli: [package.metadata.deb] in
+# crates/cli/Cargo.toml) and would build the whole workspace for binaries of
+# other crates; so the four binaries are built here and cargo-deb packages
+# them as they are (--no-build). CARGO_TARGET_DIR is honoured.
+DEB_RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+
+deb: ## Build the Debian package target/debian/pgwarden_<version>_<arch>.deb (release build; needs cargo-deb: cargo install cargo-deb --locked)
+	@command -v cargo-deb >/dev/null || { echo "make deb needs cargo-deb: cargo install cargo-deb --locked" >&2; exit 1; }
+	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-cli --bins
+	./deploy/debian/stage.sh $(DEB_RELEASE_DIR)
+	$(CARGO) deb -p pgwarden-cli --no-build
+
+deb-check: deb ## Install the package with dpkg on this machine (root), check its files, units and --version, then remove and purge it (scripts/check-deb.sh)
+	./scripts/check-deb.sh
