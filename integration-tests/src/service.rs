@@ -32,7 +32,11 @@ pub fn binary(name: &str) -> PathBuf {
     if !copy.exists() {
         let built = target_dir().join(name);
         assert!(built.exists(), "{} is not built: run `cargo build --workspace --bins` first", built.display());
-        std::fs::copy(&built, &copy).expect("copy the binary");
+        // Copied under another name, then renamed: a thread that finds the
+        // name never executes a file still being written (ETXTBSY).
+        let partial = dir.join(format!(".{name}.{:?}", std::thread::current().id()));
+        std::fs::copy(&built, &partial).expect("copy the binary");
+        std::fs::rename(&partial, &copy).expect("move the binary copy in place");
     }
     copy
 }
