@@ -7,6 +7,7 @@
 //!
 //! No mock stands in for etcd or PostgreSQL here.
 
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod grpc;

@@ -12,6 +12,7 @@ pub mod feed;
 pub mod fencer;
 pub mod metrics;
 pub mod tls;
+pub mod ui;
 pub mod write;
 
 use std::convert::Infallible;
@@ -46,6 +47,8 @@ struct Shared {
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
     fencer: watch::Receiver<fencer::FencerState>,
     writes: WriteSettings,
+    /// The controller's events for the status page.
+    events: Arc<ui::Events>,
 }
 
 /// Where the write endpoints go, and who may call them.
@@ -113,6 +116,75 @@ async fn from_etcd(path: &str, shared: &Shared) -> Option<checks::Answer> {
     })
 }
 
+/// The status page (`/ui`, its script and style, `/ui/state`,
+/// `/ui/events`), read-only; `None` for any other path.
+async fn status_page(
+    request: &Request<Incoming>,
+    path: &str,
+    shared: &Shared,
+    peer: std::net::SocketAddr,
+) -> Option<Response<Full<Bytes>>> {
+    if !(path == "/ui" || path.starts_with("/ui/")) {
+        return None;
+    }
+    // With restapi.authentication set, the page asks for it (once: the
+    // browser then sends it with the page's own requests), since its event
+    // stream says more than `/cluster` does; `/ui/state` says no more than
+    // `/cluster` and `/history`, and stays open like them.
+    if path != "/ui/state" {
+        let credentials = request.headers().get(http::header::AUTHORIZATION);
+        if !write::authorized(credentials, shared.writes.authentication.as_ref()) {
+            info!(client = %peer, path, "refused the status page: authentication failed");
+            let text = "the status page needs the restapi.authentication user and password (HTTP basic auth)\n";
+            return Some(text_response(StatusCode::UNAUTHORIZED, text.into(), true));
+        }
+    }
+    let (content_type, body) = match path {
+        "/ui" | "/ui/" => ("text/html; charset=utf-8", Bytes::from_static(ui::PAGE.as_bytes())),
+        "/ui/app.js" => ("text/javascript; charset=utf-8", Bytes::from_static(ui::SCRIPT.as_bytes())),
+        "/ui/style.css" => ("text/css; charset=utf-8", Bytes::from_static(ui::STYLE.as_bytes())),
+        "/ui/state" => {
+            let Some((etcd, keys)) = &shared.etcd else {
+                let text = "the status page needs etcd: this node's config has no etcd section\n";
+                return Some(text_response(StatusCode::SERVICE_UNAVAILABLE, text.into(), false));
+            };
+            let body = match dcs::read_cluster(etcd, keys).await {
+                Ok(view) => ui::state_json(&shared.identity.scope, etcd, &view).await,
+                Err(e) => serde_json::json!({"error": format!("etcd unavailable: {}", dcs::describe_error(&e))}),
+            };
+            ("application/json", Bytes::from(body.to_string()))
+        }
+        "/ui/events" => {
+            let after = ui::after(request.uri().query());
+            ("application/json", Bytes::from(shared.events.json(after).to_string()))
+        }
+        _ => {
+            let text = "not found: the status page is /ui\n";
+            return Some(text_response(StatusCode::NOT_FOUND, text.into(), false));
+        }
+    };
+    if request.method() != Method::GET {
+        return Some(
+            Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(http::header::ALLOW, "GET")
+                .body(Full::new(Bytes::from_static(b"method not allowed\n")))
+                .expect("static response is valid"),
+        );
+    }
+    Some(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .header("content-security-policy", ui::CONTENT_SECURITY_POLICY)
+            .header("x-content-type-options", "nosniff")
+            .header("referrer-policy", "no-referrer")
+            .body(Full::new(body))
+            .expect("response parts are valid"),
+    )
+}
+
 fn text_response(status: StatusCode, text: String, challenge: bool) -> Response<Full<Bytes>> {
     let mut builder =
         Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
@@ -159,6 +231,9 @@ async fn respond(
                 .await;
         info!(client = %peer, %method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
         return text_response(reply.status, reply.text, reply.challenge);
+    }
+    if let Some(response) = status_page(&request, &path, shared, peer).await {
+        return response;
     }
     let query = checks::parse_query(request.uri().query());
     if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -323,7 +398,10 @@ pub async fn run(
     let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
     let follower =
         tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone(), fencer_token));
-    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes });
+    let events = Arc::new(ui::Events::default());
+    let events_task = (!writes.controller_url.is_empty())
+        .then(|| tokio::spawn(ui::follow_controller(writes.controller_url.clone(), events.clone())));
+    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes, events });
     let connections = Arc::new(Connections::default());
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);
@@ -359,7 +437,7 @@ pub async fn run(
         });
     }
     follower.abort();
-    if let Some(task) = fencer_task {
+    for task in [fencer_task, events_task].into_iter().flatten() {
         task.abort();
     }
     info!("health API stopped");
