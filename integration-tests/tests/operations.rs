@@ -263,6 +263,50 @@ async fn reinit_re_clones_a_replica_and_is_refused_on_the_leader() {
 }
 
 #[tokio::test]
+async fn a_clone_shows_its_progress_in_list_and_in_reinits_output() {
+    let (mut cluster, leader) = cluster().await;
+    let replica = (leader + 1) % 3;
+    let name = cluster.nodes[replica].name.clone();
+    // A copy slow enough to watch (pg_basebackup --max-rate, as Patroni
+    // passes the `postgresql.basebackup` options).
+    cluster.nodes[replica].stop_agent();
+    let path = cluster.nodes[replica].config_path();
+    let config = std::fs::read_to_string(&path).expect("read the config");
+    let slowed =
+        config.replacen("postgresql:\n  listen:", "postgresql:\n  basebackup:\n    - max-rate: 2M\n  listen:", 1);
+    assert_ne!(slowed, config, "the config has a postgresql section to extend");
+    std::fs::write(&path, slowed).expect("write the config");
+    cluster.nodes[replica].start_agent().expect("restart the agent");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    let config = cluster.nodes[leader].config_path().display().to_string();
+    let reinit = {
+        let (config, name) = (config.clone(), name.clone());
+        std::thread::spawn(move || {
+            run("pgwardenctl", &["-c", &config, "reinit", "itest", &name, "--force"], &[]).expect("run pgwardenctl")
+        })
+    };
+    let row = wait_until("list to show the clone's progress", UP, || async {
+        let (_, stdout, _) = ctl(&cluster, &["list"]);
+        match stdout.lines().find(|l| l.contains(&format!("| {name} "))) {
+            Some(row) if row.contains("creating replica") && row.contains("% (") && row.contains("MB/s") => {
+                Ok(Some(row.to_string()))
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("progress in list");
+    println!("{row}");
+    let (ok, stdout, stderr) = reinit.join().expect("reinit thread");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("copying the data directory: ") && stdout.contains("MB/s"), "{stdout}");
+    assert!(stdout.contains("re-cloned and streaming"), "{stdout}");
+    // Done: the member key says no more about a copy.
+    let (_, list, _) = ctl(&cluster, &["list"]);
+    assert!(!list.contains("creating replica"), "{list}");
+}
+
+#[tokio::test]
 async fn reload_applies_a_changed_config_file_and_remove_needs_the_name() {
     let (mut cluster, _) = cluster().await;
     // node2's own config file gains a parameter; `reload node2` applies it.

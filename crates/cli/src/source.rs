@@ -53,6 +53,15 @@ async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
                     if !m.scheduled_restart.is_empty() {
                         extra.insert("scheduled_restart".into(), serde_json::json!({"schedule": m.scheduled_restart}));
                     }
+                    if let Some(p) = &m.clone_progress {
+                        let progress = dcs::CloneProgress {
+                            done_bytes: p.done_bytes,
+                            total_bytes: p.total_bytes,
+                            bytes_per_second: p.bytes_per_second,
+                            seconds_left: p.seconds_left,
+                        };
+                        extra.insert("clone_progress".into(), serde_json::to_value(progress).unwrap_or_default());
+                    }
                     extra
                 },
                 ..MemberData::default()

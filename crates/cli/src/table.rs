@@ -60,6 +60,11 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
             (Some(replication), false) => replication.clone(),
             _ => member.data.state.clone(),
         };
+        // A member cloning its data directory: how far it has come.
+        let state = match member.data.clone_progress() {
+            Some(copy) => format!("{} {copy}", member.data.state),
+            None => state,
+        };
         let timeline = member.data.timeline.map(|t| t.to_string()).unwrap_or_default();
         let lag = if is_leader {
             String::new()
@@ -284,6 +289,17 @@ mod tests {
         assert!(lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"), "{table}");
         assert!(lines[3].contains("| pg0    | 127.0.0.1:5432 | Leader  | running   |  3 |"), "{table}");
         assert!(lines[4].contains("| Replica | streaming |  3 |         2 |"), "{table}");
+    }
+
+    #[test]
+    fn a_member_cloning_shows_how_far_it_has_come() {
+        let mut cloning = member("pg2", 5434, "uninitialized", "creating replica", 0);
+        cloning.data.timeline = None;
+        let copy = dcs::CloneProgress::measure(100 << 20, 400 << 20, std::time::Duration::from_secs(10));
+        cloning.data.extra.insert("clone_progress".into(), serde_json::to_value(copy).expect("json"));
+        let view = ClusterView { members: vec![cloning], ..ClusterView::default() };
+        let rows = rows(&view, false);
+        assert_eq!(rows[0][3], "creating replica 25% (100 MB of 400 MB, 10.0 MB/s, 30 s left)");
     }
 
     #[test]

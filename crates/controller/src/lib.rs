@@ -69,6 +69,12 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
+            clone_progress: entry.data.clone_progress().map(|p| ha_proto::v1::CloneProgress {
+                done_bytes: p.done_bytes,
+                total_bytes: p.total_bytes,
+                bytes_per_second: p.bytes_per_second,
+                seconds_left: p.seconds_left,
+            }),
         })
         .collect();
     ListMembersResponse {

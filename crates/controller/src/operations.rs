@@ -186,10 +186,23 @@ fn members(view: &ClusterView, names: &[String]) -> Result<Vec<String>, Status> 
 }
 
 /// Waits until `member` streams from the leader again (or, as leader, answers).
-async fn wait_streaming(cluster: &Cluster, member: &str, within: Duration) -> Result<Duration, Status> {
+async fn wait_streaming(
+    cluster: &Cluster,
+    member: &str,
+    within: Duration,
+    progress: Progress<'_>,
+) -> Result<Duration, Status> {
     let started = Instant::now();
+    let mut reported: Option<(Instant, dcs::CloneProgress)> = None;
     loop {
         let view = cluster.read().await?;
+        // A clone under way: how far it has come, every 2 s while it moves.
+        if let Some(copy) = view.member(member).and_then(|m| m.data.clone_progress())
+            && reported.is_none_or(|(at, last)| at.elapsed() >= Duration::from_secs(2) && last != copy)
+        {
+            say(progress, member, format!("{member}: copying the data directory: {copy}"));
+            reported = Some((Instant::now(), copy));
+        }
         let leading = view.leader.as_ref().is_some_and(|l| l.name == member);
         if let Ok(mut client) = agent(&view, member).await
             && let Ok(status) = client.get_status(GetStatusRequest {}).await
@@ -291,7 +304,7 @@ pub async fn restart(
             say(progress, &member, format!("{member} leads: switching over before its restart"));
             let done = workflow::switchover(cluster, &member, "", "").await?;
             say(progress, &member, format!("{} ({} ms)", done.message, done.duration_ms));
-            wait_streaming(cluster, &member, Duration::from_secs(120)).await?;
+            wait_streaming(cluster, &member, Duration::from_secs(120), progress).await?;
         }
         let view = cluster.read().await?;
         let mut client = agent(&view, &member).await?;
@@ -301,7 +314,7 @@ pub async fn restart(
             .await?
             .into_inner();
         if reply.done {
-            let took = wait_streaming(cluster, &member, Duration::from_secs(120)).await?;
+            let took = wait_streaming(cluster, &member, Duration::from_secs(120), progress).await?;
             say(progress, &member, format!("{} ; back and streaming after {} ms", reply.message, took.as_millis()));
         } else {
             say(progress, &member, reply.message.clone());
@@ -317,7 +330,7 @@ pub async fn reinitialize(cluster: &Cluster, member: &str, progress: Progress<'_
     members(&view, &[member.to_string()])?;
     let reply = agent(&view, member).await?.reinitialize(ReinitializeRequest {}).await?.into_inner();
     say(progress, member, format!("{member}: {}", reply.message));
-    let took = wait_streaming(cluster, member, Duration::from_secs(600)).await?;
+    let took = wait_streaming(cluster, member, Duration::from_secs(600), progress).await?;
     say(progress, member, format!("{member}: re-cloned and streaming after {} ms", took.as_millis()));
     Ok(MembersResponse { outcomes: vec![MemberOutcome { member: member.into(), done: true, message: reply.message }] })
 }

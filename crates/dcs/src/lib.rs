@@ -16,5 +16,5 @@ pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_
 /// The etcd client error type, re-exported so users need not depend on etcd-client.
 pub use etcd_client::Error as EtcdError;
 pub use keys::Keys;
-pub use model::{Failover, HistoryEntry, MemberData, Status, SyncState};
+pub use model::{CloneProgress, Failover, HistoryEntry, MemberData, Status, SyncState};
 pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};

@@ -5,6 +5,49 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// How far a base backup (a clone, a reinit) has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneProgress {
+    pub done_bytes: u64,
+    /// The estimate pg_basebackup makes at its start (0: unknown).
+    pub total_bytes: u64,
+    /// Bytes per second since the copy began.
+    pub bytes_per_second: u64,
+    /// Estimated seconds left (`None`: no rate or no total yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_left: Option<u64>,
+}
+
+impl CloneProgress {
+    /// Progress after `elapsed` of copying: the rate since the start and the
+    /// time left at that rate.
+    pub fn measure(done_bytes: u64, total_bytes: u64, elapsed: std::time::Duration) -> Self {
+        let millis = elapsed.as_millis().min(u128::from(u64::MAX)) as u64;
+        let bytes_per_second = done_bytes.saturating_mul(1000).checked_div(millis).unwrap_or(0);
+        let seconds_left = (bytes_per_second > 0 && total_bytes > 0)
+            .then(|| total_bytes.saturating_sub(done_bytes).div_ceil(bytes_per_second));
+        Self { done_bytes, total_bytes, bytes_per_second, seconds_left }
+    }
+}
+
+/// `45% (360 MB of 800 MB, 40 MB/s, 11 s left)`.
+impl std::fmt::Display for CloneProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        if let Some(percent) = (self.done_bytes.min(self.total_bytes).saturating_mul(100)).checked_div(self.total_bytes)
+        {
+            write!(f, "{percent}% ({:.0} MB of {:.0} MB", mb(self.done_bytes), mb(self.total_bytes))?;
+        } else {
+            write!(f, "({:.0} MB", mb(self.done_bytes))?;
+        }
+        write!(f, ", {:.1} MB/s", mb(self.bytes_per_second))?;
+        match self.seconds_left {
+            Some(left) => write!(f, ", {left} s left)"),
+            None => f.write_str(")"),
+        }
+    }
+}
+
 /// `members/<name>`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemberData {
@@ -67,6 +110,12 @@ impl MemberData {
     /// number or a string.
     pub fn tag_number(&self, name: &str) -> Option<i64> {
         self.tags.get(name).and_then(pgwarden_config::parse_int)
+    }
+
+    /// A member cloning its data directory: how far (pgwarden's
+    /// `clone_progress` field, written while `state` is `creating replica`).
+    pub fn clone_progress(&self) -> Option<CloneProgress> {
+        serde_json::from_value(self.extra.get("clone_progress")?.clone()).ok()
     }
 
     /// Host and port from `conn_url`.
@@ -147,6 +196,23 @@ pub struct HistoryEntry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_progress_measures_rate_and_time_left_and_reads_from_the_member_key() {
+        let p = CloneProgress::measure(100 << 20, 400 << 20, std::time::Duration::from_secs(10));
+        assert_eq!(p.bytes_per_second, 10 << 20);
+        assert_eq!(p.seconds_left, Some(30));
+        assert_eq!(p.to_string(), "25% (100 MB of 400 MB, 10.0 MB/s, 30 s left)");
+        let start = CloneProgress::measure(0, 400 << 20, std::time::Duration::ZERO);
+        assert_eq!(start.seconds_left, None);
+        assert_eq!(start.to_string(), "0% (0 MB of 400 MB, 0.0 MB/s)");
+        let unknown_total = CloneProgress::measure(50 << 20, 0, std::time::Duration::from_secs(5));
+        assert_eq!(unknown_total.to_string(), "(50 MB, 10.0 MB/s)");
+        let mut member = MemberData::default();
+        assert_eq!(member.clone_progress(), None);
+        member.extra.insert("clone_progress".into(), serde_json::to_value(p).expect("json"));
+        assert_eq!(member.clone_progress(), Some(p));
+    }
 
     #[test]
     fn tags_are_read_as_patroni_reads_another_members() {

@@ -229,7 +229,13 @@ impl Postgres {
 
     /// Copies the data directory from `upstream` with pg_basebackup
     /// (`postgresql.basebackup` options), logging progress.
-    pub async fn basebackup(&self, upstream: &Upstream) -> anyhow::Result<()> {
+    /// Clones the data directory from `upstream`; `on_progress(done, total)`
+    /// (bytes) is called as pg_basebackup reports its progress.
+    pub async fn basebackup(
+        &self,
+        upstream: &Upstream,
+        mut on_progress: impl FnMut(u64, u64) + Send,
+    ) -> anyhow::Result<()> {
         let methods = &self.config.postgresql.create_replica_methods;
         if !methods.iter().any(|m| m == "basebackup") {
             bail!(
@@ -270,11 +276,14 @@ impl Postgres {
             }
             let chunk = String::from_utf8_lossy(&buffer[..n]);
             collected.push_str(&chunk);
-            if let Some(line) = chunk.split(['\r', '\n']).rev().find(|l| l.contains("kB"))
-                && last_progress.elapsed() >= Duration::from_secs(2)
+            if let Some((line, (done, total))) =
+                chunk.split(['\r', '\n']).rev().find_map(|l| basebackup_progress(l).map(|p| (l, p)))
             {
-                info!(progress = %line.trim(), "pg_basebackup");
-                last_progress = Instant::now();
+                on_progress(done, total);
+                if last_progress.elapsed() >= Duration::from_secs(2) {
+                    info!(progress = %line.trim(), "pg_basebackup");
+                    last_progress = Instant::now();
+                }
             }
         }
         let status = child.wait().await.context("wait for pg_basebackup")?;
@@ -780,9 +789,30 @@ fn conninfo_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// pg_basebackup's `--progress` line (`  12345/67890 kB (18%), 0/1
+/// tablespace`, perhaps followed by a file name): bytes done and the total
+/// it estimated.
+pub fn basebackup_progress(line: &str) -> Option<(u64, u64)> {
+    let (counts, _) = line.split_once(" kB")?;
+    let (done, total) = counts.split_whitespace().last()?.split_once('/')?;
+    Some((done.parse::<u64>().ok()?.saturating_mul(1024), total.parse::<u64>().ok()?.saturating_mul(1024)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_pg_basebackups_progress_lines() {
+        assert_eq!(basebackup_progress("  12345/67890 kB (18%), 0/1 tablespace"), Some((12345 * 1024, 67890 * 1024)));
+        assert_eq!(
+            basebackup_progress("67890/67890 kB (100%), 1/1 tablespace (base/5/1259)"),
+            Some((67890 * 1024, 67890 * 1024))
+        );
+        assert_eq!(basebackup_progress("pg_basebackup: waiting for checkpoint"), None);
+        assert_eq!(basebackup_progress("x/y kB"), None);
+        assert_eq!(basebackup_progress(""), None);
+    }
 
     #[test]
     fn slot_names_are_valid_identifiers() {

@@ -3,7 +3,45 @@
 
 use super::*;
 
+/// How often a clone's progress reaches the member key.
+const CLONE_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 impl Agent {
+    /// pg_basebackup from `upstream`, with the member key saying `creating
+    /// replica` and how far the copy has come (rate, time left) every second
+    /// meanwhile, for `pgwardenctl list` and `reinit --wait`.
+    async fn clone_reporting_progress(&self, upstream: &Upstream) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let progress = std::sync::Mutex::new(dcs::CloneProgress::default());
+        let lock = || progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let copy = self.pg.basebackup(upstream, |done, total| {
+            *lock() = dcs::CloneProgress::measure(done, total, started.elapsed());
+        });
+        // Nothing runs on a data directory being copied, whatever the last
+        // observation (from before a reinit's stop) said.
+        let mut local = self.local.borrow().clone();
+        local.sql = None;
+        let report = async {
+            loop {
+                let current = *lock();
+                match self.member_data(&local, Some(current)).map(|m| serde_json::to_string(&m)) {
+                    Ok(Ok(json)) => {
+                        if let Err(e) = self.put_member(&json).await {
+                            warn!("failed to publish the clone's progress: {e:#}");
+                        }
+                    }
+                    Ok(Err(e)) => warn!("failed to publish the clone's progress: {e}"),
+                    Err(e) => warn!("failed to publish the clone's progress: {e:#}"),
+                }
+                tokio::time::sleep(CLONE_PROGRESS_EVERY).await;
+            }
+        };
+        tokio::select! {
+            copied = copy => copied,
+            () = report => unreachable!("the progress report loops until the copy ends"),
+        }
+    }
+
     pub(super) async fn execute(
         &mut self,
         action: &Action,
@@ -17,7 +55,10 @@ impl Agent {
                 let upstream = self.upstream_of(view, source)?;
                 self.pg.write_pgpass(Some(&upstream))?;
                 self.pg.prepare_empty_data_dir()?;
-                if let Err(e) = self.pg.basebackup(&upstream).await {
+                let copied = self.clone_reporting_progress(&upstream).await;
+                // The next publish writes the member key afresh.
+                self.publisher.last_json = None;
+                if let Err(e) = copied {
                     self.pg.remove_unfinished_data_dir();
                     return Err(e);
                 }

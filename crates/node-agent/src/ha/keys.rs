@@ -80,9 +80,10 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
 }
 
 impl Agent {
-    /// Writes this member's key when its content changed.
-    pub(super) async fn publish_member(&mut self, local: &Local) -> anyhow::Result<()> {
-        let Some(lease) = self.keeper.lease else { return Ok(()) };
+    /// This member's key as it should read now; `clone` while a base backup
+    /// copies its data directory (Patroni's state `creating replica`, with
+    /// pgwarden's `clone_progress`).
+    pub(super) fn member_data(&self, local: &Local, clone: Option<dcs::CloneProgress>) -> anyhow::Result<MemberData> {
         let connect = self
             .config
             .postgresql
@@ -96,9 +97,23 @@ impl Agent {
                 })
             })
             .context("no PostgreSQL address to advertise")?;
-        let state = member_state(local);
-        let role = member_role(local, self.pg.has_data(), self.leader_deadline().is_some());
-        let member = MemberData {
+        // A data directory still being copied is no database yet (as Patroni says).
+        let (state, role) = match clone {
+            Some(_) => ("creating replica", "uninitialized"),
+            None => (member_state(local), member_role(local, self.pg.has_data(), self.leader_deadline().is_some())),
+        };
+        let mut extra = member_extra(&MemberFacts {
+            checkpoint_pending: self.checkpoint_pending,
+            paused: self.view.borrow().paused,
+            pending_restart: local.sql.as_ref().is_some_and(|s| s.pending_restart),
+            fencer_ready: self.fencer_ready(),
+            released: self.released_recently(self.view.borrow().ttl),
+            scheduled_restart: self.scheduled_restart.as_ref(),
+        });
+        if let Some(progress) = clone {
+            extra.insert("clone_progress".into(), serde_json::to_value(progress)?);
+        }
+        Ok(MemberData {
             conn_url: format!("postgres://{connect}/postgres"),
             api_url: self.config.restapi.api_url(),
             state: state.into(),
@@ -115,27 +130,33 @@ impl Agent {
                 .map(|s| s.replication_state.clone()),
             tags: self.config.tags.json.clone(),
             grpc_url: Some(self.config.pgwarden.agent_grpc_url()),
-            extra: member_extra(&MemberFacts {
-                checkpoint_pending: self.checkpoint_pending,
-                paused: self.view.borrow().paused,
-                pending_restart: local.sql.as_ref().is_some_and(|s| s.pending_restart),
-                fencer_ready: self.fencer_ready(),
-                released: self.released_recently(self.view.borrow().ttl),
-                scheduled_restart: self.scheduled_restart.as_ref(),
-            }),
-        };
-        let json = serde_json::to_string(&member)?;
-        if self.publisher.last_json.as_deref() == Some(json.as_str()) {
-            return Ok(());
-        }
+            extra,
+        })
+    }
+
+    /// Puts `json` as this member's key on the member lease.
+    pub(super) async fn put_member(&self, json: &str) -> anyhow::Result<()> {
+        let Some(lease) = self.keeper.lease else { return Ok(()) };
         let key = self.keys.member(&self.config.name);
-        let value = json.clone();
         self.etcd
             .call(|mut client| {
-                let (key, value) = (key.clone(), value.clone());
+                let (key, value) = (key.clone(), json.to_string());
                 async move { client.put(key, value, Some(PutOptions::new().with_lease(lease.id))).await }
             })
             .await?;
+        Ok(())
+    }
+
+    /// Writes this member's key when its content changed.
+    pub(super) async fn publish_member(&mut self, local: &Local) -> anyhow::Result<()> {
+        if self.keeper.lease.is_none() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(&self.member_data(local, None)?)?;
+        if self.publisher.last_json.as_deref() == Some(json.as_str()) {
+            return Ok(());
+        }
+        self.put_member(&json).await?;
         self.publisher.last_json = Some(json);
         Ok(())
     }
