@@ -438,6 +438,13 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
     assert!(
         cluster.nodes[leader].postmaster_pid().is_none_or(|pid| !pgwarden_integration_tests::process::is_running(pid))
     );
+    // The alert rules' signal that the fencer fired (deploy/monitoring/).
+    let metrics = cluster.nodes[leader].get("/metrics").expect("the old primary's metrics");
+    let fences = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgwarden_fencer_fences_total{").and_then(|l| l.split_once("} ")))
+        .and_then(|(_, n)| n.trim().parse::<u64>().ok());
+    assert_eq!(fences, Some(1), "{metrics}");
     // Thawed, the old agent finds its key gone and rejoins as a replica.
     cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);

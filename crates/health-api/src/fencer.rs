@@ -116,9 +116,18 @@ fn primary_running(settings: &FencerSettings) -> Option<u32> {
 /// killed postmaster and could still acknowledge a commit) and to it; then
 /// checks that every one of them is gone. Returns whether it is (a failure
 /// is logged and the caller tries again at its next turn, 10 ms later).
+/// How many primaries this fencer has stopped since it started
+/// (`pgwarden_fencer_fences_total`).
+static FENCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn fences() -> u64 {
+    FENCES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn fence(settings: &FencerSettings, why: &str) -> bool {
     let Some(pid) = primary_running(settings) else { return true };
     error!(pid, reason = why, "fencing: stopping PostgreSQL immediately");
+    FENCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stop = tokio::process::Command::new(&settings.pg_ctl)
         .arg("-D")
         .arg(&settings.data_dir)

@@ -240,7 +240,7 @@ async fn respond(
         let latest = shared.latest.borrow().clone();
         let mut text = metrics::render(&shared.identity, &latest, Instant::now());
         let state = *shared.fencer.borrow();
-        text.push_str(&metrics::render_fencer(&shared.identity, state.gauge()));
+        text.push_str(&metrics::render_fencer(&shared.identity, state.gauge(), fencer::fences()));
         let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
         return Response::builder()
             .status(StatusCode::OK)

@@ -110,6 +110,29 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         lease_left,
     );
     metric(
+        "pgwarden_ttl_seconds",
+        "gauge",
+        "The leader key's ttl in force (the dynamic config's ttl).",
+        f64::from(s.ttl),
+    );
+    metric(
+        "pgwarden_maximum_lag_on_failover_bytes",
+        "gauge",
+        "The dynamic config's maximum_lag_on_failover.",
+        s.maximum_lag_on_failover as f64,
+    );
+    if replica && s.cluster_optime > 0 {
+        // As /replica?lag= computes it: the leader's last published position
+        // against what this replica has received or replayed.
+        let position = s.receive_lsn.max(s.replay_lsn);
+        metric(
+            "pgwarden_replication_lag_bytes",
+            "gauge",
+            "How far this replica is behind the leader's last published WAL position.",
+            s.cluster_optime.saturating_sub(position) as f64,
+        );
+    }
+    metric(
         "pgwarden_ha_loop_duration_seconds",
         "gauge",
         "Duration of the HA loop's last tick.",
@@ -130,13 +153,16 @@ fn now_boot_ns() -> u64 {
         .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
-/// The fencer's gauge (0 disarmed, 1 armed, 2 fenced), labelled as the rest.
-pub fn render_fencer(identity: &Identity, gauge: u8) -> String {
+/// The fencer's gauge (0 disarmed, 1 armed, 2 fenced) and how many times
+/// it stopped a primary since the health service started, labelled as the
+/// rest.
+pub fn render_fencer(identity: &Identity, gauge: u8, fences: u64) -> String {
+    let labels = format!(r#"scope="{}",name="{}""#, escape(&identity.scope), escape(&identity.name));
     format!(
         "# HELP pgwarden_fencer_state The fencer: 0 disarmed, 1 armed (guarding a primary), 2 fenced.\n\
-         # TYPE pgwarden_fencer_state gauge\npgwarden_fencer_state{{scope=\"{}\",name=\"{}\"}} {gauge}\n",
-        escape(&identity.scope),
-        escape(&identity.name),
+         # TYPE pgwarden_fencer_state gauge\npgwarden_fencer_state{{{labels}}} {gauge}\n\
+         # HELP pgwarden_fencer_fences_total Primaries the fencer stopped since the health service started.\n\
+         # TYPE pgwarden_fencer_fences_total counter\npgwarden_fencer_fences_total{{{labels}}} {fences}\n",
     )
 }
 
@@ -188,12 +214,36 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_exports_its_lag_ttl_and_lag_limit() {
+        let identity = Identity { scope: "s".into(), name: "r".into() };
+        let now = Instant::now();
+        let status = NodeStatus {
+            postgres_state: PostgresState::Running as i32,
+            role: Role::Replica as i32,
+            receive_lsn: 900,
+            replay_lsn: 800,
+            cluster_optime: 1000,
+            ttl: 30,
+            maximum_lag_on_failover: 1 << 20,
+            ..NodeStatus::default()
+        };
+        let text = render(&identity, &Some((status.clone(), now)), now);
+        assert!(text.contains(r#"pgwarden_replication_lag_bytes{scope="s",name="r"} 100"#), "{text}");
+        assert!(text.contains(r#"pgwarden_ttl_seconds{scope="s",name="r"} 30"#), "{text}");
+        assert!(text.contains(r#"pgwarden_maximum_lag_on_failover_bytes{scope="s",name="r"} 1048576"#), "{text}");
+        let primary = NodeStatus { role: Role::Primary as i32, holds_leader: true, ..status };
+        let text = render(&identity, &Some((primary, now)), now);
+        assert!(!text.contains("pgwarden_replication_lag_bytes"), "a primary has no lag: {text}");
+    }
+
+    #[test]
     fn labels_are_escaped_in_every_metric_so_a_name_cannot_inject_samples() {
         let identity = Identity { scope: "a\"b".into(), name: "x\\y\nfake_metric 1".into() };
         let now = Instant::now();
-        let text = render(&identity, &None, now) + &render_fencer(&identity, 2);
+        let text = render(&identity, &None, now) + &render_fencer(&identity, 2, 3);
         let labels = r#"{scope="a\"b",name="x\\y\nfake_metric 1"}"#;
         assert!(text.contains(&format!("pgwarden_fencer_state{labels} 2")), "{text}");
+        assert!(text.contains(&format!("pgwarden_fencer_fences_total{labels} 3")), "{text}");
         assert!(text.contains(&format!("patroni_postgres_running{labels} 0")), "{text}");
         assert!(!text.lines().any(|l| l.starts_with("fake_metric")), "{text}");
     }
