@@ -21,7 +21,7 @@ check: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni) and the benchmark's smoke mode
+test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni, the status page in Chromium), the benchmark's smoke mode and the Debian package's install check
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	./deploy/monitoring/check.sh
 	@if command -v cargo-nextest >/dev/null; then \
@@ -32,6 +32,7 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
+	$(MAKE) --no-print-directory deb-check
 
 monitoring-check: ## Check deploy/monitoring/: the alert rules (promtool check and unit tests) and the Grafana dashboard, both over metrics pgwarden exports (needs promtool: make setup)
 	./deploy/monitoring/check.sh
@@ -106,8 +107,10 @@ install: ## Build (PROFILE=release) and install binaries to $(PREFIX)/bin and un
 # them as they are (--no-build). CARGO_TARGET_DIR is honoured.
 DEB_RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-deb: ## Build the Debian package target/debian/pgwarden_<version>_<arch>.deb (release build; needs cargo-deb: cargo install cargo-deb --locked)
-	@command -v cargo-deb >/dev/null || { echo "make deb needs cargo-deb: cargo install cargo-deb --locked" >&2; exit 1; }
+CARGO_DEB_VERSION ?= 3.8.0
+
+deb: ## Build the Debian package target/debian/pgwarden_<version>_<arch>.deb (release build; installs cargo-deb from crates.io if missing)
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked --version $(CARGO_DEB_VERSION)
 	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-cli --bins
 	./deploy/debian/stage.sh $(DEB_RELEASE_DIR)
 	$(CARGO) deb -p pgwarden-cli --no-build

@@ -9,6 +9,9 @@
 #       on_stop: /usr/local/lib/pgwarden/vip.sh
 #       on_role_change: /usr/local/lib/pgwarden/vip.sh
 #
+# (/usr/local/lib/pgwarden/ is where `make install` puts it; the Debian
+# package installs it as /usr/lib/pgwarden/vip.sh.)
+#
 # pgwarden calls it as `vip.sh ACTION ROLE SCOPE` (as Patroni does), as the
 # postgres user. Settings, from the environment or from $VIP_CONF
 # (default /etc/pgwarden/vip.conf, a shell fragment):
