@@ -1103,6 +1103,28 @@ mod tests {
     }
 
     #[test]
+    fn without_a_leader_a_named_candidate_waits_for_the_requests_time_and_a_lesser_replica_says_it_waits() {
+        // b is behind a (100 < 150): not the best candidate; the request
+        // names b but is scheduled later.
+        let scheduled = Observed {
+            leader: None,
+            peers: vec![peer("a", 150)],
+            cluster_optime: Some(150),
+            failover: Some(FailoverRequest {
+                scheduled: Schedule::At(5_000),
+                ..request(None, Some("b")).expect("some")
+            }),
+            now_unix_ms: 4_999,
+            ..base()
+        };
+        let early = decide(&scheduled);
+        assert_eq!(early.action, None, "not due yet: {early}");
+        assert_eq!(early.reason, "no leader: waiting for a better candidate", "{early}");
+        let due = Observed { now_unix_ms: 5_000, ..scheduled };
+        assert_eq!(decide(&due).action, Some(Action::AcquireLeader), "{}", decide(&due));
+    }
+
+    #[test]
     fn a_decision_prints_its_reason_and_action() {
         let acting = Decision::act("no leader", Action::AcquireLeader);
         assert_eq!(acting.to_string(), "no leader: AcquireLeader");
