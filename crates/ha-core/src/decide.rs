@@ -1124,6 +1124,128 @@ mod tests {
         assert_eq!(decide(&due).action, Some(Action::AcquireLeader), "{}", decide(&due));
     }
 
+    /// Cases the mutation run of session 9 found untested (docs/mutants.md).
+    #[test]
+    fn cases_the_mutation_run_found_untested() {
+        let act = |obs: &Observed| decide(obs).action;
+        // A leader whose PostgreSQL is still starting waits (within
+        // primary_start_timeout) rather than stopping it.
+        let starting = Observed { pg: PgRun::Transitioning, primary_down_since_ms: Some(0), ..leader() };
+        assert_eq!(act(&starting), None, "{}", decide(&starting));
+        // No member can take over: a switchover without a candidate is cleared.
+        let nobody = Observed {
+            peers: vec![Peer { nofailover: true, ..peer("a", 100) }, Peer { can_lead: false, ..peer("c", 100) }],
+            failover: request(Some("b"), None),
+            ..leader()
+        };
+        let d = decide(&nobody);
+        assert_eq!(d.action, Some(Action::ClearFailover), "{d}");
+        assert!(d.reason.contains("no member can take over"), "{d}");
+        // The clone source: a `clonefrom` peer that does not run, or that
+        // advertises no address, is passed over for the leader.
+        let empty = Observed { data: None, pg: PgRun::Stopped, ..base() };
+        for unusable in [Peer { running: false, ..peer("c", 100) }, Peer { reachable: false, ..peer("c", 100) }] {
+            let obs = Observed { peers: vec![peer("a", 100), Peer { clonefrom: true, ..unusable }], ..empty.clone() };
+            assert_eq!(act(&obs), Some(Action::Clone { source: "a".into() }), "{}", decide(&obs));
+        }
+        let obs = Observed { peers: vec![peer("a", 100), Peer { clonefrom: true, ..peer("c", 100) }], ..empty };
+        assert_eq!(act(&obs), Some(Action::Clone { source: "c".into() }), "a running clonefrom peer is preferred");
+        // may_resume: a data directory whose timeline is unknown (0) does not
+        // resume; the last primary of timeline 2, promoted from 1, does.
+        let unknown = Observed {
+            data: Some(DataDir { timeline: 0, ..resumable().data.expect("data") }),
+            peers: vec![Peer { timeline: None, ..peer("a", 90) }],
+            ..resumable()
+        };
+        assert_ne!(act(&unknown), Some(Action::AcquireLeader), "{}", decide(&unknown));
+        let promoted = Observed {
+            data: Some(DataDir { timeline: 2, ..resumable().data.expect("data") }),
+            history_timeline: Some(1),
+            peers: vec![Peer { timeline: Some(2), ..peer("a", 90) }],
+            ..resumable()
+        };
+        assert_eq!(act(&promoted), Some(Action::AcquireLeader), "{}", decide(&promoted));
+        // A stopped former primary never takes the key (even its own) without
+        // its fencer: only a running primary re-binds its own key without one.
+        let own_key = Observed { leader: Some("b".into()), can_lead: false, ..resumable() };
+        assert_eq!(act(&own_key), None, "{}", decide(&own_key));
+        // Named nofailover or priority 0, the last primary does not resume by itself.
+        for ineligible in [Observed { nofailover: true, ..resumable() }, Observed { priority: 0, ..resumable() }] {
+            assert_ne!(act(&ineligible), Some(Action::AcquireLeader), "{}", decide(&ineligible));
+        }
+        // Without etcd a replica waits, whatever it last saw.
+        let cut_off = Observed { leader: None, etcd_answered: false, ..base() };
+        let d = decide(&cut_off);
+        assert_eq!((d.action, d.reason.as_str()), (None, "etcd unreachable: waiting"));
+        // A replica on an ended timeline says so.
+        let ended = Observed { leader: None, history_timeline: Some(1), ..base() };
+        let d = decide(&ended);
+        assert!(d.reason.contains("timeline 1 ended with a promotion"), "{d}");
+
+        // Pause: only a due request naming this member, with no primary
+        // running, lets it take the key.
+        let paused = Observed { paused: true, leader: None, peers: vec![peer("a", 100)], ..base() };
+        let named_me = Observed { failover: request(None, Some("b")), ..paused.clone() };
+        assert_eq!(act(&named_me), Some(Action::AcquireLeader), "{}", decide(&named_me));
+        let named_other = Observed { failover: request(None, Some("a")), ..paused };
+        assert_eq!(act(&named_other), None, "{}", decide(&named_other));
+        // A promotion recorded by this member is withdrawn only when its data
+        // directory's timeline is known.
+        let unknown_timeline = Observed {
+            leader: None,
+            history_timeline: Some(1),
+            history_author: Some("b".into()),
+            data: Some(DataDir { timeline: 0, ..base().data.expect("data") }),
+            ..base()
+        };
+        assert!(
+            !matches!(act(&unknown_timeline), Some(Action::WithdrawPromotion { .. })),
+            "{}",
+            decide(&unknown_timeline)
+        );
+        // No data while another member bootstraps: wait, do not clone.
+        let bootstrapping = Observed { data: None, pg: PgRun::Stopped, initialize: Some(String::new()), ..base() };
+        let d = decide(&bootstrapping);
+        assert_eq!((d.action, d.reason.as_str()), (None, "another member is bootstrapping the cluster"));
+        // The last primary resumes when the request names a member that cannot take over.
+        let named_ineligible = Observed {
+            peers: vec![Peer { nofailover: true, ..peer("a", 90) }, peer("c", 100)],
+            failover: request(None, Some("a")),
+            ..resumable()
+        };
+        assert_eq!(act(&named_ineligible), Some(Action::AcquireLeader), "{}", decide(&named_ineligible));
+        // Divergence needs a newer leader timeline, and a position past the switch point.
+        let same_timeline = Observed { history_switches: vec![(1, 50)], ..base() };
+        assert_eq!(act(&same_timeline), None, "{}", decide(&same_timeline));
+        let at_the_switch = Observed {
+            leader_timeline: Some(2),
+            history_switches: vec![(1, 100)],
+            pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+            ..base()
+        };
+        assert_ne!(act(&at_the_switch), Some(Action::Demote), "{}", decide(&at_the_switch));
+        // A request not yet due does not hold back the best candidate.
+        let not_due = Observed {
+            leader: None,
+            peers: vec![peer("a", 90)],
+            failover: Some(FailoverRequest { scheduled: Schedule::At(1), ..request(None, Some("a")).expect("some") }),
+            ..base()
+        };
+        assert_eq!(act(&not_due), Some(Action::AcquireLeader), "{}", decide(&not_due));
+        // Why a replica is not a candidate: its lag (beyond the limit, not at
+        // it), or its tags.
+        let limit = base().maximum_lag_on_failover;
+        let lagging = Observed { leader: None, cluster_optime: Some(100 + limit + 1), ..base() };
+        assert!(decide(&lagging).reason.contains("bytes behind the last leader"), "{}", decide(&lagging));
+        let at_limit =
+            Observed { leader: None, cluster_optime: Some(100 + limit), peers: vec![peer("a", 200)], ..base() };
+        assert_eq!(decide(&at_limit).reason, "no leader: waiting for a better candidate", "{}", decide(&at_limit));
+        for tagged in [Observed { nofailover: true, ..base() }, Observed { priority: 0, ..base() }] {
+            let obs = Observed { leader: None, ..tagged };
+            assert_eq!(decide(&obs).reason, "no leader: not a candidate (nofailover)", "{}", decide(&obs));
+        }
+    }
+
     #[test]
     fn a_decision_prints_its_reason_and_action() {
         let acting = Decision::act("no leader", Action::AcquireLeader);
