@@ -128,6 +128,7 @@ Connect (password: demo-superuser):
   reads:   psql -h 127.0.0.1 -p $READ_PORT -U postgres     (HAProxy -> nodes answering /replica)
   stats:   http://127.0.0.1:$STATS_PORT/
   health:  curl -s http://127.0.0.1:8008/cluster
+  status:  http://127.0.0.1:8008/ui   (a read-only page in your browser)
   list:    $DEMO_DIR/bin/pgwardenctl -c $DEMO_DIR/node1/pgwarden.yml list
 Logs: $DEMO_DIR/node*/{agent,health,controller}.log, $DEMO_DIR/node*/data.postgres.log,
       $DEMO_DIR/etcd/etcd.log, $DEMO_DIR/haproxy.log
