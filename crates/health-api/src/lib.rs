@@ -49,6 +49,9 @@ struct Shared {
     writes: WriteSettings,
     /// The controller's events for the status page.
     events: Arc<ui::Events>,
+    /// The last `/ui/state` answer (one etcd read per second at most; the
+    /// lock also makes concurrent requests wait for one read).
+    ui_state: tokio::sync::Mutex<ui::StateCache>,
 }
 
 /// Where the write endpoints go, and who may call them.
@@ -148,11 +151,22 @@ async fn status_page(
                 let text = "the status page needs etcd: this node's config has no etcd section\n";
                 return Some(text_response(StatusCode::SERVICE_UNAVAILABLE, text.into(), false));
             };
-            let body = match dcs::read_cluster(etcd, keys).await {
-                Ok(view) => ui::state_json(&shared.identity.scope, etcd, &view).await,
-                Err(e) => serde_json::json!({"error": format!("etcd unavailable: {}", dcs::describe_error(&e))}),
+            let mut cache = shared.ui_state.lock().await;
+            let body = match cache.fresh(Instant::now()) {
+                Some(body) => body,
+                None => {
+                    let state = match dcs::read_cluster(etcd, keys).await {
+                        Ok(view) => ui::state_json(&shared.identity.scope, etcd, &view).await,
+                        Err(e) => {
+                            serde_json::json!({"error": format!("etcd unavailable: {}", dcs::describe_error(&e))})
+                        }
+                    };
+                    let body = Bytes::from(state.to_string());
+                    cache.store(Instant::now(), body.clone());
+                    body
+                }
             };
-            ("application/json", Bytes::from(body.to_string()))
+            ("application/json", body)
         }
         "/ui/events" => {
             let after = ui::after(request.uri().query());
@@ -401,7 +415,15 @@ pub async fn run(
     let events = Arc::new(ui::Events::default());
     let events_task = (!writes.controller_url.is_empty())
         .then(|| tokio::spawn(ui::follow_controller(writes.controller_url.clone(), events.clone())));
-    let shared = Arc::new(Shared { identity, latest: rx, etcd, fencer: fencer_rx, writes, events });
+    let shared = Arc::new(Shared {
+        identity,
+        latest: rx,
+        etcd,
+        fencer: fencer_rx,
+        writes,
+        events,
+        ui_state: tokio::sync::Mutex::new(ui::StateCache::default()),
+    });
     let connections = Arc::new(Connections::default());
     info!(address = %listener.local_addr().context("read the REST listener's address")?, agent = %agent_url, "serving the REST API");
     tokio::pin!(shutdown);

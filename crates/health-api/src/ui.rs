@@ -32,6 +32,31 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// How many events are kept for the page.
 const KEPT: usize = 200;
 
+/// How long one `/ui/state` answer serves every page (the page polls every
+/// second): however many pages are open, or whoever hammers the path, the
+/// node reads etcd for it at most once per this.
+pub const STATE_REUSED_FOR: Duration = Duration::from_millis(900);
+
+/// The last `/ui/state` answer and when it was made.
+#[derive(Debug, Default)]
+pub struct StateCache {
+    last: Option<(std::time::Instant, hyper::body::Bytes)>,
+}
+
+impl StateCache {
+    /// The last answer, if it is younger than `STATE_REUSED_FOR` at `now`.
+    pub fn fresh(&self, now: std::time::Instant) -> Option<hyper::body::Bytes> {
+        self.last
+            .as_ref()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < STATE_REUSED_FOR)
+            .map(|(_, body)| body.clone())
+    }
+
+    pub fn store(&mut self, at: std::time::Instant, body: hyper::body::Bytes) {
+        self.last = Some((at, body));
+    }
+}
+
 /// The controller's latest events, numbered in the order they arrived.
 #[derive(Debug, Default)]
 pub struct Events {
@@ -164,6 +189,16 @@ mod tests {
             newer["events"].as_array().expect("list").iter().map(|e| e["message"].as_str().expect("text")).collect();
         assert_eq!(messages, [format!("e{}", KEPT + 3), format!("e{}", KEPT + 4)]);
         assert_eq!(newer["following"], json!(false));
+    }
+
+    #[test]
+    fn a_state_answer_is_reused_for_less_than_a_second() {
+        let t0 = std::time::Instant::now();
+        let mut cache = StateCache::default();
+        assert_eq!(cache.fresh(t0), None);
+        cache.store(t0, hyper::body::Bytes::from_static(b"{}"));
+        assert_eq!(cache.fresh(t0 + Duration::from_millis(899)).as_deref(), Some(&b"{}"[..]));
+        assert_eq!(cache.fresh(t0 + STATE_REUSED_FOR), None);
     }
 
     #[test]
