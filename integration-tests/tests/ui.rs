@@ -109,7 +109,7 @@ async fn the_status_page_shows_the_cluster_and_a_switchover_live() {
 #[tokio::test]
 async fn the_page_and_its_events_need_the_rest_credentials_and_its_state_does_not() {
     init_logging();
-    let cluster = PgwardenCluster::start_with(1, |_| String::new()).await.expect("start");
+    let mut cluster = PgwardenCluster::start_with(1, |_| String::new()).await.expect("start");
     cluster.wait_healthy(UP).await.expect("healthy");
     let port = cluster.nodes[0].rest_port;
     let get = |path: &str, headers: &[(&str, &str)]| {
@@ -137,6 +137,19 @@ async fn the_page_and_its_events_need_the_rest_credentials_and_its_state_does_no
     let events: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert!(events["events"].is_array(), "{events}");
     assert_eq!(get("/ui/nothing", &[("Authorization", right.as_str())]).0, 404);
+    let (status, _) = http_with("POST", port, "/ui/state", &[], "{}", Duration::from_secs(5)).expect("POST");
+    assert_eq!(status, 405, "read-only, also where no credentials are needed");
+    // etcd gone: the page's state says so (the page shows the text), not an empty cluster.
+    cluster.etcd.kill(0);
+    let reason = wait_until("/ui/state to report etcd gone", UP, || async {
+        match get("/ui/state", &[]) {
+            (503, body) => Ok(Some(body)),
+            (status, body) => Err(format!("{status}: {body}")),
+        }
+    })
+    .await
+    .expect("503 without etcd");
+    assert!(reason.contains("etcd does not answer") && reason.contains("etcd3"), "{reason}");
 }
 
 fn base64_of(text: &str) -> String {

@@ -130,6 +130,16 @@ async fn status_page(
     if !(path == "/ui" || path.starts_with("/ui/")) {
         return None;
     }
+    // Read-only: nothing is read or computed for another method.
+    if request.method() != Method::GET {
+        return Some(
+            Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(http::header::ALLOW, "GET")
+                .body(Full::new(Bytes::from_static(b"method not allowed: the status page is read-only\n")))
+                .expect("static response is valid"),
+        );
+    }
     // With restapi.authentication set, the page asks for it (once: the
     // browser then sends it with the page's own requests), since its event
     // stream says more than `/cluster` does; `/ui/state` says no more than
@@ -155,13 +165,17 @@ async fn status_page(
             let body = match cache.fresh(Instant::now()) {
                 Some(body) => body,
                 None => {
-                    let state = match dcs::read_cluster(etcd, keys).await {
-                        Ok(view) => ui::state_json(&shared.identity.scope, etcd, &view).await,
+                    let view = match dcs::read_cluster(etcd, keys).await {
+                        Ok(view) => view,
                         Err(e) => {
-                            serde_json::json!({"error": format!("etcd unavailable: {}", dcs::describe_error(&e))})
+                            let text = format!(
+                                "etcd does not answer this node: {}; check etcd and the etcd3 section of its config\n",
+                                dcs::describe_error(&e)
+                            );
+                            return Some(text_response(StatusCode::SERVICE_UNAVAILABLE, text, false));
                         }
                     };
-                    let body = Bytes::from(state.to_string());
+                    let body = Bytes::from(ui::state_json(&shared.identity.scope, etcd, &view).await.to_string());
                     cache.store(Instant::now(), body.clone());
                     body
                 }
@@ -177,15 +191,6 @@ async fn status_page(
             return Some(text_response(StatusCode::NOT_FOUND, text.into(), false));
         }
     };
-    if request.method() != Method::GET {
-        return Some(
-            Response::builder()
-                .status(StatusCode::METHOD_NOT_ALLOWED)
-                .header(http::header::ALLOW, "GET")
-                .body(Full::new(Bytes::from_static(b"method not allowed\n")))
-                .expect("static response is valid"),
-        );
-    }
     Some(
         Response::builder()
             .status(StatusCode::OK)

@@ -253,22 +253,25 @@ impl Agent {
         // request timeout, longer than fence_margin) and no cached view that
         // still names it leader (DESIGN invariant 1). The fencer does the
         // same; this covers a fencer that is down.
-        if self.keeper.proves_leader && self.leader_deadline().is_none() {
-            let local = self.local.borrow().clone();
-            let writable = match &local.sql {
+        let deadline_live = self.leader_deadline().is_some();
+        if self.keeper.proves_leader && !deadline_live {
+            self.cached_view = None;
+        }
+        let writable = {
+            let local = self.local.borrow();
+            match &local.sql {
                 Some(sql) => !sql.in_recovery,
                 None => !matches!(
                     local.postmaster.state,
                     ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
                 ),
-            };
-            self.cached_view = None;
-            if ha_core::fence_at_once(self.keeper.proves_leader, self.leader_deadline().is_some(), writable) {
-                warn!("the leader deadline passed without a renewal: stopping PostgreSQL before anything else");
-                match self.pg.stop("immediate").await {
-                    Ok(()) => info!(from = "primary", to = "stopped", "role change: fenced"),
-                    Err(e) => error!("failed to fence PostgreSQL: {e:#}"),
-                }
+            }
+        };
+        if ha_core::fence_at_once(self.keeper.proves_leader, deadline_live, writable) {
+            warn!("the leader deadline passed without a renewal: stopping PostgreSQL before anything else");
+            match self.pg.stop("immediate").await {
+                Ok(()) => info!(from = "primary", to = "stopped", "role change: fenced"),
+                Err(e) => error!("failed to fence PostgreSQL: {e:#}"),
             }
         }
         let generation = self.wake.generation.load(Ordering::SeqCst);

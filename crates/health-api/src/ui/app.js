@@ -90,7 +90,7 @@ async function poll() {
   const problem = document.getElementById("problem");
   try {
     const response = await fetch("/ui/state", { cache: "no-store" });
-    if (!response.ok) throw new Error("/ui/state answered " + response.status);
+    if (!response.ok) throw new Error((await response.text()).trim() || "/ui/state answered " + response.status);
     showState(await response.json());
     problem.hidden = true;
     document.getElementById("refreshed").textContent = "updated " + new Date().toLocaleTimeString();
