@@ -215,13 +215,21 @@ pub fn psql_port(port: u16, sql: &str) -> anyhow::Result<String> {
 }
 
 /// Node `i`'s config: Patroni format, fast timings, loopback only.
-fn node_config(name: &str, scope: &str, node: &Node, etcd: &EtcdCluster, ttl: u32, extra: &str) -> String {
+fn node_config(
+    name: &str,
+    scope: &str,
+    node: &Node,
+    etcd: &EtcdCluster,
+    ttl: u32,
+    synchronous: bool,
+    extra: &str,
+) -> String {
     format!(
         "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
          \x20 authentication:\n    username: {rest_user}\n    password: {rest_password}\n\
          {etcd}\
-         bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: 1\n    retry_timeout: 3\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
+         bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: 1\n    retry_timeout: 3\n    synchronous_mode: {synchronous}\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
          \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
          postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
          \x20 authentication:\n    superuser:\n      username: postgres\n      password: {su}\n\
@@ -257,6 +265,8 @@ pub struct PgwardenCluster {
     pub etcd: EtcdCluster,
     /// `bootstrap.dcs.ttl` of nodes added from now on (default 10; loop_wait 1, retry_timeout 3).
     pub ttl: u32,
+    /// `bootstrap.dcs.synchronous_mode` of nodes added from now on (default off).
+    pub synchronous: bool,
 }
 
 impl PgwardenCluster {
@@ -278,7 +288,7 @@ impl PgwardenCluster {
         extra: impl Fn(usize) -> String,
     ) -> anyhow::Result<Self> {
         let etcd = EtcdCluster::start(etcd_members).await?;
-        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd, ttl: 10 };
+        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd, ttl: 10, synchronous: false };
         for i in 1..=n {
             cluster.add_node(&format!("node{i}"), &extra(i))?;
         }
@@ -386,7 +396,7 @@ impl PgwardenCluster {
             health: None,
             controller: None,
         };
-        let yaml = node_config(name, &self.scope, &node, &self.etcd, self.ttl, extra_config);
+        let yaml = node_config(name, &self.scope, &node, &self.etcd, self.ttl, self.synchronous, extra_config);
         std::fs::write(node.config_path(), yaml)?;
         crate::process::give_to_postgres(&node.config_path());
         node.health = None;
@@ -397,7 +407,12 @@ impl PgwardenCluster {
     pub fn backends(&self) -> Vec<Backend> {
         self.nodes
             .iter()
-            .map(|n| Backend { name: n.name.clone(), pg_port: n.pg_port, rest_port: n.rest_port })
+            .map(|n| Backend {
+                name: n.name.clone(),
+                host: "127.0.0.1".into(),
+                pg_port: n.pg_port,
+                rest_port: n.rest_port,
+            })
             .collect()
     }
 

@@ -58,6 +58,8 @@ impl HaProxy {
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
+    /// The node's address (`127.0.0.1` on loopback).
+    pub host: String,
     pub pg_port: u16,
     pub rest_port: u16,
 }
@@ -70,6 +72,18 @@ pub fn deploy_config(write_port: u16, read_port: u16, stats_port: u16, nodes: &[
 
 /// As [`deploy_config`], from another file of `deploy/haproxy/` (e.g. `haproxy-classic.cfg`).
 pub fn deploy_config_from(file: &str, write_port: u16, read_port: u16, stats_port: u16, nodes: &[Backend]) -> String {
+    deploy_config_bound(file, "127.0.0.1", write_port, read_port, stats_port, nodes)
+}
+
+/// As [`deploy_config_from`], HAProxy listening on `bind_host`.
+pub fn deploy_config_bound(
+    file: &str,
+    bind_host: &str,
+    write_port: u16,
+    read_port: u16,
+    stats_port: u16,
+    nodes: &[Backend],
+) -> String {
     let path = format!("{}/../deploy/haproxy/{file}", env!("CARGO_MANIFEST_DIR"));
     let template = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     let mut out = String::new();
@@ -80,8 +94,8 @@ pub fn deploy_config_from(file: &str, write_port: u16, read_port: u16, stats_por
             if !out.ends_with("#servers\n") {
                 for node in nodes {
                     out.push_str(&format!(
-                        "    server {} 127.0.0.1:{} maxconn 100 check port {}\n",
-                        node.name, node.pg_port, node.rest_port
+                        "    server {} {}:{} maxconn 100 check port {}\n",
+                        node.name, node.host, node.pg_port, node.rest_port
                     ));
                 }
                 out.push_str("#servers\n");
@@ -89,9 +103,9 @@ pub fn deploy_config_from(file: &str, write_port: u16, read_port: u16, stats_por
             continue;
         }
         let line = match trimmed {
-            "bind *:5000" => format!("    bind 127.0.0.1:{write_port}"),
-            "bind *:5001" => format!("    bind 127.0.0.1:{read_port}"),
-            "bind *:7000" => format!("    bind 127.0.0.1:{stats_port}"),
+            "bind *:5000" => format!("    bind {bind_host}:{write_port}"),
+            "bind *:5001" => format!("    bind {bind_host}:{read_port}"),
+            "bind *:7000" => format!("    bind {bind_host}:{stats_port}"),
             _ => line.to_string(),
         };
         out.push_str(&line);

@@ -348,7 +348,12 @@ impl PatroniCluster {
     pub fn backends(&self) -> Vec<Backend> {
         self.nodes
             .iter()
-            .map(|n| Backend { name: n.name.clone(), pg_port: n.pg_port, rest_port: n.rest_port })
+            .map(|n| Backend {
+                name: n.name.clone(),
+                host: "127.0.0.1".into(),
+                pg_port: n.pg_port,
+                rest_port: n.rest_port,
+            })
             .collect()
     }
 

@@ -411,3 +411,26 @@ async fn tags_written_as_strings_are_honoured_by_every_member_and_false_ones_are
     assert_eq!(cluster.nodes[2].check("/replica?tag_nofailover=false"), 503);
     assert_eq!(cluster.nodes[1].check("/replica?tag_nosync=true"), 200);
 }
+
+/// A cluster whose `bootstrap.dcs` turns synchronous mode on from the start
+/// (as the guides' configs do) forms: the bootstrap's own commits (the
+/// roles) do not wait for a synchronous standby that cannot exist yet, and
+/// once a replica streams it becomes the synchronous standby and commits
+/// wait for it.
+#[tokio::test]
+async fn a_cluster_bootstrapped_in_synchronous_mode_forms_and_takes_a_sync_standby() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    cluster.synchronous = true;
+    for i in 1..=2 {
+        cluster.add_node(&format!("node{i}"), "").expect("add a node");
+    }
+    cluster.start_all().expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("the cluster forms in synchronous mode");
+    let standby = one_sync_standby(&cluster, Some(leader)).await;
+    let names = cluster.nodes[leader].psql("show synchronous_standby_names").expect("show");
+    assert!(names.contains(&cluster.nodes[standby].name), "the leader waits for {names:?}");
+    cluster.nodes[leader]
+        .psql("create table after_bootstrap(id int); insert into after_bootstrap values (1)")
+        .expect("a commit");
+}

@@ -390,7 +390,11 @@ impl Agent {
         self.pg.initdb().await?;
         self.pg.write_bootstrap_hba(dynamic)?;
         self.pg.write_pgpass(None)?;
-        // Local connections only until we hold the leader key.
+        // Local connections only until we hold the leader key, and no
+        // synchronous standby: no client can have written yet, and the
+        // roles' commit must not wait for a standby that cannot exist
+        // (in synchronous mode the tick left the placeholder here).
+        self.pg.set_sync_names(None);
         self.pg.write_config(dynamic, &StartAs::Primary, true)?;
         self.pg.start().await?;
         let mut conn = self.connect().await?;
@@ -424,6 +428,9 @@ impl Agent {
         }
         self.prove_leader(dynamic, lease).await;
         info!(system_identifier = %sysid, "cluster initialised; opening PostgreSQL to the network");
+        // Open with what a leader without standbys runs: in synchronous
+        // mode '' (or, strict, the placeholder) until its first sync step.
+        self.pg.set_sync_names(self.sync_names(dynamic));
         self.pg.write_config(dynamic, &StartAs::Primary, false)?;
         self.pg.stop("fast").await?;
         self.pg.start().await?;
