@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test monitoring-check sim fuzz demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check
+.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ check: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni, the status page in Chromium), the benchmark's smoke mode and the Debian package's install check
+test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni, the status page in Chromium), the benchmark's smoke mode, a two-minute chaos run and the Debian package's install check
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	./deploy/monitoring/check.sh
 	@if command -v cargo-nextest >/dev/null; then \
@@ -32,6 +32,7 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
+	$(MAKE) --no-print-directory chaos DURATION=2m MODE=sync
 	$(MAKE) --no-print-directory deb-check
 
 monitoring-check: ## Check deploy/monitoring/: the alert rules (promtool check and unit tests) and the Grafana dashboard, both over metrics pgwarden exports (needs promtool: make setup)
@@ -54,6 +55,14 @@ FUZZ_RUSTFLAGS := -C passes=sancov-module -C llvm-args=-sanitizer-coverage-level
 fuzz: ## Coverage-guided fuzzing (crates/fuzz) of REST requests, the config file, dynamic-config edits, setting texts and etcd values: FUZZ_SECONDS per target (default 120), FUZZ_TARGETS to pick; failing inputs in target/fuzz-out
 	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR=target/fuzz $(CARGO) build --profile fuzz --target $(HOST_TRIPLE) -p pgwarden-fuzz
 	target/fuzz/$(HOST_TRIPLE)/fuzz/pgwarden-fuzz --seconds $(FUZZ_SECONDS) --seed $(FUZZ_SEED) --out target/fuzz-out $(FUZZ_TARGETS)
+
+DURATION ?= 20m
+MODE ?= sync
+SEED ?=
+CHAOS_ARGS ?=
+
+chaos: build ## Chaos with real processes in network namespaces (root): a seeded nemesis (partitions, loss, kills, freezes, full disks, overlapping) and operator actions against a 3-node cluster under concurrent writers, transfers and readers; checks one writer, no acknowledged commit lost (MODE=sync), convergence; DURATION (default 20m), SEED (default: the clock), MODE=sync|async; report in target/chaos/<mode>-<seed>/ (docs/chaos.md)
+	target/debug/chaos --duration $(DURATION) --mode $(MODE) $(if $(SEED),--seed $(SEED),) $(CHAOS_ARGS)
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up

@@ -13,8 +13,9 @@ set -euo pipefail
 # prometheus: its promtool checks and unit-tests the alert rules in
 # deploy/monitoring/ (the server it also installs is not wanted: see below);
 # chromium and chromium-driver: the status page's test loads /ui in a real
-# headless browser.
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver)
+# headless browser; iproute2 (ip, tc) and nftables: the chaos run's network
+# namespaces, partitions, packet loss and slow links (make chaos).
+packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver iproute2 nftables)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -36,7 +37,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust stable) is required" >&2; exit 1; }
-echo "install-deps: postgresql-15, etcd, haproxy, protoc, promtool and chromium are installed"
+echo "install-deps: postgresql-15, etcd, haproxy, protoc, promtool, chromium and nftables are installed"
 # Patroni from PyPI (pinned) in a virtual environment the postgres user can
 # run: the migration test starts a Patroni cluster and moves it to pgwarden.
 # PGWARDEN_SKIP_PATRONI=1 leaves it to the caller (`make bench` installs it

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod guides;
 pub mod haproxy;
 pub mod migration;
+pub mod netns;
 pub mod patroni;
 pub mod port;
 pub mod postgres;

@@ -44,6 +44,7 @@ pub fn give_to_postgres(path: &Path) {
 /// then kept and the path printed).
 pub struct TestDir {
     path: PathBuf,
+    keep: bool,
 }
 
 impl TestDir {
@@ -57,11 +58,16 @@ impl TestDir {
         std::fs::set_permissions(ROOT, std::fs::Permissions::from_mode(0o1777)).expect("chmod test root");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
         give_to_postgres(&path);
-        Self { path }
+        Self { path, keep: false }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Keeps the directory when dropped (a run that failed keeps its logs).
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 
     /// Records a started process so that a later run can reap it if this
@@ -75,7 +81,7 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.keep {
             eprintln!("test files kept for inspection: {}", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
