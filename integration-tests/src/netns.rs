@@ -210,16 +210,18 @@ impl Net {
         Ok(())
     }
 
-    /// Deletes rules added by [`Net::drop_traffic`] or [`Net::lose_packets`].
+    /// Deletes rules added by [`Net::drop_traffic`] or [`Net::lose_packets`]:
+    /// every one is tried; the first failure is returned.
     pub fn delete_rules(&self, rules: &[Rule]) -> anyhow::Result<()> {
+        let mut result = Ok(());
         for rule in rules {
-            in_ns(
-                &rule.ns,
-                "nft",
-                &["delete", "rule", "inet", "chaos", rule.chain, "handle", &rule.handle.to_string()],
-            )?;
+            let handle = rule.handle.to_string();
+            let deleted = in_ns(&rule.ns, "nft", &["delete", "rule", "inet", "chaos", rule.chain, "handle", &handle]);
+            if let (Err(e), Ok(())) = (deleted, &result) {
+                result = Err(e);
+            }
         }
-        Ok(())
+        result
     }
 
     /// Removes every fault: all rules, all queues.

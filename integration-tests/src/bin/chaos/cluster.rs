@@ -62,6 +62,8 @@ pub struct ChaosNode {
     services: [Option<ChildGuard>; 3],
     /// Services a fault killed, each restarted by its heal; any other exit is a crash.
     pub killed: Vec<Service>,
+    /// Services found exited when a fault came to kill them: crashes.
+    pub crashes: Vec<Service>,
 }
 
 impl ChaosNode {
@@ -84,26 +86,40 @@ impl ChaosNode {
     }
 
     pub fn postmaster_pid(&self) -> Option<i32> {
-        pgwarden_integration_tests::postgres::postmaster_pid_in(&self.data_dir())
-            .filter(|&pid| pgwarden_integration_tests::process::is_running(pid))
+        // A stale pid file's pid may belong to another process by now.
+        pgwarden_integration_tests::postgres::postmaster_pid_in(&self.data_dir()).filter(|&pid| {
+            pgwarden_integration_tests::process::is_running(pid)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres")
+        })
     }
 
     /// The postmaster and its children (backends, WAL sender and receiver, ...).
     pub fn postgres_pids(&self) -> Vec<i32> {
         let Some(postmaster) = self.postmaster_pid() else { return Vec::new() };
         let mut pids = vec![postmaster];
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.filter_map(Result::ok) {
-                let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
-                let parent = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-                    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
-                });
-                if parent == Some(postmaster) {
-                    pids.push(pid);
-                }
+        pids.extend(children_of(postmaster));
+        pids
+    }
+
+    /// Freezes PostgreSQL: the postmaster first (it forks no more), then
+    /// its children until no new one turns up. Returns what was stopped.
+    pub fn freeze_postgres(&self) -> Vec<i32> {
+        let Some(postmaster) = self.postmaster_pid() else { return Vec::new() };
+        let stop = |pid: i32| {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);
+        };
+        stop(postmaster);
+        let mut frozen = vec![postmaster];
+        loop {
+            let new: Vec<i32> = children_of(postmaster).into_iter().filter(|p| !frozen.contains(p)).collect();
+            if new.is_empty() {
+                return frozen;
+            }
+            for pid in new {
+                stop(pid);
+                frozen.push(pid);
             }
         }
-        pids
     }
 
     pub fn signal_service(&self, service: Service, signal: Signal) {
@@ -114,6 +130,9 @@ impl ChaosNode {
 
     pub fn kill_service(&mut self, service: Service) {
         if let Some(mut child) = self.services[Self::slot(service)].take() {
+            if child.has_exited() {
+                self.crashes.push(service);
+            }
             child.kill();
             self.killed.push(service);
         }
@@ -121,10 +140,13 @@ impl ChaosNode {
 
     /// Services that exited without a fault killing them.
     pub fn crashed(&mut self) -> Vec<Service> {
-        Service::ALL
-            .into_iter()
-            .filter(|s| self.services[Self::slot(*s)].as_mut().is_some_and(ChildGuard::has_exited))
-            .collect()
+        let mut crashed = self.crashes.clone();
+        crashed.extend(
+            Service::ALL
+                .into_iter()
+                .filter(|s| self.services[Self::slot(*s)].as_mut().is_some_and(ChildGuard::has_exited)),
+        );
+        crashed
     }
 
     pub fn log(&self, service: Service) -> PathBuf {
@@ -138,6 +160,10 @@ impl ChaosNode {
             let stat = nix::sys::statvfs::statvfs(&self.disk())?;
             let free = stat.blocks_available() * stat.fragment_size();
             let size = free.saturating_sub(leave);
+            if size < 1 << 20 {
+                // Already (nearly) full: WAL kept for a replica filled it.
+                return Ok(0);
+            }
             let status = Command::new("fallocate")
                 .args(["-l", &size.to_string()])
                 .arg(self.disk().join("filler"))
@@ -166,6 +192,12 @@ pub struct ChaosCluster {
     etcd: Vec<Option<ChildGuard>>,
     haproxy: Option<ChildGuard>,
     dir: TestDir,
+    /// A failed run keeps its directory, data included (the tmpfs stays
+    /// mounted until the next run reaps it).
+    kept: bool,
+    /// etcd members killed by a fault (restarted by its heal); any other exit is a crash.
+    etcd_killed: Vec<usize>,
+    etcd_crashes: Vec<usize>,
 }
 
 pub fn node_roles() -> [&'static str; 3] {
@@ -185,7 +217,16 @@ impl ChaosCluster {
         roles.push("haproxy");
         let net = Net::create(&roles)?;
         let dir = TestDir::new("chaos");
-        let mut cluster = Self { net, nodes: Vec::new(), etcd: vec![None, None, None], haproxy: None, dir };
+        let mut cluster = Self {
+            net,
+            nodes: Vec::new(),
+            etcd: vec![None, None, None],
+            haproxy: None,
+            dir,
+            kept: false,
+            etcd_killed: Vec::new(),
+            etcd_crashes: Vec::new(),
+        };
         for idx in 0..3 {
             cluster.start_etcd(idx, "new")?;
         }
@@ -211,6 +252,7 @@ impl ChaosCluster {
                 dir,
                 services: [None, None, None],
                 killed: Vec::new(),
+                crashes: Vec::new(),
             };
             let config = node_config(&node, &etcd_hosts, ttl, synchronous, &cluster.net.cidr());
             let path = node.dir.join("pgwarden.yml");
@@ -264,13 +306,18 @@ impl ChaosCluster {
 
     pub fn kill_etcd(&mut self, idx: usize) {
         if let Some(mut member) = self.etcd[idx].take() {
+            if member.has_exited() {
+                self.etcd_crashes.push(idx);
+            }
             member.kill();
+            self.etcd_killed.push(idx);
         }
     }
 
     pub fn restart_etcd(&mut self, idx: usize) -> anyhow::Result<()> {
         if self.etcd[idx].is_none() {
             self.start_etcd(idx, "existing")?;
+            self.etcd_killed.retain(|&i| i != idx);
         }
         Ok(())
     }
@@ -283,7 +330,9 @@ impl ChaosCluster {
 
     /// Members that exited without a fault killing them.
     pub fn etcd_crashed(&mut self) -> Vec<usize> {
-        (0..3).filter(|&i| self.etcd[i].as_mut().is_some_and(ChildGuard::has_exited)).collect()
+        let mut crashed = self.etcd_crashes.clone();
+        crashed.extend((0..3).filter(|&i| self.etcd[i].as_mut().is_some_and(ChildGuard::has_exited)));
+        crashed
     }
 
     pub fn haproxy_crashed(&mut self) -> bool {
@@ -341,6 +390,7 @@ impl ChaosCluster {
     /// Keeps the run's directory (logs, data) when the run failed.
     pub fn keep(&mut self) {
         self.dir.keep();
+        self.kept = true;
     }
 }
 
@@ -369,8 +419,10 @@ impl Drop for ChaosCluster {
         while self.nodes.iter().any(|n| !n.postgres_pids().is_empty()) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for node in &self.nodes {
-            let _ = Command::new("umount").arg("-l").arg(node.disk()).status();
+        if !self.kept {
+            for node in &self.nodes {
+                let _ = Command::new("umount").arg("-l").arg(node.disk()).status();
+            }
         }
     }
 }
@@ -430,7 +482,9 @@ fn node_config(node: &ChaosNode, etcd_hosts: &[String], ttl: u32, synchronous: b
             "parameters": {
                 "unix_socket_directories": node.socket_dir(),
                 "shared_buffers": "16MB",
-                "max_connections": 100,
+                // Clients whose timed-out commits still wait for a
+                // standby hold their backends until it answers.
+                "max_connections": 300,
             },
             "pg_hba": [
                 "local all all scram-sha-256",
@@ -476,4 +530,17 @@ pub async fn http(
         Some((status, body))
     };
     tokio::time::timeout(timeout, exchange).await.ok().flatten()
+}
+
+/// The children of `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()))
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)?.parse::<i32>().ok()) == Some(parent)
+        })
+        .collect()
 }

@@ -33,7 +33,7 @@ mod workload;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use ha_sim::rng::Rng;
@@ -228,7 +228,7 @@ async fn etcd_leader(ips: &[std::net::Ipv4Addr]) -> Option<usize> {
 }
 
 async fn run(args: &Args, seed: u64, mode: &str) -> anyhow::Result<Outcome> {
-    let clock = Clock(Instant::now());
+    let clock = Clock::start();
     let log = Arc::new(Log { clock, lines: Mutex::new(Vec::new()) });
     let mut cluster = ChaosCluster::start(args.ttl, mode == "sync")?;
     let result = drive(args, seed, mode, clock, &log, &mut cluster).await;
@@ -330,12 +330,27 @@ async fn drive(
     let mut next_fault = start + rng.range(2, 5) as f64;
     let mut next_op = start + rng.range(8, 20) as f64;
     let mut resume_at: Option<f64> = None;
+    let mut resume_sent = false;
     let mut fault_id = 0usize;
+    // Who leads etcd, looked up beside the loop (a frozen member makes the
+    // lookup slow, and heals must not wait for it).
+    let etcd_leader_now: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
+    let leader_lookup = {
+        let (shared, ips) = (etcd_leader_now.clone(), etcd_ips.clone());
+        tokio::spawn(async move {
+            loop {
+                let leader = etcd_leader(&ips).await;
+                *shared.lock().expect("the etcd leader") = leader;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
     let ops: Arc<Mutex<Vec<OpRecord>>> = Arc::new(Mutex::new(Vec::new()));
     let mut op_tasks = Vec::new();
     let mut faults: Vec<FaultRecord> = Vec::new();
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let now = clock.now();
         if now >= end {
@@ -361,7 +376,7 @@ async fn drive(
                 haproxy: cluster.haproxy_ip(),
                 gateway: cluster.net.gateway(),
                 primary: (latest.primaries.len() == 1).then(|| latest.primaries[0]),
-                etcd_leader: etcd_leader(&etcd_ips).await,
+                etcd_leader: *etcd_leader_now.lock().expect("the etcd leader"),
             };
             if let Some((kind, node, etcd)) = nemesis::pick(&mut rng, &active, &scene) {
                 fault_id += 1;
@@ -393,18 +408,26 @@ async fn drive(
         }
         if now >= next_op {
             let latest = monitor.latest();
+            // A pause ends with a resume that is repeated until the cluster
+            // shows it (a resume asked of an unreachable node is lost).
             let op = match resume_at {
-                Some(at) if now >= at => Some(Op::Resume),
+                Some(at) if now >= at && resume_sent && !latest.paused => {
+                    resume_at = None;
+                    resume_sent = false;
+                    None
+                }
+                Some(at) if now >= at => {
+                    resume_sent = true;
+                    Some(Op::Resume)
+                }
                 Some(_) => None,
                 None => Some(
                     [Op::Switchover, Op::Switchover, Op::Pause, Op::Restart, Op::ConfigEdit, Op::Reload][rng.pick(6)],
                 ),
             };
             if let Some(op) = op {
-                match op {
-                    Op::Pause => resume_at = Some(now + rng.range(3, 10) as f64),
-                    Op::Resume => resume_at = None,
-                    _ => {}
+                if op == Op::Pause {
+                    resume_at = Some(now + rng.range(3, 10) as f64);
                 }
                 let scene = Scene {
                     nodes: node_ips.clone(),
@@ -432,8 +455,13 @@ async fn drive(
                 log.say("interrupted: healing and checking what ran so far");
                 break;
             }
+            _ = terminate.recv() => {
+                log.say("terminated: healing and checking what ran so far");
+                break;
+            }
         }
     }
+    leader_lookup.abort();
 
     // Heal everything, resume, and check.
     for fault in active.drain(..) {
@@ -449,35 +477,61 @@ async fn drive(
     for task in op_tasks {
         let _ = task.await;
     }
-    if resume_at.is_some() || monitor.latest().paused {
-        let scene_ip = node_ips[0];
-        let answer =
-            http(scene_ip, "PATCH", "/config", Some(&serde_json::json!({"pause": null})), Duration::from_secs(30))
-                .await
-                .map(|a| a.0);
-        log.say(format!("op    resume at the end: {answer:?}"));
+    // The run ends resumed: asked of every node in turn until the cluster shows it.
+    let resume_from = clock.now();
+    let mut asked = 0usize;
+    while resume_at.is_some() || monitor.latest().paused {
+        let ip = node_ips[asked % node_ips.len()];
+        asked += 1;
+        let body = serde_json::json!({"pause": null});
+        let answer = http(ip, "PATCH", "/config", Some(&body), Duration::from_secs(10)).await.map(|a| a.0);
+        log.say(format!("op    resume at the end (asked of {ip}): {answer:?}"));
         ops.lock().expect("ops").push(OpRecord {
             at: clock.now(),
             op: Op::Resume,
-            what: "resume at the end".into(),
+            what: format!("resume at the end (asked of {ip})"),
             status: answer,
             done: clock.now(),
         });
+        if answer == Some(200) {
+            resume_at = None;
+            let seen =
+                pgwarden_integration_tests::wait_until("the resume to show", Duration::from_secs(10), || async {
+                    Ok::<_, String>((!monitor.latest().paused).then_some(()))
+                })
+                .await;
+            if seen.is_ok() {
+                break;
+            }
+        }
+        if clock.now() - resume_from > 120.0 {
+            outcome.failures.push("the cluster could not be resumed at the end".into());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let heal_at = clock.now();
     outcome.heal_at = heal_at;
     outcome.duration = heal_at - start;
     log.say("every fault healed; waiting for the cluster to converge");
-    let converged =
-        pgwarden_integration_tests::wait_until("convergence after the last heal", args.converge_within, || async {
-            let look = monitor.latest();
-            if look.at > heal_at && look.converged(3) && !look.paused {
-                Ok(Some(look.at))
-            } else {
-                Err(format!("{look:?}"))
+    // Converged means one primary and every other member streaming, held
+    // for 2 s (three looks); the time is when it began.
+    let mut since: Option<f64> = None;
+    let converged = loop {
+        let look = monitor.latest();
+        if look.at > heal_at && look.converged(3) && !look.paused {
+            let from = *since.get_or_insert(look.at);
+            if look.at - from >= 2.0 {
+                break Ok(from);
             }
-        })
-        .await;
+        } else if look.at > heal_at {
+            since = None;
+        }
+        if clock.now() - heal_at > args.converge_within.as_secs_f64() {
+            break Err(format!("last look: {look:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     match converged {
         Ok(at) => {
             outcome.converge_after_heal = Some(at - heal_at);
@@ -494,19 +548,26 @@ async fn drive(
             log.say("did not converge");
         }
     }
-    // Writes must resume through HAProxy, and PostgreSQL must stay up:
-    // a few seconds of both.
+    // Writes must resume through HAProxy (within 30 s), and PostgreSQL must
+    // stay up: sampled now and again after the checks below.
     let resumed_from = clock.now();
     let postmasters: Vec<Option<i32>> = cluster.nodes.iter().map(|n| n.postmaster_pid()).collect();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (acks, transfers, reads) = workers.stop().await;
-    let spans = probes.stop().await;
-    outcome.looks = monitor.stop().await;
-    for a in acks.iter().filter(|a| a.table.starts_with("hap")) {
-        if outcome.converge_after_heal.is_some() && !a.acked.iter().any(|(_, at)| *at >= resumed_from) {
-            outcome.failures.push(format!("writes through HAProxy ({}) did not resume after convergence", a.table));
+    if outcome.converge_after_heal.is_some() {
+        let resumed =
+            pgwarden_integration_tests::wait_until("writes through HAProxy", Duration::from_secs(30), || async {
+                let stale: Vec<String> =
+                    workers.last_acks("hap").into_iter().filter(|(_, at)| *at < resumed_from).map(|(t, _)| t).collect();
+                if stale.is_empty() { Ok(Some(())) } else { Err(format!("no acknowledgement yet from {stale:?}")) }
+            })
+            .await;
+        if let Err(e) = resumed {
+            outcome.failures.push(format!("writes through HAProxy did not resume after convergence: {e:#}"));
         }
     }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (acks, transfers, reads) = workers.stop().await?;
+    let spans = probes.stop().await?;
+    outcome.looks = monitor.stop().await;
 
     // One writer at a time.
     outcome.two_writers = workload::two_writer_intervals(&spans);
@@ -520,7 +581,13 @@ async fn drive(
     outcome.spans = spans;
     // Acknowledged writes on the final primary.
     for a in &acks {
-        let present = workload::ids_in(&haproxy, &a.table).await?;
+        let present = match workload::ids_in(&haproxy, &a.table).await {
+            Ok(present) => present,
+            Err(e) => {
+                outcome.failures.push(format!("{} could not be read back: {e:#}", a.table));
+                continue;
+            }
+        };
         let lost: Vec<(i64, f64)> = a.acked.iter().copied().filter(|(id, _)| !present.contains(id)).collect();
         if !lost.is_empty() {
             if mode == "sync" {
@@ -535,12 +602,16 @@ async fn drive(
     }
     // The transfers' invariant.
     outcome.transfers = transfers;
-    let total = workload::total(&haproxy).await?;
-    outcome.total = Some(total);
-    if total != workload::ACCOUNTS * workload::BALANCE {
-        outcome
-            .failures
-            .push(format!("the accounts' total is {total}, not {}", workload::ACCOUNTS * workload::BALANCE));
+    match workload::total(&haproxy).await {
+        Ok(total) => {
+            outcome.total = Some(total);
+            if total != workload::ACCOUNTS * workload::BALANCE {
+                outcome
+                    .failures
+                    .push(format!("the accounts' total is {total}, not {}", workload::ACCOUNTS * workload::BALANCE));
+            }
+        }
+        Err(e) => outcome.failures.push(format!("the accounts could not be read back: {e:#}")),
     }
     for (at, server, total) in &reads.wrong_totals {
         outcome.failures.push(format!("a read from {server} at {at:.1} s saw a total of {total}"));
@@ -601,4 +672,19 @@ async fn drive(
     outcome.ops.sort_by(|a, b| a.at.total_cmp(&b.at));
     report::quiet_convergence(&mut outcome);
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_seconds_minutes_and_hours_and_name_the_fix_otherwise() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("20m"), Ok(Duration::from_secs(1200)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("20 minutes").expect_err("a word unit").contains("s, m or h"));
+        assert!(parse_duration("m").expect_err("no number").contains("e.g. 20m"));
+    }
 }

@@ -239,7 +239,7 @@ pub fn inject(
             peers.extend(&scene.etcd);
             let peer = peers[rng.pick(peers.len())];
             let rules = cluster.net.drop_traffic(node_role.expect("a node"), &[peer], true)?;
-            (format!("{} reaches {peer}, {peer} does not reach {}", name(n), name(n)), Undo::Rules(rules))
+            (format!("{}'s packets reach {peer}, {peer}'s do not reach {}", name(n), name(n)), Undo::Rules(rules))
         }
         Kind::IsolateEtcdMember | Kind::IsolateEtcdLeader => {
             let e = etcd.expect("an etcd member");
@@ -286,10 +286,7 @@ pub fn inject(
         }
         Kind::StopPostgres => {
             let n = node.expect("a node");
-            let pids = cluster.nodes[n].postgres_pids();
-            for &pid in &pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP);
-            }
+            let pids = cluster.nodes[n].freeze_postgres();
             (format!("{}'s PostgreSQL frozen ({} processes)", name(n), pids.len()), Undo::ContinuePids(pids))
         }
         Kind::KillNode => {
@@ -411,6 +408,18 @@ pub async fn operate(rng: &mut Rng, op: Op, scene: &Scene, leader: Option<&str>)
         }
         Op::Reload => (format!("reload node{}", n + 1), "POST", "/reload", None),
     };
+    if matches!(op, Op::Pause | Op::Resume) {
+        // Asked of every node in turn until one answers 200.
+        let mut last = None;
+        for k in 0..scene.nodes.len() {
+            let m = (n + k) % scene.nodes.len();
+            last = http(scene.nodes[m], method, path, body.as_ref(), Duration::from_secs(5)).await.map(|(s, _)| s);
+            if last == Some(200) {
+                return (format!("{what} (asked of node{})", m + 1), last);
+            }
+        }
+        return (format!("{what} (asked of every node)"), last);
+    }
     let answer = http(ip, method, path, body.as_ref(), timeout).await.map(|(status, _)| status);
     (format!("{what} (asked of node{})", n + 1), answer)
 }

@@ -404,3 +404,39 @@ pub fn svg(o: &Outcome) -> String {
     svg.push_str("</svg>\n");
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Look;
+
+    fn fault(id: usize, from: f64, to: f64) -> FaultRecord {
+        FaultRecord { id, kind: Kind::KillPostgres, what: format!("f{id}"), from, to: Some(to), lag: Some(id as u64) }
+    }
+
+    fn converged_at(at: f64) -> Look {
+        Look { at, primaries: vec![0], replicas: vec![1, 2], streaming: 2, leader_running: true, ..Look::default() }
+    }
+
+    #[test]
+    fn convergence_is_measured_from_each_quiet_point_unless_a_fault_comes_first() {
+        let mut outcome = Outcome {
+            // 1 and 2 overlap: the quiet point is 2's heal (12 s); 3 heals
+            // at 30 s and 4 starts at 31 s, before the cluster converged.
+            faults: vec![fault(1, 0.0, 10.0), fault(2, 5.0, 12.0), fault(3, 20.0, 30.0), fault(4, 31.0, 40.0)],
+            looks: vec![converged_at(11.0), converged_at(14.5), converged_at(33.0), converged_at(41.0)],
+            ..Outcome::default()
+        };
+        quiet_convergence(&mut outcome);
+        assert_eq!(outcome.quiet_convergence, vec![2.5, 1.0]);
+        assert_eq!(outcome.interrupted_quiet, 1);
+    }
+
+    #[test]
+    fn a_lost_write_is_blamed_on_the_first_fault_after_its_acknowledgement() {
+        let faults = [fault(1, 0.0, 10.0), fault(2, 20.0, 25.0), fault(3, 40.0, 45.0)];
+        assert_eq!(culprit(&faults, 15.0).map(|f| f.id), Some(2));
+        assert_eq!(culprit(&faults, 19.8).map(|f| f.id), Some(2), "acknowledged just before the fault");
+        assert!(culprit(&faults, 50.0).is_none());
+    }
+}

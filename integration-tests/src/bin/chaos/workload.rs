@@ -27,15 +27,36 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{PG_PORT, http};
 
-/// Seconds since the run started: the one clock of the timeline.
+/// Seconds since the run started: the one clock of the timeline. Servers'
+/// instants (`clock_timestamp()`, on this machine's clock) convert to it
+/// through the start's Unix time.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock(pub Instant);
+pub struct Clock {
+    start: Instant,
+    start_unix: f64,
+}
 
 impl Clock {
+    pub fn start() -> Self {
+        let start_unix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        Self { start: Instant::now(), start_unix }
+    }
+
     pub fn now(&self) -> f64 {
-        self.0.elapsed().as_secs_f64()
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// A Unix time (seconds) on the run's clock.
+    pub fn at_unix(&self, unix: f64) -> f64 {
+        unix - self.start_unix
     }
 }
+
+/// The role the clients connect as: an application's, not a superuser, so
+/// that the superuser's reserved connections stay free for pgwarden.
+pub const CLIENT_USER: &str = "chaos_client";
+const CLIENT_PASSWORD: &str = "chaos-client-secret";
 
 /// Where a client connects.
 #[derive(Debug, Clone)]
@@ -45,20 +66,25 @@ pub enum Target {
 }
 
 impl Target {
-    fn options(&self) -> PgConnectOptions {
-        let options = PgConnectOptions::new()
-            .username("postgres")
-            .password(SUPERUSER_PASSWORD)
-            .database("postgres")
-            .disable_statement_logging();
+    fn options(&self, user: &str, password: &str) -> PgConnectOptions {
+        let options =
+            PgConnectOptions::new().username(user).password(password).database("postgres").disable_statement_logging();
         match self {
             Target::Tcp(ip, port) => options.host(&ip.to_string()).port(*port),
             Target::Socket(dir) => options.socket(dir).port(PG_PORT),
         }
     }
 
+    /// A connection as the clients' role.
     pub async fn connect(&self) -> Option<PgConnection> {
-        tokio::time::timeout(Duration::from_secs(3), self.options().connect()).await.ok()?.ok()
+        let options = self.options(CLIENT_USER, CLIENT_PASSWORD);
+        tokio::time::timeout(Duration::from_secs(3), options.connect()).await.ok()?.ok()
+    }
+
+    /// A connection as the superuser (setting up, checking at the end).
+    pub async fn connect_superuser(&self) -> Option<PgConnection> {
+        let options = self.options("postgres", SUPERUSER_PASSWORD);
+        tokio::time::timeout(Duration::from_secs(3), options.connect()).await.ok()?.ok()
     }
 }
 
@@ -74,6 +100,8 @@ pub struct Acks {
 
 pub struct Workers {
     stop: Arc<AtomicBool>,
+    /// Per writer: its table and the time of its last acknowledgement.
+    last_acks: Vec<(String, Arc<Mutex<f64>>)>,
     writers: Vec<JoinHandle<Acks>>,
     transfers: Vec<JoinHandle<u64>>,
     readers: Vec<JoinHandle<ReadReport>>,
@@ -82,30 +110,39 @@ pub struct Workers {
 pub const ACCOUNTS: i64 = 10;
 pub const BALANCE: i64 = 1000;
 
-/// Creates the tables every workload uses, through `primary`.
+/// Creates the clients' role and the tables every workload uses, through `primary`.
 pub async fn create_tables(primary: &Target, tables: &[String]) -> anyhow::Result<()> {
     let mut conn =
         pgwarden_integration_tests::wait_until("a connection through HAProxy", Duration::from_secs(60), || async {
-            Ok::<_, String>(primary.connect().await)
+            Ok::<_, String>(primary.connect_superuser().await)
         })
         .await?;
+    let role = format!("create role {CLIENT_USER} login password '{CLIENT_PASSWORD}'");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(role)).execute(&mut conn).await?;
     for table in tables {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create table if not exists {table}(id bigint primary key)")))
-            .execute(&mut conn)
-            .await?;
+        let ddl = format!(
+            "create table if not exists {table}(id bigint primary key); grant select, insert on {table} to {CLIENT_USER}"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await?;
     }
-    sqlx::raw_sql(
+    let accounts = format!(
         "create table if not exists accounts(id bigint primary key, balance bigint not null);
-         insert into accounts select g, 1000 from generate_series(1, 10) g on conflict do nothing",
-    )
-    .execute(&mut conn)
-    .await?;
+         insert into accounts select g, {BALANCE} from generate_series(1, {ACCOUNTS}) g on conflict do nothing;
+         grant select, update on accounts to {CLIENT_USER}"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(accounts)).execute(&mut conn).await?;
     Ok(())
 }
 
 impl Workers {
     pub fn new() -> Self {
-        Self { stop: Arc::new(AtomicBool::new(false)), writers: Vec::new(), transfers: Vec::new(), readers: Vec::new() }
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            last_acks: Vec::new(),
+            writers: Vec::new(),
+            transfers: Vec::new(),
+            readers: Vec::new(),
+        }
     }
 
     /// A writer inserting 1, 2, 3, ... into `table` through `target`, one at
@@ -113,6 +150,8 @@ impl Workers {
     pub fn writer(&mut self, clock: Clock, target: Target, table: &str, interval: Duration) {
         let stop = self.stop.clone();
         let table = table.to_string();
+        let last_ack = Arc::new(Mutex::new(f64::NEG_INFINITY));
+        self.last_acks.push((table.clone(), last_ack.clone()));
         self.writers.push(tokio::spawn(async move {
             let mut acks = Acks { table: table.clone(), ..Acks::default() };
             let insert = format!("insert into {table}(id) values ($1)");
@@ -124,8 +163,12 @@ impl Workers {
                 }
                 if let Some(connection) = conn.as_mut() {
                     let write = sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(next).execute(connection);
-                    match tokio::time::timeout(Duration::from_secs(2), write).await {
-                        Ok(Ok(_)) => acks.acked.push((next, clock.now())),
+                    match tokio::time::timeout(Duration::from_secs(5), write).await {
+                        Ok(Ok(_)) => {
+                            let at = clock.now();
+                            acks.acked.push((next, at));
+                            *last_ack.lock().expect("the last acknowledgement") = at;
+                        }
                         Ok(Err(sqlx::Error::Database(_))) => acks.failed += 1,
                         _ => {
                             acks.failed += 1;
@@ -166,7 +209,7 @@ impl Workers {
                     .bind(to)
                     .bind(amount)
                     .execute(connection);
-                    match tokio::time::timeout(Duration::from_secs(2), transfer).await {
+                    match tokio::time::timeout(Duration::from_secs(5), transfer).await {
                         Ok(Ok(done)) if done.rows_affected() == 2 => acked += 1,
                         Ok(Ok(_)) | Ok(Err(sqlx::Error::Database(_))) => {}
                         _ => conn = None,
@@ -183,8 +226,8 @@ impl Workers {
     pub fn reader(&mut self, clock: Clock, target: Target, table: &str) {
         let stop = self.stop.clone();
         let query = format!(
-            "select inet_server_addr()::text, (select coalesce(max(id), 0) from {table}), \
-             (select coalesce(sum(balance), 0)::bigint from accounts), (select count(*) from accounts)"
+            "select inet_server_addr()::text, pg_postmaster_start_time()::text, \
+             (select coalesce(max(id), 0) from {table}), (select coalesce(sum(balance), 0)::bigint from accounts), (select count(*) from accounts)"
         );
         self.readers.push(tokio::spawn(async move {
             let mut report = ReadReport::default();
@@ -195,17 +238,22 @@ impl Workers {
                     conn = target.connect().await;
                 }
                 if let Some(connection) = conn.as_mut() {
-                    let read = sqlx::query_as::<_, (Option<String>, i64, i64, i64)>(sqlx::AssertSqlSafe(query.clone()))
-                        .fetch_one(connection);
-                    match tokio::time::timeout(Duration::from_secs(2), read).await {
-                        Ok(Ok((server, max, total, accounts))) => {
+                    let read = sqlx::query_as::<_, (Option<String>, String, i64, i64, i64)>(sqlx::AssertSqlSafe(
+                        query.clone(),
+                    ))
+                    .fetch_one(connection);
+                    match tokio::time::timeout(Duration::from_secs(5), read).await {
+                        Ok(Ok((server, started, max, total, accounts))) => {
                             report.reads += 1;
                             let server = server.unwrap_or_default();
                             let server = server.split('/').next().unwrap_or_default().to_string();
                             if accounts == ACCOUNTS && total != ACCOUNTS * BALANCE {
                                 report.wrong_totals.push((clock.now(), server.clone(), total));
                             }
-                            let before = seen.entry(server.clone()).or_insert(0);
+                            // A restarted standby may open at an older
+                            // consistent point than it showed before its
+                            // crash: each run of a server is watched apart.
+                            let before = seen.entry(format!("{server} (up since {started})")).or_insert(0);
                             if max < *before {
                                 report.vanished.push(Vanished { at: clock.now(), server, from: *before, to: max });
                             }
@@ -221,25 +269,35 @@ impl Workers {
         }));
     }
 
-    /// Stops every client and collects what each saw.
-    pub async fn stop(self) -> (Vec<Acks>, u64, ReadReport) {
+    /// The last acknowledgement of each writer whose table starts with `prefix`.
+    pub fn last_acks(&self, prefix: &str) -> Vec<(String, f64)> {
+        self.last_acks
+            .iter()
+            .filter(|(table, _)| table.starts_with(prefix))
+            .map(|(table, at)| (table.clone(), *at.lock().expect("the last acknowledgement")))
+            .collect()
+    }
+
+    /// Stops every client and collects what each saw; a client that
+    /// panicked is an error (what it saw is lost).
+    pub async fn stop(self) -> anyhow::Result<(Vec<Acks>, u64, ReadReport)> {
         self.stop.store(true, Ordering::Relaxed);
         let mut acks = Vec::new();
         for writer in self.writers {
-            acks.push(writer.await.unwrap_or_default());
+            acks.push(writer.await.map_err(|e| anyhow::anyhow!("a writer task failed: {e}"))?);
         }
         let mut transfers = 0;
         for t in self.transfers {
-            transfers += t.await.unwrap_or_default();
+            transfers += t.await.map_err(|e| anyhow::anyhow!("a transfer task failed: {e}"))?;
         }
         let mut reads = ReadReport::default();
         for reader in self.readers {
-            let report = reader.await.unwrap_or_default();
+            let report = reader.await.map_err(|e| anyhow::anyhow!("a reader task failed: {e}"))?;
             reads.reads += report.reads;
             reads.wrong_totals.extend(report.wrong_totals);
             reads.vanished.extend(report.vanished);
         }
-        (acks, transfers, reads)
+        Ok((acks, transfers, reads))
     }
 }
 
@@ -260,7 +318,9 @@ pub struct ReadReport {
     pub vanished: Vec<Vanished>,
 }
 
-/// A stretch of one node accepting writes: `[from, to]` in run seconds.
+/// A stretch of one node accepting writes: the server's instants of the
+/// first and the last of consecutive accepted probes (every 20 ms), in run
+/// seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
     pub node: usize,
@@ -294,32 +354,35 @@ impl Probes {
                         if conn.is_none() {
                             conn = target.connect().await;
                         }
-                        // Sent after the connection is made: the write was
-                        // accepted at some instant in [sent, answered].
-                        let sent = clock.now();
-                        let ok = match conn.as_mut() {
+                        // The server's own instant of the write: it held a
+                        // write transaction id at that moment. The servers
+                        // share this machine's clock, so instants of
+                        // different nodes compare without client delays.
+                        let accepted = match conn.as_mut() {
                             Some(c) => {
-                                let probe = sqlx::query("select txid_current()").execute(c);
+                                let probe = sqlx::query_scalar::<_, f64>(
+                                    "select extract(epoch from clock_timestamp())::float8 from txid_current()",
+                                )
+                                .fetch_one(c);
                                 match tokio::time::timeout(Duration::from_millis(500), probe).await {
-                                    Ok(Ok(_)) => true,
+                                    Ok(Ok(unix)) => Some(clock.at_unix(unix)),
                                     Ok(Err(sqlx::Error::Database(_))) => {
                                         answered.store(true, Ordering::Relaxed);
-                                        false
+                                        None
                                     }
                                     _ => {
                                         conn = None;
-                                        false
+                                        None
                                     }
                                 }
                             }
-                            None => false,
+                            None => None,
                         };
-                        if ok {
+                        if let Some(at) = accepted {
                             answered.store(true, Ordering::Relaxed);
-                            let now = clock.now();
                             match current.as_mut() {
-                                Some(span) => span.to = now,
-                                None => current = Some(Span { node, from: sent, to: now }),
+                                Some(span) => span.to = at,
+                                None => current = Some(Span { node, from: at, to: at }),
                             }
                         } else if let Some(span) = current.take() {
                             spans.push(span);
@@ -343,13 +406,13 @@ impl Probes {
         .await
     }
 
-    pub async fn stop(self) -> Vec<Span> {
+    pub async fn stop(self) -> anyhow::Result<Vec<Span>> {
         self.stop.store(true, Ordering::Relaxed);
         let mut spans = Vec::new();
         for task in self.tasks {
-            spans.extend(task.await.unwrap_or_default());
+            spans.extend(task.await.map_err(|e| anyhow::anyhow!("a write probe failed: {e}"))?);
         }
-        spans
+        Ok(spans)
     }
 }
 
@@ -359,7 +422,8 @@ pub fn two_writer_intervals(spans: &[Span]) -> Vec<(f64, f64, usize, usize)> {
     for (i, a) in spans.iter().enumerate() {
         for b in spans.iter().skip(i + 1).filter(|b| b.node != a.node) {
             let (from, to) = (a.from.max(b.from), a.to.min(b.to));
-            if to > from {
+            // A single accepted probe inside another node's span counts too.
+            if to >= from {
                 out.push((from, to, a.node.min(b.node), a.node.max(b.node)));
             }
         }
@@ -495,7 +559,7 @@ pub async fn ids_in(target: &Target, table: &str) -> anyhow::Result<std::collect
     let mut conn = pgwarden_integration_tests::wait_until(
         &format!("a connection to read {table}"),
         Duration::from_secs(30),
-        || async { Ok::<_, String>(target.connect().await) },
+        || async { Ok::<_, String>(target.connect_superuser().await) },
     )
     .await?;
     let ids: Vec<i64> =
@@ -509,9 +573,44 @@ pub async fn total(target: &Target) -> anyhow::Result<i64> {
     let mut conn = pgwarden_integration_tests::wait_until(
         "a connection to read the accounts",
         Duration::from_secs(30),
-        || async { Ok::<_, String>(target.connect().await) },
+        || async { Ok::<_, String>(target.connect_superuser().await) },
     )
     .await?;
     let total: i64 = sqlx::query_scalar("select sum(balance)::bigint from accounts").fetch_one(&mut conn).await?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_writer_intervals_are_the_overlaps_of_different_nodes_only() {
+        let spans = [
+            Span { node: 0, from: 0.0, to: 10.0 },
+            Span { node: 0, from: 9.0, to: 12.0 },
+            Span { node: 1, from: 11.5, to: 20.0 },
+            Span { node: 2, from: 20.5, to: 30.0 },
+        ];
+        let overlaps = two_writer_intervals(&spans);
+        assert_eq!(overlaps.len(), 1, "{overlaps:?}");
+        let (from, to, a, b) = overlaps[0];
+        assert_eq!((a, b), (0, 1));
+        assert!((from - 11.5).abs() < 1e-9 && (to - 12.0).abs() < 1e-9);
+        // One accepted probe inside another node's span is two writers too.
+        let point = [Span { node: 0, from: 0.0, to: 10.0 }, Span { node: 2, from: 4.0, to: 4.0 }];
+        assert_eq!(two_writer_intervals(&point).len(), 1);
+    }
+
+    #[test]
+    fn converged_needs_one_primary_and_every_other_member_streaming() {
+        let mut look =
+            Look { primaries: vec![0], replicas: vec![1, 2], streaming: 2, leader_running: true, ..Look::default() };
+        assert!(look.converged(3));
+        look.streaming = 1;
+        assert!(!look.converged(3));
+        look.streaming = 2;
+        look.primaries = vec![0, 1];
+        assert!(!look.converged(3));
+    }
 }
