@@ -66,6 +66,10 @@ struct Args {
     /// `bootstrap.dcs.ttl` of the cluster (loop_wait 1, retry_timeout 3).
     #[arg(long, default_value_t = 10)]
     ttl: u32,
+    /// A check of the checker: 20 s in, promote a replica behind pgwarden's
+    /// back (`pg_ctl promote`). The run must then fail on two writers.
+    #[arg(long)]
+    sabotage: bool,
     /// How long the cluster may take to converge after the last heal.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
     converge_within: Duration,
@@ -331,6 +335,7 @@ async fn drive(
     let mut next_op = start + rng.range(8, 20) as f64;
     let mut resume_at: Option<f64> = None;
     let mut resume_sent = false;
+    let mut sabotaged = !args.sabotage;
     let mut fault_id = 0usize;
     // Who leads etcd, looked up beside the loop (a frozen member makes the
     // lookup slow, and heals must not wait for it).
@@ -366,6 +371,18 @@ async fn drive(
                 if let Some(record) = faults.iter_mut().find(|f| f.id == fault.id) {
                     record.to = Some(clock.now());
                 }
+            }
+        }
+        if !sabotaged && now >= start + 20.0 {
+            let latest = monitor.latest();
+            if let Some(replica) = latest.replicas.first().copied().filter(|_| latest.primaries.len() == 1) {
+                sabotaged = true;
+                let node = &cluster.nodes[replica];
+                let mut promote =
+                    std::process::Command::new(pgwarden_integration_tests::postgres::binaries().path("pg_ctl"));
+                promote.arg("-D").arg(node.data_dir()).args(["promote", "-W"]).stdout(std::process::Stdio::null());
+                let promoted = pgwarden_integration_tests::process::run_as_postgres(&mut promote).status();
+                log.say(format!("sabotage: {} promoted behind pgwarden's back ({promoted:?})", node.name));
             }
         }
         if now >= next_fault && active.len() < 2 {
@@ -441,8 +458,13 @@ async fn drive(
                 op_tasks.push(tokio::spawn(async move {
                     let at = clock.now();
                     let mut r = Rng::new(op_seed);
-                    let (what, status) = nemesis::operate(&mut r, op, &scene, latest.leader.as_deref()).await;
-                    let answer = status.map_or("no answer".to_string(), |s| s.to_string());
+                    let (what, status, text) = nemesis::operate(&mut r, op, &scene, &latest).await;
+                    let mut answer = status.map_or("no answer".to_string(), |s| s.to_string());
+                    if status.is_some_and(|s| !(200..300).contains(&s)) {
+                        // Why it was refused, in the answer's own words.
+                        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                        answer = format!("{answer} {}", text.chars().take(160).collect::<String>());
+                    }
                     log.say(format!("op    {what}: {answer}"));
                     ops.lock().expect("ops").push(OpRecord { at, op, what, status, done: clock.now() });
                 }));

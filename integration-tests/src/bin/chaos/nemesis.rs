@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use pgwarden_integration_tests::netns::Rule;
 
 use crate::cluster::{ChaosCluster, Service, etcd_roles, http, node_roles};
+use crate::workload::Look;
 
 /// What a fault does; `Target::Primary` faults aim at whichever node is the
 /// primary when injected.
@@ -377,16 +378,22 @@ impl Op {
 
 /// Runs an operator action through a random node's REST API (as
 /// `patronictl` or `curl` would); returns what was asked and the answer.
-pub async fn operate(rng: &mut Rng, op: Op, scene: &Scene, leader: Option<&str>) -> (String, Option<u16>) {
+pub async fn operate(rng: &mut Rng, op: Op, scene: &Scene, look: &Look) -> (String, Option<u16>, String) {
     let n = rng.pick(scene.nodes.len());
     let ip = scene.nodes[n];
     let timeout = Duration::from_secs(30);
     let (what, method, path, body) = match op {
         Op::Switchover => {
-            let leader = leader.unwrap_or("node1").to_string();
-            let candidates: Vec<String> =
+            // As an operator picks one: a streaming replica (in synchronous
+            // mode the synchronous standby, the only one allowed), now and
+            // then any other member.
+            let leader = look.leader.clone().unwrap_or_else(|| "node1".into());
+            let others: Vec<String> =
                 (1..=scene.nodes.len()).map(|i| format!("node{i}")).filter(|c| *c != leader).collect();
-            let candidate = candidates[rng.pick(candidates.len())].clone();
+            let candidate = match look.streaming_members.first() {
+                Some(streaming) if rng.chance(80) => streaming.clone(),
+                _ => others[rng.pick(others.len())].clone(),
+            };
             (
                 format!("switchover {leader} → {candidate}"),
                 "POST",
@@ -413,13 +420,16 @@ pub async fn operate(rng: &mut Rng, op: Op, scene: &Scene, leader: Option<&str>)
         let mut last = None;
         for k in 0..scene.nodes.len() {
             let m = (n + k) % scene.nodes.len();
-            last = http(scene.nodes[m], method, path, body.as_ref(), Duration::from_secs(5)).await.map(|(s, _)| s);
-            if last == Some(200) {
-                return (format!("{what} (asked of node{})", m + 1), last);
+            last = http(scene.nodes[m], method, path, body.as_ref(), Duration::from_secs(5)).await;
+            if last.as_ref().is_some_and(|(s, _)| *s == 200) {
+                return (format!("{what} (asked of node{})", m + 1), Some(200), String::new());
             }
         }
-        return (format!("{what} (asked of every node)"), last);
+        let (status, text) = last.map_or((None, String::new()), |(s, b)| (Some(s), b));
+        return (format!("{what} (asked of every node)"), status, text);
     }
-    let answer = http(ip, method, path, body.as_ref(), timeout).await.map(|(status, _)| status);
-    (format!("{what} (asked of node{})", n + 1), answer)
+    match http(ip, method, path, body.as_ref(), timeout).await {
+        Some((status, text)) => (format!("{what} (asked of node{})", n + 1), Some(status), text),
+        None => (format!("{what} (asked of node{})", n + 1), None, String::new()),
+    }
 }

@@ -67,8 +67,8 @@ pub fn summary(o: &Outcome) -> String {
     let _ = writeln!(s, "|---|---|---|");
     let _ = writeln!(s, "| seed, mode, ttl | {}, {}, {} s | |", o.seed, o.mode, o.ttl);
     let _ = writeln!(s, "| faults injected | {} over {:.0} s | |", o.faults.len(), o.duration);
-    let op_ok = o.ops.iter().filter(|r| r.status == Some(200)).count();
-    let _ = writeln!(s, "| operator actions | {} ({} answered 200) | |", o.ops.len(), op_ok);
+    let op_ok = o.ops.iter().filter(|r| r.status.is_some_and(|s| (200..300).contains(&s))).count();
+    let _ = writeln!(s, "| operator actions | {} ({} accepted: 2xx) | |", o.ops.len(), op_ok);
     let _ = writeln!(
         s,
         "| acknowledged writes | {} through HAProxy, {} direct, {} local | |",
@@ -162,14 +162,14 @@ pub fn markdown(o: &Outcome) -> String {
     let _ = writeln!(s, "\n{overlapping} of {} faults overlapped another.", o.faults.len());
     let _ = writeln!(
         s,
-        "\n## Operator actions\n\n| action | asked | 200 | other answer | no answer |\n|---|---|---|---|---|"
+        "\n## Operator actions\n\n| action | asked | accepted (2xx) | refused (other answer) | no answer |\n|---|---|---|---|---|"
     );
     let mut by_op: BTreeMap<crate::nemesis::Op, (usize, usize, usize, usize)> = BTreeMap::new();
     for r in &o.ops {
         let e = by_op.entry(r.op).or_default();
         e.0 += 1;
         match r.status {
-            Some(200) => e.1 += 1,
+            Some(status) if (200..300).contains(&status) => e.1 += 1,
             Some(_) => e.2 += 1,
             None => e.3 += 1,
         }
@@ -328,7 +328,7 @@ pub fn svg(o: &Outcome) -> String {
     }
     let _ = writeln!(svg, r#"<text x="{}" y="{}" text-anchor="end">operator</text>"#, LEFT - 6.0, ops_top + 14.0);
     for r in &o.ops {
-        let fill = if r.status == Some(200) { "#1f77b4" } else { "#aaaaaa" };
+        let fill = if r.status.is_some_and(|s| (200..300).contains(&s)) { "#1f77b4" } else { "#aaaaaa" };
         let _ = writeln!(
             svg,
             r#"<rect x="{:.1}" y="{ops_top}" width="{:.2}" height="18" fill="{fill}"><title>{} at {:.1} s: {}</title></rect>"#,

@@ -445,6 +445,8 @@ pub struct Look {
     pub streaming: usize,
     pub leader_running: bool,
     pub leader: Option<String>,
+    /// Members streaming from the leader, the synchronous standbys first.
+    pub streaming_members: Vec<String>,
     pub paused: bool,
     pub max_lag: Option<u64>,
 }
@@ -486,6 +488,12 @@ pub async fn look(clock: Clock, ips: &[Ipv4Addr]) -> Look {
                 look.leader = member["name"].as_str().map(str::to_string);
             } else if state == "streaming" {
                 look.streaming += 1;
+                let name = member["name"].as_str().unwrap_or_default().to_string();
+                if role == "sync_standby" {
+                    look.streaming_members.insert(0, name);
+                } else {
+                    look.streaming_members.push(name);
+                }
             }
             if let Some(lag) = member["lag"].as_u64() {
                 look.max_lag = Some(look.max_lag.unwrap_or(0).max(lag));
