@@ -175,6 +175,9 @@ pub struct Observed {
     /// The postmaster is starting up (its pid file says so: crash recovery
     /// or a start in progress), not merely silent to queries.
     pub pg_starting: bool,
+    /// The member this agent last named as its standby's upstream
+    /// (`primary_conninfo`), known also while PostgreSQL is still starting.
+    pub standby_upstream: Option<String>,
     /// The `initialize` key: `None` absent, `Some("")` while a bootstrap runs.
     pub initialize: Option<String>,
     /// Holder of the leader key.
@@ -728,6 +731,18 @@ fn decide_unfenced(obs: &Observed) -> Decision {
 
     let data = obs.data.as_ref().expect("checked above");
     match (&obs.pg, other_leader) {
+        // A standby that cannot reach consistency from its own WAL (a crash,
+        // a failed rewind) stays `starting` until it has a WAL source: it
+        // was started without one (no leader then) or with an old leader's.
+        // Naming the leader needs only a reload, never makes it writable.
+        (PgRun::Transitioning, Some(leader))
+            if !data.was_primary && obs.standby_upstream.as_deref() != Some(leader) =>
+        {
+            Decision::act(
+                format!("a standby still starting without {leader} as its WAL source: follow it"),
+                Action::Follow { upstream: leader.to_string() },
+            )
+        }
         (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
         (PgRun::Stopped, Some(leader)) => {
             let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
@@ -844,6 +859,7 @@ mod tests {
             data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1, wal_end: None }),
             pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             pg_starting: false,
+            standby_upstream: Some("a".into()),
             initialize: Some("7".into()),
             leader: Some("a".into()),
             holds_leader: false,
@@ -928,6 +944,27 @@ mod tests {
     /// data (its keys lost, or a cluster pgwarden cannot see) must not start
     /// a second cluster: that is how a second writable primary got behind
     /// the same HAProxy in the guides' issue.
+    #[test]
+    fn a_standby_still_starting_is_pointed_at_the_leader_it_does_not_follow() {
+        // Started without a WAL source (no leader then), it cannot reach
+        // consistency from its own WAL: it would wait forever.
+        let stuck = Observed { pg: PgRun::Transitioning, standby_upstream: None, ..base() };
+        assert_eq!(decide(&stuck).action, Some(Action::Follow { upstream: "a".into() }));
+        let old_leader = Observed { standby_upstream: Some("c".into()), ..stuck.clone() };
+        assert_eq!(decide(&old_leader).action, Some(Action::Follow { upstream: "a".into() }));
+        // Following the leader already, or no leader, or a former primary's
+        // directory (never a standby's WAL source to set): it waits.
+        let following = Observed { standby_upstream: Some("a".into()), ..stuck.clone() };
+        assert_eq!(decide(&following).action, None);
+        let no_leader = Observed { leader: None, ..stuck.clone() };
+        assert_eq!(decide(&no_leader).action, None);
+        let was_primary = Observed {
+            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
+            ..stuck
+        };
+        assert_ne!(decide(&was_primary).action, Some(Action::Follow { upstream: "a".into() }));
+    }
+
     #[test]
     fn primary_start_timeout_counts_from_when_the_primary_went_down() {
         let down =
@@ -1901,6 +1938,12 @@ mod tests {
                 data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end }),
                 pg: if has_data { pg.clone() } else { PgRun::Stopped },
                 pg_starting: pg_starting && pg == PgRun::Transitioning,
+                // One more strategy overflows the test thread's stack in a
+                // debug build: an independent draw that is already here.
+                standby_upstream: match &pg {
+                    PgRun::Replica { upstream, .. } => upstream.clone(),
+                    _ => sync_leader.clone(),
+                },
                 initialize,
                 leader,
                 holds_leader,

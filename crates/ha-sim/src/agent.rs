@@ -234,6 +234,7 @@ impl World {
             me: name(i),
             data,
             pg_starting: matches!(self.nodes[i].pg.run, Run::Starting { .. }),
+            standby_upstream: self.nodes[i].agent.upstream.map(name),
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
             leader: if view.is_none() && holds_leader { Some(name(i)) } else { leader.map(name) },

@@ -150,6 +150,7 @@ impl Agent {
             me,
             data,
             pg_starting: local.sql.is_none() && local.postmaster.state == ha_proto::v1::PostgresState::Starting,
+            standby_upstream: self.upstream.clone(),
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
             leader: if view.is_none() && holds_leader {
