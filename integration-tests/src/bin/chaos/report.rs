@@ -56,6 +56,39 @@ fn culprit(faults: &[FaultRecord], acked_at: f64) -> Option<&FaultRecord> {
     faults.iter().filter(|f| f.from >= acked_at - 0.5).min_by(|a, b| a.from.total_cmp(&b.from))
 }
 
+/// Of the time under the nemesis (start to last heal): the share of whole
+/// seconds with an acknowledged write through HAProxy, and the share of time
+/// some node accepted writes (the union of the probes' spans).
+pub fn availability(o: &Outcome) -> (f64, f64) {
+    let (start, end) = (o.heal_at - o.duration, o.heal_at);
+    if o.duration <= 0.0 {
+        return (0.0, 0.0);
+    }
+    let seconds = o.duration.floor() as usize;
+    let mut acked = vec![false; seconds.max(1)];
+    for a in o.acks.iter().filter(|a| a.table.starts_with("hap")) {
+        for (_, at) in &a.acked {
+            let k = (at - start).floor();
+            if k >= 0.0 && (k as usize) < acked.len() {
+                acked[k as usize] = true;
+            }
+        }
+    }
+    let acked_share = acked.iter().filter(|&&b| b).count() as f64 / acked.len() as f64;
+    let mut spans: Vec<(f64, f64)> =
+        o.spans.iter().map(|s| (s.from.max(start), s.to.min(end))).filter(|(a, b)| b > a).collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut covered, mut reach) = (0.0, start);
+    for (from, to) in spans {
+        let from = from.max(reach);
+        if to > from {
+            covered += to - from;
+            reach = to;
+        }
+    }
+    (acked_share, covered / o.duration)
+}
+
 /// The summary table (also printed at the end of a run).
 pub fn summary(o: &Outcome) -> String {
     let mut s = String::new();
@@ -77,6 +110,13 @@ pub fn summary(o: &Outcome) -> String {
         acked(o, "local_")
     );
     let _ = writeln!(s, "| acknowledged transfers | {} | |", o.transfers);
+    let (acked_seconds, writable) = availability(o);
+    let _ = writeln!(
+        s,
+        "| write availability | {:.1}% of the seconds under the nemesis had an acknowledged write through HAProxy; a node was writable {:.1}% of the time | |",
+        acked_seconds * 100.0,
+        writable * 100.0
+    );
     let _ = writeln!(
         s,
         "| two-writer time | {two_writer:.3} s ({} interval(s)) | {} |",
@@ -430,6 +470,24 @@ mod tests {
         quiet_convergence(&mut outcome);
         assert_eq!(outcome.quiet_convergence, vec![2.5, 1.0]);
         assert_eq!(outcome.interrupted_quiet, 1);
+    }
+
+    #[test]
+    fn availability_counts_seconds_with_a_write_and_the_union_of_writable_spans() {
+        let acks =
+            crate::workload::Acks { table: "hap0".into(), acked: vec![(1, 10.2), (2, 10.7), (3, 13.5)], failed: 0 };
+        let span = |node, from, to| crate::workload::Span { node, from, to };
+        let outcome = Outcome {
+            duration: 10.0,
+            heal_at: 20.0,
+            acks: vec![acks],
+            // Overlapping spans of two nodes count once; 2 + 3 of 10 s.
+            spans: vec![span(0, 8.0, 12.0), span(1, 11.0, 12.0), span(1, 15.0, 18.0)],
+            ..Outcome::default()
+        };
+        let (acked, writable) = availability(&outcome);
+        assert!((acked - 0.2).abs() < 1e-9, "{acked}");
+        assert!((writable - 0.5).abs() < 1e-9, "{writable}");
     }
 
     #[test]
