@@ -50,10 +50,15 @@ fn lost(outcome: &Outcome, prefix: &str) -> usize {
     outcome.lost.iter().filter(|(t, _)| t.starts_with(prefix)).map(|(_, l)| l.len()).sum()
 }
 
-/// The fault that lost an acknowledged write: the first injected at or
-/// after its acknowledgement.
+/// The fault that lost an acknowledged write: the latest one in force when
+/// it was acknowledged (an isolated primary acknowledging until it fences),
+/// else the first injected after it.
 fn culprit(faults: &[FaultRecord], acked_at: f64) -> Option<&FaultRecord> {
-    faults.iter().filter(|f| f.from >= acked_at - 0.5).min_by(|a, b| a.from.total_cmp(&b.from))
+    let in_force = faults
+        .iter()
+        .filter(|f| f.from <= acked_at && f.to.is_none_or(|to| to >= acked_at))
+        .max_by(|a, b| a.from.total_cmp(&b.from));
+    in_force.or_else(|| faults.iter().filter(|f| f.from >= acked_at).min_by(|a, b| a.from.total_cmp(&b.from)))
 }
 
 /// Of the time under the nemesis (start to last heal): the share of whole
@@ -491,10 +496,10 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_write_is_blamed_on_the_first_fault_after_its_acknowledgement() {
+    fn a_lost_write_is_blamed_on_the_fault_in_force_else_the_next_one() {
         let faults = [fault(1, 0.0, 10.0), fault(2, 20.0, 25.0), fault(3, 40.0, 45.0)];
-        assert_eq!(culprit(&faults, 15.0).map(|f| f.id), Some(2));
-        assert_eq!(culprit(&faults, 19.8).map(|f| f.id), Some(2), "acknowledged just before the fault");
+        assert_eq!(culprit(&faults, 22.0).map(|f| f.id), Some(2), "acknowledged by a node cut off");
+        assert_eq!(culprit(&faults, 15.0).map(|f| f.id), Some(2), "acknowledged just before the fault");
         assert!(culprit(&faults, 50.0).is_none());
     }
 }
