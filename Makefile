@@ -32,7 +32,7 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
-	$(MAKE) --no-print-directory chaos DURATION=2m MODE=sync
+	$(MAKE) --no-print-directory chaos DURATION=2m MODE=sync SEED=20261205
 	$(MAKE) --no-print-directory deb-check
 
 monitoring-check: ## Check deploy/monitoring/: the alert rules (promtool check and unit tests) and the Grafana dashboard, both over metrics pgwarden exports (needs promtool: make setup)
