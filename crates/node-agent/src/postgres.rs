@@ -707,7 +707,24 @@ impl Postgres {
         }
         cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
         info!(from = %source.member, dry_run, "running pg_rewind");
-        let output = cmd.output().await.context("run pg_rewind")?;
+        // pg_rewind first brings a target that was not shut down cleanly (a
+        // standby killed in recovery) to a clean shutdown with `postgres
+        // --single`, which refuses standby mode: as Patroni does, the signal
+        // files step aside while it runs, and come back whatever the outcome
+        // (single-user mode takes no connection, so nothing can write).
+        let signals: Vec<PathBuf> = ["standby.signal", "recovery.signal"]
+            .iter()
+            .map(|name| self.data_dir.join(name))
+            .filter(|path| path.exists())
+            .collect();
+        for signal in &signals {
+            std::fs::remove_file(signal).with_context(|| format!("move {} aside for pg_rewind", signal.display()))?;
+        }
+        let output = cmd.output().await.context("run pg_rewind");
+        for signal in &signals {
+            std::fs::write(signal, "").with_context(|| format!("restore {} after pg_rewind", signal.display()))?;
+        }
+        let output = output?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
             let tail = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
