@@ -192,43 +192,29 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// One etcd member's own id and the leader it knows, if it answers within a second.
+async fn etcd_status(ip: std::net::Ipv4Addr) -> Option<(u64, u64)> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_timeout(Duration::from_millis(800));
+    let ask = async {
+        let mut client = etcd_client::Client::connect([format!("http://{ip}:2379")], Some(options)).await.ok()?;
+        let status = client.status().await.ok()?;
+        Some((status.header()?.member_id(), status.leader()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
+}
+
+/// The index of the etcd member the answering members call their leader.
 async fn etcd_leader(ips: &[std::net::Ipv4Addr]) -> Option<usize> {
-    for ip in ips {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_millis(800));
-        let Ok(Ok(mut client)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            etcd_client::Client::connect([format!("http://{ip}:2379")], Some(options)),
-        )
-        .await
-        else {
-            continue;
-        };
-        let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), client.status()).await else { continue };
-        let leader = status.leader();
-        // Ask each member for its own id to find the leader's address.
-        for (i, other) in ips.iter().enumerate() {
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_millis(800));
-            let Ok(Ok(mut c)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                etcd_client::Client::connect([format!("http://{other}:2379")], Some(options)),
-            )
-            .await
-            else {
-                continue;
-            };
-            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), c.status()).await
-                && s.header().map(|h| h.member_id()) == Some(leader)
-            {
-                return Some(i);
-            }
+    let mut members = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        if let Some((id, leader)) = etcd_status(*ip).await {
+            members.push((i, id, leader));
         }
-        return None;
     }
-    None
+    let leader = members.first()?.2;
+    members.iter().find(|(_, id, _)| *id == leader).map(|(i, _, _)| *i)
 }
 
 async fn run(args: &Args, seed: u64, mode: &str) -> anyhow::Result<Outcome> {
