@@ -679,3 +679,68 @@ async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks()
     );
     assert_eq!(report.two_writer_seconds(), 0.0, "two nodes accepted writes at once");
 }
+
+/// The 20-minute asynchronous chaos run (seed 2026120505) left a standby
+/// `starting` for ever: its pages reflected WAL past where its timeline
+/// ended in the new leader's history, and the new timeline's history file,
+/// which its WAL receiver had fetched from the new leader before finding
+/// the fork, made its data directory look as if it were on the leader's
+/// timeline, so it was started as a replica instead of rewound.
+#[tokio::test]
+async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history() {
+    // node2 never leads, so the member ahead must follow; node3 lags.
+    let mut setup = setup(3, |i| if i == 1 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
+    let watched = watch(&setup).await;
+    let cluster = &mut setup.cluster;
+    // node1's WAL sender to node3, frozen: nothing more reaches node3 (a
+    // frozen receiver would still find what the kernel buffered for it).
+    let sender: i32 = cluster.nodes[0]
+        .psql("select pid from pg_stat_replication where application_name = 'node3'")
+        .expect("node3's WAL sender")
+        .parse()
+        .expect("a pid");
+    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(sender), signal);
+    signal(nix::sys::signal::Signal::SIGSTOP).expect("freeze node1's WAL sender to node3");
+    // WAL node3 never gets, replayed by node2 and checkpointed there (a
+    // restartpoint flushes its pages: its minimum recovery point passes
+    // where node3 will fork).
+    cluster.nodes[0].psql("create table ahead as select g from generate_series(1, 1000) g; checkpoint").expect("write");
+    let end = cluster.nodes[0].psql("select pg_current_wal_lsn()").expect("the primary's position");
+    wait_until("node2 to replay the primary's checkpoint", UP, || async {
+        let sql = format!("select pg_last_wal_replay_lsn() >= '{end}'::pg_lsn");
+        Ok::<_, String>((cluster.nodes[1].psql(&sql).map_err(|e| e.to_string())? == "t").then_some(()))
+    })
+    .await
+    .expect("node2 replays");
+    cluster.nodes[1].psql("checkpoint").expect("a restartpoint on node2");
+    cluster.nodes[1].kill_node();
+    cluster.nodes[0].kill_node();
+    // Stopped, it outlived its postmaster.
+    signal(nix::sys::signal::Signal::SIGKILL).expect("kill the frozen WAL sender");
+    let new_leader = wait_until("node3 to take over", UP, || async {
+        Ok::<_, String>((cluster.nodes[2].check("/primary") == 200).then_some(2))
+    })
+    .await
+    .expect("node3 leads");
+    // What node2's WAL receiver fetched in the chaos run: the new
+    // timeline's history file, in its pg_wal beside WAL that passed the fork.
+    let history = "pg_wal/00000002.history";
+    std::fs::copy(cluster.nodes[2].data_dir().join(history), cluster.nodes[1].data_dir().join(history))
+        .expect("copy the history file");
+    let postgres = pgwarden_integration_tests::process::postgres_user().expect("the postgres user");
+    nix::unistd::chown(&cluster.nodes[1].data_dir().join(history), Some(postgres.uid), Some(postgres.gid))
+        .expect("chown the history file");
+    cluster.nodes[1].start_agent().expect("restart node2's agent");
+    cluster.nodes[1].start_health().expect("restart node2's health API");
+    assert_eq!(cluster.wait_healthy_among(&[1, 2], UP).await.expect("node2 streams from node3"), new_leader);
+    let log = cluster.nodes[1].agent_log();
+    assert!(log.contains("past where timeline 1 ended"), "node2 says why it rewinds:\n{log}");
+    assert!(log.contains("rewound onto the leader's timeline"), "node2 was rewound:\n{log}");
+    assert!(cluster.nodes[1].psql("select to_regclass('ahead') is null").expect("read") == "t", "rewound past it");
+    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
+    let probes = watched.probe.stop().await;
+    println!("{acked} rows through HAProxy, {} lost (asynchronous, node3's receiver frozen)", lost.len());
+    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+}

@@ -21,6 +21,7 @@
 use std::fmt;
 
 use crate::candidate::{CandidateRules, Contender, Ineligible};
+use crate::lsn::Lsn;
 
 /// The local data directory, as read from `pg_controldata` and the signal files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,11 @@ pub struct DataDir {
     /// Where its valid WAL ends, read while PostgreSQL is stopped (a lower
     /// bound; `None` when unknown or not read).
     pub wal_end: Option<u64>,
+    /// `pg_controldata`'s minimum recovery ending location and its timeline,
+    /// while PostgreSQL does not answer: the WAL position its pages may
+    /// already reflect, which a standby must replay up to before it is
+    /// consistent (`None`: zero, or not read).
+    pub min_recovery_end: Option<(u64, u64)>,
 }
 
 /// What the local postmaster is doing.
@@ -540,6 +546,20 @@ fn may_resume(obs: &Observed, data: &DataDir) -> bool {
         && !obs.peers.iter().any(|p| p.primary)
 }
 
+/// A standby's data directory whose pages may already reflect WAL past the
+/// point where its timeline ended in the cluster's history: PostgreSQL can
+/// never make it consistent on a later timeline (it replays its own
+/// timeline only up to the switch, then follows the new one, and never
+/// reaches its minimum recovery point), so it would stay `starting` for
+/// ever; only pg_rewind brings it back. Its timeline is the one
+/// `pg_controldata` names with that location, not the newest history file
+/// in `pg_wal`, which the WAL receiver may have fetched from the new leader
+/// before it found the fork. Returns the timeline and where it ended.
+fn forked_standby(obs: &Observed, data: &DataDir) -> Option<(u64, u64)> {
+    let (timeline, lsn) = data.min_recovery_end.filter(|_| !data.was_primary)?;
+    obs.history_switches.iter().find(|(tl, end)| *tl == timeline && lsn > *end).copied()
+}
+
 pub fn decide(obs: &Observed) -> Decision {
     let decision = decide_unfenced(obs);
     // Without its fencer's acknowledgement a member may not take the key: it
@@ -730,7 +750,19 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     }
 
     let data = obs.data.as_ref().expect("checked above");
+    let forked = forked_standby(obs, data);
     match (&obs.pg, other_leader) {
+        (PgRun::Transitioning, Some(leader)) if forked.is_some() => {
+            let (timeline, end) = forked.unwrap_or_default();
+            Decision::act(
+                format!(
+                    "a standby still starting whose data is past where timeline {timeline} ended ({}) in {leader}'s \
+                     history: it can never become consistent, stop it to rewind",
+                    Lsn(end)
+                ),
+                Action::Demote,
+            )
+        }
         // A standby that cannot reach consistency from its own WAL (a crash,
         // a failed rewind) stays `starting` until it has a WAL source: it
         // was started without one (no leader then) or with an old leader's.
@@ -746,13 +778,21 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
         (PgRun::Stopped, Some(leader)) => {
             let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
-            if !(data.was_primary || newer_timeline) {
+            if !(data.was_primary || newer_timeline || forked.is_some()) {
                 Decision::act(
                     format!("start as a replica of {leader}"),
                     Action::StartReplica { upstream: Some(leader.to_string()) },
                 )
             } else if !obs.leader_checkpointed {
                 Decision::idle(format!("waiting for {leader} to checkpoint after its promotion before rejoining"))
+            } else if let Some((timeline, end)) = forked {
+                Decision::act(
+                    format!(
+                        "rejoin {leader} by pg_rewind: this standby's data is past where timeline {timeline} ended ({})",
+                        Lsn(end)
+                    ),
+                    Action::Rejoin { leader: leader.to_string() },
+                )
             } else {
                 Decision::act(
                     format!("rejoin {leader} (rewind if diverged)"),
@@ -853,10 +893,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A data directory of the cluster (`sysid` 7) on timeline 1.
+    fn dir(was_primary: bool, wal_end: Option<u64>) -> DataDir {
+        DataDir { sysid: "7".into(), was_primary, timeline: 1, wal_end, min_recovery_end: None }
+    }
+
     fn base() -> Observed {
         Observed {
             me: "b".into(),
-            data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1, wal_end: None }),
+            data: Some(dir(false, None)),
             pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             pg_starting: false,
             standby_upstream: Some("a".into()),
@@ -906,7 +951,7 @@ mod tests {
     fn resumable() -> Observed {
         Observed {
             pg: PgRun::Stopped,
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+            data: Some(dir(true, Some(1 << 40))),
             leader: None,
             leader_timeline: None,
             peers: vec![peer("a", 90), peer("c", 100)],
@@ -958,11 +1003,66 @@ mod tests {
         assert_eq!(decide(&following).action, None);
         let no_leader = Observed { leader: None, ..stuck.clone() };
         assert_eq!(decide(&no_leader).action, None);
-        let was_primary = Observed {
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
-            ..stuck
-        };
+        let was_primary = Observed { data: Some(dir(true, None)), ..stuck };
         assert_ne!(decide(&was_primary).action, Some(Action::Follow { upstream: "a".into() }));
+    }
+
+    /// The 20-minute asynchronous chaos run (seed 2026120505): a standby
+    /// whose pages reflected WAL past where its timeline ended was started
+    /// as a replica (the new leader's history file, fetched by its WAL
+    /// receiver, made its data look like it was on the leader's timeline)
+    /// and stayed `starting` for ever.
+    #[test]
+    fn a_standby_past_where_its_timeline_ended_is_rewound_not_started() {
+        let forked_data = DataDir {
+            sysid: "7".into(),
+            was_primary: false,
+            // The newest history file in pg_wal: the leader's timeline.
+            timeline: 2,
+            wal_end: None,
+            min_recovery_end: Some((1, 0x7850BC0)),
+        };
+        let stopped = Observed {
+            pg: PgRun::Stopped,
+            data: Some(forked_data.clone()),
+            leader_timeline: Some(2),
+            history_switches: vec![(1, 0x7850B30)],
+            ..base()
+        };
+        let d = decide(&stopped);
+        assert_eq!(d.action, Some(Action::Rejoin { leader: "a".into() }), "{d}");
+        assert!(d.reason.contains("past where timeline 1 ended (0/7850B30)"), "{d}");
+        // Also while the leader's own timeline is not known yet.
+        let unknown = Observed { leader_timeline: None, ..stopped.clone() };
+        assert_eq!(decide(&unknown).action, Some(Action::Rejoin { leader: "a".into() }));
+        // pg_rewind needs the new leader's checkpoint: wait for it.
+        let unchecked = Observed { leader_checkpointed: false, ..stopped.clone() };
+        assert_eq!(decide(&unchecked).action, None);
+        // Started already (the history key did not confirm the switch in
+        // time): it can never become consistent; stop it, to rewind.
+        let starting = Observed { pg: PgRun::Transitioning, standby_upstream: Some("a".into()), ..stopped.clone() };
+        assert_eq!(decide(&starting).action, Some(Action::Demote), "{}", decide(&starting));
+        // Up to the switch point exactly, on the ended timeline or on the
+        // new one, or no switch confirmed: started as a replica, as before.
+        for min_recovery_end in [Some((1, 0x7850B30)), Some((2, 0x7850BC0)), None] {
+            let data = DataDir { min_recovery_end, ..forked_data.clone() };
+            let fine = Observed { data: Some(data), ..stopped.clone() };
+            assert_eq!(
+                decide(&fine).action,
+                Some(Action::StartReplica { upstream: Some("a".into()) }),
+                "{min_recovery_end:?}: {}",
+                decide(&fine)
+            );
+            let starting = Observed { data: fine.data.clone(), ..starting.clone() };
+            assert_eq!(decide(&starting).action, None, "{min_recovery_end:?}");
+        }
+        let unconfirmed = Observed { history_switches: vec![], ..stopped.clone() };
+        assert_eq!(decide(&unconfirmed).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
+        // A former primary's directory is the existing rule's (rejoin on a
+        // newer leader timeline), not this one's.
+        let primary_data = DataDir { was_primary: true, timeline: 1, ..forked_data };
+        let starting_primary = Observed { data: Some(primary_data), ..starting };
+        assert_ne!(decide(&starting_primary).action, Some(Action::Demote));
     }
 
     #[test]
@@ -1098,7 +1198,7 @@ mod tests {
     fn a_primary_etcd_knows_nothing_of_is_left_running() {
         let obs = Observed {
             pg: PgRun::Primary { lsn: 100, timeline: 1 },
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+            data: Some(dir(true, Some(1 << 40))),
             initialize: None,
             leader: None,
             ..base()
@@ -1297,7 +1397,7 @@ mod tests {
     fn a_member_that_released_the_key_leaves_the_race_to_the_others() {
         let released = Observed {
             pg: PgRun::Replica { lsn: 200, timeline: 1, upstream: None },
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
+            data: Some(dir(true, None)),
             leader: None,
             released_at_ms: Some(0),
             peers: vec![peer("a", 150), peer("c", 190)],
@@ -1335,23 +1435,11 @@ mod tests {
     /// whose history entry was lost, or its own writes lost): it does not
     /// resume on its old timeline; it starts read-only and races.
     fn a_former_primary_whose_wal_ends_before_the_published_optime_does_not_resume() {
-        let short = Observed {
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(900) }),
-            cluster_optime: Some(1000),
-            ..resumable()
-        };
+        let short = Observed { data: Some(dir(true, Some(900))), cluster_optime: Some(1000), ..resumable() };
         assert_eq!(decide(&short).action, Some(Action::StartReplica { upstream: None }), "{}", decide(&short));
-        let unknown = Observed {
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: None }),
-            cluster_optime: Some(1000),
-            ..resumable()
-        };
+        let unknown = Observed { data: Some(dir(true, None)), cluster_optime: Some(1000), ..resumable() };
         assert_eq!(decide(&unknown).action, Some(Action::StartReplica { upstream: None }), "{}", decide(&unknown));
-        let reaches = Observed {
-            data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1000) }),
-            cluster_optime: Some(1000),
-            ..resumable()
-        };
+        let reaches = Observed { data: Some(dir(true, Some(1000))), cluster_optime: Some(1000), ..resumable() };
         assert_eq!(decide(&reaches).action, Some(Action::AcquireLeader), "{}", decide(&reaches));
     }
 
@@ -1432,7 +1520,7 @@ mod tests {
                     leader: Some("b".into()),
                     holds_leader: true,
                     pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+                    data: Some(dir(true, Some(1 << 40))),
                     ..base()
                 },
                 Some(Action::StartPrimary),
@@ -1494,11 +1582,7 @@ mod tests {
             ),
             (
                 "key held with a former primary's data directory: start as primary",
-                Observed {
-                    pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
-                    ..leader()
-                },
+                Observed { pg: PgRun::Stopped, data: Some(dir(true, Some(1 << 40))), ..leader() },
                 Some(Action::StartPrimary),
             ),
             (
@@ -1549,7 +1633,7 @@ mod tests {
                     leader: None,
                     pg: PgRun::Transitioning,
                     pg_starting: true,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+                    data: Some(dir(true, Some(1 << 40))),
                     ..base()
                 },
                 Some(Action::Demote),
@@ -1559,7 +1643,7 @@ mod tests {
                 Observed {
                     leader: Some("b".into()),
                     pg: PgRun::Transitioning,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+                    data: Some(dir(true, Some(1 << 40))),
                     ..base()
                 },
                 None,
@@ -1738,7 +1822,7 @@ mod tests {
                 "a stopped former primary rejoins the new leader",
                 Observed {
                     pg: PgRun::Stopped,
-                    data: Some(DataDir { sysid: "7".into(), was_primary: true, timeline: 1, wal_end: Some(1 << 40) }),
+                    data: Some(dir(true, Some(1 << 40))),
                     leader_timeline: Some(2),
                     ..base()
                 },
@@ -1786,10 +1870,7 @@ mod tests {
             ),
             (
                 "a stopped replica's data never resumes as primary",
-                Observed {
-                    data: Some(DataDir { sysid: "7".into(), was_primary: false, timeline: 1, wal_end: None }),
-                    ..resumable()
-                },
+                Observed { data: Some(dir(false, None)), ..resumable() },
                 Some(Action::StartReplica { upstream: None }),
             ),
             (
@@ -1935,7 +2016,8 @@ mod tests {
             let holds_leader = holds && leader.as_deref() == Some("b");
             Observed {
                 me: "b".into(),
-                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end }),
+                // From draws already here (see standby_upstream below).
+                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end, min_recovery_end: wal_end.map(|end| (1, end)) }),
                 pg: if has_data { pg.clone() } else { PgRun::Stopped },
                 pg_starting: pg_starting && pg == PgRun::Transitioning,
                 // One more strategy overflows the test thread's stack in a
@@ -1974,7 +2056,7 @@ mod tests {
                 primary_start_timeout_ms: 500,
                 history_timeline,
                 history_author: None,
-            history_switches: vec![],
+                history_switches: history_timeline.filter(|tl| *tl > 0).map(|tl| vec![(tl, 150)]).unwrap_or_default(),
                 released_at_ms,
                 sync_mode,
                 sync_standbys,
@@ -2094,6 +2176,20 @@ mod tests {
                     || own_key
                     || (named && matches!(d.action, Some(Action::Switchover { candidate: Some(_) }) | Some(Action::AcquireLeader)));
                 prop_assert!(allowed, "{d}");
+            }
+        }
+
+        /// Stopping a standby is never a way to a second writer, but it
+        /// must be for a reason: one that can never become consistent.
+        #[test]
+        fn a_standby_still_starting_is_stopped_only_when_forked(obs in arb_observed()) {
+            let d = decide(&obs);
+            let standby = obs.data.as_ref().filter(|data| !data.was_primary);
+            if let Some(data) = standby
+                && obs.pg == PgRun::Transitioning
+                && d.action == Some(Action::Demote)
+            {
+                prop_assert!(forked_standby(&obs, data).is_some(), "{d}");
             }
         }
 

@@ -153,11 +153,16 @@ impl World {
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         let name = |j: usize| names[j].clone();
         let node = &self.nodes[i];
+        // As the agent reads them: the newest history file in pg_wal is
+        // the data's timeline; pg_controldata's minimum recovery point only
+        // while PostgreSQL does not answer (the model replays all its WAL).
+        let answers = node.pg.running();
         let data = node.pg.data.as_ref().map(|d| DataDir {
             sysid: d.sysid.clone(),
             was_primary: d.was_primary,
-            timeline: d.timeline,
+            timeline: d.timeline.max(d.fetched.as_ref().map_or(0, |(tl, _)| *tl)),
             wal_end: Some(d.lsn()),
+            min_recovery_end: (!answers && !d.was_primary).then(|| (d.timeline, d.lsn())),
         });
         let (lsn, timeline) = node.pg.data.as_ref().map_or((0, 0), |d| (d.lsn(), d.timeline));
         let pg = match node.pg.run {
@@ -465,8 +470,9 @@ impl World {
                 Ok(Next::Busy(self.rng.range(1, 200), Step::Promote))
             }
             Action::Demote => {
+                let what = if self.nodes[i].pg.run == Run::Primary { "fenced" } else { "stopped to rewind" };
                 self.nodes[i].pg.stop_immediate();
-                self.log(Some(i), || "role change: fenced".into());
+                self.log(Some(i), || format!("role change: {what}"));
                 Ok(Next::Again)
             }
             Action::ReleaseLeader => {
@@ -540,7 +546,7 @@ impl World {
         let mine = self.nodes[i].pg.data.as_mut().ok_or("no data")?;
         if mine.timeline != theirs.timeline && mine.lsn() > mine.fork_point(&theirs) {
             let fork = mine.fork_point(&theirs);
-            *mine = Data { was_primary: false, ..theirs };
+            *mine = Data { was_primary: false, fetched: None, ..theirs };
             self.sync_dirty = true;
             self.log(Some(i), || format!("pg_rewind: diverged at lsn {fork}, rewound"));
         }
@@ -568,6 +574,7 @@ impl World {
                     wal: vec![first],
                     timeline: 1,
                     history: Vec::new(),
+                    fetched: None,
                 });
                 self.etcd.initialize = Some((sysid, None));
                 self.etcd.leader = lease.map(|l| (i, l));
@@ -589,7 +596,7 @@ impl World {
                     .filter(|_| self.link(i, source) && self.nodes[source].pg.running());
                 match copy {
                     Some(data) => {
-                        self.nodes[i].pg.data = Some(Data { was_primary: false, ..data });
+                        self.nodes[i].pg.data = Some(Data { was_primary: false, fetched: None, ..data });
                         self.nodes[i].pg.needs_recovery = false;
                         self.sync_dirty = true;
                         self.log(Some(i), || "cloned".into());

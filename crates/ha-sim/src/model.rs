@@ -195,6 +195,11 @@ pub struct Data {
     pub timeline: u64,
     /// For each ancestor timeline, where it ended (PostgreSQL's history file).
     pub history: Vec<(u64, u64)>,
+    /// A later timeline's history file, which a standby's WAL receiver
+    /// fetched from its upstream before it found that timeline forked
+    /// before this data's position: the timeline and its history. The next
+    /// start follows it (`recovery_target_timeline = latest`).
+    pub fetched: Option<(u64, Vec<(u64, u64)>)>,
 }
 
 impl Data {
@@ -208,6 +213,15 @@ impl Data {
             return Some(u64::MAX);
         }
         self.history.iter().find(|(t, _)| *t == tl).map(|(_, lsn)| *lsn)
+    }
+
+    /// The data has replayed past where its own timeline ended in the
+    /// history of the timeline it fetched: PostgreSQL can never reach its
+    /// minimum recovery point on that timeline, and stays starting.
+    pub fn cannot_become_consistent(&self) -> bool {
+        self.fetched
+            .as_ref()
+            .is_some_and(|(_, history)| history.iter().any(|(tl, end)| *tl == self.timeline && self.lsn() > *end))
     }
 
     /// The LSN up to which `self` and `other` share their timeline

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use ha_core::sync::Pending;
 
-use crate::model::{Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
+use crate::model::{Data, Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
 use crate::rng::Rng;
 
 /// The lease keeper's pause after a failed renewal (as `election::keeper`).
@@ -543,6 +543,12 @@ impl World {
             }
             self.log(Some(i), || "PostgreSQL: up as primary".into());
             self.on_new_primary(i);
+        } else if pg.data.as_ref().is_some_and(Data::cannot_become_consistent) {
+            // "End of WAL reached on timeline 1": it waits for WAL that would
+            // take it to its minimum recovery point on the new timeline.
+            self.log(Some(i), || {
+                "PostgreSQL: cannot become consistent (its WAL forked before it): starting for ever".into()
+            });
         } else {
             pg.run = Run::Replica;
             self.log(Some(i), || "PostgreSQL: up as replica".into());
@@ -624,7 +630,14 @@ impl World {
             None => false,
         };
         if !allowed {
-            self.nodes[r].pg.streaming = false;
+            // The WAL receiver fetched the newer timeline's history file
+            // before it found the fork.
+            let newer = (theirs.timeline > mine.timeline).then(|| (theirs.timeline, theirs.history.clone()));
+            let pg = &mut self.nodes[r].pg;
+            pg.streaming = false;
+            if let (Some(data), Some(newer)) = (pg.data.as_mut(), newer) {
+                data.fetched = Some(newer);
+            }
             return;
         }
         let n = mine.wal.len();
@@ -647,6 +660,7 @@ impl World {
         data.wal = copy.wal;
         data.timeline = copy.timeline;
         data.history = copy.history;
+        data.fetched = None;
         pg.streaming = true;
         if self.nodes[u].pg.run == Run::Primary {
             self.settle(u);
@@ -1111,10 +1125,10 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Data, SyncKey};
+    use crate::model::SyncKey;
 
     fn data(wal: Vec<u64>) -> Data {
-        Data { sysid: "7".into(), was_primary: false, wal, timeline: 1, history: Vec::new() }
+        Data { sysid: "7".into(), was_primary: false, wal, timeline: 1, history: Vec::new(), fetched: None }
     }
 
     /// A quiet world: nothing scheduled, three nodes with the same data.
@@ -1191,5 +1205,21 @@ mod tests {
         w.stream(1);
         assert!(w.violation.is_none());
         assert!(!w.nodes[1].pg.streaming);
+        // Its WAL receiver fetched the new timeline's history first: the next
+        // start follows that timeline and never becomes consistent (the
+        // asynchronous chaos run's stuck standby), until pg_rewind.
+        assert_eq!(w.nodes[1].pg.data.as_ref().and_then(|d| d.fetched.as_ref()).map(|f| f.0), Some(2));
+        w.nodes[1].pg.stop_immediate();
+        let incarnation = w.nodes[1].pg.incarnation + 1;
+        w.pg_start(1, false, Some(0));
+        w.pg_ready(1, incarnation);
+        assert_eq!(w.nodes[1].pg.run, Run::Starting { primary: false });
+        // Replayed only up to the switch point: it starts.
+        let mut w = world();
+        w.nodes[1].pg.data = Some(Data { fetched: Some((2, vec![(1, 3)])), ..data(vec![1, 2, 3]) });
+        let incarnation = w.nodes[1].pg.incarnation + 1;
+        w.pg_start(1, false, Some(0));
+        w.pg_ready(1, incarnation);
+        assert_eq!(w.nodes[1].pg.run, Run::Replica);
     }
 }

@@ -76,6 +76,9 @@ pub struct Agent {
     /// The latest checkpoint's REDO point and timeline, as last read while
     /// PostgreSQL was stopped.
     redo: Option<(String, u64)>,
+    /// `pg_controldata`'s minimum recovery ending location (timeline, LSN),
+    /// as last read while PostgreSQL did not answer.
+    min_recovery_end: Option<(u64, u64)>,
     /// The agent has acted on the local PostgreSQL, or found it in a cluster
     /// etcd knows: only then does a shutdown stop it.
     managed: bool,
@@ -207,6 +210,7 @@ impl Agent {
             last_optime: None,
             wal_end_cache: None,
             redo: None,
+            min_recovery_end: None,
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,

@@ -31,6 +31,22 @@ pub enum StartAs {
     },
 }
 
+/// A data directory as `pg_controldata` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The database system identifier.
+    pub sysid: String,
+    /// The latest checkpoint's timeline (0 when unreadable).
+    pub timeline: u64,
+    /// The latest checkpoint's REDO point, as printed, with that timeline:
+    /// the key of a stopped data directory's WAL, which changes only when
+    /// PostgreSQL runs or pg_rewind writes.
+    pub redo: Option<(String, u64)>,
+    /// The minimum recovery ending location's timeline and LSN (`None`
+    /// when zero): a standby is consistent only past it.
+    pub min_recovery_end: Option<(u64, u64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub member: String,
@@ -603,19 +619,23 @@ impl Postgres {
             .collect())
     }
 
-    /// The database system identifier, the latest checkpoint's timeline,
-    /// and its REDO point (as `pg_controldata` prints it, with that
-    /// timeline): the key of a stopped data directory's WAL, which changes
-    /// only when PostgreSQL runs or pg_rewind writes.
-    pub async fn identity(&self) -> anyhow::Result<(String, u64, Option<(String, u64)>)> {
+    /// What `pg_controldata` says about the data directory (see [`Identity`]).
+    pub async fn identity(&self) -> anyhow::Result<Identity> {
         let control = self.controldata().await?;
         let sysid = control
             .get("Database system identifier")
             .cloned()
             .context("pg_controldata printed no system identifier")?;
-        let timeline = control.get("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let number = |key: &str| control.get(key).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        let timeline = number("Latest checkpoint's TimeLineID");
         let redo = control.get("Latest checkpoint's REDO location").map(|redo| (redo.clone(), timeline));
-        Ok((sysid, timeline, redo.filter(|_| timeline > 0)))
+        let min_recovery_timeline = number("Min recovery ending loc's timeline");
+        let min_recovery_end = control
+            .get("Minimum recovery ending location")
+            .and_then(|lsn| lsn.parse::<ha_core::Lsn>().ok())
+            .filter(|lsn| lsn.0 > 0 && min_recovery_timeline > 0)
+            .map(|lsn| (min_recovery_timeline, lsn.0));
+        Ok(Identity { sysid, timeline, redo: redo.filter(|_| timeline > 0), min_recovery_end })
     }
 
     /// Where the valid WAL of this stopped data directory ends (a lower
@@ -674,7 +694,7 @@ impl Postgres {
 
     /// The database system identifier from `pg_controldata`.
     pub async fn system_identifier(&self) -> anyhow::Result<String> {
-        Ok(self.identity().await?.0)
+        Ok(self.identity().await?.sysid)
     }
 
     /// The latest checkpoint's location, read after a clean shutdown.

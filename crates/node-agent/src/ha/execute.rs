@@ -231,6 +231,8 @@ impl Agent {
                 .await?;
                 if replica {
                     info!(from = "replica", to = "stopped", "role change: stopped to rewind");
+                } else if obs.data.as_ref().is_some_and(|data| !data.was_primary) {
+                    info!(from = "starting standby", to = "stopped", "role change: stopped to rewind");
                 } else {
                     info!(from = "primary", to = "stopped", "role change: fenced");
                 }

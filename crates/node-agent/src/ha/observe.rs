@@ -5,8 +5,10 @@ use super::*;
 
 impl Agent {
     /// The data directory's system identifier (cached) and, while
-    /// PostgreSQL is stopped, its latest checkpoint's timeline.
+    /// PostgreSQL does not answer, its latest checkpoint's timeline (or the
+    /// newest history file's) and minimum recovery point.
     pub(super) async fn local_identity(&mut self, running_timeline: Option<u64>) -> Option<(String, u64)> {
+        self.min_recovery_end = None;
         if !self.pg.has_data() {
             self.sysid = None;
             return None;
@@ -15,10 +17,11 @@ impl Agent {
             return Some((sysid.clone(), timeline));
         }
         match self.pg.identity().await {
-            Ok((sysid, timeline, redo)) => {
-                self.sysid = Some(sysid.clone());
-                self.redo = redo;
-                Some((sysid, timeline.max(self.pg.latest_history_timeline())))
+            Ok(identity) => {
+                self.sysid = Some(identity.sysid.clone());
+                self.redo = identity.redo;
+                self.min_recovery_end = identity.min_recovery_end;
+                Some((identity.sysid, identity.timeline.max(self.pg.latest_history_timeline())))
             }
             Err(e) => {
                 warn!("failed to read pg_controldata: {e:#}");
@@ -63,6 +66,7 @@ impl Agent {
             was_primary: self.pg.was_primary(),
             timeline,
             wal_end: None,
+            min_recovery_end: self.min_recovery_end,
         });
         let pg = match (&local.sql, local.postmaster.state) {
             (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
