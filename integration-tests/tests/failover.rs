@@ -689,7 +689,7 @@ async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks()
 #[tokio::test]
 async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history() {
     // node2 never leads, so the member ahead must follow; node3 lags.
-    let mut setup = setup(3, |i| if i == 1 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
+    let mut setup = setup(3, |i| if i == 2 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
     assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
     let watched = watch(&setup).await;
@@ -739,8 +739,50 @@ async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timel
     assert!(log.contains("past where timeline 1 ended"), "node2 says why it rewinds:\n{log}");
     assert!(log.contains("rewound onto the leader's timeline"), "node2 was rewound:\n{log}");
     assert!(cluster.nodes[1].psql("select to_regclass('ahead') is null").expect("read") == "t", "rewound past it");
+    let marker = cluster.nodes[1].data_dir().with_file_name("data.pgwarden.rewinding");
+    assert!(!marker.exists(), "a finished pg_rewind leaves no marker");
     let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
     let probes = watched.probe.stop().await;
     println!("{acked} rows through HAProxy, {} lost (asynchronous, node3's receiver frozen)", lost.len());
     assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+}
+
+/// The 20-minute asynchronous chaos run's second stuck node (seed
+/// 2026120505, replayed): pg_rewind lost its source midway and left the
+/// timeline history files it had begun to copy empty; every later pg_rewind
+/// failed ("could not find common ancestor"), every second, for ever. A
+/// rewind that stopped midway leaves its marker; the agent then moves the
+/// data directory aside (kept) and clones afresh.
+#[tokio::test]
+async fn a_data_directory_a_rewind_left_half_copied_is_moved_aside_and_cloned_afresh() {
+    let mut setup = setup(3, |_| String::new()).await;
+    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
+    let watched = watch(&setup).await;
+    let cluster = &mut setup.cluster;
+    cluster.nodes[leader].psql("create table before_the_rewind as select 1 as x").expect("write");
+    let replica = (leader + 1) % 3;
+    let node = &mut cluster.nodes[replica];
+    node.stop_agent();
+    node.stop_postgres();
+    // What a pg_rewind stopped midway leaves beside the data directory.
+    let marker = node.data_dir().with_file_name("data.pgwarden.rewinding");
+    std::fs::write(&marker, "node1").expect("write the marker");
+    node.start_agent().expect("restart the agent");
+    cluster.wait_healthy(UP).await.expect("the replica streams again");
+    let node = &cluster.nodes[replica];
+    assert!(!marker.exists(), "the marker is cleared");
+    let parent = node.data_dir().parent().expect("parent").to_path_buf();
+    let aside = std::fs::read_dir(&parent)
+        .expect("list")
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with("data.rewind-interrupted."));
+    assert!(aside, "the half-rewound directory is kept aside");
+    assert!(node.agent_log().contains("stopped midway"), "the agent says why");
+    assert_eq!(node.psql("select x from before_the_rewind").expect("read"), "1", "cloned afresh");
+    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go on, and read back");
+    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
+    let probes = watched.probe.stop().await;
+    println!("half-rewound replica: {acked} rows through HAProxy from 3 writers, 0 lost");
+    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+    assert_eq!(probes.writers(), vec![leader], "only the leader ever wrote");
 }

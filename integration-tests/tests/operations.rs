@@ -244,13 +244,13 @@ async fn reinit_re_clones_a_replica_and_is_refused_on_the_leader() {
     cluster.nodes[leader].psql("create table kept as select 1 as x").expect("write");
     let mut client = grpc::controller(cluster.nodes[leader].controller_url()).await.expect("controller");
     let refused = client
-        .reinitialize(ReinitializeMemberRequest { member: cluster.nodes[leader].name.clone() })
+        .reinitialize(ReinitializeMemberRequest { member: cluster.nodes[leader].name.clone(), ..Default::default() })
         .await
         .expect_err("refused on the leader");
     assert!(refused.message().contains("I am the leader"), "{refused:?}");
     let replica = (leader + 1) % 3;
     let name = cluster.nodes[replica].name.clone();
-    let (ok, stdout, stderr) = ctl(&cluster, &["reinit", "itest", &name, "--force"]);
+    let (ok, stdout, stderr) = ctl(&cluster, &["reinit", "itest", &name, "--force", "--wait"]);
     assert!(ok && stdout.contains("re-cloned and streaming"), "{stdout}{stderr}");
     let parent = cluster.nodes[replica].data_dir().parent().expect("parent").to_path_buf();
     let aside = std::fs::read_dir(&parent)
@@ -282,7 +282,8 @@ async fn a_clone_shows_its_progress_in_list_and_in_reinits_output() {
     let reinit = {
         let (config, name) = (config.clone(), name.clone());
         std::thread::spawn(move || {
-            run("pgwardenctl", &["-c", &config, "reinit", "itest", &name, "--force"], &[]).expect("run pgwardenctl")
+            run("pgwardenctl", &["-c", &config, "reinit", "itest", &name, "--force", "--wait"], &[])
+                .expect("run pgwardenctl")
         })
     };
     let row = wait_until("list to show the clone's progress", UP, || async {
@@ -441,4 +442,260 @@ async fn a_ttl_edit_reaches_the_leases_and_a_demoted_primary_drops_its_member_sl
         cluster.scope,
         "cluster_name is the scope"
     );
+}
+
+/// patronictl's options on a real cluster, as a Patroni user types them:
+/// `list -e -t`, `-d` without a config file, `dsn -r`, `query`, `version`,
+/// `reload -r`, `restart --pg-version/--any`, `edit-config --replace -q`,
+/// and `POST /restart`'s `postgres_version` and `timeout` checks.
+#[tokio::test]
+async fn patronictl_options_work_on_a_real_cluster() {
+    init_logging();
+    // Patroni's log settings too: node2 logs to a directory, rotated by size;
+    // node3 logs json with a static field, each decision once.
+    let logs = std::env::temp_dir().join(format!("pgwarden-itest-logs-{}", std::process::id()));
+    // (`extra` numbers the nodes from 1, as their names.)
+    let extra = |i: usize| match i {
+        2 => format!("log:\n  dir: {}\n  file_size: 600\n  file_num: 2\n", logs.display()),
+        3 => "log:\n  type: json\n  deduplicate_heartbeat_logs: true\n  static_fields:\n    app: itest\n".into(),
+        _ => String::new(),
+    };
+    let cluster = PgwardenCluster::start_with(3, extra).await.expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+
+    // list -e -t: a time line, then every optional column.
+    let (ok, stdout, stderr) = ctl(&cluster, &["list", "-e", "-t"]);
+    assert!(ok, "{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.len() == 19 && first.as_bytes()[4] == b'-' && first.as_bytes()[13] == b':', "{stdout}");
+    assert!(stdout.contains("| Pending restart | Scheduled restart | Tags |"), "{stdout}");
+
+    // -d: another etcd than a config's, and no config file at all.
+    let etcd = cluster.etcd.endpoints()[0].trim_start_matches("http://").to_string();
+    let url = format!("etcd3://{etcd}/itest");
+    let (ok, stdout, stderr) = run("pgwardenctl", &["-d", &url, "list", "itest", "-f", "json"], &[]).expect("run");
+    assert!(ok, "{stderr}");
+    assert!(names.iter().all(|n| stdout.contains(&format!("\"Member\":\"{n}\""))), "{stdout}");
+    let (ok, _, stderr) = run("pgwardenctl", &["-d", "etcd://127.0.0.1:2379", "list", "itest"], &[]).expect("run");
+    assert!(!ok && stderr.contains("v2 keyspace"), "{stderr}");
+
+    // dsn -r replica: a replica's address.
+    let (ok, stdout, _) = ctl(&cluster, &["dsn", "-r", "replica"]);
+    let ports: Vec<String> = replicas.iter().map(|&i| format!("port={}", cluster.nodes[i].pg_port)).collect();
+    assert!(ok && ports.iter().any(|p| stdout.trim().ends_with(p.as_str())), "{stdout}");
+
+    // query: the leader by default, a role, a member; tsv, json; an error row.
+    let su = [("PGPASSWORD", SUPERUSER_PASSWORD)];
+    let query = |args: &[&str]| {
+        let config = cluster.nodes[0].config_path().display().to_string();
+        let mut all = vec!["-c", config.as_str(), "query", "-U", "postgres", "-d", "postgres"];
+        all.extend_from_slice(args);
+        run("pgwardenctl", &all, &su).expect("run query")
+    };
+    let (ok, stdout, stderr) = query(&["-c", "select 1 as x, null as y; select pg_is_in_recovery() as r, 2 as z"]);
+    assert!(ok && stdout == "r\tz\nf\t2\n", "the last statement, on the leader: {stdout:?} {stderr}");
+    let (_, stdout, _) = query(&["-r", "replica", "-c", "select pg_is_in_recovery() as r, null as n"]);
+    assert_eq!(stdout, "r\tn\nt\tNone\n");
+    let member = &names[replicas[0]];
+    let (_, stdout, _) = query(&["-m", member, "--format", "json", "-c", "select current_setting('port') as port"]);
+    assert_eq!(stdout.trim(), format!("[{{\"port\":\"{}\"}}]", cluster.nodes[replicas[0]].pg_port));
+    let (ok, stdout, _) = query(&["-c", "select * from no_such_table"]);
+    assert!(ok && stdout.contains("ERROR, SQLSTATE: 42P01"), "{stdout}");
+    let (ok, _, stderr) = query(&["-r", "replica", "-m", member, "-c", "select 1"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+
+    // version: pgwardenctl's, then each member's pgwarden and PostgreSQL.
+    let (ok, stdout, _) = ctl(&cluster, &["version", "itest"]);
+    assert!(ok && stdout.starts_with("pgwardenctl version "), "{stdout}");
+    for name in &names {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{name}: "))).unwrap_or_default();
+        assert!(line.contains(": pgwarden ") && line.contains(" PostgreSQL 15."), "{stdout}");
+    }
+
+    // reload -r replica: only the replicas.
+    let (ok, stdout, stderr) = ctl(&cluster, &["reload", "itest", "-r", "replica", "--force"]);
+    assert!(ok, "{stderr}");
+    for &i in &replicas {
+        assert!(stdout.contains(&format!("{0}: reloaded the config of {0}", names[i])), "{stdout}");
+    }
+    assert!(!stdout.contains(&format!("of {}", names[leader])), "{stdout}");
+
+    // restart --pg-version: nobody runs anything older than 9.6.24.
+    let (ok, stdout, stderr) = ctl(&cluster, &["restart", "itest", "--pg-version", "9.6.24", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    for name in &names {
+        let skipped = format!("{name}: skipped: {name} runs PostgreSQL 15.");
+        assert!(stdout.lines().any(|l| l.starts_with(&skipped) && l.ends_with("not below 9.6.24")), "{stdout}");
+    }
+    let (ok, _, stderr) = ctl(&cluster, &["restart", "itest", "--pg-version", "15", "--force"]);
+    assert!(!ok && stderr.contains("X.Y or X.Y.Z"), "{stderr}");
+    // restart --any -r replica: exactly one replica.
+    let (ok, stdout, stderr) = ctl(&cluster, &["restart", "itest", "--any", "-r", "replica", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let restarted: Vec<&str> =
+        stdout.lines().filter(|l| names.iter().any(|n| l.starts_with(&format!("{n}: restarted ")))).collect();
+    assert_eq!(restarted.len(), 1, "{stdout}");
+    assert!(restarted[0].contains("(replica)"), "{stdout}");
+    cluster.wait_healthy(UP).await.expect("healthy after the restart");
+
+    // edit-config --replace -q: the whole config from a file, no diff shown.
+    let (_, before, _) = ctl(&cluster, &["show-config", "-f", "json"]);
+    let mut config: serde_json::Value = serde_json::from_str(&before).expect("json");
+    config["maximum_lag_on_failover"] = 2_097_152.into();
+    let file = cluster.nodes[0].dir.path().join("replace.json");
+    std::fs::write(&file, config.to_string()).expect("write");
+    nix::unistd::chown(&file, pgwarden_integration_tests::process::postgres_user().map(|u| u.uid), None).expect("own");
+    let path = file.display().to_string();
+    let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--replace", &path, "-q", "--force"]);
+    assert!(ok && stdout.contains("Configuration changed") && !stdout.contains("+++"), "{stdout}{stderr}");
+    let (_, after, _) = ctl(&cluster, &["show-config", "-f", "json"]);
+    let after: serde_json::Value = serde_json::from_str(&after).expect("json");
+    assert_eq!(after, config);
+
+    // POST /restart: Patroni's checks and words.
+    let post = |body: &str| {
+        http_with(
+            "POST",
+            cluster.nodes[replicas[0]].rest_port,
+            "/restart",
+            &[("Authorization", &auth())],
+            body,
+            Duration::from_secs(60),
+        )
+        .expect("POST /restart")
+    };
+    let (status, body) = post(r#"{"postgres_version": "10"}"#);
+    assert!(status == 400 && body.contains("X.Y or X.Y.Z"), "{status} {body}");
+    let (status, body) = post(r#"{"timeout": "soon"}"#);
+    assert_eq!((status, body.as_str()), (400, "Timeout should be a positive number of seconds"));
+    let (status, body) = post(r#"{"when": "now"}"#);
+    assert_eq!((status, body.as_str()), (400, "Unknown filter for the scheduled restart: when"));
+    let (status, body) = post(r#"{"postgres_version": "9.6.24"}"#);
+    assert!(status == 503 && body.starts_with("restart conditions are not satisfied"), "{status} {body}");
+    let (status, body) = post(r#"{"postgres_version": "99.0", "timeout": "2min"}"#);
+    assert_eq!((status, body.as_str()), (200, "restarted successfully"));
+    cluster.wait_healthy(UP).await.expect("healthy at the end");
+
+    // log.dir with log.file_size/file_num: rotated, two old files kept.
+    let file = |suffix: &str| logs.join(format!("pgwarden-agent.log{suffix}"));
+    assert!(file("").exists() && file(".1").exists() && file(".2").exists(), "{:?}", std::fs::read_dir(&logs));
+    assert!(!file(".3").exists(), "file_num 2 keeps two old files");
+    // Each rotated file stays within file_size, unless it holds one longer line.
+    let rotated = std::fs::read_to_string(file(".1")).expect("read");
+    assert!(rotated.len() <= 600 || rotated.lines().count() == 1, "{rotated}");
+    assert!(cluster.nodes[1].agent_log().trim().is_empty(), "node2 logs to its log.dir, not stderr");
+    // A decision that does not change is logged again once per loop_wait
+    // (Patroni's heartbeat), unless log.deduplicate_heartbeat_logs.
+    let repeats = |log: &str| {
+        let reasons: Vec<&str> = log.lines().filter(|l| l.contains("ha tick")).collect();
+        reasons.windows(2).any(|w| w[0].split("ha tick").last() == w[1].split("ha tick").last())
+    };
+    assert!(repeats(&cluster.nodes[0].agent_log()), "node1 repeats its unchanged decision");
+    let json = cluster.nodes[2].agent_log();
+    let ticks: Vec<serde_json::Value> = json
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|record| record["fields"]["message"] == "ha tick")
+        .collect();
+    assert!(ticks.len() >= 2 && ticks.iter().all(|t| t["app"] == "itest"), "{json}");
+    let same = ticks
+        .windows(2)
+        .any(|w| w[0]["fields"]["reason"] == w[1]["fields"]["reason"] && w[1]["fields"]["action"] == "None");
+    assert!(!same, "node3 logs each decision once: {json}");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Every process of the PostgreSQL whose data directory is `data_dir`: the
+/// postmaster first.
+fn postgres_processes(data_dir: &std::path::Path, postmaster: i32) -> Vec<i32> {
+    let data_dir = std::fs::canonicalize(data_dir).expect("data directory");
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| *pid != postmaster)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir))
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .collect();
+    pids.insert(0, postmaster);
+    pids
+}
+
+/// `POST /restart` with a `timeout` on the leader (Patroni: "return an
+/// error and fail over if necessary when restarting takes longer"): with
+/// every PostgreSQL process frozen the restart cannot finish; it answers 503
+/// once the timeout passes, and a replica takes over although
+/// `primary_start_timeout` (set to 300 s here) has not passed.
+#[tokio::test]
+async fn a_leader_restart_past_its_timeout_answers_503_and_hands_over() {
+    let (cluster, leader) = cluster().await;
+    cluster.patch_config(serde_json::json!({"primary_start_timeout": 300})).await.expect("primary_start_timeout");
+    everywhere_config(&cluster, "primary_start_timeout", 300).await;
+    let postmaster = cluster.nodes[leader].postmaster_pid().expect("the leader's postmaster");
+    let frozen = postgres_processes(&cluster.nodes[leader].data_dir(), postmaster);
+    let signal = |signal| {
+        for pid in &frozen {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+        }
+    };
+    // Thawed whatever happens, so that the cluster's teardown can stop them.
+    struct Thaw(Vec<i32>);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGCONT);
+            }
+        }
+    }
+    let _thaw = Thaw(frozen.clone());
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let asked = Instant::now();
+    let (status, body) = http_with(
+        "POST",
+        cluster.nodes[leader].rest_port,
+        "/restart",
+        &[("Authorization", &auth())],
+        r#"{"timeout": 3}"#,
+        Duration::from_secs(60),
+    )
+    .expect("POST /restart");
+    let answered = asked.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("postgres is still starting"), "{body}");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = wait_until("a replica to take over", Duration::from_secs(60), || async {
+        let primaries: Vec<usize> =
+            others.iter().copied().filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
+        primaries.first().copied().map(Some).ok_or_else(|| "no replica leads yet".to_string())
+    })
+    .await
+    .expect("hand-over");
+    println!(
+        "restart answered 503 after {answered:?}; {} leads {:?} after the request",
+        cluster.nodes[new_leader].name,
+        asked.elapsed()
+    );
+    assert!(cluster.nodes[leader].agent_log().contains("not back within primary_start_timeout"));
+    signal(nix::sys::signal::Signal::SIGCONT);
+    cluster.wait_healthy(UP).await.expect("the old leader rejoins");
+}
+
+/// Waits until every node's `/config` shows `key` = `value`.
+async fn everywhere_config(cluster: &PgwardenCluster, key: &str, value: i64) {
+    wait_until(&format!("{key} = {value} in every node's /config"), UP, || async {
+        let seen: Vec<Option<i64>> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.get("/config")
+                    .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .and_then(|config| config[key].as_i64())
+            })
+            .collect();
+        if seen.iter().all(|v| *v == Some(value)) { Ok(Some(())) } else { Err(format!("{seen:?}")) }
+    })
+    .await
+    .expect("config applied");
 }

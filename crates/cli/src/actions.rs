@@ -69,7 +69,7 @@ pub(crate) fn time_of(ms: i64) -> String {
 }
 
 pub(crate) async fn controller_client(config: &Config, scope: &str) -> Option<ControllerClient<AuthChannel>> {
-    if scope != config.scope {
+    if !crate::source::controller_serves(config, scope) {
         return None;
     }
     let url = config.pgwarden.controller_grpc_url();
@@ -220,4 +220,37 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
         }
     }
     Ok(())
+}
+
+/// What `version` prints for a member: pgwarden's and PostgreSQL's versions
+/// from its agent, or Patroni's from its member key (a Patroni member in a
+/// cluster being migrated).
+pub async fn member_version(view: &ClusterView, member: &dcs::MemberEntry) -> String {
+    if member.data.grpc_url.is_some() {
+        let ask = async {
+            let mut client =
+                controller::workflow::agent(view, &member.name).await.map_err(|s| s.message().to_string())?;
+            client
+                .get_status(ha_proto::v1::GetStatusRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| s.message().to_string())
+        };
+        return match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(status)) => {
+                let postgres = u32::try_from(status.server_version)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .map(|v| format!(" PostgreSQL {}", ha_core::format_postgres_version(v)))
+                    .unwrap_or_default();
+                format!("pgwarden {}{postgres}", status.version)
+            }
+            Ok(Err(why)) => format!("failed to get version: {why}"),
+            Err(_) => "failed to get version: its agent did not answer within 5 s".into(),
+        };
+    }
+    match member.data.extra.get("version").and_then(serde_json::Value::as_str) {
+        Some(version) => format!("Patroni {version}"),
+        None => "failed to get version: no agent address and no version in its member key".into(),
+    }
 }

@@ -5,9 +5,11 @@
 //! without a command that says so.
 
 mod actions;
+mod dcs_url;
 pub mod generate;
 mod migrate;
 mod operations;
+mod query;
 mod source;
 mod table;
 
@@ -21,11 +23,19 @@ use pgwarden_config::{Config, Purpose};
 #[command(name = "pgwardenctl", version, about = "Operate a pgwarden (or Patroni) cluster")]
 pub struct Cli {
     /// Config file (Patroni format); default: $PATRONICTL_CONFIG_FILE, then ~/.config/patroni/patronictl.yaml.
-    #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE", global = true)]
+    #[arg(short = 'c', long = "config-file", env = "PATRONICTL_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
     /// Say on stderr where the cluster was read from (the controller or etcd).
     #[arg(short = 'v', long = "verbose", global = true)]
     pub verbose: bool,
+    /// The etcd to use instead of the config's, as `etcd3://HOST:PORT/NAMESPACE`
+    /// (each part optional); the cluster is then read from etcd, not the controller.
+    #[arg(short = 'd', long = "dcs-url", visible_alias = "dcs", env = "DCS_URL")]
+    pub dcs_url: Option<String>,
+    /// Accepted for patronictl's scripts: pgwardenctl makes no REST calls
+    /// (it talks gRPC and etcd, verified with the config's CAs).
+    #[arg(short = 'k', long = "insecure")]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -42,10 +52,17 @@ pub enum Format {
 pub enum Command {
     /// The members table: Member | Host | Role | State | TL | Lag in MB.
     List {
-        /// Cluster name; default: the config's scope.
-        cluster: Option<String>,
+        /// Cluster names; default: the config's scope.
+        clusters: Vec<String>,
         #[arg(short = 'f', long = "format", value_enum, default_value = "pretty")]
         format: Format,
+        /// Always show the optional columns (Pending restart, Scheduled
+        /// restart, Tags), not only when a member has something in them.
+        #[arg(short = 'e', long = "extended")]
+        extended: bool,
+        /// Print the time before each table.
+        #[arg(short = 't', long = "timestamp")]
+        timestamp: bool,
         /// Refresh every 2 seconds until interrupted.
         #[arg(short = 'W')]
         watch_default: bool,
@@ -54,7 +71,15 @@ pub enum Command {
         watch: Option<f64>,
     },
     /// The members table with replicas indented under the member they stream from.
-    Topology { cluster: Option<String> },
+    Topology {
+        cluster: Option<String>,
+        /// Refresh every 2 seconds until interrupted.
+        #[arg(short = 'W')]
+        watch_default: bool,
+        /// Refresh every N seconds until interrupted.
+        #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
     /// Timeline history: TL | LSN | Reason | Timestamp | New Leader.
     History {
         cluster: Option<String>,
@@ -103,6 +128,12 @@ pub enum Command {
         pgs: Vec<String>,
         #[arg(long, value_name = "FILE")]
         apply: Option<String>,
+        /// Replace the whole configuration with FILE (YAML or JSON, `-` for stdin).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["apply", "sets", "pgs"])]
+        replace: Option<String>,
+        /// Do not show the changes.
+        #[arg(short = 'q', long)]
+        quiet: bool,
         #[arg(long)]
         force: bool,
     },
@@ -113,11 +144,22 @@ pub enum Command {
         #[arg(value_name = "CLUSTER_OR_MEMBER")]
         names: Vec<String>,
         /// Only members with this role.
-        #[arg(long, value_parser = ["primary", "replica"])]
+        #[arg(short = 'r', long, value_parser = ["primary", "replica"])]
         role: Option<String>,
         /// Only members with a parameter change pending a restart.
         #[arg(long)]
         pending: bool,
+        /// Restart one member only: the first of the order (replicas first)
+        /// that the conditions let restart.
+        #[arg(long)]
+        any: bool,
+        /// Only members whose PostgreSQL is older than this version (`15.4`, `9.6.24`).
+        #[arg(long = "pg-version", value_name = "VERSION")]
+        pg_version: Option<String>,
+        /// Seconds a restart may take: a member not back by then fails the
+        /// command (and the rest wait); the leader hands over.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u32>,
         /// Switch the leader over to a replica before restarting it.
         #[arg(long)]
         switchover: bool,
@@ -127,11 +169,17 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Re-clone a replica from the leader (its old data directory is moved aside).
+    /// Re-clone replicas (their old data directories are moved aside).
     Reinit {
-        /// `[CLUSTER] MEMBER`.
-        #[arg(value_name = "CLUSTER_OR_MEMBER", num_args = 1..=2, required = true)]
+        /// `[CLUSTER] MEMBER...`: a first name equal to the config's scope is the cluster.
+        #[arg(value_name = "CLUSTER_OR_MEMBER", required = true)]
         names: Vec<String>,
+        /// Clone from the leader, whatever the `clonefrom` tags say.
+        #[arg(long = "from-leader")]
+        from_leader: bool,
+        /// Return once each member streams again (otherwise once its re-clone started).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         force: bool,
     },
@@ -140,6 +188,9 @@ pub enum Command {
         /// `[CLUSTER] [MEMBER...]`: a first name equal to the config's scope is the cluster.
         #[arg(value_name = "CLUSTER_OR_MEMBER")]
         names: Vec<String>,
+        /// Only members with this role (leader, primary, replica, standby, any).
+        #[arg(short = 'r', long)]
+        role: Option<String>,
         #[arg(long)]
         force: bool,
     },
@@ -186,8 +237,50 @@ pub enum Command {
     /// A libpq connection string for a member (default: the leader).
     Dsn {
         cluster: Option<String>,
-        #[arg(short = 'm', long = "member")]
+        #[arg(short = 'm', long = "member", conflicts_with = "role")]
         member: Option<String>,
+        /// The first member with this role (leader, primary, replica, standby, any).
+        #[arg(short = 'r', long)]
+        role: Option<String>,
+    },
+    /// Run SQL on a member: the leader, one with `--role`, or one named with
+    /// `--member`; the last statement's rows are printed.
+    Query {
+        cluster: Option<String>,
+        /// The role of the member to run on (leader, primary, replica, standby, any).
+        #[arg(short = 'r', long, conflicts_with = "member")]
+        role: Option<String>,
+        #[arg(short = 'm', long)]
+        member: Option<String>,
+        /// The SQL to run.
+        #[arg(short = 'c', long, conflicts_with = "file")]
+        command: Option<String>,
+        /// A file of SQL to run (`-`: stdin).
+        #[arg(short = 'f', long)]
+        file: Option<String>,
+        #[arg(short = 'U', long)]
+        username: Option<String>,
+        /// Ask for the password (otherwise PGPASSWORD or ~/.pgpass).
+        #[arg(long)]
+        password: bool,
+        #[arg(short = 'd', long)]
+        dbname: Option<String>,
+        #[arg(long = "format", value_enum, default_value = "tsv")]
+        format: Format,
+        #[arg(long, default_value = "\t")]
+        delimiter: String,
+        /// Run again every 2 seconds until interrupted.
+        #[arg(short = 'W')]
+        watch_default: bool,
+        /// Run again every N seconds until interrupted.
+        #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+        watch: Option<f64>,
+    },
+    /// pgwardenctl's version, and with a cluster each member's pgwarden and PostgreSQL.
+    Version {
+        cluster: Option<String>,
+        /// Only these members.
+        members: Vec<String>,
     },
 }
 
@@ -222,31 +315,98 @@ async fn read(config: &Config, cluster: Option<String>, verbose: bool) -> anyhow
     Ok(snapshot)
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// The cluster a command names on its command line, if any.
+fn named_cluster(command: &Command) -> Option<&str> {
+    match command {
+        Command::List { clusters, .. } => clusters.first().map(String::as_str),
+        Command::Topology { cluster, .. }
+        | Command::History { cluster, .. }
+        | Command::ShowConfig { cluster, .. }
+        | Command::Switchover { cluster, .. }
+        | Command::Failover { cluster, .. }
+        | Command::EditConfig { cluster, .. }
+        | Command::Pause { cluster, .. }
+        | Command::Resume { cluster, .. }
+        | Command::MigrateV2 { cluster, .. }
+        | Command::Dsn { cluster, .. }
+        | Command::Query { cluster, .. }
+        | Command::Version { cluster, .. } => cluster.as_deref(),
+        Command::Remove { cluster, .. } => Some(cluster),
+        Command::Restart { names, .. } | Command::Reload { names, .. } | Command::Reinit { names, .. } => {
+            names.first().map(String::as_str)
+        }
+        Command::Flush { args, .. } => (args.len() == 2).then(|| args[0].as_str()),
+    }
+}
+
+/// The config file's settings, with `--dcs-url`'s etcd in place of its
+/// own. With `--dcs-url` a config file is optional, as for patronictl: the
+/// cluster is then the one the command names.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli.config_file.clone().or_else(default_config_file);
-    let loaded = pgwarden_config::load(path.as_deref(), Purpose::Ctl)?;
-    let config = loaded.config;
+    let Some(url) = &cli.dcs_url else {
+        return Ok(pgwarden_config::load(path.as_deref(), Purpose::Ctl)?.config);
+    };
+    let url = dcs_url::parse(url)?;
+    let mut config = match path.filter(|p| p.exists() || cli.config_file.is_some()) {
+        Some(path) => pgwarden_config::load(Some(&path), Purpose::Ctl)?.config,
+        None => {
+            let scope = named_cluster(&cli.command).ok_or_else(|| {
+                anyhow::anyhow!("no config file names the cluster: name it on the command line (as for patronictl -d)")
+            })?;
+            let source = pgwarden_config::Source {
+                origin: "--dcs-url".into(),
+                yaml: serde_json::json!({"scope": scope, "etcd3": {"hosts": "localhost:2379"}}).to_string(),
+            };
+            pgwarden_config::load_from(&source, std::iter::empty(), Purpose::Ctl)?.config
+        }
+    };
+    url.apply(&mut config);
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    // Another etcd than the config's: the config's controller is not its.
+    if cli.dcs_url.is_some() {
+        source::skip_controller();
+    }
     pgwarden_runtime::grpc::init_ctl_client(&config)?;
     match cli.command {
-        Command::List { cluster, format, watch_default, watch } => {
+        Command::List { clusters, format, extended, timestamp, watch_default, watch } => {
             let interval = watch.or(watch_default.then_some(2.0)).map(Duration::from_secs_f64);
+            let clusters = if clusters.is_empty() { vec![config.scope.clone()] } else { clusters };
             loop {
-                let snapshot = read(&config, cluster.clone(), cli.verbose).await?;
                 if interval.is_some() {
                     // Clear the screen and home the cursor, as `watch` does.
                     print!("\x1b[2J\x1b[H");
                 }
-                print!("{}", table::render_list(&snapshot, format)?);
+                if timestamp {
+                    println!("{}", query::now());
+                }
+                for cluster in &clusters {
+                    let snapshot = read(&config, Some(cluster.clone()), cli.verbose).await?;
+                    print!("{}", table::render_list(&snapshot, format, extended)?);
+                }
                 match interval {
                     Some(every) => tokio::time::sleep(every).await,
                     None => return Ok(()),
                 }
             }
         }
-        Command::Topology { cluster } => {
-            let snapshot = read(&config, cluster, cli.verbose).await?;
-            print!("{}", table::members_table(&snapshot.scope, &snapshot.view, true));
-            Ok(())
+        Command::Topology { cluster, watch_default, watch } => {
+            let interval = watch.or(watch_default.then_some(2.0)).map(Duration::from_secs_f64);
+            loop {
+                let snapshot = read(&config, cluster.clone(), cli.verbose).await?;
+                if interval.is_some() {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", table::members_table(&snapshot.scope, &snapshot.view, true, false));
+                match interval {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => return Ok(()),
+                }
+            }
         }
         Command::History { cluster, format } => {
             let snapshot = read(&config, cluster, cli.verbose).await?;
@@ -287,29 +447,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 other => anyhow::bail!("flush {other:?}: expected switchover or restart"),
             }
         }
-        Command::EditConfig { cluster, sets, pgs, apply, force } => {
+        Command::EditConfig { cluster, sets, pgs, apply, replace, quiet, force } => {
             let target = actions::target(&config, cluster).await?;
-            operations::edit_config(&config, &target, operations::EditConfig { sets, pgs, apply, force }).await
+            let edit = operations::EditConfig { sets, pgs, apply, replace, quiet, force };
+            operations::edit_config(&config, &target, edit).await
         }
-        Command::Restart { names, role, pending, switchover, scheduled, force } => {
+        Command::Restart { names, role, pending, any, pg_version, timeout, switchover, scheduled, force } => {
             let (cluster, members) = cluster_and_members(&config, names);
+            if let Some(version) = &pg_version {
+                ha_core::parse_postgres_version(version).map_err(|why| anyhow::anyhow!("--pg-version: {why}"))?;
+            }
+            if timeout == Some(0) {
+                anyhow::bail!("--timeout: a positive number of seconds");
+            }
             let target = actions::target(&config, cluster).await?;
-            let restart = operations::Restart { members, role, pending, switchover, scheduled, force };
+            let restart = operations::Restart {
+                members,
+                role,
+                pending,
+                any,
+                pg_version,
+                timeout: timeout.unwrap_or(0),
+                switchover,
+                scheduled,
+                force,
+            };
             operations::restart(&config, &target, restart).await
         }
-        Command::Reinit { names, force } => {
-            // Two names: CLUSTER MEMBER, as patronictl.
-            let (cluster, member) = match names.as_slice() {
-                [cluster, member] => (Some(cluster.clone()), member.clone()),
-                [member] => (None, member.clone()),
-                _ => anyhow::bail!("reinit takes [CLUSTER] MEMBER"),
+        Command::Reinit { names, from_leader, wait, force } => {
+            // patronictl's `CLUSTER MEMBER...`; one name alone is a member
+            // of the config's cluster.
+            let (cluster, members) = match names.split_first() {
+                Some((cluster, members)) if !members.is_empty() => (Some(cluster.clone()), members.to_vec()),
+                _ => (None, names),
             };
             let target = actions::target(&config, cluster).await?;
-            operations::reinit(&config, &target, member, force).await
+            operations::reinit(&config, &target, operations::Reinit { members, from_leader, wait, force }).await
         }
-        Command::Reload { names, force } => {
-            let (cluster, members) = cluster_and_members(&config, names);
+        Command::Reload { names, role, force } => {
+            let (cluster, mut members) = cluster_and_members(&config, names);
             let target = actions::target(&config, cluster).await?;
+            if let Some(role) = &role {
+                let snapshot = read(&config, Some(target.scope.clone()), cli.verbose).await?;
+                let with_role: Vec<String> =
+                    query::with_role(&snapshot.view, role)?.into_iter().map(|m| m.name.clone()).collect();
+                members = if members.is_empty() {
+                    with_role
+                } else {
+                    members.into_iter().filter(|m| with_role.contains(m)).collect()
+                };
+                if members.is_empty() {
+                    anyhow::bail!("no member of cluster {} has the role {role}", target.scope);
+                }
+            }
             operations::reload(&config, &target, members, force).await
         }
         Command::Remove { cluster, force } => {
@@ -325,9 +515,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = actions::target(&config, cluster).await?;
             migrate::migrate_v2(&config, &target, migrate::MigrateV2 { remove_v2, force }).await
         }
-        Command::Dsn { cluster, member } => {
+        Command::Dsn { cluster, member, role } => {
             let snapshot = read(&config, cluster, cli.verbose).await?;
-            let name = match member.or_else(|| snapshot.view.leader.as_ref().map(|l| l.name.clone())) {
+            let by_role = match &role {
+                Some(role) => match query::with_role(&snapshot.view, role)?.first() {
+                    Some(m) => Some(m.name.clone()),
+                    None => anyhow::bail!("no member of cluster {} has the role {role}", snapshot.scope),
+                },
+                None => None,
+            };
+            let name = match member.or(by_role).or_else(|| snapshot.view.leader.as_ref().map(|l| l.name.clone())) {
                 Some(name) => name,
                 None => anyhow::bail!("the cluster has no leader: name a member with -m"),
             };
@@ -338,6 +535,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (host, port) =
                 entry.data.host_port().ok_or_else(|| anyhow::anyhow!("{name} advertises no PostgreSQL address"))?;
             println!("host={host} port={port}");
+            Ok(())
+        }
+        Command::Query {
+            cluster,
+            role,
+            member,
+            command,
+            file,
+            username,
+            password,
+            dbname,
+            format,
+            delimiter,
+            watch_default,
+            watch,
+        } => {
+            let interval = watch.or(watch_default.then_some(2.0)).map(Duration::from_secs_f64);
+            let query = query::Query { role, member, command, file, username, password, dbname, format, delimiter };
+            let snapshot = read(&config, cluster, cli.verbose).await?;
+            loop {
+                print!("{}", query::run(&snapshot.view, &query).await?);
+                match interval {
+                    Some(every) => tokio::time::sleep(every).await,
+                    None => return Ok(()),
+                }
+            }
+        }
+        Command::Version { cluster, members } => {
+            println!("pgwardenctl version {}", env!("CARGO_PKG_VERSION"));
+            let Some(cluster) = cluster else { return Ok(()) };
+            let snapshot = read(&config, Some(cluster), cli.verbose).await?;
+            println!();
+            for member in &snapshot.view.members {
+                if members.is_empty() || members.contains(&member.name) {
+                    println!("{}: {}", member.name, actions::member_version(&snapshot.view, member).await);
+                }
+            }
             Ok(())
         }
     }

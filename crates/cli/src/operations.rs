@@ -23,8 +23,9 @@ fn print_event(event: &ClusterEvent) {
 }
 
 /// Runs a members operation through the controller (events printed live)
-/// or in-process; prints each member's outcome.
-async fn members_operation(config: &Config, target: &Target, operation: Operation) -> anyhow::Result<()> {
+/// or in-process; prints each member's outcome and returns the members it
+/// failed on (not done, not skipped by a condition).
+async fn members_operation(config: &Config, target: &Target, operation: Operation) -> anyhow::Result<Vec<String>> {
     let response = match controller_client(config, &target.scope).await {
         Some(mut client) => {
             let mut events = client.watch_events(WatchEventsRequest {}).await.map_err(failed)?.into_inner();
@@ -50,16 +51,20 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
             let result: Result<MembersResponse, tonic::Status> = match operation {
                 Operation::CancelRestart(r) => controller::operations::cancel_restart(&cluster, &r.members).await,
                 Operation::Restart(r) => controller::operations::restart_members(&cluster, &r, &progress).await,
-                Operation::Reinit(r) => controller::operations::reinitialize(&cluster, &r.member, &progress).await,
+                Operation::Reinit(r) => controller::operations::reinitialize(&cluster, &r, &progress).await,
                 Operation::Reload(r) => controller::operations::reload(&cluster, &r.members, &progress).await,
             };
             result.map_err(failed)?
         }
     };
+    let mut failed = Vec::new();
     for outcome in response.outcomes {
         println!("{}: {}", outcome.member, outcome.message);
+        if !outcome.done && !outcome.message.starts_with("skipped") {
+            failed.push(outcome.member);
+        }
     }
-    Ok(())
+    Ok(failed)
 }
 
 enum Operation {
@@ -74,14 +79,23 @@ pub struct Restart {
     pub members: Vec<String>,
     pub role: Option<String>,
     pub pending: bool,
+    pub any: bool,
+    pub pg_version: Option<String>,
+    /// Seconds; 0: the config's timeouts.
+    pub timeout: u32,
     pub switchover: bool,
     pub scheduled: Option<String>,
     pub force: bool,
 }
 
 pub async fn restart(config: &Config, target: &Target, restart: Restart) -> anyhow::Result<()> {
-    let Restart { members, role, pending, switchover, scheduled, force } = restart;
-    let which = if members.is_empty() { "every member".to_string() } else { members.join(", ") };
+    let Restart { members, role, pending, any, pg_version, timeout, switchover, scheduled, force } = restart;
+    let which = match (any, members.is_empty()) {
+        (true, true) => "one member".to_string(),
+        (true, false) => format!("one of {}", members.join(", ")),
+        (false, true) => "every member".to_string(),
+        (false, false) => members.join(", "),
+    };
     let when = scheduled.as_deref().map_or_else(|| "now".to_string(), |at| format!("at {at}"));
     confirm(&format!("Restart PostgreSQL on {which} of cluster {}, {when}?", target.scope), force)?;
     let request = RestartMembersRequest {
@@ -90,26 +104,55 @@ pub async fn restart(config: &Config, target: &Target, restart: Restart) -> anyh
         pending_only: pending,
         switchover_leader: switchover,
         schedule: scheduled.unwrap_or_default(),
+        postgres_version: pg_version.unwrap_or_default(),
+        timeout_seconds: timeout,
+        any,
     };
-    members_operation(config, target, Operation::Restart(request)).await
+    let failed = members_operation(config, target, Operation::Restart(request)).await?;
+    if !failed.is_empty() {
+        bail!("not restarted in time: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// `flush restart`: drops scheduled restarts.
 pub async fn flush_restart(config: &Config, target: &Target, force: bool) -> anyhow::Result<()> {
     confirm(&format!("Delete the scheduled restarts of cluster {}?", target.scope), force)?;
     let request = ha_proto::v1::CancelRestartMembersRequest { members: Vec::new() };
-    members_operation(config, target, Operation::CancelRestart(request)).await
+    members_operation(config, target, Operation::CancelRestart(request)).await.map(|_| ())
 }
 
-pub async fn reinit(config: &Config, target: &Target, member: String, force: bool) -> anyhow::Result<()> {
-    confirm(&format!("Re-clone {member} of cluster {} from the leader (its data moved aside)?", target.scope), force)?;
-    members_operation(config, target, Operation::Reinit(ReinitializeMemberRequest { member })).await
+/// What `reinit` was asked.
+pub struct Reinit {
+    pub members: Vec<String>,
+    pub from_leader: bool,
+    pub wait: bool,
+    pub force: bool,
+}
+
+/// Re-clones each member in turn (with `wait`, each streams again before
+/// the next starts).
+pub async fn reinit(config: &Config, target: &Target, reinit: Reinit) -> anyhow::Result<()> {
+    let Reinit { members, from_leader, wait, force } = reinit;
+    let source = if from_leader { "the leader" } else { "the leader (or a clonefrom member)" };
+    confirm(
+        &format!("Re-clone {} of cluster {} from {source} (data moved aside)?", members.join(", "), target.scope),
+        force,
+    )?;
+    for member in members {
+        let request = ReinitializeMemberRequest { member: member.clone(), from_leader, wait };
+        members_operation(config, target, Operation::Reinit(request)).await?;
+        if !wait {
+            println!("Success: reinitialize for member {member}");
+        }
+    }
+    Ok(())
 }
 
 pub async fn reload(config: &Config, target: &Target, members: Vec<String>, force: bool) -> anyhow::Result<()> {
     let which = if members.is_empty() { "every member".to_string() } else { members.join(", ") };
     confirm(&format!("Reload the config of {which} of cluster {}?", target.scope), force)?;
-    members_operation(config, target, Operation::Reload(ReloadMembersRequest { members })).await
+    members_operation(config, target, Operation::Reload(ReloadMembersRequest { members })).await.map(|_| ())
 }
 
 /// `key.path=value`: the value read as a YAML scalar (`null` deletes).
@@ -148,7 +191,8 @@ fn diff(before: &str, after: &str) -> String {
     out
 }
 
-fn read_source(path: &str) -> anyhow::Result<String> {
+/// A file's text, or stdin's for `-`.
+pub(crate) fn read_source(path: &str) -> anyhow::Result<String> {
     let mut text = String::new();
     if path == "-" {
         std::io::stdin().read_to_string(&mut text)?;
@@ -181,6 +225,10 @@ pub struct EditConfig {
     pub sets: Vec<String>,
     pub pgs: Vec<String>,
     pub apply: Option<String>,
+    /// The whole configuration from this file (`-`: stdin).
+    pub replace: Option<String>,
+    /// Do not print the changes.
+    pub quiet: bool,
     pub force: bool,
 }
 
@@ -192,7 +240,15 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
     };
     let before: Value = serde_json::from_str(&current.config_json).context("the config key is not JSON")?;
     let by_patch = !edit.sets.is_empty() || !edit.pgs.is_empty() || edit.apply.is_some();
-    let (after, patch) = if by_patch {
+    let (after, patch) = if let Some(source) = &edit.replace {
+        let text = read_source(source)?;
+        let replacement = serde_saphyr::from_str::<Value>(&text)
+            .with_context(|| format!("read {source} as YAML or JSON: nothing changed"))?;
+        if !replacement.is_object() {
+            bail!("{source} does not hold a configuration (a mapping of keys): nothing changed");
+        }
+        (replacement, None)
+    } else if by_patch {
         let mut patch = Value::Object(Default::default());
         if let Some(source) = &edit.apply {
             let text = read_source(source)?;
@@ -221,7 +277,9 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
         println!("Not changed");
         return Ok(());
     }
-    print!("---\n+++\n{changes}");
+    if !edit.quiet {
+        print!("---\n+++\n{changes}");
+    }
     confirm("Apply these changes?", edit.force)?;
     let revision = current.revision;
     let response = match (client.as_mut(), &patch) {

@@ -16,8 +16,22 @@ pub struct Snapshot {
     pub from: String,
 }
 
+static SKIP_CONTROLLER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on the cluster is read from etcd and changed there, never
+/// through the config's controller (`--dcs-url` names another etcd).
+pub fn skip_controller() {
+    SKIP_CONTROLLER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The config's controller serves `scope`: the config's own cluster, on
+/// the config's etcd.
+pub fn controller_serves(config: &Config, scope: &str) -> bool {
+    scope == config.scope && !SKIP_CONTROLLER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
-    if scope != config.scope {
+    if !controller_serves(config, scope) {
         return None;
     }
     let url = config.pgwarden.controller_grpc_url();

@@ -87,11 +87,17 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
 }
 
 /// A bordered table with a title in its top rule, as patronictl draws it.
-fn draw(title: &str, header: &[&str], rows: &[Vec<String>], numeric_from: usize) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+/// A cell may hold several lines (tags in YAML); then a rule separates
+/// every row, as patronictl's.
+fn draw(title: Option<&str>, header: &[&str], rows: &[Vec<String>], numeric: std::ops::Range<usize>) -> String {
+    let columns = header.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
+    let mut widths = vec![0; columns];
+    for (w, h) in widths.iter_mut().zip(header) {
+        *w = h.chars().count();
+    }
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.lines().map(|l| l.chars().count()).max().unwrap_or(0));
         }
     }
     let rule = |title: Option<&str>| {
@@ -110,72 +116,140 @@ fn draw(title: &str, header: &[&str], rows: &[Vec<String>], numeric_from: usize)
         }
         line + "\n"
     };
-    let row_line = |cells: &[String]| {
-        let mut line = String::from("|");
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i >= numeric_from {
-                line.push_str(&format!(" {cell:>w$} |"));
-            } else {
-                line.push_str(&format!(" {cell:<w$} |"));
+    let row_lines = |cells: &[String]| {
+        let height = cells.iter().map(|c| c.lines().count()).max().unwrap_or(1).max(1);
+        let mut out = String::new();
+        for k in 0..height {
+            let mut line = String::from("|");
+            for (i, w) in widths.iter().enumerate() {
+                let cell = cells.get(i).and_then(|c| c.lines().nth(k)).unwrap_or("");
+                if numeric.contains(&i) {
+                    line.push_str(&format!(" {cell:>w$} |"));
+                } else {
+                    line.push_str(&format!(" {cell:<w$} |"));
+                }
             }
+            out.push_str(&line);
+            out.push('\n');
         }
-        line + "\n"
+        out
     };
-    let mut out = rule(Some(title));
-    out.push_str(&row_line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
-    out.push_str(&rule(None));
-    for row in rows {
-        out.push_str(&row_line(row));
+    let multi_line = rows.iter().flatten().any(|cell| cell.contains('\n'));
+    let mut out = rule(title);
+    if !header.is_empty() {
+        out.push_str(&row_lines(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()));
+        out.push_str(&rule(None));
+    }
+    for (i, row) in rows.iter().enumerate() {
+        out.push_str(&row_lines(row));
+        if multi_line && i + 1 < rows.len() {
+            out.push_str(&rule(None));
+        }
     }
     out.push_str(&rule(None));
     out
 }
 
+/// A bordered table without a title (`query`'s pretty format).
+pub fn draw_untitled(header: &[String], rows: &[Vec<String>]) -> String {
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    draw(None, &header, rows, 0..0)
+}
+
 /// Renders the members table; members sorted by name (`topology`: the leader
 /// first, replicas indented).
-/// A member reports a parameter change waiting for a restart.
-fn pending_restart(view: &ClusterView, name: &str) -> bool {
-    let name = name.trim_start_matches("+ ");
-    view.member(name).is_some_and(|m| m.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)))
+/// The member a table row names (topology indents replicas).
+fn row_member<'a>(view: &'a ClusterView, row: &[String]) -> Option<&'a dcs::MemberEntry> {
+    view.member(row[0].trim_start_matches("+ "))
 }
 
-/// When a restart is scheduled on the member.
-fn scheduled_restart(view: &ClusterView, name: &str) -> Option<String> {
-    let name = name.trim_start_matches("+ ");
-    view.member(name)?.data.extra.get("scheduled_restart")?.get("schedule")?.as_str().map(String::from)
+/// A member's tags as patronictl shows them: YAML block lines (`pretty`), or
+/// one flow mapping (`tsv`, `topology`); nothing without tags.
+fn tags(member: &dcs::MemberEntry, flow: bool) -> String {
+    let entries: Vec<String> = member
+        .data
+        .tags
+        .iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => format!("{key}: {text}"),
+            other => format!("{key}: {other}"),
+        })
+        .collect();
+    match (entries.is_empty(), flow) {
+        (true, _) => String::new(),
+        (false, true) => format!("{{{}}}", entries.join(", ")),
+        (false, false) => entries.join("\n"),
+    }
 }
 
-pub fn members_table(scope: &str, view: &ClusterView, topology: bool) -> String {
-    let mut rows: Vec<Vec<String>> = rows(view, topology).into_iter().map(|r| r.to_vec()).collect();
+/// What an optional column shows for a member.
+type Cell<'a> = dyn Fn(&dcs::MemberEntry) -> String + 'a;
+
+/// Patroni's optional columns, each shown when `extended` or when some
+/// member has something to show in it: `Pending restart` (`*`), `Scheduled
+/// restart` (with `if version < X`), `Tags`.
+fn optional_columns(
+    view: &ClusterView,
+    rows: &[[String; 6]],
+    extended: bool,
+    flow_tags: bool,
+) -> Vec<(&'static str, Vec<String>)> {
+    let pending = |m: &dcs::MemberEntry| {
+        if m.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)) {
+            "*".into()
+        } else {
+            String::new()
+        }
+    };
+    let scheduled = |m: &dcs::MemberEntry| {
+        let Some(restart) = m.data.extra.get("scheduled_restart") else { return String::new() };
+        let at = restart.get("schedule").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        match restart.get("postgres_version").and_then(serde_json::Value::as_str) {
+            Some(version) => format!("{at} if version < {version}"),
+            None => at,
+        }
+    };
+    let columns: [(&'static str, &Cell); 3] =
+        [("Pending restart", &pending), ("Scheduled restart", &scheduled), ("Tags", &|m| tags(m, flow_tags))];
+    columns
+        .into_iter()
+        .map(|(name, value)| {
+            let cells: Vec<String> =
+                rows.iter().map(|row| row_member(view, row).map(value).unwrap_or_default()).collect();
+            (name, cells)
+        })
+        .filter(|(_, cells)| extended || cells.iter().any(|c| !c.is_empty()))
+        .collect()
+}
+
+/// The members table: Patroni's columns, and its optional ones (see
+/// [`optional_columns`]); `topology`: the leader first, replicas indented.
+pub fn members_table(scope: &str, view: &ClusterView, topology: bool, extended: bool) -> String {
+    let base = rows(view, topology);
+    let optional = optional_columns(view, &base, extended, topology);
     let mut header = HEADER.to_vec();
-    // Patroni's column, shown only when some member has a restart pending.
-    if rows.iter().any(|r| pending_restart(view, &r[0])) {
-        header.push("Pending restart");
-        for row in &mut rows {
-            let mark = if pending_restart(view, &row[0]) { "*" } else { "" };
-            row.push(mark.to_string());
-        }
-    }
-    if rows.iter().any(|r| scheduled_restart(view, &r[0]).is_some()) {
-        header.push("Scheduled restart");
-        for row in &mut rows {
-            let at = scheduled_restart(view, &row[0]).unwrap_or_default();
-            row.push(at);
-        }
-    }
-    let mut out = draw(&format!("Cluster: {scope} ({})", sysid(view)), &header, &rows, 4);
+    header.extend(optional.iter().map(|(name, _)| *name));
+    let rows: Vec<Vec<String>> = base
+        .iter()
+        .enumerate()
+        .map(|(i, row)| row.iter().cloned().chain(optional.iter().map(|(_, cells)| cells[i].clone())).collect())
+        .collect();
+    let mut out = draw(Some(&format!("Cluster: {scope} ({})", sysid(view))), &header, &rows, 4..6);
     if view.config.as_ref().is_some_and(|(c, _)| c.get("pause").and_then(serde_json::Value::as_bool) == Some(true)) {
         out.push_str(" Maintenance mode: on\n");
     }
     out
 }
 
-/// `list` in the chosen format; json/yaml/tsv carry the same columns plus `Cluster`.
-pub fn render_list(snapshot: &Snapshot, format: Format) -> anyhow::Result<String> {
+/// `list` in the chosen format; json/yaml/tsv carry the same columns plus
+/// `Cluster` (json and yaml leave empty values out, as patronictl's).
+pub fn render_list(snapshot: &Snapshot, format: Format, extended: bool) -> anyhow::Result<String> {
     let rows = rows(&snapshot.view, false);
+    let optional = optional_columns(&snapshot.view, &rows, extended, true);
     let records: Vec<serde_json::Value> = rows
         .iter()
-        .map(|row| {
+        .enumerate()
+        .map(|(i, row)| {
             let mut record = serde_json::Map::new();
             record.insert("Cluster".into(), snapshot.scope.clone().into());
             for (key, value) in HEADER.iter().zip(row) {
@@ -187,20 +261,32 @@ pub fn render_list(snapshot: &Snapshot, format: Format) -> anyhow::Result<String
                 };
                 record.insert((*key).to_string(), value);
             }
-            if pending_restart(&snapshot.view, &row[0]) {
-                record.insert("Pending restart".into(), "*".into());
+            for (name, cells) in &optional {
+                match (*name, snapshot.view.member(&row[0])) {
+                    ("Tags", Some(member)) if !member.data.tags.is_empty() => {
+                        record.insert("Tags".into(), serde_json::Value::Object(member.data.tags.clone()));
+                    }
+                    ("Tags", _) => {}
+                    _ if !cells[i].is_empty() => {
+                        record.insert((*name).to_string(), cells[i].clone().into());
+                    }
+                    _ => {}
+                }
             }
             serde_json::Value::Object(record)
         })
         .collect();
     Ok(match format {
-        Format::Pretty => members_table(&snapshot.scope, &snapshot.view, false),
+        Format::Pretty => members_table(&snapshot.scope, &snapshot.view, false, extended),
         Format::Json => format!("{}\n", serde_json::to_string(&records)?),
         Format::Yaml => serde_saphyr::to_string(&records)?,
         Format::Tsv => {
-            let mut out = format!("Cluster\t{}\n", HEADER.join("\t"));
-            for row in &rows {
-                out.push_str(&format!("{}\t{}\n", snapshot.scope, row.join("\t")));
+            let names: Vec<&str> = HEADER.iter().copied().chain(optional.iter().map(|(name, _)| *name)).collect();
+            let mut out = format!("Cluster\t{}\n", names.join("\t"));
+            for (i, row) in rows.iter().enumerate() {
+                let extra: Vec<&str> = optional.iter().map(|(_, cells)| cells[i].as_str()).collect();
+                let all: Vec<&str> = row.iter().map(String::as_str).chain(extra).collect();
+                out.push_str(&format!("{}\t{}\n", snapshot.scope, all.join("\t")));
             }
             out
         }
@@ -225,7 +311,7 @@ pub fn render_history(snapshot: &Snapshot, format: Format) -> anyhow::Result<Str
         })
         .collect();
     Ok(match format {
-        Format::Pretty => draw(&format!("Cluster: {} history", snapshot.scope), &header, &rows, 99),
+        Format::Pretty => draw(Some(&format!("Cluster: {} history", snapshot.scope)), &header, &rows, 0..0),
         Format::Json | Format::Yaml => {
             let records: Vec<serde_json::Value> = rows
                 .iter()
@@ -283,7 +369,7 @@ mod tests {
             status: Some(Status { optime: 50 << 20, ..Status::default() }),
             ..ClusterView::default()
         };
-        let table = members_table("batman", &view, false);
+        let table = members_table("batman", &view, false, false);
         let lines: Vec<&str> = table.lines().collect();
         assert!(lines[0].starts_with("+ Cluster: batman (7277694203142172922) "), "{table}");
         assert!(lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"), "{table}");
@@ -303,8 +389,54 @@ mod tests {
     }
 
     #[test]
+    fn optional_columns_show_when_extended_or_filled_and_tags_span_lines() {
+        let mut tagged = member("pg1", 5433, "replica", "streaming", 50 << 20);
+        tagged.data.tags.insert("nofailover".into(), serde_json::Value::Bool(true));
+        tagged.data.tags.insert("clonefrom".into(), serde_json::Value::Bool(true));
+        tagged.data.extra.insert(
+            "scheduled_restart".into(),
+            serde_json::json!({"schedule": "2026-12-06T01:00:00+00:00", "postgres_version": "15.4"}),
+        );
+        let plain = member("pg0", 5432, "primary", "running", 50 << 20);
+        let view = ClusterView {
+            leader: Some(LeaderView { name: "pg0".into(), lease: 1, mod_revision: 1 }),
+            members: vec![plain.clone(), tagged],
+            ..ClusterView::default()
+        };
+        let table = members_table("batman", &view, false, false);
+        assert!(!table.contains("Pending restart"), "{table}");
+        assert!(table.contains("| Scheduled restart") && table.contains("| Tags"), "{table}");
+        assert!(table.contains("2026-12-06T01:00:00+00:00 if version < 15.4"), "{table}");
+        // One tag per line, and a rule between the rows.
+        assert!(table.contains("| clonefrom: true  |") && table.contains("| nofailover: true |"), "{table}");
+        assert_eq!(table.lines().filter(|l| l.starts_with('+')).count(), 4, "{table}");
+        // Extended: every optional column, also when empty.
+        let quiet = ClusterView { members: vec![plain], ..view };
+        assert!(!members_table("batman", &quiet, false, false).contains("Tags"));
+        let extended = members_table("batman", &quiet, false, true);
+        assert!(extended.contains("| Pending restart | Scheduled restart | Tags |"), "{extended}");
+        // Topology and tsv write tags as one flow mapping.
+        let snapshot = Snapshot { scope: "batman".into(), view: view_with_tags(), from: "etcd".into() };
+        let tsv = render_list(&snapshot, Format::Tsv, false).expect("tsv");
+        assert!(tsv.lines().next().is_some_and(|h| h.ends_with("\tTags")), "{tsv}");
+        assert!(tsv.contains("\t{nofailover: true}"), "{tsv}");
+        let json = render_list(&snapshot, Format::Json, false).expect("json");
+        assert!(json.contains("\"Tags\":{\"nofailover\":true}") && !json.contains("\"Tags\":{}"), "{json}");
+    }
+
+    fn view_with_tags() -> ClusterView {
+        let mut tagged = member("pg1", 5433, "replica", "streaming", 50 << 20);
+        tagged.data.tags.insert("nofailover".into(), serde_json::Value::Bool(true));
+        ClusterView {
+            leader: Some(LeaderView { name: "pg0".into(), lease: 1, mod_revision: 1 }),
+            members: vec![member("pg0", 5432, "primary", "running", 50 << 20), tagged],
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
     fn names_an_uninitialised_cluster() {
-        let table = members_table("empty", &ClusterView::default(), false);
+        let table = members_table("empty", &ClusterView::default(), false, false);
         assert!(table.starts_with("+ Cluster: empty (uninitialized) "), "{table}");
     }
 }

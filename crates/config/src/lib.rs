@@ -264,6 +264,17 @@ pub struct Log {
     pub dateformat: Option<Vec<logformat::DatePart>>,
     /// `log.mode`: permissions of the files in `log.dir` (default 0600).
     pub mode: u32,
+    /// `log.file_size`: bytes after which a file in `log.dir` rotates (0:
+    /// never), as Patroni's (default 25,000,000).
+    pub file_size: u64,
+    /// `log.file_num`: rotated files kept (`<name>.log.1` ... `.N`; default 4).
+    pub file_num: u32,
+    /// `log.static_fields`: constant fields added to every json record.
+    pub static_fields: Map<String, Value>,
+    /// `log.deduplicate_heartbeat_logs`: log an unchanged HA decision only
+    /// when it changes (default false: also once per `loop_wait`, as
+    /// Patroni's heartbeat line).
+    pub deduplicate_heartbeat_logs: bool,
 }
 
 /// `restapi.allowlist`: each entry an address, a host name, or a CIDR
@@ -556,7 +567,7 @@ fn yaml_syntax_problem(message: &str) -> Problem {
     Problem { severity: Severity::Error, path, message: format!("YAML syntax error{at}: {what}") }
 }
 
-fn normalise_namespace(namespace: &str) -> String {
+pub fn normalise_namespace(namespace: &str) -> String {
     let trimmed = namespace.trim().trim_matches('/');
     if trimmed.is_empty() { "/".into() } else { format!("/{trimmed}/") }
 }
@@ -826,7 +837,35 @@ fn log_section(r: &mut Reader<'_>) -> Log {
             }
         },
     };
-    Log { level, json, format, dir: path_of(r, "log.dir"), dateformat, mode }
+    let file_size = r.int("log.file_size", 0, i64::MAX).map_or(25_000_000, |n| n as u64);
+    let file_num = r.int("log.file_num", 0, 1000).map_or(4, |n| n as u32);
+    let static_fields = match r.get("log.static_fields") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(fields)) => fields.clone(),
+        Some(other) => {
+            r.problems.error(
+                "log.static_fields",
+                format!("expected a mapping of field names to values, found {}", read::describe(other)),
+            );
+            Map::new()
+        }
+    };
+    if !static_fields.is_empty() && !json {
+        r.problems.warn("log.static_fields", "applies to log.type json only (as in Patroni): ignored with plain logs");
+    }
+    let deduplicate_heartbeat_logs = r.bool("log.deduplicate_heartbeat_logs", false);
+    Log {
+        level,
+        json,
+        format,
+        dir: path_of(r, "log.dir"),
+        dateformat,
+        mode,
+        file_size,
+        file_num,
+        static_fields,
+        deduplicate_heartbeat_logs,
+    }
 }
 
 fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {

@@ -264,7 +264,7 @@ impl Controller for ControllerService {
             return active.reinitialize(request.into_inner()).await;
         }
         let progress = self.progress();
-        operations::reinitialize(&self.cluster, &request.into_inner().member, &progress).await.map(Response::new)
+        operations::reinitialize(&self.cluster, &request.into_inner(), &progress).await.map(Response::new)
     }
 
     async fn reload(&self, request: Request<ReloadMembersRequest>) -> Result<Response<MembersResponse>, Status> {

@@ -229,29 +229,39 @@ pub async fn restart_members(
     r: &ha_proto::v1::RestartMembersRequest,
     progress: Progress<'_>,
 ) -> Result<MembersResponse, Status> {
+    if !matches!(r.role.as_str(), "" | "primary" | "replica") {
+        return Err(Status::invalid_argument(format!("role {:?}: expected primary or replica", r.role)));
+    }
+    let below_version = match r.postgres_version.trim() {
+        "" => 0,
+        text => ha_core::parse_postgres_version(text).map_err(Status::invalid_argument)?,
+    };
+    let agent_request = |schedule: &str| RestartRequest {
+        only_if_pending: r.pending_only,
+        role: r.role.clone(),
+        schedule: schedule.to_string(),
+        below_version,
+        timeout_seconds: r.timeout_seconds,
+    };
     if r.schedule.is_empty() {
-        restart(cluster, &r.members, &r.role, r.pending_only, r.switchover_leader, progress).await
+        restart(cluster, r, &agent_request(""), progress).await
     } else {
-        schedule_restart(cluster, &r.members, &r.role, r.pending_only, &r.schedule, progress).await
+        schedule_restart(cluster, &r.members, &agent_request(&r.schedule), progress).await
     }
 }
 
 /// Schedules a restart on each member (each carries it out by itself at
-/// `schedule`, its conditions checked then).
-pub async fn schedule_restart(
+/// its `schedule`, its conditions checked then).
+async fn schedule_restart(
     cluster: &Cluster,
     names: &[String],
-    role: &str,
-    pending_only: bool,
-    schedule: &str,
+    request: &RestartRequest,
     progress: Progress<'_>,
 ) -> Result<MembersResponse, Status> {
     let view = cluster.read().await?;
     let mut outcomes = Vec::new();
     for member in members(&view, names)? {
-        let request =
-            RestartRequest { only_if_pending: pending_only, role: role.to_string(), schedule: schedule.to_string() };
-        let reply = agent(&view, &member).await?.restart(request).await?.into_inner();
+        let reply = agent(&view, &member).await?.restart(request.clone()).await?.into_inner();
         say(progress, &member, format!("{member}: {}", reply.message));
         outcomes.push(MemberOutcome { member, done: reply.done, message: reply.message });
     }
@@ -281,26 +291,22 @@ pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<Membe
 
 /// A rolling restart: replicas first, one at a time, each streaming again
 /// before the next; the leader last (in place, or after a switchover).
-pub async fn restart(
+/// `any`: the first member in that order that the conditions let restart.
+async fn restart(
     cluster: &Cluster,
-    names: &[String],
-    role: &str,
-    pending_only: bool,
-    switchover_leader: bool,
+    r: &ha_proto::v1::RestartMembersRequest,
+    request: &RestartRequest,
     progress: Progress<'_>,
 ) -> Result<MembersResponse, Status> {
-    if !matches!(role, "" | "primary" | "replica") {
-        return Err(Status::invalid_argument(format!("role {role:?}: expected primary or replica")));
-    }
     let view = cluster.read().await?;
     let leader = view.leader.as_ref().map(|l| l.name.clone());
-    let mut order = members(&view, names)?;
+    let mut order = members(&view, &r.members)?;
     order.sort_by_key(|m| (Some(m) == leader.as_ref(), m.clone()));
     let mut outcomes = Vec::new();
     for member in order {
         let view = cluster.read().await?;
         let is_leader = view.leader.as_ref().is_some_and(|l| l.name == member);
-        if is_leader && switchover_leader && role != "replica" {
+        if is_leader && r.switchover_leader && r.role != "replica" {
             say(progress, &member, format!("{member} leads: switching over before its restart"));
             let done = workflow::switchover(cluster, &member, "", "").await?;
             say(progress, &member, format!("{} ({} ms)", done.message, done.duration_ms));
@@ -309,29 +315,42 @@ pub async fn restart(
         let view = cluster.read().await?;
         let mut client = agent(&view, &member).await?;
         say(progress, &member, format!("{member}: restarting"));
-        let reply = client
-            .restart(RestartRequest { only_if_pending: pending_only, role: role.to_string(), schedule: String::new() })
-            .await?
-            .into_inner();
+        let reply = client.restart(request.clone()).await?.into_inner();
         if reply.done {
             let took = wait_streaming(cluster, &member, Duration::from_secs(120), progress).await?;
             say(progress, &member, format!("{} ; back and streaming after {} ms", reply.message, took.as_millis()));
         } else {
             say(progress, &member, reply.message.clone());
         }
-        outcomes.push(MemberOutcome { member, done: reply.done, message: reply.message });
+        let (done, skipped) = (reply.done, reply.message.starts_with("skipped"));
+        outcomes.push(MemberOutcome { member, done, message: reply.message });
+        // One restarted (`any`), or one not back in time: the rest wait (a
+        // rolling restart never takes a second member down meanwhile).
+        if (r.any && done) || (!done && !skipped) {
+            break;
+        }
     }
     Ok(MembersResponse { outcomes })
 }
 
 /// Re-clones `member` from the leader and waits until it streams again.
-pub async fn reinitialize(cluster: &Cluster, member: &str, progress: Progress<'_>) -> Result<MembersResponse, Status> {
+/// Re-clones a replica (from the leader with `from_leader`); with `wait`,
+/// answers once it streams again.
+pub async fn reinitialize(
+    cluster: &Cluster,
+    r: &ha_proto::v1::ReinitializeMemberRequest,
+    progress: Progress<'_>,
+) -> Result<MembersResponse, Status> {
+    let member = r.member.as_str();
     let view = cluster.read().await?;
     members(&view, &[member.to_string()])?;
-    let reply = agent(&view, member).await?.reinitialize(ReinitializeRequest {}).await?.into_inner();
+    let request = ReinitializeRequest { from_leader: r.from_leader };
+    let reply = agent(&view, member).await?.reinitialize(request).await?.into_inner();
     say(progress, member, format!("{member}: {}", reply.message));
-    let took = wait_streaming(cluster, member, Duration::from_secs(600), progress).await?;
-    say(progress, member, format!("{member}: re-cloned and streaming after {} ms", took.as_millis()));
+    if r.wait {
+        let took = wait_streaming(cluster, member, Duration::from_secs(600), progress).await?;
+        say(progress, member, format!("{member}: re-cloned and streaming after {} ms", took.as_millis()));
+    }
     Ok(MembersResponse { outcomes: vec![MemberOutcome { member: member.into(), done: true, message: reply.message }] })
 }
 

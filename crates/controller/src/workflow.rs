@@ -53,7 +53,7 @@ fn never_leads(view: &ClusterView, member: &str) -> bool {
 
 /// A member's status from its agent (`None`: unreachable or not a pgwarden member).
 /// A client of `member`'s agent, from the gRPC address its key advertises.
-pub(crate) async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<AuthChannel>, Status> {
+pub async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<AuthChannel>, Status> {
     let url = view
         .member(member)
         .and_then(|m| m.data.grpc_url.clone())

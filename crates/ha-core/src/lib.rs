@@ -10,6 +10,7 @@ mod decide;
 mod lsn;
 pub mod sync;
 pub mod timeline;
+mod version;
 
 pub use candidate::{CandidateRules, Contender, Ineligible};
 pub use decide::{
@@ -18,3 +19,4 @@ pub use decide::{
     switchover_candidate,
 };
 pub use lsn::{Lsn, parse_lag};
+pub use version::{format_postgres_version, parse_postgres_version};

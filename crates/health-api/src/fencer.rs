@@ -143,12 +143,7 @@ async fn fence(settings: &FencerSettings, why: &str) -> bool {
     let mut left = vec![pid];
     if !stopped && pg_local::is_running(pid) {
         warn!(pid, "pg_ctl did not stop PostgreSQL: killing its processes and the postmaster");
-        left = pg_local::children_of(pid);
-        left.push(pid);
-        for &process in &left {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(process as i32), nix::sys::signal::Signal::SIGKILL);
-        }
+        left = pg_local::kill_with_children(pid);
     }
     let deadline = Instant::now() + pgwarden_config::FENCE_KILL_CHECK;
     loop {

@@ -81,6 +81,30 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         "1 if this replica recovers without streaming.",
         flag(replica && s.replication_state != "streaming"),
     );
+    metric(
+        "patroni_postmaster_start_time",
+        "gauge",
+        "Epoch seconds since Postgres started.",
+        if running { epoch_seconds(&s.postmaster_start_time).unwrap_or(0.0) } else { 0.0 },
+    );
+    metric(
+        "patroni_xlog_replayed_timestamp",
+        "gauge",
+        "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+        if replica { epoch_seconds(&s.replayed_timestamp).unwrap_or(0.0) } else { 0.0 },
+    );
+    metric(
+        "patroni_quorum_standby",
+        "gauge",
+        "1 if this node is a quorum standby (pgwarden has no quorum mode yet: 0).",
+        0.0,
+    );
+    metric(
+        "patroni_failsafe_mode_is_active",
+        "gauge",
+        "1 if failsafe mode is active (pgwarden has no failsafe mode yet: 0).",
+        0.0,
+    );
     metric("patroni_postgres_server_version", "gauge", "PostgreSQL's version number.", f64::from(s.server_version));
     metric("patroni_postgres_timeline", "counter", "PostgreSQL's timeline.", s.timeline as f64);
     metric("patroni_cluster_unlocked", "gauge", "1 if no member holds the leader key.", flag(s.leader.is_empty()));
@@ -132,6 +156,23 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
             s.cluster_optime.saturating_sub(position) as f64,
         );
     }
+    // Patroni's numbering of its states (patroni/postgresql/misc.py), with
+    // the values in the help as Patroni writes them.
+    let state = match s.postgres_state() {
+        PostgresState::Running => 5.0,
+        PostgresState::Starting => 6.0,
+        PostgresState::Stopping => 11.0,
+        PostgresState::Stopped | PostgresState::Uninitialized => 12.0,
+        PostgresState::Unspecified => -1.0,
+    };
+    metric(
+        "patroni_postgres_state",
+        "gauge",
+        "Numeric representation of Postgres state.\n# Values: 0=initdb, 1=initdb_failed, 2=custom_bootstrap, \
+         3=custom_bootstrap_failed, 4=creating_replica, 5=running, 6=starting, 7=bootstrap_starting, \
+         8=start_failed, 9=restarting, 10=restart_failed, 11=stopping, 12=stopped, 13=stop_failed, 14=crashed",
+        state,
+    );
     metric(
         "pgwarden_ha_loop_duration_seconds",
         "gauge",
@@ -145,6 +186,23 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         s.etcd_read_duration_us as f64 / 1e6,
     );
     out
+}
+
+/// PostgreSQL's timestamp text (`2026-12-05 17:00:00.123456+00`, or with
+/// `+05:30`, `-08`) as Unix seconds.
+fn epoch_seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text.rfind(['+', '-']).filter(|&at| at > 10)?;
+    let (local, offset) = text.split_at(split);
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]]");
+    let local = time::PrimitiveDateTime::parse(local, &format).ok()?;
+    let sign: i32 = if offset.starts_with('-') { -1 } else { 1 };
+    let (hours, minutes) = offset[1..].split_once(':').unwrap_or((&offset[1..], "0"));
+    let seconds = sign * (hours.parse::<i32>().ok()? * 3600 + minutes.parse::<i32>().ok()? * 60);
+    let offset = time::UtcOffset::from_whole_seconds(seconds).ok()?;
+    let at = local.assume_offset(offset);
+    Some(at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9)
 }
 
 /// Now on CLOCK_BOOTTIME, the clock the agent's deadlines use.
@@ -186,6 +244,17 @@ mod tests {
     use ha_proto::v1::NodeStatus;
 
     #[test]
+    fn reads_postgres_timestamps_in_any_zone() {
+        assert_eq!(epoch_seconds("2026-12-05 17:00:00+00"), Some(1_796_490_000.0));
+        assert_eq!(epoch_seconds("2026-12-05 17:00:00.5+00:00"), Some(1_796_490_000.5));
+        assert_eq!(epoch_seconds("2026-12-05 22:30:00+05:30"), Some(1_796_490_000.0));
+        assert_eq!(epoch_seconds("2026-12-05 09:00:00-08"), Some(1_796_490_000.0));
+        for wrong in ["", "yesterday", "2026-12-05", "2026-12-05 17:00:00"] {
+            assert_eq!(epoch_seconds(wrong), None, "{wrong}");
+        }
+    }
+
+    #[test]
     fn renders_patronis_names() {
         let identity = Identity { scope: "batman".into(), name: "pg0".into() };
         let now = Instant::now();
@@ -196,9 +265,14 @@ mod tests {
             leader: "pg0".into(),
             xlog_location: 1234,
             timeline: 3,
+            postmaster_start_time: "2026-12-05 17:00:00+00".into(),
             ..NodeStatus::default()
         };
         let text = render(&identity, &Some((status, now)), now);
+        assert!(text.contains(r#"patroni_postmaster_start_time{scope="batman",name="pg0"} 1796490000"#), "{text}");
+        assert!(text.contains(r#"patroni_postgres_state{scope="batman",name="pg0"} 5"#), "{text}");
+        assert!(text.contains("# Values: 0=initdb, 1=initdb_failed,"), "{text}");
+        assert!(text.contains(r#"patroni_failsafe_mode_is_active{scope="batman",name="pg0"} 0"#), "{text}");
         assert!(text.contains(r#"patroni_primary{scope="batman",name="pg0"} 1"#), "{text}");
         assert!(text.contains(r#"patroni_xlog_location{scope="batman",name="pg0"} 1234"#), "{text}");
         assert!(text.contains(r#"patroni_postgres_timeline{scope="batman",name="pg0"} 3"#), "{text}");

@@ -106,6 +106,30 @@ async fn controller(controller_url: &str) -> Result<ControllerClient<AuthChannel
     }
 }
 
+/// A number of seconds as Patroni's `parse_int(value, 's')` reads it: a
+/// number, or text with an optional unit (`ms`, `s`, `min`, `h`, `d`).
+fn seconds(value: &serde_json::Value) -> Option<u32> {
+    let (number, unit) = match value {
+        serde_json::Value::Number(n) => (n.as_f64()?, "s"),
+        serde_json::Value::String(text) => {
+            let text = text.trim();
+            let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+            (text[..split].parse::<f64>().ok()?, text[split..].trim())
+        }
+        _ => return None,
+    };
+    let per_unit = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return None,
+    };
+    let seconds = (number * per_unit).round();
+    (seconds.is_finite() && (0.0..=f64::from(u32::MAX)).contains(&seconds)).then_some(seconds as u32)
+}
+
 /// The node-scoped and configuration endpoints.
 async fn answer_operation(
     method: &Method,
@@ -132,8 +156,26 @@ async fn answer_operation(
     if path == "/restart" {
         let known = ["restart_pending", "role", "schedule", "timeout", "postgres_version"];
         if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
-            return reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}"));
+            return reply(StatusCode::BAD_REQUEST, format!("Unknown filter for the scheduled restart: {unknown}"));
         }
+        // Patroni's checks and words.
+        let postgres_version = match body.get("postgres_version") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(text)) => match ha_core::parse_postgres_version(text) {
+                Ok(_) => text.clone(),
+                Err(why) => return reply(StatusCode::BAD_REQUEST, why),
+            },
+            Some(other) => {
+                return reply(StatusCode::BAD_REQUEST, format!("Invalid PostgreSQL version: {other}"));
+            }
+        };
+        let timeout_seconds = match body.get("timeout") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(value) => match seconds(value) {
+                Some(seconds) if seconds > 0 => seconds,
+                _ => return reply(StatusCode::BAD_REQUEST, "Timeout should be a positive number of seconds"),
+            },
+        };
         let schedule = match body.get("schedule") {
             None | Some(serde_json::Value::Null) => String::new(),
             Some(serde_json::Value::String(at)) => at.clone(),
@@ -164,6 +206,9 @@ async fn answer_operation(
             pending_only,
             switchover_leader: false,
             schedule,
+            postgres_version,
+            timeout_seconds,
+            any: false,
         };
         return match client.restart(request).await {
             Ok(_) if scheduled => reply(StatusCode::ACCEPTED, "Restart scheduled"),
@@ -175,11 +220,13 @@ async fn answer_operation(
                 let outcome = response.into_inner().outcomes.into_iter().next();
                 match outcome {
                     Some(o) if o.done => reply(StatusCode::OK, "restarted successfully"),
-                    // Patroni answers 503 when the conditions are not met.
-                    Some(o) => reply(
+                    // Patroni answers 503 when the conditions are not met,
+                    // and when PostgreSQL is not back within `timeout`.
+                    Some(o) if o.message.starts_with("skipped") => reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("restart conditions are not satisfied: {}", o.message),
                     ),
+                    Some(o) => reply(StatusCode::SERVICE_UNAVAILABLE, o.message),
                     None => reply(StatusCode::SERVICE_UNAVAILABLE, "restart failed"),
                 }
             }
@@ -191,10 +238,16 @@ async fn answer_operation(
         Err(reply) => return reply,
     };
     match path {
-        "/reinitialize" => match client.reinitialize(ReinitializeMemberRequest { member: member.to_string() }).await {
-            Ok(_) => reply(StatusCode::OK, "reinitialize started"),
-            Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
-        },
+        "/reinitialize" => {
+            // Patroni's body: `from_leader` (and `force`, which has nothing
+            // to cancel here: operations run one at a time).
+            let from_leader = body.get("from_leader").and_then(serde_json::Value::as_bool).unwrap_or(false);
+            let request = ReinitializeMemberRequest { member: member.to_string(), from_leader, wait: false };
+            match client.reinitialize(request).await {
+                Ok(_) => reply(StatusCode::OK, "reinitialize started"),
+                Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
+            }
+        }
         "/reload" => match client.reload(ReloadMembersRequest { members: vec![member.to_string()] }).await {
             Ok(_) => reply(StatusCode::ACCEPTED, "reload scheduled"),
             Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, error.message()),
@@ -294,5 +347,18 @@ mod tests {
         assert_eq!(status_of(&Status::not_found("x"), true), StatusCode::NOT_FOUND);
         assert_eq!(status_of(&Status::aborted("x"), true), StatusCode::CONFLICT);
         assert_eq!(status_of(&Status::deadline_exceeded("x"), false), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn restart_timeouts_read_as_patroni_reads_them() {
+        use serde_json::json;
+        assert_eq!(seconds(&json!(30)), Some(30));
+        assert_eq!(seconds(&json!("30")), Some(30));
+        assert_eq!(seconds(&json!("2min")), Some(120));
+        assert_eq!(seconds(&json!("1500ms")), Some(2));
+        assert_eq!(seconds(&json!(" 1h ")), Some(3600));
+        for wrong in [json!("soon"), json!("3 weeks"), json!(true), json!([1]), json!(-1), json!("1e999")] {
+            assert_eq!(seconds(&wrong), None, "{wrong}");
+        }
     }
 }

@@ -12,9 +12,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// A request the HA loop carries out between ticks (one thing at a time).
 #[derive(Debug)]
 pub enum Command {
-    Restart { only_if_pending: bool, role: String, schedule: String },
+    Restart(RestartRequest),
     CancelRestart,
-    Reinitialize,
+    /// `from_leader`: clone from the leader, whatever the `clonefrom` tags say.
+    Reinitialize {
+        from_leader: bool,
+    },
     Reload,
 }
 
@@ -153,12 +156,7 @@ impl NodeAgent for AgentService {
         if !matches!(request.role.as_str(), "" | "primary" | "replica") {
             return Err(Status::invalid_argument(format!("role {:?}: expected primary or replica", request.role)));
         }
-        self.action(Command::Restart {
-            only_if_pending: request.only_if_pending,
-            role: request.role,
-            schedule: request.schedule,
-        })
-        .await
+        self.action(Command::Restart(request)).await
     }
 
     async fn cancel_restart(
@@ -168,8 +166,8 @@ impl NodeAgent for AgentService {
         self.action(Command::CancelRestart).await
     }
 
-    async fn reinitialize(&self, _request: Request<ReinitializeRequest>) -> Result<Response<ActionReply>, Status> {
-        self.action(Command::Reinitialize).await
+    async fn reinitialize(&self, request: Request<ReinitializeRequest>) -> Result<Response<ActionReply>, Status> {
+        self.action(Command::Reinitialize { from_leader: request.into_inner().from_leader }).await
     }
 
     async fn reload(&self, _request: Request<ReloadRequest>) -> Result<Response<ActionReply>, Status> {

@@ -76,6 +76,11 @@ pub struct Agent {
     /// The latest checkpoint's REDO point and timeline, as last read while
     /// PostgreSQL was stopped.
     redo: Option<(String, u64)>,
+    /// The next clone is from the leader (`reinit --from-leader`).
+    clone_from_leader: bool,
+    /// A restart's `timeout` on the leader: the start timeout until
+    /// PostgreSQL runs as primary again (Patroni's `set_start_timeout`).
+    start_timeout_override_ms: Option<u64>,
     /// `pg_controldata`'s minimum recovery ending location (timeline, LSN),
     /// as last read while PostgreSQL did not answer.
     min_recovery_end: Option<(u64, u64)>,
@@ -103,6 +108,8 @@ pub struct Agent {
     watchdog: crate::watchdog::SharedWatchdog,
 
     last_reason: String,
+    /// When the last `ha tick` line was written.
+    last_reason_logged: Instant,
     loop_wait: Duration,
     local: watch::Receiver<Local>,
     view: watch::Sender<HaView>,
@@ -130,9 +137,8 @@ pub struct Agent {
 #[derive(Debug, Clone)]
 struct ScheduledRestart {
     at: time::OffsetDateTime,
-    text: String,
-    only_if_pending: bool,
-    role: String,
+    /// The request, its `schedule` as given.
+    request: ha_proto::v1::RestartRequest,
 }
 
 /// Where operator requests come from: the gRPC API's channel, and the
@@ -211,6 +217,8 @@ impl Agent {
             wal_end_cache: None,
             redo: None,
             min_recovery_end: None,
+            start_timeout_override_ms: None,
+            clone_from_leader: false,
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,
@@ -228,6 +236,7 @@ impl Agent {
             last_role,
             last_dcs_seen_unix_ms: 0,
             last_reason: String::new(),
+            last_reason_logged: Instant::now(),
             loop_wait: Duration::from_secs(1),
             local,
             view,
@@ -273,7 +282,7 @@ impl Agent {
         };
         if ha_core::fence_at_once(self.keeper.proves_leader, deadline_live, writable) {
             warn!("the leader deadline passed without a renewal: stopping PostgreSQL before anything else");
-            match self.pg.stop("immediate").await {
+            match self.pg.fence().await {
                 Ok(()) => info!(from = "primary", to = "stopped", "role change: fenced"),
                 Err(e) => error!("failed to fence PostgreSQL: {e:#}"),
             }
@@ -308,6 +317,24 @@ impl Agent {
         {
             warn!("failed to {e:#}");
         }
+        // A data directory a pg_rewind left half-copied can never be
+        // started: moved aside (kept) before anything looks at it, so the
+        // node clones afresh, whatever remove_data_directory_on_rewind_failure
+        // says (that is about a rewind that failed, not one that broke the
+        // directory). Not during a pause: nothing starts it then either.
+        if self.pg.rewind_interrupted() && !dynamic.pause {
+            match self.pg.move_aside_half_rewound() {
+                Ok(aside) => {
+                    error!(
+                        aside = %aside.display(),
+                        "a pg_rewind of this data directory stopped midway: its files are part old, part the \
+                         source's, and no start can trust them; moved it aside (kept), cloning afresh"
+                    );
+                    self.sysid = None;
+                }
+                Err(e) => error!("a pg_rewind of this data directory stopped midway; moving it aside failed: {e:#}"),
+            }
+        }
         let local = self.local.borrow().clone();
         // Peers must see this member (and whether it has data) before it
         // acts, so that a race waits for its WAL position.
@@ -332,7 +359,12 @@ impl Agent {
         // Without etcd, `decide` acts only on a primary (or one starting)
         // that can no longer prove the key: everything else waits.
         let decision = decide(&obs);
-        if decision.reason != self.last_reason || decision.action.is_some() {
+        // An unchanged decision is logged again once per loop_wait, as
+        // Patroni's heartbeat line, unless log.deduplicate_heartbeat_logs.
+        let heartbeat =
+            !self.config.log.deduplicate_heartbeat_logs && self.last_reason_logged.elapsed() >= self.loop_wait;
+        if decision.reason != self.last_reason || decision.action.is_some() || heartbeat {
+            self.last_reason_logged = Instant::now();
             if decision.refused {
                 error!(reason = %decision.reason, "ha tick");
             } else {
@@ -358,7 +390,7 @@ impl Agent {
             }
         } else if decision.action == Some(Action::Demote) {
             // No etcd and no proof: fence all the same.
-            if let Err(e) = self.pg.stop("immediate").await {
+            if let Err(e) = self.pg.fence().await {
                 error!("failed to fence PostgreSQL: {e:#}");
             }
         }
@@ -366,12 +398,9 @@ impl Agent {
         // A scheduled restart whose time has come (its conditions checked now).
         if let Some(due) = self.scheduled_restart.clone().filter(|s| s.at <= time::OffsetDateTime::now_utc()) {
             self.scheduled_restart = None;
-            info!(schedule = %due.text, "carrying out the scheduled restart");
-            let restart = crate::grpc::Command::Restart {
-                only_if_pending: due.only_if_pending,
-                role: due.role,
-                schedule: String::new(),
-            };
+            info!(schedule = %due.request.schedule, "carrying out the scheduled restart");
+            let restart =
+                crate::grpc::Command::Restart(ha_proto::v1::RestartRequest { schedule: String::new(), ..due.request });
             match self.command(restart).await {
                 Ok(crate::grpc::Outcome::Action(reply)) => info!("scheduled restart: {}", reply.message),
                 Err(status) => warn!("scheduled restart failed: {}", status.message()),

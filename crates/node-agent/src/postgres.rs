@@ -578,9 +578,40 @@ impl Postgres {
         }
     }
 
-    /// `pg_ctl restart -m fast`, with the options it was started with.
-    pub async fn restart(&self) -> anyhow::Result<()> {
-        let timeout = self.timeout_arg();
+    /// Stops a PostgreSQL that may be writable at once, as the fencer does:
+    /// `pg_ctl stop -m immediate` given `FENCE_STOP_TIMEOUT`; a postmaster
+    /// still there (frozen, stuck) gets SIGKILL, with its children (a
+    /// backend outlives a killed postmaster and could still acknowledge a
+    /// commit); then every one of them must be gone within
+    /// `FENCE_KILL_CHECK`. `pg_ctl stop` alone would wait `pg_ctl_timeout`
+    /// (60 s) on a frozen postmaster while it keeps its key or its clients.
+    pub async fn fence(&self) -> anyhow::Result<()> {
+        info!("stopping PostgreSQL immediately");
+        let stop = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "1"]);
+        let stopped = tokio::time::timeout(pgwarden_config::FENCE_STOP_TIMEOUT, stop).await.is_ok_and(|r| r.is_ok());
+        let pid = pg_local::observe(&self.data_dir).postmaster_pid;
+        if stopped || pid == 0 || !pg_local::is_running(pid) {
+            return Ok(());
+        }
+        warn!(pid, "pg_ctl did not stop PostgreSQL: killing the postmaster and its processes");
+        let processes = pg_local::kill_with_children(pid);
+        let deadline = tokio::time::Instant::now() + pgwarden_config::FENCE_KILL_CHECK;
+        loop {
+            let alive: Vec<u32> = processes.iter().copied().filter(|&p| pg_local::is_running(p)).collect();
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("PostgreSQL's processes {alive:?} are still running after SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `pg_ctl restart -m fast`, with the options it was started with,
+    /// waiting `timeout` (default: `pg_ctl_timeout`) for it to answer.
+    pub async fn restart(&self, timeout: Option<Duration>) -> anyhow::Result<()> {
+        let timeout = timeout.map_or_else(|| self.timeout_arg(), |t| t.as_secs().max(1).to_string());
         info!("restarting PostgreSQL");
         // `-l` as at start: without it the new postmaster would hold pg_ctl's
         // output pipes open, and this call would never return.
@@ -740,12 +771,23 @@ impl Postgres {
         for signal in &signals {
             std::fs::remove_file(signal).with_context(|| format!("move {} aside for pg_rewind", signal.display()))?;
         }
+        // pg_rewind copies over the data directory in place: stopped midway
+        // (an error, the agent or the node killed) it leaves files half the
+        // source's, which no start may trust. The marker says so until it
+        // finishes, or fails before it changed anything.
+        let marker = self.rewind_marker();
+        if !dry_run {
+            std::fs::write(&marker, source.member.as_bytes()).with_context(|| format!("write {}", marker.display()))?;
+        }
         let output = cmd.output().await.context("run pg_rewind");
         for signal in &signals {
             std::fs::write(signal, "").with_context(|| format!("restore {} after pg_rewind", signal.display()))?;
         }
         let output = output?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !dry_run && (output.status.success() || !rewind_changed_target(&text)) {
+            std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
+        }
         if !output.status.success() {
             let tail = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
             bail!("pg_rewind from {} failed ({}): {tail}", source.member, output.status);
@@ -753,6 +795,34 @@ impl Postgres {
         let needed = !text.contains("no rewind required");
         info!(needed, dry_run, "pg_rewind done");
         Ok(needed)
+    }
+
+    /// The file that marks a pg_rewind of this data directory in progress
+    /// (`<data_dir>.pgwarden.rewinding`): left behind, the rewind stopped
+    /// midway.
+    pub fn rewind_marker(&self) -> PathBuf {
+        let mut name = self.data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "data".into());
+        name.push(".pgwarden.rewinding");
+        self.data_dir.with_file_name(name)
+    }
+
+    /// A pg_rewind of this data directory stopped midway (see
+    /// [`Self::rewind_marker`]). A marker without its data directory (moved
+    /// aside meanwhile) is cleared.
+    pub fn rewind_interrupted(&self) -> bool {
+        let marker = self.rewind_marker();
+        if marker.exists() && !self.data_dir.exists() {
+            let _ = std::fs::remove_file(&marker);
+        }
+        marker.exists()
+    }
+
+    /// Moves aside a data directory a pg_rewind left half-copied (kept, for
+    /// whoever wants to look) and clears the marker: the next tick clones.
+    pub fn move_aside_half_rewound(&self) -> anyhow::Result<PathBuf> {
+        let aside = self.move_aside("rewind-interrupted")?;
+        std::fs::remove_file(self.rewind_marker()).context("remove the pg_rewind marker")?;
+        Ok(aside)
     }
 
     /// Renames the data directory aside (kept, never deleted) so that a
@@ -835,9 +905,34 @@ pub fn basebackup_progress(line: &str) -> Option<(u64, u64)> {
     Some((done.parse::<u64>().ok()?.saturating_mul(1024), total.parse::<u64>().ok()?.saturating_mul(1024)))
 }
 
+/// pg_rewind's output says it had begun to change the target: it writes
+/// only after it printed how much it must copy (`need to copy ... MB`).
+fn rewind_changed_target(output: &str) -> bool {
+    output.contains("need to copy")
+        || output.contains("creating backup label and updating control file")
+        || output.contains("syncing target data directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// pg_rewind 15's own words, before and after it starts to write.
+    #[test]
+    fn a_rewind_that_failed_before_copying_left_the_target_as_it_was() {
+        let refused = "pg_rewind: error: could not connect to server: connection refused\n";
+        assert!(!rewind_changed_target(refused));
+        let no_ancestor =
+            "pg_rewind: error: could not find common ancestor of the source and target cluster's timelines";
+        assert!(!rewind_changed_target(no_ancestor));
+        let midway = "pg_rewind: servers diverged at WAL location 0/7828358 on timeline 15\n\
+                      pg_rewind: rewinding from last common checkpoint at 0/7828290 on timeline 15\n\
+                      pg_rewind: reading source file list\npg_rewind: reading target file list\n\
+                      pg_rewind: reading WAL in target\n\
+                      pg_rewind: need to copy 51 MB (total source directory size is 70 MB)\n\
+                      pg_rewind: error: could not fetch remote file \"global/pg_control\": server closed the connection";
+        assert!(rewind_changed_target(midway));
+    }
 
     #[test]
     fn reads_pg_basebackups_progress_lines() {

@@ -50,6 +50,18 @@ pub fn is_running(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// SIGKILL to a postmaster's children (a backend outlives a killed
+/// postmaster and could still acknowledge a commit) and to it; returns them
+/// all, for the caller to check that each is gone.
+pub fn kill_with_children(postmaster: u32) -> Vec<u32> {
+    let mut processes = children_of(postmaster);
+    processes.push(postmaster);
+    for &process in &processes {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(process as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    processes
+}
+
 /// The processes whose parent is `pid` (a postmaster's backends and workers).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };

@@ -4,6 +4,7 @@
 //! the shutdown signal. It owns no service logic.
 
 pub mod grpc;
+mod logfile;
 mod logline;
 
 use std::path::PathBuf;
@@ -45,8 +46,11 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
     // tonic reports a refused gRPC TLS handshake (no or a foreign client
     // certificate) only at debug level; it is worth a line at every level.
     let filter = filter.add_directive("tonic::transport::server::io_stream=debug".parse().context("tonic directive")?);
-    let result = match &log.dir {
-        // Patroni's `log.dir`: a file per service in that directory, appended to.
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let fields = if log.json { log.static_fields.clone() } else { Default::default() };
+    let (writer, ansi) = match &log.dir {
+        // Patroni's `log.dir`: a file per service in that directory, appended
+        // to, rotated by size (`log.file_size`, `log.file_num`).
         Some(dir) => {
             let service = std::env::current_exe()
                 .ok()
@@ -54,36 +58,23 @@ pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "pgwarden".into());
             std::fs::create_dir_all(dir).with_context(|| format!("create log.dir {}", dir.display()))?;
             let path = dir.join(format!("{service}.log"));
-            let file = std::os::unix::fs::OpenOptionsExt::mode(
-                std::fs::OpenOptions::new().create(true).append(true),
-                log.mode,
-            )
-            .open(&path)
-            .with_context(|| format!("open the log file {} (log.dir)", path.display()))?;
-            // An existing file gets the mode too (log.mode changed, or created before).
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(log.mode))
-                .with_context(|| format!("set the mode of {} (log.mode)", path.display()))?;
-            let builder = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file));
-            match &log.format {
-                _ if log.json => builder.json().try_init(),
-                Some(parts) => builder.event_format(patroni_format(log, parts)).try_init(),
-                None => builder.try_init(),
-            }
+            let file = logfile::RotatingFile::open(path.clone(), log.mode, log.file_size, log.file_num)
+                .with_context(|| format!("open the log file {} (log.dir, log.mode)", path.display()))?;
+            let file = std::sync::Mutex::new(logfile::StaticFields::new(file, fields));
+            (BoxMakeWriter::new(file), false)
         }
         None => {
             // Colour only on a terminal: journald and log files get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let builder =
-                tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-            match &log.format {
-                _ if log.json => builder.json().try_init(),
-                Some(parts) => builder.event_format(patroni_format(log, parts)).try_init(),
-                None => builder.try_init(),
-            }
+            let writer = move || logfile::StaticFields::new(std::io::stderr(), fields.clone());
+            (BoxMakeWriter::new(writer), ansi)
         }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi && !log.json).with_writer(writer);
+    let result = match &log.format {
+        _ if log.json => builder.json().try_init(),
+        Some(parts) => builder.event_format(patroni_format(log, parts)).try_init(),
+        None => builder.try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("set up logging: {e}"))
 }

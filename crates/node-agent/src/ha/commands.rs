@@ -23,8 +23,9 @@ impl Agent {
                 }
                 None => Err(Status::not_found("no restarts are scheduled")),
             },
-            Command::Restart { only_if_pending, role, schedule } if !schedule.is_empty() => {
-                let at = time::OffsetDateTime::parse(&schedule, &time::format_description::well_known::Rfc3339)
+            Command::Restart(request) if !request.schedule.is_empty() => {
+                let schedule = &request.schedule;
+                let at = time::OffsetDateTime::parse(schedule, &time::format_description::well_known::Rfc3339)
                     .map_err(|_| {
                         Status::invalid_argument(format!(
                             "schedule {schedule:?}: expected an ISO 8601 time with a time zone"
@@ -36,32 +37,78 @@ impl Agent {
                 if self.scheduled_restart.is_some() {
                     return Err(Status::already_exists("Another restart is already scheduled"));
                 }
-                self.scheduled_restart = Some(ScheduledRestart { at, text: schedule.clone(), only_if_pending, role });
+                let reply_text = format!("Restart scheduled at {schedule}");
+                self.scheduled_restart = Some(ScheduledRestart { at, request });
                 let local = self.local.borrow().clone();
                 let _ = self.publish_member(&local).await;
-                reply(true, format!("Restart scheduled at {schedule}"))
+                reply(true, reply_text)
             }
-            Command::Restart { only_if_pending, role, .. } => {
+            Command::Restart(request) => {
+                let ha_proto::v1::RestartRequest { only_if_pending, role, below_version, timeout_seconds, .. } =
+                    request;
                 let local = self.local.borrow().clone();
-                let Some(sql) = local.sql else {
+                let stopped = matches!(
+                    local.postmaster.state,
+                    ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                );
+                if local.sql.is_none() && stopped {
                     return self.start_on_request(&role, only_if_pending).await;
+                }
+                // A postmaster that runs but does not answer (starting,
+                // stuck) is restarted too, as Patroni would; its role is then
+                // the leader key's, its version and pending flag unknown.
+                let leading = self.leader_deadline().is_some();
+                let mine = match &local.sql {
+                    Some(sql) if sql.in_recovery => "replica",
+                    Some(_) => "primary",
+                    None if leading => "primary",
+                    None => "replica",
                 };
-                let mine = if sql.in_recovery { "replica" } else { "primary" };
                 if !role.is_empty() && role != mine {
                     return reply(false, format!("skipped: {} is a {mine}", self.config.name));
                 }
-                if only_if_pending && !sql.pending_restart {
+                if only_if_pending && !local.sql.as_ref().is_some_and(|sql| sql.pending_restart) {
                     return reply(false, format!("skipped: {} has no restart pending", self.config.name));
+                }
+                let running = local.sql.as_ref().map_or(0, |sql| u32::try_from(sql.server_version).unwrap_or(0));
+                if below_version > 0 && running > 0 && running >= below_version {
+                    return reply(
+                        false,
+                        format!(
+                            "skipped: {} runs PostgreSQL {}, not below {}",
+                            self.config.name,
+                            ha_core::format_postgres_version(running),
+                            ha_core::format_postgres_version(below_version)
+                        ),
+                    );
+                }
+                let timeout = (timeout_seconds > 0).then(|| Duration::from_secs(u64::from(timeout_seconds)));
+                // As Patroni's set_start_timeout: on the leader the restart's
+                // timeout is also how long the HA loop waits for PostgreSQL
+                // back as primary, counted from now, before it hands over.
+                if let Some(timeout) = timeout
+                    && leading
+                {
+                    self.start_timeout_override_ms = Some(timeout.as_millis() as u64);
+                    self.primary_down_since_ms = Some(self.now_ms());
                 }
                 let started = Instant::now();
                 self.callbacks.before_stop(mine).await;
-                self.pg.restart().await.map_err(failed)?;
+                if let Err(e) = self.pg.restart(timeout).await {
+                    return match timeout {
+                        Some(timeout) => reply(
+                            false,
+                            format!("postgres is still starting: not back within the timeout of {timeout:?} ({e:#})"),
+                        ),
+                        None => Err(failed(e)),
+                    };
+                }
                 self.await_local("answer after the restart", |l| l.sql.is_some()).await.map_err(failed)?;
                 self.callbacks.fire("restart", mine);
                 info!(role = mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
                 reply(true, format!("restarted {} ({mine}) in {} ms", self.config.name, started.elapsed().as_millis()))
             }
-            Command::Reinitialize => {
+            Command::Reinitialize { from_leader } => {
                 if self.leader_deadline().is_some() {
                     return Err(Status::failed_precondition("I am the leader, can not reinitialize"));
                 }
@@ -75,6 +122,7 @@ impl Agent {
                 self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
                 let aside = self.pg.move_aside("reinit").map_err(failed)?;
                 self.upstream = None;
+                self.clone_from_leader = from_leader;
                 self.wake.wake.notify_one();
                 reply(true, format!("reinitialize started: the old data directory is kept at {}", aside.display()))
             }
@@ -138,6 +186,12 @@ impl Agent {
         let Some(data) = obs.data.clone() else {
             return Err(Status::failed_precondition("PostgreSQL has no data directory here: nothing to start"));
         };
+        if self.pg.rewind_interrupted() {
+            return Err(Status::failed_precondition(
+                "a pg_rewind of this data directory stopped midway: no start can trust it; reinitialize it \
+                 (outside a pause the agent moves it aside and clones by itself)",
+            ));
+        }
         let (action, starts_as) = if obs.holds_leader && data.was_primary {
             (Action::StartPrimary, "primary")
         } else if data.was_primary {

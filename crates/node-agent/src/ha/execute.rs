@@ -52,6 +52,11 @@ impl Agent {
         match action {
             Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
             Action::Clone { source } => {
+                // `reinit --from-leader`: the leader, whatever the tags say.
+                let source = match (std::mem::take(&mut self.clone_from_leader), &view.leader) {
+                    (true, Some(leader)) => leader.name.as_str(),
+                    _ => source.as_str(),
+                };
                 let upstream = self.upstream_of(view, source)?;
                 self.pg.write_pgpass(Some(&upstream))?;
                 self.pg.prepare_empty_data_dir()?;
@@ -218,7 +223,11 @@ impl Agent {
             }
             Action::Demote => {
                 let replica = matches!(obs.pg, PgRun::Replica { .. });
-                self.pg.stop(if replica { "fast" } else { "immediate" }).await?;
+                if replica {
+                    self.pg.stop("fast").await?;
+                } else {
+                    self.pg.fence().await?;
+                }
                 // Gone, not only silent: a postmaster still in crash recovery
                 // answers no query either.
                 self.await_local("stopped", |l| {

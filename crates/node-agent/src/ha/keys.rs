@@ -66,13 +66,20 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
         extra.insert("released_leader".into(), Value::Bool(true));
     }
     if let Some(scheduled) = facts.scheduled_restart {
+        let request = &scheduled.request;
         let mut restart = serde_json::Map::new();
-        restart.insert("schedule".into(), scheduled.text.clone().into());
-        if scheduled.only_if_pending {
+        restart.insert("schedule".into(), request.schedule.clone().into());
+        if request.only_if_pending {
             restart.insert("restart_pending".into(), true.into());
         }
-        if !scheduled.role.is_empty() {
-            restart.insert("role".into(), scheduled.role.clone().into());
+        if !request.role.is_empty() {
+            restart.insert("role".into(), request.role.clone().into());
+        }
+        if request.below_version > 0 {
+            restart.insert("postgres_version".into(), ha_core::format_postgres_version(request.below_version).into());
+        }
+        if request.timeout_seconds > 0 {
+            restart.insert("timeout".into(), request.timeout_seconds.into());
         }
         extra.insert("scheduled_restart".into(), Value::Object(restart));
     }
@@ -333,9 +340,13 @@ mod tests {
         assert_eq!(serde_json::Value::Object(quiet), serde_json::json!({"fencer_ready": true}));
         let restart = ScheduledRestart {
             at: time::OffsetDateTime::UNIX_EPOCH,
-            text: "2026-12-05T12:00:00+00:00".into(),
-            only_if_pending: true,
-            role: "replica".into(),
+            request: ha_proto::v1::RestartRequest {
+                schedule: "2026-12-05T12:00:00+00:00".into(),
+                only_if_pending: true,
+                role: "replica".into(),
+                below_version: 150_004,
+                timeout_seconds: 0,
+            },
         };
         let all = member_extra(&MemberFacts {
             checkpoint_pending: true,
@@ -353,7 +364,7 @@ mod tests {
                 "pending_restart": true,
                 "fencer_ready": false,
                 "released_leader": true,
-                "scheduled_restart": {"schedule": "2026-12-05T12:00:00+00:00", "restart_pending": true, "role": "replica"},
+                "scheduled_restart": {"schedule": "2026-12-05T12:00:00+00:00", "restart_pending": true, "role": "replica", "postgres_version": "15.4"},
             })
         );
     }

@@ -84,6 +84,9 @@ impl Agent {
         if pg == PgRun::Stopped {
             self.upstream = None;
         }
+        if matches!(pg, PgRun::Primary { .. }) {
+            self.start_timeout_override_ms = None;
+        }
         let not_streaming = match &local.sql {
             Some(sql) if sql.in_recovery && sql.replication_state != "streaming" => {
                 Some(self.why_not_streaming(&sql.receiver_status))
@@ -177,7 +180,9 @@ impl Agent {
             now_unix_ms: crate::now_unix_ms(),
             ttl_ms: u64::from(dynamic.ttl) * 1000,
             primary_down_since_ms: self.primary_down_since_ms,
-            primary_start_timeout_ms: u64::from(dynamic.primary_start_timeout) * 1000,
+            primary_start_timeout_ms: self
+                .start_timeout_override_ms
+                .unwrap_or(u64::from(dynamic.primary_start_timeout) * 1000),
             history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
             // Only switch points PostgreSQL's own timeline history confirmed:
             // the entry a candidate writes before it promotes carries its
