@@ -699,3 +699,104 @@ async fn everywhere_config(cluster: &PgwardenCluster, key: &str, value: i64) {
     .await
     .expect("config applied");
 }
+
+/// The slots of `node` as (name, type, restart or confirmed position).
+fn slots_of(cluster: &PgwardenCluster, node: usize) -> Vec<(String, String, String)> {
+    let text = cluster.nodes[node]
+        .psql(
+            "select string_agg(slot_name || ',' || slot_type || ',' || \
+             coalesce(confirmed_flush_lsn, restart_lsn)::text, ';' order by slot_name) from pg_replication_slots",
+        )
+        .unwrap_or_default();
+    text.split(';')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let mut parts = s.split(',');
+            Some((parts.next()?.to_string(), parts.next()?.to_string(), parts.next().unwrap_or("").to_string()))
+        })
+        .collect()
+}
+
+/// Patroni's `slots` and `ignore_slots` (issue 23): permanent slots on every
+/// leader (the physical one also on the replicas, moved along to the
+/// leader's position), a slot the config ignores never dropped, any other
+/// slot nobody claims dropped after `member_slots_ttl`, and the permanent
+/// slots on the new leader after a switchover.
+#[tokio::test]
+async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
+    let (cluster, leader) = cluster().await;
+    // Logical slots need wal_level logical: a restart of every member.
+    let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--pg", "wal_level=logical", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    everywhere(&cluster, "select pending_restart from pg_settings where name = 'wal_level'", "t").await;
+    let (ok, stdout, stderr) = ctl(&cluster, &["restart", "--pending", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    everywhere(&cluster, "show wal_level", "logical").await;
+    for slot in ["manual", "stray"] {
+        cluster.nodes[leader]
+            .psql(&format!("select pg_create_physical_replication_slot('{slot}', true)"))
+            .expect("a slot made by hand");
+    }
+    let sets = [
+        "member_slots_ttl=1",
+        "slots.archive.type=physical",
+        "slots.cdc.type=logical",
+        "slots.cdc.database=postgres",
+        "slots.cdc.plugin=test_decoding",
+        "ignore_slots=[{name: manual}]",
+    ];
+    let mut args = vec!["edit-config", "--force"];
+    for set in &sets {
+        args.extend(["--set", set]);
+    }
+    let (ok, stdout, stderr) = ctl(&cluster, &args);
+    assert!(ok, "{stdout}{stderr}");
+    let names = |node: usize| -> Vec<String> { slots_of(&cluster, node).into_iter().map(|s| s.0).collect() };
+    wait_until("the leader's slots: permanent ones made, the ignored one kept, the stray one dropped", UP, || async {
+        let on_leader = names(leader);
+        let wanted = ["archive", "cdc", "manual"].iter().all(|s| on_leader.iter().any(|n| n == s));
+        if wanted && !on_leader.iter().any(|n| n == "stray") { Ok(Some(())) } else { Err(format!("{on_leader:?}")) }
+    })
+    .await
+    .expect("slots on the leader");
+    assert!(slots_of(&cluster, leader).iter().any(|s| s.0 == "cdc" && s.1 == "logical"));
+    // The leader's archive slot moves on (a consumer would); the replicas'
+    // copies follow it, through the status key.
+    cluster.nodes[leader].psql("create table moved as select generate_series(1, 1000) g").expect("write");
+    let target = cluster.nodes[leader]
+        .psql("select end_lsn from pg_replication_slot_advance('archive', pg_current_wal_lsn())")
+        .expect("advance the leader's slot")
+        .trim()
+        .to_string();
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    wait_until("each replica's archive slot at the leader's position", UP, || async {
+        let positions: Vec<Option<String>> = replicas
+            .iter()
+            .map(|&i| slots_of(&cluster, i).into_iter().find(|s| s.0 == "archive").map(|s| s.2))
+            .collect();
+        if positions.iter().all(|p| p.as_deref() == Some(target.as_str())) {
+            Ok(Some(()))
+        } else {
+            Err(format!("{positions:?}, leader's {target}"))
+        }
+    })
+    .await
+    .expect("replica copies advanced");
+    let status = cluster.get_key("status").await.expect("read status").expect("a status key");
+    assert!(status.contains("\"archive\""), "the leader publishes the permanent slots' positions: {status}");
+    // A switchover: the new leader has both permanent slots.
+    let (ok, stdout, stderr) = ctl(&cluster, &["switchover", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let new_leader = cluster.wait_healthy(UP).await.expect("healthy after the switchover");
+    assert_ne!(new_leader, leader);
+    wait_until("the new leader's permanent slots", UP, || async {
+        let there = names(new_leader);
+        if ["archive", "cdc"].iter().all(|s| there.iter().any(|n| n == s)) {
+            Ok(Some(()))
+        } else {
+            Err(format!("{there:?}"))
+        }
+    })
+    .await
+    .expect("permanent slots on the new leader");
+}

@@ -26,6 +26,104 @@ pub enum SyncMode {
     Quorum,
 }
 
+/// A permanent replication slot (Patroni's `slots.<name>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermanentSlot {
+    Physical,
+    Logical { database: String, plugin: String },
+}
+
+/// One `ignore_slots` entry: a slot matches when every field given matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotMatcher {
+    pub name: Option<String>,
+    /// `physical` or `logical`.
+    pub kind: Option<String>,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl SlotMatcher {
+    pub fn matches(&self, name: &str, kind: &str, database: Option<&str>, plugin: Option<&str>) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name)
+            && self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.database.as_deref().is_none_or(|d| Some(d) == database)
+            && self.plugin.as_deref().is_none_or(|p| Some(p) == plugin)
+    }
+}
+
+/// A name PostgreSQL takes for a replication slot: lower-case letters,
+/// digits and underscores, at most 63.
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `slots`: each a physical slot (also written `name:` with no value) or a
+/// logical one with its `database` and `plugin`; `cluster_type: standby`
+/// ones are for standby clusters, which pgwarden does not run.
+fn permanent_slots(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, PermanentSlot> {
+    let mut out = BTreeMap::new();
+    let Some(section) = r.section(path) else { return out };
+    for (name, value) in section {
+        let at = format!("{path}.{name}");
+        if !valid_slot_name(name) {
+            r.problems.error(&at, "a slot name is lower-case letters, digits and underscores (at most 63)");
+            continue;
+        }
+        let field = |key: &str| value.get(key).and_then(scalar_text);
+        if field("cluster_type").is_some_and(|t| t == "standby") {
+            r.problems.notice(&at, "cluster_type standby: only for standby clusters, which pgwarden does not run");
+            continue;
+        }
+        let slot = match field("type").as_deref() {
+            None | Some("physical") => PermanentSlot::Physical,
+            Some("logical") => match (field("database"), field("plugin")) {
+                (Some(database), Some(plugin)) => PermanentSlot::Logical { database, plugin },
+                _ => {
+                    r.problems.error(&at, "a logical slot needs its database and plugin");
+                    continue;
+                }
+            },
+            Some(other) => {
+                r.problems.error(format!("{at}.type"), format!("{other:?}: expected physical or logical"));
+                continue;
+            }
+        };
+        out.insert(name.clone(), slot);
+    }
+    out
+}
+
+/// `ignore_slots`: a list of matchers (`name`, `type`, `database`, `plugin`).
+fn slot_matchers(r: &mut Reader<'_>, path: &str) -> Vec<SlotMatcher> {
+    let Some(value) = r.get(path) else { return Vec::new() };
+    let Some(entries) = value.as_array() else {
+        r.problems.error(path, "expected a list of matchers (name, type, database, plugin)");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let Some(fields) = entry.as_object() else {
+            r.problems.error(format!("{path}[{i}]"), "expected a matcher: name, type, database and/or plugin");
+            continue;
+        };
+        if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "name" | "type" | "database" | "plugin")) {
+            r.problems.error(format!("{path}[{i}].{unknown}"), "a matcher has only name, type, database and plugin");
+            continue;
+        }
+        let field = |key: &str| fields.get(key).and_then(scalar_text);
+        out.push(SlotMatcher {
+            name: field("name"),
+            kind: field("type"),
+            database: field("database"),
+            plugin: field("plugin"),
+        });
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DynamicConfig {
     pub ttl: u32,
@@ -48,6 +146,11 @@ pub struct DynamicConfig {
     pub member_slots_ttl: Duration,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
+    /// `slots`: permanent replication slots, kept by every leader (and the
+    /// physical ones on every replica, ready for a failover).
+    pub slots: BTreeMap<String, PermanentSlot>,
+    /// `ignore_slots`: slots pgwarden never drops.
+    pub ignore_slots: Vec<SlotMatcher>,
     /// PostgreSQL parameters rendered as text (`on`, `256MB`, `0.9`).
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
@@ -75,6 +178,8 @@ impl Default for DynamicConfig {
             member_slots_ttl: Duration::from_secs(30 * 60),
             use_pg_rewind: false,
             use_slots: true,
+            slots: BTreeMap::new(),
+            ignore_slots: Vec::new(),
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
         }
@@ -192,6 +297,8 @@ impl DynamicConfig {
             member_slots_ttl,
             use_pg_rewind: r.bool(&path("postgresql.use_pg_rewind"), false),
             use_slots: r.bool(&path("postgresql.use_slots"), true),
+            slots: permanent_slots(&mut r, &path("slots")),
+            ignore_slots: slot_matchers(&mut r, &path("ignore_slots")),
             parameters,
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
         };
@@ -382,6 +489,37 @@ mod tests {
         let mut problems = Problems::default();
         let (cfg, json) = DynamicConfig::read(&v, "", &mut problems);
         (cfg, json, problems.into_vec())
+    }
+
+    #[test]
+    fn permanent_slots_and_ignore_slots_read_as_patroni_writes_them() {
+        let (cfg, _, problems) = read(json!({
+            "slots": {
+                "archive": null,
+                "barman": {"type": "physical"},
+                "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                "dr": {"type": "physical", "cluster_type": "standby"},
+            },
+            "ignore_slots": [{"name": "manual"}, {"type": "logical", "plugin": "wal2json"}],
+        }));
+        assert!(problems.iter().all(|p| p.severity != crate::Severity::Error), "{problems:?}");
+        assert_eq!(cfg.slots.len(), 3, "{:?}", cfg.slots);
+        assert_eq!(cfg.slots["archive"], PermanentSlot::Physical);
+        assert_eq!(cfg.slots["cdc"], PermanentSlot::Logical { database: "app".into(), plugin: "pgoutput".into() });
+        assert!(cfg.ignore_slots[0].matches("manual", "physical", None, None));
+        assert!(!cfg.ignore_slots[0].matches("manual2", "physical", None, None));
+        assert!(cfg.ignore_slots[1].matches("any", "logical", Some("app"), Some("wal2json")));
+        assert!(!cfg.ignore_slots[1].matches("any", "logical", Some("app"), Some("pgoutput")));
+        for (wrong, says) in [
+            (json!({"slots": {"Bad-Name": null}}), "lower-case letters"),
+            (json!({"slots": {"cdc": {"type": "logical", "plugin": "pgoutput"}}}), "needs its database and plugin"),
+            (json!({"slots": {"x": {"type": "virtual"}}}), "expected physical or logical"),
+            (json!({"ignore_slots": {"name": "x"}}), "expected a list"),
+            (json!({"ignore_slots": [{"nmae": "x"}]}), "only name, type, database and plugin"),
+        ] {
+            let (_, _, problems) = read(wrong.clone());
+            assert!(problems.iter().any(|p| p.message.contains(says)), "{wrong}: {problems:?}");
+        }
     }
 
     #[test]

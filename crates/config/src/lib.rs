@@ -28,8 +28,8 @@ use serde_json::{Map, Value};
 
 pub use address::{HostPort, ListenAddresses};
 pub use dynamic::{
-    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, SyncMode, check_numeric_setting, check_parameter_text,
-    parse_duration,
+    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, PermanentSlot, SlotMatcher, SyncMode,
+    check_numeric_setting, check_parameter_text, parse_duration, valid_slot_name,
 };
 pub use postgres_bin::{BINARIES, PostgresBinaries};
 pub use problem::{Problem, Problems, Severity};

@@ -71,6 +71,8 @@ pub struct Agent {
     upstream: Option<String>,
     sysid: Option<String>,
     last_optime: Option<u64>,
+    /// The permanent slots' positions last published in `status`.
+    last_slots: serde_json::Map<String, serde_json::Value>,
     /// The end of the stopped data directory's WAL, by REDO point.
     wal_end_cache: Option<((String, u64), Option<u64>)>,
     /// The latest checkpoint's REDO point and timeline, as last read while
@@ -214,6 +216,7 @@ impl Agent {
             upstream: None,
             sysid: None,
             last_optime: None,
+            last_slots: serde_json::Map::new(),
             wal_end_cache: None,
             redo: None,
             min_recovery_end: None,
@@ -439,9 +442,9 @@ impl Agent {
                 warn!("failed to keep the cluster keys: {e:#}");
             }
             if !obs.holds_leader
-                && let Err(e) = self.drop_replica_slots(view, &local).await
+                && let Err(e) = self.replica_slots(view, &local, &dynamic).await
             {
-                warn!("failed to drop the member slots kept from a term as primary: {e:#}");
+                warn!("failed to keep this replica's replication slots: {e:#}");
             }
         }
         self.view.send_replace(HaView {

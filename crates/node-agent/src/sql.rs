@@ -153,13 +153,24 @@ pub async fn connect(
     port: u16,
     timeout: Duration,
 ) -> anyhow::Result<PgConnection> {
+    connect_to(config, local, port, timeout, "postgres").await
+}
+
+/// As [`connect`], to `database`.
+pub async fn connect_to(
+    config: &Config,
+    local: &LocalConnection,
+    port: u16,
+    timeout: Duration,
+    database: &str,
+) -> anyhow::Result<PgConnection> {
     let superuser = &config.postgresql.authentication.superuser;
     let options = match local {
         LocalConnection::Socket(dir) => PgConnectOptions::new().socket(dir),
         LocalConnection::Tcp(host) => PgConnectOptions::new().host(host),
     };
     let mut options =
-        options.port(port).username(&superuser.username).database("postgres").application_name("pgwarden-agent");
+        options.port(port).username(&superuser.username).database(database).application_name("pgwarden-agent");
     if let Some(password) = &superuser.password {
         options = options.password(password.expose());
     }
@@ -329,13 +340,6 @@ pub async fn create_roles(conn: &mut PgConnection, config: &Config) -> anyhow::R
 }
 
 /// The physical replication slots on this server.
-pub async fn physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar::<_, String>("select slot_name::text from pg_replication_slots where slot_type = 'physical'")
-        .fetch_all(&mut *conn)
-        .await
-        .context("list replication slots")
-}
-
 /// Physical slots no walsender uses.
 pub async fn inactive_physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
     sqlx::query_scalar::<_, String>(
@@ -356,6 +360,71 @@ pub async fn advance_slot_to_replay(conn: &mut PgConnection, name: &str) -> anyh
          and pg_last_wal_replay_lsn() is not null and restart_lsn < pg_last_wal_replay_lsn()",
     )
     .bind(name)
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("advance replication slot {name}"))?;
+    Ok(())
+}
+
+/// One row of `pg_replication_slots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub name: String,
+    /// `physical` or `logical`.
+    pub kind: String,
+    pub database: Option<String>,
+    pub plugin: Option<String>,
+    pub active: bool,
+    /// Where the slot's consumer has got to: a logical slot's
+    /// `confirmed_flush_lsn`, a physical one's `restart_lsn`.
+    pub position: Option<u64>,
+}
+
+pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
+    let rows = sqlx::query(
+        "select slot_name::text, slot_type, database::text, plugin::text, active, \
+                pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint \
+         from pg_replication_slots",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .context("list replication slots")?;
+    rows.iter()
+        .map(|row| {
+            Ok(Slot {
+                name: row.try_get(0)?,
+                kind: row.try_get(1)?,
+                database: row.try_get(2)?,
+                plugin: row.try_get(3)?,
+                active: row.try_get(4)?,
+                position: row.try_get::<Option<i64>, _>(5)?.map(|lsn| lsn as u64),
+            })
+        })
+        .collect()
+}
+
+/// A logical slot, on a connection to its database.
+pub async fn create_logical_slot(conn: &mut PgConnection, name: &str, plugin: &str) -> anyhow::Result<()> {
+    sqlx::query("select pg_create_logical_replication_slot($1, $2)")
+        .bind(name)
+        .bind(plugin)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("create logical replication slot {name} (plugin {plugin})"))?;
+    Ok(())
+}
+
+/// Moves an inactive physical slot on a standby forward to `lsn`, or the
+/// replayed position if that is earlier (never backwards).
+pub async fn advance_slot(conn: &mut PgConnection, name: &str, lsn: u64) -> anyhow::Result<()> {
+    sqlx::query(
+        "select pg_replication_slot_advance(slot_name, least(pg_last_wal_replay_lsn(), $2::text::pg_lsn)) \
+         from pg_replication_slots where slot_name = $1 and slot_type = 'physical' and not active \
+         and restart_lsn is not null and pg_last_wal_replay_lsn() is not null \
+         and restart_lsn < least(pg_last_wal_replay_lsn(), $2::text::pg_lsn)",
+    )
+    .bind(name)
+    .bind(ha_core::Lsn(lsn).to_string())
     .execute(&mut *conn)
     .await
     .with_context(|| format!("advance replication slot {name}"))?;

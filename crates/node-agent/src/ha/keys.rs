@@ -177,13 +177,22 @@ impl Agent {
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<()> {
         let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
-        if self.last_optime != Some(sql.xlog_location) {
-            let mut status = view.status.clone().unwrap_or_default();
-            status.optime = sql.xlog_location;
-            // Slot positions are not published: a stale copy (Patroni's
-            // last, after a migration) would mislead a Patroni member.
-            let status =
-                Status { optime: sql.xlog_location, slots: Default::default(), retain_slots: Vec::new(), ..status };
+        // The slots first: the permanent ones' positions go into `status`.
+        // A slot that cannot be made (a logical slot's plugin missing) must
+        // not keep `status.optime` from being published.
+        let slots = match dynamic.use_slots {
+            true => self.manage_slots(view, dynamic).await.unwrap_or_else(|e| {
+                warn!("failed to keep the replication slots: {e:#}");
+                self.last_slots.clone()
+            }),
+            false => Default::default(),
+        };
+        if self.last_optime != Some(sql.xlog_location) || self.last_slots != slots {
+            let status = view.status.clone().unwrap_or_default();
+            // Only this leader's permanent slots' positions: a stale copy
+            // (Patroni's last, after a migration) would mislead a member
+            // that advances its slots to them.
+            let status = Status { optime: sql.xlog_location, slots: slots.clone(), retain_slots: Vec::new(), ..status };
             let value = serde_json::to_string(&status)?;
             let key = self.keys.status();
             self.etcd
@@ -193,6 +202,7 @@ impl Agent {
                 })
                 .await?;
             self.last_optime = Some(sql.xlog_location);
+            self.last_slots = slots;
         }
         if view.config.is_none() {
             self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
@@ -203,9 +213,6 @@ impl Agent {
             let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
         }
         self.complete_history(view, sql.timeline).await?;
-        if dynamic.use_slots {
-            self.manage_slots(view, dynamic).await?;
-        }
         self.manage_sync(view, local, dynamic).await
     }
 

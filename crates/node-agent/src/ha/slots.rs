@@ -1,5 +1,8 @@
 //! Replication slots: a leader keeps one per member (dropping a departed member's after
-//! `member_slots_ttl`); a replica drops or advances the member slots left from a term as primary.
+//! `member_slots_ttl`) and the permanent ones (`slots`), never drops a permanent or ignored one
+//! (`ignore_slots`), and publishes the permanent ones' positions in `status`; a replica keeps the
+//! permanent physical slots too, moved along to the leader's positions, and drops or advances the
+//! member slots left from a term as primary.
 
 use super::*;
 
@@ -9,6 +12,28 @@ use super::*;
 pub(super) struct SlotKeeper {
     pub(super) absent_since: HashMap<String, Instant>,
     pub(super) replica_checked: Option<Instant>,
+    /// Permanent slots already warned about (named as a member, or present
+    /// with other attributes), so that the warning is given once.
+    pub(super) warned: std::collections::HashSet<String>,
+}
+
+/// A slot pgwarden must not drop: permanent, or matched by `ignore_slots`.
+pub(super) fn kept(dynamic: &DynamicConfig, slot: &sql::Slot) -> bool {
+    dynamic.slots.contains_key(&slot.name)
+        || dynamic
+            .ignore_slots
+            .iter()
+            .any(|m| m.matches(&slot.name, &slot.kind, slot.database.as_deref(), slot.plugin.as_deref()))
+}
+
+/// Whether an existing slot is the permanent one the config describes.
+fn same_slot(wanted: &pgwarden_config::PermanentSlot, slot: &sql::Slot) -> bool {
+    match wanted {
+        pgwarden_config::PermanentSlot::Physical => slot.kind == "physical",
+        pgwarden_config::PermanentSlot::Logical { database, plugin } => {
+            slot.kind == "logical" && slot.database.as_ref() == Some(database) && slot.plugin.as_ref() == Some(plugin)
+        }
+    }
 }
 
 /// What a leader does to its slots this tick.
@@ -19,9 +44,6 @@ pub(super) struct SlotPlan {
     /// Slots whose member has been gone for `member_slots_ttl`.
     pub(super) drop: Vec<String>,
 }
-
-/// How often a replica looks for member slots left from a term as primary.
-const REPLICA_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl SlotKeeper {
     /// The leader's plan: a slot for every member in `wanted`; a slot in
@@ -44,18 +66,28 @@ impl SlotKeeper {
         self.absent_since.remove(slot);
     }
 
-    /// A replica looks again: at its start as a replica, then once a minute.
-    pub(super) fn replica_check_due(&self, now: Instant) -> bool {
-        self.replica_checked.is_none_or(|at| now.duration_since(at) >= REPLICA_CHECK_EVERY)
+    /// A replica looks again: at its start as a replica, then every `every`
+    /// (`loop_wait`, as Patroni moves its slots along).
+    pub(super) fn replica_check_due(&self, now: Instant, every: Duration) -> bool {
+        self.replica_checked.is_none_or(|at| now.duration_since(at) >= every)
     }
 }
 
 impl Agent {
-    pub(super) async fn manage_slots(&mut self, view: &ClusterView, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+    /// The leader's slots: one per member, and the permanent ones. Returns
+    /// the permanent slots' positions, for the `status` key.
+    pub(super) async fn manage_slots(
+        &mut self,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
         let wanted: Vec<String> =
             view.members.iter().filter(|m| m.name != self.config.name).map(|m| slot_name(&m.name)).collect();
         let mut conn = self.connect().await?;
-        let existing = sql::physical_slots(&mut conn).await?;
+        let slots = sql::slots(&mut conn).await?;
+        // Only member slots, and slots nobody claims, are this rule's.
+        let existing: Vec<String> =
+            slots.iter().filter(|s| s.kind == "physical" && !kept(dynamic, s)).map(|s| s.name.clone()).collect();
         let plan = self.slots.plan(&wanted, &existing, Instant::now(), dynamic.member_slots_ttl);
         for slot in &plan.create {
             info!(slot, "creating a replication slot");
@@ -66,19 +98,74 @@ impl Agent {
             sql::drop_slot(&mut conn, slot).await?;
             self.slots.dropped(slot);
         }
+        let mut positions = serde_json::Map::new();
+        for (name, permanent) in &dynamic.slots {
+            if wanted.contains(name) || slot_name(&self.config.name) == *name {
+                if self.slots.warned.insert(name.clone()) {
+                    warn!(
+                        slot = name,
+                        "a permanent slot named as a member is that member's slot: not kept as permanent"
+                    );
+                }
+                continue;
+            }
+            match slots.iter().find(|s| s.name == *name) {
+                Some(slot) if same_slot(permanent, slot) => {
+                    if let Some(position) = slot.position {
+                        positions.insert(name.clone(), position.into());
+                    }
+                }
+                Some(_) => {
+                    if self.slots.warned.insert(name.clone()) {
+                        warn!(
+                            slot = name,
+                            "a slot of this name exists with another type, database or plugin than the permanent \
+                             slot's: left as it is (drop it to have pgwarden create the configured one)"
+                        );
+                    }
+                }
+                None => match permanent {
+                    pgwarden_config::PermanentSlot::Physical => {
+                        info!(slot = name, "creating a permanent physical replication slot");
+                        sql::create_slot(&mut conn, name).await?;
+                    }
+                    pgwarden_config::PermanentSlot::Logical { database, plugin } => {
+                        info!(slot = name, database, plugin, "creating a permanent logical replication slot");
+                        let mut there = sql::connect_to(
+                            &self.config,
+                            &self.pg.local,
+                            self.pg.port,
+                            Duration::from_secs(5),
+                            database,
+                        )
+                        .await?;
+                        let created = sql::create_logical_slot(&mut there, name, plugin).await;
+                        sql::close(there).await;
+                        created?;
+                    }
+                },
+            }
+        }
         sql::close(conn).await;
-        Ok(())
+        Ok(positions)
     }
 
     /// On a replica: drops the inactive member slots it kept from a term as
-    /// primary (they pin WAL forever; the next leader creates its own).
-    /// Checked when the replica starts and then once a minute.
-    pub(super) async fn drop_replica_slots(&mut self, view: &ClusterView, local: &Local) -> anyhow::Result<()> {
+    /// primary (they pin WAL forever; the next leader creates its own), and
+    /// keeps the permanent physical slots, moved along to the positions the
+    /// leader publishes (so that after a failover they are there, not far
+    /// behind). Checked when the replica starts and then once a minute.
+    pub(super) async fn replica_slots(
+        &mut self,
+        view: &ClusterView,
+        local: &Local,
+        dynamic: &DynamicConfig,
+    ) -> anyhow::Result<()> {
         if !local.sql.as_ref().is_some_and(|s| s.in_recovery) {
             self.slots.replica_checked = None;
             return Ok(());
         }
-        if !self.slots.replica_check_due(Instant::now()) {
+        if !self.slots.replica_check_due(Instant::now(), dynamic.loop_wait()) {
             return Ok(());
         }
         let mut conn = self.connect().await?;
@@ -94,6 +181,20 @@ impl Agent {
                 // moved along with replay, as Patroni does, so that they do
                 // not pin WAL here.
                 sql::advance_slot_to_replay(&mut conn, slot).await?;
+            }
+        }
+        let existing = sql::slots(&mut conn).await?;
+        let published = view.status.as_ref().map(|s| &s.slots);
+        for (name, permanent) in &dynamic.slots {
+            if *permanent != pgwarden_config::PermanentSlot::Physical || members.contains(name) {
+                continue;
+            }
+            if !existing.iter().any(|s| s.name == *name) {
+                info!(slot = name, "creating a permanent physical replication slot on this replica");
+                sql::create_slot(&mut conn, name).await?;
+            }
+            if let Some(lsn) = published.and_then(|slots| slots.get(name)).and_then(serde_json::Value::as_u64) {
+                sql::advance_slot(&mut conn, name, lsn).await?;
             }
         }
         sql::close(conn).await;
@@ -140,12 +241,44 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_looks_at_once_then_once_a_minute() {
+    fn a_replica_looks_at_once_then_every_loop_wait() {
         let t0 = Instant::now();
+        let every = Duration::from_secs(10);
         let mut keeper = SlotKeeper::default();
-        assert!(keeper.replica_check_due(t0));
+        assert!(keeper.replica_check_due(t0, every));
         keeper.replica_checked = Some(t0);
-        assert!(!keeper.replica_check_due(t0 + Duration::from_secs(59)));
-        assert!(keeper.replica_check_due(t0 + REPLICA_CHECK_EVERY));
+        assert!(!keeper.replica_check_due(t0 + Duration::from_secs(9), every));
+        assert!(keeper.replica_check_due(t0 + every, every));
+    }
+
+    #[test]
+    fn permanent_and_ignored_slots_are_kept_and_compared_by_attributes() {
+        let dynamic = DynamicConfig {
+            slots: [
+                ("archive".to_string(), pgwarden_config::PermanentSlot::Physical),
+                (
+                    "cdc".to_string(),
+                    pgwarden_config::PermanentSlot::Logical { database: "app".into(), plugin: "pgoutput".into() },
+                ),
+            ]
+            .into(),
+            ignore_slots: vec![pgwarden_config::SlotMatcher { name: Some("manual".into()), ..Default::default() }],
+            ..DynamicConfig::default()
+        };
+        let slot = |name: &str, kind: &str, database: Option<&str>, plugin: Option<&str>| sql::Slot {
+            name: name.into(),
+            kind: kind.into(),
+            database: database.map(String::from),
+            plugin: plugin.map(String::from),
+            active: false,
+            position: None,
+        };
+        assert!(kept(&dynamic, &slot("archive", "physical", None, None)));
+        assert!(kept(&dynamic, &slot("manual", "physical", None, None)));
+        assert!(!kept(&dynamic, &slot("stray", "physical", None, None)));
+        let cdc = &dynamic.slots["cdc"];
+        assert!(same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("pgoutput"))));
+        assert!(!same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("wal2json"))));
+        assert!(!same_slot(cdc, &slot("cdc", "physical", None, None)));
     }
 }
