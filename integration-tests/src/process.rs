@@ -97,7 +97,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command, name: &str, dir: &TestDir) -> anyhow::Result<Self> {
-        let child = cmd.spawn().map_err(|e| anyhow::anyhow!("start {name}: {e}"))?;
+        let child = retry_busy(|| cmd.spawn()).map_err(|e| anyhow::anyhow!("start {name}: {e}"))?;
         dir.record_pid(child.id(), name);
         Ok(Self { child: Some(child), name: name.to_string() })
     }
@@ -224,4 +224,21 @@ fn find_postmaster_pids(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Runs `start` again while exec fails with ETXTBSY: a binary just copied
+/// can still be open for writing in a child another thread forked during
+/// the copy, until that child execs (a fork/exec race every multi-threaded
+/// program has, not a file still being written).
+pub fn retry_busy<T>(mut start: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut tries = 0;
+    loop {
+        match start() {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }

@@ -76,7 +76,7 @@ pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(
     for (key, value) in envs {
         cmd.env(key, value);
     }
-    let output = run_as_postgres(&mut cmd).output()?;
+    let output = crate::process::retry_busy(|| run_as_postgres(&mut cmd).output())?;
     Ok((
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -89,7 +89,7 @@ pub fn run_with_input(name: &str, args: &[&str], input: &str) -> anyhow::Result<
     use std::io::Write as _;
     let mut cmd = Command::new(binary(name));
     cmd.args(args).current_dir("/").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = run_as_postgres(&mut cmd).spawn()?;
+    let mut child = crate::process::retry_busy(|| run_as_postgres(&mut cmd).spawn())?;
     child.stdin.take().expect("piped").write_all(input.as_bytes())?;
     let output = child.wait_with_output()?;
     Ok((
