@@ -260,6 +260,18 @@ async fn reinit_re_clones_a_replica_and_is_refused_on_the_leader() {
     assert!(aside, "the old data directory is kept aside");
     assert_eq!(cluster.nodes[replica].psql("select x from kept").expect("psql"), "1");
     cluster.wait_healthy(UP).await.expect("healthy");
+    // In a pause too, as in Patroni (`reinit --wait` used to hang there: the
+    // data directory went aside and the paused loop never cloned).
+    let (ok, stdout, stderr) = ctl(&cluster, &["pause", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
+    let other = (leader + 2) % 3;
+    let name = cluster.nodes[other].name.clone();
+    let (ok, stdout, stderr) = ctl(&cluster, &["reinit", "itest", &name, "--force", "--wait"]);
+    assert!(ok && stdout.contains("re-cloned and streaming"), "{stdout}{stderr}");
+    assert_eq!(cluster.nodes[other].psql("select x from kept").expect("psql"), "1");
+    let (ok, stdout, stderr) = ctl(&cluster, &["resume", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
+    cluster.wait_healthy(UP).await.expect("healthy");
 }
 
 #[tokio::test]

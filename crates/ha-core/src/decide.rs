@@ -247,6 +247,10 @@ pub struct Observed {
     /// The fencer beside this agent has been silent for a while (not merely
     /// not yet heard from after a start): a leader hands over.
     pub fencer_lost: bool,
+    /// An operator asked this member to reinitialize (its data directory is
+    /// aside) and it does not run as a replica again yet: carried out in a
+    /// pause too.
+    pub reinit_requested: bool,
     /// The cluster's dynamic config sets something pgwarden does not
     /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
     /// carried by the `sync` key): what, and what to do.
@@ -686,6 +690,28 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         {
             return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
         }
+        // An operator's reinit is carried out in a pause too, as in Patroni:
+        // the data directory went aside; clone from the leader and start as
+        // its replica (never anything that could write).
+        if obs.reinit_requested
+            && let Some(leader) = other_leader
+        {
+            match (&obs.data, &obs.pg) {
+                (None, _) => {
+                    return Decision::act(
+                        format!("paused, reinitializing on request: clone from {leader}"),
+                        Action::Clone { source: leader.to_string() },
+                    );
+                }
+                (Some(data), PgRun::Stopped) if !data.was_primary => {
+                    return Decision::act(
+                        format!("paused, reinitializing on request: start as a replica of {leader}"),
+                        Action::StartReplica { upstream: Some(leader.to_string()) },
+                    );
+                }
+                _ => {}
+            }
+        }
         return Decision::idle("paused: no automatic action");
     }
 
@@ -934,6 +960,7 @@ mod tests {
             unsupported: None,
             can_lead: true,
             fencer_lost: false,
+            reinit_requested: false,
         }
     }
 
@@ -1005,6 +1032,24 @@ mod tests {
         assert_eq!(decide(&no_leader).action, None);
         let was_primary = Observed { data: Some(dir(true, None)), ..stuck };
         assert_ne!(decide(&was_primary).action, Some(Action::Follow { upstream: "a".into() }));
+    }
+
+    /// `patronictl reinit --wait` in a pause hung: the data directory went
+    /// aside and the paused loop never cloned (issue 23).
+    #[test]
+    fn an_operators_reinit_is_carried_out_in_a_pause() {
+        let aside = Observed { paused: true, reinit_requested: true, data: None, pg: PgRun::Stopped, ..base() };
+        assert_eq!(decide(&aside).action, Some(Action::Clone { source: "a".into() }));
+        let cloned = Observed { data: Some(dir(false, None)), ..aside.clone() };
+        assert_eq!(decide(&cloned).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
+        // Never a former primary's directory, never without a leader, never
+        // without the request.
+        let primary_dir = Observed { data: Some(dir(true, None)), ..aside.clone() };
+        assert_eq!(decide(&primary_dir).action, None);
+        let no_leader = Observed { leader: None, ..aside.clone() };
+        assert_eq!(decide(&no_leader).action, None);
+        let no_request = Observed { reinit_requested: false, ..aside };
+        assert_eq!(decide(&no_request).action, None);
     }
 
     /// The 20-minute asynchronous chaos run (seed 2026120505): a standby
@@ -2066,6 +2111,8 @@ mod tests {
                 unsupported: None,
                 can_lead,
                 fencer_lost: !can_lead,
+                // From a draw already here (see standby_upstream above).
+                reinit_requested: pg_starting && paused,
             }
         }
     }
@@ -2172,7 +2219,11 @@ mod tests {
                 let own_key = matches!(obs.pg, PgRun::Primary { .. })
                     && d.action == Some(Action::AcquireLeader)
                     && obs.leader.as_deref().is_none_or(|l| l == "b");
+                // An operator's reinit: a clone, then a start as a replica.
+                let reinit = obs.reinit_requested
+                    && matches!(d.action, Some(Action::Clone { .. }) | Some(Action::StartReplica { upstream: Some(_) }));
                 let allowed = matches!(d.action, None | Some(Action::ClearFailover))
+                    || reinit
                     || own_key
                     || (named && matches!(d.action, Some(Action::Switchover { candidate: Some(_) }) | Some(Action::AcquireLeader)));
                 prop_assert!(allowed, "{d}");

@@ -283,6 +283,7 @@ impl World {
             fencer_lost: !self.nodes[i].fencer_up
                 && ha_core::fencer_lost(true, Some(self.nodes[i].fencer_down_at), 0, now),
             unsupported: None,
+            reinit_requested: false,
         }
     }
 

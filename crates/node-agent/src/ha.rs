@@ -80,6 +80,8 @@ pub struct Agent {
     redo: Option<(String, u64)>,
     /// The next clone is from the leader (`reinit --from-leader`).
     clone_from_leader: bool,
+    /// An operator's reinit is under way (also carried out in a pause).
+    reinit_requested: bool,
     /// A restart's `timeout` on the leader: the start timeout until
     /// PostgreSQL runs as primary again (Patroni's `set_start_timeout`).
     start_timeout_override_ms: Option<u64>,
@@ -222,6 +224,7 @@ impl Agent {
             min_recovery_end: None,
             start_timeout_override_ms: None,
             clone_from_leader: false,
+            reinit_requested: false,
             history_checked: None,
             not_streaming_cache: None,
             led_here: false,

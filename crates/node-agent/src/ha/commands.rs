@@ -123,6 +123,7 @@ impl Agent {
                 let aside = self.pg.move_aside("reinit").map_err(failed)?;
                 self.upstream = None;
                 self.clone_from_leader = from_leader;
+                self.reinit_requested = true;
                 self.wake.wake.notify_one();
                 reply(true, format!("reinitialize started: the old data directory is kept at {}", aside.display()))
             }

@@ -87,6 +87,10 @@ impl Agent {
         if matches!(pg, PgRun::Primary { .. }) {
             self.start_timeout_override_ms = None;
         }
+        // A reinit is done once the new copy runs as a replica.
+        if matches!(pg, PgRun::Replica { .. }) {
+            self.reinit_requested = false;
+        }
         let not_streaming = match &local.sql {
             Some(sql) if sql.in_recovery && sql.replication_state != "streaming" => {
                 Some(self.why_not_streaming(&sql.receiver_status))
@@ -204,6 +208,7 @@ impl Agent {
             etcd_answered: view.is_some(),
             can_lead: self.fencer_ready(),
             fencer_lost: self.fencer_lost(),
+            reinit_requested: self.reinit_requested,
             not_streaming,
             unsupported: if dynamic.standby_cluster {
                 Some(
