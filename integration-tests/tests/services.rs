@@ -201,6 +201,18 @@ async fn bad_start_ups_are_refused_with_the_cause_and_the_fix() {
         run("pgwarden-agent", &["--validate-config"], &[("PATRONI_CONFIGURATION", yaml.as_str())])
             .expect("validate env");
     assert!(ok, "PATRONI_CONFIGURATION holds the whole YAML: {stdout}{stderr}");
+    // A key like nothing known is ignored with a warning, as Patroni ignores
+    // it; --strict refuses it; a misspelled real key is always refused.
+    let other_tool = format!("{yaml}\nmy_tool_settings:\n  color: blue\n");
+    let env = [("PATRONI_CONFIGURATION", other_tool.as_str())];
+    let (ok, stdout, stderr) = run("pgwarden-agent", &["--validate-config"], &env).expect("validate");
+    assert!(ok && stderr.contains("my_tool_settings: unknown key"), "{stdout}{stderr}");
+    let (ok, _, stderr) = run("pgwarden-agent", &["--validate-config", "--strict"], &env).expect("validate");
+    assert!(!ok && stderr.contains("refused by --strict"), "{stderr}");
+    let typo = format!("{yaml}\nfail_safe_mode: true\n");
+    let (ok, _, stderr) =
+        run("pgwarden-agent", &["--validate-config"], &[("PATRONI_CONFIGURATION", typo.as_str())]).expect("validate");
+    assert!(!ok && stderr.contains("did you mean"), "{stderr}");
 }
 
 #[tokio::test]

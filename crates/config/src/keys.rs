@@ -105,7 +105,14 @@ pub fn find(path: &[&str]) -> Option<&'static KeySpec> {
     })
 }
 
-/// Walks the user's tree: unknown keys are errors, unsupported ones warnings.
+/// The start of the warning for a key nobody knows (`--validate-config
+/// --strict` refuses those).
+pub const UNKNOWN_KEY: &str = "unknown key";
+
+/// Walks the user's tree: a key that looks like a real one misspelled or put
+/// at the wrong level is an error (a safety setting must never fall back to
+/// its default without a word); any other unknown key is a warning and
+/// ignored, as Patroni ignores it; unsupported ones are warnings.
 pub fn check_tree(root: &Value, problems: &mut Problems) {
     let mut path = Vec::new();
     walk(root, &mut path, problems);
@@ -117,7 +124,16 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
         path.push(key.as_str());
         let dotted = path.join(".");
         match find(path) {
-            None => problems.error(&dotted, unknown_key_message(path)),
+            None => match unknown_key_message(path) {
+                Some(mistake) => problems.error(&dotted, mistake),
+                None => problems.warn(
+                    &dotted,
+                    format!(
+                        "{UNKNOWN_KEY} (not a Patroni or pgwarden setting, nor near one): ignored, as Patroni ignores \
+                         it; `pgwarden-agent --validate-config --strict` refuses it"
+                    ),
+                ),
+            },
             Some(spec) if spec.status == Status::Unsupported => {
                 // A catch-all row (custom method sections under `postgresql`)
                 // must not hide a typo of a real key.
@@ -135,7 +151,9 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
     }
 }
 
-fn unknown_key_message(path: &[&str]) -> String {
+/// What is wrong with an unknown key that looks like a mistake: a real key
+/// at the wrong level, or one misspelled. `None`: it looks like nothing.
+fn unknown_key_message(path: &[&str]) -> Option<String> {
     // A real key at the wrong level (`loop_wait` at the top instead of under
     // `bootstrap.dcs`) is the likelier mistake than a typo.
     let elsewhere = known_elsewhere(path);
@@ -144,12 +162,9 @@ fn unknown_key_message(path: &[&str]) -> String {
             .iter()
             .map(|p| if p.contains('.') { format!("`{p}`") } else { format!("`{p}` at the top level") })
             .collect();
-        return format!("unknown key here; it is a setting at {} (check the indentation)", places.join(" or "));
+        return Some(format!("unknown key here; it is a setting at {} (check the indentation)", places.join(" or ")));
     }
-    match near_miss(path) {
-        Some(name) => format!("unknown key; did you mean `{name}`?"),
-        None => "unknown key (not a Patroni or pgwarden setting: check its spelling)".into(),
-    }
+    near_miss(path).map(|name| format!("unknown key; did you mean `{name}`?"))
 }
 
 /// The full paths of implemented keys named like the last segment of `path`
@@ -206,14 +221,29 @@ mod tests {
 
     #[test]
     fn a_key_at_the_wrong_level_names_where_it_belongs() {
-        let message = unknown_key_message(&["loop_wait"]);
+        let message = unknown_key_message(&["loop_wait"]).expect("a mistake");
         assert!(message.contains("`bootstrap.dcs.loop_wait`"), "{message}");
         assert!(message.contains("indentation"), "{message}");
-        let message = unknown_key_message(&["etcd3", "scope"]);
+        let message = unknown_key_message(&["etcd3", "scope"]).expect("a mistake");
         assert!(message.contains("`scope` at the top level"), "{message}");
         // A plain typo still gets the closest sibling.
-        assert_eq!(unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
-        assert!(unknown_key_message(&["no_such_setting"]).contains("check its spelling"));
+        assert_eq!(unknown_key_message(&["restapi", "lisen"]).as_deref(), Some("unknown key; did you mean `listen`?"));
+        // A safety setting misspelled is a mistake too, never ignored.
+        let strict = unknown_key_message(&["bootstrap", "dcs", "synchronous_mode_strcit"]).expect("a mistake");
+        assert!(strict.contains("synchronous_mode_strict"), "{strict}");
+        // A key like nothing known is ignored (a warning), as Patroni ignores it.
+        assert_eq!(unknown_key_message(&["my_tool_settings"]), None);
+    }
+
+    #[test]
+    fn an_unknown_key_like_nothing_is_a_warning_and_a_typo_an_error() {
+        let mut problems = Problems::default();
+        let tree = serde_json::json!({"my_tool_settings": {"a": 1}, "restapi": {"lisen": "x"}});
+        check_tree(&tree, &mut problems);
+        let problems = problems.into_vec();
+        let of = |path: &str| problems.iter().find(|p| p.path == path).map(|p| p.severity);
+        assert_eq!(of("my_tool_settings"), Some(crate::Severity::Warning), "{problems:?}");
+        assert_eq!(of("restapi.lisen"), Some(crate::Severity::Error), "{problems:?}");
     }
 
     #[test]
@@ -270,8 +300,8 @@ mod tests {
 
     #[test]
     fn suggests_close_keys() {
-        assert_eq!(unknown_key_message(&["postgresq"]), "unknown key; did you mean `postgresql`?");
-        assert_eq!(unknown_key_message(&["restapi", "lisen"]), "unknown key; did you mean `listen`?");
-        assert!(unknown_key_message(&["zzzzzzzz"]).starts_with("unknown key (not"));
+        assert_eq!(unknown_key_message(&["postgresq"]).as_deref(), Some("unknown key; did you mean `postgresql`?"));
+        assert_eq!(unknown_key_message(&["restapi", "lisen"]).as_deref(), Some("unknown key; did you mean `listen`?"));
+        assert_eq!(unknown_key_message(&["zzzzzzzz"]), None);
     }
 }

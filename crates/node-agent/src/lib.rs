@@ -50,6 +50,10 @@ pub struct Args {
     /// Check the config file and exit: 0 if valid (warnings printed), 1 with one line per problem.
     #[arg(long)]
     pub validate_config: bool,
+    /// With --validate-config: a key nobody knows is a problem too (exit 1),
+    /// not only a warning.
+    #[arg(long, requires = "validate_config")]
+    pub strict: bool,
     /// For the systemd unit's `ExecStopPost=`: when the unit stopped because
     /// its watchdog expired (`$SERVICE_RESULT` is `watchdog`), stop the local
     /// PostgreSQL at once (immediate shutdown); otherwise do nothing.
@@ -78,12 +82,18 @@ pub async fn fence_if_watchdog(args: &ConfigArgs) -> anyhow::Result<()> {
     pg.stop("immediate").await
 }
 
-/// `--validate-config`: every problem on its own line, naming the key.
-pub fn validate_config(args: &ConfigArgs) -> ExitCode {
+/// `--validate-config`: every problem on its own line, naming the key;
+/// `strict`: a key nobody knows fails it too.
+pub fn validate_config(args: &ConfigArgs, strict: bool) -> ExitCode {
     match args.load(Purpose::Agent) {
         Ok(loaded) => {
             for problem in &loaded.warnings {
                 eprintln!("{problem}");
+            }
+            let unknown = loaded.warnings.iter().filter(|p| p.message.starts_with(pgwarden_config::keys::UNKNOWN_KEY));
+            if strict && unknown.count() > 0 {
+                eprintln!("{}: refused by --strict: unknown keys (above)", loaded.origin);
+                return ExitCode::FAILURE;
             }
             let warnings = loaded.warnings.iter().filter(|p| p.severity == Severity::Warning).count();
             println!(

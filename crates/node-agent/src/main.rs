@@ -5,7 +5,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = node_agent::Args::parse();
     if args.validate_config {
-        return node_agent::validate_config(&args.config);
+        return node_agent::validate_config(&args.config, args.strict);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
