@@ -276,8 +276,7 @@ impl DynamicConfig {
             }),
         };
         let mut parameters = parameter_map(&mut r, &path("postgresql.parameters"));
-        let mut renamed = Vec::new();
-        translate_renamed_parameters(&mut parameters, &path("postgresql.parameters"), r.problems, &mut renamed);
+        translate_renamed_parameters(&mut parameters, &path("postgresql.parameters"), r.problems);
         let config = Self {
             ttl,
             loop_wait,
@@ -306,12 +305,6 @@ impl DynamicConfig {
         let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
         for (key, value) in corrected {
             json[key] = Value::from(value);
-        }
-        if let Some(params) = json.pointer_mut("/postgresql/parameters").and_then(Value::as_object_mut) {
-            for (old, new, value) in renamed {
-                params.remove(&old);
-                params.insert(new, Value::String(value));
-            }
         }
         (config, json)
     }
@@ -432,12 +425,13 @@ pub fn check_numeric_setting(value: &str, unit: &str, min: &str, max: &str) -> R
     Ok(())
 }
 
-/// `wal_keep_segments` became `wal_keep_size` in PostgreSQL 13.
+/// `wal_keep_segments` became `wal_keep_size` in PostgreSQL 13: the value
+/// PostgreSQL gets is translated (the stored config keeps what was written,
+/// as in Patroni).
 pub(crate) fn translate_renamed_parameters(
     parameters: &mut BTreeMap<String, String>,
     path: &str,
     problems: &mut Problems,
-    renamed: &mut Vec<(String, String, String)>,
 ) {
     if let Some(segments) = parameters.remove("wal_keep_segments") {
         // A count whose size overflows is no count (found by `make fuzz`).
@@ -449,8 +443,7 @@ pub(crate) fn translate_renamed_parameters(
                     format!("renamed in PostgreSQL 13; set as wal_keep_size = {size} instead"),
                 );
                 if !parameters.contains_key("wal_keep_size") {
-                    parameters.insert("wal_keep_size".into(), size.clone());
-                    renamed.push(("wal_keep_segments".into(), "wal_keep_size".into(), size));
+                    parameters.insert("wal_keep_size".into(), size);
                 }
             }
             None => problems.error(format!("{path}.wal_keep_segments"), "expected an integer number of segments"),
@@ -626,7 +619,9 @@ mod tests {
         let (cfg, json, problems) = read(json!({"postgresql": {"parameters": {"wal_keep_segments": 8}}}));
         assert_eq!(cfg.parameters.get("wal_keep_size").map(String::as_str), Some("128MB"));
         assert!(!cfg.parameters.contains_key("wal_keep_segments"));
-        assert_eq!(json["postgresql"]["parameters"]["wal_keep_size"], "128MB");
+        // The stored config keeps what was written, as Patroni's does.
+        assert_eq!(json["postgresql"]["parameters"]["wal_keep_segments"], 8);
+        assert!(json["postgresql"]["parameters"].get("wal_keep_size").is_none());
         assert_eq!(problems[0].path, "postgresql.parameters.wal_keep_segments");
         // Found by `make fuzz`: the size overflowed.
         let (cfg, _, problems) =

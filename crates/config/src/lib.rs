@@ -1073,7 +1073,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
             .then(|| credentials(&mut r, "postgresql.authentication.rewind", "rewind_user")),
     };
     let mut parameters = dynamic::parameter_map(&mut r, "postgresql.parameters");
-    dynamic::translate_renamed_parameters(&mut parameters, "postgresql.parameters", r.problems, &mut Vec::new());
+    dynamic::translate_renamed_parameters(&mut parameters, "postgresql.parameters", r.problems);
     let mut callbacks = BTreeMap::new();
     if let Some(section) = r.section("postgresql.callbacks") {
         for key in section.keys() {
