@@ -70,12 +70,11 @@ async fn parameter_changes_are_applied_by_reload_or_flagged_and_cleared_by_resta
     assert!(ok && stdout.contains("max_connections"), "{stdout}{stderr}");
     wait_until("every member to report a restart pending", UP, || async {
         let (_, list, _) = ctl(&cluster, &["list"]);
-        let marked = list
-            .lines()
-            .filter(|l| l.contains("node"))
-            .filter(|l| l.trim_end().trim_end_matches('|').rsplit('|').next().is_some_and(|cell| cell.trim() == "*"))
-            .count();
-        if marked == 3 { Ok(Some(())) } else { Err(list) }
+        let marked =
+            list.lines().filter(|l| l.contains("node")).filter(|l| l.split('|').any(|c| c.trim() == "*")).count();
+        // Patroni's reason column: the value running and the one written.
+        let reasons = list.matches("max_connections: 100->120").count();
+        if marked == 3 && reasons == 3 { Ok(Some(())) } else { Err(list) }
     })
     .await
     .expect("pending_restart shown in list");
@@ -482,7 +481,7 @@ async fn patronictl_options_work_on_a_real_cluster() {
     assert!(ok, "{stderr}");
     let first = stdout.lines().next().unwrap_or_default();
     assert!(first.len() == 19 && first.as_bytes()[4] == b'-' && first.as_bytes()[13] == b':', "{stdout}");
-    assert!(stdout.contains("| Pending restart | Scheduled restart | Tags |"), "{stdout}");
+    assert!(stdout.contains("| Pending restart | Pending restart reason | Scheduled restart | Tags |"), "{stdout}");
 
     // -d: another etcd than a config's, and no config file at all.
     let etcd = cluster.etcd.endpoints()[0].trim_start_matches("http://").to_string();

@@ -209,7 +209,7 @@ async fn bad_start_ups_are_refused_with_the_cause_and_the_fix() {
     assert!(ok && stderr.contains("my_tool_settings: unknown key"), "{stdout}{stderr}");
     let (ok, _, stderr) = run("pgwarden-agent", &["--validate-config", "--strict"], &env).expect("validate");
     assert!(!ok && stderr.contains("refused by --strict"), "{stderr}");
-    let typo = format!("{yaml}\nfail_safe_mode: true\n");
+    let typo = format!("{yaml}\nnamespce: /service/\n");
     let (ok, _, stderr) =
         run("pgwarden-agent", &["--validate-config"], &[("PATRONI_CONFIGURATION", typo.as_str())]).expect("validate");
     assert!(!ok && stderr.contains("did you mean"), "{stderr}");

@@ -65,7 +65,14 @@ async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
                         extra.insert("pending_restart".into(), serde_json::Value::Bool(true));
                     }
                     if !m.scheduled_restart.is_empty() {
-                        extra.insert("scheduled_restart".into(), serde_json::json!({"schedule": m.scheduled_restart}));
+                        let mut restart = serde_json::json!({"schedule": m.scheduled_restart});
+                        if !m.scheduled_restart_postgres_version.is_empty() {
+                            restart["postgres_version"] = m.scheduled_restart_postgres_version.clone().into();
+                        }
+                        extra.insert("scheduled_restart".into(), restart);
+                    }
+                    if let Ok(reason) = serde_json::from_str::<serde_json::Value>(&m.pending_restart_reason_json) {
+                        extra.insert("pending_restart_reason".into(), reason);
                     }
                     if let Some(p) = &m.clone_progress {
                         let progress = dcs::CloneProgress {

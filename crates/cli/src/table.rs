@@ -209,8 +209,28 @@ fn optional_columns(
             None => at,
         }
     };
-    let columns: [(&'static str, &Cell); 3] =
-        [("Pending restart", &pending), ("Scheduled restart", &scheduled), ("Tags", &|m| tags(m, flow_tags))];
+    // Patroni's `param: old->new` lines; in pretty tables a long one hidden.
+    let reason = |m: &dcs::MemberEntry| {
+        let Some(reasons) = m.data.extra.get("pending_restart_reason").and_then(serde_json::Value::as_object) else {
+            return String::new();
+        };
+        let text =
+            |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+        reasons
+            .iter()
+            .map(|(name, values)| {
+                let full = format!("{name}: {}->{}", text(values, "old_value"), text(values, "new_value"));
+                if !flow_tags && full.len() > 50 { format!("{name}: [hidden - too long]") } else { full }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let columns: [(&'static str, &Cell); 4] = [
+        ("Pending restart", &pending),
+        ("Pending restart reason", &reason),
+        ("Scheduled restart", &scheduled),
+        ("Tags", &|m| tags(m, flow_tags)),
+    ];
     columns
         .into_iter()
         .map(|(name, value)| {
@@ -414,7 +434,10 @@ mod tests {
         let quiet = ClusterView { members: vec![plain], ..view };
         assert!(!members_table("batman", &quiet, false, false).contains("Tags"));
         let extended = members_table("batman", &quiet, false, true);
-        assert!(extended.contains("| Pending restart | Scheduled restart | Tags |"), "{extended}");
+        assert!(
+            extended.contains("| Pending restart | Pending restart reason | Scheduled restart | Tags |"),
+            "{extended}"
+        );
         // Topology and tsv write tags as one flow mapping.
         let snapshot = Snapshot { scope: "batman".into(), view: view_with_tags(), from: "etcd".into() };
         let tsv = render_list(&snapshot, Format::Tsv, false).expect("tsv");

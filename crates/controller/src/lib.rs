@@ -69,6 +69,20 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
+            pending_restart_reason_json: entry
+                .data
+                .extra
+                .get("pending_restart_reason")
+                .map(serde_json::Value::to_string)
+                .unwrap_or_default(),
+            scheduled_restart_postgres_version: entry
+                .data
+                .extra
+                .get("scheduled_restart")
+                .and_then(|s| s.get("postgres_version"))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             clone_progress: entry.data.clone_progress().map(|p| ha_proto::v1::CloneProgress {
                 done_bytes: p.done_bytes,
                 total_bytes: p.total_bytes,

@@ -29,6 +29,9 @@ pub struct SqlStatus {
     pub replication: Vec<ReplicationRow>,
     /// Some parameter change waits for a restart.
     pub pending_restart: bool,
+    /// The parameters whose change waits for a restart, with the value
+    /// PostgreSQL runs with.
+    pub pending_parameters: std::collections::BTreeMap<String, String>,
     /// A replica's WAL replay is paused (`pg_is_wal_replay_paused()`).
     pub replay_paused: bool,
     /// A replica's `timeline` is its WAL receiver's (`received_tli`), not
@@ -191,13 +194,14 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
     .fetch_one(&mut *conn)
     .await
     .context("query the server's state")?;
-    let pending: bool = sqlx::query("select exists (select 1 from pg_settings where pending_restart)")
-        .fetch_one(&mut *conn)
-        .await
-        .context("query pending_restart")?
-        .try_get(0)?;
+    let pending: Vec<(String, String)> =
+        sqlx::query_as("select name::text, current_setting(name) from pg_settings where pending_restart")
+            .fetch_all(&mut *conn)
+            .await
+            .context("query pending_restart")?;
     let mut status = SqlStatus {
-        pending_restart: pending,
+        pending_restart: !pending.is_empty(),
+        pending_parameters: pending.into_iter().collect(),
         in_recovery: row.try_get(0)?,
         server_version: row.try_get(1)?,
         system_identifier: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),

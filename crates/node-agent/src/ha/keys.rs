@@ -1,6 +1,8 @@
 //! The keys this agent writes besides the leader key: its member key, and as leader `status`,
 //! `config`, `initialize` and `history`.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// The member key's content as last written (written again only when it changes).
@@ -38,6 +40,9 @@ pub(super) struct MemberFacts<'a> {
     pub(super) checkpoint_pending: bool,
     pub(super) paused: bool,
     pub(super) pending_restart: bool,
+    /// Patroni's `pending_restart_reason`: each parameter waiting for a
+    /// restart, with the value PostgreSQL runs with and the one written.
+    pub(super) pending_reason: BTreeMap<String, (String, String)>,
     pub(super) fencer_ready: bool,
     /// Gave the leader key up itself lately (`ha_core::released_recently`).
     pub(super) released: bool,
@@ -60,6 +65,14 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
     }
     if facts.pending_restart {
         extra.insert("pending_restart".into(), Value::Bool(true));
+    }
+    if !facts.pending_reason.is_empty() {
+        let reason: serde_json::Map<String, Value> = facts
+            .pending_reason
+            .iter()
+            .map(|(name, (old, new))| (name.clone(), serde_json::json!({"old_value": old, "new_value": new})))
+            .collect();
+        extra.insert("pending_restart_reason".into(), Value::Object(reason));
     }
     extra.insert("fencer_ready".into(), Value::Bool(facts.fencer_ready));
     if facts.released {
@@ -113,6 +126,16 @@ impl Agent {
             checkpoint_pending: self.checkpoint_pending,
             paused: self.view.borrow().paused,
             pending_restart: local.sql.as_ref().is_some_and(|s| s.pending_restart),
+            pending_reason: local.sql.as_ref().map_or_else(BTreeMap::new, |sql| {
+                let written = self.pg.written_parameters().unwrap_or_default();
+                sql.pending_parameters
+                    .iter()
+                    .map(|(name, running)| {
+                        let new = written.get(name).cloned().unwrap_or_else(|| "(not set here)".into());
+                        (name.clone(), (running.clone(), new))
+                    })
+                    .collect()
+            }),
             fencer_ready: self.fencer_ready(),
             released: self.released_recently(self.view.borrow().ttl),
             scheduled_restart: self.scheduled_restart.as_ref(),
@@ -359,6 +382,7 @@ mod tests {
             checkpoint_pending: true,
             paused: true,
             pending_restart: true,
+            pending_reason: [("max_connections".to_string(), ("100".to_string(), "120".to_string()))].into(),
             fencer_ready: false,
             released: true,
             scheduled_restart: Some(&restart),
@@ -369,6 +393,7 @@ mod tests {
                 "checkpoint_after_promote": false,
                 "pause": true,
                 "pending_restart": true,
+                "pending_restart_reason": {"max_connections": {"old_value": "100", "new_value": "120"}},
                 "fencer_ready": false,
                 "released_leader": true,
                 "scheduled_restart": {"schedule": "2026-12-05T12:00:00+00:00", "restart_pending": true, "role": "replica", "postgres_version": "15.4"},
