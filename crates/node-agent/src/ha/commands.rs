@@ -58,6 +58,14 @@ impl Agent {
                 // stuck) is restarted too, as Patroni would; its role is then
                 // the leader key's, its version and pending flag unknown.
                 let leading = self.leader_deadline().is_some();
+                // Restarted, a former primary's directory opens writable:
+                // not without the key (a second writer).
+                if local.sql.is_none() && !leading && self.pg.was_primary() {
+                    return Err(Status::failed_precondition(
+                        "PostgreSQL does not answer, its data directory was last a primary and this member does not \
+                         hold the leader key: restarting it would open a second writable database",
+                    ));
+                }
                 let mine = match &local.sql {
                     Some(sql) if sql.in_recovery => "replica",
                     Some(_) => "primary",

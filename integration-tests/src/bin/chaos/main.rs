@@ -525,7 +525,14 @@ async fn drive(
     // Converged means one primary and every other member streaming, held
     // for 2 s (three looks); the time is when it began.
     let mut since: Option<f64> = None;
+    // While it takes long, what each node's HA loop says, every 10 s (a
+    // passed run keeps no logs: this is what explains a slow convergence).
+    let mut last_said = heal_at;
     let converged = loop {
+        if clock.now() - last_said >= 10.0 {
+            last_said = clock.now();
+            log.say(format!("still converging: {}", ha_reasons(&node_ips).await));
+        }
         let look = monitor.latest();
         if look.at > heal_at && look.converged(3) && !look.paused {
             let from = *since.get_or_insert(look.at);
@@ -553,7 +560,7 @@ async fn drive(
             outcome
                 .failures
                 .push(format!("the cluster did not converge within {:?} of the last heal: {e}", args.converge_within));
-            log.say("did not converge");
+            log.say(format!("did not converge: {}", ha_reasons(&node_ips).await));
         }
     }
     // Writes must resume through HAProxy (within 30 s), and PostgreSQL must
@@ -680,6 +687,23 @@ async fn drive(
     outcome.ops.sort_by(|a, b| a.at.total_cmp(&b.at));
     report::quiet_convergence(&mut outcome);
     Ok(outcome)
+}
+
+/// Each node's HA loop's last reason (`/patroni`'s `pgwarden.ha`), or why
+/// it cannot be read.
+async fn ha_reasons(nodes: &[std::net::Ipv4Addr]) -> String {
+    let mut said = Vec::new();
+    for (i, &ip) in nodes.iter().enumerate() {
+        let reason = match http(ip, "GET", "/patroni", None, Duration::from_secs(1)).await {
+            Some((_, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|json| json["pgwarden"]["ha"].as_str().map(String::from))
+                .unwrap_or_else(|| "no HA reason in /patroni".into()),
+            None => "its health API does not answer".into(),
+        };
+        said.push(format!("node{}: {reason}", i + 1));
+    }
+    said.join("; ")
 }
 
 #[cfg(test)]
