@@ -84,9 +84,6 @@ impl Agent {
         if pg == PgRun::Stopped {
             self.upstream = None;
         }
-        if matches!(pg, PgRun::Primary { .. }) {
-            self.start_timeout_override_ms = None;
-        }
         // A reinit is done once the new copy runs as a replica.
         if matches!(pg, PgRun::Replica { .. }) {
             self.reinit_requested = false;
@@ -144,7 +141,10 @@ impl Agent {
         if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
             self.primary_down_since_ms.get_or_insert(now_ms);
         } else {
+            // A restart's timeout was for that start only (and this agent's
+            // term as leader).
             self.primary_down_since_ms = None;
+            self.start_timeout_override_ms = None;
         }
         let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
             leader: f.leader.clone(),
