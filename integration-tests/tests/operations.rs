@@ -11,7 +11,7 @@ use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER, SUPERUSER_PA
 use pgwarden_integration_tests::grpc;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::service::{http_with, run, run_with_input};
-use pgwarden_integration_tests::writer::{Writer, missing_rows};
+use pgwarden_integration_tests::writer::{Writer, Writers, missing_rows};
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 use tonic::Code;
 
@@ -810,4 +810,96 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     })
     .await
     .expect("permanent slots on the new leader");
+}
+
+/// The members a node's PostgreSQL streams WAL to (its walsenders'
+/// application names), sorted.
+fn streams_to(cluster: &PgwardenCluster, node: usize) -> Vec<String> {
+    cluster.nodes[node]
+        .psql("select string_agg(application_name, ',' order by application_name) from pg_stat_replication where state = 'streaming'")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until node1 (the leader) streams to exactly `from_leader` and node2
+/// to exactly `from_node2`.
+async fn wait_streams(cluster: &PgwardenCluster, what: &str, from_leader: &[&str], from_node2: &[&str]) {
+    wait_until(what, UP, || async {
+        let (one, two) = (streams_to(cluster, 0), streams_to(cluster, 1));
+        if one == from_leader && two == from_node2 {
+            Ok(Some(()))
+        } else {
+            Err(format!("node1 -> {one:?}, node2 -> {two:?}"))
+        }
+    })
+    .await
+    .expect(what);
+}
+
+/// Patroni's topology tags end to end: `clonefrom` (new members copy their
+/// data from that replica), `replicatefrom` (node3 streams from node2 with a
+/// slot there, falls back to the leader while node2 is lost, and goes back
+/// to it), `nostream` (node4 recovers without streaming and has no slot on
+/// the leader). Two writers run on the leader throughout; every row they
+/// had acknowledged reaches node3.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicatefrom_cascades_and_falls_back_nostream_never_streams_and_clonefrom_is_the_clone_source() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(1).await.expect("start");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("node1 leads"), 0);
+    cluster.add_node("node2", "tags:\n  clonefrom: true\n").expect("add node2");
+    cluster.start_all().expect("start node2");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("node2 streams"), 0);
+    let writers =
+        Writers::start(cluster.nodes[0].pg_port, SUPERUSER_PASSWORD, "cascade", 2, UP).await.expect("writers");
+    cluster.add_node("node3", "tags:\n  replicatefrom: node2\n").expect("add node3");
+    cluster.add_node("node4", "tags:\n  nostream: true\n").expect("add node4");
+    cluster.start_all().expect("start node3 and node4");
+    wait_streams(&cluster, "node3 streaming from node2, node4 from nobody", &["node2"], &["node3"]).await;
+    for node in [2, 3] {
+        let log = cluster.nodes[node].agent_log();
+        assert!(log.contains("clone from node2"), "node{} cloned from the clonefrom member:\n{log}", node + 1);
+    }
+    // node3's slot is on node2; the leader keeps one too (for a fall-back),
+    // moved along to node3's position; node4 has none anywhere.
+    let slot = |node: usize, name: &str| slots_of(&cluster, node).into_iter().find(|s| s.0 == name);
+    assert!(slot(1, "node3").is_some(), "node2 holds node3's slot: {:?}", slots_of(&cluster, 1));
+    assert!(slot(0, "node4").is_none() && slot(1, "node4").is_none(), "no slot for a nostream member");
+    let before = slot(0, "node3").expect("the leader keeps node3's slot").2;
+    wait_until("the leader's slot for node3 moved along", UP, || async {
+        let now = slot(0, "node3").map(|s| s.2).unwrap_or_default();
+        let moved =
+            cluster.nodes[0].psql(&format!("select '{now}'::pg_lsn > '{before}'::pg_lsn")).is_ok_and(|t| t == "t");
+        if moved { Ok(Some(())) } else { Err(format!("{before} -> {now}")) }
+    })
+    .await
+    .expect("slot advanced");
+    assert_eq!(cluster.nodes[3].psql("select pg_is_in_recovery()").expect("node4 answers"), "t");
+    assert_eq!(
+        cluster.nodes[3].psql("select count(*) from pg_stat_wal_receiver").expect("node4's receiver"),
+        "0",
+        "a nostream member has no WAL receiver"
+    );
+    // node2 is lost: node3 falls back to the leader (once node2's member key
+    // is gone or says it does not run), and returns to node2 when it is back.
+    cluster.nodes[1].kill_node();
+    wait_streams(&cluster, "node3 streaming from the leader while node2 is lost", &["node3"], &[]).await;
+    cluster.start_all().expect("restart node2");
+    wait_streams(&cluster, "node3 back on node2", &["node2"], &["node3"]).await;
+    let (acked, lost) = writers.stop_and_check(UP).await.expect("writers stop");
+    assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost on the leader: {lost:?}");
+    let count = |node: usize| {
+        cluster.nodes[node]
+            .psql("select (select count(*) from cascade0) + (select count(*) from cascade1)")
+            .unwrap_or_default()
+    };
+    wait_until("node3 to hold every row the leader has", UP, || async {
+        let (leader, three) = (count(0), count(2));
+        if leader == three { Ok(Some(())) } else { Err(format!("leader {leader}, node3 {three}")) }
+    })
+    .await
+    .expect("every acknowledged row on node3");
 }

@@ -75,15 +75,69 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
                 _ => "unknown".into(),
             }
         };
-        let name =
-            if topology && !is_leader && leader.is_some() { format!("+ {}", member.name) } else { member.name.clone() };
-        rows.push((is_leader, [name, host, role, state, timeline, lag]));
+        rows.push((is_leader, [member.name.clone(), host, role, state, timeline, lag]));
     }
-    if topology {
-        // The leader first, its replicas indented below it.
-        rows.sort_by_key(|(is_leader, _)| !*is_leader);
+    if topology && let Some(leader) = leader {
+        return topology_order(view, leader, rows.into_iter().map(|(_, row)| row).collect());
     }
     rows.into_iter().map(|(_, row)| row).collect()
+}
+
+/// The rows as patronictl's topology draws them: the leader first, each
+/// replica indented below the member it streams from (its `replicatefrom`,
+/// when that names another replica; the leader otherwise), depth first.
+fn topology_order(view: &ClusterView, leader: &str, rows: Vec<[String; 6]>) -> Vec<[String; 6]> {
+    let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+    let parent_of = |name: &str| -> String {
+        let tag = view
+            .member(name)
+            .and_then(|m| m.data.tags.get("replicatefrom"))
+            .and_then(serde_json::Value::as_str)
+            .filter(|p| *p != name && *p != leader && names.contains(p));
+        // A chain of replicatefrom tags that loops hangs from the leader.
+        let mut hop = tag;
+        for _ in 0..names.len() {
+            match hop {
+                Some(p) if p == name => return leader.to_string(),
+                Some(p) => {
+                    hop = view
+                        .member(p)
+                        .and_then(|m| m.data.tags.get("replicatefrom"))
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|q| *q != p && *q != leader && names.contains(q));
+                }
+                None => break,
+            }
+        }
+        tag.unwrap_or(leader).to_string()
+    };
+    let mut ordered = Vec::new();
+    let mut pending: Vec<(String, usize)> = vec![(leader.to_string(), 0)];
+    while let Some((name, level)) = pending.pop() {
+        if let Some(row) = rows.iter().find(|r| r[0] == name) {
+            let mut row = row.clone();
+            if level > 0 {
+                row[0] = format!("{}+ {}", "  ".repeat(level - 1), row[0]);
+            }
+            ordered.push(row);
+        }
+        // Children in name order: pushed in reverse onto the stack.
+        for child in rows.iter().rev().map(|r| &r[0]).filter(|c| **c != leader && parent_of(c) == name) {
+            pending.push((child.clone(), level + 1));
+        }
+    }
+    // A member the leader's tree does not reach (the leader has no member
+    // key) still gets its row.
+    for row in &rows {
+        if !ordered.iter().any(|o| o[0].trim_start_matches([' ', '+']) == row[0]) {
+            let mut row = row.clone();
+            if row[0] != leader {
+                row[0] = format!("+ {}", row[0]);
+            }
+            ordered.push(row);
+        }
+    }
+    ordered
 }
 
 /// A bordered table with a title in its top rule, as patronictl draws it.
@@ -160,7 +214,7 @@ pub fn draw_untitled(header: &[String], rows: &[Vec<String>]) -> String {
 /// first, replicas indented).
 /// The member a table row names (topology indents replicas).
 fn row_member<'a>(view: &'a ClusterView, row: &[String]) -> Option<&'a dcs::MemberEntry> {
-    view.member(row[0].trim_start_matches("+ "))
+    view.member(row[0].trim_start_matches([' ', '+']))
 }
 
 /// A member's tags as patronictl shows them: YAML block lines (`pretty`), or
@@ -395,6 +449,36 @@ mod tests {
         assert!(lines[1].contains("| Member | Host") && lines[1].contains("| Lag in MB |"), "{table}");
         assert!(lines[3].contains("| pg0    | 127.0.0.1:5432 | Leader  | running   |  3 |"), "{table}");
         assert!(lines[4].contains("| Replica | streaming |  3 |         2 |"), "{table}");
+    }
+
+    #[test]
+    fn topology_indents_each_replica_below_the_member_it_streams_from() {
+        let from = |name: &str, port: u16, upstream: Option<&str>| {
+            let mut m = member(name, port, "replica", "streaming", 1);
+            if let Some(upstream) = upstream {
+                m.data.tags.insert("replicatefrom".into(), upstream.into());
+            }
+            m
+        };
+        let view = ClusterView {
+            leader: Some(LeaderView { name: "pg0".into(), lease: 1, mod_revision: 1 }),
+            members: vec![
+                member("pg0", 5432, "primary", "running", 1),
+                from("pg1", 5433, None),
+                from("pg2", 5434, Some("pg1")),
+                from("pg3", 5435, Some("pg2")),
+                from("pg4", 5436, Some("pg0")),
+                // A loop of tags, and a tag naming nobody: below the leader.
+                from("pg5", 5437, Some("pg6")),
+                from("pg6", 5438, Some("pg5")),
+                from("pg7", 5439, Some("gone")),
+            ],
+            ..ClusterView::default()
+        };
+        let names: Vec<String> = rows(&view, true).into_iter().map(|r| r[0].clone()).collect();
+        assert_eq!(names, ["pg0", "+ pg1", "  + pg2", "    + pg3", "+ pg4", "+ pg5", "+ pg6", "+ pg7"]);
+        let table = members_table("batman", &view, true, true);
+        assert!(table.contains("|     + pg3 |"), "{table}");
     }
 
     #[test]

@@ -230,6 +230,11 @@ pub struct Tags {
     pub noloadbalance: bool,
     pub clonefrom: bool,
     pub nosync: bool,
+    /// `replicatefrom`: the member to stream from (cascading replication);
+    /// the leader while that member cannot serve.
+    pub replicatefrom: Option<String>,
+    /// `nostream`: never stream WAL (recover from the archive only).
+    pub nostream: bool,
     pub failover_priority: Option<u32>,
     /// `sync_priority`: the others read it from the member key's tags.
     pub sync_priority: Option<u32>,
@@ -766,6 +771,8 @@ fn tags(r: &mut Reader<'_>) -> Tags {
         noloadbalance: r.bool("tags.noloadbalance", false),
         clonefrom: r.bool("tags.clonefrom", false),
         nosync: r.bool("tags.nosync", false),
+        replicatefrom: r.string("tags.replicatefrom").filter(|name| !name.is_empty()),
+        nostream: r.bool("tags.nostream", false),
         failover_priority: priority(r, "tags.failover_priority"),
         sync_priority: priority(r, "tags.sync_priority"),
         json,

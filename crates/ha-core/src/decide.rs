@@ -255,6 +255,15 @@ pub struct Observed {
     /// implement and must not ignore (Patroni's `standby_cluster`, a quorum
     /// carried by the `sync` key): what, and what to do.
     pub unsupported: Option<String>,
+    /// `tags.replicatefrom`: the member this replica streams from while that
+    /// member can serve (cascading replication); the leader otherwise.
+    pub replicatefrom: Option<String>,
+    /// `tags.nostream`: this replica never streams WAL (it recovers from the
+    /// archive only).
+    pub nostream: bool,
+    /// The peers' own `replicatefrom` tags (peer, the member it streams
+    /// from), so that a chain that comes back to this member is not followed.
+    pub cascades: Vec<(String, String)>,
 }
 
 impl Observed {
@@ -338,8 +347,9 @@ pub enum Action {
     Clone { source: String },
     /// Start PostgreSQL as a standby of `upstream` (`None`: recover only).
     StartReplica { upstream: Option<String> },
-    /// Point a running standby at `upstream`.
-    Follow { upstream: String },
+    /// Point a running standby at `upstream` (`None`: stop streaming, for
+    /// `nostream`).
+    Follow { upstream: Option<String> },
     /// Take the leader key (create iff absent, or re-bind our own key).
     AcquireLeader,
     /// Start PostgreSQL as the primary; the leader key is held.
@@ -514,6 +524,47 @@ fn leader_failover(obs: &Observed, request: &FailoverRequest) -> Decision {
             Action::Switchover { candidate: candidate.map(str::to_string) },
         ),
     }
+}
+
+/// Where a replica streams WAL from while `leader` leads: nowhere with
+/// `nostream`; its `replicatefrom` member while that one can serve (it runs
+/// and answers with a WAL position, advertises an address, is not a primary
+/// other than the leader, is not on an older timeline than the leader, and
+/// its own chain of `replicatefrom` does not come back to this member);
+/// otherwise the leader (Patroni falls back to the leader too, once the
+/// member's key is gone).
+pub fn stream_source(obs: &Observed, leader: &str) -> Option<String> {
+    if obs.nostream {
+        return None;
+    }
+    let Some(wanted) = obs.replicatefrom.as_deref().filter(|w| *w != obs.me && *w != leader) else {
+        return Some(leader.to_string());
+    };
+    let serves = obs.peers.iter().find(|p| p.name == wanted).is_some_and(|p| {
+        obs.takes_part(p)
+            && p.lsn.is_some()
+            && p.reachable
+            && !p.primary
+            && match (p.timeline, obs.leader_timeline) {
+                (Some(theirs), Some(leaders)) => theirs >= leaders,
+                _ => true,
+            }
+    });
+    // Follow the chain: a member that streams (by its tag) from this one,
+    // directly or through others, cannot be this member's source.
+    let mut hop = wanted;
+    let mut loops = false;
+    for _ in 0..=obs.cascades.len() {
+        match obs.cascades.iter().find(|(peer, _)| peer == hop) {
+            Some((_, next)) if *next == obs.me => {
+                loops = true;
+                break;
+            }
+            Some((_, next)) => hop = next,
+            None => break,
+        }
+    }
+    Some(if serves && !loops { wanted } else { leader }.to_string())
 }
 
 /// The member to clone from: a running peer tagged `clonefrom`, else the
@@ -706,7 +757,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 (Some(data), PgRun::Stopped) if !data.was_primary => {
                     return Decision::act(
                         format!("paused, reinitializing on request: start as a replica of {leader}"),
-                        Action::StartReplica { upstream: Some(leader.to_string()) },
+                        Action::StartReplica { upstream: stream_source(obs, leader) },
                     );
                 }
                 _ => {}
@@ -794,20 +845,27 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // was started without one (no leader then) or with an old leader's.
         // Naming the leader needs only a reload, never makes it writable.
         (PgRun::Transitioning, Some(leader))
-            if !data.was_primary && obs.standby_upstream.as_deref() != Some(leader) =>
+            if !data.was_primary
+                && let Some(source) = stream_source(obs, leader)
+                && obs.standby_upstream.as_deref() != Some(source.as_str()) =>
         {
             Decision::act(
-                format!("a standby still starting without {leader} as its WAL source: follow it"),
-                Action::Follow { upstream: leader.to_string() },
+                format!("a standby still starting without {source} as its WAL source: follow it"),
+                Action::Follow { upstream: Some(source) },
             )
         }
         (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
         (PgRun::Stopped, Some(leader)) => {
             let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
             if !(data.was_primary || newer_timeline || forked.is_some()) {
+                let source = stream_source(obs, leader);
                 Decision::act(
-                    format!("start as a replica of {leader}"),
-                    Action::StartReplica { upstream: Some(leader.to_string()) },
+                    match source.as_deref() {
+                        Some(s) if s == leader => format!("start as a replica of {leader}"),
+                        Some(s) => format!("start as a replica of {leader}, streaming from {s} (replicatefrom)"),
+                        None => format!("start as a replica of {leader}, without streaming (nostream)"),
+                    },
+                    Action::StartReplica { upstream: source },
                 )
             } else if !obs.leader_checkpointed {
                 Decision::idle(format!("waiting for {leader} to checkpoint after its promotion before rejoining"))
@@ -859,12 +917,25 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::Demote,
             )
         }
-        (PgRun::Replica { upstream, .. }, Some(leader)) if upstream.as_deref() != Some(leader) => {
-            Decision::act(format!("follow the new leader {leader}"), Action::Follow { upstream: leader.to_string() })
+        (PgRun::Replica { upstream, .. }, Some(leader)) if *upstream != stream_source(obs, leader) => {
+            let source = stream_source(obs, leader);
+            Decision::act(
+                match source.as_deref() {
+                    Some(s) if s == leader => format!("follow the new leader {leader}"),
+                    Some(s) => format!("stream from {s} (replicatefrom), a replica of {leader}"),
+                    None => "stop streaming (nostream)".to_string(),
+                },
+                Action::Follow { upstream: source },
+            )
         }
-        (PgRun::Replica { .. }, Some(leader)) => match &obs.not_streaming {
-            None => Decision::idle(format!("replica streaming from {leader}")),
-            Some(why) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
+        (PgRun::Replica { upstream: None, .. }, Some(leader)) => {
+            Decision::idle(format!("replica of {leader}, recovering without streaming (nostream)"))
+        }
+        (PgRun::Replica { upstream: Some(source), .. }, Some(leader)) => match (&obs.not_streaming, source == leader) {
+            (None, true) => Decision::idle(format!("replica streaming from {leader}")),
+            (None, false) => Decision::idle(format!("replica of {leader}, streaming from {source} (replicatefrom)")),
+            (Some(why), true) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
+            (Some(why), false) => Decision::idle(format!("replica of {leader}, not streaming from {source}: {why}")),
         },
         // The key names this member, on a lease its renewal task no longer
         // proves (a renewal was late, the agent restarted), and PostgreSQL
@@ -961,6 +1032,9 @@ mod tests {
             can_lead: true,
             fencer_lost: false,
             reinit_requested: false,
+            replicatefrom: None,
+            nostream: false,
+            cascades: vec![],
         }
     }
 
@@ -984,6 +1058,60 @@ mod tests {
             peers: vec![peer("a", 90), peer("c", 100)],
             ..base()
         }
+    }
+
+    #[test]
+    fn a_replica_streams_from_its_replicatefrom_member_while_that_one_can_serve() {
+        // b (a replica of leader a) is tagged replicatefrom: c.
+        let cascading =
+            Observed { replicatefrom: Some("c".into()), peers: vec![peer("a", 100), peer("c", 100)], ..base() };
+        assert_eq!(stream_source(&cascading, "a").as_deref(), Some("c"));
+        assert_eq!(decide(&cascading).action, Some(Action::Follow { upstream: Some("c".into()) }));
+        let there =
+            Observed { pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("c".into()) }, ..cascading.clone() };
+        assert_eq!(decide(&there).action, None, "{}", decide(&there));
+        let stopped = Observed { pg: PgRun::Stopped, ..cascading.clone() };
+        assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: Some("c".into()) }));
+        // Back to the leader while c cannot serve.
+        let down = Peer { running: false, lsn: None, ..peer("c", 100) };
+        let cases = [
+            ("c does not run", down),
+            ("c gives no WAL position", Peer { lsn: None, ..peer("c", 100) }),
+            ("c advertises no address", Peer { reachable: false, ..peer("c", 100) }),
+            ("c runs as a primary", Peer { primary: true, ..peer("c", 100) }),
+            ("c is on an older timeline", Peer { timeline: Some(0), ..peer("c", 100) }),
+        ];
+        for (why, c) in cases {
+            let obs = Observed { peers: vec![peer("a", 100), c], ..there.clone() };
+            assert_eq!(decide(&obs).action, Some(Action::Follow { upstream: Some("a".into()) }), "{why}");
+        }
+        let gone = Observed { peers: vec![peer("a", 100)], ..there.clone() };
+        assert_eq!(decide(&gone).action, Some(Action::Follow { upstream: Some("a".into()) }), "c has no member key");
+        // A chain that comes back here is not followed: c streams from d, d from b.
+        let looped = Observed {
+            cascades: vec![("c".into(), "d".into()), ("d".into(), "b".into())],
+            peers: vec![peer("a", 100), peer("c", 100), peer("d", 100)],
+            ..there.clone()
+        };
+        assert_eq!(stream_source(&looped, "a").as_deref(), Some("a"));
+        // Naming itself or the leader is streaming from the leader.
+        for wanted in ["b", "a"] {
+            let obs = Observed { replicatefrom: Some(wanted.into()), ..base() };
+            assert_eq!(stream_source(&obs, "a").as_deref(), Some("a"), "{wanted}");
+            assert_eq!(decide(&obs).action, None);
+        }
+    }
+
+    #[test]
+    fn a_nostream_replica_never_streams() {
+        let obs = Observed { nostream: true, replicatefrom: Some("c".into()), peers: vec![peer("c", 100)], ..base() };
+        assert_eq!(decide(&obs).action, Some(Action::Follow { upstream: None }), "a running one stops streaming");
+        let quiet = Observed { pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: None }, ..obs.clone() };
+        assert_eq!(decide(&quiet).action, None, "{}", decide(&quiet));
+        let stopped = Observed { pg: PgRun::Stopped, ..obs.clone() };
+        assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: None }));
+        let starting = Observed { pg: PgRun::Transitioning, standby_upstream: None, ..obs };
+        assert_eq!(decide(&starting).action, None, "a starting one is not given a WAL source");
     }
 
     fn request(leader: Option<&str>, candidate: Option<&str>) -> Option<FailoverRequest> {
@@ -1021,9 +1149,9 @@ mod tests {
         // Started without a WAL source (no leader then), it cannot reach
         // consistency from its own WAL: it would wait forever.
         let stuck = Observed { pg: PgRun::Transitioning, standby_upstream: None, ..base() };
-        assert_eq!(decide(&stuck).action, Some(Action::Follow { upstream: "a".into() }));
+        assert_eq!(decide(&stuck).action, Some(Action::Follow { upstream: Some("a".into()) }));
         let old_leader = Observed { standby_upstream: Some("c".into()), ..stuck.clone() };
-        assert_eq!(decide(&old_leader).action, Some(Action::Follow { upstream: "a".into() }));
+        assert_eq!(decide(&old_leader).action, Some(Action::Follow { upstream: Some("a".into()) }));
         // Following the leader already, or no leader, or a former primary's
         // directory (never a standby's WAL source to set): it waits.
         let following = Observed { standby_upstream: Some("a".into()), ..stuck.clone() };
@@ -1031,7 +1159,7 @@ mod tests {
         let no_leader = Observed { leader: None, ..stuck.clone() };
         assert_eq!(decide(&no_leader).action, None);
         let was_primary = Observed { data: Some(dir(true, None)), ..stuck };
-        assert_ne!(decide(&was_primary).action, Some(Action::Follow { upstream: "a".into() }));
+        assert_ne!(decide(&was_primary).action, Some(Action::Follow { upstream: Some("a".into()) }));
     }
 
     /// `patronictl reinit --wait` in a pause hung: the data directory went
@@ -1526,7 +1654,7 @@ mod tests {
             (
                 "replica of an old leader: follow the new one",
                 Observed { leader: Some("c".into()), ..base() },
-                Some(Action::Follow { upstream: "c".into() }),
+                Some(Action::Follow { upstream: Some("c".into()) }),
             ),
             (
                 "no leader, stopped: start read-only",
@@ -2113,6 +2241,9 @@ mod tests {
                 fencer_lost: !can_lead,
                 // From a draw already here (see standby_upstream above).
                 reinit_requested: pg_starting && paused,
+                replicatefrom: None,
+                nostream: false,
+                cascades: vec![],
             }
         }
     }

@@ -284,6 +284,9 @@ impl World {
                 && ha_core::fencer_lost(true, Some(self.nodes[i].fencer_down_at), 0, now),
             unsupported: None,
             reinit_requested: false,
+            replicatefrom: None,
+            nostream: false,
+            cascades: vec![],
         }
     }
 
@@ -417,7 +420,8 @@ impl World {
                 Ok(Next::Busy(took + 5, Step::StartReturned { budget_end: self.now + took }))
             }
             Action::Follow { upstream } => {
-                let u = self.index_of(upstream).ok_or("unknown member")?;
+                let u = upstream.as_deref().ok_or("the simulation has no nostream member")?;
+                let u = self.index_of(u).ok_or("unknown member")?;
                 self.nodes[i].agent.upstream = Some(u);
                 let pg = &mut self.nodes[i].pg;
                 pg.upstream = Some(u);

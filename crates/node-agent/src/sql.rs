@@ -418,14 +418,17 @@ pub async fn create_logical_slot(conn: &mut PgConnection, name: &str, plugin: &s
     Ok(())
 }
 
-/// Moves an inactive physical slot on a standby forward to `lsn`, or the
-/// replayed position if that is earlier (never backwards).
+/// Moves an inactive physical slot forward to `lsn`, or to what this server
+/// has (a standby's replayed position, a primary's flushed one) if that is
+/// earlier (never backwards).
 pub async fn advance_slot(conn: &mut PgConnection, name: &str, lsn: u64) -> anyhow::Result<()> {
     sqlx::query(
-        "select pg_replication_slot_advance(slot_name, least(pg_last_wal_replay_lsn(), $2::text::pg_lsn)) \
-         from pg_replication_slots where slot_name = $1 and slot_type = 'physical' and not active \
-         and restart_lsn is not null and pg_last_wal_replay_lsn() is not null \
-         and restart_lsn < least(pg_last_wal_replay_lsn(), $2::text::pg_lsn)",
+        "with here as (select case when pg_is_in_recovery() then pg_last_wal_replay_lsn() \
+                                   else pg_current_wal_flush_lsn() end as lsn) \
+         select pg_replication_slot_advance(slot_name, least(here.lsn, $2::text::pg_lsn)) \
+         from pg_replication_slots, here where slot_name = $1 and slot_type = 'physical' and not active \
+         and restart_lsn is not null and here.lsn is not null \
+         and restart_lsn < least(here.lsn, $2::text::pg_lsn)",
     )
     .bind(name)
     .bind(ha_core::Lsn(lsn).to_string())

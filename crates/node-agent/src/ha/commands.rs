@@ -209,7 +209,12 @@ impl Agent {
                  would open a second writable database; reinitialize it (or resume, and the HA loop rejoins it)",
             ));
         } else {
-            (Action::StartReplica { upstream: view.leader.as_ref().map(|l| l.name.clone()) }, "replica")
+            (
+                Action::StartReplica {
+                    upstream: view.leader.as_ref().and_then(|l| ha_core::stream_source(&obs, &l.name)),
+                },
+                "replica",
+            )
         };
         if !role.is_empty() && role != starts_as {
             return reply(false, format!("skipped: {} would start as a {starts_as}", self.config.name));

@@ -86,15 +86,21 @@ impl Agent {
                 Ok(true)
             }
             Action::Follow { upstream } => {
-                let target = self.upstream_of(view, upstream)?;
+                let target = match upstream {
+                    Some(member) => Some(self.upstream_of(view, member)?),
+                    None => None,
+                };
                 // The new primary_conninfo names the pgpass file: it must
                 // hold the password before the WAL receiver reconnects (an
                 // adopted replica may never have had it written).
-                self.pg.write_pgpass(Some(&target))?;
-                self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(target) }, false)?;
+                self.pg.write_pgpass(target.as_ref())?;
+                self.pg.write_config(dynamic, &StartAs::Replica { upstream: target }, false)?;
                 self.pg.reload().await?;
-                info!(upstream, "following");
-                self.upstream = Some(upstream.clone());
+                match upstream {
+                    Some(upstream) => info!(upstream, "following"),
+                    None => info!("not streaming (nostream)"),
+                }
+                self.upstream = upstream.clone();
                 Ok(false)
             }
             Action::AcquireLeader => {

@@ -209,6 +209,16 @@ impl Agent {
             can_lead: self.fencer_ready(),
             fencer_lost: self.fencer_lost(),
             reinit_requested: self.reinit_requested,
+            replicatefrom: self.config.tags.replicatefrom.clone(),
+            nostream: self.config.tags.nostream,
+            cascades: view
+                .map(|v| {
+                    v.members
+                        .iter()
+                        .filter_map(|m| Some((m.name.clone(), m.data.tags.get("replicatefrom")?.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
             not_streaming,
             unsupported: if dynamic.standby_cluster {
                 Some(

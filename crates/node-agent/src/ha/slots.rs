@@ -3,6 +3,12 @@
 //! (`ignore_slots`), and publishes the permanent ones' positions in `status`; a replica keeps the
 //! permanent physical slots too, moved along to the leader's positions, and drops or advances the
 //! member slots left from a term as primary.
+//!
+//! Cascading replication (`replicatefrom`): a replica keeps the slots of the
+//! members that stream from it, and the leader keeps theirs too (for when
+//! they fall back to it), moved along to the positions they report so that
+//! they pin no more WAL than those members need. A `nostream` member has no
+//! slot anywhere.
 
 use super::*;
 
@@ -73,6 +79,17 @@ impl SlotKeeper {
     }
 }
 
+/// The members that stream (by their tags) from `upstream` rather than from
+/// whoever leads: those whose `replicatefrom` names it. Their slot names.
+fn downstream_of(view: &ClusterView, upstream: &str) -> Vec<String> {
+    view.members
+        .iter()
+        .filter(|m| m.name != upstream && !m.data.tag_flag("nostream"))
+        .filter(|m| m.data.tags.get("replicatefrom").and_then(serde_json::Value::as_str) == Some(upstream))
+        .map(|m| slot_name(&m.name))
+        .collect()
+}
+
 impl Agent {
     /// The leader's slots: one per member, and the permanent ones. Returns
     /// the permanent slots' positions, for the `status` key.
@@ -81,8 +98,12 @@ impl Agent {
         view: &ClusterView,
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-        let wanted: Vec<String> =
-            view.members.iter().filter(|m| m.name != self.config.name).map(|m| slot_name(&m.name)).collect();
+        let wanted: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.name != self.config.name && !m.data.tag_flag("nostream"))
+            .map(|m| slot_name(&m.name))
+            .collect();
         let mut conn = self.connect().await?;
         let slots = sql::slots(&mut conn).await?;
         // Only member slots, and slots nobody claims, are this rule's.
@@ -97,6 +118,23 @@ impl Agent {
             info!(slot, "dropping the slot of a member gone longer than member_slots_ttl");
             sql::drop_slot(&mut conn, slot).await?;
             self.slots.dropped(slot);
+        }
+        // A member that streams from another replica does not use its slot
+        // here: move it along to the position it reports (WAL it may need
+        // when it falls back to this leader, no more).
+        for member in &view.members {
+            let cascading = member
+                .data
+                .tags
+                .get("replicatefrom")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|from| from != self.config.name && from != member.name);
+            if let (true, Some(lsn)) =
+                (cascading && wanted.contains(&slot_name(&member.name)), member.data.xlog_location)
+                && slots.iter().any(|s| s.name == slot_name(&member.name) && !s.active && s.position < Some(lsn))
+            {
+                sql::advance_slot(&mut conn, &slot_name(&member.name), lsn).await?;
+            }
         }
         let mut positions = serde_json::Map::new();
         for (name, permanent) in &dynamic.slots {
@@ -169,9 +207,29 @@ impl Agent {
             return Ok(());
         }
         let mut conn = self.connect().await?;
+        // The members that stream from this replica: a slot each, moved
+        // along to the position each reports while it does not use it.
+        let downstream = if dynamic.use_slots { downstream_of(view, &self.config.name) } else { Vec::new() };
+        let before = sql::slots(&mut conn).await?;
+        for slot in &downstream {
+            match before.iter().find(|s| s.name == *slot) {
+                None => {
+                    info!(slot, "creating a replication slot for a member that streams from this replica");
+                    sql::create_slot(&mut conn, slot).await?;
+                }
+                Some(existing) if !existing.active => {
+                    let reported =
+                        view.members.iter().find(|m| slot_name(&m.name) == *slot).and_then(|m| m.data.xlog_location);
+                    if let Some(lsn) = reported {
+                        sql::advance_slot(&mut conn, slot, lsn).await?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         let stale = sql::inactive_physical_slots(&mut conn).await?;
         let members: Vec<String> = view.members.iter().map(|m| slot_name(&m.name)).collect();
-        for slot in stale.iter().filter(|s| members.contains(s)) {
+        for slot in stale.iter().filter(|s| members.contains(s) && !downstream.contains(s)) {
             if self.led_here {
                 info!(slot, "dropping a member slot kept from a term as primary");
                 sql::drop_slot(&mut conn, slot).await?;
