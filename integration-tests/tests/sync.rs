@@ -434,3 +434,54 @@ async fn a_cluster_bootstrapped_in_synchronous_mode_forms_and_takes_a_sync_stand
         .psql("create table after_bootstrap(id int); insert into after_bootstrap values (1)")
         .expect("a commit");
 }
+
+/// `maximum_lag_on_syncnode`: a synchronous standby whose WAL receiver hangs
+/// (SIGSTOP: still connected, still `streaming` to the primary, flushing
+/// nothing) holds every commit until its lag passes the limit; then it is
+/// swapped out (the `sync` key first) for the other standby, and the
+/// commits waiting for it go through. Without the limit they wait until the
+/// walsender's timeout, a minute later. Two writers run throughout, and the
+/// held transaction writes more WAL than the limit.
+#[tokio::test]
+async fn a_hung_sync_standby_past_maximum_lag_on_syncnode_is_swapped_out() {
+    let setup = setup(3, false, false).await;
+    let cluster = &setup.cluster;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let hung = one_sync_standby(cluster, Some(leader)).await;
+    cluster.patch_config(serde_json::json!({"maximum_lag_on_syncnode": 1_048_576})).await.expect("set the limit");
+    let writers =
+        pgwarden_integration_tests::writer::Writers::start(setup.write_port, SUPERUSER_PASSWORD, "lagw", 2, UP)
+            .await
+            .expect("writers");
+    let receiver: i32 = cluster.nodes[hung]
+        .psql("select pid from pg_stat_wal_receiver")
+        .expect("the sync standby's WAL receiver")
+        .parse()
+        .expect("a pid");
+    let pid = nix::unistd::Pid::from_raw(receiver);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP the WAL receiver");
+    let stopped = Instant::now();
+    // About 8 MB of WAL in one transaction, held at its commit.
+    let port = cluster.nodes[leader].pg_port;
+    let big = tokio::task::spawn_blocking(move || {
+        pgwarden_integration_tests::cluster::psql_port(
+            port,
+            "create table lagbig as select g, repeat('x', 100) as pad from generate_series(1, 60000) g",
+        )
+    });
+    let replacement = one_sync_standby(cluster, Some(hung)).await;
+    let swapped = stopped.elapsed();
+    assert_ne!(replacement, leader);
+    // Swapped for its lag, not dropped by the walsender's timeout: the
+    // primary still counts it as streaming.
+    let still = cluster.nodes[leader]
+        .psql(&format!("select state from pg_stat_replication where application_name = '{}'", cluster.nodes[hung].name))
+        .expect("pg_stat_replication");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    assert_eq!(still, "streaming", "the hung standby was still connected when it was swapped out");
+    big.await.expect("join").expect("the held transaction commits once the standby is swapped out");
+    writers.wait_ack_after(Instant::now(), UP).await.expect("writes go on");
+    let (acked, lost) = writers.stop_and_check(UP).await.expect("writers stop");
+    assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost {lost:?}");
+    println!("hung sync standby swapped out after {swapped:?}");
+}

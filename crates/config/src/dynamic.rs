@@ -131,6 +131,10 @@ pub struct DynamicConfig {
     pub retry_timeout: u32,
     /// Bytes a replica may lag behind the leader and still be promoted.
     pub maximum_lag_on_failover: u64,
+    /// Bytes a synchronous standby may lag (behind the most advanced
+    /// standby, or the primary when it is the only one) before it is swapped
+    /// out; -1 or 0: no limit.
+    pub maximum_lag_on_syncnode: i64,
     pub primary_start_timeout: u32,
     pub primary_stop_timeout: u32,
     pub synchronous_mode: SyncMode,
@@ -163,6 +167,7 @@ impl Default for DynamicConfig {
             loop_wait: 10,
             retry_timeout: 10,
             maximum_lag_on_failover: 1_048_576,
+            maximum_lag_on_syncnode: -1,
             // Patroni's default is 300 s. pgwarden's keeps a crashed primary's
             // write outage short: a restart in place takes about a second
             // here; one that has not worked in 10 s hands over to a replica.
@@ -284,6 +289,9 @@ impl DynamicConfig {
             maximum_lag_on_failover: r
                 .int(&path("maximum_lag_on_failover"), 0, i64::MAX)
                 .map_or(d.maximum_lag_on_failover, |n| n as u64),
+            maximum_lag_on_syncnode: r
+                .int(&path("maximum_lag_on_syncnode"), -1, i64::MAX)
+                .unwrap_or(d.maximum_lag_on_syncnode),
             primary_start_timeout,
             primary_stop_timeout: u32_of(&mut r, "primary_stop_timeout", 0, d.primary_stop_timeout),
             synchronous_mode,

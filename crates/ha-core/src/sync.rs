@@ -14,7 +14,11 @@
 //!   once that write succeeded leaves P: until then commits wait for it, so
 //!   every member of S has every acknowledged commit;
 //! - with no standby left, strict mode lists a placeholder nobody can match,
-//!   so commits block instead of going asynchronous.
+//!   so commits block instead of going asynchronous;
+//! - `maximum_lag_on_syncnode`: a standby whose flushed position lags the
+//!   most advanced standby's (the primary's, when it is the only one) by
+//!   more than that is not healthy: it leaves as a lost one does (S first),
+//!   and is not chosen to join, so a hung standby stops holding commits.
 
 /// Listed when strict mode has no standby: no server has this name.
 pub const STRICT_PLACEHOLDER: &str = "__pgwarden_strict_sync_placeholder__";
@@ -54,6 +58,8 @@ pub struct SyncInput {
     pub pending: Option<Pending>,
     pub standbys: Vec<Standby>,
     pub primary_lsn: u64,
+    /// `maximum_lag_on_syncnode` in bytes (`None`: -1 or 0, no limit).
+    pub max_lag: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +82,14 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
 
 /// The next step towards `node_count` synchronous standbys.
 pub fn next_step(input: &SyncInput) -> SyncStep {
-    let healthy = |name: &str| input.standbys.iter().any(|s| s.name == name && s.streaming && s.eligible);
+    // The position lag is measured from (Patroni's): the most advanced
+    // streaming standby's, or the primary's when there is only one.
+    let streaming: Vec<u64> =
+        input.standbys.iter().filter(|s| s.streaming && s.eligible).map(|s| s.flush_lsn).collect();
+    let reference = if streaming.len() > 1 { streaming.iter().copied().max().unwrap_or(0) } else { input.primary_lsn };
+    let lagging = |s: &Standby| input.max_lag.is_some_and(|max| reference.saturating_sub(s.flush_lsn) > max);
+    let healthy =
+        |name: &str| input.standbys.iter().any(|s| s.name == name && s.streaming && s.eligible && !lagging(s));
     let row = |name: &str| input.standbys.iter().find(|s| s.name == name);
     // A key left by another leader: start from nothing we have not checked.
     if !input.key_is_mine {
@@ -133,10 +146,9 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
     // Joining: one standby at a time, the highest `sync_priority` first, then
     // the most advanced.
     if s.len() < input.node_count.max(1) {
-        let best =
-            input.standbys.iter().filter(|c| c.streaming && c.eligible && !s.contains(&c.name)).max_by(|a, b| {
-                a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
-            });
+        let best = input.standbys.iter().filter(|c| healthy(&c.name) && !s.contains(&c.name)).max_by(|a, b| {
+            a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
+        });
         if let Some(best) = best {
             let mut names = p.clone();
             names.push(best.name.clone());
@@ -219,6 +231,7 @@ mod tests {
             pending: None,
             standbys: vec![standby("a", false, 900), Standby { priority: 2, ..standby("b", false, 100) }],
             primary_lsn: 1000,
+            max_lag: None,
         };
         match next_step(&input) {
             SyncStep::Configure { names, .. } => assert_eq!(names, vec!["b".to_string()]),
@@ -235,6 +248,7 @@ mod tests {
             pending: None,
             standbys: vec![standby("b", false, 90), standby("c", false, 100)],
             primary_lsn: 100,
+            max_lag: None,
         }
     }
 
@@ -311,6 +325,54 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_past_maximum_lag_on_syncnode_is_swapped_out_s_first() {
+        // c is the synchronous standby and hangs at 100 while b streams on.
+        let mut state = SyncInput {
+            published: vec!["c".into()],
+            configured: vec!["c".into()],
+            standbys: vec![standby("b", false, 500), standby("c", true, 100)],
+            primary_lsn: 600,
+            ..input()
+        };
+        assert_eq!(next_step(&state), SyncStep::Idle, "no limit: c stays, commits wait for it");
+        state.max_lag = Some(400);
+        assert_eq!(next_step(&state), SyncStep::Idle, "400 behind b is within the limit");
+        state.max_lag = Some(399);
+        assert_eq!(next_step(&state), SyncStep::Publish(vec![]), "out of S first");
+        state.published = vec![];
+        assert_eq!(next_step(&state), SyncStep::Configure { names: vec![], pending: None }, "then out of P");
+        state.configured = vec![];
+        match next_step(&state) {
+            SyncStep::Configure { names, .. } => assert_eq!(names, vec!["b".to_string()], "b takes its place"),
+            other => panic!("{other:?}"),
+        }
+        // With one standby the lag is measured from the primary's position.
+        let alone = SyncInput {
+            published: vec!["c".into()],
+            configured: vec!["c".into()],
+            standbys: vec![standby("c", true, 100)],
+            primary_lsn: 600,
+            max_lag: Some(499),
+            ..input()
+        };
+        assert_eq!(next_step(&alone), SyncStep::Publish(vec![]));
+        // A lagging standby is not chosen to join.
+        let joining = SyncInput {
+            standbys: vec![standby("b", false, 500), standby("c", false, 100)],
+            primary_lsn: 600,
+            max_lag: Some(300),
+            ..input()
+        };
+        match next_step(&joining) {
+            SyncStep::Configure { names, .. } => assert_eq!(names, vec!["b".to_string()]),
+            other => panic!("{other:?}"),
+        }
+        let nobody =
+            SyncInput { standbys: vec![standby("c", false, 100)], primary_lsn: 600, max_lag: Some(300), ..input() };
+        assert_eq!(next_step(&nobody), SyncStep::Idle);
+    }
+
+    #[test]
     fn a_key_of_another_leader_is_reset_first() {
         let state = SyncInput { key_is_mine: false, published: vec!["me".into()], ..input() };
         assert_eq!(next_step(&state), SyncStep::Publish(vec![]));
@@ -366,9 +428,11 @@ mod tests {
         fn s_only_names_caught_up_standbys_listed_in_p(
             flips in proptest::collection::vec((0usize..3, any::<bool>()), 0..30),
             count in 1usize..3,
+            max_lag in proptest::option::of(0u64..40),
         ) {
             let mut state = SyncInput {
                 node_count: count,
+                max_lag,
                 standbys: vec![standby("a", false, 0), standby("b", false, 0), standby("c", false, 0)],
                 ..input()
             };

@@ -783,6 +783,7 @@ impl World {
             pending: agent.sync_pending.clone(),
             standbys,
             primary_lsn: self.nodes[i].pg.lsn().unwrap_or(0),
+            max_lag: self.p.max_lag_on_syncnode,
         };
         self.nodes[i].agent.wanted_ssn = self.sync_names(i);
         self.apply_ssn(i);

@@ -26,6 +26,8 @@ pub struct Params {
     pub request_timeout: Time,
     /// `maximum_lag_on_failover`, in records.
     pub max_lag: u64,
+    /// `maximum_lag_on_syncnode`, in records (`None`: no limit).
+    pub max_lag_on_syncnode: Option<u64>,
     /// Faults and operator actions happen until then...
     pub fault_phase: Time,
     /// ...and once all are healed, the cluster must have one primary and
@@ -46,6 +48,10 @@ impl Params {
             retry_timeout: ttl / 2,
             request_timeout: 2_000,
             max_lag: 1_000_000,
+            // A tight limit in a third of the seeds, drawn from the ttl so
+            // that no seed's schedule changes: synchronous standbys are
+            // swapped out whenever they fall a few records behind.
+            max_lag_on_syncnode: (ttl == 15_000).then_some(3),
             fault_phase: 60_000,
             heal_bound: 4 * ttl + 30_000,
             writers: 3,

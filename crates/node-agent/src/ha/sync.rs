@@ -158,6 +158,7 @@ impl Agent {
             pending: self.sync.pending.clone(),
             standbys,
             primary_lsn: sql.xlog_location,
+            max_lag: u64::try_from(dynamic.maximum_lag_on_syncnode).ok().filter(|lag| *lag > 0),
         };
         // The configured names as PostgreSQL must have them (after a restart
         // or a promotion, before any step).
