@@ -173,3 +173,84 @@ async fn a_required_watchdog_that_cannot_be_armed_keeps_the_node_from_leading() 
     assert_eq!(cluster.get_key("initialize").await.expect("etcd"), None, "no bootstrap without the watchdog");
     assert!(node.postmaster_pid().is_none(), "no data directory was built");
 }
+
+/// `failsafe_mode` on, and the `failsafe` key listing all three members.
+async fn enable_failsafe(cluster: &PgwardenCluster) {
+    cluster.patch_config(serde_json::json!({"failsafe_mode": true})).await.expect("failsafe_mode on");
+    wait_until("the failsafe key to list every member", UP, || async {
+        let key = cluster.get_key("failsafe").await.map_err(|e| e.to_string())?;
+        let members: serde_json::Map<String, serde_json::Value> =
+            key.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default();
+        if cluster.nodes.iter().all(|n| members.contains_key(&n.name)) { Ok(Some(())) } else { Err(format!("{key:?}")) }
+    })
+    .await
+    .expect("failsafe key");
+}
+
+/// `failsafe_mode` (issue 23): etcd stopped for everyone, and the primary
+/// keeps taking writes through HAProxy while both replicas accept its calls,
+/// three ttls past the moment it would otherwise have fenced itself;
+/// `/patroni`, `/failsafe` and the metric say so. When etcd is back, the
+/// same primary goes on, on the same timeline; no row lost, never two
+/// writers.
+#[tokio::test]
+async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_everyone() {
+    let (mut setup, before, probe, writers) = loaded(1).await;
+    let leader = setup.leader;
+    enable_failsafe(&setup.cluster).await;
+    setup.cluster.etcd.kill(0);
+    let stopped = Instant::now();
+    writers.wait_ack_after(stopped + 3 * TTL, UP).await.expect("writes go on three ttls after etcd stopped");
+    println!("etcd stopped: writes still acknowledged {:?} later", stopped.elapsed());
+    let node = &setup.cluster.nodes[leader];
+    let patroni = node.get("/patroni").expect("/patroni");
+    assert!(patroni.contains("\"failsafe_mode_is_active\":true"), "{patroni}");
+    let listed = node.get("/failsafe").expect("/failsafe");
+    for member in &setup.cluster.nodes {
+        assert!(listed.contains(&format!("\"{}\"", member.name)), "{listed}");
+    }
+    let metrics = node.get("/metrics").expect("/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("patroni_failsafe_mode_is_active{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    for replica in (0..3).filter(|&i| i != leader) {
+        let patroni = setup.cluster.nodes[replica].get("/patroni").expect("/patroni");
+        assert!(patroni.contains("\"failsafe_mode_is_active\":true"), "replica {replica} promised: {patroni}");
+    }
+    assert!(node.agent_log().contains("every member accepts: running on"), "the leader says why it runs on");
+
+    setup.cluster.etcd.restart(0).await.expect("etcd back");
+    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), leader, "the same primary");
+    assert_eq!(timeline(&setup.cluster, leader), before, "same timeline, no promotion");
+    assert_no_loss_and_one_writer(&setup, writers, probe, "etcd stopped, failsafe_mode").await;
+}
+
+/// The combined fault: etcd stopped for everyone and a replica's agent
+/// killed (it cannot promise). Failsafe cannot keep the primary: it fences
+/// by its deadline, as without the mode; with etcd and the agent back the
+/// cluster is whole again. Never two writers, no row lost.
+#[tokio::test]
+async fn failsafe_mode_fences_the_primary_when_a_member_cannot_promise() {
+    let (mut setup, _before, probe, writers) = loaded(1).await;
+    let leader = setup.leader;
+    enable_failsafe(&setup.cluster).await;
+    let pid = setup.cluster.nodes[leader].postmaster_pid().expect("the primary runs");
+    let replica = (0..3).find(|&i| i != leader).expect("a replica");
+    setup.cluster.nodes[replica].kill_agent();
+    setup.cluster.etcd.kill(0);
+    let stopped = Instant::now();
+    wait_until("the primary to fence itself", UP, || async { Ok::<_, String>((!is_running(pid)).then_some(())) })
+        .await
+        .expect("fenced");
+    println!("etcd stopped, a replica's agent killed: the primary fenced after {:?}", stopped.elapsed());
+    let log = setup.cluster.nodes[leader].agent_log();
+    assert!(log.contains("not every member accepts"), "{log}");
+    setup.cluster.etcd.restart(0).await.expect("etcd back");
+    setup.cluster.nodes[replica].start_agent().expect("agent back");
+    setup.cluster.wait_healthy(UP).await.expect("healthy again");
+    let (acked, lost) = writers.stop_and_check(UP).await.expect("writes go through again, and read back");
+    assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost {lost:?}");
+    let probes = probe.stop().await;
+    assert_eq!(probes.two_writer_seconds(), 0.0, "two nodes accepted writes at once: {:?}", probes.spans);
+}

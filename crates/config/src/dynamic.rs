@@ -135,6 +135,9 @@ pub struct DynamicConfig {
     /// standby, or the primary when it is the only one) before it is swapped
     /// out; -1 or 0: no limit.
     pub maximum_lag_on_syncnode: i64,
+    /// `failsafe_mode`: with etcd out of reach, a primary keeps running while
+    /// every member listed in the `failsafe` key accepts its `Failsafe` call.
+    pub failsafe_mode: bool,
     pub primary_start_timeout: u32,
     pub primary_stop_timeout: u32,
     pub synchronous_mode: SyncMode,
@@ -168,6 +171,7 @@ impl Default for DynamicConfig {
             retry_timeout: 10,
             maximum_lag_on_failover: 1_048_576,
             maximum_lag_on_syncnode: -1,
+            failsafe_mode: false,
             // Patroni's default is 300 s. pgwarden's keeps a crashed primary's
             // write outage short: a restart in place takes about a second
             // here; one that has not worked in 10 s hands over to a replica.
@@ -292,6 +296,7 @@ impl DynamicConfig {
             maximum_lag_on_syncnode: r
                 .int(&path("maximum_lag_on_syncnode"), -1, i64::MAX)
                 .unwrap_or(d.maximum_lag_on_syncnode),
+            failsafe_mode: r.bool(&path("failsafe_mode"), false),
             primary_start_timeout,
             primary_stop_timeout: u32_of(&mut r, "primary_stop_timeout", 0, d.primary_stop_timeout),
             synchronous_mode,

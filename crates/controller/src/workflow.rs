@@ -89,6 +89,10 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
     let dynamic = dynamic(view);
     let sync_standbys: Vec<String> =
         view.sync.as_ref().map(|s| s.members().into_iter().map(String::from).collect()).unwrap_or_default();
+    let failsafe_members: Vec<String> = match &view.failsafe {
+        Some(members) if dynamic.failsafe_mode => members.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
     // The rule `ha_core::decide` and the leader apply (DESIGN invariant 4).
     let rules = ha_core::CandidateRules {
         sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
@@ -97,6 +101,7 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
         history_timeline: view.history.iter().map(|h| h.0).max(),
         cluster_optime: Some(leader_position),
         maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
+        failsafe_members: &failsafe_members,
     };
     let contender = ha_core::Contender {
         name: candidate,
@@ -133,6 +138,10 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
             "candidate {candidate} is on timeline {timeline}, which ended with a promotion the history key records \
              (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new \
              timeline"
+        )),
+        ha_core::Ineligible::NotInFailsafe => Status::failed_precondition(format!(
+            "candidate {candidate} is not listed in the failsafe key (failsafe_mode is on): the leader lists every \
+             member at its next loop; try again then"
         )),
         ha_core::Ineligible::Lagging { lag, limit } => Status::failed_precondition(format!(
             "candidate {candidate} is {lag} bytes behind the leader (maximum_lag_on_failover is {limit}); \

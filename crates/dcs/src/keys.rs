@@ -78,6 +78,12 @@ impl Keys {
         self.key("history")
     }
 
+    /// `failsafe_mode`'s members: `{"name": "api_url", ...}`, written by the
+    /// leader. A member must be listed to take part in a race.
+    pub fn failsafe(&self) -> String {
+        self.key("failsafe")
+    }
+
     /// The member name a `members/<name>` key belongs to.
     pub fn member_name<'k>(&self, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(self.prefix.as_str())?.strip_prefix("members/").filter(|n| !n.is_empty() && !n.contains('/'))

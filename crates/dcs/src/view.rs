@@ -47,6 +47,8 @@ pub struct ClusterView {
     pub history: Vec<HistoryEntry>,
     /// The `history` key's mod revision (0: absent), for compare-and-swap.
     pub history_revision: i64,
+    /// The `failsafe` key: member name to REST API URL (`None`: absent).
+    pub failsafe: Option<std::collections::BTreeMap<String, String>>,
     /// Keys whose values could not be parsed, with the reason; reported, not fatal.
     pub unreadable: Vec<(String, String)>,
 }
@@ -106,6 +108,11 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
                     view.sync = Some(sync);
                     view.sync_revision = kv.mod_revision();
                 }
+                Err(e) => unreadable(e.to_string()),
+            }
+        } else if key == keys.failsafe() {
+            match serde_json::from_slice(value) {
+                Ok(failsafe) => view.failsafe = Some(failsafe),
                 Err(e) => unreadable(e.to_string()),
             }
         } else if key == keys.history() {

@@ -23,6 +23,11 @@ impl BootInstant {
         self.0.as_nanos() as u64
     }
 
+    /// The instant `ns` nanoseconds after boot (as `as_nanos` gives it).
+    pub fn from_nanos(ns: u64) -> Self {
+        Self(Duration::from_nanos(ns))
+    }
+
     pub fn saturating_sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(d))
     }

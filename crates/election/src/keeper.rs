@@ -73,35 +73,68 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// A failed proof or a lost lease ends ownership at once. A transient failure
 /// is retried until the deadline; when the deadline passes without a
 /// successful renewal, ownership is lost.
-pub fn spawn_renewal(mut election: Election, mut lease: Lease, interval: Duration, prove_key: bool) -> RenewalHandle {
-    let initial = LeaseState::Held { lease: lease.id, deadline: lease.deadline };
+pub fn spawn_renewal(election: Election, lease: Lease, interval: Duration, prove_key: bool) -> RenewalHandle {
+    spawn_renewal_extended(election, lease, interval, prove_key, None)
+}
+
+/// As [`spawn_renewal`], with a second source of the deadline: `extension`
+/// (Patroni's failsafe mode: a deadline every other member has promised to
+/// respect, the agent's to compute). The published deadline is the later of
+/// the lease's and the extension's, so while renewals fail for a transient
+/// reason (etcd out of reach) ownership lasts as long as either. A failed
+/// proof or a lost lease still ends it at once, whatever the extension.
+pub fn spawn_renewal_extended(
+    mut election: Election,
+    mut lease: Lease,
+    interval: Duration,
+    prove_key: bool,
+    mut extension: Option<watch::Receiver<Option<BootInstant>>>,
+) -> RenewalHandle {
+    let initial = LeaseState::Held { lease: lease.id, deadline: extended(lease.deadline, &extension) };
     let (tx, rx) = watch::channel(initial);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         // A task that proves a key proves it at once: the deadline it was
         // handed may be old (the lease's last plain keep-alive).
-        let mut next = if prove_key { Duration::ZERO } else { interval };
+        let mut next_at = tokio::time::Instant::now() + if prove_key { Duration::ZERO } else { interval };
         loop {
-            let deadline = lease.deadline;
+            let deadline = extended(lease.deadline, &extension);
             tokio::select! {
                 _ = &mut stop_rx => return election,
-                _ = tokio::time::sleep(next) => {}
+                _ = tokio::time::sleep_until(next_at) => {}
+                _ = changed(&mut extension) => {
+                    publish_extension(&tx, lease.id, deadline, extended(lease.deadline, &extension));
+                    continue;
+                }
                 _ = tokio::time::sleep(deadline.remaining()) => {
                     lose(&tx, lease.id, "the deadline passed without a successful renewal");
                     return election;
                 }
             }
-            let attempt = async {
-                if prove_key { election.renew(&mut lease).await } else { election.keep_alive(&mut lease).await }
+            let (base, id) = (lease.deadline, lease.id);
+            // An attempt etcd does not answer may take the request timeout:
+            // an extension granted meanwhile is published meanwhile.
+            let result = {
+                let attempt = async {
+                    if prove_key { election.renew(&mut lease).await } else { election.keep_alive(&mut lease).await }
+                };
+                tokio::pin!(attempt);
+                loop {
+                    let deadline = extended(base, &extension);
+                    tokio::select! {
+                        result = &mut attempt => break result,
+                        _ = changed(&mut extension) => {
+                            publish_extension(&tx, id, deadline, extended(base, &extension));
+                        }
+                        _ = tokio::time::sleep(deadline.remaining()) => break Err(ElectionError::Timeout(interval)),
+                    }
+                }
             };
-            let result = tokio::select! {
-                result = attempt => result,
-                _ = tokio::time::sleep(deadline.remaining()) => Err(ElectionError::Timeout(interval)),
-            };
+            let deadline = extended(lease.deadline, &extension);
             match result {
-                Ok(deadline) => {
-                    next = interval;
-                    tx.send_replace(LeaseState::Held { lease: lease.id, deadline });
+                Ok(renewed) => {
+                    next_at = tokio::time::Instant::now() + interval;
+                    tx.send_replace(LeaseState::Held { lease: lease.id, deadline: renewed.max(deadline) });
                 }
                 Err(e @ (ElectionError::NotHolder { .. } | ElectionError::LeaseLost(_))) => {
                     lose(&tx, lease.id, &e.to_string());
@@ -113,12 +146,36 @@ pub fn spawn_renewal(mut election: Election, mut lease: Lease, interval: Duratio
                 }
                 Err(e) => {
                     warn!(lease = format_args!("{:x}", lease.id), "failed to renew, retrying: {e}");
-                    next = RETRY_PAUSE.min(deadline.remaining());
+                    next_at = tokio::time::Instant::now() + RETRY_PAUSE.min(deadline.remaining());
                 }
             }
         }
     });
     RenewalHandle { state: rx, stop: Some(stop_tx), task: Some(task) }
+}
+
+/// The later of the lease's deadline and the extension's.
+fn extended(lease_deadline: BootInstant, extension: &Option<watch::Receiver<Option<BootInstant>>>) -> BootInstant {
+    let granted = extension.as_ref().and_then(|rx| *rx.borrow());
+    granted.map_or(lease_deadline, |until| lease_deadline.max(until))
+}
+
+/// Resolves when the extension changes; never without one (or once its
+/// sender is gone).
+async fn changed(extension: &mut Option<watch::Receiver<Option<BootInstant>>>) {
+    let Some(rx) = extension.as_mut() else { return std::future::pending().await };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A new extension moves the published deadline at once (the fencer and
+/// the acknowledgement hold follow it); never backwards.
+fn publish_extension(tx: &watch::Sender<LeaseState>, lease: i64, before: BootInstant, now: BootInstant) {
+    if now > before {
+        info!(lease = format_args!("{lease:x}"), "deadline extended (failsafe)");
+        tx.send_replace(LeaseState::Held { lease, deadline: now });
+    }
 }
 
 fn lose(tx: &watch::Sender<LeaseState>, lease: i64, reason: &str) {

@@ -18,7 +18,7 @@ use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOpti
 use tracing::debug;
 
 pub use clock::BootInstant;
-pub use keeper::{LeaseState, RenewalHandle, default_interval, spawn_renewal};
+pub use keeper::{LeaseState, RenewalHandle, default_interval, spawn_renewal, spawn_renewal_extended};
 pub use watch::{WatchEvent, Watcher, watch};
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,9 @@ pub struct CandidateRules<'a> {
     /// The last leader's WAL position (`status.optime`, or the leader's own).
     pub cluster_optime: Option<u64>,
     pub maximum_lag_on_failover: u64,
+    /// `failsafe_mode`'s members (the `failsafe` key; empty: the mode is off
+    /// or the key lists nobody, and restricts nobody).
+    pub failsafe_members: &'a [String],
 }
 
 /// A member considered for taking over, as it reports itself.
@@ -57,6 +60,9 @@ pub enum Ineligible {
     NoPosition,
     /// It is further behind the last leader than `maximum_lag_on_failover`.
     Lagging { lag: u64, limit: u64 },
+    /// `failsafe_mode` is on and the `failsafe` key does not list it: a
+    /// leader cut off from etcd would not have asked it to stay out.
+    NotInFailsafe,
 }
 
 impl fmt::Display for Ineligible {
@@ -73,6 +79,7 @@ impl fmt::Display for Ineligible {
             Self::Lagging { lag, limit } => {
                 write!(f, "{lag} bytes behind the last leader (maximum_lag_on_failover {limit})")
             }
+            Self::NotInFailsafe => f.write_str("not listed in the failsafe key (failsafe_mode)"),
         }
     }
 }
@@ -85,6 +92,12 @@ impl CandidateRules<'_> {
             || self.sync_leader.is_none()
             || self.sync_standbys.iter().any(|s| s == name)
             || self.sync_leader == Some(name)
+    }
+
+    /// With `failsafe_mode`, only a member the `failsafe` key lists may take
+    /// over (Patroni's rule): the leader, cut off from etcd, asks those.
+    pub fn failsafe_allows(&self, name: &str) -> bool {
+        self.failsafe_members.is_empty() || self.failsafe_members.iter().any(|m| m == name)
     }
 
     /// A timeline the `history` key records as ended.
@@ -104,6 +117,9 @@ impl CandidateRules<'_> {
         }
         if !self.sync_allows(c.name) {
             return Some(Ineligible::NotSynchronous);
+        }
+        if !self.failsafe_allows(c.name) {
+            return Some(Ineligible::NotInFailsafe);
         }
         if !c.running {
             return Some(Ineligible::NotRunning);
@@ -134,6 +150,7 @@ mod tests {
             history_timeline: Some(2),
             cluster_optime: Some(1000),
             maximum_lag_on_failover: 100,
+            failsafe_members: &[],
         }
     }
 
@@ -179,6 +196,17 @@ mod tests {
         assert_eq!(never_active.problem(&fit("c")), None);
         let off = CandidateRules { sync_mode: false, ..rules(&sync) };
         assert_eq!(off.problem(&fit("c")), None);
+    }
+
+    #[test]
+    fn with_failsafe_mode_only_a_listed_member_may_take_over() {
+        let sync = vec!["b".to_string()];
+        let listed = vec!["a".to_string(), "b".to_string()];
+        let r = CandidateRules { failsafe_members: &listed, ..rules(&sync) };
+        assert_eq!(r.problem(&fit("b")), None);
+        let unlisted = CandidateRules { failsafe_members: &["a".to_string()], ..rules(&sync) };
+        assert_eq!(unlisted.problem(&fit("b")), Some(Ineligible::NotInFailsafe));
+        assert_eq!(rules(&sync).problem(&fit("b")), None, "no failsafe key: nobody barred");
     }
 
     #[test]

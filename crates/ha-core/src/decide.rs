@@ -264,6 +264,14 @@ pub struct Observed {
     /// The peers' own `replicatefrom` tags (peer, the member it streams
     /// from), so that a chain that comes back to this member is not followed.
     pub cascades: Vec<(String, String)>,
+    /// `failsafe_mode`: this member accepted a leader's `Failsafe` call (that
+    /// leader cannot reach etcd) and its promise still runs: it treats that
+    /// member as the leader and takes no part in any race meanwhile.
+    pub failsafe_leader: Option<String>,
+    /// `failsafe_mode` is on: the members the `failsafe` key lists (empty:
+    /// the mode is off, or the key lists nobody). One not listed may not take
+    /// the leader key (a leader cut off from etcd would not have asked it).
+    pub failsafe_members: Vec<String>,
 }
 
 impl Observed {
@@ -300,6 +308,7 @@ impl Observed {
             history_timeline: self.history_timeline,
             cluster_optime: self.cluster_optime,
             maximum_lag_on_failover: self.maximum_lag_on_failover,
+            failsafe_members: &self.failsafe_members,
         }
     }
 
@@ -616,7 +625,35 @@ fn forked_standby(obs: &Observed, data: &DataDir) -> Option<(u64, u64)> {
 }
 
 pub fn decide(obs: &Observed) -> Decision {
+    // A promise to a leader cut off from etcd: that leader still runs as
+    // primary (it asked every member and each accepted), so the cluster is
+    // not leaderless, whatever etcd says (Patroni puts the caller in as
+    // leader the same way).
+    let promised;
+    let obs = match (&obs.leader, &obs.failsafe_leader) {
+        (None, Some(leader)) if *leader != obs.me => {
+            promised = Observed { leader: Some(leader.clone()), ..obs.clone() };
+            &promised
+        }
+        _ => obs,
+    };
     let decision = decide_unfenced(obs);
+    let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+    if decision.action == Some(Action::AcquireLeader) && !rebind_own {
+        if let Some(leader) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
+            return Decision::idle(format!(
+                "{}, but this member promised {leader} (failsafe: it runs without etcd) to take no part meanwhile",
+                decision.reason
+            ));
+        }
+        if !obs.candidate_rules().failsafe_allows(&obs.me) {
+            return Decision::idle(format!(
+                "{}, but failsafe_mode is on and the failsafe key does not list this member: waiting for the \
+                 leader to list it",
+                decision.reason
+            ));
+        }
+    }
     // Without its fencer's acknowledgement a member may not take the key: it
     // waits (its member key tells the others to pass it over) rather than
     // take another path, such as starting read-only instead of resuming. Its
@@ -1035,6 +1072,8 @@ mod tests {
             replicatefrom: None,
             nostream: false,
             cascades: vec![],
+            failsafe_leader: None,
+            failsafe_members: vec![],
         }
     }
 
@@ -1100,6 +1139,39 @@ mod tests {
             assert_eq!(stream_source(&obs, "a").as_deref(), Some("a"), "{wanted}");
             assert_eq!(decide(&obs).action, None);
         }
+    }
+
+    #[test]
+    fn a_failsafe_promise_keeps_a_member_out_of_every_race_and_following_the_caller() {
+        // No leader key (a leader cut off from etcd let it expire), b a
+        // replica that could win the race.
+        let leaderless = Observed { leader: None, leader_timeline: None, peers: vec![peer("c", 90)], ..base() };
+        assert_eq!(decide(&leaderless).action, Some(Action::AcquireLeader), "{}", decide(&leaderless));
+        let promised = Observed { failsafe_leader: Some("a".into()), ..leaderless.clone() };
+        let d = decide(&promised);
+        assert_eq!(d.action, None, "{d}");
+        assert!(d.reason.contains("replica streaming from a"), "a is the leader meanwhile: {d}");
+        // Stopped, it starts as a's replica, never resumes on its own.
+        let stopped = Observed { pg: PgRun::Stopped, ..promised.clone() };
+        assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
+        // A named failover to b waits too.
+        let named = Observed { failover: request(None, Some("b")), ..promised.clone() };
+        assert_ne!(decide(&named).action, Some(Action::AcquireLeader));
+        // A key in etcd wins over the promise (the leader is back).
+        let back = Observed { leader: Some("c".into()), failsafe_leader: Some("a".into()), ..base() };
+        assert_eq!(decide(&back).action, Some(Action::Follow { upstream: Some("c".into()) }));
+        // Not listed in the failsafe key: no race.
+        let excluded = Observed { failsafe_members: vec!["a".into(), "c".into()], ..leaderless };
+        let d = decide(&excluded);
+        assert_eq!(d.action, None, "{d}");
+        // Nor does a stopped former primary resume on its own.
+        let resuming = Observed { failsafe_members: vec!["a".into(), "c".into()], ..resumable() };
+        let d = decide(&resuming);
+        assert_ne!(d.action, Some(Action::AcquireLeader), "{d}");
+        // The leader's own promise (its own name) changes nothing, and a
+        // running primary re-binds its own key whatever it promised.
+        let own = Observed { failsafe_leader: Some("b".into()), ..leader() };
+        assert_eq!(decide(&own), decide(&leader()));
     }
 
     #[test]
@@ -2244,6 +2316,8 @@ mod tests {
                 replicatefrom: None,
                 nostream: false,
                 cascades: vec![],
+                failsafe_leader: None,
+                failsafe_members: vec![],
             }
         }
     }

@@ -47,6 +47,7 @@ impl World {
             return true;
         }
         if !self.etcd_ok(i) {
+            self.failsafe_calls(i);
             return false;
         }
         let expires = self.now + self.p.ttl;
@@ -56,16 +57,23 @@ impl World {
                 let agent = &mut self.nodes[i].agent;
                 agent.lease_lost = true;
                 agent.proves_leader = false;
+                // Lost, whatever a failsafe extension said: the real task
+                // publishes no deadline any more.
+                agent.lease_deadline = agent.lease_deadline.min(self.now);
                 self.log(Some(i), || "lease keeper: the lease is gone".into());
                 return true;
             }
         }
-        let deadline = self.now + self.local(i, self.p.ttl - self.p.fence_margin);
+        // Never before a failsafe extension still running (the real task
+        // publishes the later of the two).
+        let deadline =
+            (self.now + self.local(i, self.p.ttl - self.p.fence_margin)).max(self.nodes[i].agent.lease_deadline);
         let agent = &mut self.nodes[i].agent;
         agent.lease_deadline = deadline;
         if agent.proves_leader && self.etcd.leader != Some((i, lease)) {
             agent.proves_leader = false;
             agent.lease_lost = true;
+            agent.lease_deadline = agent.lease_deadline.min(self.now);
             self.log(Some(i), || "lease keeper: the leader key is no longer ours".into());
         } else if agent.proves_leader {
             // The new deadline reaches the fencer from the keeper (the status
@@ -75,6 +83,48 @@ impl World {
             self.arm_fencer(i, deadline);
         }
         true
+    }
+
+    /// failsafe_mode: a leader whose renewals do not reach etcd calls every
+    /// member the failsafe key lists (as last read); when each accepts (it
+    /// answers: reachable, its agent running, not a primary, not leading),
+    /// each promises to stay out of any race for a ttl from then, and the
+    /// leader's deadline moves to a ttl less the fence margin from the call
+    /// (each on its own drifting clock).
+    fn failsafe_calls(&mut self, i: usize) {
+        let agent = &self.nodes[i].agent;
+        let Some(members) = agent.failsafe_seen.clone() else { return };
+        if !agent.proves_leader || agent.lease_deadline <= self.now || self.now < agent.next_failsafe_call {
+            return;
+        }
+        self.nodes[i].agent.next_failsafe_call = self.now + self.p.ttl / 4;
+        if !members.contains(&i) {
+            return;
+        }
+        let others: Vec<usize> = members.into_iter().filter(|j| *j != i).collect();
+        let refused = others.iter().copied().find(|&j| {
+            !(self.link(i, j)
+                && self.agent_alive(j)
+                && self.nodes[j].agent.failsafe_seen.is_some()
+                && !self.nodes[j].agent.proves_leader
+                && !matches!(self.nodes[j].pg.run, Run::Primary | Run::Starting { primary: true, .. }))
+        });
+        if let Some(j) = refused {
+            let who = self.nodes[j].name.clone();
+            self.log(Some(i), || format!("failsafe: {who} does not accept: no extension"));
+            return;
+        }
+        for &j in &others {
+            let until = self.now + self.local(j, self.p.ttl);
+            self.nodes[j].agent.promise = Some((i, until));
+        }
+        let extended = self.now + self.local(i, self.p.ttl - self.p.fence_margin);
+        if extended > self.nodes[i].agent.lease_deadline {
+            self.nodes[i].agent.lease_deadline = extended;
+            self.log(Some(i), || "failsafe: every member accepts: the deadline moves on".into());
+            self.arm_fencer(i, extended);
+            self.at(extended - self.now, Ev::DeadlineWake { node: i, deadline: extended });
+        }
     }
 
     /// A live lease with a renewal task (the old one while etcd still has it).
@@ -284,6 +334,12 @@ impl World {
                 && ha_core::fencer_lost(true, Some(self.nodes[i].fencer_down_at), 0, now),
             unsupported: None,
             reinit_requested: false,
+            failsafe_leader: self.nodes[i].agent.promise.filter(|(_, until)| *until > now).map(|(l, _)| name(l)),
+            failsafe_members: view
+                .filter(|v| v.config.failsafe)
+                .and_then(|v| v.failsafe.as_ref())
+                .map(|m| m.iter().map(|j| name(*j)).collect())
+                .unwrap_or_default(),
             replicatefrom: None,
             nostream: false,
             cascades: vec![],
@@ -327,9 +383,10 @@ impl World {
 
     /// The rest of a turn, with the cluster as read (`None`: etcd did not answer).
     pub(crate) fn turn(&mut self, i: usize, view: Option<View>) {
-        if view.is_some() {
+        if let Some(v) = &view {
             self.ensure_lease(i);
             self.publish_member(i);
+            self.nodes[i].agent.failsafe_seen = v.config.failsafe.then(|| v.failsafe.clone().unwrap_or_default());
         }
         let obs = self.observe(i, view.as_ref());
         if !obs.holds_leader {
@@ -721,6 +778,23 @@ impl World {
             self.etcd.history.push((entry.0, entry.1, i));
             self.etcd.history.sort_unstable();
             self.etcd.bump();
+        }
+        // failsafe_mode: the members, this leader among them.
+        let listed = self.etcd.config.failsafe.then(|| {
+            let mut members: Vec<usize> = self.etcd.members.keys().copied().chain([i]).collect();
+            members.sort_unstable();
+            members.dedup();
+            members
+        });
+        if self.etcd.failsafe != listed {
+            self.etcd.failsafe = listed.clone();
+            self.etcd.bump();
+        }
+        // The members it will call are those it read and those it wrote.
+        if let (Some(seen), Some(listed)) = (self.nodes[i].agent.failsafe_seen.as_mut(), listed) {
+            seen.extend(listed);
+            seen.sort_unstable();
+            seen.dedup();
         }
         self.manage_sync(i);
     }

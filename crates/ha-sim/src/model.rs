@@ -55,6 +55,8 @@ pub struct Dynamic {
     pub strict: bool,
     pub node_count: usize,
     pub pause: bool,
+    /// `failsafe_mode`.
+    pub failsafe: bool,
 }
 
 /// What one read of the cluster's keys returns.
@@ -71,6 +73,8 @@ pub struct View {
     pub history: Vec<(u64, u64, usize)>,
     pub optime: Option<u64>,
     pub config: Dynamic,
+    /// The `failsafe` key: the members the leader listed.
+    pub failsafe: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,8 +93,11 @@ pub struct Etcd {
     pub history: Vec<(u64, u64, usize)>,
     pub optime: Option<u64>,
     pub config: Dynamic,
+    pub failsafe: Option<Vec<usize>>,
     /// Unavailable (no quorum) until then.
     pub down_until: Time,
+    /// The end of the last outage whose leases were refreshed.
+    pub refreshed_after: Time,
 }
 
 impl Etcd {
@@ -109,7 +116,9 @@ impl Etcd {
             history: Vec::new(),
             optime: None,
             config,
+            failsafe: None,
             down_until: 0,
+            refreshed_after: 0,
         }
     }
 
@@ -120,7 +129,20 @@ impl Etcd {
 
     /// Leases whose ttl ran out go, with every key bound to them. Returns
     /// whether the leader key went.
-    pub fn expire(&mut self, now: Time) -> bool {
+    pub fn expire(&mut self, now: Time, ttl: Time) -> bool {
+        // Without a quorum nothing expires (a revocation is a write); the
+        // leader elected when the quorum returns refreshes every lease to a
+        // full ttl (etcd's lessor does on promotion).
+        if now < self.down_until {
+            return false;
+        }
+        if self.refreshed_after < self.down_until {
+            self.refreshed_after = self.down_until;
+            let from = self.down_until;
+            for lease in self.leases.values_mut() {
+                lease.expires = lease.expires.max(from + ttl);
+            }
+        }
         let dead: Vec<u64> = self.leases.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
         if dead.is_empty() {
             return false;
@@ -159,6 +181,7 @@ impl Etcd {
             history: self.history.clone(),
             optime: self.optime,
             config: self.config.clone(),
+            failsafe: self.failsafe.clone(),
         }
     }
 

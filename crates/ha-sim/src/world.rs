@@ -162,6 +162,14 @@ pub struct Agent {
     pub peer_unknown_since: BTreeMap<usize, Time>,
     /// The last tick's decision (for the trace).
     pub last_reason: String,
+    /// failsafe_mode: the promise this member made to a leader cut off
+    /// from etcd (that leader, until when). Kept on disk: an agent
+    /// restarted meanwhile keeps it.
+    pub promise: Option<(usize, Time)>,
+    /// The failsafe key's members as last read, while failsafe_mode is on.
+    pub failsafe_seen: Option<Vec<usize>>,
+    /// A leader cut off from etcd calls its members again then.
+    pub next_failsafe_call: Time,
 }
 
 impl Agent {
@@ -186,6 +194,9 @@ impl Agent {
             checkpoint_pending: false,
             peer_unknown_since: BTreeMap::new(),
             last_reason: String::new(),
+            promise: None,
+            failsafe_seen: None,
+            next_failsafe_call: 0,
         }
     }
 }
@@ -268,7 +279,15 @@ impl World {
     pub fn new(seed: u64, opts: Options) -> Self {
         let mut rng = Rng::new(seed);
         let p = Params::for_seed(&mut rng);
-        let config = Dynamic { sync_mode: rng.chance(50), strict: rng.chance(30), node_count: 1, pause: false };
+        // failsafe_mode in the seeds with a 10 s ttl (a third), drawn from
+        // the ttl so that no seed's schedule changes.
+        let config = Dynamic {
+            sync_mode: rng.chance(50),
+            strict: rng.chance(30),
+            node_count: 1,
+            pause: false,
+            failsafe: p.ttl == 10_000,
+        };
         let nodes = (0..p.nodes)
             .map(|i| Node {
                 name: ((b'a' + i as u8) as char).to_string(),
@@ -411,7 +430,7 @@ impl World {
         while let Some(Reverse((at, _, index))) = self.queue.pop() {
             let Some(ev) = self.events[index].take() else { continue };
             self.now = at;
-            if self.etcd.expire(self.now) {
+            if self.etcd.expire(self.now, self.p.ttl) {
                 self.log(None, || "etcd: the leader key's lease expired".into());
                 self.wake_all();
             }
@@ -1022,7 +1041,9 @@ impl World {
 
     fn start_agent(&mut self, i: usize) {
         let epoch = self.nodes[i].agent.epoch + 1;
+        let promise = self.nodes[i].agent.promise;
         self.nodes[i].agent = Agent::fresh(epoch);
+        self.nodes[i].agent.promise = promise;
         self.schedule_tick(i, 50);
         self.at(60, Ev::Keeper { node: i, epoch });
         self.log(Some(i), || "agent started".into());

@@ -128,6 +128,9 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
     if status.pending_restart {
         map.insert("pending_restart".into(), json!(true));
     }
+    if status.failsafe_active {
+        map.insert("failsafe_mode_is_active".into(), json!(true));
+    }
     if !status.holds_leader && status.leader.is_empty() && state_name(status) == "running" {
         map.insert("cluster_unlocked".into(), json!(true));
     }
@@ -234,6 +237,11 @@ pub fn answer(
     let bare = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: None };
     match path {
         "/patroni" => Answer { status: StatusCode::OK, body },
+        // The `failsafe` key's members (Patroni: 502 without one).
+        "/failsafe" => match status.and_then(|s| serde_json::from_str::<Value>(&s.failsafe_json).ok()) {
+            Some(members) => Answer { status: StatusCode::OK, body: Some(members) },
+            None => Answer { status: StatusCode::BAD_GATEWAY, body: None },
+        },
         "/" | "/primary" | "/read-write" | "/master" => check(&is_primary),
         "/leader" => check(&|s| s.holds_leader),
         // pgwarden does not run standby clusters: there is never a standby leader.

@@ -102,8 +102,9 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
     metric(
         "patroni_failsafe_mode_is_active",
         "gauge",
-        "1 if failsafe mode is active (pgwarden has no failsafe mode yet: 0).",
-        0.0,
+        "1 if failsafe mode is active: a leader running on its members' promises while etcd is out of reach, \
+         or a member that promised one.",
+        flag(s.failsafe_active),
     );
     metric("patroni_postgres_server_version", "gauge", "PostgreSQL's version number.", f64::from(s.server_version));
     metric("patroni_postgres_timeline", "counter", "PostgreSQL's timeline.", s.timeline as f64);

@@ -4,8 +4,9 @@ use std::pin::Pin;
 
 use ha_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
 use ha_proto::v1::{
-    ActionReply, CheckParametersReply, CheckParametersRequest, FencerAck, FencerAckReply, GetStatusRequest, NodeStatus,
-    ReinitializeRequest, ReloadRequest, RestartRequest, WatchStatusRequest,
+    ActionReply, CheckParametersReply, CheckParametersRequest, FailsafeReply, FailsafeRequest, FencerAck,
+    FencerAckReply, GetStatusRequest, NodeStatus, ReinitializeRequest, ReloadRequest, RestartRequest,
+    WatchStatusRequest,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -47,6 +48,9 @@ pub struct AgentService {
     waker: Option<std::sync::Arc<crate::ha::ClusterWatch>>,
     commands: mpsc::Sender<CommandMsg>,
     parameters: std::sync::Arc<ParameterChecker>,
+    /// `failsafe_mode`'s promises (shared with the HA loop), and where they
+    /// are written down.
+    failsafe: Option<(crate::failsafe::SharedFailsafe, std::path::PathBuf)>,
 }
 
 /// Most parameters one `CheckParameters` call may carry (PostgreSQL has
@@ -74,7 +78,14 @@ impl AgentService {
         commands: mpsc::Sender<CommandMsg>,
         parameters: std::sync::Arc<ParameterChecker>,
     ) -> Self {
-        Self { status, member, fencer, fencer_token, waker: None, commands, parameters }
+        Self { status, member, fencer, fencer_token, waker: None, commands, parameters, failsafe: None }
+    }
+
+    /// Answers `Failsafe` calls from `shared`, writing each promise down
+    /// beside `data_dir`.
+    pub fn with_failsafe(mut self, shared: crate::failsafe::SharedFailsafe, data_dir: std::path::PathBuf) -> Self {
+        self.failsafe = Some((shared, data_dir));
+        self
     }
 
     /// Wakes the HA loop through `waker` when the fencer acknowledges again.
@@ -172,6 +183,36 @@ impl NodeAgent for AgentService {
 
     async fn reload(&self, _request: Request<ReloadRequest>) -> Result<Response<ActionReply>, Status> {
         self.action(Command::Reload).await
+    }
+
+    async fn failsafe(&self, request: Request<FailsafeRequest>) -> Result<Response<FailsafeReply>, Status> {
+        let Some((shared, data_dir)) = &self.failsafe else {
+            return Err(Status::unimplemented("failsafe calls are not served here"));
+        };
+        let request = request.into_inner();
+        // The same lock as the HA loop's acquisition: no promise while this
+        // member takes the key, and no key while a promise runs.
+        let mut failsafe = shared.lock().await;
+        let status = self.status.borrow().clone();
+        let before = failsafe.promise.clone();
+        let reply = failsafe.answer(&self.member, &request, &status, election::BootInstant::now());
+        if reply.accepted
+            && let Some(promise) = &failsafe.promise
+            && let Err(e) = crate::failsafe::save(data_dir, promise)
+        {
+            // Not written down, not promised: a restart would forget it.
+            failsafe.promise = before;
+            tracing::error!("failsafe: could not write the promise down: {e:#}");
+            return Ok(Response::new(FailsafeReply {
+                accepted: false,
+                message: format!("could not write the promise down: {e:#}"),
+                lsn: 0,
+            }));
+        }
+        if reply.accepted && before.as_ref().is_none_or(|p| p.leader != request.leader) {
+            tracing::info!(leader = %request.leader, hold_ms = request.hold_ms, "failsafe: promised the leader to stay out of any race");
+        }
+        Ok(Response::new(reply))
     }
 
     async fn check_parameters(

@@ -48,6 +48,10 @@ pub struct HaView {
     pub tick_duration: Duration,
     pub etcd_read_duration: Duration,
     pub dcs_last_seen_unix_ms: i64,
+    pub failsafe_mode: bool,
+    pub failsafe_active: bool,
+    /// The `failsafe` key as last read (JSON), empty when absent.
+    pub failsafe_json: String,
 }
 
 /// The reason of the `history` entry a candidate writes before it promotes
@@ -122,6 +126,15 @@ pub struct Agent {
     /// read at and when: reused while the watch reports no change.
     cached_view: Option<(ClusterView, u64, Instant)>,
     fencer_acks: crate::grpc::FencerAcks,
+    /// `failsafe_mode`: the promise this member made, whether it leads, and
+    /// (as leader) whether its members keep it running.
+    failsafe: crate::failsafe::SharedFailsafe,
+    /// What the leader's failsafe calls need, from the last view of etcd.
+    failsafe_plan: watch::Sender<crate::failsafe::CallPlan>,
+    /// The `failsafe` key as this leader last wrote it.
+    failsafe_written: Option<std::collections::BTreeMap<String, String>>,
+    /// `failsafe_mode` and the `failsafe` key, as etcd last said.
+    failsafe_seen: (bool, Option<std::collections::BTreeMap<String, String>>),
     /// When this agent started.
     started: Instant,
     /// Restart, reinitialize, reload, parameter checks: carried out between ticks.
@@ -150,6 +163,8 @@ struct ScheduledRestart {
 pub struct Requests {
     pub commands: tokio::sync::mpsc::Receiver<crate::grpc::CommandMsg>,
     pub config_path: Option<std::path::PathBuf>,
+    /// `failsafe_mode`'s state, shared with the gRPC `Failsafe` handler.
+    pub failsafe: crate::failsafe::SharedFailsafe,
 }
 
 /// A fencer acknowledgement older than this does not count.
@@ -199,7 +214,7 @@ impl Agent {
         fencer_acks: crate::grpc::FencerAcks,
         requests: Requests,
     ) -> Self {
-        let Requests { commands, config_path } = requests;
+        let Requests { commands, config_path, failsafe } = requests;
         let keys = Keys::new(&config.namespace, &config.scope);
         let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone()).shared();
         let callbacks = crate::callbacks::Callbacks::new(&config);
@@ -249,8 +264,54 @@ impl Agent {
             wake: std::sync::Arc::new(ClusterWatch::default()),
             cached_view: None,
             fencer_acks,
+            failsafe,
+            failsafe_plan: watch::channel(crate::failsafe::CallPlan::default()).0,
+            failsafe_written: None,
+            failsafe_seen: (false, None),
             started: Instant::now(),
         }
+    }
+
+    /// `failsafe_mode` after a tick: what the leader's calls need (kept from
+    /// the last view while etcd does not answer), and whether failsafe is
+    /// active here (a promise runs, or as leader the members keep it running).
+    async fn keep_failsafe_plan(
+        &mut self,
+        view: Option<&ClusterView>,
+        dynamic: &DynamicConfig,
+        obs: &Observed,
+    ) -> bool {
+        if let Some(view) = view {
+            self.failsafe_seen = (dynamic.failsafe_mode, view.failsafe.clone());
+            let mut listed: std::collections::BTreeMap<String, String> = view.failsafe.clone().unwrap_or_default();
+            if let Some(written) = &self.failsafe_written {
+                listed.extend(written.clone());
+            }
+            let me = self.config.name.clone();
+            let plan = crate::failsafe::CallPlan {
+                enabled: dynamic.failsafe_mode,
+                listed: listed.contains_key(&me),
+                members: listed
+                    .keys()
+                    .filter(|name| **name != me)
+                    .map(|name| (name.clone(), view.member(name).and_then(|m| m.data.grpc_url.clone())))
+                    .collect(),
+                conn_url: view.member(&me).map(|m| m.data.conn_url.clone()).unwrap_or_default(),
+                api_url: self.config.restapi.api_url(),
+                hold: Duration::from_secs(u64::from(dynamic.ttl)),
+                margin: self.config.pgwarden.fence_margin,
+                every: self.renew_interval(dynamic),
+                etcd_seen: Some(election::BootInstant::now()),
+            };
+            self.failsafe_plan.send_replace(plan);
+        }
+        let mut failsafe = self.failsafe.lock().await;
+        // Neither holding the key nor a primary: this member may promise.
+        if !obs.holds_leader && !matches!(obs.pg, PgRun::Primary { .. }) {
+            failsafe.leading = false;
+        }
+        failsafe.promised_to(election::BootInstant::now()).is_some()
+            || (obs.holds_leader && failsafe.kept_running_since.is_some())
     }
 
     fn dynamic(&self, view: Option<&ClusterView>) -> DynamicConfig {
@@ -450,6 +511,7 @@ impl Agent {
                 warn!("failed to keep this replica's replication slots: {e:#}");
             }
         }
+        let failsafe_active = self.keep_failsafe_plan(view.as_ref(), &dynamic, &obs).await;
         self.view.send_replace(HaView {
             leader: view.as_ref().and_then(|v| v.leader.as_ref().map(|l| l.name.clone())),
             leader_deadline: self.leader_deadline(),
@@ -469,6 +531,9 @@ impl Agent {
             tick_duration: started.elapsed(),
             etcd_read_duration,
             dcs_last_seen_unix_ms: self.last_dcs_seen_unix_ms,
+            failsafe_mode: self.failsafe_seen.0,
+            failsafe_active,
+            failsafe_json: self.failsafe_seen.1.as_ref().map(|m| serde_json::json!(m).to_string()).unwrap_or_default(),
         });
         again
     }

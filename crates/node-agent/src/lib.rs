@@ -8,6 +8,7 @@
 
 mod ackhold;
 mod callbacks;
+mod failsafe;
 mod grpc;
 mod ha;
 mod local;
@@ -173,6 +174,9 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         pending_restart: sql.pending_restart,
         replay_paused: sql.replay_paused,
         replayed_timestamp: sql.replayed_timestamp.clone(),
+        failsafe_mode: view.failsafe_mode,
+        failsafe_active: view.failsafe_active,
+        failsafe_json: view.failsafe_json.clone(),
     }
 }
 
@@ -296,6 +300,13 @@ pub async fn run(
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    // A promise made by this agent's previous run still binds it.
+    let failsafe_state =
+        crate::failsafe::Failsafe { promise: crate::failsafe::load(&config.postgresql.data_dir), ..Default::default() };
+    if let Some(promise) = &failsafe_state.promise {
+        info!(leader = %promise.leader, "failsafe: a promise made before this start still runs");
+    }
+    let failsafe = std::sync::Arc::new(tokio::sync::Mutex::new(failsafe_state));
     let agent = ha::Agent::new(
         config.clone(),
         pg,
@@ -303,7 +314,7 @@ pub async fn run(
         local_rx,
         view_tx,
         fencer_acks.clone(),
-        ha::Requests { commands: commands_rx, config_path },
+        ha::Requests { commands: commands_rx, config_path, failsafe: failsafe.clone() },
     );
     let waker = agent.waker();
     let sighup = tokio::spawn(reload_on_sighup(commands_tx.clone()));
@@ -333,6 +344,7 @@ pub async fn run(
                     parameter_checker,
                 )
                 .with_waker(waker)
+                .with_failsafe(failsafe, config.postgresql.data_dir.clone())
                 .into_server(),
             )
             .serve_with_incoming_shutdown(incoming, async {

@@ -236,7 +236,46 @@ impl Agent {
             let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
         }
         self.complete_history(view, sql.timeline).await?;
+        self.keep_failsafe_key(view, dynamic).await?;
         self.manage_sync(view, local, dynamic).await
+    }
+
+    /// `failsafe_mode`: the `failsafe` key lists every member with a REST
+    /// API, this leader among them (Patroni's layout: name to `api_url`);
+    /// without the mode it is removed.
+    async fn keep_failsafe_key(&mut self, view: &ClusterView, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let key = self.keys.failsafe();
+        if !dynamic.failsafe_mode {
+            self.failsafe_written = None;
+            if view.failsafe.is_some() {
+                self.etcd
+                    .call(|mut client| {
+                        let key = key.clone();
+                        async move { client.delete(key, None).await }
+                    })
+                    .await?;
+                info!("failsafe_mode is off: removed the failsafe key");
+            }
+            return Ok(());
+        }
+        let mut members: std::collections::BTreeMap<String, String> = view
+            .members
+            .iter()
+            .filter(|m| !m.data.api_url.is_empty())
+            .map(|m| (m.name.clone(), m.data.api_url.clone()))
+            .collect();
+        members.insert(self.config.name.clone(), self.config.restapi.api_url());
+        if view.failsafe.as_ref() != Some(&members) {
+            let value = serde_json::to_string(&members)?;
+            self.etcd
+                .call(|mut client| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { client.put(key, value, None).await }
+                })
+                .await?;
+        }
+        self.failsafe_written = Some(members);
+        Ok(())
     }
 
     /// Adds to the `history` key the promotions PostgreSQL's timeline history

@@ -166,7 +166,23 @@ impl Agent {
             let _ = handle.stop().await;
         }
         self.keeper.lease = Some(lease);
-        let handle = spawn_renewal(self.election(dynamic), lease, self.renew_interval(dynamic), true);
+        // failsafe_mode: the members' promises may move the deadline while
+        // etcd does not answer (crate::failsafe).
+        let (extension_tx, extension_rx) = watch::channel(None);
+        let handle = election::spawn_renewal_extended(
+            self.election(dynamic),
+            lease,
+            self.renew_interval(dynamic),
+            true,
+            Some(extension_rx),
+        );
+        tokio::spawn(crate::failsafe::keep_running(
+            self.config.name.clone(),
+            self.failsafe_plan.subscribe(),
+            handle.subscribe(),
+            extension_tx,
+            self.failsafe.clone(),
+        ));
         tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
         // The ordered fence's first step: no acknowledgement in the last
         // moments of a lease nobody renews (issue 20, finding 12).
@@ -208,6 +224,21 @@ impl Agent {
         if !rebind {
             self.require_fencer()?;
         }
+        // failsafe_mode: no promise to another leader may run while this
+        // member takes the key, and none is made meanwhile (the `Failsafe`
+        // handler waits for this lock and then finds `leading`).
+        let shared = self.failsafe.clone();
+        let mut failsafe = shared.lock().await;
+        if let Some(leader) = failsafe.promised_to(BootInstant::now()).filter(|l| *l != self.config.name) {
+            bail!("take the leader key: this member promised {leader} (failsafe_mode) to take no part meanwhile");
+        }
+        failsafe.leading = true;
+        let taken = self.take_leader_key(dynamic, lease).await;
+        failsafe.leading = matches!(taken, Ok(true)) && self.keeper.proves_leader;
+        taken
+    }
+
+    async fn take_leader_key(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<bool> {
         lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.

@@ -209,6 +209,11 @@ impl Agent {
             can_lead: self.fencer_ready(),
             fencer_lost: self.fencer_lost(),
             reinit_requested: self.reinit_requested,
+            failsafe_leader: self.failsafe.lock().await.promised_to(election::BootInstant::now()).map(str::to_string),
+            failsafe_members: match view.and_then(|v| v.failsafe.as_ref()) {
+                Some(members) if dynamic.failsafe_mode => members.keys().cloned().collect(),
+                _ => Vec::new(),
+            },
             replicatefrom: self.config.tags.replicatefrom.clone(),
             nostream: self.config.tags.nostream,
             cascades: view
