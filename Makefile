@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check
+.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check behave
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,11 @@ CHAOS_ARGS ?=
 
 chaos: build ## Chaos with real processes in network namespaces (root): a seeded nemesis (partitions, loss, kills, freezes, full disks, overlapping) and operator actions against a 3-node cluster under concurrent writers, transfers and readers; checks one writer, no acknowledged commit lost (MODE=sync), convergence; DURATION (default 20m), SEED (default: the clock), MODE=sync|async; report in target/chaos/<mode>-<seed>/ (docs/chaos.md)
 	target/debug/chaos --duration $(DURATION) --mode $(MODE) $(if $(SEED),--seed $(SEED),) $(CHAOS_ARGS)
+
+PATRONI_FEATURES ?=
+
+behave: ## Patroni's own behave scenarios against pgwarden (root): PATRONI_FEATURES=<a checkout of github.com/patroni/patroni at v4.1.5>/features, BEHAVE_FEATURES to pick; skipped without it; results in target/behave/results.tsv (docs/behave.md)
+	PATRONI_FEATURES=$(PATRONI_FEATURES) ./integration-tests/behave/run.sh
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up
