@@ -36,6 +36,16 @@ pub enum ElectionError {
     Unavailable(#[source] etcd_client::Error),
 }
 
+/// etcd's answer that a lease does not exist (expired or revoked), as the
+/// keep-alive stream or a request reports it.
+fn lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("requested lease not found"),
+        _ => false,
+    }
+}
+
 impl From<etcd_client::Error> for ElectionError {
     fn from(e: etcd_client::Error) -> Self {
         Self::Unavailable(e)
@@ -178,6 +188,13 @@ impl Election {
             let remaining = budget.saturating_sub(started.elapsed());
             match tokio::time::timeout(remaining, self.keep_alive_once(lease.id)).await {
                 Ok(Ok(ttl)) => break ttl,
+                // etcd answered that the lease is gone: not a transient
+                // failure to retry until the deadline (a failsafe extension
+                // may put that far off), but the loss itself.
+                Ok(Err(e)) if lease_not_found(&e) => {
+                    self.keep_alive = None;
+                    return Err(ElectionError::LeaseLost(lease.id));
+                }
                 Ok(Err(e)) if attempt < n_endpoints && dcs::is_unreachable(&e) => continue,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
