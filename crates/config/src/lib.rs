@@ -183,6 +183,14 @@ pub struct Credentials {
     pub sslkey: Option<PathBuf>,
     pub sslcert: Option<PathBuf>,
     pub sslrootcert: Option<PathBuf>,
+    /// libpq's `sslcrl`, `sslcrldir`, `gssencmode` and `channel_binding`:
+    /// read for the replication and rewind users, whose connections are
+    /// libpq's (primary_conninfo, pg_basebackup, pg_rewind); the
+    /// superuser's own connection is not libpq's, so not for it.
+    pub sslcrl: Option<PathBuf>,
+    pub sslcrldir: Option<PathBuf>,
+    pub gssencmode: Option<String>,
+    pub channel_binding: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -646,7 +654,15 @@ fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
 
 fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credentials {
     r.section(base);
+    let libpq = !base.ends_with(".superuser");
+    let choice = |r: &mut Reader<'_>, key: &str| {
+        libpq.then(|| r.choice(&format!("{base}.{key}"), &["disable", "prefer", "require"])).flatten()
+    };
     Credentials {
+        sslcrl: libpq.then(|| path_of(r, &format!("{base}.sslcrl"))).flatten(),
+        sslcrldir: libpq.then(|| path_of(r, &format!("{base}.sslcrldir"))).flatten(),
+        gssencmode: choice(r, "gssencmode"),
+        channel_binding: choice(r, "channel_binding"),
         username: r.string(&format!("{base}.username")).unwrap_or_else(|| default_user.to_string()),
         password: secret_of(r, &format!("{base}.password")),
         sslmode: r

@@ -875,12 +875,22 @@ impl Postgres {
 /// `sslrootcert`) as conninfo text, each preceded by a space.
 fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
     let mut text = String::new();
-    if let Some(mode) = &credentials.sslmode {
-        text.push_str(&format!(" sslmode={}", conninfo_value(mode)));
+    for (key, value) in [
+        ("sslmode", &credentials.sslmode),
+        ("gssencmode", &credentials.gssencmode),
+        ("channel_binding", &credentials.channel_binding),
+    ] {
+        if let Some(value) = value {
+            text.push_str(&format!(" {key}={}", conninfo_value(value)));
+        }
     }
-    for (key, path) in
-        [("sslcert", &credentials.sslcert), ("sslkey", &credentials.sslkey), ("sslrootcert", &credentials.sslrootcert)]
-    {
+    for (key, path) in [
+        ("sslcert", &credentials.sslcert),
+        ("sslkey", &credentials.sslkey),
+        ("sslrootcert", &credentials.sslrootcert),
+        ("sslcrl", &credentials.sslcrl),
+        ("sslcrldir", &credentials.sslcrldir),
+    ] {
         if let Some(path) = path {
             text.push_str(&format!(" {key}={}", conninfo_value(&path.display().to_string())));
         }
@@ -1016,6 +1026,17 @@ mod tests {
             " sslmode=verify-full sslcert=/etc/pg/client.crt sslkey='/etc/pg/my key\\'s.key' sslrootcert=/etc/pg/ca.crt"
         );
         assert_eq!(ssl_options(&pgwarden_config::Credentials::default()), "");
+        let strict = pgwarden_config::Credentials {
+            gssencmode: Some("disable".into()),
+            channel_binding: Some("require".into()),
+            sslcrl: Some("/etc/pg/root.crl".into()),
+            sslcrldir: Some("/etc/pg/crl.d".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ssl_options(&strict),
+            " gssencmode=disable channel_binding=require sslcrl=/etc/pg/root.crl sslcrldir=/etc/pg/crl.d"
+        );
     }
 
     #[test]

@@ -210,7 +210,7 @@ pub fn etcd_roles() -> [&'static str; 3] {
 
 impl ChaosCluster {
     /// Builds the network and starts etcd, the three nodes and HAProxy.
-    pub fn start(ttl: u32, synchronous: bool) -> anyhow::Result<Self> {
+    pub fn start(ttl: u32, synchronous: bool, failsafe: bool) -> anyhow::Result<Self> {
         reap_mounts();
         let mut roles: Vec<&str> = etcd_roles().to_vec();
         roles.extend(node_roles());
@@ -254,7 +254,7 @@ impl ChaosCluster {
                 killed: Vec::new(),
                 crashes: Vec::new(),
             };
-            let config = node_config(&node, &etcd_hosts, ttl, synchronous, &cluster.net.cidr());
+            let config = node_config(&node, &etcd_hosts, ttl, (synchronous, failsafe), &cluster.net.cidr());
             let path = node.dir.join("pgwarden.yml");
             std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -445,7 +445,13 @@ fn reap_mounts() {
 
 /// A node's config (JSON, which is YAML): Patroni's format, the run's ttl,
 /// loop_wait 1, retry_timeout 3, listening on the node's own address.
-fn node_config(node: &ChaosNode, etcd_hosts: &[String], ttl: u32, synchronous: bool, cidr: &str) -> serde_json::Value {
+fn node_config(
+    node: &ChaosNode,
+    etcd_hosts: &[String],
+    ttl: u32,
+    (synchronous, failsafe): (bool, bool),
+    cidr: &str,
+) -> serde_json::Value {
     let ip = node.ip;
     serde_json::json!({
         "scope": "chaos",
@@ -463,6 +469,7 @@ fn node_config(node: &ChaosNode, etcd_hosts: &[String], ttl: u32, synchronous: b
                 "loop_wait": 1,
                 "retry_timeout": 3,
                 "synchronous_mode": synchronous,
+                "failsafe_mode": failsafe,
                 "postgresql": {
                     "use_pg_rewind": true,
                     "use_slots": true,

@@ -70,6 +70,10 @@ struct Args {
     /// back (`pg_ctl promote`). The run must then fail on two writers.
     #[arg(long)]
     sabotage: bool,
+    /// `failsafe_mode: true`: a primary cut off from etcd runs on while
+    /// every member promises (issue 23).
+    #[arg(long)]
+    failsafe: bool,
     /// How long the cluster may take to converge after the last heal.
     #[arg(long, default_value = "180s", value_parser = parse_duration)]
     converge_within: Duration,
@@ -164,7 +168,8 @@ fn main() -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("target/chaos/{mode}-{seed}")));
     anyhow::ensure!(nix::unistd::geteuid().is_root(), "chaos needs root (network namespaces, tmpfs mounts)");
     println!(
-        "chaos: seed {seed}, mode {mode}, {} s of faults, ttl {}; report in {}",
+        "chaos: seed {seed}, mode {mode}{}, {} s of faults, ttl {}; report in {}",
+        if args.failsafe { " with failsafe_mode" } else { "" },
         args.duration.as_secs(),
         args.ttl,
         out.display()
@@ -220,7 +225,7 @@ async fn etcd_leader(ips: &[std::net::Ipv4Addr]) -> Option<usize> {
 async fn run(args: &Args, seed: u64, mode: &str) -> anyhow::Result<Outcome> {
     let clock = Clock::start();
     let log = Arc::new(Log { clock, lines: Mutex::new(Vec::new()) });
-    let mut cluster = ChaosCluster::start(args.ttl, mode == "sync")?;
+    let mut cluster = ChaosCluster::start(args.ttl, mode == "sync", args.failsafe)?;
     let result = drive(args, seed, mode, clock, &log, &mut cluster).await;
     let mut outcome = match result {
         Ok(outcome) => outcome,
