@@ -78,6 +78,18 @@ async fn parameter_changes_are_applied_by_reload_or_flagged_and_cleared_by_resta
     })
     .await
     .expect("pending_restart shown in list");
+    // ... and in each member's /patroni, as Patroni's.
+    wait_until("/patroni to give the reason on every member", UP, || async {
+        let bodies: Vec<String> = cluster.nodes.iter().map(|n| n.get("/patroni").unwrap_or_default()).collect();
+        let given = |body: &String| {
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let reason = &json["pending_restart_reason"]["max_connections"];
+            reason["old_value"] == "100" && reason["new_value"] == "120"
+        };
+        if bodies.iter().all(given) { Ok(Some(())) } else { Err(bodies.join("\n")) }
+    })
+    .await
+    .expect("pending_restart_reason in /patroni");
     let (ok, stdout, stderr) = ctl(&cluster, &["restart", "--pending", "--force"]);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("streaming after"), "progress per member: {stdout}");

@@ -128,6 +128,9 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
     if status.pending_restart {
         map.insert("pending_restart".into(), json!(true));
     }
+    if let Ok(reason @ Value::Object(_)) = serde_json::from_str::<Value>(&status.pending_restart_reason_json) {
+        map.insert("pending_restart_reason".into(), reason);
+    }
     if status.failsafe_active {
         map.insert("failsafe_mode_is_active".into(), json!(true));
     }
@@ -359,6 +362,17 @@ mod tests {
         assert_eq!(ask("/read-only-sync", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
         let identity = identity();
         assert_eq!(patroni_json(&identity, &sync, now)["sync_standby"], true, "Patroni marks the sync standby");
+        let pending = Some((
+            NodeStatus {
+                pending_restart: true,
+                pending_restart_reason_json: r#"{"max_connections":{"old_value":"100","new_value":"120"}}"#.into(),
+                ..replica.clone()
+            },
+            now,
+        ));
+        let json = patroni_json(&identity, &pending, now);
+        assert_eq!(json["pending_restart_reason"]["max_connections"]["new_value"], "120", "{json}");
+        assert!(patroni_json(&identity, &not_sync, now).get("pending_restart_reason").is_none());
         assert!(patroni_json(&identity, &not_sync, now).get("sync_standby").is_none());
         let paused = Some((
             NodeStatus {

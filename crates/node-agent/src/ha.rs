@@ -52,6 +52,21 @@ pub struct HaView {
     pub failsafe_active: bool,
     /// The `failsafe` key as last read (JSON), empty when absent.
     pub failsafe_json: String,
+    /// Patroni's `pending_restart_reason` (JSON), empty when nothing waits.
+    pub pending_restart_reason_json: String,
+}
+
+/// `pending_restart_reason` as Patroni writes it (`{"name": {"old_value",
+/// "new_value"}}`); empty when nothing waits.
+fn pending_reason_json(reason: &std::collections::BTreeMap<String, (String, String)>) -> String {
+    if reason.is_empty() {
+        return String::new();
+    }
+    let map: serde_json::Map<String, serde_json::Value> = reason
+        .iter()
+        .map(|(name, (old, new))| (name.clone(), serde_json::json!({"old_value": old, "new_value": new})))
+        .collect();
+    serde_json::Value::Object(map).to_string()
 }
 
 /// The reason of the `history` entry a candidate writes before it promotes
@@ -534,6 +549,7 @@ impl Agent {
             failsafe_mode: self.failsafe_seen.0,
             failsafe_active,
             failsafe_json: self.failsafe_seen.1.as_ref().map(|m| serde_json::json!(m).to_string()).unwrap_or_default(),
+            pending_restart_reason_json: pending_reason_json(&self.pending_reason(&self.local.borrow().clone())),
         });
         again
     }

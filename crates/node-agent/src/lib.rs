@@ -177,6 +177,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         failsafe_mode: view.failsafe_mode,
         failsafe_active: view.failsafe_active,
         failsafe_json: view.failsafe_json.clone(),
+        pending_restart_reason_json: view.pending_restart_reason_json.clone(),
     }
 }
 

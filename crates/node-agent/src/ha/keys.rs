@@ -100,6 +100,21 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
 }
 
 impl Agent {
+    /// Patroni's `pending_restart_reason`: each parameter waiting for a
+    /// restart, with the value PostgreSQL runs with and the one written.
+    pub(super) fn pending_reason(&self, local: &Local) -> BTreeMap<String, (String, String)> {
+        local.sql.as_ref().map_or_else(BTreeMap::new, |sql| {
+            let written = self.pg.written_parameters().unwrap_or_default();
+            sql.pending_parameters
+                .iter()
+                .map(|(name, running)| {
+                    let new = written.get(name).cloned().unwrap_or_else(|| "(not set here)".into());
+                    (name.clone(), (running.clone(), new))
+                })
+                .collect()
+        })
+    }
+
     /// This member's key as it should read now; `clone` while a base backup
     /// copies its data directory (Patroni's state `creating replica`, with
     /// pgwarden's `clone_progress`).
@@ -126,16 +141,7 @@ impl Agent {
             checkpoint_pending: self.checkpoint_pending,
             paused: self.view.borrow().paused,
             pending_restart: local.sql.as_ref().is_some_and(|s| s.pending_restart),
-            pending_reason: local.sql.as_ref().map_or_else(BTreeMap::new, |sql| {
-                let written = self.pg.written_parameters().unwrap_or_default();
-                sql.pending_parameters
-                    .iter()
-                    .map(|(name, running)| {
-                        let new = written.get(name).cloned().unwrap_or_else(|| "(not set here)".into());
-                        (name.clone(), (running.clone(), new))
-                    })
-                    .collect()
-            }),
+            pending_reason: self.pending_reason(local),
             fencer_ready: self.fencer_ready(),
             released: self.released_recently(self.view.borrow().ttl),
             scheduled_restart: self.scheduled_restart.as_ref(),
