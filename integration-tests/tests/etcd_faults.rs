@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::{ProbeReport, WriteProbe};
@@ -198,6 +200,26 @@ async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_every
     let (mut setup, before, probe, writers) = loaded(1).await;
     let leader = setup.leader;
     enable_failsafe(&setup.cluster).await;
+    // Patroni's `POST /failsafe` (a Patroni leader during a migration):
+    // credentials needed; a running primary refuses.
+    let post = |node: usize, auth: bool| {
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            pgwarden_integration_tests::cluster::REST_USER,
+            pgwarden_integration_tests::cluster::REST_PASSWORD
+        ));
+        let header = format!("Basic {credentials}");
+        let headers: Vec<(&str, &str)> = if auth { vec![("Authorization", header.as_str())] } else { vec![] };
+        let body = r#"{"name": "patroni-leader", "conn_url": "postgres://10.9.9.9:5432/postgres", "api_url": "http://10.9.9.9:8008/patroni"}"#;
+        service::http_with("POST", setup.cluster.nodes[node].rest_port, "/failsafe", &headers, body, UP)
+            .expect("POST /failsafe")
+    };
+    assert_eq!(post(leader, false).0, 401, "without credentials");
+    let (status, text) = post(leader, true);
+    assert!(status == 500 && text.contains("Running as a leader"), "{status} {text}");
+    let replica = (0..3).find(|&i| i != leader).expect("a replica");
+    let (status, text) = post(replica, true);
+    assert!(status == 200 && text.contains("Accepted"), "{status} {text}");
     setup.cluster.etcd.kill(0);
     let stopped = Instant::now();
     writers.wait_ack_after(stopped + 3 * TTL, UP).await.expect("writes go on three ttls after etcd stopped");

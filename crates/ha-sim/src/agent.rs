@@ -115,7 +115,8 @@ impl World {
             return;
         }
         for &j in &others {
-            let until = self.now + self.local(j, self.p.ttl);
+            // Never shortened, not even by another leader's call.
+            let until = (self.now + self.local(j, self.p.ttl)).max(self.nodes[j].agent.promise.map_or(0, |p| p.1));
             self.nodes[j].agent.promise = Some((i, until));
         }
         let extended = self.now + self.local(i, self.p.ttl - self.p.fence_margin);

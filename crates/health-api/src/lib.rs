@@ -65,6 +65,8 @@ pub struct WriteSettings {
     pub tls: Option<(tokio_rustls::TlsAcceptor, tls::ClientCerts)>,
     /// `restapi.allowlist` (names resolved at start) and `allowlist_include_members`.
     pub allowlist: allowlist::Allowlist,
+    /// The agent's gRPC URL on this node (`POST /failsafe` goes to it).
+    pub agent_url: String,
 }
 
 /// Whether `peer` may call the write endpoints: in the allowlist, or (with
@@ -245,9 +247,12 @@ async fn respond(
             let text = "authentication required: send the restapi.authentication user and password (HTTP basic auth)\n";
             return text_response(StatusCode::UNAUTHORIZED, text.into(), true);
         }
-        let reply =
+        let reply = if path == "/failsafe" {
+            write::failsafe(request.into_body(), &shared.writes.agent_url).await
+        } else {
             write::answer(&method, &path, request.into_body(), &shared.writes.controller_url, &shared.identity.name)
-                .await;
+                .await
+        };
         info!(client = %peer, %method, path, status = reply.status.as_u16(), answer = %reply.text, "write request");
         return text_response(reply.status, reply.text, reply.challenge);
     }
@@ -517,6 +522,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         fencer_settings,
         WriteSettings {
             controller_url: config.pgwarden.controller_grpc_url(),
+            agent_url: agent_url(&config),
             authentication: config.restapi.authentication.clone(),
             tls: tls::acceptor(&config.restapi)?,
             allowlist: allowlist::Allowlist {

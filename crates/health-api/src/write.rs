@@ -35,7 +35,7 @@ fn reply(status: StatusCode, text: impl Into<String>) -> Reply {
 pub fn handles(method: &Method, path: &str) -> bool {
     matches!(
         (method, path),
-        (&Method::POST, "/switchover" | "/failover" | "/restart" | "/reinitialize" | "/reload")
+        (&Method::POST, "/switchover" | "/failover" | "/restart" | "/reinitialize" | "/reload" | "/failsafe")
             | (&Method::DELETE, "/switchover" | "/restart")
             | (&Method::PATCH | &Method::PUT, "/config")
     )
@@ -272,6 +272,43 @@ async fn answer_operation(
                 }
             }
         }
+    }
+}
+
+/// `POST /failsafe` (Patroni's: a leader cut off from etcd, here a Patroni
+/// one during a migration, asks this member to stay out of any race): the
+/// body's `name`, `conn_url` and `api_url` go to the agent's `Failsafe`
+/// call, which promises for this member's ttl. 200 `Accepted`; 500 with the
+/// reason when refused (`Running as a leader`); 502 when `failsafe_mode` is
+/// off, as Patroni answers.
+pub async fn failsafe(body: Incoming, agent_url: &str) -> Reply {
+    let body = match body_object(body).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let fields = (|| Ok((text_field(&body, "name")?, text_field(&body, "conn_url")?, text_field(&body, "api_url")?)))();
+    let (leader, conn_url, api_url) = match fields {
+        Ok(fields) => fields,
+        Err(reply) => return reply,
+    };
+    if leader.is_empty() {
+        return reply(StatusCode::BAD_REQUEST, "name: the calling leader's member name is required");
+    }
+    let channel = match pgwarden_runtime::grpc::connect(agent_url, Duration::from_secs(2)).await {
+        Ok(channel) => channel,
+        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, format!("the agent does not answer: {e:#}")),
+    };
+    let request = ha_proto::v1::FailsafeRequest { leader, conn_url, api_url, hold_ms: 0 };
+    match ha_proto::v1::node_agent_client::NodeAgentClient::new(channel).failsafe(request).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            match (answer.accepted, answer.message.as_str()) {
+                (true, _) => reply(StatusCode::OK, "Accepted"),
+                (false, m) if m.contains("failsafe_mode is off") => reply(StatusCode::BAD_GATEWAY, m),
+                (false, m) => reply(StatusCode::INTERNAL_SERVER_ERROR, m),
+            }
+        }
+        Err(error) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("the agent failed: {}", error.message())),
     }
 }
 

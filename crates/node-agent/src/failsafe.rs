@@ -86,11 +86,9 @@ impl Failsafe {
         }
         let hold = Duration::from_millis(request.hold_ms).max(Duration::from_secs(u64::from(status.ttl)));
         let until = (now + hold).as_nanos();
-        // A promise is never shortened by a later call.
-        let until_boot_ns = match &self.promise {
-            Some(p) if p.leader == request.leader => until.max(p.until_boot_ns),
-            _ => until,
-        };
+        // A promise is never shortened by a later call, also not by one from
+        // another leader: the earlier caller counts on it to its end.
+        let until_boot_ns = self.promise.as_ref().map_or(until, |p| until.max(p.until_boot_ns));
         self.promise = Some(Promise {
             leader: request.leader.clone(),
             until_boot_ns,
@@ -266,9 +264,12 @@ mod tests {
         assert_eq!(failsafe.promised_to(now + Duration::from_secs(10)), None);
         failsafe.answer("b", &request(30_000), &status(Role::Replica, true), now);
         assert_eq!(failsafe.promised_to(now + Duration::from_secs(29)), Some("a"), "the caller's longer hold");
-        // A later, shorter call never shortens it.
+        // A later, shorter call never shortens it, not even another leader's.
         failsafe.answer("b", &request(1_000), &status(Role::Replica, true), now);
         assert_eq!(failsafe.promised_to(now + Duration::from_secs(29)), Some("a"));
+        let other = FailsafeRequest { leader: "c".into(), ..request(1_000) };
+        failsafe.answer("b", &other, &status(Role::Replica, true), now);
+        assert!(failsafe.promised_to(now + Duration::from_secs(29)).is_some(), "a's promise still binds");
     }
 
     #[test]
