@@ -431,7 +431,7 @@ async fn a_scheduled_restart_happens_on_time_and_can_be_deleted() {
 }
 
 #[tokio::test]
-async fn a_ttl_edit_reaches_the_leases_and_a_demoted_primary_drops_its_member_slots() {
+async fn a_ttl_edit_reaches_the_leases_and_a_demoted_primary_keeps_member_slots_that_move_along() {
     let (cluster, leader) = cluster().await;
     let name = |i: usize| cluster.nodes[i].name.clone();
     assert_eq!(cluster.lease_ttl("leader").await.expect("etcd"), Some(10), "bootstrap ttl");
@@ -452,14 +452,31 @@ async fn a_ttl_edit_reaches_the_leases_and_a_demoted_primary_drops_its_member_sl
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), replica);
     assert_eq!(cluster.lease_ttl("leader").await.expect("etcd"), Some(20), "the new leader's key has the live ttl");
-    // The old primary, now a replica, keeps no member slot (they would pin WAL forever).
-    wait_until("the demoted primary to drop its member slots", UP, || async {
-        let slots =
-            cluster.nodes[leader].psql("select count(*) from pg_replication_slots").map_err(|e| e.to_string())?;
-        Ok::<_, String>((slots == "0").then_some(()))
+    // The old primary, now a replica that may lead again, keeps a slot for
+    // each other member, as Patroni does (a later failover to it finds its
+    // followers' slots ready), and moves them along to the members'
+    // positions, so that they pin no more WAL than the members need.
+    let others: Vec<String> =
+        (0..3).filter(|&i| i != leader).map(|i| cluster.nodes[i].name.replace('-', "_")).collect();
+    wait_until("the demoted primary to keep exactly the other members' slots", UP, || async {
+        let names: Vec<String> = slots_of(&cluster, leader).into_iter().map(|s| s.0).collect();
+        if names == others { Ok(Some(())) } else { Err(format!("{names:?}")) }
     })
     .await
-    .expect("no slots left on the old primary");
+    .expect("member slots on the old primary");
+    let before = cluster.nodes[replica].psql("select pg_current_wal_lsn()").expect("the new leader's position");
+    cluster.nodes[replica].psql("create table moved_on as select generate_series(1, 10000) g").expect("write");
+    wait_until("the kept slots to move past the earlier position", UP, || async {
+        let slots = slots_of(&cluster, leader);
+        let moved = slots.iter().all(|s| {
+            cluster.nodes[leader]
+                .psql(&format!("select '{}'::pg_lsn >= '{before}'::pg_lsn", s.2))
+                .is_ok_and(|t| t == "t")
+        });
+        if moved && slots.len() == 2 { Ok(Some(())) } else { Err(format!("{slots:?}, before {before}")) }
+    })
+    .await
+    .expect("kept slots moved along");
     assert_eq!(
         cluster.nodes[leader].psql("show cluster_name").expect("psql"),
         cluster.scope,
@@ -837,14 +854,26 @@ fn streams_to(cluster: &PgwardenCluster, node: usize) -> Vec<String> {
 }
 
 /// Waits until node1 (the leader) streams to exactly `from_leader` and node2
-/// to exactly `from_node2`.
-async fn wait_streams(cluster: &PgwardenCluster, what: &str, from_leader: &[&str], from_node2: &[&str]) {
+/// to exactly `from_node2`, and node3's own WAL receiver streams from node
+/// `node3_from` (a clone's pg_basebackup also shows among the WAL senders
+/// under the member's name).
+async fn wait_streams(
+    cluster: &PgwardenCluster,
+    what: &str,
+    from_leader: &[&str],
+    from_node2: &[&str],
+    node3_from: usize,
+) {
     wait_until(what, UP, || async {
         let (one, two) = (streams_to(cluster, 0), streams_to(cluster, 1));
-        if one == from_leader && two == from_node2 {
+        let receiver = cluster.nodes[2]
+            .psql("select sender_port from pg_stat_wal_receiver where status = 'streaming'")
+            .unwrap_or_default();
+        let upstream = cluster.nodes[node3_from].pg_port.to_string();
+        if one == from_leader && two == from_node2 && receiver == upstream {
             Ok(Some(()))
         } else {
-            Err(format!("node1 -> {one:?}, node2 -> {two:?}"))
+            Err(format!("node1 -> {one:?}, node2 -> {two:?}, node3's receiver on port {receiver:?}"))
         }
     })
     .await
@@ -870,7 +899,7 @@ async fn replicatefrom_cascades_and_falls_back_nostream_never_streams_and_clonef
     cluster.add_node("node3", "tags:\n  replicatefrom: node2\n").expect("add node3");
     cluster.add_node("node4", "tags:\n  nostream: true\n").expect("add node4");
     cluster.start_all().expect("start node3 and node4");
-    wait_streams(&cluster, "node3 streaming from node2, node4 from nobody", &["node2"], &["node3"]).await;
+    wait_streams(&cluster, "node3 streaming from node2, node4 from nobody", &["node2"], &["node3"], 1).await;
     for node in [2, 3] {
         let log = cluster.nodes[node].agent_log();
         assert!(log.contains("clone from node2"), "node{} cloned from the clonefrom member:\n{log}", node + 1);
@@ -898,9 +927,9 @@ async fn replicatefrom_cascades_and_falls_back_nostream_never_streams_and_clonef
     // node2 is lost: node3 falls back to the leader (once node2's member key
     // is gone or says it does not run), and returns to node2 when it is back.
     cluster.nodes[1].kill_node();
-    wait_streams(&cluster, "node3 streaming from the leader while node2 is lost", &["node3"], &[]).await;
+    wait_streams(&cluster, "node3 streaming from the leader while node2 is lost", &["node3"], &[], 0).await;
     cluster.start_all().expect("restart node2");
-    wait_streams(&cluster, "node3 back on node2", &["node2"], &["node3"]).await;
+    wait_streams(&cluster, "node3 back on node2", &["node2"], &["node3"], 1).await;
     let (acked, lost) = writers.stop_and_check(UP).await.expect("writers stop");
     assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost on the leader: {lost:?}");
     let count = |node: usize| {

@@ -110,9 +110,6 @@ pub struct Agent {
     /// The agent has acted on the local PostgreSQL, or found it in a cluster
     /// etcd knows: only then does a shutdown stop it.
     managed: bool,
-    /// This agent has held the leader key since it started: member slots on
-    /// its PostgreSQL, once a replica again, are its own term's leftovers.
-    led_here: bool,
     /// The last answer of `why_not_streaming`, and when it was looked up.
     not_streaming_cache: Option<(Instant, String)>,
     /// (timeline, history entries) last completed from the timeline history file.
@@ -257,7 +254,6 @@ impl Agent {
             reinit_requested: false,
             history_checked: None,
             not_streaming_cache: None,
-            led_here: false,
             managed: false,
             peer_unknown_since: HashMap::new(),
             primary_down_since_ms: None,
@@ -514,7 +510,6 @@ impl Agent {
             if let Err(e) = self.publish_member(&local).await {
                 warn!("failed to update the member key: {e:#}");
             }
-            self.led_here |= obs.holds_leader;
             if obs.holds_leader
                 && let Err(e) = self.leader_housekeeping(view, &local, &dynamic).await
             {

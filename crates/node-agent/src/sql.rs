@@ -343,33 +343,6 @@ pub async fn create_roles(conn: &mut PgConnection, config: &Config) -> anyhow::R
     Ok(())
 }
 
-/// The physical replication slots on this server.
-/// Physical slots no walsender uses.
-pub async fn inactive_physical_slots(conn: &mut PgConnection) -> anyhow::Result<Vec<String>> {
-    sqlx::query_scalar::<_, String>(
-        "select slot_name::text from pg_replication_slots where slot_type = 'physical' and not active",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context("list inactive replication slots")
-}
-
-/// Moves an inactive physical slot on a standby up to the replayed position,
-/// when it reserves WAL and is behind it (a slot kept for after a failover
-/// must not pin WAL on the standby).
-pub async fn advance_slot_to_replay(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "select pg_replication_slot_advance(slot_name, pg_last_wal_replay_lsn()) from pg_replication_slots \
-         where slot_name = $1 and slot_type = 'physical' and not active and restart_lsn is not null \
-         and pg_last_wal_replay_lsn() is not null and restart_lsn < pg_last_wal_replay_lsn()",
-    )
-    .bind(name)
-    .execute(&mut *conn)
-    .await
-    .with_context(|| format!("advance replication slot {name}"))?;
-    Ok(())
-}
-
 /// One row of `pg_replication_slots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slot {

@@ -1,14 +1,15 @@
 //! Replication slots: a leader keeps one per member (dropping a departed member's after
 //! `member_slots_ttl`) and the permanent ones (`slots`), never drops a permanent or ignored one
-//! (`ignore_slots`), and publishes the permanent ones' positions in `status`; a replica keeps the
-//! permanent physical slots too, moved along to the leader's positions, and drops or advances the
-//! member slots left from a term as primary.
+//! (`ignore_slots`), and publishes the permanent ones' positions in `status`. A replica that may
+//! lead keeps, as Patroni does, a slot for every other streaming member and the permanent physical
+//! slots, each moved along to the position its member (or the leader) reports, so that a new
+//! leader has its followers' slots with the WAL they need; one that may not (`nofailover`) keeps
+//! none of them.
 //!
 //! Cascading replication (`replicatefrom`): a replica keeps the slots of the
-//! members that stream from it, and the leader keeps theirs too (for when
-//! they fall back to it), moved along to the positions they report so that
-//! they pin no more WAL than those members need. A `nostream` member has no
-//! slot anywhere.
+//! members that stream from it (also when it may not lead), and the leader keeps theirs too (for
+//! when they fall back to it), moved along to the positions they report. A `nostream` member has
+//! no slot anywhere.
 
 use super::*;
 
@@ -207,47 +208,71 @@ impl Agent {
             return Ok(());
         }
         let mut conn = self.connect().await?;
-        // The members that stream from this replica: a slot each, moved
-        // along to the position each reports while it does not use it.
-        let downstream = if dynamic.use_slots { downstream_of(view, &self.config.name) } else { Vec::new() };
-        let before = sql::slots(&mut conn).await?;
-        for slot in &downstream {
-            match before.iter().find(|s| s.name == *slot) {
+        // The member slots this replica keeps: one for each member that
+        // streams from it (it needs them now) and, while it may become the
+        // leader, one for every other streaming member, as Patroni keeps
+        // them (a new leader then has each follower's slot, with the WAL it
+        // needs). Each unused one is moved along to the position its member
+        // reports, so that it pins no more WAL than that member needs.
+        let may_lead = !self.config.tags.nofailover && self.config.tags.failover_priority != Some(0);
+        let me = self.config.name.clone();
+        let wanted: Vec<(String, Option<u64>)> = if dynamic.use_slots {
+            let downstream = downstream_of(view, &me);
+            view.members
+                .iter()
+                .filter(|m| m.name != me && !m.data.tag_flag("nostream"))
+                .filter(|m| may_lead || downstream.contains(&slot_name(&m.name)))
+                .map(|m| (slot_name(&m.name), m.data.xlog_location))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let existing = sql::slots(&mut conn).await?;
+        for (slot, reported) in &wanted {
+            match existing.iter().find(|s| s.name == *slot) {
                 None => {
-                    info!(slot, "creating a replication slot for a member that streams from this replica");
+                    info!(slot, "creating a member's replication slot on this replica");
                     sql::create_slot(&mut conn, slot).await?;
                 }
-                Some(existing) if !existing.active => {
-                    let reported =
-                        view.members.iter().find(|m| slot_name(&m.name) == *slot).and_then(|m| m.data.xlog_location);
+                Some(found) if !found.active && found.kind == "physical" => {
                     if let Some(lsn) = reported {
-                        sql::advance_slot(&mut conn, slot, lsn).await?;
+                        sql::advance_slot(&mut conn, slot, *lsn).await?;
                     }
                 }
                 Some(_) => {}
             }
         }
-        let stale = sql::inactive_physical_slots(&mut conn).await?;
+        // A member slot it should not keep (this member may not lead, or the
+        // member does not stream) goes, unless permanent or ignored.
         let members: Vec<String> = view.members.iter().map(|m| slot_name(&m.name)).collect();
-        for slot in stale.iter().filter(|s| members.contains(s) && !downstream.contains(s)) {
-            if self.led_here {
-                info!(slot, "dropping a member slot kept from a term as primary");
-                sql::drop_slot(&mut conn, slot).await?;
-            } else {
-                // A replica adopted from Patroni keeps the member slots Patroni
-                // kept on it (ready for a failover to this node); they are
-                // moved along with replay, as Patroni does, so that they do
-                // not pin WAL here.
-                sql::advance_slot_to_replay(&mut conn, slot).await?;
-            }
+        for slot in existing.iter().filter(|s| {
+            s.kind == "physical"
+                && !s.active
+                && members.contains(&s.name)
+                && !wanted.iter().any(|(w, _)| *w == s.name)
+                && !kept(dynamic, s)
+        }) {
+            info!(slot = slot.name, "dropping a member slot this replica does not keep");
+            sql::drop_slot(&mut conn, &slot.name).await?;
         }
+        // The permanent physical slots, moved along to the leader's
+        // positions, on a replica that may lead (Patroni's rule); one that
+        // may not drops them.
         let existing = sql::slots(&mut conn).await?;
         let published = view.status.as_ref().map(|s| &s.slots);
         for (name, permanent) in &dynamic.slots {
             if *permanent != pgwarden_config::PermanentSlot::Physical || members.contains(name) {
                 continue;
             }
-            if !existing.iter().any(|s| s.name == *name) {
+            let found = existing.iter().find(|s| s.name == *name);
+            if !may_lead {
+                if found.is_some_and(|s| !s.active && s.kind == "physical") {
+                    info!(slot = name, "dropping a permanent slot: this member may not lead (nofailover)");
+                    sql::drop_slot(&mut conn, name).await?;
+                }
+                continue;
+            }
+            if found.is_none() {
                 info!(slot = name, "creating a permanent physical replication slot on this replica");
                 sql::create_slot(&mut conn, name).await?;
             }
