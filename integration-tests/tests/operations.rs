@@ -824,6 +824,15 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     .expect("replica copies advanced");
     let status = cluster.get_key("status").await.expect("read status").expect("a status key");
     assert!(status.contains("\"archive\""), "the leader publishes the permanent slots' positions: {status}");
+    // ... and, as Patroni, every member's slot (the leader's own at its
+    // position) and the members' slot names to retain.
+    let json: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    for node in &cluster.nodes {
+        assert!(json["slots"].get(&node.name).is_some(), "{} in status.slots: {status}", node.name);
+        let retained = json["retain_slots"].as_array().is_some_and(|r| r.iter().any(|n| n == &node.name));
+        assert!(retained, "{} in status.retain_slots: {status}", node.name);
+    }
+    assert!(json["slots"]["archive"].is_u64() && !json["retain_slots"].to_string().contains("archive"));
     // A switchover: the new leader has both permanent slots.
     let (ok, stdout, stderr) = ctl(&cluster, &["switchover", "--force"]);
     assert!(ok, "{stdout}{stderr}");

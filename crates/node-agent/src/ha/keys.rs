@@ -216,12 +216,33 @@ impl Agent {
             }),
             false => Default::default(),
         };
+        // As Patroni: the leader's own member slot name at its position (a
+        // replica keeps a slot for it), and `retain_slots`, every member's
+        // slot name that is not a permanent slot's.
+        let mut slots = slots;
+        if dynamic.use_slots {
+            slots.insert(slot_name(&self.config.name), sql.xlog_location.into());
+        }
+        let retain: Vec<String> = if dynamic.use_slots {
+            let mut names: Vec<String> = view
+                .members
+                .iter()
+                .map(|m| slot_name(&m.name))
+                .chain([slot_name(&self.config.name)])
+                .filter(|name| !dynamic.slots.contains_key(name))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        } else {
+            Vec::new()
+        };
         if self.last_optime != Some(sql.xlog_location) || self.last_slots != slots {
             let status = view.status.clone().unwrap_or_default();
-            // Only this leader's permanent slots' positions: a stale copy
-            // (Patroni's last, after a migration) would mislead a member
-            // that advances its slots to them.
-            let status = Status { optime: sql.xlog_location, slots: slots.clone(), retain_slots: Vec::new(), ..status };
+            // Only this leader's positions: a stale copy (Patroni's last,
+            // after a migration) would mislead a member that advances its
+            // slots to them.
+            let status = Status { optime: sql.xlog_location, slots: slots.clone(), retain_slots: retain, ..status };
             let value = serde_json::to_string(&status)?;
             let key = self.keys.status();
             self.etcd

@@ -93,7 +93,7 @@ fn downstream_of(view: &ClusterView, upstream: &str) -> Vec<String> {
 
 impl Agent {
     /// The leader's slots: one per member, and the permanent ones. Returns
-    /// the permanent slots' positions, for the `status` key.
+    /// the members' and the permanent slots' positions, for the `status` key.
     pub(super) async fn manage_slots(
         &mut self,
         view: &ClusterView,
@@ -137,7 +137,13 @@ impl Agent {
                 sql::advance_slot(&mut conn, &slot_name(&member.name), lsn).await?;
             }
         }
+        // The member slots' positions are published too, as Patroni's.
         let mut positions = serde_json::Map::new();
+        for slot in slots.iter().filter(|s| wanted.contains(&s.name) && s.kind == "physical") {
+            if let Some(position) = slot.position {
+                positions.insert(slot.name.clone(), position.into());
+            }
+        }
         for (name, permanent) in &dynamic.slots {
             if wanted.contains(name) || slot_name(&self.config.name) == *name {
                 if self.slots.warned.insert(name.clone()) {
