@@ -485,3 +485,52 @@ async fn a_hung_sync_standby_past_maximum_lag_on_syncnode_is_swapped_out() {
     assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost {lost:?}");
     println!("hung sync standby swapped out after {swapped:?}");
 }
+
+/// Patroni's sync_priority when the synchronous standby is already chosen
+/// (issue 23): a standby with a higher priority that arrives later takes
+/// its place. It joins `synchronous_standby_names` and the `sync` key
+/// first, and only then does the other one leave, so the key never names a
+/// standby without every acknowledged commit. Writers run throughout.
+#[tokio::test]
+async fn a_later_standby_with_a_higher_sync_priority_takes_the_synchronous_role() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(2).await.expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    cluster.patch_config(serde_json::json!({"synchronous_mode": true})).await.expect("synchronous mode on");
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let first = one_sync_standby(&cluster, Some(leader)).await;
+    let writer = Writer::start(cluster.nodes[leader].pg_port, SUPERUSER_PASSWORD, "prio", Duration::from_millis(5))
+        .await
+        .expect("writer");
+    cluster.add_node("node3", "tags:\n  sync_priority: 5\n").expect("add node3");
+    cluster.start_all().expect("start node3");
+    let chosen = wait_until("node3 to be the synchronous standby", UP, || async {
+        let listed = sync_standbys(&cluster).await;
+        if listed == ["node3"] { Ok(Some(listed)) } else { Err(format!("sync key lists {listed:?}")) }
+    })
+    .await
+    .expect("the higher priority takes the role");
+    assert_ne!(first, 2);
+    let log = cluster.nodes[leader].agent_log();
+    let both = log.lines().position(|l| {
+        l.contains("published the sync key") && l.contains("node3") && l.contains(&cluster.nodes[first].name)
+    });
+    assert!(both.is_some(), "the key listed both before the first one left:\n{log}");
+    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go on");
+    let report = writer.stop().await;
+    let missing =
+        missing_rows(cluster.nodes[2].pg_port, SUPERUSER_PASSWORD, "prio", &report.ids()).await.expect("read");
+    println!(
+        "sync standby swapped for a higher priority: {chosen:?}; {} rows, missing on node3: {}",
+        report.ids().len(),
+        missing.len()
+    );
+    wait_until("node3 to hold every acknowledged row", UP, || async {
+        let missing = missing_rows(cluster.nodes[2].pg_port, SUPERUSER_PASSWORD, "prio", &report.ids())
+            .await
+            .map_err(|e| e.to_string())?;
+        if missing.is_empty() { Ok(Some(())) } else { Err(format!("{} missing", missing.len())) }
+    })
+    .await
+    .expect("node3 has every acknowledged row");
+}

@@ -15,6 +15,10 @@
 //!   every member of S has every acknowledged commit;
 //! - with no standby left, strict mode lists a placeholder nobody can match,
 //!   so commits block instead of going asynchronous;
+//! - a standby with a higher `sync_priority` than one in S takes its place:
+//!   it joins P and then S as any does, and only then does the weaker one
+//!   leave S and then P (so S never lacks a caught-up member); the same
+//!   shrinking applies when `synchronous_node_count` is lowered;
 //! - `maximum_lag_on_syncnode`: a standby whose flushed position lags the
 //!   most advanced standby's (the primary's, when it is the only one) by
 //!   more than that is not healthy: it leaves as a lost one does (S first),
@@ -111,6 +115,28 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
     if !gone.is_empty() {
         return SyncStep::Publish(sorted(s.iter().filter(|n| !gone.contains(n)).cloned().collect()));
     }
+    // More in S than synchronous_node_count (lowered, or a swap for a
+    // higher sync_priority below completed): the weakest (lowest priority,
+    // then least advanced) leaves S first, then P (next rule).
+    let weakest = |names: &[String]| -> Option<String> {
+        names
+            .iter()
+            .filter_map(|n| row(n))
+            .min_by(|a, b| {
+                a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
+            })
+            .map(|r| r.name.clone())
+    };
+    if s.len() > input.node_count.max(1)
+        && let Some(out) = weakest(s)
+    {
+        return SyncStep::Publish(sorted(s.iter().filter(|n| **n != out).cloned().collect()));
+    }
+    // A standby outranks S when its sync_priority is higher than the
+    // lowest in S: it joins (P, then S) and the weakest then leaves, as
+    // Patroni prefers the higher priority.
+    let lowest = s.iter().filter_map(|n| row(n)).map(|r| r.priority).min();
+    let outranks = |name: &str| row(name).is_some_and(|r| lowest.is_some_and(|low| r.priority > low));
     // Names in P that are neither published nor pending go (a standby
     // unpublished above, or one that never made it into S).
     let pending_name = input.pending.as_ref().map(|x| &x.name);
@@ -119,7 +145,9 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
         return SyncStep::Configure { names, pending: input.pending.clone() };
     }
     if let Some(pending) = &input.pending {
-        if !healthy(&pending.name) || s.len() >= input.node_count.max(1) && !s.contains(&pending.name) {
+        if !healthy(&pending.name)
+            || s.len() >= input.node_count.max(1) && !s.contains(&pending.name) && !outranks(&pending.name)
+        {
             let names = sorted(p.iter().filter(|n| **n != pending.name).cloned().collect());
             return SyncStep::Configure { names, pending: None };
         }
@@ -144,11 +172,16 @@ pub fn next_step(input: &SyncInput) -> SyncStep {
         };
     }
     // Joining: one standby at a time, the highest `sync_priority` first, then
-    // the most advanced.
-    if s.len() < input.node_count.max(1) {
-        let best = input.standbys.iter().filter(|c| healthy(&c.name) && !s.contains(&c.name)).max_by(|a, b| {
-            a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
-        });
+    // the most advanced; with S full, only one that outranks it.
+    let full = s.len() >= input.node_count.max(1);
+    {
+        let best = input
+            .standbys
+            .iter()
+            .filter(|c| healthy(&c.name) && !s.contains(&c.name) && (!full || outranks(&c.name)))
+            .max_by(|a, b| {
+                a.priority.cmp(&b.priority).then(a.flush_lsn.cmp(&b.flush_lsn)).then_with(|| b.name.cmp(&a.name))
+            });
         if let Some(best) = best {
             let mut names = p.clone();
             names.push(best.name.clone());
@@ -373,6 +406,41 @@ mod tests {
     }
 
     #[test]
+    fn a_higher_sync_priority_takes_the_place_of_a_lower_one_which_leaves_only_after() {
+        // b (priority 1) is the synchronous standby; c (priority 2) arrives.
+        let state = SyncInput {
+            published: vec!["b".into()],
+            configured: vec!["b".into()],
+            standbys: vec![standby("b", true, 100), Standby { priority: 2, ..standby("c", false, 100) }],
+            ..input()
+        };
+        let (state, steps) = run(state, 12);
+        assert_eq!(state.published, vec!["c".to_string()], "{steps:?}");
+        assert_eq!(state.configured, vec!["c".to_string()], "{steps:?}");
+        // c was published while b still was (S never lacked a caught-up
+        // member), then b left S, then P.
+        let both = SyncStep::Publish(vec!["b".into(), "c".into()]);
+        let at = steps.iter().position(|s| *s == both).expect("S held both for a moment");
+        assert_eq!(steps[at + 1], SyncStep::Publish(vec!["c".into()]), "{steps:?}");
+        // Equal priority: no swap.
+        let same = SyncInput {
+            published: vec!["b".into()],
+            configured: vec!["b".into()],
+            standbys: vec![standby("b", true, 100), standby("c", false, 200)],
+            ..input()
+        };
+        assert_eq!(next_step(&same), SyncStep::Idle);
+        // synchronous_node_count lowered: the weakest leaves S first.
+        let lowered = SyncInput {
+            published: vec!["b".into(), "c".into()],
+            configured: vec!["b".into(), "c".into()],
+            standbys: vec![standby("b", true, 90), standby("c", true, 100)],
+            ..input()
+        };
+        assert_eq!(next_step(&lowered), SyncStep::Publish(vec!["c".into()]));
+    }
+
+    #[test]
     fn a_key_of_another_leader_is_reset_first() {
         let state = SyncInput { key_is_mine: false, published: vec!["me".into()], ..input() };
         assert_eq!(next_step(&state), SyncStep::Publish(vec![]));
@@ -429,11 +497,13 @@ mod tests {
             flips in proptest::collection::vec((0usize..3, any::<bool>()), 0..30),
             count in 1usize..3,
             max_lag in proptest::option::of(0u64..40),
+            priorities in proptest::collection::vec(1u32..4, 3),
         ) {
+            let with = |name: &str, priority: u32| Standby { priority, ..standby(name, false, 0) };
             let mut state = SyncInput {
                 node_count: count,
                 max_lag,
-                standbys: vec![standby("a", false, 0), standby("b", false, 0), standby("c", false, 0)],
+                standbys: vec![with("a", priorities[0]), with("b", priorities[1]), with("c", priorities[2])],
                 ..input()
             };
             let mut caught_up_since: std::collections::HashMap<String, u64> = Default::default();
