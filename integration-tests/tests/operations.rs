@@ -520,6 +520,18 @@ async fn patronictl_options_work_on_a_real_cluster() {
     assert!(names.iter().all(|n| stdout.contains(&format!("\"Member\":\"{n}\""))), "{stdout}");
     let (ok, _, stderr) = run("pgwardenctl", &["-d", "etcd://127.0.0.1:2379", "list", "itest"], &[]).expect("run");
     assert!(!ok && stderr.contains("v2 keyspace"), "{stderr}");
+    // No config file at all (no -c, none at ~/.config/patroni): patronictl
+    // runs on the environment for the cluster the command names.
+    let home = std::env::temp_dir().join(format!("pgwarden-itest-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).expect("an empty home");
+    let home = home.display().to_string();
+    let env = [("HOME", home.as_str()), ("PATRONI_ETCD3_HOSTS", etcd.as_str()), ("PATRONI_NAMESPACE", "/itest/")];
+    let (ok, stdout, stderr) = run("pgwardenctl", &["list", "itest", "-f", "json"], &env).expect("run");
+    assert!(ok, "{stderr}");
+    assert!(names.iter().all(|n| stdout.contains(&format!("\"Member\":\"{n}\""))), "{stdout}");
+    let (ok, _, stderr) = run("pgwardenctl", &["list"], &[("HOME", home.as_str())]).expect("run");
+    assert!(!ok && stderr.contains("no config file") && stderr.contains("PATRONI_ETCD3_HOSTS"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&home);
 
     // dsn -r replica: a replica's address.
     let (ok, stdout, _) = ctl(&cluster, &["dsn", "-r", "replica"]);

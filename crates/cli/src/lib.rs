@@ -345,6 +345,27 @@ fn named_cluster(command: &Command) -> Option<&str> {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let path = cli.config_file.clone().or_else(default_config_file);
     let Some(url) = &cli.dcs_url else {
+        // Without `-c` (or PATRONICTL_CONFIG_FILE) and without the default
+        // file, patronictl runs on the environment (PATRONI_ETCD3_HOSTS,
+        // PATRONI_NAMESPACE, ...) for the cluster the command names.
+        if cli.config_file.is_none()
+            && !path.as_ref().is_some_and(|p| p.exists())
+            && std::env::var_os("PATRONI_CONFIGURATION").is_none()
+        {
+            let scope = named_cluster(&cli.command).map(str::to_string).or_else(|| std::env::var("PATRONI_SCOPE").ok());
+            let Some(scope) = scope else {
+                anyhow::bail!(
+                    "no config file: {} does not exist; pass -c FILE (or set PATRONICTL_CONFIG_FILE), or name the \
+                     cluster on the command line with its etcd in PATRONI_ETCD3_HOSTS (or --dcs-url)",
+                    path.map_or_else(|| "~/.config/patroni/patronictl.yaml".into(), |p| p.display().to_string())
+                );
+            };
+            let source = pgwarden_config::Source {
+                origin: "the environment (no config file)".into(),
+                yaml: serde_json::json!({ "scope": scope }).to_string(),
+            };
+            return Ok(pgwarden_config::load_from(&source, std::env::vars(), Purpose::Ctl)?.config);
+        }
         return Ok(pgwarden_config::load(path.as_deref(), Purpose::Ctl)?.config);
     };
     let url = dcs_url::parse(url)?;
