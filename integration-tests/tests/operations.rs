@@ -337,6 +337,8 @@ async fn reload_applies_a_changed_config_file_and_remove_needs_the_name() {
     let path = cluster.nodes[1].config_path();
     let text = std::fs::read_to_string(&path).expect("read");
     let text = text.replace("    shared_buffers: 16MB\n", "    shared_buffers: 16MB\n    work_mem: 12MB\n");
+    // ... and a tag, which /patroni and the member key show after the reload.
+    let text = format!("{text}tags:\n  new_tag: new_value\n");
     std::fs::write(&path, text).expect("write");
     let (ok, stdout, stderr) = ctl(&cluster, &["reload", "itest", "node2", "--force"]);
     assert!(ok && stdout.contains("reloaded"), "{stdout}{stderr}");
@@ -347,6 +349,13 @@ async fn reload_applies_a_changed_config_file_and_remove_needs_the_name() {
     .await
     .expect("reloaded");
     assert_ne!(cluster.nodes[0].psql("show work_mem").expect("psql"), "12MB", "only node2 changed");
+    wait_until("node2's /patroni to show the new tag", UP, || async {
+        let body = cluster.nodes[1].get("/patroni").unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if json["tags"]["new_tag"] == "new_value" { Ok(Some(())) } else { Err(body) }
+    })
+    .await
+    .expect("tags after a reload");
     // REST POST /reload answers 202.
     let (status, _) = http_with(
         "POST",

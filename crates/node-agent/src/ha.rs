@@ -54,6 +54,21 @@ pub struct HaView {
     pub failsafe_json: String,
     /// Patroni's `pending_restart_reason` (JSON), empty when nothing waits.
     pub pending_restart_reason_json: String,
+    /// The member's tags as the config now has them (a reload may change
+    /// them): JSON, and whether `noloadbalance` is set.
+    pub tags_json: String,
+    pub noloadbalance: bool,
+}
+
+impl HaView {
+    /// Before the first tick: what the config says of this member.
+    pub fn initial(config: &Config) -> Self {
+        Self {
+            tags_json: serde_json::Value::Object(config.tags.json.clone()).to_string(),
+            noloadbalance: config.tags.noloadbalance,
+            ..Self::default()
+        }
+    }
 }
 
 /// `pending_restart_reason` as Patroni writes it (`{"name": {"old_value",
@@ -545,6 +560,8 @@ impl Agent {
             failsafe_active,
             failsafe_json: self.failsafe_seen.1.as_ref().map(|m| serde_json::json!(m).to_string()).unwrap_or_default(),
             pending_restart_reason_json: pending_reason_json(&self.pending_reason(&self.local.borrow().clone())),
+            tags_json: serde_json::Value::Object(self.config.tags.json.clone()).to_string(),
+            noloadbalance: self.config.tags.noloadbalance,
         });
         again
     }

@@ -141,7 +141,8 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         timeline: sql.timeline,
         replication_state: sql.replication_state.clone(),
         cluster_optime: view.cluster_optime.unwrap_or_default(),
-        tags_json: serde_json::Value::Object(config.tags.json.clone()).to_string(),
+        // From the HA loop: a reload may have changed them since the start.
+        tags_json: view.tags_json.clone(),
         system_identifier: sql.system_identifier.clone(),
         server_version: sql.server_version,
         postmaster_start_time: sql.postmaster_start_time.clone(),
@@ -162,7 +163,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         upstream: view.upstream.clone().unwrap_or_default(),
         refused: view.refused.clone().unwrap_or_default(),
         leader_deadline_boot_ns: view.leader_deadline.map_or(0, BootInstant::as_nanos),
-        noloadbalance: config.tags.noloadbalance,
+        noloadbalance: view.noloadbalance,
         shutting_down: view.shutting_down,
         paused: view.paused,
         sync_standby: view.sync_standby,
@@ -287,8 +288,8 @@ pub async fn run(
         observed_at_unix_ms: now_unix_ms(),
     };
     let (local_tx, local_rx) = watch::channel(initial_local.clone());
-    let (view_tx, view_rx) = watch::channel(HaView::default());
-    let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::default()));
+    let (view_tx, view_rx) = watch::channel(HaView::initial(&config));
+    let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::initial(&config)));
     let observer =
         tokio::spawn(local::observe_loop(config.clone(), pg.local.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
     let parameter_checker = std::sync::Arc::new(grpc::ParameterChecker {
