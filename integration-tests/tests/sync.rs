@@ -534,3 +534,47 @@ async fn a_later_standby_with_a_higher_sync_priority_takes_the_synchronous_role(
     .await
     .expect("node3 has every acknowledged row");
 }
+
+/// With `synchronous_commit: remote_apply` a standby's lag is its replay's,
+/// as Patroni measures it: a synchronous standby whose replay is paused
+/// (it still receives and flushes everything) holds every commit, and past
+/// `maximum_lag_on_syncnode` it is swapped out for the other standby.
+#[tokio::test]
+async fn with_remote_apply_a_sync_standby_whose_replay_is_paused_is_swapped_out() {
+    let setup = setup(3, false, false).await;
+    let cluster = &setup.cluster;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let paused = one_sync_standby(cluster, Some(leader)).await;
+    cluster
+        .patch_config(serde_json::json!({
+            "maximum_lag_on_syncnode": 1_048_576,
+            "postgresql": {"parameters": {"synchronous_commit": "remote_apply"}},
+        }))
+        .await
+        .expect("set the limit and remote_apply");
+    wait_until("remote_apply on the leader", UP, || async {
+        let value = cluster.nodes[leader].psql("show synchronous_commit").unwrap_or_default();
+        if value == "remote_apply" { Ok(Some(())) } else { Err(value) }
+    })
+    .await
+    .expect("remote_apply");
+    cluster.nodes[paused].psql("select pg_wal_replay_pause()").expect("pause replay");
+    let port = cluster.nodes[leader].pg_port;
+    let big = tokio::task::spawn_blocking(move || {
+        pgwarden_integration_tests::cluster::psql_port(
+            port,
+            "create table applybig as select g, repeat('x', 100) as pad from generate_series(1, 60000) g",
+        )
+    });
+    let replacement = one_sync_standby(cluster, Some(paused)).await;
+    assert_ne!(replacement, leader);
+    let state = cluster.nodes[leader]
+        .psql(&format!(
+            "select state from pg_stat_replication where application_name = '{}'",
+            cluster.nodes[paused].name
+        ))
+        .expect("pg_stat_replication");
+    cluster.nodes[paused].psql("select pg_wal_replay_resume()").expect("resume replay");
+    assert_eq!(state, "streaming", "swapped for its replay lag while still streaming");
+    big.await.expect("join").expect("the held transaction commits once the standby is swapped out");
+}

@@ -50,7 +50,9 @@ pub struct ReplicationRow {
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
-    /// The standby's flushed position (bytes).
+    /// The standby's position that commits wait for (bytes): replayed with
+    /// `synchronous_commit = remote_apply`, written with `remote_write`,
+    /// else flushed (as Patroni measures a synchronous standby).
     pub flush_lsn: u64,
 }
 
@@ -246,7 +248,9 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
         let rows = sqlx::query(
             "select coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(client_addr::text, ''), \
                     coalesce(state, ''), coalesce(sync_state, ''), coalesce(sync_priority, 0), \
-                    coalesce(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint \
+                    coalesce(pg_wal_lsn_diff(case current_setting('synchronous_commit') \
+                        when 'remote_apply' then replay_lsn when 'remote_write' then write_lsn \
+                        else flush_lsn end, '0/0'), 0)::bigint \
              from pg_stat_replication order by application_name",
         )
         .fetch_all(&mut *conn)
