@@ -846,3 +846,27 @@ async fn failsafe_mode_keeps_a_primary_cut_off_from_etcd_alone_and_then_hands_ov
     assert!(log.contains("every member accepts: running on"), "{log}");
     assert_watched(watched, leader, new_leader, "failsafe, etcd cut from the primary alone").await;
 }
+
+/// Patroni's "crashed primary demotes after failed attempt to start": the
+/// primary's PostgreSQL crashes and its restart in place fails outright (a
+/// setting PostgreSQL refuses, as Patroni's behave scenario spoils
+/// `postgresql.auto.conf`). The key goes at once, not after
+/// `primary_start_timeout` (300 s here, longer than the wait below), and a
+/// replica takes over; the old primary wrote nothing after the promotion.
+#[tokio::test]
+async fn a_primary_whose_restart_fails_outright_hands_over_without_waiting_for_the_timeout() {
+    let setup = setup(3, |_| String::new()).await;
+    let cluster = &setup.cluster;
+    cluster.patch_config(serde_json::json!({"primary_start_timeout": 300})).await.expect("a long start timeout");
+    let leader = cluster.wait_primary(UP).await.expect("a primary");
+    let direct = direct_writer(cluster, leader).await;
+    std::fs::write(cluster.nodes[leader].data_dir().join("postgresql.auto.conf"), "foo = bar\n")
+        .expect("spoil postgresql.auto.conf");
+    let pid = cluster.nodes[leader].postmaster_pid().expect("the primary runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let killed = Instant::now();
+    let (new_leader, _) = assert_one_writer_through_failover(cluster, leader, direct, "restart fails outright").await;
+    println!("restart failed outright: node{} leads {:?} after the crash", new_leader + 1, killed.elapsed());
+    let log = cluster.nodes[leader].agent_log();
+    assert!(log.contains("failed to start as primary: release the leader key"), "{log}");
+}

@@ -217,6 +217,10 @@ pub struct Observed {
     pub primary_down_since_ms: Option<u64>,
     /// `primary_start_timeout`, in milliseconds.
     pub primary_start_timeout_ms: u64,
+    /// Starts as primary failed outright (no postmaster left running; the
+    /// shell asks for two in a row): the key goes at once, as in Patroni,
+    /// rather than after `primary_start_timeout`.
+    pub primary_start_failed: bool,
     /// The highest timeline the `history` key records a promotion from.
     pub history_timeline: Option<u64>,
     /// The member that recorded that promotion (a candidate records it
@@ -737,6 +741,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 "PostgreSQL is not back within primary_start_timeout: release the leader key",
                 Action::ReleaseLeader,
             ),
+            (PgRun::Stopped, _) if obs.primary_start_failed => Decision::act(
+                "PostgreSQL failed to start as primary: release the leader key so that a replica takes over",
+                Action::ReleaseLeader,
+            ),
             // A replica's data directory never starts as a primary: that
             // would stay on its timeline with no history entry, and a former
             // primary's diverged WAL would later look like no divergence at
@@ -1056,6 +1064,7 @@ mod tests {
             ttl_ms: 10_000,
             primary_down_since_ms: None,
             primary_start_timeout_ms: 300_000,
+            primary_start_failed: false,
             history_timeline: None,
             history_author: None,
             history_switches: vec![],
@@ -1319,8 +1328,11 @@ mod tests {
         let at = Observed { now_ms: 301_000, ..down.clone() };
         assert_eq!(decide(&at).action, Some(Action::ReleaseLeader), "{}", decide(&at));
         // 0: at once.
-        let zero = Observed { primary_start_timeout_ms: 0, now_ms: 1_000, ..down };
+        let zero = Observed { primary_start_timeout_ms: 0, now_ms: 1_000, ..down.clone() };
         assert_eq!(decide(&zero).action, Some(Action::ReleaseLeader));
+        // A start that failed outright (no postmaster left): at once too.
+        let failed = Observed { primary_start_failed: true, ..before };
+        assert_eq!(decide(&failed).action, Some(Action::ReleaseLeader), "{}", decide(&failed));
     }
 
     #[test]
@@ -2299,6 +2311,7 @@ mod tests {
                 // Before now - 500: timed out; after it: not yet.
                 primary_down_since_ms: primary_down_since_ms.map(|since| since + 28_500),
                 primary_start_timeout_ms: 500,
+                primary_start_failed: false,
                 history_timeline,
                 history_author: None,
                 history_switches: history_timeline.filter(|tl| *tl > 0).map(|tl| vec![(tl, 150)]).unwrap_or_default(),

@@ -314,6 +314,7 @@ impl World {
             ttl_ms: self.p.ttl,
             primary_down_since_ms,
             primary_start_timeout_ms: self.p.primary_start_timeout,
+            primary_start_failed: false,
             history_timeline: view.and_then(|v| v.history.iter().map(|(tl, _, _)| *tl).max()),
             history_switches: view
                 .map(|v| v.history.iter().map(|(tl, lsn, _)| (*tl, *lsn)).collect())

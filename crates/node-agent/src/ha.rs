@@ -119,6 +119,10 @@ pub struct Agent {
     /// A restart's `timeout` on the leader: the start timeout until
     /// PostgreSQL runs as primary again (Patroni's `set_start_timeout`).
     start_timeout_override_ms: Option<u64>,
+    /// Starts as primary that failed outright in a row (no postmaster left
+    /// running): after two (one may be the dead postmaster's leftovers) the
+    /// key is given up at once (Patroni's "failed attempt to start").
+    primary_start_failures: u32,
     /// `pg_controldata`'s minimum recovery ending location (timeline, LSN),
     /// as last read while PostgreSQL did not answer.
     min_recovery_end: Option<(u64, u64)>,
@@ -265,6 +269,7 @@ impl Agent {
             redo: None,
             min_recovery_end: None,
             start_timeout_override_ms: None,
+            primary_start_failures: 0,
             clone_from_leader: false,
             reinit_requested: false,
             history_checked: None,

@@ -121,7 +121,15 @@ impl Agent {
                 if self.leader_deadline().is_none() {
                     bail!("start as primary: the leader key is no longer proven ours (its deadline passed)");
                 }
-                self.pg.start_within(budget.saturating_sub(spent).max(Duration::from_secs(1))).await?;
+                if let Err(e) = self.pg.start_within(budget.saturating_sub(spent).max(Duration::from_secs(1))).await {
+                    // Not merely slow: no postmaster runs (it exited, e.g. on
+                    // a setting it refuses). Patroni then gives the key up at
+                    // once rather than wait for primary_start_timeout.
+                    if pg_local::observe(&self.pg.data_dir).state == ha_proto::v1::PostgresState::Stopped {
+                        self.primary_start_failures += 1;
+                    }
+                    return Err(e);
+                }
                 self.await_local("answer", |l| l.sql.is_some()).await?;
                 info!(from = "stopped", to = "primary", "role change: restarted in place");
                 Ok(true)

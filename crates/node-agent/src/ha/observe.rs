@@ -145,6 +145,7 @@ impl Agent {
             // term as leader).
             self.primary_down_since_ms = None;
             self.start_timeout_override_ms = None;
+            self.primary_start_failures = 0;
         }
         let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
             leader: f.leader.clone(),
@@ -209,6 +210,7 @@ impl Agent {
             can_lead: self.fencer_ready(),
             fencer_lost: self.fencer_lost(),
             reinit_requested: self.reinit_requested,
+            primary_start_failed: self.primary_start_failures >= 2,
             failsafe_leader: self.failsafe.lock().await.promised_to(election::BootInstant::now()).map(str::to_string),
             failsafe_members: match view.and_then(|v| v.failsafe.as_ref()) {
                 Some(members) if dynamic.failsafe_mode => members.keys().cloned().collect(),
