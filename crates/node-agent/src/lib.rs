@@ -387,11 +387,25 @@ async fn check_unique_name(config: &Config, etcd: &dcs::Etcd) -> anyhow::Result<
             // etcd not answering: the HA loop waits for it; nothing to compare.
             Err(_) => return Ok(()),
         };
-        let other = view
+        let twin = view
             .member(&config.name)
-            .filter(|m| m.data.api_url != ours || our_conn.as_ref().is_some_and(|conn| m.data.conn_url != *conn))
-            .map(|m| format!("{} and PostgreSQL at {}", m.data.api_url, m.data.conn_url));
-        let Some(other) = other else { return Ok(()) };
+            .filter(|m| m.data.api_url != ours || our_conn.as_ref().is_some_and(|conn| m.data.conn_url != *conn));
+        let Some(twin) = twin else { return Ok(()) };
+        let other = format!("{} and PostgreSQL at {}", twin.data.api_url, twin.data.conn_url);
+        // Its agent answers from other addresses than ours: it runs, no need
+        // to wait for its key (Patroni refuses at once too).
+        let our_grpc = config.pgwarden.agent_grpc_url();
+        let elsewhere = twin.data.api_url != ours && twin.data.grpc_url.as_ref().is_none_or(|url| *url != our_grpc);
+        if elsewhere
+            && peers::ask(twin.data.grpc_url.clone(), twin.data.api_url.clone(), Duration::from_secs(1)).await.is_some()
+        {
+            return Err(StartRefused(format!(
+                "Can't start; there is already a node named {:?} running (it answers at {other}): names must be \
+                 unique in a cluster (DESIGN invariant 3). Give this node its own `name`; nothing was changed",
+                config.name
+            ))
+            .into());
+        }
         if started.elapsed() >= patience {
             return Err(StartRefused(format!(
                 "member name {:?} is in use by another node (its REST API is {other}; ours is {ours}{}), and its key \
