@@ -31,7 +31,11 @@ pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, Status> {
     Ok(ConfigResponse { config_json: config.to_string(), revision, need_restart: Vec::new(), warnings: Vec::new() })
 }
 
-/// RFC 7396 merge patch: objects merge, `null` deletes, anything else replaces.
+/// Patroni's patch of the dynamic configuration (RFC 7396 where a key
+/// exists): objects merge, `null` deletes an existing key, anything else
+/// replaces; a key the configuration does not have yet takes the patch's
+/// value as given, `null`s inside included (`{"slots": {"s1": null}}` is a
+/// permanent physical slot `s1`, as in Patroni).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(patch) => {
@@ -40,10 +44,15 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             }
             let map = target.as_object_mut().expect("made an object");
             for (key, value) in patch {
-                if value.is_null() {
-                    map.remove(key);
-                } else {
-                    merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+                match map.get_mut(key) {
+                    _ if value.is_null() => {
+                        map.remove(key);
+                    }
+                    Some(existing) if existing.is_object() && value.is_object() => merge_patch(existing, value),
+                    Some(existing) => *existing = value.clone(),
+                    None => {
+                        map.insert(key.clone(), value.clone());
+                    }
                 }
             }
         }
@@ -375,5 +384,11 @@ mod tests {
         let mut target = serde_json::json!({"ttl": 30, "postgresql": {"parameters": {"a": "1", "b": "2"}}});
         merge_patch(&mut target, &serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"a": null, "c": "3"}}}));
         assert_eq!(target, serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"b": "2", "c": "3"}}}));
+        // A key not there yet takes the value as given, nulls included.
+        merge_patch(&mut target, &serde_json::json!({"slots": {"s1": null, "s2": {"type": "physical"}}}));
+        assert_eq!(target["slots"], serde_json::json!({"s1": null, "s2": {"type": "physical"}}));
+        // Where it exists, a null removes.
+        merge_patch(&mut target, &serde_json::json!({"slots": {"s1": null}}));
+        assert_eq!(target["slots"], serde_json::json!({"s2": {"type": "physical"}}));
     }
 }
