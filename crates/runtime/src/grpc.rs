@@ -106,8 +106,10 @@ pub fn init_ctl_client(config: &Config) -> anyhow::Result<()> {
         (Some(ca), identity) => {
             Some(client_tls(&ca, identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), "ctl")?)
         }
-        (None, Some(_)) => bail!("ctl.certfile is set but neither ctl.cacert nor pgwarden.grpc_cafile is"),
-        (None, None) => None,
+        // A client certificate without a CA to verify the controller with:
+        // a plain (http://) controller is reached without it, as patronictl
+        // does; an https:// one is refused at connect, naming ctl.cacert.
+        (None, _) => None,
     };
     init_client(tls, ctl.authentication.as_ref().or(config.restapi.authentication.as_ref()));
     Ok(())
