@@ -1,6 +1,6 @@
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = controller::Args::parse();
     match controller::main(args).await {

@@ -8,12 +8,16 @@ use ha_proto::v1::{FencerAck, NodeStatus, WatchStatusRequest};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// How often the fencer's acknowledgement is sent.
+const ACK_EVERY: Duration = Duration::from_millis(500);
+
 /// The latest status and when it arrived; `None` until the first arrives.
 pub type Latest = Option<(NodeStatus, Instant)>;
 
 /// Connects to the agent at `url` and publishes every status it streams,
 /// reconnecting after a failure. While connected, it acknowledges the fencer
-/// to the agent every 250 ms (the agent leads only while acknowledged).
+/// to the agent every `ACK_EVERY` (the agent leads only while acknowledged
+/// within `FENCER_ACK_MAX_AGE_MS`, 2 s: four tries).
 pub async fn follow_agent(
     url: String,
     tx: watch::Sender<Latest>,
@@ -76,7 +80,7 @@ async fn stream_once(
                     }
                     Err(_) => {}
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(ACK_EVERY).await;
             }
         })
     });

@@ -282,12 +282,41 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
             written = remember;
         }
         if let Some(deadline_ns) = armed {
-            state.send_replace(FencerState::Armed { deadline_ns });
+            publish(&state, FencerState::Armed { deadline_ns });
         } else if *state.borrow() != FencerState::Fenced {
-            state.send_replace(FencerState::Disarmed);
+            publish(&state, FencerState::Disarmed);
         }
-        // Wake for a new status, or every 10 ms near a deadline.
-        let _ = tokio::time::timeout(Duration::from_millis(10), latest.changed()).await;
+        let waiting_for_agent = !heard_agent && armed.is_none();
+        let wait = next_wake(armed, lapsed, waiting_for_agent, now_ns());
+        let _ = tokio::time::timeout(wait, latest.changed()).await;
+    }
+}
+
+/// Tells the state's readers only of a change (each send wakes them).
+fn publish(state: &watch::Sender<FencerState>, new: FencerState) {
+    state.send_if_modified(|current| {
+        let changed = *current != new;
+        *current = new;
+        changed
+    });
+}
+
+/// How long the fencer may wait for the agent's next status before it must
+/// look again by itself: at an armed deadline (within `ARMED_POLL`, so that
+/// a clock that jumps, such as a suspend that CLOCK_MONOTONIC does not count
+/// but the deadline's CLOCK_BOOTTIME does, is caught soon), every
+/// `LAPSED_POLL` while any primary that appears must be fenced at once, every
+/// `NO_AGENT_POLL` while no agent was heard, else `IDLE_POLL`.
+fn next_wake(armed: Option<u64>, lapsed: bool, waiting_for_agent: bool, now_ns: u64) -> Duration {
+    const ARMED_POLL: Duration = Duration::from_millis(100);
+    const LAPSED_POLL: Duration = Duration::from_millis(10);
+    const NO_AGENT_POLL: Duration = Duration::from_millis(100);
+    const IDLE_POLL: Duration = Duration::from_secs(1);
+    match armed {
+        Some(deadline) => Duration::from_nanos(deadline.saturating_sub(now_ns)).min(ARMED_POLL),
+        None if lapsed => LAPSED_POLL,
+        None if waiting_for_agent => NO_AGENT_POLL,
+        None => IDLE_POLL,
     }
 }
 
@@ -313,11 +342,9 @@ mod tests {
         assert_eq!(remembered_deadline(&data_dir), None, "0 means nothing guarded");
     }
 
-    /// Every status the agent streams reaches the fencer, also those that
-    /// arrive while it waits (a regression: the wait consumed them).
-    #[tokio::test]
-    async fn arms_from_each_streamed_deadline() {
-        let settings = FencerSettings {
+    /// A fencer of a member whose data directory does not exist.
+    fn settings_without_postgres() -> FencerSettings {
+        FencerSettings {
             member: "node1".into(),
             data_dir: PathBuf::from("/nonexistent/pgwarden-fencer-test"),
             pg_ctl: PathBuf::from("/bin/false"),
@@ -325,7 +352,52 @@ mod tests {
             etcd: None,
             fence_margin: Duration::from_secs(2),
             v2: None,
-        };
+        }
+    }
+
+    /// The fencer wakes by itself at an armed deadline (no later than every
+    /// 100 ms), every 10 ms while lapsed, and rarely when nothing is guarded.
+    #[test]
+    fn wakes_at_the_deadline_and_polls_only_while_something_is_at_stake() {
+        let now = 1_000_000_000_000;
+        assert_eq!(next_wake(Some(now + 30_000_000), false, false, now), Duration::from_millis(30));
+        assert_eq!(next_wake(Some(now + 9_000_000_000), false, false, now), Duration::from_millis(100));
+        assert_eq!(next_wake(Some(now - 1), false, false, now), Duration::ZERO, "a passed deadline at once");
+        assert_eq!(next_wake(None, true, false, now), Duration::from_millis(10));
+        assert_eq!(next_wake(None, false, true, now), Duration::from_millis(100));
+        assert_eq!(next_wake(None, false, false, now), Duration::from_secs(1));
+    }
+
+    /// An agent that stops streaming (frozen) leaves the fencer to fence at
+    /// the deadline by itself, without a status to wake it.
+    #[tokio::test]
+    async fn a_deadline_passes_without_a_status_and_the_fencer_acts_at_once() {
+        let settings = settings_without_postgres();
+        let (tx, rx) = watch::channel(None);
+        let (state_tx, mut state_rx) = watch::channel(FencerState::Disarmed);
+        let fencer = tokio::spawn(run(settings, rx, state_tx));
+        let deadline_ns = now_ns() + 300_000_000;
+        let status = NodeStatus { holds_leader: true, leader_deadline_boot_ns: deadline_ns, ..Default::default() };
+        tx.send_replace(Some((status, Instant::now())));
+        tokio::time::timeout(Duration::from_secs(2), state_rx.wait_for(|s| *s == FencerState::Armed { deadline_ns }))
+            .await
+            .expect("armed")
+            .expect("fencer running");
+        // No PostgreSQL runs: at the deadline the fencer disarms (lapsed).
+        tokio::time::timeout(Duration::from_secs(2), state_rx.wait_for(|s| *s == FencerState::Disarmed))
+            .await
+            .expect("the fencer looked again at the deadline without a status")
+            .expect("fencer running");
+        assert!(now_ns() >= deadline_ns, "not before the deadline");
+        assert!(now_ns() < deadline_ns + 150_000_000, "within 150 ms of the deadline");
+        fencer.abort();
+    }
+
+    /// Every status the agent streams reaches the fencer, also those that
+    /// arrive while it waits (a regression: the wait consumed them).
+    #[tokio::test]
+    async fn arms_from_each_streamed_deadline() {
+        let settings = settings_without_postgres();
         let (tx, rx) = watch::channel(None);
         let (state_tx, mut state_rx) = watch::channel(FencerState::Disarmed);
         let fencer = tokio::spawn(run(settings, rx, state_tx));

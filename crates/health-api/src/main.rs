@@ -1,6 +1,6 @@
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let args = health_api::Args::parse();
     match health_api::main(args).await {

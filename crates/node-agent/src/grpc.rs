@@ -51,7 +51,16 @@ pub struct AgentService {
     /// `failsafe_mode`'s promises (shared with the HA loop), and where they
     /// are written down.
     failsafe: Option<(crate::failsafe::SharedFailsafe, std::path::PathBuf)>,
+    /// Asked for a fresh look before `GetStatus` answers (a peer comparing
+    /// WAL positions before a race must not read a settled observer's
+    /// second-old position).
+    observer: Option<crate::local::Observer>,
 }
+
+/// A `GetStatus` answer's WAL position is at most this old...
+const FRESH_FOR_PEERS: std::time::Duration = std::time::Duration::from_millis(50);
+/// ...unless PostgreSQL does not answer within this (then the latest look).
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Most parameters one `CheckParameters` call may carry (PostgreSQL has
 /// about 350), and the longest name and value.
@@ -78,7 +87,13 @@ impl AgentService {
         commands: mpsc::Sender<CommandMsg>,
         parameters: std::sync::Arc<ParameterChecker>,
     ) -> Self {
-        Self { status, member, fencer, fencer_token, waker: None, commands, parameters, failsafe: None }
+        Self { status, member, fencer, fencer_token, waker: None, commands, parameters, failsafe: None, observer: None }
+    }
+
+    /// Answers `GetStatus` from a fresh look of `observer`.
+    pub fn with_observer(mut self, observer: crate::local::Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Answers `Failsafe` calls from `shared`, writing each promise down
@@ -117,6 +132,13 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<NodeStatus, Status>> + Send
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
     async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        if let Some(observer) = &self.observer {
+            let local = observer.fresh(FRESH_FOR_PEERS, FRESH_WAIT).await;
+            // The composer publishes each look as a status right after it.
+            let mut status = self.status.clone();
+            let composed = status.wait_for(|s| s.observed_at_unix_ms >= local.observed_at_unix_ms);
+            let _ = tokio::time::timeout(FRESH_WAIT, composed).await;
+        }
         Ok(Response::new(self.status.borrow().clone()))
     }
 

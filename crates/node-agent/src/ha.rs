@@ -151,6 +151,11 @@ pub struct Agent {
     last_reason_logged: Instant,
     loop_wait: Duration,
     local: watch::Receiver<Local>,
+    /// Asked for a fresh look at the start of each tick.
+    observer: crate::local::Observer,
+    /// The connection [`Agent::connect`] reuses, with the postmaster it
+    /// was made to.
+    kept_connection: Option<(u32, sqlx::postgres::PgConnection)>,
     view: watch::Sender<HaView>,
     wake: std::sync::Arc<ClusterWatch>,
     /// The last cluster view read from etcd, the watch generation it was
@@ -199,6 +204,11 @@ pub struct Requests {
 }
 
 /// A fencer acknowledgement older than this does not count.
+/// A tick's observation of the local PostgreSQL is at most this old...
+const TICK_FRESH_FOR: Duration = Duration::from_millis(100);
+/// ...unless a fresh look takes longer than this (PostgreSQL does not answer).
+const TICK_FRESH_WAIT: Duration = Duration::from_millis(500);
+
 pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_millis(ha_core::FENCER_ACK_MAX_AGE_MS);
 
 /// How long a cluster view read from etcd is reused while the watch on the
@@ -240,11 +250,12 @@ impl Agent {
         config: Config,
         pg: Postgres,
         etcd: Etcd,
-        local: watch::Receiver<Local>,
+        observer: crate::local::Observer,
         view: watch::Sender<HaView>,
         fencer_acks: crate::grpc::FencerAcks,
         requests: Requests,
     ) -> Self {
+        let local = observer.receiver();
         let Requests { commands, config_path, failsafe } = requests;
         let keys = Keys::new(&config.namespace, &config.scope);
         let watchdog = crate::watchdog::DeviceWatchdog::new(config.watchdog.clone()).shared();
@@ -291,6 +302,8 @@ impl Agent {
             last_reason_logged: Instant::now(),
             loop_wait: Duration::from_secs(1),
             local,
+            observer,
+            kept_connection: None,
             view,
             wake: std::sync::Arc::new(ClusterWatch::default()),
             cached_view: None,
@@ -433,7 +446,10 @@ impl Agent {
                 Err(e) => error!("a pg_rewind of this data directory stopped midway; moving it aside failed: {e:#}"),
             }
         }
-        let local = self.local.borrow().clone();
+        // As fresh as the observer was when it looked every 100 ms: a
+        // settled observer queries once a second, and a tick (a race for the
+        // key above all) must not act on a second-old WAL position.
+        let local = self.observer.fresh(TICK_FRESH_FOR, TICK_FRESH_WAIT).await;
         // Peers must see this member (and whether it has data) before it
         // acts, so that a race waits for its WAL position.
         if view.is_some()
@@ -571,8 +587,27 @@ impl Agent {
         again
     }
 
-    async fn connect(&self) -> anyhow::Result<sqlx::postgres::PgConnection> {
+    /// A connection to the local PostgreSQL: the one kept since the last
+    /// use while the same postmaster runs and it still answers, else a new
+    /// one (a login costs a SCRAM exchange: most of an idle agent's CPU when
+    /// every tick made one). Give it back with [`Agent::release`].
+    async fn connect(&mut self) -> anyhow::Result<sqlx::postgres::PgConnection> {
+        use sqlx::Connection as _;
+        let postmaster = self.local.borrow().postmaster.postmaster_pid;
+        if let Some((pid, mut conn)) = self.kept_connection.take()
+            && pid == postmaster
+            && postmaster != 0
+            && tokio::time::timeout(Duration::from_secs(1), conn.ping()).await.is_ok_and(|pinged| pinged.is_ok())
+        {
+            return Ok(conn);
+        }
         sql::connect(&self.config, &self.pg.local, self.pg.port, Duration::from_secs(5)).await
+    }
+
+    /// Keeps `conn` for the next [`Agent::connect`].
+    fn release(&mut self, conn: sqlx::postgres::PgConnection) {
+        let postmaster = self.local.borrow().postmaster.postmaster_pid;
+        self.kept_connection = Some((postmaster, conn));
     }
 
     /// The agent's monotonic clock for `decide`: milliseconds since it started.

@@ -38,10 +38,12 @@ use tracing::info;
 pub use grpc::AgentService;
 pub use lock::{DataDirLock, check_ownership, lock_path};
 
-/// How often the local PostgreSQL is observed: five times per the 500 ms
-/// freshness bound of the health checks (DESIGN.md invariant 2), so a dead
-/// postmaster is noticed within 100 ms.
-pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the local PostgreSQL is observed: every 100 ms while anything
+/// changes; once settled, a status every 200 ms (under the 500 ms freshness
+/// bound of the health checks, DESIGN.md invariant 2) and a query every
+/// second or when the HA loop or a peer asks. A dead postmaster is noticed
+/// at once (its pidfd).
+pub const OBSERVE_CADENCE: local::Cadence = local::Cadence::DEFAULT;
 
 #[derive(Debug, Parser)]
 #[command(name = "pgwarden-agent", version, about = "pgwarden node agent: supervises the local PostgreSQL")]
@@ -282,16 +284,20 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("failed to remove a hold on commit acknowledgements: {e:#}"),
     }
-    let initial_local = Local {
-        postmaster: pg_local::observe(&config.postgresql.data_dir),
-        sql: None,
-        observed_at_unix_ms: now_unix_ms(),
-    };
+    let initial_local = Local::initial(pg_local::observe(&config.postgresql.data_dir));
     let (local_tx, local_rx) = watch::channel(initial_local.clone());
     let (view_tx, view_rx) = watch::channel(HaView::initial(&config));
     let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::initial(&config)));
-    let observer =
-        tokio::spawn(local::observe_loop(config.clone(), pg.local.clone(), pg.port, OBSERVE_INTERVAL, local_tx));
+    let look_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let observer_handle = local::Observer::new(local_rx.clone(), look_now.clone());
+    let observer = tokio::spawn(local::observe_loop(
+        config.clone(),
+        pg.local.clone(),
+        pg.port,
+        OBSERVE_CADENCE,
+        look_now,
+        local_tx,
+    ));
     let parameter_checker = std::sync::Arc::new(grpc::ParameterChecker {
         config: config.clone(),
         local: pg.local.clone(),
@@ -313,7 +319,7 @@ pub async fn run(
         config.clone(),
         pg,
         etcd.clone(),
-        local_rx,
+        observer_handle.clone(),
         view_tx,
         fencer_acks.clone(),
         ha::Requests { commands: commands_rx, config_path, failsafe: failsafe.clone() },
@@ -346,6 +352,7 @@ pub async fn run(
                     parameter_checker,
                 )
                 .with_waker(waker)
+                .with_observer(observer_handle)
                 .with_failsafe(failsafe, config.postgresql.data_dir.clone())
                 .into_server(),
             )

@@ -1,12 +1,18 @@
-//! The observer: what the local PostgreSQL is doing, every 250 ms, from its
-//! data directory and (while it runs) a few read-only queries.
+//! The observer: what the local PostgreSQL is doing, from its data
+//! directory and (while it runs) a few read-only queries. While anything
+//! changes it looks every 100 ms, as it always did; once PostgreSQL's answers
+//! stay the same it reads the data directory every 200 ms (a heartbeat for
+//! the health API) and queries once a second, or at once when asked (the HA
+//! loop's tick, a peer's position question) or when the postmaster exits
+//! (a pidfd, so a crash is seen at once, not at the next look).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ha_proto::v1::{PostgresState, Role};
 use pgwarden_config::Config;
 use sqlx::postgres::PgConnection;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::debug;
 
 use crate::sql::{self, SqlStatus};
@@ -20,9 +26,28 @@ pub struct Local {
     pub sql: Option<SqlStatus>,
     /// Unix time in milliseconds of this observation.
     pub observed_at_unix_ms: i64,
+    /// Counts the observations that queried PostgreSQL (or found it not
+    /// running), so that a reader can wait for one newer than it has.
+    pub generation: u64,
+    /// When `sql` was queried (`None`: never, or PostgreSQL does not run).
+    pub queried_at: Option<Instant>,
+    /// When the data directory was read.
+    pub looked_at: Instant,
 }
 
 impl Local {
+    /// Before the observer's first look.
+    pub fn initial(postmaster: LocalPostgres) -> Self {
+        Local {
+            postmaster,
+            sql: None,
+            observed_at_unix_ms: crate::now_unix_ms(),
+            generation: 0,
+            queried_at: None,
+            looked_at: Instant::now(),
+        }
+    }
+
     /// The role, from PostgreSQL's own answer when there is one.
     pub fn role(&self) -> Role {
         match &self.sql {
@@ -37,12 +62,127 @@ impl Local {
 /// a health check still trusts an observation.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 
-/// Observes every `interval` and publishes each observation.
+/// How often the observer looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Every look queries, this often, while anything changes and for
+    /// `settle` after the last change.
+    pub busy: Duration,
+    /// How long answers must stay the same before the observer slows down.
+    pub settle: Duration,
+    /// Once settled: the data directory this often (each look is a status
+    /// to the health API, which trusts one for 500 ms)...
+    pub heartbeat: Duration,
+    /// ...and a query this often.
+    pub steady: Duration,
+}
+
+impl Cadence {
+    pub const DEFAULT: Cadence = Cadence {
+        busy: Duration::from_millis(100),
+        settle: Duration::from_secs(2),
+        heartbeat: Duration::from_millis(200),
+        steady: Duration::from_secs(1),
+    };
+
+    /// When the next look is due, and whether it must query: `last_look`
+    /// and `last_query` are the previous ones, `busy` whether anything
+    /// changed within `settle`.
+    pub fn next(&self, busy: bool, last_look: Instant, last_query: Option<Instant>) -> (Instant, bool) {
+        if busy {
+            return (last_look + self.busy, true);
+        }
+        let look = last_look + self.heartbeat;
+        match last_query {
+            Some(queried) if queried + self.steady > look => (look, false),
+            Some(queried) => (queried + self.steady, true),
+            None => (look, true),
+        }
+    }
+}
+
+/// Asks the observer for a look now; shared by the HA loop and the gRPC
+/// service.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    rx: watch::Receiver<Local>,
+    nudge: Arc<Notify>,
+}
+
+impl Observer {
+    pub fn new(rx: watch::Receiver<Local>, nudge: Arc<Notify>) -> Self {
+        Observer { rx, nudge }
+    }
+
+    /// The observations as they come.
+    pub fn receiver(&self) -> watch::Receiver<Local> {
+        self.rx.clone()
+    }
+
+    /// The latest observation, or a new one if PostgreSQL was last queried
+    /// (the data directory last read, while it does not run) longer than
+    /// `max_age` ago: the observer is asked to look now, and waited for up
+    /// to `wait` (a PostgreSQL that does not answer within its query timeout
+    /// is an answer too).
+    pub async fn fresh(&self, max_age: Duration, wait: Duration) -> Local {
+        let current = self.rx.borrow().clone();
+        let looked = match current.postmaster.state {
+            PostgresState::Running => current.queried_at,
+            _ => Some(current.looked_at),
+        };
+        if looked.is_some_and(|at| at.elapsed() <= max_age) {
+            return current;
+        }
+        let mut rx = self.rx.clone();
+        self.nudge.notify_one();
+        let newer = rx.wait_for(|local| local.generation > current.generation);
+        match tokio::time::timeout(wait, newer).await {
+            Ok(Ok(local)) => local.clone(),
+            _ => self.rx.borrow().clone(),
+        }
+    }
+}
+
+/// Tells when a postmaster exits, by a pidfd (Linux 5.3 and later; without
+/// one, the next look finds it gone).
+struct ExitWatch {
+    pid: u32,
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl ExitWatch {
+    // `with_interest` is deprecated because a borrowed raw descriptor could
+    // be closed under the reactor; an `OwnedFd` moved into the `AsyncFd`
+    // stays open as long as it is registered, so the use here is sound.
+    #[allow(deprecated)]
+    fn open(pid: u32) -> Self {
+        let fd = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::NONBLOCK).ok())
+            .and_then(|fd| tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok());
+        ExitWatch { pid, fd }
+    }
+
+    /// Resolves once the process has exited (never without a pidfd).
+    async fn exited(&self) {
+        match &self.fd {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Observes at `cadence` and publishes each observation; `nudge` asks for a
+/// look (with a query) at once.
 pub async fn observe_loop(
     config: Config,
     local: pgwarden_config::hba::LocalConnection,
     port: u16,
-    interval: Duration,
+    cadence: Cadence,
+    nudge: Arc<Notify>,
     tx: watch::Sender<Local>,
 ) {
     let mut connection: Option<PgConnection> = None;
@@ -54,53 +194,112 @@ pub async fn observe_loop(
     // replica still replays that timeline, though its latest restartpoint
     // may name an older one.
     let mut received: Option<(String, u64)> = None;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut generation = 0u64;
+    let mut last_look = Instant::now() - cadence.busy;
+    let mut last_query: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    let mut last_shape: Option<(LocalPostgres, Option<SqlStatus>)> = None;
+    let mut last_sql: Option<SqlStatus> = None;
+    let mut exit_watch: Option<ExitWatch> = None;
+    // A postmaster whose exit the pidfd reported: not watched again (a
+    // zombie still has its pid until its parent reaps it).
+    let mut exited_pid: Option<u32> = None;
     loop {
-        ticker.tick().await;
-        let postmaster = pg_local::observe(&config.postgresql.data_dir);
-        let mut status: Option<sql::SqlStatus> = None;
-        if postmaster.state == PostgresState::Running {
-            if connection.is_none() {
-                match sql::connect(&config, &local, port, QUERY_TIMEOUT).await {
-                    Ok(conn) => {
-                        if last_connect_error.take().is_some() {
-                            tracing::info!("connected to the local PostgreSQL again");
-                        }
-                        connection = Some(conn);
-                    }
-                    Err(e) => {
-                        let text = format!("{e:#}");
-                        // Refused while starting up is expected; anything else says why.
-                        let starting = text.contains("starting up") || text.contains("Connection refused");
-                        if !starting && last_connect_error.as_deref() != Some(text.as_str()) {
-                            tracing::warn!("PostgreSQL runs but the agent cannot log in: {text}");
-                        } else {
-                            debug!("observer: {text}");
-                        }
-                        last_connect_error = Some(text);
-                    }
-                }
+        let busy = last_change.elapsed() < cadence.settle;
+        let (due, mut query) = cadence.next(busy, last_look, last_query);
+        let exited = async {
+            match &exit_watch {
+                Some(watch) => watch.exited().await,
+                None => std::future::pending().await,
             }
-            if let Some(conn) = connection.as_mut() {
-                match tokio::time::timeout(QUERY_TIMEOUT, sql::status(conn)).await {
-                    Ok(Ok(answer)) => status = Some(answer),
-                    Ok(Err(e)) => {
-                        debug!("observer: {e:#}");
-                        connection = None;
-                    }
-                    Err(_) => connection = None,
-                }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => {}
+            () = nudge.notified() => query = true,
+            () = exited => {
+                exited_pid = exit_watch.take().map(|watch| watch.pid);
+                query = true;
             }
-        } else if let Some(conn) = connection.take() {
-            sql::close(conn).await;
         }
-        if let Some(status) = status.as_mut() {
-            keep_received_timeline(status, &mut received);
+        last_look = Instant::now();
+        let postmaster = pg_local::observe(&config.postgresql.data_dir);
+        let running = postmaster.state == PostgresState::Running;
+        let same_postmaster = last_shape.as_ref().is_some_and(|(previous, _)| *previous == postmaster);
+        // A look that does not query keeps the last answer, only while the
+        // same postmaster still runs as it did.
+        query |= !same_postmaster || (running && last_sql.is_none());
+        let mut status: Option<sql::SqlStatus> = None;
+        if query {
+            if running {
+                if connection.is_none() {
+                    match sql::connect(&config, &local, port, QUERY_TIMEOUT).await {
+                        Ok(conn) => {
+                            if last_connect_error.take().is_some() {
+                                tracing::info!("connected to the local PostgreSQL again");
+                            }
+                            connection = Some(conn);
+                        }
+                        Err(e) => {
+                            let text = format!("{e:#}");
+                            // Refused while starting up is expected; anything else says why.
+                            let starting = text.contains("starting up") || text.contains("Connection refused");
+                            if !starting && last_connect_error.as_deref() != Some(text.as_str()) {
+                                tracing::warn!("PostgreSQL runs but the agent cannot log in: {text}");
+                            } else {
+                                debug!("observer: {text}");
+                            }
+                            last_connect_error = Some(text);
+                        }
+                    }
+                }
+                if let Some(conn) = connection.as_mut() {
+                    match tokio::time::timeout(QUERY_TIMEOUT, sql::status(conn)).await {
+                        Ok(Ok(answer)) => status = Some(answer),
+                        Ok(Err(e)) => {
+                            debug!("observer: {e:#}");
+                            connection = None;
+                        }
+                        Err(_) => connection = None,
+                    }
+                }
+            } else if let Some(conn) = connection.take() {
+                sql::close(conn).await;
+            }
+            if let Some(status) = status.as_mut() {
+                keep_received_timeline(status, &mut received);
+            }
+            generation += 1;
+            last_query = Some(Instant::now());
+            last_sql = status.clone();
+        } else {
+            status = last_sql.clone();
+        }
+        // Any change but the moment of the look keeps the observer busy:
+        // the postmaster, the role, a WAL position, a standby.
+        let shape = (postmaster, status.clone());
+        if last_shape.as_ref() != Some(&shape) {
+            last_change = Instant::now();
+            last_shape = Some(shape);
+        }
+        // The postmaster's exit is waited for while it runs (or starts).
+        let pid = postmaster.postmaster_pid;
+        let watched = exit_watch.as_ref().map(|watch| watch.pid);
+        if pid == 0 || postmaster.state == PostgresState::Stopped {
+            exit_watch = None;
+        } else if watched != Some(pid) && exited_pid != Some(pid) {
+            exit_watch = Some(ExitWatch::open(pid));
         }
         // Sent every time, changed or not: the timestamp is what tells a
         // reader the observation is fresh.
-        if tx.send(Local { postmaster, sql: status, observed_at_unix_ms: crate::now_unix_ms() }).is_err() {
+        let observation = Local {
+            postmaster,
+            sql: status,
+            observed_at_unix_ms: crate::now_unix_ms(),
+            generation,
+            queried_at: last_query.filter(|_| running),
+            looked_at: last_look,
+        };
+        if tx.send(observation).is_err() {
             return;
         }
     }
@@ -125,6 +324,18 @@ fn keep_received_timeline(status: &mut sql::SqlStatus, received: &mut Option<(St
 #[cfg(test)]
 mod timeline_tests {
     use super::*;
+
+    #[test]
+    fn the_cadence_queries_every_look_while_busy_and_once_a_second_when_settled() {
+        let cadence = Cadence::DEFAULT;
+        let t0 = Instant::now();
+        assert_eq!(cadence.next(true, t0, Some(t0)), (t0 + Duration::from_millis(100), true));
+        // Settled: heartbeats without a query until a second has passed.
+        assert_eq!(cadence.next(false, t0, Some(t0)), (t0 + Duration::from_millis(200), false));
+        let later = t0 + Duration::from_millis(800);
+        assert_eq!(cadence.next(false, later, Some(t0)), (t0 + Duration::from_secs(1), true));
+        assert_eq!(cadence.next(false, t0, None), (t0 + Duration::from_millis(200), true), "never queried");
+    }
 
     #[test]
     fn a_replica_keeps_the_receivers_timeline_while_the_receiver_is_down() {

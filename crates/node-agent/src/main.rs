@@ -7,7 +7,9 @@ fn main() -> ExitCode {
     if args.validate_config {
         return node_agent::validate_config(&args.config, args.strict);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: the agent waits on PostgreSQL, etcd and its peers, and
+    // does little work in between; a second worker only added wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("pgwarden-agent: cannot start the async runtime: {e}");

@@ -185,7 +185,7 @@ impl Agent {
                 // receiver's while the receiver is down).
                 let mut conn = self.connect().await?;
                 let fresh = sql::status(&mut conn).await.ok().map(|sql| sql.xlog_location);
-                sql::close(conn).await;
+                self.release(conn);
                 let position = self.local.borrow().sql.as_ref().map(|sql| (sql.timeline, sql.xlog_location));
                 let (timeline, lsn) = position.context("promote: PostgreSQL does not answer")?;
                 let lsn = lsn.max(fresh.unwrap_or(0));
@@ -209,7 +209,7 @@ impl Agent {
                 let mut conn = self.connect().await?;
                 sql::checkpoint(&mut conn).await?;
                 let entry = sql::latest_history_entry(&mut conn).await;
-                sql::close(conn).await;
+                self.release(conn);
                 self.checkpoint_pending = false;
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
                 match entry {
@@ -304,7 +304,7 @@ impl Agent {
         info!(candidate, "switchover: checkpoint, then a clean shutdown");
         let mut conn = self.connect().await?;
         sql::checkpoint(&mut conn).await?;
-        sql::close(conn).await;
+        self.release(conn);
         self.pg.stop("fast").await?;
         self.await_local("stopped", |l| l.sql.is_none()).await?;
         let checkpoint = self.pg.latest_checkpoint().await?;
@@ -424,7 +424,7 @@ impl Agent {
         self.pg.start().await?;
         let mut conn = self.connect().await?;
         sql::create_roles(&mut conn, &self.config).await?;
-        sql::close(conn).await;
+        self.release(conn);
         let sysid = self.pg.system_identifier().await?;
         self.sysid = Some(sysid.clone());
         // The identifier replaces the placeholder and leaves our lease: the

@@ -412,6 +412,9 @@ mod tests {
             postmaster: pg_local::LocalPostgres { state, role: Default::default(), postmaster_pid: 0 },
             sql: sql.map(|in_recovery| sql::SqlStatus { in_recovery, ..Default::default() }),
             observed_at_unix_ms: 0,
+            generation: 0,
+            queried_at: None,
+            looked_at: std::time::Instant::now(),
         }
     }
 

@@ -191,7 +191,7 @@ impl Agent {
                 },
             }
         }
-        sql::close(conn).await;
+        self.release(conn);
         Ok(positions)
     }
 
@@ -286,7 +286,7 @@ impl Agent {
                 sql::advance_slot(&mut conn, name, lsn).await?;
             }
         }
-        sql::close(conn).await;
+        self.release(conn);
         self.slots.replica_checked = Some(Instant::now());
         Ok(())
     }

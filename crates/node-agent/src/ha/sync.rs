@@ -144,7 +144,7 @@ impl Agent {
         if !self.sync.rebuilt {
             let mut conn = self.connect().await?;
             let live = sql::show(&mut conn, "synchronous_standby_names").await;
-            sql::close(conn).await;
+            self.release(conn);
             self.sync.rebuild(&live?, &published);
             if !self.sync.configured.is_empty() {
                 info!(standbys = ?self.sync.configured, "synchronous_standby_names rebuilt from PostgreSQL");
@@ -208,7 +208,7 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        sql::close(conn).await;
+        self.release(conn);
         Ok(())
     }
 }

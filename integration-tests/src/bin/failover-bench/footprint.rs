@@ -24,6 +24,8 @@ pub struct Footprint {
     /// calls, and each message on a stream such as lease keep-alives).
     pub etcd_requests_per_minute: f64,
     pub window: Duration,
+    /// Idle before the window, not counted.
+    pub warmup: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -66,9 +68,10 @@ fn etcd_messages(cluster: &Cluster) -> anyhow::Result<f64> {
 }
 
 /// Lets the healthy cluster idle for `window` and measures it.
-pub async fn idle(system: System, cluster: &Cluster, window: Duration) -> anyhow::Result<Footprint> {
-    // Past start-up work (slot creation, first checkpoints).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+pub async fn idle(system: System, cluster: &Cluster, warmup: Duration, window: Duration) -> anyhow::Result<Footprint> {
+    // Past start-up work (slot creation, first checkpoints, a replica's
+    // first restartpoint) and whatever a fault left to finish.
+    tokio::time::sleep(warmup).await;
     let pids: Vec<(&'static str, u32)> = (0..3).flat_map(|i| cluster.ha_processes(i)).collect();
     let cpu_before: Vec<f64> = pids.iter().map(|(_, pid)| cpu_seconds(*pid).unwrap_or(0.0)).collect();
     let etcd_before = etcd_messages(cluster)?;
@@ -94,6 +97,7 @@ pub async fn idle(system: System, cluster: &Cluster, window: Duration) -> anyhow
         processes,
         etcd_requests_per_minute: (etcd_after - etcd_before) * 60.0 / elapsed.as_secs_f64(),
         window: elapsed,
+        warmup,
     })
 }
 

@@ -65,6 +65,15 @@ struct Args {
     /// Seconds each system idles for the footprint measurement.
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
+    /// Seconds a healthy cluster idles before the footprint window opens
+    /// (start-up work such as slot creation and the first checkpoints).
+    #[arg(long, default_value_t = 20)]
+    warmup_seconds: u64,
+    /// Only the footprint at idle and the health check, each on a fresh
+    /// cluster per system (no failover scenarios; the report under
+    /// target/bench-footprint unless --out says otherwise).
+    #[arg(long)]
+    footprint_only: bool,
     /// Seconds of `wrk` per system for the health-check measurement.
     #[arg(long, default_value_t = 5)]
     wrk_seconds: u64,
@@ -209,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
         args.systems = vec![System::Pgwarden];
         args.repeats = 1;
         args.idle_seconds = 5;
+        args.warmup_seconds = 3;
         args.wrk_seconds = 2;
         if args.scenarios.is_empty() {
             args.scenarios = vec!["switchover".into(), "postgres-killed".into()];
@@ -216,6 +226,9 @@ async fn main() -> anyhow::Result<()> {
         if args.out == std::path::Path::new("docs") {
             args.out = PathBuf::from("target/bench-smoke");
         }
+    }
+    if args.footprint_only {
+        return footprint_only(&args).await;
     }
     if args.scenarios.is_empty() {
         args.scenarios = DEFAULT_SCENARIOS.map(String::from).to_vec();
@@ -287,7 +300,9 @@ async fn main() -> anyhow::Result<()> {
                     None => system.start().await?,
                 };
                 let leader = cluster.wait_healthy(UP).await?;
-                footprints.push(footprint::idle(system, &cluster, Duration::from_secs(args.idle_seconds)).await?);
+                let (warmup, window) =
+                    (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.idle_seconds));
+                footprints.push(footprint::idle(system, &cluster, warmup, window).await?);
                 health.push(footprint::health(system, &cluster, leader, args.wrk_seconds)?);
             }
         }
@@ -305,5 +320,43 @@ async fn main() -> anyhow::Result<()> {
         args.out.join("benchmarks.md").display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `--footprint-only`: each system's fresh cluster, healthy, idles and then
+/// takes `wrk`; the report goes to `<out>/benchmarks-footprint.md`.
+async fn footprint_only(args: &Args) -> anyhow::Result<()> {
+    let out = if args.out == std::path::Path::new("docs") {
+        PathBuf::from("target/bench-footprint")
+    } else {
+        args.out.clone()
+    };
+    let (warmup, window) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.idle_seconds));
+    let (mut footprints, mut health) = (Vec::new(), Vec::new());
+    for &system in &args.systems {
+        let cluster = system.start().await?;
+        let leader = cluster.wait_healthy(UP).await?;
+        let measured = footprint::idle(system, &cluster, warmup, window).await?;
+        let all: f64 = measured.processes.iter().map(|p| p.cpu_seconds_per_hour).sum();
+        let rss: f64 = measured.processes.iter().map(|p| p.rss_mib).sum();
+        println!("{:<18} idle: {all:.1} CPU s/h per node, {rss:.1} MiB per node", system.label());
+        for p in &measured.processes {
+            println!("    {:<20} {:>6.1} CPU s/h {:>6.1} MiB", p.name, p.cpu_seconds_per_hour, p.rss_mib);
+        }
+        footprints.push(measured);
+        let h = footprint::health(system, &cluster, leader, args.wrk_seconds)?;
+        println!(
+            "{:<18} GET /primary: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            system.label(),
+            h.requests_per_second,
+            h.p50_ms,
+            h.p99_ms
+        );
+        health.push(h);
+    }
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("benchmarks-footprint.md");
+    std::fs::write(&path, report::footprint_markdown(&footprints, &health))?;
+    println!("report: {}", path.display());
     Ok(())
 }
