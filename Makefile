@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-smoke bench-health install deb deb-check behave
+.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-smoke bench-health install deb deb-check behave
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -93,6 +93,12 @@ bench: ## pgwarden side by side with Patroni (failover, footprint, health checks
 	if ! wait $$patroni; then cat target/install-patroni.log >&2; exit 1; fi; \
 	cat target/install-patroni.log; exit $$built
 	$(BENCH_DIR)/failover-bench $(BENCH_ARGS)
+
+bench-footprint: ## Only the idle footprint (CPU, RSS, PSS, anonymous memory, etcd requests) and GET /primary under wrk, pgwarden beside Patroni, each on a fresh cluster (about 6 minutes after the release build; report in target/bench-footprint)
+	@PGWARDEN_SKIP_PATRONI=1 ./scripts/install-deps.sh
+	@mkdir -p target; ./scripts/install-patroni.sh > target/install-patroni.log 2>&1 || { cat target/install-patroni.log >&2; exit 1; }
+	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-integration-tests --bins
+	target/release/failover-bench --footprint-only $(BENCH_ARGS)
 
 bench-smoke: build ## The benchmark's short mode (pgwarden only, two scenarios; report in target/bench-smoke)
 	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- --smoke

@@ -214,17 +214,21 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
     loop {
         // Every status is read by its arrival time, not by the channel's
         // changed flag (the wait below consumes that flag).
-        let current = latest.borrow_and_update().clone();
-        let fresh_status = current.filter(|(_, arrived)| Some(*arrived) != last_arrival);
-        if let Some((status, arrived)) = fresh_status {
+        // Only the two fields it needs, not a copy of the whole status.
+        let fresh_status = latest
+            .borrow_and_update()
+            .as_ref()
+            .filter(|(_, arrived)| Some(*arrived) != last_arrival)
+            .map(|(status, arrived)| (status.holds_leader, status.leader_deadline_boot_ns, *arrived));
+        if let Some((holds_leader, deadline_ns, arrived)) = fresh_status {
             last_arrival = Some(arrived);
             heard_agent = true;
-            if status.holds_leader && status.leader_deadline_boot_ns > now_ns() {
-                armed = Some(status.leader_deadline_boot_ns);
+            if holds_leader && deadline_ns > now_ns() {
+                armed = Some(deadline_ns);
                 lapsed = false;
-            } else if status.holds_leader && status.leader_deadline_boot_ns > 0 {
-                armed = Some(status.leader_deadline_boot_ns);
-            } else if primary_running(&settings).is_none() {
+            } else if holds_leader && deadline_ns > 0 {
+                armed = Some(deadline_ns);
+            } else if armed.is_some() && primary_running(&settings).is_none() {
                 // The agent holds no key and no primary runs: nothing to guard.
                 armed = None;
             }

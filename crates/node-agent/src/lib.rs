@@ -288,14 +288,14 @@ pub async fn run(
     let (local_tx, local_rx) = watch::channel(initial_local.clone());
     let (view_tx, view_rx) = watch::channel(HaView::initial(&config));
     let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::initial(&config)));
-    let look_now = std::sync::Arc::new(tokio::sync::Notify::new());
-    let observer_handle = local::Observer::new(local_rx.clone(), look_now.clone());
+    let (wanted_tx, wanted_rx) = watch::channel(0u64);
+    let observer_handle = local::Observer::new(local_rx.clone(), std::sync::Arc::new(wanted_tx));
     let observer = tokio::spawn(local::observe_loop(
         config.clone(),
         pg.local.clone(),
         pg.port,
         OBSERVE_CADENCE,
-        look_now,
+        wanted_rx,
         local_tx,
     ));
     let parameter_checker = std::sync::Arc::new(grpc::ParameterChecker {

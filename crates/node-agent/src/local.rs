@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ha_proto::v1::{PostgresState, Role};
 use pgwarden_config::Config;
 use sqlx::postgres::PgConnection;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::debug;
 
 use crate::sql::{self, SqlStatus};
@@ -106,12 +106,14 @@ impl Cadence {
 #[derive(Debug, Clone)]
 pub struct Observer {
     rx: watch::Receiver<Local>,
-    nudge: Arc<Notify>,
+    /// The generation a reader waits for: the observer queries while it
+    /// has not published that one.
+    wanted: Arc<watch::Sender<u64>>,
 }
 
 impl Observer {
-    pub fn new(rx: watch::Receiver<Local>, nudge: Arc<Notify>) -> Self {
-        Observer { rx, nudge }
+    pub fn new(rx: watch::Receiver<Local>, wanted: Arc<watch::Sender<u64>>) -> Self {
+        Observer { rx, wanted }
     }
 
     /// The observations as they come.
@@ -134,7 +136,14 @@ impl Observer {
             return current;
         }
         let mut rx = self.rx.clone();
-        self.nudge.notify_one();
+        // A query under way when asked counts: it started less than a
+        // query's time ago (asking for one more would query twice).
+        let wanted = current.generation + 1;
+        self.wanted.send_if_modified(|asked| {
+            let more = *asked < wanted;
+            *asked = (*asked).max(wanted);
+            more
+        });
         let newer = rx.wait_for(|local| local.generation > current.generation);
         match tokio::time::timeout(wait, newer).await {
             Ok(Ok(local)) => local.clone(),
@@ -175,14 +184,14 @@ impl ExitWatch {
     }
 }
 
-/// Observes at `cadence` and publishes each observation; `nudge` asks for a
-/// look (with a query) at once.
+/// Observes at `cadence` and publishes each observation; `wanted` asks for
+/// a look (with a query) at once until that generation is published.
 pub async fn observe_loop(
     config: Config,
     local: pgwarden_config::hba::LocalConnection,
     port: u16,
     cadence: Cadence,
-    nudge: Arc<Notify>,
+    mut wanted: watch::Receiver<u64>,
     tx: watch::Sender<Local>,
 ) {
     let mut connection: Option<PgConnection> = None;
@@ -215,7 +224,7 @@ pub async fn observe_loop(
         };
         tokio::select! {
             () = tokio::time::sleep_until(due.into()) => {}
-            () = nudge.notified() => query = true,
+            Ok(()) = wanted.changed() => query |= *wanted.borrow_and_update() > generation,
             () = exited => {
                 exited_pid = exit_watch.take().map(|watch| watch.pid);
                 query = true;

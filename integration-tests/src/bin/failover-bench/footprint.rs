@@ -13,6 +13,11 @@ use crate::systems::{Cluster, System};
 pub struct Process {
     pub name: &'static str,
     pub rss_mib: f64,
+    /// Proportional set size: shared pages (the binary's code, libc)
+    /// divided among the processes that map them.
+    pub pss_mib: f64,
+    /// Anonymous memory (heap, stacks): what the process alone holds.
+    pub anon_mib: f64,
     pub cpu_seconds_per_hour: f64,
 }
 
@@ -54,6 +59,14 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// A field of `/proc/<pid>/smaps_rollup` (`Pss`, `Anonymous`), in MiB.
+fn smaps_mib(pid: u32, field: &str) -> Option<f64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let prefix = format!("{field}:");
+    let kib: f64 = rollup.lines().find(|l| l.starts_with(&prefix))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Σ `grpc_server_msg_received_total` on etcd's metrics endpoint.
 fn etcd_messages(cluster: &Cluster) -> anyhow::Result<f64> {
     let endpoint = cluster.etcd().endpoints()[0].clone();
@@ -84,12 +97,22 @@ pub async fn idle(system: System, cluster: &Cluster, warmup: Duration, window: D
         let cpu = cpu_seconds(*pid).unwrap_or(0.0) - cpu_before[index];
         let per_hour = cpu * 3600.0 / elapsed.as_secs_f64();
         let rss = rss_mib(*pid).unwrap_or(0.0);
+        let pss = smaps_mib(*pid, "Pss").unwrap_or(0.0);
+        let anon = smaps_mib(*pid, "Anonymous").unwrap_or(0.0);
         match processes.iter_mut().find(|p| p.name == *name) {
             Some(p) => {
                 p.rss_mib += rss / 3.0;
+                p.pss_mib += pss / 3.0;
+                p.anon_mib += anon / 3.0;
                 p.cpu_seconds_per_hour += per_hour / 3.0;
             }
-            None => processes.push(Process { name, rss_mib: rss / 3.0, cpu_seconds_per_hour: per_hour / 3.0 }),
+            None => processes.push(Process {
+                name,
+                rss_mib: rss / 3.0,
+                pss_mib: pss / 3.0,
+                anon_mib: anon / 3.0,
+                cpu_seconds_per_hour: per_hour / 3.0,
+            }),
         }
     }
     Ok(Footprint {

@@ -293,12 +293,12 @@ async fn main() -> anyhow::Result<()> {
                 results.add(system, scenario, run);
             }
             if repetition == args.repeats {
-                // The footprint at idle and the health check, on the last
-                // repetition's cluster once its faults are over.
-                let cluster = match cluster {
-                    Some(running) => running,
-                    None => system.start().await?,
-                };
+                // The footprint at idle and the health check, on a fresh
+                // cluster past its warm-up: what the faults leave behind
+                // (a fencer whose deadline lapsed looks every 10 ms until
+                // its node leads again) is not the idle cost.
+                drop(cluster);
+                let cluster = system.start().await?;
                 let leader = cluster.wait_healthy(UP).await?;
                 let (warmup, window) =
                     (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.idle_seconds));
@@ -339,9 +339,16 @@ async fn footprint_only(args: &Args) -> anyhow::Result<()> {
         let measured = footprint::idle(system, &cluster, warmup, window).await?;
         let all: f64 = measured.processes.iter().map(|p| p.cpu_seconds_per_hour).sum();
         let rss: f64 = measured.processes.iter().map(|p| p.rss_mib).sum();
-        println!("{:<18} idle: {all:.1} CPU s/h per node, {rss:.1} MiB per node", system.label());
+        let anon: f64 = measured.processes.iter().map(|p| p.anon_mib).sum();
+        println!(
+            "{:<18} idle: {all:.1} CPU s/h per node, RSS {rss:.1} MiB ({anon:.1} MiB anonymous) per node",
+            system.label()
+        );
         for p in &measured.processes {
-            println!("    {:<20} {:>6.1} CPU s/h {:>6.1} MiB", p.name, p.cpu_seconds_per_hour, p.rss_mib);
+            println!(
+                "    {:<20} {:>6.1} CPU s/h, RSS {:>5.1} MiB, PSS {:>5.1} MiB, anonymous {:>5.1} MiB",
+                p.name, p.cpu_seconds_per_hour, p.rss_mib, p.pss_mib, p.anon_mib
+            );
         }
         footprints.push(measured);
         let h = footprint::health(system, &cluster, leader, args.wrk_seconds)?;

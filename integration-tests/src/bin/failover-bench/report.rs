@@ -238,32 +238,43 @@ pub fn footprint_section(footprints: &[Footprint], health: &[Health]) -> String 
     let _ = writeln!(md, "## Footprint at idle (per node, mean of three)\n");
     let _ = writeln!(
         md,
-        "| system | process | RSS (MiB) | CPU seconds per hour | etcd requests per minute (whole cluster) |"
+        "| system | process | RSS (MiB) | PSS (MiB) | anonymous (MiB) | CPU seconds per hour | etcd requests per minute (whole cluster) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for footprint in footprints {
         for (i, process) in footprint.processes.iter().enumerate() {
             let etcd = if i == 0 { format!("{:.0}", footprint.etcd_requests_per_minute) } else { String::new() };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {etcd} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {etcd} |",
                 footprint.system.label(),
                 process.name,
                 process.rss_mib,
+                process.pss_mib,
+                process.anon_mib,
                 process.cpu_seconds_per_hour
             );
         }
-        let rss: f64 = footprint.processes.iter().map(|p| p.rss_mib).sum();
-        let cpu: f64 = footprint.processes.iter().map(|p| p.cpu_seconds_per_hour).sum();
-        let _ = writeln!(md, "| {} | **all** | **{rss:.1}** | **{cpu:.1}** | |", footprint.system.label());
+        let sum = |value: fn(&crate::footprint::Process) -> f64| footprint.processes.iter().map(value).sum::<f64>();
+        let _ = writeln!(
+            md,
+            "| {} | **all** | **{:.1}** | **{:.1}** | **{:.1}** | **{:.1}** | |",
+            footprint.system.label(),
+            sum(|p| p.rss_mib),
+            sum(|p| p.pss_mib),
+            sum(|p| p.anon_mib),
+            sum(|p| p.cpu_seconds_per_hour)
+        );
     }
     let window = footprints.first().map_or(0.0, |f| f.window.as_secs_f64());
     let warmup = footprints.first().map_or(0.0, |f| f.warmup.as_secs_f64());
     let _ = writeln!(
         md,
         "\nMeasured over {window:.0} s of idle per system (three nodes healthy, no client), after {warmup:.0} s of \
-         idle that are not counted, from /proc (utime+stime, \
-         VmRSS); PostgreSQL itself is not counted. etcd requests: the growth of etcd's \
+         idle that are not counted, from /proc (utime+stime; VmRSS; `smaps_rollup`'s Pss and \
+         Anonymous); PostgreSQL itself is not counted. RSS counts every page of the binary and of libc that the \
+         process maps, also those shared with other processes (and pages the kernel maps around a touched one); \
+         PSS divides shared pages among their processes; anonymous memory (heap, stacks) is the process's own. etcd requests: the growth of etcd's \
          `grpc_server_msg_received_total` (every unary call and every message on a stream, such as a lease \
          keep-alive; Patroni's JSON-gateway calls are counted the same way).\n"
     );
