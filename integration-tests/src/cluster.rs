@@ -483,6 +483,19 @@ impl PgwardenCluster {
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
+    /// `key`'s value just before the present `leader` key was created: what
+    /// the cluster said at the moment the present leader took over (etcd
+    /// keeps every revision; the tests' etcd is never compacted).
+    pub async fn key_before_the_leader_took_over(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut client = self.etcd.client().await?;
+        let leader = client.get(format!("/itest/{}/leader", self.scope), None).await?;
+        let created =
+            leader.kvs().first().map(|kv| kv.create_revision()).ok_or_else(|| anyhow::anyhow!("no leader key"))?;
+        let options = etcd_client::GetOptions::new().with_revision(created - 1);
+        let response = client.get(format!("/itest/{}/{key}", self.scope), Some(options)).await?;
+        Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
     /// The ttl (seconds) the lease of `key` was granted with; `None` without key or lease.
     pub async fn lease_ttl(&self, key: &str) -> anyhow::Result<Option<i64>> {
         let mut client = self.etcd.client().await?;
