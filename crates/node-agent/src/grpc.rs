@@ -59,8 +59,13 @@ pub struct AgentService {
 
 /// A `GetStatus` answer's WAL position is at most this old...
 const FRESH_FOR_PEERS: std::time::Duration = std::time::Duration::from_millis(50);
-/// ...unless PostgreSQL does not answer within this (then the latest look).
-const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// ...unless PostgreSQL does not answer within this (then the latest look):
+/// well inside the 800 ms a racing peer waits (`ha::observe::ask_peers`), so
+/// a member whose PostgreSQL hangs still answers, as one with data whose
+/// position is unknown or last known, not as an unreachable one.
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long the composer may take to publish the fresh look as a status.
+const COMPOSED_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Most parameters one `CheckParameters` call may carry (PostgreSQL has
 /// about 350), and the longest name and value.
@@ -137,7 +142,7 @@ impl NodeAgent for AgentService {
             // The composer publishes each look as a status right after it.
             let mut status = self.status.clone();
             let composed = status.wait_for(|s| s.observed_at_unix_ms >= local.observed_at_unix_ms);
-            let _ = tokio::time::timeout(FRESH_WAIT, composed).await;
+            let _ = tokio::time::timeout(COMPOSED_WAIT, composed).await;
         }
         Ok(Response::new(self.status.borrow().clone()))
     }

@@ -206,8 +206,10 @@ pub struct Requests {
 /// A fencer acknowledgement older than this does not count.
 /// A tick's observation of the local PostgreSQL is at most this old...
 const TICK_FRESH_FOR: Duration = Duration::from_millis(100);
-/// ...unless a fresh look takes longer than this (PostgreSQL does not answer).
-const TICK_FRESH_WAIT: Duration = Duration::from_millis(500);
+/// ...unless a fresh look takes longer than this (PostgreSQL does not answer):
+/// then the tick goes on with the latest, as it did before the observer
+/// slowed down when settled.
+const TICK_FRESH_WAIT: Duration = Duration::from_millis(250);
 
 pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_millis(ha_core::FENCER_ACK_MAX_AGE_MS);
 
