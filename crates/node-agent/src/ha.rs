@@ -203,7 +203,6 @@ pub struct Requests {
     pub failsafe: crate::failsafe::SharedFailsafe,
 }
 
-/// A fencer acknowledgement older than this does not count.
 /// A tick's observation of the local PostgreSQL is at most this old...
 const TICK_FRESH_FOR: Duration = Duration::from_millis(100);
 /// ...unless a fresh look takes longer than this (PostgreSQL does not answer):
@@ -211,6 +210,7 @@ const TICK_FRESH_FOR: Duration = Duration::from_millis(100);
 /// slowed down when settled.
 const TICK_FRESH_WAIT: Duration = Duration::from_millis(250);
 
+/// A fencer acknowledgement older than this does not count.
 pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_millis(ha_core::FENCER_ACK_MAX_AGE_MS);
 
 /// How long a cluster view read from etcd is reused while the watch on the
