@@ -14,8 +14,9 @@ set -euo pipefail
 # deploy/monitoring/ (the server it also installs is not wanted: see below);
 # chromium and chromium-driver: the status page's test loads /ui in a real
 # headless browser; iproute2 (ip, tc) and nftables: the chaos run's network
-# namespaces, partitions, packet loss and slow links (make chaos).
-packages=(postgresql-15 etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver iproute2 nftables)
+# namespaces, partitions, packet loss and slow links (make chaos); pgbackrest:
+# the backup tests (replicas restored from a repository, a point-in-time bootstrap).
+packages=(postgresql-15 pgbackrest etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver iproute2 nftables)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -134,13 +134,17 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
                     ),
                 ),
             },
+            // A catch-all row (method sections under `postgresql` and
+            // `bootstrap`) must not hide a typo of a real key; the loader
+            // warns about a section no method names.
+            Some(spec)
+                if spec.path.ends_with('*')
+                    && let Some(name) = near_miss(path) =>
+            {
+                problems.error(&dotted, format!("unknown key; did you mean `{name}`?"))
+            }
             Some(spec) if spec.status == Status::Unsupported => {
-                // A catch-all row (custom method sections under `postgresql`)
-                // must not hide a typo of a real key.
-                match near_miss(path).filter(|_| spec.path.ends_with('*')) {
-                    Some(name) => problems.error(&dotted, format!("unknown key; did you mean `{name}`?")),
-                    None => problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored"),
-                }
+                problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored")
             }
             // Refused keys get their error where the section is read.
             Some(spec) if spec.status == Status::Refused => {}

@@ -12,6 +12,7 @@ mod env;
 pub mod hba;
 pub mod keys;
 pub mod logformat;
+mod methods;
 mod postgres_bin;
 mod problem;
 mod read;
@@ -31,6 +32,7 @@ pub use dynamic::{
     DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, PermanentSlot, SlotMatcher, SyncMode,
     check_numeric_setting, check_parameter_text, parse_duration, valid_slot_name,
 };
+pub use methods::{BootstrapMethod, MethodCommand, ReplicaMethod};
 pub use postgres_bin::{BINARIES, PostgresBinaries};
 pub use problem::{Problem, Problems, Severity};
 use read::Reader;
@@ -173,6 +175,12 @@ pub struct Bootstrap {
     pub initdb: Vec<ToolOption>,
     pub pg_hba: Vec<String>,
     pub users: BTreeMap<String, BootstrapUser>,
+    /// `bootstrap.method` naming a section with a `command` (a restore);
+    /// `None`: initdb.
+    pub method: Option<BootstrapMethod>,
+    /// `post_bootstrap` (or its alias `post_init`): run once after the new
+    /// cluster's first primary is up, given a connection string.
+    pub post_bootstrap: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -212,8 +220,12 @@ pub struct Postgresql {
     pub authentication: Authentication,
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
-    pub create_replica_methods: Vec<String>,
+    /// `create_replica_methods` with their sections, in order.
+    pub create_replica_methods: Vec<ReplicaMethod>,
     pub basebackup: Vec<ToolOption>,
+    /// `recovery_conf`: recovery settings written for every standby
+    /// (`restore_command`, `archive_cleanup_command`, ...).
+    pub recovery_conf: BTreeMap<String, String>,
     /// Local override of the dynamic `postgresql.use_pg_rewind`.
     pub use_pg_rewind: Option<bool>,
     pub pg_ctl_timeout: Duration,
@@ -1065,7 +1077,11 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         initdb: tool_options(&mut r, "bootstrap.initdb"),
         pg_hba: r.string_list("bootstrap.pg_hba"),
         users,
+        method: methods::bootstrap_method(&mut r),
+        post_bootstrap: r.string("bootstrap.post_bootstrap").or_else(|| r.string("bootstrap.post_init")),
     };
+    let named: Vec<&str> = bootstrap.method.iter().map(|m| m.name.as_str()).collect();
+    methods::warn_unnamed_sections(&mut r, "bootstrap", &named, "bootstrap.method");
 
     r.section("postgresql");
     let data_dir = if node {
@@ -1105,10 +1121,9 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
             }
         }
     }
-    let create_replica_methods = match r.string_list("postgresql.create_replica_methods") {
-        methods if methods.is_empty() => vec!["basebackup".to_string()],
-        methods => methods,
-    };
+    let create_replica_methods = methods::replica_methods(&mut r);
+    let named: Vec<&str> = create_replica_methods.iter().map(ReplicaMethod::name).collect();
+    methods::warn_unnamed_sections(&mut r, "postgresql", &named, "postgresql.create_replica_methods");
     let postgresql = Postgresql {
         listen,
         connect_address,
@@ -1121,6 +1136,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         pg_hba: r.string_list("postgresql.pg_hba"),
         create_replica_methods,
         basebackup: tool_options(&mut r, "postgresql.basebackup"),
+        recovery_conf: methods::standby_recovery_conf(&mut r),
         use_pg_rewind: r.get("postgresql.use_pg_rewind").is_some().then(|| r.bool("postgresql.use_pg_rewind", false)),
         pg_ctl_timeout: Duration::from_secs(r.int("postgresql.pg_ctl_timeout", 1, 86_400).unwrap_or(60) as u64),
         callbacks,
@@ -1167,15 +1183,6 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
             "pgwarden does not run standby clusters yet: ignoring this would bootstrap a writable primary instead of \
              a standby of the remote cluster (two writers across sites). Keep Patroni for this cluster, or remove the \
              section to build an independent cluster",
-        );
-    }
-    if let Some(method) = r.string("bootstrap.method").filter(|m| m != "initdb") {
-        r.problems.error(
-            "bootstrap.method",
-            format!(
-                "{method:?}: only initdb is supported; running initdb instead would create an empty cluster where \
-                 you meant to restore one. Remove bootstrap.method to bootstrap with initdb"
-            ),
         );
     }
     // The fence must be complete before the lease can expire: a margin of a

@@ -59,6 +59,10 @@ impl Problems {
         self.list.push(Problem { severity: Severity::Notice, path: path.into(), message: message.into() });
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     pub fn has_errors(&self) -> bool {
         self.list.iter().any(|p| p.severity == Severity::Error)
     }

@@ -276,6 +276,9 @@ pub struct Observed {
     /// the mode is off, or the key lists nobody). One not listed may not take
     /// the leader key (a leader cut off from etcd would not have asked it).
     pub failsafe_members: Vec<String>,
+    /// A replica-creation method of this member works with no member to
+    /// copy from (Patroni's `no_leader`: a restore from a backup repository).
+    pub clone_without_leader: bool,
 }
 
 impl Observed {
@@ -356,8 +359,13 @@ pub enum Action {
     /// Race for `initialize`; the winner runs initdb, creates the roles,
     /// writes the cluster keys and takes the leader key.
     Bootstrap,
-    /// Copy the data directory from `source` with pg_basebackup.
+    /// Create a replica's data directory from `source` (the replica methods
+    /// in order, pg_basebackup by default).
     Clone { source: String },
+    /// Create a replica's data directory with a method that needs no member
+    /// to copy from (`no_leader`: a restore from a backup), when there is
+    /// no leader and no member to clone.
+    CloneWithoutLeader,
     /// Start PostgreSQL as a standby of `upstream` (`None`: recover only).
     StartReplica { upstream: Option<String> },
     /// Point a running standby at `upstream` (`None`: stop streaming, for
@@ -863,6 +871,13 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                     Decision::idle(format!("no data: waiting for leader {leader} to advertise a running PostgreSQL"))
                 }
             },
+            // As Patroni: a member without data restores from a backup when
+            // nobody leads. It comes up as a replica and may lead only as
+            // any replica may (in synchronous mode, never: it is in no `sync`).
+            (Some(_), None) if obs.clone_without_leader && !obs.paused => Decision::act(
+                "no data and no leader: create a replica with a method that needs no member (no_leader)",
+                Action::CloneWithoutLeader,
+            ),
             (Some(_), None) => Decision::idle("no data and no leader to clone from: waiting"),
         };
     }
@@ -1083,6 +1098,7 @@ mod tests {
             cascades: vec![],
             failsafe_leader: None,
             failsafe_members: vec![],
+            clone_without_leader: false,
         }
     }
 
@@ -1245,6 +1261,23 @@ mod tests {
 
     /// `patronictl reinit --wait` in a pause hung: the data directory went
     /// aside and the paused loop never cloned (issue 23).
+    #[test]
+    fn a_member_without_data_restores_with_a_no_leader_method_only_when_nobody_leads() {
+        let empty = Observed { data: None, pg: PgRun::Stopped, ..base() };
+        let restorer = Observed { clone_without_leader: true, ..empty.clone() };
+        let leaderless = Observed { leader: None, ..restorer.clone() };
+        assert_eq!(decide(&leaderless).action, Some(Action::CloneWithoutLeader));
+        // Without such a method, or in a pause: wait.
+        assert_eq!(decide(&Observed { leader: None, ..empty.clone() }).action, None);
+        assert_eq!(decide(&Observed { paused: true, ..leaderless.clone() }).action, None);
+        // A leader to copy from is preferred to the backup, as in Patroni.
+        let led = Observed { peers: vec![peer("a", 100)], ..restorer };
+        assert_eq!(decide(&led).action, Some(Action::Clone { source: "a".into() }));
+        // Never while another member bootstraps the cluster, nor before one exists.
+        assert_eq!(decide(&Observed { initialize: Some(String::new()), ..leaderless.clone() }).action, None);
+        assert_eq!(decide(&Observed { initialize: None, ..leaderless }).action, Some(Action::Bootstrap));
+    }
+
     #[test]
     fn an_operators_reinit_is_carried_out_in_a_pause() {
         let aside = Observed { paused: true, reinit_requested: true, data: None, pg: PgRun::Stopped, ..base() };
@@ -2331,6 +2364,9 @@ mod tests {
                 cascades: vec![],
                 failsafe_leader: None,
                 failsafe_members: vec![],
+                // From a draw already here: a no_leader method is configured
+                // on some draws.
+                clone_without_leader: peers_released,
             }
         }
     }

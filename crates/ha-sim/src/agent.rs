@@ -343,6 +343,7 @@ impl World {
                 .map(|m| m.iter().map(|j| name(*j)).collect())
                 .unwrap_or_default(),
             replicatefrom: None,
+            clone_without_leader: false,
             nostream: false,
             cascades: vec![],
         }
@@ -471,6 +472,7 @@ impl World {
                 let source = self.index_of(source).ok_or("unknown member")?;
                 Ok(Next::Busy(self.rng.range(500, 3_000), Step::CloneDone { source }))
             }
+            Action::CloneWithoutLeader => Err("the simulation configures no no_leader replica method".into()),
             Action::StartReplica { upstream } => {
                 let upstream = upstream.as_deref().and_then(|u| self.index_of(u));
                 self.nodes[i].agent.upstream = upstream;

@@ -13,6 +13,7 @@ mod grpc;
 mod ha;
 mod local;
 mod lock;
+mod methods;
 mod peers;
 mod postgres;
 mod sql;

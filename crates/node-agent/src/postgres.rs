@@ -25,6 +25,13 @@ const BASE_CONF: &str = "postgresql.base.conf";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAs {
     Primary,
+    /// The first start of a custom bootstrap's restore: recovery with these
+    /// settings (`recovery.signal`), until PostgreSQL promotes itself at the
+    /// end of recovery; `None` keeps the settings and signal files the
+    /// restore wrote (`keep_existing_recovery_conf`).
+    Restore {
+        recovery: Option<BTreeMap<String, String>>,
+    },
     /// A standby streaming from `upstream` (host, port, member), or recovering only.
     Replica {
         upstream: Option<Upstream>,
@@ -83,7 +90,7 @@ fn quote(value: &str) -> String {
 }
 
 /// `pgpass` escapes `:` and `\`.
-fn pgpass_escape(value: &str) -> String {
+pub(crate) fn pgpass_escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
@@ -180,6 +187,10 @@ impl Postgres {
         })
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn has_data(&self) -> bool {
         self.data_dir.join("PG_VERSION").exists()
     }
@@ -244,20 +255,13 @@ impl Postgres {
     }
 
     /// Copies the data directory from `upstream` with pg_basebackup
-    /// (`postgresql.basebackup` options), logging progress.
-    /// Clones the data directory from `upstream`; `on_progress(done, total)`
-    /// (bytes) is called as pg_basebackup reports its progress.
+    /// (`postgresql.basebackup` options), logging progress;
+    /// `on_progress(done, total)` (bytes) is called as pg_basebackup reports it.
     pub async fn basebackup(
         &self,
         upstream: &Upstream,
         mut on_progress: impl FnMut(u64, u64) + Send,
     ) -> anyhow::Result<()> {
-        let methods = &self.config.postgresql.create_replica_methods;
-        if !methods.iter().any(|m| m == "basebackup") {
-            bail!(
-                "postgresql.create_replica_methods lists {methods:?}; pgwarden supports only `basebackup` so far: add it to the list"
-            );
-        }
         let replication = &self.config.postgresql.authentication.replication;
         let conninfo = format!(
             "host={} port={} user={} application_name={} connect_timeout=5{}",
@@ -454,7 +458,18 @@ impl Postgres {
             StartAs::Primary => {
                 let _ = std::fs::remove_file(&standby_signal);
             }
+            StartAs::Restore { recovery: Some(settings) } => {
+                for (name, value) in settings {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
+                let _ = std::fs::remove_file(&standby_signal);
+                std::fs::write(self.data_dir.join("recovery.signal"), "").context("write recovery.signal")?;
+            }
+            StartAs::Restore { recovery: None } => {}
             StartAs::Replica { upstream } => {
+                for (name, value) in &self.config.postgresql.recovery_conf {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
                 if let Some(upstream) = upstream {
                     text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(upstream))));
                     if dynamic.use_slots {
@@ -873,7 +888,7 @@ impl Postgres {
 
 /// The libpq SSL options of `credentials` (`sslmode`, `sslcert`, `sslkey`,
 /// `sslrootcert`) as conninfo text, each preceded by a space.
-fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
+pub(crate) fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
     let mut text = String::new();
     for (key, value) in [
         ("sslmode", &credentials.sslmode),
@@ -899,7 +914,7 @@ fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
 }
 
 /// A conninfo value, quoted when it holds spaces, quotes or backslashes.
-fn conninfo_value(value: &str) -> String {
+pub(crate) fn conninfo_value(value: &str) -> String {
     if !value.is_empty() && !value.contains([' ', '\'', '\\']) {
         return value.to_string();
     }

@@ -3,18 +3,24 @@
 
 use super::*;
 
+/// How long a custom bootstrap's restore may take to start (pg_ctl waits
+/// until PostgreSQL accepts connections, which a recovery reaches only at
+/// consistency): a day.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// How often a clone's progress reaches the member key.
 const CLONE_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 impl Agent {
-    /// pg_basebackup from `upstream`, with the member key saying `creating
-    /// replica` and how far the copy has come (rate, time left) every second
-    /// meanwhile, for `pgwardenctl list` and `reinit --wait`.
-    async fn clone_reporting_progress(&self, upstream: &Upstream) -> anyhow::Result<()> {
+    /// Creates the replica's data directory from `upstream` (or, `None`,
+    /// with a `no_leader` method), with the member key saying `creating
+    /// replica` and how far pg_basebackup has come (rate, time left) every
+    /// second meanwhile, for `pgwardenctl list` and `reinit --wait`.
+    async fn clone_reporting_progress(&self, upstream: Option<&Upstream>, from_leader: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let progress = std::sync::Mutex::new(dcs::CloneProgress::default());
         let lock = || progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let copy = self.pg.basebackup(upstream, |done, total| {
+        let copy = self.pg.create_replica(upstream, from_leader, |done, total| {
             *lock() = dcs::CloneProgress::measure(done, total, started.elapsed());
         });
         // Nothing runs on a data directory being copied, whatever the last
@@ -37,9 +43,27 @@ impl Agent {
             }
         };
         tokio::select! {
-            copied = copy => copied,
+            copied = copy => copied.map(|_method| ()),
             () = report => unreachable!("the progress report loops until the copy ends"),
         }
+    }
+
+    /// Clones into the empty data directory; on success it is a replica's
+    /// data directory from the first moment (never a former primary's to be
+    /// rewound), on failure it is removed.
+    async fn clone_into_empty(&mut self, upstream: Option<&Upstream>, from_leader: bool) -> anyhow::Result<bool> {
+        self.pg.write_pgpass(upstream)?;
+        self.pg.prepare_empty_data_dir()?;
+        let copied = self.clone_reporting_progress(upstream, from_leader).await;
+        // The next publish writes the member key afresh.
+        self.publisher.last_json = None;
+        if let Err(e) = copied {
+            self.pg.remove_unfinished_data_dir();
+            return Err(e);
+        }
+        std::fs::write(self.pg.data_dir.join("standby.signal"), "").context("write standby.signal")?;
+        self.sysid = None;
+        Ok(true)
     }
 
     pub(super) async fn execute(
@@ -52,27 +76,17 @@ impl Agent {
         match action {
             Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
             Action::Clone { source } => {
-                // `reinit --from-leader`: the leader, whatever the tags say.
-                let source = match (std::mem::take(&mut self.clone_from_leader), &view.leader) {
+                // `reinit --from-leader`: the leader with pg_basebackup,
+                // whatever the tags and methods say.
+                let from_leader = std::mem::take(&mut self.clone_from_leader);
+                let source = match (from_leader, &view.leader) {
                     (true, Some(leader)) => leader.name.as_str(),
                     _ => source.as_str(),
                 };
                 let upstream = self.upstream_of(view, source)?;
-                self.pg.write_pgpass(Some(&upstream))?;
-                self.pg.prepare_empty_data_dir()?;
-                let copied = self.clone_reporting_progress(&upstream).await;
-                // The next publish writes the member key afresh.
-                self.publisher.last_json = None;
-                if let Err(e) = copied {
-                    self.pg.remove_unfinished_data_dir();
-                    return Err(e);
-                }
-                // A clone is a replica's data directory from the first moment:
-                // it must never look like a former primary to be rewound.
-                std::fs::write(self.pg.data_dir.join("standby.signal"), "").context("write standby.signal")?;
-                self.sysid = None;
-                Ok(true)
+                self.clone_into_empty(Some(&upstream), from_leader).await
             }
+            Action::CloneWithoutLeader => self.clone_into_empty(None, false).await,
             Action::StartReplica { upstream } => {
                 let upstream = match upstream {
                     Some(member) => Some(self.upstream_of(view, member)?),
@@ -412,7 +426,24 @@ impl Agent {
         if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
             bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
         }
-        self.pg.initdb().await?;
+        let method = self.config.bootstrap.method.clone();
+        let start_as = match &method {
+            None => {
+                self.pg.initdb().await?;
+                StartAs::Primary
+            }
+            Some(method) => {
+                self.pg.run_bootstrap_method(method).await?;
+                match (&method.recovery_conf, method.keep_existing_recovery_conf) {
+                    (Some(settings), _) => StartAs::Restore { recovery: Some(settings.clone()) },
+                    (None, true) => StartAs::Restore { recovery: None },
+                    (None, false) => {
+                        self.pg.drop_recovery_signals()?;
+                        StartAs::Primary
+                    }
+                }
+            }
+        };
         self.pg.write_bootstrap_hba(dynamic)?;
         self.pg.write_pgpass(None)?;
         // Local connections only until we hold the leader key, and no
@@ -420,11 +451,21 @@ impl Agent {
         // roles' commit must not wait for a standby that cannot exist
         // (in synchronous mode the tick left the placeholder here).
         self.pg.set_sync_names(None);
-        self.pg.write_config(dynamic, &StartAs::Primary, true)?;
-        self.pg.start().await?;
+        self.pg.write_config(dynamic, &start_as, true)?;
+        if method.is_some() {
+            // A restore replays WAL until its end or target before it
+            // answers as a primary: as long as the backup needs.
+            self.pg.start_within(RESTORE_TIMEOUT).await?;
+            self.await_end_of_recovery().await?;
+        } else {
+            self.pg.start().await?;
+        }
         let mut conn = self.connect().await?;
         sql::create_roles(&mut conn, &self.config).await?;
         self.release(conn);
+        if let Some(line) = &self.config.bootstrap.post_bootstrap {
+            self.pg.run_post_bootstrap(line).await?;
+        }
         let sysid = self.pg.system_identifier().await?;
         self.sysid = Some(sysid.clone());
         // The identifier replaces the placeholder and leaves our lease: the
@@ -461,6 +502,56 @@ impl Agent {
         self.pg.start().await?;
         self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
         Ok(())
+    }
+
+    /// After a custom bootstrap's start: waits until PostgreSQL has replayed
+    /// to the end of its recovery (or target) and promoted itself. A
+    /// recovery paused at its target, or a postmaster that stops, fails the
+    /// bootstrap with the reason.
+    async fn await_end_of_recovery(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut reported = Instant::now();
+        loop {
+            let postmaster = pg_local::observe(&self.pg.data_dir).postmaster_pid;
+            if postmaster == 0 || !pg_local::is_running(postmaster) {
+                bail!(
+                    "PostgreSQL stopped during the restore's recovery (see {}): a recovery_target_action of \
+                     shutdown, or WAL the restore_command cannot find",
+                    self.pg.log_file.display()
+                );
+            }
+            let state = match self.connect().await {
+                Ok(mut conn) => {
+                    let row = sqlx::query_as::<_, (bool, bool, Option<String>)>(
+                        "select pg_is_in_recovery(), pg_is_in_recovery() and pg_is_wal_replay_paused(), \
+                         pg_last_wal_replay_lsn()::text",
+                    )
+                    .fetch_one(&mut conn)
+                    .await;
+                    self.release(conn);
+                    row.ok()
+                }
+                Err(_) => None,
+            };
+            match state {
+                Some((false, _, _)) => {
+                    info!(took = ?started.elapsed(), "the restore's recovery ended: PostgreSQL runs as a primary");
+                    return Ok(());
+                }
+                Some((true, true, lsn)) => bail!(
+                    "the restore's recovery paused at {} (its target, with recovery_target_action pause, \
+                     PostgreSQL's default): set recovery_target_action: promote in the bootstrap method's \
+                     recovery_conf",
+                    lsn.unwrap_or_default()
+                ),
+                _ if reported.elapsed() >= Duration::from_secs(10) => {
+                    info!(replayed = ?state.and_then(|s| s.2), took = ?started.elapsed(), "waiting for the restore's recovery to end");
+                    reported = Instant::now();
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Waits until the observer reports what an action just did, so that the

@@ -217,6 +217,12 @@ impl Agent {
                 _ => Vec::new(),
             },
             replicatefrom: self.config.tags.replicatefrom.clone(),
+            clone_without_leader: self
+                .config
+                .postgresql
+                .create_replica_methods
+                .iter()
+                .any(pgwarden_config::ReplicaMethod::works_without_leader),
             nostream: self.config.tags.nostream,
             cascades: view
                 .map(|v| {
