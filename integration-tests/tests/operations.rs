@@ -790,6 +790,18 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--pg", "wal_level=logical", "--force"]);
     assert!(ok, "{stdout}{stderr}");
     everywhere(&cluster, "select pending_restart from pg_settings where name = 'wal_level'", "t").await;
+    // `restart --pending` picks the members by their keys, which say so a
+    // moment after PostgreSQL does.
+    wait_until("every member key to say pending_restart", UP, || async {
+        let mut pending = Vec::new();
+        for node in &cluster.nodes {
+            let key = cluster.get_key(&format!("members/{}", node.name)).await.map_err(|e| e.to_string())?;
+            pending.push(key.is_some_and(|k| k.contains("\"pending_restart\":true")));
+        }
+        if pending.iter().all(|p| *p) { Ok(Some(())) } else { Err(format!("{pending:?}")) }
+    })
+    .await
+    .expect("pending everywhere");
     let (ok, stdout, stderr) = ctl(&cluster, &["restart", "--pending", "--force"]);
     assert!(ok, "{stdout}{stderr}");
     everywhere(&cluster, "show wal_level", "logical").await;
@@ -803,7 +815,7 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
         "slots.archive.type=physical",
         "slots.cdc.type=logical",
         "slots.cdc.database=postgres",
-        "slots.cdc.plugin=test_decoding",
+        "slots.cdc.plugin=pgoutput",
         "ignore_slots=[{name: manual}]",
     ];
     let mut args = vec!["edit-config", "--force"];

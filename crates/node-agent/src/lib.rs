@@ -17,6 +17,7 @@ mod methods;
 mod peers;
 mod postgres;
 mod sql;
+mod version;
 mod watchdog;
 
 use std::path::Path;
@@ -264,6 +265,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let bins = config.postgres_binaries().map_err(|e| anyhow::anyhow!(e))?;
+    let major = version::check(&bins, &config.postgresql.data_dir)?;
+    tracing::info!(bin_dir = %bins.bin_dir.display(), major, "PostgreSQL binaries");
     let pg = postgres::Postgres::new(&config, bins)?;
     let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
     let etcd = dcs::connect(&dcs::EtcdSettings::from_config(&config.etcd, timeout)).await?;
