@@ -142,10 +142,9 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
         assert_eq!(status, expected, "{body}: {text}");
     }
     assert_eq!(cluster.nodes[leader].psql("select pg_postmaster_start_time()").expect("psql"), started, "no restart");
-    // standby_cluster is refused by the controller; written behind its back
-    // (patronictl writes etcd directly), every agent refuses to act.
-    let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--set", "standby_cluster.host=10.9.9.9", "--force"]);
-    assert!(!ok && stderr.contains("standby_cluster"), "{stderr}");
+    // A standby_cluster with nothing to follow (no host, no restore_command).
+    let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--set", "standby_cluster.port=5433", "--force"]);
+    assert!(!ok && stderr.contains("standby_cluster") && stderr.contains("restore_command"), "{stderr}");
     let (ok, _, stderr) = ctl(&cluster, &["edit-config", "--pg", "shared_buffers=5min", "--force"]);
     assert!(!ok && stderr.contains("shared_buffers"), "{stderr}");
     assert_eq!(cluster.get_key("config").await.expect("etcd").expect("config"), before, "nothing written");

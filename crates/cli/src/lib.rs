@@ -137,6 +137,33 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Make this cluster a standby cluster of a remote primary (Patroni's
+    /// `demote-cluster`): sets `standby_cluster` in the config key; the
+    /// leader stops and follows the remote as the standby leader.
+    DemoteCluster {
+        cluster: Option<String>,
+        /// The remote primary's host (this or --restore-command is required).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// Fetch WAL from the remote cluster's archive with this command.
+        #[arg(long = "restore-command")]
+        restore_command: Option<String>,
+        /// The slot to stream from on the remote primary.
+        #[arg(long = "primary-slot-name")]
+        primary_slot_name: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a standby cluster independent (Patroni's `promote-cluster`):
+    /// removes `standby_cluster` from the config key; the standby leader
+    /// promotes and the cluster takes writes.
+    PromoteCluster {
+        cluster: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
     /// Restart PostgreSQL: the named members, or all (replicas first, one at
     /// a time, the leader last).
     Restart {
@@ -325,6 +352,8 @@ fn named_cluster(command: &Command) -> Option<&str> {
         | Command::Switchover { cluster, .. }
         | Command::Failover { cluster, .. }
         | Command::EditConfig { cluster, .. }
+        | Command::DemoteCluster { cluster, .. }
+        | Command::PromoteCluster { cluster, .. }
         | Command::Pause { cluster, .. }
         | Command::Resume { cluster, .. }
         | Command::MigrateV2 { cluster, .. }
@@ -470,8 +499,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::EditConfig { cluster, sets, pgs, apply, replace, quiet, force } => {
             let target = actions::target(&config, cluster).await?;
-            let edit = operations::EditConfig { sets, pgs, apply, replace, quiet, force };
+            let edit = operations::EditConfig { sets, pgs, apply, replace, quiet, force, patch: None };
             operations::edit_config(&config, &target, edit).await
+        }
+        Command::DemoteCluster { cluster, host, port, restore_command, primary_slot_name, force } => {
+            if host.is_none() && restore_command.is_none() {
+                anyhow::bail!("demote-cluster needs --host (the remote primary) or --restore-command (its archive)");
+            }
+            let target = actions::target(&config, cluster).await?;
+            let mut standby = serde_json::Map::new();
+            for (key, value) in [
+                ("host", host.map(serde_json::Value::from)),
+                ("port", port.map(serde_json::Value::from)),
+                ("restore_command", restore_command.map(serde_json::Value::from)),
+                ("primary_slot_name", primary_slot_name.map(serde_json::Value::from)),
+            ] {
+                if let Some(value) = value {
+                    standby.insert(key.into(), value);
+                }
+            }
+            let patch = serde_json::json!({ "standby_cluster": standby });
+            operations::edit_config(&config, &target, operations::EditConfig::patch(patch, force)).await
+        }
+        Command::PromoteCluster { cluster, force } => {
+            let target = actions::target(&config, cluster).await?;
+            let patch = serde_json::json!({ "standby_cluster": null });
+            operations::edit_config(&config, &target, operations::EditConfig::patch(patch, force)).await
         }
         Command::Restart { names, role, pending, any, pg_version, timeout, switchover, scheduled, force } => {
             let (cluster, members) = cluster_and_members(&config, names);

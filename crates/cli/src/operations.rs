@@ -230,6 +230,15 @@ pub struct EditConfig {
     /// Do not print the changes.
     pub quiet: bool,
     pub force: bool,
+    /// A JSON merge patch made by another command (demote-cluster).
+    pub patch: Option<Value>,
+}
+
+impl EditConfig {
+    /// An edit by a prepared merge patch (`null` removes a key).
+    pub fn patch(patch: Value, force: bool) -> Self {
+        Self { sets: Vec::new(), pgs: Vec::new(), apply: None, replace: None, quiet: false, force, patch: Some(patch) }
+    }
 }
 
 pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> anyhow::Result<()> {
@@ -239,7 +248,7 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
         None => controller::operations::get_config(&cluster(target)).await.map_err(failed)?,
     };
     let before: Value = serde_json::from_str(&current.config_json).context("the config key is not JSON")?;
-    let by_patch = !edit.sets.is_empty() || !edit.pgs.is_empty() || edit.apply.is_some();
+    let by_patch = !edit.sets.is_empty() || !edit.pgs.is_empty() || edit.apply.is_some() || edit.patch.is_some();
     let (after, patch) = if let Some(source) = &edit.replace {
         let text = read_source(source)?;
         let replacement = serde_saphyr::from_str::<Value>(&text)
@@ -249,7 +258,7 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
         }
         (replacement, None)
     } else if by_patch {
-        let mut patch = Value::Object(Default::default());
+        let mut patch = edit.patch.clone().unwrap_or_else(|| Value::Object(Default::default()));
         if let Some(source) = &edit.apply {
             let text = read_source(source)?;
             patch = serde_saphyr::from_str::<Value>(&text).with_context(|| format!("read {source} as YAML or JSON"))?;

@@ -33,6 +33,84 @@ pub enum PermanentSlot {
     Logical { database: String, plugin: String },
 }
 
+/// Patroni's `standby_cluster` section: the remote primary this cluster
+/// follows (its leader streams from it, or replays its archive only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyCluster {
+    /// Host and port of the remote primary (`None`: archive only, through
+    /// `restore_command`).
+    pub host: Option<String>,
+    pub port: u16,
+    /// The slot the standby leader uses on the remote primary.
+    pub primary_slot_name: Option<String>,
+    pub restore_command: Option<String>,
+    pub archive_cleanup_command: Option<String>,
+    pub recovery_min_apply_delay: Option<String>,
+    /// Names of the local `create_replica_methods` sections the first
+    /// member clones the remote with (empty: pg_basebackup).
+    pub create_replica_methods: Vec<String>,
+}
+
+impl StandbyCluster {
+    /// The recovery settings of the standby leader.
+    pub fn recovery_settings(&self) -> BTreeMap<String, String> {
+        [
+            ("restore_command", &self.restore_command),
+            ("archive_cleanup_command", &self.archive_cleanup_command),
+            ("recovery_min_apply_delay", &self.recovery_min_apply_delay),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+        .collect()
+    }
+}
+
+/// `standby_cluster` at `path`: `None` when absent or null; a section
+/// without `host` and `restore_command` is an error (the standby leader
+/// would have nothing to follow).
+fn standby_cluster(r: &mut Reader<'_>, path: &str) -> Option<StandbyCluster> {
+    let value = r.get(path)?;
+    if !value.is_object() {
+        r.problems.error(path, "expected a section (host, port, primary_slot_name, restore_command, ...)");
+        return None;
+    }
+    let key = |k: &str| format!("{path}.{k}");
+    let standby = StandbyCluster {
+        host: r.string(&key("host")).filter(|h| !h.is_empty()),
+        port: r.int(&key("port"), 1, 65_535).map_or(5432, |p| p as u16),
+        primary_slot_name: r.string(&key("primary_slot_name")).filter(|s| !s.is_empty()),
+        restore_command: r.string(&key("restore_command")).filter(|s| !s.is_empty()),
+        archive_cleanup_command: r.string(&key("archive_cleanup_command")).filter(|s| !s.is_empty()),
+        recovery_min_apply_delay: match r.get(&key("recovery_min_apply_delay")) {
+            Some(value) => match scalar_text(value) {
+                Some(text) => Some(text),
+                None => {
+                    let found = crate::read::describe(value);
+                    r.problems.error(
+                        key("recovery_min_apply_delay"),
+                        format!("expected a delay such as 5min, found {found}"),
+                    );
+                    None
+                }
+            },
+            None => None,
+        },
+        create_replica_methods: r.string_list(&key("create_replica_methods")),
+    };
+    if let Some(slot) = standby.primary_slot_name.as_deref().filter(|s| !valid_slot_name(s)) {
+        r.problems.error(key("primary_slot_name"), format!("{slot:?} is not a replication slot name (a-z, 0-9, _)"));
+    }
+    if standby.host.is_none() && standby.restore_command.is_none() {
+        r.problems.error(
+            path,
+            "a standby cluster needs host (the remote primary to stream from) or restore_command (its archive): \
+             set one, or remove standby_cluster",
+        );
+        return None;
+    }
+    Some(standby)
+}
+
 /// One `ignore_slots` entry: a slot matches when every field given matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotMatcher {
@@ -146,10 +224,9 @@ pub struct DynamicConfig {
     pub check_timeline: bool,
     pub max_timelines_history: u32,
     pub pause: bool,
-    /// Patroni's `standby_cluster` is set (a section that is not null): this
-    /// cluster would follow a remote primary. pgwarden does not implement it
-    /// and refuses to act rather than run a writable primary.
-    pub standby_cluster: bool,
+    /// Patroni's `standby_cluster`: this cluster follows a remote primary;
+    /// its leader runs as a standby of it and never promotes.
+    pub standby_cluster: Option<StandbyCluster>,
     pub member_slots_ttl: Duration,
     pub use_pg_rewind: bool,
     pub use_slots: bool,
@@ -183,7 +260,7 @@ impl Default for DynamicConfig {
             check_timeline: false,
             max_timelines_history: 0,
             pause: false,
-            standby_cluster: false,
+            standby_cluster: None,
             member_slots_ttl: Duration::from_secs(30 * 60),
             use_pg_rewind: false,
             use_slots: true,
@@ -305,7 +382,7 @@ impl DynamicConfig {
             check_timeline: r.bool(&path("check_timeline"), false),
             max_timelines_history: u32_of(&mut r, "max_timelines_history", 0, 0),
             pause: r.bool(&path("pause"), false),
-            standby_cluster: r.get(&path("standby_cluster")).is_some_and(|v| !v.is_null()),
+            standby_cluster: standby_cluster(&mut r, &path("standby_cluster")),
             member_slots_ttl,
             use_pg_rewind: r.bool(&path("postgresql.use_pg_rewind"), false),
             use_slots: r.bool(&path("postgresql.use_slots"), true),

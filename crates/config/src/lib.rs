@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 
 pub use address::{HostPort, ListenAddresses};
 pub use dynamic::{
-    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, PermanentSlot, SlotMatcher, SyncMode,
+    DynamicConfig, MIN_LOOP_WAIT, MIN_RETRY_TIMEOUT, MIN_TTL, PermanentSlot, SlotMatcher, StandbyCluster, SyncMode,
     check_numeric_setting, check_parameter_text, parse_duration, valid_slot_name,
 };
 pub use methods::{BootstrapMethod, MethodCommand, ReplicaMethod};
@@ -1175,16 +1175,6 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
     }
     let log = log_section(&mut r);
     let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
-    // Settings whose meaning pgwarden does not implement and whose absence
-    // would give a second writer: refused, not ignored.
-    if bootstrap.dcs.standby_cluster {
-        r.problems.error(
-            "bootstrap.dcs.standby_cluster",
-            "pgwarden does not run standby clusters yet: ignoring this would bootstrap a writable primary instead of \
-             a standby of the remote cluster (two writers across sites). Keep Patroni for this cluster, or remove the \
-             section to build an independent cluster",
-        );
-    }
     // The fence must be complete before the lease can expire: a margin of a
     // whole ttl or more leaves no time to lead at all.
     if let Some(section) = &pgwarden

@@ -95,12 +95,12 @@ fn every_unsupported_key_warns_and_is_never_unknown() {
     assert!(checked > 50, "only {checked} keys checked");
 }
 
-/// Keys whose absence would give a second writer (a standby cluster run as
-/// an independent primary, initdb where a restore was meant) are refused at
-/// start, with an error naming the key or its section.
+/// Keys whose absence would give a second writer are refused at start, with
+/// an error naming the key or its section. (None is left since standby
+/// clusters and custom bootstrap methods are implemented; a key marked
+/// `refused` again is checked here.)
 #[test]
 fn every_refused_key_is_refused_naming_it() {
-    let mut checked = 0;
     for row in table() {
         if row.status != Status::Refused {
             continue;
@@ -115,7 +115,5 @@ fn every_refused_key_is_refused_naming_it() {
                 "{path}: no error names the key or its section: {problems:#?}"
             ),
         }
-        checked += 1;
     }
-    assert!(checked >= 2, "only {checked} refused keys");
 }

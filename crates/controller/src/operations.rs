@@ -127,12 +127,6 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
             refused.join("; ")
         )));
     }
-    if dynamic.standby_cluster {
-        return Err(Status::invalid_argument(
-            "standby_cluster: pgwarden does not run standby clusters yet, and its agents would refuse to act on a \
-             config that sets it; nothing was written",
-        ));
-    }
     // Only the parameters this edit changes are asked of PostgreSQL: an edit
     // that changes none (`pause`, `ttl`) needs no running leader, as in
     // Patroni.

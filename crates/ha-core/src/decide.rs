@@ -279,6 +279,13 @@ pub struct Observed {
     /// A replica-creation method of this member works with no member to
     /// copy from (Patroni's `no_leader`: a restore from a backup repository).
     pub clone_without_leader: bool,
+    /// The dynamic config sets `standby_cluster`: the leader runs as a
+    /// standby of the remote primary (the standby leader) and nobody here
+    /// ever promotes.
+    pub standby_cluster: bool,
+    /// This member's standby follows the remote primary (the last
+    /// `primary_conninfo` it wrote names it).
+    pub follows_remote: bool,
 }
 
 impl Observed {
@@ -368,6 +375,15 @@ pub enum Action {
     CloneWithoutLeader,
     /// Start PostgreSQL as a standby of `upstream` (`None`: recover only).
     StartReplica { upstream: Option<String> },
+    /// Standby cluster: start PostgreSQL as a standby of the remote primary
+    /// (the standby leader).
+    StartStandbyLeader,
+    /// Standby cluster: point the running standby at the remote primary.
+    FollowRemote,
+    /// Standby cluster: a former primary's data directory (the cluster was
+    /// demoted) joins the remote primary's timeline, with pg_rewind where it
+    /// diverged, then starts as its standby.
+    RejoinRemote,
     /// Point a running standby at `upstream` (`None`: stop streaming, for
     /// `nostream`).
     Follow { upstream: Option<String> },
@@ -680,6 +696,47 @@ pub fn decide(obs: &Observed) -> Decision {
     decision
 }
 
+/// The leader of a standby cluster: a standby of the remote primary, never
+/// a primary (Patroni's standby leader). A primary here (the cluster was just
+/// demoted with `demote-cluster`) is stopped cleanly, then started as a
+/// standby of the remote.
+fn standby_leader(obs: &Observed) -> Decision {
+    // A switchover: the same checks as a primary's, then the key is handed
+    // over by releasing it (nothing to stop or wait for: nobody here writes);
+    // the candidate takes it and follows the remote, this member follows it.
+    if let (PgRun::Replica { .. }, Some(request)) = (&obs.pg, &obs.failover) {
+        let decision = leader_failover(obs, request);
+        return match decision.action {
+            Some(Action::Switchover { .. }) => Decision::act(
+                format!("{}: a standby leader hands over by releasing the leader key", decision.reason),
+                Action::ReleaseLeader,
+            ),
+            Some(_) => decision,
+            None if obs.follows_remote => decision,
+            None => Decision::act("standby leader: follow the remote primary", Action::FollowRemote),
+        };
+    }
+    match &obs.pg {
+        _ if obs.paused => Decision::idle("paused: standby leader, no automatic action"),
+        PgRun::Primary { .. } => Decision::act(
+            "standby cluster: the leader runs as a primary; stop it to follow the remote primary",
+            Action::Demote,
+        ),
+        PgRun::Replica { .. } if obs.follows_remote => Decision::idle("standby leader: following the remote primary"),
+        PgRun::Replica { .. } => Decision::act("standby leader: follow the remote primary", Action::FollowRemote),
+        PgRun::Stopped if obs.data.as_ref().is_some_and(|d| d.was_primary) => Decision::act(
+            "standby leader: a primary's data directory joins the remote primary's timeline (pg_rewind where it \
+             diverged), then follows it",
+            Action::RejoinRemote,
+        ),
+        PgRun::Stopped if obs.data.is_some() => {
+            Decision::act("standby leader: start as a standby of the remote primary", Action::StartStandbyLeader)
+        }
+        PgRun::Stopped => Decision::idle("leader key held without data: waiting"),
+        PgRun::Transitioning => Decision::idle("standby leader: PostgreSQL is starting or stopping"),
+    }
+}
+
 fn decide_unfenced(obs: &Observed) -> Decision {
     // Data of another cluster: touch nothing.
     if let (Some(data), Some(cluster)) = (&obs.data, &obs.initialize)
@@ -720,6 +777,9 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     // Named or not, a member tagged nofailover (or priority 0) never takes the key.
     let i_am_eligible = !obs.nofailover && obs.priority > 0;
 
+    if obs.holds_leader && obs.standby_cluster {
+        return standby_leader(obs);
+    }
     if obs.holds_leader {
         return match (&obs.pg, &obs.failover) {
             (PgRun::Primary { .. }, Some(request)) => leader_failover(obs, request),
@@ -1099,6 +1159,8 @@ mod tests {
             failsafe_leader: None,
             failsafe_members: vec![],
             clone_without_leader: false,
+            standby_cluster: false,
+            follows_remote: false,
         }
     }
 
@@ -1261,6 +1323,42 @@ mod tests {
 
     /// `patronictl reinit --wait` in a pause hung: the data directory went
     /// aside and the paused loop never cloned (issue 23).
+    #[test]
+    fn a_standby_clusters_leader_follows_the_remote_primary_and_never_promotes() {
+        let leading = Observed { holds_leader: true, leader: Some("b".into()), standby_cluster: true, ..base() };
+        let act = |obs: &Observed| decide(obs).action;
+        // A standby here would be promoted in any other cluster.
+        assert_eq!(act(&leading), Some(Action::FollowRemote));
+        assert_eq!(act(&Observed { follows_remote: true, ..leading.clone() }), None);
+        let stopped = Observed { pg: PgRun::Stopped, ..leading.clone() };
+        assert_eq!(act(&stopped), Some(Action::StartStandbyLeader));
+        // Just demoted (demote-cluster): a clean stop, then rewind onto the remote.
+        let primary =
+            Observed { pg: PgRun::Primary { lsn: 100, timeline: 1 }, data: Some(dir(true, None)), ..leading.clone() };
+        assert_eq!(act(&primary), Some(Action::Demote));
+        assert_eq!(act(&Observed { pg: PgRun::Stopped, ..primary }), Some(Action::RejoinRemote));
+        assert_eq!(act(&Observed { paused: true, ..stopped }), None, "a pause holds the standby leader too");
+        // Without the key, a member of a standby cluster follows its leader as any replica.
+        for member in [base(), Observed { pg: PgRun::Stopped, ..base() }] {
+            assert_eq!(act(&Observed { standby_cluster: true, ..member.clone() }), act(&member));
+        }
+        // A switchover hands the key over without stopping anything.
+        let following = Observed { follows_remote: true, peers: vec![peer("c", 100)], ..leading };
+        let request = |candidate: Option<&str>| FailoverRequest {
+            leader: Some("b".into()),
+            candidate: candidate.map(str::to_string),
+            scheduled: Schedule::Now,
+        };
+        for candidate in [None, Some("c")] {
+            let asked = Observed { failover: Some(request(candidate)), ..following.clone() };
+            assert_eq!(act(&asked), Some(Action::ReleaseLeader), "{candidate:?}");
+        }
+        let done = Observed { failover: Some(request(Some("b"))), ..following.clone() };
+        assert_eq!(act(&done), Some(Action::ClearFailover), "the new standby leader clears the request");
+        let nobody = Observed { failover: Some(request(None)), peers: vec![], ..following };
+        assert_eq!(act(&nobody), Some(Action::ClearFailover), "no member can take over");
+    }
+
     #[test]
     fn a_member_without_data_restores_with_a_no_leader_method_only_when_nobody_leads() {
         let empty = Observed { data: None, pg: PgRun::Stopped, ..base() };
@@ -2301,6 +2399,7 @@ mod tests {
             peers_primary in any::<bool>(),
             peers_released in any::<bool>(),
             pg_starting in any::<bool>(),
+            standby_cluster in any::<bool>(),
         ) -> Observed {
             // The shell reports the key held only when etcd names us.
             let holds_leader = holds && leader.as_deref() == Some("b");
@@ -2367,6 +2466,8 @@ mod tests {
                 // From a draw already here: a no_leader method is configured
                 // on some draws.
                 clone_without_leader: peers_released,
+                standby_cluster,
+                follows_remote: standby_cluster && pg_starting,
             }
         }
     }
@@ -2571,6 +2672,25 @@ mod tests {
             if matches!(obs.pg, PgRun::Primary { .. }) && obs.etcd_answered && obs.initialize.is_none() && obs.leader.is_none() && !obs.holds_leader {
                 prop_assert!(d.action.is_none(), "{d}");
                 prop_assert!(d.refused || obs.paused, "{d}");
+            }
+        }
+
+        /// A standby cluster has no primary: nobody in it promotes, starts
+        /// as a primary, or (its leader) follows a member instead of the
+        /// remote primary.
+        #[test]
+        fn nobody_in_a_standby_cluster_ever_becomes_writable(obs in arb_observed()) {
+            let obs = Observed { standby_cluster: true, ..obs };
+            let d = decide(&obs);
+            prop_assert!(
+                !matches!(d.action, Some(Action::Promote) | Some(Action::StartPrimary)),
+                "{:?} in a standby cluster: {}", d.action, d.reason
+            );
+            if obs.holds_leader {
+                prop_assert!(
+                    !matches!(d.action, Some(Action::StartReplica { .. }) | Some(Action::Follow { .. })),
+                    "the standby leader follows the remote primary, not {:?}", d.action
+                );
             }
         }
 

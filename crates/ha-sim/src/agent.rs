@@ -344,6 +344,8 @@ impl World {
                 .unwrap_or_default(),
             replicatefrom: None,
             clone_without_leader: false,
+            standby_cluster: false,
+            follows_remote: false,
             nostream: false,
             cascades: vec![],
         }
@@ -473,6 +475,9 @@ impl World {
                 Ok(Next::Busy(self.rng.range(500, 3_000), Step::CloneDone { source }))
             }
             Action::CloneWithoutLeader => Err("the simulation configures no no_leader replica method".into()),
+            Action::StartStandbyLeader | Action::FollowRemote | Action::RejoinRemote => {
+                Err("the simulation runs no standby cluster (ha-core's property tests cover it)".into())
+            }
             Action::StartReplica { upstream } => {
                 let upstream = upstream.as_deref().and_then(|u| self.index_of(u));
                 self.nodes[i].agent.upstream = upstream;

@@ -145,6 +145,12 @@ fn is_primary(status: &NodeStatus) -> bool {
     status.postgres_state() == PostgresState::Running && status.role() == Role::Primary && status.holds_leader
 }
 
+/// `/standby-leader`: a standby cluster's leader, running as a standby of
+/// the remote primary with the leader key proven.
+fn is_standby_leader(status: &NodeStatus) -> bool {
+    status.postgres_state() == PostgresState::Running && status.role() == Role::StandbyLeader && status.holds_leader
+}
+
 /// `/replica` with its query: running replica, not `noloadbalance`, within
 /// `?lag=` of the leader's published position, matching every `?tag_k=v`.
 fn is_replica(status: &NodeStatus, query: &BTreeMap<String, String>) -> bool {
@@ -247,10 +253,9 @@ pub fn answer(
         },
         "/" | "/primary" | "/read-write" | "/master" => check(&is_primary),
         "/leader" => check(&|s| s.holds_leader),
-        // pgwarden does not run standby clusters: there is never a standby leader.
-        "/standby-leader" | "/standby_leader" => check(&|_| false),
+        "/standby-leader" | "/standby_leader" => check(&is_standby_leader),
         "/replica" => check(&|s| is_replica(s, query)),
-        "/read-only" => check(&|s| is_primary(s) || is_replica(s, query)),
+        "/read-only" => check(&|s| is_primary(s) || is_standby_leader(s) || is_replica(s, query)),
         "/sync" | "/synchronous" => check(&|s| dcs_reachable(s) && s.sync_standby && is_replica(s, query)),
         "/async" | "/asynchronous" => check(&|s| dcs_reachable(s) && !s.sync_standby && is_replica(s, query)),
         "/read-only-sync" | "/read-only-synchronous" => {
@@ -403,6 +408,27 @@ mod tests {
         for path in ["/standby-leader", "/standby_leader"] {
             assert_eq!(ask(path, "", &sync, now), StatusCode::SERVICE_UNAVAILABLE);
         }
+    }
+
+    #[test]
+    fn a_standby_leader_answers_as_patroni_s() {
+        let now = Instant::now();
+        let leading = NodeStatus { holds_leader: true, ..status(PostgresState::Running, Role::StandbyLeader) };
+        let standby_leader = Some((leading.clone(), now));
+        for (path, code) in [
+            ("/standby-leader", StatusCode::OK),
+            ("/standby_leader", StatusCode::OK),
+            ("/leader", StatusCode::OK),
+            ("/read-only", StatusCode::OK),
+            ("/primary", StatusCode::SERVICE_UNAVAILABLE),
+            ("/read-write", StatusCode::SERVICE_UNAVAILABLE),
+            ("/replica", StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            assert_eq!(ask(path, "", &standby_leader, now), code, "{path}");
+        }
+        let lost_key = Some((NodeStatus { holds_leader: false, ..leading }, now));
+        assert_eq!(ask("/standby-leader", "", &lost_key, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(patroni_json(&identity(), &standby_leader, now)["role"], "standby_leader");
     }
 
     #[test]

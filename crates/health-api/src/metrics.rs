@@ -43,7 +43,12 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
     metric("patroni_postgres_running", "gauge", "1 if PostgreSQL is running.", flag(running));
     metric("patroni_primary", "gauge", "1 if this node is the running primary holding the leader key.", flag(primary));
     metric("patroni_replica", "gauge", "1 if this node is a running replica.", flag(replica));
-    metric("patroni_standby_leader", "gauge", "1 if this node is a standby leader.", 0.0);
+    metric(
+        "patroni_standby_leader",
+        "gauge",
+        "1 if this node is a standby cluster's leader.",
+        flag(running && s.role() == Role::StandbyLeader && s.holds_leader),
+    );
     metric(
         "patroni_sync_standby",
         "gauge",

@@ -58,6 +58,9 @@ pub struct HaView {
     /// them): JSON, and whether `noloadbalance` is set.
     pub tags_json: String,
     pub noloadbalance: bool,
+    /// This member's standby follows the remote primary: with the leader
+    /// key, it is a standby cluster's standby leader.
+    pub follows_remote: bool,
 }
 
 impl HaView {
@@ -103,6 +106,9 @@ pub struct Agent {
     /// The member key as last written.
     publisher: keys::MemberPublisher,
     upstream: Option<String>,
+    /// The running standby follows the remote primary (standby leader of a
+    /// standby cluster).
+    follows_remote: bool,
     sysid: Option<String>,
     last_optime: Option<u64>,
     /// The permanent slots' positions last published in `status`.
@@ -275,6 +281,7 @@ impl Agent {
             slots: slots::SlotKeeper::default(),
             publisher: keys::MemberPublisher::default(),
             upstream: None,
+            follows_remote: false,
             sysid: None,
             last_optime: None,
             last_slots: serde_json::Map::new(),
@@ -585,6 +592,7 @@ impl Agent {
             pending_restart_reason_json: pending_reason_json(&self.pending_reason(&self.local.borrow().clone())),
             tags_json: serde_json::Value::Object(self.config.tags.json.clone()).to_string(),
             noloadbalance: self.config.tags.noloadbalance,
+            follows_remote: self.follows_remote,
         });
         again
     }

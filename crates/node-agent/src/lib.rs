@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::Parser;
 use election::BootInstant;
-use ha_proto::v1::{NodeStatus, PostgresState, ReplicationClient};
+use ha_proto::v1::{NodeStatus, PostgresState, ReplicationClient, Role};
 
 use crate::ha::HaView;
 use crate::local::Local;
@@ -131,7 +131,12 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
             (PostgresState::Running, None) => PostgresState::Starting as i32,
             (state, _) => state as i32,
         },
-        role: local.role() as i32,
+        role: match local.role() {
+            Role::Replica if view.follows_remote && view.leader_deadline.is_some_and(|d| !d.has_passed()) => {
+                Role::StandbyLeader as i32
+            }
+            role => role as i32,
+        },
         postmaster_pid: local.postmaster.postmaster_pid,
         observed_at_unix_ms: local.observed_at_unix_ms,
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -13,6 +13,17 @@ use tracing::{info, warn};
 
 use crate::postgres::{Postgres, Upstream};
 
+/// Which replica-creation methods a clone tries ([`Postgres::replica_methods`]).
+#[derive(Debug, Clone, Copy)]
+pub enum CloneFor<'a> {
+    /// A member joining its cluster: `postgresql.create_replica_methods`.
+    Member,
+    /// `reinit --from-leader`: pg_basebackup from the leader.
+    LeaderOnly,
+    /// The first member of a standby cluster, from the remote primary.
+    StandbyCluster(&'a [String]),
+}
+
 /// Runs `line` through `sh` with `args` after it (as callbacks run), its
 /// output going to the agent's log line by line; no timeout: a restore takes
 /// as long as the backup is large. Killed if the agent drops it.
@@ -80,23 +91,45 @@ impl Postgres {
         )
     }
 
+    /// The methods a clone tries: `postgresql.create_replica_methods`; for
+    /// `reinit --from-leader` pg_basebackup only; for a standby cluster's
+    /// first member the ones `standby_cluster.create_replica_methods` names
+    /// (each the local section of that name, else a command of that name).
+    pub fn replica_methods(&self, which: CloneFor<'_>) -> Vec<ReplicaMethod> {
+        let configured = &self.config().postgresql.create_replica_methods;
+        match which {
+            CloneFor::Member => configured.clone(),
+            CloneFor::LeaderOnly => vec![ReplicaMethod::Basebackup],
+            CloneFor::StandbyCluster([]) => vec![ReplicaMethod::Basebackup],
+            CloneFor::StandbyCluster(names) => names
+                .iter()
+                .map(|name| match configured.iter().find(|m| m.name() == name) {
+                    Some(method) => method.clone(),
+                    None if name == "basebackup" => ReplicaMethod::Basebackup,
+                    None => ReplicaMethod::Command(MethodCommand {
+                        name: name.clone(),
+                        command: name.clone(),
+                        keep_data: false,
+                        no_params: false,
+                        no_leader: false,
+                        options: Vec::new(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
     /// Creates a replica's data directory (empty when called) with the first
-    /// of `postgresql.create_replica_methods` that succeeds, from `upstream`;
-    /// with no upstream only `no_leader` methods can run. `basebackup_only`:
-    /// `reinit --from-leader`. Returns the method that made it.
+    /// of `methods` that succeeds, from `upstream`; with no upstream only
+    /// `no_leader` methods can run. Returns the method that made it.
     pub async fn create_replica(
         &self,
         upstream: Option<&Upstream>,
-        basebackup_only: bool,
+        methods: &[ReplicaMethod],
         mut on_progress: impl FnMut(u64, u64) + Send,
     ) -> anyhow::Result<String> {
-        let methods = if basebackup_only {
-            vec![ReplicaMethod::Basebackup]
-        } else {
-            self.config().postgresql.create_replica_methods.clone()
-        };
         let mut failures = Vec::new();
-        for method in &methods {
+        for method in methods {
             let name = method.name();
             let result = match (method, upstream) {
                 (ReplicaMethod::Basebackup, Some(upstream)) => self.basebackup(upstream, &mut on_progress).await,

@@ -36,6 +36,11 @@ pub enum StartAs {
     Replica {
         upstream: Option<Upstream>,
     },
+    /// The standby leader of a standby cluster: a standby of the remote
+    /// primary (its slot and recovery settings from `standby_cluster`).
+    StandbyLeader {
+        remote: pgwarden_config::StandbyCluster,
+    },
 }
 
 /// A data directory as `pg_controldata` describes it.
@@ -78,6 +83,15 @@ pub struct Postgres {
     sync_names: std::sync::Mutex<Option<String>>,
     /// The parameters last written to `postgresql.conf`.
     written: std::sync::Mutex<Option<BTreeMap<String, String>>>,
+}
+
+/// The member name the remote primary of a standby cluster goes by in logs.
+pub const REMOTE_PRIMARY: &str = "the remote primary";
+
+/// The remote primary a standby cluster streams from (`None`: it replays
+/// its archive only).
+pub fn remote_upstream(remote: &pgwarden_config::StandbyCluster) -> Option<Upstream> {
+    remote.host.as_ref().map(|host| Upstream { member: REMOTE_PRIMARY.into(), host: host.clone(), port: remote.port })
 }
 
 /// `-` and other characters slot names do not allow become `_`.
@@ -466,6 +480,22 @@ impl Postgres {
                 std::fs::write(self.data_dir.join("recovery.signal"), "").context("write recovery.signal")?;
             }
             StartAs::Restore { recovery: None } => {}
+            StartAs::StandbyLeader { remote } => {
+                // As Patroni: the local recovery settings, then the standby
+                // cluster's own over them.
+                let mut settings = self.config.postgresql.recovery_conf.clone();
+                settings.extend(remote.recovery_settings());
+                for (name, value) in &settings {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
+                if let Some(upstream) = remote_upstream(remote) {
+                    text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(&upstream))));
+                    if let Some(slot) = &remote.primary_slot_name {
+                        text.push_str(&format!("primary_slot_name = {}\n", quote(slot)));
+                    }
+                }
+                std::fs::write(&standby_signal, "").context("write standby.signal")?;
+            }
             StartAs::Replica { upstream } => {
                 for (name, value) in &self.config.postgresql.recovery_conf {
                     text.push_str(&format!("{name} = {}\n", quote(value)));

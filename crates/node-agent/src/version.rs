@@ -81,11 +81,11 @@ mod tests {
     fn refuses_old_binaries_and_data_of_another_major() {
         let fake = std::path::Path::new("/usr/lib/postgresql/12/bin");
         let data = std::path::Path::new("/var/lib/postgresql/data");
-        let old = refuse(12, None, &fake, data).expect_err("12 is refused");
+        let old = refuse(12, None, fake, data).expect_err("12 is refused");
         assert!(old.0.contains("PostgreSQL 13 or newer") && old.0.contains("/usr/lib/postgresql/12/bin"), "{}", old.0);
-        let mismatch = refuse(18, Some("15\n"), &fake, data).expect_err("15 data with 18 binaries");
+        let mismatch = refuse(18, Some("15\n"), fake, data).expect_err("15 data with 18 binaries");
         assert!(mismatch.0.contains("PostgreSQL 15 data") && mismatch.0.contains("pg_upgrade"), "{}", mismatch.0);
-        assert!(refuse(13, Some("13\n"), &fake, data).is_ok());
-        assert!(refuse(18, None, &fake, data).is_ok(), "no data yet");
+        assert!(refuse(13, Some("13\n"), fake, data).is_ok());
+        assert!(refuse(18, None, fake, data).is_ok(), "no data yet");
     }
 }

@@ -130,6 +130,7 @@ impl Agent {
                 self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
                 let aside = self.pg.move_aside("reinit").map_err(failed)?;
                 self.upstream = None;
+                self.follows_remote = false;
                 self.clone_from_leader = from_leader;
                 self.reinit_requested = true;
                 self.wake.wake.notify_one();
@@ -201,7 +202,9 @@ impl Agent {
                  (outside a pause the agent moves it aside and clones by itself)",
             ));
         }
-        let (action, starts_as) = if obs.holds_leader && data.was_primary {
+        let (action, starts_as) = if obs.holds_leader && obs.standby_cluster {
+            (Action::StartStandbyLeader, "standby_leader")
+        } else if obs.holds_leader && data.was_primary {
             (Action::StartPrimary, "primary")
         } else if data.was_primary {
             return Err(Status::failed_precondition(
@@ -237,6 +240,8 @@ impl Agent {
         let Some(sql) = local.sql else { return Ok(()) };
         let start_as = if !sql.in_recovery {
             StartAs::Primary
+        } else if let Some(remote) = dynamic.standby_cluster.clone().filter(|_| self.follows_remote) {
+            StartAs::StandbyLeader { remote }
         } else {
             let upstream = match (&self.upstream, view) {
                 (Some(member), Some(view)) => Some(self.upstream_of(view, member)?),

@@ -2,6 +2,7 @@
 //! switchover, bootstrap), each re-checking what it needs just before it acts.
 
 use super::*;
+use crate::methods::CloneFor;
 
 /// How long a custom bootstrap's restore may take to start (pg_ctl waits
 /// until PostgreSQL accepts connections, which a recovery reaches only at
@@ -16,11 +17,12 @@ impl Agent {
     /// with a `no_leader` method), with the member key saying `creating
     /// replica` and how far pg_basebackup has come (rate, time left) every
     /// second meanwhile, for `pgwardenctl list` and `reinit --wait`.
-    async fn clone_reporting_progress(&self, upstream: Option<&Upstream>, from_leader: bool) -> anyhow::Result<()> {
+    async fn clone_reporting_progress(&self, upstream: Option<&Upstream>, methods: CloneFor<'_>) -> anyhow::Result<()> {
         let started = Instant::now();
         let progress = std::sync::Mutex::new(dcs::CloneProgress::default());
         let lock = || progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let copy = self.pg.create_replica(upstream, from_leader, |done, total| {
+        let methods = self.pg.replica_methods(methods);
+        let copy = self.pg.create_replica(upstream, &methods, |done, total| {
             *lock() = dcs::CloneProgress::measure(done, total, started.elapsed());
         });
         // Nothing runs on a data directory being copied, whatever the last
@@ -51,10 +53,10 @@ impl Agent {
     /// Clones into the empty data directory; on success it is a replica's
     /// data directory from the first moment (never a former primary's to be
     /// rewound), on failure it is removed.
-    async fn clone_into_empty(&mut self, upstream: Option<&Upstream>, from_leader: bool) -> anyhow::Result<bool> {
+    async fn clone_into_empty(&mut self, upstream: Option<&Upstream>, methods: CloneFor<'_>) -> anyhow::Result<bool> {
         self.pg.write_pgpass(upstream)?;
         self.pg.prepare_empty_data_dir()?;
-        let copied = self.clone_reporting_progress(upstream, from_leader).await;
+        let copied = self.clone_reporting_progress(upstream, methods).await;
         // The next publish writes the member key afresh.
         self.publisher.last_json = None;
         if let Err(e) = copied {
@@ -84,9 +86,36 @@ impl Agent {
                     _ => source.as_str(),
                 };
                 let upstream = self.upstream_of(view, source)?;
-                self.clone_into_empty(Some(&upstream), from_leader).await
+                let methods = if from_leader { CloneFor::LeaderOnly } else { CloneFor::Member };
+                self.clone_into_empty(Some(&upstream), methods).await
             }
-            Action::CloneWithoutLeader => self.clone_into_empty(None, false).await,
+            Action::CloneWithoutLeader => self.clone_into_empty(None, CloneFor::Member).await,
+            Action::StartStandbyLeader | Action::FollowRemote | Action::RejoinRemote => {
+                let remote =
+                    dynamic.standby_cluster.clone().context("the config key no longer sets standby_cluster")?;
+                let upstream = crate::postgres::remote_upstream(&remote);
+                self.pg.write_pgpass(upstream.as_ref())?;
+                if matches!(action, Action::RejoinRemote) {
+                    self.rewind_onto_remote(upstream.as_ref(), dynamic).await?;
+                }
+                self.pg.write_config(dynamic, &StartAs::StandbyLeader { remote }, false)?;
+                let start = !matches!(action, Action::FollowRemote);
+                if start {
+                    self.pg.start().await?;
+                } else {
+                    self.pg.reload().await?;
+                }
+                self.upstream = None;
+                self.follows_remote = true;
+                match &upstream {
+                    Some(u) => info!(host = %u.host, port = u.port, "standby leader: following the remote primary"),
+                    None => info!("standby leader: replaying the remote cluster's archive"),
+                }
+                if start {
+                    self.await_local("answer as a standby", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+                }
+                Ok(start)
+            }
             Action::StartReplica { upstream } => {
                 let upstream = match upstream {
                     Some(member) => Some(self.upstream_of(view, member)?),
@@ -96,6 +125,7 @@ impl Agent {
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: upstream.clone() }, false)?;
                 self.pg.start().await?;
                 self.upstream = upstream.map(|u| u.member);
+                self.follows_remote = false;
                 self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
                 Ok(true)
             }
@@ -115,6 +145,7 @@ impl Agent {
                     None => info!("not streaming (nostream)"),
                 }
                 self.upstream = upstream.clone();
+                self.follows_remote = false;
                 Ok(false)
             }
             Action::AcquireLeader => {
@@ -212,6 +243,7 @@ impl Agent {
                 }
                 self.pg.promote().await?;
                 self.upstream = None;
+                self.follows_remote = false;
                 self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
                 info!(from = "replica", to = "primary", "role change: promoted");
                 // The followers' slots first, so they can stream at once.
@@ -251,7 +283,10 @@ impl Agent {
             }
             Action::Demote => {
                 let replica = matches!(obs.pg, PgRun::Replica { .. });
-                if replica {
+                // The leader of a cluster just made a standby cluster holds
+                // its key: a clean stop, so that it can follow the remote.
+                let demoted_cluster = obs.holds_leader && obs.standby_cluster;
+                if replica || demoted_cluster {
                     self.pg.stop("fast").await?;
                 } else {
                     self.pg.fence().await?;
@@ -387,8 +422,29 @@ impl Agent {
         self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(upstream.clone()) }, false)?;
         self.pg.start().await?;
         self.upstream = Some(upstream.member);
+        self.follows_remote = false;
         self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
         Ok(true)
+    }
+
+    /// A former primary's data directory (its cluster was just demoted to a
+    /// standby cluster) onto the remote primary's timeline: pg_rewind where
+    /// it diverged, as a rejoin does onto a leader of its own cluster.
+    async fn rewind_onto_remote(&mut self, upstream: Option<&Upstream>, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        let upstream = upstream.context(
+            "this data directory was last a primary and standby_cluster names no host to rewind it onto (an \
+             archive alone cannot tell whether it diverged): reinitialize this member",
+        )?;
+        let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
+        match self.pg.rewind(upstream, !use_rewind).await? {
+            false => info!("no divergence from the remote primary: following it"),
+            true if use_rewind => info!("rewound onto the remote primary's timeline"),
+            true => bail!(
+                "this data directory diverged from the remote primary's timeline and use_pg_rewind is off: set \
+                 postgresql.use_pg_rewind, or reinitialize this member"
+            ),
+        }
+        Ok(())
     }
 
     /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
@@ -425,6 +481,9 @@ impl Agent {
     pub(super) async fn build_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<()> {
         if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
             bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
+        }
+        if let Some(remote) = dynamic.standby_cluster.clone() {
+            return self.build_standby_cluster(dynamic, lease, remote).await;
         }
         let method = self.config.bootstrap.method.clone();
         let start_as = match &method {
@@ -466,10 +525,25 @@ impl Agent {
         if let Some(line) = &self.config.bootstrap.post_bootstrap {
             self.pg.run_post_bootstrap(line).await?;
         }
+        let sysid = self.claim_new_cluster(dynamic, lease).await?;
+        info!(system_identifier = %sysid, "cluster initialised; opening PostgreSQL to the network");
+        // Open with what a leader without standbys runs: in synchronous
+        // mode '' (or, strict, the placeholder) until its first sync step.
+        self.pg.set_sync_names(self.sync_names(dynamic));
+        self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+        self.pg.stop("fast").await?;
+        self.pg.start().await?;
+        self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+        Ok(())
+    }
+
+    /// The end of every bootstrap, with PostgreSQL up: the data directory's
+    /// system identifier replaces the `initialize` placeholder (the cluster
+    /// now exists whoever leads it), the `config` key is written, and, once
+    /// the fencer beside us watches, this member takes the leader key.
+    async fn claim_new_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<String> {
         let sysid = self.pg.system_identifier().await?;
         self.sysid = Some(sysid.clone());
-        // The identifier replaces the placeholder and leaves our lease: the
-        // cluster now exists whoever leads it.
         let key = self.keys.initialize();
         let txn = Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, "")]).and_then([TxnOp::put(
             key.as_str(),
@@ -493,14 +567,32 @@ impl Agent {
             Acquired::Held(holder) => bail!("{} took the leader key during bootstrap", holder.member),
         }
         self.prove_leader(dynamic, lease).await;
-        info!(system_identifier = %sysid, "cluster initialised; opening PostgreSQL to the network");
-        // Open with what a leader without standbys runs: in synchronous
-        // mode '' (or, strict, the placeholder) until its first sync step.
-        self.pg.set_sync_names(self.sync_names(dynamic));
-        self.pg.write_config(dynamic, &StartAs::Primary, false)?;
-        self.pg.stop("fast").await?;
-        self.pg.start().await?;
-        self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
+        Ok(sysid)
+    }
+
+    /// A standby cluster's first member: a clone of the remote primary
+    /// (`standby_cluster.create_replica_methods`, pg_basebackup by default),
+    /// started as its standby, becomes the standby leader. No roles are
+    /// made: it is read-only, and has the remote cluster's.
+    async fn build_standby_cluster(
+        &mut self,
+        dynamic: &DynamicConfig,
+        lease: Lease,
+        remote: pgwarden_config::StandbyCluster,
+    ) -> anyhow::Result<()> {
+        let upstream = crate::postgres::remote_upstream(&remote);
+        self.pg.write_pgpass(upstream.as_ref())?;
+        self.pg.prepare_empty_data_dir()?;
+        let methods = self.pg.replica_methods(CloneFor::StandbyCluster(&remote.create_replica_methods));
+        info!(host = ?remote.host, port = remote.port, "bootstrapping a standby cluster from the remote primary");
+        self.pg.create_replica(upstream.as_ref(), &methods, |_, _| {}).await?;
+        self.pg.write_config(dynamic, &StartAs::StandbyLeader { remote }, false)?;
+        self.pg.start_within(RESTORE_TIMEOUT).await?;
+        self.upstream = None;
+        self.follows_remote = true;
+        self.await_local("answer as a standby", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+        let sysid = self.claim_new_cluster(dynamic, lease).await?;
+        info!(system_identifier = %sysid, "standby cluster initialised: this member is its standby leader");
         Ok(())
     }
 

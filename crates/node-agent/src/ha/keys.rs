@@ -23,9 +23,11 @@ pub(super) fn member_state(local: &Local) -> &'static str {
 
 /// The member key's `role`: PostgreSQL's own answer; while it does not
 /// answer, only a proven leader key makes a primary.
-pub(super) fn member_role(local: &Local, has_data: bool, leading: bool) -> &'static str {
+pub(super) fn member_role(local: &Local, has_data: bool, leading: bool, follows_remote: bool) -> &'static str {
     match &local.sql {
         Some(sql) if !sql.in_recovery => "primary",
+        // Patroni's name for a standby cluster's leader.
+        Some(_) if leading && follows_remote => "standby_leader",
         Some(_) => "replica",
         None if leading => "primary",
         None if has_data => "replica",
@@ -135,7 +137,10 @@ impl Agent {
         // A data directory still being copied is no database yet (as Patroni says).
         let (state, role) = match clone {
             Some(_) => ("creating replica", "uninitialized"),
-            None => (member_state(local), member_role(local, self.pg.has_data(), self.leader_deadline().is_some())),
+            None => (
+                member_state(local),
+                member_role(local, self.pg.has_data(), self.leader_deadline().is_some(), self.follows_remote),
+            ),
         };
         let mut extra = member_extra(&MemberFacts {
             checkpoint_pending: self.checkpoint_pending,
@@ -205,7 +210,11 @@ impl Agent {
         local: &Local,
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<()> {
-        let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
+        // A standby cluster's leader is a standby: it keeps the keys and its
+        // members' slots all the same.
+        let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery || dynamic.standby_cluster.is_some()) else {
+            return Ok(());
+        };
         // The slots first: the permanent ones' positions go into `status`.
         // A slot that cannot be made (a logical slot's plugin missing) must
         // not keep `status.optime` from being published.
@@ -262,9 +271,45 @@ impl Agent {
         {
             let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
         }
+        // The timelines it is on: a standby leader's are the remote
+        // primary's, which its members need to tell a divergence.
         self.complete_history(view, sql.timeline).await?;
+        if dynamic.standby_cluster.is_some() {
+            // A standby leader has no synchronous standbys or failsafe; its
+            // members rewind against it only once its control file is on
+            // the timeline it replays.
+            self.checkpoint_pending = self.restartpoint_onto(sql.timeline).await;
+            return Ok(());
+        }
         self.keep_failsafe_key(view, dynamic).await?;
         self.manage_sync(view, local, dynamic).await
+    }
+
+    /// A standby leader that moved to a new timeline (the remote primary
+    /// failed over, or this member was rewound onto it): its control file
+    /// names the old timeline until a restartpoint, and a member that
+    /// pg_rewinds against it meanwhile would find no divergence. Asks for
+    /// one (`CHECKPOINT` on a standby) and says whether the control file is
+    /// still behind (`checkpoint_after_promote: false` in the member key,
+    /// which makes the members wait, as after a promotion).
+    async fn restartpoint_onto(&mut self, timeline: u64) -> bool {
+        async fn behind(conn: &mut sqlx::postgres::PgConnection, timeline: u64) -> bool {
+            let checkpointed: i64 = sqlx::query_scalar("select timeline_id::bigint from pg_control_checkpoint()")
+                .fetch_one(conn)
+                .await
+                .unwrap_or(0);
+            (checkpointed as u64) < timeline
+        }
+        let Ok(mut conn) = self.connect().await else { return true };
+        let mut still_behind = behind(&mut conn, timeline).await;
+        if still_behind {
+            if let Err(e) = sql::checkpoint(&mut conn).await {
+                warn!("standby leader: a restartpoint onto timeline {timeline} failed: {e:#}");
+            }
+            still_behind = behind(&mut conn, timeline).await;
+        }
+        self.release(conn);
+        still_behind
     }
 
     /// `failsafe_mode`: the `failsafe` key lists every member with a REST
@@ -421,14 +466,16 @@ mod tests {
     #[test]
     fn state_and_role_as_patroni_names_them() {
         let up = local(PostgresState::Running, Some(false));
-        assert_eq!((member_state(&up), member_role(&up, true, false)), ("running", "primary"));
+        assert_eq!((member_state(&up), member_role(&up, true, false, false)), ("running", "primary"));
         let replica = local(PostgresState::Running, Some(true));
-        assert_eq!(member_role(&replica, true, true), "replica", "PostgreSQL's answer wins");
+        assert_eq!(member_role(&replica, true, true, false), "replica", "PostgreSQL's answer wins");
+        assert_eq!(member_role(&replica, true, true, true), "standby_leader", "a standby cluster's leader");
+        assert_eq!(member_role(&replica, true, false, true), "replica", "the key makes the standby leader");
         let silent = local(PostgresState::Running, None);
         assert_eq!(member_state(&silent), "starting", "running but not answering yet");
-        assert_eq!(member_role(&silent, true, true), "primary", "the proven key makes a primary");
-        assert_eq!(member_role(&silent, true, false), "replica");
-        assert_eq!(member_role(&silent, false, false), "uninitialized");
+        assert_eq!(member_role(&silent, true, true, false), "primary", "the proven key makes a primary");
+        assert_eq!(member_role(&silent, true, false, false), "replica");
+        assert_eq!(member_role(&silent, false, false, false), "uninitialized");
         assert_eq!(member_state(&local(PostgresState::Stopping, None)), "stopping");
         assert_eq!(member_state(&local(PostgresState::Stopped, None)), "stopped");
     }

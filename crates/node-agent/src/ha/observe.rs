@@ -83,6 +83,7 @@ impl Agent {
         }
         if pg == PgRun::Stopped {
             self.upstream = None;
+            self.follows_remote = false;
         }
         // A reinit is done once the new copy runs as a replica.
         if matches!(pg, PgRun::Replica { .. }) {
@@ -200,7 +201,9 @@ impl Agent {
                 .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
                 .and_then(|entry| entry.4.clone()),
             released_at_ms: self.released_at_ms,
-            sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
+            // A standby cluster has no synchronous replication (as in
+            // Patroni): its leader is a standby itself.
+            sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off && dynamic.standby_cluster.is_none(),
             sync_standbys: view
                 .and_then(|v| v.sync.as_ref())
                 .map(|s| s.members().into_iter().map(String::from).collect())
@@ -217,6 +220,8 @@ impl Agent {
                 _ => Vec::new(),
             },
             replicatefrom: self.config.tags.replicatefrom.clone(),
+            standby_cluster: dynamic.standby_cluster.is_some(),
+            follows_remote: self.follows_remote,
             clone_without_leader: self
                 .config
                 .postgresql
@@ -233,14 +238,7 @@ impl Agent {
                 })
                 .unwrap_or_default(),
             not_streaming,
-            unsupported: if dynamic.standby_cluster {
-                Some(
-                    "the cluster's config key sets standby_cluster, which pgwarden does not implement (a standby \
-                     cluster run as an independent one would be a second writer); keep Patroni for this cluster or \
-                     remove standby_cluster from the config key"
-                        .into(),
-                )
-            } else if view.and_then(|v| v.sync.as_ref()).and_then(|s| s.quorum).is_some_and(|q| q > 0) {
+            unsupported: if view.and_then(|v| v.sync.as_ref()).and_then(|s| s.quorum).is_some_and(|q| q > 0) {
                 Some(
                     "the sync key carries Patroni's quorum commit (quorum > 0), which pgwarden does not implement; \
                      set synchronous_mode to on (or off) with Patroni before moving to pgwarden"
