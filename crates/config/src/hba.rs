@@ -457,15 +457,15 @@ pub fn check_agent_access(
 }
 
 /// The rules the agent will run with, and where they come from: the local
-/// `postgresql.pg_hba`; else the data directory's `pg_hba.conf` when one
-/// exists; else what a bootstrap writes (initdb's file with `bootstrap.pg_hba`
+/// `postgresql.pg_hba`; else the `pg_hba.conf` of `config_dir` (the data
+/// directory by default) when the data directory exists; else what a bootstrap writes (initdb's file with `bootstrap.pg_hba`
 /// appended, as Patroni does; pgwarden's defaults when neither is set).
-/// `None` when the data directory's file cannot be read.
+/// `None` when that file cannot be read.
 pub fn effective_rules(config: &Config) -> Option<(Vec<String>, String)> {
     if !config.postgresql.pg_hba.is_empty() {
         return Some((config.postgresql.pg_hba.clone(), "postgresql.pg_hba".into()));
     }
-    let file = config.postgresql.data_dir.join("pg_hba.conf");
+    let file = config.postgresql.config_dir().join("pg_hba.conf");
     if config.postgresql.data_dir.join("PG_VERSION").exists() {
         let text = std::fs::read_to_string(&file).ok()?;
         return Some((text.lines().map(str::to_string).collect(), file.display().to_string()));

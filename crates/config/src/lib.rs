@@ -214,6 +214,13 @@ pub struct Postgresql {
     pub listen: Option<ListenAddresses>,
     pub connect_address: Option<HostPort>,
     pub data_dir: PathBuf,
+    /// `config_dir`: where `postgresql.conf`, `postgresql.base.conf`,
+    /// `pg_hba.conf` and `pg_ident.conf` live (Debian's
+    /// `/etc/postgresql/<v>/main`); `None`: the data directory.
+    pub config_dir: Option<PathBuf>,
+    /// `custom_conf`: the user's own configuration file, included by
+    /// pgwarden's `postgresql.conf` instead of `postgresql.base.conf`.
+    pub custom_conf: Option<PathBuf>,
     pub bin_dir: Option<PathBuf>,
     pub bin_name: BTreeMap<String, String>,
     pub pgpass: Option<PathBuf>,
@@ -241,6 +248,14 @@ pub struct Postgresql {
     /// Patroni's `use_unix_socket_repl`: local replication connections
     /// (pg_rewind's source checks) over the socket.
     pub use_unix_socket_repl: bool,
+}
+
+impl Postgresql {
+    /// The directory of `postgresql.conf` and `pg_hba.conf`: `config_dir`,
+    /// else the data directory.
+    pub fn config_dir(&self) -> &Path {
+        self.config_dir.as_deref().unwrap_or(&self.data_dir)
+    }
 }
 
 /// Member tags (`tags:`), typed where pgwarden acts on them.
@@ -1128,6 +1143,8 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         listen,
         connect_address,
         data_dir: PathBuf::from(data_dir.clone().unwrap_or_default()),
+        config_dir: path_of(&mut r, "postgresql.config_dir").filter(|d| !d.as_os_str().is_empty()),
+        custom_conf: path_of(&mut r, "postgresql.custom_conf").filter(|f| !f.as_os_str().is_empty()),
         bin_dir: path_of(&mut r, "postgresql.bin_dir"),
         bin_name,
         pgpass: path_of(&mut r, "postgresql.pgpass"),
@@ -1200,6 +1217,15 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
                 format!("{dir:?} is a system directory: give PostgreSQL a directory of its own, such as /var/lib/postgresql/15/main"),
             );
         }
+    }
+
+    // A relative config_dir would depend on the directory the agent starts
+    // in (Patroni's): refused rather than guessed.
+    if let Some(dir) = postgresql.config_dir.as_ref().filter(|d| d.is_relative()) {
+        r.problems.error(
+            "postgresql.config_dir",
+            format!("{} is a relative path: give the absolute one (e.g. /etc/postgresql/15/main)", dir.display()),
+        );
     }
 
     if let Some(etcd) = &etcd

@@ -8,6 +8,7 @@
 
 mod ackhold;
 mod callbacks;
+mod confdir;
 mod failsafe;
 mod grpc;
 mod ha;

@@ -17,9 +17,9 @@ use tokio::process::Command;
 use tracing::{info, warn};
 
 /// The file pgwarden writes its parameters to, included by `postgresql.conf`.
-const MANAGED_CONF: &str = "postgresql.conf";
+pub(crate) const MANAGED_CONF: &str = "postgresql.conf";
 /// Where initdb's original `postgresql.conf` is kept and included first.
-const BASE_CONF: &str = "postgresql.base.conf";
+pub(crate) const BASE_CONF: &str = "postgresql.base.conf";
 
 /// Who PostgreSQL should be when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,7 +265,8 @@ impl Postgres {
         info!(data_dir = %self.data_dir.display(), "running initdb");
         let result = self.run("initdb", &mut cmd).await;
         let _ = std::fs::remove_file(&pwfile);
-        result.map(|_| ())
+        result?;
+        self.settle_initdb_files()
     }
 
     /// Copies the data directory from `upstream` with pg_basebackup
@@ -375,7 +376,13 @@ impl Postgres {
             .cloned()
             .unwrap_or_else(|| self.socket_dir.display().to_string());
         set(&mut params, "unix_socket_directories", socket_dirs);
-        set(&mut params, "hba_file", self.data_dir.join("pg_hba.conf").display().to_string());
+        set(&mut params, "hba_file", self.config_dir().join("pg_hba.conf").display().to_string());
+        if self.config_dir() != self.data_dir {
+            // With the configuration elsewhere (Debian's layout), name the
+            // data directory and ident file too: the base file may say otherwise.
+            set(&mut params, "data_directory", self.data_dir.display().to_string());
+            set(&mut params, "ident_file", self.config_dir().join("pg_ident.conf").display().to_string());
+        }
         if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
             set(&mut params, "synchronous_standby_names", names);
         }
@@ -415,7 +422,7 @@ impl Postgres {
             hba.push_str(line);
             hba.push('\n');
         }
-        write_private(&self.data_dir.join("pg_hba.conf"), &hba)
+        write_private(&self.config_dir().join("pg_hba.conf"), &hba)
     }
 
     /// The pg_hba.conf of a new cluster, right after initdb: the configured
@@ -423,6 +430,7 @@ impl Postgres {
     /// with `bootstrap.pg_hba` appended; with neither, pgwarden's loopback
     /// password rules (not initdb's `trust`).
     pub fn write_bootstrap_hba(&self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        self.adopt_config_files()?;
         if let Some((lines, source)) = self.hba_lines(dynamic) {
             return self.write_hba(&lines, source);
         }
@@ -432,7 +440,7 @@ impl Postgres {
         }
         pgwarden_config::hba::check_agent_access(&self.config, &lines, &self.local, &source)
             .map_err(|why| anyhow::anyhow!("{why}"))?;
-        let path = self.data_dir.join("pg_hba.conf");
+        let path = self.config_dir().join("pg_hba.conf");
         let mut text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         text.push_str("\n# Appended by pgwarden-agent from bootstrap.pg_hba.\n");
         for line in &self.config.bootstrap.pg_hba {
@@ -450,14 +458,13 @@ impl Postgres {
         start_as: &StartAs,
         listen_local_only: bool,
     ) -> anyhow::Result<()> {
-        let base = self.data_dir.join(BASE_CONF);
-        let managed = self.data_dir.join(MANAGED_CONF);
-        if !base.exists() {
-            std::fs::rename(&managed, &base).with_context(|| format!("keep initdb's config as {}", base.display()))?;
-        }
+        self.adopt_config_files()?;
+        let managed = self.config_dir().join(MANAGED_CONF);
         let mut text = format!(
-            "# Written by pgwarden-agent; edits are overwritten. Put local settings in\n\
-             # postgresql.parameters of the pgwarden config.\ninclude '{BASE_CONF}'\n\n"
+            "{}; edits are overwritten. Put local settings in\n\
+             # postgresql.parameters of the pgwarden config.\ninclude {}\n\n",
+            crate::confdir::WRITTEN_BY,
+            quote(&self.base_include())
         );
         let parameters = self.parameters(dynamic, listen_local_only);
         for (name, value) in &parameters {
@@ -514,7 +521,8 @@ impl Postgres {
         }
         // The HA loop's names, not a hold an earlier leader term left.
         crate::ackhold::clear_residue(&self.data_dir)?;
-        write_private(&managed, &text)
+        write_private(&managed, &text)?;
+        self.back_up_config_files()
     }
 
     fn primary_conninfo(&self, upstream: &Upstream) -> String {
@@ -605,7 +613,12 @@ impl Postgres {
         let log = self.log_file.display().to_string();
         let timeout = timeout.as_secs().max(1).to_string();
         info!(data_dir = %self.data_dir.display(), "starting PostgreSQL");
-        self.pg_ctl(&["start", "-w", "-t", &timeout, "-l", &log]).await.map(|_| ())
+        let mut args = vec!["start", "-w", "-t", &timeout, "-l", &log];
+        let config_file = self.config_file_option();
+        if let Some(option) = &config_file {
+            args.extend(["-o", option.as_str()]);
+        }
+        self.pg_ctl(&args).await.map(|_| ())
     }
 
     /// Stops the postmaster: `fast` or `immediate`.
@@ -800,6 +813,13 @@ impl Postgres {
             .arg("--progress");
         if dry_run {
             cmd.arg("--dry-run");
+        }
+        // The target's configuration outside its data directory: pg_rewind
+        // (15 and newer) must be told where it is for its own start-up.
+        let major =
+            std::fs::read_to_string(self.data_dir.join("PG_VERSION")).ok().and_then(|v| v.trim().parse::<u32>().ok());
+        if self.config_dir() != self.data_dir && major.is_some_and(|m| m >= 15) {
+            cmd.arg(format!("--config-file={}", self.config_dir().join(MANAGED_CONF).display()));
         }
         cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
         info!(from = %source.member, dry_run, "running pg_rewind");

@@ -1,0 +1,157 @@
+//! `postgresql.config_dir` (Debian's `/etc/postgresql/<v>/main` layout):
+//! pgwarden's `postgresql.conf`, the user's `postgresql.base.conf`,
+//! `pg_hba.conf` and `pg_ident.conf` live there instead of in the data
+//! directory, as with Patroni. PostgreSQL is started with `-c config_file=`;
+//! copies kept in the data directory (`*.backup`, Patroni's names) let a
+//! clone of this member find its configuration.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tracing::info;
+
+use crate::postgres::{BASE_CONF, MANAGED_CONF, Postgres, write_private};
+
+/// The first line of every `postgresql.conf` pgwarden writes.
+pub const WRITTEN_BY: &str = "# Written by pgwarden-agent";
+
+/// The files that live in `config_dir`, with their copies in the data directory.
+const KEPT: [&str; 3] = [BASE_CONF, "pg_hba.conf", "pg_ident.conf"];
+
+fn written_by_pgwarden(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| text.starts_with(WRITTEN_BY))
+}
+
+fn backup_of(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join(format!("{name}.backup"))
+}
+
+impl Postgres {
+    /// Where `postgresql.conf` and `pg_hba.conf` live.
+    pub fn config_dir(&self) -> &Path {
+        self.config().postgresql.config_dir()
+    }
+
+    fn separate_config_dir(&self) -> bool {
+        self.config_dir() != self.data_dir
+    }
+
+    /// `-c config_file=...` for the postmaster when the configuration is
+    /// outside the data directory (quoted for the shell pg_ctl runs it in).
+    pub fn config_file_option(&self) -> Option<String> {
+        self.separate_config_dir().then(|| {
+            let path = self.config_dir().join(MANAGED_CONF).display().to_string();
+            format!("-c config_file='{}'", path.replace('\'', r"'\''"))
+        })
+    }
+
+    /// Makes sure `config_dir` holds the files pgwarden's `postgresql.conf`
+    /// includes and names, taking them from where they are: the user's own
+    /// `postgresql.conf` there (Debian's, or initdb's in the data
+    /// directory) becomes `postgresql.base.conf`; a clone's copies
+    /// (`*.backup`, or the files themselves from a member without
+    /// `config_dir`) are copied in; with none, an empty base file is
+    /// written. Nothing that exists is replaced.
+    pub fn adopt_config_files(&self) -> anyhow::Result<()> {
+        self.adopt().with_context(|| {
+            format!(
+                "prepare the configuration files in {} (config_dir must be writable by the user pgwarden runs as)",
+                self.config_dir().display()
+            )
+        })
+    }
+
+    fn adopt(&self) -> anyhow::Result<()> {
+        let dir = self.config_dir().to_path_buf();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create config_dir {}", dir.display()))?;
+        }
+        let base = dir.join(BASE_CONF);
+        if self.config().postgresql.custom_conf.is_none() && !base.exists() {
+            let own = [dir.join(MANAGED_CONF), self.data_dir.join(MANAGED_CONF)];
+            if let Some(found) = own.iter().find(|p| p.exists() && !written_by_pgwarden(p)) {
+                std::fs::rename(found, &base)
+                    .with_context(|| format!("keep {} as {}", found.display(), base.display()))?;
+                info!(from = %found.display(), to = %base.display(), "kept the existing postgresql.conf as the base file");
+            } else if let Some(copy) =
+                [backup_of(&self.data_dir, BASE_CONF), self.data_dir.join(BASE_CONF)].into_iter().find(|p| p.exists())
+            {
+                std::fs::copy(&copy, &base)
+                    .with_context(|| format!("copy {} to {}", copy.display(), base.display()))?;
+            } else {
+                write_private(&base, "# The base configuration pgwarden's postgresql.conf includes.\n")?;
+            }
+        }
+        for name in ["pg_hba.conf", "pg_ident.conf"] {
+            let target = dir.join(name);
+            if target.exists() {
+                continue;
+            }
+            let in_data_dir = self.data_dir.join(name);
+            let backup = backup_of(&self.data_dir, name);
+            if self.separate_config_dir() && in_data_dir.exists() {
+                std::fs::rename(&in_data_dir, &target).with_context(|| format!("move {name} to {}", dir.display()))?;
+            } else if backup.exists() {
+                std::fs::copy(&backup, &target).with_context(|| format!("copy {name} to {}", dir.display()))?;
+            } else if name == "pg_ident.conf" {
+                write_private(&target, "")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Right after initdb with a separate `config_dir`: initdb's own
+    /// `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf` go there where
+    /// the directory has none (initdb's `postgresql.conf` as the base file),
+    /// and are removed from the data directory where it has them (Debian's).
+    pub fn settle_initdb_files(&self) -> anyhow::Result<()> {
+        if !self.separate_config_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.config_dir())
+            .with_context(|| format!("create config_dir {}", self.config_dir().display()))?;
+        let custom = self.config().postgresql.custom_conf.is_some();
+        for (name, target) in
+            [(MANAGED_CONF, BASE_CONF), ("pg_hba.conf", "pg_hba.conf"), ("pg_ident.conf", "pg_ident.conf")]
+        {
+            let made = self.data_dir.join(name);
+            let target = self.config_dir().join(target);
+            let taken =
+                target.exists() || (name == MANAGED_CONF && (custom || self.config_dir().join(MANAGED_CONF).exists()));
+            if taken {
+                std::fs::remove_file(&made).with_context(|| format!("remove initdb's {}", made.display()))?;
+            } else {
+                std::fs::rename(&made, &target)
+                    .with_context(|| format!("move initdb's {name} to {}", target.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies of `config_dir`'s files in the data directory, which a clone
+    /// of this member receives (Patroni's `*.backup` names and use).
+    pub fn back_up_config_files(&self) -> anyhow::Result<()> {
+        if !self.separate_config_dir() {
+            return Ok(());
+        }
+        for name in KEPT {
+            let from = self.config_dir().join(name);
+            if let Ok(text) = std::fs::read_to_string(&from) {
+                let to = backup_of(&self.data_dir, name);
+                if std::fs::read_to_string(&to).ok().as_deref() != Some(text.as_str()) {
+                    write_private(&to, &text)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file pgwarden's `postgresql.conf` includes first: `custom_conf`,
+    /// else `postgresql.base.conf` (beside it, so named relatively).
+    pub fn base_include(&self) -> String {
+        match &self.config().postgresql.custom_conf {
+            Some(custom) => custom.display().to_string(),
+            None => BASE_CONF.to_string(),
+        }
+    }
+}
