@@ -184,21 +184,7 @@ impl Node {
     /// `postgresql:` or `bootstrap:` sections the harness writes. The file
     /// is written back as JSON, which YAML reads.
     pub fn merge_config(&self, patch: serde_json::Value) -> anyhow::Result<()> {
-        fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
-            match (into, patch) {
-                (serde_json::Value::Object(into), serde_json::Value::Object(patch)) => {
-                    for (key, value) in patch {
-                        merge(into.entry(key).or_insert(serde_json::Value::Null), value);
-                    }
-                }
-                (into, patch) => *into = patch,
-            }
-        }
-        let text = std::fs::read_to_string(self.config_path())?;
-        let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
-        merge(&mut config, patch);
-        std::fs::write(self.config_path(), serde_json::to_string_pretty(&config)?)?;
-        Ok(())
+        crate::merge_config_file(&self.config_path(), patch)
     }
 
     pub fn agent_log(&self) -> String {

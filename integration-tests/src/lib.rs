@@ -7,6 +7,7 @@
 //!
 //! No mock stands in for etcd or PostgreSQL here.
 
+pub mod backrest;
 pub mod browser;
 pub mod cluster;
 pub mod etcd;
@@ -42,4 +43,26 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// Merges `patch` into the YAML config file at `path` as values (a map's keys
+/// into the map, anything else replacing), so a test can add to the sections
+/// the harness writes. The file is written back as JSON, which YAML (and so
+/// pgwarden and Patroni) reads; its owner and mode are kept.
+pub fn merge_config_file(path: &std::path::Path, patch: serde_json::Value) -> anyhow::Result<()> {
+    fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
+        match (into, patch) {
+            (serde_json::Value::Object(into), serde_json::Value::Object(patch)) => {
+                for (key, value) in patch {
+                    merge(into.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (into, patch) => *into = patch,
+        }
+    }
+    let text = std::fs::read_to_string(path)?;
+    let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
+    merge(&mut config, patch);
+    std::fs::write(path, serde_json::to_string_pretty(&config)?)?;
+    Ok(())
 }

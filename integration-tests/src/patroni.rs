@@ -118,6 +118,11 @@ impl PatroniNode {
         crate::postgres::postmaster_pid_in(&self.data_dir())
     }
 
+    /// Merges `patch` into this node's `patroni.yml` ([`crate::merge_config_file`]).
+    pub fn merge_config(&self, patch: serde_json::Value) -> anyhow::Result<()> {
+        crate::merge_config_file(&self.config_path(), patch)
+    }
+
     /// The whole node lost: Patroni and PostgreSQL killed at once.
     pub fn kill_node(&mut self) {
         let pid = self.postmaster_pid();
@@ -131,17 +136,21 @@ impl PatroniNode {
     /// `patroni.yml`, with the pgpass file moved out of the way of Patroni's
     /// and pgwarden's gRPC listeners on free ports (docs/migrating-from-patroni.md).
     pub fn write_pgwarden_config(&self) -> anyhow::Result<PathBuf> {
-        let yaml = std::fs::read_to_string(self.config_path())?;
-        let pgpass = format!("  pgpass: {}/pgpass\n", self.dir.path().display());
-        anyhow::ensure!(yaml.contains(&pgpass), "patroni.yml sets postgresql.pgpass");
-        let yaml = yaml.replace(&pgpass, &format!("  pgpass: {}/pgpass_pgwarden\n", self.dir.path().display()));
-        let yaml = format!(
-            "{yaml}pgwarden:\n  agent_grpc_listen: 127.0.0.1:{}\n  controller_grpc_listen: 127.0.0.1:{}\n",
-            free_port(),
-            free_port()
-        );
         let path = self.dir.path().join("pgwarden.yml");
-        write_config(&path, &yaml)?;
+        write_config(&path, &std::fs::read_to_string(self.config_path())?)?;
+        let pgpass = format!("{}/pgpass", self.dir.path().display());
+        let yaml: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&path)?)?;
+        anyhow::ensure!(yaml["postgresql"]["pgpass"] == pgpass.as_str(), "patroni.yml sets postgresql.pgpass");
+        crate::merge_config_file(
+            &path,
+            serde_json::json!({
+                "postgresql": {"pgpass": format!("{pgpass}_pgwarden")},
+                "pgwarden": {
+                    "agent_grpc_listen": format!("127.0.0.1:{}", free_port()),
+                    "controller_grpc_listen": format!("127.0.0.1:{}", free_port()),
+                },
+            }),
+        )?;
         Ok(path)
     }
 

@@ -40,6 +40,11 @@ pub struct DataDir {
     /// already reflect, which a standby must replay up to before it is
     /// consistent (`None`: zero, or not read).
     pub min_recovery_end: Option<(u64, u64)>,
+    /// A base backup or restore never started (a `backup_label` is there): its
+    /// recovery replays along the timelines' history from the archive or
+    /// its upstream, so it starts as a replica whatever its timeline (pg_rewind
+    /// cannot work on it: it has no consistent state of its own yet).
+    pub restored_backup: bool,
 }
 
 /// What the local postmaster is doing.
@@ -943,6 +948,16 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     }
 
     if obs.initialize.is_none() {
+        // As Patroni: a standby cluster is bootstrapped from a data directory
+        // already here (a standby of the remote, which it will follow); it
+        // never becomes writable, so no member's data is put at risk.
+        let with_data = obs.peers.iter().any(|p| p.has_data);
+        if obs.standby_cluster && !with_data && !obs.paused {
+            return Decision::act(
+                "no cluster yet, a standby cluster and data here: bootstrap it from this data directory",
+                Action::Bootstrap,
+            );
+        }
         return Decision::idle("data directory present but the cluster has no initialize key: waiting");
     }
 
@@ -977,7 +992,8 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
         (PgRun::Stopped, Some(leader)) => {
             let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
-            if !(data.was_primary || newer_timeline || forked.is_some()) {
+            let fresh_restore = data.restored_backup && !data.was_primary;
+            if fresh_restore || !(data.was_primary || newer_timeline || forked.is_some()) {
                 let source = stream_source(obs, leader);
                 Decision::act(
                     match source.as_deref() {
@@ -1112,7 +1128,7 @@ mod tests {
 
     /// A data directory of the cluster (`sysid` 7) on timeline 1.
     fn dir(was_primary: bool, wal_end: Option<u64>) -> DataDir {
-        DataDir { sysid: "7".into(), was_primary, timeline: 1, wal_end, min_recovery_end: None }
+        DataDir { sysid: "7".into(), was_primary, timeline: 1, wal_end, min_recovery_end: None, restored_backup: false }
     }
 
     fn base() -> Observed {
@@ -1338,6 +1354,14 @@ mod tests {
         assert_eq!(act(&primary), Some(Action::Demote));
         assert_eq!(act(&Observed { pg: PgRun::Stopped, ..primary }), Some(Action::RejoinRemote));
         assert_eq!(act(&Observed { paused: true, ..stopped }), None, "a pause holds the standby leader too");
+        // A standby cluster may be bootstrapped from data already here (the
+        // data of no other cluster is at risk: nobody in it writes); a normal
+        // cluster's member with data and no initialize key waits.
+        let unborn = Observed { initialize: None, leader: None, pg: PgRun::Stopped, ..base() };
+        assert_eq!(act(&Observed { standby_cluster: true, ..unborn.clone() }), Some(Action::Bootstrap));
+        assert_eq!(act(&unborn), None);
+        let peer_with_data = Observed { standby_cluster: true, peers: vec![peer("a", 100)], ..unborn };
+        assert_eq!(act(&peer_with_data), None, "another member with data bootstraps it");
         // Without the key, a member of a standby cluster follows its leader as any replica.
         for member in [base(), Observed { pg: PgRun::Stopped, ..base() }] {
             assert_eq!(act(&Observed { standby_cluster: true, ..member.clone() }), act(&member));
@@ -1357,6 +1381,27 @@ mod tests {
         assert_eq!(act(&done), Some(Action::ClearFailover), "the new standby leader clears the request");
         let nobody = Observed { failover: Some(request(None)), peers: vec![], ..following };
         assert_eq!(act(&nobody), Some(Action::ClearFailover), "no member can take over");
+    }
+
+    #[test]
+    fn a_restored_backup_on_an_older_timeline_starts_as_a_replica_not_rewound() {
+        // A backup taken on timeline 1, restored after two promotions: its
+        // recovery follows the history to timeline 3; pg_rewind cannot run
+        // on a directory that was never consistent.
+        let restored = Observed {
+            pg: PgRun::Stopped,
+            data: Some(DataDir { restored_backup: true, ..dir(false, None) }),
+            leader_timeline: Some(3),
+            peers: vec![peer("a", 100)],
+            standby_upstream: None,
+            ..base()
+        };
+        assert_eq!(decide(&restored).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
+        let started_before = Observed { data: Some(dir(false, None)), ..restored.clone() };
+        assert_eq!(decide(&started_before).action, Some(Action::Rejoin { leader: "a".into() }));
+        // A former primary's directory is never taken for a fresh restore.
+        let primary = Observed { data: Some(DataDir { restored_backup: true, ..dir(true, None) }), ..restored };
+        assert!(!matches!(decide(&primary).action, Some(Action::StartReplica { .. })), "{}", decide(&primary));
     }
 
     #[test]
@@ -1406,6 +1451,7 @@ mod tests {
             timeline: 2,
             wal_end: None,
             min_recovery_end: Some((1, 0x7850BC0)),
+            restored_backup: false,
         };
         let stopped = Observed {
             pg: PgRun::Stopped,
@@ -2406,7 +2452,7 @@ mod tests {
             Observed {
                 me: "b".into(),
                 // From draws already here (see standby_upstream below).
-                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end, min_recovery_end: wal_end.map(|end| (1, end)) }),
+                data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end, min_recovery_end: wal_end.map(|end| (1, end)), restored_backup: false }),
                 pg: if has_data { pg.clone() } else { PgRun::Stopped },
                 pg_starting: pg_starting && pg == PgRun::Transitioning,
                 // One more strategy overflows the test thread's stack in a
@@ -2661,7 +2707,8 @@ mod tests {
         fn bootstraps_only_an_uninitialised_cluster_from_empty_data(obs in arb_observed()) {
             let d = decide(&obs);
             if d.action == Some(Action::Bootstrap) {
-                prop_assert!(obs.data.is_none() && obs.initialize.is_none());
+                // A standby cluster may start from data here (it never writes).
+                prop_assert!((obs.data.is_none() || obs.standby_cluster) && obs.initialize.is_none());
                 prop_assert!(obs.peers.iter().all(|p| !p.has_data), "bootstrapped beside a member with data: {d}");
             }
         }

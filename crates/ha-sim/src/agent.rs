@@ -214,6 +214,7 @@ impl World {
             timeline: d.timeline.max(d.fetched.as_ref().map_or(0, |(tl, _)| *tl)),
             wal_end: Some(d.lsn()),
             min_recovery_end: (!answers && !d.was_primary).then(|| (d.timeline, d.lsn())),
+            restored_backup: false,
         });
         let (lsn, timeline) = node.pg.data.as_ref().map_or((0, 0), |d| (d.lsn(), d.timeline));
         let pg = match node.pg.run {

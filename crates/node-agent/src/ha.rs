@@ -109,6 +109,8 @@ pub struct Agent {
     /// The running standby follows the remote primary (standby leader of a
     /// standby cluster).
     follows_remote: bool,
+    /// The `config` key last written to `patroni.dynamic.json`.
+    dynamic_cached: Option<String>,
     sysid: Option<String>,
     last_optime: Option<u64>,
     /// The permanent slots' positions last published in `status`.
@@ -282,6 +284,7 @@ impl Agent {
             publisher: keys::MemberPublisher::default(),
             upstream: None,
             follows_remote: false,
+            dynamic_cached: None,
             sysid: None,
             last_optime: None,
             last_slots: serde_json::Map::new(),
@@ -378,6 +381,25 @@ impl Agent {
         }
     }
 
+    /// Patroni's `patroni.dynamic.json` in the data directory: the last
+    /// `config` key seen, which Patroni reads when it starts and etcd has
+    /// none (a member moved back to Patroni keeps the cluster's settings).
+    /// Written when it changes; a failure is logged.
+    fn cache_dynamic_config(&mut self, view: Option<&ClusterView>) {
+        let Some((json, _)) = view.and_then(|v| v.config.as_ref()) else { return };
+        if !self.pg.has_data() {
+            return;
+        }
+        let text = json.to_string();
+        if self.dynamic_cached.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        match crate::postgres::write_private(&self.pg.data_dir.join("patroni.dynamic.json"), &text) {
+            Ok(()) => self.dynamic_cached = Some(text),
+            Err(e) => warn!("failed to write patroni.dynamic.json: {e:#}"),
+        }
+    }
+
     /// One tick. Returns whether to tick again at once.
     pub async fn tick(&mut self) -> bool {
         let started = Instant::now();
@@ -431,6 +453,7 @@ impl Agent {
         };
         let etcd_read_duration = started.elapsed();
         let dynamic = self.dynamic(view.as_ref());
+        self.cache_dynamic_config(view.as_ref());
         self.loop_wait = dynamic.loop_wait();
         if view.is_some()
             && let Err(e) = self.ensure_lease(&dynamic).await
@@ -708,7 +731,13 @@ impl Agent {
     /// Fires `on_start`, `on_stop` and `on_role_change` from what PostgreSQL
     /// did since the last look.
     fn derive_callbacks(&mut self) {
-        let now = self.local.borrow().sql.as_ref().map(|s| if s.in_recovery { "replica" } else { "primary" });
+        // Patroni's role names: a standby cluster's leader is `standby_leader`.
+        let standby_leader = self.follows_remote && self.leader_deadline().is_some();
+        let now = self.local.borrow().sql.as_ref().map(|s| match s.in_recovery {
+            true if standby_leader => "standby_leader",
+            true => "replica",
+            false => "primary",
+        });
         match (self.seen_running, now) {
             (None, Some(role)) if self.last_role.is_some_and(|last| last != role) => {
                 self.callbacks.fire("role_change", role);

@@ -143,7 +143,8 @@ impl Postgres {
             };
             let result = result.and_then(|()| {
                 if self.has_data() {
-                    Ok(())
+                    std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+                        .with_context(|| format!("make {} private (0700)", self.data_dir.display()))
                 } else {
                     bail!(
                         "it succeeded but left no PostgreSQL data directory (no PG_VERSION) in {}",
@@ -170,6 +171,12 @@ impl Postgres {
     }
 
     async fn run_replica_command(&self, method: &MethodCommand, upstream: Option<&Upstream>) -> anyhow::Result<()> {
+        // As Patroni: a command makes the data directory itself (a copy tool
+        // may refuse one that exists); an empty one is removed first, unless
+        // the method keeps what is there (a mount point stays: rmdir fails).
+        if !method.keep_data {
+            let _ = std::fs::remove_dir(&self.data_dir);
+        }
         let connstring = upstream.map(|u| self.method_connstring(u)).unwrap_or_default();
         let args = method.arguments(&self.config().scope, &self.data_dir.display().to_string(), &connstring);
         info!(method = %method.name, command = %method.command, from = upstream.map_or("", |u| u.member.as_str()), "creating a replica");
@@ -179,8 +186,11 @@ impl Postgres {
     /// Runs the custom bootstrap method's command into an empty data
     /// directory; it must leave a PostgreSQL data directory there.
     pub async fn run_bootstrap_method(&self, method: &BootstrapMethod) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create {}", self.data_dir.display()))?;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))?;
+        // As Patroni: the data directory is the command's to make (a copy
+        // tool may refuse one that exists); its parent is there for it.
+        if let Some(parent) = self.data_dir.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
         let args = method.arguments(&self.config().scope, &self.data_dir.display().to_string());
         info!(method = %method.name, command = %method.command, "bootstrapping with a custom method");
         run_logged(&format!("bootstrap method {}", method.name), &method.command, &args, &self.pgpass).await?;
@@ -191,6 +201,9 @@ impl Postgres {
                 self.data_dir.display()
             );
         }
+        // PostgreSQL starts only on a directory no one else can read.
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make {} private (0700)", self.data_dir.display()))?;
         // As Patroni after a restore: a promote trigger left in the backup
         // must not end the recovery early.
         let _ = std::fs::remove_file(self.data_dir.join("promote"));

@@ -460,11 +460,15 @@ impl Agent {
             return Ok(());
         }
         info!("won the bootstrap race: initialising a new cluster");
+        // A standby cluster may start from data already here: never removed.
+        let had_data = self.pg.has_data();
         let result = self.build_cluster(dynamic, lease).await;
         if let Err(e) = &result {
             error!("bootstrap failed, cleaning up so another attempt can run: {e:#}");
             let _ = self.pg.stop("immediate").await;
-            self.pg.remove_unfinished_data_dir();
+            if !had_data {
+                self.pg.remove_unfinished_data_dir();
+            }
             self.sysid = None;
             let key = self.keys.initialize();
             let txn = Txn::new()
@@ -479,11 +483,11 @@ impl Agent {
     }
 
     pub(super) async fn build_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<()> {
-        if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
-            bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
-        }
         if let Some(remote) = dynamic.standby_cluster.clone() {
             return self.build_standby_cluster(dynamic, lease, remote).await;
+        }
+        if self.pg.data_dir.exists() && std::fs::read_dir(&self.pg.data_dir)?.next().is_some() {
+            bail!("{} is not empty: refusing to run initdb over it", self.pg.data_dir.display());
         }
         let method = self.config.bootstrap.method.clone();
         let start_as = match &method {
@@ -582,10 +586,17 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let upstream = crate::postgres::remote_upstream(&remote);
         self.pg.write_pgpass(upstream.as_ref())?;
-        self.pg.prepare_empty_data_dir()?;
-        let methods = self.pg.replica_methods(CloneFor::StandbyCluster(&remote.create_replica_methods));
-        info!(host = ?remote.host, port = remote.port, "bootstrapping a standby cluster from the remote primary");
-        self.pg.create_replica(upstream.as_ref(), &methods, |_, _| {}).await?;
+        if self.pg.has_data() {
+            // A data directory already here (a standby of the remote, as
+            // Patroni allows): used as it is, restarted as the standby leader.
+            info!("bootstrapping a standby cluster from the data directory here");
+            self.pg.stop("fast").await?;
+        } else {
+            self.pg.prepare_empty_data_dir()?;
+            let methods = self.pg.replica_methods(CloneFor::StandbyCluster(&remote.create_replica_methods));
+            info!(host = ?remote.host, port = remote.port, "bootstrapping a standby cluster from the remote primary");
+            self.pg.create_replica(upstream.as_ref(), &methods, |_, _| {}).await?;
+        }
         self.pg.write_config(dynamic, &StartAs::StandbyLeader { remote }, false)?;
         self.pg.start_within(RESTORE_TIMEOUT).await?;
         self.upstream = None;

@@ -67,6 +67,7 @@ impl Agent {
             timeline,
             wal_end: None,
             min_recovery_end: self.min_recovery_end,
+            restored_backup: self.pg.data_dir.join("backup_label").exists(),
         });
         let pg = match (&local.sql, local.postmaster.state) {
             (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
