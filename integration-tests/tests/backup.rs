@@ -54,7 +54,8 @@ async fn rows_on(cluster: &PgwardenCluster, node: usize, sql: &str, want: &str) 
 }
 
 /// node1 leading a new cluster and archiving to a new pgBackRest repository,
-/// with a table `t` holding row 1 (`first`) and a full backup of it.
+/// with a table `t` holding row 1 (`first`) and a full backup of it; node1
+/// runs with `max_connections = 120`.
 async fn backed_up_primary(first: &str) -> (Backrest, PgwardenCluster) {
     init_logging();
     let backrest = Backrest::new();
@@ -62,6 +63,9 @@ async fn backed_up_primary(first: &str) -> (Backrest, PgwardenCluster) {
     cluster.add_node("node1", "").expect("node1");
     let n1 = &cluster.nodes[0];
     n1.merge_config(backrest.archiving(&n1.data_dir())).expect("node1 config");
+    // More connections than the other members' default (100): a standby or
+    // restore of it must run with at least as many, as Patroni sees to.
+    n1.merge_config(json!({"postgresql": {"parameters": {"max_connections": 120}}})).expect("node1 config");
     cluster.start_all().expect("start node1");
     assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
     let n1 = &cluster.nodes[0];
@@ -102,6 +106,7 @@ async fn replicas_come_from_the_replica_methods_in_order_and_from_the_archive() 
     cluster.start_all().expect("start node2");
     cluster.wait_healthy(UP).await.expect("node2 streams");
     rows_on(&cluster, 1, "select count(*) from t", "2").await;
+    rows_on(&cluster, 1, "show max_connections", "120").await;
 
     let args = std::fs::read_to_string(&calls).expect("the failing method ran first");
     for expected in [
@@ -181,6 +186,7 @@ async fn a_new_cluster_is_bootstrapped_from_a_point_in_time_restore() {
     }}))
     .expect("restored1 config");
     cluster.start_all().expect("start restored1");
+    // The recovery ran with node1's 120 connections (it aborts with fewer).
     rows_on(&cluster, 1, "select string_agg(at, ',' order by id) from t", "in the backup,before the target").await;
     wait_until("the restored member to lead its cluster", UP, || async {
         match cluster.nodes[1].check("/primary") {

@@ -466,7 +466,10 @@ impl Postgres {
             crate::confdir::WRITTEN_BY,
             quote(&self.base_include())
         );
-        let parameters = self.parameters(dynamic, listen_local_only);
+        let mut parameters = self.parameters(dynamic, listen_local_only);
+        if !matches!(start_as, StartAs::Primary) {
+            self.raise_to_the_primarys_settings(&mut parameters);
+        }
         for (name, value) in &parameters {
             text.push_str(&format!("{name} = {}\n", quote(value)));
         }
@@ -695,6 +698,40 @@ impl Postgres {
         let timeout = self.timeout_arg();
         info!("promoting PostgreSQL");
         self.pg_ctl(&["promote", "-w", "-t", &timeout]).await.map(|_| ())
+    }
+
+    /// A standby (or a restore in recovery) refuses to run with less of
+    /// these than the primary whose WAL it replays had (PostgreSQL's
+    /// "recovery aborted because of insufficient parameter settings"): each
+    /// is raised to what `pg_controldata` recorded, as Patroni does. A
+    /// restore from another cluster's backup is the usual case.
+    fn raise_to_the_primarys_settings(&self, parameters: &mut BTreeMap<String, String>) {
+        const SETTINGS: [(&str, &str, u64); 5] = [
+            ("max_connections", "max_connections setting", 100),
+            ("max_worker_processes", "max_worker_processes setting", 8),
+            ("max_wal_senders", "max_wal_senders setting", 10),
+            ("max_prepared_transactions", "max_prepared_xacts setting", 0),
+            ("max_locks_per_transaction", "max_locks_per_xact setting", 64),
+        ];
+        let Ok(output) = std::process::Command::new(self.bins.path("pg_controldata")).arg(&self.data_dir).output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let recorded = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(k, _)| k.trim() == key)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        };
+        for (name, key, default) in SETTINGS {
+            let Some(primary) = recorded(key) else { continue };
+            let ours = parameters.get(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default);
+            if primary > ours {
+                info!(parameter = name, ours, primary, "raised to the primary's setting: a standby needs as many");
+                parameters.insert(name.to_string(), primary.to_string());
+            }
+        }
     }
 
     /// `pg_controldata` as a map of its lines (`Database system identifier`, ...).
