@@ -143,6 +143,19 @@ async fn a_standby_cluster_follows_through_a_failover_on_each_side_and_takes_wri
     // The primary cluster never saw the promoted cluster's write.
     assert_eq!(psql_port(write_port, "select count(*) from t").expect("count").trim(), "5");
 
+    // A ctl config of the standby cluster whose controller address is a
+    // member of the other cluster (two clusters on the same hosts): `list`
+    // shows the standby cluster's members, not the other's.
+    let crafted = cluster.nodes[next].dir.path().join("ctl-elsewhere.yml");
+    let yaml = std::fs::read_to_string(cluster.nodes[next].config_path()).expect("config");
+    let mut yaml: serde_json::Value = serde_saphyr::from_str(&yaml).expect("yaml");
+    yaml["pgwarden"]["controller_grpc_listen"] = json!(format!("127.0.0.1:{}", cluster.nodes[main[0]].controller_port));
+    std::fs::write(&crafted, yaml.to_string()).expect("write");
+    let crafted = crafted.display().to_string();
+    let (ok, listed, stderr) = run("pgwardenctl", &["-c", &crafted, "list"], &[]).expect("ctl");
+    assert!(ok, "{listed}{stderr}");
+    assert!(listed.contains(&cluster.nodes[next].name) && !listed.contains("| node"), "{listed}");
+
     // demote-cluster: the first cluster becomes a standby cluster of the
     // promoted one. Its primary stops cleanly, is rewound onto the new
     // timeline and follows; its replica follows it.

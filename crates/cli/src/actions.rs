@@ -79,8 +79,15 @@ pub(crate) async fn controller_client(config: &Config, scope: &str) -> Option<Co
     let mut client = connect(url).await?;
     // Talk to the active controller itself: it runs the operation, so its
     // event stream carries the operation's progress.
-    if let Ok(active) = client.get_active(ha_proto::v1::GetActiveRequest {}).await
-        && let active = active.into_inner()
+    let answer = client.get_active(ha_proto::v1::GetActiveRequest {}).await.ok().map(tonic::Response::into_inner);
+    // The address the config names may be another cluster's member (a
+    // second cluster on the same hosts): never send this cluster's
+    // operation there; etcd serves instead.
+    if let Some(other) = answer.as_ref().map(|a| a.scope.as_str()).filter(|s| !s.is_empty() && *s != scope) {
+        eprintln!("the controller the config names serves cluster {other}, not {scope}: working against etcd");
+        return None;
+    }
+    if let Some(active) = answer
         && !active.this_one
         && !active.url.is_empty()
         && let Some(active) = connect(active.url).await

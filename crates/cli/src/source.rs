@@ -38,6 +38,12 @@ async fn from_controller(config: &Config, scope: &str) -> Option<Snapshot> {
     let ask = async {
         let mut client =
             ControllerClient::new(pgwarden_runtime::grpc::connect(&url, Duration::from_secs(2)).await.ok()?);
+        // Another cluster's controller (its member at the address the
+        // config names) does not answer for this one: etcd does.
+        let serves = client.get_active(ha_proto::v1::GetActiveRequest {}).await.ok()?.into_inner().scope;
+        if !serves.is_empty() && serves != scope {
+            return None;
+        }
         client.list_members(ListMembersRequest {}).await.ok().map(tonic::Response::into_inner)
     };
     let response = tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()?;

@@ -223,7 +223,12 @@ impl Controller for ControllerService {
 
     async fn get_active(&self, _request: Request<GetActiveRequest>) -> Result<Response<GetActiveResponse>, Status> {
         let active = self.active.borrow().clone();
-        Ok(Response::new(GetActiveResponse { member: active.member, url: active.url, this_one: active.this_one }))
+        Ok(Response::new(GetActiveResponse {
+            member: active.member,
+            url: active.url,
+            this_one: active.this_one,
+            scope: self.cluster.scope.clone(),
+        }))
     }
 
     async fn get_config(&self, _request: Request<GetConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
