@@ -387,7 +387,10 @@ impl Agent {
     /// Written when it changes; a failure is logged.
     fn cache_dynamic_config(&mut self, view: Option<&ClusterView>) {
         let Some((json, _)) = view.and_then(|v| v.config.as_ref()) else { return };
-        if !self.pg.has_data() {
+        // Only into this cluster's own data directory: a foreign one (of
+        // another system identifier) is never touched.
+        let ours = self.sysid.is_some() && view.and_then(|v| v.initialize.as_deref()) == self.sysid.as_deref();
+        if !ours || !self.pg.has_data() {
             return;
         }
         let text = json.to_string();
