@@ -104,6 +104,13 @@ async fn a_debian_style_config_dir_and_custom_conf_are_used_in_place() {
     for copy in ["postgresql.base.conf.backup", "pg_hba.conf.backup"] {
         assert!(data1.join(copy).exists(), "{copy}: the copy a clone needs");
     }
+    // Patroni's cache of the `config` key, in the data directory as Patroni keeps it.
+    wait_until("patroni.dynamic.json on node1", UP, || async {
+        let cached = std::fs::read_to_string(data1.join("patroni.dynamic.json")).unwrap_or_default();
+        Ok::<_, String>(cached.contains("\"loop_wait\"").then_some(()))
+    })
+    .await
+    .expect("the config key cached");
 
     // node2 runs its custom_conf, in its own config_dir.
     shows(&cluster, 1, "config_file", &etc2.join("postgresql.conf").display().to_string()).await;

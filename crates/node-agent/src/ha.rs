@@ -109,8 +109,8 @@ pub struct Agent {
     /// The running standby follows the remote primary (standby leader of a
     /// standby cluster).
     follows_remote: bool,
-    /// The `config` key last written to `patroni.dynamic.json`.
-    dynamic_cached: Option<String>,
+    /// The `config` key's revision last written to `patroni.dynamic.json`.
+    dynamic_cached: Option<i64>,
     sysid: Option<String>,
     last_optime: Option<u64>,
     /// The permanent slots' positions last published in `status`.
@@ -386,19 +386,20 @@ impl Agent {
     /// none (a member moved back to Patroni keeps the cluster's settings).
     /// Written when it changes; a failure is logged.
     fn cache_dynamic_config(&mut self, view: Option<&ClusterView>) {
-        let Some((json, _)) = view.and_then(|v| v.config.as_ref()) else { return };
+        let Some((json, revision)) = view.and_then(|v| v.config.as_ref()) else { return };
         // Only into this cluster's own data directory: a foreign one (of
-        // another system identifier) is never touched.
+        // another system identifier) is never touched. A directory that
+        // stops being ours (a re-clone) gets the file afresh when it is again.
         let ours = self.sysid.is_some() && view.and_then(|v| v.initialize.as_deref()) == self.sysid.as_deref();
         if !ours || !self.pg.has_data() {
+            self.dynamic_cached = None;
             return;
         }
-        let text = json.to_string();
-        if self.dynamic_cached.as_deref() == Some(text.as_str()) {
+        if self.dynamic_cached == Some(*revision) {
             return;
         }
-        match crate::postgres::write_private(&self.pg.data_dir.join("patroni.dynamic.json"), &text) {
-            Ok(()) => self.dynamic_cached = Some(text),
+        match crate::postgres::write_private(&self.pg.data_dir.join("patroni.dynamic.json"), &json.to_string()) {
+            Ok(()) => self.dynamic_cached = Some(*revision),
             Err(e) => warn!("failed to write patroni.dynamic.json: {e:#}"),
         }
     }
