@@ -144,6 +144,16 @@ async fn replicas_come_from_the_replica_methods_in_order_and_from_the_archive() 
         .psql("select count(*) from pg_stat_replication where application_name = 'node3'")
         .expect("senders");
     assert_eq!(receivers.trim(), "0", "node3 must not stream");
+    // Reported under Patroni's name, in /patroni and the metric.
+    wait_until("node3 to report archive recovery", UP, || async {
+        let body = cluster.nodes[2].get("/patroni").unwrap_or_default();
+        if body.contains("\"replication_state\":\"in archive recovery\"") { Ok(Some(())) } else { Err(body) }
+    })
+    .await
+    .expect("/patroni");
+    let metrics = cluster.nodes[2].get("/metrics").expect("/metrics");
+    assert!(metrics.contains("patroni_postgres_in_archive_recovery{scope=\"itest\",name=\"node3\"} 1"), "{metrics}");
+    assert!(metrics.contains("patroni_postgres_streaming{scope=\"itest\",name=\"node3\"} 0"), "{metrics}");
 }
 
 #[tokio::test]

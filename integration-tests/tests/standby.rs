@@ -14,6 +14,7 @@ use pgwarden_integration_tests::cluster::{SUPERUSER_PASSWORD, psql_port};
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
 use pgwarden_integration_tests::service::run;
+use pgwarden_integration_tests::writer::Writers;
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 use serde_json::json;
 
@@ -42,34 +43,49 @@ async fn the_one(cluster: &PgwardenCluster, nodes: &[usize], path: &str) -> usiz
     .expect(path)
 }
 
-#[tokio::test]
-async fn a_standby_cluster_follows_through_a_failover_on_each_side_and_takes_writes_only_when_promoted() {
-    init_logging();
-    // The primary cluster (scope itest), reached through HAProxy.
-    let mut cluster = PgwardenCluster::start(3).await.expect("the primary cluster");
-    let main_leader = cluster.wait_healthy(UP).await.expect("healthy");
+/// HAProxy in front of the cluster's members, once it routes writes to the
+/// primary; returns it with its write port.
+async fn behind_haproxy(cluster: &PgwardenCluster) -> (HaProxy, u16) {
     let (write_port, read_port, stats_port) = (free_port(), free_port(), free_port());
     let haproxy_config = deploy_config(write_port, read_port, stats_port, &cluster.backends());
-    let _haproxy = HaProxy::start(&haproxy_config, &[write_port, read_port, stats_port]).await.expect("haproxy");
+    let haproxy = HaProxy::start(&haproxy_config, &[write_port, read_port, stats_port]).await.expect("haproxy");
     // HAProxy routes once its first health checks have found the primary.
     wait_until("a write through HAProxy", UP, || async { Ok::<_, String>(psql_port(write_port, "select 1").ok()) })
         .await
         .expect("HAProxy routes to the primary");
-    psql_port(write_port, "create table t (id int primary key, side text); insert into t values (1, 'before')")
-        .expect("row 1");
+    (haproxy, write_port)
+}
 
-    // The standby cluster (scope dr) on the same etcd.
+/// Adds `members` nodes (`dr1`, ...) of a standby cluster (scope `dr`, on
+/// the same etcd) following the remote primary at `write_port`, starts
+/// them, and returns their indices.
+fn start_standby_cluster(cluster: &mut PgwardenCluster, members: usize, write_port: u16) -> Vec<usize> {
     cluster.scope = "dr".into();
-    for i in 1..=3 {
+    let first = cluster.nodes.len();
+    for i in 1..=members {
         let node = cluster.add_node(&format!("dr{i}"), "").expect("dr node");
         node.merge_config(
             json!({"bootstrap": {"dcs": {"standby_cluster": {"host": "127.0.0.1", "port": write_port}}}}),
         )
         .expect("standby_cluster");
     }
-    let dr: Vec<usize> = vec![3, 4, 5];
-    let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
     cluster.start_all().expect("start the standby cluster");
+    (first..first + members).collect()
+}
+
+#[tokio::test]
+async fn a_standby_cluster_follows_through_a_failover_on_each_side_and_takes_writes_only_when_promoted() {
+    init_logging();
+    // The primary cluster (scope itest), reached through HAProxy.
+    let mut cluster = PgwardenCluster::start(3).await.expect("the primary cluster");
+    let main_leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let (_haproxy, write_port) = behind_haproxy(&cluster).await;
+    psql_port(write_port, "create table t (id int primary key, side text); insert into t values (1, 'before')")
+        .expect("row 1");
+
+    // The standby cluster (scope dr) on the same etcd.
+    let dr = start_standby_cluster(&mut cluster, 3, write_port);
+    let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
     let standby_leader = the_one(&cluster, &dr, "/standby-leader").await;
     everywhere(&cluster, &dr, "select count(*) from t", "1").await;
     let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
@@ -167,4 +183,101 @@ async fn a_standby_cluster_follows_through_a_failover_on_each_side_and_takes_wri
     the_one(&cluster, &main, "/standby-leader").await;
     everywhere(&cluster, &main, "select count(*) from t", "6").await;
     everywhere(&cluster, &main, "select pg_is_in_recovery()", "t").await;
+}
+
+/// Each table's row count and highest id on `node`, as one line.
+fn rows(cluster: &PgwardenCluster, node: usize) -> String {
+    let sql = "select coalesce(string_agg(c.relname || '=' || (xpath('/row/n/text()', \
+               query_to_xml(format('select count(*) || '':'' || coalesce(max(id), 0) as n from %I', c.relname), \
+               false, true, '')))[1]::text, ' ' order by c.relname), '') \
+               from pg_class c where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace";
+    cluster.nodes[node].psql(sql).unwrap_or_default().trim().to_string()
+}
+
+/// The remote cluster fails over asynchronously to a member that had less
+/// WAL than the standby leader (a `nostream` replica that stopped streaming
+/// while writers kept writing): the new primary's timeline 2 forks off
+/// before the standby leader's position, which PostgreSQL can never follow.
+/// The standby leader reads the fork from the history file its WAL receiver
+/// fetched, stops, is rewound onto the remote primary and follows it; its
+/// own replica, past the fork as well, is rewound onto it. No standby
+/// member is writable meanwhile, and both end with exactly the new
+/// primary's rows.
+#[tokio::test]
+async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_onto_the_new_primary() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(2).await.expect("the primary cluster");
+    let old = cluster.wait_healthy(UP).await.expect("healthy");
+    let lagging = 1 - old;
+    // The lagging member may take over however far behind it is.
+    cluster.patch_config(json!({"maximum_lag_on_failover": 1u64 << 30})).await.expect("maximum_lag_on_failover");
+    let (_haproxy, write_port) = behind_haproxy(&cluster).await;
+    psql_port(write_port, "create table shared (id int primary key); insert into shared values (1)").expect("row 1");
+    everywhere(&cluster, &[0, 1], "select count(*) from shared", "1").await;
+    // The standby cluster, two members, following through HAProxy.
+    let dr = start_standby_cluster(&mut cluster, 2, write_port);
+    let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
+    let standby_leader = the_one(&cluster, &dr, "/standby-leader").await;
+    everywhere(&cluster, &dr, "select count(*) from shared", "1").await;
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("the probes reach every standby member");
+
+    // The member that will be promoted stops streaming (and so falls
+    // behind). The fork comes after the standby cluster was cloned: its WAL
+    // holds the last checkpoint both sides share, which pg_rewind needs.
+    cluster.nodes[lagging].merge_config(json!({"tags": {"nostream": true}})).expect("nostream");
+    cluster.nodes[lagging].signal_agent(nix::sys::signal::Signal::SIGHUP);
+    let streams =
+        format!("select count(*) from pg_stat_replication where application_name = '{}'", cluster.nodes[lagging].name);
+    everywhere(&cluster, &[old], &streams, "0").await;
+
+    // Writers on the old primary: the standby cluster receives their rows,
+    // the lagging member does not.
+    let ahead = Writers::start(write_port, SUPERUSER_PASSWORD, "ahead", 3, UP).await.expect("writers");
+    ahead.wait_ack_after(std::time::Instant::now() + Duration::from_secs(2), UP).await.expect("writes");
+    let (acked, lost) = ahead.stop_and_check(UP).await.expect("the old primary's writers");
+    assert!(acked > 0 && lost.is_empty(), "{acked} acknowledged, lost: {lost:?}");
+    let before = rows(&cluster, old);
+    wait_until("the standby cluster to have the old primary's rows", UP, || async {
+        let got: Vec<String> = dr.iter().map(|&i| rows(&cluster, i)).collect();
+        if got.iter().all(|g| *g == before) { Ok(Some(())) } else { Err(format!("{got:?} against {before}")) }
+    })
+    .await
+    .expect("the standby cluster caught up");
+    assert_eq!(
+        cluster.nodes[lagging]
+            .psql("select count(*) from pg_class where relname like 'ahead%'")
+            .expect("the lagging member answers")
+            .trim(),
+        "0"
+    );
+
+    // The old primary lost: the lagging member is promoted (asynchronous
+    // loss of the writers' rows on the primary side, as configured).
+    cluster.nodes[old].kill_node();
+    assert_eq!(the_one(&cluster, &[lagging], "/primary").await, lagging);
+    let after = Writers::start(write_port, SUPERUSER_PASSWORD, "after", 3, UP).await.expect("writers");
+    after.wait_ack_after(std::time::Instant::now() + Duration::from_secs(1), UP).await.expect("writes");
+    let (acked, lost) = after.stop_and_check(UP).await.expect("the new primary's writers");
+    assert!(acked > 0 && lost.is_empty(), "{acked} acknowledged, lost: {lost:?}");
+
+    // The standby cluster converges on exactly the new primary's rows.
+    let primary_rows = rows(&cluster, lagging);
+    assert!(!primary_rows.contains("ahead"), "{primary_rows}");
+    wait_until("the standby cluster to follow the new primary's timeline", UP, || async {
+        let got: Vec<String> = dr.iter().map(|&i| rows(&cluster, i)).collect();
+        if got.iter().all(|g| *g == primary_rows) {
+            Ok(Some(()))
+        } else {
+            Err(format!("{got:?} against {primary_rows}"))
+        }
+    })
+    .await
+    .expect("the standby cluster rewound onto the new primary");
+    everywhere(&cluster, &dr, "select pg_is_in_recovery()", "t").await;
+    assert_eq!(the_one(&cluster, &dr, "/standby-leader").await, standby_leader, "the standby leader kept its key");
+    let log = cluster.nodes[standby_leader].agent_log();
+    assert!(log.contains("diverged from the remote primary"), "the standby leader rewound: {log}");
+    let report = probe.stop().await;
+    assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
 }

@@ -721,10 +721,40 @@ fn standby_leader(obs: &Observed) -> Decision {
             None => Decision::act("standby leader: follow the remote primary", Action::FollowRemote),
         };
     }
+    // The remote primary's newest timeline history (fetched by the WAL
+    // receiver into pg_wal) says where the standby's timeline ended there.
+    // A standby that received WAL past that point (the remote failed over to
+    // a member that had less, asynchronously) can never follow: it is
+    // stopped and rewound onto the remote primary. A WAL receiver that
+    // streams follows the remote: the timeline a replica reports before its
+    // receiver runs can be its last restartpoint's, older than its replay.
+    let diverged = |lsn: u64, timeline: u64| {
+        obs.not_streaming
+            .as_ref()
+            .and_then(|_| obs.history_switches.iter().find(|(tl, end)| *tl == timeline && lsn > *end))
+    };
+    let forked = obs.data.as_ref().and_then(|data| forked_standby(obs, data));
     match &obs.pg {
         _ if obs.paused => Decision::idle("paused: standby leader, no automatic action"),
         PgRun::Primary { .. } => Decision::act(
             "standby cluster: the leader runs as a primary; stop it to follow the remote primary",
+            Action::Demote,
+        ),
+        PgRun::Replica { lsn, timeline, .. } if let Some((tl, end)) = diverged(*lsn, *timeline) => Decision::act(
+            format!(
+                "standby leader diverged from the remote primary: its WAL ({}) is past where timeline {tl} ended \
+                 there ({}); stop it to rewind onto the remote primary",
+                Lsn(*lsn),
+                Lsn(*end)
+            ),
+            Action::Demote,
+        ),
+        PgRun::Transitioning if let Some((tl, end)) = forked => Decision::act(
+            format!(
+                "standby leader still starting, its data past where timeline {tl} ended on the remote primary ({}): \
+                 stop it to rewind",
+                Lsn(end)
+            ),
             Action::Demote,
         ),
         PgRun::Replica { .. } if obs.follows_remote => Decision::idle("standby leader: following the remote primary"),
@@ -732,6 +762,14 @@ fn standby_leader(obs: &Observed) -> Decision {
         PgRun::Stopped if obs.data.as_ref().is_some_and(|d| d.was_primary) => Decision::act(
             "standby leader: a primary's data directory joins the remote primary's timeline (pg_rewind where it \
              diverged), then follows it",
+            Action::RejoinRemote,
+        ),
+        PgRun::Stopped if let Some((tl, end)) = forked => Decision::act(
+            format!(
+                "standby leader: the data directory is past where timeline {tl} ended on the remote primary ({}): \
+                 pg_rewind onto it, then follow it",
+                Lsn(end)
+            ),
             Action::RejoinRemote,
         ),
         PgRun::Stopped if obs.data.is_some() => {
@@ -1381,6 +1419,44 @@ mod tests {
         assert_eq!(act(&done), Some(Action::ClearFailover), "the new standby leader clears the request");
         let nobody = Observed { failover: Some(request(None)), peers: vec![], ..following };
         assert_eq!(act(&nobody), Some(Action::ClearFailover), "no member can take over");
+    }
+
+    /// The remote cluster failed over asynchronously to a member that had
+    /// less WAL than this standby leader: its timeline 2 forked off at 90,
+    /// and the standby leader had received up to 100 on timeline 1.
+    /// PostgreSQL never follows such a fork by itself (Patroni rewinds).
+    #[test]
+    fn a_standby_leader_past_the_remote_s_fork_is_stopped_and_rewound_onto_it() {
+        let act = |obs: &Observed| decide(obs).action;
+        let leading = Observed {
+            holds_leader: true,
+            leader: Some("b".into()),
+            standby_cluster: true,
+            follows_remote: true,
+            ..base()
+        };
+        let forked = Observed {
+            history_switches: vec![(1, 90)],
+            not_streaming: Some("requested starting point is not in this server's history".into()),
+            ..leading.clone()
+        };
+        assert_eq!(act(&leading), None, "no fork known: following");
+        assert_eq!(act(&forked), Some(Action::Demote));
+        let streaming = Observed { not_streaming: None, ..forked.clone() };
+        assert_eq!(act(&streaming), None, "a streaming receiver follows the remote");
+        // Behind the fork point, or already on the new timeline: PostgreSQL follows by itself.
+        let behind = Observed { pg: PgRun::Replica { lsn: 90, timeline: 1, upstream: None }, ..forked.clone() };
+        assert_eq!(act(&behind), None);
+        let followed = Observed { pg: PgRun::Replica { lsn: 120, timeline: 2, upstream: None }, ..forked.clone() };
+        assert_eq!(act(&followed), None);
+        // Stopped (or still starting) with its data past the fork: rewound.
+        let data = Some(DataDir { min_recovery_end: Some((1, 100)), ..dir(false, None) });
+        let stopped = Observed { pg: PgRun::Stopped, data: data.clone(), ..forked.clone() };
+        assert_eq!(act(&stopped), Some(Action::RejoinRemote));
+        assert_eq!(act(&Observed { pg: PgRun::Transitioning, ..stopped.clone() }), Some(Action::Demote));
+        let short = Some(DataDir { min_recovery_end: Some((1, 80)), ..dir(false, None) });
+        assert_eq!(act(&Observed { data: short, ..stopped.clone() }), Some(Action::StartStandbyLeader));
+        assert_eq!(act(&Observed { paused: true, ..forked }), None, "a pause holds it");
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
     metric(
         "patroni_postgres_in_archive_recovery",
         "gauge",
-        "1 if this replica recovers without streaming.",
-        flag(replica && s.replication_state != "streaming"),
+        "1 if this replica replays WAL from the archive (restore_command) without streaming.",
+        flag(replica && s.replication_state == "in archive recovery"),
     );
     metric(
         "patroni_postmaster_start_time",

@@ -818,6 +818,18 @@ impl Postgres {
             .unwrap_or(0)
     }
 
+    /// The switch points of the newest timeline history file in `pg_wal`
+    /// (`(parent timeline, where it ended)`), as PostgreSQL wrote it or its
+    /// WAL receiver fetched it from the upstream. Empty without one.
+    pub fn timeline_switches(&self) -> Vec<(u64, u64)> {
+        let newest = self.latest_history_timeline();
+        if newest == 0 {
+            return Vec::new();
+        }
+        let path = self.data_dir.join("pg_wal").join(format!("{newest:08X}.history"));
+        std::fs::read_to_string(path).map(|text| parse_timeline_history(&text)).unwrap_or_default()
+    }
+
     /// The database system identifier from `pg_controldata`.
     pub async fn system_identifier(&self) -> anyhow::Result<String> {
         Ok(self.identity().await?.sysid)
@@ -1025,9 +1037,31 @@ fn rewind_changed_target(output: &str) -> bool {
         || output.contains("syncing target data directory")
 }
 
+/// The lines of a timeline history file: `<parent timeline>\t<switch
+/// point>\t<reason>`; comments and lines it cannot read are skipped.
+pub fn parse_timeline_history(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let timeline = fields.next()?.parse::<u64>().ok()?;
+            let end = fields.next()?.parse::<ha_core::Lsn>().ok()?;
+            Some((timeline, end.0))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A history file as PostgreSQL 15 writes it for timeline 3.
+    #[test]
+    fn a_timeline_history_file_gives_each_parent_and_where_it_ended() {
+        let text = "1\t0/3000148\tno recovery target specified\n\n# a comment\n2\t0/50000A0\tno recovery \
+                    target specified\n";
+        assert_eq!(parse_timeline_history(text), vec![(1, 0x3000148), (2, 0x50000A0)]);
+        assert!(parse_timeline_history("garbage\n").is_empty());
+    }
 
     /// pg_rewind 15's own words, before and after it starts to write.
     #[test]

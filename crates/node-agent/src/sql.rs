@@ -220,7 +220,8 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
                     pg_is_wal_replay_paused(), \
                     coalesce(to_char(pg_last_xact_replay_timestamp() at time zone 'UTC', \
                                      'YYYY-MM-DD HH24:MI:SS.US') || '+00:00', ''), \
-                    exists (select 1 from pg_stat_wal_receiver where received_tli > 0)",
+                    exists (select 1 from pg_stat_wal_receiver where received_tli > 0), \
+                    current_setting('restore_command') <> ''",
         )
         .fetch_one(&mut *conn)
         .await
@@ -233,7 +234,14 @@ pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
         status.timeline = row.try_get::<i64, _>(2)? as u64;
         status.xlog_location = status.receive_lsn.max(status.replay_lsn);
         let receiver: String = row.try_get(3)?;
-        status.replication_state = if receiver == "streaming" { "streaming".into() } else { String::new() };
+        // Patroni's names: a replica that does not stream but has a
+        // restore_command recovers from the archive.
+        let from_archive: bool = row.try_get(7)?;
+        status.replication_state = match (receiver.as_str(), from_archive) {
+            ("streaming", _) => "streaming".into(),
+            (_, true) => "in archive recovery".into(),
+            _ => String::new(),
+        };
         status.receiver_status = receiver;
     } else {
         let row = sqlx::query(

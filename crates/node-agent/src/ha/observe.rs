@@ -195,9 +195,14 @@ impl Agent {
             // the entry a candidate writes before it promotes carries its
             // position of a moment before, which a replica holding the old
             // primary's last records has passed without having diverged.
-            history_switches: view
-                .map(|v| v.history.iter().filter(|h| h.2 != PROMOTING).map(|h| (h.0, h.1)).collect())
-                .unwrap_or_default(),
+            // A standby cluster's timelines are the remote primary's, which
+            // its `history` key does not record: the history file the WAL
+            // receiver fetched from upstream says where they forked.
+            history_switches: match (&dynamic.standby_cluster, view) {
+                (Some(_), _) => self.pg.timeline_switches(),
+                (None, Some(v)) => v.history.iter().filter(|h| h.2 != PROMOTING).map(|h| (h.0, h.1)).collect(),
+                (None, None) => Vec::new(),
+            },
             history_author: view
                 .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
                 .and_then(|entry| entry.4.clone()),
