@@ -55,6 +55,7 @@ test-pg-versions: build ## The version matrix: PG_VERSIONS (default 18 17 16 14 
 	@for v in $(PG_VERSIONS); do \
 		filter='$(PG_MATRIX_TESTS)'; \
 		if [ "$$v" -le 15 ]; then filter="$$filter | binary(backup)"; fi; \
+		if [ "$$v" -ge 14 ]; then filter="$$filter | binary(logical)"; fi; \
 		echo "test-pg-versions: PostgreSQL $$v"; \
 		PATH="$$(./scripts/install-postgres-versions.sh --bin-dir $$v):$$PATH" PGWARDEN_TEST_PG_MAJOR=$$v \
 			$(CARGO) nextest run -p pgwarden-integration-tests --no-fail-fast -E "$$filter" || exit 1; \

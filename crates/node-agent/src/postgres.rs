@@ -386,7 +386,41 @@ impl Postgres {
         if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
             set(&mut params, "synchronous_standby_names", names);
         }
+        // Logical slot failover (as Patroni enforces it): a standby's
+        // copies of the primary's logical slots need the catalog rows their
+        // decoding reads, which its feedback keeps on the primary. From 17
+        // on PostgreSQL keeps the copies itself.
+        if self.keeps_logical_slots(dynamic) {
+            set(&mut params, "hot_standby_feedback", "on".into());
+            if self.major().is_some_and(|m| m >= 17) {
+                set(&mut params, "sync_replication_slots", "on".into());
+            }
+        }
         params
+    }
+
+    /// Whether this member keeps copies of the permanent logical slots
+    /// while it is a replica (logical slot failover): the dynamic config
+    /// lists some, this member may become the leader, and it is no standby
+    /// cluster (whose leader is a standby itself).
+    pub fn keeps_logical_slots(&self, dynamic: &DynamicConfig) -> bool {
+        let tags = &self.config.tags;
+        dynamic.standby_cluster.is_none()
+            && !tags.nofailover
+            && tags.failover_priority != Some(0)
+            && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }))
+    }
+
+    /// Writes a replication slot's state file (read on the primary) into
+    /// this data directory (see [`write_slot_state`]). PostgreSQL must be
+    /// stopped; it loads the slot at its next start.
+    pub fn write_slot_state(&self, name: &str, state: &[u8]) -> anyhow::Result<()> {
+        write_slot_state(&self.data_dir, name, state)
+    }
+
+    /// The major version of the data directory (its `PG_VERSION`).
+    pub fn major(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir.join("PG_VERSION")).ok().and_then(|v| v.trim().parse::<u32>().ok())
     }
 
     /// Sets `synchronous_standby_names` for the next config written; returns
@@ -511,7 +545,13 @@ impl Postgres {
                     text.push_str(&format!("{name} = {}\n", quote(value)));
                 }
                 if let Some(upstream) = upstream {
-                    text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(upstream))));
+                    let mut conninfo = self.primary_conninfo(upstream);
+                    if self.keeps_logical_slots(dynamic) && self.major().is_some_and(|m| m >= 17) {
+                        // PostgreSQL's slot synchronisation reads the
+                        // primary's slots over this connection.
+                        conninfo.push_str(" dbname=postgres");
+                    }
+                    text.push_str(&format!("primary_conninfo = {}\n", quote(&conninfo)));
                     if dynamic.use_slots {
                         text.push_str(&format!("primary_slot_name = {}\n", quote(&slot_name(&self.config.name))));
                     }
@@ -865,9 +905,7 @@ impl Postgres {
         }
         // The target's configuration outside its data directory: pg_rewind
         // (15 and newer) must be told where it is for its own start-up.
-        let major =
-            std::fs::read_to_string(self.data_dir.join("PG_VERSION")).ok().and_then(|v| v.trim().parse::<u32>().ok());
-        if self.config_dir() != self.data_dir && major.is_some_and(|m| m >= 15) {
+        if self.config_dir() != self.data_dir && self.major().is_some_and(|m| m >= 15) {
             cmd.arg(format!("--config-file={}", self.config_dir().join(MANAGED_CONF).display()));
         }
         cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
@@ -1037,6 +1075,37 @@ fn rewind_changed_target(output: &str) -> bool {
         || output.contains("syncing target data directory")
 }
 
+/// Writes a replication slot's state file into `<data_dir>/pg_replslot/<name>`
+/// as PostgreSQL would: through a temporary directory renamed into place,
+/// each step fsynced. `name` must be a slot name (letters, digits, `_`).
+pub fn write_slot_state(data_dir: &Path, name: &str, state: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "refusing to write slot {name:?}: not a replication slot name"
+    );
+    let slots = data_dir.join("pg_replslot");
+    let (dir, tmp) = (slots.join(name), slots.join(format!("{name}.tmp")));
+    let sync_dir = |path: &Path| std::fs::File::open(path).and_then(|d| d.sync_all());
+    let write = || -> std::io::Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp.join("state"))?;
+        file.write_all(state)?;
+        file.sync_all()?;
+        sync_dir(&tmp)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(&dir)?;
+        sync_dir(&slots)
+    };
+    write().with_context(|| format!("write replication slot {name} into {}", slots.display()))
+}
+
 /// The lines of a timeline history file: `<parent timeline>\t<switch
 /// point>\t<reason>`; comments and lines it cannot read are skipped.
 pub fn parse_timeline_history(text: &str) -> Vec<(u64, u64)> {
@@ -1053,6 +1122,25 @@ pub fn parse_timeline_history(text: &str) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot copied from the primary replaces any older copy, whole, and
+    /// only a slot name is accepted (it becomes a path).
+    #[test]
+    fn a_slot_state_is_written_into_pg_replslot_replacing_an_older_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("pg_replslot")).expect("pg_replslot");
+        write_slot_state(dir.path(), "cdc", b"old").expect("first copy");
+        std::fs::write(dir.path().join("pg_replslot/cdc/stale"), "x").expect("a stray file");
+        write_slot_state(dir.path(), "cdc", b"new").expect("second copy");
+        let slot = dir.path().join("pg_replslot/cdc");
+        assert_eq!(std::fs::read(slot.join("state")).expect("state"), b"new");
+        assert!(!slot.join("stale").exists() && !dir.path().join("pg_replslot/cdc.tmp").exists());
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(slot.join("state")).expect("meta").permissions().mode() & 0o777, 0o600);
+        for bad in ["", "../x", "a/b", "a b"] {
+            assert!(write_slot_state(dir.path(), bad, b"x").is_err(), "{bad:?}");
+        }
+    }
 
     /// A history file as PostgreSQL 15 writes it for timeline 3.
     #[test]

@@ -187,6 +187,38 @@ pub async fn connect_to(
     Ok(connection)
 }
 
+/// A superuser connection to another member's PostgreSQL (`host`:`port`),
+/// with the superuser's TLS settings (`sslmode`, certificates).
+pub async fn connect_member(config: &Config, host: &str, port: u16, timeout: Duration) -> anyhow::Result<PgConnection> {
+    let superuser = &config.postgresql.authentication.superuser;
+    let mut options = PgConnectOptions::new()
+        .host(host)
+        .port(port)
+        .username(&superuser.username)
+        .database("postgres")
+        .application_name("pgwarden-agent");
+    if let Some(password) = &superuser.password {
+        options = options.password(password.expose());
+    }
+    if let Some(mode) = &superuser.sslmode {
+        options = options.ssl_mode(mode.parse().with_context(|| format!("superuser sslmode {mode}"))?);
+    }
+    if let Some(path) = &superuser.sslrootcert {
+        options = options.ssl_root_cert(path);
+    }
+    if let Some(path) = &superuser.sslcert {
+        options = options.ssl_client_cert(path);
+    }
+    if let Some(path) = &superuser.sslkey {
+        options = options.ssl_client_key(path);
+    }
+    let options = options.disable_statement_logging();
+    tokio::time::timeout(timeout, options.connect())
+        .await
+        .with_context(|| format!("connect to PostgreSQL at {host}:{port}: timed out"))?
+        .with_context(|| format!("connect to PostgreSQL at {host}:{port}"))
+}
+
 /// One status query set; each query is small and read-only.
 pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
     let row = sqlx::query(
@@ -392,9 +424,21 @@ pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
         .collect()
 }
 
-/// A logical slot, on a connection to its database.
-pub async fn create_logical_slot(conn: &mut PgConnection, name: &str, plugin: &str) -> anyhow::Result<()> {
-    sqlx::query("select pg_create_logical_replication_slot($1, $2)")
+/// A logical slot, on a connection to its database. `failover`
+/// (PostgreSQL 17 and newer): standbys with `sync_replication_slots`
+/// keep a copy, PostgreSQL's own logical slot failover.
+pub async fn create_logical_slot(
+    conn: &mut PgConnection,
+    name: &str,
+    plugin: &str,
+    failover: bool,
+) -> anyhow::Result<()> {
+    let sql = if failover {
+        "select pg_create_logical_replication_slot($1, $2, false, false, true)"
+    } else {
+        "select pg_create_logical_replication_slot($1, $2)"
+    };
+    sqlx::query(sql)
         .bind(name)
         .bind(plugin)
         .execute(&mut *conn)
@@ -403,23 +447,79 @@ pub async fn create_logical_slot(conn: &mut PgConnection, name: &str, plugin: &s
     Ok(())
 }
 
+/// A logical slot as the primary has it: what a replica writes into its
+/// own `pg_replslot` to have the same slot after a restart.
+#[derive(Debug)]
+pub struct SlotState {
+    pub name: String,
+    pub database: String,
+    pub plugin: String,
+    /// The slot's `pg_replslot/<name>/state` file.
+    pub state: Vec<u8>,
+}
+
+/// The state files of the primary's logical slots named in `names` (on a
+/// connection to the primary, as a superuser: `pg_read_binary_file`).
+pub async fn logical_slot_states(conn: &mut PgConnection, names: &[String]) -> anyhow::Result<Vec<SlotState>> {
+    let rows = sqlx::query(
+        "select slot_name::text, d.datname::text, plugin::text, \
+                pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
+         from pg_replication_slots s join pg_database d on d.oid = s.datoid \
+         where slot_type = 'logical' and not pg_is_in_recovery() and slot_name = any($1)",
+    )
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await
+    .context("read the primary's logical slots")?;
+    rows.iter()
+        .map(|row| {
+            Ok(SlotState {
+                name: row.try_get(0)?,
+                database: row.try_get(1)?,
+                plugin: row.try_get(2)?,
+                state: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// Moves an inactive logical slot forward to `lsn`, or to what this server
+/// has replayed (or flushed) if that is earlier; never backwards. On a
+/// connection to the slot's database.
+pub async fn advance_logical_slot(conn: &mut PgConnection, name: &str, lsn: u64) -> anyhow::Result<()> {
+    advance(conn, name, lsn, "logical", "confirmed_flush_lsn").await
+}
+
 /// Moves an inactive physical slot forward to `lsn`, or to what this server
 /// has (a standby's replayed position, a primary's flushed one) if that is
 /// earlier (never backwards).
 pub async fn advance_slot(conn: &mut PgConnection, name: &str, lsn: u64) -> anyhow::Result<()> {
-    sqlx::query(
+    advance(conn, name, lsn, "physical", "restart_lsn").await
+}
+
+/// `pg_replication_slot_advance` of an inactive slot of `kind`, whose
+/// position is in `column`, to `lsn` or this server's position.
+async fn advance(
+    conn: &mut PgConnection,
+    name: &str,
+    lsn: u64,
+    kind: &'static str,
+    column: &'static str,
+) -> anyhow::Result<()> {
+    let sql = format!(
         "with here as (select case when pg_is_in_recovery() then pg_last_wal_replay_lsn() \
                                    else pg_current_wal_flush_lsn() end as lsn) \
          select pg_replication_slot_advance(slot_name, least(here.lsn, $2::text::pg_lsn)) \
-         from pg_replication_slots, here where slot_name = $1 and slot_type = 'physical' and not active \
-         and restart_lsn is not null and here.lsn is not null \
-         and restart_lsn < least(here.lsn, $2::text::pg_lsn)",
-    )
-    .bind(name)
-    .bind(ha_core::Lsn(lsn).to_string())
-    .execute(&mut *conn)
-    .await
-    .with_context(|| format!("advance replication slot {name}"))?;
+         from pg_replication_slots, here where slot_name = $1 and slot_type = '{kind}' and not active \
+         and {column} is not null and here.lsn is not null \
+         and {column} < least(here.lsn, $2::text::pg_lsn)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .bind(ha_core::Lsn(lsn).to_string())
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("advance {kind} replication slot {name}"))?;
     Ok(())
 }
 

@@ -176,15 +176,11 @@ impl Agent {
                     }
                     pgwarden_config::PermanentSlot::Logical { database, plugin } => {
                         info!(slot = name, database, plugin, "creating a permanent logical replication slot");
-                        let mut there = sql::connect_to(
-                            &self.config,
-                            &self.pg.local,
-                            self.pg.port,
-                            Duration::from_secs(5),
-                            database,
-                        )
-                        .await?;
-                        let created = sql::create_logical_slot(&mut there, name, plugin).await;
+                        let mut there = self.connect_database(database).await?;
+                        // From 17 on, standbys keep the copies themselves
+                        // (`sync_replication_slots`), of slots marked for failover.
+                        let failover = self.pg.major().is_some_and(|m| m >= 17);
+                        let created = sql::create_logical_slot(&mut there, name, plugin, failover).await;
                         sql::close(there).await;
                         created?;
                     }
@@ -287,8 +283,79 @@ impl Agent {
             }
         }
         self.release(conn);
+        // Logical slot failover before 17 (from 17 on PostgreSQL keeps the
+        // copies, `sync_replication_slots`): as Patroni, each permanent
+        // logical slot the leader has is copied from its `pg_replslot` (a
+        // restart loads it), then moved along to the position the leader
+        // publishes, which its consumer has confirmed; never further, so
+        // that a consumer continues after a failover with nothing missing.
+        if self.pg.keeps_logical_slots(dynamic) && self.pg.major().is_some_and(|m| m < 17) {
+            let mut missing = Vec::new();
+            for (name, permanent) in &dynamic.slots {
+                let pgwarden_config::PermanentSlot::Logical { database, plugin } = permanent else { continue };
+                let Some(lsn) = published.and_then(|slots| slots.get(name)).and_then(serde_json::Value::as_u64) else {
+                    continue;
+                };
+                match existing.iter().find(|s| s.name == *name) {
+                    None if !members.contains(name) => missing.push(name.clone()),
+                    Some(found) if same_slot(permanent, found) && !found.active && found.position < Some(lsn) => {
+                        let mut there = self.connect_database(database).await?;
+                        let advanced = sql::advance_logical_slot(&mut there, name, lsn).await;
+                        sql::close(there).await;
+                        advanced.with_context(|| format!("plugin {plugin}"))?;
+                    }
+                    _ => {}
+                }
+            }
+            if !missing.is_empty() {
+                self.copy_logical_slots(view, dynamic, &missing).await?;
+            }
+        }
         self.slots.replica_checked = Some(Instant::now());
         Ok(())
+    }
+
+    /// A connection to `database` on the local PostgreSQL (a logical slot's).
+    async fn connect_database(&self, database: &str) -> anyhow::Result<sqlx::postgres::PgConnection> {
+        sql::connect_to(&self.config, &self.pg.local, self.pg.port, Duration::from_secs(5), database).await
+    }
+
+    /// Copies the leader's logical slots `names` into this replica: their
+    /// state files are read on the leader and written into this data
+    /// directory's `pg_replslot` while PostgreSQL is stopped; it starts
+    /// again as the same replica and loads them.
+    async fn copy_logical_slots(
+        &mut self,
+        view: &ClusterView,
+        dynamic: &DynamicConfig,
+        names: &[String],
+    ) -> anyhow::Result<()> {
+        let leader = view.leader.as_ref().context("no leader to copy logical slots from")?;
+        let upstream = self.upstream_of(view, &leader.name)?;
+        let mut remote =
+            sql::connect_member(&self.config, &upstream.host, upstream.port, Duration::from_secs(5)).await?;
+        let states = sql::logical_slot_states(&mut remote, names).await;
+        sql::close(remote).await;
+        let states: Vec<sql::SlotState> = states?
+            .into_iter()
+            .filter(|state| {
+                let wanted = pgwarden_config::PermanentSlot::Logical {
+                    database: state.database.clone(),
+                    plugin: state.plugin.clone(),
+                };
+                dynamic.slots.get(&state.name) == Some(&wanted)
+            })
+            .collect();
+        if states.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
+        info!(?slots, leader = leader.name, "copying the leader's logical slots: restarting this replica to load them");
+        self.pg.stop("fast").await?;
+        let written = states.iter().try_for_each(|state| self.pg.write_slot_state(&state.name, &state.state));
+        self.pg.start().await?;
+        written?;
+        self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await
     }
 }
 

@@ -1,0 +1,143 @@
+//! Logical slot failover (Patroni's permanent logical slots, issue 23): the
+//! replicas that may lead keep a copy of each permanent logical slot, moved
+//! along to the position its consumer confirmed on the leader (before
+//! PostgreSQL 17 the agent copies it from the leader's `pg_replslot`; from 17
+//! on PostgreSQL's own slot synchronisation keeps it). A `pg_recvlogical`
+//! consumer reading through HAProxy's write port goes on after the primary is
+//! killed, on the new primary, and has every row the writers committed.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
+use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::postgres::binaries;
+use pgwarden_integration_tests::process::{ChildGuard, run_as_postgres};
+use pgwarden_integration_tests::writer::Writers;
+use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+use serde_json::json;
+
+const UP: Duration = Duration::from_secs(90);
+
+/// The rows a `test_decoding` consumer saw: `(table, id)` from lines such as
+/// `table public.w0: INSERT: id[bigint]:17`.
+fn decoded(text: &str) -> BTreeSet<(String, i64)> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("table public.")?;
+            let (table, change) = rest.split_once(": INSERT: id[bigint]:")?;
+            Some((table.to_string(), change.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The ids in `table` on node `i`.
+fn ids(cluster: &PgwardenCluster, i: usize, table: &str) -> BTreeSet<(String, i64)> {
+    let text = cluster.nodes[i].psql(&format!("select id from {table}")).expect("read the table");
+    text.lines().filter_map(|l| l.trim().parse().ok()).map(|id| (table.to_string(), id)).collect()
+}
+
+/// The confirmed position of the logical slot `cdc` on node `i` (empty: none).
+fn cdc_on(cluster: &PgwardenCluster, i: usize) -> String {
+    let sql = "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'cdc' and slot_type = 'logical'";
+    cluster.nodes[i].psql(sql).unwrap_or_default().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_logical_consumer_continues_through_a_failover_with_no_change_missing() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    cluster.synchronous = true;
+    for i in 1..=3 {
+        let node = cluster.add_node(&format!("node{i}"), "").expect("node");
+        node.merge_config(json!({"bootstrap": {"dcs": {
+            "postgresql": {"parameters": {"wal_level": "logical"}},
+            "slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}},
+        }}}))
+        .expect("config");
+    }
+    cluster.start_all().expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (write_port, read_port, stats_port) = (free_port(), free_port(), free_port());
+    let haproxy_config = deploy_config(write_port, read_port, stats_port, &cluster.backends());
+    let _haproxy = HaProxy::start(&haproxy_config, &[write_port, read_port, stats_port]).await.expect("haproxy");
+    wait_until("the permanent logical slot on the leader", UP, || async {
+        Ok::<_, String>((!cdc_on(&cluster, leader).is_empty()).then_some(()))
+    })
+    .await
+    .expect("cdc on the leader");
+
+    // The consumer, through HAProxy, fsyncing and confirming every second.
+    let out = cluster.nodes[leader].dir.path().join("cdc.out");
+    let mut recv = Command::new(binaries().bin_dir.join("pg_recvlogical"));
+    recv.args(["-h", "127.0.0.1", "-p", &write_port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["--slot", "cdc", "--start", "-F", "1", "-s", "1", "-f"])
+        .arg(&out)
+        .env("PGPASSWORD", SUPERUSER_PASSWORD)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(cluster.nodes[leader].dir.path().join("cdc.err")).expect("stderr file"));
+    let consumer = ChildGuard::spawn(run_as_postgres(&mut recv), "pg_recvlogical", &cluster.nodes[leader].dir)
+        .expect("pg_recvlogical");
+    let writers = Writers::start(write_port, SUPERUSER_PASSWORD, "w", 3, UP).await.expect("writers");
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_until("the consumer to receive rows", UP, || async {
+        let seen = decoded(&read()).len();
+        if seen > 100 { Ok(Some(())) } else { Err(format!("{seen} rows")) }
+    })
+    .await
+    .expect("the consumer reads");
+    // Each replica's copy moves along behind the consumer.
+    let start = cdc_on(&cluster, leader);
+    wait_until("each replica's copy of the slot to move past where it was", UP, || async {
+        let copies: Vec<String> = replicas.iter().map(|&i| cdc_on(&cluster, i)).collect();
+        let moved = copies.iter().all(|c| !c.is_empty() && c.parse::<ha_core::Lsn>().ok() >= start.parse().ok());
+        if moved { Ok(Some(())) } else { Err(format!("{copies:?}, the leader's was {start}")) }
+    })
+    .await
+    .expect("copies on the replicas");
+
+    // The consumer falls behind (paused) while the writers go on; then the
+    // primary is lost. What it has not read yet is only in the slot's copy.
+    consumer.signal(nix::sys::signal::Signal::SIGSTOP);
+    writers.wait_ack_after(Instant::now() + Duration::from_secs(2), UP).await.expect("writes the consumer missed");
+    let killed_at = Instant::now();
+    cluster.nodes[leader].kill_node();
+    let new_leader = cluster.wait_healthy_among(&replicas, UP).await.expect("a new primary");
+    consumer.signal(nix::sys::signal::Signal::SIGCONT);
+    writers.wait_ack_after(killed_at, UP).await.expect("writes on the new primary");
+    let after_failover = Instant::now();
+    writers.wait_ack_after(after_failover + Duration::from_secs(1), UP).await.expect("more writes");
+    let (acked, lost) = writers.stop_and_check(UP).await.expect("the writers' rows");
+    assert!(lost.is_empty(), "acknowledged rows lost in synchronous mode: {lost:?}");
+
+    // Every committed row reaches the consumer, those of the old primary's
+    // last moments and the new primary's alike.
+    let mut committed = BTreeSet::new();
+    for table in ["w0", "w1", "w2"] {
+        committed.extend(ids(&cluster, new_leader, table));
+    }
+    assert!(committed.len() >= acked, "{} rows for {acked} acknowledged", committed.len());
+    wait_until("the consumer to have every committed row", UP, || async {
+        let seen = decoded(&read());
+        let missing: Vec<&(String, i64)> = committed.difference(&seen).collect();
+        if missing.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(format!(
+                "{} of {} missing, e.g. {:?}",
+                missing.len(),
+                committed.len(),
+                &missing[..missing.len().min(5)]
+            ))
+        }
+    })
+    .await
+    .expect("no change missing");
+    let log = std::fs::read_to_string(cluster.nodes[leader].dir.path().join("cdc.err")).unwrap_or_default();
+    assert!(!cdc_on(&cluster, new_leader).is_empty(), "the new primary has the slot");
+    eprintln!("pg_recvlogical: {log}");
+}
