@@ -784,7 +784,7 @@ fn slots_of(cluster: &PgwardenCluster, node: usize) -> Vec<(String, String, Stri
 /// slots on the new leader after a switchover.
 #[tokio::test]
 async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
-    let (cluster, leader) = cluster().await;
+    let (mut cluster, leader) = cluster().await;
     // Logical slots need wal_level logical: a restart of every member.
     let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--pg", "wal_level=logical", "--force"]);
     assert!(ok, "{stdout}{stderr}");
@@ -812,6 +812,7 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     let sets = [
         "member_slots_ttl=1",
         "slots.archive.type=physical",
+        "slots.node4.type=physical",
         "slots.cdc.type=logical",
         "slots.cdc.database=postgres",
         "slots.cdc.plugin=pgoutput",
@@ -880,6 +881,29 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     })
     .await
     .expect("permanent slots on the new leader");
+
+    // A member joins whose slot was there already as a permanent one
+    // (Patroni's "permanent physical slots that match with member names"):
+    // it is that member's slot, and the leader goes on keeping the others
+    // (a failed creation of the existing slot used to stop it every tick).
+    cluster.add_node("node4", "").expect("node4");
+    cluster.start_all().expect("start node4");
+    wait_until("node4 to stream", UP, || async {
+        let streams = streams_to(&cluster, new_leader);
+        if streams.iter().any(|s| s == "node4") { Ok(Some(())) } else { Err(format!("{streams:?}")) }
+    })
+    .await
+    .expect("node4 streams");
+    let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--force", "--set", "slots.late.type=physical"]);
+    assert!(ok, "{stdout}{stderr}");
+    wait_until("a permanent slot added after node4 joined", UP, || async {
+        let there: Vec<String> = slots_of(&cluster, new_leader).into_iter().map(|s| s.0).collect();
+        if there.iter().any(|n| n == "late") { Ok(Some(())) } else { Err(format!("{there:?}")) }
+    })
+    .await
+    .expect("the leader still keeps its slots");
+    let log = cluster.nodes[new_leader].agent_log();
+    assert!(!log.contains("failed to keep the replication slots"), "{log}");
 }
 
 /// The members a node's PostgreSQL streams WAL to (its walsenders'

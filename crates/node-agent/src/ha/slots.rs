@@ -111,7 +111,9 @@ impl Agent {
         let existing: Vec<String> =
             slots.iter().filter(|s| s.kind == "physical" && !kept(dynamic, s)).map(|s| s.name.clone()).collect();
         let plan = self.slots.plan(&wanted, &existing, Instant::now(), dynamic.member_slots_ttl);
-        for slot in &plan.create {
+        // A member's slot may already be there as a permanent one (listed in
+        // `slots` before the member joined): it is that member's slot now.
+        for slot in plan.create.iter().filter(|name| !slots.iter().any(|s| s.name == **name && s.kind == "physical")) {
             info!(slot, "creating a replication slot");
             sql::create_slot(&mut conn, slot).await?;
         }
