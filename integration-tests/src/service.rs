@@ -99,6 +99,25 @@ pub fn run_with_input(name: &str, args: &[&str], input: &str) -> anyhow::Result<
     ))
 }
 
+/// The response headers of `GET path` on 127.0.0.1:`port`, names in lower case.
+pub fn response_headers(port: u16, path: &str) -> std::io::Result<Vec<(String, String)>> {
+    use std::io::{Read as _, Write as _};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let head = response.split_once("\r\n\r\n").map_or(response.as_str(), |(head, _)| head);
+    Ok(head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect())
+}
+
 /// A minimal HTTP/1.0 request to 127.0.0.1: (status code, body).
 pub fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_with(method, port, path, &[], "", std::time::Duration::from_secs(2))

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgwarden_integration_tests::service::http;
+use pgwarden_integration_tests::service::{http, response_headers};
 use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
@@ -128,6 +128,31 @@ async fn every_endpoint_on_the_leader_and_on_replicas() {
     let (status, body) = http("GET", r2, "/patroni").expect("/patroni");
     assert_eq!(status, 200);
     assert!(body.contains("\"state\":\"unknown\"") && body.contains("agent"), "{body}");
+
+    // Patroni's restapi.http_extra_headers and server_tokens: on every
+    // response, checks and errors alike; https_extra_headers only with TLS.
+    assert!(!response_headers(r3, "/health").expect("headers").iter().any(|(n, _)| n == "server"));
+    cluster.nodes[2]
+        .merge_config(serde_json::json!({"restapi": {
+            "http_extra_headers": {"X-Frame-Options": "SAMEORIGIN", "Cache-Control": "no-store"},
+            "https_extra_headers": {"Strict-Transport-Security": "max-age=31536000"},
+            "server_tokens": "ProductOnly",
+        }}))
+        .expect("extra headers");
+    cluster.nodes[2].kill_health();
+    cluster.nodes[2].start_health().expect("restart the health API");
+    wait_until("node3's health API back", UP, || async {
+        Ok::<_, String>((code(r3, "GET", "/replica") == 200).then_some(()))
+    })
+    .await
+    .expect("back");
+    for path in ["/replica", "/primary", "/patroni", "/no-such-endpoint"] {
+        let headers = response_headers(r3, path).expect("headers");
+        let has = |name: &str, value: &str| headers.iter().any(|(n, v)| n == name && v == value);
+        assert!(has("x-frame-options", "SAMEORIGIN") && has("cache-control", "no-store"), "{path}: {headers:?}");
+        assert!(has("server", "pgwarden"), "{path}: {headers:?}");
+        assert!(!headers.iter().any(|(n, _)| n == "strict-transport-security"), "{path}: no TLS here: {headers:?}");
+    }
 }
 
 /// The hardening probe's idle-connection flood: 20,000 idle TCP connections

@@ -111,6 +111,23 @@ pub struct RestApi {
     pub allowlist: Vec<String>,
     /// `restapi.allowlist_include_members`: the members' hosts too.
     pub allowlist_include_members: bool,
+    /// `restapi.http_extra_headers`, and `https_extra_headers` when TLS is
+    /// on: sent with every response, as Patroni sends them.
+    pub extra_headers: Vec<(String, String)>,
+    /// `restapi.server_tokens`: the `Server` header pgwarden sends.
+    pub server_tokens: ServerTokens,
+}
+
+/// `restapi.server_tokens`, as Patroni reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerTokens {
+    /// No `Server` header of pgwarden's (Patroni: the HTTP library's own).
+    #[default]
+    Original,
+    /// `Server: pgwarden`.
+    ProductOnly,
+    /// `Server: pgwarden/<version>`.
+    Minimal,
 }
 
 impl RestApi {
@@ -315,6 +332,52 @@ pub struct Log {
     /// when it changes (default false: also once per `loop_wait`, as
     /// Patroni's heartbeat line).
     pub deduplicate_heartbeat_logs: bool,
+}
+
+/// `restapi.http_extra_headers` / `https_extra_headers`: header names and
+/// values HTTP allows (no line breaks), in the order written.
+fn header_map(r: &mut Reader<'_>, path: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(section) = r.section(path) else { return out };
+    for (name, value) in section {
+        let key = format!("{path}.{name}");
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                r.problems.error(key, "expected a header value (a string)");
+                continue;
+            }
+        };
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            r.problems.error(key, "not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)");
+        } else if text.chars().any(|c| c.is_control() && c != '\t') {
+            r.problems.error(key, "an HTTP header value cannot hold line breaks or control characters");
+        } else {
+            out.push((name.clone(), text));
+        }
+    }
+    out
+}
+
+/// `restapi.server_tokens`: an unknown value is a warning and the header is
+/// left alone, as in Patroni.
+fn server_tokens(r: &mut Reader<'_>) -> ServerTokens {
+    let Some(text) = r.string("restapi.server_tokens") else { return ServerTokens::Original };
+    match text.trim().to_ascii_lowercase().as_str() {
+        "original" => ServerTokens::Original,
+        "productonly" => ServerTokens::ProductOnly,
+        "minimal" => ServerTokens::Minimal,
+        _ => {
+            r.problems.warn(
+                "restapi.server_tokens",
+                format!("{text:?} is not one of original, productonly, minimal: the Server header is left as it is"),
+            );
+            ServerTokens::Original
+        }
+    }
 }
 
 /// `restapi.allowlist`: each entry an address, a host name, or a CIDR
@@ -1058,6 +1121,15 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         authentication: basic_auth(&mut r, "restapi.authentication"),
         allowlist: allowlist(&mut r),
         allowlist_include_members: r.bool("restapi.allowlist_include_members", false),
+        extra_headers: {
+            let mut headers = header_map(&mut r, "restapi.http_extra_headers");
+            let https = header_map(&mut r, "restapi.https_extra_headers");
+            if r.get("restapi.certfile").is_some() {
+                headers.extend(https);
+            }
+            headers
+        },
+        server_tokens: server_tokens(&mut r),
     });
 
     r.section("ctl");

@@ -67,6 +67,34 @@ pub struct WriteSettings {
     pub allowlist: allowlist::Allowlist,
     /// The agent's gRPC URL on this node (`POST /failsafe` goes to it).
     pub agent_url: String,
+    /// Sent with every response: `restapi.http_extra_headers` (and
+    /// `https_extra_headers` with TLS), and the `Server` header
+    /// `restapi.server_tokens` asks for.
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// The headers `restapi` asks to send with every response (checked when the
+/// config was read; one that still does not parse is an error at start).
+pub fn response_headers(
+    restapi: &pgwarden_config::RestApi,
+) -> anyhow::Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let server = match restapi.server_tokens {
+        pgwarden_config::ServerTokens::Original => None,
+        pgwarden_config::ServerTokens::ProductOnly => Some("pgwarden".to_string()),
+        pgwarden_config::ServerTokens::Minimal => Some(format!("pgwarden/{}", env!("CARGO_PKG_VERSION"))),
+    };
+    server
+        .map(|value| ("Server".to_string(), value))
+        .into_iter()
+        .chain(restapi.extra_headers.iter().cloned())
+        .map(|(name, value)| {
+            let header = http::HeaderName::try_from(name.as_str())
+                .map_err(|e| anyhow::anyhow!("restapi extra header {name:?}: {e}"))?;
+            let value = http::HeaderValue::try_from(value.as_str())
+                .map_err(|e| anyhow::anyhow!("restapi extra header {name:?} value: {e}"))?;
+            Ok((header, value))
+        })
+        .collect()
 }
 
 /// Whether `peer` may call the write endpoints: in the allowlist, or (with
@@ -369,7 +397,10 @@ async fn serve<S>(
             let (shared, connection, last_activity) = (shared.clone(), connection.clone(), last_activity.clone());
             async move {
                 connection.busy.store(true, Ordering::SeqCst);
-                let response = respond(request, &shared, client_verified, peer).await;
+                let mut response = respond(request, &shared, client_verified, peer).await;
+                for (name, value) in &shared.writes.response_headers {
+                    response.headers_mut().append(name.clone(), value.clone());
+                }
                 *last_activity.lock().expect("activity") = Instant::now();
                 connection.busy.store(false, Ordering::SeqCst);
                 Ok::<_, Infallible>(response)
@@ -529,6 +560,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
                 networks: allowlist::resolve(&config.restapi.allowlist).await,
                 include_members: config.restapi.allowlist_include_members,
             },
+            response_headers: response_headers(&config.restapi)?,
         },
         listener,
         pgwarden_runtime::shutdown_signal(),
