@@ -369,6 +369,17 @@ async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused
     }
     // node3 trusts another CA: it must not clone from a server it cannot verify.
     set_postgres_tls(&cluster, 2, &pki, &pki.rogue_cert);
+    // A permanent logical slot: the replica copies it from the primary over
+    // the superuser's verified TLS connection (sqlx, not libpq).
+    for node in &cluster.nodes {
+        node.merge_config(serde_json::json!({
+            "bootstrap": {"dcs": {
+                "postgresql": {"parameters": {"wal_level": "logical"}},
+                "slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}},
+            }},
+        }))
+        .expect("a permanent logical slot");
+    }
     for node in &mut cluster.nodes {
         node.start_agent().expect("agent");
         node.start_health().expect("health");
@@ -384,6 +395,14 @@ async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused
         .expect("pg_stat_ssl");
     assert_eq!(streams, format!("node{}:true", replica + 1), "the one replica streams over TLS");
 
+    wait_until("the replica's copy of the logical slot, read from the primary over TLS", UP, || async {
+        let slots = cluster.nodes[replica]
+            .psql("select string_agg(slot_name, ',') from pg_replication_slots where slot_type = 'logical'")
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((slots == "cdc").then_some(()))
+    })
+    .await
+    .expect("the logical slot copied over TLS");
     // A clean switchover: the old primary follows the new one, again over TLS.
     let config = cluster.nodes[leader].config_path().display().to_string();
     let (ok, stdout, stderr) =
