@@ -906,6 +906,42 @@ async fn permanent_slots_are_kept_and_ignored_slots_never_dropped() {
     assert!(!log.contains("failed to keep the replication slots"), "{log}");
 }
 
+/// Patroni's "permanent physical replication slot on replica after
+/// failover": the slots a former primary kept for its replicas hold the xmin
+/// their hot_standby_feedback left. Once it is a replica nobody streams from
+/// them, so they are made afresh without it (kept, that xmin would hold back
+/// vacuum for good, and on the new primary too through this standby's own
+/// feedback).
+#[tokio::test]
+async fn a_former_primarys_member_slots_lose_the_xmin_their_feedback_left() {
+    let (cluster, leader) = cluster().await;
+    let (ok, stdout, stderr) = ctl(&cluster, &["edit-config", "--pg", "hot_standby_feedback=on", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let physical = "select coalesce(string_agg(slot_name || ':' || coalesce(xmin::text, '-'), ',' order by slot_name), '') \
+                    from pg_replication_slots where slot_type = 'physical'";
+    wait_until("the replicas' feedback xmin on the leader's slots", UP, || async {
+        let slots = cluster.nodes[leader].psql(physical).map_err(|e| e.to_string())?;
+        let with_xmin = slots.split(',').filter(|s| !s.is_empty() && !s.ends_with(":-")).count();
+        if with_xmin == 2 { Ok(Some(())) } else { Err(slots) }
+    })
+    .await
+    .expect("feedback xmin");
+    let (ok, stdout, stderr) = ctl(&cluster, &["switchover", "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let new_leader = cluster.wait_healthy(UP).await.expect("healthy after the switchover");
+    assert_ne!(new_leader, leader);
+    let mut others: Vec<String> =
+        (0..3).filter(|&i| i != leader).map(|i| format!("{}:-", cluster.nodes[i].name)).collect();
+    others.sort();
+    let want = others.join(",");
+    wait_until("the former primary's member slots without an xmin", UP, || async {
+        let slots = cluster.nodes[leader].psql(physical).map_err(|e| e.to_string())?;
+        if slots == want { Ok(Some(())) } else { Err(slots) }
+    })
+    .await
+    .expect("no stale xmin on the former primary");
+}
+
 /// The members a node's PostgreSQL streams WAL to (its walsenders'
 /// application names), sorted.
 fn streams_to(cluster: &PgwardenCluster, node: usize) -> Vec<String> {

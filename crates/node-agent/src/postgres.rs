@@ -411,6 +411,48 @@ impl Postgres {
             && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }))
     }
 
+    /// The state files of `source`'s logical slots named in `names`, read
+    /// with `psql` as pg_rewind connects (the rewind user, or the
+    /// superuser; libpq's TLS and the pgpass file), as Patroni reads them.
+    pub async fn logical_slot_states(
+        &self,
+        source: &Upstream,
+        names: &[String],
+    ) -> anyhow::Result<Vec<crate::sql::SlotState>> {
+        let auth = &self.config.postgresql.authentication;
+        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=5 application_name=pgwarden-agent{}",
+            source.host,
+            source.port,
+            user.username,
+            ssl_options(user)
+        );
+        // Slot names are letters, digits and `_` (PostgreSQL's rule): listed
+        // in the query as they are.
+        let listed: Vec<String> = names
+            .iter()
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .map(|n| format!("'{n}'"))
+            .collect();
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!(
+            "select s.slot_name, d.datname, s.plugin, \
+                    encode(pg_catalog.pg_read_binary_file('pg_replslot/' || s.slot_name || '/state'), 'hex') \
+             from pg_catalog.pg_replication_slots s join pg_catalog.pg_database d on d.oid = s.datoid \
+             where s.slot_type = 'logical' and not pg_catalog.pg_is_in_recovery() and s.slot_name in ({})",
+            listed.join(", ")
+        );
+        let mut cmd = Command::new(self.bins.path("psql"));
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-d"])
+            .arg(&conninfo)
+            .args(["-c", &query]);
+        let text = self.run("psql (read the primary's logical slots)", &mut cmd).await?;
+        text.lines().filter(|l| !l.is_empty()).map(parse_slot_state).collect()
+    }
+
     /// Writes a replication slot's state file (read on the primary) into
     /// this data directory (see [`write_slot_state`]). PostgreSQL must be
     /// stopped; it loads the slot at its next start.
@@ -1106,6 +1148,27 @@ pub fn write_slot_state(data_dir: &Path, name: &str, state: &[u8]) -> anyhow::Re
     write().with_context(|| format!("write replication slot {name} into {}", slots.display()))
 }
 
+/// One line of [`Postgres::logical_slot_states`]' output: name, database,
+/// plugin and the state file in hex, separated by U+001F.
+fn parse_slot_state(line: &str) -> anyhow::Result<crate::sql::SlotState> {
+    let fields: Vec<&str> = line.split('\u{1f}').collect();
+    let [name, database, plugin, hex] = fields.as_slice() else {
+        bail!("unexpected line from the primary's slots: {line:?}");
+    };
+    anyhow::ensure!(hex.len() % 2 == 0, "slot {name}: a state file of odd hex length");
+    let state = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .with_context(|| format!("slot {name}: the state file is not hex"))?;
+    Ok(crate::sql::SlotState {
+        name: name.to_string(),
+        database: database.to_string(),
+        plugin: plugin.to_string(),
+        state,
+    })
+}
+
 /// The lines of a timeline history file: `<parent timeline>\t<switch
 /// point>\t<reason>`; comments and lines it cannot read are skipped.
 pub fn parse_timeline_history(text: &str) -> Vec<(u64, u64)> {
@@ -1140,6 +1203,16 @@ mod tests {
         for bad in ["", "../x", "a/b", "a b"] {
             assert!(write_slot_state(dir.path(), bad, b"x").is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_primary_slot_line_gives_its_state_file_bytes() {
+        let slot = parse_slot_state("cdc\u{1f}app db\u{1f}pgoutput\u{1f}a1c20001ff").expect("a line");
+        assert_eq!((slot.name.as_str(), slot.database.as_str(), slot.plugin.as_str()), ("cdc", "app db", "pgoutput"));
+        assert_eq!(slot.state, vec![0xa1, 0xc2, 0x00, 0x01, 0xff]);
+        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}abc").is_err(), "odd length");
+        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}zz").is_err(), "not hex");
+        assert!(parse_slot_state("cdc\u{1f}app").is_err(), "too few fields");
     }
 
     /// A history file as PostgreSQL 15 writes it for timeline 3.

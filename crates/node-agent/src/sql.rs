@@ -187,38 +187,6 @@ pub async fn connect_to(
     Ok(connection)
 }
 
-/// A superuser connection to another member's PostgreSQL (`host`:`port`),
-/// with the superuser's TLS settings (`sslmode`, certificates).
-pub async fn connect_member(config: &Config, host: &str, port: u16, timeout: Duration) -> anyhow::Result<PgConnection> {
-    let superuser = &config.postgresql.authentication.superuser;
-    let mut options = PgConnectOptions::new()
-        .host(host)
-        .port(port)
-        .username(&superuser.username)
-        .database("postgres")
-        .application_name("pgwarden-agent");
-    if let Some(password) = &superuser.password {
-        options = options.password(password.expose());
-    }
-    if let Some(mode) = &superuser.sslmode {
-        options = options.ssl_mode(mode.parse().with_context(|| format!("superuser sslmode {mode}"))?);
-    }
-    if let Some(path) = &superuser.sslrootcert {
-        options = options.ssl_root_cert(path);
-    }
-    if let Some(path) = &superuser.sslcert {
-        options = options.ssl_client_cert(path);
-    }
-    if let Some(path) = &superuser.sslkey {
-        options = options.ssl_client_key(path);
-    }
-    let options = options.disable_statement_logging();
-    tokio::time::timeout(timeout, options.connect())
-        .await
-        .with_context(|| format!("connect to PostgreSQL at {host}:{port}: timed out"))?
-        .with_context(|| format!("connect to PostgreSQL at {host}:{port}"))
-}
-
 /// One status query set; each query is small and read-only.
 pub async fn status(conn: &mut PgConnection) -> anyhow::Result<SqlStatus> {
     let row = sqlx::query(
@@ -399,12 +367,14 @@ pub struct Slot {
     /// Where the slot's consumer has got to: a logical slot's
     /// `confirmed_flush_lsn`, a physical one's `restart_lsn`.
     pub position: Option<u64>,
+    /// The `xmin` a standby's hot_standby_feedback left on the slot.
+    pub xmin: Option<String>,
 }
 
 pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
     let rows = sqlx::query(
         "select slot_name::text, slot_type, database::text, plugin::text, active, \
-                pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint \
+                pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint, xmin::text \
          from pg_replication_slots",
     )
     .fetch_all(&mut *conn)
@@ -419,6 +389,7 @@ pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
                 plugin: row.try_get(3)?,
                 active: row.try_get(4)?,
                 position: row.try_get::<Option<i64>, _>(5)?.map(|lsn| lsn as u64),
+                xmin: row.try_get(6)?,
             })
         })
         .collect()
@@ -456,31 +427,6 @@ pub struct SlotState {
     pub plugin: String,
     /// The slot's `pg_replslot/<name>/state` file.
     pub state: Vec<u8>,
-}
-
-/// The state files of the primary's logical slots named in `names` (on a
-/// connection to the primary, as a superuser: `pg_read_binary_file`).
-pub async fn logical_slot_states(conn: &mut PgConnection, names: &[String]) -> anyhow::Result<Vec<SlotState>> {
-    let rows = sqlx::query(
-        "select slot_name::text, d.datname::text, plugin::text, \
-                pg_read_binary_file('pg_replslot/' || slot_name || '/state') \
-         from pg_replication_slots s join pg_database d on d.oid = s.datoid \
-         where slot_type = 'logical' and not pg_is_in_recovery() and slot_name = any($1)",
-    )
-    .bind(names)
-    .fetch_all(&mut *conn)
-    .await
-    .context("read the primary's logical slots")?;
-    rows.iter()
-        .map(|row| {
-            Ok(SlotState {
-                name: row.try_get(0)?,
-                database: row.try_get(1)?,
-                plugin: row.try_get(2)?,
-                state: row.try_get(3)?,
-            })
-        })
-        .collect()
 }
 
 /// Moves an inactive logical slot forward to `lsn`, or to what this server

@@ -231,7 +231,27 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let existing = sql::slots(&mut conn).await?;
+        let mut existing = sql::slots(&mut conn).await?;
+        // A slot nobody streams from here that holds an xmin (the feedback
+        // of a standby that streamed from this node when it was primary)
+        // would hold back vacuum for good, here and, through this standby's
+        // own feedback, on the primary: it is dropped and made afresh, as
+        // Patroni does.
+        // Not a downstream member's (`replicatefrom` this node): that one is
+        // expected to come back to it.
+        let downstream = downstream_of(view, &me);
+        let physical_kept = |name: &str| {
+            !downstream.iter().any(|d| d == name)
+                && (wanted.iter().any(|(w, _)| w == name)
+                    || matches!(dynamic.slots.get(name), Some(pgwarden_config::PermanentSlot::Physical)))
+        };
+        for slot in existing.iter().filter(|s| s.kind == "physical" && !s.active && s.xmin.is_some()) {
+            if physical_kept(&slot.name) {
+                warn!(slot = slot.name, xmin = slot.xmin, "dropping an unused replication slot that holds an xmin");
+                sql::drop_slot(&mut conn, &slot.name).await?;
+            }
+        }
+        existing.retain(|s| !(s.kind == "physical" && !s.active && s.xmin.is_some() && physical_kept(&s.name)));
         for (slot, reported) in &wanted {
             match existing.iter().find(|s| s.name == *slot) {
                 None => {
@@ -334,11 +354,11 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let leader = view.leader.as_ref().context("no leader to copy logical slots from")?;
         let upstream = self.upstream_of(view, &leader.name)?;
-        let mut remote =
-            sql::connect_member(&self.config, &upstream.host, upstream.port, Duration::from_secs(5)).await?;
-        let states = sql::logical_slot_states(&mut remote, names).await;
-        sql::close(remote).await;
-        let states: Vec<sql::SlotState> = states?
+        self.pg.write_pgpass(Some(&upstream))?;
+        let states: Vec<sql::SlotState> = self
+            .pg
+            .logical_slot_states(&upstream, names)
+            .await?
             .into_iter()
             .filter(|state| {
                 let wanted = pgwarden_config::PermanentSlot::Logical {
@@ -430,6 +450,7 @@ mod tests {
             plugin: plugin.map(String::from),
             active: false,
             position: None,
+            xmin: None,
         };
         assert!(kept(&dynamic, &slot("archive", "physical", None, None)));
         assert!(kept(&dynamic, &slot("manual", "physical", None, None)));
