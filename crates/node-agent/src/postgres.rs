@@ -419,15 +419,7 @@ impl Postgres {
         source: &Upstream,
         names: &[String],
     ) -> anyhow::Result<Vec<crate::sql::SlotState>> {
-        let auth = &self.config.postgresql.authentication;
-        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
-        let conninfo = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=5 application_name=pgwarden-agent{}",
-            source.host,
-            source.port,
-            user.username,
-            ssl_options(user)
-        );
+        let conninfo = self.rewind_conninfo(source);
         // Slot names are letters, digits and `_` (PostgreSQL's rule): listed
         // in the query as they are.
         let listed: Vec<String> = names
@@ -926,18 +918,25 @@ impl Postgres {
         Ok(lsn.0)
     }
 
-    /// Runs pg_rewind against `source` (`dry_run`: only find out whether the
-    /// data directory diverged). Returns whether a rewind was (or would be) needed.
-    pub async fn rewind(&self, source: &Upstream, dry_run: bool) -> anyhow::Result<bool> {
+    /// How pg_rewind (and the copy of logical slots) connects to `source`:
+    /// the rewind user, or the superuser without one, with its TLS settings;
+    /// the password comes from the pgpass file.
+    fn rewind_conninfo(&self, source: &Upstream) -> String {
         let auth = &self.config.postgresql.authentication;
         let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
-        let conninfo = format!(
+        format!(
             "host={} port={} user={} dbname=postgres connect_timeout=5{}",
             source.host,
             source.port,
             user.username,
             ssl_options(user)
-        );
+        )
+    }
+
+    /// Runs pg_rewind against `source` (`dry_run`: only find out whether the
+    /// data directory diverged). Returns whether a rewind was (or would be) needed.
+    pub async fn rewind(&self, source: &Upstream, dry_run: bool) -> anyhow::Result<bool> {
+        let conninfo = self.rewind_conninfo(source);
         let mut cmd = Command::new(self.bins.path("pg_rewind"));
         cmd.arg(format!("--target-pgdata={}", self.data_dir.display()))
             .arg(format!("--source-server={conninfo}"))
