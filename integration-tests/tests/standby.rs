@@ -278,6 +278,23 @@ async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_ont
     assert_eq!(the_one(&cluster, &dr, "/standby-leader").await, standby_leader, "the standby leader kept its key");
     let log = cluster.nodes[standby_leader].agent_log();
     assert!(log.contains("diverged from the remote primary"), "the standby leader rewound: {log}");
+
+    // A changed standby_cluster reaches the running standby leader (as
+    // Patroni's PATCH /config): here, the new primary's own port instead
+    // of HAProxy's.
+    let direct = cluster.nodes[lagging].pg_port;
+    cluster
+        .patch_config(json!({"standby_cluster": {"host": "127.0.0.1", "port": direct}}))
+        .await
+        .expect("a new remote for the standby cluster");
+    wait_until("the standby leader to stream from the new primary's own port", UP, || async {
+        let port = cluster.nodes[standby_leader]
+            .psql("select sender_port from pg_stat_wal_receiver where status = 'streaming'")
+            .unwrap_or_default();
+        if port.trim() == direct.to_string() { Ok(Some(())) } else { Err(port) }
+    })
+    .await
+    .expect("the standby leader follows the changed standby_cluster");
     let report = probe.stop().await;
     assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
 }

@@ -557,12 +557,21 @@ impl Agent {
             }
         }
         // A changed parameter (dynamic config or a reload) reaches PostgreSQL
-        // by a reload; one that needs a restart shows as pending_restart.
+        // by a reload; one that needs a restart shows as pending_restart. So
+        // does a changed `standby_cluster` on a standby leader (a new remote,
+        // or archive recovery only: `primary_conninfo`, `restore_command`).
+        let remote_changed = self.follows_remote
+            && dynamic.standby_cluster.is_some()
+            && self.pg.written_remote() != dynamic.standby_cluster;
         if let Some(view) = &view
             && local.sql.is_some()
-            && self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false))
+            && (remote_changed
+                || self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false)))
         {
-            info!("PostgreSQL parameters changed: rewriting the config and reloading");
+            info!(
+                standby_cluster_changed = remote_changed,
+                "PostgreSQL settings changed: rewriting the config and reloading"
+            );
             match self.rewrite_running_config(Some(view), &dynamic).await {
                 Ok(()) => {
                     if let Some(role) = self.seen_running {

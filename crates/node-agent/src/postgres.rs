@@ -83,6 +83,9 @@ pub struct Postgres {
     sync_names: std::sync::Mutex<Option<String>>,
     /// The parameters last written to `postgresql.conf`.
     written: std::sync::Mutex<Option<BTreeMap<String, String>>>,
+    /// The remote primary the last config written follows (a standby
+    /// leader's), to notice a changed `standby_cluster`.
+    written_remote: std::sync::Mutex<Option<pgwarden_config::StandbyCluster>>,
 }
 
 /// The member name the remote primary of a standby cluster goes by in logs.
@@ -198,6 +201,7 @@ impl Postgres {
             config: config.clone(),
             sync_names: std::sync::Mutex::new(None),
             written: std::sync::Mutex::new(None),
+            written_remote: std::sync::Mutex::new(None),
         })
     }
 
@@ -401,11 +405,14 @@ impl Postgres {
 
     /// Whether this member keeps copies of the permanent logical slots
     /// while it is a replica (logical slot failover): the dynamic config
-    /// lists some, this member may become the leader, and it is no standby
-    /// cluster (whose leader is a standby itself).
+    /// lists some, this member may become the leader, streams (`nostream`
+    /// sends no feedback to the primary) with slots, and it is no standby
+    /// cluster (whose leader is a standby itself), as Patroni's rule.
     pub fn keeps_logical_slots(&self, dynamic: &DynamicConfig) -> bool {
         let tags = &self.config.tags;
         dynamic.standby_cluster.is_none()
+            && dynamic.use_slots
+            && !tags.nostream
             && !tags.nofailover
             && tags.failover_priority != Some(0)
             && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }))
@@ -542,6 +549,10 @@ impl Postgres {
             text.push_str(&format!("{name} = {}\n", quote(value)));
         }
         *self.written.lock().expect("written parameters") = Some(parameters);
+        *self.written_remote.lock().expect("written remote") = match start_as {
+            StartAs::StandbyLeader { remote } => Some(remote.clone()),
+            _ => None,
+        };
         let standby_signal = self.data_dir.join("standby.signal");
         // Written for both roles: it needs a restart to change, so dropping it
         // on promotion would leave the new primary "pending restart".
@@ -757,6 +768,12 @@ impl Postgres {
     /// The parameters of the last config file written.
     pub fn written_parameters(&self) -> Option<BTreeMap<String, String>> {
         self.written.lock().expect("written parameters").clone()
+    }
+
+    /// The `standby_cluster` the last config written follows (`None`: it
+    /// was not a standby leader's).
+    pub fn written_remote(&self) -> Option<pgwarden_config::StandbyCluster> {
+        self.written_remote.lock().expect("written remote").clone()
     }
 
     /// A re-read config (reload): parameters, pg_hba, authentication.

@@ -249,6 +249,15 @@ impl Agent {
             };
             StartAs::Replica { upstream }
         };
+        // The password for the (maybe new) upstream before PostgreSQL
+        // reconnects with the new primary_conninfo.
+        match &start_as {
+            StartAs::StandbyLeader { remote } => {
+                self.pg.write_pgpass(crate::postgres::remote_upstream(remote).as_ref())?
+            }
+            StartAs::Replica { upstream: Some(upstream) } => self.pg.write_pgpass(Some(upstream))?,
+            _ => {}
+        }
         self.pg.write_config(dynamic, &start_as, false)?;
         self.pg.reload().await
     }

@@ -311,7 +311,16 @@ impl Agent {
         // restart loads it), then moved along to the position the leader
         // publishes, which its consumer has confirmed; never further, so
         // that a consumer continues after a failover with nothing missing.
-        if self.pg.keeps_logical_slots(dynamic) && self.pg.major().is_some_and(|m| m < 17) {
+        // Not behind a `nostream` member either: its feedback, which keeps
+        // the catalog rows the copies need, would never reach the primary.
+        let upstream_streams = self
+            .config
+            .tags
+            .replicatefrom
+            .as_deref()
+            .and_then(|from| view.member(from))
+            .is_none_or(|m| !m.data.tag_flag("nostream"));
+        if self.pg.keeps_logical_slots(dynamic) && upstream_streams && self.pg.major().is_some_and(|m| m < 17) {
             let mut missing = Vec::new();
             for (name, permanent) in &dynamic.slots {
                 let pgwarden_config::PermanentSlot::Logical { database, plugin } = permanent else { continue };
