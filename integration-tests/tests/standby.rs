@@ -295,6 +295,17 @@ async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_ont
     })
     .await
     .expect("the standby leader follows the changed standby_cluster");
+
+    // The first cluster demoted to replay an archive only (no host, as
+    // Patroni's "demote cluster" scenario): nothing to rewind against, so
+    // its primary restarts as a standby leader (it stayed stopped before).
+    cluster.scope = "itest".into();
+    cluster
+        .patch_config(json!({"standby_cluster": {"restore_command": "false"}}))
+        .await
+        .expect("demote the first cluster to archive recovery");
+    assert_eq!(the_one(&cluster, &[lagging], "/standby-leader").await, lagging);
+    everywhere(&cluster, &[lagging], "select pg_is_in_recovery()", "t").await;
     let report = probe.stop().await;
     assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
 }

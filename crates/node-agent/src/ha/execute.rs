@@ -431,10 +431,17 @@ impl Agent {
     /// standby cluster) onto the remote primary's timeline: pg_rewind where
     /// it diverged, as a rejoin does onto a leader of its own cluster.
     async fn rewind_onto_remote(&mut self, upstream: Option<&Upstream>, dynamic: &DynamicConfig) -> anyhow::Result<()> {
-        let upstream = upstream.context(
-            "this data directory was last a primary and standby_cluster names no host to rewind it onto (an \
-             archive alone cannot tell whether it diverged): reinitialize this member",
-        )?;
+        // Archive recovery only: nothing to compare with, as in Patroni it
+        // starts as the standby leader (never writable); had it diverged,
+        // PostgreSQL refuses the archive's timeline and says so in its log.
+        let Some(upstream) = upstream else {
+            warn!(
+                "a former primary joins a standby cluster that replays the archive only (no standby_cluster.host): \
+                 whether it diverged cannot be checked; if PostgreSQL reports a timeline that is not a child of \
+                 its own, reinitialize this member"
+            );
+            return Ok(());
+        };
         let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
         match self.pg.rewind(upstream, !use_rewind).await? {
             false => info!("no divergence from the remote primary: following it"),
