@@ -59,7 +59,12 @@ async fn behind_haproxy(cluster: &PgwardenCluster) -> (HaProxy, u16) {
 /// Adds `members` nodes (`dr1`, ...) of a standby cluster (scope `dr`, on
 /// the same etcd) following the remote primary at `write_port`, starts
 /// them, and returns their indices.
-fn start_standby_cluster(cluster: &mut PgwardenCluster, members: usize, write_port: u16) -> Vec<usize> {
+fn start_standby_cluster(
+    cluster: &mut PgwardenCluster,
+    members: usize,
+    write_port: u16,
+    extra: serde_json::Value,
+) -> Vec<usize> {
     cluster.scope = "dr".into();
     let first = cluster.nodes.len();
     for i in 1..=members {
@@ -68,6 +73,7 @@ fn start_standby_cluster(cluster: &mut PgwardenCluster, members: usize, write_po
             json!({"bootstrap": {"dcs": {"standby_cluster": {"host": "127.0.0.1", "port": write_port}}}}),
         )
         .expect("standby_cluster");
+        node.merge_config(extra.clone()).expect("extra config");
     }
     cluster.start_all().expect("start the standby cluster");
     (first..first + members).collect()
@@ -84,7 +90,7 @@ async fn a_standby_cluster_follows_through_a_failover_on_each_side_and_takes_wri
         .expect("row 1");
 
     // The standby cluster (scope dr) on the same etcd.
-    let dr = start_standby_cluster(&mut cluster, 3, write_port);
+    let dr = start_standby_cluster(&mut cluster, 3, write_port, json!({}));
     let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
     let standby_leader = the_one(&cluster, &dr, "/standby-leader").await;
     everywhere(&cluster, &dr, "select count(*) from t", "1").await;
@@ -194,6 +200,51 @@ fn rows(cluster: &PgwardenCluster, node: usize) -> String {
     cluster.nodes[node].psql(sql).unwrap_or_default().trim().to_string()
 }
 
+/// A two-node primary cluster behind HAProxy, any member allowed to take
+/// over however far behind, with one row written: the cluster, its HAProxy,
+/// the write port, the primary and the other member.
+async fn two_node_primary_cluster() -> (PgwardenCluster, HaProxy, u16, usize, usize) {
+    init_logging();
+    let cluster = PgwardenCluster::start(2).await.expect("the primary cluster");
+    let old = cluster.wait_healthy(UP).await.expect("healthy");
+    cluster.patch_config(json!({"maximum_lag_on_failover": 1u64 << 30})).await.expect("maximum_lag_on_failover");
+    let (haproxy, write_port) = behind_haproxy(&cluster).await;
+    psql_port(write_port, "create table shared (id int primary key); insert into shared values (1)").expect("row 1");
+    everywhere(&cluster, &[0, 1], "select count(*) from shared", "1").await;
+    (cluster, haproxy, write_port, old, 1 - old)
+}
+
+/// Waits until each of `nodes` has exactly `want` (as [`rows`] gives it).
+async fn converge(cluster: &PgwardenCluster, nodes: &[usize], want: &str, what: &str) {
+    wait_until(what, UP, || async {
+        let got: Vec<String> = nodes.iter().map(|&i| rows(cluster, i)).collect();
+        if got.iter().all(|g| g == want) { Ok(Some(())) } else { Err(format!("{got:?} against {want}")) }
+    })
+    .await
+    .expect(what);
+}
+
+/// Makes `lagging` stop streaming from the primary `old` (`nostream`, by a
+/// reload), so that it falls behind.
+async fn stop_streaming(cluster: &PgwardenCluster, lagging: usize, old: usize) {
+    cluster.nodes[lagging].merge_config(json!({"tags": {"nostream": true}})).expect("nostream");
+    cluster.nodes[lagging].signal_agent(nix::sys::signal::Signal::SIGHUP);
+    let streams =
+        format!("select count(*) from pg_stat_replication where application_name = '{}'", cluster.nodes[lagging].name);
+    everywhere(cluster, &[old], &streams, "0").await;
+}
+
+/// Three writers on the primary `old` through `write_port` for `seconds`
+/// (none of their acknowledged rows missing there), then waits until the
+/// standby members `dr` have exactly `old`'s rows.
+async fn write_ahead(cluster: &PgwardenCluster, write_port: u16, old: usize, dr: &[usize], seconds: u64) {
+    let ahead = Writers::start(write_port, SUPERUSER_PASSWORD, "ahead", 3, UP).await.expect("writers");
+    ahead.wait_ack_after(std::time::Instant::now() + Duration::from_secs(seconds), UP).await.expect("writes");
+    let (acked, lost) = ahead.stop_and_check(UP).await.expect("the old primary's writers");
+    assert!(acked > 0 && lost.is_empty(), "{acked} acknowledged, lost: {lost:?}");
+    converge(cluster, dr, &rows(cluster, old), "the standby cluster to have the old primary's rows").await;
+}
+
 /// The remote cluster fails over asynchronously to a member that had less
 /// WAL than the standby leader (a `nostream` replica that stopped streaming
 /// while writers kept writing): the new primary's timeline 2 forks off
@@ -205,17 +256,9 @@ fn rows(cluster: &PgwardenCluster, node: usize) -> String {
 /// primary's rows.
 #[tokio::test]
 async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_onto_the_new_primary() {
-    init_logging();
-    let mut cluster = PgwardenCluster::start(2).await.expect("the primary cluster");
-    let old = cluster.wait_healthy(UP).await.expect("healthy");
-    let lagging = 1 - old;
-    // The lagging member may take over however far behind it is.
-    cluster.patch_config(json!({"maximum_lag_on_failover": 1u64 << 30})).await.expect("maximum_lag_on_failover");
-    let (_haproxy, write_port) = behind_haproxy(&cluster).await;
-    psql_port(write_port, "create table shared (id int primary key); insert into shared values (1)").expect("row 1");
-    everywhere(&cluster, &[0, 1], "select count(*) from shared", "1").await;
+    let (mut cluster, _haproxy, write_port, old, lagging) = two_node_primary_cluster().await;
     // The standby cluster, two members, following through HAProxy.
-    let dr = start_standby_cluster(&mut cluster, 2, write_port);
+    let dr = start_standby_cluster(&mut cluster, 2, write_port, json!({}));
     let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
     let standby_leader = the_one(&cluster, &dr, "/standby-leader").await;
     everywhere(&cluster, &dr, "select count(*) from shared", "1").await;
@@ -225,25 +268,11 @@ async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_ont
     // The member that will be promoted stops streaming (and so falls
     // behind). The fork comes after the standby cluster was cloned: its WAL
     // holds the last checkpoint both sides share, which pg_rewind needs.
-    cluster.nodes[lagging].merge_config(json!({"tags": {"nostream": true}})).expect("nostream");
-    cluster.nodes[lagging].signal_agent(nix::sys::signal::Signal::SIGHUP);
-    let streams =
-        format!("select count(*) from pg_stat_replication where application_name = '{}'", cluster.nodes[lagging].name);
-    everywhere(&cluster, &[old], &streams, "0").await;
+    stop_streaming(&cluster, lagging, old).await;
 
     // Writers on the old primary: the standby cluster receives their rows,
     // the lagging member does not.
-    let ahead = Writers::start(write_port, SUPERUSER_PASSWORD, "ahead", 3, UP).await.expect("writers");
-    ahead.wait_ack_after(std::time::Instant::now() + Duration::from_secs(2), UP).await.expect("writes");
-    let (acked, lost) = ahead.stop_and_check(UP).await.expect("the old primary's writers");
-    assert!(acked > 0 && lost.is_empty(), "{acked} acknowledged, lost: {lost:?}");
-    let before = rows(&cluster, old);
-    wait_until("the standby cluster to have the old primary's rows", UP, || async {
-        let got: Vec<String> = dr.iter().map(|&i| rows(&cluster, i)).collect();
-        if got.iter().all(|g| *g == before) { Ok(Some(())) } else { Err(format!("{got:?} against {before}")) }
-    })
-    .await
-    .expect("the standby cluster caught up");
+    write_ahead(&cluster, write_port, old, &dr, 2).await;
     assert_eq!(
         cluster.nodes[lagging]
             .psql("select count(*) from pg_class where relname like 'ahead%'")
@@ -264,16 +293,7 @@ async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_ont
     // The standby cluster converges on exactly the new primary's rows.
     let primary_rows = rows(&cluster, lagging);
     assert!(!primary_rows.contains("ahead"), "{primary_rows}");
-    wait_until("the standby cluster to follow the new primary's timeline", UP, || async {
-        let got: Vec<String> = dr.iter().map(|&i| rows(&cluster, i)).collect();
-        if got.iter().all(|g| *g == primary_rows) {
-            Ok(Some(()))
-        } else {
-            Err(format!("{got:?} against {primary_rows}"))
-        }
-    })
-    .await
-    .expect("the standby cluster rewound onto the new primary");
+    converge(&cluster, &dr, &primary_rows, "the standby cluster rewound onto the new primary's timeline").await;
     everywhere(&cluster, &dr, "select pg_is_in_recovery()", "t").await;
     assert_eq!(the_one(&cluster, &dr, "/standby-leader").await, standby_leader, "the standby leader kept its key");
     let log = cluster.nodes[standby_leader].agent_log();
@@ -306,6 +326,50 @@ async fn a_standby_leader_past_the_remote_s_asynchronous_failover_is_rewound_ont
         .expect("demote the first cluster to archive recovery");
     assert_eq!(the_one(&cluster, &[lagging], "/standby-leader").await, lagging);
     everywhere(&cluster, &[lagging], "select pg_is_in_recovery()", "t").await;
+    let report = probe.stop().await;
+    assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
+}
+
+/// As above, but the remote's new primary stopped streaming before the
+/// standby cluster was cloned: its fork point lies before anything the
+/// standby leader has, and pg_rewind cannot run ("could not find previous WAL
+/// record"). With `remove_data_directory_on_rewind_failure` the standby
+/// leader moves its data aside and copies the remote primary afresh (as a
+/// rejoin onto a leader of its own cluster does); its replica then does the
+/// same from it. Neither is ever writable.
+#[tokio::test]
+async fn a_standby_leader_that_cannot_be_rewound_is_copied_afresh_when_configured() {
+    let (mut cluster, _haproxy, write_port, old, lagging) = two_node_primary_cluster().await;
+    stop_streaming(&cluster, lagging, old).await;
+    let dr = start_standby_cluster(
+        &mut cluster,
+        2,
+        write_port,
+        json!({"postgresql": {"remove_data_directory_on_rewind_failure": true}}),
+    );
+    let ports: Vec<u16> = dr.iter().map(|&i| cluster.nodes[i].pg_port).collect();
+    let standby_leader = the_one(&cluster, &dr, "/standby-leader").await;
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("the probes reach every standby member");
+    write_ahead(&cluster, write_port, old, &dr, 1).await;
+
+    cluster.nodes[old].kill_node();
+    assert_eq!(the_one(&cluster, &[lagging], "/primary").await, lagging);
+    wait_until("a write through HAProxy to the new primary", UP, || async {
+        Ok::<_, String>(psql_port(write_port, "insert into shared values (2)").ok())
+    })
+    .await
+    .expect("a row on the new primary");
+    let primary_rows = rows(&cluster, lagging);
+    converge(&cluster, &dr, &primary_rows, "the standby cluster copied afresh from the new primary").await;
+    everywhere(&cluster, &dr, "select pg_is_in_recovery()", "t").await;
+    let log = cluster.nodes[standby_leader].agent_log();
+    assert!(log.contains("copying the remote primary afresh"), "{log}");
+    let kept = std::fs::read_dir(cluster.nodes[standby_leader].dir.path())
+        .expect("the node's directory")
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("rewind-failed"));
+    assert!(kept, "the old data directory is kept aside");
     let report = probe.stop().await;
     assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
 }

@@ -443,15 +443,39 @@ impl Agent {
             return Ok(());
         };
         let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
-        match self.pg.rewind(upstream, !use_rewind).await? {
-            false => info!("no divergence from the remote primary: following it"),
-            true if use_rewind => info!("rewound onto the remote primary's timeline"),
-            true => bail!(
+        let postgresql = &self.config.postgresql;
+        // As a rejoin onto a leader of its own cluster: with the settings
+        // that allow it, a data directory pg_rewind cannot fix is moved
+        // aside and copied afresh from the remote primary.
+        let aside = match self.pg.rewind(upstream, !use_rewind).await {
+            Ok(false) => None,
+            Ok(true) if use_rewind => {
+                info!("rewound onto the remote primary's timeline");
+                None
+            }
+            Ok(true) if postgresql.remove_data_directory_on_diverged_timelines => Some("diverged"),
+            Ok(true) => bail!(
                 "this data directory diverged from the remote primary's timeline and use_pg_rewind is off: set \
-                 postgresql.use_pg_rewind, or reinitialize this member"
+                 postgresql.use_pg_rewind (or remove_data_directory_on_diverged_timelines), or reinitialize this \
+                 member"
             ),
-        }
-        Ok(())
+            Err(e) if postgresql.remove_data_directory_on_rewind_failure => {
+                warn!("pg_rewind onto the remote primary failed, copying it afresh as configured: {e:#}");
+                Some("rewind-failed")
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(why) = aside else {
+            info!("no divergence from the remote primary left: following it");
+            return Ok(());
+        };
+        let remote = dynamic.standby_cluster.clone().context("the config key no longer sets standby_cluster")?;
+        let moved = self.pg.move_aside(why)?;
+        self.sysid = None;
+        info!(old = %moved.display(), "copying the remote primary afresh");
+        self.pg.prepare_empty_data_dir()?;
+        let methods = self.pg.replica_methods(CloneFor::StandbyCluster(&remote.create_replica_methods));
+        self.pg.create_replica(Some(upstream), &methods, |_, _| {}).await.map(|_| ())
     }
 
     /// Races for `initialize` and builds the cluster (DESIGN: bootstrap).
