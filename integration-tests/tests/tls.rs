@@ -387,14 +387,7 @@ async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused
     let leader =
         cluster.wait_healthy_among(&[0, 1], UP).await.expect("node1 and node2: a primary and a streaming replica");
     let replica = 1 - leader;
-    let streams = cluster.nodes[leader]
-        .psql(
-            "select application_name || ':' || ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
-             order by 1",
-        )
-        .expect("pg_stat_ssl");
-    assert_eq!(streams, format!("node{}:true", replica + 1), "the one replica streams over TLS");
-
+    // The copy restarts the replica once (a slot is loaded only at start).
     wait_until("the replica's copy of the logical slot, read from the primary over TLS", UP, || async {
         let slots = cluster.nodes[replica]
             .psql("select string_agg(slot_name, ',') from pg_replication_slots where slot_type = 'logical'")
@@ -403,6 +396,18 @@ async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused
     })
     .await
     .expect("the logical slot copied over TLS");
+    let want = format!("node{}:true", replica + 1);
+    wait_until("the one replica streaming over TLS", UP, || async {
+        let streams = cluster.nodes[leader]
+            .psql(
+                "select application_name || ':' || ssl from pg_stat_replication r join pg_stat_ssl s using (pid) \
+                 order by 1",
+            )
+            .map_err(|e| e.to_string())?;
+        if streams == want { Ok(Some(())) } else { Err(streams) }
+    })
+    .await
+    .expect("the one replica streams over TLS");
     // A clean switchover: the old primary follows the new one, again over TLS.
     let config = cluster.nodes[leader].config_path().display().to_string();
     let (ok, stdout, stderr) =
