@@ -45,6 +45,7 @@ PG_MATRIX_TESTS := test(the_cluster_runs_the_postgresql_major_the_test_asks_for)
 	| test(switchover_with_and_without_a_candidate_loses_no_acknowledged_row) \
 	| test(node_lost_fails_over_and_the_old_primary_rejoins) \
 	| test(a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history) \
+	| test(a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_record_of_its_own) \
 	| test(sync_mode_node_lost_loses_no_acknowledged_commit) \
 	| test(a_patroni_cluster_moves_to_pgwarden_node_by_node_without_losing_a_write) \
 	| test(permanent_slots_are_kept_and_ignored_slots_never_dropped)

@@ -687,44 +687,70 @@ async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks()
 /// which its WAL receiver had fetched from the new leader before finding
 /// the fork, made its data directory look as if it were on the leader's
 /// timeline, so it was started as a replica instead of rewound.
-#[tokio::test]
-async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history() {
-    // node2 never leads, so the member ahead must follow; node3 lags.
-    let mut setup = setup(3, |i| if i == 2 { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
+/// Three nodes behind HAProxy, node `never_leads` tagged `nofailover`, node1
+/// leading, with writers and probes watching.
+async fn node1_leading_and_one_that_never_leads(never_leads: usize) -> (Setup, Watched) {
+    let setup = setup(3, |i| if i == never_leads { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
     assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
     let watched = watch(&setup).await;
-    let cluster = &mut setup.cluster;
-    // node1's WAL sender to node3, frozen: nothing more reaches node3 (a
-    // frozen receiver would still find what the kernel buffered for it).
+    (setup, watched)
+}
+
+/// Freezes node1's WAL sender to `frozen` (SIGSTOP: nothing more reaches
+/// it; a frozen receiver would still find what the kernel buffered for it),
+/// runs `sql` on node1 and waits until node `replayer` replayed it. Returns
+/// the frozen sender's PID.
+async fn write_past_a_frozen_standby(cluster: &PgwardenCluster, frozen: &str, sql: &str, replayer: usize) -> i32 {
     let sender: i32 = cluster.nodes[0]
-        .psql("select pid from pg_stat_replication where application_name = 'node3'")
-        .expect("node3's WAL sender")
+        .psql(&format!("select pid from pg_stat_replication where application_name = '{frozen}'"))
+        .expect("the frozen standby's WAL sender")
         .parse()
         .expect("a pid");
-    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(sender), signal);
-    signal(nix::sys::signal::Signal::SIGSTOP).expect("freeze node1's WAL sender to node3");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sender), nix::sys::signal::Signal::SIGSTOP)
+        .expect("freeze node1's WAL sender");
+    cluster.nodes[0].psql(sql).expect("write");
+    let end = cluster.nodes[0].psql("select pg_current_wal_lsn()").expect("the primary's position");
+    wait_until("the other standby to replay it", UP, || async {
+        let sql = format!("select pg_last_wal_replay_lsn() >= '{end}'::pg_lsn");
+        Ok::<_, String>((cluster.nodes[replayer].psql(&sql).map_err(|e| e.to_string())? == "t").then_some(()))
+    })
+    .await
+    .expect("the other standby replays");
+    sender
+}
+
+/// Kills node1 and its frozen WAL sender (stopped, it outlived its
+/// postmaster) and waits for node `next` to lead; returns it.
+async fn kill_the_primary_for(cluster: &mut PgwardenCluster, sender: i32, next: usize) -> usize {
+    cluster.nodes[0].kill_node();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sender), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the frozen WAL sender");
+    wait_until("the standby ahead to take over", UP, || async {
+        Ok::<_, String>((cluster.nodes[next].check("/primary") == 200).then_some(next))
+    })
+    .await
+    .expect("the standby ahead leads")
+}
+
+#[tokio::test]
+async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history() {
+    // node2 never leads, so the member ahead must follow; node3 lags.
+    let (mut setup, watched) = node1_leading_and_one_that_never_leads(2).await;
+    let cluster = &mut setup.cluster;
     // WAL node3 never gets, replayed by node2 and checkpointed there (a
     // restartpoint flushes its pages: its minimum recovery point passes
     // where node3 will fork).
-    cluster.nodes[0].psql("create table ahead as select g from generate_series(1, 1000) g; checkpoint").expect("write");
-    let end = cluster.nodes[0].psql("select pg_current_wal_lsn()").expect("the primary's position");
-    wait_until("node2 to replay the primary's checkpoint", UP, || async {
-        let sql = format!("select pg_last_wal_replay_lsn() >= '{end}'::pg_lsn");
-        Ok::<_, String>((cluster.nodes[1].psql(&sql).map_err(|e| e.to_string())? == "t").then_some(()))
-    })
-    .await
-    .expect("node2 replays");
+    let sender = write_past_a_frozen_standby(
+        cluster,
+        "node3",
+        "create table ahead as select g from generate_series(1, 1000) g; checkpoint",
+        1,
+    )
+    .await;
     cluster.nodes[1].psql("checkpoint").expect("a restartpoint on node2");
     cluster.nodes[1].kill_node();
-    cluster.nodes[0].kill_node();
-    // Stopped, it outlived its postmaster.
-    signal(nix::sys::signal::Signal::SIGKILL).expect("kill the frozen WAL sender");
-    let new_leader = wait_until("node3 to take over", UP, || async {
-        Ok::<_, String>((cluster.nodes[2].check("/primary") == 200).then_some(2))
-    })
-    .await
-    .expect("node3 leads");
+    let new_leader = kill_the_primary_for(cluster, sender, 2).await;
     // What node2's WAL receiver fetched in the chaos run: the new
     // timeline's history file, in its pg_wal beside WAL that passed the fork.
     let history = "pg_wal/00000002.history";
@@ -745,6 +771,41 @@ async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timel
     let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
     let probes = watched.probe.stop().await;
     println!("{acked} rows through HAProxy, {} lost (asynchronous, node3's receiver frozen)", lost.len());
+    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+}
+
+/// The 2-minute synchronous chaos run's stuck node (seed 20261205): a
+/// standby killed in recovery, short of where the new leader's timeline
+/// forked, must rejoin without a WAL record of its own. Left to pg_rewind,
+/// its crash recovery in single-user mode ended the recovery with a
+/// checkpoint at the end of the local WAL; pg_rewind then found nothing to
+/// rewind, and the standby never read past that record again ("record with
+/// incorrect prev-link") nor streamed.
+#[tokio::test]
+async fn a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_record_of_its_own() {
+    // node2 never leads: node3, which has more WAL, takes over.
+    let (mut setup, watched) = node1_leading_and_one_that_never_leads(1).await;
+    let cluster = &mut setup.cluster;
+    // node2 stays behind while node3 replays on.
+    let sender = write_past_a_frozen_standby(
+        cluster,
+        "node2",
+        "create table after as select g from generate_series(1, 1000) g",
+        2,
+    )
+    .await;
+    // Killed in recovery: pg_controldata says `in archive recovery`.
+    cluster.nodes[1].kill_node();
+    let new_leader = kill_the_primary_for(cluster, sender, 2).await;
+    cluster.nodes[1].start_agent().expect("restart node2's agent");
+    cluster.nodes[1].start_health().expect("restart node2's health API");
+    assert_eq!(cluster.wait_healthy_among(&[1, 2], UP).await.expect("node2 streams from node3"), new_leader);
+    let log = cluster.nodes[1].agent_log();
+    assert!(log.contains("a standby killed in recovery"), "node2 stops cleanly before pg_rewind:\n{log}");
+    assert_eq!(cluster.nodes[1].psql("select count(*) from after").expect("read"), "1000", "node2 has node3's WAL");
+    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
+    let probes = watched.probe.stop().await;
+    println!("{acked} rows through HAProxy, {} lost (asynchronous)", lost.len());
     assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use pgwarden_config::{Config, DynamicConfig, PostgresBinaries};
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
@@ -967,9 +967,15 @@ impl Postgres {
             cmd.arg(format!("--config-file={}", self.config_dir().join(MANAGED_CONF).display()));
         }
         cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
+        // A standby killed in recovery is first stopped cleanly in recovery
+        // (see `stop_cleanly_in_recovery`), never left to pg_rewind's
+        // single-user crash recovery.
+        if self.data_dir.join("standby.signal").exists() && self.cluster_state().await? == "in archive recovery" {
+            self.stop_cleanly_in_recovery().await?;
+        }
         info!(from = %source.member, dry_run, "running pg_rewind");
         // pg_rewind first brings a target that was not shut down cleanly (a
-        // standby killed in recovery) to a clean shutdown with `postgres
+        // primary that crashed) to a clean shutdown with `postgres
         // --single`, which refuses standby mode: as Patroni does, the signal
         // files step aside while it runs, and come back whatever the outcome
         // (single-user mode takes no connection, so nothing can write).
@@ -1005,6 +1011,58 @@ impl Postgres {
         let needed = !text.contains("no rewind required");
         info!(needed, dry_run, "pg_rewind done");
         Ok(needed)
+    }
+
+    /// `pg_controldata`'s "Database cluster state" (`in archive recovery`:
+    /// a standby that did not stop cleanly).
+    async fn cluster_state(&self) -> anyhow::Result<String> {
+        let control = self.controldata().await?;
+        control.get("Database cluster state").cloned().context("pg_controldata printed no cluster state")
+    }
+
+    /// Brings a standby killed in recovery (`in archive recovery`) to a
+    /// clean stop in recovery: started in standby mode with no WAL source
+    /// and no client, and stopped as soon as its recovery runs; the stop's
+    /// restartpoint marks it `shut down in recovery`, and no WAL is written.
+    ///
+    /// pg_rewind would otherwise finish the crash recovery itself with
+    /// `postgres --single`, which cannot run in standby mode: that ends the
+    /// recovery and writes a checkpoint record of its own at the end of the
+    /// local WAL, on the old timeline. Where that end is short of where the
+    /// new leader's timeline forked, pg_rewind then finds nothing to rewind,
+    /// yet the record differs from the leader's at the same place: the
+    /// standby never reads past it ("record with incorrect prev-link") and
+    /// never streams again (the 2-minute synchronous chaos run, seed
+    /// 20261205).
+    async fn stop_cleanly_in_recovery(&self) -> anyhow::Result<()> {
+        info!("a standby killed in recovery: starting it without a WAL source to stop it cleanly before pg_rewind");
+        self.kill_orphans().await;
+        self.remove_stale_pid_file();
+        let log = self.log_file.display().to_string();
+        let timeout = self.timeout_arg();
+        // Without hot standby, pg_ctl's wait ends once recovery has started
+        // (the postmaster then reports `standby`). On its own timeline: a
+        // newer history file its WAL receiver fetched may fork before its
+        // data ("requested timeline is not a child of this server's
+        // history"); pg_rewind sorts that out next.
+        let mut options = String::from(
+            "-c hot_standby=off -c primary_conninfo='' -c restore_command='' -c listen_addresses='' \
+             -c recovery_target_timeline=current",
+        );
+        if let Some(config_file) = self.config_file_option() {
+            options = format!("{config_file} {options}");
+        }
+        self.pg_ctl(&["start", "-w", "-t", &timeout, "-l", &log, "-o", &options])
+            .await
+            .context("start the standby without a WAL source")?;
+        self.stop("fast").await?;
+        let state = self.cluster_state().await?;
+        ensure!(
+            state == "shut down in recovery",
+            "the standby killed in recovery did not stop cleanly in recovery (pg_controldata says \"{state}\"); see \
+             PostgreSQL's log"
+        );
+        Ok(())
     }
 
     /// The file that marks a pg_rewind of this data directory in progress
