@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-smoke bench-health install deb deb-check behave
+.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-scale bench-smoke bench-health install deb deb-check behave
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -126,6 +126,11 @@ bench-footprint: ## Only the idle footprint (CPU, RSS, PSS, anonymous memory, et
 	@mkdir -p target; ./scripts/install-patroni.sh > target/install-patroni.log 2>&1 || { cat target/install-patroni.log >&2; exit 1; }
 	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-integration-tests --bins
 	target/release/failover-bench --footprint-only $(BENCH_ARGS)
+
+bench-scale: ## What size costs (pgwarden only): one cluster of 3, 5 and 9 members (idle CPU of the leader and a replica, etcd requests, node-lost failover), then 20 clusters of 3 on one etcd (etcd CPU, memory and requests, each service's CPU); report in target/bench-scale (about 20 minutes on 2 cores after the release build)
+	@PGWARDEN_SKIP_PATRONI=1 ./scripts/install-deps.sh
+	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-integration-tests --bins
+	target/release/failover-bench --scale --repeats 2 --idle-seconds 60 $(BENCH_ARGS)
 
 bench-smoke: build ## The benchmark's short mode (pgwarden only, two scenarios; report in target/bench-smoke)
 	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- --smoke

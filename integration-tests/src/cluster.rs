@@ -308,6 +308,17 @@ impl PgwardenCluster {
         Ok(cluster)
     }
 
+    /// `n` nodes of cluster `scope` (ttl `ttl`) on an etcd that other
+    /// clusters share ([`EtcdCluster::shared`]).
+    pub fn start_on(etcd: EtcdCluster, scope: &str, n: usize, ttl: u32) -> anyhow::Result<Self> {
+        let mut cluster = Self { scope: scope.into(), nodes: Vec::new(), etcd, ttl, synchronous: false };
+        for i in 1..=n {
+            cluster.add_node(&format!("node{i}"), "")?;
+        }
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
     /// As [`PgwardenCluster::start`], each node reaching etcd only through its
     /// own proxy, which a test can cut (`proxies[i]` serves `nodes[i]`).
     pub async fn start_behind_proxies(n: usize) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {

@@ -77,6 +77,22 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Another handle on the same members, for clusters that share this
+    /// etcd: it starts, kills and stops nothing (the original does).
+    pub fn shared(&self) -> Self {
+        let members = self
+            .members
+            .iter()
+            .map(|m| Member { name: m.name.clone(), client_port: m.client_port, peer_port: m.peer_port, process: None })
+            .collect();
+        Self { dir: TestDir::new("etcd-shared"), members, initial_cluster: self.initial_cluster.clone() }
+    }
+
+    /// The PIDs of the running members (none for a shared handle).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.process.as_ref().and_then(ChildGuard::pid)).collect()
+    }
+
     /// Client URLs of every member, killed or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()

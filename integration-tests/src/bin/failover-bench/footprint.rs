@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::service::http_with;
+use pgwarden_integration_tests::{HaProxy, free_port};
 
 use crate::systems::{Cluster, System};
 
@@ -31,6 +33,9 @@ pub struct Footprint {
     pub window: Duration,
     /// Idle before the window, not counted.
     pub warmup: Duration,
+    /// Measured with HAProxy (deploy/haproxy/haproxy-fast.cfg) checking
+    /// every node, as in a deployment; otherwise nothing but the cluster.
+    pub behind_haproxy: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +48,7 @@ pub struct Health {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at ") ".
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -53,7 +58,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / per_second)
 }
 
-fn rss_mib(pid: u32) -> Option<f64> {
+pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
@@ -69,7 +74,12 @@ fn smaps_mib(pid: u32, field: &str) -> Option<f64> {
 
 /// Σ `grpc_server_msg_received_total` on etcd's metrics endpoint.
 fn etcd_messages(cluster: &Cluster) -> anyhow::Result<f64> {
-    let endpoint = cluster.etcd().endpoints()[0].clone();
+    etcd_messages_of(cluster.etcd())
+}
+
+/// The same, of one etcd (its first member).
+pub fn etcd_messages_of(etcd: &pgwarden_integration_tests::EtcdCluster) -> anyhow::Result<f64> {
+    let endpoint = etcd.endpoints()[0].clone();
     let port: u16 = endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("port"))?;
     let (status, body) = http_with("GET", port, "/metrics", &[], "", Duration::from_secs(5))?;
     anyhow::ensure!(status == 200, "etcd /metrics answered {status}");
@@ -80,8 +90,32 @@ fn etcd_messages(cluster: &Cluster) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// The idle footprint twice: the cluster alone, then with HAProxy's checks
+/// (deploy/haproxy/haproxy-fast.cfg, as `make demo` and the guides run it:
+/// about eleven checks a second on every node, `downinter 100ms` on the two
+/// backends where it is DOWN), each after `warmup`.
+pub async fn idle_alone_and_behind_haproxy(
+    system: System,
+    cluster: &Cluster,
+    warmup: Duration,
+    window: Duration,
+) -> anyhow::Result<Vec<Footprint>> {
+    let alone = idle(system, cluster, warmup, window, false).await?;
+    let (write, read, stats) = (free_port(), free_port(), free_port());
+    let _haproxy =
+        HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
+    let behind = idle(system, cluster, warmup, window, true).await?;
+    Ok(vec![alone, behind])
+}
+
 /// Lets the healthy cluster idle for `window` and measures it.
-pub async fn idle(system: System, cluster: &Cluster, warmup: Duration, window: Duration) -> anyhow::Result<Footprint> {
+pub async fn idle(
+    system: System,
+    cluster: &Cluster,
+    warmup: Duration,
+    window: Duration,
+    behind_haproxy: bool,
+) -> anyhow::Result<Footprint> {
     // Past start-up work (slot creation, first checkpoints, a replica's
     // first restartpoint) and whatever a fault left to finish.
     tokio::time::sleep(warmup).await;
@@ -121,6 +155,7 @@ pub async fn idle(system: System, cluster: &Cluster, warmup: Duration, window: D
         etcd_requests_per_minute: (etcd_after - etcd_before) * 60.0 / elapsed.as_secs_f64(),
         window: elapsed,
         warmup,
+        behind_haproxy,
     })
 }
 

@@ -28,6 +28,7 @@
 
 mod footprint;
 mod report;
+mod scale;
 mod svg;
 mod systems;
 
@@ -81,6 +82,14 @@ struct Args {
     /// postgres-killed, 5 s of idle and 2 s of wrk, the report under target/.
     #[arg(long)]
     smoke: bool,
+    /// Only the scale benchmark (pgwarden alone): one cluster of 3, 5 and 9
+    /// members, then `--clusters` clusters of 3 on one etcd; the report under
+    /// target/bench-scale unless --out says otherwise.
+    #[arg(long)]
+    scale: bool,
+    /// Clusters of 3 members on one etcd, for `--scale`.
+    #[arg(long, default_value_t = 20)]
+    clusters: usize,
     /// Scenarios (default: the comparison set).
     scenarios: Vec<String>,
 }
@@ -227,6 +236,9 @@ async fn main() -> anyhow::Result<()> {
             args.out = PathBuf::from("target/bench-smoke");
         }
     }
+    if args.scale {
+        return scale_only(&args).await;
+    }
     if args.footprint_only {
         return footprint_only(&args).await;
     }
@@ -302,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
                 let leader = cluster.wait_healthy(UP).await?;
                 let (warmup, window) =
                     (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.idle_seconds));
-                footprints.push(footprint::idle(system, &cluster, warmup, window).await?);
+                footprints.extend(footprint::idle_alone_and_behind_haproxy(system, &cluster, warmup, window).await?);
                 health.push(footprint::health(system, &cluster, leader, args.wrk_seconds)?);
             }
         }
@@ -336,21 +348,23 @@ async fn footprint_only(args: &Args) -> anyhow::Result<()> {
     for &system in &args.systems {
         let cluster = system.start().await?;
         let leader = cluster.wait_healthy(UP).await?;
-        let measured = footprint::idle(system, &cluster, warmup, window).await?;
-        let all: f64 = measured.processes.iter().map(|p| p.cpu_seconds_per_hour).sum();
-        let rss: f64 = measured.processes.iter().map(|p| p.rss_mib).sum();
-        let anon: f64 = measured.processes.iter().map(|p| p.anon_mib).sum();
-        println!(
-            "{:<18} idle: {all:.1} CPU s/h per node, RSS {rss:.1} MiB ({anon:.1} MiB anonymous) per node",
-            system.label()
-        );
-        for p in &measured.processes {
+        for measured in footprint::idle_alone_and_behind_haproxy(system, &cluster, warmup, window).await? {
+            let all: f64 = measured.processes.iter().map(|p| p.cpu_seconds_per_hour).sum();
+            let rss: f64 = measured.processes.iter().map(|p| p.rss_mib).sum();
+            let anon: f64 = measured.processes.iter().map(|p| p.anon_mib).sum();
             println!(
-                "    {:<20} {:>6.1} CPU s/h, RSS {:>5.1} MiB, PSS {:>5.1} MiB, anonymous {:>5.1} MiB",
-                p.name, p.cpu_seconds_per_hour, p.rss_mib, p.pss_mib, p.anon_mib
+                "{:<18} idle{}: {all:.1} CPU s/h per node, RSS {rss:.1} MiB ({anon:.1} MiB anonymous) per node",
+                system.label(),
+                if measured.behind_haproxy { " behind HAProxy" } else { "" }
             );
+            for p in &measured.processes {
+                println!(
+                    "    {:<20} {:>6.1} CPU s/h, RSS {:>5.1} MiB, PSS {:>5.1} MiB, anonymous {:>5.1} MiB",
+                    p.name, p.cpu_seconds_per_hour, p.rss_mib, p.pss_mib, p.anon_mib
+                );
+            }
+            footprints.push(measured);
         }
-        footprints.push(measured);
         let h = footprint::health(system, &cluster, leader, args.wrk_seconds)?;
         println!(
             "{:<18} GET /primary: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -364,6 +378,35 @@ async fn footprint_only(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let path = out.join("benchmarks-footprint.md");
     std::fs::write(&path, report::footprint_markdown(&footprints, &health))?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// `--scale`: see `scale.rs`; the report goes to `<out>/benchmarks-scale.md`.
+async fn scale_only(args: &Args) -> anyhow::Result<()> {
+    let out =
+        if args.out == std::path::Path::new("docs") { PathBuf::from("target/bench-scale") } else { args.out.clone() };
+    let (warmup, window) = (Duration::from_secs(args.warmup_seconds), Duration::from_secs(args.idle_seconds));
+    let mut sizes = Vec::new();
+    for members in [3, 5, 9] {
+        let size = scale::size(members, warmup, window, args.repeats).await?;
+        println!(
+            "{members} members: leader {:.1} CPU s/h, a replica {:.1}, etcd {:.1} CPU s/h and {:.0} requests/min",
+            size.leader_cpu, size.replica_cpu, size.etcd_cpu, size.etcd_requests_per_minute
+        );
+        sizes.push(size);
+    }
+    let many = scale::many(args.clusters, warmup, window).await?;
+    println!(
+        "{} clusters of 3 on one etcd: etcd {:.1} CPU s/h, {:.0} requests/min, {:.1} MiB",
+        many.clusters, many.etcd_cpu, many.etcd_requests_per_minute, many.etcd_rss_mib
+    );
+    for (kind, mean, max) in &many.services {
+        println!("    {kind:<20} mean {mean:.1} CPU s/h, max {max:.1}");
+    }
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("benchmarks-scale.md");
+    std::fs::write(&path, scale::markdown(&sizes, &many, window, warmup))?;
     println!("report: {}", path.display());
     Ok(())
 }

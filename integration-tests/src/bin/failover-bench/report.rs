@@ -75,7 +75,7 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "not found".into())
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -93,7 +93,7 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}){memory}, Linux {}", command_line("uname", &["-r"]))
 }
 
-fn versions() -> String {
+pub fn versions() -> String {
     let postgres = pgwarden_integration_tests::postgres::binaries().path("postgres");
     let patroni = pgwarden_integration_tests::patroni::patroni_version().unwrap_or_else(|_| "not installed".into());
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
@@ -238,15 +238,16 @@ pub fn footprint_section(footprints: &[Footprint], health: &[Health]) -> String 
     let _ = writeln!(md, "## Footprint at idle (per node, mean of three)\n");
     let _ = writeln!(
         md,
-        "| system | process | RSS (MiB) | PSS (MiB) | anonymous (MiB) | CPU seconds per hour | etcd requests per minute (whole cluster) |"
+        "| system | checked by | process | RSS (MiB) | PSS (MiB) | anonymous (MiB) | CPU seconds per hour | etcd requests per minute (whole cluster) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for footprint in footprints {
+        let checked = if footprint.behind_haproxy { "HAProxy" } else { "nobody" };
         for (i, process) in footprint.processes.iter().enumerate() {
             let etcd = if i == 0 { format!("{:.0}", footprint.etcd_requests_per_minute) } else { String::new() };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {etcd} |",
+                "| {} | {checked} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {etcd} |",
                 footprint.system.label(),
                 process.name,
                 process.rss_mib,
@@ -258,7 +259,7 @@ pub fn footprint_section(footprints: &[Footprint], health: &[Health]) -> String 
         let sum = |value: fn(&crate::footprint::Process) -> f64| footprint.processes.iter().map(value).sum::<f64>();
         let _ = writeln!(
             md,
-            "| {} | **all** | **{:.1}** | **{:.1}** | **{:.1}** | **{:.1}** | |",
+            "| {} | {checked} | **all** | **{:.1}** | **{:.1}** | **{:.1}** | **{:.1}** | |",
             footprint.system.label(),
             sum(|p| p.rss_mib),
             sum(|p| p.pss_mib),
@@ -271,7 +272,9 @@ pub fn footprint_section(footprints: &[Footprint], health: &[Health]) -> String 
     let _ = writeln!(
         md,
         "\nMeasured over {window:.0} s of idle per system (three nodes healthy, no client), after {warmup:.0} s of \
-         idle that are not counted, from /proc (utime+stime; VmRSS; `smaps_rollup`'s Pss and \
+         idle that are not counted, twice: checked by nobody, then with HAProxy checking every node as in a \
+         deployment (deploy/haproxy/haproxy-fast.cfg for every system: `inter 1s`, and `downinter 100ms` where a \
+         node is DOWN, on the backend that does not route to it: about eleven checks a second per node), from /proc (utime+stime; VmRSS; `smaps_rollup`'s Pss and \
          Anonymous); PostgreSQL itself is not counted. RSS counts every page of the binary and of libc that the \
          process maps, also those shared with other processes (and pages the kernel maps around a touched one); \
          PSS divides shared pages among their processes; anonymous memory (heap, stacks) is the process's own. etcd requests: the growth of etcd's \
