@@ -849,6 +849,43 @@ async fn a_data_directory_a_rewind_left_half_copied_is_moved_aside_and_cloned_af
     assert_eq!(probes.writers(), vec![leader], "only the leader ever wrote");
 }
 
+/// `failsafe_mode` on a cluster of one, as Patroni's own `dcs_failsafe_mode`
+/// scenario runs it: with etcd stopped the lone leader has nobody to ask
+/// and nobody who could take over, so it keeps writing past its ttl, and
+/// `/primary` says `failsafe_mode_is_active`. Once etcd is back it leads on.
+#[tokio::test]
+async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_stopped() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(1).await.expect("start");
+    cluster.wait_primary(UP).await.expect("a primary");
+    cluster.patch_config(serde_json::json!({"failsafe_mode": true})).await.expect("failsafe_mode on");
+    wait_until("the failsafe key to list node1", UP, || async {
+        let failsafe = cluster.get_key("failsafe").await.map_err(|e| e.to_string())?.unwrap_or_default();
+        Ok::<_, String>(failsafe.contains("\"node1\"").then_some(()))
+    })
+    .await
+    .expect("failsafe key");
+    let writer = direct_writer(&cluster, 0).await;
+    cluster.etcd.kill(0);
+    let stopped = Instant::now();
+    let ttl = Duration::from_secs(10);
+    writer.wait_ack_after(stopped + 3 * ttl, UP).await.expect("writes go on three ttls after etcd stopped");
+    assert_eq!(cluster.nodes[0].check("/primary"), 200, "still the primary for HAProxy");
+    let body = cluster.nodes[0].get("/primary").expect("/primary's status");
+    assert!(body.contains("\"failsafe_mode_is_active\":true"), "{body}");
+    assert!(cluster.nodes[0].agent_log().contains("every member accepts: running on"), "the agent says why");
+    cluster.etcd.restart(0).await.expect("etcd back");
+    wait_until("node1 to lead with etcd again", UP, || async {
+        let body = cluster.nodes[0].get("/primary").unwrap_or_default();
+        let leads = cluster.nodes[0].check("/primary") == 200 && !body.contains("failsafe_mode_is_active");
+        Ok::<_, String>(leads.then_some(()))
+    })
+    .await
+    .expect("node1 leads, no longer in failsafe");
+    let report = writer.stop().await;
+    println!("lone leader, etcd stopped for 30 s: {} writes acknowledged", report.acked.len());
+}
+
 /// `failsafe_mode` (issue 23) when etcd is lost by the primary alone, the
 /// case where a promise is all that keeps the replicas (which still reach
 /// etcd) from racing: synchronous mode, three writers through HAProxy and

@@ -114,7 +114,28 @@ pub struct Run {
 /// One fault on a running, healthy `cluster`; the rows go to `table` (new
 /// for each run, so that earlier runs' rows cannot hide a lost one). The
 /// cluster is left healthy again, unless the old primary did not rejoin.
-async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str) -> anyhow::Result<Run> {
+/// Scenarios whose outage the lease sets: where in the leader's renewal
+/// cycle the fault lands decides up to a renewal interval of it.
+const LEASE_BOUND: [&str; 3] = ["node-lost", "agent-killed", "agent-frozen"];
+
+/// How far into its renewal cycle run `run` of `runs` puts a lease-bound
+/// fault: the middle of the run's share of the interval (pgwarden renews
+/// every ttl/4, Patroni at every loop_wait), counted from the same point of
+/// each run, so that the runs spread over the cycle rather than land where
+/// the harness's own rhythm puts them. Other scenarios: none.
+fn fault_phase(system: System, scenario: &str, run: usize, runs: usize) -> Duration {
+    if !LEASE_BOUND.contains(&scenario) {
+        return Duration::ZERO;
+    }
+    let timings = system.timings();
+    let interval = match system {
+        System::Patroni => Duration::from_secs(u64::from(timings.loop_wait)),
+        _ => Duration::from_secs(u64::from(timings.ttl)) / 4,
+    };
+    interval.mul_f64((run as f64 - 0.5) / runs.max(1) as f64)
+}
+
+async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Duration) -> anyhow::Result<Run> {
     let leader = cluster.wait_healthy(UP).await?;
     let (write, read, stats) = (free_port(), free_port(), free_port());
     let _haproxy =
@@ -124,7 +145,7 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str) -> anyhow:
     // Writes flow before the fault.
     writer.wait_ack_after(Instant::now(), UP).await?;
     probe.wait_answered(UP).await?;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(700) + phase).await;
     let old_postmaster = cluster.postmaster_pid(leader);
     let fault = Instant::now();
     match scenario {
@@ -273,10 +294,11 @@ async fn main() -> anyhow::Result<()> {
                 let prefix = format!("[{repetition}/{}] {scenario:<16} {:<18}", args.repeats, system.label());
                 table += 1;
                 let rows = format!("bench_{table}");
+                let phase = fault_phase(system, scenario, repetition, args.repeats);
                 let outcome = match cluster.as_mut() {
-                    Some(running) => run_once(running, &rows, scenario).await,
+                    Some(running) => run_once(running, &rows, scenario, phase).await,
                     None => match system.start().await {
-                        Ok(started) => run_once(cluster.insert(started), &rows, scenario).await,
+                        Ok(started) => run_once(cluster.insert(started), &rows, scenario, phase).await,
                         Err(e) => Err(e.context("start the cluster")),
                     },
                 };

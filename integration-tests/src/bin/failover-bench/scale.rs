@@ -83,7 +83,8 @@ pub async fn size(members: usize, warmup: Duration, window: Duration, repeats: u
     let mut cluster = Cluster::Pgwarden(cluster, Vec::new());
     let mut failovers = Vec::new();
     for run in 1..=repeats {
-        let measured = crate::run_once(&mut cluster, &format!("scale_{members}_{run}"), "node-lost").await?;
+        let phase = crate::fault_phase(crate::System::Pgwarden, "node-lost", run, repeats);
+        let measured = crate::run_once(&mut cluster, &format!("scale_{members}_{run}"), "node-lost", phase).await?;
         println!(
             "  {members} members, node lost, run {run}: {:.2} s of writes unavailable, /primary 200 after {:.2} s",
             measured.unavailable.as_secs_f64(),

@@ -21,6 +21,9 @@ pub enum System {
     PgwardenTtl20,
     /// Patroni from PyPI: ttl 20, loop_wait 1, retry_timeout 3.
     Patroni,
+    /// pgwarden at its minimum timings: ttl 6, loop_wait 1, retry_timeout 2
+    /// (run on request: `--systems pgwarden-ttl6`).
+    PgwardenTtl6,
 }
 
 impl System {
@@ -29,12 +32,14 @@ impl System {
             Self::Pgwarden => "pgwarden (ttl 10)",
             Self::PgwardenTtl20 => "pgwarden (ttl 20)",
             Self::Patroni => "Patroni (ttl 20)",
+            Self::PgwardenTtl6 => "pgwarden (ttl 6)",
         }
     }
 
     pub fn timings(self) -> Timings {
         match self {
             Self::Pgwarden => Timings { ttl: 10, loop_wait: 1, retry_timeout: 3 },
+            Self::PgwardenTtl6 => Timings { ttl: 6, loop_wait: 1, retry_timeout: 2 },
             Self::PgwardenTtl20 | Self::Patroni => pgwarden_integration_tests::patroni::PATRONI_MIN,
         }
     }
@@ -43,7 +48,7 @@ impl System {
     /// through a proxy the etcd-cut scenario can cut.
     pub async fn start(self) -> anyhow::Result<Cluster> {
         Ok(match self {
-            Self::Pgwarden | Self::PgwardenTtl20 => {
+            Self::Pgwarden | Self::PgwardenTtl20 | Self::PgwardenTtl6 => {
                 let (cluster, proxies) = PgwardenCluster::start_with_ttl(3, self.timings().ttl, true).await?;
                 Cluster::Pgwarden(cluster, proxies)
             }
