@@ -163,9 +163,20 @@ async fn call(url: Option<String>, request: FailsafeRequest, timeout: Duration) 
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
 
+/// How long `keep_running` sleeps: until the HA loop's last read of etcd
+/// is a renewal interval old (it then calls at once), else an interval.
+fn next_look(plan: &CallPlan, every: Duration, now: BootInstant) -> Duration {
+    match plan.etcd_seen {
+        Some(seen) if now.saturating_duration_since(seen) < every => every - now.saturating_duration_since(seen),
+        _ => every,
+    }
+}
+
 /// The leader's side, beside its renewal task while it proves the key:
-/// while the HA loop has not read etcd for a renewal interval, calls every
+/// once the HA loop has not read etcd for a renewal interval, calls every
 /// listed member each interval and, when all accept, extends the deadline.
+/// The first time, it wakes the HA loop (`running_on`), so that the health
+/// API reports `failsafe_mode_is_active` without waiting for a tick.
 /// Ends when the lease is lost.
 pub async fn keep_running(
     me: String,
@@ -173,11 +184,13 @@ pub async fn keep_running(
     mut lease: watch::Receiver<LeaseState>,
     extension: watch::Sender<Option<BootInstant>>,
     shared: SharedFailsafe,
+    running_on: impl Fn(),
 ) {
     loop {
         let every = plan.borrow().every.max(Duration::from_millis(250));
+        let wait = next_look(&plan.borrow(), every, BootInstant::now());
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             changed = lease.changed() => if changed.is_err() { return },
             changed = plan.changed() => if changed.is_err() { return },
         }
@@ -220,7 +233,8 @@ pub async fn keep_running(
         }
         let until = sent + current.hold.saturating_sub(current.margin);
         let mut state = shared.lock().await;
-        if state.kept_running_since.is_none() {
+        let first = state.kept_running_since.is_none();
+        if first {
             info!(
                 members = current.members.len(),
                 "failsafe: etcd is out of reach and every member accepts: running on"
@@ -235,12 +249,29 @@ pub async fn keep_running(
             }
             later
         });
+        if first {
+            running_on();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_leader_looks_again_the_moment_its_last_read_of_etcd_is_an_interval_old() {
+        let now = BootInstant::from_nanos(100_000_000_000);
+        let every = Duration::from_millis(2500);
+        let seen = |ago_ms: u64| CallPlan {
+            etcd_seen: Some(BootInstant::from_nanos(100_000_000_000 - ago_ms * 1_000_000)),
+            ..CallPlan::default()
+        };
+        assert_eq!(next_look(&seen(1000), every, now), Duration::from_millis(1500));
+        assert_eq!(next_look(&seen(2500), every, now), every, "cut off: call each interval");
+        assert_eq!(next_look(&seen(9000), every, now), every);
+        assert_eq!(next_look(&CallPlan::default(), every, now), every, "never read etcd");
+    }
 
     fn status(role: Role, running: bool) -> NodeStatus {
         let mut status = NodeStatus { failsafe_mode: true, ttl: 10, receive_lsn: 7, ..NodeStatus::default() };

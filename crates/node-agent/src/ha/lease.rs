@@ -176,12 +176,14 @@ impl Agent {
             true,
             Some(extension_rx),
         );
+        let wake = self.wake.clone();
         tokio::spawn(crate::failsafe::keep_running(
             self.config.name.clone(),
             self.failsafe_plan.subscribe(),
             handle.subscribe(),
             extension_tx,
             self.failsafe.clone(),
+            move || wake.nudge(),
         ));
         tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
         // The ordered fence's first step: no acknowledgement in the last
