@@ -850,11 +850,23 @@ async fn a_data_directory_a_rewind_left_half_copied_is_moved_aside_and_cloned_af
 }
 
 /// `failsafe_mode` on a cluster of one, as Patroni's own `dcs_failsafe_mode`
-/// scenario runs it: with etcd stopped the lone leader has nobody to ask
-/// and nobody who could take over, so it keeps writing past its ttl, and
+/// scenario runs it: with etcd gone the lone leader has nobody to ask and
+/// nobody who could take over, so it keeps writing past its ttl, and
 /// `/primary` says `failsafe_mode_is_active`. Once etcd is back it leads on.
 #[tokio::test]
 async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_stopped() {
+    lone_leader_through_an_etcd_outage(false).await;
+}
+
+/// The same with etcd frozen (SIGSTOP) rather than killed, as Patroni's own
+/// scenario takes the DCS down: its connections stay open, and nothing
+/// answers on them.
+#[tokio::test]
+async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_frozen() {
+    lone_leader_through_an_etcd_outage(true).await;
+}
+
+async fn lone_leader_through_an_etcd_outage(frozen: bool) {
     init_logging();
     let mut cluster = PgwardenCluster::start(1).await.expect("start");
     cluster.wait_primary(UP).await.expect("a primary");
@@ -866,15 +878,23 @@ async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_stopped() {
     .await
     .expect("failsafe key");
     let writer = direct_writer(&cluster, 0).await;
-    cluster.etcd.kill(0);
-    let stopped = Instant::now();
+    if frozen {
+        cluster.etcd.pause(0, true);
+    } else {
+        cluster.etcd.kill(0);
+    }
+    let gone = Instant::now();
     let ttl = Duration::from_secs(10);
-    writer.wait_ack_after(stopped + 3 * ttl, UP).await.expect("writes go on three ttls after etcd stopped");
+    writer.wait_ack_after(gone + 3 * ttl, UP).await.expect("writes go on three ttls after etcd went");
     assert_eq!(cluster.nodes[0].check("/primary"), 200, "still the primary for HAProxy");
     let body = cluster.nodes[0].get("/primary").expect("/primary's status");
     assert!(body.contains("\"failsafe_mode_is_active\":true"), "{body}");
     assert!(cluster.nodes[0].agent_log().contains("every member accepts: running on"), "the agent says why");
-    cluster.etcd.restart(0).await.expect("etcd back");
+    if frozen {
+        cluster.etcd.pause(0, false);
+    } else {
+        cluster.etcd.restart(0).await.expect("etcd back");
+    }
     wait_until("node1 to lead with etcd again", UP, || async {
         let body = cluster.nodes[0].get("/primary").unwrap_or_default();
         let leads = cluster.nodes[0].check("/primary") == 200 && !body.contains("failsafe_mode_is_active");
@@ -883,7 +903,11 @@ async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_stopped() {
     .await
     .expect("node1 leads, no longer in failsafe");
     let report = writer.stop().await;
-    println!("lone leader, etcd stopped for 30 s: {} writes acknowledged", report.acked.len());
+    println!(
+        "lone leader, etcd {} for 30 s: {} writes acknowledged",
+        if frozen { "frozen" } else { "stopped" },
+        report.acked.len()
+    );
 }
 
 /// `failsafe_mode` (issue 23) when etcd is lost by the primary alone, the
