@@ -121,7 +121,7 @@ bench: ## pgwarden side by side with Patroni (failover, footprint, health checks
 	cat target/install-patroni.log; exit $$built
 	$(BENCH_DIR)/failover-bench $(BENCH_ARGS)
 
-bench-footprint: ## Only the idle footprint (CPU, RSS, PSS, anonymous memory, etcd requests) and GET /primary under wrk, pgwarden beside Patroni, each on a fresh cluster (about 6 minutes after the release build; report in target/bench-footprint)
+bench-footprint: ## Only the idle footprint (CPU, RSS, PSS, anonymous memory, etcd requests) and GET /primary under wrk, pgwarden beside Patroni, each on a fresh cluster, checked by nobody and then behind HAProxy (about 10 minutes after the release build; report in target/bench-footprint)
 	@PGWARDEN_SKIP_PATRONI=1 ./scripts/install-deps.sh
 	@mkdir -p target; ./scripts/install-patroni.sh > target/install-patroni.log 2>&1 || { cat target/install-patroni.log >&2; exit 1; }
 	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-integration-tests --bins
