@@ -520,8 +520,7 @@ fn startup_process(postmaster: i32) -> Option<i32> {
 /// node throughout. In synchronous mode, where no acknowledged row may be
 /// lost: asynchronously a row the primary acknowledged just before the
 /// crash may not have reached the replica that takes over at once (as in
-/// Patroni; CI saw one such row lost once when this test ran
-/// asynchronously).
+/// Patroni), so zero loss is not promised there.
 #[tokio::test]
 async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
     let setup = setup(3, |_| String::new()).await;
