@@ -49,7 +49,7 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
         let role = if is_leader {
             if member.data.role == "standby_leader" { "Standby Leader".into() } else { "Leader".into() }
         } else if sync.contains(&member.name.as_str()) {
-            "Sync Standby".into()
+            if view.quorum_commit() { "Quorum Standby".into() } else { "Sync Standby".into() }
         } else if member.data.role == "standby_leader" || member.data.role == "primary" {
             // A primary that does not hold the key is not the leader.
             title_case(&member.data.role)

@@ -54,6 +54,14 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
+    /// The dynamic config sets `synchronous_mode: quorum`: the standbys the
+    /// `sync` key lists are quorum standbys (Patroni's role name), not
+    /// synchronous ones.
+    pub fn quorum_commit(&self) -> bool {
+        self.config.as_ref().and_then(|(config, _)| config.get("synchronous_mode")).and_then(Value::as_str)
+            == Some("quorum")
+    }
+
     pub fn member(&self, name: &str) -> Option<&MemberEntry> {
         self.members.iter().find(|m| m.name == name)
     }

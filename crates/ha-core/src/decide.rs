@@ -244,6 +244,11 @@ pub struct Observed {
     /// The leader the `sync` key names: the last primary, which holds every
     /// commit it acknowledged, may take over too (as in Patroni).
     pub sync_leader: Option<String>,
+    /// The `sync` key's `quorum` (`synchronous_mode: quorum`; 0 otherwise):
+    /// a member taking over needs `quorum + 1` of the leader and the listed
+    /// standbys, itself included, no further than its own position
+    /// (`quorum_reached`).
+    pub sync_quorum: usize,
     /// etcd answered this tick's read: `initialize` and `leader` are what
     /// etcd holds, not unknown.
     pub etcd_answered: bool,
@@ -460,7 +465,7 @@ impl fmt::Display for Decision {
 /// it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
     let rules = obs.candidate_rules();
-    if rules.problem(&obs.contender_self(my_lsn, my_timeline)).is_some() {
+    if rules.problem(&obs.contender_self(my_lsn, my_timeline)).is_some() || !quorum_reached(obs, my_lsn) {
         return false;
     }
     let mine = (obs.priority, my_lsn);
@@ -498,9 +503,46 @@ fn behind_cluster_timeline(obs: &Observed, timeline: u64) -> bool {
 }
 
 /// A member named in the `failover` key may take the key: the candidate
-/// rule, as for any other (`CandidateRules::problem`).
+/// rule, as for any other (`CandidateRules::problem`), and in quorum commit
+/// the quorum (`quorum_reached`).
 fn named_may_lead(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
-    obs.candidate_rules().problem(&obs.contender_self(my_lsn, my_timeline)).is_none()
+    obs.candidate_rules().problem(&obs.contender_self(my_lsn, my_timeline)).is_none() && quorum_reached(obs, my_lsn)
+}
+
+/// Quorum commit (`ha_core::quorum`): at most `quorum` of the members the
+/// `sync` key lists (its leader and standbys) lack any acknowledged commit,
+/// so a member that sees `quorum + 1` of them (itself counted when listed)
+/// answer with a WAL position no further than its own holds every one, as
+/// in Patroni's race. The former leader itself needs no votes (the
+/// candidate rule still makes it wait for anyone ahead). With `quorum` 0
+/// (synchronous mode `on`, or quorum commit with one voter) every listed
+/// member holds every acknowledged commit, and being listed is enough.
+fn quorum_reached(obs: &Observed, my_lsn: u64) -> bool {
+    quorum_shortfall(obs, my_lsn).is_none()
+}
+
+/// Why `quorum_reached` is not: how many listed members are at or below
+/// this member's position, against how many are needed.
+fn quorum_shortfall(obs: &Observed, my_lsn: u64) -> Option<String> {
+    let leader = obs.sync_leader.as_deref().filter(|_| obs.sync_mode && obs.sync_quorum > 0)?;
+    if leader == obs.me {
+        return None;
+    }
+    let listed = |name: &str| name == leader || obs.sync_standbys.iter().any(|s| s == name);
+    let me = usize::from(listed(&obs.me));
+    let votes = obs
+        .peers
+        .iter()
+        .filter(|p| listed(&p.name) && obs.takes_part(p) && p.lsn.is_some_and(|lsn| lsn <= my_lsn))
+        .count();
+    (me + votes <= obs.sync_quorum).then(|| {
+        format!(
+            "no leader: quorum commit needs {} of {leader}, {} at or below my position, and {} are",
+            obs.sync_quorum + 1,
+            obs.sync_standbys.join(", "),
+            me + votes
+        )
+    })
 }
 
 /// A peer that could take over in a switchover: the candidate rule
@@ -1152,7 +1194,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 obs.maximum_lag_on_failover
             )),
             _ if obs.nofailover || obs.priority == 0 => Decision::idle("no leader: not a candidate (nofailover)"),
-            _ => Decision::idle("no leader: waiting for a better candidate"),
+            _ => match quorum_shortfall(obs, *lsn) {
+                Some(why) => Decision::idle(why),
+                None => Decision::idle("no leader: waiting for a better candidate"),
+            },
         },
         // A primary never gets here (it returned above); stay idle if it did.
         (PgRun::Primary { .. }, _) => Decision::idle("running as primary"),
@@ -1201,6 +1246,7 @@ mod tests {
             sync_mode: false,
             sync_standbys: vec![],
             sync_leader: None,
+            sync_quorum: 0,
             etcd_answered: true,
             not_streaming: None,
             unsupported: None,
@@ -1954,6 +2000,22 @@ mod tests {
     }
 
     #[test]
+    fn quorum_commit_says_how_many_votes_a_voter_has() {
+        let obs = Observed {
+            leader: None,
+            sync_mode: true,
+            sync_leader: Some("a".into()),
+            sync_standbys: vec!["b".into(), "c".into()],
+            sync_quorum: 1,
+            peers: vec![peer("c", 150)],
+            ..base()
+        };
+        let d = decide(&obs);
+        assert_eq!(d.action, None);
+        assert_eq!(d.reason, "no leader: quorum commit needs 2 of a, b, c at or below my position, and 1 are");
+    }
+
+    #[test]
     fn table() {
         let cases: Vec<(&str, Observed, Option<Action>)> = vec![
             ("streaming replica of the leader idles", base(), None),
@@ -2395,6 +2457,58 @@ mod tests {
                 None,
             ),
             (
+                "quorum commit: a voter that hears from no other of a quorum of 1 does not race, and says why",
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["b".into(), "c".into()],
+                    sync_quorum: 1,
+                    peers: vec![Peer { running: false, lsn: None, ..peer("c", 0) }],
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "quorum commit: a voter ahead of another voter has its quorum and races",
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["b".into(), "c".into()],
+                    sync_quorum: 1,
+                    peers: vec![Peer { nofailover: true, ..peer("c", 90) }],
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "quorum commit: a member not listed is no vote",
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["b".into(), "c".into()],
+                    sync_quorum: 1,
+                    peers: vec![peer("d", 90)],
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "quorum commit: the former leader counts as a vote",
+                Observed {
+                    leader: None,
+                    sync_mode: true,
+                    sync_leader: Some("a".into()),
+                    sync_standbys: vec!["b".into(), "c".into()],
+                    sync_quorum: 1,
+                    peers: vec![Peer { nofailover: true, ..peer("a", 100) }],
+                    ..base()
+                },
+                Some(Action::AcquireLeader),
+            ),
+            (
                 "sync mode: the listed standby races",
                 Observed {
                     leader: None,
@@ -2573,6 +2687,8 @@ mod tests {
                 sync_mode,
                 sync_standbys,
                 sync_leader,
+                // From a draw already here (see standby_upstream above).
+                sync_quorum: optime.map_or(0, |o| (o % 3) as usize),
                 etcd_answered,
                 not_streaming: None,
                 unsupported: None,
@@ -2642,6 +2758,28 @@ mod tests {
             if active && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
                 let listed = obs.sync_standbys.iter().any(|s| s == "b") || obs.sync_leader.as_deref() == Some("b");
                 prop_assert!(listed, "{d}");
+            }
+        }
+
+        /// Quorum commit: a replica other than the former leader takes the
+        /// key only when `quorum + 1` of the listed members (itself
+        /// included) are at or below its position: at most `quorum` of them
+        /// lack an acknowledged commit (`ha_core::quorum`).
+        #[test]
+        fn in_quorum_commit_a_replica_races_only_with_a_quorum_at_or_below_it(obs in arb_observed()) {
+            let d = decide(&obs);
+            if let PgRun::Replica { lsn, .. } = obs.pg
+                && obs.sync_mode
+                && d.action == Some(Action::AcquireLeader)
+                && let Some(leader) = obs.sync_leader.as_deref().filter(|l| *l != "b")
+            {
+                let listed = |n: &str| n == leader || obs.sync_standbys.iter().any(|s| s == n);
+                let at_or_below = obs
+                    .peers
+                    .iter()
+                    .filter(|p| listed(&p.name) && p.running && p.lsn.is_some_and(|l| l <= lsn))
+                    .count();
+                prop_assert!(usize::from(listed("b")) + at_or_below > obs.sync_quorum, "{d}");
             }
         }
 

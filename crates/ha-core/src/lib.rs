@@ -8,6 +8,7 @@
 mod candidate;
 mod decide;
 mod lsn;
+pub mod quorum;
 pub mod sync;
 pub mod timeline;
 mod version;

@@ -4,7 +4,7 @@
 //! over). One step at a time, in an order that keeps every acknowledged
 //! commit on every member of S (DESIGN.md invariant 4):
 //!
-//! - `synchronous_standby_names = 'FIRST n (P)'` with `n = |P|`: a commit
+//! - `synchronous_standby_names = 'n (P)'` (`FIRST n`) with `n = |P|`: a commit
 //!   waits for every listed standby;
 //! - a standby enters P first; it enters S only once PostgreSQL reports it
 //!   `sync` and it has then flushed up to the primary's position taken after
@@ -40,6 +40,9 @@ pub struct Standby {
     pub eligible: bool,
     /// Its `sync_priority` tag (default 1): a higher one is chosen first.
     pub priority: u32,
+    /// Its WAL sender runs with a `synchronous_standby_names` that lists it
+    /// (`pg_stat_replication.sync_priority > 0`).
+    pub listed: bool,
 }
 
 /// A standby put in P and not yet in S; `since_lsn` is the primary's
@@ -84,16 +87,21 @@ fn sorted(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// The standbys that may be synchronous: streaming, eligible, and within
+/// `maximum_lag_on_syncnode` (`max_lag`) of the most advanced streaming
+/// standby (of the primary, `primary_lsn`, when there is only one), as
+/// Patroni measures it.
+pub fn healthy(standbys: &[Standby], max_lag: Option<u64>, primary_lsn: u64) -> Vec<&Standby> {
+    let streaming: Vec<u64> = standbys.iter().filter(|s| s.streaming && s.eligible).map(|s| s.flush_lsn).collect();
+    let reference = if streaming.len() > 1 { streaming.iter().copied().max().unwrap_or(0) } else { primary_lsn };
+    let lagging = |s: &Standby| max_lag.is_some_and(|max| reference.saturating_sub(s.flush_lsn) > max);
+    standbys.iter().filter(|s| s.streaming && s.eligible && !lagging(s)).collect()
+}
+
 /// The next step towards `node_count` synchronous standbys.
 pub fn next_step(input: &SyncInput) -> SyncStep {
-    // The position lag is measured from (Patroni's): the most advanced
-    // streaming standby's, or the primary's when there is only one.
-    let streaming: Vec<u64> =
-        input.standbys.iter().filter(|s| s.streaming && s.eligible).map(|s| s.flush_lsn).collect();
-    let reference = if streaming.len() > 1 { streaming.iter().copied().max().unwrap_or(0) } else { input.primary_lsn };
-    let lagging = |s: &Standby| input.max_lag.is_some_and(|max| reference.saturating_sub(s.flush_lsn) > max);
-    let healthy =
-        |name: &str| input.standbys.iter().any(|s| s.name == name && s.streaming && s.eligible && !lagging(s));
+    let fit = healthy(&input.standbys, input.max_lag, input.primary_lsn);
+    let healthy = |name: &str| fit.iter().any(|s| s.name == name);
     let row = |name: &str| input.standbys.iter().find(|s| s.name == name);
     // A key left by another leader: start from nothing we have not checked.
     if !input.key_is_mine {
@@ -237,12 +245,17 @@ pub fn parse_standby_names(value: &str) -> Vec<String> {
 }
 
 /// `synchronous_standby_names` for P: every listed standby must confirm.
+/// Written as Patroni writes it: one standby alone (`"b"`, which is `FIRST
+/// 1`), several as `n ("b","c")` (`FIRST n`).
 pub fn standby_names(names: &[String], strict: bool) -> String {
     if names.is_empty() {
         return if strict { format!("\"{STRICT_PLACEHOLDER}\"") } else { String::new() };
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
-    format!("FIRST {} ({})", names.len(), quoted.join(", "))
+    match quoted.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{} ({})", names.len(), quoted.join(",")),
+    }
 }
 
 #[cfg(test)]
@@ -251,7 +264,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn standby(name: &str, sync: bool, flush: u64) -> Standby {
-        Standby { name: name.into(), streaming: true, sync, flush_lsn: flush, eligible: true, priority: 1 }
+        Standby {
+            name: name.into(),
+            streaming: true,
+            sync,
+            flush_lsn: flush,
+            eligible: true,
+            priority: 1,
+            listed: sync,
+        }
     }
 
     #[test]
@@ -484,7 +505,8 @@ mod tests {
     fn names_are_rendered_for_postgres() {
         assert_eq!(standby_names(&[], false), "");
         assert_eq!(standby_names(&[], true), format!("\"{STRICT_PLACEHOLDER}\""));
-        assert_eq!(standby_names(&["a".into(), "b".into()], false), "FIRST 2 (\"a\", \"b\")");
+        assert_eq!(standby_names(&["a".into(), "b".into()], false), "2 (\"a\",\"b\")");
+        assert_eq!(standby_names(&["a".into()], false), "\"a\"");
     }
 
     proptest! {

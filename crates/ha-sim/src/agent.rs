@@ -330,6 +330,7 @@ impl World {
                 .map(|s| s.standbys.iter().map(|j| name(*j)).collect())
                 .unwrap_or_default(),
             sync_leader: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.leader).map(name),
+            sync_quorum: 0,
             etcd_answered: view.is_some(),
             not_streaming,
             can_lead: self.fencer_acks(i),
@@ -841,6 +842,7 @@ impl World {
                 name: name(r),
                 streaming: true,
                 sync: matches!(live, Ssn::Names(names) if names.contains(&self.nodes[r].name)),
+                listed: matches!(live, Ssn::Names(names) if names.contains(&self.nodes[r].name)),
                 flush_lsn: self.nodes[r].pg.lsn().unwrap_or(0),
                 eligible: true,
                 // Uneven `sync_priority` tags, so the choice follows them.

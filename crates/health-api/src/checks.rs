@@ -116,7 +116,11 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
             if !status.replication_state.is_empty() {
                 map.insert("replication_state".into(), json!(status.replication_state));
             }
-            // Patroni's mark of a synchronous standby (the `sync` key lists it).
+            // Patroni's marks of a synchronous or quorum standby (the
+            // `sync` key lists it).
+            if status.quorum_standby {
+                map.insert("quorum_standby".into(), json!(true));
+            }
             if status.sync_standby {
                 map.insert("sync_standby".into(), json!(true));
             }
@@ -257,10 +261,16 @@ pub fn answer(
         "/replica" => check(&|s| is_replica(s, query)),
         "/read-only" => check(&|s| is_primary(s) || is_standby_leader(s) || is_replica(s, query)),
         "/sync" | "/synchronous" => check(&|s| dcs_reachable(s) && s.sync_standby && is_replica(s, query)),
-        "/async" | "/asynchronous" => check(&|s| dcs_reachable(s) && !s.sync_standby && is_replica(s, query)),
+        "/async" | "/asynchronous" => {
+            check(&|s| dcs_reachable(s) && !s.sync_standby && !s.quorum_standby && is_replica(s, query))
+        }
         "/read-only-sync" | "/read-only-synchronous" => {
             check(&|s| is_primary(s) || (dcs_reachable(s) && s.sync_standby && is_replica(s, query)))
         }
+        "/quorum" => check(&|s| dcs_reachable(s) && s.quorum_standby && is_replica(s, query)),
+        "/read-only-quorum" => check(&|s| {
+            is_primary(s) || is_standby_leader(s) || (dcs_reachable(s) && s.quorum_standby && is_replica(s, query))
+        }),
         "/health" => check(&|s| s.postgres_state() == PostgresState::Running && tags_match(s, query)),
         "/liveness" => bare(&is_alive),
         "/readiness" => bare(&|s| is_ready(s, query)),
@@ -365,7 +375,20 @@ mod tests {
         assert_eq!(ask("/async", "", &not_sync, now), StatusCode::OK);
         assert_eq!(ask("/read-only-sync", "", &sync, now), StatusCode::OK);
         assert_eq!(ask("/read-only-sync", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        // Quorum commit: a quorum standby is neither synchronous nor asynchronous.
+        let quorum = Some((NodeStatus { quorum_standby: true, ..replica.clone() }, now));
+        assert_eq!(ask("/quorum", "", &quorum, now), StatusCode::OK);
+        assert_eq!(ask("/quorum", "", &sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/quorum", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/sync", "", &quorum, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/async", "", &quorum, now), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ask("/read-only-quorum", "", &quorum, now), StatusCode::OK);
+        assert_eq!(ask("/read-only-quorum", "", &not_sync, now), StatusCode::SERVICE_UNAVAILABLE);
+        let primary = Some((NodeStatus { holds_leader: true, ..status(PostgresState::Running, Role::Primary) }, now));
+        assert_eq!(ask("/read-only-quorum", "", &primary, now), StatusCode::OK);
         let identity = identity();
+        assert_eq!(patroni_json(&identity, &quorum, now)["quorum_standby"], true, "Patroni marks a quorum standby");
+        assert!(patroni_json(&identity, &quorum, now).get("sync_standby").is_none());
         assert_eq!(patroni_json(&identity, &sync, now)["sync_standby"], true, "Patroni marks the sync standby");
         let pending = Some((
             NodeStatus {

@@ -4,7 +4,7 @@ use dcs::ClusterView;
 use serde_json::{Value, json};
 
 /// Patroni's `/cluster` document: members sorted by name with their role
-/// (`leader`, `sync_standby`, `replica`), state (`streaming` for a replica
+/// (`leader`, `sync_standby`, `quorum_standby`, `replica`), state (`streaming` for a replica
 /// that receives WAL), address, timeline, lag in bytes and tags.
 pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
     let leader = view.leader.as_ref().map(|l| l.name.as_str());
@@ -19,7 +19,7 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
             let role = if is_leader {
                 if data.role == "standby_leader" { "standby_leader" } else { "leader" }
             } else if sync.contains(&entry.name.as_str()) {
-                "sync_standby"
+                if view.quorum_commit() { "quorum_standby" } else { "sync_standby" }
             } else {
                 "replica"
             };

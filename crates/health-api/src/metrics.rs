@@ -98,12 +98,7 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         "Current timestamp of the replayed Postgres transaction log, 0 if null.",
         if replica { epoch_seconds(&s.replayed_timestamp).unwrap_or(0.0) } else { 0.0 },
     );
-    metric(
-        "patroni_quorum_standby",
-        "gauge",
-        "1 if this node is a quorum standby (pgwarden has no quorum mode yet: 0).",
-        0.0,
-    );
+    metric("patroni_quorum_standby", "gauge", "1 if this node is a quorum standby.", flag(replica && s.quorum_standby));
     metric(
         "patroni_failsafe_mode_is_active",
         "gauge",

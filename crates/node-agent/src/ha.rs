@@ -42,7 +42,10 @@ pub struct HaView {
     pub last_tick_unix_ms: i64,
     pub shutting_down: bool,
     pub paused: bool,
+    /// Listed in the `sync` key: as a synchronous standby, or in quorum
+    /// commit as a quorum standby.
     pub sync_standby: bool,
+    pub quorum_standby: bool,
     pub ttl: u32,
     pub maximum_lag_on_failover: u64,
     pub tick_duration: Duration,
@@ -603,6 +606,10 @@ impl Agent {
             }
         }
         let failsafe_active = self.keep_failsafe_plan(view.as_ref(), &dynamic, &obs).await;
+        let listed_in_sync = view
+            .as_ref()
+            .and_then(|v| v.sync.as_ref())
+            .is_some_and(|sync| sync.members().contains(&self.config.name.as_str()));
         self.view.send_replace(HaView {
             leader: view.as_ref().and_then(|v| v.leader.as_ref().map(|l| l.name.clone())),
             leader_deadline: self.leader_deadline(),
@@ -613,10 +620,8 @@ impl Agent {
             last_tick_unix_ms: crate::now_unix_ms(),
             shutting_down: false,
             paused: dynamic.pause,
-            sync_standby: view
-                .as_ref()
-                .and_then(|v| v.sync.as_ref())
-                .is_some_and(|sync| sync.members().contains(&self.config.name.as_str())),
+            sync_standby: listed_in_sync && dynamic.synchronous_mode != pgwarden_config::SyncMode::Quorum,
+            quorum_standby: listed_in_sync && dynamic.synchronous_mode == pgwarden_config::SyncMode::Quorum,
             ttl: dynamic.ttl,
             maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
             tick_duration: started.elapsed(),

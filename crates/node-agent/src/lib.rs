@@ -177,6 +177,7 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         shutting_down: view.shutting_down,
         paused: view.paused,
         sync_standby: view.sync_standby,
+        quorum_standby: view.quorum_standby,
         ttl: view.ttl,
         maximum_lag_on_failover: view.maximum_lag_on_failover,
         ha_loop_duration_us: view.tick_duration.as_micros() as u64,

@@ -215,6 +215,7 @@ impl Agent {
                 .map(|s| s.members().into_iter().map(String::from).collect())
                 .unwrap_or_default(),
             sync_leader: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.leader.clone()),
+            sync_quorum: view.and_then(|v| v.sync.as_ref()).and_then(|s| s.quorum).unwrap_or(0) as usize,
             etcd_answered: view.is_some(),
             can_lead: self.fencer_ready(),
             fencer_lost: self.fencer_lost(),
@@ -244,15 +245,7 @@ impl Agent {
                 })
                 .unwrap_or_default(),
             not_streaming,
-            unsupported: if view.and_then(|v| v.sync.as_ref()).and_then(|s| s.quorum).is_some_and(|q| q > 0) {
-                Some(
-                    "the sync key carries Patroni's quorum commit (quorum > 0), which pgwarden does not implement; \
-                     set synchronous_mode to on (or off) with Patroni before moving to pgwarden"
-                        .into(),
-                )
-            } else {
-                None
-            },
+            unsupported: None,
         }
     }
 

@@ -1,6 +1,8 @@
-//! Synchronous replication as leader: one `ha_core::sync::next_step` per tick, carried out on
-//! PostgreSQL's `synchronous_standby_names` and the `sync` key.
+//! Synchronous replication as leader: one `ha_core::sync::next_step` (or, in quorum commit,
+//! `ha_core::quorum::next_step`) per tick, carried out on PostgreSQL's
+//! `synchronous_standby_names` and the `sync` key.
 
+use ha_core::quorum::{Ledger, QuorumInput, QuorumStep};
 use ha_core::sync::{Standby, SyncInput, SyncStep, next_step};
 use pgwarden_config::SyncMode;
 
@@ -15,13 +17,24 @@ pub(super) struct SyncState {
     /// `configured` was rebuilt from PostgreSQL's live setting since this
     /// agent last took the leader key.
     pub(super) rebuilt: bool,
+    /// Quorum commit: the settings in effect since the last mark, and the
+    /// mark (`ha_core::quorum`); `None` until rebuilt from PostgreSQL's
+    /// live setting in this term.
+    pub(super) ledger: Option<Ledger>,
 }
 
 impl SyncState {
     /// `synchronous_standby_names` for the config files: none outside
     /// synchronous mode, else P (or, strict, a placeholder when P is empty).
     pub(super) fn names(&self, mode: SyncMode, strict: bool) -> Option<String> {
-        (mode != SyncMode::Off).then(|| ha_core::sync::standby_names(&self.configured, strict))
+        match mode {
+            SyncMode::Off => None,
+            SyncMode::On => Some(ha_core::sync::standby_names(&self.configured, strict)),
+            SyncMode::Quorum => Some(ha_core::quorum::standby_names(
+                &self.ledger.as_ref().map(Ledger::current).unwrap_or_default(),
+                strict,
+            )),
+        }
     }
 
     /// Not leading (or out of synchronous mode): no standby is ours to wait
@@ -64,6 +77,7 @@ pub(super) fn standbys(view: &ClusterView, replication: &[sql::ReplicationRow]) 
             name: r.application_name.clone(),
             streaming: r.state == "streaming",
             sync: r.sync_state == "sync" || r.sync_state == "quorum",
+            listed: r.sync_priority > 0,
             flush_lsn: r.flush_lsn,
             eligible: !nosync(&r.application_name),
             priority: view
@@ -79,21 +93,27 @@ impl Agent {
     /// Writes the `sync` key as this leader's with no standby
     /// (compare-and-swap against the tick's view).
     pub(super) async fn reset_sync_key(&mut self, view: &ClusterView) -> anyhow::Result<()> {
-        if !self.write_sync_key(view, &[]).await? {
+        if !self.write_sync_key(view, &[], 0).await? {
             bail!("promote: the sync key changed while resetting it; not promoting");
         }
         info!("synchronous mode: the sync key names this leader, with no standby yet");
         Ok(())
     }
 
-    /// Writes the `sync` key: this leader and `standbys`, by compare-and-swap
-    /// on the revision the view read (created iff absent). Returns whether it
-    /// was written.
-    pub(super) async fn write_sync_key(&self, view: &ClusterView, standbys: &[String]) -> anyhow::Result<bool> {
+    /// Writes the `sync` key: this leader, `standbys` and `quorum` (0 but in
+    /// quorum commit, as Patroni writes it), by compare-and-swap on the
+    /// revision the view read (created iff absent). Returns whether it was
+    /// written.
+    pub(super) async fn write_sync_key(
+        &self,
+        view: &ClusterView,
+        standbys: &[String],
+        quorum: usize,
+    ) -> anyhow::Result<bool> {
         let value = serde_json::to_string(&dcs::SyncState {
             leader: Some(self.config.name.clone()),
             sync_standby: (!standbys.is_empty()).then(|| standbys.join(",")),
-            quorum: None,
+            quorum: Some(u32::try_from(quorum)?),
         })?;
         let key = self.keys.sync();
         let compare = if view.sync.is_some() {
@@ -141,6 +161,19 @@ impl Agent {
             .map(|s| s.members().into_iter().map(String::from).collect())
             .unwrap_or_default();
         let standbys = standbys(view, &sql.replication);
+        if dynamic.synchronous_mode == SyncMode::Quorum {
+            return self.manage_quorum(view, sql, dynamic, key_is_mine, standbys).await;
+        }
+        self.sync.ledger = None;
+        // A key written in quorum commit with a quorum above 0 does not say
+        // that every standby it lists holds every acknowledged commit, which
+        // is what `ha_core::sync` takes it to say: list none first.
+        if key_is_mine && view.sync.as_ref().and_then(|s| s.quorum).is_some_and(|q| q > 0) {
+            if self.write_sync_key(view, &[], 0).await? {
+                info!("synchronous mode on: the sync key of quorum commit lists no standby until one joins again");
+            }
+            return Ok(());
+        }
         if !self.sync.rebuilt {
             let mut conn = self.connect().await?;
             let live = sql::show(&mut conn, "synchronous_standby_names").await;
@@ -181,9 +214,80 @@ impl Agent {
                 self.apply_sync_names(dynamic).await?;
             }
             SyncStep::Publish(names) => {
-                if self.write_sync_key(view, &names).await? {
+                if self.write_sync_key(view, &names, 0).await? {
                     info!(standbys = ?names, "published the sync key");
                     self.sync.published(&names);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Quorum commit as leader: one step of `ha_core::quorum` per tick.
+    async fn manage_quorum(
+        &mut self,
+        view: &ClusterView,
+        sql: &sql::SqlStatus,
+        dynamic: &DynamicConfig,
+        key_is_mine: bool,
+        standbys: Vec<Standby>,
+    ) -> anyhow::Result<()> {
+        // Synchronous mode's memory is of no use here; back in it, it starts
+        // again from PostgreSQL's live setting.
+        self.sync.configured.clear();
+        self.sync.pending = None;
+        self.sync.rebuilt = false;
+        if self.sync.ledger.is_none() {
+            let mut conn = self.connect().await?;
+            let live = sql::show(&mut conn, "synchronous_standby_names").await;
+            self.release(conn);
+            let current = ha_core::quorum::parse_config(&live?);
+            info!(standbys = ?current.names, k = current.k, "quorum commit: synchronous_standby_names read from PostgreSQL");
+            self.sync.ledger = Some(Ledger::new(current));
+        }
+        let ledger = self.sync.ledger.clone().unwrap_or_default();
+        let key = view.sync.as_ref().filter(|_| key_is_mine);
+        let input = QuorumInput {
+            node_count: dynamic.synchronous_node_count as usize,
+            key_is_mine,
+            voters: key.map(|s| s.members().into_iter().map(String::from).collect()).unwrap_or_default(),
+            quorum: key.and_then(|s| s.quorum).unwrap_or(0) as usize,
+            ledger,
+            strict: dynamic.synchronous_mode_strict,
+            standbys,
+            primary_lsn: sql.xlog_location,
+            max_lag: u64::try_from(dynamic.maximum_lag_on_syncnode).ok().filter(|lag| *lag > 0),
+        };
+        if self.pg.set_sync_names(self.sync_names(dynamic)) {
+            self.apply_sync_names(dynamic).await?;
+        }
+        match ha_core::quorum::next_step(&input) {
+            QuorumStep::Idle(why) => tracing::debug!(why, "quorum commit"),
+            QuorumStep::Mark => {
+                // Read after this tick's observation that every WAL sender
+                // runs with the setting: every commit acknowledged by an
+                // earlier one is at or below it.
+                let mut conn = self.connect().await?;
+                let lsn = sql::current_wal_lsn(&mut conn).await;
+                self.release(conn);
+                let lsn = lsn?;
+                if let Some(ledger) = &mut self.sync.ledger {
+                    let current = ledger.current();
+                    *ledger = Ledger { epochs: vec![current], mark: Some(lsn) };
+                }
+                tracing::debug!(lsn = %ha_core::Lsn(lsn), "quorum commit: marked");
+            }
+            QuorumStep::Configure(config) => {
+                info!(standbys = ?config.names, k = config.k, "quorum commit: synchronous_standby_names");
+                if let Some(ledger) = &mut self.sync.ledger {
+                    ledger.configured(config);
+                }
+                self.pg.set_sync_names(self.sync_names(dynamic));
+                self.apply_sync_names(dynamic).await?;
+            }
+            QuorumStep::Publish { voters, quorum } => {
+                if self.write_sync_key(view, &voters, quorum).await? {
+                    info!(voters = ?voters, quorum, "quorum commit: published the sync key");
                 }
             }
         }
