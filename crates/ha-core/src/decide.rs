@@ -524,24 +524,43 @@ fn quorum_reached(obs: &Observed, my_lsn: u64) -> bool {
 /// Why `quorum_reached` is not: how many listed members are at or below
 /// this member's position, against how many are needed.
 fn quorum_shortfall(obs: &Observed, my_lsn: u64) -> Option<String> {
+    let (needed, have) = quorum_count(obs, &obs.me, my_lsn, None)?;
+    (have < needed).then(|| {
+        format!(
+            "no leader: quorum commit needs {needed} of {}, {} at or below my position, and {have} are",
+            obs.sync_leader.as_deref().unwrap_or_default(),
+            obs.sync_standbys.join(", "),
+        )
+    })
+}
+
+/// Quorum commit: the votes `candidate` (at `lsn`) needs and the ones this
+/// member sees it have: the members the `sync` key lists that are at or
+/// below `lsn` (this member at `my_lsn`, when it is not the candidate), the
+/// candidate itself when listed. `None`: no quorum applies to it.
+fn quorum_count(obs: &Observed, candidate: &str, lsn: u64, my_lsn: Option<u64>) -> Option<(usize, usize)> {
     let leader = obs.sync_leader.as_deref().filter(|_| obs.sync_mode && obs.sync_quorum > 0)?;
-    if leader == obs.me {
+    if leader == candidate {
         return None;
     }
     let listed = |name: &str| name == leader || obs.sync_standbys.iter().any(|s| s == name);
-    let me = usize::from(listed(&obs.me));
-    let votes = obs
+    let me = candidate != obs.me && listed(&obs.me) && my_lsn.is_some_and(|mine| mine <= lsn);
+    let peers = obs
         .peers
         .iter()
-        .filter(|p| listed(&p.name) && obs.takes_part(p) && p.lsn.is_some_and(|lsn| lsn <= my_lsn))
+        .filter(|p| p.name != candidate && listed(&p.name) && obs.takes_part(p) && p.lsn.is_some_and(|l| l <= lsn))
         .count();
-    (me + votes <= obs.sync_quorum).then(|| {
-        format!(
-            "no leader: quorum commit needs {} of {leader}, {} at or below my position, and {} are",
-            obs.sync_quorum + 1,
-            obs.sync_standbys.join(", "),
-            me + votes
-        )
+    Some((obs.sync_quorum + 1, usize::from(listed(candidate)) + usize::from(me) + peers))
+}
+
+/// A named candidate this member waits for: eligible, and in quorum commit
+/// with its quorum as far as this member sees (one that cannot reach it
+/// would hold everyone back for ever).
+fn named_peer_may_take_over(obs: &Observed, candidate: &str, my_lsn: u64) -> bool {
+    eligible_peer(obs, candidate).is_some_and(|peer| {
+        peer.lsn.is_some_and(|lsn| {
+            quorum_count(obs, candidate, lsn, Some(my_lsn)).is_none_or(|(needed, have)| have >= needed)
+        })
     })
 }
 
@@ -1177,8 +1196,8 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         {
             Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
         }
-        (PgRun::Replica { .. }, None)
-            if request_due && named_candidate.is_some_and(|c| eligible_peer(obs, c).is_some()) =>
+        (PgRun::Replica { lsn, .. }, None)
+            if request_due && named_candidate.is_some_and(|c| named_peer_may_take_over(obs, c, *lsn)) =>
         {
             Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
         }

@@ -219,6 +219,20 @@ pub fn next_step(input: &QuorumInput) -> QuorumStep {
     }
 }
 
+/// The setting a new term starts from (an agent restarted under its
+/// primary, or a former primary that took its key back): what PostgreSQL
+/// runs with, unless that would acknowledge commits more than `quorum` of
+/// the `sync` key's voters lack (a primary started again runs with nothing,
+/// or the placeholder, which this module reads as nothing); then one that
+/// keeps the key's promise, `ANY (|V| - q) (V)`.
+pub fn rebuild(live: Config, voters: &[String], quorum: usize) -> Config {
+    if live.may_lack(voters) <= quorum {
+        live
+    } else {
+        Config { k: voters.len().saturating_sub(quorum).max(1), names: voters.to_vec() }
+    }
+}
+
 /// `synchronous_standby_names` for quorum commit, as Patroni writes it.
 pub fn standby_names(config: &Config, strict: bool) -> String {
     if config.names.is_empty() {
@@ -383,6 +397,17 @@ mod tests {
     }
 
     #[test]
+    fn a_new_term_keeps_the_keys_promise() {
+        let v = names(&["a", "b", "c"]);
+        // Started again with nothing: commits would need none of the voters.
+        assert_eq!(rebuild(Config::default(), &v, 1), Config { k: 2, names: v.clone() });
+        // What PostgreSQL runs with keeps it: as it is.
+        let live = Config { k: 2, names: v.clone() };
+        assert_eq!(rebuild(live.clone(), &v, 1), live);
+        assert_eq!(rebuild(Config::default(), &[], 0), Config::default());
+    }
+
+    #[test]
     fn a_key_of_another_leader_and_a_new_term_start_over() {
         let mut state = input(vec![standby("a", 100, false)]);
         state.key_is_mine = false;
@@ -513,8 +538,18 @@ mod tests {
                     self.streaming[who] = !self.streaming[who];
                     self.running_with[who] = self.written.clone();
                 }
-                // The leader's agent restarts: its memory is gone.
-                6 if who == 0 => self.ledger = Ledger::new(self.written.clone()),
+                // The leader's agent restarts: its memory is gone; PostgreSQL
+                // restarted with it, on nothing (the agent's placeholder)
+                // when `who` says so.
+                6 if who == 0 => {
+                    self.ledger = Ledger::new(self.written.clone());
+                }
+                6 if who == 1 => {
+                    let current = rebuild(Config::default(), &self.voters, self.quorum);
+                    self.written = current.clone();
+                    self.running_with.fill(current.clone());
+                    self.ledger = Ledger::new(current);
+                }
                 // The agent's tick.
                 _ => {
                     let input = QuorumInput {

@@ -46,12 +46,16 @@ pub struct Failover {
 pub struct SyncKey {
     pub leader: Option<usize>,
     pub standbys: Vec<usize>,
+    /// Quorum commit's `quorum` (0 otherwise).
+    pub quorum: usize,
 }
 
 /// The dynamic config (the `config` key) as far as the HA loop reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dynamic {
     pub sync_mode: bool,
+    /// `synchronous_mode: quorum` (with `sync_mode` on).
+    pub quorum: bool,
     pub strict: bool,
     pub node_count: usize,
     pub pause: bool,
@@ -207,6 +211,10 @@ pub enum Ssn {
     Names(Vec<String>),
     /// Strict mode with no standby: nobody can confirm, commits wait.
     Placeholder,
+    /// Quorum commit, `ANY k (names)`: a commit waits for any `k` of them.
+    Any { k: usize, names: Vec<String> },
+    /// Quorum commit, strict with no standby: `ANY 1 (*)`, any standby.
+    AnyStandby,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

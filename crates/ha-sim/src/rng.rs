@@ -31,3 +31,9 @@ impl Rng {
         (self.next_u64() % n as u64) as usize
     }
 }
+
+/// One SplitMix64 output for `x` (the generator's first draw from state
+/// `x`): a value derived from a seed without drawing from its generator.
+pub fn splitmix(x: u64) -> u64 {
+    Rng(x).next_u64()
+}

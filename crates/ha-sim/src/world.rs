@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use ha_core::sync::Pending;
 
 use crate::model::{Data, Dynamic, Etcd, Failover, NOT_A_COMMIT, Pg, Run, Ssn, Time};
-use crate::rng::Rng;
+use crate::rng::{Rng, splitmix};
 
 /// The lease keeper's pause after a failed renewal (as `election::keeper`).
 pub const RETRY_PAUSE: Time = 200;
@@ -153,6 +153,8 @@ pub struct Agent {
     pub sync_configured: Vec<String>,
     pub sync_pending: Option<Pending>,
     pub sync_rebuilt: bool,
+    /// Quorum commit's settings since its last mark (`ha_core::quorum`).
+    pub quorum_ledger: Option<ha_core::quorum::Ledger>,
     /// `synchronous_standby_names` as the agent would write it next.
     pub wanted_ssn: Ssn,
     pub released_at: Option<Time>,
@@ -187,6 +189,7 @@ impl Agent {
             sync_configured: Vec::new(),
             sync_pending: None,
             sync_rebuilt: false,
+            quorum_ledger: None,
             wanted_ssn: Ssn::Async,
             released_at: None,
             primary_down_since: None,
@@ -281,8 +284,15 @@ impl World {
         let p = Params::for_seed(&mut rng);
         // failsafe_mode in the seeds with a 10 s ttl (a third), drawn from
         // the ttl so that no seed's schedule changes.
+        let sync_mode = rng.chance(50);
         let config = Dynamic {
-            sync_mode: rng.chance(50),
+            sync_mode,
+            // Quorum commit in a third of the seeds in synchronous mode,
+            // derived from the seed so that no seed's schedule changes (and,
+            // by the constant, none of the seeds in tests/regressions.rs
+            // from before quorum commit leaves the mode it reproduced its
+            // finding in).
+            quorum: sync_mode && splitmix(seed ^ 5071).is_multiple_of(3),
             strict: rng.chance(30),
             node_count: 1,
             pause: false,
@@ -710,6 +720,23 @@ impl World {
                         n.name == *name && n.pg.data.as_ref().is_some_and(|d| d.wal.get(lsn as usize - 1) == Some(&id))
                     })
                 }),
+                Ssn::Any { k, names } => {
+                    let holding = names
+                        .iter()
+                        .filter(|name| {
+                            self.nodes.iter().any(|n| {
+                                n.name == **name
+                                    && n.pg.data.as_ref().is_some_and(|d| d.wal.get(lsn as usize - 1) == Some(&id))
+                            })
+                        })
+                        .count();
+                    holding >= (*k).max(1)
+                }
+                Ssn::AnyStandby => self.nodes.iter().enumerate().any(|(j, n)| {
+                    j != p
+                        && n.pg.run != Run::Primary
+                        && n.pg.data.as_ref().is_some_and(|d| d.wal.get(lsn as usize - 1) == Some(&id))
+                }),
             };
             if ok {
                 self.acknowledge(p, id, lsn);
@@ -1094,19 +1121,28 @@ impl World {
             let what = format!("the leader key names {} but sits on another node's lease", self.nodes[holder].name);
             self.violate(what);
         }
+        // Every acknowledged commit is on all but `quorum` of the standbys
+        // the `sync` key lists (all of them out of quorum commit), so any
+        // `quorum + 1` of them include one that has it.
         if self.sync_dirty && self.etcd.config.sync_mode {
             self.sync_dirty = false;
             if let Some(sync) = self.etcd.sync.clone() {
-                for s in sync.standbys {
-                    let data = self.nodes[s].pg.data.as_ref();
-                    let missing = self
-                        .must_survive
+                for (id, lsn) in self.must_survive.clone() {
+                    let lacking: Vec<&str> = sync
+                        .standbys
                         .iter()
-                        .find(|(id, lsn)| data.is_none_or(|d| d.wal.get(*lsn as usize - 1) != Some(id)));
-                    if let Some((id, lsn)) = missing {
+                        .filter(|s| {
+                            let data = self.nodes[**s].pg.data.as_ref();
+                            data.is_none_or(|d| d.wal.get(lsn as usize - 1) != Some(&id))
+                        })
+                        .map(|s| self.nodes[*s].name.as_str())
+                        .collect();
+                    if lacking.len() > sync.quorum {
                         let what = format!(
-                            "commit {id} (lsn {lsn}) was acknowledged in synchronous mode but {} (listed in sync) lacks it",
-                            self.nodes[s].name
+                            "commit {id} (lsn {lsn}) was acknowledged in synchronous mode but {} (listed in sync, \
+                             quorum {}) lack it",
+                            lacking.join(", "),
+                            sync.quorum
                         );
                         self.violate(what);
                         return;
@@ -1183,16 +1219,41 @@ mod tests {
     fn a_sync_member_without_an_acknowledged_commit_is_a_violation() {
         let mut w = world();
         w.etcd.config.sync_mode = true;
-        w.etcd.sync = Some(SyncKey { leader: Some(0), standbys: vec![1] });
+        w.etcd.sync = Some(SyncKey { leader: Some(0), standbys: vec![1], quorum: 0 });
         w.nodes[0].pg.data = Some(data(vec![1, 2, 3, 4]));
         w.must_survive.push((4, 4));
         w.sync_dirty = true;
         w.check_safety();
         assert!(
-            w.violation.as_ref().is_some_and(|v| v.what.contains("b (listed in sync) lacks it")),
+            w.violation.as_ref().is_some_and(|v| v.what.contains("b (listed in sync, quorum 0) lack it")),
             "{:?}",
             w.violation
         );
+        // Quorum commit: one of two voters lacking it is within a quorum of 1.
+        let mut w = world();
+        w.etcd.config.sync_mode = true;
+        w.etcd.sync = Some(SyncKey { leader: Some(0), standbys: vec![1, 2], quorum: 1 });
+        w.nodes[2].pg.data = Some(data(vec![1, 2, 3, 4]));
+        w.must_survive.push((4, 4));
+        w.sync_dirty = true;
+        w.check_safety();
+        assert!(w.violation.is_none(), "{:?}", w.violation);
+        w.nodes[2].pg.data = None;
+        w.sync_dirty = true;
+        w.check_safety();
+        assert!(w.violation.as_ref().is_some_and(|v| v.what.contains("quorum 1")), "{:?}", w.violation);
+    }
+
+    #[test]
+    fn a_commit_waits_for_any_k_of_the_listed_in_quorum_commit() {
+        let mut w = world();
+        w.nodes[0].pg.run = Run::Primary;
+        w.nodes[0].pg.ssn = Ssn::Any { k: 1, names: vec!["b".into(), "c".into()] };
+        w.client_write();
+        assert_eq!(w.acked, 0, "not acknowledged before b or c has it");
+        w.nodes[2].pg.data = w.nodes[0].pg.data.clone();
+        w.settle(0);
+        assert_eq!(w.acked, 1, "acknowledged once c has it");
     }
 
     #[test]

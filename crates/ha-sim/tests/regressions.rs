@@ -29,6 +29,9 @@ const REGRESSIONS: &[(u64, &str)] = &[
         "a fencer restarted beside an agent blocked on etcd had lost its deadline; it judged only after the lease",
     ),
     (161842, "a fencer restarted just before its agent was killed was unarmed until after the lease expired"),
+    (414, "quorum commit: a voter took over without quorum + 1 voters at or below it and lacked a commit"),
+    (104, "quorum commit: a primary started again ran with '' while the sync key's voters lacked its commits"),
+    (3336, "liveness, quorum commit: everyone waited for a named candidate that could not reach its quorum"),
 ];
 
 #[test]

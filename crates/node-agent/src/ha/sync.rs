@@ -241,8 +241,15 @@ impl Agent {
             let mut conn = self.connect().await?;
             let live = sql::show(&mut conn, "synchronous_standby_names").await;
             self.release(conn);
-            let current = ha_core::quorum::parse_config(&live?);
-            info!(standbys = ?current.names, k = current.k, "quorum commit: synchronous_standby_names read from PostgreSQL");
+            let voters: Vec<String> = view
+                .sync
+                .as_ref()
+                .filter(|_| key_is_mine)
+                .map(|s| s.members().into_iter().map(String::from).collect())
+                .unwrap_or_default();
+            let quorum = view.sync.as_ref().filter(|_| key_is_mine).and_then(|s| s.quorum).unwrap_or(0) as usize;
+            let current = ha_core::quorum::rebuild(ha_core::quorum::parse_config(&live?), &voters, quorum);
+            info!(standbys = ?current.names, k = current.k, "quorum commit: synchronous_standby_names from PostgreSQL and the sync key");
             self.sync.ledger = Some(Ledger::new(current));
         }
         let ledger = self.sync.ledger.clone().unwrap_or_default();
