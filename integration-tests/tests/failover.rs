@@ -879,10 +879,8 @@ async fn failsafe_mode_keeps_a_lone_leader_writing_while_etcd_is_frozen() {
     lone_leader_through_an_etcd_outage(true).await;
 }
 
-async fn lone_leader_through_an_etcd_outage(frozen: bool) {
-    init_logging();
-    let mut cluster = PgwardenCluster::start(1).await.expect("start");
-    cluster.wait_primary(UP).await.expect("a primary");
+/// Turns `failsafe_mode` on and waits for the `failsafe` key to list node1.
+async fn failsafe_mode_on_listing_node1(cluster: &PgwardenCluster) {
     cluster.patch_config(serde_json::json!({"failsafe_mode": true})).await.expect("failsafe_mode on");
     wait_until("the failsafe key to list node1", UP, || async {
         let failsafe = cluster.get_key("failsafe").await.map_err(|e| e.to_string())?.unwrap_or_default();
@@ -890,6 +888,41 @@ async fn lone_leader_through_an_etcd_outage(frozen: bool) {
     })
     .await
     .expect("failsafe key");
+}
+
+/// An idle lone leader (nothing changes in etcd, so the HA loop keeps its
+/// view of the cluster from the cache) at ttl 20, as Patroni's acceptance
+/// scenario runs it: etcd frozen, `failsafe_mode_is_active` shows within
+/// the scenario's 12 s, and `/patroni`'s `dcs_last_seen` stays at the last
+/// answer from etcd (a view from the cache is not one).
+#[tokio::test]
+async fn failsafe_mode_counts_etcd_gone_from_its_last_answer_not_from_a_view_kept_in_the_cache() {
+    init_logging();
+    let (cluster, _) = PgwardenCluster::start_with_ttl(1, 20, false).await.expect("start");
+    cluster.wait_primary(UP).await.expect("a primary");
+    failsafe_mode_on_listing_node1(&cluster).await;
+    let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    cluster.etcd.pause(0, true);
+    let frozen_at = unix_now();
+    wait_until("failsafe_mode_is_active on /primary", Duration::from_secs(12), || async {
+        let body = cluster.nodes[0].get("/primary").unwrap_or_default();
+        Ok::<_, String>(body.contains("\"failsafe_mode_is_active\":true").then_some(()))
+    })
+    .await
+    .expect("failsafe active within Patroni's 12 s");
+    let patroni: serde_json::Value =
+        serde_json::from_str(&cluster.nodes[0].get("/patroni").expect("/patroni")).expect("JSON");
+    let seen = patroni["dcs_last_seen"].as_u64().expect("dcs_last_seen");
+    assert!(seen <= frozen_at, "dcs_last_seen {seen} is after etcd froze at {frozen_at}: {patroni}");
+    assert_eq!(cluster.nodes[0].check("/primary"), 200, "still the primary");
+    cluster.etcd.pause(0, false);
+}
+
+async fn lone_leader_through_an_etcd_outage(frozen: bool) {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(1).await.expect("start");
+    cluster.wait_primary(UP).await.expect("a primary");
+    failsafe_mode_on_listing_node1(&cluster).await;
     let writer = direct_writer(&cluster, 0).await;
     if frozen {
         cluster.etcd.pause(0, true);

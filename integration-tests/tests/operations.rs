@@ -126,10 +126,17 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
         assert!(status == 400 || status == 422, "{value}: {status} {body}");
         assert!(body.contains("work_mem"), "{value}: {body}");
     }
-    // POST /restart with a mistyped restart_pending: 400, no restart (it
-    // restarted unconditionally); with nothing pending: Patroni's 503.
+    // POST /restart with a restart_pending that is no boolean: 400, no
+    // restart (it restarted unconditionally); with one, also written as
+    // Patroni's clients write it ("yes", "True"), and nothing pending:
+    // Patroni's 503.
     let started = cluster.nodes[leader].psql("select pg_postmaster_start_time()").expect("psql");
-    for (body, expected) in [(r#"{"restart_pending":"yes"}"#, 400), (r#"{"restart_pending":true}"#, 503)] {
+    for (body, expected) in [
+        (r#"{"restart_pending":"banana"}"#, 400),
+        (r#"{"restart_pending":"yes"}"#, 503),
+        (r#"{"restart_pending":"True"}"#, 503),
+        (r#"{"restart_pending":true}"#, 503),
+    ] {
         let (status, text) = http_with(
             "POST",
             cluster.nodes[leader].rest_port,
@@ -1044,4 +1051,39 @@ async fn replicatefrom_cascades_and_falls_back_nostream_never_streams_and_clonef
     })
     .await
     .expect("every acknowledged row on node3");
+}
+
+/// A switchover right after the leader's PostgreSQL restarted (Patroni's
+/// acceptance scenario does this in a pause): the candidate's WAL receiver
+/// is still reconnecting, and a leader that stopped at once would stop
+/// before the candidate could receive its shutdown checkpoint. The leader
+/// waits for the candidate to stream first; the switchover goes through.
+#[tokio::test]
+async fn a_switchover_right_after_the_leaders_restart_waits_for_the_candidate_to_stream() {
+    let (cluster, leader) = cluster().await;
+    let candidate = (leader + 1) % cluster.nodes.len();
+    let (leader_name, candidate_name) = (cluster.nodes[leader].name.clone(), cluster.nodes[candidate].name.clone());
+    let (ok, stdout, stderr) = ctl(&cluster, &["pause", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, stdout, stderr) = ctl(&cluster, &["restart", &leader_name, "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("Success: restart on member {leader_name}")), "{stdout}");
+    let (ok, stdout, stderr) =
+        ctl(&cluster, &["switchover", "--leader", &leader_name, "--candidate", &candidate_name, "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    wait_until("the candidate to lead", UP, || async {
+        Ok::<_, String>((cluster.nodes[candidate].check("/primary") == 200).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let tail = |i: usize| {
+            let log = cluster.nodes[i].agent_log();
+            log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        panic!("{e}\n{leader_name}:\n{}\n{candidate_name}:\n{}", tail(leader), tail(candidate))
+    });
+    let log = cluster.nodes[leader].agent_log();
+    assert!(!log.contains("did not receive the shutdown checkpoint"), "the first attempt failed");
+    let (ok, stdout, stderr) = ctl(&cluster, &["resume", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
 }

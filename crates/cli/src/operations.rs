@@ -26,6 +26,7 @@ fn print_event(event: &ClusterEvent) {
 /// or in-process; prints each member's outcome and returns the members it
 /// failed on (not done, not skipped by a condition).
 async fn members_operation(config: &Config, target: &Target, operation: Operation) -> anyhow::Result<Vec<String>> {
+    let restarting = matches!(operation, Operation::Restart(_));
     let response = match controller_client(config, &target.scope).await {
         Some(mut client) => {
             let mut events = client.watch_events(WatchEventsRequest {}).await.map_err(failed)?.into_inner();
@@ -60,7 +61,12 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
     let mut failed = Vec::new();
     for outcome in response.outcomes {
         println!("{}: {}", outcome.member, outcome.message);
-        if !outcome.done && !outcome.message.starts_with("skipped") {
+        let skipped = outcome.message.starts_with("skipped");
+        if restarting && outcome.done && !skipped {
+            // The line patronictl's users (and their scripts) look for.
+            println!("Success: restart on member {}", outcome.member);
+        }
+        if !outcome.done && !skipped {
             failed.push(outcome.member);
         }
     }
@@ -142,9 +148,8 @@ pub async fn reinit(config: &Config, target: &Target, reinit: Reinit) -> anyhow:
     for member in members {
         let request = ReinitializeMemberRequest { member: member.clone(), from_leader, wait };
         members_operation(config, target, Operation::Reinit(request)).await?;
-        if !wait {
-            println!("Success: reinitialize for member {member}");
-        }
+        // With --wait, once the member streams again.
+        println!("Success: reinitialize for member {member}");
     }
     Ok(())
 }
@@ -269,7 +274,9 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
         }
         for pg in &edit.pgs {
             let (name, value) = pg.split_once('=').with_context(|| format!("--pg {pg}: expected name=value"))?;
-            set_path(&mut patch, &format!("postgresql.parameters.{name}"), Value::String(value.to_string()));
+            // As Patroni reads `-p`: a YAML scalar (`6` a number, `on` true,
+            // written to postgresql.conf as `on` again, `8MB` a string).
+            set_path(&mut patch, &format!("postgresql.parameters.{name}"), scalar(value)?);
         }
         let mut after = before.clone();
         controller::operations::merge_patch(&mut after, &patch);
@@ -365,12 +372,20 @@ mod tests {
     fn set_paths_and_values() {
         let mut patch = Value::Object(Default::default());
         set_path(&mut patch, "ttl", scalar("20").expect("yaml"));
-        set_path(&mut patch, "postgresql.parameters.work_mem", Value::String("8MB".into()));
+        set_path(&mut patch, "postgresql.parameters.work_mem", scalar("8MB").expect("yaml"));
+        set_path(&mut patch, "postgresql.parameters.superuser_reserved_connections", scalar("6").expect("yaml"));
+        set_path(&mut patch, "postgresql.parameters.fsync", scalar("on").expect("yaml"));
         set_path(&mut patch, "loop_wait", scalar("null").expect("yaml"));
         assert_eq!(
             patch,
-            serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"work_mem": "8MB"}}, "loop_wait": null})
+            serde_json::json!({"ttl": 20, "postgresql": {"parameters": {
+                "work_mem": "8MB", "superuser_reserved_connections": 6, "fsync": true
+            }}, "loop_wait": null})
         );
+        // The diff Patroni's users read: nested as the config key nests.
+        let text = yaml(&serde_json::json!({"postgresql": {"parameters": {"superuser_reserved_connections": 6}}}))
+            .expect("yaml");
+        assert!(diff("", &text).contains("+    superuser_reserved_connections: 6\n"), "{text}");
     }
 
     #[test]

@@ -96,6 +96,8 @@ struct Inner {
     options: ConnectOptions,
     clients: Mutex<Vec<Option<Client>>>,
     current: AtomicUsize,
+    /// When a request last got an answer (`Etcd::last_answer`).
+    answered: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -150,6 +152,7 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
             clients: Mutex::new(vec![None; settings.endpoints.len()]),
             // The first endpoint as the user listed it; later ones on failure.
             current: AtomicUsize::new(0),
+            answered: std::sync::Mutex::new(None),
         }),
     })
 }
@@ -198,6 +201,13 @@ impl Etcd {
         self.rotate_from(idx);
     }
 
+    /// How long ago etcd last answered a request of this handle (a read, a
+    /// write, a lease renewal; `None`: never). A view kept from the cache
+    /// says nothing about etcd now; this does.
+    pub fn last_answer(&self) -> Option<Duration> {
+        self.inner.answered.lock().expect("answered").map(|at| at.elapsed())
+    }
+
     /// Runs one request, bounded by the request timeout in total, trying the
     /// endpoints in turn while they are unreachable.
     pub async fn call<T, F, Fut>(&self, mut request: F) -> Result<T, etcd_client::Error>
@@ -218,7 +228,10 @@ impl Etcd {
             let idx = self.inner.current.load(Ordering::Relaxed);
             let attempt = async { request(self.client_at(idx).await?).await };
             match tokio::time::timeout(remaining, attempt).await {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(value)) => {
+                    *self.inner.answered.lock().expect("answered") = Some(std::time::Instant::now());
+                    return Ok(value);
+                }
                 Ok(Err(e)) if is_unreachable(&e) => {
                     self.rotate_from(idx);
                     last = Some(e);

@@ -900,6 +900,11 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 ),
             },
             (PgRun::Primary { .. }, None) => Decision::idle("leader: running as primary"),
+            // The one thing a pause allows, finished: the candidate a named
+            // switchover or failover handed the key to promotes.
+            (PgRun::Replica { .. }, Some(request)) if obs.paused && request.candidate.as_deref() == Some(&obs.me) => {
+                Decision::act("paused, but the request names me and I hold the key: promote", Action::Promote)
+            }
             (_, _) if obs.paused => Decision::idle("paused: leader, no automatic action"),
             (PgRun::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
             // `pg_ctl start` gave up, but the postmaster may still finish
@@ -2581,6 +2586,22 @@ mod tests {
                 "paused: a named switchover still proceeds",
                 Observed { paused: true, failover: request(Some("b"), Some("c")), ..leader() },
                 Some(Action::Switchover { candidate: Some("c".into()) }),
+            ),
+            (
+                "paused: the candidate a named switchover handed the key to promotes",
+                Observed {
+                    paused: true,
+                    holds_leader: true,
+                    leader: Some("b".into()),
+                    failover: request(Some("a"), Some("b")),
+                    ..base()
+                },
+                Some(Action::Promote),
+            ),
+            (
+                "paused: a replica holding the key is otherwise not promoted",
+                Observed { paused: true, holds_leader: true, leader: Some("b".into()), ..base() },
+                None,
             ),
             (
                 "paused: a switchover without a candidate is cleared",

@@ -75,7 +75,9 @@ pub fn patroni_json(identity: &Identity, latest: &Latest, now: Instant) -> Value
         "state": state_name(status),
         "role": role_name(status),
         "patroni": patroni,
-        "dcs_last_seen": status.last_tick_unix_ms / 1000,
+        // When etcd last answered the agent (Patroni's: the last contact
+        // with the DCS), not the agent's last tick.
+        "dcs_last_seen": status.dcs_last_seen_unix_ms / 1000,
         "pgwarden": {"ha": status.ha_state, "holds_leader": status.holds_leader},
     });
     let map = body.as_object_mut().expect("built as an object");

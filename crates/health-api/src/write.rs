@@ -188,12 +188,15 @@ async fn answer_operation(
         };
         // Patroni's rule: restart_pending is a boolean; "yes" must not read as
         // "restart unconditionally".
+        // Written as Patroni's clients write it too: "True", "on", 1.
         let pending_only = match body.get("restart_pending") {
             None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Bool(pending)) => *pending,
-            Some(other) => {
-                return reply(StatusCode::BAD_REQUEST, format!("restart_pending {other}: expected true or false"));
-            }
+            Some(value) => match pgwarden_config::parse_bool(value) {
+                Some(pending) => pending,
+                None => {
+                    return reply(StatusCode::BAD_REQUEST, format!("restart_pending {value}: expected true or false"));
+                }
+            },
         };
         let mut client = match controller(controller_url).await {
             Ok(client) => client,

@@ -149,7 +149,7 @@ pub struct CallPlan {
     pub margin: Duration,
     /// How often to call while etcd does not answer (the renewal interval).
     pub every: Duration,
-    /// When the HA loop last read etcd.
+    /// When etcd last answered this agent (a read, a write, a renewal).
     pub etcd_seen: Option<BootInstant>,
 }
 
@@ -163,11 +163,19 @@ async fn call(url: Option<String>, request: FailsafeRequest, timeout: Duration) 
     tokio::time::timeout(timeout, ask).await.ok().flatten()
 }
 
-/// How long `keep_running` sleeps: until the HA loop's last read of etcd
-/// is a renewal interval old (it then calls at once), else an interval.
+/// etcd is cut off once it has not answered for this long: one and a half
+/// renewal intervals, so that the gap between two renewals of a healthy
+/// lease (an interval, and the round trip) never counts.
+fn cut_off_after(every: Duration) -> Duration {
+    every + every / 2
+}
+
+/// How long `keep_running` sleeps: until etcd's last answer is
+/// `cut_off_after` old (it then calls at once), else an interval.
 fn next_look(plan: &CallPlan, every: Duration, now: BootInstant) -> Duration {
+    let cut_off = cut_off_after(every);
     match plan.etcd_seen {
-        Some(seen) if now.saturating_duration_since(seen) < every => every - now.saturating_duration_since(seen),
+        Some(seen) if now.saturating_duration_since(seen) < cut_off => cut_off - now.saturating_duration_since(seen),
         _ => every,
     }
 }
@@ -199,7 +207,9 @@ pub async fn keep_running(
             return;
         }
         let current = plan.borrow().clone();
-        let cut_off = current.etcd_seen.is_none_or(|seen| BootInstant::now().saturating_duration_since(seen) >= every);
+        let cut_off = current
+            .etcd_seen
+            .is_none_or(|seen| BootInstant::now().saturating_duration_since(seen) >= cut_off_after(every));
         if !(current.enabled && current.listed && cut_off) {
             shared.lock().await.kept_running_since = None;
             continue;
@@ -260,15 +270,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_leader_looks_again_the_moment_its_last_read_of_etcd_is_an_interval_old() {
+    fn the_leader_looks_again_the_moment_etcds_last_answer_is_an_interval_and_a_half_old() {
         let now = BootInstant::from_nanos(100_000_000_000);
         let every = Duration::from_millis(2500);
         let seen = |ago_ms: u64| CallPlan {
             etcd_seen: Some(BootInstant::from_nanos(100_000_000_000 - ago_ms * 1_000_000)),
             ..CallPlan::default()
         };
-        assert_eq!(next_look(&seen(1000), every, now), Duration::from_millis(1500));
-        assert_eq!(next_look(&seen(2500), every, now), every, "cut off: call each interval");
+        assert_eq!(next_look(&seen(1000), every, now), Duration::from_millis(2750));
+        assert_eq!(next_look(&seen(2600), every, now), Duration::from_millis(1150), "a renewal is due, not late");
+        assert_eq!(next_look(&seen(3750), every, now), every, "cut off: call each interval");
         assert_eq!(next_look(&seen(9000), every, now), every);
         assert_eq!(next_look(&CallPlan::default(), every, now), every, "never read etcd");
     }

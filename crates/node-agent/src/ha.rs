@@ -360,7 +360,7 @@ impl Agent {
                 hold: Duration::from_secs(u64::from(dynamic.ttl)),
                 margin: self.config.pgwarden.fence_margin,
                 every: self.renew_interval(dynamic),
-                etcd_seen: Some(election::BootInstant::now()),
+                etcd_seen: self.etcd.last_answer().map(|age| election::BootInstant::now().saturating_sub(age)),
             };
             self.failsafe_plan.send_replace(plan);
         }
@@ -441,8 +441,12 @@ impl Agent {
             self.wake.watching.load(Ordering::SeqCst) && *read_at == generation && at.elapsed() < MAX_VIEW_AGE
         });
         let view = match cached {
+            // Kept from the cache: etcd was last seen when it last answered
+            // (a renewal of this member's lease, say), not now.
             Some((view, _, _)) => {
-                self.last_dcs_seen_unix_ms = crate::now_unix_ms();
+                if let Some(age) = self.etcd.last_answer() {
+                    self.last_dcs_seen_unix_ms = crate::now_unix_ms() - age.as_millis() as i64;
+                }
                 Some(view.clone())
             }
             None => match dcs::read_cluster(&self.etcd, &self.keys).await {

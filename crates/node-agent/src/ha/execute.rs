@@ -349,6 +349,17 @@ impl Agent {
             .member(&candidate)
             .and_then(|m| m.data.grpc_url.clone())
             .with_context(|| format!("candidate {candidate} advertises no gRPC address"))?;
+        let wait = Duration::from_secs(u64::from(dynamic.retry_timeout).max(5));
+        // A candidate whose WAL receiver is not connected (it reconnects a
+        // few seconds after its upstream restarted, say) would miss the
+        // shutdown checkpoint: wait for it to stream before stopping.
+        let nostream = view.member(&candidate).is_some_and(|m| m.data.tag_flag("nostream"));
+        if !nostream && !candidate_until(&grpc, wait, |status| status.replication_state == "streaming").await {
+            warn!(candidate, "switchover: the candidate does not stream from its upstream; staying primary");
+            let key = self.keys.failover();
+            let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            return Ok(true);
+        }
         self.callbacks.before_stop("primary").await;
         info!(candidate, "switchover: checkpoint, then a clean shutdown");
         let mut conn = self.connect().await?;
@@ -357,27 +368,16 @@ impl Agent {
         self.pg.stop("fast").await?;
         self.await_local("stopped", |l| l.sql.is_none()).await?;
         let checkpoint = self.pg.latest_checkpoint().await?;
-        let wait = Duration::from_secs(u64::from(dynamic.retry_timeout).max(5));
-        let received = tokio::time::timeout(wait, async {
-            loop {
-                if let Ok(channel) = pgwarden_runtime::grpc::connect(&grpc, Duration::from_secs(1)).await
-                    && let Ok(status) = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel)
-                        .get_status(ha_proto::v1::GetStatusRequest {})
-                        .await
-                {
-                    let status = status.into_inner();
-                    if status.receive_lsn.max(status.replay_lsn) > checkpoint {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if received.is_err() {
+        let received =
+            candidate_until(&grpc, wait, |status| status.receive_lsn.max(status.replay_lsn) > checkpoint).await;
+        if !received {
             warn!(candidate, "switchover: the candidate did not receive the shutdown checkpoint; staying primary");
             let key = self.keys.failover();
             let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            // Started again here: in a pause nothing else would (the key is
+            // still this agent's, the data directory a clean primary's).
+            self.pg.start().await?;
+            info!(candidate, "switchover abandoned: PostgreSQL running as primary again");
             return Ok(true);
         }
         info!(candidate, checkpoint = %ha_core::Lsn(checkpoint), "switchover: the candidate has the shutdown checkpoint");
@@ -718,4 +718,24 @@ impl Agent {
             .with_context(|| format!("find member {member}'s PostgreSQL: it advertises no conn_url"))?;
         Ok(Upstream { member: member.to_string(), host, port })
     }
+}
+
+/// Polls the agent at `grpc` until its status satisfies `done` (true) or
+/// `wait` runs out (false).
+async fn candidate_until(grpc: &str, wait: Duration, done: impl Fn(&ha_proto::v1::NodeStatus) -> bool) -> bool {
+    tokio::time::timeout(wait, async {
+        loop {
+            if let Ok(channel) = pgwarden_runtime::grpc::connect(grpc, Duration::from_secs(1)).await
+                && let Ok(status) = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel)
+                    .get_status(ha_proto::v1::GetStatusRequest {})
+                    .await
+                && done(&status.into_inner())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok()
 }
