@@ -1057,9 +1057,11 @@ async fn replicatefrom_cascades_and_falls_back_nostream_never_streams_and_clonef
 /// acceptance scenario does this in a pause): the candidate's WAL receiver
 /// is still reconnecting, and a leader that stopped at once would stop
 /// before the candidate could receive its shutdown checkpoint. The leader
-/// waits for the candidate to stream first; the switchover goes through.
+/// waits for the candidate to stream first; the switchover goes through,
+/// the candidate promotes and the former leader rejoins as its replica, all
+/// in the pause.
 #[tokio::test]
-async fn a_switchover_right_after_the_leaders_restart_waits_for_the_candidate_to_stream() {
+async fn a_switchover_in_a_pause_right_after_the_leaders_restart_waits_for_the_candidate_and_completes() {
     let (cluster, leader) = cluster().await;
     let candidate = (leader + 1) % cluster.nodes.len();
     let (leader_name, candidate_name) = (cluster.nodes[leader].name.clone(), cluster.nodes[candidate].name.clone());
@@ -1084,6 +1086,13 @@ async fn a_switchover_right_after_the_leaders_restart_waits_for_the_candidate_to
     });
     let log = cluster.nodes[leader].agent_log();
     assert!(!log.contains("did not receive the shutdown checkpoint"), "the first attempt failed");
+    // Still paused: the former leader rejoins as the new leader's replica.
+    wait_until("the former leader to stream from the new one", UP, || async {
+        let state = cluster.nodes[leader].psql("select status from pg_stat_wal_receiver").unwrap_or_default();
+        Ok::<_, String>((state == "streaming" && cluster.nodes[leader].check("/replica") == 200).then_some(()))
+    })
+    .await
+    .expect("the former leader is a replica");
     let (ok, stdout, stderr) = ctl(&cluster, &["resume", "--wait"]);
     assert!(ok, "{stdout}{stderr}");
 }

@@ -963,6 +963,24 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         {
             return Decision::act("paused, but the request names me: take the leader key", Action::AcquireLeader);
         }
+        // The former primary a switchover stopped rejoins the new leader, as
+        // in Patroni: the switchover's own last step.
+        if obs.pg == PgRun::Stopped
+            && obs.released_leader()
+            && let (Some(leader), Some(data)) = (other_leader, obs.data.as_ref())
+            && data.was_primary
+        {
+            return if obs.leader_checkpointed {
+                Decision::act(
+                    format!("paused, but I handed the key to {leader}: rejoin it"),
+                    Action::Rejoin { leader: leader.to_string() },
+                )
+            } else {
+                Decision::idle(format!(
+                    "paused: waiting for {leader} to checkpoint after its promotion before rejoining"
+                ))
+            };
+        }
         // An operator's reinit is carried out in a pause too, as in Patroni:
         // the data directory went aside; clone from the leader and start as
         // its replica (never anything that could write).
@@ -2597,6 +2615,18 @@ mod tests {
                     ..base()
                 },
                 Some(Action::Promote),
+            ),
+            (
+                "paused: the former primary a switchover stopped rejoins the new leader",
+                Observed {
+                    paused: true,
+                    pg: PgRun::Stopped,
+                    data: Some(dir(true, Some(100))),
+                    released_at_ms: Some(29_000),
+                    now_ms: 30_000,
+                    ..base()
+                },
+                Some(Action::Rejoin { leader: "a".into() }),
             ),
             (
                 "paused: a replica holding the key is otherwise not promoted",
