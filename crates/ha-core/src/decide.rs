@@ -2907,9 +2907,20 @@ mod tests {
                 // An operator's reinit: a clone, then a start as a replica.
                 let reinit = obs.reinit_requested
                     && matches!(d.action, Some(Action::Clone { .. }) | Some(Action::StartReplica { upstream: Some(_) }));
+                // A named switchover's own last steps: the candidate holding
+                // the key promotes; the former primary that handed it over
+                // rejoins the new leader.
+                let named_to_me = obs.failover.as_ref().is_some_and(|f| f.candidate.as_deref() == Some("b"));
+                let promotes = named_to_me && obs.holds_leader && d.action == Some(Action::Promote);
+                let handed_over = obs.pg == PgRun::Stopped
+                    && obs.released_leader()
+                    && obs.data.as_ref().is_some_and(|data| data.was_primary)
+                    && matches!(&d.action, Some(Action::Rejoin { leader }) if obs.leader.as_deref() == Some(leader.as_str()));
                 let allowed = matches!(d.action, None | Some(Action::ClearFailover))
                     || reinit
                     || own_key
+                    || promotes
+                    || handed_over
                     || (named && matches!(d.action, Some(Action::Switchover { candidate: Some(_) }) | Some(Action::AcquireLeader)));
                 prop_assert!(allowed, "{d}");
             }
