@@ -272,7 +272,7 @@ async fn refused_requests_change_nothing() {
     restart.metadata_mut().insert("authorization", wrong.parse().expect("header"));
     let status = agent.restart(restart).await.expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    agent.get_status(ha_proto::v1::GetStatusRequest {}).await.expect("reads need no credentials");
+    agent.get_status(ha_proto::v1::GetStatusRequest::default()).await.expect("reads need no credentials");
     // CheckParameters, which the hardening probe flooded anonymously, needs
     // the credentials too, and refuses an oversized request at once.
     let many = |n: usize| ha_proto::v1::CheckParametersRequest {

@@ -113,6 +113,26 @@ async fn every_endpoint_on_the_leader_and_on_replicas() {
     .await
     .expect("caught up");
 
+    // The agent frozen: its stream sends only changes, so nothing tells the
+    // health API; a check finds the state unconfirmed for 500 ms, asks the
+    // agent, gets no answer, and fails closed. Thawed, checks pass again.
+    let frozen_replica = cluster.nodes[1].name.clone();
+    assert_eq!(code(r2, "GET", "/replica"), 200, "{frozen_replica} before the freeze");
+    cluster.nodes[1].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let failed_closed = wait_until("a frozen agent's checks to fail closed", Duration::from_secs(2), || async {
+        Ok::<_, String>((code(r2, "GET", "/replica") == 503).then_some(()))
+    })
+    .await;
+    let patroni_while_frozen = http("GET", r2, "/patroni").map(|(_, body)| body).unwrap_or_default();
+    cluster.nodes[1].signal_agent(nix::sys::signal::Signal::SIGCONT);
+    failed_closed.expect("a frozen agent fails every check closed");
+    assert!(patroni_while_frozen.contains("\"state\":\"unknown\""), "{patroni_while_frozen}");
+    wait_until("the thawed agent's checks to pass", Duration::from_secs(5), || async {
+        Ok::<_, String>((code(r2, "GET", "/replica") == 200).then_some(()))
+    })
+    .await
+    .expect("a thawed agent confirms its state again");
+
     // The agent stopped: every role check on that node answers 503.
     cluster.nodes[1].kill_agent();
     wait_until("node2's checks to fail closed", Duration::from_secs(2), || async {

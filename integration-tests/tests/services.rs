@@ -38,7 +38,7 @@ async fn agent_health_controller_and_cli_work_together() {
     // The agent's gRPC status reflects the running primary holding the key.
     let url = format!("http://127.0.0.1:{}", node.agent_port);
     let mut client = NodeAgentClient::connect(url).await.expect("connect to the agent");
-    let status = client.get_status(GetStatusRequest {}).await.expect("GetStatus").into_inner();
+    let status = client.get_status(GetStatusRequest::default()).await.expect("GetStatus").into_inner();
     assert_eq!(status.postgres_state(), PostgresState::Running);
     assert_eq!(status.role(), Role::Primary);
     assert!(status.holds_leader, "{status:?}");

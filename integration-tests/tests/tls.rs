@@ -267,7 +267,7 @@ async fn agent_status(port: u16, pki: &Pki, identity: Option<(&Path, &Path)>) ->
         .connect_timeout(Duration::from_secs(3));
     let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
     let mut client = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel);
-    client.get_status(ha_proto::v1::GetStatusRequest {}).await.map(|_| ()).map_err(|e| format!("{e:?}"))
+    client.get_status(ha_proto::v1::GetStatusRequest::default()).await.map(|_| ()).map_err(|e| format!("{e:?}"))
 }
 
 #[tokio::test]
@@ -312,7 +312,7 @@ async fn grpc_apis_use_mutual_tls_and_a_switchover_runs_over_it() {
     let plain = ha_proto::v1::node_agent_client::NodeAgentClient::connect(format!("http://127.0.0.1:{port}")).await;
     let refused = match plain {
         Err(_) => true,
-        Ok(mut client) => client.get_status(ha_proto::v1::GetStatusRequest {}).await.is_err(),
+        Ok(mut client) => client.get_status(ha_proto::v1::GetStatusRequest::default()).await.is_err(),
     };
     assert!(refused, "plain HTTP/2 gets no answer from a TLS agent");
     let no_cert = agent_status(port, &pki, None).await.expect_err("no client certificate");

@@ -238,7 +238,7 @@ pub async fn member_version(view: &ClusterView, member: &dcs::MemberEntry) -> St
             let mut client =
                 controller::workflow::agent(view, &member.name).await.map_err(|s| s.message().to_string())?;
             client
-                .get_status(ha_proto::v1::GetStatusRequest {})
+                .get_status(ha_proto::v1::GetStatusRequest::default())
                 .await
                 .map(tonic::Response::into_inner)
                 .map_err(|s| s.message().to_string())

@@ -208,7 +208,7 @@ async fn wait_streaming(
         }
         let leading = view.leader.as_ref().is_some_and(|l| l.name == member);
         if let Ok(mut client) = agent(&view, member).await
-            && let Ok(status) = client.get_status(GetStatusRequest {}).await
+            && let Ok(status) = client.get_status(GetStatusRequest::default()).await
         {
             let status = status.into_inner();
             let answering = !status.system_identifier.is_empty();

@@ -67,7 +67,7 @@ pub async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<A
 async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
     let ask = async {
         let mut client = agent(view, member).await.ok()?;
-        client.get_status(GetStatusRequest {}).await.ok().map(tonic::Response::into_inner)
+        client.get_status(GetStatusRequest::default()).await.ok().map(tonic::Response::into_inner)
     };
     tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
 }

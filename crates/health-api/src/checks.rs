@@ -237,17 +237,19 @@ fn is_alive(status: &NodeStatus) -> bool {
 }
 
 /// Answers one health-check path from the agent's latest status only: no
-/// query to PostgreSQL or etcd on the request path.
+/// query to PostgreSQL or etcd on the request path. The JSON body is built
+/// only `with_body` (a GET: HAProxy's `OPTIONS` and `HEAD` checks need none).
 pub fn answer(
     path: &str,
     query: &BTreeMap<String, String>,
     identity: &Identity,
     latest: &Latest,
     now: Instant,
+    with_body: bool,
 ) -> Answer {
     let status = fresh(latest, now);
     let code = |ok: bool| if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Some(patroni_json(identity, latest, now));
+    let body = with_body.then(|| patroni_json(identity, latest, now));
     let check = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: body.clone() };
     let bare = |f: &dyn Fn(&NodeStatus) -> bool| Answer { status: code(status.is_some_and(f)), body: None };
     match path {
@@ -303,7 +305,7 @@ mod tests {
     }
 
     fn ask(path: &str, query: &str, latest: &Latest, now: Instant) -> StatusCode {
-        answer(path, &parse_query(Some(query)), &identity(), latest, now).status
+        answer(path, &parse_query(Some(query)), &identity(), latest, now, false).status
     }
 
     #[test]

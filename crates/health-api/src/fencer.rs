@@ -211,6 +211,13 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
     }
     let mut written = remembered;
     let mut last_arrival: Option<Instant> = None;
+    let alarm = match BootAlarm::new() {
+        Ok(alarm) => Some(alarm),
+        Err(e) => {
+            warn!("cannot create a CLOCK_BOOTTIME timer ({e}): the armed fencer polls every 100 ms instead");
+            None
+        }
+    };
     loop {
         // Every status is read by its arrival time, not by the channel's
         // changed flag (the wait below consumes that flag).
@@ -291,8 +298,83 @@ pub async fn run(settings: FencerSettings, mut latest: watch::Receiver<Latest>, 
             publish(&state, FencerState::Disarmed);
         }
         let waiting_for_agent = !heard_agent && armed.is_none();
-        let wait = next_wake(armed, lapsed, waiting_for_agent, now_ns());
-        let _ = tokio::time::timeout(wait, latest.changed()).await;
+        let alarm_set = match (armed, &alarm) {
+            (Some(deadline), Some(alarm)) => alarm.set(deadline),
+            _ => false,
+        };
+        let wait = next_wake(armed, alarm_set, lapsed, waiting_for_agent, now_ns());
+        match (&alarm, alarm_set) {
+            (Some(alarm), true) => {
+                tokio::select! {
+                    _ = latest.changed() => {}
+                    _ = alarm.wait() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            _ => {
+                let _ = tokio::time::timeout(wait, latest.changed()).await;
+            }
+        }
+    }
+}
+
+/// Wakes the fencer at a CLOCK_BOOTTIME instant: a timerfd, because tokio's
+/// timers run on CLOCK_MONOTONIC, which stops while the machine is suspended,
+/// and a deadline that passed during a suspend must be acted on at once on
+/// resume, not a suspend's length later.
+struct BootAlarm(tokio::io::unix::AsyncFd<AlarmFd>);
+
+struct AlarmFd(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for AlarmFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd as _;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl BootAlarm {
+    // `with_interest` is deprecated because a borrowed raw descriptor could
+    // be closed under the reactor; the timerfd is owned by the `AsyncFd` and
+    // stays open as long as it is registered, so the use here is sound.
+    #[allow(deprecated)]
+    fn new() -> std::io::Result<BootAlarm> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(ClockId::CLOCK_BOOTTIME, TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC)?;
+        Ok(BootAlarm(tokio::io::unix::AsyncFd::with_interest(AlarmFd(fd), tokio::io::Interest::READABLE)?))
+    }
+
+    /// Sets the alarm at `deadline_ns` (CLOCK_BOOTTIME; one in the past
+    /// fires at once). False when the kernel refuses (the caller polls).
+    fn set(&self, deadline_ns: u64) -> bool {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let at = TimeSpec::from_duration(Duration::from_nanos(deadline_ns.max(1)));
+        match self.0.get_ref().0.set(Expiration::OneShot(at), TimerSetTimeFlags::TFD_TIMER_ABSTIME) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("failed to set the fencer's CLOCK_BOOTTIME alarm ({e}): polling every 100 ms instead");
+                false
+            }
+        }
+    }
+
+    /// Returns once the alarm has fired.
+    async fn wait(&self) {
+        use std::os::fd::AsFd as _;
+        loop {
+            let Ok(mut ready) = self.0.readable().await else {
+                return std::future::pending().await;
+            };
+            let mut expirations = [0u8; 8];
+            let read = ready
+                .try_io(|fd| nix::unistd::read(fd.get_ref().0.as_fd(), &mut expirations).map_err(std::io::Error::from));
+            match read {
+                Ok(Ok(_)) => return,
+                Ok(Err(_)) => return std::future::pending().await,
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
@@ -306,18 +388,22 @@ fn publish(state: &watch::Sender<FencerState>, new: FencerState) {
 }
 
 /// How long the fencer may wait for the agent's next status before it must
-/// look again by itself: at an armed deadline (within `ARMED_POLL`, so that
-/// a clock that jumps, such as a suspend that CLOCK_MONOTONIC does not count
-/// but the deadline's CLOCK_BOOTTIME does, is caught soon), every
-/// `LAPSED_POLL` while any primary that appears must be fenced at once, every
-/// `NO_AGENT_POLL` while no agent was heard, else `IDLE_POLL`.
-fn next_wake(armed: Option<u64>, lapsed: bool, waiting_for_agent: bool, now_ns: u64) -> Duration {
+/// look again by itself. At an armed deadline: the CLOCK_BOOTTIME alarm wakes
+/// it there (`alarm_set`), so only `IDLE_POLL`; without the alarm, within
+/// `ARMED_POLL`, so that a clock that jumps (a suspend, which CLOCK_MONOTONIC
+/// does not count but the deadline's CLOCK_BOOTTIME does) is caught soon.
+/// Every `LAPSED_POLL` while any primary that appears must be fenced at once,
+/// every `NO_AGENT_POLL` while no agent was heard, else `IDLE_POLL`.
+fn next_wake(armed: Option<u64>, alarm_set: bool, lapsed: bool, waiting_for_agent: bool, now_ns: u64) -> Duration {
     const ARMED_POLL: Duration = Duration::from_millis(100);
     const LAPSED_POLL: Duration = Duration::from_millis(10);
     const NO_AGENT_POLL: Duration = Duration::from_millis(100);
     const IDLE_POLL: Duration = Duration::from_secs(1);
     match armed {
-        Some(deadline) => Duration::from_nanos(deadline.saturating_sub(now_ns)).min(ARMED_POLL),
+        Some(deadline) => {
+            let poll = if alarm_set { IDLE_POLL } else { ARMED_POLL };
+            Duration::from_nanos(deadline.saturating_sub(now_ns)).min(poll)
+        }
         None if lapsed => LAPSED_POLL,
         None if waiting_for_agent => NO_AGENT_POLL,
         None => IDLE_POLL,
@@ -364,12 +450,13 @@ mod tests {
     #[test]
     fn wakes_at_the_deadline_and_polls_only_while_something_is_at_stake() {
         let now = 1_000_000_000_000;
-        assert_eq!(next_wake(Some(now + 30_000_000), false, false, now), Duration::from_millis(30));
-        assert_eq!(next_wake(Some(now + 9_000_000_000), false, false, now), Duration::from_millis(100));
-        assert_eq!(next_wake(Some(now - 1), false, false, now), Duration::ZERO, "a passed deadline at once");
-        assert_eq!(next_wake(None, true, false, now), Duration::from_millis(10));
-        assert_eq!(next_wake(None, false, true, now), Duration::from_millis(100));
-        assert_eq!(next_wake(None, false, false, now), Duration::from_secs(1));
+        assert_eq!(next_wake(Some(now + 30_000_000), false, false, false, now), Duration::from_millis(30));
+        assert_eq!(next_wake(Some(now + 9_000_000_000), false, false, false, now), Duration::from_millis(100));
+        assert_eq!(next_wake(Some(now + 9_000_000_000), true, false, false, now), Duration::from_secs(1), "the alarm");
+        assert_eq!(next_wake(Some(now - 1), false, false, false, now), Duration::ZERO, "a passed deadline at once");
+        assert_eq!(next_wake(None, false, true, false, now), Duration::from_millis(10));
+        assert_eq!(next_wake(None, false, false, true, now), Duration::from_millis(100));
+        assert_eq!(next_wake(None, false, false, false, now), Duration::from_secs(1));
     }
 
     /// An agent that stops streaming (frozen) leaves the fencer to fence at
@@ -395,6 +482,22 @@ mod tests {
         assert!(now_ns() >= deadline_ns, "not before the deadline");
         assert!(now_ns() < deadline_ns + 150_000_000, "within 150 ms of the deadline");
         fencer.abort();
+    }
+
+    /// The CLOCK_BOOTTIME alarm fires at its deadline, not before; one set
+    /// in the past fires at once; setting it again moves it.
+    #[tokio::test]
+    async fn the_boot_alarm_fires_at_its_deadline() {
+        let alarm = BootAlarm::new().expect("a timerfd");
+        let deadline = now_ns() + 80_000_000;
+        assert!(alarm.set(now_ns() + 60_000_000_000));
+        assert!(alarm.set(deadline), "moved to 80 ms from now");
+        tokio::time::timeout(Duration::from_secs(2), alarm.wait()).await.expect("fired");
+        let fired = now_ns();
+        assert!(fired >= deadline, "not before the deadline");
+        assert!(fired < deadline + 50_000_000, "within 50 ms of it");
+        assert!(alarm.set(now_ns() - 1_000_000_000));
+        tokio::time::timeout(Duration::from_millis(20), alarm.wait()).await.expect("a passed deadline fires at once");
     }
 
     /// Every status the agent streams reaches the fencer, also those that

@@ -32,7 +32,6 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::checks::Identity;
-use crate::feed::Latest;
 
 #[derive(Debug, Parser)]
 #[command(name = "pgwarden-health", version, about = "pgwarden health API: Patroni-compatible REST checks")]
@@ -41,9 +40,14 @@ pub struct Args {
     pub config: ConfigArgs,
 }
 
+pub(crate) fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 struct Shared {
     identity: Identity,
-    latest: watch::Receiver<Latest>,
+    /// The agent's status (`confirmed` before an answer uses it).
+    feed: Arc<feed::Feed>,
     etcd: Option<(dcs::Etcd, dcs::Keys)>,
     fencer: watch::Receiver<fencer::FencerState>,
     writes: WriteSettings,
@@ -289,8 +293,8 @@ async fn respond(
     }
     let query = checks::parse_query(request.uri().query());
     if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        let latest = shared.latest.borrow().clone();
-        let mut text = metrics::render(&shared.identity, &latest, Instant::now());
+        shared.feed.confirm_fresh().await;
+        let mut text = metrics::render(&shared.identity, &shared.feed.latest(), Instant::now());
         let state = *shared.fencer.borrow();
         text.push_str(&metrics::render_fencer(&shared.identity, state.gauge(), fencer::fences()));
         let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
@@ -303,8 +307,9 @@ async fn respond(
     let answer = match from_etcd(&path, shared).await {
         Some(answer) => answer,
         None => {
-            let latest = shared.latest.borrow().clone();
-            checks::answer(&path, &query, &shared.identity, &latest, Instant::now())
+            shared.feed.confirm_fresh().await;
+            let with_body = request.method() == Method::GET;
+            checks::answer(&path, &query, &shared.identity, &shared.feed.latest(), Instant::now(), with_body)
         }
     };
     let method = request.method();
@@ -447,18 +452,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (tx, rx) = watch::channel(None);
+    let (feed, rx) = feed::Feed::new();
     let (fencer_tx, fencer_rx) = watch::channel(fencer::FencerState::Disarmed);
     let fencer_token = fencer_settings.as_ref().map(|settings| pg_local::fencer_token_path(&settings.data_dir));
     let fencer_task = fencer_settings.map(|settings| tokio::spawn(fencer::run(settings, rx.clone(), fencer_tx)));
-    let follower =
-        tokio::spawn(feed::follow_agent(agent_url.clone(), tx, identity.name.clone(), fencer_rx.clone(), fencer_token));
+    let follower = tokio::spawn(feed::follow_agent(
+        agent_url.clone(),
+        feed.clone(),
+        identity.name.clone(),
+        fencer_rx.clone(),
+        fencer_token,
+    ));
     let events = Arc::new(ui::Events::default());
     let events_task = (!writes.controller_url.is_empty())
         .then(|| tokio::spawn(ui::follow_controller(writes.controller_url.clone(), events.clone())));
     let shared = Arc::new(Shared {
         identity,
-        latest: rx,
+        feed,
         etcd,
         fencer: fencer_rx,
         writes,

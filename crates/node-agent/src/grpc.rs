@@ -67,6 +67,28 @@ const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// How long the composer may take to publish the fresh look as a status.
 const COMPOSED_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// `WatchStatus` sends a status whose only news is its timestamps at most
+/// this often: every look at PostgreSQL is one, and a reader woken for each
+/// costs more at idle than the whole HA loop. Readers that need state
+/// confirmed as current ask `GetStatus{latest}` (the health API does, for
+/// any check its stream has not confirmed within 500 ms).
+const STREAM_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether two statuses differ only in the fields every look or HA loop
+/// tick renews (when, and how long it took), not in what they say.
+fn same_but_timestamps(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| NodeStatus {
+        sequence: 0,
+        observed_at_unix_ms: 0,
+        last_tick_unix_ms: 0,
+        dcs_last_seen_unix_ms: 0,
+        ha_loop_duration_us: 0,
+        etcd_read_duration_us: 0,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
 /// Most parameters one `CheckParameters` call may carry (PostgreSQL has
 /// about 350), and the longest name and value.
 const MAX_CHECKED_PARAMETERS: usize = 1000;
@@ -136,8 +158,8 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<NodeStatus, Status>> + Send
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
-    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        if let Some(observer) = &self.observer {
+    async fn get_status(&self, request: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        if let Some(observer) = self.observer.as_ref().filter(|_| !request.get_ref().latest) {
             let local = observer.fresh(FRESH_FOR_PEERS, FRESH_WAIT).await;
             // The composer publishes each look as a status right after it.
             let mut status = self.status.clone();
@@ -153,7 +175,16 @@ impl NodeAgent for AgentService {
         &self,
         _request: Request<WatchStatusRequest>,
     ) -> Result<Response<Self::WatchStatusStream>, Status> {
-        let stream = tokio_stream::wrappers::WatchStream::new(self.status.clone()).map(Ok);
+        let mut last_sent: Option<(NodeStatus, std::time::Instant)> = None;
+        let stream = tokio_stream::wrappers::WatchStream::new(self.status.clone()).filter_map(move |status| {
+            let send = last_sent
+                .as_ref()
+                .is_none_or(|(last, at)| at.elapsed() >= STREAM_HEARTBEAT || !same_but_timestamps(last, &status));
+            send.then(|| {
+                last_sent = Some((status.clone(), std::time::Instant::now()));
+                Ok(status)
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -274,5 +305,34 @@ impl NodeAgent for AgentService {
         let (problems, need_restart) = crate::sql::check_parameters(&mut conn, &parameters).await.map_err(failed)?;
         crate::sql::close(conn).await;
         Ok(Response::new(CheckParametersReply { problems, need_restart }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream skips a status whose news is only when it was made; any
+    /// other field, the leader deadline the fencer follows included, is news.
+    #[test]
+    fn only_timestamps_are_not_news() {
+        let before =
+            NodeStatus { member: "node1".into(), sequence: 1, observed_at_unix_ms: 1_000, ..Default::default() };
+        let later = NodeStatus {
+            sequence: 2,
+            observed_at_unix_ms: 1_500,
+            last_tick_unix_ms: 1_400,
+            dcs_last_seen_unix_ms: 1_300,
+            ha_loop_duration_us: 900,
+            etcd_read_duration_us: 800,
+            ..before.clone()
+        };
+        assert!(same_but_timestamps(&before, &later));
+        let renewed = NodeStatus { leader_deadline_boot_ns: 7, ..later.clone() };
+        assert!(!same_but_timestamps(&later, &renewed), "a renewal is news for the fencer");
+        let stopped = NodeStatus { postgres_state: ha_proto::v1::PostgresState::Stopped as i32, ..later.clone() };
+        assert!(!same_but_timestamps(&later, &stopped));
+        let moved = NodeStatus { xlog_location: 1, ..later.clone() };
+        assert!(!same_but_timestamps(&later, &moved));
     }
 }

@@ -1,8 +1,8 @@
 //! The observer: what the local PostgreSQL is doing, from its data
 //! directory and (while it runs) a few read-only queries. While anything
-//! changes it looks every 100 ms, as it always did; once PostgreSQL's answers
-//! stay the same it reads the data directory every 200 ms (a heartbeat for
-//! the health API) and queries once a second, or at once when asked (the HA
+//! changes it looks every 100 ms; once PostgreSQL's answers stay the same it
+//! reads the data directory every 500 ms (a server shutting down says so in
+//! its lock file) and queries once a second, or at once when asked (the HA
 //! loop's tick, a peer's position question) or when the postmaster exits
 //! (a pidfd, so a crash is seen at once, not at the next look).
 
@@ -70,8 +70,7 @@ pub struct Cadence {
     pub busy: Duration,
     /// How long answers must stay the same before the observer slows down.
     pub settle: Duration,
-    /// Once settled: the data directory this often (each look is a status
-    /// to the health API, which trusts one for 500 ms)...
+    /// Once settled: the data directory this often...
     pub heartbeat: Duration,
     /// ...and a query this often.
     pub steady: Duration,
@@ -81,7 +80,7 @@ impl Cadence {
     pub const DEFAULT: Cadence = Cadence {
         busy: Duration::from_millis(100),
         settle: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(200),
+        heartbeat: Duration::from_millis(500),
         steady: Duration::from_secs(1),
     };
 
@@ -340,10 +339,10 @@ mod timeline_tests {
         let t0 = Instant::now();
         assert_eq!(cadence.next(true, t0, Some(t0)), (t0 + Duration::from_millis(100), true));
         // Settled: heartbeats without a query until a second has passed.
-        assert_eq!(cadence.next(false, t0, Some(t0)), (t0 + Duration::from_millis(200), false));
+        assert_eq!(cadence.next(false, t0, Some(t0)), (t0 + Duration::from_millis(500), false));
         let later = t0 + Duration::from_millis(800);
         assert_eq!(cadence.next(false, later, Some(t0)), (t0 + Duration::from_secs(1), true));
-        assert_eq!(cadence.next(false, t0, None), (t0 + Duration::from_millis(200), true), "never queried");
+        assert_eq!(cadence.next(false, t0, None), (t0 + Duration::from_millis(500), true), "never queried");
     }
 
     #[test]

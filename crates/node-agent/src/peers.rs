@@ -26,7 +26,7 @@ pub struct PeerStatus {
 async fn over_grpc(url: String) -> Option<PeerStatus> {
     let channel = pgwarden_runtime::grpc::connect(&url, std::time::Duration::from_secs(1)).await.ok()?;
     let mut client = NodeAgentClient::new(channel);
-    let status = client.get_status(GetStatusRequest {}).await.ok()?.into_inner();
+    let status = client.get_status(GetStatusRequest::default()).await.ok()?.into_inner();
     let answering = status.postgres_state() == PostgresState::Running;
     Some(PeerStatus {
         has_data: matches!(status.role(), Role::Primary | Role::Replica | Role::StandbyLeader),

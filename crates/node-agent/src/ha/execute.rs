@@ -727,7 +727,7 @@ async fn candidate_until(grpc: &str, wait: Duration, done: impl Fn(&ha_proto::v1
         loop {
             if let Ok(channel) = pgwarden_runtime::grpc::connect(grpc, Duration::from_secs(1)).await
                 && let Ok(status) = ha_proto::v1::node_agent_client::NodeAgentClient::new(channel)
-                    .get_status(ha_proto::v1::GetStatusRequest {})
+                    .get_status(ha_proto::v1::GetStatusRequest::default())
                     .await
                 && done(&status.into_inner())
             {
