@@ -28,7 +28,7 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// A standby's longest wait between two looks at the key, should its watch
 /// go quiet without an error.
-const STANDBY_SAFETY_POLL: Duration = Duration::from_secs(10);
+const STANDBY_SAFETY_POLL: Duration = Duration::from_secs(30);
 
 /// Waits until the key changes after `revision` (it expired, was released
 /// or taken over), watching it rather than polling etcd.

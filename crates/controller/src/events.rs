@@ -105,9 +105,11 @@ pub async fn run(cluster: Cluster, events: broadcast::Sender<ClusterEvent>, mut 
             previous = Some(view);
         }
         // The watch wakes every controller on each change; the active one
-        // also looks every 5 s (requests fall due without any change), the
-        // others every 30 s (a safety net for a watch that went quiet).
-        let pace = if was_active.this_one { Duration::from_secs(5) } else { Duration::from_secs(30) };
+        // also looks every 5 s while a request is pending (a scheduled one
+        // falls due, a stale one outlives its deadline, without any change);
+        // otherwise every 30 s (a safety net for a watch that went quiet).
+        let pending = previous.as_ref().is_some_and(|view| view.failover.is_some());
+        let pace = if was_active.this_one && pending { Duration::from_secs(5) } else { Duration::from_secs(30) };
         tokio::select! {
             () = wake.notified() => {}
             _ = active.changed() => {}

@@ -86,35 +86,38 @@ impl Feed {
         let Some(mut client) = client else { return };
         let sent = Instant::now();
         let answer = tokio::time::timeout(PING_TIMEOUT, client.get_status(GetStatusRequest { latest: true })).await;
-        match answer {
+        let failure = match answer {
             Ok(Ok(reply)) => {
                 let status = reply.into_inner();
                 let observed_ms_ago = crate::now_unix_ms() - status.observed_at_unix_ms;
                 if observed_ms_ago > OBSERVED_WITHIN_MS {
-                    debug!(observed_ms_ago, "the agent answers, but its last look at PostgreSQL is old");
-                    *failed_at = Some(Instant::now());
+                    format!("the agent answers, but its last look at PostgreSQL was {observed_ms_ago} ms ago")
+                } else {
+                    if failed_at.take().is_some() {
+                        info!("the agent confirms its status again");
+                    }
+                    self.tx.send_if_modified(|latest| match latest {
+                        // A newer status arrived on the stream meanwhile: it
+                        // confirms itself (it arrived after `sent`).
+                        Some((current, _)) if current.sequence > status.sequence => false,
+                        _ => {
+                            *latest = Some((status, sent));
+                            true
+                        }
+                    });
                     return;
                 }
-                *failed_at = None;
-                self.tx.send_if_modified(|latest| match latest {
-                    // A newer status arrived on the stream meanwhile: it
-                    // confirms itself (it arrived after `sent`).
-                    Some((current, _)) if current.sequence > status.sequence => false,
-                    _ => {
-                        *latest = Some((status, sent));
-                        true
-                    }
-                });
             }
-            Ok(Err(e)) => {
-                debug!("the agent did not confirm its status: {}", e.message());
-                *failed_at = Some(Instant::now());
-            }
-            Err(_) => {
-                debug!("the agent did not confirm its status within {PING_TIMEOUT:?}");
-                *failed_at = Some(Instant::now());
-            }
+            Ok(Err(e)) => format!("the agent did not confirm its status: {}", e.message()),
+            Err(_) => format!("the agent did not confirm its status within {PING_TIMEOUT:?}"),
+        };
+        // Logged when confirmations start failing; checks answer 503 meanwhile.
+        if failed_at.is_none() {
+            warn!("{failure}: health checks answer 503 until it does");
+        } else {
+            debug!("{failure}");
         }
+        *failed_at = Some(Instant::now());
     }
 }
 
