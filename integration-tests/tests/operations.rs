@@ -1096,3 +1096,66 @@ async fn a_switchover_in_a_pause_right_after_the_leaders_restart_waits_for_the_c
     let (ok, stdout, stderr) = ctl(&cluster, &["resume", "--wait"]);
     assert!(ok, "{stdout}{stderr}");
 }
+
+/// `postgresql.pg_hba` and `postgresql.pg_ident` in the dynamic config reach
+/// every member by a reload as soon as they change (as Patroni), and a
+/// member's own `postgresql.pg_ident` wins over the dynamic one.
+#[tokio::test]
+async fn pg_hba_and_pg_ident_from_the_dynamic_config_are_written_and_reloaded_on_every_member() {
+    let (cluster, _) = cluster().await;
+    // node3 keeps its own ident map, read at a reload of its config file.
+    cluster.nodes[2]
+        .merge_config(serde_json::json!({"postgresql": {"pg_ident": ["local_map  os_carol  carol"]}}))
+        .expect("node3's own pg_ident");
+    let (ok, stdout, stderr) = ctl(&cluster, &["reload", "itest", "node3", "--force"]);
+    assert!(ok && stdout.contains("reloaded"), "{stdout}{stderr}");
+    let mapping = |map: &str| format!("select count(*) from pg_ident_file_mappings where map_name = '{map}'");
+    wait_until("node3's own ident map", UP, || async {
+        let count = cluster.nodes[2].psql(&mapping("local_map")).unwrap_or_default();
+        if count == "1" { Ok(Some(())) } else { Err(count) }
+    })
+    .await
+    .expect("node3 wrote its pg_ident.conf");
+
+    // The dynamic config gains both: no reload asked, no restart.
+    let body = serde_json::json!({"postgresql": {
+        "pg_hba": [
+            "local all all scram-sha-256",
+            "host all all 127.0.0.1/32 scram-sha-256",
+            "host replication replicator 127.0.0.1/32 scram-sha-256",
+            "local shop carol peer map=ops",
+        ],
+        "pg_ident": ["ops  os_carol  carol", "ops  os_dave  carol"],
+    }});
+    let (status, text) = http_with(
+        "PATCH",
+        cluster.nodes[0].rest_port,
+        "/config",
+        &[("Authorization", &auth())],
+        &body.to_string(),
+        Duration::from_secs(30),
+    )
+    .expect("PATCH /config");
+    assert_eq!(status, 200, "{text}");
+    let carol = "select count(*) from pg_hba_file_rules where 'carol' = any(user_name) and error is null";
+    everywhere(&cluster, carol, "1").await;
+    everywhere(&cluster, "select count(*) from pg_hba_file_rules where error is not null", "0").await;
+    let counts = |map: &str| -> Vec<String> {
+        cluster.nodes.iter().map(|n| n.psql(&mapping(map)).unwrap_or_default()).collect()
+    };
+    wait_until("the dynamic ident map on node1 and node2", UP, || async {
+        let ops = counts("ops");
+        if ops[..2] == ["2", "2"] { Ok(Some(())) } else { Err(format!("{ops:?}")) }
+    })
+    .await
+    .expect("the dynamic pg_ident reached node1 and node2");
+    assert_eq!(counts("ops")[2], "0", "node3's own pg_ident wins");
+    assert_eq!(counts("local_map")[2], "1");
+    let file = cluster.nodes[0].data_dir().join("pg_ident.conf");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("pg_ident.conf").permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    assert!(cluster.nodes[0].agent_log().contains("auth_files_changed=true"), "the agent says why it reloaded");
+    // Nothing needs a restart, and the cluster is whole.
+    everywhere(&cluster, "select count(*) from pg_settings where pending_restart", "0").await;
+    cluster.wait_healthy(UP).await.expect("healthy");
+}

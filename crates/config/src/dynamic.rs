@@ -238,6 +238,7 @@ pub struct DynamicConfig {
     /// PostgreSQL parameters rendered as text (`on`, `256MB`, `0.9`).
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
+    pub pg_ident: Vec<String>,
 }
 
 impl Default for DynamicConfig {
@@ -268,6 +269,7 @@ impl Default for DynamicConfig {
             ignore_slots: Vec::new(),
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
+            pg_ident: Vec::new(),
         }
     }
 }
@@ -390,6 +392,7 @@ impl DynamicConfig {
             ignore_slots: slot_matchers(&mut r, &path("ignore_slots")),
             parameters,
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
+            pg_ident: r.string_list(&path("postgresql.pg_ident")),
         };
         let section = if base.is_empty() { Some(root) } else { r.get(base) };
         let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));

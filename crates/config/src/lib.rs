@@ -244,6 +244,8 @@ pub struct Postgresql {
     pub authentication: Authentication,
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
+    /// `pg_ident`: the lines of `pg_ident.conf` (over the dynamic config's).
+    pub pg_ident: Vec<String>,
     /// `create_replica_methods` with their sections, in order.
     pub create_replica_methods: Vec<ReplicaMethod>,
     pub basebackup: Vec<ToolOption>,
@@ -1223,6 +1225,7 @@ fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> Option<Conf
         authentication,
         parameters,
         pg_hba: r.string_list("postgresql.pg_hba"),
+        pg_ident: r.string_list("postgresql.pg_ident"),
         create_replica_methods,
         basebackup: tool_options(&mut r, "postgresql.basebackup"),
         recovery_conf: methods::standby_recovery_conf(&mut r),

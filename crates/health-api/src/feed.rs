@@ -58,15 +58,18 @@ impl Feed {
     }
 
     fn is_fresh(&self, now: Instant) -> bool {
+        // A confirmation sent after `now` confirms it too.
         self.tx.borrow().as_ref().is_some_and(|(_, at)| now.saturating_duration_since(*at) <= FRESH_FOR)
     }
 
-    /// Confirms the latest status current within `FRESH_FOR` if the agent
-    /// answers (else it stays as it was: a check then finds it stale and
-    /// answers 503).
-    pub async fn confirm_fresh(&self) {
-        if !self.is_fresh(Instant::now()) {
-            self.confirm().await;
+    /// Confirms the latest status current within `FRESH_FOR` of `now` (when
+    /// the request arrived) if the agent answers; else it stays as it was, and
+    /// a check then finds it stale and answers 503. The caller judges the
+    /// status at the same `now`: judged at a later instant, a status that
+    /// was fresh here could turn stale in between (a 503 from a healthy node).
+    pub async fn confirm_fresh(&self, now: Instant) {
+        if !self.is_fresh(now) {
+            self.confirm(now).await;
         }
     }
 
@@ -75,11 +78,11 @@ impl Feed {
         self.tx.borrow()
     }
 
-    async fn confirm(&self) {
+    async fn confirm(&self, asked: Instant) {
         let mut failed_at = self.confirming.lock().await;
-        let now = Instant::now();
         // Confirmed while this one waited, or failed a moment ago.
-        if self.is_fresh(now) || failed_at.is_some_and(|at| now.saturating_duration_since(at) < PING_RETRY) {
+        if self.is_fresh(asked) || failed_at.is_some_and(|at| Instant::now().saturating_duration_since(at) < PING_RETRY)
+        {
             return;
         }
         let client = self.client.lock().map(|c| c.clone()).unwrap_or(None);
@@ -219,4 +222,26 @@ async fn stream_once(
         acks.abort();
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status is judged at the instant the request arrived: fresh then is
+    /// fresh for the answer, however long the request takes; with no agent
+    /// to ask, a stale one stays stale.
+    #[tokio::test]
+    async fn a_request_judges_the_status_at_its_arrival() {
+        let (feed, _rx) = Feed::new();
+        let arrived = Instant::now();
+        feed.tx.send_replace(Some((NodeStatus::default(), arrived)));
+        let asked = arrived + FRESH_FOR;
+        feed.confirm_fresh(asked).await;
+        assert!(feed.is_fresh(asked), "fresh at its arrival, with no agent asked");
+        let stale = arrived + FRESH_FOR + Duration::from_millis(1);
+        feed.confirm_fresh(stale).await;
+        assert!(!feed.is_fresh(stale), "no agent to confirm it");
+        assert!(feed.is_fresh(asked), "still fresh at the earlier arrival");
+    }
 }

@@ -293,8 +293,9 @@ async fn respond(
     }
     let query = checks::parse_query(request.uri().query());
     if path == "/metrics" && matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        shared.feed.confirm_fresh().await;
-        let mut text = metrics::render(&shared.identity, &shared.feed.latest(), Instant::now());
+        let now = Instant::now();
+        shared.feed.confirm_fresh(now).await;
+        let mut text = metrics::render(&shared.identity, &shared.feed.latest(), now);
         let state = *shared.fencer.borrow();
         text.push_str(&metrics::render_fencer(&shared.identity, state.gauge(), fencer::fences()));
         let body = if request.method() == Method::GET { Bytes::from(text) } else { Bytes::new() };
@@ -307,9 +308,10 @@ async fn respond(
     let answer = match from_etcd(&path, shared).await {
         Some(answer) => answer,
         None => {
-            shared.feed.confirm_fresh().await;
+            let now = Instant::now();
+            shared.feed.confirm_fresh(now).await;
             let with_body = request.method() == Method::GET;
-            checks::answer(&path, &query, &shared.identity, &shared.feed.latest(), Instant::now(), with_body)
+            checks::answer(&path, &query, &shared.identity, &shared.feed.latest(), now, with_body)
         }
     };
     let method = request.method();

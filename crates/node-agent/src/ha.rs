@@ -570,14 +570,17 @@ impl Agent {
         let remote_changed = self.follows_remote
             && dynamic.standby_cluster.is_some()
             && self.pg.written_remote() != dynamic.standby_cluster;
+        // So do changed `pg_hba` or `pg_ident` lines (a reload re-reads both).
+        let auth_files_changed = self.pg.written_auth_files().is_some_and(|w| w != self.pg.auth_files(&dynamic));
         if let Some(view) = &view
             && local.sql.is_some()
             && (remote_changed
+                || auth_files_changed
                 || self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false)))
         {
             info!(
                 standby_cluster_changed = remote_changed,
-                "PostgreSQL settings changed: rewriting the config and reloading"
+                auth_files_changed, "PostgreSQL settings changed: rewriting the config and reloading"
             );
             match self.rewrite_running_config(Some(view), &dynamic).await {
                 Ok(()) => {

@@ -86,6 +86,26 @@ pub struct Postgres {
     /// The remote primary the last config written follows (a standby
     /// leader's), to notice a changed `standby_cluster`.
     written_remote: std::sync::Mutex<Option<pgwarden_config::StandbyCluster>>,
+    /// The `pg_hba` and `pg_ident` lines the last config written asked for
+    /// (also when refused), to notice a change in the dynamic config.
+    written_auth: std::sync::Mutex<Option<AuthFiles>>,
+}
+
+/// A list set in the local config, else the dynamic config's, with where it
+/// comes from (`None`: neither sets it).
+fn local_else_dynamic(
+    local: (&[String], &'static str),
+    dynamic: (&[String], &'static str),
+) -> Option<(Vec<String>, &'static str)> {
+    [local, dynamic].into_iter().find(|(lines, _)| !lines.is_empty()).map(|(lines, source)| (lines.to_vec(), source))
+}
+
+/// The lines pgwarden owns of `pg_hba.conf` and `pg_ident.conf` (`None`: the
+/// file is left as it is), with where they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFiles {
+    pub hba: Option<(Vec<String>, &'static str)>,
+    pub ident: Option<(Vec<String>, &'static str)>,
 }
 
 /// The member name the remote primary of a standby cluster goes by in logs.
@@ -202,6 +222,7 @@ impl Postgres {
             sync_names: std::sync::Mutex::new(None),
             written: std::sync::Mutex::new(None),
             written_remote: std::sync::Mutex::new(None),
+            written_auth: std::sync::Mutex::new(None),
         })
     }
 
@@ -478,13 +499,40 @@ impl Postgres {
     /// left as it is (initdb's with `bootstrap.pg_hba` appended at bootstrap,
     /// the leader's copy on a clone, Patroni's on an adopted node).
     fn hba_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
-        if !self.config.postgresql.pg_hba.is_empty() {
-            Some((self.config.postgresql.pg_hba.clone(), "postgresql.pg_hba"))
-        } else if !dynamic.pg_hba.is_empty() {
-            Some((dynamic.pg_hba.clone(), "the dynamic config's postgresql.pg_hba"))
-        } else {
-            None
+        local_else_dynamic(
+            (&self.config.postgresql.pg_hba, "postgresql.pg_hba"),
+            (&dynamic.pg_hba, "the dynamic config's postgresql.pg_hba"),
+        )
+    }
+
+    /// The pg_ident.conf lines pgwarden owns, as Patroni: the local
+    /// `postgresql.pg_ident`, else the dynamic config's; `None`: the file is
+    /// left as it is.
+    fn ident_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+        local_else_dynamic(
+            (&self.config.postgresql.pg_ident, "postgresql.pg_ident"),
+            (&dynamic.pg_ident, "the dynamic config's postgresql.pg_ident"),
+        )
+    }
+
+    /// What `write_config` would write of the authentication files now.
+    pub fn auth_files(&self, dynamic: &DynamicConfig) -> AuthFiles {
+        AuthFiles { hba: self.hba_lines(dynamic), ident: self.ident_lines(dynamic) }
+    }
+
+    /// What the last `write_config` of this process asked for (`None`: none yet).
+    pub fn written_auth_files(&self) -> Option<AuthFiles> {
+        self.written_auth.lock().expect("written auth files").clone()
+    }
+
+    /// Writes `pg_ident.conf` from `lines` (0600).
+    fn write_ident(&self, lines: &[String], source: &str) -> anyhow::Result<()> {
+        let mut ident = format!("# Written by pgwarden-agent from {source}.\n");
+        for line in lines {
+            ident.push_str(line);
+            ident.push('\n');
         }
+        write_private(&self.config_dir().join("pg_ident.conf"), &ident)
     }
 
     /// Writes `pg_hba.conf` from `lines`, unless they would lock the agent
@@ -604,8 +652,13 @@ impl Postgres {
                 std::fs::write(&standby_signal, "").context("write standby.signal")?;
             }
         }
-        if let Some((lines, source)) = self.hba_lines(dynamic) {
-            self.write_hba(&lines, source)?;
+        let auth = self.auth_files(dynamic);
+        *self.written_auth.lock().expect("written auth files") = Some(auth.clone());
+        if let Some((lines, source)) = &auth.hba {
+            self.write_hba(lines, source)?;
+        }
+        if let Some((lines, source)) = &auth.ident {
+            self.write_ident(lines, source)?;
         }
         // The HA loop's names, not a hold an earlier leader term left.
         crate::ackhold::clear_residue(&self.data_dir)?;
