@@ -178,9 +178,15 @@ async fn an_agent_frozen_in_pre_promote_does_not_promote_when_it_thaws() {
     assert!(!report.writers().contains(&frozen), "the thawed node accepted writes: {:?}", report.writers());
     // Thawed, the promotion was abandoned: the key is no longer proven its
     // own (or its lease is gone, which fails the member key's update first).
-    let log = cluster.nodes[frozen].agent_log();
-    let abandoned = log.lines().any(|l| l.contains("action=Promote") && l.contains("failed to"));
-    assert!(abandoned, "{log}");
+    // Its health API may confirm it a running replica a moment before the
+    // agent logs that, so the log is waited for.
+    wait_until("the thawed agent to log the abandoned promotion", UP, || async {
+        let log = cluster.nodes[frozen].agent_log();
+        let abandoned = log.lines().any(|l| l.contains("action=Promote") && l.contains("failed to"));
+        if abandoned { Ok(Some(())) } else { Err(log) }
+    })
+    .await
+    .expect("the promotion abandoned and logged");
 }
 
 /// `deploy/callbacks/vip.sh` as pgwarden calls it, with a real address on
