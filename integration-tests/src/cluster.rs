@@ -483,6 +483,13 @@ impl PgwardenCluster {
         Ok(())
     }
 
+    /// Deletes a key under the cluster's prefix, as an operator's `etcdctl del` would.
+    pub async fn delete_key(&self, key: &str) -> anyhow::Result<()> {
+        let mut client = self.etcd.client().await?;
+        client.delete(format!("/itest/{}/{key}", self.scope), None).await?;
+        Ok(())
+    }
+
     /// Sets top-level keys of the dynamic config (the `config` key) behind
     /// the controller's back, as `patronictl` or an operator's `etcdctl`
     /// would.

@@ -103,6 +103,20 @@ impl EtcdCluster {
         self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
     }
 
+    /// Requests the first member has received since it started: Σ
+    /// `grpc_server_msg_received_total` on its metrics endpoint (every unary
+    /// call and every message on a stream, such as a lease keep-alive).
+    pub fn messages_received(&self) -> anyhow::Result<f64> {
+        let port = self.members[0].client_port;
+        let (status, body) = crate::service::http_with("GET", port, "/metrics", &[], "", Duration::from_secs(5))?;
+        anyhow::ensure!(status == 200, "etcd /metrics answered {status}");
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// A client over every member's endpoint.
     pub async fn client(&self) -> anyhow::Result<Client> {
         let options =

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dcs::Etcd;
-use election::{Acquired, Election, ElectionSettings, LeaseState, spawn_renewal};
+use election::{Acquired, Election, ElectionSettings, Lease, LeaseState, spawn_renewal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -30,8 +30,9 @@ const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// go quiet without an error.
 const STANDBY_SAFETY_POLL: Duration = Duration::from_secs(30);
 
-/// Waits until the key changes after `revision` (it expired, was released
-/// or taken over), watching it rather than polling etcd.
+/// Waits until the key changes after `revision` (the store's revision when
+/// it was read: it expired, was released or taken over), watching it rather
+/// than polling etcd.
 async fn until_changed(etcd: &Etcd, key: &str, revision: i64) {
     let watched = async {
         match election::watch(etcd, key, false, Some(revision)).await {
@@ -42,6 +43,103 @@ async fn until_changed(etcd: &Etcd, key: &str, revision: i64) {
         }
     };
     let _ = tokio::time::timeout(STANDBY_SAFETY_POLL, watched).await;
+}
+
+/// How the active controller's term ended.
+enum TermEnd {
+    /// The renewal task gave up the lease (reason logged here).
+    Lease(String),
+    /// The key changed under it: deleted, or written by someone else.
+    Key,
+}
+
+/// One term as the active controller, from a won key to its loss.
+///
+/// The key is bound to the lease, so a keep-alive proves the lease lives; a
+/// watch on the key proves nobody deleted or overwrote it, at once and with
+/// no request of its own while nothing changes (a proving transaction at
+/// every renewal was half of the active controller's etcd requests at idle).
+/// Returns the election, the lease revoked.
+#[allow(clippy::too_many_arguments)]
+async fn serve_term(
+    etcd: &Etcd,
+    settings: &ElectionSettings,
+    mut election: Election,
+    lease: Lease,
+    ttl: Duration,
+    tx: &watch::Sender<ActiveState>,
+    member: &str,
+    url: &str,
+) -> Election {
+    // The revision the watch starts after, read back: the key is ours only
+    // if it still carries our name on our lease.
+    let mut revision = match election.holder_at().await {
+        Ok((Some(holder), read_at)) if holder.member == settings.member && holder.lease == lease.id => read_at,
+        Ok(_) => {
+            warn!("the controller key changed right after this controller took it: standing by");
+            let _ = election.revoke(&lease).await;
+            return election;
+        }
+        Err(e) => {
+            warn!("cannot read back the controller key just taken: {e}");
+            let _ = election.revoke(&lease).await;
+            tokio::time::sleep(STANDBY_POLL).await;
+            return election;
+        }
+    };
+    info!("this controller is now the active one");
+    tx.send_replace(ActiveState { this_one: true, member: member.to_string(), url: url.to_string() });
+    let handle = spawn_renewal(election, lease, election::default_interval(ttl), false);
+    let mut state = handle.subscribe();
+    let end = loop {
+        tokio::select! {
+            // An error means the renewal task ended: ownership is gone as well.
+            _ = async { let _ = state.wait_for(|s| matches!(s, LeaseState::Lost { .. })).await; } => {
+                let reason = match handle.current() {
+                    LeaseState::Lost { reason, .. } => reason,
+                    LeaseState::Held { .. } => "the renewal task ended".to_string(),
+                };
+                break TermEnd::Lease(reason);
+            }
+            changed = key_changed(etcd, &settings.key, revision) => {
+                if changed {
+                    break TermEnd::Key;
+                }
+                // The watch ended without an event (etcd closed it, or it
+                // could not start): the key is looked at before watching again.
+                match Election::new(etcd.clone(), settings.clone()).holder_at().await {
+                    Ok((Some(holder), read_at)) if holder.member == settings.member
+                        && holder.lease == lease.id
+                        && holder.mod_revision <= revision =>
+                    {
+                        revision = read_at;
+                    }
+                    Ok(_) => break TermEnd::Key,
+                    Err(_) => tokio::time::sleep(STANDBY_POLL).await,
+                }
+            }
+        }
+    };
+    match &end {
+        TermEnd::Lease(reason) => warn!("no longer the active controller: {reason}"),
+        TermEnd::Key => warn!("no longer the active controller: its key was deleted or written by someone else"),
+    }
+    let mut election = handle.stop().await.unwrap_or_else(|| Election::new(etcd.clone(), settings.clone()));
+    let _ = election.revoke(&lease).await;
+    election
+}
+
+/// Whether the key changes after `revision`: `true` on a change, `false`
+/// when the watch ends or cannot start without one (after a pause, so that a
+/// watch etcd keeps cancelling is not retried in a tight loop).
+async fn key_changed(etcd: &Etcd, key: &str, revision: i64) -> bool {
+    if let Ok(mut watcher) = election::watch(etcd, key, false, Some(revision)).await
+        && let Ok(Some(_)) = watcher.next().await
+    {
+        return true;
+    }
+    tokio::time::sleep(STANDBY_POLL).await;
+    false
 }
 
 /// Runs the election for ever, publishing who is active.
@@ -56,11 +154,11 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
     let mut election = Election::new(etcd.clone(), settings.clone());
     loop {
         // Standby: read the holder; try only when the key is free.
-        match election.holder().await {
+        match election.holder_at().await {
             // Our own key from before a restart (same member, same URL): the
             // old process is gone, so the key is freed at once rather than
             // left to expire (and never forwarded to: that would be us).
-            Ok(Some(holder)) if holder.member == settings.member => {
+            Ok((Some(holder), _)) if holder.member == settings.member => {
                 let key = settings.key.as_str();
                 let txn = etcd_client::Txn::new()
                     .when([
@@ -77,7 +175,7 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
                 }
                 continue;
             }
-            Ok(Some(holder)) => {
+            Ok((Some(holder), read_at)) => {
                 let (member, url) = parse(&holder.member);
                 tx.send_if_modified(|state| {
                     let next = ActiveState { this_one: false, member, url };
@@ -85,10 +183,10 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
                     *state = next;
                     changed
                 });
-                until_changed(&etcd, &settings.key, holder.mod_revision).await;
+                until_changed(&etcd, &settings.key, read_at).await;
                 continue;
             }
-            Ok(None) => {}
+            Ok((None, _)) => {}
             Err(e) => {
                 warn!("cannot read the active controller key: {e}");
                 tokio::time::sleep(STANDBY_POLL).await;
@@ -105,17 +203,8 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
         };
         match election.acquire(&lease).await {
             Ok(Acquired::Won { .. }) => {
-                info!("this controller is now the active one");
-                tx.send_replace(ActiveState { this_one: true, member: member.clone(), url: url.clone() });
-                let handle = spawn_renewal(election, lease, election::default_interval(ttl), true);
-                let mut state = handle.subscribe();
-                // An error means the renewal task ended: ownership is gone as well.
-                let _ = state.wait_for(|s| matches!(s, LeaseState::Lost { .. })).await;
-                if let LeaseState::Lost { reason, .. } = handle.current() {
-                    warn!("no longer the active controller: {reason}");
-                }
+                election = serve_term(&etcd, &settings, election, lease, ttl, &tx, &member, &url).await;
                 tx.send_replace(ActiveState::default());
-                election = handle.stop().await.unwrap_or_else(|| Election::new(etcd.clone(), settings.clone()));
             }
             Ok(Acquired::Held(_)) => {
                 let _ = election.revoke(&lease).await;

@@ -298,6 +298,15 @@ impl Election {
 
     /// Who holds the key now, if anyone.
     pub async fn holder(&mut self) -> Result<Option<Holder>, ElectionError> {
+        Ok(self.holder_at().await?.0)
+    }
+
+    /// Who holds the key now, and the store's revision when it was read: a
+    /// watch started after that revision misses no change since the read,
+    /// and, unlike the key's own revision, it is recent enough that etcd has
+    /// not compacted it away (a watch from a compacted revision is cancelled
+    /// at once, whatever it is retried with).
+    pub async fn holder_at(&mut self) -> Result<(Option<Holder>, i64), ElectionError> {
         let key = self.settings.key.clone();
         let response = self
             .etcd
@@ -306,6 +315,7 @@ impl Election {
                 async move { client.get(key, None).await }
             })
             .await?;
-        Ok(response.kvs().first().map(Self::holder_from))
+        let revision = response.header().map_or(0, |h| h.revision());
+        Ok((response.kvs().first().map(Self::holder_from), revision))
     }
 }

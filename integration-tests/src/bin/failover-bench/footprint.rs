@@ -5,7 +5,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::haproxy::deploy_config;
-use pgwarden_integration_tests::service::http_with;
 use pgwarden_integration_tests::{HaProxy, free_port};
 
 use crate::systems::{Cluster, System};
@@ -74,20 +73,7 @@ fn smaps_mib(pid: u32, field: &str) -> Option<f64> {
 
 /// Σ `grpc_server_msg_received_total` on etcd's metrics endpoint.
 fn etcd_messages(cluster: &Cluster) -> anyhow::Result<f64> {
-    etcd_messages_of(cluster.etcd())
-}
-
-/// The same, of one etcd (its first member).
-pub fn etcd_messages_of(etcd: &pgwarden_integration_tests::EtcdCluster) -> anyhow::Result<f64> {
-    let endpoint = etcd.endpoints()[0].clone();
-    let port: u16 = endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).ok_or_else(|| anyhow::anyhow!("port"))?;
-    let (status, body) = http_with("GET", port, "/metrics", &[], "", Duration::from_secs(5))?;
-    anyhow::ensure!(status == 200, "etcd /metrics answered {status}");
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    cluster.etcd().messages_received()
 }
 
 /// The idle footprint twice: the cluster alone, then with HAProxy's checks

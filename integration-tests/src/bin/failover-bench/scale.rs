@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::{EtcdCluster, PgwardenCluster};
 
-use crate::footprint::{cpu_seconds, etcd_messages_of, rss_mib};
+use crate::footprint::{cpu_seconds, rss_mib};
 use crate::systems::Cluster;
 
 /// Bringing up many members on 2 cores takes a while.
@@ -20,11 +20,11 @@ const UP: Duration = Duration::from_secs(600);
 /// messages per minute meanwhile.
 async fn measure(pids: &[u32], etcd: &EtcdCluster, window: Duration) -> anyhow::Result<(Vec<f64>, f64)> {
     let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid).unwrap_or(0.0)).collect();
-    let messages = etcd_messages_of(etcd)?;
+    let messages = etcd.messages_received()?;
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let per_minute = (etcd_messages_of(etcd)? - messages) * 60.0 / elapsed;
+    let per_minute = (etcd.messages_received()? - messages) * 60.0 / elapsed;
     let cpu = pids
         .iter()
         .zip(before)
