@@ -658,3 +658,36 @@ async fn controllers_follow_their_key_when_it_is_taken_deleted_or_compacted() {
     .expect("stepped down");
     active_controller(&cluster, &[0, 1, 2]).await;
 }
+
+/// A switchover the leader gives up (its candidate's agent does not answer,
+/// so the candidate cannot be seen streaming) drops the request it acted on,
+/// and only that one: a request an operator wrote meanwhile (here a
+/// switchover scheduled an hour ahead) stays. The leader keeps leading.
+#[tokio::test]
+async fn a_switchover_given_up_leaves_a_request_written_meanwhile() {
+    let (cluster, leader) = cluster(|_| String::new()).await;
+    let candidate = (leader + 1) % 3;
+    cluster.nodes[candidate].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let request =
+        serde_json::json!({"leader": leader_name(&cluster, leader), "member": leader_name(&cluster, candidate)});
+    cluster.put_key("failover", &request.to_string()).await.expect("write the request");
+    wait_until("the leader to start the switchover", Duration::from_secs(20), || async {
+        Ok::<_, String>(cluster.nodes[leader].agent_log().contains("Switchover {").then_some(()))
+    })
+    .await
+    .expect("started");
+    let at = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let newer = serde_json::json!({"leader": leader_name(&cluster, leader), "scheduled_at": at}).to_string();
+    cluster.put_key("failover", &newer).await.expect("write a newer request");
+    wait_until("the leader to give the switchover up", UP, || async {
+        Ok::<_, String>(cluster.nodes[leader].agent_log().contains("staying primary").then_some(()))
+    })
+    .await
+    .expect("given up");
+    cluster.nodes[candidate].signal_agent(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(cluster.get_key("failover").await.expect("read the request"), Some(newer), "the newer request stays");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), leader, "the leader keeps leading");
+    assert!(cluster.nodes[leader].agent_log().contains("the switchover request changed meanwhile: left in place"));
+}

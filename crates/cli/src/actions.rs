@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use dcs::{ClusterView, Etcd, EtcdSettings, Keys};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::{CancelSwitchoverRequest, FailoverRequest, SwitchoverRequest, WatchEventsRequest};
 use pgwarden_config::Config;
@@ -197,10 +196,7 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
         map.remove("pause");
     }
     let key = target.keys.config();
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
-        .and_then([TxnOp::put(key.as_str(), config.to_string(), None)]);
-    if !target.etcd.txn(txn).await.context("write the config")?.succeeded() {
+    if target.etcd.put_if_revision(&key, config.to_string(), revision).await.context("write the config")?.is_none() {
         bail!("the config changed at the same moment; try again");
     }
     println!(
@@ -211,12 +207,8 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
         let started = Instant::now();
         loop {
             let now = read(target).await?;
-            let pending: Vec<&str> = now
-                .members
-                .iter()
-                .filter(|m| (m.data.extra.get("pause") == Some(&serde_json::Value::Bool(true))) != pause)
-                .map(|m| m.name.as_str())
-                .collect();
+            let pending: Vec<&str> =
+                now.members.iter().filter(|m| m.data.paused() != pause).map(|m| m.name.as_str()).collect();
             if pending.is_empty() {
                 break;
             }
@@ -256,7 +248,7 @@ pub async fn member_version(view: &ClusterView, member: &dcs::MemberEntry) -> St
             Err(_) => "failed to get version: its agent did not answer within 5 s".into(),
         };
     }
-    match member.data.extra.get("version").and_then(serde_json::Value::as_str) {
+    match member.data.version() {
         Some(version) => format!("Patroni {version}"),
         None => "failed to get version: no agent address and no version in its member key".into(),
     }

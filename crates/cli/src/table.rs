@@ -249,14 +249,10 @@ fn optional_columns(
     flow_tags: bool,
 ) -> Vec<(&'static str, Vec<String>)> {
     let pending = |m: &dcs::MemberEntry| {
-        if m.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)) {
-            "*".into()
-        } else {
-            String::new()
-        }
+        if m.data.pending_restart() { "*".into() } else { String::new() }
     };
     let scheduled = |m: &dcs::MemberEntry| {
-        let Some(restart) = m.data.extra.get("scheduled_restart") else { return String::new() };
+        let Some(restart) = m.data.scheduled_restart() else { return String::new() };
         let at = restart.get("schedule").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
         match restart.get("postgres_version").and_then(serde_json::Value::as_str) {
             Some(version) => format!("{at} if version < {version}"),
@@ -265,7 +261,7 @@ fn optional_columns(
     };
     // Patroni's `param: old->new` lines; in pretty tables a long one hidden.
     let reason = |m: &dcs::MemberEntry| {
-        let Some(reasons) = m.data.extra.get("pending_restart_reason").and_then(serde_json::Value::as_object) else {
+        let Some(reasons) = m.data.pending_restart_reason() else {
             return String::new();
         };
         let text =
@@ -376,11 +372,11 @@ pub fn render_history(snapshot: &Snapshot, format: Format) -> anyhow::Result<Str
         .iter()
         .map(|h| {
             vec![
-                h.0.to_string(),
-                ha_core::Lsn(h.1).to_string(),
-                h.2.clone(),
-                h.3.clone().unwrap_or_default(),
-                h.4.clone().unwrap_or_default(),
+                h.timeline.to_string(),
+                ha_core::Lsn(h.switch_lsn).to_string(),
+                h.reason.clone(),
+                h.timestamp.clone().unwrap_or_default(),
+                h.new_leader.clone().unwrap_or_default(),
             ]
         })
         .collect();

@@ -159,15 +159,10 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
             // old process is gone, so the key is freed at once rather than
             // left to expire (and never forwarded to: that would be us).
             Ok((Some(holder), _)) if holder.member == settings.member => {
-                let key = settings.key.as_str();
-                let txn = etcd_client::Txn::new()
-                    .when([
-                        etcd_client::Compare::value(key, etcd_client::CompareOp::Equal, holder.member.as_str()),
-                        etcd_client::Compare::mod_revision(key, etcd_client::CompareOp::Equal, holder.mod_revision),
-                    ])
-                    .and_then([etcd_client::TxnOp::delete(key, None)]);
-                match etcd.txn(txn).await {
-                    Ok(_) => info!("removed this member's controller key left by a previous run"),
+                match etcd.delete_if_revision(&settings.key, holder.mod_revision).await {
+                    Ok(true) => info!("removed this member's controller key left by a previous run"),
+                    // Changed since it was read: looked at again.
+                    Ok(false) => {}
                     Err(e) => {
                         warn!("cannot remove this member's old controller key: {}", dcs::describe_error(&e));
                         tokio::time::sleep(STANDBY_POLL).await;

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dcs::ClusterView;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ha_proto::v1::ClusterEvent;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
@@ -144,10 +143,13 @@ async fn supervise(
         *following = None;
         return;
     };
-    let due = request.scheduled_at.as_deref().is_none_or(|at| {
-        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .is_ok_and(|when| when <= time::OffsetDateTime::now_utc())
-    });
+    // As the agents read it: no time (or an empty one) is now, an
+    // unreadable one never.
+    let due = match request.scheduled() {
+        dcs::Scheduled::Now => true,
+        dcs::Scheduled::At(when) => when <= time::OffsetDateTime::now_utc(),
+        dcs::Scheduled::Unreadable(_) => false,
+    };
     let (revision, since) = match following {
         Some((revision, since)) if *revision == view.failover_revision => {
             // The deadline counts from when the request is due.
@@ -170,11 +172,8 @@ async fn supervise(
         return;
     }
     let key = cluster.keys.failover();
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
-        .and_then([TxnOp::delete(key.as_str(), None)]);
-    match cluster.etcd.txn(txn).await {
-        Ok(response) if response.succeeded() => {
+    match cluster.etcd.delete_if_revision(&key, revision).await {
+        Ok(true) => {
             let message = format!(
                 "abandoned after {} s without a leader change: cleared the request ({})",
                 since.elapsed().as_secs(),

@@ -60,7 +60,7 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
             replication_state: entry.data.replication_state.clone().unwrap_or_default(),
             receive_lsn: entry.data.receive_lsn,
             replay_lsn: entry.data.replay_lsn,
-            pending_restart: entry.data.extra.get("pending_restart") == Some(&serde_json::Value::Bool(true)),
+            pending_restart: entry.data.pending_restart(),
             scheduled_restart: entry
                 .data
                 .extra
@@ -373,12 +373,7 @@ pub async fn run(
     // Hand the active role over at once rather than after a ttl.
     let key = keys.controller();
     let ours = format!("{} {}", config.name, own_url);
-    let txn = etcd_client::Txn::new()
-        .when([etcd_client::Compare::value(key.as_str(), etcd_client::CompareOp::Equal, ours.as_str())])
-        .and_then([etcd_client::TxnOp::delete(key.as_str(), None)]);
-    if let Ok(response) = etcd.txn(txn).await
-        && response.succeeded()
-    {
+    if let Ok(true) = etcd.delete_if_value(&key, &ours).await {
         info!("released the active controller key");
     }
     info!("controller stopped");

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use dcs::ClusterView;
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ha_proto::v1::{
     CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome,
     MembersResponse, ReinitializeRequest, ReloadRequest, RestartRequest,
@@ -88,16 +87,16 @@ pub async fn change_config(
     merge_patch(&mut new, &input);
     let (need_restart, warnings) = validate(&view, &new).await?;
     let key = cluster.keys.config();
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
-        .and_then([TxnOp::put(key.as_str(), new.to_string(), None)]);
-    let response = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
-    if !response.succeeded() {
+    let written = cluster
+        .etcd
+        .put_if_revision(&key, new.to_string(), revision)
+        .await
+        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+    let Some(revision) = written else {
         return Err(Status::aborted(
             "another edit changed the configuration at the same moment (compare-and-swap lost); nothing was written: read it again and retry",
         ));
-    }
-    let revision = response.header().map_or(0, |h| h.revision());
+    };
     Ok(ConfigResponse { config_json: new.to_string(), revision, need_restart, warnings })
 }
 
@@ -130,7 +129,7 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
     // Only the parameters this edit changes are asked of PostgreSQL: an edit
     // that changes none (`pause`, `ttl`) needs no running leader, as in
     // Patroni.
-    let before = view.config.as_ref().map(|(c, _)| DynamicConfig::read(c, "", &mut Problems::default()).0);
+    let before = view.dynamic_config();
     let changed: Vec<(String, String)> = dynamic
         .parameters
         .iter()

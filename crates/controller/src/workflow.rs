@@ -11,10 +11,9 @@ use pgwarden_runtime::grpc::AuthChannel;
 use std::time::{Duration, Instant};
 
 use dcs::{ClusterView, Etcd, Failover, Keys};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use ha_proto::v1::node_agent_client::NodeAgentClient;
 use ha_proto::v1::{GetStatusRequest, NodeStatus, WorkflowOutcome, WorkflowResponse};
-use pgwarden_config::{DynamicConfig, Problems};
+use pgwarden_config::DynamicConfig;
 use tonic::Status;
 
 /// The cluster a workflow runs against.
@@ -35,10 +34,7 @@ impl Cluster {
 
 /// The dynamic config in force (`config` key, else defaults).
 pub fn dynamic(view: &ClusterView) -> DynamicConfig {
-    match &view.config {
-        Some((json, _)) => DynamicConfig::read(json, "", &mut Problems::default()).0,
-        None => DynamicConfig::default(),
-    }
+    view.dynamic_config().unwrap_or_default()
 }
 
 /// How long a request is followed: Patroni's `2 * max(10, loop_wait)`.
@@ -72,10 +68,6 @@ async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
     tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
 }
 
-fn position(status: &NodeStatus) -> u64 {
-    status.xlog_location.max(status.receive_lsn).max(status.replay_lsn)
-}
-
 /// Why `candidate` cannot take over from a running leader now, if it cannot:
 /// unknown, or barred by the candidate rule (`ha_core::CandidateRules::problem`, the one
 /// `decide` and the leader apply), with a message that says what to do.
@@ -98,7 +90,7 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
         sync_mode: dynamic.synchronous_mode != pgwarden_config::SyncMode::Off,
         sync_standbys: &sync_standbys,
         sync_leader: view.sync.as_ref().and_then(|s| s.leader.as_deref()),
-        history_timeline: view.history.iter().map(|h| h.0).max(),
+        history_timeline: view.history.iter().map(|h| h.timeline).max(),
         cluster_optime: Some(leader_position),
         maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
         failsafe_members: &failsafe_members,
@@ -108,9 +100,9 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
         nofailover: never_leads(view, candidate),
         priority: 1,
         running: status.as_ref().is_some_and(|s| !s.system_identifier.is_empty() && !s.shutting_down),
-        can_lead: member.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
+        can_lead: member.data.fencer_ready(),
         timeline: status.as_ref().map(|s| s.timeline),
-        lsn: status.as_ref().map(position),
+        lsn: status.as_ref().map(NodeStatus::position),
     };
     let problem = rules.problem(&contender)?;
     Some(match problem {
@@ -151,7 +143,7 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
 }
 
 fn parse_time(at: &str) -> Result<time::OffsetDateTime, Status> {
-    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_err(|_| {
+    dcs::parse_scheduled_at(at).ok_or_else(|| {
         Status::invalid_argument(format!(
             "scheduled_at {at:?}: expected an ISO 8601 time with a time zone, e.g. 2026-12-01T03:00:00+00:00"
         ))
@@ -196,7 +188,7 @@ pub async fn switchover(
         return Err(Status::invalid_argument("Switchover is possible only to a specific candidate in a paused state"));
     }
     let leader_position = match agent_status(&view, &current).await {
-        Some(status) => position(&status),
+        Some(status) => status.position(),
         None => view.status.as_ref().map_or(0, |s| s.optime),
     };
     if candidate.is_empty() {
@@ -264,10 +256,11 @@ pub async fn cancel(cluster: &Cluster) -> Result<String, Status> {
         return Err(Status::not_found("no switchover is scheduled"));
     }
     let key = cluster.keys.failover();
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
-        .and_then([TxnOp::delete(key.as_str(), None)]);
-    let done = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?.succeeded();
+    let done = cluster
+        .etcd
+        .delete_if_revision(&key, view.failover_revision)
+        .await
+        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
     if !done {
         return Err(Status::aborted("the request changed while deleting it (compare-and-swap lost); look again"));
     }
@@ -289,13 +282,12 @@ async fn write_and_follow(
     }
     let key = cluster.keys.failover();
     let value = serde_json::to_string(&request).map_err(|e| Status::internal(e.to_string()))?;
-    let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
-        key.as_str(),
-        value,
-        None,
-    )]);
     let started = Instant::now();
-    let written = cluster.etcd.txn(txn).await.map_err(|e| Status::unavailable(dcs::describe_error(&e)))?.succeeded();
+    let written = cluster
+        .etcd
+        .create_if_absent(&key, value, None)
+        .await
+        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
     if !written {
         return Err(Status::aborted("another request was written at the same moment (compare-and-swap lost)"));
     }

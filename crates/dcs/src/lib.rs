@@ -6,6 +6,7 @@
 //! decides nothing about leadership; leases and the leader key's lifecycle
 //! belong to the `election` crate.
 
+mod cas;
 mod connect;
 mod keys;
 mod model;
@@ -16,5 +17,5 @@ pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_
 /// The etcd client error type, re-exported so users need not depend on etcd-client.
 pub use etcd_client::Error as EtcdError;
 pub use keys::Keys;
-pub use model::{CloneProgress, Failover, HistoryEntry, MemberData, Status, SyncState};
+pub use model::{CloneProgress, Failover, HistoryEntry, MemberData, Scheduled, Status, SyncState, parse_scheduled_at};
 pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};

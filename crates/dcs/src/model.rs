@@ -112,6 +112,54 @@ impl MemberData {
         self.tags.get(name).and_then(pgwarden_config::parse_int)
     }
 
+    fn flag(&self, field: &str) -> Option<bool> {
+        self.extra.get(field).and_then(Value::as_bool)
+    }
+
+    /// pgwarden's `fencer_ready`: false only when the member says its fencer
+    /// is not armed yet (it may not take the leader key); a member that says
+    /// nothing (Patroni's) is not held back.
+    pub fn fencer_ready(&self) -> bool {
+        self.flag("fencer_ready") != Some(false)
+    }
+
+    /// pgwarden's `released_leader`: the member gave the leader key up and
+    /// has not taken part in a race since.
+    pub fn released_leader(&self) -> bool {
+        self.flag("released_leader") == Some(true)
+    }
+
+    /// Patroni's `checkpoint_after_promote: false`: a primary just promoted
+    /// whose checkpoint has not finished (`pg_rewind` from it would fail).
+    pub fn awaits_checkpoint_after_promote(&self) -> bool {
+        self.flag("checkpoint_after_promote") == Some(false)
+    }
+
+    /// Patroni's `pending_restart`.
+    pub fn pending_restart(&self) -> bool {
+        self.flag("pending_restart") == Some(true)
+    }
+
+    /// Patroni's `pause`: the member runs with cluster management paused.
+    pub fn paused(&self) -> bool {
+        self.flag("pause") == Some(true)
+    }
+
+    /// Patroni's `version` (the agent's).
+    pub fn version(&self) -> Option<&str> {
+        self.extra.get("version").and_then(Value::as_str)
+    }
+
+    /// Patroni's `scheduled_restart` object.
+    pub fn scheduled_restart(&self) -> Option<&Value> {
+        self.extra.get("scheduled_restart")
+    }
+
+    /// Patroni's `pending_restart_reason`: parameter to `{old_value, new_value}`.
+    pub fn pending_restart_reason(&self) -> Option<&Map<String, Value>> {
+        self.extra.get("pending_restart_reason").and_then(Value::as_object)
+    }
+
     /// A member cloning its data directory: how far (pgwarden's
     /// `clone_progress` field, written while `state` is `creating replica`).
     pub fn clone_progress(&self) -> Option<CloneProgress> {
@@ -163,6 +211,29 @@ impl Failover {
         let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Some(Self { leader: some(leader), member: some(member), scheduled_at: None })
     }
+
+    /// When the request is to be carried out, from `scheduled_at`.
+    pub fn scheduled(&self) -> Scheduled {
+        match self.scheduled_at.as_deref() {
+            None | Some("") => Scheduled::Now,
+            Some(at) => parse_scheduled_at(at).map_or_else(|| Scheduled::Unreadable(at.to_string()), Scheduled::At),
+        }
+    }
+}
+
+/// When a `failover` request is to be carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheduled {
+    /// No time given (absent or empty): now.
+    Now,
+    At(time::OffsetDateTime),
+    /// Not an ISO 8601 time with a zone: never carried out as it is.
+    Unreadable(String),
+}
+
+/// `scheduled_at` as Patroni writes it: ISO 8601 (RFC 3339) with a zone.
+pub fn parse_scheduled_at(at: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// `sync`: `{"leader", "sync_standby": "a,b" | null, "quorum"}`.
@@ -183,15 +254,36 @@ impl SyncState {
     }
 }
 
-/// One `history` entry: `[timeline, switch_lsn, reason, timestamp, new_leader]`.
+/// One `history` entry: a timeline switch. Stored as Patroni writes it, an
+/// array `[timeline, switch_lsn, reason, timestamp, new_leader]` whose last
+/// two may be missing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEntry(
-    pub u64,
-    pub u64,
-    pub String,
-    #[serde(default)] pub Option<String>,
-    #[serde(default)] pub Option<String>,
-);
+#[serde(from = "HistoryRow", into = "HistoryRow")]
+pub struct HistoryEntry {
+    /// The timeline that ended.
+    pub timeline: u64,
+    /// Where it ended (the next one's first position).
+    pub switch_lsn: u64,
+    pub reason: String,
+    pub timestamp: Option<String>,
+    pub new_leader: Option<String>,
+}
+
+/// [`HistoryEntry`] as etcd holds it.
+#[derive(Serialize, Deserialize)]
+struct HistoryRow(u64, u64, String, #[serde(default)] Option<String>, #[serde(default)] Option<String>);
+
+impl From<HistoryRow> for HistoryEntry {
+    fn from(HistoryRow(timeline, switch_lsn, reason, timestamp, new_leader): HistoryRow) -> Self {
+        Self { timeline, switch_lsn, reason, timestamp, new_leader }
+    }
+}
+
+impl From<HistoryEntry> for HistoryRow {
+    fn from(e: HistoryEntry) -> Self {
+        Self(e.timeline, e.switch_lsn, e.reason, e.timestamp, e.new_leader)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -252,9 +344,27 @@ mod tests {
             r#"[[1,25165984,"no recovery target specified","2024-01-01T00:00:00+00:00","pg2"],[2,1,"x"]]"#,
         )
         .expect("history parses");
-        assert_eq!(history[0].4.as_deref(), Some("pg2"));
-        assert_eq!(history[1].3, None);
+        assert_eq!(history[0].new_leader.as_deref(), Some("pg2"));
+        assert_eq!(history[1].timestamp, None);
+        assert_eq!(
+            serde_json::to_string(&history).expect("written"),
+            r#"[[1,25165984,"no recovery target specified","2024-01-01T00:00:00+00:00","pg2"],[2,1,"x",null,null]]"#,
+            "written back as Patroni's arrays"
+        );
         let sync = SyncState { leader: Some("a".into()), sync_standby: Some("b,c".into()), quorum: None };
         assert_eq!(sync.members(), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_request_is_scheduled_now_at_a_zoned_time_or_never() {
+        let at = |scheduled_at: Option<&str>| {
+            Failover { scheduled_at: scheduled_at.map(str::to_string), ..Default::default() }.scheduled()
+        };
+        assert_eq!(at(None), Scheduled::Now);
+        assert_eq!(at(Some("")), Scheduled::Now, "an empty time is none, as the agents read it");
+        let Scheduled::At(when) = at(Some("2026-12-01T03:00:00+01:00")) else { panic!("a zoned time") };
+        assert_eq!(when.unix_timestamp(), 1_796_090_400);
+        assert_eq!(at(Some("2026-12-01 03:00")), Scheduled::Unreadable("2026-12-01 03:00".into()), "no zone");
+        assert_eq!(at(Some("tomorrow")), Scheduled::Unreadable("tomorrow".into()));
     }
 }

@@ -65,6 +65,14 @@ impl ClusterView {
     pub fn member(&self, name: &str) -> Option<&MemberEntry> {
         self.members.iter().find(|m| m.name == name)
     }
+
+    /// The `config` key read as the dynamic config (what it cannot use is
+    /// left at its default, as every member reads it); `None` without the
+    /// key, where each caller has its own fall-back.
+    pub fn dynamic_config(&self) -> Option<pgwarden_config::DynamicConfig> {
+        let (json, _) = self.config.as_ref()?;
+        Some(pgwarden_config::DynamicConfig::read(json, "", &mut pgwarden_config::Problems::default()).0)
+    }
 }
 
 /// Reads the whole cluster prefix in one linearizable range request.

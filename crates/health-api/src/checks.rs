@@ -165,7 +165,7 @@ fn is_replica(status: &NodeStatus, query: &BTreeMap<String, String>) -> bool {
     }
     if let Some(limit) = query.get("lag") {
         let Some(limit) = ha_core::parse_lag(limit) else { return false };
-        let position = status.replay_lsn.max(status.receive_lsn);
+        let position = status.position();
         if status.cluster_optime.saturating_sub(position) > limit {
             return false;
         }

@@ -43,7 +43,7 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
             if !data.tags.is_empty() {
                 map.insert("tags".into(), Value::Object(data.tags.clone()));
             }
-            if data.extra.get("pending_restart") == Some(&Value::Bool(true)) {
+            if data.pending_restart() {
                 map.insert("pending_restart".into(), json!(true));
             }
             if !is_leader {

@@ -149,7 +149,7 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
     if replica && s.cluster_optime > 0 {
         // As /replica?lag= computes it: the leader's last published position
         // against what this replica has received or replayed.
-        let position = s.receive_lsn.max(s.replay_lsn);
+        let position = s.position();
         metric(
             "pgwarden_replication_lag_bytes",
             "gauge",

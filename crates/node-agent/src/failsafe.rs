@@ -95,11 +95,7 @@ impl Failsafe {
             hold_ms: hold.as_millis() as u64,
             boot_id: boot_id(),
         });
-        FailsafeReply {
-            accepted: true,
-            message: "Accepted".into(),
-            lsn: status.xlog_location.max(status.receive_lsn).max(status.replay_lsn),
-        }
+        FailsafeReply { accepted: true, message: "Accepted".into(), lsn: status.position() }
     }
 }
 

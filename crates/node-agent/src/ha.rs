@@ -11,12 +11,12 @@ use dcs::{ClusterView, Etcd, Keys, MemberData, Status};
 use election::{Acquired, BootInstant, Election, ElectionSettings, Lease, LeaseState, RenewalHandle, spawn_renewal};
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use ha_core::{Action, DataDir, Observed, Peer, PgRun, decide};
-use pgwarden_config::{Config, DynamicConfig, Problems};
+use pgwarden_config::{Config, DynamicConfig};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use crate::local::Local;
-use crate::postgres::{Postgres, StartAs, Upstream, slot_name};
+use crate::postgres::{Postgres, StartAs, StopMode, Upstream, slot_name};
 use crate::sql;
 
 mod commands;
@@ -374,14 +374,8 @@ impl Agent {
     }
 
     fn dynamic(&self, view: Option<&ClusterView>) -> DynamicConfig {
-        match view.and_then(|v| v.config.as_ref()) {
-            Some((json, _)) => {
-                let mut problems = Problems::default();
-                let (dynamic, _) = DynamicConfig::read(json, "", &mut problems);
-                dynamic
-            }
-            None => self.config.bootstrap.dcs.clone(),
-        }
+        // Before the bootstrap writes the key: what it will write.
+        view.and_then(ClusterView::dynamic_config).unwrap_or_else(|| self.config.bootstrap.dcs.clone())
     }
 
     /// Patroni's `patroni.dynamic.json` in the data directory: the last
@@ -787,9 +781,9 @@ impl Agent {
             if let Some(role) = self.seen_running {
                 self.callbacks.before_stop(role).await;
             }
-            if let Err(e) = self.pg.stop("fast").await {
+            if let Err(e) = self.pg.stop(StopMode::Fast).await {
                 error!("failed to stop PostgreSQL: {e:#}; stopping it immediately");
-                if let Err(e) = self.pg.stop("immediate").await {
+                if let Err(e) = self.pg.stop(StopMode::Immediate).await {
                     error!("failed to stop PostgreSQL: {e:#}");
                     stopped = false;
                 }

@@ -85,7 +85,7 @@ pub async fn fence_if_watchdog(args: &ConfigArgs) -> anyhow::Result<()> {
         "pgwarden-agent: the systemd watchdog expired: fencing PostgreSQL in {} (immediate shutdown)",
         config.postgresql.data_dir.display()
     );
-    pg.stop("immediate").await
+    pg.stop(crate::postgres::StopMode::Immediate).await
 }
 
 /// `--validate-config`: every problem on its own line, naming the key;

@@ -30,7 +30,7 @@ async fn over_grpc(url: String) -> Option<PeerStatus> {
     let answering = status.postgres_state() == PostgresState::Running;
     Some(PeerStatus {
         has_data: matches!(status.role(), Role::Primary | Role::Replica | Role::StandbyLeader),
-        lsn: answering.then(|| status.xlog_location.max(status.receive_lsn).max(status.replay_lsn)),
+        lsn: answering.then(|| status.position()),
         shutting_down: status.shutting_down,
         primary: answering && status.role() == Role::Primary,
     })

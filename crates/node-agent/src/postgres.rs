@@ -66,6 +66,25 @@ pub struct Upstream {
     pub port: u16,
 }
 
+/// How `pg_ctl stop` shuts PostgreSQL down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Clients disconnected, a shutdown checkpoint written: a clean stop.
+    Fast,
+    /// Every process gone at once, no checkpoint: crash recovery at the next
+    /// start.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_pg_ctl(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Immediate => "immediate",
+        }
+    }
+}
+
 /// The local PostgreSQL of this node.
 pub struct Postgres {
     pub bins: PostgresBinaries,
@@ -762,9 +781,10 @@ impl Postgres {
         self.pg_ctl(&args).await.map(|_| ())
     }
 
-    /// Stops the postmaster: `fast` or `immediate`.
-    pub async fn stop(&self, mode: &str) -> anyhow::Result<()> {
+    /// Stops the postmaster.
+    pub async fn stop(&self, mode: StopMode) -> anyhow::Result<()> {
         let timeout = self.timeout_arg();
+        let mode = mode.as_pg_ctl();
         info!(mode, "stopping PostgreSQL");
         match self.pg_ctl(&["stop", "-m", mode, "-w", "-t", &timeout]).await {
             Ok(_) => Ok(()),
@@ -1108,7 +1128,7 @@ impl Postgres {
         self.pg_ctl(&["start", "-w", "-t", &timeout, "-l", &log, "-o", &options])
             .await
             .context("start the standby without a WAL source")?;
-        self.stop("fast").await?;
+        self.stop(StopMode::Fast).await?;
         let state = self.cluster_state().await?;
         ensure!(
             state == "shut down in recovery",

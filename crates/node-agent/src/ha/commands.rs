@@ -126,7 +126,7 @@ impl Agent {
                 if view.leader.is_none() {
                     return Err(Status::failed_precondition("Cluster has no leader, can not reinitialize"));
                 }
-                self.pg.stop("immediate").await.map_err(failed)?;
+                self.pg.stop(StopMode::Immediate).await.map_err(failed)?;
                 self.await_local("stopped", |l| l.sql.is_none()).await.map_err(failed)?;
                 let aside = self.pg.move_aside("reinit").map_err(failed)?;
                 self.upstream = None;

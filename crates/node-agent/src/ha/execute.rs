@@ -184,7 +184,7 @@ impl Agent {
                 Ok(true)
             }
             Action::ClearFailover => {
-                if self.delete_at_revision(self.keys.failover(), view.failover_revision).await? {
+                if self.etcd.delete_if_revision(&self.keys.failover(), view.failover_revision).await? {
                     info!("cleared the switchover request");
                 }
                 Ok(true)
@@ -271,12 +271,14 @@ impl Agent {
             }
             Action::WithdrawPromotion { timeline } => {
                 let mut history = view.history.clone();
-                history.retain(|h| h.0 < *timeline);
+                history.retain(|h| h.timeline < *timeline);
                 let key = self.keys.history();
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.history_revision)])
-                    .and_then([TxnOp::put(key.as_str(), serde_json::to_string(&history)?, None)]);
-                if self.etcd.txn(txn).await?.succeeded() {
+                if self
+                    .etcd
+                    .put_if_revision(&key, serde_json::to_string(&history)?, view.history_revision)
+                    .await?
+                    .is_some()
+                {
                     warn!(timeline, "withdrew the promotion this member recorded and never made");
                 }
                 Ok(true)
@@ -287,7 +289,7 @@ impl Agent {
                 // its key: a clean stop, so that it can follow the remote.
                 let demoted_cluster = obs.holds_leader && obs.standby_cluster;
                 if replica || demoted_cluster {
-                    self.pg.stop("fast").await?;
+                    self.pg.stop(StopMode::Fast).await?;
                 } else {
                     self.pg.fence().await?;
                 }
@@ -313,6 +315,16 @@ impl Agent {
         }
     }
 
+    /// Deletes the `failover` key of a switchover given up, iff it is still
+    /// at `revision`; a request written since is left for the next tick.
+    async fn drop_request(&self, revision: i64) {
+        match self.etcd.delete_if_revision(&self.keys.failover(), revision).await {
+            Ok(true) => {}
+            Ok(false) => info!("the switchover request changed meanwhile: left in place"),
+            Err(e) => warn!("failed to drop the switchover request: {}", dcs::describe_error(&e)),
+        }
+    }
+
     /// The planned hand-over (DESIGN "Who may touch what"): checkpoint, clean
     /// shutdown, wait until the candidate has received the shutdown
     /// checkpoint, release the key. If the candidate never gets it, start
@@ -324,6 +336,10 @@ impl Agent {
         obs: &Observed,
         candidate: Option<String>,
     ) -> anyhow::Result<bool> {
+        // The request's revision as this switchover last saw it: it is
+        // dropped on failure only if nobody changed it since (an operator's
+        // cancel and new request stay).
+        let mut request_revision = view.failover_revision;
         let candidate = match candidate {
             Some(candidate) => candidate,
             None => {
@@ -336,12 +352,10 @@ impl Agent {
                     member: Some(best.clone()),
                     scheduled_at: None,
                 })?;
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, view.failover_revision)])
-                    .and_then([TxnOp::put(key.as_str(), value, None)]);
-                if !self.etcd.txn(txn).await?.succeeded() {
+                let Some(written) = self.etcd.put_if_revision(&key, value, view.failover_revision).await? else {
                     bail!("the switchover request changed while choosing a candidate");
-                }
+                };
+                request_revision = written;
                 best
             }
         };
@@ -356,8 +370,7 @@ impl Agent {
         let nostream = view.member(&candidate).is_some_and(|m| m.data.tag_flag("nostream"));
         if !nostream && !candidate_until(&grpc, wait, |status| status.replication_state == "streaming").await {
             warn!(candidate, "switchover: the candidate does not stream from its upstream; staying primary");
-            let key = self.keys.failover();
-            let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            self.drop_request(request_revision).await;
             return Ok(true);
         }
         self.callbacks.before_stop("primary").await;
@@ -365,15 +378,16 @@ impl Agent {
         let mut conn = self.connect().await?;
         sql::checkpoint(&mut conn).await?;
         self.release(conn);
-        self.pg.stop("fast").await?;
+        self.pg.stop(StopMode::Fast).await?;
         self.await_local("stopped", |l| l.sql.is_none()).await?;
         let checkpoint = self.pg.latest_checkpoint().await?;
+        // What it received or replayed, not `position()`: a member that is
+        // not a replica reports its own WAL there, which proves nothing.
         let received =
             candidate_until(&grpc, wait, |status| status.receive_lsn.max(status.replay_lsn) > checkpoint).await;
         if !received {
             warn!(candidate, "switchover: the candidate did not receive the shutdown checkpoint; staying primary");
-            let key = self.keys.failover();
-            let _ = self.etcd.txn(Txn::new().and_then([TxnOp::delete(key.as_str(), None)])).await;
+            self.drop_request(request_revision).await;
             // Started again here: in a pause nothing else would (the key is
             // still this agent's, the data directory a clean primary's).
             self.pg.start().await?;
@@ -486,7 +500,7 @@ impl Agent {
         lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
         // Bound to our lease while we bootstrap: if we die, the key goes away
         // and another member can try.
-        if !self.create(self.keys.initialize(), String::new(), Some(lease.id)).await? {
+        if !self.etcd.create_if_absent(&self.keys.initialize(), String::new(), Some(lease.id)).await? {
             info!("another member won the bootstrap race");
             return Ok(());
         }
@@ -496,7 +510,7 @@ impl Agent {
         let result = self.build_cluster(dynamic, lease).await;
         if let Err(e) = &result {
             error!("bootstrap failed, cleaning up so another attempt can run: {e:#}");
-            let _ = self.pg.stop("immediate").await;
+            let _ = self.pg.stop(StopMode::Immediate).await;
             if !had_data {
                 self.pg.remove_unfinished_data_dir();
             }
@@ -566,7 +580,7 @@ impl Agent {
         // mode '' (or, strict, the placeholder) until its first sync step.
         self.pg.set_sync_names(self.sync_names(dynamic));
         self.pg.write_config(dynamic, &StartAs::Primary, false)?;
-        self.pg.stop("fast").await?;
+        self.pg.stop(StopMode::Fast).await?;
         self.pg.start().await?;
         self.await_local("answer as a primary", |l| l.sql.as_ref().is_some_and(|s| !s.in_recovery)).await?;
         Ok(())
@@ -589,7 +603,7 @@ impl Agent {
         if !written {
             bail!("the initialize key changed while bootstrapping");
         }
-        self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+        self.etcd.create_if_absent(&self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
         // The fencer beside us must be watching before we lead.
         let waited = Instant::now();
         while !self.fencer_ready() && waited.elapsed() < Duration::from_secs(30) {
@@ -621,7 +635,7 @@ impl Agent {
             // A data directory already here (a standby of the remote, as
             // Patroni allows): used as it is, restarted as the standby leader.
             info!("bootstrapping a standby cluster from the data directory here");
-            self.pg.stop("fast").await?;
+            self.pg.stop(StopMode::Fast).await?;
         } else {
             self.pg.prepare_empty_data_dir()?;
             let methods = self.pg.replica_methods(CloneFor::StandbyCluster(&remote.create_replica_methods));

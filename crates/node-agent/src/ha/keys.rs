@@ -264,12 +264,12 @@ impl Agent {
             self.last_slots = slots;
         }
         if view.config.is_none() {
-            self.create(self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
+            self.etcd.create_if_absent(&self.keys.config(), self.config.bootstrap.dcs_json.to_string(), None).await?;
         }
         if view.initialize.as_deref().is_none_or(str::is_empty)
             && let Some(sysid) = &self.sysid
         {
-            let _ = self.create(self.keys.initialize(), sysid.clone(), None).await?;
+            let _ = self.etcd.create_if_absent(&self.keys.initialize(), sysid.clone(), None).await?;
         }
         // The timelines it is on: a standby leader's are the remote
         // primary's, which its members need to tell a divergence.
@@ -383,18 +383,21 @@ impl Agent {
             }
             None => (Vec::new(), 0),
         };
-        let known: Vec<u64> = history.iter().map(|h| h.0).collect();
+        let known: Vec<u64> = history.iter().map(|h| h.timeline).collect();
         let switches = ha_core::timeline::parse_history_file(&text);
         let missing = ha_core::timeline::missing_switches(&known, &switches);
         if !missing.is_empty() {
             let mut history = history.clone();
-            history.extend(missing.iter().map(|s| dcs::HistoryEntry(s.timeline, s.lsn, s.reason.clone(), None, None)));
-            history.sort_by_key(|h| h.0);
+            history.extend(missing.iter().map(|s| dcs::HistoryEntry {
+                timeline: s.timeline,
+                switch_lsn: s.lsn,
+                reason: s.reason.clone(),
+                timestamp: None,
+                new_leader: None,
+            }));
+            history.sort_by_key(|h| h.timeline);
             let value = serde_json::to_string(&history)?;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
-                .and_then([TxnOp::put(key.as_str(), value.as_str(), None)]);
-            if !self.etcd.txn(txn).await?.succeeded() {
+            if self.etcd.put_if_revision(&key, value, revision).await?.is_none() {
                 // Changed meanwhile: look again at the next tick.
                 return Ok(());
             }
@@ -415,8 +418,14 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let (timeline, lsn, reason, timestamp) = entry;
         let mut history = view.history.clone();
-        history.retain(|h| h.0 < timeline);
-        history.push(dcs::HistoryEntry(timeline, lsn, reason, Some(timestamp), Some(self.config.name.clone())));
+        history.retain(|h| h.timeline < timeline);
+        history.push(dcs::HistoryEntry {
+            timeline,
+            switch_lsn: lsn,
+            reason,
+            timestamp: Some(timestamp),
+            new_leader: Some(self.config.name.clone()),
+        });
         let value = serde_json::to_string(&history)?;
         let key = self.keys.history();
         self.etcd
@@ -426,24 +435,6 @@ impl Agent {
             })
             .await?;
         Ok(())
-    }
-
-    /// Create-if-absent of a key with an optional lease; returns whether it was created.
-    pub(super) async fn create(&self, key: String, value: String, lease: Option<i64>) -> anyhow::Result<bool> {
-        let put = lease.map(|id| PutOptions::new().with_lease(id));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), value.as_str(), put)]);
-        Ok(self.etcd.txn(txn).await?.succeeded())
-    }
-
-    /// Deletes `key` iff it is still at `revision` (compare-and-swap);
-    /// returns whether it was deleted.
-    pub(super) async fn delete_at_revision(&self, key: String, revision: i64) -> anyhow::Result<bool> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        Ok(self.etcd.txn(txn).await?.succeeded())
     }
 }
 

@@ -117,8 +117,8 @@ impl Agent {
                             || m.data.xlog_location.is_some()
                             || m.data.timeline.is_some()
                             || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
-                        can_lead: m.data.extra.get("fencer_ready") != Some(&serde_json::Value::Bool(false)),
-                        released: m.data.extra.get("released_leader") == Some(&serde_json::Value::Bool(true)),
+                        can_lead: m.data.fencer_ready(),
+                        released: m.data.released_leader(),
                         primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
                         position_unknown_since_ms: None,
                     })
@@ -152,12 +152,10 @@ impl Agent {
         let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
             leader: f.leader.clone(),
             candidate: f.member.clone(),
-            scheduled: match f.scheduled_at.as_deref() {
-                None | Some("") => ha_core::Schedule::Now,
-                Some(at) => match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
-                    Ok(when) => ha_core::Schedule::At((when.unix_timestamp_nanos() / 1_000_000) as i64),
-                    Err(_) => ha_core::Schedule::Unreadable(at.to_string()),
-                },
+            scheduled: match f.scheduled() {
+                dcs::Scheduled::Now => ha_core::Schedule::Now,
+                dcs::Scheduled::At(when) => ha_core::Schedule::At((when.unix_timestamp_nanos() / 1_000_000) as i64),
+                dcs::Scheduled::Unreadable(at) => ha_core::Schedule::Unreadable(at),
             },
         });
         Observed {
@@ -179,8 +177,7 @@ impl Agent {
             cluster_optime: view.and_then(|v| v.status.as_ref()).map(|s| s.optime),
             maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
             leader_timeline: leader_member.and_then(|m| m.data.timeline),
-            leader_checkpointed: leader_member
-                .is_none_or(|m| m.data.extra.get("checkpoint_after_promote") != Some(&serde_json::Value::Bool(false))),
+            leader_checkpointed: leader_member.is_none_or(|m| !m.data.awaits_checkpoint_after_promote()),
             paused: dynamic.pause,
             failover,
             now_ms,
@@ -190,7 +187,7 @@ impl Agent {
             primary_start_timeout_ms: self
                 .start_timeout_override_ms
                 .unwrap_or(u64::from(dynamic.primary_start_timeout) * 1000),
-            history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.0).max()),
+            history_timeline: view.and_then(|v| v.history.iter().map(|entry| entry.timeline).max()),
             // Only switch points PostgreSQL's own timeline history confirmed:
             // the entry a candidate writes before it promotes carries its
             // position of a moment before, which a replica holding the old
@@ -200,12 +197,14 @@ impl Agent {
             // receiver fetched from upstream says where they forked.
             history_switches: match (&dynamic.standby_cluster, view) {
                 (Some(_), _) => self.pg.timeline_switches(),
-                (None, Some(v)) => v.history.iter().filter(|h| h.2 != PROMOTING).map(|h| (h.0, h.1)).collect(),
+                (None, Some(v)) => {
+                    v.history.iter().filter(|h| h.reason != PROMOTING).map(|h| (h.timeline, h.switch_lsn)).collect()
+                }
                 (None, None) => Vec::new(),
             },
             history_author: view
-                .and_then(|v| v.history.iter().max_by_key(|entry| entry.0))
-                .and_then(|entry| entry.4.clone()),
+                .and_then(|v| v.history.iter().max_by_key(|entry| entry.timeline))
+                .and_then(|entry| entry.new_leader.clone()),
             released_at_ms: self.released_at_ms,
             // A standby cluster has no synchronous replication (as in
             // Patroni): its leader is a standby itself.

@@ -382,7 +382,7 @@ impl Agent {
         }
         let slots: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
         info!(?slots, leader = leader.name, "copying the leader's logical slots: restarting this replica to load them");
-        self.pg.stop("fast").await?;
+        self.pg.stop(StopMode::Fast).await?;
         let written = states.iter().try_for_each(|state| self.pg.write_slot_state(&state.name, &state.state));
         self.pg.start().await?;
         written?;

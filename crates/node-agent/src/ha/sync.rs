@@ -116,13 +116,9 @@ impl Agent {
             quorum: Some(u32::try_from(quorum)?),
         })?;
         let key = self.keys.sync();
-        let compare = if view.sync.is_some() {
-            Compare::mod_revision(key.as_str(), CompareOp::Equal, view.sync_revision)
-        } else {
-            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-        };
-        let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), value, None)]);
-        Ok(self.etcd.txn(txn).await?.succeeded())
+        // Revision 0: created iff absent.
+        let revision = if view.sync.is_some() { view.sync_revision } else { 0 };
+        Ok(self.etcd.put_if_revision(&key, value, revision).await?.is_some())
     }
 
     /// `synchronous_standby_names` for the config files: none outside
@@ -147,7 +143,7 @@ impl Agent {
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
                 self.pg.reload().await?;
             }
-            if view.sync.is_some() && self.delete_at_revision(self.keys.sync(), view.sync_revision).await? {
+            if view.sync.is_some() && self.etcd.delete_if_revision(&self.keys.sync(), view.sync_revision).await? {
                 info!("synchronous mode off: removed the sync key");
             }
             return Ok(());

@@ -1,0 +1,63 @@
+//! Compare-and-swap on one key: the conditional writes pgwarden makes to
+//! the cluster's keys (`failover`, `config`, `history`, `sync`, the
+//! initialize key), each one transaction. A caller states what it read (the
+//! key's revision) or that the key must be absent; the write happens only if
+//! that is still true, so a change made meanwhile by another member, a
+//! controller or an operator is never overwritten or deleted unseen.
+//!
+//! The leader key's own transactions (value and lease compared) stay in the
+//! `election` crate and the agent's lease code.
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+
+use crate::Etcd;
+
+impl Etcd {
+    /// Writes `value` to `key` iff the key's revision is still `revision`
+    /// (`0`: the key is absent). Returns the store's revision after the
+    /// write (the key's new revision), or `None` when the key had changed.
+    pub async fn put_if_revision(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        revision: i64,
+    ) -> Result<Option<i64>, etcd_client::Error> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let response = self.txn(txn).await?;
+        Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Deletes `key` iff its revision is still `revision`. Returns whether
+    /// it was deleted (or, with `revision` 0, was absent).
+    pub async fn delete_if_revision(&self, key: &str, revision: i64) -> Result<bool, etcd_client::Error> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Deletes `key` iff it still holds `value`. Returns whether it was
+    /// deleted.
+    pub async fn delete_if_value(&self, key: &str, value: &str) -> Result<bool, etcd_client::Error> {
+        let txn = Txn::new().when([Compare::value(key, CompareOp::Equal, value)]).and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Creates `key` with `value` iff it is absent, bound to `lease` when
+    /// given (it then disappears with the lease). Returns whether it was
+    /// created.
+    pub async fn create_if_absent(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Option<i64>,
+    ) -> Result<bool, etcd_client::Error> {
+        let options = lease.map(|id| PutOptions::new().with_lease(id));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, options)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+}
