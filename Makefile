@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-scale bench-smoke bench-health install deb deb-check behave
+.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-scale bench-smoke bench-health soak install deb deb-check behave
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -135,6 +135,10 @@ bench-scale: ## What size costs (pgwarden only): one cluster of 3, 5 and 9 membe
 
 bench-smoke: build ## The benchmark's short mode (pgwarden only, two scenarios; report in target/bench-smoke)
 	$(CARGO) run -q -p pgwarden-integration-tests --bin failover-bench -- --smoke
+
+soak: ## The ttl-6 soak: the demo's cluster at ttl 6 under stress-ng CPU and disk load, etcd fsync slowed 20 ms, pgbench at full speed; passes with no leader change in SOAK_SECONDS (default 1800); report in target/soak (root; stop the demo first)
+	$(CARGO) build --release -p node-agent -p health-api -p controller -p pgwarden-cli --bins
+	./scripts/soak-ttl6.sh
 
 bench-health: ## GET /primary latency and requests/s on one core (wrk, 10 s; needs `make demo` running)
 	@./scripts/bench-health.sh
