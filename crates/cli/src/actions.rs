@@ -96,7 +96,9 @@ pub(crate) async fn controller_client(config: &Config, scope: &str) -> Option<Co
     Some(client)
 }
 
-pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
+/// A refusal from the controller, or from a workflow run here: its message and code.
+pub(crate) fn failed(status: impl Into<tonic::Status>) -> anyhow::Error {
+    let status = status.into();
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -104,19 +106,19 @@ pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
 pub async fn run_workflow(config: &Config, target: &Target, workflow: Workflow) -> anyhow::Result<()> {
     let Some(mut client) = controller_client(config, &target.scope).await else {
         eprintln!("no controller answers: running the workflow here, against etcd");
-        let cluster = controller::workflow::Cluster {
+        let cluster = workflows::workflow::Cluster {
             etcd: target.etcd.clone(),
             keys: target.keys.clone(),
             scope: target.scope.clone(),
         };
         let message = match workflow {
             Workflow::Switchover { leader, candidate, scheduled_at } => {
-                controller::workflow::switchover(&cluster, &leader, &candidate, &scheduled_at).await.map(|r| r.message)
+                workflows::workflow::switchover(&cluster, &leader, &candidate, &scheduled_at).await.map(|r| r.message)
             }
             Workflow::Failover { candidate } => {
-                controller::workflow::failover(&cluster, &candidate).await.map(|r| r.message)
+                workflows::workflow::failover(&cluster, &candidate).await.map(|r| r.message)
             }
-            Workflow::Cancel => controller::workflow::cancel(&cluster).await,
+            Workflow::Cancel => workflows::workflow::cancel(&cluster).await,
         };
         println!("{}", message.map_err(failed)?);
         return Ok(());
@@ -212,7 +214,7 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
             if pending.is_empty() {
                 break;
             }
-            if started.elapsed() > controller::workflow::deadline(&now) {
+            if started.elapsed() > workflows::workflow::deadline(&now) {
                 bail!("members not yet reporting it: {}", pending.join(", "));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -227,8 +229,7 @@ pub async fn set_pause(target: &Target, pause: bool, wait: bool) -> anyhow::Resu
 pub async fn member_version(view: &ClusterView, member: &dcs::MemberEntry) -> String {
     if member.data.grpc_url.is_some() {
         let ask = async {
-            let mut client =
-                controller::workflow::agent(view, &member.name).await.map_err(|s| s.message().to_string())?;
+            let mut client = workflows::workflow::agent(view, &member.name).await.map_err(|e| e.to_string())?;
             client
                 .get_status(ha_proto::v1::GetStatusRequest::default())
                 .await

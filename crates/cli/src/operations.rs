@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use crate::actions::{Target, confirm, controller_client, failed, time_of};
 
-fn cluster(target: &Target) -> controller::workflow::Cluster {
-    controller::workflow::Cluster { etcd: target.etcd.clone(), keys: target.keys.clone(), scope: target.scope.clone() }
+fn cluster(target: &Target) -> workflows::workflow::Cluster {
+    workflows::workflow::Cluster { etcd: target.etcd.clone(), keys: target.keys.clone(), scope: target.scope.clone() }
 }
 
 fn print_event(event: &ClusterEvent) {
@@ -49,11 +49,11 @@ async fn members_operation(config: &Config, target: &Target, operation: Operatio
             eprintln!("no controller answers: running the operation here");
             let cluster = cluster(target);
             let progress = |event: ClusterEvent| print_event(&event);
-            let result: Result<MembersResponse, tonic::Status> = match operation {
-                Operation::CancelRestart(r) => controller::operations::cancel_restart(&cluster, &r.members).await,
-                Operation::Restart(r) => controller::operations::restart_members(&cluster, &r, &progress).await,
-                Operation::Reinit(r) => controller::operations::reinitialize(&cluster, &r, &progress).await,
-                Operation::Reload(r) => controller::operations::reload(&cluster, &r.members, &progress).await,
+            let result: Result<MembersResponse, workflows::WorkflowError> = match operation {
+                Operation::CancelRestart(r) => workflows::operations::cancel_restart(&cluster, &r.members).await,
+                Operation::Restart(r) => workflows::operations::restart_members(&cluster, &r, &progress).await,
+                Operation::Reinit(r) => workflows::operations::reinitialize(&cluster, &r, &progress).await,
+                Operation::Reload(r) => workflows::operations::reload(&cluster, &r.members, &progress).await,
             };
             result.map_err(failed)?
         }
@@ -250,7 +250,7 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
     let mut client = controller_client(config, &target.scope).await;
     let current = match client.as_mut() {
         Some(client) => client.get_config(GetConfigRequest {}).await.map_err(failed)?.into_inner(),
-        None => controller::operations::get_config(&cluster(target)).await.map_err(failed)?,
+        None => workflows::operations::get_config(&cluster(target)).await.map_err(failed)?,
     };
     let before: Value = serde_json::from_str(&current.config_json).context("the config key is not JSON")?;
     let by_patch = !edit.sets.is_empty() || !edit.pgs.is_empty() || edit.apply.is_some() || edit.patch.is_some();
@@ -279,7 +279,7 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
             set_path(&mut patch, &format!("postgresql.parameters.{name}"), scalar(value)?);
         }
         let mut after = before.clone();
-        controller::operations::merge_patch(&mut after, &patch);
+        workflows::operations::merge_patch(&mut after, &patch);
         (after, Some(patch))
     } else {
         let edited = edit_in_editor(&yaml(&before)?)?;
@@ -308,11 +308,13 @@ pub async fn edit_config(config: &Config, target: &Target, edit: EditConfig) -> 
             .await
             .map(tonic::Response::into_inner),
         (None, Some(patch)) => {
-            controller::operations::change_config(&cluster(target), &patch.to_string(), false, revision).await
+            workflows::operations::change_config(&cluster(target), &patch.to_string(), false, revision)
+                .await
+                .map_err(tonic::Status::from)
         }
-        (None, None) => {
-            controller::operations::change_config(&cluster(target), &after.to_string(), true, revision).await
-        }
+        (None, None) => workflows::operations::change_config(&cluster(target), &after.to_string(), true, revision)
+            .await
+            .map_err(tonic::Status::from),
     }
     .map_err(failed)?;
     println!("Configuration changed");

@@ -1,7 +1,7 @@
 //! The members table as `patronictl list` prints it (the 4.0 layout with one
 //! `Lag in MB` column, as DESIGN.md fixes it).
 
-use dcs::ClusterView;
+use dcs::{ClusterRole, ClusterView};
 
 use crate::Format;
 use crate::source::Snapshot;
@@ -31,56 +31,42 @@ fn sysid(view: &ClusterView) -> String {
 
 /// One row per member, sorted by name, in the table's columns.
 pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
-    let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let sync: Vec<&str> = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
-    let optime = view.status.as_ref().map(|s| s.optime);
     let addresses: Vec<Option<(String, u16)>> = view.members.iter().map(|m| m.data.host_port()).collect();
     let hosts: Vec<&str> = addresses.iter().flatten().map(|(h, _)| h.as_str()).collect();
     let show_ports = addresses.iter().flatten().any(|(_, p)| *p != 5432)
         || hosts.iter().enumerate().any(|(i, h)| hosts[..i].contains(h));
-    let mut rows: Vec<(bool, [String; 6])> = Vec::new();
-    for (member, address) in view.members.iter().zip(&addresses) {
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    for (summary, address) in view.summaries().into_iter().zip(&addresses) {
+        let member = summary.entry;
         let host = match address {
             Some((h, p)) if show_ports => format!("{h}:{p}"),
             Some((h, _)) => h.clone(),
             None => String::new(),
         };
-        let is_leader = Some(member.name.as_str()) == leader;
-        let role = if is_leader {
-            if member.data.role == "standby_leader" { "Standby Leader".into() } else { "Leader".into() }
-        } else if sync.contains(&member.name.as_str()) {
-            if view.quorum_commit() { "Quorum Standby".into() } else { "Sync Standby".into() }
-        } else if member.data.role == "standby_leader" || member.data.role == "primary" {
+        let role = match summary.role {
             // A primary that does not hold the key is not the leader.
-            title_case(&member.data.role)
-        } else {
-            "Replica".into()
-        };
-        let state = match (&member.data.replication_state, is_leader) {
-            (Some(replication), false) => replication.clone(),
-            _ => member.data.state.clone(),
+            ClusterRole::Replica if member.data.role == "standby_leader" || member.data.role == "primary" => {
+                title_case(&member.data.role)
+            }
+            role => title_case(role.as_str()),
         };
         // A member cloning its data directory: how far it has come.
         let state = match member.data.clone_progress() {
             Some(copy) => format!("{} {copy}", member.data.state),
-            None => state,
+            None => summary.state.to_string(),
         };
         let timeline = member.data.timeline.map(|t| t.to_string()).unwrap_or_default();
-        let lag = if is_leader {
-            String::new()
-        } else {
-            let position = member.data.replay_lsn.or(member.data.xlog_location);
-            match (optime, position) {
-                (Some(optime), Some(position)) => format!("{:.0}", optime.saturating_sub(position) as f64 / MIB),
-                _ => "unknown".into(),
-            }
+        let lag = match summary.lag {
+            _ if summary.role.leads() => String::new(),
+            Some(lag) => format!("{:.0}", lag as f64 / MIB),
+            None => "unknown".into(),
         };
-        rows.push((is_leader, [member.name.clone(), host, role, state, timeline, lag]));
+        rows.push([member.name.clone(), host, role, state, timeline, lag]);
     }
-    if topology && let Some(leader) = leader {
-        return topology_order(view, leader, rows.into_iter().map(|(_, row)| row).collect());
+    match view.leader.as_ref() {
+        Some(leader) if topology => topology_order(view, &leader.name, rows),
+        _ => rows,
     }
-    rows.into_iter().map(|(_, row)| row).collect()
 }
 
 /// The rows as patronictl's topology draws them: the leader first, each

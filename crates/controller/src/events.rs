@@ -4,7 +4,7 @@
 //! supervises requests: it reports a request it picked up, and clears one
 //! that outlived its deadline without a leader change (abandoned).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dcs::ClusterView;
 use ha_proto::v1::ClusterEvent;
@@ -12,15 +12,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::active::ActiveState;
-use crate::workflow::{self, Cluster};
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-pub fn event(kind: &str, member: &str, message: String) -> ClusterEvent {
-    ClusterEvent { at_unix_ms: now_ms(), kind: kind.into(), member: member.into(), message }
-}
+use workflows::{Cluster, event, workflow};
 
 fn describe(request: &dcs::Failover) -> String {
     let to = request.member.as_deref().unwrap_or("the best candidate");

@@ -5,8 +5,6 @@
 
 pub mod active;
 pub mod events;
-pub mod operations;
-pub mod workflow;
 
 use pgwarden_runtime::grpc::AuthChannel;
 use std::pin::Pin;
@@ -30,8 +28,9 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use workflows::{Cluster, WorkflowError, operations, workflow};
+
 use crate::active::ActiveState;
-use crate::workflow::Cluster;
 
 #[derive(Debug, Parser)]
 #[command(name = "pgwarden-controller", version, about = "pgwarden controller: operator workflows over gRPC")]
@@ -159,6 +158,23 @@ impl ControllerService {
     }
 }
 
+impl ControllerService {
+    /// A write: carried out by `here` when this controller is the active
+    /// one, else sent on to the active one by `forward` (its answer is
+    /// this call's). The one place a call is forwarded.
+    async fn forward_or<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        forward: impl AsyncFnOnce(ControllerClient<AuthChannel>, Req) -> Result<Response<Resp>, Status>,
+        here: impl AsyncFnOnce(Req) -> Result<Resp, WorkflowError>,
+    ) -> Result<Response<Resp>, Status> {
+        match self.forward_to().await? {
+            Some(active) => forward(active, request.into_inner()).await,
+            None => here(request.into_inner()).await.map(Response::new).map_err(Status::from),
+        }
+    }
+}
+
 /// How long a request waits for a reachable active controller: longer than
 /// a ttl, so that a dead one's key expires and another takes over.
 const FORWARD_PATIENCE: Duration = Duration::from_secs(40);
@@ -176,38 +192,44 @@ impl Controller for ControllerService {
     }
 
     async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<WorkflowResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.switchover(request.into_inner()).await;
-        }
-        let request = request.into_inner();
-        info!(leader = %request.leader, candidate = %request.candidate, scheduled_at = %request.scheduled_at, "switchover requested");
-        let outcome =
-            workflow::switchover(&self.cluster, &request.leader, &request.candidate, &request.scheduled_at).await;
-        self.report("switchover", &outcome);
-        outcome.map(Response::new)
+        self.forward_or(request, async |mut active, r| active.switchover(r).await, async |r| {
+            info!(leader = %r.leader, candidate = %r.candidate, scheduled_at = %r.scheduled_at, "switchover requested");
+            let outcome = workflow::switchover(&self.cluster, &r.leader, &r.candidate, &r.scheduled_at).await;
+            self.report("switchover", &outcome);
+            outcome
+        })
+        .await
     }
 
     async fn cancel_switchover(
         &self,
         request: Request<CancelSwitchoverRequest>,
     ) -> Result<Response<CancelSwitchoverResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.cancel_switchover(request.into_inner()).await;
-        }
-        let message = workflow::cancel(&self.cluster).await?;
-        let _ = self.events.send(events::event("workflow", "", "the pending switchover was cancelled".into()));
-        Ok(Response::new(CancelSwitchoverResponse { message }))
+        self.forward_or(
+            request,
+            async |mut active, r| active.cancel_switchover(r).await,
+            async |_| {
+                let message = workflow::cancel(&self.cluster).await?;
+                let _ =
+                    self.events.send(workflows::event("workflow", "", "the pending switchover was cancelled".into()));
+                Ok(CancelSwitchoverResponse { message })
+            },
+        )
+        .await
     }
 
     async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<WorkflowResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.failover(request.into_inner()).await;
-        }
-        let request = request.into_inner();
-        info!(candidate = %request.candidate, "failover requested");
-        let outcome = workflow::failover(&self.cluster, &request.candidate).await;
-        self.report("failover", &outcome);
-        outcome.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.failover(r).await,
+            async |r| {
+                info!(candidate = %r.candidate, "failover requested");
+                let outcome = workflow::failover(&self.cluster, &r.candidate).await;
+                self.report("failover", &outcome);
+                outcome
+            },
+        )
+        .await
     }
 
     type WatchEventsStream = EventStream;
@@ -232,66 +254,75 @@ impl Controller for ControllerService {
     }
 
     async fn get_config(&self, _request: Request<GetConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
-        operations::get_config(&self.cluster).await.map(Response::new)
+        Ok(Response::new(operations::get_config(&self.cluster).await?))
     }
 
     async fn patch_config(&self, request: Request<PatchConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.patch_config(request.into_inner()).await;
-        }
-        let request = request.into_inner();
-        let outcome =
-            operations::change_config(&self.cluster, &request.patch_json, false, request.expected_revision).await;
-        self.report_config(&outcome);
-        outcome.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.patch_config(r).await,
+            async |r| {
+                let outcome = operations::change_config(&self.cluster, &r.patch_json, false, r.expected_revision).await;
+                self.report_config(&outcome);
+                outcome
+            },
+        )
+        .await
     }
 
     async fn put_config(&self, request: Request<PutConfigRequest>) -> Result<Response<ConfigResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.put_config(request.into_inner()).await;
-        }
-        let request = request.into_inner();
-        let outcome =
-            operations::change_config(&self.cluster, &request.config_json, true, request.expected_revision).await;
-        self.report_config(&outcome);
-        outcome.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.put_config(r).await,
+            async |r| {
+                let outcome = operations::change_config(&self.cluster, &r.config_json, true, r.expected_revision).await;
+                self.report_config(&outcome);
+                outcome
+            },
+        )
+        .await
     }
 
     async fn restart(&self, request: Request<RestartMembersRequest>) -> Result<Response<MembersResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.restart(request.into_inner()).await;
-        }
-        let progress = self.progress();
-        operations::restart_members(&self.cluster, &request.into_inner(), &progress).await.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.restart(r).await,
+            async |r| operations::restart_members(&self.cluster, &r, &self.progress()).await,
+        )
+        .await
     }
 
     async fn cancel_restart(
         &self,
         request: Request<ha_proto::v1::CancelRestartMembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.cancel_restart(request.into_inner()).await;
-        }
-        operations::cancel_restart(&self.cluster, &request.into_inner().members).await.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.cancel_restart(r).await,
+            async |r| operations::cancel_restart(&self.cluster, &r.members).await,
+        )
+        .await
     }
 
     async fn reinitialize(
         &self,
         request: Request<ReinitializeMemberRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.reinitialize(request.into_inner()).await;
-        }
-        let progress = self.progress();
-        operations::reinitialize(&self.cluster, &request.into_inner(), &progress).await.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.reinitialize(r).await,
+            async |r| operations::reinitialize(&self.cluster, &r, &self.progress()).await,
+        )
+        .await
     }
 
     async fn reload(&self, request: Request<ReloadMembersRequest>) -> Result<Response<MembersResponse>, Status> {
-        if let Some(mut active) = self.forward_to().await? {
-            return active.reload(request.into_inner()).await;
-        }
-        let progress = self.progress();
-        operations::reload(&self.cluster, &request.into_inner().members, &progress).await.map(Response::new)
+        self.forward_or(
+            request,
+            async |mut active, r| active.reload(r).await,
+            async |r| operations::reload(&self.cluster, &r.members, &self.progress()).await,
+        )
+        .await
     }
 }
 
@@ -304,24 +335,24 @@ impl ControllerService {
         }
     }
 
-    fn report_config(&self, outcome: &Result<ConfigResponse, Status>) {
+    fn report_config(&self, outcome: &Result<ConfigResponse, WorkflowError>) {
         let message = match outcome {
             Ok(response) if response.need_restart.is_empty() => "configuration changed".to_string(),
             Ok(response) => format!("configuration changed; needs a restart: {}", response.need_restart.join(", ")),
-            Err(status) => format!("configuration change refused ({:?}): {}", status.code(), status.message()),
+            Err(error) => format!("configuration change refused ({:?}): {error}", error.code()),
         };
         info!("{message}");
-        let _ = self.events.send(events::event("config", "", message));
+        let _ = self.events.send(workflows::event("config", "", message));
     }
 
     /// One event and one log line per workflow outcome.
-    fn report(&self, what: &str, outcome: &Result<WorkflowResponse, Status>) {
+    fn report(&self, what: &str, outcome: &Result<WorkflowResponse, WorkflowError>) {
         let message = match outcome {
             Ok(response) => format!("{what}: {} ({} ms)", response.message, response.duration_ms),
-            Err(status) => format!("{what} refused or failed ({:?}): {}", status.code(), status.message()),
+            Err(error) => format!("{what} refused or failed ({:?}): {error}", error.code()),
         };
         info!("{message}");
-        let _ = self.events.send(events::event("workflow", "", message));
+        let _ = self.events.send(workflows::event("workflow", "", message));
     }
 }
 

@@ -18,4 +18,4 @@ pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_
 pub use etcd_client::Error as EtcdError;
 pub use keys::Keys;
 pub use model::{CloneProgress, Failover, HistoryEntry, MemberData, Scheduled, Status, SyncState, parse_scheduled_at};
-pub use view::{ClusterView, LeaderView, MemberEntry, read_cluster};
+pub use view::{ClusterRole, ClusterView, LeaderView, MemberEntry, MemberSummary, read_cluster};

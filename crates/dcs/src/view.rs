@@ -75,6 +75,84 @@ impl ClusterView {
     }
 }
 
+/// A member's role in the cluster as Patroni's `/cluster` and `patronictl
+/// list` name it: from the leader and `sync` keys, not from what the member
+/// says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    Leader,
+    /// The leader of a standby cluster.
+    StandbyLeader,
+    /// Listed in the `sync` key, synchronous mode `on`.
+    SyncStandby,
+    /// Listed in the `sync` key, synchronous mode `quorum`.
+    QuorumStandby,
+    Replica,
+}
+
+impl ClusterRole {
+    /// Patroni's name in `/cluster` (`leader`, `sync_standby`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Leader => "leader",
+            ClusterRole::StandbyLeader => "standby_leader",
+            ClusterRole::SyncStandby => "sync_standby",
+            ClusterRole::QuorumStandby => "quorum_standby",
+            ClusterRole::Replica => "replica",
+        }
+    }
+
+    pub fn leads(self) -> bool {
+        matches!(self, ClusterRole::Leader | ClusterRole::StandbyLeader)
+    }
+}
+
+/// One member as `/cluster`, `pgwardenctl list` and the status page show
+/// it: the one projection of a member key that all three share.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberSummary<'a> {
+    pub entry: &'a MemberEntry,
+    pub role: ClusterRole,
+    /// A replica's replication state (`streaming`, ...) where it reports
+    /// one; otherwise the member's own state (`running`, ...).
+    pub state: &'a str,
+    /// Bytes behind the cluster's last known position (`status` key's
+    /// optime), from the replayed position or the member's last WAL
+    /// position; `None` for the leader and where either is unknown.
+    pub lag: Option<u64>,
+}
+
+impl ClusterView {
+    /// Every member, sorted by name, with its role, state and lag.
+    pub fn summaries(&self) -> Vec<MemberSummary<'_>> {
+        let leader = self.leader.as_ref().map(|l| l.name.as_str());
+        let sync = self.sync.as_ref().map(|s| s.members()).unwrap_or_default();
+        let optime = self.status.as_ref().map(|s| s.optime);
+        self.members
+            .iter()
+            .map(|entry| {
+                let data = &entry.data;
+                let role = if Some(entry.name.as_str()) == leader {
+                    if data.role == "standby_leader" { ClusterRole::StandbyLeader } else { ClusterRole::Leader }
+                } else if sync.contains(&entry.name.as_str()) {
+                    if self.quorum_commit() { ClusterRole::QuorumStandby } else { ClusterRole::SyncStandby }
+                } else {
+                    ClusterRole::Replica
+                };
+                let state = match &data.replication_state {
+                    Some(replication) if !role.leads() => replication.as_str(),
+                    _ => data.state.as_str(),
+                };
+                let lag = match (role.leads(), optime, data.replay_lsn.or(data.xlog_location)) {
+                    (false, Some(optime), Some(position)) => Some(optime.saturating_sub(position)),
+                    _ => None,
+                };
+                MemberSummary { entry, role, state, lag }
+            })
+            .collect()
+    }
+}
+
 /// Reads the whole cluster prefix in one linearizable range request.
 pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_client::Error> {
     let prefix = keys.prefix().to_string();
@@ -148,4 +226,61 @@ pub async fn read_cluster(etcd: &Etcd, keys: &Keys) -> Result<ClusterView, etcd_
     }
     view.members.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: &str, replication: Option<&str>, replay: Option<u64>) -> MemberEntry {
+        let data = MemberData {
+            role: role.into(),
+            state: "running".into(),
+            replication_state: replication.map(String::from),
+            replay_lsn: replay,
+            ..MemberData::default()
+        };
+        MemberEntry { name: name.into(), data, lease: 1 }
+    }
+
+    fn view(synchronous_mode: &str) -> ClusterView {
+        ClusterView {
+            config: Some((serde_json::json!({"synchronous_mode": synchronous_mode}), 1)),
+            leader: Some(LeaderView { name: "a".into(), lease: 1, mod_revision: 1 }),
+            members: vec![
+                member("a", "primary", Some("streaming"), None),
+                member("b", "replica", Some("streaming"), Some(90)),
+                member("c", "replica", None, None),
+                member("d", "primary", None, Some(100)),
+            ],
+            status: Some(Status { optime: 100, ..Status::default() }),
+            sync: Some(SyncState { leader: Some("a".into()), sync_standby: Some("b".into()), quorum: None }),
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn summaries_take_roles_from_the_keys_and_lag_from_the_status_key() {
+        let view = view("on");
+        let summaries = view.summaries();
+        let seen: Vec<(&str, ClusterRole, &str, Option<u64>)> =
+            summaries.iter().map(|s| (s.entry.name.as_str(), s.role, s.state, s.lag)).collect();
+        assert_eq!(
+            seen,
+            [
+                // The key holder leads; its own state, no lag.
+                ("a", ClusterRole::Leader, "running", None),
+                ("b", ClusterRole::SyncStandby, "streaming", Some(10)),
+                // No position: lag unknown.
+                ("c", ClusterRole::Replica, "running", None),
+                // Says it is a primary, holds no key: a replica to the cluster.
+                ("d", ClusterRole::Replica, "running", Some(0)),
+            ]
+        );
+        assert_eq!(self::view("quorum").summaries()[1].role, ClusterRole::QuorumStandby);
+        let mut standby = self::view("off");
+        standby.members[0].data.role = "standby_leader".into();
+        assert_eq!(standby.summaries()[0].role, ClusterRole::StandbyLeader);
+        assert_eq!(ClusterRole::QuorumStandby.as_str(), "quorum_standby");
+    }
 }

@@ -7,7 +7,6 @@
 //! what etcd says, and the time up to which that report is safe to act on.
 //! It must never extend a deadline without a successful renewal transaction.
 
-mod clock;
 mod keeper;
 mod watch;
 
@@ -17,7 +16,7 @@ use dcs::Etcd;
 use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tracing::debug;
 
-pub use clock::BootInstant;
+pub use bootclock::BootInstant;
 pub use keeper::{LeaseState, RenewalHandle, default_interval, spawn_renewal, spawn_renewal_extended};
 pub use watch::{WatchEvent, Watcher, watch};
 

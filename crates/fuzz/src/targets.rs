@@ -186,7 +186,7 @@ impl Target for DynamicEdit {
     fn run(&mut self, input: &[u8]) -> Result<(), String> {
         let Ok(edit) = serde_json::from_slice::<Value>(input) else { return Ok(()) };
         let mut config: Value = serde_json::from_str(BASE_DYNAMIC).map_err(|e| e.to_string())?;
-        controller::operations::merge_patch(&mut config, &edit);
+        workflows::operations::merge_patch(&mut config, &edit);
         for root in [&edit, &config] {
             let mut problems = Problems::default();
             let (dynamic, _) = DynamicConfig::read(root, "", &mut problems);

@@ -1464,7 +1464,7 @@ mod tests {
     }
 
     /// `patronictl reinit --wait` in a pause hung: the data directory went
-    /// aside and the paused loop never cloned (issue 23).
+    /// aside and the paused loop never cloned.
     #[test]
     fn a_standby_clusters_leader_follows_the_remote_primary_and_never_promotes() {
         let leading = Observed { holds_leader: true, leader: Some("b".into()), standby_cluster: true, ..base() };
@@ -1989,7 +1989,7 @@ mod tests {
     }
 
     #[test]
-    /// Patroni parity (issue 23): `primary_start_timeout: 0` fails over at
+    /// As in Patroni, `primary_start_timeout: 0` fails over at
     /// once; the crashed primary that released the key, back read-only with
     /// the most WAL, does not take it back while a replica may lead.
     fn a_member_that_released_the_key_leaves_the_race_to_the_others() {

@@ -7,31 +7,16 @@ use serde_json::{Value, json};
 /// (`leader`, `sync_standby`, `quorum_standby`, `replica`), state (`streaming` for a replica
 /// that receives WAL), address, timeline, lag in bytes and tags.
 pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
-    let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let sync = view.sync.as_ref().map(|s| s.members()).unwrap_or_default();
-    let optime = view.status.as_ref().map(|s| s.optime);
     let members: Vec<Value> = view
-        .members
-        .iter()
-        .map(|entry| {
-            let data = &entry.data;
-            let is_leader = Some(entry.name.as_str()) == leader;
-            let role = if is_leader {
-                if data.role == "standby_leader" { "standby_leader" } else { "leader" }
-            } else if sync.contains(&entry.name.as_str()) {
-                if view.quorum_commit() { "quorum_standby" } else { "sync_standby" }
-            } else {
-                "replica"
-            };
-            let state = match (&data.replication_state, is_leader) {
-                (Some(replication), false) => replication.clone(),
-                _ => data.state.clone(),
-            };
+        .summaries()
+        .into_iter()
+        .map(|summary| {
+            let (entry, data) = (summary.entry, &summary.entry.data);
             let (host, port) = data.host_port().unwrap_or_default();
             let mut member = json!({
                 "name": entry.name,
-                "role": role,
-                "state": state,
+                "role": summary.role.as_str(),
+                "state": summary.state,
                 "api_url": data.api_url,
                 "host": host,
                 "port": port,
@@ -46,13 +31,8 @@ pub fn cluster_json(scope: &str, view: &ClusterView) -> Value {
             if data.pending_restart() {
                 map.insert("pending_restart".into(), json!(true));
             }
-            if !is_leader {
-                let position = data.replay_lsn.or(data.xlog_location);
-                let lag = match (optime, position) {
-                    (Some(optime), Some(position)) => json!(optime.saturating_sub(position)),
-                    _ => json!("unknown"),
-                };
-                map.insert("lag".into(), lag);
+            if !summary.role.leads() {
+                map.insert("lag".into(), summary.lag.map_or_else(|| json!("unknown"), |lag| json!(lag)));
                 if let Some(lsn) = data.receive_lsn {
                     map.insert("receive_lsn".into(), json!(ha_core::Lsn(lsn).to_string()));
                 }

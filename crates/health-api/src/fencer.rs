@@ -77,8 +77,7 @@ enum Judgement {
 }
 
 fn now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+    bootclock::BootInstant::now().as_nanos()
 }
 
 /// The deadline a previous run of the fencer guarded, if any.

@@ -2,8 +2,8 @@
 //! probes and Prometheus call (port 8008 by default). It gets the node's state
 //! from the agent's gRPC status stream and answers 200 only from fresh state.
 //!
-//! It never changes PostgreSQL or etcd itself, except through the fencer that
-//! the fencing work adds.
+//! It changes neither PostgreSQL nor etcd itself, except through its fencer
+//! (`fencer.rs`), which stops a primary whose leader key is no longer proven.
 
 pub mod allowlist;
 pub mod checks;

@@ -123,7 +123,8 @@ pub fn render(identity: &Identity, latest: &Latest, now: Instant) -> String {
         flag(s.pending_restart),
     );
     let lease_left = if s.holds_leader && s.leader_deadline_boot_ns > 0 {
-        let now_ns = now_boot_ns();
+        // CLOCK_BOOTTIME, the clock the agent's deadlines use.
+        let now_ns = bootclock::BootInstant::now().as_nanos();
         (s.leader_deadline_boot_ns.saturating_sub(now_ns)) as f64 / 1e9
     } else {
         0.0
@@ -204,12 +205,6 @@ fn epoch_seconds(text: &str) -> Option<f64> {
     let offset = time::UtcOffset::from_whole_seconds(seconds).ok()?;
     let at = local.assume_offset(offset);
     Some(at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9)
-}
-
-/// Now on CLOCK_BOOTTIME, the clock the agent's deadlines use.
-fn now_boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map_or(0, |ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
 /// The fencer's gauge (0 disarmed, 1 armed, 2 fenced) and how many times

@@ -1,4 +1,4 @@
-//! The first step of an ordered fence (issue 20, finding 12): a leader whose
+//! The first step of an ordered fence: a leader whose
 //! lease keeper has not renewed for so long that its deadline is near stops
 //! acknowledging commits before anything stops PostgreSQL, so that what it
 //! acknowledged reaches the replicas while they still stream.

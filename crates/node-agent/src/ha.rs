@@ -794,8 +794,8 @@ impl Agent {
         let handle = self.keeper.renewal.take();
         if !stopped {
             // A PostgreSQL that may still run as primary keeps the key: it
-            // goes only when the lease runs out, after the fencer's deadline
-            // (finding 12 of the safety review: it used to be released).
+            // goes only when the lease runs out, after the fencer's deadline:
+            // released now, another node could promote beside it.
             error!("PostgreSQL did not stop: the leader key is not released; it expires with the lease");
             if let Some(handle) = handle {
                 let _ = handle.stop().await;

@@ -187,7 +187,7 @@ impl Agent {
         ));
         tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
         // The ordered fence's first step: no acknowledgement in the last
-        // moments of a lease nobody renews (issue 20, finding 12).
+        // moments of a lease nobody renews.
         let hold = crate::ackhold::AckHold {
             config: self.config.clone(),
             local: self.pg.local.clone(),
@@ -371,7 +371,7 @@ mod tests {
         }
     }
 
-    /// DESIGN invariant 1 (issue 20, finding 13): while the HA loop is
+    /// DESIGN invariant 1: while the HA loop is
     /// busy in one long action, each renewal still reaches the published
     /// deadline and the watchdog device, without the loop ticking.
     #[tokio::test]

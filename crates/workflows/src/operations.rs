@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::WorkflowError;
+use crate::workflow::{self, Cluster, agent};
 use dcs::ClusterView;
 use ha_proto::v1::{
     CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome,
@@ -12,19 +14,16 @@ use ha_proto::v1::{
 };
 use pgwarden_config::{DynamicConfig, Problems, Severity};
 use serde_json::Value;
-use tonic::Status;
-
-use crate::workflow::{self, Cluster, agent};
 
 /// Where progress goes (the controller's event stream, or nowhere).
 pub type Progress<'a> = &'a (dyn Fn(ClusterEvent) + Sync);
 
 fn say(progress: Progress<'_>, member: &str, message: String) {
     tracing::info!(member, "{message}");
-    progress(crate::events::event("workflow", member, message));
+    progress(crate::event("workflow", member, message));
 }
 
-pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, Status> {
+pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, WorkflowError> {
     let view = cluster.read().await?;
     let (config, revision) = view.config.clone().unwrap_or((Value::Object(Default::default()), 0));
     Ok(ConfigResponse { config_json: config.to_string(), revision, need_restart: Vec::new(), warnings: Vec::new() })
@@ -65,21 +64,21 @@ pub async fn change_config(
     json: &str,
     replace: bool,
     expected_revision: i64,
-) -> Result<ConfigResponse, Status> {
+) -> Result<ConfigResponse, WorkflowError> {
     let input: Value = serde_json::from_str(json)
-        .map_err(|e| Status::invalid_argument(format!("the configuration change is not valid JSON: {e}")))?;
+        .map_err(|e| WorkflowError::Invalid(format!("the configuration change is not valid JSON: {e}")))?;
     if !input.is_object() {
-        return Err(Status::invalid_argument("the configuration change must be a JSON object"));
+        return Err(WorkflowError::Invalid("the configuration change must be a JSON object".into()));
     }
     let view = cluster.read().await?;
     let Some((current, revision)) = view.config.clone() else {
-        return Err(Status::failed_precondition(format!(
+        return Err(WorkflowError::Refused(format!(
             "cluster {} has no config key yet (is it bootstrapped?)",
             cluster.scope
         )));
     };
     if expected_revision != 0 && expected_revision != revision {
-        return Err(Status::aborted(format!(
+        return Err(WorkflowError::Conflict(format!(
             "the configuration changed since revision {expected_revision} (it is at {revision} now): read it again and retry"
         )));
     }
@@ -91,10 +90,10 @@ pub async fn change_config(
         .etcd
         .put_if_revision(&key, new.to_string(), revision)
         .await
-        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+        .map_err(|e| WorkflowError::Unreachable(dcs::describe_error(&e)))?;
     let Some(revision) = written else {
-        return Err(Status::aborted(
-            "another edit changed the configuration at the same moment (compare-and-swap lost); nothing was written: read it again and retry",
+        return Err(WorkflowError::Conflict(
+            "another edit changed the configuration at the same moment (compare-and-swap lost); nothing was written: read it again and retry".into(),
         ));
     };
     Ok(ConfigResponse { config_json: new.to_string(), revision, need_restart, warnings })
@@ -106,7 +105,7 @@ pub async fn change_config(
 /// them), and PostgreSQL's view of the changed parameters (asked of the
 /// leader's agent). Returns the parameters that need a restart, and the
 /// warnings.
-async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Vec<String>), Status> {
+async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Vec<String>), WorkflowError> {
     let mut problems = Problems::default();
     let (dynamic, _) = DynamicConfig::read(config, "", &mut problems);
     let problems = problems.into_vec();
@@ -121,7 +120,7 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
         .map(|p| format!("{}: {}", p.path, p.message))
         .collect();
     if !refused.is_empty() {
-        return Err(Status::invalid_argument(format!(
+        return Err(WorkflowError::Invalid(format!(
             "the configuration is not valid; nothing was written: {}",
             refused.join("; ")
         )));
@@ -155,7 +154,7 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
     };
     let mut agent = match agent(view, &leader).await {
         Ok(agent) => agent,
-        Err(e) => return unchecked(format!("the leader's agent cannot be reached ({})", e.message())),
+        Err(e) => return unchecked(format!("the leader's agent cannot be reached ({e})")),
     };
     let checked =
         match agent.check_parameters(CheckParametersRequest { parameters: changed.iter().cloned().collect() }).await {
@@ -163,10 +162,10 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
             Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::FailedPrecondition) => {
                 return unchecked(format!("the leader's PostgreSQL cannot answer ({})", e.message()));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
     if !checked.problems.is_empty() {
-        return Err(Status::invalid_argument(format!(
+        return Err(WorkflowError::Invalid(format!(
             "PostgreSQL would refuse these parameters; nothing was written: {}",
             checked.problems.join("; ")
         )));
@@ -175,13 +174,13 @@ async fn validate(view: &ClusterView, config: &Value) -> Result<(Vec<String>, Ve
 }
 
 /// The named members (all when empty), each checked to exist.
-fn members(view: &ClusterView, names: &[String]) -> Result<Vec<String>, Status> {
+fn members(view: &ClusterView, names: &[String]) -> Result<Vec<String>, WorkflowError> {
     if names.is_empty() {
         return Ok(view.members.iter().map(|m| m.name.clone()).collect());
     }
     for name in names {
         if view.member(name).is_none() {
-            return Err(Status::not_found(format!("{name} is not a member of this cluster")));
+            return Err(WorkflowError::NotFound(format!("{name} is not a member of this cluster")));
         }
     }
     Ok(names.to_vec())
@@ -193,7 +192,7 @@ async fn wait_streaming(
     member: &str,
     within: Duration,
     progress: Progress<'_>,
-) -> Result<Duration, Status> {
+) -> Result<Duration, WorkflowError> {
     let started = Instant::now();
     let mut reported: Option<(Instant, dcs::CloneProgress)> = None;
     loop {
@@ -216,7 +215,7 @@ async fn wait_streaming(
             }
         }
         if started.elapsed() > within {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(WorkflowError::TimedOut(format!(
                 "{member} is not streaming again after {} s: see its agent's log",
                 within.as_secs()
             )));
@@ -230,13 +229,13 @@ pub async fn restart_members(
     cluster: &Cluster,
     r: &ha_proto::v1::RestartMembersRequest,
     progress: Progress<'_>,
-) -> Result<MembersResponse, Status> {
+) -> Result<MembersResponse, WorkflowError> {
     if !matches!(r.role.as_str(), "" | "primary" | "replica") {
-        return Err(Status::invalid_argument(format!("role {:?}: expected primary or replica", r.role)));
+        return Err(WorkflowError::Invalid(format!("role {:?}: expected primary or replica", r.role)));
     }
     let below_version = match r.postgres_version.trim() {
         "" => 0,
-        text => ha_core::parse_postgres_version(text).map_err(Status::invalid_argument)?,
+        text => ha_core::parse_postgres_version(text).map_err(WorkflowError::Invalid)?,
     };
     let agent_request = |schedule: &str| RestartRequest {
         only_if_pending: r.pending_only,
@@ -259,7 +258,7 @@ async fn schedule_restart(
     names: &[String],
     request: &RestartRequest,
     progress: Progress<'_>,
-) -> Result<MembersResponse, Status> {
+) -> Result<MembersResponse, WorkflowError> {
     let view = cluster.read().await?;
     let mut outcomes = Vec::new();
     for member in members(&view, names)? {
@@ -272,7 +271,7 @@ async fn schedule_restart(
 
 /// Drops the scheduled restarts of the members (all when none named); a
 /// member with none is reported, not an error, unless it was named alone.
-pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<MembersResponse, Status> {
+pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<MembersResponse, WorkflowError> {
     let view = cluster.read().await?;
     let targets = members(&view, names)?;
     let mut outcomes = Vec::new();
@@ -285,7 +284,7 @@ pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<Membe
             Err(status) if status.code() == tonic::Code::NotFound && targets.len() > 1 => {
                 outcomes.push(MemberOutcome { member: member.clone(), done: false, message: status.message().into() });
             }
-            Err(status) => return Err(status),
+            Err(status) => return Err(status.into()),
         }
     }
     Ok(MembersResponse { outcomes })
@@ -299,7 +298,7 @@ async fn restart(
     r: &ha_proto::v1::RestartMembersRequest,
     request: &RestartRequest,
     progress: Progress<'_>,
-) -> Result<MembersResponse, Status> {
+) -> Result<MembersResponse, WorkflowError> {
     let view = cluster.read().await?;
     let leader = view.leader.as_ref().map(|l| l.name.clone());
     let mut order = members(&view, &r.members)?;
@@ -335,14 +334,13 @@ async fn restart(
     Ok(MembersResponse { outcomes })
 }
 
-/// Re-clones `member` from the leader and waits until it streams again.
 /// Re-clones a replica (from the leader with `from_leader`); with `wait`,
 /// answers once it streams again.
 pub async fn reinitialize(
     cluster: &Cluster,
     r: &ha_proto::v1::ReinitializeMemberRequest,
     progress: Progress<'_>,
-) -> Result<MembersResponse, Status> {
+) -> Result<MembersResponse, WorkflowError> {
     let member = r.member.as_str();
     let view = cluster.read().await?;
     members(&view, &[member.to_string()])?;
@@ -357,7 +355,11 @@ pub async fn reinitialize(
 }
 
 /// Makes each member's agent re-read its config file.
-pub async fn reload(cluster: &Cluster, names: &[String], progress: Progress<'_>) -> Result<MembersResponse, Status> {
+pub async fn reload(
+    cluster: &Cluster,
+    names: &[String],
+    progress: Progress<'_>,
+) -> Result<MembersResponse, WorkflowError> {
     let view = cluster.read().await?;
     let mut outcomes = Vec::new();
     for member in members(&view, names)? {

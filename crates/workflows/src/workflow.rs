@@ -4,8 +4,6 @@
 //! until the leader key changes hands. The agents carry it out (DESIGN.md
 //! "Who may touch what"); nothing here writes `leader` or touches PostgreSQL.
 //!
-//! Used by the active controller, and by `pgwardenctl` itself when no
-//! controller answers (as `patronictl` falls back to the DCS).
 
 use pgwarden_runtime::grpc::AuthChannel;
 use std::time::{Duration, Instant};
@@ -14,7 +12,8 @@ use dcs::{ClusterView, Etcd, Failover, Keys};
 use ha_proto::v1::node_agent_client::NodeAgentClient;
 use ha_proto::v1::{GetStatusRequest, NodeStatus, WorkflowOutcome, WorkflowResponse};
 use pgwarden_config::DynamicConfig;
-use tonic::Status;
+
+use crate::WorkflowError;
 
 /// The cluster a workflow runs against.
 #[derive(Clone)]
@@ -25,9 +24,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn read(&self) -> Result<ClusterView, Status> {
+    pub async fn read(&self) -> Result<ClusterView, WorkflowError> {
         dcs::read_cluster(&self.etcd, &self.keys).await.map_err(|e| {
-            Status::unavailable(format!("cannot read cluster {} from etcd: {}", self.scope, dcs::describe_error(&e)))
+            WorkflowError::Unreachable(format!(
+                "cannot read cluster {} from etcd: {}",
+                self.scope,
+                dcs::describe_error(&e)
+            ))
         })
     }
 }
@@ -47,19 +50,19 @@ fn never_leads(view: &ClusterView, member: &str) -> bool {
         .is_some_and(|m| m.data.tag_flag("nofailover") || m.data.tag_number("failover_priority") == Some(0))
 }
 
-/// A member's status from its agent (`None`: unreachable or not a pgwarden member).
 /// A client of `member`'s agent, from the gRPC address its key advertises.
-pub async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<AuthChannel>, Status> {
+pub async fn agent(view: &ClusterView, member: &str) -> Result<NodeAgentClient<AuthChannel>, WorkflowError> {
     let url = view
         .member(member)
         .and_then(|m| m.data.grpc_url.clone())
-        .ok_or_else(|| Status::not_found(format!("{member} is not a pgwarden member of this cluster")))?;
+        .ok_or_else(|| WorkflowError::NotFound(format!("{member} is not a pgwarden member of this cluster")))?;
     pgwarden_runtime::grpc::connect(&url, Duration::from_secs(2))
         .await
         .map(NodeAgentClient::new)
-        .map_err(|e| Status::unavailable(format!("{member}'s agent does not answer: {e:#}")))
+        .map_err(|e| WorkflowError::Unreachable(format!("{member}'s agent does not answer: {e:#}")))
 }
 
+/// A member's status from its agent (`None`: unreachable or not a pgwarden member).
 async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
     let ask = async {
         let mut client = agent(view, member).await.ok()?;
@@ -71,9 +74,9 @@ async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
 /// Why `candidate` cannot take over from a running leader now, if it cannot:
 /// unknown, or barred by the candidate rule (`ha_core::CandidateRules::problem`, the one
 /// `decide` and the leader apply), with a message that says what to do.
-async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<Status> {
+async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<WorkflowError> {
     let Some(member) = view.member(candidate) else {
-        return Some(Status::not_found(format!(
+        return Some(WorkflowError::NotFound(format!(
             "candidate does not exists: {candidate} is not a member of this cluster"
         )));
     };
@@ -106,10 +109,10 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
     };
     let problem = rules.problem(&contender)?;
     Some(match problem {
-        ha_core::Ineligible::NeverLeads => Status::failed_precondition(format!(
+        ha_core::Ineligible::NeverLeads => WorkflowError::Refused(format!(
             "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
         )),
-        ha_core::Ineligible::NotSynchronous => Status::failed_precondition(format!(
+        ha_core::Ineligible::NotSynchronous => WorkflowError::Refused(format!(
             "candidate name does not match with sync_standby: {candidate} is not a synchronous standby (the \
              sync key lists: {}); in synchronous \
              mode only a listed standby may take over without losing commits: choose one of those, or wait \
@@ -117,34 +120,34 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
             if sync_standbys.is_empty() { "none".to_string() } else { sync_standbys.join(", ") }
         )),
         ha_core::Ineligible::NotRunning | ha_core::Ineligible::NoPosition if status.is_none() => {
-            Status::failed_precondition(format!("candidate {candidate} does not answer: its agent is unreachable"))
+            WorkflowError::Refused(format!("candidate {candidate} does not answer: its agent is unreachable"))
         }
         ha_core::Ineligible::NotRunning | ha_core::Ineligible::NoPosition => {
-            Status::failed_precondition(format!("candidate {candidate}'s PostgreSQL is not running"))
+            WorkflowError::Refused(format!("candidate {candidate}'s PostgreSQL is not running"))
         }
-        ha_core::Ineligible::FencerSilent => Status::failed_precondition(format!(
+        ha_core::Ineligible::FencerSilent => WorkflowError::Refused(format!(
             "candidate {candidate}'s fencer does not acknowledge: nobody would fence it as primary, so it may \
              not take the leader key; check pgwarden-health on {candidate}"
         )),
-        ha_core::Ineligible::EndedTimeline { timeline, ended } => Status::failed_precondition(format!(
+        ha_core::Ineligible::EndedTimeline { timeline, ended } => WorkflowError::Refused(format!(
             "candidate {candidate} is on timeline {timeline}, which ended with a promotion the history key records \
              (from timeline {ended}): promoting it would fork a second history; wait for it to follow the new \
              timeline"
         )),
-        ha_core::Ineligible::NotInFailsafe => Status::failed_precondition(format!(
+        ha_core::Ineligible::NotInFailsafe => WorkflowError::Refused(format!(
             "candidate {candidate} is not listed in the failsafe key (failsafe_mode is on): the leader lists every \
              member at its next loop; try again then"
         )),
-        ha_core::Ineligible::Lagging { lag, limit } => Status::failed_precondition(format!(
+        ha_core::Ineligible::Lagging { lag, limit } => WorkflowError::Refused(format!(
             "candidate {candidate} is {lag} bytes behind the leader (maximum_lag_on_failover is {limit}); \
              wait for it to catch up or choose another candidate"
         )),
     })
 }
 
-fn parse_time(at: &str) -> Result<time::OffsetDateTime, Status> {
+fn parse_time(at: &str) -> Result<time::OffsetDateTime, WorkflowError> {
     dcs::parse_scheduled_at(at).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        WorkflowError::Invalid(format!(
             "scheduled_at {at:?}: expected an ISO 8601 time with a time zone, e.g. 2026-12-01T03:00:00+00:00"
         ))
     })
@@ -157,35 +160,37 @@ pub async fn switchover(
     leader: &str,
     candidate: &str,
     scheduled_at: &str,
-) -> Result<WorkflowResponse, Status> {
+) -> Result<WorkflowResponse, WorkflowError> {
     let view = cluster.read().await?;
     let paused = dynamic(&view).pause;
     let Some(current) = view.leader.as_ref().map(|l| l.name.clone()) else {
-        return Err(Status::failed_precondition(format!(
+        return Err(WorkflowError::Refused(format!(
             "cluster {} has no leader: a switchover needs one (fail over to a named candidate instead)",
             cluster.scope
         )));
     };
     if !leader.is_empty() && leader != current {
-        return Err(Status::failed_precondition(format!("leader name does not match: {current} leads, not {leader}")));
+        return Err(WorkflowError::Refused(format!("leader name does not match: {current} leads, not {leader}")));
     }
     if candidate == current {
-        return Err(Status::invalid_argument("Switchover target and source are the same"));
+        return Err(WorkflowError::Invalid("Switchover target and source are the same".into()));
     }
     let scheduled_at = match scheduled_at {
         "" | "now" => None,
         at if paused => {
-            return Err(Status::invalid_argument(format!("Can't schedule switchover in the paused state ({at})")));
+            return Err(WorkflowError::Invalid(format!("Can't schedule switchover in the paused state ({at})")));
         }
         at => {
             if parse_time(at)? <= time::OffsetDateTime::now_utc() {
-                return Err(Status::invalid_argument(format!("scheduled_at {at} is in the past")));
+                return Err(WorkflowError::Invalid(format!("scheduled_at {at} is in the past")));
             }
             Some(at.to_string())
         }
     };
     if paused && candidate.is_empty() {
-        return Err(Status::invalid_argument("Switchover is possible only to a specific candidate in a paused state"));
+        return Err(WorkflowError::Invalid(
+            "Switchover is possible only to a specific candidate in a paused state".into(),
+        ));
     }
     let leader_position = match agent_status(&view, &current).await {
         Some(status) => status.position(),
@@ -194,8 +199,8 @@ pub async fn switchover(
     if candidate.is_empty() {
         let others: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).filter(|n| *n != current).collect();
         if others.is_empty() {
-            return Err(Status::failed_precondition(
-                "switchover is not possible: cluster does not have members except leader",
+            return Err(WorkflowError::Refused(
+                "switchover is not possible: cluster does not have members except leader".into(),
             ));
         }
         let mut reasons = Vec::new();
@@ -205,11 +210,11 @@ pub async fn switchover(
                     reasons.clear();
                     break;
                 }
-                Some(why) => reasons.push(why.message().to_string()),
+                Some(why) => reasons.push(why.to_string()),
             }
         }
         if !reasons.is_empty() {
-            return Err(Status::failed_precondition(format!(
+            return Err(WorkflowError::Refused(format!(
                 "switchover is not possible: no good candidates have been found ({})",
                 reasons.join("; ")
             )));
@@ -228,13 +233,13 @@ pub async fn switchover(
 /// A manual failover to `candidate`. With a running leader it is a
 /// switchover to `candidate`; without one, the lag checks are skipped (the
 /// named candidate takes the key if it can, even if behind).
-pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResponse, Status> {
+pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResponse, WorkflowError> {
     if candidate.is_empty() {
-        return Err(Status::invalid_argument("Failover could be performed only to a specific candidate"));
+        return Err(WorkflowError::Invalid("Failover could be performed only to a specific candidate".into()));
     }
     let view = cluster.read().await?;
     if view.leader.as_ref().is_some_and(|l| l.name == candidate) {
-        return Err(Status::invalid_argument(format!("{candidate} is already the leader")));
+        return Err(WorkflowError::Invalid(format!("{candidate} is already the leader")));
     }
     if view.leader.is_some() {
         return switchover(cluster, "", candidate, "").await;
@@ -250,19 +255,21 @@ pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResp
 }
 
 /// Drops a pending switchover (compare-and-swap on the key's revision).
-pub async fn cancel(cluster: &Cluster) -> Result<String, Status> {
+pub async fn cancel(cluster: &Cluster) -> Result<String, WorkflowError> {
     let view = cluster.read().await?;
     if view.failover.is_none() {
-        return Err(Status::not_found("no switchover is scheduled"));
+        return Err(WorkflowError::NotFound("no switchover is scheduled".into()));
     }
     let key = cluster.keys.failover();
     let done = cluster
         .etcd
         .delete_if_revision(&key, view.failover_revision)
         .await
-        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+        .map_err(|e| WorkflowError::Unreachable(dcs::describe_error(&e)))?;
     if !done {
-        return Err(Status::aborted("the request changed while deleting it (compare-and-swap lost); look again"));
+        return Err(WorkflowError::Conflict(
+            "the request changed while deleting it (compare-and-swap lost); look again".into(),
+        ));
     }
     Ok("scheduled switchover deleted".to_string())
 }
@@ -273,23 +280,25 @@ async fn write_and_follow(
     cluster: &Cluster,
     view: &ClusterView,
     request: Failover,
-) -> Result<WorkflowResponse, Status> {
+) -> Result<WorkflowResponse, WorkflowError> {
     if let Some(pending) = &view.failover {
-        return Err(Status::already_exists(format!(
+        return Err(WorkflowError::Pending(format!(
             "a switchover or failover is already pending ({}); wait for it or cancel it",
             serde_json::to_string(pending).unwrap_or_default()
         )));
     }
     let key = cluster.keys.failover();
-    let value = serde_json::to_string(&request).map_err(|e| Status::internal(e.to_string()))?;
+    let value = serde_json::to_string(&request).map_err(|e| WorkflowError::Internal(e.to_string()))?;
     let started = Instant::now();
     let written = cluster
         .etcd
         .create_if_absent(&key, value, None)
         .await
-        .map_err(|e| Status::unavailable(dcs::describe_error(&e)))?;
+        .map_err(|e| WorkflowError::Unreachable(dcs::describe_error(&e)))?;
     if !written {
-        return Err(Status::aborted("another request was written at the same moment (compare-and-swap lost)"));
+        return Err(WorkflowError::Conflict(
+            "another request was written at the same moment (compare-and-swap lost)".into(),
+        ));
     }
     if request.scheduled_at.is_some() {
         return Ok(WorkflowResponse {
@@ -327,12 +336,12 @@ async fn write_and_follow(
             });
         }
         if now.failover.is_none() && leader == old_leader {
-            return Err(Status::unavailable(
-                "Switchover failed: the leader dropped the request (see its agent's log for why)",
+            return Err(WorkflowError::Unreachable(
+                "Switchover failed: the leader dropped the request (see its agent's log for why)".into(),
             ));
         }
     }
-    Err(Status::deadline_exceeded(format!(
+    Err(WorkflowError::TimedOut(format!(
         "Switchover status unknown after {} seconds: check `pgwardenctl list`",
         budget.as_secs()
     )))

@@ -1,4 +1,7 @@
-//! A clock that keeps counting while the machine is suspended.
+//! A clock that keeps counting while the machine is suspended: the one clock
+//! of lease deadlines, used by the election (the agent's proven deadline)
+//! and the fencer (the deadline it guards), which compare each other's
+//! instants as nanoseconds since boot.
 //!
 //! Lease deadlines must not move when a VM or laptop sleeps: `CLOCK_MONOTONIC`
 //! (what `std::time::Instant` and tokio use on Linux) stops during suspend, so
