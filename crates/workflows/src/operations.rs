@@ -59,6 +59,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// Patches (`replace` false) or replaces the dynamic configuration.
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, replace, expected_revision))]
 pub async fn change_config(
     cluster: &Cluster,
     json: &str,
@@ -225,6 +226,7 @@ async fn wait_streaming(
 }
 
 /// A `Restart` request: scheduled on each member, or a rolling restart now.
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, members = ?r.members, schedule = %r.schedule))]
 pub async fn restart_members(
     cluster: &Cluster,
     r: &ha_proto::v1::RestartMembersRequest,
@@ -271,6 +273,7 @@ async fn schedule_restart(
 
 /// Drops the scheduled restarts of the members (all when none named); a
 /// member with none is reported, not an error, unless it was named alone.
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, members = ?names))]
 pub async fn cancel_restart(cluster: &Cluster, names: &[String]) -> Result<MembersResponse, WorkflowError> {
     let view = cluster.read().await?;
     let targets = members(&view, names)?;
@@ -336,6 +339,7 @@ async fn restart(
 
 /// Re-clones a replica (from the leader with `from_leader`); with `wait`,
 /// answers once it streams again.
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, member = %r.member, from_leader = r.from_leader))]
 pub async fn reinitialize(
     cluster: &Cluster,
     r: &ha_proto::v1::ReinitializeMemberRequest,

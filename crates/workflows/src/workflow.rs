@@ -155,6 +155,7 @@ fn parse_time(at: &str) -> Result<time::OffsetDateTime, WorkflowError> {
 
 /// A planned switchover from `leader` (empty: the current one) to
 /// `candidate` (empty: the best eligible replica), now or at `scheduled_at`.
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, leader, candidate, scheduled_at))]
 pub async fn switchover(
     cluster: &Cluster,
     leader: &str,
@@ -233,6 +234,7 @@ pub async fn switchover(
 /// A manual failover to `candidate`. With a running leader it is a
 /// switchover to `candidate`; without one, the lag checks are skipped (the
 /// named candidate takes the key if it can, even if behind).
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, candidate))]
 pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResponse, WorkflowError> {
     if candidate.is_empty() {
         return Err(WorkflowError::Invalid("Failover could be performed only to a specific candidate".into()));
@@ -255,6 +257,7 @@ pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResp
 }
 
 /// Drops a pending switchover (compare-and-swap on the key's revision).
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope))]
 pub async fn cancel(cluster: &Cluster) -> Result<String, WorkflowError> {
     let view = cluster.read().await?;
     if view.failover.is_none() {

@@ -68,6 +68,7 @@ impl Agent {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "ha_action", skip_all, fields(action = ?action))]
     pub(super) async fn execute(
         &mut self,
         action: &Action,
