@@ -19,76 +19,21 @@ use crate::local::Local;
 use crate::postgres::{Postgres, StartAs, StopMode, Upstream, slot_name};
 use crate::sql;
 
+mod bootstrap;
 mod commands;
 mod execute;
 mod keys;
 mod lease;
+mod lifecycle;
+pub use lifecycle::ClusterWatch;
 mod observe;
+mod published;
+pub use published::HaView;
+use published::pending_reason_json;
 mod slots;
 mod sync;
 
 use lease::lock_watchdog;
-
-/// What the HA loop publishes for the status stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HaView {
-    pub leader: Option<String>,
-    /// Deadline up to which the leader key is proven ours.
-    pub leader_deadline: Option<BootInstant>,
-    pub cluster_optime: Option<u64>,
-    pub reason: String,
-    pub refused: Option<String>,
-    pub upstream: Option<String>,
-    pub last_tick_unix_ms: i64,
-    pub shutting_down: bool,
-    pub paused: bool,
-    /// Listed in the `sync` key: as a synchronous standby, or in quorum
-    /// commit as a quorum standby.
-    pub sync_standby: bool,
-    pub quorum_standby: bool,
-    pub ttl: u32,
-    pub maximum_lag_on_failover: u64,
-    pub tick_duration: Duration,
-    pub etcd_read_duration: Duration,
-    pub dcs_last_seen_unix_ms: i64,
-    pub failsafe_mode: bool,
-    pub failsafe_active: bool,
-    /// The `failsafe` key as last read (JSON), empty when absent.
-    pub failsafe_json: String,
-    /// Patroni's `pending_restart_reason` (JSON), empty when nothing waits.
-    pub pending_restart_reason_json: String,
-    /// The member's tags as the config now has them (a reload may change
-    /// them): JSON, and whether `noloadbalance` is set.
-    pub tags_json: String,
-    pub noloadbalance: bool,
-    /// This member's standby follows the remote primary: with the leader
-    /// key, it is a standby cluster's standby leader.
-    pub follows_remote: bool,
-}
-
-impl HaView {
-    /// Before the first tick: what the config says of this member.
-    pub fn initial(config: &Config) -> Self {
-        Self {
-            tags_json: serde_json::Value::Object(config.tags.json.clone()).to_string(),
-            noloadbalance: config.tags.noloadbalance,
-            ..Self::default()
-        }
-    }
-}
-
-/// `pending_restart_reason` as Patroni writes it (`{"name": {"old_value",
-/// "new_value"}}`); empty when nothing waits.
-fn pending_reason_json(reason: &std::collections::BTreeMap<String, (String, String)>) -> String {
-    if reason.is_empty() {
-        return String::new();
-    }
-    let map: serde_json::Map<String, serde_json::Value> = reason
-        .iter()
-        .map(|(name, (old, new))| (name.clone(), serde_json::json!({"old_value": old, "new_value": new})))
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
 
 /// The reason of the `history` entry a candidate writes before it promotes
 /// (replaced by PostgreSQL's own entry once promoted).
@@ -228,35 +173,6 @@ pub const FENCER_ACK_MAX_AGE: Duration = Duration::from_millis(ha_core::FENCER_A
 /// cluster's prefix reports no change (a safety net against a watch that
 /// went quiet without an error).
 const MAX_VIEW_AGE: Duration = Duration::from_secs(10);
-
-/// The cluster watch's signals to the HA loop: a wake-up on every change,
-/// a generation that grows with every change (and whenever the watch starts
-/// or ends, as events may have been missed), and whether a watch runs.
-#[derive(Debug, Default)]
-pub struct ClusterWatch {
-    pub wake: Notify,
-    pub generation: AtomicU64,
-    pub watching: AtomicBool,
-}
-
-impl ClusterWatch {
-    /// Something under the prefix changed (or may have).
-    pub fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.wake.notify_one();
-    }
-
-    /// Wakes the HA loop without invalidating its view of etcd (a local
-    /// change, such as the fencer acknowledging again, to publish at once).
-    pub fn nudge(&self) {
-        self.wake.notify_one();
-    }
-
-    pub fn set_watching(&self, watching: bool) {
-        self.watching.store(watching, Ordering::SeqCst);
-        self.changed();
-    }
-}
 
 impl Agent {
     pub fn new(
@@ -670,151 +586,5 @@ impl Agent {
     /// A handle that wakes the loop early (etcd watch events).
     pub fn waker(&self) -> std::sync::Arc<ClusterWatch> {
         self.wake.clone()
-    }
-
-    /// Runs ticks until `shutdown` resolves, then stops PostgreSQL, hands the
-    /// leader key over and removes the member key.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        // What wakes the loop early when it changes: the postmaster's state,
-        // and PostgreSQL's role, streaming and timeline (so the member key and
-        // the tick's reason say "streaming" only while it streams).
-        let summary = |local: &Local| {
-            (
-                local.postmaster.state,
-                local.sql.as_ref().map(|s| (s.in_recovery, s.replication_state == "streaming", s.timeline)),
-            )
-        };
-        let mut previous_state = summary(&self.local.borrow());
-        loop {
-            // A tick may wait on PostgreSQL (start, clone); shutdown must not.
-            let again = tokio::select! {
-                again = self.tick() => again,
-                () = &mut shutdown => break,
-            };
-            if again {
-                continue;
-            }
-            let loop_wait = self.loop_wait;
-            let mut lease_rx = self.keeper.renewal.as_ref().map(RenewalHandle::subscribe);
-            let lease_changed = async {
-                match lease_rx.as_mut() {
-                    Some(rx) => loop {
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                        if matches!(*rx.borrow(), LeaseState::Lost { .. }) {
-                            return;
-                        }
-                    },
-                    None => std::future::pending().await,
-                }
-            };
-            let mut local_rx = self.local.clone();
-            let local_changed = async {
-                loop {
-                    if local_rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    let state = summary(&local_rx.borrow());
-                    if state != previous_state {
-                        return state;
-                    }
-                }
-            };
-            let wake = self.wake.clone();
-            let wake = &wake.wake;
-            let command = tokio::select! {
-                () = &mut shutdown => break,
-                () = tokio::time::sleep(loop_wait) => None,
-                () = wake.notified() => None,
-                () = lease_changed => None,
-                state = local_changed => {
-                    previous_state = state;
-                    None
-                }
-                command = self.commands.recv() => command,
-            };
-            if let Some((command, reply)) = command {
-                info!(?command, "carrying out a request");
-                let outcome = self.command(command).await;
-                if let Err(status) = &outcome {
-                    warn!("request refused or failed: {}", status.message());
-                }
-                let _ = reply.send(outcome);
-            }
-        }
-        self.shut_down().await;
-    }
-
-    /// Fires `on_start`, `on_stop` and `on_role_change` from what PostgreSQL
-    /// did since the last look.
-    fn derive_callbacks(&mut self) {
-        // Patroni's role names: a standby cluster's leader is `standby_leader`.
-        let standby_leader = self.follows_remote && self.leader_deadline().is_some();
-        let now = self.local.borrow().sql.as_ref().map(|s| match s.in_recovery {
-            true if standby_leader => "standby_leader",
-            true => "replica",
-            false => "primary",
-        });
-        match (self.seen_running, now) {
-            (None, Some(role)) if self.last_role.is_some_and(|last| last != role) => {
-                self.callbacks.fire("role_change", role);
-            }
-            (None, Some(role)) => self.callbacks.fire("start", role),
-            (Some(role), None) => self.callbacks.fire("stop", role),
-            (Some(before), Some(role)) if before != role => self.callbacks.fire("role_change", role),
-            _ => {}
-        }
-        self.seen_running = now;
-        if now.is_some() {
-            self.last_role = now;
-        }
-    }
-
-    async fn shut_down(&mut self) {
-        // Peers racing for the key must not wait for this member.
-        self.view.send_modify(|view| view.shutting_down = true);
-        let mut stopped = true;
-        if self.managed {
-            info!("shutting down: stopping PostgreSQL");
-            if let Some(role) = self.seen_running {
-                self.callbacks.before_stop(role).await;
-            }
-            if let Err(e) = self.pg.stop(StopMode::Fast).await {
-                error!("failed to stop PostgreSQL: {e:#}; stopping it immediately");
-                if let Err(e) = self.pg.stop(StopMode::Immediate).await {
-                    error!("failed to stop PostgreSQL: {e:#}");
-                    stopped = false;
-                }
-            }
-        } else {
-            info!("shutting down: leaving PostgreSQL as it is (this agent never managed it)");
-        }
-        let handle = self.keeper.renewal.take();
-        if !stopped {
-            // A PostgreSQL that may still run as primary keeps the key: it
-            // goes only when the lease runs out, after the fencer's deadline:
-            // released now, another node could promote beside it.
-            error!("PostgreSQL did not stop: the leader key is not released; it expires with the lease");
-            if let Some(handle) = handle {
-                let _ = handle.stop().await;
-            }
-            return;
-        }
-        let election = match handle {
-            Some(handle) => handle.stop().await,
-            None => None,
-        };
-        if let (Some(mut election), Some(lease)) = (election, self.keeper.lease) {
-            match election.release(&lease).await {
-                Ok(true) => info!("released the leader key"),
-                Ok(false) => {}
-                Err(e) => warn!("failed to release the leader key: {e}"),
-            }
-            if let Err(e) = election.revoke(&lease).await {
-                warn!("failed to revoke the lease: {e}");
-            }
-        }
     }
 }

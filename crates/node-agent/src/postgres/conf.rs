@@ -1,0 +1,417 @@
+//! The files PostgreSQL reads that pgwarden writes: the parameters
+//! (`postgresql.conf` over the base file), `pg_hba.conf`, `pg_ident.conf`,
+//! the standby's connection settings, and the logical slots' state files
+//! kept on replicas.
+
+use super::*;
+
+impl Postgres {
+    /// Every parameter pgwarden sets: what replication needs, the dynamic
+    /// config's parameters, then the local ones (the local YAML wins, as in Patroni).
+    pub fn parameters(&self, dynamic: &DynamicConfig, listen_local_only: bool) -> BTreeMap<String, String> {
+        let mut params = BTreeMap::new();
+        let set = |params: &mut BTreeMap<String, String>, k: &str, v: String| {
+            params.insert(k.to_string(), v);
+        };
+        set(&mut params, "wal_level", "replica".into());
+        set(&mut params, "hot_standby", "on".into());
+        set(&mut params, "max_wal_senders", "10".into());
+        set(&mut params, "max_replication_slots", "10".into());
+        set(&mut params, "wal_keep_size", "128MB".into());
+        // A follower re-pointed at a new leader retries every this often
+        // (PostgreSQL's default of 5 s would dominate a failover).
+        set(&mut params, "wal_retrieve_retry_interval", "1s".into());
+        // As Patroni: the scope names the server in process titles and logs.
+        set(&mut params, "cluster_name", self.config.scope.clone());
+        if self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind) {
+            set(&mut params, "wal_log_hints", "on".into());
+        }
+        for (k, v) in dynamic.parameters.iter().chain(&self.config.postgresql.parameters) {
+            params.insert(k.clone(), v.clone());
+        }
+        // What the agent relies on cannot be overridden.
+        let listen = self.config.postgresql.listen.as_ref().map(|l| l.listen_addresses()).unwrap_or_default();
+        // Until the bootstrap holds the leader key, only the agent's own
+        // connection is accepted: the socket, or the one local TCP address.
+        let local_only = match &self.local {
+            pgwarden_config::hba::LocalConnection::Socket(_) => String::new(),
+            pgwarden_config::hba::LocalConnection::Tcp(host) => host.clone(),
+        };
+        set(&mut params, "listen_addresses", if listen_local_only { local_only } else { listen });
+        set(&mut params, "port", self.port.to_string());
+        // The user's list as written (PostgreSQL resolves relative entries
+        // against the data directory), else the default directory.
+        let socket_dirs = self
+            .config
+            .postgresql
+            .parameters
+            .get("unix_socket_directories")
+            .or_else(|| dynamic.parameters.get("unix_socket_directories"))
+            .cloned()
+            .unwrap_or_else(|| self.socket_dir.display().to_string());
+        set(&mut params, "unix_socket_directories", socket_dirs);
+        set(&mut params, "hba_file", self.config_dir().join("pg_hba.conf").display().to_string());
+        if self.config_dir() != self.data_dir {
+            // With the configuration elsewhere (Debian's layout), name the
+            // data directory and ident file too: the base file may say otherwise.
+            set(&mut params, "data_directory", self.data_dir.display().to_string());
+            set(&mut params, "ident_file", self.config_dir().join("pg_ident.conf").display().to_string());
+        }
+        if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
+            set(&mut params, "synchronous_standby_names", names);
+        }
+        // Logical slot failover (as Patroni enforces it): a standby's
+        // copies of the primary's logical slots need the catalog rows their
+        // decoding reads, which its feedback keeps on the primary. From 17
+        // on PostgreSQL keeps the copies itself.
+        if self.keeps_logical_slots(dynamic) {
+            set(&mut params, "hot_standby_feedback", "on".into());
+            if self.major().is_some_and(|m| m >= 17) {
+                set(&mut params, "sync_replication_slots", "on".into());
+            }
+        }
+        params
+    }
+
+    /// Whether this member keeps copies of the permanent logical slots
+    /// while it is a replica (logical slot failover): the dynamic config
+    /// lists some, this member may become the leader, streams (`nostream`
+    /// sends no feedback to the primary) with slots, and it is no standby
+    /// cluster (whose leader is a standby itself), as Patroni's rule.
+    pub fn keeps_logical_slots(&self, dynamic: &DynamicConfig) -> bool {
+        let tags = &self.config.tags;
+        dynamic.standby_cluster.is_none()
+            && dynamic.use_slots
+            && !tags.nostream
+            && !tags.nofailover
+            && tags.failover_priority != Some(0)
+            && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }))
+    }
+
+    /// The state files of `source`'s logical slots named in `names`, read
+    /// with `psql` as pg_rewind connects (the rewind user, or the
+    /// superuser; libpq's TLS and the pgpass file), as Patroni reads them.
+    pub async fn logical_slot_states(
+        &self,
+        source: &Upstream,
+        names: &[String],
+    ) -> anyhow::Result<Vec<crate::sql::SlotState>> {
+        let conninfo = self.rewind_conninfo(source);
+        // Slot names are letters, digits and `_` (PostgreSQL's rule): listed
+        // in the query as they are.
+        let listed: Vec<String> = names
+            .iter()
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .map(|n| format!("'{n}'"))
+            .collect();
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = format!(
+            "select s.slot_name, d.datname, s.plugin, \
+                    encode(pg_catalog.pg_read_binary_file('pg_replslot/' || s.slot_name || '/state'), 'hex') \
+             from pg_catalog.pg_replication_slots s join pg_catalog.pg_database d on d.oid = s.datoid \
+             where s.slot_type = 'logical' and not pg_catalog.pg_is_in_recovery() and s.slot_name in ({})",
+            listed.join(", ")
+        );
+        let mut cmd = Command::new(self.bins.path("psql"));
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}", "-d"])
+            .arg(&conninfo)
+            .args(["-c", &query]);
+        let text = self.run("psql (read the primary's logical slots)", &mut cmd).await?;
+        text.lines().filter(|l| !l.is_empty()).map(parse_slot_state).collect()
+    }
+
+    /// Writes a replication slot's state file (read on the primary) into
+    /// this data directory (see [`write_slot_state`]). PostgreSQL must be
+    /// stopped; it loads the slot at its next start.
+    pub fn write_slot_state(&self, name: &str, state: &[u8]) -> anyhow::Result<()> {
+        write_slot_state(&self.data_dir, name, state)
+    }
+
+    /// The major version of the data directory (its `PG_VERSION`).
+    pub fn major(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir.join("PG_VERSION")).ok().and_then(|v| v.trim().parse::<u32>().ok())
+    }
+
+    /// Sets `synchronous_standby_names` for the next config written; returns
+    /// whether it changed.
+    pub fn set_sync_names(&self, names: Option<String>) -> bool {
+        let mut current = self.sync_names.lock().expect("sync names");
+        let changed = *current != names;
+        *current = names;
+        changed
+    }
+
+    /// The pg_hba.conf lines pgwarden owns, as Patroni: the local
+    /// `postgresql.pg_hba`, else the dynamic config's. `None`: the file is
+    /// left as it is (initdb's with `bootstrap.pg_hba` appended at bootstrap,
+    /// the leader's copy on a clone, Patroni's on an adopted node).
+    pub(super) fn hba_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+        local_else_dynamic(
+            (&self.config.postgresql.pg_hba, "postgresql.pg_hba"),
+            (&dynamic.pg_hba, "the dynamic config's postgresql.pg_hba"),
+        )
+    }
+
+    /// The pg_ident.conf lines pgwarden owns, as Patroni: the local
+    /// `postgresql.pg_ident`, else the dynamic config's; `None`: the file is
+    /// left as it is.
+    pub(super) fn ident_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+        local_else_dynamic(
+            (&self.config.postgresql.pg_ident, "postgresql.pg_ident"),
+            (&dynamic.pg_ident, "the dynamic config's postgresql.pg_ident"),
+        )
+    }
+
+    /// What `write_config` would write of the authentication files now.
+    pub fn auth_files(&self, dynamic: &DynamicConfig) -> AuthFiles {
+        AuthFiles { hba: self.hba_lines(dynamic), ident: self.ident_lines(dynamic) }
+    }
+
+    /// What the last `write_config` of this process asked for (`None`: none yet).
+    pub fn written_auth_files(&self) -> Option<AuthFiles> {
+        self.written_auth.lock().expect("written auth files").clone()
+    }
+
+    /// Writes `pg_ident.conf` from `lines` (0600).
+    pub(super) fn write_ident(&self, lines: &[String], source: &str) -> anyhow::Result<()> {
+        let mut ident = format!("# Written by pgwarden-agent from {source}.\n");
+        for line in lines {
+            ident.push_str(line);
+            ident.push('\n');
+        }
+        write_private(&self.config_dir().join("pg_ident.conf"), &ident)
+    }
+
+    /// Writes `pg_hba.conf` from `lines`, unless they would lock the agent
+    /// out: then nothing is written and the error names the line to add.
+    pub(super) fn write_hba(&self, lines: &[String], source: &str) -> anyhow::Result<()> {
+        pgwarden_config::hba::check_agent_access(&self.config, lines, &self.local, source)
+            .map_err(|why| anyhow::anyhow!("{why} (pg_hba.conf left unchanged)"))?;
+        let mut hba = String::from("# Written by pgwarden-agent from the config's pg_hba.\n");
+        for line in lines {
+            hba.push_str(line);
+            hba.push('\n');
+        }
+        write_private(&self.config_dir().join("pg_hba.conf"), &hba)
+    }
+
+    /// The pg_hba.conf of a new cluster, right after initdb: the configured
+    /// rules when pgwarden owns the file; else, as Patroni, initdb's file
+    /// with `bootstrap.pg_hba` appended; with neither, pgwarden's loopback
+    /// password rules (not initdb's `trust`).
+    pub fn write_bootstrap_hba(&self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
+        self.adopt_config_files()?;
+        if let Some((lines, source)) = self.hba_lines(dynamic) {
+            return self.write_hba(&lines, source);
+        }
+        let (lines, source) = pgwarden_config::hba::bootstrap_rules(&self.config);
+        if self.config.bootstrap.pg_hba.is_empty() {
+            return self.write_hba(&lines, &source);
+        }
+        pgwarden_config::hba::check_agent_access(&self.config, &lines, &self.local, &source)
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        let path = self.config_dir().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        text.push_str("\n# Appended by pgwarden-agent from bootstrap.pg_hba.\n");
+        for line in &self.config.bootstrap.pg_hba {
+            text.push_str(line);
+            text.push('\n');
+        }
+        write_private(&path, &text)
+    }
+
+    /// Writes `postgresql.conf` (including initdb's as `postgresql.base.conf`),
+    /// `pg_hba.conf`, and the standby settings for `start_as`.
+    pub fn write_config(
+        &self,
+        dynamic: &DynamicConfig,
+        start_as: &StartAs,
+        listen_local_only: bool,
+    ) -> anyhow::Result<()> {
+        self.adopt_config_files()?;
+        let managed = self.config_dir().join(MANAGED_CONF);
+        let mut text = format!(
+            "{}; edits are overwritten. Put local settings in\n\
+             # postgresql.parameters of the pgwarden config.\ninclude {}\n\n",
+            crate::confdir::WRITTEN_BY,
+            quote(&self.base_include())
+        );
+        let mut parameters = self.parameters(dynamic, listen_local_only);
+        if !matches!(start_as, StartAs::Primary) {
+            self.raise_to_the_primarys_settings(&mut parameters);
+        }
+        for (name, value) in &parameters {
+            text.push_str(&format!("{name} = {}\n", quote(value)));
+        }
+        *self.written.lock().expect("written parameters") = Some(parameters);
+        *self.written_remote.lock().expect("written remote") = match start_as {
+            StartAs::StandbyLeader { remote } => Some(remote.clone()),
+            _ => None,
+        };
+        let standby_signal = self.data_dir.join("standby.signal");
+        // Written for both roles: it needs a restart to change, so dropping it
+        // on promotion would leave the new primary "pending restart".
+        text.push_str("recovery_target_timeline = 'latest'\n");
+        match start_as {
+            StartAs::Primary => {
+                let _ = std::fs::remove_file(&standby_signal);
+            }
+            StartAs::Restore { recovery: Some(settings) } => {
+                for (name, value) in settings {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
+                let _ = std::fs::remove_file(&standby_signal);
+                std::fs::write(self.data_dir.join("recovery.signal"), "").context("write recovery.signal")?;
+            }
+            StartAs::Restore { recovery: None } => {}
+            StartAs::StandbyLeader { remote } => {
+                // As Patroni: the local recovery settings, then the standby
+                // cluster's own over them.
+                let mut settings = self.config.postgresql.recovery_conf.clone();
+                settings.extend(remote.recovery_settings());
+                for (name, value) in &settings {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
+                if let Some(upstream) = remote_upstream(remote) {
+                    text.push_str(&format!("primary_conninfo = {}\n", quote(&self.primary_conninfo(&upstream))));
+                    if let Some(slot) = &remote.primary_slot_name {
+                        text.push_str(&format!("primary_slot_name = {}\n", quote(slot)));
+                    }
+                }
+                std::fs::write(&standby_signal, "").context("write standby.signal")?;
+            }
+            StartAs::Replica { upstream } => {
+                for (name, value) in &self.config.postgresql.recovery_conf {
+                    text.push_str(&format!("{name} = {}\n", quote(value)));
+                }
+                if let Some(upstream) = upstream {
+                    let mut conninfo = self.primary_conninfo(upstream);
+                    if self.keeps_logical_slots(dynamic) && self.major().is_some_and(|m| m >= 17) {
+                        // PostgreSQL's slot synchronisation reads the
+                        // primary's slots over this connection.
+                        conninfo.push_str(" dbname=postgres");
+                    }
+                    text.push_str(&format!("primary_conninfo = {}\n", quote(&conninfo)));
+                    if dynamic.use_slots {
+                        text.push_str(&format!("primary_slot_name = {}\n", quote(&slot_name(&self.config.name))));
+                    }
+                }
+                std::fs::write(&standby_signal, "").context("write standby.signal")?;
+            }
+        }
+        let auth = self.auth_files(dynamic);
+        *self.written_auth.lock().expect("written auth files") = Some(auth.clone());
+        if let Some((lines, source)) = &auth.hba {
+            self.write_hba(lines, source)?;
+        }
+        if let Some((lines, source)) = &auth.ident {
+            self.write_ident(lines, source)?;
+        }
+        // The HA loop's names, not a hold an earlier leader term left.
+        crate::ackhold::clear_residue(&self.data_dir)?;
+        write_private(&managed, &text)?;
+        self.back_up_config_files()
+    }
+
+    pub(super) fn primary_conninfo(&self, upstream: &Upstream) -> String {
+        let replication = &self.config.postgresql.authentication.replication;
+        let mut conninfo = format!(
+            "host={} port={} user={} application_name={} passfile={} connect_timeout=3",
+            upstream.host,
+            upstream.port,
+            replication.username,
+            self.config.name,
+            self.pgpass.display()
+        );
+        conninfo.push_str(&ssl_options(replication));
+        conninfo
+    }
+
+    /// A standby (or a restore in recovery) refuses to run with less of
+    /// these than the primary whose WAL it replays had (PostgreSQL's
+    /// "recovery aborted because of insufficient parameter settings"): each
+    /// is raised to what `pg_controldata` recorded, as Patroni does. A
+    /// restore from another cluster's backup is the usual case.
+    pub(super) fn raise_to_the_primarys_settings(&self, parameters: &mut BTreeMap<String, String>) {
+        const SETTINGS: [(&str, &str, u64); 5] = [
+            ("max_connections", "max_connections setting", 100),
+            ("max_worker_processes", "max_worker_processes setting", 8),
+            ("max_wal_senders", "max_wal_senders setting", 10),
+            ("max_prepared_transactions", "max_prepared_xacts setting", 0),
+            ("max_locks_per_transaction", "max_locks_per_xact setting", 64),
+        ];
+        let Ok(output) = std::process::Command::new(self.bins.path("pg_controldata")).arg(&self.data_dir).output()
+        else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let recorded = |key: &str| {
+            text.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(k, _)| k.trim() == key)
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        };
+        for (name, key, default) in SETTINGS {
+            let Some(primary) = recorded(key) else { continue };
+            let ours = parameters.get(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default);
+            if primary > ours {
+                info!(parameter = name, ours, primary, "raised to the primary's setting: a standby needs as many");
+                parameters.insert(name.to_string(), primary.to_string());
+            }
+        }
+    }
+}
+
+/// Writes a replication slot's state file into `<data_dir>/pg_replslot/<name>`
+/// as PostgreSQL would: through a temporary directory renamed into place,
+/// each step fsynced. `name` must be a slot name (letters, digits, `_`).
+pub fn write_slot_state(data_dir: &Path, name: &str, state: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    anyhow::ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "refusing to write slot {name:?}: not a replication slot name"
+    );
+    let slots = data_dir.join("pg_replslot");
+    let (dir, tmp) = (slots.join(name), slots.join(format!("{name}.tmp")));
+    let sync_dir = |path: &Path| std::fs::File::open(path).and_then(|d| d.sync_all());
+    let write = || -> std::io::Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp.join("state"))?;
+        file.write_all(state)?;
+        file.sync_all()?;
+        sync_dir(&tmp)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir)?;
+        sync_dir(&dir)?;
+        sync_dir(&slots)
+    };
+    write().with_context(|| format!("write replication slot {name} into {}", slots.display()))
+}
+
+/// One line of [`Postgres::logical_slot_states`]' output: name, database,
+/// plugin and the state file in hex, separated by U+001F.
+pub(super) fn parse_slot_state(line: &str) -> anyhow::Result<crate::sql::SlotState> {
+    let fields: Vec<&str> = line.split('\u{1f}').collect();
+    let [name, database, plugin, hex] = fields.as_slice() else {
+        bail!("unexpected line from the primary's slots: {line:?}");
+    };
+    anyhow::ensure!(hex.len() % 2 == 0, "slot {name}: a state file of odd hex length");
+    let state = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .with_context(|| format!("slot {name}: the state file is not hex"))?;
+    Ok(crate::sql::SlotState {
+        name: name.to_string(),
+        database: database.to_string(),
+        plugin: plugin.to_string(),
+        state,
+    })
+}
