@@ -1,5 +1,6 @@
 //! Patroni's callbacks on a real cluster: a script records every role
-//! change through a failover and the old primary's return; `pre_promote`
+//! change through a failover and the old primary's return; a primary that
+//! cannot start again hears `demoted`; `pre_promote`
 //! vetoes a promotion; an agent frozen in `pre_promote` does not promote
 //! when it thaws.
 
@@ -46,22 +47,25 @@ fn recorded(cluster: &PgwardenCluster, i: usize) -> String {
     std::fs::read_to_string(cluster.nodes[i].dir.path().join("callbacks.log")).unwrap_or_default()
 }
 
+/// Configures node `i`'s `on_start`, `on_stop` and `on_role_change` as a
+/// script that appends its arguments to the node's `callbacks.log`.
+fn record_callbacks(cluster: &PgwardenCluster, i: usize) {
+    let log = cluster.nodes[i].dir.path().join("callbacks.log");
+    let script = cluster.nodes[i].dir.path().join("callback.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    pgwarden_integration_tests::process::give_to_postgres(&script);
+    let s = script.display();
+    add_to_postgresql_section(
+        cluster,
+        i,
+        &format!("  callbacks:\n    on_start: {s}\n    on_stop: {s}\n    on_role_change: {s}\n"),
+    );
+}
+
 #[tokio::test]
 async fn a_callback_script_records_every_role_change_through_a_failover() {
-    let mut cluster = start(3, |cluster, i| {
-        let log = cluster.nodes[i].dir.path().join("callbacks.log");
-        let script = cluster.nodes[i].dir.path().join("callback.sh");
-        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).expect("script");
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        pgwarden_integration_tests::process::give_to_postgres(&script);
-        let s = script.display();
-        add_to_postgresql_section(
-            cluster,
-            i,
-            &format!("  callbacks:\n    on_start: {s}\n    on_stop: {s}\n    on_role_change: {s}\n"),
-        );
-    })
-    .await;
+    let mut cluster = start(3, record_callbacks).await;
     let leader = cluster.wait_healthy(UP).await.expect("healthy");
     let replicas: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     wait_until("the start callbacks", UP, || async {
@@ -100,6 +104,44 @@ async fn a_callback_script_records_every_role_change_through_a_failover() {
     for i in 0..3 {
         println!("{}: {}", cluster.nodes[i].name, recorded(&cluster, i).replace('\n', " | "));
     }
+}
+
+/// Patroni's "crashed primary demotes after failed attempt to start": the
+/// primary's PostgreSQL crashes and cannot start again (a setting
+/// PostgreSQL refuses in `postgresql.auto.conf`). Its agent gives the key
+/// up, and its `on_role_change` hears `demoted`, as Patroni's does, so a
+/// script that moves an address or tells a load balancer hears that this
+/// node no longer leads although its PostgreSQL never ran as a replica.
+#[tokio::test]
+async fn a_primary_that_gives_the_key_up_after_a_failed_start_tells_its_callback_demoted() {
+    let cluster = start(2, record_callbacks).await;
+    cluster.patch_config(serde_json::json!({"primary_start_timeout": 300})).await.expect("a long start timeout");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    wait_until("the start callback", UP, || async {
+        Ok::<_, String>(recorded(&cluster, leader).contains("on_start primary itest").then_some(()))
+    })
+    .await
+    .expect("on_start primary");
+    std::fs::write(cluster.nodes[leader].data_dir().join("postgresql.auto.conf"), "foo = bar\n")
+        .expect("spoil postgresql.auto.conf");
+    let pid = cluster.nodes[leader].postmaster_pid().expect("the primary runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let other = 1 - leader;
+    wait_until("the other node leads", UP, || async {
+        Ok::<_, String>((cluster.nodes[other].check("/primary") == 200).then_some(()))
+    })
+    .await
+    .expect("failover");
+    wait_until("the old primary's callback hears demoted", UP, || async {
+        let log = recorded(&cluster, leader);
+        Ok::<_, String>(log.contains("on_role_change demoted itest").then_some(()))
+    })
+    .await
+    .expect("on_role_change demoted");
+    let log = recorded(&cluster, leader);
+    let stopped = log.find("on_stop primary itest").expect("on_stop primary first");
+    assert!(stopped < log.find("on_role_change demoted itest").expect("demoted"), "{log}");
+    assert!(!log.contains("on_role_change replica"), "its PostgreSQL never ran again: {log}");
 }
 
 #[tokio::test]

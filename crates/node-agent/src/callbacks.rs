@@ -17,6 +17,62 @@ pub const CALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `pre_promote` and `before_stop` may take.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a callback is run for: the config's `on_<event>` key, and the first
+/// argument the command gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    RoleChange,
+}
+
+impl Event {
+    pub fn key(self) -> &'static str {
+        match self {
+            Event::Start => "on_start",
+            Event::Stop => "on_stop",
+            Event::Restart => "on_restart",
+            Event::Reload => "on_reload",
+            Event::RoleChange => "on_role_change",
+        }
+    }
+}
+
+/// The role a callback is told, in Patroni's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    /// A standby cluster's leader.
+    StandbyLeader,
+    /// A primary that gave the leader key up with its PostgreSQL down.
+    Demoted,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
+            Role::Demoted => "demoted",
+        }
+    }
+
+    /// Primary and standby leader: the roles that hold the leader key.
+    pub fn leads(self) -> bool {
+        matches!(self, Role::Primary | Role::StandbyLeader)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Callbacks {
     commands: BTreeMap<String, String>,
@@ -54,11 +110,12 @@ impl Callbacks {
         }
     }
 
-    /// Runs `on_<action>` in the background, if configured.
-    pub fn fire(&self, action: &str, role: &str) {
-        let Some(line) = self.commands.get(&format!("on_{action}")).cloned() else { return };
-        let args = [format!("on_{action}"), role.to_string(), self.scope.clone()];
-        info!(callback = %line, action, role, "running a callback");
+    /// Runs the `event`'s callback in the background, if configured.
+    pub fn fire(&self, event: Event, role: Role) {
+        let action = event.key();
+        let Some(line) = self.commands.get(action).cloned() else { return };
+        let args = [action.to_string(), role.to_string(), self.scope.clone()];
+        info!(callback = %line, action, %role, "running a callback");
         tokio::spawn(async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             if let Err(e) = run(&line, &args, CALLBACK_TIMEOUT).await {
@@ -76,10 +133,10 @@ impl Callbacks {
 
     /// `before_stop`: run (and waited for) before PostgreSQL is stopped; a
     /// failure is logged, the stop goes ahead.
-    pub async fn before_stop(&self, role: &str) {
+    pub async fn before_stop(&self, role: Role) {
         let Some(line) = &self.before_stop else { return };
         info!(hook = %line, "running before_stop");
-        if let Err(e) = run(line, &["before_stop", role, &self.scope], HOOK_TIMEOUT).await {
+        if let Err(e) = run(line, &["before_stop", role.as_str(), &self.scope], HOOK_TIMEOUT).await {
             warn!("before_stop: {e:#}");
         }
     }

@@ -15,6 +15,7 @@ use pgwarden_config::{Config, DynamicConfig};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
+use crate::callbacks::{Event, Role};
 use crate::local::Local;
 use crate::postgres::{Postgres, StartAs, StopMode, Upstream, slot_name};
 use crate::sql;
@@ -139,8 +140,8 @@ pub struct Agent {
     /// PostgreSQL's role when last seen answering (`None`: not answering),
     /// and the last role it had: what `on_start`, `on_stop` and
     /// `on_role_change` are derived from.
-    seen_running: Option<&'static str>,
-    last_role: Option<&'static str>,
+    seen_running: Option<Role>,
+    last_role: Option<Role>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,7 +192,7 @@ impl Agent {
         let callbacks = crate::callbacks::Callbacks::new(&config);
         // The role the data directory last had, so that a former primary
         // coming back as a replica counts as a role change.
-        let last_role = pg.has_data().then(|| if pg.was_primary() { "primary" } else { "replica" });
+        let last_role = pg.has_data().then(|| if pg.was_primary() { Role::Primary } else { Role::Replica });
         Self {
             config,
             pg,
@@ -495,7 +496,7 @@ impl Agent {
             match self.rewrite_running_config(Some(view), &dynamic).await {
                 Ok(()) => {
                     if let Some(role) = self.seen_running {
-                        self.callbacks.fire("reload", role);
+                        self.callbacks.fire(Event::Reload, role);
                     }
                 }
                 Err(e) => warn!("failed to apply the changed parameters: {e:#}"),

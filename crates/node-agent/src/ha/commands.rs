@@ -67,12 +67,12 @@ impl Agent {
                     ));
                 }
                 let mine = match &local.sql {
-                    Some(sql) if sql.in_recovery => "replica",
-                    Some(_) => "primary",
-                    None if leading => "primary",
-                    None => "replica",
+                    Some(sql) if sql.in_recovery => Role::Replica,
+                    Some(_) => Role::Primary,
+                    None if leading => Role::Primary,
+                    None => Role::Replica,
                 };
-                if !role.is_empty() && role != mine {
+                if !role.is_empty() && role != mine.as_str() {
                     return reply(false, format!("skipped: {} is a {mine}", self.config.name));
                 }
                 if only_if_pending && !local.sql.as_ref().is_some_and(|sql| sql.pending_restart) {
@@ -112,8 +112,8 @@ impl Agent {
                     };
                 }
                 self.await_local("answer after the restart", |l| l.sql.is_some()).await.map_err(failed)?;
-                self.callbacks.fire("restart", mine);
-                info!(role = mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
+                self.callbacks.fire(Event::Restart, mine);
+                info!(role = %mine, took = ?started.elapsed(), "restarted PostgreSQL on request");
                 reply(true, format!("restarted {} ({mine}) in {} ms", self.config.name, started.elapsed().as_millis()))
             }
             Command::Reinitialize { from_leader } => {
@@ -157,7 +157,7 @@ impl Agent {
                 self.rewrite_running_config(view.as_ref(), &dynamic).await.map_err(failed)?;
                 info!(origin = %loaded.origin, "config reloaded");
                 if let Some(role) = self.seen_running {
-                    self.callbacks.fire("reload", role);
+                    self.callbacks.fire(Event::Reload, role);
                 }
                 reply(true, format!("reloaded the config of {}", self.config.name))
             }

@@ -177,6 +177,12 @@ impl Agent {
             }
             Action::ReleaseLeader => {
                 self.release_leader(dynamic).await?;
+                // A primary whose PostgreSQL did not come back gives the key
+                // up: its callback hears `demoted`, as Patroni's does.
+                if obs.pg == PgRun::Stopped && self.last_role.is_some_and(Role::leads) {
+                    self.last_role = Some(Role::Demoted);
+                    self.callbacks.fire(Event::RoleChange, Role::Demoted);
+                }
                 Ok(true)
             }
             Action::ClearFailover => {
@@ -369,7 +375,7 @@ impl Agent {
             self.drop_request(request_revision).await;
             return Ok(true);
         }
-        self.callbacks.before_stop("primary").await;
+        self.callbacks.before_stop(Role::Primary).await;
         info!(candidate, "switchover: checkpoint, then a clean shutdown");
         let mut conn = self.connect().await?;
         sql::checkpoint(&mut conn).await?;

@@ -116,17 +116,17 @@ impl Agent {
         // Patroni's role names: a standby cluster's leader is `standby_leader`.
         let standby_leader = self.follows_remote && self.leader_deadline().is_some();
         let now = self.local.borrow().sql.as_ref().map(|s| match s.in_recovery {
-            true if standby_leader => "standby_leader",
-            true => "replica",
-            false => "primary",
+            true if standby_leader => Role::StandbyLeader,
+            true => Role::Replica,
+            false => Role::Primary,
         });
         match (self.seen_running, now) {
             (None, Some(role)) if self.last_role.is_some_and(|last| last != role) => {
-                self.callbacks.fire("role_change", role);
+                self.callbacks.fire(Event::RoleChange, role);
             }
-            (None, Some(role)) => self.callbacks.fire("start", role),
-            (Some(role), None) => self.callbacks.fire("stop", role),
-            (Some(before), Some(role)) if before != role => self.callbacks.fire("role_change", role),
+            (None, Some(role)) => self.callbacks.fire(Event::Start, role),
+            (Some(role), None) => self.callbacks.fire(Event::Stop, role),
+            (Some(before), Some(role)) if before != role => self.callbacks.fire(Event::RoleChange, role),
             _ => {}
         }
         self.seen_running = now;
