@@ -548,7 +548,12 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             _ if obs.nofailover || obs.priority == 0 => Decision::idle("no leader: not a candidate (nofailover)"),
             _ => match quorum_shortfall(obs, *lsn) {
                 Some(why) => Decision::idle(why),
-                None => Decision::idle("no leader: waiting for a better candidate"),
+                None => match better_rival(obs, *lsn) {
+                    Some((peer, why)) => {
+                        Decision::idle(format!("no leader: waiting for a better candidate ({}: {why})", peer.name))
+                    }
+                    None => Decision::idle("no leader: waiting for a better candidate"),
+                },
             },
         },
         // A primary never gets here (it returned above); stay idle if it did.
@@ -1164,7 +1169,7 @@ mod tests {
         };
         let early = decide(&scheduled);
         assert_eq!(early.action, None, "not due yet: {early}");
-        assert_eq!(early.reason, "no leader: waiting for a better candidate", "{early}");
+        assert_eq!(early.reason, "no leader: waiting for a better candidate (a: further ahead)", "{early}");
         let due = Observed { now_unix_ms: 5_000, ..scheduled };
         assert_eq!(decide(&due).action, Some(Action::AcquireLeader), "{}", decide(&due));
     }
@@ -1284,7 +1289,22 @@ mod tests {
         assert!(decide(&lagging).reason.contains("bytes behind the last leader"), "{}", decide(&lagging));
         let at_limit =
             Observed { leader: None, cluster_optime: Some(100 + limit), peers: vec![peer("a", 200)], ..base() };
-        assert_eq!(decide(&at_limit).reason, "no leader: waiting for a better candidate", "{}", decide(&at_limit));
+        assert_eq!(
+            decide(&at_limit).reason,
+            "no leader: waiting for a better candidate (a: further ahead)",
+            "{}",
+            decide(&at_limit)
+        );
+        // It names whom it waits for, and why.
+        let unknown = Observed { peers: vec![Peer { lsn: None, ..peer("a", 0) }], ..at_limit.clone() };
+        assert_eq!(
+            decide(&unknown).reason,
+            "no leader: waiting for a better candidate (a: running, its WAL position not known yet)"
+        );
+        let preferred = Observed { peers: vec![Peer { priority: 2, ..peer("a", 100) }], ..at_limit.clone() };
+        assert!(decide(&preferred).reason.ends_with("(a: a higher failover_priority)"), "{}", decide(&preferred));
+        let tied = Observed { me: "b".into(), peers: vec![peer("a", 100)], ..at_limit.clone() };
+        assert!(decide(&tied).reason.ends_with("(a: as far ahead, first by name)"), "{}", decide(&tied));
         for tagged in [Observed { nofailover: true, ..base() }, Observed { priority: 0, ..base() }] {
             let obs = Observed { leader: None, ..tagged };
             assert_eq!(decide(&obs).reason, "no leader: not a candidate (nofailover)", "{}", decide(&obs));
@@ -1328,6 +1348,13 @@ mod tests {
         // Among members that all gave the key up, the usual order decides.
         let both = Observed { peers: vec![Peer { released: true, ..peer("a", 250) }], ..released.clone() };
         assert_ne!(decide(&both).action, Some(Action::AcquireLeader), "a is further ahead: {}", decide(&both));
+        // ...but one whose PostgreSQL does not answer (Patroni's "crashed
+        // primary demotes after failed attempt to start": it gave the key up
+        // because it cannot start) is not waited for.
+        let down = Observed { peers: vec![Peer { released: true, lsn: None, ..peer("a", 0) }], ..released.clone() };
+        assert_eq!(decide(&down).action, Some(Action::AcquireLeader), "{}", decide(&down));
+        let not_released = Observed { peers: vec![Peer { lsn: None, ..peer("a", 0) }], ..released.clone() };
+        assert!(decide(&not_released).reason.contains("its WAL position not known yet"), "{}", decide(&not_released));
         let both = Observed { peers: vec![Peer { released: true, ..peer("a", 150) }], ..released.clone() };
         assert_eq!(decide(&both).action, Some(Action::AcquireLeader), "{}", decide(&both));
         // ...but it stays a switchover candidate.

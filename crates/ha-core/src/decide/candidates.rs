@@ -15,6 +15,14 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
     if rules.problem(&obs.contender_self(my_lsn, my_timeline)).is_some() || !quorum_reached(obs, my_lsn) {
         return false;
     }
+    better_rival(obs, my_lsn).is_none()
+}
+
+/// The first peer that `is_best_candidate` makes this node wait for, with
+/// why: further ahead, ahead with a higher priority, equal and lower in
+/// name, or running with no position reported yet.
+pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<(&Peer, &'static str)> {
+    let rules = obs.candidate_rules();
     let mine = (obs.priority, my_lsn);
     // A rival: it could lead but for its position, which is compared below
     // (one beyond the lag limit never holds a candidate back).
@@ -27,18 +35,32 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
     // others do not wait for it, and it races only when none of them can
     // (then against the other members that gave the key up, as usual).
     let fresh = |p: &&Peer| !p.released && rules.problem(&obs.contender(p)).is_none();
-    let fresh_rival = obs.peers.iter().any(|p| fresh(&p));
-    if obs.released_leader() && fresh_rival {
-        return false;
+    let fresh_rival = obs.peers.iter().find(fresh);
+    if obs.released_leader()
+        && let Some(peer) = fresh_rival
+    {
+        return Some((peer, "it may lead, and I gave the key up"));
     }
+    let fresh_rival = fresh_rival.is_some();
     let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader());
     let within_lag = |lsn: u64| rules.lag(lsn) <= obs.maximum_lag_on_failover;
-    obs.peers.iter().filter(rivals).all(|peer| match peer.lsn {
-        Some(lsn) if !within_lag(lsn) => true,
-        Some(lsn) if (peer.priority, lsn) > mine => false,
-        Some(lsn) if (peer.priority, lsn) == mine => peer.name > obs.me,
-        Some(_) => true,
-        None => false,
+    obs.peers.iter().filter(rivals).find_map(|peer| {
+        let why = match peer.lsn {
+            Some(lsn) if !within_lag(lsn) => return None,
+            Some(_) if peer.priority > obs.priority => "a higher failover_priority",
+            Some(lsn) if (peer.priority, lsn) > mine => "further ahead",
+            Some(lsn) if (peer.priority, lsn) == mine && peer.name < obs.me => "as far ahead, first by name",
+            Some(_) => return None,
+            // It gave the key up, and its PostgreSQL does not answer (it did
+            // not start again after a crash, or it is stopping for a
+            // switchover): not waited for, as a peer whose position stays
+            // unknown for a ttl is not (`Observed::takes_part`); the lag
+            // limit and the synchronous rule still bound what this node
+            // may lack.
+            None if peer.released => return None,
+            None => "running, its WAL position not known yet",
+        };
+        Some((peer, why))
     })
 }
 
