@@ -336,8 +336,7 @@ pub async fn remove(target: &Target, force: bool) -> anyhow::Result<()> {
     let view = dcs::read_cluster(&target.etcd, &target.keys)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read cluster {}: {}", target.scope, dcs::describe_error(&e)))?;
-    let running: Vec<&str> =
-        view.members.iter().filter(|m| m.data.state == "running").map(|m| m.name.as_str()).collect();
+    let running: Vec<&str> = view.members.iter().filter(|m| m.data.is_running()).map(|m| m.name.as_str()).collect();
     if !running.is_empty() && !force {
         bail!(
             "members of {} are running ({}): stop them first, or add --force to remove the keys under them",

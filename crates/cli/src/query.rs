@@ -20,7 +20,7 @@ use crate::Format;
 pub fn with_role<'a>(view: &'a ClusterView, role: &str) -> anyhow::Result<Vec<&'a MemberEntry>> {
     let leader = view.leader.as_ref().and_then(|l| view.member(&l.name));
     let is_leader = |m: &MemberEntry| leader.is_some_and(|l| l.name == m.name);
-    let standby_cluster = leader.is_some_and(|l| l.data.role == "standby_leader");
+    let standby_cluster = leader.is_some_and(|l| l.data.member_role() == dcs::MemberRole::StandbyLeader);
     Ok(match role {
         "leader" | "master" => leader.into_iter().collect(),
         "primary" => leader.filter(|_| !standby_cluster).into_iter().collect(),

@@ -45,7 +45,9 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
         };
         let role = match summary.role {
             // A primary that does not hold the key is not the leader.
-            ClusterRole::Replica if member.data.role == "standby_leader" || member.data.role == "primary" => {
+            ClusterRole::Replica
+                if matches!(member.data.member_role(), dcs::MemberRole::StandbyLeader | dcs::MemberRole::Primary) =>
+            {
                 title_case(&member.data.role)
             }
             role => title_case(role.as_str()),
@@ -74,28 +76,25 @@ pub fn rows(view: &ClusterView, topology: bool) -> Vec<[String; 6]> {
 /// when that names another replica; the leader otherwise), depth first.
 fn topology_order(view: &ClusterView, leader: &str, rows: Vec<[String; 6]>) -> Vec<[String; 6]> {
     let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+    // The member `name` streams from by its tag, when that is another
+    // replica here.
+    let upstream = |name: &str| {
+        view.member(name)
+            .and_then(|m| m.data.known_tags().replicatefrom)
+            .filter(|p| p != name && p != leader && names.contains(&p.as_str()))
+    };
     let parent_of = |name: &str| -> String {
-        let tag = view
-            .member(name)
-            .and_then(|m| m.data.tags.get("replicatefrom"))
-            .and_then(serde_json::Value::as_str)
-            .filter(|p| *p != name && *p != leader && names.contains(p));
+        let tag = upstream(name);
         // A chain of replicatefrom tags that loops hangs from the leader.
-        let mut hop = tag;
+        let mut hop = tag.clone();
         for _ in 0..names.len() {
             match hop {
                 Some(p) if p == name => return leader.to_string(),
-                Some(p) => {
-                    hop = view
-                        .member(p)
-                        .and_then(|m| m.data.tags.get("replicatefrom"))
-                        .and_then(serde_json::Value::as_str)
-                        .filter(|q| *q != p && *q != leader && names.contains(q));
-                }
+                Some(p) => hop = upstream(&p),
                 None => break,
             }
         }
-        tag.unwrap_or(leader).to_string()
+        tag.unwrap_or_else(|| leader.to_string())
     };
     let mut ordered = Vec::new();
     let mut pending: Vec<(String, usize)> = vec![(leader.to_string(), 0)];

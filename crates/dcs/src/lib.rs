@@ -17,5 +17,8 @@ pub use connect::{ConnectError, Etcd, EtcdSettings, connect, describe_error, is_
 /// The etcd client error type, re-exported so users need not depend on etcd-client.
 pub use etcd_client::Error as EtcdError;
 pub use keys::Keys;
-pub use model::{CloneProgress, Failover, HistoryEntry, MemberData, Scheduled, Status, SyncState, parse_scheduled_at};
+pub use model::{
+    CloneProgress, Failover, HistoryEntry, MemberData, MemberRole, MemberTags, Scheduled, Status, SyncState,
+    parse_scheduled_at,
+};
 pub use view::{ClusterRole, ClusterView, LeaderView, MemberEntry, MemberSummary, read_cluster};

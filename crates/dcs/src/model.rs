@@ -85,6 +85,62 @@ pub struct MemberData {
     pub extra: Map<String, Value>,
 }
 
+/// A member's `role` as its key says it (Patroni 2's `master` is `primary`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRole {
+    Primary,
+    Replica,
+    StandbyLeader,
+    /// A primary that gave the key up with its PostgreSQL down.
+    Demoted,
+    Uninitialized,
+    /// A role this version does not know: treated as none of the above.
+    Other,
+}
+
+impl MemberRole {
+    /// A role that only a member with a data directory has.
+    pub fn has_data(self) -> bool {
+        matches!(self, MemberRole::Primary | MemberRole::Replica | MemberRole::StandbyLeader)
+    }
+}
+
+/// A member's tags that change what the others do ([`MemberData::known_tags`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberTags {
+    pub nofailover: bool,
+    pub noloadbalance: bool,
+    pub clonefrom: bool,
+    pub nosync: bool,
+    pub nostream: bool,
+    /// The member it streams from (cascading replication).
+    pub replicatefrom: Option<String>,
+    pub failover_priority: Option<i64>,
+    pub sync_priority: Option<i64>,
+}
+
+impl MemberTags {
+    /// Never takes the leader key: `nofailover`, or `failover_priority: 0`.
+    pub fn never_leads(&self) -> bool {
+        self.nofailover || self.failover_priority == Some(0)
+    }
+
+    /// Its `failover_priority` (1 unless set; an unreadable one counts as 1).
+    pub fn failover_priority(&self) -> u32 {
+        self.failover_priority.and_then(|p| u32::try_from(p).ok()).unwrap_or(1)
+    }
+
+    /// Never a synchronous standby: `nosync`, or `sync_priority: 0`.
+    pub fn never_sync(&self) -> bool {
+        self.nosync || self.sync_priority == Some(0)
+    }
+
+    /// Its `sync_priority` (1 unless set).
+    pub fn sync_priority(&self) -> u32 {
+        self.sync_priority.and_then(|p| u32::try_from(p).ok()).unwrap_or(1)
+    }
+}
+
 impl MemberData {
     /// Parses a member value; a legacy `postgres://...` string becomes a
     /// member with only `conn_url`.
@@ -100,16 +156,39 @@ impl MemberData {
         }
     }
 
-    /// A boolean tag as Patroni reads another member's: `true`, or a string
-    /// such as `'true'` or `'on'` (a member whose config quoted it).
-    pub fn tag_flag(&self, name: &str) -> bool {
-        self.tags.get(name).and_then(pgwarden_config::parse_bool) == Some(true)
+    /// Its `role` field, typed.
+    pub fn member_role(&self) -> MemberRole {
+        match self.role.as_str() {
+            "primary" | "master" => MemberRole::Primary,
+            "replica" => MemberRole::Replica,
+            "standby_leader" => MemberRole::StandbyLeader,
+            "demoted" => MemberRole::Demoted,
+            "uninitialized" => MemberRole::Uninitialized,
+            _ => MemberRole::Other,
+        }
     }
 
-    /// An integer tag (`failover_priority`, `sync_priority`), written as a
-    /// number or a string.
-    pub fn tag_number(&self, name: &str) -> Option<i64> {
-        self.tags.get(name).and_then(pgwarden_config::parse_int)
+    /// Its PostgreSQL runs (`state: running`).
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+
+    /// The tags pgwarden acts on, read as Patroni reads another member's:
+    /// a boolean as `true` or a string such as `'true'` or `'on'` (a member
+    /// whose config quoted it), a number as a number or a string.
+    pub fn known_tags(&self) -> MemberTags {
+        let flag = |name: &str| self.tags.get(name).and_then(pgwarden_config::parse_bool) == Some(true);
+        let number = |name: &str| self.tags.get(name).and_then(pgwarden_config::parse_int);
+        MemberTags {
+            nofailover: flag("nofailover"),
+            noloadbalance: flag("noloadbalance"),
+            clonefrom: flag("clonefrom"),
+            nosync: flag("nosync"),
+            nostream: flag("nostream"),
+            replicatefrom: self.tags.get("replicatefrom").and_then(Value::as_str).map(str::to_string),
+            failover_priority: number("failover_priority"),
+            sync_priority: number("sync_priority"),
+        }
     }
 
     fn flag(&self, field: &str) -> Option<bool> {
@@ -309,14 +388,21 @@ mod tests {
     #[test]
     fn tags_are_read_as_patroni_reads_another_members() {
         let raw = br#"{"conn_url":"postgres://h:5432/postgres","tags":{"nosync":"true","clonefrom":true,
-            "nofailover":"no","sync_priority":"0","failover_priority":3}}"#;
-        let member = MemberData::parse(raw).expect("parses");
-        assert!(member.tag_flag("nosync"), "a quoted true");
-        assert!(member.tag_flag("clonefrom"));
-        assert!(!member.tag_flag("nofailover"));
-        assert!(!member.tag_flag("noloadbalance"), "absent");
-        assert_eq!(member.tag_number("sync_priority"), Some(0));
-        assert_eq!(member.tag_number("failover_priority"), Some(3));
+            "nofailover":"no","sync_priority":"0","failover_priority":3,"replicatefrom":"pg2"}}"#;
+        let tags = MemberData::parse(raw).expect("parses").known_tags();
+        assert!(tags.nosync, "a quoted true");
+        assert!(tags.clonefrom);
+        assert!(!tags.nofailover);
+        assert!(!tags.noloadbalance, "absent");
+        assert_eq!(tags.sync_priority, Some(0));
+        assert!(tags.never_sync(), "sync_priority 0");
+        assert_eq!((tags.failover_priority, tags.failover_priority()), (Some(3), 3));
+        assert!(!tags.never_leads());
+        assert_eq!(tags.replicatefrom.as_deref(), Some("pg2"));
+        let plain = MemberData::default().known_tags();
+        assert_eq!((plain.failover_priority(), plain.sync_priority()), (1, 1), "unset: 1");
+        let zero = MemberData::parse(br#"{"tags":{"failover_priority":"0"}}"#).expect("parses").known_tags();
+        assert!(zero.never_leads(), "failover_priority 0");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::connect::Etcd;
 use serde_json::Value;
 
 use crate::keys::Keys;
-use crate::model::{Failover, HistoryEntry, MemberData, Status, SyncState};
+use crate::model::{Failover, HistoryEntry, MemberData, MemberRole, Status, SyncState};
 
 /// The leader key as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,11 @@ impl ClusterView {
             .map(|entry| {
                 let data = &entry.data;
                 let role = if Some(entry.name.as_str()) == leader {
-                    if data.role == "standby_leader" { ClusterRole::StandbyLeader } else { ClusterRole::Leader }
+                    if data.member_role() == MemberRole::StandbyLeader {
+                        ClusterRole::StandbyLeader
+                    } else {
+                        ClusterRole::Leader
+                    }
                 } else if sync.contains(&entry.name.as_str()) {
                     if self.quorum_commit() { ClusterRole::QuorumStandby } else { ClusterRole::SyncStandby }
                 } else {

@@ -403,9 +403,7 @@ impl Target for EtcdValues {
             0 => {
                 if let Ok(data) = dcs::MemberData::parse(value) {
                     let _ = data.host_port();
-                    for tag in ["nofailover", "nosync", "clonefrom", "failover_priority", "sync_priority"] {
-                        let _ = (data.tag_flag(tag), data.tag_number(tag));
-                    }
+                    let _ = data.known_tags();
                     view.members.push(dcs::MemberEntry { name: "pg1".into(), data, lease: 1 });
                 }
             }

@@ -46,8 +46,7 @@ pub fn deadline(view: &ClusterView) -> Duration {
 }
 
 fn never_leads(view: &ClusterView, member: &str) -> bool {
-    view.member(member)
-        .is_some_and(|m| m.data.tag_flag("nofailover") || m.data.tag_number("failover_priority") == Some(0))
+    view.member(member).is_some_and(|m| m.data.known_tags().never_leads())
 }
 
 /// A client of `member`'s agent, from the gRPC address its key advertises.

@@ -39,12 +39,7 @@ impl World {
             }
             4 => {
                 let recovery = self.fault_rng.range(100, 2 * self.p.primary_start_timeout);
-                self.kill_postgres(i, recovery);
-                self.nodes[i].crashed = true;
-                self.nodes[i].agent.up = false;
-                self.nodes[i].agent.epoch += 1;
-                self.nodes[i].fencer_up = false;
-                self.nodes[i].fencer_deadline = None;
+                self.crash_node(i, recovery);
                 self.at(duration, Ev::Heal(Heal::NodeStart(i)));
                 self.log(None, || format!("fault #{index}: node {name} crashes for {duration} ms"));
             }
@@ -93,6 +88,18 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The whole node goes down: PostgreSQL killed (crash recovery takes
+    /// `recovery` ms when it starts again), its agent and fencer with it.
+    fn crash_node(&mut self, i: usize, recovery: Time) {
+        self.kill_postgres(i, recovery);
+        let node = &mut self.nodes[i];
+        node.crashed = true;
+        node.agent.up = false;
+        node.agent.epoch += 1;
+        node.fencer_up = false;
+        node.fencer_deadline = None;
     }
 
     pub(super) fn kill_postgres(&mut self, i: usize, recovery: Time) {
@@ -186,12 +193,7 @@ impl World {
             Heal::Crash(i) => {
                 if !self.nodes[i].crashed && self.now < self.p.fault_phase {
                     let recovery = self.rng.range(100, self.p.primary_start_timeout);
-                    self.kill_postgres(i, recovery);
-                    self.nodes[i].crashed = true;
-                    self.nodes[i].agent.up = false;
-                    self.nodes[i].agent.epoch += 1;
-                    self.nodes[i].fencer_up = false;
-                    self.nodes[i].fencer_deadline = None;
+                    self.crash_node(i, recovery);
                     let back = self.rng.range(1_000, 2 * self.p.ttl);
                     self.at(back, Ev::Heal(Heal::NodeStart(i)));
                     self.log(Some(i), || format!("node crashes for {back} ms"));

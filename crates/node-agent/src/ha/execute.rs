@@ -369,7 +369,7 @@ impl Agent {
         // A candidate whose WAL receiver is not connected (it reconnects a
         // few seconds after its upstream restarted, say) would miss the
         // shutdown checkpoint: wait for it to stream before stopping.
-        let nostream = view.member(&candidate).is_some_and(|m| m.data.tag_flag("nostream"));
+        let nostream = view.member(&candidate).is_some_and(|m| m.data.known_tags().nostream);
         if !nostream && !candidate_until(&grpc, wait, |status| status.replication_state == "streaming").await {
             warn!(candidate, "switchover: the candidate does not stream from its upstream; staying primary");
             self.drop_request(request_revision).await;

@@ -97,30 +97,31 @@ impl Agent {
             _ => None,
         };
         let dynamic = self.dynamic(view);
-        let priority_of =
-            |data: &MemberData| data.tag_number("failover_priority").and_then(|p| u32::try_from(p).ok()).unwrap_or(1);
         let mut peers: Vec<Peer> = view
             .map(|v| {
                 v.members
                     .iter()
                     .filter(|m| m.name != me)
-                    .map(|m| Peer {
-                        name: m.name.clone(),
-                        running: m.data.state == "running",
-                        lsn: m.data.xlog_location,
-                        nofailover: m.data.tag_flag("nofailover"),
-                        clonefrom: m.data.tag_flag("clonefrom"),
-                        reachable: m.data.host_port().is_some(),
-                        priority: priority_of(&m.data),
-                        timeline: m.data.timeline,
-                        has_data: m.data.state == "running"
-                            || m.data.xlog_location.is_some()
-                            || m.data.timeline.is_some()
-                            || matches!(m.data.role.as_str(), "primary" | "master" | "replica" | "standby_leader"),
-                        can_lead: m.data.fencer_ready(),
-                        released: m.data.released_leader(),
-                        primary: m.data.state == "running" && matches!(m.data.role.as_str(), "primary" | "master"),
-                        position_unknown_since_ms: None,
+                    .map(|m| {
+                        let (tags, role) = (m.data.known_tags(), m.data.member_role());
+                        Peer {
+                            name: m.name.clone(),
+                            running: m.data.is_running(),
+                            lsn: m.data.xlog_location,
+                            nofailover: tags.nofailover,
+                            clonefrom: tags.clonefrom,
+                            reachable: m.data.host_port().is_some(),
+                            priority: tags.failover_priority(),
+                            timeline: m.data.timeline,
+                            has_data: m.data.is_running()
+                                || m.data.xlog_location.is_some()
+                                || m.data.timeline.is_some()
+                                || role.has_data(),
+                            can_lead: m.data.fencer_ready(),
+                            released: m.data.released_leader(),
+                            primary: m.data.is_running() && role == dcs::MemberRole::Primary,
+                            position_unknown_since_ms: None,
+                        }
                     })
                     .collect()
             })
@@ -239,7 +240,7 @@ impl Agent {
                 .map(|v| {
                     v.members
                         .iter()
-                        .filter_map(|m| Some((m.name.clone(), m.data.tags.get("replicatefrom")?.as_str()?.to_string())))
+                        .filter_map(|m| Some((m.name.clone(), m.data.known_tags().replicatefrom?)))
                         .collect()
                 })
                 .unwrap_or_default(),

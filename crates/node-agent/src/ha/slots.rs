@@ -85,8 +85,8 @@ impl SlotKeeper {
 fn downstream_of(view: &ClusterView, upstream: &str) -> Vec<String> {
     view.members
         .iter()
-        .filter(|m| m.name != upstream && !m.data.tag_flag("nostream"))
-        .filter(|m| m.data.tags.get("replicatefrom").and_then(serde_json::Value::as_str) == Some(upstream))
+        .filter(|m| m.name != upstream && !m.data.known_tags().nostream)
+        .filter(|m| m.data.known_tags().replicatefrom.as_deref() == Some(upstream))
         .map(|m| slot_name(&m.name))
         .collect()
 }
@@ -102,7 +102,7 @@ impl Agent {
         let wanted: Vec<String> = view
             .members
             .iter()
-            .filter(|m| m.name != self.config.name && !m.data.tag_flag("nostream"))
+            .filter(|m| m.name != self.config.name && !m.data.known_tags().nostream)
             .map(|m| slot_name(&m.name))
             .collect();
         let mut conn = self.connect().await?;
@@ -224,7 +224,7 @@ impl Agent {
             let downstream = downstream_of(view, &me);
             view.members
                 .iter()
-                .filter(|m| m.name != me && !m.data.tag_flag("nostream"))
+                .filter(|m| m.name != me && !m.data.known_tags().nostream)
                 .filter(|m| may_lead || downstream.contains(&slot_name(&m.name)))
                 .map(|m| (slot_name(&m.name), m.data.xlog_location))
                 .collect()
@@ -319,7 +319,7 @@ impl Agent {
             .replicatefrom
             .as_deref()
             .and_then(|from| view.member(from))
-            .is_none_or(|m| !m.data.tag_flag("nostream"));
+            .is_none_or(|m| !m.data.known_tags().nostream);
         if self.pg.keeps_logical_slots(dynamic) && upstream_streams && self.pg.major().is_some_and(|m| m < 17) {
             let mut missing = Vec::new();
             for (name, permanent) in &dynamic.slots {

@@ -68,9 +68,7 @@ impl SyncState {
 /// unless their member is gone or tagged `nosync` (or `sync_priority: 0`),
 /// ordered by their `sync_priority` tag (default 1).
 pub(super) fn standbys(view: &ClusterView, replication: &[sql::ReplicationRow]) -> Vec<Standby> {
-    let nosync = |name: &str| {
-        view.member(name).is_none_or(|m| m.data.tag_flag("nosync") || m.data.tag_number("sync_priority") == Some(0))
-    };
+    let nosync = |name: &str| view.member(name).is_none_or(|m| m.data.known_tags().never_sync());
     replication
         .iter()
         .map(|r| Standby {
@@ -80,11 +78,7 @@ pub(super) fn standbys(view: &ClusterView, replication: &[sql::ReplicationRow]) 
             listed: r.sync_priority > 0,
             flush_lsn: r.flush_lsn,
             eligible: !nosync(&r.application_name),
-            priority: view
-                .member(&r.application_name)
-                .and_then(|m| m.data.tag_number("sync_priority"))
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(1),
+            priority: view.member(&r.application_name).map_or(1, |m| m.data.known_tags().sync_priority()),
         })
         .collect()
 }
