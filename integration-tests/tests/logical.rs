@@ -141,3 +141,72 @@ async fn a_logical_consumer_continues_through_a_failover_with_no_change_missing(
     assert!(!cdc_on(&cluster, new_leader).is_empty(), "the new primary has the slot");
     eprintln!("pg_recvlogical: {log}");
 }
+
+/// A replica that cascades (`replicatefrom`) gets its copy of a permanent
+/// logical slot from the leader, then restarts to load it: its WAL receiver
+/// must still find the password for its own upstream, the other replica.
+/// (The copy wrote the password file for the leader alone, and the cascading
+/// replica never streamed again: found by Patroni's `dcs_failsafe_mode`
+/// scenarios.)
+#[tokio::test]
+async fn a_cascading_replica_streams_from_its_upstream_after_copying_a_logical_slot() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    for i in 1..=3 {
+        let node = cluster.add_node(&format!("node{i}"), "").expect("node");
+        let mut config = json!({"bootstrap": {"dcs": {"postgresql": {"parameters": {"wal_level": "logical"}}}}});
+        if i == 3 {
+            config["tags"] = json!({"replicatefrom": "node2"});
+        }
+        node.merge_config(config).expect("config");
+    }
+    // node1 first, so that it bootstraps and leads; node3 cascades from node2.
+    for i in 0..3 {
+        let node = &mut cluster.nodes[i];
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+        node.start_controller().expect("controller");
+        if i == 0 {
+            assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+        }
+    }
+    let node2_port = cluster.nodes[1].pg_port.to_string();
+    let streams_from_node2 = |table: &'static str| {
+        let cluster = &cluster;
+        let node2_port = node2_port.clone();
+        move || {
+            let node2_port = node2_port.clone();
+            async move {
+                let sender = cluster.nodes[2]
+                    .psql("select status || ' ' || sender_port from pg_stat_wal_receiver")
+                    .map_err(|e| e.to_string())?;
+                let row = cluster.nodes[2].psql(&format!("select count(*) from {table}")).unwrap_or_default();
+                let streaming = sender.trim() == format!("streaming {node2_port}");
+                if streaming && row.trim() == "1" {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("receiver {sender:?}, rows {row:?}"))
+                }
+            }
+        }
+    };
+    cluster.nodes[0].psql("create table before_copy (id int); insert into before_copy values (1)").expect("write");
+    wait_until("node3 streaming from node2", UP, streams_from_node2("before_copy")).await.expect("cascading");
+    // Now a permanent logical slot: each replica copies it from the leader
+    // and restarts to load it.
+    cluster
+        .patch_config(json!({"slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}}}))
+        .await
+        .expect("a permanent logical slot");
+    wait_until("node3's copy of the permanent logical slot", UP, || async {
+        Ok::<_, String>((!cdc_on(&cluster, 2).is_empty()).then_some(()))
+    })
+    .await
+    .expect("cdc on node3");
+    cluster.nodes[0].psql("create table after_copy (id int); insert into after_copy values (1)").expect("write");
+    wait_until("node3 streaming from node2 after the copy", UP, streams_from_node2("after_copy"))
+        .await
+        .expect("node3 streams from node2 again");
+    let log = cluster.nodes[2].agent_log();
+    assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
+}

@@ -266,7 +266,16 @@ impl Postgres {
     /// port as Patroni does, so a password never goes to another server.
     /// With no upstream the file is emptied.
     pub fn write_pgpass(&self, upstream: Option<&Upstream>) -> anyhow::Result<()> {
-        write_private(&self.pgpass, &pgpass_lines(&self.config.postgresql.authentication, upstream))
+        self.write_pgpass_for(upstream.as_slice())
+    }
+
+    /// As [`Postgres::write_pgpass`], for several servers at once: a
+    /// cascading replica's upstream (its WAL receiver reads this file
+    /// whenever it reconnects) and the leader a tool connects to meanwhile.
+    pub fn write_pgpass_for(&self, upstreams: &[&Upstream]) -> anyhow::Result<()> {
+        let lines: String =
+            upstreams.iter().map(|u| pgpass_lines(&self.config.postgresql.authentication, Some(u))).collect();
+        write_private(&self.pgpass, &lines)
     }
 
     async fn run(&self, what: &str, cmd: &mut Command) -> anyhow::Result<String> {

@@ -363,7 +363,14 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let leader = view.leader.as_ref().context("no leader to copy logical slots from")?;
         let upstream = self.upstream_of(view, &leader.name)?;
-        self.pg.write_pgpass(Some(&upstream))?;
+        // The copy reads from the leader; the WAL receiver, after the
+        // restart below, connects to this replica's own upstream (another
+        // replica when it cascades): the file must serve both.
+        let streaming = self.upstream.clone().filter(|u| *u != leader.name).map(|u| self.upstream_of(view, &u));
+        match &streaming {
+            Some(Ok(streaming)) => self.pg.write_pgpass_for(&[streaming, &upstream])?,
+            _ => self.pg.write_pgpass(Some(&upstream))?,
+        }
         let states: Vec<sql::SlotState> = self
             .pg
             .logical_slot_states(&upstream, names)
