@@ -389,6 +389,18 @@ impl PgwardenCluster {
         Ok(self.nodes.last_mut().expect("just pushed"))
     }
 
+    /// Starts node1 and waits for it to lead (it bootstraps the cluster),
+    /// then every other node not running yet.
+    pub async fn start_node1_first(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let node1 = &mut self.nodes[0];
+        node1.start_agent()?;
+        node1.start_health()?;
+        node1.start_controller()?;
+        let leader = self.wait_primary(timeout).await?;
+        anyhow::ensure!(leader == 0, "node{} leads, not node1", leader + 1);
+        self.start_all()
+    }
+
     /// Starts the agent, health API and controller of every node not running yet.
     pub fn start_all(&mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {

@@ -31,15 +31,7 @@ async fn start(n: usize, configure: impl Fn(&PgwardenCluster, usize)) -> Pgwarde
     for i in 0..n {
         configure(&cluster, i);
     }
-    for i in 0..n {
-        let node = &mut cluster.nodes[i];
-        node.start_agent().expect("agent");
-        node.start_health().expect("health");
-        node.start_controller().expect("controller");
-        if i == 0 {
-            assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
-        }
-    }
+    cluster.start_node1_first(UP).await.expect("start");
     cluster
 }
 

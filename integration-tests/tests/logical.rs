@@ -160,16 +160,8 @@ async fn a_cascading_replica_streams_from_its_upstream_after_copying_a_logical_s
         }
         node.merge_config(config).expect("config");
     }
-    // node1 first, so that it bootstraps and leads; node3 cascades from node2.
-    for i in 0..3 {
-        let node = &mut cluster.nodes[i];
-        node.start_agent().expect("agent");
-        node.start_health().expect("health");
-        node.start_controller().expect("controller");
-        if i == 0 {
-            assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
-        }
-    }
+    // node1 leads; node3 cascades from node2.
+    cluster.start_node1_first(UP).await.expect("start");
     let node2_port = cluster.nodes[1].pg_port.to_string();
     let streams_from_node2 = |table: &'static str| {
         let cluster = &cluster;
