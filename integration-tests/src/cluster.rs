@@ -392,13 +392,18 @@ impl PgwardenCluster {
     /// Starts node1 and waits for it to lead (it bootstraps the cluster),
     /// then every other node not running yet.
     pub async fn start_node1_first(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let node1 = &mut self.nodes[0];
-        node1.start_agent()?;
-        node1.start_health()?;
-        node1.start_controller()?;
+        self.start_node(0)?;
         let leader = self.wait_primary(timeout).await?;
         anyhow::ensure!(leader == 0, "node{} leads, not node1", leader + 1);
         self.start_all()
+    }
+
+    /// Starts node `i`'s agent, health API and controller.
+    pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        node.start_agent()?;
+        node.start_health()?;
+        node.start_controller()
     }
 
     /// Starts the agent, health API and controller of every node not running yet.

@@ -276,3 +276,80 @@ async fn failsafe_mode_fences_the_primary_when_a_member_cannot_promise() {
     let probes = probe.stop().await;
     assert_eq!(probes.two_writer_seconds(), 0.0, "two nodes accepted writes at once: {:?}", probes.spans);
 }
+
+/// `failsafe_mode` with etcd stopped for everyone: no `status` key carries
+/// the leader's slot positions then, so the leader's failsafe calls carry
+/// them, and the replicas' copies of the permanent slots (a physical and a
+/// logical one) follow the consumers on the leader, as with Patroni's
+/// failsafe. Found by Patroni's `dcs_failsafe_mode` scenarios: the copies
+/// stood still until etcd came back.
+#[tokio::test]
+async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stopped() {
+    init_logging();
+    let slots = serde_json::json!({"bootstrap": {"dcs": {
+        "postgresql": {"parameters": {"wal_level": "logical"}},
+        "slots": {
+            "keep": {"type": "physical"},
+            "cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"},
+        },
+    }}});
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    for i in 1..=2 {
+        cluster.add_node(&format!("node{i}"), "").expect("node").merge_config(slots.clone()).expect("config");
+    }
+    let position = |cluster: &PgwardenCluster, i: usize, slot: &str| {
+        let sql = format!(
+            "select coalesce(confirmed_flush_lsn, restart_lsn) from pg_replication_slots where slot_name = '{slot}'"
+        );
+        cluster.nodes[i].psql(&sql).unwrap_or_default().trim().to_string()
+    };
+    // node2 clones once the logical slot exists and the WAL it starts in is
+    // behind a checkpoint: its copy begins before node2's oldest WAL.
+    cluster.start_node(0).expect("node1");
+    assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+    wait_until("the logical slot on node1", UP, || async {
+        Ok::<_, String>((!position(&cluster, 0, "cdc").is_empty()).then_some(()))
+    })
+    .await
+    .expect("cdc on node1");
+    cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
+    cluster.nodes[0].psql("checkpoint").expect("checkpoint");
+    cluster.start_all().expect("node2");
+    enable_failsafe(&cluster).await;
+    wait_until("node2's copies of both permanent slots", UP, || async {
+        let copies = (position(&cluster, 1, "keep"), position(&cluster, 1, "cdc"));
+        Ok::<_, String>((!copies.0.is_empty() && !copies.1.is_empty()).then_some(()))
+    })
+    .await
+    .expect("copies on node2");
+
+    cluster.etcd.kill(0);
+    wait_until("failsafe_mode_is_active on node1", UP, || async {
+        let body = cluster.nodes[0].get("/primary").unwrap_or_default();
+        Ok::<_, String>(body.contains("\"failsafe_mode_is_active\":true").then_some(()))
+    })
+    .await
+    .expect("failsafe active");
+    // The consumers move on the leader while etcd is gone.
+    cluster.nodes[0]
+        .psql("create table moved (id int); insert into moved select generate_series(1, 1000)")
+        .expect("rows");
+    cluster.nodes[0]
+        .psql("select pg_replication_slot_advance('keep', pg_current_wal_lsn())")
+        .expect("the physical slot's consumer");
+    cluster.nodes[0].psql("select count(*) from pg_logical_slot_get_changes('cdc', NULL, NULL)").expect("decoded");
+    let wanted = (position(&cluster, 0, "keep"), position(&cluster, 0, "cdc"));
+    wait_until("node2's copies at the leader's positions with etcd stopped", UP, || async {
+        let copies = (position(&cluster, 1, "keep"), position(&cluster, 1, "cdc"));
+        if copies == wanted { Ok(Some(())) } else { Err(format!("{copies:?}, the leader's {wanted:?}")) }
+    })
+    .await
+    .expect("the copies follow");
+    // node2 joined after the logical slot was made: its first copy began
+    // before node2's oldest WAL and was copied afresh from the leader.
+    let log = cluster.nodes[1].agent_log();
+    assert!(log.contains("copying it afresh"), "{log}");
+    assert_eq!(cluster.nodes[0].check("/primary"), 200, "node1 still the primary");
+    cluster.etcd.restart(0).await.expect("etcd back");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), 0, "the same primary");
+}

@@ -202,3 +202,53 @@ async fn a_cascading_replica_streams_from_its_upstream_after_copying_a_logical_s
     let log = cluster.nodes[2].agent_log();
     assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
 }
+
+/// A replica that joins after the permanent logical slot was made gets a
+/// copy whose WAL (from the slot's restart point) it never had: once the
+/// consumer moves on the leader, the copy cannot be moved along
+/// ("requested WAL segment ... has already been removed") and is copied
+/// afresh, as Patroni does; it then follows the consumer.
+#[tokio::test]
+async fn a_slot_copy_older_than_the_replicas_wal_is_copied_afresh_and_follows_the_consumer() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    for i in 1..=2 {
+        let node = cluster.add_node(&format!("node{i}"), "").expect("node");
+        node.merge_config(json!({"bootstrap": {"dcs": {
+            "postgresql": {"parameters": {"wal_level": "logical"}},
+            "slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}},
+        }}}))
+        .expect("config");
+    }
+    // node2 clones once the slot exists and the WAL it starts in is behind
+    // a checkpoint: its copy begins before node2's oldest WAL.
+    cluster.start_node(0).expect("node1");
+    assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+    wait_until("the slot on node1", UP, || async { Ok::<_, String>((!cdc_on(&cluster, 0).is_empty()).then_some(())) })
+        .await
+        .expect("cdc on node1");
+    cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
+    cluster.nodes[0].psql("checkpoint").expect("checkpoint");
+    cluster.start_all().expect("node2");
+    wait_until("node2's copy of the slot", UP, || async {
+        Ok::<_, String>((!cdc_on(&cluster, 1).is_empty()).then_some(()))
+    })
+    .await
+    .expect("a copy");
+    // WAL past the segment the slot starts in, then the consumer reads it.
+    cluster.nodes[0]
+        .psql("create table moved (id int); insert into moved select generate_series(1, 1000)")
+        .expect("rows");
+    cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
+    cluster.nodes[0].psql("checkpoint").expect("checkpoint");
+    cluster.nodes[0].psql("select count(*) from pg_logical_slot_get_changes('cdc', NULL, NULL)").expect("decoded");
+    let consumed = cdc_on(&cluster, 0);
+    wait_until("node2's copy at the consumer's position", UP, || async {
+        let copy = cdc_on(&cluster, 1);
+        if copy == consumed { Ok(Some(())) } else { Err(format!("{copy}, the leader's {consumed}")) }
+    })
+    .await
+    .expect("the copy follows");
+    let log = cluster.nodes[1].agent_log();
+    assert!(log.contains("copying it afresh"), "the stale copy was replaced: {log}");
+}

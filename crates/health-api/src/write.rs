@@ -280,8 +280,8 @@ async fn answer_operation(
 
 /// `POST /failsafe` (Patroni's: a leader cut off from etcd, here a Patroni
 /// one during a migration, asks this member to stay out of any race): the
-/// body's `name`, `conn_url` and `api_url` go to the agent's `Failsafe`
-/// call, which promises for this member's ttl. 200 `Accepted`; 500 with the
+/// body's `name`, `conn_url`, `api_url` and `slots` go to the agent's
+/// `Failsafe` call, which promises for this member's ttl. 200 `Accepted`; 500 with the
 /// reason when refused (`Running as a leader`); 502 when `failsafe_mode` is
 /// off, as Patroni answers.
 pub async fn failsafe(body: Incoming, agent_url: &str) -> Reply {
@@ -301,7 +301,14 @@ pub async fn failsafe(body: Incoming, agent_url: &str) -> Reply {
         Ok(channel) => channel,
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, format!("the agent does not answer: {e:#}")),
     };
-    let request = ha_proto::v1::FailsafeRequest { leader, conn_url, api_url, hold_ms: 0 };
+    // Patroni's leader sends its slots' positions too: this member's copies
+    // follow them while etcd is out of reach.
+    let slots = body
+        .get("slots")
+        .and_then(serde_json::Value::as_object)
+        .map(|slots| slots.iter().filter_map(|(name, lsn)| Some((name.clone(), lsn.as_u64()?))).collect())
+        .unwrap_or_default();
+    let request = ha_proto::v1::FailsafeRequest { leader, conn_url, api_url, hold_ms: 0, slots };
     match ha_proto::v1::node_agent_client::NodeAgentClient::new(channel).failsafe(request).await {
         Ok(answer) => {
             let answer = answer.into_inner();

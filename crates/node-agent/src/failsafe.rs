@@ -54,6 +54,10 @@ pub struct Failsafe {
     pub leading: bool,
     /// On a leader cut off from etcd: when every member last accepted.
     pub kept_running_since: Option<BootInstant>,
+    /// The slot positions the promised leader's last call carried, and its
+    /// PostgreSQL's URL (to copy a logical slot afresh from).
+    pub leader_slots: std::collections::BTreeMap<String, u64>,
+    pub leader_conn_url: String,
 }
 
 pub type SharedFailsafe = Arc<Mutex<Failsafe>>;
@@ -95,6 +99,8 @@ impl Failsafe {
             hold_ms: hold.as_millis() as u64,
             boot_id: boot_id(),
         });
+        self.leader_slots = request.slots.iter().map(|(name, lsn)| (name.clone(), *lsn)).collect();
+        self.leader_conn_url = request.conn_url.clone();
         FailsafeReply { accepted: true, message: "Accepted".into(), lsn: status.position() }
     }
 }
@@ -147,6 +153,11 @@ pub struct CallPlan {
     pub every: Duration,
     /// When etcd last answered this agent (a read, a write, a renewal).
     pub etcd_seen: Option<BootInstant>,
+    /// The slots whose positions the calls carry: the permanent ones and
+    /// the listed members' (as the `status` key's `slots`).
+    pub slot_names: Vec<String>,
+    /// Their positions on this leader, read while etcd does not answer.
+    pub slots: std::collections::BTreeMap<String, u64>,
 }
 
 /// One member's answer (`None`: no answer in time).
@@ -216,6 +227,7 @@ pub async fn keep_running(
             conn_url: current.conn_url.clone(),
             api_url: current.api_url.clone(),
             hold_ms: current.hold.as_millis() as u64,
+            slots: current.slots.iter().map(|(name, lsn)| (name.clone(), *lsn)).collect(),
         };
         let timeout = every.min(Duration::from_secs(2));
         let answers = futures_util::future::join_all(

@@ -278,6 +278,13 @@ impl Agent {
                 margin: self.config.pgwarden.fence_margin,
                 every: self.renew_interval(dynamic),
                 etcd_seen: self.etcd.last_answer().map(|age| election::BootInstant::now().saturating_sub(age)),
+                slot_names: dynamic
+                    .slots
+                    .keys()
+                    .cloned()
+                    .chain(listed.keys().filter(|name| **name != me).map(|name| slot_name(name)))
+                    .collect(),
+                slots: Default::default(),
             };
             self.failsafe_plan.send_replace(plan);
         }
@@ -524,6 +531,11 @@ impl Agent {
             }
         }
         let failsafe_active = self.keep_failsafe_plan(view.as_ref(), &dynamic, &obs).await;
+        if view.is_none()
+            && let Err(e) = self.failsafe_slots(&obs).await
+        {
+            warn!("failsafe: failed to keep the replication slots: {e:#}");
+        }
         let listed_in_sync = view
             .as_ref()
             .and_then(|v| v.sync.as_ref())

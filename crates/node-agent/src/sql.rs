@@ -469,6 +469,18 @@ async fn advance(
     Ok(())
 }
 
+/// The error says the WAL it needed is gone from this server (SQLSTATE
+/// 58P01: "requested WAL segment ... has already been removed"): a logical
+/// slot copy older than this replica's oldest WAL can never move again.
+pub fn wal_removed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .is_some_and(|db| db.code().as_deref() == Some("58P01"))
+    })
+}
+
 pub async fn create_slot(conn: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     sqlx::query("select pg_create_physical_replication_slot($1, true)")
         .bind(name)

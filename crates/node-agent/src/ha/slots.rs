@@ -332,8 +332,21 @@ impl Agent {
                     Some(found) if same_slot(permanent, found) && !found.active && found.position < Some(lsn) => {
                         let mut there = self.connect_database(database).await?;
                         let advanced = sql::advance_logical_slot(&mut there, name, lsn).await;
-                        sql::close(there).await;
-                        advanced.with_context(|| format!("plugin {plugin}"))?;
+                        // Copied when the leader's slot still began before
+                        // this replica's oldest WAL: it can never move, and
+                        // could not serve after a failover. As Patroni:
+                        // copied afresh.
+                        let stale = advanced.as_ref().is_err_and(sql::wal_removed);
+                        if stale {
+                            warn!(slot = name, "the WAL this slot copy starts from is gone here: copying it afresh");
+                            let dropped = sql::drop_slot(&mut there, name).await;
+                            sql::close(there).await;
+                            dropped?;
+                            missing.push(name.clone());
+                        } else {
+                            sql::close(there).await;
+                            advanced.with_context(|| format!("plugin {plugin}"))?;
+                        }
                     }
                     _ => {}
                 }
@@ -344,6 +357,109 @@ impl Agent {
         }
         self.slots.replica_checked = Some(Instant::now());
         Ok(())
+    }
+
+    /// `failsafe_mode` with etcd out of reach, where no `status` key carries
+    /// the leader's slot positions: the leader reads them from PostgreSQL
+    /// for its calls, and a replica that promised it moves its copies
+    /// (inactive, behind) along to what the last call carried, as Patroni's
+    /// failsafe does.
+    pub(super) async fn failsafe_slots(&mut self, obs: &Observed) -> anyhow::Result<()> {
+        let running = self.local.borrow().sql.as_ref().map(|s| s.in_recovery);
+        if obs.holds_leader && running == Some(false) {
+            let names = self.failsafe_plan.borrow().slot_names.clone();
+            if !self.failsafe_plan.borrow().enabled || names.is_empty() {
+                return Ok(());
+            }
+            let mut conn = self.connect().await?;
+            let slots = sql::slots(&mut conn).await;
+            self.release(conn);
+            let positions: std::collections::BTreeMap<String, u64> = slots?
+                .into_iter()
+                .filter(|slot| names.contains(&slot.name))
+                .filter_map(|slot| Some((slot.name, slot.position?)))
+                .collect();
+            self.failsafe_plan.send_if_modified(|plan| {
+                let changed = plan.slots != positions;
+                plan.slots = positions;
+                changed
+            });
+            return Ok(());
+        }
+        if obs.holds_leader || running != Some(true) {
+            return Ok(());
+        }
+        let (leader, leader_url, positions) = {
+            let failsafe = self.failsafe.lock().await;
+            match failsafe.promised_to(election::BootInstant::now()) {
+                Some(leader) => (leader.to_string(), failsafe.leader_conn_url.clone(), failsafe.leader_slots.clone()),
+                None => return Ok(()),
+            }
+        };
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connect().await?;
+        let existing = sql::slots(&mut conn).await;
+        let existing = match existing {
+            Ok(existing) => existing,
+            Err(e) => {
+                self.release(conn);
+                return Err(e);
+            }
+        };
+        let behind = |slot: &&sql::Slot| {
+            !slot.active && positions.get(&slot.name).is_some_and(|lsn| slot.position.is_none_or(|p| p < *lsn))
+        };
+        let mut result = Ok(());
+        let mut stale = Vec::new();
+        for slot in existing.iter().filter(behind) {
+            let lsn = positions[&slot.name];
+            let advanced = match (slot.kind.as_str(), &slot.database) {
+                ("physical", _) => sql::advance_slot(&mut conn, &slot.name, lsn).await,
+                ("logical", Some(database)) => match self.connect_database(database).await {
+                    Ok(mut there) => {
+                        let advanced = sql::advance_logical_slot(&mut there, &slot.name, lsn).await;
+                        sql::close(there).await;
+                        advanced
+                    }
+                    Err(e) => Err(e),
+                },
+                _ => Ok(()),
+            };
+            match advanced {
+                // As with etcd: a copy whose WAL is gone here is copied afresh.
+                Err(e) if sql::wal_removed(&e) => stale.push(slot.name.clone()),
+                Err(e) => {
+                    result = Err(e.context(format!("move slot {} along to the failsafe leader's position", slot.name)));
+                    break;
+                }
+                Ok(()) => {}
+            }
+        }
+        // From the leader itself, and only by a replica that streams from
+        // it: a cascading one could not resolve its own upstream's address
+        // (its key) to keep that password beside the leader's.
+        let from_leader = self.upstream.as_deref().is_none_or(|u| u == leader);
+        let host_port = dcs::MemberData { conn_url: leader_url, ..Default::default() }.host_port();
+        let copy = match (stale.is_empty(), from_leader, host_port) {
+            (false, true, Some((host, port))) => Some(Upstream { member: leader, host, port }),
+            _ => None,
+        };
+        if copy.is_some() {
+            for name in &stale {
+                warn!(slot = name, "the WAL this slot copy starts from is gone here: copying it afresh");
+                if let Err(e) = sql::drop_slot(&mut conn, name).await {
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        self.release(conn);
+        result?;
+        match copy {
+            Some(upstream) => self.copy_logical_slots_from(&upstream, None, &stale, |_| true).await,
+            None => Ok(()),
+        }
     }
 
     /// A connection to `database` on the local PostgreSQL (a logical slot's).
@@ -367,28 +483,45 @@ impl Agent {
         // restart below, connects to this replica's own upstream (another
         // replica when it cascades): the file must serve both.
         let streaming = self.upstream.clone().filter(|u| *u != leader.name).map(|u| self.upstream_of(view, &u));
-        match &streaming {
-            Some(Ok(streaming)) => self.pg.write_pgpass_for(&[streaming, &upstream])?,
-            _ => self.pg.write_pgpass(Some(&upstream))?,
+        let streaming = match &streaming {
+            Some(Ok(streaming)) => Some(streaming),
+            _ => None,
+        };
+        let wanted = |state: &sql::SlotState| {
+            let wanted = pgwarden_config::PermanentSlot::Logical {
+                database: state.database.clone(),
+                plugin: state.plugin.clone(),
+            };
+            dynamic.slots.get(&state.name) == Some(&wanted)
+        };
+        self.copy_logical_slots_from(&upstream, streaming, names, wanted).await
+    }
+
+    /// [`Agent::copy_logical_slots`] from `leader`, of the slots `keep`
+    /// accepts; `streaming` is this replica's own upstream when it is
+    /// another member (the password file serves both).
+    async fn copy_logical_slots_from(
+        &mut self,
+        leader: &Upstream,
+        streaming: Option<&Upstream>,
+        names: &[String],
+        keep: impl Fn(&sql::SlotState) -> bool,
+    ) -> anyhow::Result<()> {
+        match streaming {
+            Some(streaming) => self.pg.write_pgpass_for(&[streaming, leader])?,
+            None => self.pg.write_pgpass(Some(leader))?,
         }
-        let states: Vec<sql::SlotState> = self
-            .pg
-            .logical_slot_states(&upstream, names)
-            .await?
-            .into_iter()
-            .filter(|state| {
-                let wanted = pgwarden_config::PermanentSlot::Logical {
-                    database: state.database.clone(),
-                    plugin: state.plugin.clone(),
-                };
-                dynamic.slots.get(&state.name) == Some(&wanted)
-            })
-            .collect();
+        let states: Vec<sql::SlotState> =
+            self.pg.logical_slot_states(leader, names).await?.into_iter().filter(|state| keep(state)).collect();
         if states.is_empty() {
             return Ok(());
         }
         let slots: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
-        info!(?slots, leader = leader.name, "copying the leader's logical slots: restarting this replica to load them");
+        info!(
+            ?slots,
+            leader = leader.member,
+            "copying the leader's logical slots: restarting this replica to load them"
+        );
         self.pg.stop(StopMode::Fast).await?;
         let written = states.iter().try_for_each(|state| self.pg.write_slot_state(&state.name, &state.state));
         self.pg.start().await?;
