@@ -324,6 +324,7 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
     .expect("copies on node2");
 
     cluster.etcd.kill(0);
+    let killed = Instant::now();
     wait_until("failsafe_mode_is_active on node1", UP, || async {
         let body = cluster.nodes[0].get("/primary").unwrap_or_default();
         Ok::<_, String>(body.contains("\"failsafe_mode_is_active\":true").then_some(()))
@@ -350,6 +351,11 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
     let log = cluster.nodes[1].agent_log();
     assert!(log.contains("copying it afresh"), "{log}");
     assert_eq!(cluster.nodes[0].check("/primary"), 200, "node1 still the primary");
+    // One round of calls per renewal interval (2.5 s at ttl 10), each
+    // extending the deadline once: not a round at every wake-up.
+    let rounds = cluster.nodes[0].agent_log().matches("deadline extended (failsafe)").count();
+    let bound = (killed.elapsed().as_secs_f64() / 2.5).ceil() as usize + 2;
+    assert!(rounds <= bound, "{rounds} extensions in {:?} of outage (at most {bound})", killed.elapsed());
     cluster.etcd.restart(0).await.expect("etcd back");
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), 0, "the same primary");
 }

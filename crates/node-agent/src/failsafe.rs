@@ -201,9 +201,19 @@ pub async fn keep_running(
     shared: SharedFailsafe,
     running_on: impl Fn(),
 ) {
+    // One round of calls per interval: each extension moves the lease
+    // (and the HA loop's plan may change every tick), and a wake-up for
+    // either must not start the next round early (it called every member
+    // a few hundred times a second).
+    let mut last_round: Option<BootInstant> = None;
     loop {
         let every = plan.borrow().every.max(Duration::from_millis(250));
-        let wait = next_look(&plan.borrow(), every, BootInstant::now());
+        let now = BootInstant::now();
+        let wait = next_look(&plan.borrow(), every, now);
+        let wait = match last_round {
+            Some(last) => wait.max((last + every).saturating_duration_since(now)),
+            None => wait,
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = lease.changed() => if changed.is_err() { return },
@@ -212,6 +222,9 @@ pub async fn keep_running(
         if matches!(*lease.borrow(), LeaseState::Lost { .. }) {
             shared.lock().await.kept_running_since = None;
             return;
+        }
+        if last_round.is_some_and(|last| BootInstant::now() < last + every) {
+            continue;
         }
         let current = plan.borrow().clone();
         let cut_off = current
@@ -222,6 +235,7 @@ pub async fn keep_running(
             continue;
         }
         let sent = BootInstant::now();
+        last_round = Some(sent);
         let request = FailsafeRequest {
             leader: me.clone(),
             conn_url: current.conn_url.clone(),
