@@ -51,9 +51,11 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         keyfile: path_of(&mut r, "restapi.keyfile"),
         keyfile_password: secret_of(&mut r, "restapi.keyfile_password"),
         cafile: path_of(&mut r, "restapi.cafile"),
-        verify_client: r
-            .choice("restapi.verify_client", &["none", "optional", "required"])
-            .unwrap_or_else(|| "none".into()),
+        verify_client: match r.choice("restapi.verify_client", &["none", "optional", "required"]).as_deref() {
+            Some("optional") => VerifyClient::Optional,
+            Some("required") => VerifyClient::Required,
+            _ => VerifyClient::None,
+        },
         authentication: basic_auth(&mut r, "restapi.authentication"),
         allowlist: allowlist(&mut r),
         allowlist_include_members: r.bool("restapi.allowlist_include_members", false),

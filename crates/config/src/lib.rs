@@ -108,8 +108,7 @@ pub struct RestApi {
     pub keyfile: Option<PathBuf>,
     pub keyfile_password: Option<Secret>,
     pub cafile: Option<PathBuf>,
-    /// `none`, `optional` or `required`.
-    pub verify_client: String,
+    pub verify_client: VerifyClient,
     pub authentication: Option<BasicAuth>,
     /// `restapi.allowlist`: hosts and CIDR networks allowed to call the
     /// write endpoints (empty: no restriction by address).
@@ -300,6 +299,27 @@ pub struct Tags {
     /// The effective tags, as published in the member key and `/patroni`
     /// ([`effective_tags`]).
     pub json: Map<String, Value>,
+}
+
+/// `restapi.verify_client`: whether the REST API asks for client
+/// certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyClient {
+    #[default]
+    None,
+    /// Asked for; checked when given (pgwarden: required for writes).
+    Optional,
+    Required,
+}
+
+impl VerifyClient {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyClient::None => "none",
+            VerifyClient::Optional => "optional",
+            VerifyClient::Required => "required",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,7 +201,7 @@ pub fn effective_tags(tags: &Map<String, Value>) -> Map<String, Value> {
 pub(crate) fn tags(r: &mut Reader<'_>) -> Tags {
     let json = effective_tags(&r.section("tags").cloned().unwrap_or_default());
     let priority = |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
-    Tags {
+    let tags = Tags {
         nofailover: r.bool("tags.nofailover", false),
         noloadbalance: r.bool("tags.noloadbalance", false),
         clonefrom: r.bool("tags.clonefrom", false),
@@ -211,7 +211,28 @@ pub(crate) fn tags(r: &mut Reader<'_>) -> Tags {
         failover_priority: priority(r, "tags.failover_priority"),
         sync_priority: priority(r, "tags.sync_priority"),
         json,
+    };
+    // Two tags that disagree: the stricter one wins, and the log says so.
+    let explicit = |r: &Reader<'_>, key: &str| r.get(key).and_then(parse_bool);
+    match (explicit(r, "tags.nofailover"), tags.failover_priority) {
+        (Some(true), Some(p)) if p > 0 => r.problems.warn(
+            "tags.failover_priority",
+            format!("is {p}, but tags.nofailover is true: this member never takes the leader key"),
+        ),
+        (Some(false), Some(0)) => r.problems.warn(
+            "tags.failover_priority",
+            "is 0, and tags.nofailover is false: this member never takes the leader key (Patroni lets an explicit \
+             nofailover: false win)",
+        ),
+        _ => {}
     }
+    if explicit(r, "tags.nosync") == Some(true) && tags.sync_priority.is_some_and(|p| p > 0) {
+        r.problems.warn(
+            "tags.sync_priority",
+            "is above 0, but tags.nosync is true: this member is never a synchronous standby",
+        );
+    }
+    tags
 }
 
 /// `log.mode` as Patroni users write it: `0640`. A YAML 1.1 reader (Python,

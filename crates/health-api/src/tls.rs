@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use pgwarden_config::RestApi;
+use pgwarden_config::{RestApi, VerifyClient};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -22,10 +22,10 @@ pub enum ClientCerts {
 /// The TLS acceptor for `restapi`, or `None` for plain HTTP.
 pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAcceptor, ClientCerts)>> {
     let Some(certfile) = &restapi.certfile else {
-        if restapi.verify_client != "none" {
+        if restapi.verify_client != VerifyClient::None {
             bail!(
                 "restapi.verify_client is {:?} but restapi.certfile is not set: client certificates need HTTPS",
-                restapi.verify_client
+                restapi.verify_client.as_str()
             );
         }
         return Ok(None);
@@ -49,10 +49,10 @@ pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAc
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
-    let mode = match restapi.verify_client.as_str() {
-        "required" => ClientCerts::Required,
-        "optional" => ClientCerts::OptionalForReads,
-        _ => ClientCerts::None,
+    let mode = match restapi.verify_client {
+        VerifyClient::Required => ClientCerts::Required,
+        VerifyClient::Optional => ClientCerts::OptionalForReads,
+        VerifyClient::None => ClientCerts::None,
     };
     let builder = if mode == ClientCerts::None {
         builder.with_no_client_auth()
