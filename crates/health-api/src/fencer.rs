@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ha_proto::v1::{PostgresState, Role};
+use pg_local::{DataRole, PostmasterState};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -106,8 +106,8 @@ fn remember_deadline(data_dir: &std::path::Path, deadline: Option<u64>) {
 /// A primary runs here (by its files: no connection needed).
 fn primary_running(settings: &FencerSettings) -> Option<u32> {
     let local = pg_local::observe(&settings.data_dir);
-    let alive = matches!(local.state, PostgresState::Running | PostgresState::Starting | PostgresState::Stopping);
-    (alive && local.role == Role::Primary && local.postmaster_pid != 0).then_some(local.postmaster_pid)
+    let alive = matches!(local.state, PostmasterState::Running | PostmasterState::Starting | PostmasterState::Stopping);
+    (alive && local.role == DataRole::Primary && local.postmaster_pid != 0).then_some(local.postmaster_pid)
 }
 
 /// Stops PostgreSQL at once: `pg_ctl stop -m immediate`; if the postmaster

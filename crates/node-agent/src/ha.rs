@@ -343,7 +343,7 @@ impl Agent {
                 Some(sql) => !sql.in_recovery,
                 None => !matches!(
                     local.postmaster.state,
-                    ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                    pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized
                 ),
             }
         };

@@ -32,6 +32,7 @@ use ha_proto::v1::{NodeStatus, PostgresState, ReplicationClient, Role};
 
 use crate::ha::HaView;
 use crate::local::Local;
+use pg_local::{DataRole, PostmasterState};
 use pgwarden_config::{Config, Purpose, Severity};
 use pgwarden_runtime::ConfigArgs;
 use tokio::net::TcpListener;
@@ -129,15 +130,20 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
         // Running means answering queries: a postmaster that does not answer
         // is reported as starting, so every check that needs it fails closed.
         postgres_state: match (local.postmaster.state, &local.sql) {
-            (PostgresState::Running, None) => PostgresState::Starting as i32,
-            (state, _) => state as i32,
-        },
+            (PostmasterState::Uninitialized, _) => PostgresState::Uninitialized,
+            (PostmasterState::Stopped, _) => PostgresState::Stopped,
+            (PostmasterState::Running, None) | (PostmasterState::Starting, _) => PostgresState::Starting,
+            (PostmasterState::Running, Some(_)) => PostgresState::Running,
+            (PostmasterState::Stopping, _) => PostgresState::Stopping,
+        } as i32,
         role: match local.role() {
-            Role::Replica if view.follows_remote && view.leader_deadline.is_some_and(|d| !d.has_passed()) => {
-                Role::StandbyLeader as i32
+            DataRole::Replica if view.follows_remote && view.leader_deadline.is_some_and(|d| !d.has_passed()) => {
+                Role::StandbyLeader
             }
-            role => role as i32,
-        },
+            DataRole::Replica => Role::Replica,
+            DataRole::Primary => Role::Primary,
+            DataRole::Uninitialized => Role::Uninitialized,
+        } as i32,
         postmaster_pid: local.postmaster.postmaster_pid,
         observed_at_unix_ms: local.observed_at_unix_ms,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -287,7 +293,7 @@ pub async fn run(
     // A hold on acknowledgements an earlier run left (it died holding one)
     // would block every commit of the running primary it adopts.
     match ackhold::clear_residue(&config.postgresql.data_dir) {
-        Ok(true) if pg_local::observe(&config.postgresql.data_dir).state != ha_proto::v1::PostgresState::Stopped => {
+        Ok(true) if pg_local::observe(&config.postgresql.data_dir).state != pg_local::PostmasterState::Stopped => {
             if let Err(e) = pg.reload().await {
                 tracing::warn!("failed to reload PostgreSQL after removing the hold: {e:#}");
             }

@@ -9,14 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ha_proto::v1::{PostgresState, Role};
 use pgwarden_config::Config;
 use sqlx::postgres::PgConnection;
 use tokio::sync::watch;
 use tracing::debug;
 
 use crate::sql::{self, SqlStatus};
-use pg_local::{self, LocalPostgres};
+use pg_local::{self, DataRole, LocalPostgres, PostmasterState};
 
 /// One observation: the postmaster as seen on disk, and PostgreSQL's own
 /// answers while it runs (`None` when it does not answer).
@@ -49,10 +48,10 @@ impl Local {
     }
 
     /// The role, from PostgreSQL's own answer when there is one.
-    pub fn role(&self) -> Role {
+    pub fn role(&self) -> DataRole {
         match &self.sql {
-            Some(sql) if sql.in_recovery => Role::Replica,
-            Some(_) => Role::Primary,
+            Some(sql) if sql.in_recovery => DataRole::Replica,
+            Some(_) => DataRole::Primary,
             None => self.postmaster.role,
         }
     }
@@ -128,7 +127,7 @@ impl Observer {
     pub async fn fresh(&self, max_age: Duration, wait: Duration) -> Local {
         let current = self.rx.borrow().clone();
         let looked = match current.postmaster.state {
-            PostgresState::Running => current.queried_at,
+            PostmasterState::Running => current.queried_at,
             _ => Some(current.looked_at),
         };
         if looked.is_some_and(|at| at.elapsed() <= max_age) {
@@ -231,7 +230,7 @@ pub async fn observe_loop(
         }
         last_look = Instant::now();
         let postmaster = pg_local::observe(&config.postgresql.data_dir);
-        let running = postmaster.state == PostgresState::Running;
+        let running = postmaster.state == PostmasterState::Running;
         let same_postmaster = last_shape.as_ref().is_some_and(|(previous, _)| *previous == postmaster);
         // A look that does not query keeps the last answer, only while the
         // same postmaster still runs as it did.
@@ -292,7 +291,7 @@ pub async fn observe_loop(
         // The postmaster's exit is waited for while it runs (or starts).
         let pid = postmaster.postmaster_pid;
         let watched = exit_watch.as_ref().map(|watch| watch.pid);
-        if pid == 0 || postmaster.state == PostgresState::Stopped {
+        if pid == 0 || postmaster.state == PostmasterState::Stopped {
             exit_watch = None;
         } else if watched != Some(pid) && exited_pid != Some(pid) {
             exit_watch = Some(ExitWatch::open(pid));

@@ -5,13 +5,35 @@
 
 use std::path::Path;
 
-use ha_proto::v1::{PostgresState, Role};
+/// What the postmaster is doing, as its data directory shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostmasterState {
+    /// No data directory (no `PG_VERSION`).
+    #[default]
+    Uninitialized,
+    Stopped,
+    /// Running, not (yet) accepting connections.
+    Starting,
+    /// Accepting connections (`ready`, or `standby` for a hot standby).
+    Running,
+    Stopping,
+}
+
+/// The role the data directory is set up for: a standby or recovery
+/// signal file makes it a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataRole {
+    #[default]
+    Uninitialized,
+    Primary,
+    Replica,
+}
 
 /// One observation of the local PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LocalPostgres {
-    pub state: PostgresState,
-    pub role: Role,
+    pub state: PostmasterState,
+    pub role: DataRole,
     /// 0 when no postmaster runs.
     pub postmaster_pid: u32,
 }
@@ -77,12 +99,16 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn observe(data_dir: &Path) -> LocalPostgres {
-    let stopped = |role| LocalPostgres { state: PostgresState::Stopped, role, postmaster_pid: 0 };
+    let stopped = |role| LocalPostgres { state: PostmasterState::Stopped, role, postmaster_pid: 0 };
     if !data_dir.join("PG_VERSION").exists() {
-        return LocalPostgres { state: PostgresState::Uninitialized, role: Role::Uninitialized, postmaster_pid: 0 };
+        return LocalPostgres {
+            state: PostmasterState::Uninitialized,
+            role: DataRole::Uninitialized,
+            postmaster_pid: 0,
+        };
     }
     let standby = data_dir.join("standby.signal").exists() || data_dir.join("recovery.signal").exists();
-    let role = if standby { Role::Replica } else { Role::Primary };
+    let role = if standby { DataRole::Replica } else { DataRole::Primary };
     let Ok(pidfile) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
         return stopped(role);
     };
@@ -95,12 +121,12 @@ pub fn observe(data_dir: &Path) -> LocalPostgres {
     }
     // Line 8 is the postmaster's status: starting, stopping, ready or standby.
     let state = match lines.get(7).map(|l| l.trim()) {
-        Some("ready") => PostgresState::Running,
+        Some("ready") => PostmasterState::Running,
         Some("standby") => {
-            return LocalPostgres { state: PostgresState::Running, role: Role::Replica, postmaster_pid: pid };
+            return LocalPostgres { state: PostmasterState::Running, role: DataRole::Replica, postmaster_pid: pid };
         }
-        Some("stopping") => PostgresState::Stopping,
-        _ => PostgresState::Starting,
+        Some("stopping") => PostmasterState::Stopping,
+        _ => PostmasterState::Starting,
     };
     LocalPostgres { state, role, postmaster_pid: pid }
 }
@@ -116,25 +142,25 @@ mod tests {
     #[test]
     fn reads_state_and_role_from_the_data_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(observe(dir.path()).state, PostgresState::Uninitialized);
+        assert_eq!(observe(dir.path()).state, PostmasterState::Uninitialized);
         std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
         assert_eq!(
             observe(dir.path()),
-            LocalPostgres { state: PostgresState::Stopped, role: Role::Primary, postmaster_pid: 0 }
+            LocalPostgres { state: PostmasterState::Stopped, role: DataRole::Primary, postmaster_pid: 0 }
         );
         let me = std::process::id();
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "ready   ")).expect("write");
         assert_eq!(
             observe(dir.path()),
-            LocalPostgres { state: PostgresState::Running, role: Role::Primary, postmaster_pid: me }
+            LocalPostgres { state: PostmasterState::Running, role: DataRole::Primary, postmaster_pid: me }
         );
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "standby ")).expect("write");
-        assert_eq!(observe(dir.path()).role, Role::Replica);
+        assert_eq!(observe(dir.path()).role, DataRole::Replica);
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "starting")).expect("write");
-        assert_eq!(observe(dir.path()).state, PostgresState::Starting);
+        assert_eq!(observe(dir.path()).state, PostmasterState::Starting);
         std::fs::write(dir.path().join("standby.signal"), "").expect("write");
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(me, "ready   ")).expect("write");
-        assert_eq!(observe(dir.path()).role, Role::Replica);
+        assert_eq!(observe(dir.path()).role, DataRole::Replica);
     }
 
     #[test]
@@ -143,6 +169,6 @@ mod tests {
         std::fs::write(dir.path().join("PG_VERSION"), "15\n").expect("write");
         // PID 0 never names a user process; a PID past pid_max cannot exist.
         std::fs::write(dir.path().join("postmaster.pid"), pidfile(4_194_304 + 7, "ready   ")).expect("write");
-        assert_eq!(observe(dir.path()).state, PostgresState::Stopped);
+        assert_eq!(observe(dir.path()).state, PostmasterState::Stopped);
     }
 }

@@ -49,7 +49,7 @@ impl Agent {
                 let local = self.local.borrow().clone();
                 let stopped = matches!(
                     local.postmaster.state,
-                    ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                    pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized
                 );
                 if local.sql.is_none() && stopped {
                     return self.start_on_request(&role, only_if_pending).await;

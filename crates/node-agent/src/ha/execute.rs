@@ -166,7 +166,7 @@ impl Agent {
                     // Not merely slow: no postmaster runs (it exited, e.g. on
                     // a setting it refuses). Patroni then gives the key up at
                     // once rather than wait for primary_start_timeout.
-                    if pg_local::observe(&self.pg.data_dir).state == ha_proto::v1::PostgresState::Stopped {
+                    if pg_local::observe(&self.pg.data_dir).state == pg_local::PostmasterState::Stopped {
                         self.primary_start_failures += 1;
                     }
                     return Err(e);
@@ -301,7 +301,7 @@ impl Agent {
                     l.sql.is_none()
                         && matches!(
                             l.postmaster.state,
-                            ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized
+                            pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized
                         )
                 })
                 .await?;

@@ -14,9 +14,9 @@ pub(super) struct MemberPublisher {
 /// The member key's `state`, as Patroni names it.
 pub(super) fn member_state(local: &Local) -> &'static str {
     match local.postmaster.state {
-        ha_proto::v1::PostgresState::Running if local.sql.is_some() => "running",
-        ha_proto::v1::PostgresState::Running | ha_proto::v1::PostgresState::Starting => "starting",
-        ha_proto::v1::PostgresState::Stopping => "stopping",
+        pg_local::PostmasterState::Running if local.sql.is_some() => "running",
+        pg_local::PostmasterState::Running | pg_local::PostmasterState::Starting => "starting",
+        pg_local::PostmasterState::Stopping => "stopping",
         _ => "stopped",
     }
 }
@@ -441,7 +441,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ha_proto::v1::PostgresState;
+    use pg_local::PostmasterState as PostgresState;
 
     fn local(state: PostgresState, sql: Option<bool>) -> Local {
         Local {

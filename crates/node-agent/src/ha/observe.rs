@@ -74,7 +74,7 @@ impl Agent {
             (Some(sql), _) => {
                 PgRun::Replica { lsn: sql.xlog_location, timeline: sql.timeline, upstream: self.upstream.clone() }
             }
-            (None, ha_proto::v1::PostgresState::Stopped | ha_proto::v1::PostgresState::Uninitialized) => PgRun::Stopped,
+            (None, pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized) => PgRun::Stopped,
             (None, _) => PgRun::Transitioning,
         };
         // A stopped former primary resumes only if its WAL reaches the last
@@ -162,7 +162,7 @@ impl Agent {
         Observed {
             me,
             data,
-            pg_starting: local.sql.is_none() && local.postmaster.state == ha_proto::v1::PostgresState::Starting,
+            pg_starting: local.sql.is_none() && local.postmaster.state == pg_local::PostmasterState::Starting,
             standby_upstream: self.upstream.clone(),
             pg,
             initialize: view.and_then(|v| v.initialize.clone()),
