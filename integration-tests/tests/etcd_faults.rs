@@ -294,8 +294,13 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
         },
     }}});
     let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
-    for i in 1..=2 {
-        cluster.add_node(&format!("node{i}"), "").expect("node").merge_config(slots.clone()).expect("config");
+    for i in 1..=3 {
+        let mut config = slots.clone();
+        if i == 3 {
+            // node3 cascades from node2: the leader's slot for it is inactive.
+            config["tags"] = serde_json::json!({"replicatefrom": "node2"});
+        }
+        cluster.add_node(&format!("node{i}"), "").expect("node").merge_config(config).expect("config");
     }
     let position = |cluster: &PgwardenCluster, i: usize, slot: &str| {
         let sql = format!(
@@ -314,7 +319,7 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
     .expect("cdc on node1");
     cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
     cluster.nodes[0].psql("checkpoint").expect("checkpoint");
-    cluster.start_all().expect("node2");
+    cluster.start_all().expect("node2 and node3");
     enable_failsafe(&cluster).await;
     wait_until("node2's copies of both permanent slots", UP, || async {
         let copies = (position(&cluster, 1, "keep"), position(&cluster, 1, "cdc"));
@@ -322,6 +327,18 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
     })
     .await
     .expect("copies on node2");
+    wait_until("node3 streaming from node2", UP, || async {
+        let sql = "select active from pg_replication_slots where slot_name = 'node3'";
+        let on = |i: usize| cluster.nodes[i].psql(sql).unwrap_or_default().trim().to_string();
+        let (leader, upstream) = (on(0), on(1));
+        if (leader.as_str(), upstream.as_str()) == ("f", "t") {
+            Ok(Some(()))
+        } else {
+            Err(format!("node3's slot active on node1 {leader:?}, on node2 {upstream:?}"))
+        }
+    })
+    .await
+    .expect("cascading");
 
     cluster.etcd.kill(0);
     let killed = Instant::now();
@@ -340,12 +357,23 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
         .expect("the physical slot's consumer");
     cluster.nodes[0].psql("select count(*) from pg_logical_slot_get_changes('cdc', NULL, NULL)").expect("decoded");
     let wanted = (position(&cluster, 0, "keep"), position(&cluster, 0, "cdc"));
+    let written: ha_core::Lsn =
+        cluster.nodes[0].psql("select pg_current_wal_lsn()").expect("lsn").trim().parse().expect("an LSN");
     wait_until("node2's copies at the leader's positions with etcd stopped", UP, || async {
         let copies = (position(&cluster, 1, "keep"), position(&cluster, 1, "cdc"));
         if copies == wanted { Ok(Some(())) } else { Err(format!("{copies:?}, the leader's {wanted:?}")) }
     })
     .await
     .expect("the copies follow");
+    // The leader's slot for node3, which streams from node2, follows the
+    // position node3 gives with its promise.
+    wait_until("node1's slot for the cascading node3 past the rows", UP, || async {
+        let slot = position(&cluster, 0, "node3");
+        let moved = slot.parse::<ha_core::Lsn>().is_ok_and(|lsn| lsn >= written);
+        if moved { Ok(Some(())) } else { Err(format!("node3's slot on node1 at {slot:?}, the rows end at {written}")) }
+    })
+    .await
+    .expect("the cascading member's slot follows");
     // node2 joined after the logical slot was made: its first copy began
     // before node2's oldest WAL and was copied afresh from the leader.
     let log = cluster.nodes[1].agent_log();

@@ -54,6 +54,9 @@ pub struct Failsafe {
     pub leading: bool,
     /// On a leader cut off from etcd: when every member last accepted.
     pub kept_running_since: Option<BootInstant>,
+    /// On that leader: the WAL position each member gave in its last
+    /// acceptance (what its slot here may be moved along to).
+    pub member_positions: std::collections::BTreeMap<String, u64>,
     /// The slot positions the promised leader's last call carried, and its
     /// PostgreSQL's URL (to copy a logical slot afresh from).
     pub leader_slots: std::collections::BTreeMap<String, u64>,
@@ -265,6 +268,12 @@ pub async fn keep_running(
         }
         let until = sent + current.hold.saturating_sub(current.margin);
         let mut state = shared.lock().await;
+        state.member_positions = current
+            .members
+            .iter()
+            .zip(&answers)
+            .filter_map(|((name, _), answer)| Some((name.clone(), answer.as_ref().map(|a| a.lsn).filter(|&l| l > 0)?)))
+            .collect();
         let first = state.kept_running_since.is_none();
         if first {
             info!(

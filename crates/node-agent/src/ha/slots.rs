@@ -371,7 +371,16 @@ impl Agent {
             if !self.failsafe_plan.borrow().enabled || names.is_empty() {
                 return Ok(());
             }
+            // A member that streams from another (`replicatefrom`) leaves its
+            // slot here inactive: moved along to the position it gave with
+            // its promise, as the member key's would be.
+            let members = self.failsafe.lock().await.member_positions.clone();
             let mut conn = self.connect().await?;
+            for (member, lsn) in &members {
+                if let Err(e) = sql::advance_slot(&mut conn, &slot_name(member), *lsn).await {
+                    warn!("failsafe: {e:#}");
+                }
+            }
             let slots = sql::slots(&mut conn).await;
             self.release(conn);
             let positions: std::collections::BTreeMap<String, u64> = slots?
