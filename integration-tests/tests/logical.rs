@@ -44,6 +44,12 @@ fn cdc_on(cluster: &PgwardenCluster, i: usize) -> String {
     cluster.nodes[i].psql(sql).unwrap_or_default().trim().to_string()
 }
 
+/// Node `i`'s PostgreSQL major version.
+fn major(cluster: &PgwardenCluster, i: usize) -> u32 {
+    let num = cluster.nodes[i].psql("show server_version_num").expect("server_version_num");
+    num.trim().parse::<u32>().expect("a number") / 10_000
+}
+
 #[tokio::test]
 async fn a_logical_consumer_continues_through_a_failover_with_no_change_missing() {
     init_logging();
@@ -190,17 +196,24 @@ async fn a_cascading_replica_streams_from_its_upstream_after_copying_a_logical_s
         .patch_config(json!({"slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}}}))
         .await
         .expect("a permanent logical slot");
-    wait_until("node3's copy of the permanent logical slot", UP, || async {
-        Ok::<_, String>((!cdc_on(&cluster, 2).is_empty()).then_some(()))
-    })
-    .await
-    .expect("cdc on node3");
+    // From 17 on PostgreSQL synchronises the slots itself (and not on a
+    // cascading standby): there is no copy, and no restart, to check.
+    let copies = major(&cluster, 0) < 17;
+    if copies {
+        wait_until("node3's copy of the permanent logical slot", UP, || async {
+            Ok::<_, String>((!cdc_on(&cluster, 2).is_empty()).then_some(()))
+        })
+        .await
+        .expect("cdc on node3");
+    }
     cluster.nodes[0].psql("create table after_copy (id int); insert into after_copy values (1)").expect("write");
     wait_until("node3 streaming from node2 after the copy", UP, streams_from_node2("after_copy"))
         .await
         .expect("node3 streams from node2 again");
-    let log = cluster.nodes[2].agent_log();
-    assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
+    if copies {
+        let log = cluster.nodes[2].agent_log();
+        assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
+    }
 }
 
 /// A replica that joins after the permanent logical slot was made gets a
@@ -224,6 +237,11 @@ async fn a_slot_copy_older_than_the_replicas_wal_is_copied_afresh_and_follows_th
     // a checkpoint: its copy begins before node2's oldest WAL.
     cluster.start_node(0).expect("node1");
     assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+    if major(&cluster, 0) >= 17 {
+        // PostgreSQL's own slot synchronisation makes no copy to go stale.
+        println!("PostgreSQL {}: no slot copies to test", major(&cluster, 0));
+        return;
+    }
     wait_until("the slot on node1", UP, || async { Ok::<_, String>((!cdc_on(&cluster, 0).is_empty()).then_some(())) })
         .await
         .expect("cdc on node1");
