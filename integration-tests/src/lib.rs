@@ -24,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod service;
 pub mod wait;
+pub mod watchdog;
 pub mod writer;
 
 pub use cluster::{Node, PgwardenCluster};

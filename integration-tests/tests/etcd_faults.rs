@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use ha_proto::v1::SwitchoverRequest;
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::{ProbeReport, WriteProbe};
 use pgwarden_integration_tests::process::is_running;
+use pgwarden_integration_tests::watchdog::{Call, TestWatchdog};
 use pgwarden_integration_tests::writer::Writers;
 use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, service, wait_until};
+use pgwarden_integration_tests::{TestDir, grpc};
 
 const UP: Duration = Duration::from_secs(90);
 /// The clusters' ttl (integration-tests/src/cluster.rs).
@@ -174,6 +177,74 @@ async fn a_required_watchdog_that_cannot_be_armed_keeps_the_node_from_leading() 
     assert!(log.contains("/nonexistent/watchdog") && log.contains("modprobe softdog"), "names the device and the fix");
     assert_eq!(cluster.get_key("initialize").await.expect("etcd"), None, "no bootstrap without the watchdog");
     assert!(node.postmaster_pid().is_none(), "no data directory was built");
+}
+
+/// Patroni's `testing` watchdog driver, read by the test: the leader arms
+/// its device at ttl - safety_margin before it leads, feeds it on each
+/// renewal, sets a new timeout when the ttl changes, and closes it when it
+/// stops leading (a switchover) and when its agent stops; a replica leaves
+/// its own closed. Without the timeout following the ttl, a raised ttl left
+/// the device at 5 s under a 20 s lease.
+#[tokio::test]
+async fn the_leaders_watchdog_follows_the_ttl_and_is_closed_when_it_stops_leading() {
+    init_logging();
+    let pipes = TestDir::new("watchdog");
+    let devices: Vec<TestWatchdog> =
+        (1..=2).map(|i| TestWatchdog::create(&pipes.path().join(format!("node{i}.fifo"))).expect("pipe")).collect();
+    let paths: Vec<String> = devices.iter().map(|d| d.path().display().to_string()).collect();
+    let extra = |i: usize| {
+        format!("watchdog:\n  mode: required\n  driver: testing\n  device: {}\n  safety_margin: 5\n", paths[i - 1])
+    };
+    let mut cluster = PgwardenCluster::start_with(2, extra).await.expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    let replica = 1 - leader;
+    let fed = |device: &TestWatchdog, timeout: u32| {
+        device.timeouts().last() == Some(&timeout) && device.keepalives_since_armed() >= 2
+    };
+    wait_until("the leader's device armed at 10 - 5 s and fed", UP, || async {
+        Ok::<_, String>(fed(&devices[leader], 5).then_some(()))
+    })
+    .await
+    .expect("armed");
+    assert_eq!(devices[leader].timeouts(), [5], "armed once");
+    // The loser of the bootstrap race may have armed its device for the
+    // race (a node that may not lead does not build the cluster): closed
+    // since, and never fed.
+    let calls = devices[replica].calls();
+    assert!(
+        calls.last().is_none_or(|c| *c == Call::MagicClose) && !calls.contains(&Call::Keepalive),
+        "a replica leaves its device closed: {calls:?}"
+    );
+
+    cluster.patch_config(serde_json::json!({"ttl": 20})).await.expect("ttl 20");
+    wait_until("the leader's device to follow the ttl (20 - 5 s)", UP, || async {
+        Ok::<_, String>(fed(&devices[leader], 15).then_some(()))
+    })
+    .await
+    .expect("followed");
+    assert!(!devices[leader].is_closed(), "still armed: {:?}", devices[leader].calls());
+
+    let mut controller = wait_until("the controller to answer", UP, || {
+        let url = cluster.nodes[leader].controller_url();
+        async move { Ok::<_, String>(grpc::controller(url).await.ok()) }
+    })
+    .await
+    .expect("controller");
+    let request = SwitchoverRequest { candidate: cluster.nodes[replica].name.clone(), ..Default::default() };
+    let response = controller.switchover(request).await.expect("switchover").into_inner();
+    assert_eq!(response.new_leader, cluster.nodes[replica].name, "{response:?}");
+    wait_until("the new leader's device armed at 15 s and fed", UP, || async {
+        Ok::<_, String>(fed(&devices[replica], 15).then_some(()))
+    })
+    .await
+    .expect("armed");
+    assert!(devices[leader].is_closed(), "the old leader closed its device: {:?}", devices[leader].calls());
+
+    assert!(cluster.nodes[replica].stop_agent(), "the agent stops");
+    assert!(devices[replica].is_closed(), "closed when its agent stopped: {:?}", devices[replica].calls());
+    for device in &devices {
+        assert_eq!(device.overruns(), Vec::<Duration>::new(), "never unfed past its timeout while armed");
+    }
 }
 
 /// `failsafe_mode` on, and the `failsafe` key listing all three members.

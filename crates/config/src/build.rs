@@ -189,18 +189,24 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         },
         device: path_of(&mut r, "watchdog.device").unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
         safety_margin: r.int("watchdog.safety_margin", -1, 3600).unwrap_or(5),
+        // Patroni's drivers: `default` (the Linux device) and `testing` (its
+        // test suite's named pipe). Patroni runs with no watchdog on any
+        // other name; pgwarden uses the device and says so.
+        driver: match r.string("watchdog.driver").as_deref() {
+            None | Some("default") => WatchdogDriver::Linux,
+            Some("testing") => WatchdogDriver::Testing,
+            Some(driver) => {
+                r.problems.warn(
+                    "watchdog.driver",
+                    format!(
+                        "pgwarden knows the drivers default (the Linux watchdog device) and testing (Patroni's \
+                         named-pipe test device); {driver:?} is ignored and the device is used as by default"
+                    ),
+                );
+                WatchdogDriver::Linux
+            }
+        },
     };
-    // Patroni's `watchdog.driver`: `default` (the Linux device) is the one
-    // pgwarden has; Patroni's `testing` driver (its test suite's fake) is
-    // not, and the device is used instead.
-    if let Some(driver) = r.string("watchdog.driver")
-        && driver != "default"
-    {
-        r.problems.warn(
-            "watchdog.driver",
-            format!("only the default driver (the Linux watchdog device) exists in pgwarden; {driver:?} is ignored"),
-        );
-    }
     let log = log_section(&mut r);
     let pgwarden = restapi.as_ref().and_then(|restapi| pgwarden_section(&mut r, restapi));
     // The fence must be complete before the lease can expire: a margin of a

@@ -329,11 +329,24 @@ pub enum WatchdogMode {
     Required,
 }
 
+/// `watchdog.driver`: how the device is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchdogDriver {
+    /// The Linux watchdog API: ioctls for the timeout and the keep-alive.
+    #[default]
+    Linux,
+    /// Patroni's `testing` driver: the device is a named pipe a test reads,
+    /// and every call is a write (`Ctimeout=N\n` sets the timeout, `1` is a
+    /// keep-alive, `V` the magic close). It resets nothing.
+    Testing,
+}
+
 #[derive(Debug, Clone)]
 pub struct Watchdog {
     pub mode: WatchdogMode,
     pub device: PathBuf,
     pub safety_margin: i64,
+    pub driver: WatchdogDriver,
 }
 
 #[derive(Debug, Clone)]

@@ -510,9 +510,12 @@ impl Agent {
             }
         }
         // The lease keeper's renewals keep the device alive while leading
-        // (`forward_renewals`); here it is only disarmed.
+        // (`forward_renewals`); here it is disarmed, or its timeout follows
+        // the ttl.
         if self.leader_deadline().is_none() {
             lock_watchdog(&self.watchdog).disarm();
+        } else {
+            lock_watchdog(&self.watchdog).follow_ttl(dynamic.ttl);
         }
         if let Some(view) = &view {
             let local = self.local.borrow().clone();

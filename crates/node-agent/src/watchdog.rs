@@ -22,7 +22,7 @@ use std::time::Duration;
 use election::BootInstant;
 
 use anyhow::Context as _;
-use pgwarden_config::{Watchdog, WatchdogMode};
+use pgwarden_config::{Watchdog, WatchdogDriver, WatchdogMode};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -57,14 +57,22 @@ pub fn timeout_outlasts_renewals(ttl: u32, safety_margin: i64) -> Result<(), Str
     ))
 }
 
-/// A Linux watchdog device (`/dev/watchdog`), armed only while leading.
+/// A watchdog device (`/dev/watchdog`), armed only while leading.
 pub struct DeviceWatchdog {
     config: Watchdog,
-    armed: Option<File>,
+    armed: Option<Armed>,
     /// `automatic` mode found no usable device: warned once, then off.
     unusable: bool,
     /// Keep-alives sent to an armed device.
     keepalives: u64,
+    /// A ttl whose timeout was refused while armed (warned once).
+    refused_ttl: Option<u32>,
+}
+
+/// The open device and the timeout it was given.
+struct Armed {
+    file: File,
+    timeout: Duration,
 }
 
 /// The device, shared by the HA loop (arm, disarm) and the lease keeper's
@@ -73,14 +81,15 @@ pub type SharedWatchdog = Arc<Mutex<DeviceWatchdog>>;
 
 impl DeviceWatchdog {
     pub fn new(config: Watchdog) -> Self {
-        Self { config, armed: None, unusable: false, keepalives: 0 }
+        Self { config, armed: None, unusable: false, keepalives: 0, refused_ttl: None }
     }
 
     /// Armed on any open file (tests: the keep-alive ioctl then fails, and
     /// is counted all the same).
     #[cfg(test)]
     pub fn armed_on(config: Watchdog, file: File) -> Self {
-        Self { config, armed: Some(file), unusable: false, keepalives: 0 }
+        let armed = Armed { file, timeout: Duration::from_secs(1) };
+        Self { config, armed: Some(armed), unusable: false, keepalives: 0, refused_ttl: None }
     }
 
     pub fn shared(self) -> SharedWatchdog {
@@ -113,10 +122,10 @@ impl DeviceWatchdog {
             self.unusable = true;
             return Ok(());
         }
-        match open_and_set(&self.config.device, timeout) {
+        match open_and_set(&self.config, timeout) {
             Ok(file) => {
                 info!(device = %self.config.device.display(), ?timeout, "watchdog armed");
-                self.armed = Some(file);
+                self.armed = Some(Armed { file, timeout });
                 Ok(())
             }
             Err(e) if self.config.mode == WatchdogMode::Required => Err(e.context(format!(
@@ -132,14 +141,53 @@ impl DeviceWatchdog {
         }
     }
 
+    /// Keeps an armed device's timeout at `ttl - safety_margin` when the
+    /// ttl changes (`edit-config`): a timeout set for a longer ttl would let
+    /// the leader key expire before the machine resets, one set for a
+    /// shorter ttl would reset a healthy leader between renewals. A ttl
+    /// whose timeout would not outlast a renewal keeps the old timeout, with
+    /// a warning.
+    pub fn follow_ttl(&mut self, ttl: u32) {
+        let safety_margin = self.config.safety_margin;
+        let driver = self.config.driver;
+        let Some(armed) = &mut self.armed else { return };
+        let wanted = timeout_for(ttl, safety_margin);
+        if wanted == armed.timeout {
+            return;
+        }
+        if let Err(why) = timeout_outlasts_renewals(ttl, safety_margin) {
+            if self.refused_ttl != Some(ttl) {
+                warn!("{why}; the watchdog keeps its timeout of {} s", armed.timeout.as_secs());
+                self.refused_ttl = Some(ttl);
+            }
+            return;
+        }
+        match set_timeout(driver, &mut armed.file, wanted) {
+            Ok(()) => {
+                info!(timeout = ?wanted, "watchdog timeout set from the new ttl");
+                armed.timeout = wanted;
+            }
+            Err(e) => warn!("failed to set the watchdog timeout to {} s: {e:#}", wanted.as_secs()),
+        }
+    }
+
     /// One keep-alive (each renewal of the lease while leading).
     #[allow(unsafe_code)] // the watchdog API is ioctl only
     pub fn keepalive(&mut self) {
-        if let Some(file) = &self.armed {
+        let driver = self.config.driver;
+        if let Some(armed) = &mut self.armed {
             self.keepalives += 1;
-            let mut dummy: nix::libc::c_int = 0;
-            // SAFETY: WDIOC_KEEPALIVE on an open watchdog fd writes at most one int.
-            if let Err(e) = unsafe { wdioc_keepalive(file.as_raw_fd(), &mut dummy) } {
+            let result = match driver {
+                WatchdogDriver::Linux => {
+                    let mut dummy: nix::libc::c_int = 0;
+                    // SAFETY: WDIOC_KEEPALIVE on an open watchdog fd writes at most one int.
+                    unsafe { wdioc_keepalive(armed.file.as_raw_fd(), &mut dummy) }
+                        .map(drop)
+                        .map_err(std::io::Error::from)
+                }
+                WatchdogDriver::Testing => armed.file.write_all(b"1"),
+            };
+            if let Err(e) = result {
                 warn!("watchdog keep-alive failed: {e}");
             }
         }
@@ -147,8 +195,8 @@ impl DeviceWatchdog {
 
     /// Disarms the device (magic close), when this node no longer leads.
     pub fn disarm(&mut self) {
-        if let Some(mut file) = self.armed.take() {
-            match file.write_all(b"V") {
+        if let Some(mut armed) = self.armed.take() {
+            match armed.file.write_all(b"V") {
                 Ok(()) => info!("watchdog disarmed"),
                 Err(e) => warn!("failed to disarm the watchdog (magic close): {e}"),
             }
@@ -162,22 +210,40 @@ impl Drop for DeviceWatchdog {
     }
 }
 
-#[allow(unsafe_code)] // the watchdog API is ioctl only
-fn open_and_set(device: &std::path::Path, timeout: Duration) -> anyhow::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(device)
-        .with_context(|| format!("open the watchdog device {}", device.display()))?;
-    let mut seconds = timeout.as_secs() as nix::libc::c_int;
-    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer.
-    let set = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut seconds) };
-    if let Err(e) = set {
+/// Opens the device and sets its timeout. The test driver's pipe is opened
+/// without blocking: with no reader it fails at once (ENXIO) instead of
+/// holding the HA loop.
+fn open_and_set(config: &Watchdog, timeout: Duration) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if config.driver == WatchdogDriver::Testing {
+        options.custom_flags(nix::libc::O_NONBLOCK);
+    }
+    let device = &config.device;
+    let mut file = options.open(device).with_context(|| format!("open the watchdog device {}", device.display()))?;
+    if let Err(e) = set_timeout(config.driver, &mut file, timeout) {
         // Not a watchdog: close it without triggering anything.
-        let mut file = file;
         let _ = file.write_all(b"V");
-        anyhow::bail!("{} is not a usable watchdog device (setting the timeout failed: {e})", device.display());
+        anyhow::bail!("{} is not a usable watchdog device ({e:#})", device.display());
     }
     Ok(file)
+}
+
+#[allow(unsafe_code)] // the watchdog API is ioctl only
+fn set_timeout(driver: WatchdogDriver, file: &mut File, timeout: Duration) -> anyhow::Result<()> {
+    let seconds = timeout.as_secs() as nix::libc::c_int;
+    match driver {
+        WatchdogDriver::Linux => {
+            let mut seconds = seconds;
+            // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through the pointer.
+            unsafe { wdioc_settimeout(file.as_raw_fd(), &mut seconds) }.context("setting the timeout failed")?;
+        }
+        WatchdogDriver::Testing => {
+            file.write_all(format!("Ctimeout={seconds}\n").as_bytes()).context("writing the timeout failed")?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether to send `WATCHDOG=1` now: always while this node does not lead
@@ -255,7 +321,7 @@ mod tests {
     }
 
     fn config(mode: WatchdogMode, device: &std::path::Path) -> Watchdog {
-        Watchdog { mode, device: device.to_path_buf(), safety_margin: 5 }
+        Watchdog { mode, device: device.to_path_buf(), safety_margin: 5, driver: WatchdogDriver::Linux }
     }
 
     #[test]
@@ -282,5 +348,34 @@ mod tests {
         let mut off = DeviceWatchdog::new(config(WatchdogMode::Off, std::path::Path::new("/nonexistent/wd")));
         off.arm(30).expect("off never fails");
         assert!(!off.is_armed());
+    }
+
+    /// Patroni's `testing` driver: every call is a write on a named pipe,
+    /// and the timeout follows a ttl change while armed.
+    #[test]
+    fn the_testing_driver_writes_each_call_and_the_timeout_follows_the_ttl() {
+        use std::io::Read as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("watchdog.fifo");
+        let config = Watchdog { driver: WatchdogDriver::Testing, ..config(WatchdogMode::Required, &fifo) };
+        let mut wd = DeviceWatchdog::new(config.clone());
+        let err = format!("{:#}", wd.arm(20).expect_err("no pipe"));
+        assert!(err.contains("will not lead"), "{err}");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let mut wd = DeviceWatchdog::new(config);
+        assert!(wd.arm(20).is_err(), "a pipe nobody reads is no device (and the loop is not held)");
+        let mut reader =
+            std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).expect("reader");
+        wd.arm(20).expect("armed");
+        wd.keepalive();
+        wd.follow_ttl(20);
+        wd.follow_ttl(30);
+        wd.keepalive();
+        wd.follow_ttl(6); // 1 s would not outlast a renewal: kept at 25 s
+        wd.disarm();
+        let mut written = String::new();
+        reader.read_to_string(&mut written).expect("read");
+        assert_eq!(written, "Ctimeout=15\n1Ctimeout=25\n1V");
     }
 }

@@ -380,6 +380,7 @@ mod tests {
             mode: pgwarden_config::WatchdogMode::Required,
             device: "/dev/null".into(),
             safety_margin: 5,
+            driver: pgwarden_config::WatchdogDriver::Linux,
         };
         let file = tempfile::tempfile().expect("temp file");
         let watchdog = DeviceWatchdog::armed_on(config, file).shared();

@@ -165,6 +165,9 @@ impl Agent {
             }
             return;
         }
+        // No primary runs here any more: the device is closed as Patroni
+        // closes it, before the key goes.
+        lock_watchdog(&self.watchdog).disarm();
         let election = match handle {
             Some(handle) => handle.stop().await,
             None => None,
