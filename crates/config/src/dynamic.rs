@@ -351,6 +351,8 @@ impl DynamicConfig {
         }
         let legacy_start = u32_of(&mut r, "master_start_timeout", 0, d.primary_start_timeout);
         let primary_start_timeout = u32_of(&mut r, "primary_start_timeout", 0, legacy_start);
+        let legacy_stop = u32_of(&mut r, "master_stop_timeout", 0, d.primary_stop_timeout);
+        let primary_stop_timeout = u32_of(&mut r, "primary_stop_timeout", 0, legacy_stop);
         let synchronous_mode = match r.choice(&path("synchronous_mode"), &["off", "on", "false", "true", "quorum"]) {
             Some(m) if m == "on" || m == "true" => SyncMode::On,
             Some(m) if m == "quorum" => SyncMode::Quorum,
@@ -377,7 +379,7 @@ impl DynamicConfig {
                 .unwrap_or(d.maximum_lag_on_syncnode),
             failsafe_mode: r.bool(&path("failsafe_mode"), false),
             primary_start_timeout,
-            primary_stop_timeout: u32_of(&mut r, "primary_stop_timeout", 0, d.primary_stop_timeout),
+            primary_stop_timeout,
             synchronous_mode,
             synchronous_mode_strict: r.bool(&path("synchronous_mode_strict"), false),
             synchronous_node_count: u32_of(&mut r, "synchronous_node_count", 1, d.synchronous_node_count),
@@ -606,6 +608,17 @@ mod tests {
             let (_, _, problems) = read(wrong.clone());
             assert!(problems.iter().any(|p| p.message.contains(says)), "{wrong}: {problems:?}");
         }
+    }
+
+    /// Patroni 3.0 renamed `master_*_timeout`; an older cluster's `config`
+    /// key still has the old names, read when the new one is absent.
+    #[test]
+    fn the_old_names_of_the_primary_timeouts_are_read_when_the_new_ones_are_absent() {
+        let (cfg, _, problems) = read(json!({"master_start_timeout": 60, "master_stop_timeout": 30}));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((cfg.primary_start_timeout, cfg.primary_stop_timeout), (60, 30));
+        let (cfg, _, _) = read(json!({"master_stop_timeout": 30, "primary_stop_timeout": 5}));
+        assert_eq!(cfg.primary_stop_timeout, 5, "the new name wins");
     }
 
     #[test]
