@@ -12,6 +12,7 @@ use crate::port::free_port;
 use crate::postgres::binaries;
 use crate::process::{ChildGuard, TestDir, run_as_postgres};
 use crate::service::spawn_with_env;
+use crate::spec::ClusterSpec;
 use crate::wait::wait_until;
 
 pub const SUPERUSER_PASSWORD: &str = "test-superuser-secret";
@@ -19,6 +20,33 @@ pub const REPLICATION_PASSWORD: &str = "test-replication-secret";
 /// `restapi.authentication` of every test node (the write endpoints need it).
 pub const REST_USER: &str = "admin";
 pub const REST_PASSWORD: &str = "test-rest-secret";
+
+/// One of a node's three pgwarden services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Agent,
+    Health,
+    Controller,
+}
+
+impl Service {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Agent => "pgwarden-agent",
+            Self::Health => "pgwarden-health",
+            Self::Controller => "pgwarden-controller",
+        }
+    }
+
+    /// Its log's name in the node's directory (`agent.log`, ...).
+    fn label(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Health => "health",
+            Self::Controller => "controller",
+        }
+    }
+}
 
 /// One node: its directory, ports and running services.
 pub struct Node {
@@ -55,10 +83,36 @@ impl Node {
         crate::service::body_of(self.rest_port, path)
     }
 
-    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+    fn child(&mut self, service: Service) -> &mut Option<ChildGuard> {
+        match service {
+            Service::Agent => &mut self.agent,
+            Service::Health => &mut self.health,
+            Service::Controller => &mut self.controller,
+        }
+    }
+
+    /// Starts `service` from this node's config file.
+    pub fn start(&mut self, service: Service) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
-        self.agent = Some(spawn_with_env("pgwarden-agent", &[&config], &self.dir, "agent", &self.env)?);
+        let child = spawn_with_env(service.binary(), &[&config], &self.dir, service.label(), &self.env)?;
+        *self.child(service) = Some(child);
         Ok(())
+    }
+
+    /// Kills `service` at once (SIGKILL); PostgreSQL keeps running.
+    pub fn kill(&mut self, service: Service) {
+        if let Some(mut child) = self.child(service).take() {
+            child.kill();
+        }
+    }
+
+    /// What `service` has logged so far.
+    pub fn log(&self, service: Service) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", service.label()))).unwrap_or_default()
+    }
+
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.start(Service::Agent)
     }
 
     /// The exit code of this node's agent once it has exited (`Some(None)`:
@@ -82,30 +136,24 @@ impl Node {
     }
 
     pub fn start_health(&mut self) -> anyhow::Result<()> {
-        let config = self.config_path().display().to_string();
-        self.health = Some(spawn_with_env("pgwarden-health", &[&config], &self.dir, "health", &self.env)?);
-        Ok(())
+        self.start(Service::Health)
     }
 
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let config = self.config_path().display().to_string();
-        self.controller = Some(spawn_with_env("pgwarden-controller", &[&config], &self.dir, "controller", &self.env)?);
-        Ok(())
+        self.start(Service::Controller)
     }
 
     /// The running pgwarden services of this node and their pids.
     pub fn service_pids(&self) -> Vec<(&'static str, u32)> {
-        [("pgwarden-agent", &self.agent), ("pgwarden-health", &self.health), ("pgwarden-controller", &self.controller)]
+        [(Service::Agent, &self.agent), (Service::Health, &self.health), (Service::Controller, &self.controller)]
             .into_iter()
-            .filter_map(|(name, child)| child.as_ref().and_then(ChildGuard::pid).map(|pid| (name, pid)))
+            .filter_map(|(service, child)| child.as_ref().and_then(ChildGuard::pid).map(|pid| (service.binary(), pid)))
             .collect()
     }
 
     /// Kills the controller at once (SIGKILL).
     pub fn kill_controller(&mut self) {
-        if let Some(mut controller) = self.controller.take() {
-            controller.kill();
-        }
+        self.kill(Service::Controller);
     }
 
     /// The controller's gRPC URL.
@@ -114,7 +162,7 @@ impl Node {
     }
 
     pub fn controller_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+        self.log(Service::Controller)
     }
 
     /// Stops the agent cleanly (SIGTERM): it stops PostgreSQL and hands over.
@@ -130,14 +178,12 @@ impl Node {
     }
 
     pub fn health_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("health.log")).unwrap_or_default()
+        self.log(Service::Health)
     }
 
     /// Kills the health API at once (SIGKILL).
     pub fn kill_health(&mut self) {
-        if let Some(mut health) = self.health.take() {
-            health.kill();
-        }
+        self.kill(Service::Health);
     }
 
     /// The whole node lost at once: agent, health API, controller and PostgreSQL killed.
@@ -153,9 +199,7 @@ impl Node {
 
     /// Kills the agent at once (SIGKILL); PostgreSQL keeps running.
     pub fn kill_agent(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            agent.kill();
-        }
+        self.kill(Service::Agent);
     }
 
     pub fn postmaster_pid(&self) -> Option<i32> {
@@ -188,15 +232,13 @@ impl Node {
     }
 
     pub fn agent_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+        self.log(Service::Agent)
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(mut health) = self.health.take() {
-            health.kill();
-        }
+        self.kill_health();
         self.kill_controller();
         self.kill_agent();
         self.stop_postgres();
@@ -275,18 +317,27 @@ pub struct PgwardenCluster {
     pub ttl: u32,
     /// `bootstrap.dcs.synchronous_mode` of nodes added from now on (default off).
     pub synchronous: bool,
+    /// The etcd proxies of a [`ClusterSpec::behind_proxies`] cluster
+    /// (`proxies[i]` serves `nodes[i]`); empty otherwise.
+    pub proxies: Vec<crate::proxy::TcpProxy>,
 }
 
 impl PgwardenCluster {
-    /// Writes every node's config and starts agent and health API on each.
+    /// No nodes yet, on `etcd`: nodes added from now on belong to `scope`
+    /// with `bootstrap.dcs.ttl` = `ttl`.
+    pub fn empty(etcd: EtcdCluster, scope: &str, ttl: u32) -> Self {
+        Self { scope: scope.into(), nodes: Vec::new(), etcd, ttl, synchronous: false, proxies: Vec::new() }
+    }
+
+    /// `n` nodes as [`ClusterSpec::nodes`] says, started.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
-        Self::start_with(n, |_| String::new()).await
+        ClusterSpec::nodes(n).start().await
     }
 
     /// As [`PgwardenCluster::start`], with extra YAML for node `i` (1-based),
     /// e.g. a `tags:` section.
     pub async fn start_with(n: usize, extra: impl Fn(usize) -> String) -> anyhow::Result<Self> {
-        Self::start_with_etcd(n, 1, extra).await
+        ClusterSpec::nodes(n).node_yaml(extra).start().await
     }
 
     /// As [`PgwardenCluster::start_with`], over an etcd of `etcd_members` members.
@@ -295,23 +346,13 @@ impl PgwardenCluster {
         etcd_members: usize,
         extra: impl Fn(usize) -> String,
     ) -> anyhow::Result<Self> {
-        let etcd = EtcdCluster::start(etcd_members).await?;
-        let mut cluster = Self { scope: "itest".into(), nodes: Vec::new(), etcd, ttl: 10, synchronous: false };
-        for i in 1..=n {
-            cluster.add_node(&format!("node{i}"), &extra(i))?;
-        }
-        for node in &mut cluster.nodes {
-            node.start_agent()?;
-            node.start_health()?;
-            node.start_controller()?;
-        }
-        Ok(cluster)
+        ClusterSpec::nodes(n).etcd_members(etcd_members).node_yaml(extra).start().await
     }
 
     /// `n` nodes of cluster `scope` (ttl `ttl`) on an etcd that other
     /// clusters share ([`EtcdCluster::shared`]).
     pub fn start_on(etcd: EtcdCluster, scope: &str, n: usize, ttl: u32) -> anyhow::Result<Self> {
-        let mut cluster = Self { scope: scope.into(), nodes: Vec::new(), etcd, ttl, synchronous: false };
+        let mut cluster = Self::empty(etcd, scope, ttl);
         for i in 1..=n {
             cluster.add_node(&format!("node{i}"), "")?;
         }
@@ -332,35 +373,9 @@ impl PgwardenCluster {
         ttl: u32,
         behind_proxies: bool,
     ) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
-        let mut cluster = Self::start_with(0, |_| String::new()).await?;
-        cluster.ttl = ttl;
-        if !behind_proxies {
-            for i in 1..=n {
-                cluster.add_node(&format!("node{i}"), "")?;
-            }
-            for node in &mut cluster.nodes {
-                node.start_agent()?;
-                node.start_health()?;
-                node.start_controller()?;
-            }
-            return Ok((cluster, Vec::new()));
-        }
-        let etcd_port: u16 = cluster.etcd.host_ports()[0]
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("etcd's port"))?;
-        let mut proxies = Vec::new();
-        for i in 1..=n {
-            let proxy = crate::proxy::TcpProxy::start(etcd_port).await?;
-            cluster.add_node(&format!("node{i}"), &format!("etcd3:\n  hosts: 127.0.0.1:{}\n", proxy.port))?;
-            proxies.push(proxy);
-        }
-        for node in &mut cluster.nodes {
-            node.start_agent()?;
-            node.start_health()?;
-            node.start_controller()?;
-        }
+        let spec = ClusterSpec::nodes(n).ttl(ttl);
+        let mut cluster = if behind_proxies { spec.behind_proxies() } else { spec }.start().await?;
+        let proxies = std::mem::take(&mut cluster.proxies);
         Ok((cluster, proxies))
     }
 

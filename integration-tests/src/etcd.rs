@@ -98,6 +98,11 @@ impl EtcdCluster {
         self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
     }
 
+    /// Member `i`'s client port.
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.members[i].client_port
+    }
+
     /// `host:port` of every member, as a Patroni config lists them.
     pub fn host_ports(&self) -> Vec<String> {
         self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()

@@ -14,6 +14,7 @@ pub mod etcd;
 pub mod grpc;
 pub mod guides;
 pub mod haproxy;
+pub mod loaded;
 pub mod migration;
 pub mod netns;
 pub mod patroni;
@@ -23,16 +24,19 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod service;
+pub mod spec;
 pub mod wait;
 pub mod watchdog;
 pub mod writer;
 
-pub use cluster::{Node, PgwardenCluster};
+pub use cluster::{Node, PgwardenCluster, Service};
 pub use etcd::EtcdCluster;
 pub use haproxy::HaProxy;
+pub use loaded::{Fault, LoadedCluster};
 pub use port::free_port;
 pub use postgres::PgInstance;
 pub use process::{TestDir, postgres_user};
+pub use spec::ClusterSpec;
 pub use wait::wait_until;
 
 /// Sets up test logging once (`RUST_LOG` controls it; default warnings only).

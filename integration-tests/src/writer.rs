@@ -185,6 +185,15 @@ impl Writers {
         Ok(group)
     }
 
+    /// How many writers run.
+    pub fn len(&self) -> usize {
+        self.writers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writers.is_empty()
+    }
+
     /// Waits until every writer has an acknowledgement after `instant`.
     pub async fn wait_ack_after(&self, instant: Instant, timeout: Duration) -> anyhow::Result<()> {
         for (_, writer) in &self.writers {

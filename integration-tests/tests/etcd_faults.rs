@@ -8,46 +8,25 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use ha_proto::v1::SwitchoverRequest;
-use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
-use pgwarden_integration_tests::haproxy::deploy_config;
-use pgwarden_integration_tests::probe::{ProbeReport, WriteProbe};
 use pgwarden_integration_tests::process::is_running;
 use pgwarden_integration_tests::watchdog::{Call, TestWatchdog};
-use pgwarden_integration_tests::writer::Writers;
-use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, service, wait_until};
-use pgwarden_integration_tests::{TestDir, grpc};
+use pgwarden_integration_tests::{
+    ClusterSpec, LoadedCluster, PgwardenCluster, TestDir, grpc, init_logging, service, wait_until,
+};
 
 const UP: Duration = Duration::from_secs(90);
 /// The clusters' ttl (integration-tests/src/cluster.rs).
 const TTL: Duration = Duration::from_secs(10);
 
-struct Setup {
-    cluster: PgwardenCluster,
-    _haproxy: HaProxy,
-    write_port: u16,
-    leader: usize,
-}
-
-async fn setup(etcd_members: usize) -> Setup {
+/// A healthy cluster under load (three clients writing through HAProxy,
+/// every node probed for writability) and the leader's timeline before the
+/// fault.
+async fn loaded(etcd_members: usize) -> (LoadedCluster, (String, String)) {
     init_logging();
-    let cluster = PgwardenCluster::start_with_etcd(3, etcd_members, |_| String::new()).await.expect("start");
-    let leader = cluster.wait_healthy(UP).await.expect("healthy");
-    let (write_port, read, stats) = (free_port(), free_port(), free_port());
-    let config = deploy_config(write_port, read, stats, &cluster.backends());
-    let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
-    Setup { cluster, _haproxy: haproxy, write_port, leader }
-}
-
-/// A healthy cluster under load: the leader's timeline before the fault,
-/// every node probed for writability, three clients writing through HAProxy.
-async fn loaded(etcd_members: usize) -> (Setup, (String, String), WriteProbe, Writers) {
-    let setup = setup(etcd_members).await;
+    let spec = ClusterSpec::nodes(3).etcd_members(etcd_members);
+    let setup = LoadedCluster::start(spec, 3).await.expect("a loaded cluster");
     let before = timeline(&setup.cluster, setup.leader);
-    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
-    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    let writer = Writers::start(setup.write_port, SUPERUSER_PASSWORD, "acked", 3, UP).await.expect("writers");
-    probe.wait_answered(UP).await.expect("probes");
-    (setup, before, probe, writer)
+    (setup, before)
 }
 
 /// The checkpoint's timeline and the number of timeline history files: a
@@ -60,25 +39,9 @@ fn timeline(cluster: &PgwardenCluster, node: usize) -> (String, String) {
     )
 }
 
-/// The end of every test: no writer lost anything, and at no moment did two
-/// nodes accept writes; only `leader` ever did.
-async fn assert_no_loss_and_one_writer(setup: &Setup, writers: Writers, probe: WriteProbe, fault: &str) {
-    let (acked, lost) = writers.stop_and_check(UP).await.expect("writes go through again, and read back");
-    assert!(lost.is_empty(), "{fault}: acknowledged rows lost: {lost:?}");
-    let probes: ProbeReport = probe.stop().await;
-    let overlap = probes.two_writer_seconds();
-    println!(
-        "{fault}: {acked} rows acknowledged to 3 writers, 0 lost; seconds with two writable nodes: {overlap:.3}; \
-         writers {:?}",
-        probes.writers()
-    );
-    assert_eq!(overlap, 0.0, "{fault}: two nodes accepted writes at the same time: {:?}", probes.spans);
-    assert_eq!(probes.writers(), vec![setup.leader], "{fault}: only the primary ever accepted writes");
-}
-
 #[tokio::test]
 async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_timeline() {
-    let (mut setup, before, probe, writer) = loaded(1).await;
+    let (mut setup, before) = loaded(1).await;
     let leader = setup.leader;
     let pid = setup.cluster.nodes[leader].postmaster_pid().expect("the primary runs");
 
@@ -110,31 +73,31 @@ async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_
     let auto_conf = std::fs::read_to_string(setup.cluster.nodes[leader].data_dir().join("postgresql.auto.conf"))
         .expect("postgresql.auto.conf");
     assert!(!auto_conf.contains("pgwarden_fence_hold"), "{auto_conf}");
-    assert_no_loss_and_one_writer(&setup, writer, probe, "etcd stopped").await;
+    setup.finish("etcd stopped", &[setup.leader]).await;
 }
 
 #[tokio::test]
 async fn losing_an_etcd_follower_and_then_the_etcd_leader_keeps_the_primary() {
-    let (mut setup, before, probe, writer) = loaded(3).await;
+    let (mut setup, before) = loaded(3).await;
     let leader = setup.leader;
 
     // One etcd follower killed: quorum holds, nothing may change for a ttl.
     let etcd_leader = setup.cluster.etcd.leader_index().await.expect("etcd leader");
     let follower = (0..3).find(|&i| i != etcd_leader).expect("a follower");
     setup.cluster.etcd.kill(follower);
-    writer.wait_ack_after(Instant::now() + TTL, UP).await.expect("writes go on for a ttl");
+    setup.wait_writes_after(Instant::now() + TTL).await.expect("writes go on for a ttl");
     setup.cluster.etcd.restart(follower).await.expect("follower back");
 
     // The etcd leader killed: the other two elect a new one; the lease and
     // the leader key survive the change.
     let etcd_leader = setup.cluster.etcd.leader_index().await.expect("etcd leader");
     setup.cluster.etcd.kill(etcd_leader);
-    writer.wait_ack_after(Instant::now() + TTL, UP).await.expect("writes go on for a ttl");
+    setup.wait_writes_after(Instant::now() + TTL).await.expect("writes go on for a ttl");
     setup.cluster.etcd.restart(etcd_leader).await.expect("etcd leader back");
 
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy"), leader, "same primary");
     assert_eq!(timeline(&setup.cluster, leader), before, "same timeline");
-    assert_no_loss_and_one_writer(&setup, writer, probe, "etcd member, then etcd leader, killed").await;
+    setup.finish("etcd member, then etcd leader, killed", &[setup.leader]).await;
 
     // The unit-level fence (systemd ExecStopPost): nothing unless the unit's
     // watchdog expired; then PostgreSQL stops at once. Tried on a replica
@@ -268,7 +231,7 @@ async fn enable_failsafe(cluster: &PgwardenCluster) {
 /// writers.
 #[tokio::test]
 async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_everyone() {
-    let (mut setup, before, probe, writers) = loaded(1).await;
+    let (mut setup, before) = loaded(1).await;
     let leader = setup.leader;
     enable_failsafe(&setup.cluster).await;
     // Patroni's `POST /failsafe` (a Patroni leader during a migration):
@@ -293,7 +256,7 @@ async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_every
     assert!(status == 200 && text.contains("Accepted"), "{status} {text}");
     setup.cluster.etcd.kill(0);
     let stopped = Instant::now();
-    writers.wait_ack_after(stopped + 3 * TTL, UP).await.expect("writes go on three ttls after etcd stopped");
+    setup.wait_writes_after(stopped + 3 * TTL).await.expect("writes go on three ttls after etcd stopped");
     println!("etcd stopped: writes still acknowledged {:?} later", stopped.elapsed());
     let node = &setup.cluster.nodes[leader];
     let patroni = node.get("/patroni").expect("/patroni");
@@ -316,7 +279,7 @@ async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_every
     setup.cluster.etcd.restart(0).await.expect("etcd back");
     assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), leader, "the same primary");
     assert_eq!(timeline(&setup.cluster, leader), before, "same timeline, no promotion");
-    assert_no_loss_and_one_writer(&setup, writers, probe, "etcd stopped, failsafe_mode").await;
+    setup.finish("etcd stopped, failsafe_mode", &[setup.leader]).await;
 }
 
 /// The combined fault: etcd stopped for everyone and a replica's agent
@@ -325,7 +288,7 @@ async fn failsafe_mode_keeps_the_primary_writing_while_etcd_is_stopped_for_every
 /// cluster is whole again. Never two writers, no row lost.
 #[tokio::test]
 async fn failsafe_mode_fences_the_primary_when_a_member_cannot_promise() {
-    let (mut setup, _before, probe, writers) = loaded(1).await;
+    let (mut setup, _before) = loaded(1).await;
     let leader = setup.leader;
     enable_failsafe(&setup.cluster).await;
     let pid = setup.cluster.nodes[leader].postmaster_pid().expect("the primary runs");
@@ -342,10 +305,9 @@ async fn failsafe_mode_fences_the_primary_when_a_member_cannot_promise() {
     setup.cluster.etcd.restart(0).await.expect("etcd back");
     setup.cluster.nodes[replica].start_agent().expect("agent back");
     setup.cluster.wait_healthy(UP).await.expect("healthy again");
-    let (acked, lost) = writers.stop_and_check(UP).await.expect("writes go through again, and read back");
-    assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost {lost:?}");
-    let probes = probe.stop().await;
-    assert_eq!(probes.two_writer_seconds(), 0.0, "two nodes accepted writes at once: {:?}", probes.spans);
+    // Whoever leads afterwards: no row lost, never two writers.
+    let report = setup.finish_asynchronous("etcd stopped, a replica's agent killed").await;
+    assert!(report.acknowledged > 0 && report.lost.is_empty(), "{report:?}");
 }
 
 /// `failsafe_mode` with etcd stopped for everyone: no `status` key carries

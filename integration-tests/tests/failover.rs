@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::probe::WriteProbe;
-use pgwarden_integration_tests::writer::{Writer, WriterReport, Writers, missing_rows};
-use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+use pgwarden_integration_tests::writer::{Writer, WriterReport, missing_rows};
+use pgwarden_integration_tests::{
+    ClusterSpec, Fault, HaProxy, LoadedCluster, PgwardenCluster, free_port, init_logging, wait_until,
+};
 
 const UP: Duration = Duration::from_secs(90);
 
@@ -30,6 +32,13 @@ async fn with_haproxy(cluster: PgwardenCluster) -> Setup {
     let config = deploy_config(write_port, read, stats, &cluster.backends());
     let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
     Setup { cluster, _haproxy: haproxy, write_port }
+}
+
+/// A healthy cluster as `spec` says, under load: three writers through
+/// HAProxy and every node probed for writability.
+async fn loaded(spec: ClusterSpec<'_>) -> LoadedCluster {
+    init_logging();
+    LoadedCluster::start(spec, 3).await.expect("a loaded cluster")
 }
 
 async fn start_writer(setup: &Setup) -> Writer {
@@ -68,38 +77,6 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// The fencing faults' frame: three clients writing concurrently through
-/// HAProxy (each its own table) and every node probed directly for
-/// writability, from before the fault to the end.
-struct Watched {
-    writers: Writers,
-    probe: WriteProbe,
-}
-
-async fn watch(setup: &Setup) -> Watched {
-    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
-    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    let writers = Writers::start(setup.write_port, SUPERUSER_PASSWORD, "acked", 3, UP).await.expect("writers");
-    probe.wait_answered(UP).await.expect("probes");
-    Watched { writers, probe }
-}
-
-/// After the old primary streams again: no row any writer saw acknowledged
-/// lost, never two writable nodes at once, and only the old then the new
-/// primary ever wrote.
-async fn assert_watched(watched: Watched, old: usize, new: usize, fault: &str) {
-    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
-    assert!(lost.is_empty(), "{fault}: acknowledged rows lost: {lost:?}");
-    let probes = watched.probe.stop().await;
-    println!(
-        "{fault}: {acked} rows through HAProxy from 3 writers, 0 lost; seconds with two writable nodes: {:.3}",
-        probes.two_writer_seconds()
-    );
-    assert_eq!(probes.two_writer_seconds(), 0.0, "{fault}: two writable nodes at once: {:?}", probes.spans);
-    let expected = if old == new { vec![old] } else { vec![old, new] };
-    assert_eq!(probes.writers(), expected, "{fault}: the old primary, then the new one");
 }
 
 /// Waits until another node than `leader` is primary, then checks that the
@@ -428,12 +405,11 @@ async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() 
 
 #[tokio::test]
 async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
-    let setup = setup(3, |_| String::new()).await;
-    let cluster = &setup.cluster;
-    let leader = cluster.wait_primary(UP).await.expect("a primary");
-    let watched = watch(&setup).await;
-    let direct = direct_writer(cluster, leader).await;
-    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGSTOP);
+    let mut loaded = loaded(ClusterSpec::nodes(3)).await;
+    let leader = loaded.leader;
+    let direct = direct_writer(&loaded.cluster, leader).await;
+    Fault::AgentFrozen.inject(&mut loaded.cluster, leader).await.expect("freeze");
+    let cluster = &loaded.cluster;
     let (new_leader, _) = assert_one_writer_through_failover(cluster, leader, direct, "frozen agent").await;
     assert!(cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
     assert!(
@@ -447,22 +423,19 @@ async fn a_frozen_agent_is_fenced_before_a_replica_is_promoted() {
         .and_then(|(_, n)| n.trim().parse::<u64>().ok());
     assert_eq!(fences, Some(1), "{metrics}");
     // Thawed, the old agent finds its key gone and rejoins as a replica.
-    cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT);
-    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(watched, leader, new_leader, "frozen agent").await;
+    Fault::AgentFrozen.recover(&mut loaded.cluster, leader).await.expect("thaw");
+    assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    loaded.finish("frozen agent", &[leader, new_leader]).await;
 }
 
 #[tokio::test]
 async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted() {
-    init_logging();
     // Each node reaches etcd only through its own proxy, which the test can cut.
-    let (cluster, proxies) = PgwardenCluster::start_behind_proxies(3).await.expect("start");
-    let setup = with_haproxy(cluster).await;
-    let cluster = &setup.cluster;
-    let leader = cluster.wait_healthy(UP).await.expect("healthy");
-    let watched = watch(&setup).await;
-    let direct = direct_writer(cluster, leader).await;
-    proxies[leader].cut();
+    let mut loaded = loaded(ClusterSpec::nodes(3).behind_proxies()).await;
+    let leader = loaded.leader;
+    let direct = direct_writer(&loaded.cluster, leader).await;
+    Fault::EtcdCut.inject(&mut loaded.cluster, leader).await.expect("cut");
+    let cluster = &loaded.cluster;
     let (new_leader, direct) =
         assert_one_writer_through_failover(cluster, leader, direct, "etcd cut from the primary").await;
     // The ordered fence (issue 20, finding 12): before its deadline the old
@@ -475,28 +448,27 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
     let switch: ha_core::Lsn = history.split('\t').nth(1).expect("a switch point").parse().expect("an LSN");
     println!("etcd cut from the primary: acknowledgements held at {held}, the new timeline starts at {switch}");
     assert!(switch >= held, "the new timeline starts at {switch}, before the hold at {held}");
-    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "direct", &direct.ids()).await.expect("read");
+    let missing = missing_rows(loaded.write_port, SUPERUSER_PASSWORD, "direct", &direct.ids()).await.expect("read");
     assert!(missing.is_empty(), "rows acknowledged by the old primary lost: {missing:?}");
     // Back on etcd, the old primary rejoins as a replica.
-    proxies[leader].restore();
-    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(watched, leader, new_leader, "etcd cut from the primary").await;
+    Fault::EtcdCut.recover(&mut loaded.cluster, leader).await.expect("restore");
+    assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    loaded.finish("etcd cut from the primary", &[leader, new_leader]).await;
 }
 
 #[tokio::test]
 async fn the_primarys_agent_killed_alone_is_fenced_before_a_replica_is_promoted() {
-    let mut setup = setup(3, |_| String::new()).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
-    let watched = watch(&setup).await;
-    let direct = direct_writer(&setup.cluster, leader).await;
+    let mut loaded = loaded(ClusterSpec::nodes(3)).await;
+    let leader = loaded.leader;
+    let direct = direct_writer(&loaded.cluster, leader).await;
     // SIGKILL: PostgreSQL keeps running, nothing renews the key any more.
-    setup.cluster.nodes[leader].kill_agent();
+    Fault::AgentKilled.inject(&mut loaded.cluster, leader).await.expect("kill");
     let (new_leader, _) =
-        assert_one_writer_through_failover(&setup.cluster, leader, direct, "agent killed alone").await;
-    assert!(setup.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
-    setup.cluster.nodes[leader].start_agent().expect("restart the agent");
-    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(watched, leader, new_leader, "agent killed alone").await;
+        assert_one_writer_through_failover(&loaded.cluster, leader, direct, "agent killed alone").await;
+    assert!(loaded.cluster.nodes[leader].health_log().contains("fencing"), "the fencer stopped the old primary");
+    Fault::AgentKilled.recover(&mut loaded.cluster, leader).await.expect("restart the agent");
+    assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    loaded.finish("agent killed alone", &[leader, new_leader]).await;
 }
 
 /// The postmaster's `startup` process (crash recovery) of the postmaster
@@ -523,25 +495,26 @@ fn startup_process(postmaster: i32) -> Option<i32> {
 /// Patroni), so zero loss is not promised there.
 #[tokio::test]
 async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
-    let setup = setup(3, |_| String::new()).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    setup
-        .cluster
+    init_logging();
+    let cluster = PgwardenCluster::start(3).await.expect("start");
+    cluster.wait_primary(UP).await.expect("primary");
+    cluster
         .patch_config(serde_json::json!({"master_start_timeout": 0, "synchronous_mode": true}))
         .await
         .expect("write config");
     wait_until("a synchronous standby", UP, || async {
-        let sync = setup.cluster.get_key("sync").await.map_err(|e| e.to_string())?.unwrap_or_default();
+        let sync = cluster.get_key("sync").await.map_err(|e| e.to_string())?.unwrap_or_default();
         Ok::<_, String>(sync.contains("\"sync_standby\":\"").then_some(()))
     })
     .await
     .expect("a synchronous standby");
-    let watched = watch(&setup).await;
-    let old = setup.cluster.nodes[leader].postmaster_pid().expect("postmaster");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let mut loaded = LoadedCluster::load(cluster, 3).await.expect("load");
+    let leader = loaded.leader;
+    Fault::PostgresKilled.inject(&mut loaded.cluster, leader).await.expect("kill");
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let cluster = &loaded.cluster;
     let new_leader = wait_until("a replica to take over", UP, || async {
-        let primaries: Vec<usize> = (0..3).filter(|&i| setup.cluster.nodes[i].check("/primary") == 200).collect();
+        let primaries: Vec<usize> = (0..3).filter(|&i| cluster.nodes[i].check("/primary") == 200).collect();
         match primaries.as_slice() {
             [one] if *one != leader => Ok(Some(*one)),
             _ => Err(format!("primaries {primaries:?}")),
@@ -550,8 +523,8 @@ async fn master_start_timeout_zero_fails_over_at_once_after_a_crash() {
     .await
     .expect("a replica leads");
     assert!(others.contains(&new_leader));
-    assert_eq!(setup.cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
-    assert_watched(watched, leader, new_leader, "master_start_timeout 0").await;
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), new_leader);
+    loaded.finish("master_start_timeout 0", &[leader, new_leader]).await;
 }
 
 /// Crash recovery longer than `primary_start_timeout` (issue 20, finding 4):
@@ -702,12 +675,11 @@ async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks()
 /// timeline, so it was started as a replica instead of rewound.
 /// Three nodes behind HAProxy, node `never_leads` tagged `nofailover`, node1
 /// leading, with writers and probes watching.
-async fn node1_leading_and_one_that_never_leads(never_leads: usize) -> (Setup, Watched) {
-    let setup = setup(3, |i| if i == never_leads { "tags:\n  nofailover: true\n".into() } else { String::new() }).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
-    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
-    let watched = watch(&setup).await;
-    (setup, watched)
+async fn node1_leading_and_one_that_never_leads(never_leads: usize) -> LoadedCluster {
+    let tags = |i| if i == never_leads { "tags:\n  nofailover: true\n".into() } else { String::new() };
+    let loaded = loaded(ClusterSpec::nodes(3).node_yaml(tags)).await;
+    assert_eq!(loaded.leader, 0, "node1 bootstraps (it starts first)");
+    loaded
 }
 
 /// Freezes node1's WAL sender to `frozen` (SIGSTOP: nothing more reaches
@@ -749,8 +721,8 @@ async fn kill_the_primary_for(cluster: &mut PgwardenCluster, sender: i32, next: 
 #[tokio::test]
 async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timelines_history() {
     // node2 never leads, so the member ahead must follow; node3 lags.
-    let (mut setup, watched) = node1_leading_and_one_that_never_leads(2).await;
-    let cluster = &mut setup.cluster;
+    let mut loaded = node1_leading_and_one_that_never_leads(2).await;
+    let cluster = &mut loaded.cluster;
     // WAL node3 never gets, replayed by node2 and checkpointed there (a
     // restartpoint flushes its pages: its minimum recovery point passes
     // where node3 will fork).
@@ -781,10 +753,7 @@ async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timel
     assert!(cluster.nodes[1].psql("select to_regclass('ahead') is null").expect("read") == "t", "rewound past it");
     let marker = cluster.nodes[1].data_dir().with_file_name("data.pgwarden.rewinding");
     assert!(!marker.exists(), "a finished pg_rewind leaves no marker");
-    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
-    let probes = watched.probe.stop().await;
-    println!("{acked} rows through HAProxy, {} lost (asynchronous, node3's receiver frozen)", lost.len());
-    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+    loaded.finish_asynchronous("a standby past the fork (asynchronous, node3's receiver frozen)").await;
 }
 
 /// The 2-minute synchronous chaos run's stuck node (seed 20261205): a
@@ -797,8 +766,8 @@ async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timel
 #[tokio::test]
 async fn a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_record_of_its_own() {
     // node2 never leads: node3, which has more WAL, takes over.
-    let (mut setup, watched) = node1_leading_and_one_that_never_leads(1).await;
-    let cluster = &mut setup.cluster;
+    let mut loaded = node1_leading_and_one_that_never_leads(1).await;
+    let cluster = &mut loaded.cluster;
     // node2 stays behind while node3 replays on.
     let sender = write_past_a_frozen_standby(
         cluster,
@@ -816,10 +785,7 @@ async fn a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_rec
     let log = cluster.nodes[1].agent_log();
     assert!(log.contains("a standby killed in recovery"), "node2 stops cleanly before pg_rewind:\n{log}");
     assert_eq!(cluster.nodes[1].psql("select count(*) from after").expect("read"), "1000", "node2 has node3's WAL");
-    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go through again, and read back");
-    let probes = watched.probe.stop().await;
-    println!("{acked} rows through HAProxy, {} lost (asynchronous)", lost.len());
-    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
+    loaded.finish_asynchronous("a standby killed behind the fork (asynchronous)").await;
 }
 
 /// The 20-minute asynchronous chaos run's second stuck node (seed
@@ -830,10 +796,9 @@ async fn a_standby_killed_behind_the_fork_rejoins_the_new_timeline_without_a_rec
 /// data directory aside (kept) and clones afresh.
 #[tokio::test]
 async fn a_data_directory_a_rewind_left_half_copied_is_moved_aside_and_cloned_afresh() {
-    let mut setup = setup(3, |_| String::new()).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("a primary");
-    let watched = watch(&setup).await;
-    let cluster = &mut setup.cluster;
+    let mut loaded = loaded(ClusterSpec::nodes(3)).await;
+    let leader = loaded.leader;
+    let cluster = &mut loaded.cluster;
     cluster.nodes[leader].psql("create table before_the_rewind as select 1 as x").expect("write");
     let replica = (leader + 1) % 3;
     let node = &mut cluster.nodes[replica];
@@ -854,12 +819,7 @@ async fn a_data_directory_a_rewind_left_half_copied_is_moved_aside_and_cloned_af
     assert!(aside, "the half-rewound directory is kept aside");
     assert!(node.agent_log().contains("stopped midway"), "the agent says why");
     assert_eq!(node.psql("select x from before_the_rewind").expect("read"), "1", "cloned afresh");
-    let (acked, lost) = watched.writers.stop_and_check(UP).await.expect("writes go on, and read back");
-    assert!(lost.is_empty(), "acknowledged rows lost: {lost:?}");
-    let probes = watched.probe.stop().await;
-    println!("half-rewound replica: {acked} rows through HAProxy from 3 writers, 0 lost");
-    assert_eq!(probes.two_writer_seconds(), 0.0, "two writable nodes at once: {:?}", probes.spans);
-    assert_eq!(probes.writers(), vec![leader], "only the leader ever wrote");
+    loaded.finish("half-rewound replica", &[leader]).await;
 }
 
 /// `failsafe_mode` on a cluster of one, as Patroni's own `dcs_failsafe_mode`
@@ -968,9 +928,8 @@ async fn lone_leader_through_an_etcd_outage(frozen: bool) {
 #[tokio::test]
 async fn failsafe_mode_keeps_a_primary_cut_off_from_etcd_alone_and_then_hands_over_safely() {
     init_logging();
-    let (cluster, proxies) = PgwardenCluster::start_behind_proxies(3).await.expect("start");
-    let setup = with_haproxy(cluster).await;
-    let cluster = &setup.cluster;
+    let cluster = ClusterSpec::nodes(3).behind_proxies().start().await.expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
     cluster
         .patch_config(serde_json::json!({"failsafe_mode": true, "synchronous_mode": true}))
         .await
@@ -984,16 +943,18 @@ async fn failsafe_mode_keeps_a_primary_cut_off_from_etcd_alone_and_then_hands_ov
     })
     .await
     .expect("failsafe key and sync standby");
-    let watched = watch(&setup).await;
-    proxies[leader].cut();
+    let mut loaded = LoadedCluster::load(cluster, 3).await.expect("load");
+    assert_eq!(loaded.leader, leader);
+    Fault::EtcdCut.inject(&mut loaded.cluster, leader).await.expect("cut");
     let cut = Instant::now();
     let ttl = Duration::from_secs(10);
-    watched.writers.wait_ack_after(cut + 3 * ttl, UP).await.expect("writes go on three ttls after the cut");
+    loaded.wait_writes_after(cut + 3 * ttl).await.expect("writes go on three ttls after the cut");
+    let cluster = &loaded.cluster;
     assert_eq!(cluster.get_key("leader").await.expect("read the leader key"), None, "the key expired in etcd");
     for other in (0..3).filter(|&i| i != leader) {
         assert_eq!(cluster.nodes[other].check("/primary"), 503, "node {other} took over");
     }
-    proxies[leader].restore();
+    cluster.proxies[leader].restore();
     let restored = Instant::now();
     // Back on etcd, the old primary finds its lease gone and fences; then
     // whoever takes the key first leads: the old primary itself (the last
@@ -1012,7 +973,7 @@ async fn failsafe_mode_keeps_a_primary_cut_off_from_etcd_alone_and_then_hands_ov
     );
     let log = cluster.nodes[leader].agent_log();
     assert!(log.contains("every member accepts: running on"), "{log}");
-    assert_watched(watched, leader, new_leader, "failsafe, etcd cut from the primary alone").await;
+    loaded.finish("failsafe, etcd cut from the primary alone", &[leader, new_leader]).await;
 }
 
 /// Patroni's "crashed primary demotes after failed attempt to start": the
