@@ -9,16 +9,15 @@ use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::haproxy::deploy_config;
+use pgwarden_integration_tests::loaded as harness;
 use pgwarden_integration_tests::probe::WriteProbe;
-use pgwarden_integration_tests::proxy::TcpProxy;
 use pgwarden_integration_tests::writer::{Writer, missing_rows};
-use pgwarden_integration_tests::{HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+use pgwarden_integration_tests::{ClusterSpec, HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
 
 struct Setup {
     cluster: PgwardenCluster,
-    proxies: Vec<TcpProxy>,
     _haproxy: HaProxy,
     write_port: u16,
 }
@@ -48,11 +47,8 @@ async fn one_sync_standby(cluster: &PgwardenCluster, not: Option<usize>) -> usiz
 
 async fn setup(nodes: usize, behind_proxies: bool, strict: bool) -> Setup {
     init_logging();
-    let (cluster, proxies) = if behind_proxies {
-        PgwardenCluster::start_behind_proxies(nodes).await.expect("start")
-    } else {
-        (PgwardenCluster::start(nodes).await.expect("start"), Vec::new())
-    };
+    let spec = ClusterSpec::nodes(nodes);
+    let cluster = if behind_proxies { spec.behind_proxies() } else { spec }.start().await.expect("start");
     cluster.wait_healthy(UP).await.expect("healthy");
     cluster
         .patch_config(serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": strict}))
@@ -61,7 +57,7 @@ async fn setup(nodes: usize, behind_proxies: bool, strict: bool) -> Setup {
     let (write_port, read, stats) = (free_port(), free_port(), free_port());
     let config = deploy_config(write_port, read, stats, &cluster.backends());
     let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
-    Setup { cluster, proxies, _haproxy: haproxy, write_port }
+    Setup { cluster, _haproxy: haproxy, write_port }
 }
 
 /// A small deterministic generator for the fault's moment.
@@ -81,10 +77,8 @@ fn delay_from(seed: u64) -> Duration {
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    PostgresKilled,
-    NodeLost,
-    AgentFrozen,
-    EtcdCutFromPrimary,
+    /// One of the harness's faults, injected into the primary.
+    Single(harness::Fault),
     /// The sync standby's PostgreSQL killed, then the primary's node lost
     /// within a second (the safety review's compound fault).
     SyncStandbyKilledThenPrimaryLost,
@@ -114,7 +108,7 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
     let seed = seed();
     let delay = delay_from(seed);
     println!("{fault:?}: seed {seed} (PGWARDEN_TEST_SEED={seed} replays it), fault {delay:?} into the writes");
-    let mut setup = setup(3, matches!(fault, Fault::EtcdCutFromPrimary), false).await;
+    let mut setup = setup(3, matches!(fault, Fault::Single(harness::Fault::EtcdCut)), false).await;
     let leader = setup.cluster.wait_primary(UP).await.expect("primary");
     let sync = one_sync_standby(&setup.cluster, Some(leader)).await;
     let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
@@ -133,15 +127,8 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
     }
     // Not a sleep standing in for a condition: the fault's moment is the variable under test.
     tokio::time::sleep(delay).await;
-    let node = &mut setup.cluster.nodes[leader];
     match fault {
-        Fault::PostgresKilled => {
-            let pid = node.postmaster_pid().expect("postmaster");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
-        }
-        Fault::NodeLost => node.kill_node(),
-        Fault::AgentFrozen => node.signal_agent(nix::sys::signal::Signal::SIGSTOP),
-        Fault::EtcdCutFromPrimary => setup.proxies[leader].cut(),
+        Fault::Single(single) => single.inject(&mut setup.cluster, leader).await.expect("inject"),
         Fault::SyncStandbyKilledThenPrimaryLost => {
             let pid = setup.cluster.nodes[sync].postmaster_pid().expect("the sync standby's postmaster");
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
@@ -150,12 +137,13 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
             setup.cluster.nodes[leader].kill_node();
         }
         Fault::AgentRestarted => {
+            let node = &mut setup.cluster.nodes[leader];
             node.kill_agent();
             node.start_agent().expect("agent again");
         }
     }
     let injected = Instant::now();
-    let stays = matches!(fault, Fault::PostgresKilled | Fault::AgentRestarted);
+    let stays = matches!(fault, Fault::Single(harness::Fault::PostgresKilled) | Fault::AgentRestarted);
     let mut new_leader =
         wait_until("a primary after the fault", Duration::from_secs(60), || one_primary(&setup.cluster, leader, stays))
             .await;
@@ -218,31 +206,29 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
     );
     assert!(lost.is_empty(), "{fault:?} (seed {seed}): acknowledged commits lost: {lost:?}");
     assert_eq!(probes.two_writer_seconds(), 0.0, "{fault:?} (seed {seed}): two nodes accepted writes at once");
-    match fault {
-        Fault::AgentFrozen => setup.cluster.nodes[leader].signal_agent(nix::sys::signal::Signal::SIGCONT),
-        Fault::EtcdCutFromPrimary => setup.proxies[leader].restore(),
-        _ => {}
+    if let Fault::Single(single @ (harness::Fault::AgentFrozen | harness::Fault::EtcdCut)) = fault {
+        single.recover(&mut setup.cluster, leader).await.expect("recover");
     }
 }
 
 #[tokio::test]
 async fn sync_mode_postgres_killed_loses_no_acknowledged_commit() {
-    no_acknowledged_commit_lost(Fault::PostgresKilled).await;
+    no_acknowledged_commit_lost(Fault::Single(harness::Fault::PostgresKilled)).await;
 }
 
 #[tokio::test]
 async fn sync_mode_node_lost_loses_no_acknowledged_commit() {
-    no_acknowledged_commit_lost(Fault::NodeLost).await;
+    no_acknowledged_commit_lost(Fault::Single(harness::Fault::NodeLost)).await;
 }
 
 #[tokio::test]
 async fn sync_mode_agent_frozen_loses_no_acknowledged_commit() {
-    no_acknowledged_commit_lost(Fault::AgentFrozen).await;
+    no_acknowledged_commit_lost(Fault::Single(harness::Fault::AgentFrozen)).await;
 }
 
 #[tokio::test]
 async fn sync_mode_etcd_cut_from_the_primary_loses_no_acknowledged_commit() {
-    no_acknowledged_commit_lost(Fault::EtcdCutFromPrimary).await;
+    no_acknowledged_commit_lost(Fault::Single(harness::Fault::EtcdCut)).await;
 }
 
 #[tokio::test]
