@@ -360,25 +360,6 @@ impl PgwardenCluster {
         Ok(cluster)
     }
 
-    /// As [`PgwardenCluster::start`], each node reaching etcd only through its
-    /// own proxy, which a test can cut (`proxies[i]` serves `nodes[i]`).
-    pub async fn start_behind_proxies(n: usize) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
-        Self::start_with_ttl(n, 10, true).await
-    }
-
-    /// `n` nodes with `bootstrap.dcs.ttl` = `ttl`, each behind its own etcd
-    /// proxy when `behind_proxies` (else the proxies list is empty).
-    pub async fn start_with_ttl(
-        n: usize,
-        ttl: u32,
-        behind_proxies: bool,
-    ) -> anyhow::Result<(Self, Vec<crate::proxy::TcpProxy>)> {
-        let spec = ClusterSpec::nodes(n).ttl(ttl);
-        let mut cluster = if behind_proxies { spec.behind_proxies() } else { spec }.start().await?;
-        let proxies = std::mem::take(&mut cluster.proxies);
-        Ok((cluster, proxies))
-    }
-
     /// Adds (without starting) a node whose whole config `yaml` writes, from
     /// the node's directory and ports; the agent and controller listen where
     /// pgwarden's defaults put them (REST port + 1000 and + 2000), so a

@@ -858,7 +858,7 @@ async fn failsafe_mode_on_listing_node1(cluster: &PgwardenCluster) {
 #[tokio::test]
 async fn failsafe_mode_counts_etcd_gone_from_its_last_answer_not_from_a_view_kept_in_the_cache() {
     init_logging();
-    let (cluster, _) = PgwardenCluster::start_with_ttl(1, 20, false).await.expect("start");
+    let cluster = ClusterSpec::nodes(1).ttl(20).start().await.expect("start");
     cluster.wait_primary(UP).await.expect("a primary");
     failsafe_mode_on_listing_node1(&cluster).await;
     let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();

@@ -156,7 +156,7 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
         }
         "node-lost" => cluster.kill_node(leader),
         "agent-stopped" => match &mut *cluster {
-            Cluster::Pgwarden(c, _) => {
+            Cluster::Pgwarden(c) => {
                 c.nodes[leader].stop_agent();
             }
             Cluster::Patroni(c) => {
@@ -167,7 +167,7 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
         "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGSTOP),
         "etcd-cut" => cluster.proxy(leader).cut(),
         "etcd-stopped" => match &mut *cluster {
-            Cluster::Pgwarden(c, _) => c.etcd.kill(0),
+            Cluster::Pgwarden(c) => c.etcd.kill(0),
             Cluster::Patroni(c) => c.etcd.kill(0),
         },
         other => anyhow::bail!("unknown scenario {other}"),
@@ -179,7 +179,7 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
         })
         .await?;
         match &mut *cluster {
-            Cluster::Pgwarden(c, _) => c.etcd.restart(0).await?,
+            Cluster::Pgwarden(c) => c.etcd.restart(0).await?,
             Cluster::Patroni(c) => c.etcd.restart(0).await?,
         }
     }

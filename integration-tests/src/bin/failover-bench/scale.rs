@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use pgwarden_integration_tests::{EtcdCluster, PgwardenCluster};
+use pgwarden_integration_tests::{ClusterSpec, EtcdCluster, PgwardenCluster};
 
 use crate::footprint::{cpu_seconds, rss_mib};
 use crate::systems::Cluster;
@@ -65,7 +65,7 @@ pub struct Many {
 }
 
 pub async fn size(members: usize, warmup: Duration, window: Duration, repeats: usize) -> anyhow::Result<Size> {
-    let (cluster, _) = PgwardenCluster::start_with_ttl(members, 10, false).await?;
+    let cluster = ClusterSpec::nodes(members).start().await?;
     let leader = cluster.wait_healthy(UP).await?;
     tokio::time::sleep(warmup).await;
     let mut pids = node_pids(&cluster, leader);
@@ -80,7 +80,7 @@ pub async fn size(members: usize, warmup: Duration, window: Duration, repeats: u
     let leader_cpu = cpu[..leader_count].iter().sum();
     let replica_cpu = cpu[leader_count..cpu.len() - etcd_pids.len()].iter().sum::<f64>() / replicas.len() as f64;
     let etcd_cpu = cpu[cpu.len() - etcd_pids.len()..].iter().sum();
-    let mut cluster = Cluster::Pgwarden(cluster, Vec::new());
+    let mut cluster = Cluster::Pgwarden(cluster);
     let mut failovers = Vec::new();
     for run in 1..=repeats {
         let phase = crate::fault_phase(crate::System::Pgwarden, "node-lost", run, repeats);

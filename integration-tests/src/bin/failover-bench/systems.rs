@@ -10,7 +10,7 @@ use pgwarden_integration_tests::haproxy::Backend;
 use pgwarden_integration_tests::patroni::{PatroniCluster, Timings};
 use pgwarden_integration_tests::proxy::TcpProxy;
 use pgwarden_integration_tests::service::http_with;
-use pgwarden_integration_tests::{EtcdCluster, PgwardenCluster};
+use pgwarden_integration_tests::{ClusterSpec, EtcdCluster, PgwardenCluster};
 
 /// One system and its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,8 +49,8 @@ impl System {
     pub async fn start(self) -> anyhow::Result<Cluster> {
         Ok(match self {
             Self::Pgwarden | Self::PgwardenTtl20 | Self::PgwardenTtl6 => {
-                let (cluster, proxies) = PgwardenCluster::start_with_ttl(3, self.timings().ttl, true).await?;
-                Cluster::Pgwarden(cluster, proxies)
+                let spec = ClusterSpec::nodes(3).ttl(self.timings().ttl).behind_proxies();
+                Cluster::Pgwarden(spec.start().await?)
             }
             Self::Patroni => Cluster::Patroni(PatroniCluster::start(3, self.timings(), true).await?),
         })
@@ -59,14 +59,14 @@ impl System {
 
 /// A running system.
 pub enum Cluster {
-    Pgwarden(PgwardenCluster, Vec<TcpProxy>),
+    Pgwarden(PgwardenCluster),
     Patroni(PatroniCluster),
 }
 
 impl Cluster {
     pub fn backends(&self) -> Vec<Backend> {
         match self {
-            Self::Pgwarden(c, _) => c.backends(),
+            Self::Pgwarden(c) => c.backends(),
             Self::Patroni(c) => c.backends(),
         }
     }
@@ -77,7 +77,7 @@ impl Cluster {
 
     pub fn etcd(&self) -> &EtcdCluster {
         match self {
-            Self::Pgwarden(c, _) => &c.etcd,
+            Self::Pgwarden(c) => &c.etcd,
             Self::Patroni(c) => &c.etcd,
         }
     }
@@ -112,14 +112,14 @@ impl Cluster {
     /// One primary and two streaming replicas; the leader's index.
     pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<usize> {
         match self {
-            Self::Pgwarden(c, _) => c.wait_healthy(timeout).await,
+            Self::Pgwarden(c) => c.wait_healthy(timeout).await,
             Self::Patroni(c) => c.wait_healthy(timeout).await,
         }
     }
 
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
         match self {
-            Self::Pgwarden(c, _) => c.nodes[i].postmaster_pid(),
+            Self::Pgwarden(c) => c.nodes[i].postmaster_pid(),
             Self::Patroni(c) => c.nodes[i].postmaster_pid(),
         }
     }
@@ -128,21 +128,21 @@ impl Cluster {
     /// also serves Patroni's REST API).
     pub fn kill_agent(&mut self, i: usize) {
         match self {
-            Self::Pgwarden(c, _) => c.nodes[i].kill_agent(),
+            Self::Pgwarden(c) => c.nodes[i].kill_agent(),
             Self::Patroni(c) => c.nodes[i].kill(),
         }
     }
 
     pub fn signal_agent(&self, i: usize, signal: Signal) {
         match self {
-            Self::Pgwarden(c, _) => c.nodes[i].signal_agent(signal),
+            Self::Pgwarden(c) => c.nodes[i].signal_agent(signal),
             Self::Patroni(c) => c.nodes[i].signal(signal),
         }
     }
 
     pub fn kill_node(&mut self, i: usize) {
         match self {
-            Self::Pgwarden(c, _) => c.nodes[i].kill_node(),
+            Self::Pgwarden(c) => c.nodes[i].kill_node(),
             Self::Patroni(c) => c.nodes[i].kill_node(),
         }
     }
@@ -151,7 +151,7 @@ impl Cluster {
     /// its agent, health API and controller after a node loss; Patroni.
     pub fn restart_node(&mut self, i: usize, whole_node: bool) -> anyhow::Result<()> {
         match self {
-            Self::Pgwarden(c, _) => {
+            Self::Pgwarden(c) => {
                 c.nodes[i].start_agent()?;
                 if whole_node {
                     c.nodes[i].start_health()?;
@@ -165,7 +165,7 @@ impl Cluster {
 
     pub fn proxy(&self, i: usize) -> &TcpProxy {
         match self {
-            Self::Pgwarden(_, proxies) => &proxies[i],
+            Self::Pgwarden(c) => &c.proxies[i],
             Self::Patroni(c) => &c.proxies[i],
         }
     }
@@ -175,7 +175,7 @@ impl Cluster {
     /// the background (both answer when done).
     pub async fn switchover(&self, leader: usize) -> anyhow::Result<()> {
         match self {
-            Self::Pgwarden(c, _) => {
+            Self::Pgwarden(c) => {
                 let mut controller =
                     pgwarden_integration_tests::grpc::controller(c.nodes[leader].controller_url()).await?;
                 tokio::spawn(async move { controller.switchover(SwitchoverRequest::default()).await });
@@ -194,7 +194,7 @@ impl Cluster {
     /// Pids of the HA processes of node `i`, named (for the footprint).
     pub fn ha_processes(&self, i: usize) -> Vec<(&'static str, u32)> {
         match self {
-            Self::Pgwarden(c, _) => c.nodes[i].service_pids(),
+            Self::Pgwarden(c) => c.nodes[i].service_pids(),
             Self::Patroni(c) => c.nodes[i].pid().map(|pid| vec![("patroni", pid)]).unwrap_or_default(),
         }
     }
