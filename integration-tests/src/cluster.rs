@@ -83,6 +83,12 @@ impl Node {
         crate::service::body_of(self.rest_port, path)
     }
 
+    /// As [`Node::check`] and [`Node::get`] at once, on the async runtime:
+    /// the status code (0 when nothing answers within 2 s) and the body.
+    pub async fn probe(&self, path: &str) -> (u16, String) {
+        crate::service::get_async(self.rest_port, path, Duration::from_secs(2)).await.unwrap_or_default()
+    }
+
     fn child(&mut self, service: Service) -> &mut Option<ChildGuard> {
         match service {
             Service::Agent => &mut self.agent,
@@ -459,15 +465,19 @@ impl PgwardenCluster {
     /// As [`PgwardenCluster::wait_healthy`], over the nodes in `among` only.
     pub async fn wait_healthy_among(&self, among: &[usize], timeout: Duration) -> anyhow::Result<usize> {
         wait_until("one primary and streaming replicas", timeout, || async {
-            let primary: Vec<usize> =
-                among.iter().copied().filter(|&i| self.nodes[i].check("/primary") == 200).collect();
-            let replicas = among.iter().filter(|&&i| self.nodes[i].check("/replica") == 200).count();
-            let streaming = among
-                .iter()
-                .filter(|&&i| {
-                    self.nodes[i].get("/patroni").is_some_and(|b| b.contains("\"replication_state\":\"streaming\""))
-                })
-                .count();
+            let (mut primary, mut replicas, mut streaming) = (Vec::new(), 0, 0);
+            for &i in among {
+                let node = &self.nodes[i];
+                if node.probe("/primary").await.0 == 200 {
+                    primary.push(i);
+                }
+                if node.probe("/replica").await.0 == 200 {
+                    replicas += 1;
+                }
+                if node.probe("/patroni").await.1.contains("\"replication_state\":\"streaming\"") {
+                    streaming += 1;
+                }
+            }
             match primary.as_slice() {
                 [leader] if replicas == among.len() - 1 && streaming == replicas => Ok(Some(*leader)),
                 _ => Err(format!("primaries {primary:?}, replicas {replicas}, streaming {streaming}")),
@@ -479,8 +489,12 @@ impl PgwardenCluster {
     /// Waits until exactly one node answers 200 on `/primary`; returns it.
     pub async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<usize> {
         wait_until("exactly one primary", timeout, || async {
-            let primary: Vec<usize> =
-                (0..self.nodes.len()).filter(|&i| self.nodes[i].check("/primary") == 200).collect();
+            let mut primary = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.probe("/primary").await.0 == 200 {
+                    primary.push(i);
+                }
+            }
             match primary.as_slice() {
                 [leader] => Ok(Some(*leader)),
                 _ => Err(format!("primaries {primary:?}")),

@@ -139,13 +139,42 @@ pub fn http_with(
     let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len())?;
-    for (name, value) in headers {
-        write!(stream, "{name}: {value}\r\n")?;
-    }
-    write!(stream, "\r\n{body}")?;
+    stream.write_all(request(method, path, headers, body).as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    parse_response(&response)
+}
+
+/// `GET path` as [`http_with`] does it, on the async runtime (a probe
+/// inside a wait does not hold a runtime thread): the whole exchange
+/// bounded by `timeout`.
+pub async fn get_async(port: u16, path: &str, timeout: std::time::Duration) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(request("GET", path, &[], "").as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        parse_response(&response)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("GET {path}: no answer")))?
+}
+
+/// An HTTP/1.0 request to 127.0.0.1.
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut text = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.push_str(body);
+    text
+}
+
+/// (status code, body) of a whole HTTP response.
+fn parse_response(response: &str) -> std::io::Result<(u16, String)> {
     let status = response
         .split_whitespace()
         .nth(1)
