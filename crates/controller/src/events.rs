@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use dcs::ClusterView;
-use ha_proto::v1::ClusterEvent;
+use ha_proto::v1::{ClusterEvent, EventKind};
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
@@ -31,26 +31,34 @@ pub fn diff(before: &ClusterView, after: &ClusterView) -> Vec<ClusterEvent> {
     let mut events = Vec::new();
     let leader = |v: &ClusterView| v.leader.as_ref().map(|l| l.name.clone());
     match (leader(before), leader(after)) {
-        (Some(old), None) => events.push(event("leader", &old, format!("{old} no longer holds the leader key"))),
-        (None, Some(new)) => events.push(event("leader", &new, format!("{new} took the leader key"))),
+        (Some(old), None) => {
+            events.push(event(EventKind::Leader, &old, format!("{old} no longer holds the leader key")))
+        }
+        (None, Some(new)) => events.push(event(EventKind::Leader, &new, format!("{new} took the leader key"))),
         (Some(old), Some(new)) if old != new => {
-            events.push(event("leader", &new, format!("the leader key went from {old} to {new}")))
+            events.push(event(EventKind::Leader, &new, format!("the leader key went from {old} to {new}")))
         }
         _ => {}
     }
     match (&before.failover, &after.failover) {
-        (None, Some(request)) => events.push(event("request", "", format!("requested: {}", describe(request)))),
+        (None, Some(request)) => {
+            events.push(event(EventKind::Request, "", format!("requested: {}", describe(request))))
+        }
         (Some(request), None) => {
-            events.push(event("request", "", format!("request done or cleared: {}", describe(request))))
+            events.push(event(EventKind::Request, "", format!("request done or cleared: {}", describe(request))))
         }
         _ => {}
     }
     for member in &after.members {
         match before.member(&member.name) {
-            None => events.push(event("role", &member.name, format!("{} joined as {}", member.name, member.data.role))),
+            None => events.push(event(
+                EventKind::Role,
+                &member.name,
+                format!("{} joined as {}", member.name, member.data.role),
+            )),
             Some(old) if old.data.role != member.data.role || old.data.state != member.data.state => {
                 events.push(event(
-                    "role",
+                    EventKind::Role,
                     &member.name,
                     format!(
                         "{}: {} ({}) -> {} ({})",
@@ -62,7 +70,7 @@ pub fn diff(before: &ClusterView, after: &ClusterView) -> Vec<ClusterEvent> {
         }
     }
     for member in before.members.iter().filter(|m| after.member(&m.name).is_none()) {
-        events.push(event("role", &member.name, format!("{}'s member key is gone", member.name)));
+        events.push(event(EventKind::Role, &member.name, format!("{}'s member key is gone", member.name)));
     }
     events
 }
@@ -79,7 +87,7 @@ pub async fn run(cluster: Cluster, events: broadcast::Sender<ClusterEvent>, mut 
         let now_active = active.borrow_and_update().clone();
         if now_active != was_active && !now_active.member.is_empty() {
             let message = format!("the active controller is {} ({})", now_active.member, now_active.url);
-            let _ = events.send(event("controller", &now_active.member, message));
+            let _ = events.send(event(EventKind::Controller, &now_active.member, message));
         }
         was_active = now_active.clone();
         if let Ok(view) = cluster.read().await {
@@ -153,7 +161,7 @@ async fn supervise(
         _ => {
             let message = format!("following: {}", describe(request));
             info!("{message}");
-            let _ = events.send(event("workflow", request.member.as_deref().unwrap_or(""), message));
+            let _ = events.send(event(EventKind::Workflow, request.member.as_deref().unwrap_or(""), message));
             *following = Some((view.failover_revision, Instant::now()));
             return;
         }
@@ -172,7 +180,7 @@ async fn supervise(
                 describe(request)
             );
             info!("{message}");
-            let _ = events.send(event("workflow", "", message));
+            let _ = events.send(event(EventKind::Workflow, "", message));
             *following = None;
         }
         Ok(_) => {}

@@ -15,10 +15,10 @@ use dcs::{ClusterView, EtcdSettings, Keys};
 use ha_proto::v1::controller_client::ControllerClient;
 use ha_proto::v1::controller_server::{Controller, ControllerServer};
 use ha_proto::v1::{
-    CancelSwitchoverRequest, CancelSwitchoverResponse, ClusterEvent, ConfigResponse, FailoverRequest, GetActiveRequest,
-    GetActiveResponse, GetConfigRequest, ListMembersRequest, ListMembersResponse, Member, MembersResponse,
-    PatchConfigRequest, PutConfigRequest, ReinitializeMemberRequest, ReloadMembersRequest, RestartMembersRequest,
-    SwitchoverRequest, WatchEventsRequest, WorkflowResponse,
+    CancelSwitchoverRequest, CancelSwitchoverResponse, ClusterEvent, ConfigResponse, EventKind, FailoverRequest,
+    GetActiveRequest, GetActiveResponse, GetConfigRequest, ListMembersRequest, ListMembersResponse, Member,
+    MembersResponse, PatchConfigRequest, PutConfigRequest, ReinitializeMemberRequest, ReloadMembersRequest,
+    RestartMembersRequest, SwitchoverRequest, WatchEventsRequest, WorkflowResponse,
 };
 use pgwarden_config::{Config, Purpose};
 use pgwarden_runtime::ConfigArgs;
@@ -210,8 +210,11 @@ impl Controller for ControllerService {
             async |mut active, r| active.cancel_switchover(r).await,
             async |_| {
                 let message = workflow::cancel(&self.cluster).await?;
-                let _ =
-                    self.events.send(workflows::event("workflow", "", "the pending switchover was cancelled".into()));
+                let _ = self.events.send(workflows::event(
+                    EventKind::Workflow,
+                    "",
+                    "the pending switchover was cancelled".into(),
+                ));
                 Ok(CancelSwitchoverResponse { message })
             },
         )
@@ -342,7 +345,7 @@ impl ControllerService {
             Err(error) => format!("configuration change refused ({:?}): {error}", error.code()),
         };
         info!("{message}");
-        let _ = self.events.send(workflows::event("config", "", message));
+        let _ = self.events.send(workflows::event(EventKind::Config, "", message));
     }
 
     /// One event and one log line per workflow outcome.
@@ -352,7 +355,7 @@ impl ControllerService {
             Err(error) => format!("{what} refused or failed ({:?}): {error}", error.code()),
         };
         info!("{message}");
-        let _ = self.events.send(workflows::event("workflow", "", message));
+        let _ = self.events.send(workflows::event(EventKind::Workflow, "", message));
     }
 }
 

@@ -171,7 +171,13 @@ mod tests {
     use super::*;
 
     fn event(message: &str) -> ClusterEvent {
-        ClusterEvent { at_unix_ms: 1, kind: "leader".into(), member: "a".into(), message: message.into() }
+        ClusterEvent {
+            at_unix_ms: 1,
+            kind: "leader".into(),
+            member: "a".into(),
+            message: message.into(),
+            event_kind: ha_proto::v1::EventKind::Leader.into(),
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod workflow;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ha_proto::v1::ClusterEvent;
+use ha_proto::v1::{ClusterEvent, EventKind};
 use tonic::{Code, Status};
 
 pub use workflow::Cluster;
@@ -88,15 +88,47 @@ impl From<WorkflowError> for Status {
 }
 
 /// A cluster event, stamped now (the controller's `WatchEvents` stream, and
-/// a workflow's progress).
-pub fn event(kind: &str, member: &str, message: String) -> ClusterEvent {
+/// a workflow's progress), with its kind also by name for older clients.
+pub fn event(kind: EventKind, member: &str, message: String) -> ClusterEvent {
     let at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    ClusterEvent { at_unix_ms, kind: kind.into(), member: member.into(), message }
+    ClusterEvent { at_unix_ms, kind: kind_name(kind).into(), member: member.into(), message, event_kind: kind.into() }
+}
+
+/// The name `ClusterEvent.kind` carries for `kind`.
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Unspecified => "",
+        EventKind::Leader => "leader",
+        EventKind::Role => "role",
+        EventKind::Request => "request",
+        EventKind::Workflow => "workflow",
+        EventKind::Controller => "controller",
+        EventKind::Config => "config",
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each kind's name is its proto name without the prefix, in lower
+    /// case: what clients built before `event_kind` read.
+    #[test]
+    fn an_event_carries_its_kind_as_the_enum_and_by_name() {
+        for kind in [
+            EventKind::Leader,
+            EventKind::Role,
+            EventKind::Request,
+            EventKind::Workflow,
+            EventKind::Controller,
+            EventKind::Config,
+        ] {
+            let e = event(kind, "m", "x".into());
+            assert_eq!(e.event_kind(), kind);
+            let proto_name = kind.as_str_name().strip_prefix("EVENT_KIND_").expect("prefixed");
+            assert_eq!(e.kind, proto_name.to_ascii_lowercase());
+        }
+    }
 
     #[test]
     fn each_error_keeps_its_message_and_maps_to_one_code() {

@@ -9,8 +9,8 @@ use crate::WorkflowError;
 use crate::workflow::{self, Cluster, agent};
 use dcs::ClusterView;
 use ha_proto::v1::{
-    CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, GetStatusRequest, MemberOutcome,
-    MembersResponse, ReinitializeRequest, ReloadRequest, RestartRequest,
+    CancelRestartRequest, CheckParametersRequest, ClusterEvent, ConfigResponse, EventKind, GetStatusRequest,
+    MemberOutcome, MembersResponse, ReinitializeRequest, ReloadRequest, RestartRequest,
 };
 use pgwarden_config::{DynamicConfig, Problems, Severity};
 use serde_json::Value;
@@ -20,7 +20,7 @@ pub type Progress<'a> = &'a (dyn Fn(ClusterEvent) + Sync);
 
 fn say(progress: Progress<'_>, member: &str, message: String) {
     tracing::info!(member, "{message}");
-    progress(crate::event("workflow", member, message));
+    progress(crate::event(EventKind::Workflow, member, message));
 }
 
 pub async fn get_config(cluster: &Cluster) -> Result<ConfigResponse, WorkflowError> {
