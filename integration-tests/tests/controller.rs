@@ -603,7 +603,8 @@ async fn controllers_follow_their_key_when_it_is_taken_deleted_or_compacted() {
 
     // Written by someone else (no lease): the active one steps down and
     // every controller names the new holder.
-    cluster.put_key("pgwarden-controller", "intruder http://127.0.0.1:9").await.expect("overwrite the key");
+    let intruder = r#"{"member":"intruder","url":"http://127.0.0.1:9"}"#;
+    cluster.put_key("pgwarden-controller", intruder).await.expect("overwrite the key");
     wait_until("every controller to follow the new holder", Duration::from_secs(20), || async {
         let named = named_active(&cluster).await?;
         match named.iter().all(|(member, this_one)| member == "intruder" && !this_one) {

@@ -1,5 +1,5 @@
 //! Exactly one active controller per cluster: the one whose lease holds the
-//! `pgwarden-controller` key (value `<member> <grpc url>`), taken and renewed
+//! `pgwarden-controller` key (value `{"member": ..., "url": <gRPC URL>}`), taken and renewed
 //! with the `election` crate. The others forward write requests to it.
 
 use std::time::Duration;
@@ -18,9 +18,30 @@ pub struct ActiveState {
     pub url: String,
 }
 
-fn parse(value: &str) -> (String, String) {
-    let (member, url) = value.split_once(' ').unwrap_or((value, ""));
-    (member.to_string(), url.to_string())
+/// The key's value: `{"member": ..., "url": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControllerKey {
+    pub member: String,
+    pub url: String,
+}
+
+impl ControllerKey {
+    pub fn new(member: &str, url: &str) -> Self {
+        Self { member: member.into(), url: url.into() }
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::json!({"member": self.member, "url": self.url}).to_string()
+    }
+
+    /// The JSON value, or `<member> <url>` as controllers before it wrote
+    /// the key (met during a rolling upgrade).
+    pub fn parse(value: &str) -> Self {
+        serde_json::from_str(value).unwrap_or_else(|_| {
+            let (member, url) = value.split_once(' ').unwrap_or((value, ""));
+            Self::new(member, url)
+        })
+    }
 }
 
 /// How often a standby controller looks whether the key is free.
@@ -146,7 +167,7 @@ async fn key_changed(etcd: &Etcd, key: &str, revision: i64) -> bool {
 pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Duration, tx: watch::Sender<ActiveState>) {
     let settings = ElectionSettings {
         key,
-        member: format!("{member} {url}"),
+        member: ControllerKey::new(&member, &url).encode(),
         ttl,
         fence_margin: Duration::from_secs(1),
         request_timeout: etcd.settings().request_timeout,
@@ -158,7 +179,7 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
             // Our own key from before a restart (same member, same URL): the
             // old process is gone, so the key is freed at once rather than
             // left to expire (and never forwarded to: that would be us).
-            Ok((Some(holder), _)) if holder.member == settings.member => {
+            Ok((Some(holder), _)) if ControllerKey::parse(&holder.member) == ControllerKey::new(&member, &url) => {
                 match etcd.delete_if_revision(&settings.key, holder.mod_revision).await {
                     Ok(true) => info!("removed this member's controller key left by a previous run"),
                     // Changed since it was read: looked at again.
@@ -171,7 +192,7 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
                 continue;
             }
             Ok((Some(holder), read_at)) => {
-                let (member, url) = parse(&holder.member);
+                let ControllerKey { member, url } = ControllerKey::parse(&holder.member);
                 tx.send_if_modified(|state| {
                     let next = ActiveState { this_one: false, member, url };
                     let changed = *state != next;
@@ -210,5 +231,20 @@ pub async fn run(etcd: Etcd, key: String, member: String, url: String, ttl: Dura
                 tokio::time::sleep(STANDBY_POLL).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_json_and_the_old_space_separated_value_still_reads() {
+        let key = ControllerKey::new("node1", "https://10.0.0.1:10008");
+        let value = key.encode();
+        assert_eq!(value, r#"{"member":"node1","url":"https://10.0.0.1:10008"}"#);
+        assert_eq!(ControllerKey::parse(&value), key);
+        assert_eq!(ControllerKey::parse("node1 https://10.0.0.1:10008"), key, "written before the JSON value");
+        assert_eq!(ControllerKey::parse("node1"), ControllerKey::new("node1", ""));
     }
 }

@@ -406,7 +406,7 @@ pub async fn run(
     observer.abort();
     // Hand the active role over at once rather than after a ttl.
     let key = keys.controller();
-    let ours = format!("{} {}", config.name, own_url);
+    let ours = active::ControllerKey::new(&config.name, &own_url).encode();
     if let Ok(true) = etcd.delete_if_value(&key, &ours).await {
         info!("released the active controller key");
     }
