@@ -71,3 +71,22 @@ pub fn merge_config_file(path: &std::path::Path, patch: serde_json::Value) -> an
     std::fs::write(path, serde_json::to_string_pretty(&config)?)?;
     Ok(())
 }
+
+/// `text` without terminal colour codes (the services colour their log
+/// fields when a test reads them).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -119,6 +119,28 @@ async fn switchover_with_and_without_a_candidate_through_grpc_rest_and_the_cli()
     timings.push(("gRPC, named", started.elapsed()));
     done(&response, &leader_name(&cluster, candidate));
     assert!(response.message.contains("Successfully switched over"), "{response:?}");
+    // One request followed across services: the revision the active
+    // controller wrote the `failover` key at names both agents' actions on it.
+    let request = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            pgwarden_integration_tests::strip_ansi(&n.controller_log()).lines().map(String::from).collect::<Vec<_>>()
+        })
+        .filter(|line| line.contains("wrote the failover key"))
+        .find_map(|line| {
+            line.split_whitespace().find_map(|w| {
+                w.strip_prefix("request=").map(|n| n.trim_end_matches(|c: char| !c.is_ascii_digit()).to_string())
+            })
+        })
+        .expect("the controller logs the request's revision");
+    for node in [leader, candidate] {
+        let log = pgwarden_integration_tests::strip_ansi(&cluster.nodes[node].agent_log());
+        assert!(
+            log.lines().any(|l| l.contains("ha_action{") && l.contains(&format!("request={request}}}"))),
+            "node {node}'s actions on request {request} say so:\n{log}"
+        );
+    }
     leader = settled(&cluster, Some(candidate)).await;
 
     // gRPC, no candidate: the best replica.

@@ -58,25 +58,8 @@ async fn direct_writer(cluster: &PgwardenCluster, leader: usize) -> Writer {
 /// The LSN at which an agent's log says it held commit acknowledgements.
 fn held_lsn(log: &str) -> Option<ha_core::Lsn> {
     let line = log.lines().find(|l| l.contains("holding commit acknowledgements"))?;
-    let plain: String = strip_ansi(line);
+    let plain: String = pgwarden_integration_tests::strip_ansi(line);
     plain.split_whitespace().find_map(|word| word.strip_prefix("lsn=")).and_then(|lsn| lsn.parse().ok())
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Waits until another node than `leader` is primary, then checks that the

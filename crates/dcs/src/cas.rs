@@ -54,10 +54,23 @@ impl Etcd {
         value: impl Into<Vec<u8>>,
         lease: Option<i64>,
     ) -> Result<bool, etcd_client::Error> {
+        Ok(self.create_at_revision(key, value, lease).await?.is_some())
+    }
+
+    /// As [`Etcd::create_if_absent`], returning the store's revision of the
+    /// write (the key's mod revision: every member's cluster view names the
+    /// key by it) when it was created.
+    pub async fn create_at_revision(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Option<i64>,
+    ) -> Result<Option<i64>, etcd_client::Error> {
         let options = lease.map(|id| PutOptions::new().with_lease(id));
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, options)]);
-        Ok(self.txn(txn).await?.succeeded())
+        let response = self.txn(txn).await?;
+        Ok(response.succeeded().then(|| response.header().map_or(0, |h| h.revision())))
     }
 }

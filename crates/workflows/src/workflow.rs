@@ -154,7 +154,7 @@ fn parse_time(at: &str) -> Result<time::OffsetDateTime, WorkflowError> {
 
 /// A planned switchover from `leader` (empty: the current one) to
 /// `candidate` (empty: the best eligible replica), now or at `scheduled_at`.
-#[tracing::instrument(skip_all, fields(scope = %cluster.scope, leader, candidate, scheduled_at))]
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, leader, candidate, scheduled_at, request = tracing::field::Empty))]
 pub async fn switchover(
     cluster: &Cluster,
     leader: &str,
@@ -233,7 +233,7 @@ pub async fn switchover(
 /// A manual failover to `candidate`. With a running leader it is a
 /// switchover to `candidate`; without one, the lag checks are skipped (the
 /// named candidate takes the key if it can, even if behind).
-#[tracing::instrument(skip_all, fields(scope = %cluster.scope, candidate))]
+#[tracing::instrument(skip_all, fields(scope = %cluster.scope, candidate, request = tracing::field::Empty))]
 pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResponse, WorkflowError> {
     if candidate.is_empty() {
         return Err(WorkflowError::Invalid("Failover could be performed only to a specific candidate".into()));
@@ -294,14 +294,18 @@ async fn write_and_follow(
     let started = Instant::now();
     let written = cluster
         .etcd
-        .create_if_absent(&key, value, None)
+        .create_at_revision(&key, value, None)
         .await
         .map_err(|e| WorkflowError::Unreachable(dcs::describe_error(&e)))?;
-    if !written {
+    let Some(revision) = written else {
         return Err(WorkflowError::Conflict(
             "another request was written at the same moment (compare-and-swap lost)".into(),
         ));
-    }
+    };
+    // The key's revision names this request in every service's log: the
+    // agents' actions on it carry the same `request` field.
+    tracing::Span::current().record("request", revision);
+    tracing::info!(request = revision, "wrote the failover key");
     if request.scheduled_at.is_some() {
         return Ok(WorkflowResponse {
             outcome: WorkflowOutcome::Scheduled as i32,

@@ -63,7 +63,11 @@ impl Agent {
         Ok(true)
     }
 
-    #[tracing::instrument(name = "ha_action", skip_all, fields(action = ?action))]
+    /// Runs one action. While a switchover or failover request is pending,
+    /// the span carries its `request` (the `failover` key's revision, which
+    /// the controller's workflow logs too): one request can be followed
+    /// across the controller and every agent.
+    #[tracing::instrument(name = "ha_action", skip_all, fields(action = ?action, request = tracing::field::Empty))]
     pub(super) async fn execute(
         &mut self,
         action: &Action,
@@ -71,6 +75,9 @@ impl Agent {
         dynamic: &DynamicConfig,
         obs: &Observed,
     ) -> anyhow::Result<bool> {
+        if view.failover.is_some() {
+            tracing::Span::current().record("request", view.failover_revision);
+        }
         match action {
             Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
             Action::Clone { source } => {
