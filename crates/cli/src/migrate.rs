@@ -12,7 +12,6 @@
 
 use anyhow::bail;
 use dcs::v2::{self, V2Scope};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use pgwarden_config::Config;
 
 use crate::actions::Target;
@@ -87,22 +86,14 @@ pub async fn migrate_v2(config: &Config, target: &Target, options: MigrateV2) ->
         bail!("the v2 keys under {dir} have no initialize key: not a complete cluster; nothing copied");
     }
     let prefix = target.keys.prefix().to_string();
-    let compares: Vec<Compare> = copies
-        .iter()
-        .map(|(name, _)| Compare::create_revision(format!("{prefix}{name}"), CompareOp::Equal, 0))
-        .collect();
-    let puts: Vec<TxnOp> =
-        copies.iter().map(|(name, value)| TxnOp::put(format!("{prefix}{name}"), value.as_str(), None)).collect();
-    let txn = Txn::new().when(compares).and_then(puts);
-    let answer = target
+    let keys: Vec<(String, String)> =
+        copies.iter().map(|(name, value)| (format!("{prefix}{name}"), value.to_string())).collect();
+    let created = target
         .etcd
-        .call(|mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        })
+        .create_all_if_absent(&keys)
         .await
         .map_err(|e| anyhow::anyhow!("copy the keys to etcd's v3 keyspace: {}", dcs::describe_error(&e)))?;
-    if !answer.succeeded() {
+    if !created {
         bail!("a key under {prefix} appeared in etcd's v3 keyspace meanwhile: nothing copied; run it again to see why");
     }
     let names: Vec<&str> = copies.iter().map(|(name, _)| *name).collect();

@@ -13,7 +13,7 @@ mod watch;
 use std::time::Duration;
 
 use dcs::Etcd;
-use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use tracing::debug;
 
 pub use bootclock::BootInstant;
@@ -226,22 +226,10 @@ impl Election {
     /// lease, in one transaction; otherwise reports who holds it.
     pub async fn acquire(&mut self, lease: &Lease) -> Result<Acquired, ElectionError> {
         let key = self.settings.key.clone();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                self.settings.member.as_str(),
-                Some(PutOptions::new().with_lease(lease.id)),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let response = self.etcd.txn(txn).await?;
-        if response.succeeded() {
+        let Some(found) = self.etcd.create_on_lease_or_read(&key, &self.settings.member, lease.id).await? else {
             return Ok(Acquired::Won { deadline: lease.deadline });
-        }
-        let holder = response.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(Self::holder_from),
-            _ => None,
-        });
+        };
+        let holder = found.as_ref().map(Self::holder_from);
         match holder {
             // A retried request whose first attempt was applied finds our own
             // key on our lease: that is a win.
@@ -261,12 +249,7 @@ impl Election {
     pub async fn renew(&mut self, lease: &mut Lease) -> Result<BootInstant, ElectionError> {
         let deadline = self.keep_alive(lease).await?;
         let key = self.settings.key.clone();
-        let txn = Txn::new().when([
-            Compare::value(key.as_str(), CompareOp::Equal, self.settings.member.as_str()),
-            Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
-        ]);
-        let response = self.etcd.txn(txn).await?;
-        if response.succeeded() {
+        if self.etcd.holds_on_lease(&key, &self.settings.member, lease.id).await? {
             Ok(deadline)
         } else {
             Err(ElectionError::NotHolder { key, member: self.settings.member.clone(), lease: lease.id })
@@ -276,15 +259,7 @@ impl Election {
     /// Deletes the key iff it holds our name on this lease. Returns whether it
     /// was deleted. The lease itself stays (it may carry the member key).
     pub async fn release(&mut self, lease: &Lease) -> Result<bool, ElectionError> {
-        let key = self.settings.key.clone();
-        let txn = Txn::new()
-            .when([
-                Compare::value(key.as_str(), CompareOp::Equal, self.settings.member.as_str()),
-                Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
-            ])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
-        let response = self.etcd.txn(txn).await?;
-        Ok(response.succeeded())
+        Ok(self.etcd.delete_if_on_lease(&self.settings.key, &self.settings.member, lease.id).await?)
     }
 
     /// Revokes the lease: every key bound to it disappears at once.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use dcs::{ClusterView, Etcd, Keys, MemberData, Status};
 use election::{Acquired, BootInstant, Election, ElectionSettings, Lease, LeaseState, RenewalHandle, spawn_renewal};
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::PutOptions;
 use ha_core::{Action, DataDir, Observed, Peer, PgRun, decide};
 use pgwarden_config::{Config, DynamicConfig};
 use tokio::sync::{Notify, watch};

@@ -34,14 +34,7 @@ impl Agent {
                 self.pg.remove_unfinished_data_dir();
             }
             self.sysid = None;
-            let key = self.keys.initialize();
-            let txn = Txn::new()
-                .when([
-                    Compare::value(key.as_str(), CompareOp::Equal, ""),
-                    Compare::lease(key.as_str(), CompareOp::Equal, lease.id),
-                ])
-                .and_then([TxnOp::delete(key.as_str(), None)]);
-            let _ = self.etcd.txn(txn).await;
+            let _ = self.etcd.delete_if_on_lease(&self.keys.initialize(), "", lease.id).await;
         }
         result
     }
@@ -112,13 +105,7 @@ impl Agent {
     async fn claim_new_cluster(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<String> {
         let sysid = self.pg.system_identifier().await?;
         self.sysid = Some(sysid.clone());
-        let key = self.keys.initialize();
-        let txn = Txn::new().when([Compare::value(key.as_str(), CompareOp::Equal, "")]).and_then([TxnOp::put(
-            key.as_str(),
-            sysid.as_str(),
-            None,
-        )]);
-        let written = self.etcd.txn(txn).await?.succeeded();
+        let written = self.etcd.put_if_value(&self.keys.initialize(), "", &sysid, None).await?;
         if !written {
             bail!("the initialize key changed while bootstrapping");
         }

@@ -262,15 +262,8 @@ impl Agent {
                 // it to this lease, only while it still names us (decide asks
                 // this of a running primary, or of the stopped last primary
                 // resuming on its timeline).
-                let key = self.keys.leader();
-                let txn = Txn::new()
-                    .when([Compare::value(key.as_str(), CompareOp::Equal, self.config.name.as_str())])
-                    .and_then([TxnOp::put(
-                        key.as_str(),
-                        self.config.name.as_str(),
-                        Some(PutOptions::new().with_lease(lease.id)),
-                    )]);
-                let done = self.etcd.txn(txn).await?.succeeded();
+                let name = self.config.name.as_str();
+                let done = self.etcd.put_if_value(&self.keys.leader(), name, name, Some(lease.id)).await?;
                 if done {
                     info!("re-bound the leader key to this agent's lease");
                     self.prove_leader(dynamic, lease).await;
