@@ -270,7 +270,9 @@ pub fn psql_port(port: u16, sql: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Node `i`'s config: Patroni format, fast timings, loopback only.
+/// Node `i`'s config: Patroni format, fast timings, loopback only, no
+/// watchdog; `extra` (the test's YAML for this node) merged in as values, so
+/// a node's own `etcd3:` or `watchdog:` keys replace the harness's.
 fn node_config(
     name: &str,
     scope: &str,
@@ -279,12 +281,12 @@ fn node_config(
     ttl: u32,
     synchronous: bool,
     extra: &str,
-) -> String {
-    format!(
+) -> anyhow::Result<String> {
+    let base = format!(
         "scope: {scope}\nnamespace: /itest/\nname: {name}\n\
          restapi:\n  listen: 127.0.0.1:{rest}\n  connect_address: 127.0.0.1:{rest}\n\
          \x20 authentication:\n    username: {rest_user}\n    password: {rest_password}\n\
-         {etcd}\
+         etcd3:\n  hosts: {etcd}\n\
          bootstrap:\n  dcs:\n    ttl: {ttl}\n    loop_wait: 1\n    retry_timeout: 3\n    synchronous_mode: {synchronous}\n    postgresql:\n      use_pg_rewind: true\n      use_slots: true\n\
          \x20 initdb:\n    - encoding: UTF8\n    - data-checksums\n\
          postgresql:\n  listen: 127.0.0.1:{pg}\n  connect_address: 127.0.0.1:{pg}\n  data_dir: {data}\n\
@@ -292,26 +294,20 @@ fn node_config(
          \x20   replication:\n      username: replicator\n      password: {repl}\n\
          \x20 parameters:\n    unix_socket_directories: {sock}\n    fsync: 'off'\n    shared_buffers: 16MB\n\
          pgwarden:\n  agent_grpc_listen: 127.0.0.1:{agent}\n  controller_grpc_listen: 127.0.0.1:{controller}\n\
-         {watchdog}{extra}",
+         watchdog:\n  mode: 'off'\n",
         rest = node.rest_port,
         rest_user = REST_USER,
         rest_password = REST_PASSWORD,
-        // A node's extra config may bring its own `etcd3:` (e.g. through a proxy).
-        etcd = if extra.contains("etcd3:") {
-            String::new()
-        } else {
-            format!("etcd3:\n  hosts: {}\n", etcd.host_ports().join(","))
-        },
+        etcd = etcd.host_ports().join(","),
         pg = node.pg_port,
-        // Tests run without a watchdog device unless a test brings its own section.
-        watchdog = if extra.contains("watchdog:") { "" } else { "watchdog:\n  mode: off\n" },
         data = node.data_dir().display(),
         su = SUPERUSER_PASSWORD,
         repl = REPLICATION_PASSWORD,
         sock = node.dir.path().display(),
         agent = node.agent_port,
         controller = node.controller_port,
-    )
+    );
+    crate::yaml::merged(&base, extra)
 }
 
 /// etcd plus N pgwarden nodes.
@@ -434,7 +430,7 @@ impl PgwardenCluster {
             health: None,
             controller: None,
         };
-        let yaml = node_config(name, &self.scope, &node, &self.etcd, self.ttl, self.synchronous, extra_config);
+        let yaml = node_config(name, &self.scope, &node, &self.etcd, self.ttl, self.synchronous, extra_config)?;
         std::fs::write(node.config_path(), yaml)?;
         crate::process::give_to_postgres(&node.config_path());
         node.health = None;

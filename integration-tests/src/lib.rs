@@ -28,6 +28,7 @@ pub mod spec;
 pub mod wait;
 pub mod watchdog;
 pub mod writer;
+pub mod yaml;
 
 pub use cluster::{Node, PgwardenCluster, Service};
 pub use etcd::EtcdCluster;
@@ -55,19 +56,9 @@ pub fn init_logging() {
 /// the harness writes. The file is written back as JSON, which YAML (and so
 /// pgwarden and Patroni) reads; its owner and mode are kept.
 pub fn merge_config_file(path: &std::path::Path, patch: serde_json::Value) -> anyhow::Result<()> {
-    fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
-        match (into, patch) {
-            (serde_json::Value::Object(into), serde_json::Value::Object(patch)) => {
-                for (key, value) in patch {
-                    merge(into.entry(key).or_insert(serde_json::Value::Null), value);
-                }
-            }
-            (into, patch) => *into = patch,
-        }
-    }
     let text = std::fs::read_to_string(path)?;
     let mut config: serde_json::Value = serde_saphyr::from_str(&text)?;
-    merge(&mut config, patch);
+    yaml::merge(&mut config, patch);
     std::fs::write(path, serde_json::to_string_pretty(&config)?)?;
     Ok(())
 }
