@@ -215,12 +215,23 @@ impl Drop for DeviceWatchdog {
 /// holding the HA loop.
 fn open_and_set(config: &Watchdog, timeout: Duration) -> anyhow::Result<File> {
     use std::os::unix::fs::OpenOptionsExt as _;
+    let device = &config.device;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if config.driver == WatchdogDriver::Testing {
+        // Checked before opening: opening a real watchdog starts it, and the
+        // test protocol never sets its timeout, so it would fire on the
+        // driver's default (softdog: 60 s), long after the key expired.
+        use std::os::unix::fs::FileTypeExt as _;
+        let is_pipe = std::fs::metadata(device).is_ok_and(|m| m.file_type().is_fifo());
+        anyhow::ensure!(
+            is_pipe,
+            "watchdog.driver: testing speaks to a named pipe (Patroni's test device) and {} is not one; set \
+             watchdog.driver: default for a real watchdog",
+            device.display()
+        );
         options.custom_flags(nix::libc::O_NONBLOCK);
     }
-    let device = &config.device;
     let mut file = options.open(device).with_context(|| format!("open the watchdog device {}", device.display()))?;
     if let Err(e) = set_timeout(config.driver, &mut file, timeout) {
         // Not a watchdog: close it without triggering anything.
@@ -362,6 +373,14 @@ mod tests {
         let mut wd = DeviceWatchdog::new(config.clone());
         let err = format!("{:#}", wd.arm(20).expect_err("no pipe"));
         assert!(err.contains("will not lead"), "{err}");
+        // A file that is not a pipe (as a real /dev/watchdog is not) is
+        // refused before it is opened.
+        let regular = dir.path().join("not-a-pipe");
+        std::fs::write(&regular, "").expect("write");
+        let refused = Watchdog { device: regular.clone(), ..config.clone() };
+        let err = format!("{:#}", DeviceWatchdog::new(refused).arm(20).expect_err("not a pipe"));
+        assert!(err.contains("is not one") && err.contains("driver: default"), "{err}");
+        assert_eq!(std::fs::read_to_string(&regular).expect("read"), "", "nothing written to it");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
         let mut wd = DeviceWatchdog::new(config);
         assert!(wd.arm(20).is_err(), "a pipe nobody reads is no device (and the loop is not held)");
