@@ -143,13 +143,15 @@ async fn a_required_watchdog_that_cannot_be_armed_keeps_the_node_from_leading() 
 }
 
 /// Patroni's `testing` watchdog driver, read by the test: the leader arms
-/// its device at ttl - safety_margin before it leads, feeds it on each
-/// renewal, sets a new timeout when the ttl changes, and closes it when it
-/// stops leading (a switchover) and when its agent stops; a replica leaves
-/// its own closed. Without the timeout following the ttl, a raised ttl left
-/// the device at 5 s under a 20 s lease.
+/// its device at its lease's ttl - safety_margin before it leads, feeds it
+/// on each renewal, and closes it when it stops leading (a switchover) and
+/// when its agent stops; a replica leaves its own closed. A ttl edited
+/// while leading does not move the device: the leader's lease, and so its
+/// key, keeps the ttl it was granted with until the key changes hands (a
+/// timeout raised with the edit would fire after the key could expire); the
+/// next leader arms with its own lease's ttl.
 #[tokio::test]
-async fn the_leaders_watchdog_follows_the_ttl_and_is_closed_when_it_stops_leading() {
+async fn the_leaders_watchdog_follows_its_lease_and_is_closed_when_it_stops_leading() {
     init_logging();
     let pipes = TestDir::new("watchdog");
     let devices: Vec<TestWatchdog> =
@@ -180,11 +182,22 @@ async fn the_leaders_watchdog_follows_the_ttl_and_is_closed_when_it_stops_leadin
     );
 
     cluster.patch_config(serde_json::json!({"ttl": 20})).await.expect("ttl 20");
-    wait_until("the leader's device to follow the ttl (20 - 5 s)", UP, || async {
-        Ok::<_, String>(fed(&devices[leader], 15).then_some(()))
+    let replica_key = format!("members/{}", cluster.nodes[replica].name);
+    wait_until("the replica's member lease granted at the new ttl", UP, || async {
+        let ttl = cluster.lease_ttl(&replica_key).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((ttl == Some(20)).then_some(()))
     })
     .await
-    .expect("followed");
+    .expect("a new member lease");
+    let leader_key = cluster.lease_ttl("leader").await.expect("etcd");
+    assert_eq!(leader_key, Some(10), "the leader's lease keeps its ttl");
+    let fed_before = devices[leader].keepalives_since_armed();
+    wait_until("four more renewals on the leader", UP, || async {
+        Ok::<_, String>((devices[leader].keepalives_since_armed() >= fed_before + 4).then_some(()))
+    })
+    .await
+    .expect("renewals");
+    assert_eq!(devices[leader].timeouts(), [5], "the device keeps the lease's timeout: {:?}", devices[leader].calls());
     assert!(!devices[leader].is_closed(), "still armed: {:?}", devices[leader].calls());
 
     let mut controller = wait_until("the controller to answer", UP, || {

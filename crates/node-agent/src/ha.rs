@@ -34,7 +34,7 @@ use published::pending_reason_json;
 mod slots;
 mod sync;
 
-use lease::lock_watchdog;
+use lease::{lease_ttl, lock_watchdog};
 
 /// The reason of the `history` entry a candidate writes before it promotes
 /// (replaced by PostgreSQL's own entry once promoted).
@@ -510,12 +510,9 @@ impl Agent {
             }
         }
         // The lease keeper's renewals keep the device alive while leading
-        // (`forward_renewals`); here it is disarmed, or its timeout follows
-        // the ttl.
+        // (`forward_renewals`); here it is only disarmed.
         if self.leader_deadline().is_none() {
             lock_watchdog(&self.watchdog).disarm();
-        } else {
-            lock_watchdog(&self.watchdog).follow_ttl(dynamic.ttl);
         }
         if let Some(view) = &view {
             let local = self.local.borrow().clone();

@@ -60,19 +60,11 @@ pub fn timeout_outlasts_renewals(ttl: u32, safety_margin: i64) -> Result<(), Str
 /// A watchdog device (`/dev/watchdog`), armed only while leading.
 pub struct DeviceWatchdog {
     config: Watchdog,
-    armed: Option<Armed>,
+    armed: Option<File>,
     /// `automatic` mode found no usable device: warned once, then off.
     unusable: bool,
     /// Keep-alives sent to an armed device.
     keepalives: u64,
-    /// A ttl whose timeout was refused while armed (warned once).
-    refused_ttl: Option<u32>,
-}
-
-/// The open device and the timeout it was given.
-struct Armed {
-    file: File,
-    timeout: Duration,
 }
 
 /// The device, shared by the HA loop (arm, disarm) and the lease keeper's
@@ -81,15 +73,14 @@ pub type SharedWatchdog = Arc<Mutex<DeviceWatchdog>>;
 
 impl DeviceWatchdog {
     pub fn new(config: Watchdog) -> Self {
-        Self { config, armed: None, unusable: false, keepalives: 0, refused_ttl: None }
+        Self { config, armed: None, unusable: false, keepalives: 0 }
     }
 
     /// Armed on any open file (tests: the keep-alive ioctl then fails, and
     /// is counted all the same).
     #[cfg(test)]
     pub fn armed_on(config: Watchdog, file: File) -> Self {
-        let armed = Armed { file, timeout: Duration::from_secs(1) };
-        Self { config, armed: Some(armed), unusable: false, keepalives: 0, refused_ttl: None }
+        Self { config, armed: Some(file), unusable: false, keepalives: 0 }
     }
 
     pub fn shared(self) -> SharedWatchdog {
@@ -106,9 +97,12 @@ impl DeviceWatchdog {
         self.keepalives
     }
 
-    /// Arms the device before this node takes the leader key. Fails only in
-    /// `required` mode (the node must then not lead); `automatic` mode warns
-    /// once and goes on without it.
+    /// Arms the device before this node takes the leader key, with the ttl
+    /// of the lease the key will be bound to: that lease keeps its ttl until
+    /// the key changes hands (a ttl edited meanwhile applies to the next
+    /// leader's lease), so the timeout set here holds for the whole term.
+    /// Fails only in `required` mode (the node must then not lead);
+    /// `automatic` mode warns once and goes on without it.
     pub fn arm(&mut self, ttl: u32) -> anyhow::Result<()> {
         if self.config.mode == WatchdogMode::Off || self.armed.is_some() || self.unusable {
             return Ok(());
@@ -125,7 +119,7 @@ impl DeviceWatchdog {
         match open_and_set(&self.config, timeout) {
             Ok(file) => {
                 info!(device = %self.config.device.display(), ?timeout, "watchdog armed");
-                self.armed = Some(Armed { file, timeout });
+                self.armed = Some(file);
                 Ok(())
             }
             Err(e) if self.config.mode == WatchdogMode::Required => Err(e.context(format!(
@@ -141,51 +135,19 @@ impl DeviceWatchdog {
         }
     }
 
-    /// Keeps an armed device's timeout at `ttl - safety_margin` when the
-    /// ttl changes (`edit-config`): a timeout set for a longer ttl would let
-    /// the leader key expire before the machine resets, one set for a
-    /// shorter ttl would reset a healthy leader between renewals. A ttl
-    /// whose timeout would not outlast a renewal keeps the old timeout, with
-    /// a warning.
-    pub fn follow_ttl(&mut self, ttl: u32) {
-        let safety_margin = self.config.safety_margin;
-        let driver = self.config.driver;
-        let Some(armed) = &mut self.armed else { return };
-        let wanted = timeout_for(ttl, safety_margin);
-        if wanted == armed.timeout {
-            return;
-        }
-        if let Err(why) = timeout_outlasts_renewals(ttl, safety_margin) {
-            if self.refused_ttl != Some(ttl) {
-                warn!("{why}; the watchdog keeps its timeout of {} s", armed.timeout.as_secs());
-                self.refused_ttl = Some(ttl);
-            }
-            return;
-        }
-        match set_timeout(driver, &mut armed.file, wanted) {
-            Ok(()) => {
-                info!(timeout = ?wanted, "watchdog timeout set from the new ttl");
-                armed.timeout = wanted;
-            }
-            Err(e) => warn!("failed to set the watchdog timeout to {} s: {e:#}", wanted.as_secs()),
-        }
-    }
-
     /// One keep-alive (each renewal of the lease while leading).
     #[allow(unsafe_code)] // the watchdog API is ioctl only
     pub fn keepalive(&mut self) {
         let driver = self.config.driver;
-        if let Some(armed) = &mut self.armed {
+        if let Some(file) = &mut self.armed {
             self.keepalives += 1;
             let result = match driver {
                 WatchdogDriver::Linux => {
                     let mut dummy: nix::libc::c_int = 0;
                     // SAFETY: WDIOC_KEEPALIVE on an open watchdog fd writes at most one int.
-                    unsafe { wdioc_keepalive(armed.file.as_raw_fd(), &mut dummy) }
-                        .map(drop)
-                        .map_err(std::io::Error::from)
+                    unsafe { wdioc_keepalive(file.as_raw_fd(), &mut dummy) }.map(drop).map_err(std::io::Error::from)
                 }
-                WatchdogDriver::Testing => armed.file.write_all(b"1"),
+                WatchdogDriver::Testing => file.write_all(b"1"),
             };
             if let Err(e) = result {
                 warn!("watchdog keep-alive failed: {e}");
@@ -195,8 +157,8 @@ impl DeviceWatchdog {
 
     /// Disarms the device (magic close), when this node no longer leads.
     pub fn disarm(&mut self) {
-        if let Some(mut armed) = self.armed.take() {
-            match armed.file.write_all(b"V") {
+        if let Some(mut file) = self.armed.take() {
+            match file.write_all(b"V") {
                 Ok(()) => info!("watchdog disarmed"),
                 Err(e) => warn!("failed to disarm the watchdog (magic close): {e}"),
             }
@@ -361,10 +323,9 @@ mod tests {
         assert!(!off.is_armed());
     }
 
-    /// Patroni's `testing` driver: every call is a write on a named pipe,
-    /// and the timeout follows a ttl change while armed.
+    /// Patroni's `testing` driver: every call is a write on a named pipe.
     #[test]
-    fn the_testing_driver_writes_each_call_and_the_timeout_follows_the_ttl() {
+    fn the_testing_driver_writes_each_call_to_its_pipe() {
         use std::io::Read as _;
         use std::os::unix::fs::OpenOptionsExt as _;
         let dir = tempfile::tempdir().expect("temp dir");
@@ -388,13 +349,11 @@ mod tests {
             std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).expect("reader");
         wd.arm(20).expect("armed");
         wd.keepalive();
-        wd.follow_ttl(20);
-        wd.follow_ttl(30);
+        wd.arm(30).expect("already armed: nothing more");
         wd.keepalive();
-        wd.follow_ttl(6); // 1 s would not outlast a renewal: kept at 25 s
         wd.disarm();
         let mut written = String::new();
         reader.read_to_string(&mut written).expect("read");
-        assert_eq!(written, "Ctimeout=15\n1Ctimeout=25\n1V");
+        assert_eq!(written, "Ctimeout=15\n11V");
     }
 }

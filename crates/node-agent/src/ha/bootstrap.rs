@@ -16,7 +16,7 @@ impl Agent {
         let lease = self.keeper.lease.context("no lease yet")?;
         // A node that may not lead (watchdog required, none usable) must not
         // build the cluster either.
-        lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
+        lock_watchdog(&self.watchdog).arm(lease_ttl(&lease))?;
         // Bound to our lease while we bootstrap: if we die, the key goes away
         // and another member can try.
         if !self.etcd.create_if_absent(&self.keys.initialize(), String::new(), Some(lease.id)).await? {

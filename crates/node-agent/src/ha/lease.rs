@@ -42,6 +42,11 @@ pub(super) async fn forward_renewals(
     }
 }
 
+/// `lease`'s ttl in whole seconds: what the leader key bound to it lives by.
+pub(super) fn lease_ttl(lease: &Lease) -> u32 {
+    u32::try_from(lease.granted_ttl.as_secs()).unwrap_or(u32::MAX)
+}
+
 /// The member lease and the task that renews it (proving the leader key
 /// too, once this member holds it).
 #[derive(Default)]
@@ -241,7 +246,7 @@ impl Agent {
     }
 
     async fn take_leader_key(&mut self, dynamic: &DynamicConfig, lease: Lease) -> anyhow::Result<bool> {
-        lock_watchdog(&self.watchdog).arm(dynamic.ttl)?;
+        lock_watchdog(&self.watchdog).arm(lease_ttl(&lease))?;
         // A replica about to promote says so before it holds the key, so no
         // rejoining node can rewind against it before its first checkpoint.
         let promoting = self.local.borrow().sql.as_ref().is_some_and(|s| s.in_recovery);
