@@ -33,7 +33,7 @@ pub mod yaml;
 pub use cluster::{Node, PgwardenCluster, Service};
 pub use etcd::EtcdCluster;
 pub use haproxy::HaProxy;
-pub use loaded::{Fault, LoadedCluster};
+pub use loaded::{Fault, FaultTarget, Load, LoadedCluster};
 pub use port::free_port;
 pub use postgres::PgInstance;
 pub use process::{TestDir, postgres_user};

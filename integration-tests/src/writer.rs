@@ -25,9 +25,19 @@ impl WriterReport {
     /// The longest time between two acknowledged writes after `from`
     /// (the write-unavailability window of a fault injected then).
     pub fn max_gap_after(&self, from: Instant) -> Duration {
+        self.max_gap_in(from, None)
+    }
+
+    /// As [`WriterReport::max_gap_after`], counting only acknowledgements
+    /// before `to`.
+    pub fn max_gap_between(&self, from: Instant, to: Instant) -> Duration {
+        self.max_gap_in(from, Some(to))
+    }
+
+    fn max_gap_in(&self, from: Instant, to: Option<Instant>) -> Duration {
         let mut previous = self.acked.iter().rev().find(|(_, at)| *at <= from).map_or(from, |(_, at)| *at);
         let mut max = Duration::ZERO;
-        for (_, at) in self.acked.iter().filter(|(_, at)| *at > from) {
+        for (_, at) in self.acked.iter().filter(|(_, at)| *at > from && to.is_none_or(|to| *at < to)) {
             max = max.max(at.duration_since(previous));
             previous = *at;
         }
@@ -206,16 +216,27 @@ impl Writers {
     /// each saw acknowledged: the number of acknowledged rows, and every
     /// acknowledged id missing from its table (`table: ids`).
     pub async fn stop_and_check(self, timeout: Duration) -> anyhow::Result<(usize, Vec<String>)> {
+        let (reports, missing) = self.stop_and_report(timeout).await?;
+        let lost = missing.iter().map(|(table, ids)| format!("{table}: {ids:?}")).collect();
+        Ok((reports.iter().map(|r| r.acked.len()).sum(), lost))
+    }
+
+    /// As [`Writers::stop_and_check`]: each writer's report, and the
+    /// acknowledged ids missing from each table that misses any.
+    pub async fn stop_and_report(
+        self,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<WriterReport>, Vec<(String, Vec<i64>)>)> {
         self.wait_ack_after(Instant::now(), timeout).await?;
-        let (mut acked, mut lost) = (0, Vec::new());
+        let (mut reports, mut lost) = (Vec::new(), Vec::new());
         for (table, writer) in self.writers {
             let report = writer.stop().await;
-            acked += report.acked.len();
             let missing = missing_rows(self.port, &self.password, &table, &report.ids()).await?;
             if !missing.is_empty() {
-                lost.push(format!("{table}: {missing:?}"));
+                lost.push((table, missing));
             }
+            reports.push(report);
         }
-        Ok((acked, lost))
+        Ok((reports, lost))
     }
 }

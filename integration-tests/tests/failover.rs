@@ -425,7 +425,7 @@ async fn a_primary_cut_off_from_etcd_fences_itself_before_a_replica_is_promoted(
     let switch: ha_core::Lsn = history.split('\t').nth(1).expect("a switch point").parse().expect("an LSN");
     println!("etcd cut from the primary: acknowledgements held at {held}, the new timeline starts at {switch}");
     assert!(switch >= held, "the new timeline starts at {switch}, before the hold at {held}");
-    let missing = missing_rows(loaded.write_port, SUPERUSER_PASSWORD, "direct", &direct.ids()).await.expect("read");
+    let missing = missing_rows(loaded.write_port(), SUPERUSER_PASSWORD, "direct", &direct.ids()).await.expect("read");
     assert!(missing.is_empty(), "rows acknowledged by the old primary lost: {missing:?}");
     // Back on etcd, the old primary rejoins as a replica.
     Fault::EtcdCut.recover(&mut loaded.cluster, leader).await.expect("restore");

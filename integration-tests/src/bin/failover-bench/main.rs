@@ -1,8 +1,9 @@
 //! Failover benchmark, pgwarden side by side with Patroni: brings up etcd + 3
 //! nodes + HAProxy (the same deploy/haproxy/haproxy-fast.cfg for every
 //! system) on loopback, runs a client writing a row every 5 ms through
-//! HAProxy, probes every node directly for writability, injects a fault and
-//! measures:
+//! HAProxy, probes every node directly for writability (the harness's
+//! `Load`, as the fault tests use it), injects one of the harness's `Fault`s
+//! (or asks for a switchover) and measures:
 //!
 //! - write unavailability: the longest gap between acknowledged writes after the fault;
 //! - the time to a new `/primary` 200;
@@ -36,11 +37,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
-use pgwarden_integration_tests::haproxy::deploy_config;
-use pgwarden_integration_tests::probe::WriteProbe;
-use pgwarden_integration_tests::writer::{Writer, missing_rows};
-use pgwarden_integration_tests::{HaProxy, free_port, wait_until};
+use pgwarden_integration_tests::{Fault, Load, wait_until};
 use systems::{Cluster, System};
 
 const UP: Duration = Duration::from_secs(120);
@@ -135,53 +132,38 @@ fn fault_phase(system: System, scenario: &str, run: usize, runs: usize) -> Durat
     interval.mul_f64((run as f64 - 0.5) / runs.max(1) as f64)
 }
 
+/// A benchmark scenario: a planned switchover, or a fault of the harness's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Switchover,
+    Fault(Fault),
+}
+
+impl Scenario {
+    fn named(name: &str) -> Option<Self> {
+        if name == "switchover" { Some(Self::Switchover) } else { Fault::named(name).map(Self::Fault) }
+    }
+}
+
 async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Duration) -> anyhow::Result<Run> {
+    let scenario = Scenario::named(scenario).ok_or_else(|| anyhow::anyhow!("unknown scenario {scenario}"))?;
     let leader = cluster.wait_healthy(UP).await?;
-    let (write, read, stats) = (free_port(), free_port(), free_port());
-    let _haproxy =
-        HaProxy::start(&deploy_config(write, read, stats, &cluster.backends()), &[write, read, stats]).await?;
-    let writer = Writer::start(write, SUPERUSER_PASSWORD, table, Duration::from_millis(5)).await?;
-    let probe = WriteProbe::start(&cluster.pg_ports(), SUPERUSER_PASSWORD);
-    // Writes flow before the fault.
-    writer.wait_ack_after(Instant::now(), UP).await?;
-    probe.wait_answered(UP).await?;
+    // One writer, a row every 5 ms, through HAProxy; every node probed.
+    let mut load = Load::start(&cluster.backends(), 1, table, UP).await?;
     tokio::time::sleep(Duration::from_millis(700) + phase).await;
     let old_postmaster = cluster.postmaster_pid(leader);
     let fault = Instant::now();
     match scenario {
-        "switchover" => cluster.switchover(leader).await?,
-        "postgres-killed" => {
-            let pid = cluster.postmaster_pid(leader).ok_or_else(|| anyhow::anyhow!("no postmaster"))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
-        }
-        "node-lost" => cluster.kill_node(leader),
-        "agent-stopped" => match &mut *cluster {
-            Cluster::Pgwarden(c) => {
-                c.nodes[leader].stop_agent();
-            }
-            Cluster::Patroni(c) => {
-                c.nodes[leader].stop();
-            }
-        },
-        "agent-killed" => cluster.kill_agent(leader),
-        "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGSTOP),
-        "etcd-cut" => cluster.proxy(leader).cut(),
-        "etcd-stopped" => match &mut *cluster {
-            Cluster::Pgwarden(c) => c.etcd.kill(0),
-            Cluster::Patroni(c) => c.etcd.kill(0),
-        },
-        other => anyhow::bail!("unknown scenario {other}"),
+        Scenario::Switchover => cluster.switchover(leader).await?,
+        Scenario::Fault(f) => f.inject(cluster.target(), leader).await?,
     }
-    if scenario == "etcd-stopped" {
+    if scenario == Scenario::Fault(Fault::EtcdStopped) {
         // etcd returns once the primary stopped serving (fenced or demoted).
         wait_until("the old primary's /primary to fail", UP, || async {
             Ok::<_, String>((cluster.check(leader, "/primary") != 200).then_some(()))
         })
         .await?;
-        match &mut *cluster {
-            Cluster::Pgwarden(c) => c.etcd.restart(0).await?,
-            Cluster::Patroni(c) => c.etcd.restart(0).await?,
-        }
+        Fault::EtcdStopped.recover(cluster.target(), leader).await?;
     }
     // A new primary: one node answers 200 on /primary and it is another node,
     // or the same node with a new postmaster (restarted in place). Patroni's
@@ -197,44 +179,33 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
     })
     .await?;
     let to_primary = fault.elapsed();
-    writer.wait_ack_after(fault + to_primary, UP).await?;
+    load.wait_writes_after(fault + to_primary, UP).await?;
     // Writes go on a little, so that the timeline shows them back.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let report = writer.stop().await;
-    let primary = wait_until("one primary", UP, || async {
-        match cluster.answering("/primary").as_slice() {
-            [one] => Ok(Some(*one)),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
-    let lost = missing_rows(cluster.pg_ports()[primary], SUPERUSER_PASSWORD, table, &report.ids()).await?.len();
     // The old primary back: its agent restarted or thawed, etcd reachable
-    // again, its node restarted; then streaming from the new primary.
+    // again, its node restarted; then streaming from the new primary. The
+    // writer goes on through the rejoin (its rows are checked too); the
+    // outage and the timeline end here.
     let returned = Instant::now();
-    match scenario {
-        "agent-stopped" | "agent-killed" => cluster.restart_node(leader, false)?,
-        "node-lost" => cluster.restart_node(leader, true)?,
-        "agent-frozen" => cluster.signal_agent(leader, nix::sys::signal::Signal::SIGCONT),
-        "etcd-cut" => cluster.proxy(leader).restore(),
-        _ => {}
+    if let Scenario::Fault(f) = scenario
+        && f != Fault::EtcdStopped
+    {
+        f.recover(cluster.target(), leader).await?;
     }
     let healthy = cluster.wait_healthy(UP).await.is_ok();
     let (rejoined, rejoin) = if healthy { (Some(fault.elapsed()), Some(returned.elapsed())) } else { (None, None) };
-    let two_writers = probe.stop().await.two_writer_seconds();
-    let acks = report
-        .acked
-        .iter()
-        .map(|(_, at)| {
-            if *at >= fault { at.duration_since(fault).as_secs_f64() } else { -fault.duration_since(*at).as_secs_f64() }
-        })
-        .collect();
+    let report = load.stop(UP).await?;
+    let writer = report.writers.first().ok_or_else(|| anyhow::anyhow!("no writer"))?;
+    let relative = |at: Instant| {
+        if at >= fault { at.duration_since(fault).as_secs_f64() } else { -fault.duration_since(at).as_secs_f64() }
+    };
+    let acks = writer.acked.iter().filter(|(_, at)| *at < returned).map(|(_, at)| relative(*at)).collect();
     Ok(Run {
-        unavailable: report.max_gap_after(fault),
+        unavailable: writer.max_gap_between(fault, returned),
         to_primary,
-        lost,
-        acked: report.acked.len(),
-        two_writers,
+        lost: report.lost_rows,
+        acked: report.acknowledged,
+        two_writers: report.probes.two_writer_seconds(),
         rejoined,
         rejoin,
         acks,

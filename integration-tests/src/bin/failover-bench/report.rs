@@ -217,7 +217,8 @@ pub fn markdown(
          black-holed (a TCP proxy per node), restored once a new primary took writes. \"Old primary streaming \
          again\" counts from the fault until all three nodes are healthy again; \"its rejoin\" from the old \
          primary's return (agent restarted or thawed, etcd path restored, node restarted; in a switchover or \
-         postgres-killed, once the new primary took writes) to the same point. The lease-bound scenarios \
+         postgres-killed, once the new primary took writes) to the same point; the writer goes on through the \
+         rejoin (the rows lost count its rows then too), the write outage is measured up to the return. The lease-bound scenarios \
          (node-lost, agent-killed, agent-frozen) inject the fault at run r of R (r-1/2)/R of a renewal interval \
          later in the run (pgwarden renews every ttl/4, Patroni every loop_wait), so that the runs spread over \
          the renewal cycle: their min..max is the cycle's spread, not the luck of one phase.\n"

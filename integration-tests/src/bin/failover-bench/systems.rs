@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use ha_proto::v1::SwitchoverRequest;
-use nix::sys::signal::Signal;
 use pgwarden_integration_tests::haproxy::Backend;
 use pgwarden_integration_tests::patroni::{PatroniCluster, Timings};
-use pgwarden_integration_tests::proxy::TcpProxy;
 use pgwarden_integration_tests::service::http_with;
-use pgwarden_integration_tests::{ClusterSpec, EtcdCluster, PgwardenCluster};
+use pgwarden_integration_tests::{ClusterSpec, EtcdCluster, FaultTarget, PgwardenCluster};
 
 /// One system and its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,10 +69,6 @@ impl Cluster {
         }
     }
 
-    pub fn pg_ports(&self) -> Vec<u16> {
-        self.backends().iter().map(|b| b.pg_port).collect()
-    }
-
     pub fn etcd(&self) -> &EtcdCluster {
         match self {
             Self::Pgwarden(c) => &c.etcd,
@@ -118,55 +112,21 @@ impl Cluster {
     }
 
     pub fn postmaster_pid(&self, i: usize) -> Option<i32> {
+        self.target_ref().postmaster_pid(i)
+    }
+
+    /// What the harness's faults act on.
+    pub fn target(&mut self) -> &mut dyn FaultTarget {
         match self {
-            Self::Pgwarden(c) => c.nodes[i].postmaster_pid(),
-            Self::Patroni(c) => c.nodes[i].postmaster_pid(),
+            Self::Pgwarden(c) => c,
+            Self::Patroni(c) => c,
         }
     }
 
-    /// The HA agent alone: pgwarden-agent, or the Patroni process (which
-    /// also serves Patroni's REST API).
-    pub fn kill_agent(&mut self, i: usize) {
+    fn target_ref(&self) -> &dyn FaultTarget {
         match self {
-            Self::Pgwarden(c) => c.nodes[i].kill_agent(),
-            Self::Patroni(c) => c.nodes[i].kill(),
-        }
-    }
-
-    pub fn signal_agent(&self, i: usize, signal: Signal) {
-        match self {
-            Self::Pgwarden(c) => c.nodes[i].signal_agent(signal),
-            Self::Patroni(c) => c.nodes[i].signal(signal),
-        }
-    }
-
-    pub fn kill_node(&mut self, i: usize) {
-        match self {
-            Self::Pgwarden(c) => c.nodes[i].kill_node(),
-            Self::Patroni(c) => c.nodes[i].kill_node(),
-        }
-    }
-
-    /// Starts the node's services again (after a kill): pgwarden's agent, or
-    /// its agent, health API and controller after a node loss; Patroni.
-    pub fn restart_node(&mut self, i: usize, whole_node: bool) -> anyhow::Result<()> {
-        match self {
-            Self::Pgwarden(c) => {
-                c.nodes[i].start_agent()?;
-                if whole_node {
-                    c.nodes[i].start_health()?;
-                    c.nodes[i].start_controller()?;
-                }
-                Ok(())
-            }
-            Self::Patroni(c) => c.nodes[i].start(),
-        }
-    }
-
-    pub fn proxy(&self, i: usize) -> &TcpProxy {
-        match self {
-            Self::Pgwarden(c) => &c.proxies[i],
-            Self::Patroni(c) => &c.proxies[i],
+            Self::Pgwarden(c) => c,
+            Self::Patroni(c) => c,
         }
     }
 
