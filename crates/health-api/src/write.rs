@@ -99,9 +99,13 @@ fn text_field(body: &serde_json::Map<String, serde_json::Value>, name: &str) -> 
 async fn controller(controller_url: &str) -> Result<ControllerClient<AuthChannel>, Reply> {
     match pgwarden_runtime::grpc::connect(controller_url, Duration::from_secs(3)).await {
         Ok(channel) => Ok(ControllerClient::new(channel)),
+        Err(e) if e.is_local_configuration() => Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the controller cannot be reached with this node's settings: {e}"),
+        )),
         Err(e) => Err(reply(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the controller does not answer ({e:#}): is pgwarden-controller running?"),
+            format!("the controller does not answer ({e}): is pgwarden-controller running?"),
         )),
     }
 }

@@ -150,24 +150,49 @@ pub fn server(tls: Option<&GrpcTls>) -> anyhow::Result<Server> {
         .context("pgwarden.grpc_certfile/grpc_keyfile: the certificate and key do not form a TLS identity")
 }
 
+/// Why [`connect`] found no channel. The first three are this process's
+/// own configuration (retrying does not help: the message names the
+/// setting); the last two are the server's side or the network's.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url} is not a gRPC URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{url} uses TLS, but this node has no pgwarden.grpc_cafile (ctl.cacert for pgwardenctl) to verify it")]
+    NoTrustAnchor { url: String },
+    #[error("{url}: the gRPC TLS settings are not usable: {reason}")]
+    Tls { url: String, reason: String },
+    #[error("{url} did not answer within {timeout:?}")]
+    TimedOut { url: String, timeout: Duration },
+    #[error("{url}: {reason}")]
+    Refused { url: String, reason: String },
+}
+
+impl ConnectError {
+    /// The cause is this process's own settings (a URL or TLS), not the
+    /// server: say what to fix rather than "is it running?".
+    pub fn is_local_configuration(&self) -> bool {
+        matches!(self, Self::BadUrl { .. } | Self::NoTrustAnchor { .. } | Self::Tls { .. })
+    }
+}
+
 /// A channel to `url` (`http://` or `https://`), connected within `timeout`.
-pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<AuthChannel> {
+pub async fn connect(url: &str, timeout: Duration) -> Result<AuthChannel, ConnectError> {
     let settings = CLIENT.get().cloned().unwrap_or_default();
     let mut endpoint = Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("{url} is not a gRPC URL"))?
+        .map_err(|e| ConnectError::BadUrl { url: url.to_string(), reason: error_chain(&e) })?
         .connect_timeout(timeout);
     if url.starts_with("https://") {
         let Some(tls) = settings.tls.clone() else {
-            bail!(
-                "{url} uses TLS, but this node has no pgwarden.grpc_cafile (ctl.cacert for pgwardenctl) to verify it"
-            );
+            return Err(ConnectError::NoTrustAnchor { url: url.to_string() });
         };
-        endpoint = endpoint.tls_config(tls).context("gRPC TLS settings")?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ConnectError::Tls { url: url.to_string(), reason: error_chain(&e) })?;
     }
     let channel = tokio::time::timeout(timeout, endpoint.connect())
         .await
-        .map_err(|_| anyhow::anyhow!("{url} did not answer within {timeout:?}"))?
-        .map_err(|e| anyhow::anyhow!("{url}: {}", error_chain(&e)))?;
+        .map_err(|_| ConnectError::TimedOut { url: url.to_string(), timeout })?
+        .map_err(|e| ConnectError::Refused { url: url.to_string(), reason: error_chain(&e) })?;
     Ok(AuthChannel { inner: channel, authorization: settings.authorization })
 }
 
@@ -298,5 +323,23 @@ mod tests {
         assert!(!authorized(Some(&HeaderValue::from_static("Bearer x")), Some(&auth)));
         assert!(!authorized(Some(&HeaderValue::from_static("Basic !!!")), Some(&auth)));
         assert!(authorized(None, None));
+    }
+
+    /// What a caller branches on: its own settings (fix them) against a
+    /// server that does not answer (start it, or wait).
+    #[tokio::test]
+    async fn a_connect_failure_says_whether_this_processs_settings_are_the_cause() {
+        let timeout = Duration::from_secs(2);
+        // No client settings here: an https URL has nothing to verify it.
+        let no_ca = connect("https://127.0.0.1:1", timeout).await.expect_err("no CA");
+        assert!(matches!(no_ca, ConnectError::NoTrustAnchor { .. }) && no_ca.is_local_configuration(), "{no_ca}");
+        assert!(no_ca.to_string().contains("pgwarden.grpc_cafile"), "{no_ca}");
+        let bad = connect("not a url\n", timeout).await.expect_err("bad URL");
+        assert!(matches!(bad, ConnectError::BadUrl { .. }) && bad.is_local_configuration(), "{bad}");
+        // A port nobody listens on: the server's side.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+        let refused = connect(&format!("http://127.0.0.1:{port}"), timeout).await.expect_err("nobody listens");
+        assert!(!refused.is_local_configuration(), "{refused}");
+        assert!(refused.to_string().starts_with(&format!("http://127.0.0.1:{port}")), "{refused}");
     }
 }
