@@ -25,7 +25,7 @@ use crate::port::free_port;
 use crate::probe::{ProbeReport, WriteProbe};
 use crate::proxy::TcpProxy;
 use crate::spec::ClusterSpec;
-use crate::writer::{WriterReport, Writers};
+use crate::writer::{WRITE_EVERY, WriterReport, Writers};
 
 /// How long the fixture waits for the cluster, the writers and the probes.
 const UP: Duration = Duration::from_secs(90);
@@ -51,6 +51,9 @@ pub struct LoadReport {
     pub lost_rows: usize,
     /// Each writer's acknowledgements, with their times.
     pub writers: Vec<WriterReport>,
+    /// The acknowledged ids missing from each writer's table, in the
+    /// writers' order.
+    pub missing: Vec<Vec<i64>>,
     pub probes: ProbeReport,
 }
 
@@ -59,12 +62,23 @@ impl Load {
     /// clients (tables `{prefix}0`, ...); returns once each client has an
     /// acknowledged row and every node has answered a probe.
     pub async fn start(backends: &[Backend], writers: usize, prefix: &str, within: Duration) -> anyhow::Result<Self> {
+        Self::start_every(backends, writers, prefix, WRITE_EVERY, within).await
+    }
+
+    /// As [`Load::start`], each writer writing every `every`.
+    pub async fn start_every(
+        backends: &[Backend],
+        writers: usize,
+        prefix: &str,
+        every: Duration,
+        within: Duration,
+    ) -> anyhow::Result<Self> {
         let (write_port, read, stats) = (free_port(), free_port(), free_port());
         let haproxy =
             HaProxy::start(&deploy_config(write_port, read, stats, backends), &[write_port, read, stats]).await?;
         let ports: Vec<u16> = backends.iter().map(|b| b.pg_port).collect();
         let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-        let writers = Writers::start(write_port, SUPERUSER_PASSWORD, prefix, writers, within).await?;
+        let writers = Writers::start_every(write_port, SUPERUSER_PASSWORD, prefix, writers, every, within).await?;
         probe.wait_answered(within).await?;
         Ok(Self { haproxy, write_port, writers: Some(writers), probe: Some(probe) })
     }
@@ -78,6 +92,16 @@ impl Load {
             .await
     }
 
+    /// Waits until any writer has an acknowledgement after `instant`; an
+    /// error if none has within `within`.
+    pub async fn wait_any_write_after(&self, instant: Instant, within: Duration) -> anyhow::Result<()> {
+        self.writers
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the load was stopped"))?
+            .wait_any_ack_after(instant, within)
+            .await
+    }
+
     /// Stops the writers once each has written again, reads every
     /// acknowledged row back through HAProxy, and stops the probes. Asserts
     /// nothing: the caller decides what the report may hold.
@@ -87,9 +111,14 @@ impl Load {
         let (writers, missing) = clients.stop_and_report(within).await?;
         let probes = probe.stop().await;
         let acknowledged = writers.iter().map(|w| w.acked.len()).sum();
-        let lost_rows = missing.iter().map(|(_, ids)| ids.len()).sum();
-        let lost = missing.iter().map(|(table, ids)| format!("{table}: {ids:?}")).collect();
-        Ok(LoadReport { acknowledged, lost, lost_rows, writers, probes })
+        let lost_rows = missing.iter().map(Vec::len).sum();
+        let lost = missing
+            .iter()
+            .enumerate()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(w, ids)| format!("writer {w}: {ids:?}"))
+            .collect();
+        Ok(LoadReport { acknowledged, lost, lost_rows, writers, missing, probes })
     }
 }
 
@@ -111,8 +140,13 @@ impl LoadedCluster {
 
     /// As [`LoadedCluster::start`], over a cluster already started.
     pub async fn load(cluster: PgwardenCluster, writers: usize) -> anyhow::Result<Self> {
+        Self::load_writing_every(cluster, writers, WRITE_EVERY).await
+    }
+
+    /// As [`LoadedCluster::load`], each writer writing every `every`.
+    pub async fn load_writing_every(cluster: PgwardenCluster, writers: usize, every: Duration) -> anyhow::Result<Self> {
         let leader = cluster.wait_healthy(UP).await?;
-        let load = Load::start(&cluster.backends(), writers, "acked", UP).await?;
+        let load = Load::start_every(&cluster.backends(), writers, "acked", every, UP).await?;
         Ok(Self { cluster, load, leader })
     }
 
@@ -124,14 +158,20 @@ impl LoadedCluster {
     /// Stops the load once every writer has written again and reads every
     /// acknowledged row back through HAProxy. Panics, naming `fault`, if a
     /// row is missing, if two nodes ever accepted writes at the same moment,
-    /// or if the nodes that accepted writes, in order, are not `writers`
-    /// (`[old, new]` where the old primary may lead again is `[old]` then).
+    /// or if the nodes that accepted writes, in the order of their first
+    /// write, are not `writers` (each counted at its first turn: `[old, new]`
+    /// where the old primary may lead again is `[old]` then).
     pub async fn finish(&mut self, fault: &str, writers: &[usize]) -> LoadReport {
         let report = self.finish_asynchronous(fault).await;
         assert!(report.lost.is_empty(), "{fault}: acknowledged rows lost: {:?}", report.lost);
+        // Each node once, at its first turn (as the probes count them):
         // `[old, new]` with the old primary leading again is `[old]`.
-        let mut expected = writers.to_vec();
-        expected.dedup();
+        let mut expected: Vec<usize> = Vec::new();
+        for &node in writers {
+            if !expected.contains(&node) {
+                expected.push(node);
+            }
+        }
         assert_eq!(report.probes.writers(), expected, "{fault}: the nodes that accepted writes, in order");
         report
     }

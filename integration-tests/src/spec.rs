@@ -58,8 +58,10 @@ impl<'a> ClusterSpec<'a> {
         self
     }
 
-    /// Extra YAML for node `i` (1-based), e.g. a `tags:` section. A node's
-    /// own `etcd3:` or `watchdog:` section replaces the harness's.
+    /// Extra YAML for node `i` (1-based), e.g. a `tags:` section, merged
+    /// into the harness's as values: a node's own `etcd3:` or `watchdog:`
+    /// keys replace the harness's, the others stay (behind proxies, the
+    /// proxy's `etcd3.hosts` stays unless the node sets its own).
     pub fn node_yaml(mut self, yaml: impl Fn(usize) -> String + 'a) -> Self {
         self.node_yaml = Box::new(yaml);
         self
@@ -76,12 +78,41 @@ impl<'a> ClusterSpec<'a> {
             let mut yaml = (self.node_yaml)(i);
             if self.behind_proxies {
                 let proxy = TcpProxy::start(cluster.etcd.client_port(0)).await?;
-                yaml = format!("etcd3:\n  hosts: 127.0.0.1:{}\n{yaml}", proxy.port);
+                yaml = through_proxy(proxy.port, &yaml)?;
                 cluster.proxies.push(proxy);
             }
             cluster.add_node(&format!("node{i}"), &yaml)?;
         }
         cluster.start_all()?;
         Ok(cluster)
+    }
+}
+
+/// A node's YAML with its etcd reached through the proxy on `port`: the
+/// proxy's address under the node's own keys, merged as values (a node's
+/// `etcd3:` section joins it rather than repeating the key).
+fn through_proxy(port: u16, node_yaml: &str) -> anyhow::Result<String> {
+    crate::yaml::merged(&format!("etcd3:\n  hosts: 127.0.0.1:{port}\n"), node_yaml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_etcd3_section_joins_the_proxys_address() {
+        let text = through_proxy(4001, "etcd3:\n  protocol: http\ntags:\n  nosync: true\n").expect("merged");
+        let back: serde_json::Value = serde_saphyr::from_str(&text).expect("reads back");
+        let expected = serde_json::json!({
+            "etcd3": {"hosts": "127.0.0.1:4001", "protocol": "http"},
+            "tags": {"nosync": true},
+        });
+        assert_eq!(back, expected, "{text}");
+        assert_eq!(text.matches("etcd3:").count(), 1, "{text}");
+        let plain = through_proxy(4001, "").expect("merged");
+        assert_eq!(
+            serde_saphyr::from_str::<serde_json::Value>(&plain).expect("reads"),
+            serde_json::json!({"etcd3": {"hosts": "127.0.0.1:4001"}})
+        );
     }
 }

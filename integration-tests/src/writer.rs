@@ -144,6 +144,11 @@ impl Writer {
         .await
     }
 
+    /// The time of the last acknowledged write.
+    pub fn last_ack(&self) -> Option<Instant> {
+        *self.last_ack.lock().expect("ack time")
+    }
+
     pub async fn stop(mut self) -> WriterReport {
         self.stop.store(true, Ordering::Relaxed);
         match self.task.take() {
@@ -167,6 +172,9 @@ pub async fn missing_rows(port: u16, password: &str, table: &str, acked: &[i64])
     Ok(acked.iter().copied().filter(|id| !present.contains(id)).collect())
 }
 
+/// How often each of [`Writers`] writes, unless told otherwise.
+pub const WRITE_EVERY: Duration = Duration::from_millis(5);
+
 /// Several writers at once, each on its own table (`{prefix}0`, `{prefix}1`,
 /// ...): the concurrent clients every fault test runs.
 pub struct Writers {
@@ -185,10 +193,22 @@ impl Writers {
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        Self::start_every(port, password, prefix, count, WRITE_EVERY, timeout).await
+    }
+
+    /// As [`Writers::start`], each writing every `every`.
+    pub async fn start_every(
+        port: u16,
+        password: &str,
+        prefix: &str,
+        count: usize,
+        every: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let mut writers = Vec::new();
         for w in 0..count {
             let table = format!("{prefix}{w}");
-            writers.push((table.clone(), Writer::start(port, password, &table, Duration::from_millis(5)).await?));
+            writers.push((table.clone(), Writer::start(port, password, &table, every).await?));
         }
         let group = Self { port, password: password.to_string(), writers };
         group.wait_ack_after(Instant::now(), timeout).await?;
@@ -212,31 +232,42 @@ impl Writers {
         Ok(())
     }
 
+    /// Waits until any writer has an acknowledgement after `instant` (an
+    /// error if none has within `timeout`: what a test of blocked writes
+    /// wants).
+    pub async fn wait_any_ack_after(&self, instant: Instant, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait::wait_until("an acknowledged write from any writer", timeout, || async {
+            let any = self.writers.iter().any(|(_, w)| w.last_ack().is_some_and(|at| at > instant));
+            Ok::<_, String>(any.then_some(()))
+        })
+        .await
+    }
+
     /// Stops every writer once each has written again, and reads back what
     /// each saw acknowledged: the number of acknowledged rows, and every
     /// acknowledged id missing from its table (`table: ids`).
     pub async fn stop_and_check(self, timeout: Duration) -> anyhow::Result<(usize, Vec<String>)> {
+        let tables: Vec<String> = self.writers.iter().map(|(table, _)| table.clone()).collect();
         let (reports, missing) = self.stop_and_report(timeout).await?;
-        let lost = missing.iter().map(|(table, ids)| format!("{table}: {ids:?}")).collect();
+        let lost = tables
+            .iter()
+            .zip(&missing)
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(table, ids)| format!("{table}: {ids:?}"))
+            .collect();
         Ok((reports.iter().map(|r| r.acked.len()).sum(), lost))
     }
 
     /// As [`Writers::stop_and_check`]: each writer's report, and the
-    /// acknowledged ids missing from each table that misses any.
-    pub async fn stop_and_report(
-        self,
-        timeout: Duration,
-    ) -> anyhow::Result<(Vec<WriterReport>, Vec<(String, Vec<i64>)>)> {
+    /// acknowledged ids missing from its table, in the writers' order.
+    pub async fn stop_and_report(self, timeout: Duration) -> anyhow::Result<(Vec<WriterReport>, Vec<Vec<i64>>)> {
         self.wait_ack_after(Instant::now(), timeout).await?;
-        let (mut reports, mut lost) = (Vec::new(), Vec::new());
+        let (mut reports, mut missing) = (Vec::new(), Vec::new());
         for (table, writer) in self.writers {
             let report = writer.stop().await;
-            let missing = missing_rows(self.port, &self.password, &table, &report.ids()).await?;
-            if !missing.is_empty() {
-                lost.push((table, missing));
-            }
+            missing.push(missing_rows(self.port, &self.password, &table, &report.ids()).await?);
             reports.push(report);
         }
-        Ok((reports, lost))
+        Ok((reports, missing))
     }
 }

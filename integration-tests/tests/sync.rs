@@ -8,19 +8,11 @@
 use std::time::{Duration, Instant};
 
 use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
-use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::loaded as harness;
-use pgwarden_integration_tests::probe::WriteProbe;
 use pgwarden_integration_tests::writer::{Writer, missing_rows};
-use pgwarden_integration_tests::{ClusterSpec, HaProxy, PgwardenCluster, free_port, init_logging, wait_until};
+use pgwarden_integration_tests::{ClusterSpec, LoadedCluster, PgwardenCluster, init_logging, wait_until};
 
 const UP: Duration = Duration::from_secs(90);
-
-struct Setup {
-    cluster: PgwardenCluster,
-    _haproxy: HaProxy,
-    write_port: u16,
-}
 
 /// The standbys the `sync` key lists.
 async fn sync_standbys(cluster: &PgwardenCluster) -> Vec<String> {
@@ -45,19 +37,17 @@ async fn one_sync_standby(cluster: &PgwardenCluster, not: Option<usize>) -> usiz
     .expect("sync standby")
 }
 
-async fn setup(nodes: usize, behind_proxies: bool, strict: bool) -> Setup {
+/// `spec` started and healthy, then synchronous mode turned on at run time
+/// (strict if asked).
+async fn synchronous(spec: ClusterSpec<'_>, strict: bool) -> PgwardenCluster {
     init_logging();
-    let spec = ClusterSpec::nodes(nodes);
-    let cluster = if behind_proxies { spec.behind_proxies() } else { spec }.start().await.expect("start");
+    let cluster = spec.start().await.expect("start");
     cluster.wait_healthy(UP).await.expect("healthy");
     cluster
         .patch_config(serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": strict}))
         .await
         .expect("write config");
-    let (write_port, read, stats) = (free_port(), free_port(), free_port());
-    let config = deploy_config(write_port, read, stats, &cluster.backends());
-    let haproxy = HaProxy::start(&config, &[write_port, read, stats]).await.expect("start haproxy");
-    Setup { cluster, _haproxy: haproxy, write_port }
+    cluster
 }
 
 /// A small deterministic generator for the fault's moment.
@@ -108,70 +98,57 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
     let seed = seed();
     let delay = delay_from(seed);
     println!("{fault:?}: seed {seed} (PGWARDEN_TEST_SEED={seed} replays it), fault {delay:?} into the writes");
-    let mut setup = setup(3, matches!(fault, Fault::Single(harness::Fault::EtcdCut)), false).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    let sync = one_sync_standby(&setup.cluster, Some(leader)).await;
-    let ports: Vec<u16> = setup.cluster.nodes.iter().map(|n| n.pg_port).collect();
-    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
-    probe.wait_answered(UP).await.expect("every node answers the write probe");
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let table = format!("acked{w}");
-        let writer = Writer::start(setup.write_port, SUPERUSER_PASSWORD, &table, Duration::from_millis(2))
-            .await
-            .expect("writer");
-        writers.push((table, writer));
-    }
-    for (_, writer) in &writers {
-        writer.wait_ack_after(Instant::now(), UP).await.expect("sync commits acknowledged");
-    }
+    let spec = ClusterSpec::nodes(3);
+    let spec = if let Fault::Single(harness::Fault::EtcdCut) = fault { spec.behind_proxies() } else { spec };
+    let cluster = synchronous(spec, false).await;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let sync = one_sync_standby(&cluster, Some(leader)).await;
+    let mut loaded =
+        LoadedCluster::load_writing_every(cluster, WRITERS, Duration::from_millis(2)).await.expect("the load");
+    assert_eq!(loaded.leader, leader);
     // Not a sleep standing in for a condition: the fault's moment is the variable under test.
     tokio::time::sleep(delay).await;
+    let cluster = &mut loaded.cluster;
     match fault {
-        Fault::Single(single) => single.inject(&mut setup.cluster, leader).await.expect("inject"),
+        Fault::Single(single) => single.inject(cluster, leader).await.expect("inject"),
         Fault::SyncStandbyKilledThenPrimaryLost => {
-            let pid = setup.cluster.nodes[sync].postmaster_pid().expect("the sync standby's postmaster");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+            harness::Fault::PostgresKilled.inject(cluster, sync).await.expect("kill the sync standby's PostgreSQL");
             // Within a second, as the review's run: the fault's moment again.
             tokio::time::sleep(delay_from(seed.rotate_left(17)) / 2).await;
-            setup.cluster.nodes[leader].kill_node();
+            harness::Fault::NodeLost.inject(cluster, leader).await.expect("lose the primary's node");
         }
         Fault::AgentRestarted => {
-            let node = &mut setup.cluster.nodes[leader];
-            node.kill_agent();
-            node.start_agent().expect("agent again");
+            harness::Fault::AgentKilled.inject(cluster, leader).await.expect("kill the agent");
+            harness::Fault::AgentKilled.recover(cluster, leader).await.expect("agent again");
         }
     }
     let injected = Instant::now();
     let stays = matches!(fault, Fault::Single(harness::Fault::PostgresKilled) | Fault::AgentRestarted);
     let mut new_leader =
-        wait_until("a primary after the fault", Duration::from_secs(60), || one_primary(&setup.cluster, leader, stays))
-            .await;
+        wait_until("a primary after the fault", Duration::from_secs(60), || one_primary(cluster, leader, stays)).await;
     if let (Err(e), Fault::SyncStandbyKilledThenPrimaryLost) = (&new_leader, fault) {
         // The leader took the standby out of `sync` before it was lost:
         // nobody else may take over (the other replica may lack commits
         // acknowledged without it), and the cluster waits for the old
         // primary, as documented (docs/operations.md, section 10).
-        let listed = sync_standbys(&setup.cluster).await;
+        let listed = sync_standbys(cluster).await;
         let other = (0..3).find(|&i| i != leader && i != sync).expect("a third node");
-        assert!(!listed.contains(&setup.cluster.nodes[other].name), "{e}: the other replica is in sync: {listed:?}");
+        assert!(!listed.contains(&cluster.nodes[other].name), "{e}: the other replica is in sync: {listed:?}");
         println!("{fault:?}: no primary while the old one is down ({e}); sync lists {listed:?}: bringing it back");
-        let node = &mut setup.cluster.nodes[leader];
-        node.start_health().expect("health API");
-        node.start_agent().expect("agent");
-        new_leader = wait_until("the old primary back", UP, || one_primary(&setup.cluster, leader, true)).await;
+        harness::Fault::NodeLost.recover(cluster, leader).await.expect("the old primary's services");
+        new_leader = wait_until("the old primary back", UP, || one_primary(cluster, leader, true)).await;
     }
     let new_leader = new_leader.expect("a primary again");
     if new_leader != leader {
         // DESIGN invariant 4: only a member listed in `sync` when it took
         // the key. The leader may have put the other replica in `sync`
         // between the two faults of the compound one (after it caught up).
-        let at_takeover = setup.cluster.key_before_the_leader_took_over("sync").await.expect("read sync's history");
+        let at_takeover = cluster.key_before_the_leader_took_over("sync").await.expect("read sync's history");
         let listed: Vec<String> = at_takeover
             .and_then(|value| serde_json::from_str::<serde_json::Value>(&value).ok())
             .and_then(|json| json["sync_standby"].as_str().map(|s| s.split(',').map(String::from).collect()))
             .unwrap_or_default();
-        let name = &setup.cluster.nodes[new_leader].name;
+        let name = &cluster.nodes[new_leader].name;
         assert!(
             listed.contains(name),
             "{fault:?}: only a synchronous standby may take over; {name} took the key while sync listed {listed:?}"
@@ -180,34 +157,14 @@ async fn no_acknowledged_commit_lost(fault: Fault) {
             println!("{fault:?}: {name} took over, in sync since the first standby left it");
         }
     }
-    for (_, writer) in &writers {
-        writer.wait_ack_after(Instant::now(), UP).await.expect("writes go on");
-    }
-    let probes = probe.stop().await;
-    let (mut acknowledged, mut lost) = (0, Vec::new());
-    let mut window = Duration::ZERO;
-    for (table, writer) in writers {
-        let report = writer.stop().await;
-        let missing = missing_rows(setup.cluster.nodes[new_leader].pg_port, SUPERUSER_PASSWORD, &table, &report.ids())
-            .await
-            .expect("read");
-        acknowledged += report.acked.len();
-        window = window.max(report.max_gap_after(injected));
-        lost.extend(missing.into_iter().map(|id| format!("{table}:{id}")));
-    }
-    println!(
-        "{fault:?}: new primary {} after {:?}; {acknowledged} commits acknowledged by {WRITERS} writers, {} missing; \
-         write window {window:?}; two-writer time {:.3} s; nodes that accepted writes: {:?}",
-        setup.cluster.nodes[new_leader].name,
-        injected.elapsed(),
-        lost.len(),
-        probes.two_writer_seconds(),
-        probes.writers()
-    );
-    assert!(lost.is_empty(), "{fault:?} (seed {seed}): acknowledged commits lost: {lost:?}");
-    assert_eq!(probes.two_writer_seconds(), 0.0, "{fault:?} (seed {seed}): two nodes accepted writes at once");
+    println!("{fault:?} (seed {seed}): new primary {} after {:?}", cluster.nodes[new_leader].name, injected.elapsed());
+    // No acknowledged commit missing, never two writable nodes, and only the
+    // old and the new primary accepted writes, in that order.
+    let report = loaded.finish(&format!("{fault:?} (seed {seed})"), &[leader, new_leader]).await;
+    let window = report.writers.iter().map(|w| w.max_gap_after(injected)).max().unwrap_or_default();
+    println!("{fault:?}: write window {window:?}");
     if let Fault::Single(single @ (harness::Fault::AgentFrozen | harness::Fault::EtcdCut)) = fault {
-        single.recover(&mut setup.cluster, leader).await.expect("recover");
+        single.recover(&mut loaded.cluster, leader).await.expect("recover");
     }
 }
 
@@ -243,8 +200,7 @@ async fn sync_mode_agent_restarted_under_the_primary_loses_no_acknowledged_commi
 
 #[tokio::test]
 async fn sync_mode_turns_on_and_off_at_run_time_and_shows_everywhere() {
-    let setup = setup(3, false, false).await;
-    let cluster = &setup.cluster;
+    let cluster = &synchronous(ClusterSpec::nodes(3), false).await;
     let leader = cluster.wait_primary(UP).await.expect("primary");
     let sync = one_sync_standby(cluster, Some(leader)).await;
     let other = (0..3).find(|&i| i != leader && i != sync).expect("the third node");
@@ -306,37 +262,30 @@ fn rest_auth() -> String {
 
 #[tokio::test]
 async fn a_lost_sync_standby_is_replaced_when_not_strict() {
-    let mut setup = setup(3, false, false).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    let sync = one_sync_standby(&setup.cluster, Some(leader)).await;
-    let writer =
-        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
-    setup.cluster.nodes[sync].kill_node();
+    let cluster = synchronous(ClusterSpec::nodes(3), false).await;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let sync = one_sync_standby(&cluster, Some(leader)).await;
+    let mut loaded = LoadedCluster::load(cluster, WRITERS).await.expect("the load");
+    harness::Fault::NodeLost.inject(&mut loaded.cluster, sync).await.expect("lose the sync standby");
     let killed = Instant::now();
-    let replacement = one_sync_standby(&setup.cluster, Some(sync)).await;
+    let replacement = one_sync_standby(&loaded.cluster, Some(sync)).await;
     assert_ne!(replacement, leader);
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes go on with the new sync standby");
-    let report = writer.stop().await;
-    println!(
-        "sync standby lost: replaced after {:?}; longest write gap {:?}",
-        killed.elapsed(),
-        report.max_gap_after(killed)
-    );
+    loaded.wait_writes_after(Instant::now()).await.expect("writes go on with the new sync standby");
+    let report = loaded.finish("sync standby lost", &[leader]).await;
+    let gap = report.writers.iter().map(|w| w.max_gap_after(killed)).max().unwrap_or_default();
+    println!("sync standby lost: replaced after {:?}; longest write gap {gap:?}", killed.elapsed());
 }
 
 #[tokio::test]
 async fn strict_mode_blocks_writes_without_a_standby_and_resumes_when_one_returns() {
-    let mut setup = setup(2, false, true).await;
-    let leader = setup.cluster.wait_primary(UP).await.expect("primary");
-    let standby = one_sync_standby(&setup.cluster, Some(leader)).await;
-    let writer =
-        Writer::start(setup.write_port, SUPERUSER_PASSWORD, "acked", Duration::from_millis(5)).await.expect("writer");
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes");
-    setup.cluster.nodes[standby].kill_node();
+    let cluster = synchronous(ClusterSpec::nodes(2), true).await;
+    let leader = cluster.wait_primary(UP).await.expect("primary");
+    let standby = one_sync_standby(&cluster, Some(leader)).await;
+    let mut loaded = LoadedCluster::load(cluster, WRITERS).await.expect("the load");
+    harness::Fault::NodeLost.inject(&mut loaded.cluster, standby).await.expect("lose the standby");
     let killed = Instant::now();
     // The leader drops the dead standby and lists the placeholder: commits wait.
-    let leader_node = &setup.cluster.nodes[leader];
+    let leader_node = &loaded.cluster.nodes[leader];
     wait_until("the placeholder to be listed", UP, || async {
         let names = leader_node.psql("show synchronous_standby_names").map_err(|e| e.to_string())?;
         Ok::<_, String>(names.contains("placeholder").then_some(()))
@@ -344,18 +293,15 @@ async fn strict_mode_blocks_writes_without_a_standby_and_resumes_when_one_return
     .await
     .expect("strict placeholder");
     let blocked_from = Instant::now();
-    // Observe a window of blocked writes: any acknowledgement inside it fails the test.
+    // Observe a window of blocked writes: an acknowledgement to any writer
+    // inside it fails the test.
     let window = Duration::from_secs(4);
-    let early = writer.wait_ack_after(blocked_from, window).await;
+    let early = loaded.load.wait_any_write_after(blocked_from, window).await;
     assert!(early.is_err(), "a commit was acknowledged with no synchronous standby in strict mode");
-    // The standby returns: writes resume.
-    let node = &mut setup.cluster.nodes[standby];
-    node.start_agent().expect("agent");
-    node.start_health().expect("health");
-    writer.wait_ack_after(Instant::now(), UP).await.expect("writes resume with the standby back");
-    let report = writer.stop().await;
-    let missing = missing_rows(setup.write_port, SUPERUSER_PASSWORD, "acked", &report.ids()).await.expect("read");
-    assert!(missing.is_empty(), "{missing:?}");
+    // The standby returns: writes resume, and none acknowledged is missing.
+    harness::Fault::NodeLost.recover(&mut loaded.cluster, standby).await.expect("the standby's services");
+    loaded.wait_writes_after(Instant::now()).await.expect("writes resume with the standby back");
+    loaded.finish("strict, standby lost and back", &[leader]).await;
     println!("strict: writes blocked from {:?} after the kill until the standby returned", blocked_from - killed);
 }
 
@@ -445,15 +391,12 @@ async fn a_cluster_bootstrapped_in_synchronous_mode_forms_and_takes_a_sync_stand
 /// held transaction writes more WAL than the limit.
 #[tokio::test]
 async fn a_hung_sync_standby_past_maximum_lag_on_syncnode_is_swapped_out() {
-    let setup = setup(3, false, false).await;
-    let cluster = &setup.cluster;
+    let cluster = synchronous(ClusterSpec::nodes(3), false).await;
     let leader = cluster.wait_primary(UP).await.expect("primary");
-    let hung = one_sync_standby(cluster, Some(leader)).await;
+    let hung = one_sync_standby(&cluster, Some(leader)).await;
     cluster.patch_config(serde_json::json!({"maximum_lag_on_syncnode": 1_048_576})).await.expect("set the limit");
-    let writers =
-        pgwarden_integration_tests::writer::Writers::start(setup.write_port, SUPERUSER_PASSWORD, "lagw", 2, UP)
-            .await
-            .expect("writers");
+    let mut loaded = LoadedCluster::load(cluster, 2).await.expect("the load");
+    let cluster = &loaded.cluster;
     let receiver: i32 = cluster.nodes[hung]
         .psql("select pid from pg_stat_wal_receiver")
         .expect("the sync standby's WAL receiver")
@@ -481,9 +424,8 @@ async fn a_hung_sync_standby_past_maximum_lag_on_syncnode_is_swapped_out() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
     assert_eq!(still, "streaming", "the hung standby was still connected when it was swapped out");
     big.await.expect("join").expect("the held transaction commits once the standby is swapped out");
-    writers.wait_ack_after(Instant::now(), UP).await.expect("writes go on");
-    let (acked, lost) = writers.stop_and_check(UP).await.expect("writers stop");
-    assert!(acked > 0 && lost.is_empty(), "acknowledged {acked}, lost {lost:?}");
+    loaded.wait_writes_after(Instant::now()).await.expect("writes go on");
+    loaded.finish("hung sync standby", &[leader]).await;
     println!("hung sync standby swapped out after {swapped:?}");
 }
 
@@ -542,8 +484,7 @@ async fn a_later_standby_with_a_higher_sync_priority_takes_the_synchronous_role(
 /// `maximum_lag_on_syncnode` it is swapped out for the other standby.
 #[tokio::test]
 async fn with_remote_apply_a_sync_standby_whose_replay_is_paused_is_swapped_out() {
-    let setup = setup(3, false, false).await;
-    let cluster = &setup.cluster;
+    let cluster = &synchronous(ClusterSpec::nodes(3), false).await;
     let leader = cluster.wait_primary(UP).await.expect("primary");
     let paused = one_sync_standby(cluster, Some(leader)).await;
     cluster

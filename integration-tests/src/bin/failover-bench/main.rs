@@ -106,6 +106,11 @@ pub struct Run {
     pub rejoin: Option<Duration>,
     /// Acknowledgement times, seconds relative to the fault (for the plot).
     pub acks: Vec<f64>,
+    /// When each lost row had been acknowledged, seconds relative to the
+    /// fault (asynchronous replication can lose what the old primary
+    /// acknowledged last before it failed; a loss after the fault would
+    /// be another matter).
+    pub lost_at: Vec<f64>,
 }
 
 /// One fault on a running, healthy `cluster`; the rows go to `table` (new
@@ -200,6 +205,8 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
         if at >= fault { at.duration_since(fault).as_secs_f64() } else { -fault.duration_since(at).as_secs_f64() }
     };
     let acks = writer.acked.iter().filter(|(_, at)| *at < returned).map(|(_, at)| relative(*at)).collect();
+    let missing = report.missing.first().map(Vec::as_slice).unwrap_or_default();
+    let lost_at = writer.acked.iter().filter(|(id, _)| missing.contains(id)).map(|(_, at)| relative(*at)).collect();
     Ok(Run {
         unavailable: writer.max_gap_between(fault, returned),
         to_primary,
@@ -209,6 +216,7 @@ async fn run_once(cluster: &mut Cluster, table: &str, scenario: &str, phase: Dur
         rejoined,
         rejoin,
         acks,
+        lost_at,
     })
 }
 
@@ -292,6 +300,10 @@ async fn main() -> anyhow::Result<()> {
                     run.rejoined.map_or("no".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                     run.rejoin.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
                 );
+                if !run.lost_at.is_empty() {
+                    let at: Vec<String> = run.lost_at.iter().map(|t| format!("{t:+.3} s")).collect();
+                    println!("{prefix} the lost rows were acknowledged at {} from the fault", at.join(", "));
+                }
                 if run.rejoined.is_none() {
                     cluster = None;
                 }

@@ -202,6 +202,24 @@ pub fn markdown(
             );
         }
     }
+    let lost_rows: Vec<String> = results
+        .runs
+        .iter()
+        .filter(|(_, _, run)| !run.lost_at.is_empty())
+        .map(|(system, scenario, run)| {
+            let at: Vec<String> = run.lost_at.iter().map(|t| format!("{t:+.3} s")).collect();
+            format!("{scenario}, {}: acknowledged at {} from the fault", system.label(), at.join(", "))
+        })
+        .collect();
+    if !lost_rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "
+Acknowledged rows lost, each with the moment its commit was acknowledged (asynchronous replication \
+             may lose what the old primary acknowledged just before it failed): {}.\n",
+            lost_rows.join("; ")
+        );
+    }
     for (system, scenario, why) in &results.failures {
         let _ =
             writeln!(md, "| {scenario} | {} | **run failed**: {} | | | | | |", system.label(), why.replace('|', "/"));
