@@ -42,7 +42,7 @@ pub fn decide(obs: &Observed) -> Decision {
         _ => obs,
     };
     let decision = decide_unfenced(obs);
-    let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+    let rebind_own = matches!(obs.pg, RunningAs::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
     if decision.action == Some(Action::AcquireLeader) && !rebind_own {
         if let Some(leader) = obs.failsafe_leader.as_deref().filter(|l| *l != obs.me) {
             return Decision::idle(format!(
@@ -62,7 +62,7 @@ pub fn decide(obs: &Observed) -> Decision {
     // waits (its member key tells the others to pass it over) rather than
     // take another path, such as starting read-only instead of resuming. Its
     // own key on an old lease is still re-bound: it already leads.
-    let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+    let rebind_own = matches!(obs.pg, RunningAs::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
     if decision.action == Some(Action::AcquireLeader) && !obs.can_lead && !rebind_own {
         return Decision::idle(format!(
             "{}, but the fencer beside this agent has not acknowledged: waiting for it",
@@ -80,7 +80,7 @@ fn standby_leader(obs: &Observed) -> Decision {
     // A switchover: the same checks as a primary's, then the key is handed
     // over by releasing it (nothing to stop or wait for: nobody here writes);
     // the candidate takes it and follows the remote, this member follows it.
-    if let (PgRun::Replica { .. }, Some(request)) = (&obs.pg, &obs.failover) {
+    if let (RunningAs::Replica { .. }, Some(request)) = (&obs.pg, &obs.failover) {
         let decision = leader_failover(obs, request);
         return match decision.action {
             Some(Action::Switchover { .. }) => Decision::act(
@@ -107,11 +107,11 @@ fn standby_leader(obs: &Observed) -> Decision {
     let forked = obs.data.as_ref().and_then(|data| forked_standby(obs, data));
     match &obs.pg {
         _ if obs.paused => Decision::idle("paused: standby leader, no automatic action"),
-        PgRun::Primary { .. } => Decision::act(
+        RunningAs::Primary { .. } => Decision::act(
             "standby cluster: the leader runs as a primary; stop it to follow the remote primary",
             Action::Demote,
         ),
-        PgRun::Replica { lsn, timeline, .. } if let Some((tl, end)) = diverged(*lsn, *timeline) => Decision::act(
+        RunningAs::Replica { lsn, timeline, .. } if let Some((tl, end)) = diverged(*lsn, *timeline) => Decision::act(
             format!(
                 "standby leader diverged from the remote primary: its WAL ({}) is past where timeline {tl} ended \
                  there ({}); stop it to rewind onto the remote primary",
@@ -120,7 +120,7 @@ fn standby_leader(obs: &Observed) -> Decision {
             ),
             Action::Demote,
         ),
-        PgRun::Transitioning if let Some((tl, end)) = forked => Decision::act(
+        RunningAs::Transitioning if let Some((tl, end)) = forked => Decision::act(
             format!(
                 "standby leader still starting, its data past where timeline {tl} ended on the remote primary ({}): \
                  stop it to rewind",
@@ -128,14 +128,16 @@ fn standby_leader(obs: &Observed) -> Decision {
             ),
             Action::Demote,
         ),
-        PgRun::Replica { .. } if obs.follows_remote => Decision::idle("standby leader: following the remote primary"),
-        PgRun::Replica { .. } => Decision::act("standby leader: follow the remote primary", Action::FollowRemote),
-        PgRun::Stopped if obs.data.as_ref().is_some_and(|d| d.was_primary) => Decision::act(
+        RunningAs::Replica { .. } if obs.follows_remote => {
+            Decision::idle("standby leader: following the remote primary")
+        }
+        RunningAs::Replica { .. } => Decision::act("standby leader: follow the remote primary", Action::FollowRemote),
+        RunningAs::Stopped if obs.data.as_ref().is_some_and(|d| d.was_primary) => Decision::act(
             "standby leader: a primary's data directory joins the remote primary's timeline (pg_rewind where it \
              diverged), then follows it",
             Action::RejoinRemote,
         ),
-        PgRun::Stopped if let Some((tl, end)) = forked => Decision::act(
+        RunningAs::Stopped if let Some((tl, end)) = forked => Decision::act(
             format!(
                 "standby leader: the data directory is past where timeline {tl} ended on the remote primary ({}): \
                  pg_rewind onto it, then follow it",
@@ -143,11 +145,11 @@ fn standby_leader(obs: &Observed) -> Decision {
             ),
             Action::RejoinRemote,
         ),
-        PgRun::Stopped if obs.data.is_some() => {
+        RunningAs::Stopped if obs.data.is_some() => {
             Decision::act("standby leader: start as a standby of the remote primary", Action::StartStandbyLeader)
         }
-        PgRun::Stopped => Decision::idle("leader key held without data: waiting"),
-        PgRun::Transitioning => Decision::idle("standby leader: PostgreSQL is starting or stopping"),
+        RunningAs::Stopped => Decision::idle("leader key held without data: waiting"),
+        RunningAs::Transitioning => Decision::idle("standby leader: PostgreSQL is starting or stopping"),
     }
 }
 
@@ -170,13 +172,13 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     }
     // A former primary's data directory starting up (crash recovery) will
     // open as a writable primary: it is treated as one.
-    let starting_primary = obs.pg == PgRun::Transitioning
+    let starting_primary = obs.pg == RunningAs::Transitioning
         && obs.pg_starting
         && obs.data.as_ref().is_some_and(|d| d.was_primary)
         && !obs.holds_leader;
     // Without etcd, the only safe decisions are those about a primary that
     // can no longer prove the key (DESIGN invariant 1): everything else waits.
-    if !obs.etcd_answered && !matches!(obs.pg, PgRun::Primary { .. }) && !starting_primary {
+    if !obs.etcd_answered && !matches!(obs.pg, RunningAs::Primary { .. }) && !starting_primary {
         return Decision::idle("etcd unreachable: waiting");
     }
     if starting_primary && !obs.paused {
@@ -196,11 +198,11 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     }
     if obs.holds_leader {
         return match (&obs.pg, &obs.failover) {
-            (PgRun::Primary { .. }, Some(request)) => leader_failover(obs, request),
+            (RunningAs::Primary { .. }, Some(request)) => leader_failover(obs, request),
             // The fencer beside this agent went silent: a further fault (the
             // agent frozen) would leave nobody to fence this primary. Hand
             // over while that is still clean; stay if nobody can take over.
-            (PgRun::Primary { .. }, None) if obs.fencer_lost && !obs.paused => match switchover_candidate(obs) {
+            (RunningAs::Primary { .. }, None) if obs.fencer_lost && !obs.paused => match switchover_candidate(obs) {
                 Some(candidate) => Decision::act(
                     format!("leader, but the fencer beside this agent stopped acknowledging: hand over to {candidate}"),
                     Action::Switchover { candidate: None },
@@ -209,26 +211,28 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                     "leader, but the fencer beside this agent stopped acknowledging and no member can take over: staying",
                 ),
             },
-            (PgRun::Primary { .. }, None) => Decision::idle("leader: running as primary"),
+            (RunningAs::Primary { .. }, None) => Decision::idle("leader: running as primary"),
             // The one thing a pause allows, finished: the candidate a named
             // switchover or failover handed the key to promotes.
-            (PgRun::Replica { .. }, Some(request)) if obs.paused && request.candidate.as_deref() == Some(&obs.me) => {
+            (RunningAs::Replica { .. }, Some(request))
+                if obs.paused && request.candidate.as_deref() == Some(&obs.me) =>
+            {
                 Decision::act("paused, but the request names me and I hold the key: promote", Action::Promote)
             }
             (_, _) if obs.paused => Decision::idle("paused: leader, no automatic action"),
-            (PgRun::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
+            (RunningAs::Replica { .. }, _) => Decision::act("leader key held: promote", Action::Promote),
             // `pg_ctl start` gave up, but the postmaster may still finish
             // crash recovery and open as a writable primary: stop it, and
             // give the key up only once it is gone.
-            (PgRun::Transitioning, _) if obs.start_timed_out() => Decision::act(
+            (RunningAs::Transitioning, _) if obs.start_timed_out() => Decision::act(
                 "PostgreSQL is not back within primary_start_timeout: stop it before releasing the leader key",
                 Action::Demote,
             ),
-            (PgRun::Stopped, _) if obs.start_timed_out() => Decision::act(
+            (RunningAs::Stopped, _) if obs.start_timed_out() => Decision::act(
                 "PostgreSQL is not back within primary_start_timeout: release the leader key",
                 Action::ReleaseLeader,
             ),
-            (PgRun::Stopped, _) if obs.primary_start_failed => Decision::act(
+            (RunningAs::Stopped, _) if obs.primary_start_failed => Decision::act(
                 "PostgreSQL failed to start as primary: release the leader key so that a replica takes over",
                 Action::ReleaseLeader,
             ),
@@ -236,15 +240,15 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             // would stay on its timeline with no history entry, and a former
             // primary's diverged WAL would later look like no divergence at
             // all. It starts as a replica and is promoted onto a new timeline.
-            (PgRun::Stopped, _) if obs.data.as_ref().is_some_and(|d| !d.was_primary) => Decision::act(
+            (RunningAs::Stopped, _) if obs.data.as_ref().is_some_and(|d| !d.was_primary) => Decision::act(
                 "leader key held, a replica's data directory: start it read-only, then promote",
                 Action::StartReplica { upstream: None },
             ),
-            (PgRun::Stopped, _) if obs.data.is_some() => {
+            (RunningAs::Stopped, _) if obs.data.is_some() => {
                 Decision::act("leader key held: start as primary", Action::StartPrimary)
             }
-            (PgRun::Stopped, _) => Decision::idle("leader key held without data: waiting"),
-            (PgRun::Transitioning, _) => Decision::idle("leader: PostgreSQL is starting or stopping"),
+            (RunningAs::Stopped, _) => Decision::idle("leader key held without data: waiting"),
+            (RunningAs::Transitioning, _) => Decision::idle("leader: PostgreSQL is starting or stopping"),
         };
     }
 
@@ -253,7 +257,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // A running primary keeps (or takes back) its key during a pause: no
         // failover happens then, but a primary without its key would meet a
         // racing replica the moment the pause ends (as in Patroni).
-        if matches!(obs.pg, PgRun::Primary { .. })
+        if matches!(obs.pg, RunningAs::Primary { .. })
             && obs.etcd_answered
             && obs.initialize.is_some()
             && (leader_is_me || obs.leader.is_none())
@@ -264,7 +268,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             );
         }
         // A named switchover or failover is the one thing a pause allows.
-        if let PgRun::Replica { lsn, timeline, .. } = obs.pg
+        if let RunningAs::Replica { lsn, timeline, .. } = obs.pg
             && named_candidate == Some(obs.me.as_str())
             && request_due
             && named_may_lead(obs, lsn, timeline)
@@ -275,7 +279,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         }
         // The former primary a switchover stopped rejoins the new leader, as
         // in Patroni: the switchover's own last step.
-        if obs.pg == PgRun::Stopped
+        if obs.pg == RunningAs::Stopped
             && obs.released_leader()
             && let (Some(leader), Some(data)) = (other_leader, obs.data.as_ref())
             && data.was_primary
@@ -304,7 +308,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                         Action::Clone { source: leader.to_string() },
                     );
                 }
-                (Some(data), PgRun::Stopped) if !data.was_primary => {
+                (Some(data), RunningAs::Stopped) if !data.was_primary => {
                     return Decision::act(
                         format!("paused, reinitializing on request: start as a replica of {leader}"),
                         Action::StartReplica { upstream: stream_source(obs, leader) },
@@ -316,7 +320,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         return Decision::idle("paused: no automatic action");
     }
 
-    if let PgRun::Primary { .. } = obs.pg {
+    if let RunningAs::Primary { .. } = obs.pg {
         // A primary in a scope etcd knows nothing of (no initialize key, no
         // leader) is not pgwarden's: someone else's cluster (Patroni on
         // etcd's v2 API, another namespace). Stopping it would take a live
@@ -396,7 +400,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     let data = obs.data.as_ref().expect("checked above");
     let forked = forked_standby(obs, data);
     match (&obs.pg, other_leader) {
-        (PgRun::Transitioning, Some(leader)) if forked.is_some() => {
+        (RunningAs::Transitioning, Some(leader)) if forked.is_some() => {
             let (timeline, end) = forked.unwrap_or_default();
             Decision::act(
                 format!(
@@ -411,7 +415,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // a failed rewind) stays `starting` until it has a WAL source: it
         // was started without one (no leader then) or with an old leader's.
         // Naming the leader needs only a reload, never makes it writable.
-        (PgRun::Transitioning, Some(leader))
+        (RunningAs::Transitioning, Some(leader))
             if !data.was_primary
                 && let Some(source) = stream_source(obs, leader)
                 && obs.standby_upstream.as_deref() != Some(source.as_str()) =>
@@ -421,8 +425,8 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::Follow { upstream: Some(source) },
             )
         }
-        (PgRun::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
-        (PgRun::Stopped, Some(leader)) => {
+        (RunningAs::Transitioning, _) => Decision::idle("PostgreSQL is starting or stopping"),
+        (RunningAs::Stopped, Some(leader)) => {
             let newer_timeline = obs.leader_timeline.is_some_and(|tl| tl > data.timeline);
             let fresh_restore = data.restored_backup && !data.was_primary;
             if fresh_restore || !(data.was_primary || newer_timeline || forked.is_some()) {
@@ -452,7 +456,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 )
             }
         }
-        (PgRun::Stopped, None)
+        (RunningAs::Stopped, None)
             if may_resume(obs, data)
                 && (leader_is_me
                     || (i_am_eligible
@@ -466,7 +470,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::AcquireLeader,
             )
         }
-        (PgRun::Stopped, None) => Decision::act(
+        (RunningAs::Stopped, None) => Decision::act(
             "no leader: start read-only to learn the WAL position",
             Action::StartReplica { upstream: None },
         ),
@@ -474,7 +478,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // can never follow the new one (PostgreSQL refuses: "forked off
         // before the current recovery point"): stop it, so it rejoins by
         // pg_rewind.
-        (PgRun::Replica { lsn, timeline, .. }, Some(leader))
+        (RunningAs::Replica { lsn, timeline, .. }, Some(leader))
             if obs.leader_timeline.is_some_and(|tl| tl > *timeline)
                 && obs.history_switches.iter().any(|(tl, end)| tl == timeline && lsn > end) =>
         {
@@ -485,7 +489,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::Demote,
             )
         }
-        (PgRun::Replica { upstream, .. }, Some(leader)) if *upstream != stream_source(obs, leader) => {
+        (RunningAs::Replica { upstream, .. }, Some(leader)) if *upstream != stream_source(obs, leader) => {
             let source = stream_source(obs, leader);
             Decision::act(
                 match source.as_deref() {
@@ -496,24 +500,30 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::Follow { upstream: source },
             )
         }
-        (PgRun::Replica { upstream: None, .. }, Some(leader)) => {
+        (RunningAs::Replica { upstream: None, .. }, Some(leader)) => {
             Decision::idle(format!("replica of {leader}, recovering without streaming (nostream)"))
         }
-        (PgRun::Replica { upstream: Some(source), .. }, Some(leader)) => match (&obs.not_streaming, source == leader) {
-            (None, true) => Decision::idle(format!("replica streaming from {leader}")),
-            (None, false) => Decision::idle(format!("replica of {leader}, streaming from {source} (replicatefrom)")),
-            (Some(why), true) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
-            (Some(why), false) => Decision::idle(format!("replica of {leader}, not streaming from {source}: {why}")),
-        },
+        (RunningAs::Replica { upstream: Some(source), .. }, Some(leader)) => {
+            match (&obs.not_streaming, source == leader) {
+                (None, true) => Decision::idle(format!("replica streaming from {leader}")),
+                (None, false) => {
+                    Decision::idle(format!("replica of {leader}, streaming from {source} (replicatefrom)"))
+                }
+                (Some(why), true) => Decision::idle(format!("replica of {leader}, not streaming: {why}")),
+                (Some(why), false) => {
+                    Decision::idle(format!("replica of {leader}, not streaming from {source}: {why}"))
+                }
+            }
+        }
         // The key names this member, on a lease its renewal task no longer
         // proves (a renewal was late, the agent restarted), and PostgreSQL
         // is not a primary: give the key up (compare-and-swap on value and
         // lease) so that the race runs, rather than hold it unproven.
-        (PgRun::Replica { .. }, None) if leader_is_me => Decision::act(
+        (RunningAs::Replica { .. }, None) if leader_is_me => Decision::act(
             "the leader key names me, unproven, and PostgreSQL is not a primary: give it up so the race can run",
             Action::ReleaseLeader,
         ),
-        (PgRun::Replica { .. }, None) if obs.peers.iter().any(|p| p.primary) => {
+        (RunningAs::Replica { .. }, None) if obs.peers.iter().any(|p| p.primary) => {
             let alive: Vec<&str> = obs.peers.iter().filter(|p| p.primary).map(|p| p.name.as_str()).collect();
             Decision::idle(format!(
                 "no leader, but {} still runs as a primary: waiting for it to fence itself or take its key back",
@@ -524,23 +534,23 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         // invariant 4): in `sync` in synchronous mode, within the lag limit,
         // and only once the request is due. One that does not is passed
         // over: the others race as usual and the new leader clears it.
-        (PgRun::Replica { lsn, timeline, .. }, None)
+        (RunningAs::Replica { lsn, timeline, .. }, None)
             if named_candidate == Some(obs.me.as_str()) && request_due && named_may_lead(obs, *lsn, *timeline) =>
         {
             Decision::act("the switchover names me: take the leader key", Action::AcquireLeader)
         }
-        (PgRun::Replica { lsn, .. }, None)
+        (RunningAs::Replica { lsn, .. }, None)
             if request_due && named_candidate.is_some_and(|c| named_peer_may_take_over(obs, c, *lsn)) =>
         {
             Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
         }
-        (PgRun::Replica { lsn, timeline, .. }, None) if is_best_candidate(obs, *lsn, *timeline) => {
+        (RunningAs::Replica { lsn, timeline, .. }, None) if is_best_candidate(obs, *lsn, *timeline) => {
             Decision::act("no leader and I am the best candidate: take the leader key", Action::AcquireLeader)
         }
-        (PgRun::Replica { timeline, .. }, None) if behind_cluster_timeline(obs, *timeline) => Decision::idle(format!(
-            "no leader: not a candidate, timeline {timeline} ended with a promotion the history key records"
-        )),
-        (PgRun::Replica { lsn, .. }, None) => match obs.cluster_optime.map(|optime| optime.saturating_sub(*lsn)) {
+        (RunningAs::Replica { timeline, .. }, None) if behind_cluster_timeline(obs, *timeline) => Decision::idle(
+            format!("no leader: not a candidate, timeline {timeline} ended with a promotion the history key records"),
+        ),
+        (RunningAs::Replica { lsn, .. }, None) => match obs.cluster_optime.map(|optime| optime.saturating_sub(*lsn)) {
             Some(lag) if lag > obs.maximum_lag_on_failover => Decision::idle(format!(
                 "no leader: not a candidate, {lag} bytes behind the last leader (maximum_lag_on_failover {})",
                 obs.maximum_lag_on_failover
@@ -557,7 +567,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             },
         },
         // A primary never gets here (it returned above); stay idle if it did.
-        (PgRun::Primary { .. }, _) => Decision::idle("running as primary"),
+        (RunningAs::Primary { .. }, _) => Decision::idle("running as primary"),
     }
 }
 
@@ -575,7 +585,7 @@ mod tests {
         Observed {
             me: "b".into(),
             data: Some(dir(false, None)),
-            pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+            pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             pg_starting: false,
             standby_upstream: Some("a".into()),
             initialize: Some("7".into()),
@@ -625,7 +635,7 @@ mod tests {
         Observed {
             leader: Some("b".into()),
             holds_leader: true,
-            pg: PgRun::Primary { lsn: 100, timeline: 1 },
+            pg: RunningAs::Primary { lsn: 100, timeline: 1 },
             peers: vec![peer("a", 100), peer("c", 100)],
             ..base()
         }
@@ -634,7 +644,7 @@ mod tests {
     /// The former primary `b`, stopped, no leader key, replicas on its timeline.
     fn resumable() -> Observed {
         Observed {
-            pg: PgRun::Stopped,
+            pg: RunningAs::Stopped,
             data: Some(dir(true, Some(1 << 40))),
             leader: None,
             leader_timeline: None,
@@ -650,10 +660,12 @@ mod tests {
             Observed { replicatefrom: Some("c".into()), peers: vec![peer("a", 100), peer("c", 100)], ..base() };
         assert_eq!(stream_source(&cascading, "a").as_deref(), Some("c"));
         assert_eq!(decide(&cascading).action, Some(Action::Follow { upstream: Some("c".into()) }));
-        let there =
-            Observed { pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("c".into()) }, ..cascading.clone() };
+        let there = Observed {
+            pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: Some("c".into()) },
+            ..cascading.clone()
+        };
         assert_eq!(decide(&there).action, None, "{}", decide(&there));
-        let stopped = Observed { pg: PgRun::Stopped, ..cascading.clone() };
+        let stopped = Observed { pg: RunningAs::Stopped, ..cascading.clone() };
         assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: Some("c".into()) }));
         // Back to the leader while c cannot serve.
         let down = Peer { running: false, lsn: None, ..peer("c", 100) };
@@ -696,7 +708,7 @@ mod tests {
         assert_eq!(d.action, None, "{d}");
         assert!(d.reason.contains("replica streaming from a"), "a is the leader meanwhile: {d}");
         // Stopped, it starts as a's replica, never resumes on its own.
-        let stopped = Observed { pg: PgRun::Stopped, ..promised.clone() };
+        let stopped = Observed { pg: RunningAs::Stopped, ..promised.clone() };
         assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
         // A named failover to b waits too.
         let named = Observed { failover: request(None, Some("b")), ..promised.clone() };
@@ -722,11 +734,11 @@ mod tests {
     fn a_nostream_replica_never_streams() {
         let obs = Observed { nostream: true, replicatefrom: Some("c".into()), peers: vec![peer("c", 100)], ..base() };
         assert_eq!(decide(&obs).action, Some(Action::Follow { upstream: None }), "a running one stops streaming");
-        let quiet = Observed { pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: None }, ..obs.clone() };
+        let quiet = Observed { pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: None }, ..obs.clone() };
         assert_eq!(decide(&quiet).action, None, "{}", decide(&quiet));
-        let stopped = Observed { pg: PgRun::Stopped, ..obs.clone() };
+        let stopped = Observed { pg: RunningAs::Stopped, ..obs.clone() };
         assert_eq!(decide(&stopped).action, Some(Action::StartReplica { upstream: None }));
-        let starting = Observed { pg: PgRun::Transitioning, standby_upstream: None, ..obs };
+        let starting = Observed { pg: RunningAs::Transitioning, standby_upstream: None, ..obs };
         assert_eq!(decide(&starting).action, None, "a starting one is not given a WAL source");
     }
 
@@ -764,7 +776,7 @@ mod tests {
     fn a_standby_still_starting_is_pointed_at_the_leader_it_does_not_follow() {
         // Started without a WAL source (no leader then), it cannot reach
         // consistency from its own WAL: it would wait forever.
-        let stuck = Observed { pg: PgRun::Transitioning, standby_upstream: None, ..base() };
+        let stuck = Observed { pg: RunningAs::Transitioning, standby_upstream: None, ..base() };
         assert_eq!(decide(&stuck).action, Some(Action::Follow { upstream: Some("a".into()) }));
         let old_leader = Observed { standby_upstream: Some("c".into()), ..stuck.clone() };
         assert_eq!(decide(&old_leader).action, Some(Action::Follow { upstream: Some("a".into()) }));
@@ -787,24 +799,27 @@ mod tests {
         // A standby here would be promoted in any other cluster.
         assert_eq!(act(&leading), Some(Action::FollowRemote));
         assert_eq!(act(&Observed { follows_remote: true, ..leading.clone() }), None);
-        let stopped = Observed { pg: PgRun::Stopped, ..leading.clone() };
+        let stopped = Observed { pg: RunningAs::Stopped, ..leading.clone() };
         assert_eq!(act(&stopped), Some(Action::StartStandbyLeader));
         // Just demoted (demote-cluster): a clean stop, then rewind onto the remote.
-        let primary =
-            Observed { pg: PgRun::Primary { lsn: 100, timeline: 1 }, data: Some(dir(true, None)), ..leading.clone() };
+        let primary = Observed {
+            pg: RunningAs::Primary { lsn: 100, timeline: 1 },
+            data: Some(dir(true, None)),
+            ..leading.clone()
+        };
         assert_eq!(act(&primary), Some(Action::Demote));
-        assert_eq!(act(&Observed { pg: PgRun::Stopped, ..primary }), Some(Action::RejoinRemote));
+        assert_eq!(act(&Observed { pg: RunningAs::Stopped, ..primary }), Some(Action::RejoinRemote));
         assert_eq!(act(&Observed { paused: true, ..stopped }), None, "a pause holds the standby leader too");
         // A standby cluster may be bootstrapped from data already here (the
         // data of no other cluster is at risk: nobody in it writes); a normal
         // cluster's member with data and no initialize key waits.
-        let unborn = Observed { initialize: None, leader: None, pg: PgRun::Stopped, ..base() };
+        let unborn = Observed { initialize: None, leader: None, pg: RunningAs::Stopped, ..base() };
         assert_eq!(act(&Observed { standby_cluster: true, ..unborn.clone() }), Some(Action::Bootstrap));
         assert_eq!(act(&unborn), None);
         let peer_with_data = Observed { standby_cluster: true, peers: vec![peer("a", 100)], ..unborn };
         assert_eq!(act(&peer_with_data), None, "another member with data bootstraps it");
         // Without the key, a member of a standby cluster follows its leader as any replica.
-        for member in [base(), Observed { pg: PgRun::Stopped, ..base() }] {
+        for member in [base(), Observed { pg: RunningAs::Stopped, ..base() }] {
             assert_eq!(act(&Observed { standby_cluster: true, ..member.clone() }), act(&member));
         }
         // A switchover hands the key over without stopping anything.
@@ -848,15 +863,15 @@ mod tests {
         let streaming = Observed { not_streaming: None, ..forked.clone() };
         assert_eq!(act(&streaming), None, "a streaming receiver follows the remote");
         // Behind the fork point, or already on the new timeline: PostgreSQL follows by itself.
-        let behind = Observed { pg: PgRun::Replica { lsn: 90, timeline: 1, upstream: None }, ..forked.clone() };
+        let behind = Observed { pg: RunningAs::Replica { lsn: 90, timeline: 1, upstream: None }, ..forked.clone() };
         assert_eq!(act(&behind), None);
-        let followed = Observed { pg: PgRun::Replica { lsn: 120, timeline: 2, upstream: None }, ..forked.clone() };
+        let followed = Observed { pg: RunningAs::Replica { lsn: 120, timeline: 2, upstream: None }, ..forked.clone() };
         assert_eq!(act(&followed), None);
         // Stopped (or still starting) with its data past the fork: rewound.
         let data = Some(DataDir { min_recovery_end: Some((1, 100)), ..dir(false, None) });
-        let stopped = Observed { pg: PgRun::Stopped, data: data.clone(), ..forked.clone() };
+        let stopped = Observed { pg: RunningAs::Stopped, data: data.clone(), ..forked.clone() };
         assert_eq!(act(&stopped), Some(Action::RejoinRemote));
-        assert_eq!(act(&Observed { pg: PgRun::Transitioning, ..stopped.clone() }), Some(Action::Demote));
+        assert_eq!(act(&Observed { pg: RunningAs::Transitioning, ..stopped.clone() }), Some(Action::Demote));
         let short = Some(DataDir { min_recovery_end: Some((1, 80)), ..dir(false, None) });
         assert_eq!(act(&Observed { data: short, ..stopped.clone() }), Some(Action::StartStandbyLeader));
         assert_eq!(act(&Observed { paused: true, ..forked }), None, "a pause holds it");
@@ -868,7 +883,7 @@ mod tests {
         // recovery follows the history to timeline 3; pg_rewind cannot run
         // on a directory that was never consistent.
         let restored = Observed {
-            pg: PgRun::Stopped,
+            pg: RunningAs::Stopped,
             data: Some(DataDir { restored_backup: true, ..dir(false, None) }),
             leader_timeline: Some(3),
             peers: vec![peer("a", 100)],
@@ -885,7 +900,7 @@ mod tests {
 
     #[test]
     fn a_member_without_data_restores_with_a_no_leader_method_only_when_nobody_leads() {
-        let empty = Observed { data: None, pg: PgRun::Stopped, ..base() };
+        let empty = Observed { data: None, pg: RunningAs::Stopped, ..base() };
         let restorer = Observed { clone_without_leader: true, ..empty.clone() };
         let leaderless = Observed { leader: None, ..restorer.clone() };
         assert_eq!(decide(&leaderless).action, Some(Action::CloneWithoutLeader));
@@ -902,7 +917,7 @@ mod tests {
 
     #[test]
     fn an_operators_reinit_is_carried_out_in_a_pause() {
-        let aside = Observed { paused: true, reinit_requested: true, data: None, pg: PgRun::Stopped, ..base() };
+        let aside = Observed { paused: true, reinit_requested: true, data: None, pg: RunningAs::Stopped, ..base() };
         assert_eq!(decide(&aside).action, Some(Action::Clone { source: "a".into() }));
         let cloned = Observed { data: Some(dir(false, None)), ..aside.clone() };
         assert_eq!(decide(&cloned).action, Some(Action::StartReplica { upstream: Some("a".into()) }));
@@ -933,7 +948,7 @@ mod tests {
             restored_backup: false,
         };
         let stopped = Observed {
-            pg: PgRun::Stopped,
+            pg: RunningAs::Stopped,
             data: Some(forked_data.clone()),
             leader_timeline: Some(2),
             history_switches: vec![(1, 0x7850B30)],
@@ -950,7 +965,7 @@ mod tests {
         assert_eq!(decide(&unchecked).action, None);
         // Started already (the history key did not confirm the switch in
         // time): it can never become consistent; stop it, to rewind.
-        let starting = Observed { pg: PgRun::Transitioning, standby_upstream: Some("a".into()), ..stopped.clone() };
+        let starting = Observed { pg: RunningAs::Transitioning, standby_upstream: Some("a".into()), ..stopped.clone() };
         assert_eq!(decide(&starting).action, Some(Action::Demote), "{}", decide(&starting));
         // Up to the switch point exactly, on the ended timeline or on the
         // new one, or no switch confirmed: started as a replica, as before.
@@ -978,7 +993,7 @@ mod tests {
     #[test]
     fn primary_start_timeout_counts_from_when_the_primary_went_down() {
         let down =
-            Observed { pg: PgRun::Stopped, primary_down_since_ms: Some(1_000), data: resumable().data, ..leader() };
+            Observed { pg: RunningAs::Stopped, primary_down_since_ms: Some(1_000), data: resumable().data, ..leader() };
         let before = Observed { now_ms: 300_999, ..down.clone() };
         assert_eq!(decide(&before).action, Some(Action::StartPrimary), "{}", decide(&before));
         let at = Observed { now_ms: 301_000, ..down.clone() };
@@ -1064,7 +1079,7 @@ mod tests {
     fn no_bootstrap_beside_a_member_with_data() {
         let obs = Observed {
             data: None,
-            pg: PgRun::Stopped,
+            pg: RunningAs::Stopped,
             initialize: None,
             leader: None,
             peers: vec![Peer { running: false, lsn: None, timeline: None, ..peer("a", 0) }],
@@ -1085,7 +1100,7 @@ mod tests {
     fn an_unsupported_setting_that_matters_stops_every_action() {
         let obs = Observed {
             data: None,
-            pg: PgRun::Stopped,
+            pg: RunningAs::Stopped,
             initialize: None,
             leader: None,
             unsupported: Some("the config key sets standby_cluster".into()),
@@ -1110,7 +1125,7 @@ mod tests {
     #[test]
     fn a_primary_etcd_knows_nothing_of_is_left_running() {
         let obs = Observed {
-            pg: PgRun::Primary { lsn: 100, timeline: 1 },
+            pg: RunningAs::Primary { lsn: 100, timeline: 1 },
             data: Some(dir(true, Some(1 << 40))),
             initialize: None,
             leader: None,
@@ -1180,7 +1195,7 @@ mod tests {
         let act = |obs: &Observed| decide(obs).action;
         // A leader whose PostgreSQL is still starting waits (within
         // primary_start_timeout) rather than stopping it.
-        let starting = Observed { pg: PgRun::Transitioning, primary_down_since_ms: Some(0), ..leader() };
+        let starting = Observed { pg: RunningAs::Transitioning, primary_down_since_ms: Some(0), ..leader() };
         assert_eq!(act(&starting), None, "{}", decide(&starting));
         // No member can take over: a switchover without a candidate is cleared.
         let nobody = Observed {
@@ -1193,7 +1208,7 @@ mod tests {
         assert!(d.reason.contains("no member can take over"), "{d}");
         // The clone source: a `clonefrom` peer that does not run, or that
         // advertises no address, is passed over for the leader.
-        let empty = Observed { data: None, pg: PgRun::Stopped, ..base() };
+        let empty = Observed { data: None, pg: RunningAs::Stopped, ..base() };
         for unusable in [Peer { running: false, ..peer("c", 100) }, Peer { reachable: false, ..peer("c", 100) }] {
             let obs = Observed { peers: vec![peer("a", 100), Peer { clonefrom: true, ..unusable }], ..empty.clone() };
             assert_eq!(act(&obs), Some(Action::Clone { source: "a".into() }), "{}", decide(&obs));
@@ -1254,7 +1269,7 @@ mod tests {
             decide(&unknown_timeline)
         );
         // No data while another member bootstraps: wait, do not clone.
-        let bootstrapping = Observed { data: None, pg: PgRun::Stopped, initialize: Some(String::new()), ..base() };
+        let bootstrapping = Observed { data: None, pg: RunningAs::Stopped, initialize: Some(String::new()), ..base() };
         let d = decide(&bootstrapping);
         assert_eq!((d.action, d.reason.as_str()), (None, "another member is bootstrapping the cluster"));
         // The last primary resumes when the request names a member that cannot take over.
@@ -1270,7 +1285,7 @@ mod tests {
         let at_the_switch = Observed {
             leader_timeline: Some(2),
             history_switches: vec![(1, 100)],
-            pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+            pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
             ..base()
         };
         assert_ne!(act(&at_the_switch), Some(Action::Demote), "{}", decide(&at_the_switch));
@@ -1324,7 +1339,7 @@ mod tests {
     /// the most WAL, does not take it back while a replica may lead.
     fn a_member_that_released_the_key_leaves_the_race_to_the_others() {
         let released = Observed {
-            pg: PgRun::Replica { lsn: 200, timeline: 1, upstream: None },
+            pg: RunningAs::Replica { lsn: 200, timeline: 1, upstream: None },
             data: Some(dir(true, None)),
             leader: None,
             released_at_ms: Some(0),
@@ -1338,7 +1353,7 @@ mod tests {
         // Its peers do not wait for it in the race...
         let peer_view = Observed {
             me: "a".into(),
-            pg: PgRun::Replica { lsn: 190, timeline: 1, upstream: None },
+            pg: RunningAs::Replica { lsn: 190, timeline: 1, upstream: None },
             peers: vec![Peer { released: true, ..peer("b", 200) }],
             leader: None,
             cluster_optime: Some(200),
@@ -1400,25 +1415,35 @@ mod tests {
             ("streaming replica of the leader idles", base(), None),
             (
                 "no data, no cluster: bootstrap",
-                Observed { data: None, pg: PgRun::Stopped, initialize: None, leader: None, ..base() },
+                Observed { data: None, pg: RunningAs::Stopped, initialize: None, leader: None, ..base() },
                 Some(Action::Bootstrap),
             ),
             (
                 "no data while another bootstraps: wait",
-                Observed { data: None, pg: PgRun::Stopped, initialize: Some(String::new()), leader: None, ..base() },
+                Observed {
+                    data: None,
+                    pg: RunningAs::Stopped,
+                    initialize: Some(String::new()),
+                    leader: None,
+                    ..base()
+                },
                 None,
             ),
             (
                 "no data, leader a: clone from a",
-                Observed { data: None, pg: PgRun::Stopped, peers: vec![peer("a", 100)], ..base() },
+                Observed { data: None, pg: RunningAs::Stopped, peers: vec![peer("a", 100)], ..base() },
                 Some(Action::Clone { source: "a".into() }),
             ),
-            ("no data, leader a not running yet: wait", Observed { data: None, pg: PgRun::Stopped, ..base() }, None),
+            (
+                "no data, leader a not running yet: wait",
+                Observed { data: None, pg: RunningAs::Stopped, ..base() },
+                None,
+            ),
             (
                 "no data: clone from a clonefrom member",
                 Observed {
                     data: None,
-                    pg: PgRun::Stopped,
+                    pg: RunningAs::Stopped,
                     peers: vec![Peer { clonefrom: true, ..peer("c", 50) }],
                     ..base()
                 },
@@ -1426,7 +1451,7 @@ mod tests {
             ),
             (
                 "stopped with data: start following the leader",
-                Observed { pg: PgRun::Stopped, ..base() },
+                Observed { pg: RunningAs::Stopped, ..base() },
                 Some(Action::StartReplica { upstream: Some("a".into()) }),
             ),
             (
@@ -1436,7 +1461,7 @@ mod tests {
             ),
             (
                 "no leader, stopped: start read-only",
-                Observed { pg: PgRun::Stopped, leader: None, ..base() },
+                Observed { pg: RunningAs::Stopped, leader: None, ..base() },
                 Some(Action::StartReplica { upstream: None }),
             ),
             (
@@ -1470,7 +1495,7 @@ mod tests {
                 Observed {
                     leader: Some("b".into()),
                     holds_leader: true,
-                    pg: PgRun::Stopped,
+                    pg: RunningAs::Stopped,
                     data: Some(dir(true, Some(1 << 40))),
                     ..base()
                 },
@@ -1478,17 +1503,17 @@ mod tests {
             ),
             (
                 "primary while another holds the key: demote",
-                Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, ..base() },
+                Observed { pg: RunningAs::Primary { lsn: 5, timeline: 1 }, ..base() },
                 Some(Action::Demote),
             ),
             (
                 "primary with no key at all: demote",
-                Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, leader: None, ..base() },
+                Observed { pg: RunningAs::Primary { lsn: 5, timeline: 1 }, leader: None, ..base() },
                 Some(Action::Demote),
             ),
             (
                 "primary with its own key on an old lease: re-bind",
-                Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, leader: Some("b".into()), ..base() },
+                Observed { pg: RunningAs::Primary { lsn: 5, timeline: 1 }, leader: Some("b".into()), ..base() },
                 Some(Action::AcquireLeader),
             ),
         ];
@@ -1512,7 +1537,7 @@ mod tests {
             ),
             (
                 "key held, PostgreSQL down past primary_start_timeout: release",
-                Observed { pg: PgRun::Stopped, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
+                Observed { pg: RunningAs::Stopped, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
                 Some(Action::ReleaseLeader),
             ),
             (
@@ -1520,7 +1545,7 @@ mod tests {
                 Observed {
                     leader: None,
                     history_timeline: Some(1),
-                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    pg: RunningAs::Replica { lsn: 900, timeline: 1, upstream: None },
                     peers: vec![Peer { timeline: Some(2), ..peer("a", 100) }],
                     ..base()
                 },
@@ -1528,12 +1553,12 @@ mod tests {
             ),
             (
                 "key held with a replica's data directory: start read-only (then promote), never as primary",
-                Observed { pg: PgRun::Stopped, ..leader() },
+                Observed { pg: RunningAs::Stopped, ..leader() },
                 Some(Action::StartReplica { upstream: None }),
             ),
             (
                 "key held with a former primary's data directory: start as primary",
-                Observed { pg: PgRun::Stopped, data: Some(dir(true, Some(1 << 40))), ..leader() },
+                Observed { pg: RunningAs::Stopped, data: Some(dir(true, Some(1 << 40))), ..leader() },
                 Some(Action::StartPrimary),
             ),
             (
@@ -1541,7 +1566,7 @@ mod tests {
                 Observed {
                     leader_timeline: Some(2),
                     history_switches: vec![(1, 90)],
-                    pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+                    pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
                     ..base()
                 },
                 Some(Action::Demote),
@@ -1551,7 +1576,7 @@ mod tests {
                 Observed {
                     leader_timeline: Some(2),
                     history_switches: vec![(1, 120)],
-                    pg: PgRun::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
+                    pg: RunningAs::Replica { lsn: 100, timeline: 1, upstream: Some("a".into()) },
                     ..base()
                 },
                 None,
@@ -1562,7 +1587,7 @@ mod tests {
                     leader: None,
                     history_timeline: Some(1),
                     history_author: Some("b".into()),
-                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    pg: RunningAs::Replica { lsn: 900, timeline: 1, upstream: None },
                     ..base()
                 },
                 Some(Action::WithdrawPromotion { timeline: 1 }),
@@ -1573,7 +1598,7 @@ mod tests {
                     leader: None,
                     history_timeline: Some(1),
                     history_author: Some("a".into()),
-                    pg: PgRun::Replica { lsn: 900, timeline: 1, upstream: None },
+                    pg: RunningAs::Replica { lsn: 900, timeline: 1, upstream: None },
                     ..base()
                 },
                 None,
@@ -1582,7 +1607,7 @@ mod tests {
                 "a former primary starting without the key is stopped before it opens",
                 Observed {
                     leader: None,
-                    pg: PgRun::Transitioning,
+                    pg: RunningAs::Transitioning,
                     pg_starting: true,
                     data: Some(dir(true, Some(1 << 40))),
                     ..base()
@@ -1593,7 +1618,7 @@ mod tests {
                 "a running primary merely silent to queries (no status yet) is not stopped",
                 Observed {
                     leader: Some("b".into()),
-                    pg: PgRun::Transitioning,
+                    pg: RunningAs::Transitioning,
                     data: Some(dir(true, Some(1 << 40))),
                     ..base()
                 },
@@ -1695,7 +1720,7 @@ mod tests {
             ),
             (
                 "key held, PostgreSQL still in crash recovery past primary_start_timeout: stop it first",
-                Observed { pg: PgRun::Transitioning, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
+                Observed { pg: RunningAs::Transitioning, primary_down_since_ms: Some(0), now_ms: 300_000, ..leader() },
                 Some(Action::Demote),
             ),
             (
@@ -1772,7 +1797,7 @@ mod tests {
             (
                 "a stopped former primary rejoins the new leader",
                 Observed {
-                    pg: PgRun::Stopped,
+                    pg: RunningAs::Stopped,
                     data: Some(dir(true, Some(1 << 40))),
                     leader_timeline: Some(2),
                     ..base()
@@ -1781,12 +1806,12 @@ mod tests {
             ),
             (
                 "a stopped replica on an older timeline rejoins",
-                Observed { pg: PgRun::Stopped, leader_timeline: Some(2), ..base() },
+                Observed { pg: RunningAs::Stopped, leader_timeline: Some(2), ..base() },
                 Some(Action::Rejoin { leader: "a".into() }),
             ),
             (
                 "rejoin waits for the new leader's checkpoint",
-                Observed { pg: PgRun::Stopped, leader_timeline: Some(2), leader_checkpointed: false, ..base() },
+                Observed { pg: RunningAs::Stopped, leader_timeline: Some(2), leader_checkpointed: false, ..base() },
                 None,
             ),
             (
@@ -1935,8 +1960,12 @@ mod tests {
                 Some(Action::Switchover { candidate: Some("c".into()) }),
             ),
             ("paused: no race", Observed { leader: None, paused: true, ..base() }, None),
-            ("paused: no fence", Observed { pg: PgRun::Primary { lsn: 5, timeline: 1 }, paused: true, ..base() }, None),
-            ("paused: no restart", Observed { pg: PgRun::Stopped, paused: true, ..base() }, None),
+            (
+                "paused: no fence",
+                Observed { pg: RunningAs::Primary { lsn: 5, timeline: 1 }, paused: true, ..base() },
+                None,
+            ),
+            ("paused: no restart", Observed { pg: RunningAs::Stopped, paused: true, ..base() }, None),
             (
                 "paused: a named switchover still proceeds",
                 Observed { paused: true, failover: request(Some("b"), Some("c")), ..leader() },
@@ -1957,7 +1986,7 @@ mod tests {
                 "paused: the former primary a switchover stopped rejoins the new leader",
                 Observed {
                     paused: true,
-                    pg: PgRun::Stopped,
+                    pg: RunningAs::Stopped,
                     data: Some(dir(true, Some(100))),
                     released_at_ms: Some(29_000),
                     now_ms: 30_000,
@@ -1992,14 +2021,14 @@ mod tests {
         assert!(decision.reason.contains('7') && decision.reason.contains('8'), "{decision}");
     }
 
-    fn arb_pg() -> impl Strategy<Value = PgRun> {
+    fn arb_pg() -> impl Strategy<Value = RunningAs> {
         let upstream =
             proptest::option::of(prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string())]);
         prop_oneof![
-            Just(PgRun::Stopped),
-            Just(PgRun::Transitioning),
-            (0u64..200, 1u64..3).prop_map(|(lsn, timeline)| PgRun::Primary { lsn, timeline }),
-            (0u64..200, 1u64..3, upstream).prop_map(|(lsn, timeline, upstream)| PgRun::Replica {
+            Just(RunningAs::Stopped),
+            Just(RunningAs::Transitioning),
+            (0u64..200, 1u64..3).prop_map(|(lsn, timeline)| RunningAs::Primary { lsn, timeline }),
+            (0u64..200, 1u64..3, upstream).prop_map(|(lsn, timeline, upstream)| RunningAs::Replica {
                 lsn,
                 timeline,
                 upstream
@@ -2050,12 +2079,12 @@ mod tests {
                 me: "b".into(),
                 // From draws already here (see standby_upstream below).
                 data: has_data.then_some(DataDir { sysid, was_primary, timeline: 1, wal_end, min_recovery_end: wal_end.map(|end| (1, end)), restored_backup: false }),
-                pg: if has_data { pg.clone() } else { PgRun::Stopped },
-                pg_starting: pg_starting && pg == PgRun::Transitioning,
+                pg: if has_data { pg.clone() } else { RunningAs::Stopped },
+                pg_starting: pg_starting && pg == RunningAs::Transitioning,
                 // One more strategy overflows the test thread's stack in a
                 // debug build: an independent draw that is already here.
                 standby_upstream: match &pg {
-                    PgRun::Replica { upstream, .. } => upstream.clone(),
+                    RunningAs::Replica { upstream, .. } => upstream.clone(),
                     _ => sync_leader.clone(),
                 },
                 initialize,
@@ -2136,7 +2165,7 @@ mod tests {
         #[test]
         fn a_primary_without_the_key_fences_or_rebinds_its_own(obs in arb_observed()) {
             let d = decide(&obs);
-            if matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader && !d.refused && !obs.paused {
+            if matches!(obs.pg, RunningAs::Primary { .. }) && !obs.holds_leader && !d.refused && !obs.paused {
                 let rebind = obs.leader.as_deref() == Some("b") && d.action == Some(Action::AcquireLeader);
                 prop_assert!(d.action == Some(Action::Demote) || rebind, "{d}");
             }
@@ -2145,7 +2174,7 @@ mod tests {
         #[test]
         fn a_stopped_node_takes_the_key_only_to_resume_its_own_timeline(obs in arb_observed()) {
             let d = decide(&obs);
-            if obs.pg == PgRun::Stopped && !obs.holds_leader && d.action == Some(Action::AcquireLeader) {
+            if obs.pg == RunningAs::Stopped && !obs.holds_leader && d.action == Some(Action::AcquireLeader) {
                 let data = obs.data.as_ref().expect("a node without data never takes the key");
                 prop_assert!(data.was_primary && !obs.released_leader(), "{d}");
                 prop_assert!(obs.history_timeline.is_none_or(|tl| tl < data.timeline), "{d}");
@@ -2162,7 +2191,7 @@ mod tests {
         fn in_synchronous_mode_only_a_listed_standby_races(obs in arb_observed()) {
             let d = decide(&obs);
             let active = obs.sync_mode && obs.sync_leader.is_some();
-            if active && matches!(obs.pg, PgRun::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
+            if active && matches!(obs.pg, RunningAs::Replica { .. }) && d.action == Some(Action::AcquireLeader) {
                 let listed = obs.sync_standbys.iter().any(|s| s == "b") || obs.sync_leader.as_deref() == Some("b");
                 prop_assert!(listed, "{d}");
             }
@@ -2175,7 +2204,7 @@ mod tests {
         #[test]
         fn in_quorum_commit_a_replica_races_only_with_a_quorum_at_or_below_it(obs in arb_observed()) {
             let d = decide(&obs);
-            if let PgRun::Replica { lsn, .. } = obs.pg
+            if let RunningAs::Replica { lsn, .. } = obs.pg
                 && obs.sync_mode
                 && d.action == Some(Action::AcquireLeader)
                 && let Some(leader) = obs.sync_leader.as_deref().filter(|l| *l != "b")
@@ -2194,7 +2223,7 @@ mod tests {
         fn nobody_races_while_a_peer_runs_as_a_primary(obs in arb_observed()) {
             let d = decide(&obs);
             let primary_alive = obs.peers.iter().any(|p| p.primary);
-            if primary_alive && !matches!(obs.pg, PgRun::Primary { .. }) && !obs.holds_leader {
+            if primary_alive && !matches!(obs.pg, RunningAs::Primary { .. }) && !obs.holds_leader {
                 prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
             }
         }
@@ -2202,7 +2231,7 @@ mod tests {
         #[test]
         fn a_replica_on_an_ended_timeline_never_races(obs in arb_observed()) {
             let d = decide(&obs);
-            if let PgRun::Replica { timeline, .. } = obs.pg
+            if let RunningAs::Replica { timeline, .. } = obs.pg
                 && obs.history_timeline.is_some_and(|ended| timeline <= ended)
             {
                 prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
@@ -2212,7 +2241,7 @@ mod tests {
         #[test]
         fn a_replica_races_only_within_the_lag_limit(obs in arb_observed()) {
             let d = decide(&obs);
-            if let PgRun::Replica { lsn, .. } = obs.pg
+            if let RunningAs::Replica { lsn, .. } = obs.pg
                 && d.action == Some(Action::AcquireLeader)
             {
                 let lag = obs.cluster_optime.map_or(0, |optime| optime.saturating_sub(lsn));
@@ -2238,7 +2267,7 @@ mod tests {
             if obs.paused {
                 let named = obs.failover.as_ref().is_some_and(|f| f.candidate.is_some());
                 // A running primary keeps or takes back its own key.
-                let own_key = matches!(obs.pg, PgRun::Primary { .. })
+                let own_key = matches!(obs.pg, RunningAs::Primary { .. })
                     && d.action == Some(Action::AcquireLeader)
                     && obs.leader.as_deref().is_none_or(|l| l == "b");
                 // An operator's reinit: a clone, then a start as a replica.
@@ -2249,7 +2278,7 @@ mod tests {
                 // rejoins the new leader.
                 let named_to_me = obs.failover.as_ref().is_some_and(|f| f.candidate.as_deref() == Some("b"));
                 let promotes = named_to_me && obs.holds_leader && d.action == Some(Action::Promote);
-                let handed_over = obs.pg == PgRun::Stopped
+                let handed_over = obs.pg == RunningAs::Stopped
                     && obs.released_leader()
                     && obs.data.as_ref().is_some_and(|data| data.was_primary)
                     && matches!(&d.action, Some(Action::Rejoin { leader }) if obs.leader.as_deref() == Some(leader.as_str()));
@@ -2271,7 +2300,7 @@ mod tests {
             let standby = obs.data.as_ref().filter(|data| !data.was_primary);
             // (A leader's own start that timed out is the leader rules' to stop.)
             if let Some(data) = standby
-                && obs.pg == PgRun::Transitioning
+                && obs.pg == RunningAs::Transitioning
                 && !obs.holds_leader
                 && d.action == Some(Action::Demote)
             {
@@ -2294,7 +2323,7 @@ mod tests {
                 prop_assert!(obs.holds_leader);
             }
             if d.action == Some(Action::ReleaseLeader) {
-                let own_unproven = obs.leader.as_deref() == Some("b") && !matches!(obs.pg, PgRun::Primary { .. });
+                let own_unproven = obs.leader.as_deref() == Some("b") && !matches!(obs.pg, RunningAs::Primary { .. });
                 prop_assert!(obs.holds_leader || own_unproven, "{d}");
             }
         }
@@ -2306,7 +2335,7 @@ mod tests {
         #[test]
         fn only_a_member_whose_fencer_acknowledges_takes_or_is_handed_the_key(obs in arb_observed()) {
             let d = decide(&obs);
-            let rebind_own = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some("b");
+            let rebind_own = matches!(obs.pg, RunningAs::Primary { .. }) && obs.leader.as_deref() == Some("b");
             if !obs.can_lead && !rebind_own {
                 prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
             }
@@ -2330,7 +2359,7 @@ mod tests {
             // primary after an agent restart) is not a race: nofailover
             // keeps a member from taking the key, not from keeping its own.
             let own_key = obs.leader.as_deref() == Some(obs.me.as_str());
-            if obs.nofailover && !matches!(obs.pg, PgRun::Primary { .. }) && !own_key {
+            if obs.nofailover && !matches!(obs.pg, RunningAs::Primary { .. }) && !own_key {
                 prop_assert_ne!(d.action.clone(), Some(Action::AcquireLeader), "{}", d);
             }
         }
@@ -2348,7 +2377,7 @@ mod tests {
         #[test]
         fn a_primary_in_a_scope_etcd_does_not_know_is_never_stopped(obs in arb_observed()) {
             let d = decide(&obs);
-            if matches!(obs.pg, PgRun::Primary { .. }) && obs.etcd_answered && obs.initialize.is_none() && obs.leader.is_none() && !obs.holds_leader {
+            if matches!(obs.pg, RunningAs::Primary { .. }) && obs.etcd_answered && obs.initialize.is_none() && obs.leader.is_none() && !obs.holds_leader {
                 prop_assert!(d.action.is_none(), "{d}");
                 prop_assert!(d.refused || obs.paused, "{d}");
             }

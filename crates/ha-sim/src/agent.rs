@@ -6,7 +6,7 @@
 //! The decisions are not modelled: they are the real functions.
 
 use ha_core::sync::{Standby, SyncInput, SyncStep, next_step};
-use ha_core::{Action, DataDir, FailoverRequest, Observed, Peer, PgRun, Schedule, decide};
+use ha_core::{Action, DataDir, FailoverRequest, Observed, Peer, RunningAs, Schedule, decide};
 
 use crate::model::{Data, Failover, Member, Run, Ssn, SyncKey, View};
 use crate::world::{Ev, Step, World};
@@ -199,10 +199,10 @@ impl World {
         });
         let (lsn, timeline) = node.pg.data.as_ref().map_or((0, 0), |d| (d.lsn(), d.timeline));
         let pg = match node.pg.run {
-            Run::Primary => PgRun::Primary { lsn, timeline },
-            Run::Replica => PgRun::Replica { lsn, timeline, upstream: node.agent.upstream.map(name) },
-            Run::Starting { .. } => PgRun::Transitioning,
-            Run::Stopped => PgRun::Stopped,
+            Run::Primary => RunningAs::Primary { lsn, timeline },
+            Run::Replica => RunningAs::Replica { lsn, timeline, upstream: node.agent.upstream.map(name) },
+            Run::Starting { .. } => RunningAs::Transitioning,
+            Run::Stopped => RunningAs::Stopped,
         };
         let not_streaming = (node.pg.run == Run::Replica && !node.pg.streaming).then(|| "not streaming".to_string());
         let mut peers: Vec<Peer> = view
@@ -255,12 +255,12 @@ impl World {
         let lease = node.agent.lease;
         let holds_leader = holds && view.is_none_or(|v| v.leader.is_some_and(|(l, ls)| l == i && Some(ls) == lease));
         let agent = &mut self.nodes[i].agent;
-        if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
+        if holds_leader && !matches!(pg, RunningAs::Primary { .. }) {
             agent.primary_down_since.get_or_insert(now);
         } else {
             agent.primary_down_since = None;
         }
-        if pg == PgRun::Stopped {
+        if pg == RunningAs::Stopped {
             agent.upstream = None;
         }
         let primary_down_since_ms = agent.primary_down_since;

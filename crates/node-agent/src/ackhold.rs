@@ -22,7 +22,7 @@ use pgwarden_config::hba::LocalConnection;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::ha::HaView;
+use crate::ha::PublishedStatus;
 use crate::sql;
 
 /// The standby name that holds every commit: no member is called this.
@@ -131,7 +131,7 @@ impl AckHold {
 /// Only while the HA loop has published the key as held (`view`).
 pub async fn hold_acks_near_deadline(
     mut lease_rx: watch::Receiver<LeaseState>,
-    view: watch::Receiver<HaView>,
+    view: watch::Receiver<PublishedStatus>,
     hold: AckHold,
 ) {
     // The deadline a hold was tried for (once per deadline).

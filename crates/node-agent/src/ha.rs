@@ -10,13 +10,13 @@ use anyhow::{Context as _, bail};
 use dcs::{ClusterView, Etcd, Keys, MemberData, Status};
 use election::{Acquired, BootInstant, Election, ElectionSettings, Lease, LeaseState, RenewalHandle, spawn_renewal};
 use etcd_client::PutOptions;
-use ha_core::{Action, DataDir, Observed, Peer, PgRun, decide};
+use ha_core::{Action, DataDir, Observed, Peer, RunningAs, decide};
 use pgwarden_config::{Config, DynamicConfig};
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use crate::callbacks::{Event, Role};
-use crate::local::Local;
+use crate::local::LocalObservation;
 use crate::postgres::{Postgres, StartAs, StopMode, Upstream, slot_name};
 use crate::sql;
 
@@ -29,7 +29,7 @@ mod lifecycle;
 pub use lifecycle::ClusterWatch;
 mod observe;
 mod published;
-pub use published::HaView;
+pub use published::PublishedStatus;
 use published::pending_reason_json;
 mod slots;
 mod sync;
@@ -39,6 +39,17 @@ use lease::{lease_ttl, lock_watchdog};
 /// The reason of the `history` entry a candidate writes before it promotes
 /// (replaced by PostgreSQL's own entry once promoted).
 const PROMOTING: &str = "pgwarden: promoting";
+
+/// When the HA loop ticks next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextTick {
+    /// At once: the action taken changed what the next tick will see (a
+    /// start, a promotion, a key taken or released).
+    AtOnce,
+    /// After `loop_wait`, or sooner when the lease, PostgreSQL or etcd
+    /// change.
+    AfterLoopWait,
+}
 
 /// The agent's state between ticks.
 pub struct Agent {
@@ -107,13 +118,13 @@ pub struct Agent {
     /// When the last `ha tick` line was written.
     last_reason_logged: Instant,
     loop_wait: Duration,
-    local: watch::Receiver<Local>,
+    local: watch::Receiver<LocalObservation>,
     /// Asked for a fresh look at the start of each tick.
     observer: crate::local::Observer,
     /// The connection [`Agent::connect`] reuses, with the postmaster it
     /// was made to.
     kept_connection: Option<(u32, sqlx::postgres::PgConnection)>,
-    view: watch::Sender<HaView>,
+    view: watch::Sender<PublishedStatus>,
     wake: std::sync::Arc<ClusterWatch>,
     /// The last cluster view read from etcd, the watch generation it was
     /// read at and when: reused while the watch reports no change.
@@ -181,7 +192,7 @@ impl Agent {
         pg: Postgres,
         etcd: Etcd,
         observer: crate::local::Observer,
-        view: watch::Sender<HaView>,
+        view: watch::Sender<PublishedStatus>,
         fencer_acks: crate::grpc::FencerAcks,
         requests: Requests,
     ) -> Self {
@@ -290,7 +301,7 @@ impl Agent {
         }
         let mut failsafe = self.failsafe.lock().await;
         // Neither holding the key nor a primary: this member may promise.
-        if !obs.holds_leader && !matches!(obs.pg, PgRun::Primary { .. }) {
+        if !obs.holds_leader && !matches!(obs.pg, RunningAs::Primary { .. }) {
             failsafe.leading = false;
         }
         failsafe.promised_to(election::BootInstant::now()).is_some()
@@ -325,8 +336,8 @@ impl Agent {
         }
     }
 
-    /// One tick. Returns whether to tick again at once.
-    pub async fn tick(&mut self) -> bool {
+    /// One tick; says when the next one is due.
+    pub async fn tick(&mut self) -> NextTick {
         let started = Instant::now();
         // A leader whose deadline passed without a renewal fences before
         // anything else: no etcd round trip first (it may take the whole
@@ -451,10 +462,10 @@ impl Agent {
         // it or found it in a cluster etcd knows; never one it only refused.
         self.managed |=
             !decision.refused && obs.etcd_answered && (obs.initialize.is_some() || decision.action.is_some());
-        let mut again = false;
+        let mut next = NextTick::AfterLoopWait;
         if let (Some(action), Some(view)) = (&decision.action, view.as_ref()) {
             match self.execute(action, view, &dynamic, &obs).await {
-                Ok(tick_again) => again = tick_again,
+                Ok(after_action) => next = after_action,
                 Err(e) => {
                     warn!(?action, "failed to {e:#}");
                     // Not again before loop_wait: etcd events wake the loop
@@ -540,7 +551,7 @@ impl Agent {
             .as_ref()
             .and_then(|v| v.sync.as_ref())
             .is_some_and(|sync| sync.members().contains(&self.config.name.as_str()));
-        self.view.send_replace(HaView {
+        self.view.send_replace(PublishedStatus {
             leader: view.as_ref().and_then(|v| v.leader.as_ref().map(|l| l.name.clone())),
             leader_deadline: self.leader_deadline(),
             cluster_optime: view.as_ref().and_then(|v| v.status.as_ref()).map(|s| s.optime),
@@ -565,7 +576,7 @@ impl Agent {
             noloadbalance: self.config.tags.noloadbalance,
             follows_remote: self.follows_remote,
         });
-        again
+        next
     }
 
     /// A connection to the local PostgreSQL: the one kept since the last

@@ -30,8 +30,8 @@ use clap::Parser;
 use election::BootInstant;
 use ha_proto::v1::{NodeStatus, PostgresState, ReplicationClient, Role};
 
-use crate::ha::HaView;
-use crate::local::Local;
+use crate::ha::PublishedStatus;
+use crate::local::LocalObservation;
 use pg_local::{DataRole, PostmasterState};
 use pgwarden_config::{Config, Purpose, Severity};
 use pgwarden_runtime::ConfigArgs;
@@ -122,7 +122,7 @@ pub(crate) fn now_unix_ms() -> i64 {
 }
 
 /// The status the gRPC API serves: the latest observation and HA view.
-fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
+fn compose(config: &Config, local: &LocalObservation, view: &PublishedStatus) -> NodeStatus {
     let sql = local.sql.clone().unwrap_or_default();
     NodeStatus {
         member: config.name.clone(),
@@ -202,8 +202,8 @@ fn compose(config: &Config, local: &Local, view: &HaView) -> NodeStatus {
 /// Publishes a composed status on every observation and HA view change.
 async fn compose_loop(
     config: Config,
-    mut local: watch::Receiver<Local>,
-    mut view: watch::Receiver<HaView>,
+    mut local: watch::Receiver<LocalObservation>,
+    mut view: watch::Receiver<PublishedStatus>,
     tx: watch::Sender<NodeStatus>,
 ) {
     let mut sequence = 0;
@@ -301,10 +301,10 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!("failed to remove a hold on commit acknowledgements: {e:#}"),
     }
-    let initial_local = Local::initial(pg_local::observe(&config.postgresql.data_dir));
+    let initial_local = LocalObservation::initial(pg_local::observe(&config.postgresql.data_dir));
     let (local_tx, local_rx) = watch::channel(initial_local.clone());
-    let (view_tx, view_rx) = watch::channel(HaView::initial(&config));
-    let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &HaView::initial(&config)));
+    let (view_tx, view_rx) = watch::channel(PublishedStatus::initial(&config));
+    let (status_tx, status_rx) = watch::channel(compose(&config, &initial_local, &PublishedStatus::initial(&config)));
     let (wanted_tx, wanted_rx) = watch::channel(0u64);
     let observer_handle = local::Observer::new(local_rx.clone(), std::sync::Arc::new(wanted_tx));
     let observer = tokio::spawn(local::observe_loop(

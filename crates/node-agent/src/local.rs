@@ -20,7 +20,7 @@ use pg_local::{self, DataRole, LocalPostgres, PostmasterState};
 /// One observation: the postmaster as seen on disk, and PostgreSQL's own
 /// answers while it runs (`None` when it does not answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Local {
+pub struct LocalObservation {
     pub postmaster: LocalPostgres,
     pub sql: Option<SqlStatus>,
     /// Unix time in milliseconds of this observation.
@@ -34,10 +34,10 @@ pub struct Local {
     pub looked_at: Instant,
 }
 
-impl Local {
+impl LocalObservation {
     /// Before the observer's first look.
     pub fn initial(postmaster: LocalPostgres) -> Self {
-        Local {
+        LocalObservation {
             postmaster,
             sql: None,
             observed_at_unix_ms: crate::now_unix_ms(),
@@ -103,19 +103,19 @@ impl Cadence {
 /// service.
 #[derive(Debug, Clone)]
 pub struct Observer {
-    rx: watch::Receiver<Local>,
+    rx: watch::Receiver<LocalObservation>,
     /// The generation a reader waits for: the observer queries while it
     /// has not published that one.
     wanted: Arc<watch::Sender<u64>>,
 }
 
 impl Observer {
-    pub fn new(rx: watch::Receiver<Local>, wanted: Arc<watch::Sender<u64>>) -> Self {
+    pub fn new(rx: watch::Receiver<LocalObservation>, wanted: Arc<watch::Sender<u64>>) -> Self {
         Observer { rx, wanted }
     }
 
     /// The observations as they come.
-    pub fn receiver(&self) -> watch::Receiver<Local> {
+    pub fn receiver(&self) -> watch::Receiver<LocalObservation> {
         self.rx.clone()
     }
 
@@ -124,7 +124,7 @@ impl Observer {
     /// `max_age` ago: the observer is asked to look now, and waited for up
     /// to `wait` (a PostgreSQL that does not answer within its query timeout
     /// is an answer too).
-    pub async fn fresh(&self, max_age: Duration, wait: Duration) -> Local {
+    pub async fn fresh(&self, max_age: Duration, wait: Duration) -> LocalObservation {
         let current = self.rx.borrow().clone();
         let looked = match current.postmaster.state {
             PostmasterState::Running => current.queried_at,
@@ -190,7 +190,7 @@ pub async fn observe_loop(
     port: u16,
     cadence: Cadence,
     mut wanted: watch::Receiver<u64>,
-    tx: watch::Sender<Local>,
+    tx: watch::Sender<LocalObservation>,
 ) {
     let mut connection: Option<PgConnection> = None;
     // A failure to connect to a running PostgreSQL (authentication, pg_hba,
@@ -298,7 +298,7 @@ pub async fn observe_loop(
         }
         // Sent every time, changed or not: the timestamp is what tells a
         // reader the observation is fresh.
-        let observation = Local {
+        let observation = LocalObservation {
             postmaster,
             sql: status,
             observed_at_unix_ms: crate::now_unix_ms(),

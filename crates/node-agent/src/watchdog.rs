@@ -26,7 +26,7 @@ use pgwarden_config::{Watchdog, WatchdogDriver, WatchdogMode};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::ha::HaView;
+use crate::ha::PublishedStatus;
 
 nix::ioctl_read!(wdioc_keepalive, b'W', 5, nix::libc::c_int);
 nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, nix::libc::c_int);
@@ -231,7 +231,7 @@ pub fn systemd_may_feed(leader_deadline: Option<BootInstant>) -> bool {
 /// Sends `WATCHDOG=1` to systemd as [`systemd_may_feed`] says, and keeps the
 /// unit's timeout at `ttl - safety_margin`. Runs only when systemd enabled a
 /// watchdog for this process.
-pub async fn systemd_watchdog(mut view: watch::Receiver<HaView>, safety_margin: i64) {
+pub async fn systemd_watchdog(mut view: watch::Receiver<PublishedStatus>, safety_margin: i64) {
     if pgwarden_runtime::notify::watchdog_enabled().is_none() {
         return;
     }

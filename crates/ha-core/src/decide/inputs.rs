@@ -30,9 +30,10 @@ pub struct DataDir {
     pub restored_backup: bool,
 }
 
-/// What the local postmaster is doing.
+/// What the local PostgreSQL runs as: not at all, not yet (starting or
+/// stopping), or a primary or a replica at a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgRun {
+pub enum RunningAs {
     Stopped,
     /// Started or stopping, not yet answering queries.
     Transitioning,
@@ -165,7 +166,7 @@ pub struct Observed {
     pub me: String,
     /// `None`: no initialised data directory.
     pub data: Option<DataDir>,
-    pub pg: PgRun,
+    pub pg: RunningAs,
     /// The postmaster is starting up (its pid file says so: crash recovery
     /// or a start in progress), not merely silent to queries.
     pub pg_starting: bool,

@@ -190,7 +190,7 @@ impl Agent {
         let dynamic = self.dynamic(Some(&view));
         let local = self.local.borrow().clone();
         let obs = self.observed(Some(&view), &local).await;
-        if obs.pg != PgRun::Stopped {
+        if obs.pg != RunningAs::Stopped {
             return Err(Status::failed_precondition("PostgreSQL is starting or stopping here: try again in a moment"));
         }
         let Some(data) = obs.data.clone() else {

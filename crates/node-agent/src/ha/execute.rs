@@ -48,7 +48,7 @@ impl Agent {
     /// Clones into the empty data directory; on success it is a replica's
     /// data directory from the first moment (never a former primary's to be
     /// rewound), on failure it is removed.
-    async fn clone_into_empty(&mut self, upstream: Option<&Upstream>, methods: CloneFor<'_>) -> anyhow::Result<bool> {
+    async fn clone_into_empty(&mut self, upstream: Option<&Upstream>, methods: CloneFor<'_>) -> anyhow::Result<()> {
         self.pg.write_pgpass(upstream)?;
         self.pg.prepare_empty_data_dir()?;
         let copied = self.clone_reporting_progress(upstream, methods).await;
@@ -60,7 +60,7 @@ impl Agent {
         }
         std::fs::write(self.pg.data_dir.join("standby.signal"), "").context("write standby.signal")?;
         self.sysid = None;
-        Ok(true)
+        Ok(())
     }
 
     /// Runs one action. While a switchover or failover request is pending,
@@ -74,12 +74,12 @@ impl Agent {
         view: &ClusterView,
         dynamic: &DynamicConfig,
         obs: &Observed,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<NextTick> {
         if view.failover.is_some() {
             tracing::Span::current().record("request", view.failover_revision);
         }
         match action {
-            Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| true),
+            Action::Bootstrap => self.bootstrap(dynamic).await.map(|()| NextTick::AtOnce),
             Action::Clone { source } => {
                 // `reinit --from-leader`: the leader with pg_basebackup,
                 // whatever the tags and methods say.
@@ -90,9 +90,11 @@ impl Agent {
                 };
                 let upstream = self.upstream_of(view, source)?;
                 let methods = if from_leader { CloneFor::LeaderOnly } else { CloneFor::Member };
-                self.clone_into_empty(Some(&upstream), methods).await
+                self.clone_into_empty(Some(&upstream), methods).await.map(|()| NextTick::AtOnce)
             }
-            Action::CloneWithoutLeader => self.clone_into_empty(None, CloneFor::Member).await,
+            Action::CloneWithoutLeader => {
+                self.clone_into_empty(None, CloneFor::Member).await.map(|()| NextTick::AtOnce)
+            }
             Action::StartStandbyLeader | Action::FollowRemote | Action::RejoinRemote => {
                 let remote =
                     dynamic.standby_cluster.clone().context("the config key no longer sets standby_cluster")?;
@@ -117,7 +119,7 @@ impl Agent {
                 if start {
                     self.await_local("answer as a standby", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
                 }
-                Ok(start)
+                Ok(if start { NextTick::AtOnce } else { NextTick::AfterLoopWait })
             }
             Action::StartReplica { upstream } => {
                 let upstream = match upstream {
@@ -130,7 +132,7 @@ impl Agent {
                 self.upstream = upstream.map(|u| u.member);
                 self.follows_remote = false;
                 self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
             Action::Follow { upstream } => {
                 let target = match upstream {
@@ -149,14 +151,16 @@ impl Agent {
                 }
                 self.upstream = upstream.clone();
                 self.follows_remote = false;
-                Ok(false)
+                Ok(NextTick::AfterLoopWait)
             }
             Action::AcquireLeader => {
                 // Re-binding its own key under a running primary needs no
                 // fencer: it already leads, and the proven deadline lets this
                 // agent fence by itself (without it, nobody would).
-                let rebind = matches!(obs.pg, PgRun::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
-                self.acquire_leader(dynamic, rebind).await
+                let rebind =
+                    matches!(obs.pg, RunningAs::Primary { .. }) && obs.leader.as_deref() == Some(obs.me.as_str());
+                let taken = self.acquire_leader(dynamic, rebind).await?;
+                Ok(if taken { NextTick::AtOnce } else { NextTick::AfterLoopWait })
             }
             Action::StartPrimary => {
                 // Restart in place, but never past primary_start_timeout:
@@ -180,26 +184,28 @@ impl Agent {
                 }
                 self.await_local("answer", |l| l.sql.is_some()).await?;
                 info!(from = "stopped", to = "primary", "role change: restarted in place");
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
             Action::ReleaseLeader => {
                 self.release_leader(dynamic).await?;
                 // A primary whose PostgreSQL did not come back gives the key
                 // up: its callback hears `demoted`, as Patroni's does.
-                if obs.pg == PgRun::Stopped && self.last_role.is_some_and(Role::leads) {
+                if obs.pg == RunningAs::Stopped && self.last_role.is_some_and(Role::leads) {
                     self.last_role = Some(Role::Demoted);
                     self.callbacks.fire(Event::RoleChange, Role::Demoted);
                 }
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
             Action::ClearFailover => {
                 if self.etcd.delete_if_revision(&self.keys.failover(), view.failover_revision).await? {
                     info!("cleared the switchover request");
                 }
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
-            Action::Switchover { candidate } => self.switchover(view, dynamic, obs, candidate.clone()).await,
-            Action::Rejoin { leader } => self.rejoin(view, dynamic, leader).await,
+            Action::Switchover { candidate } => {
+                self.switchover(view, dynamic, obs, candidate.clone()).await.map(|()| NextTick::AtOnce)
+            }
+            Action::Rejoin { leader } => self.rejoin(view, dynamic, leader).await.map(|()| NextTick::AtOnce),
             Action::Promote => {
                 if let Err(e) = self.callbacks.pre_promote().await {
                     error!("pre_promote vetoed the promotion: {e:#}; giving the leader key up");
@@ -276,7 +282,7 @@ impl Agent {
                     Ok(None) => {}
                     Err(e) => warn!("failed to read the timeline history: {e:#}"),
                 }
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
             Action::WithdrawPromotion { timeline } => {
                 let mut history = view.history.clone();
@@ -290,10 +296,10 @@ impl Agent {
                 {
                     warn!(timeline, "withdrew the promotion this member recorded and never made");
                 }
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
             Action::Demote => {
-                let replica = matches!(obs.pg, PgRun::Replica { .. });
+                let replica = matches!(obs.pg, RunningAs::Replica { .. });
                 // The leader of a cluster just made a standby cluster holds
                 // its key: a clean stop, so that it can follow the remote.
                 let demoted_cluster = obs.holds_leader && obs.standby_cluster;
@@ -319,7 +325,7 @@ impl Agent {
                 } else {
                     info!(from = "primary", to = "stopped", "role change: fenced");
                 }
-                Ok(true)
+                Ok(NextTick::AtOnce)
             }
         }
     }
@@ -344,7 +350,7 @@ impl Agent {
         dynamic: &DynamicConfig,
         obs: &Observed,
         candidate: Option<String>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         // The request's revision as this switchover last saw it: it is
         // dropped on failure only if nobody changed it since (an operator's
         // cancel and new request stay).
@@ -380,7 +386,7 @@ impl Agent {
         if !nostream && !candidate_until(&grpc, wait, |status| status.replication_state == "streaming").await {
             warn!(candidate, "switchover: the candidate does not stream from its upstream; staying primary");
             self.drop_request(request_revision).await;
-            return Ok(true);
+            return Ok(());
         }
         self.callbacks.before_stop(Role::Primary).await;
         info!(candidate, "switchover: checkpoint, then a clean shutdown");
@@ -401,12 +407,12 @@ impl Agent {
             // still this agent's, the data directory a clean primary's).
             self.pg.start().await?;
             info!(candidate, "switchover abandoned: PostgreSQL running as primary again");
-            return Ok(true);
+            return Ok(());
         }
         info!(candidate, checkpoint = %ha_core::Lsn(checkpoint), "switchover: the candidate has the shutdown checkpoint");
         self.release_leader(dynamic).await?;
         info!(from = "primary", to = "stopped", candidate, "role change: switched over");
-        Ok(true)
+        Ok(())
     }
 
     /// A data directory on an older timeline joins the leader: pg_rewind
@@ -417,7 +423,7 @@ impl Agent {
         view: &ClusterView,
         dynamic: &DynamicConfig,
         leader: &str,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<()> {
         let upstream = self.upstream_of(view, leader)?;
         self.pg.write_pgpass(Some(&upstream))?;
         let use_rewind = self.config.postgresql.use_pg_rewind.unwrap_or(dynamic.use_pg_rewind);
@@ -428,7 +434,7 @@ impl Agent {
             Ok(true) if self.config.postgresql.remove_data_directory_on_diverged_timelines => {
                 self.pg.move_aside("diverged")?;
                 self.sysid = None;
-                return Ok(true);
+                return Ok(());
             }
             Ok(true) => bail!(
                 "the data directory diverged from {leader}'s timeline and use_pg_rewind is off: set \
@@ -438,7 +444,7 @@ impl Agent {
                 warn!("pg_rewind failed, re-cloning as configured: {e:#}");
                 self.pg.move_aside("rewind-failed")?;
                 self.sysid = None;
-                return Ok(true);
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
@@ -447,7 +453,7 @@ impl Agent {
         self.upstream = Some(upstream.member);
         self.follows_remote = false;
         self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
-        Ok(true)
+        Ok(())
     }
 
     /// A former primary's data directory (its cluster was just demoted to a
@@ -503,7 +509,11 @@ impl Agent {
 
     /// Waits until the observer reports what an action just did, so that the
     /// next tick does not act on an observation from before it.
-    pub(super) async fn await_local(&mut self, what: &str, done: impl Fn(&Local) -> bool) -> anyhow::Result<()> {
+    pub(super) async fn await_local(
+        &mut self,
+        what: &str,
+        done: impl Fn(&LocalObservation) -> bool,
+    ) -> anyhow::Result<()> {
         let timeout = self.config.postgresql.pg_ctl_timeout;
         let mut rx = self.local.clone();
         let wait = async {

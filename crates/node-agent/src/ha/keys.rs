@@ -12,7 +12,7 @@ pub(super) struct MemberPublisher {
 }
 
 /// The member key's `state`, as Patroni names it.
-pub(super) fn member_state(local: &Local) -> &'static str {
+pub(super) fn member_state(local: &LocalObservation) -> &'static str {
     match local.postmaster.state {
         pg_local::PostmasterState::Running if local.sql.is_some() => "running",
         pg_local::PostmasterState::Running | pg_local::PostmasterState::Starting => "starting",
@@ -23,7 +23,12 @@ pub(super) fn member_state(local: &Local) -> &'static str {
 
 /// The member key's `role`: PostgreSQL's own answer; while it does not
 /// answer, only a proven leader key makes a primary.
-pub(super) fn member_role(local: &Local, has_data: bool, leading: bool, follows_remote: bool) -> &'static str {
+pub(super) fn member_role(
+    local: &LocalObservation,
+    has_data: bool,
+    leading: bool,
+    follows_remote: bool,
+) -> &'static str {
     match &local.sql {
         Some(sql) if !sql.in_recovery => "primary",
         // Patroni's name for a standby cluster's leader.
@@ -104,7 +109,7 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
 impl Agent {
     /// Patroni's `pending_restart_reason`: each parameter waiting for a
     /// restart, with the value PostgreSQL runs with and the one written.
-    pub(super) fn pending_reason(&self, local: &Local) -> BTreeMap<String, (String, String)> {
+    pub(super) fn pending_reason(&self, local: &LocalObservation) -> BTreeMap<String, (String, String)> {
         local.sql.as_ref().map_or_else(BTreeMap::new, |sql| {
             let written = self.pg.written_parameters().unwrap_or_default();
             sql.pending_parameters
@@ -120,7 +125,11 @@ impl Agent {
     /// This member's key as it should read now; `clone` while a base backup
     /// copies its data directory (Patroni's state `creating replica`, with
     /// pgwarden's `clone_progress`).
-    pub(super) fn member_data(&self, local: &Local, clone: Option<dcs::CloneProgress>) -> anyhow::Result<MemberData> {
+    pub(super) fn member_data(
+        &self,
+        local: &LocalObservation,
+        clone: Option<dcs::CloneProgress>,
+    ) -> anyhow::Result<MemberData> {
         let connect = self
             .config
             .postgresql
@@ -189,7 +198,7 @@ impl Agent {
     }
 
     /// Writes this member's key when its content changed.
-    pub(super) async fn publish_member(&mut self, local: &Local) -> anyhow::Result<()> {
+    pub(super) async fn publish_member(&mut self, local: &LocalObservation) -> anyhow::Result<()> {
         if self.keeper.lease.is_none() {
             return Ok(());
         }
@@ -207,7 +216,7 @@ impl Agent {
     pub(super) async fn leader_housekeeping(
         &mut self,
         view: &ClusterView,
-        local: &Local,
+        local: &LocalObservation,
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<()> {
         // A standby cluster's leader is a standby: it keeps the keys and its
@@ -443,8 +452,8 @@ mod tests {
     use super::*;
     use pg_local::PostmasterState as PostgresState;
 
-    fn local(state: PostgresState, sql: Option<bool>) -> Local {
-        Local {
+    fn local(state: PostgresState, sql: Option<bool>) -> LocalObservation {
+        LocalObservation {
             postmaster: pg_local::LocalPostgres { state, role: Default::default(), postmaster_pid: 0 },
             sql: sql.map(|in_recovery| sql::SqlStatus { in_recovery, ..Default::default() }),
             observed_at_unix_ms: 0,

@@ -22,7 +22,7 @@ pub(super) fn lock_watchdog(
 /// key is held.
 pub(super) async fn forward_renewals(
     mut lease_rx: watch::Receiver<LeaseState>,
-    view: watch::Sender<HaView>,
+    view: watch::Sender<PublishedStatus>,
     watchdog: crate::watchdog::SharedWatchdog,
 ) {
     while lease_rx.changed().await.is_ok() {
@@ -358,7 +358,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::forward_renewals;
-    use crate::ha::HaView;
+    use crate::ha::PublishedStatus;
     use crate::watchdog::DeviceWatchdog;
 
     async fn until(what: &str, condition: impl Fn() -> bool) {
@@ -385,7 +385,7 @@ mod tests {
         let keepalives = || watchdog.lock().expect("watchdog").keepalives();
         let first = BootInstant::now() + Duration::from_secs(10);
         let (lease_tx, lease_rx) = watch::channel(LeaseState::Held { lease: 7, deadline: first });
-        let (view_tx, view_rx) = watch::channel(HaView::default());
+        let (view_tx, view_rx) = watch::channel(PublishedStatus::default());
         tokio::spawn(forward_renewals(lease_rx, view_tx.clone(), watchdog.clone()));
 
         // Not published as leader by the loop yet: nothing moves.

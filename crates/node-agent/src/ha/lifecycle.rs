@@ -42,7 +42,7 @@ impl Agent {
         // What wakes the loop early when it changes: the postmaster's state,
         // and PostgreSQL's role, streaming and timeline (so the member key and
         // the tick's reason say "streaming" only while it streams).
-        let summary = |local: &Local| {
+        let summary = |local: &LocalObservation| {
             (
                 local.postmaster.state,
                 local.sql.as_ref().map(|s| (s.in_recovery, s.replication_state == "streaming", s.timeline)),
@@ -51,11 +51,11 @@ impl Agent {
         let mut previous_state = summary(&self.local.borrow());
         loop {
             // A tick may wait on PostgreSQL (start, clone); shutdown must not.
-            let again = tokio::select! {
-                again = self.tick() => again,
+            let next = tokio::select! {
+                next = self.tick() => next,
                 () = &mut shutdown => break,
             };
-            if again {
+            if next == NextTick::AtOnce {
                 continue;
             }
             let loop_wait = self.loop_wait;

@@ -58,7 +58,7 @@ impl Agent {
         end
     }
 
-    pub(super) async fn observed(&mut self, view: Option<&ClusterView>, local: &Local) -> Observed {
+    pub(super) async fn observed(&mut self, view: Option<&ClusterView>, local: &LocalObservation) -> Observed {
         let me = self.config.name.clone();
         let running_timeline = local.sql.as_ref().map(|s| s.timeline);
         let mut data = self.local_identity(running_timeline).await.map(|(sysid, timeline)| DataDir {
@@ -70,24 +70,24 @@ impl Agent {
             restored_backup: self.pg.data_dir.join("backup_label").exists(),
         });
         let pg = match (&local.sql, local.postmaster.state) {
-            (Some(sql), _) if !sql.in_recovery => PgRun::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
+            (Some(sql), _) if !sql.in_recovery => RunningAs::Primary { lsn: sql.xlog_location, timeline: sql.timeline },
             (Some(sql), _) => {
-                PgRun::Replica { lsn: sql.xlog_location, timeline: sql.timeline, upstream: self.upstream.clone() }
+                RunningAs::Replica { lsn: sql.xlog_location, timeline: sql.timeline, upstream: self.upstream.clone() }
             }
-            (None, pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized) => PgRun::Stopped,
-            (None, _) => PgRun::Transitioning,
+            (None, pg_local::PostmasterState::Stopped | pg_local::PostmasterState::Uninitialized) => RunningAs::Stopped,
+            (None, _) => RunningAs::Transitioning,
         };
         // A stopped former primary resumes only if its WAL reaches the last
         // published position (decide's may_resume): read where it ends.
-        if let Some(data) = data.as_mut().filter(|d| d.was_primary && pg == PgRun::Stopped) {
+        if let Some(data) = data.as_mut().filter(|d| d.was_primary && pg == RunningAs::Stopped) {
             data.wal_end = self.stopped_wal_end().await;
         }
-        if pg == PgRun::Stopped {
+        if pg == RunningAs::Stopped {
             self.upstream = None;
             self.follows_remote = false;
         }
         // A reinit is done once the new copy runs as a replica.
-        if matches!(pg, PgRun::Replica { .. }) {
+        if matches!(pg, RunningAs::Replica { .. }) {
             self.reinit_requested = false;
         }
         let not_streaming = match &local.sql {
@@ -141,7 +141,7 @@ impl Agent {
                 || leader.is_some_and(|l| l.name == me && Some(l.lease) == self.keeper.lease.map(|lease| lease.id)));
         let leader_member = leader.and_then(|l| view.and_then(|v| v.member(&l.name)));
         let now_ms = self.now_ms();
-        if holds_leader && !matches!(pg, PgRun::Primary { .. }) {
+        if holds_leader && !matches!(pg, RunningAs::Primary { .. }) {
             self.primary_down_since_ms.get_or_insert(now_ms);
         } else {
             // A restart's timeout was for that start only (and this agent's

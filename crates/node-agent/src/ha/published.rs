@@ -5,7 +5,7 @@ use super::*;
 
 /// What the HA loop publishes for the status stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HaView {
+pub struct PublishedStatus {
     pub leader: Option<String>,
     /// Deadline up to which the leader key is proven ours.
     pub leader_deadline: Option<BootInstant>,
@@ -40,7 +40,7 @@ pub struct HaView {
     pub follows_remote: bool,
 }
 
-impl HaView {
+impl PublishedStatus {
     /// Before the first tick: what the config says of this member.
     pub fn initial(config: &Config) -> Self {
         Self {

@@ -201,7 +201,7 @@ impl Agent {
     pub(super) async fn replica_slots(
         &mut self,
         view: &ClusterView,
-        local: &Local,
+        local: &LocalObservation,
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<()> {
         if !local.sql.as_ref().is_some_and(|s| s.in_recovery) {

@@ -126,7 +126,7 @@ impl Agent {
     pub(super) async fn manage_sync(
         &mut self,
         view: &ClusterView,
-        local: &Local,
+        local: &LocalObservation,
         dynamic: &DynamicConfig,
     ) -> anyhow::Result<()> {
         let Some(sql) = local.sql.as_ref().filter(|s| !s.in_recovery) else { return Ok(()) };
