@@ -60,28 +60,13 @@ pub fn members_response(scope: &str, view: &ClusterView) -> ListMembersResponse 
             receive_lsn: entry.data.receive_lsn,
             replay_lsn: entry.data.replay_lsn,
             pending_restart: entry.data.pending_restart(),
-            scheduled_restart: entry
-                .data
-                .extra
-                .get("scheduled_restart")
-                .and_then(|s| s.get("schedule"))
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            scheduled_restart: entry.data.scheduled_restart_field("schedule").to_string(),
             pending_restart_reason_json: entry
                 .data
-                .extra
-                .get("pending_restart_reason")
-                .map(serde_json::Value::to_string)
+                .pending_restart_reason()
+                .map(|reason| serde_json::Value::Object(reason.clone()).to_string())
                 .unwrap_or_default(),
-            scheduled_restart_postgres_version: entry
-                .data
-                .extra
-                .get("scheduled_restart")
-                .and_then(|s| s.get("postgres_version"))
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            scheduled_restart_postgres_version: entry.data.scheduled_restart_field("postgres_version").to_string(),
             clone_progress: entry.data.clone_progress().map(|p| ha_proto::v1::CloneProgress {
                 done_bytes: p.done_bytes,
                 total_bytes: p.total_bytes,
@@ -425,4 +410,37 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     .await?;
     pgwarden_runtime::warn_if_writes_are_open(&listener, &config, "the controller's gRPC API");
     run(config, listener, pgwarden_runtime::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members projection reads a member's scheduled restart and
+    /// pending-restart reason through the member key's accessors.
+    #[test]
+    fn a_members_scheduled_restart_and_pending_reason_reach_the_projection() {
+        let raw = br#"{"conn_url":"postgres://127.0.0.1:5432/postgres","api_url":"http://127.0.0.1:8008/patroni",
+            "state":"running","role":"replica","pending_restart":true,
+            "pending_restart_reason":{"max_connections":{"old_value":"100","new_value":"120"}},
+            "scheduled_restart":{"schedule":"2026-12-08T01:00:00+00:00","postgres_version":"15.18"}}"#;
+        let data = dcs::MemberData::parse(raw).expect("a member key");
+        let view = ClusterView {
+            members: vec![dcs::MemberEntry { name: "pg1".into(), data, lease: 0 }],
+            ..ClusterView::default()
+        };
+        let member = &members_response("s", &view).members[0];
+        assert_eq!(member.scheduled_restart, "2026-12-08T01:00:00+00:00");
+        assert_eq!(member.scheduled_restart_postgres_version, "15.18");
+        let reason: serde_json::Value = serde_json::from_str(&member.pending_restart_reason_json).expect("json");
+        assert_eq!(reason["max_connections"]["new_value"], "120");
+        let plain =
+            dcs::MemberData::parse(br#"{"conn_url":"postgres://h:1/postgres","state":"running"}"#).expect("key");
+        let view = ClusterView {
+            members: vec![dcs::MemberEntry { name: "pg2".into(), data: plain, lease: 0 }],
+            ..ClusterView::default()
+        };
+        let member = &members_response("s", &view).members[0];
+        assert!(member.scheduled_restart.is_empty() && member.pending_restart_reason_json.is_empty());
+    }
 }

@@ -234,6 +234,12 @@ impl MemberData {
         self.extra.get("scheduled_restart")
     }
 
+    /// A text field of the scheduled restart (`schedule`, `postgres_version`),
+    /// empty when there is none.
+    pub fn scheduled_restart_field(&self, field: &str) -> &str {
+        self.scheduled_restart().and_then(|s| s.get(field)).and_then(Value::as_str).unwrap_or_default()
+    }
+
     /// Patroni's `pending_restart_reason`: parameter to `{old_value, new_value}`.
     pub fn pending_restart_reason(&self) -> Option<&Map<String, Value>> {
         self.extra.get("pending_restart_reason").and_then(Value::as_object)
