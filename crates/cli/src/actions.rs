@@ -162,6 +162,7 @@ pub async fn switchover(
             target.scope
         );
     };
+    no_candidates_check(&view, Some(&current), "switchover")?;
     let to = candidate.clone().unwrap_or_else(|| "the best replica".into());
     let when = scheduled.clone().filter(|s| s != "now").map_or_else(|| "now".to_string(), |at| format!("at {at}"));
     confirm(&format!("Switch over cluster {} from {current} to {to}, {when}?", target.scope), force)?;
@@ -173,8 +174,31 @@ pub async fn switchover(
     run_workflow(config, target, workflow).await
 }
 
+/// The members that could take over from `leader`: every other member
+/// whose tags let it lead, by name (patronictl's list, checked before it asks
+/// anything).
+fn candidates<'v>(view: &'v ClusterView, leader: Option<&str>) -> Vec<&'v str> {
+    let mut names: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != leader && !m.data.known_tags().never_leads())
+        .map(|m| m.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// Refuses, in patronictl's words, an `action` no member could take.
+fn no_candidates_check(view: &ClusterView, leader: Option<&str>, action: &str) -> anyhow::Result<()> {
+    if candidates(view, leader).is_empty() {
+        bail!("No candidates found to {action} to");
+    }
+    Ok(())
+}
+
 pub async fn failover(config: &Config, target: &Target, candidate: String, force: bool) -> anyhow::Result<()> {
     let view = read(target).await?;
+    no_candidates_check(&view, view.leader.as_ref().map(|l| l.name.as_str()), "failover")?;
     let from = view.leader.as_ref().map_or_else(|| "no leader".to_string(), |l| format!("leader {}", l.name));
     confirm(&format!("Fail cluster {} over to {candidate} ({from} now)?", target.scope), force)?;
     run_workflow(config, target, Workflow::Failover { candidate }).await
@@ -252,5 +276,44 @@ pub async fn member_version(view: &ClusterView, member: &dcs::MemberEntry) -> St
     match member.data.version() {
         Some(version) => format!("Patroni {version}"),
         None => "failed to get version: no agent address and no version in its member key".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, tags: &str) -> dcs::MemberEntry {
+        let raw = format!(r#"{{"conn_url":"postgres://h:5432/postgres","state":"running","tags":{tags}}}"#);
+        dcs::MemberEntry { name: name.into(), data: dcs::MemberData::parse(raw.as_bytes()).expect("member"), lease: 0 }
+    }
+
+    /// patronictl's check: no member but the leader, or only members that
+    /// may never lead, leaves nobody to switch or fail over to.
+    #[test]
+    fn a_cluster_with_nobody_to_take_over_is_refused_in_patronictls_words() {
+        let lone = ClusterView { members: vec![member("pg0", "{}")], ..ClusterView::default() };
+        let error = no_candidates_check(&lone, Some("pg0"), "switchover").expect_err("nobody");
+        assert_eq!(error.to_string(), "No candidates found to switchover to");
+        let barred = ClusterView {
+            members: vec![
+                member("pg0", "{}"),
+                member("pg1", r#"{"nofailover":true}"#),
+                member("pg2", r#"{"failover_priority":0}"#),
+            ],
+            ..ClusterView::default()
+        };
+        assert!(candidates(&barred, Some("pg0")).is_empty());
+        assert_eq!(
+            no_candidates_check(&barred, Some("pg0"), "failover").expect_err("nobody").to_string(),
+            "No candidates found to failover to"
+        );
+        let two = ClusterView {
+            members: vec![member("pg2", "{}"), member("pg0", "{}"), member("pg1", r#"{"nofailover":"true"}"#)],
+            ..ClusterView::default()
+        };
+        assert_eq!(candidates(&two, Some("pg0")), ["pg2"]);
+        assert_eq!(candidates(&two, None), ["pg0", "pg2"]);
+        assert!(no_candidates_check(&two, Some("pg0"), "switchover").is_ok());
     }
 }

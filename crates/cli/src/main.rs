@@ -15,7 +15,8 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgwardenctl: {e:#}");
+            // patronictl's form, which scripts written for it look for.
+            eprintln!("Error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

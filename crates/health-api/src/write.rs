@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 const MAX_BODY: usize = 64 * 1024;
 
 /// A plain-text answer.
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub text: String,
@@ -326,6 +327,52 @@ pub async fn failsafe(body: Incoming, agent_url: &str) -> Reply {
     }
 }
 
+/// A `/switchover` or `/failover` request's fields, checked.
+#[derive(Debug, PartialEq, Eq)]
+struct TransferRequest {
+    leader: String,
+    candidate: String,
+    scheduled_at: String,
+}
+
+/// Checks a `/switchover` or `/failover` body as far as no cluster state is
+/// needed, answering as Patroni does where it answers.
+fn transfer_request(
+    method: &Method,
+    failover: bool,
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<TransferRequest, Reply> {
+    let leader = text_field(body, "leader")?;
+    let candidate = text_field(body, "candidate")?;
+    let member = text_field(body, "member")?;
+    let scheduled_at = text_field(body, "scheduled_at")?;
+    let candidate = if candidate.is_empty() { member } else { candidate };
+    // Input checks that need no cluster state, with Patroni's wording.
+    if *method == Method::POST {
+        if failover && candidate.is_empty() {
+            return Err(reply(StatusCode::BAD_REQUEST, "Failover could be performed only to a specific candidate"));
+        }
+        if !failover && leader.is_empty() {
+            return Err(reply(StatusCode::BAD_REQUEST, "Switchover could be performed only from a specific leader"));
+        }
+        if failover && !scheduled_at.is_empty() {
+            return Err(reply(StatusCode::BAD_REQUEST, "Failover can't be scheduled"));
+        }
+        if !leader.is_empty() && leader == candidate {
+            return Err(reply(StatusCode::BAD_REQUEST, "Switchover target and source are the same"));
+        }
+    }
+    // Patroni ignores a field it does not know; a request that would run
+    // with one is refused here instead, as a misspelt `candidate` would
+    // otherwise hand over to whichever replica is best. Patroni's own
+    // answers to a request missing what it needs come first (above).
+    let known = ["leader", "candidate", "member", "scheduled_at"];
+    if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}")));
+    }
+    Ok(TransferRequest { leader, candidate, scheduled_at })
+}
+
 /// Answers one write request through the controller at `controller_url`.
 pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url: &str, member: &str) -> Reply {
     let body = match body_object(body).await {
@@ -338,39 +385,11 @@ pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url:
         }
         return answer_operation(method, path, body, controller_url, member).await;
     }
-    let known = ["leader", "candidate", "member", "scheduled_at"];
-    if let Some(unknown) = body.keys().find(|k| !known.contains(&k.as_str())) {
-        return reply(StatusCode::BAD_REQUEST, format!("unknown field {unknown:?}; expected one of {known:?}"));
-    }
-    let fields = (|| {
-        Ok((
-            text_field(&body, "leader")?,
-            text_field(&body, "candidate")?,
-            text_field(&body, "member")?,
-            text_field(&body, "scheduled_at")?,
-        ))
-    })();
-    let (leader, candidate, member, scheduled_at) = match fields {
-        Ok(fields) => fields,
+    let failover = path == "/failover";
+    let TransferRequest { leader, candidate, scheduled_at } = match transfer_request(method, failover, &body) {
+        Ok(request) => request,
         Err(reply) => return reply,
     };
-    let candidate = if candidate.is_empty() { member } else { candidate };
-    // Input checks that need no cluster state, with Patroni's wording.
-    let failover = path == "/failover";
-    if *method == Method::POST {
-        if failover && candidate.is_empty() {
-            return reply(StatusCode::BAD_REQUEST, "Failover could be performed only to a specific candidate");
-        }
-        if !failover && leader.is_empty() {
-            return reply(StatusCode::BAD_REQUEST, "Switchover could be performed only from a specific leader");
-        }
-        if failover && !scheduled_at.is_empty() {
-            return reply(StatusCode::BAD_REQUEST, "Failover can't be scheduled");
-        }
-        if !leader.is_empty() && leader == candidate {
-            return reply(StatusCode::BAD_REQUEST, "Switchover target and source are the same");
-        }
-    }
     let mut client = match controller(controller_url).await {
         Ok(client) => client,
         Err(reply) => return reply,
@@ -389,6 +408,33 @@ pub async fn answer(method: &Method, path: &str, body: Incoming, controller_url:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().expect("an object").clone()
+    }
+
+    /// Patroni's answers to a request missing what it needs come before the
+    /// refusal of a field nobody knows (Patroni's behave `patroni_api`:
+    /// `POST /failover {"foo": "bar"}`); a request that would run with an
+    /// unknown field is refused, not run without it.
+    #[test]
+    fn a_transfer_request_answers_as_patroni_and_refuses_a_misspelt_field_that_would_run() {
+        let refused = |failover, json| transfer_request(&Method::POST, failover, &body(json)).expect_err("refused");
+        let r = refused(true, serde_json::json!({"foo": "bar"}));
+        assert_eq!(
+            (r.status, r.text.as_str()),
+            (StatusCode::BAD_REQUEST, "Failover could be performed only to a specific candidate")
+        );
+        let r = refused(false, serde_json::json!({"canditate": "pg1"}));
+        assert_eq!(r.text, "Switchover could be performed only from a specific leader");
+        let r = refused(false, serde_json::json!({"leader": "pg0", "canditate": "pg1"}));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.text.starts_with("unknown field \"canditate\""), "{}", r.text);
+        let r = refused(true, serde_json::json!({"candidate": 5}));
+        assert_eq!(r.text, "candidate must be a string, not 5");
+        let ok = transfer_request(&Method::POST, true, &body(serde_json::json!({"member": "pg1"}))).expect("runs");
+        assert_eq!(ok, TransferRequest { leader: String::new(), candidate: "pg1".into(), scheduled_at: String::new() });
+    }
 
     #[test]
     fn controller_errors_map_to_patroni_codes() {
