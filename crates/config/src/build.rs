@@ -68,6 +68,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
             headers
         },
         server_tokens: server_tokens(&mut r),
+        request_queue_size: r.int("restapi.request_queue_size", 0, 4096).map(|n| n as u32),
     });
 
     r.section("ctl");

@@ -120,6 +120,9 @@ pub struct RestApi {
     pub extra_headers: Vec<(String, String)>,
     /// `restapi.server_tokens`: the `Server` header pgwarden sends.
     pub server_tokens: ServerTokens,
+    /// `restapi.request_queue_size`: the REST socket's listen backlog
+    /// (`None`: the standard library's default, 128 on Linux).
+    pub request_queue_size: Option<u32>,
 }
 
 /// `restapi.server_tokens`, as Patroni reads it.

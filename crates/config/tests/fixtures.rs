@@ -95,3 +95,25 @@ fn advertised_grpc_addresses_follow_the_listeners() {
     assert_eq!(config.pgwarden.agent_grpc_connect_address.to_string(), "10.0.0.5:7001");
     assert_eq!(config.pgwarden.controller_grpc_connect_address.to_string(), "10.0.0.5:10008");
 }
+
+#[test]
+fn restapi_request_queue_size_is_read_and_bounded_as_patroni_bounds_it() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid/unsupported_extras.yml");
+    let config = load_from(&source(&path), std::iter::empty(), Purpose::Service).expect("valid").config;
+    assert_eq!(config.restapi.request_queue_size, Some(10));
+    let yaml = |size: &str| Source {
+        origin: "inline".into(),
+        yaml: format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\n  request_queue_size: {size}\n\
+             etcd3:\n  hosts: 127.0.0.1:2379\npostgresql:\n  listen: 127.0.0.1:5432\n  data_dir: /d\n"
+        ),
+    };
+    let refused = load_from(&yaml("5000"), std::iter::empty(), Purpose::Service).expect_err("above 4096");
+    assert!(refused.to_string().contains("restapi.request_queue_size"), "{refused}");
+    let unset = load_from(&minimal(), std::iter::empty(), Purpose::Service).expect("valid").config;
+    assert_eq!(unset.restapi.request_queue_size, None, "unset: the system's default");
+}
+
+fn minimal() -> Source {
+    source(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid/minimal.yml"))
+}

@@ -528,7 +528,13 @@ pub fn agent_url(config: &Config) -> String {
 pub async fn main(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_runtime::start(&args.config, Purpose::Service)?;
     pgwarden_runtime::grpc::init_service_client(&config)?;
-    let listener = pgwarden_runtime::bind(&config.restapi.listen, "the REST API", "restapi.listen").await?;
+    let listener = pgwarden_runtime::bind_with_backlog(
+        &config.restapi.listen,
+        "the REST API",
+        "restapi.listen",
+        config.restapi.request_queue_size,
+    )
+    .await?;
     pgwarden_runtime::warn_if_writes_are_open(&listener, &config, "the REST API");
     let identity = Identity { scope: config.scope.clone(), name: config.name.clone() };
     let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);

@@ -138,10 +138,37 @@ pub async fn bind(
     what: &str,
     setting: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
+    bind_with_backlog(address, what, setting, None).await
+}
+
+/// As [`bind`], with a listen backlog (`restapi.request_queue_size`);
+/// `None`: the system's default.
+pub async fn bind_with_backlog(
+    address: &pgwarden_config::HostPort,
+    what: &str,
+    setting: &str,
+    backlog: Option<u32>,
+) -> anyhow::Result<tokio::net::TcpListener> {
     let host = if address.host == "*" { "0.0.0.0" } else { address.host.as_str() };
-    tokio::net::TcpListener::bind((host, address.port)).await.with_context(|| {
-        format!("listen on {address} for {what} (is another process using the port? change {setting})")
-    })
+    let context = || format!("listen on {address} for {what} (is another process using the port? change {setting})");
+    let Some(backlog) = backlog else {
+        return tokio::net::TcpListener::bind((host, address.port)).await.with_context(context);
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, address.port)).await.with_context(context)? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let listening = socket.and_then(|socket| {
+            // As std's and tokio's own `bind` do on Unix.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog)
+        });
+        match listening {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing"))).with_context(context)
 }
 
 /// Warns once at start when state-changing endpoints (`what`) listen on
@@ -207,6 +234,33 @@ pub mod notify {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `restapi.request_queue_size` reaches the socket: the kernel reports
+    /// a listening socket's backlog as its send queue (`ss -ltn`).
+    #[tokio::test]
+    async fn the_listen_backlog_is_the_one_configured() {
+        let backlog_of = |port: u16| {
+            let out = std::process::Command::new("ss")
+                .args(["-Hltn", &format!("sport = :{port}")])
+                .output()
+                .expect("ss (iproute2) runs");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.split_whitespace().nth(2).and_then(|q| q.parse::<u32>().ok()).unwrap_or_else(|| panic!("{text}"))
+        };
+        let address = pgwarden_config::HostPort::new("127.0.0.1", 0);
+        let listener = bind_with_backlog(&address, "a test", "restapi.listen", Some(7)).await.expect("bind");
+        assert_eq!(backlog_of(listener.local_addr().expect("address").port()), 7);
+        let default = bind(&address, "a test", "restapi.listen").await.expect("bind");
+        let system = backlog_of(default.local_addr().expect("address").port());
+        assert!(system > 7, "unset: the standard library's default (128 on Linux), not Patroni's 5: {system}");
+        // A port in use is refused with the setting to change.
+        let taken = listener.local_addr().expect("address").port();
+        let error =
+            bind_with_backlog(&pgwarden_config::HostPort::new("127.0.0.1", taken), "a test", "restapi.listen", Some(7))
+                .await
+                .expect_err("in use");
+        assert!(format!("{error:#}").contains("change restapi.listen"), "{error:#}");
+    }
 
     #[test]
     fn open_write_endpoints_are_those_others_reach_without_credentials() {
