@@ -92,7 +92,9 @@ impl<'a> ClusterSpec<'a> {
 /// proxy's address under the node's own keys, merged as values (a node's
 /// `etcd3:` section joins it rather than repeating the key).
 fn through_proxy(port: u16, node_yaml: &str) -> anyhow::Result<String> {
-    crate::yaml::merged(&format!("etcd3:\n  hosts: 127.0.0.1:{port}\n"), node_yaml)
+    // `use_proxies`: the proxy is all the node may reach; it must not look
+    // etcd's members up and go round the proxy.
+    crate::yaml::merged(&format!("etcd3:\n  hosts: 127.0.0.1:{port}\n  use_proxies: true\n"), node_yaml)
 }
 
 #[cfg(test)]
@@ -104,7 +106,7 @@ mod tests {
         let text = through_proxy(4001, "etcd3:\n  protocol: http\ntags:\n  nosync: true\n").expect("merged");
         let back: serde_json::Value = serde_saphyr::from_str(&text).expect("reads back");
         let expected = serde_json::json!({
-            "etcd3": {"hosts": "127.0.0.1:4001", "protocol": "http"},
+            "etcd3": {"hosts": "127.0.0.1:4001", "use_proxies": true, "protocol": "http"},
             "tags": {"nosync": true},
         });
         assert_eq!(back, expected, "{text}");
@@ -112,7 +114,7 @@ mod tests {
         let plain = through_proxy(4001, "").expect("merged");
         assert_eq!(
             serde_saphyr::from_str::<serde_json::Value>(&plain).expect("reads"),
-            serde_json::json!({"etcd3": {"hosts": "127.0.0.1:4001"}})
+            serde_json::json!({"etcd3": {"hosts": "127.0.0.1:4001", "use_proxies": true}})
         );
     }
 }

@@ -433,3 +433,54 @@ async fn failsafe_mode_moves_the_replicas_slot_copies_along_while_etcd_is_stoppe
     cluster.etcd.restart(0).await.expect("etcd back");
     assert_eq!(cluster.wait_healthy(UP).await.expect("healthy again"), 0, "the same primary");
 }
+
+/// `etcd3.use_proxies` off, Patroni's default: nodes whose `hosts` name one
+/// etcd member of three look the other two up (etcd's member list) and
+/// outlive that member: the primary keeps its key through two ttls after
+/// the kill, no replica is promoted, and the writers go on. Without the
+/// look-up every node loses etcd with its one member: the primary fences at
+/// its deadline and nobody can take over.
+#[tokio::test]
+async fn nodes_listing_one_etcd_member_find_the_others_and_outlive_it() {
+    init_logging();
+    let etcd = pgwarden_integration_tests::EtcdCluster::start(3).await.expect("etcd");
+    let first = etcd.client_port(0);
+    let mut cluster = PgwardenCluster::empty(etcd, "itest", TTL.as_secs() as u32);
+    for i in 1..=3 {
+        cluster.add_node(&format!("node{i}"), &format!("etcd3:\n  hosts: 127.0.0.1:{first}\n")).expect("add a node");
+    }
+    cluster.start_all().expect("start");
+    let mut loaded = LoadedCluster::load(cluster, 3).await.expect("a loaded cluster");
+    let leader = loaded.leader;
+    let cluster = &loaded.cluster;
+    wait_until("every agent to find etcd's other members", UP, || async {
+        let missing: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| !n.agent_log().contains("etcd members discovered"))
+            .map(|n| n.name.clone())
+            .collect();
+        if missing.is_empty() { Ok(Some(())) } else { Err(format!("not yet: {missing:?}")) }
+    })
+    .await
+    .expect("the members found");
+    let before = timeline(cluster, leader);
+    loaded.cluster.etcd.kill(0);
+    let killed = Instant::now();
+    // A window to watch, not a wait for a condition: the key would expire
+    // one ttl after the last renewal that reached etcd.
+    let cluster = &loaded.cluster;
+    while killed.elapsed() < 2 * TTL {
+        assert_eq!(
+            cluster.nodes[leader].check("/primary"),
+            200,
+            "the primary lost its key {:?} after the listed etcd member died:\n{}",
+            killed.elapsed(),
+            cluster.nodes[leader].agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(timeline(cluster, leader), before, "no promotion");
+    loaded.wait_writes_after(killed + TTL).await.expect("writes go on past the ttl");
+    loaded.finish("the one listed etcd member lost", &[leader]).await;
+}

@@ -160,6 +160,10 @@ pub struct Etcd {
     pub section: &'static str,
     /// Endpoint URLs, `http://host:port` or `https://host:port`.
     pub endpoints: Vec<String>,
+    /// `use_proxies`: the endpoints are proxies; do not look up etcd's
+    /// members (off, Patroni's default: their client URLs are added to the
+    /// endpoints).
+    pub use_proxies: bool,
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub cacert: Option<PathBuf>,

@@ -172,6 +172,7 @@ pub(crate) fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd>
     Some(Etcd {
         section,
         endpoints,
+        use_proxies: r.bool(&format!("{section}.use_proxies"), false),
         username: r.string(&format!("{section}.username")),
         password: secret_of(r, &format!("{section}.password")),
         cacert: path_of(r, &format!("{section}.cacert")),

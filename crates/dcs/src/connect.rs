@@ -21,7 +21,13 @@ pub struct EtcdSettings {
     pub cacert: Option<std::path::PathBuf>,
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+    /// Look etcd's members up and add their client URLs to the endpoints
+    /// (`etcd3.use_proxies` off, Patroni's default).
+    pub discover_members: bool,
 }
+
+/// How often the members are looked up again while requests succeed.
+const DISCOVER_EVERY: Duration = Duration::from_secs(300);
 
 impl EtcdSettings {
     /// Settings from the loaded config, with the given request timeout.
@@ -34,6 +40,7 @@ impl EtcdSettings {
             cacert: etcd.cacert.clone(),
             cert: etcd.cert.clone(),
             key: etcd.key.clone(),
+            discover_members: !etcd.use_proxies,
         }
     }
 }
@@ -94,7 +101,13 @@ pub struct Etcd {
 struct Inner {
     settings: EtcdSettings,
     options: ConnectOptions,
+    /// The configured endpoints, then the members' client URLs found since
+    /// (`EtcdSettings::discover_members`); never shorter than `clients`.
+    endpoints: std::sync::RwLock<Vec<String>>,
+    /// One client per endpoint, made on first use.
     clients: Mutex<Vec<Option<Client>>>,
+    /// When the members were last looked up (`None`: not yet).
+    discovered: std::sync::Mutex<Option<std::time::Instant>>,
     current: AtomicUsize,
     /// When a request last got an answer (`Etcd::last_answer`).
     answered: std::sync::Mutex<Option<std::time::Instant>>,
@@ -149,7 +162,9 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
         inner: Arc::new(Inner {
             settings: settings.clone(),
             options,
+            endpoints: std::sync::RwLock::new(settings.endpoints.clone()),
             clients: Mutex::new(vec![None; settings.endpoints.len()]),
+            discovered: std::sync::Mutex::new(None),
             // The first endpoint as the user listed it; later ones on failure.
             current: AtomicUsize::new(0),
             answered: std::sync::Mutex::new(None),
@@ -163,30 +178,91 @@ impl Etcd {
     }
 
     /// The endpoint calls go to now.
-    pub fn current_endpoint(&self) -> &str {
-        let idx = self.inner.current.load(Ordering::Relaxed);
-        &self.inner.settings.endpoints[idx]
+    pub fn current_endpoint(&self) -> String {
+        self.endpoint(self.inner.current.load(Ordering::Relaxed))
+    }
+
+    /// Every endpoint tried: the configured ones, then the members found.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoints.read().expect("endpoints").clone()
+    }
+
+    fn endpoint(&self, idx: usize) -> String {
+        self.inner.endpoints.read().expect("endpoints")[idx].clone()
+    }
+
+    fn endpoint_count(&self) -> usize {
+        self.inner.endpoints.read().expect("endpoints").len()
     }
 
     async fn client_at(&self, idx: usize) -> Result<Client, etcd_client::Error> {
         if let Some(client) = self.inner.clients.lock().await[idx].clone() {
             return Ok(client);
         }
-        let endpoint = self.inner.settings.endpoints[idx].clone();
+        let endpoint = self.endpoint(idx);
         let client = Client::connect([endpoint], Some(self.inner.options.clone())).await?;
         self.inner.clients.lock().await[idx] = Some(client.clone());
         Ok(client)
     }
 
     fn rotate_from(&self, idx: usize) {
-        let next = (idx + 1) % self.inner.settings.endpoints.len();
+        let next = (idx + 1) % self.endpoint_count();
         if self.inner.current.compare_exchange(idx, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             tracing::info!(
-                from = %self.inner.settings.endpoints[idx],
-                to = %self.inner.settings.endpoints[next],
+                from = %self.endpoint(idx),
+                to = %self.endpoint(next),
                 "etcd endpoint unreachable, moving to the next"
             );
         }
+    }
+
+    /// Looks etcd's members up and adds the client URLs not yet among the
+    /// endpoints (the configured ones stay first); returns those added.
+    pub async fn discover_members(&self) -> Result<Vec<String>, etcd_client::Error> {
+        let response = self.call(|mut client| async move { client.member_list().await }).await?;
+        let urls: Vec<String> = response
+            .members()
+            .iter()
+            .flat_map(|member| member.client_urls())
+            .map(|url| url.trim_end_matches('/').to_string())
+            .filter(|url| url.starts_with("http://") || url.starts_with("https://"))
+            .collect();
+        // Clients first, so that an endpoint's index always has a slot.
+        let mut clients = self.inner.clients.lock().await;
+        let mut endpoints = self.inner.endpoints.write().expect("endpoints");
+        let mut added = Vec::new();
+        for url in urls {
+            if !endpoints.contains(&url) {
+                clients.push(None);
+                endpoints.push(url.clone());
+                added.push(url);
+            }
+        }
+        if !added.is_empty() {
+            tracing::info!(added = ?added, "etcd members discovered (etcd3.use_proxies is off): tried after the hosts");
+        }
+        Ok(added)
+    }
+
+    /// Starts a look-up of the members when one is due (first, then every
+    /// [`DISCOVER_EVERY`]), in the background.
+    fn discover_when_due(&self) {
+        if !self.inner.settings.discover_members {
+            return;
+        }
+        {
+            let mut last = self.inner.discovered.lock().expect("discovered");
+            if last.is_some_and(|at| at.elapsed() < DISCOVER_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let etcd = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = etcd.discover_members().await {
+                tracing::debug!("looking up etcd's members failed: {}", describe_error(&e));
+            }
+        });
     }
 
     /// The client of the current endpoint, for long-lived streams (watch,
@@ -217,7 +293,7 @@ impl Etcd {
     {
         let budget = self.inner.settings.request_timeout;
         let started = tokio::time::Instant::now();
-        let n = self.inner.settings.endpoints.len();
+        let n = self.endpoint_count();
         let mut last = None;
         let mut retried_auth = false;
         for _ in 0..n + 1 {
@@ -230,6 +306,7 @@ impl Etcd {
             match tokio::time::timeout(remaining, attempt).await {
                 Ok(Ok(value)) => {
                     *self.inner.answered.lock().expect("answered") = Some(std::time::Instant::now());
+                    self.discover_when_due();
                     return Ok(value);
                 }
                 Ok(Err(e)) if is_unreachable(&e) => {

@@ -180,7 +180,7 @@ impl Election {
         let sent = BootInstant::now();
         let budget = self.settings.request_timeout;
         let started = tokio::time::Instant::now();
-        let n_endpoints = self.etcd.settings().endpoints.len();
+        let n_endpoints = self.etcd.endpoints().len();
         let mut attempt = 0;
         let ttl = loop {
             attempt += 1;
