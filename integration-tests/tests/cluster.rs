@@ -28,8 +28,17 @@ async fn wait_row_everywhere(cluster: &PgwardenCluster, sql: &str, expected: &st
 #[tokio::test]
 async fn three_nodes_one_leader_two_streaming_replicas_behind_haproxy() {
     init_logging();
-    let cluster = PgwardenCluster::start(3).await.expect("start the cluster");
+    // node1 has a pooler next to it (Patroni's proxy_address).
+    let pooler = |i| if i == 1 { "postgresql:\n  proxy_address: 127.0.0.1:6432\n".to_string() } else { String::new() };
+    let cluster = PgwardenCluster::start_with(3, pooler).await.expect("start the cluster");
     let leader = cluster.wait_healthy(UP).await.expect("one leader and two streaming replicas");
+    for (name, proxy_url) in
+        [("node1", serde_json::json!("postgres://127.0.0.1:6432/postgres")), ("node2", serde_json::Value::Null)]
+    {
+        let value = cluster.get_key(&format!("members/{name}")).await.expect("etcd").expect("the member key");
+        let member: serde_json::Value = serde_json::from_str(&value).expect("json");
+        assert_eq!(member["proxy_url"], proxy_url, "{name}: proxy_url only where proxy_address is set");
+    }
     let primaries = cluster.nodes.iter().filter(|n| n.check("/primary") == 200).count();
     assert_eq!(primaries, 1, "/primary is 200 on exactly one node");
     for (i, node) in cluster.nodes.iter().enumerate() {

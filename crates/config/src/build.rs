@@ -153,6 +153,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
     let postgresql = Postgresql {
         listen,
         connect_address,
+        proxy_address: r.host_port("postgresql.proxy_address"),
         data_dir: PathBuf::from(data_dir.clone().unwrap_or_default()),
         config_dir: path_of(&mut r, "postgresql.config_dir").filter(|d| !d.as_os_str().is_empty()),
         custom_conf: path_of(&mut r, "postgresql.custom_conf").filter(|f| !f.as_os_str().is_empty()),

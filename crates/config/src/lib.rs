@@ -241,6 +241,9 @@ pub struct Authentication {
 pub struct Postgresql {
     pub listen: Option<ListenAddresses>,
     pub connect_address: Option<HostPort>,
+    /// `proxy_address`: a connection pooler next to PostgreSQL, published
+    /// in the member key as Patroni's `proxy_url`.
+    pub proxy_address: Option<HostPort>,
     pub data_dir: PathBuf,
     /// `config_dir`: where `postgresql.conf`, `postgresql.base.conf`,
     /// `pg_hba.conf` and `pg_ident.conf` live (Debian's

@@ -54,6 +54,8 @@ pub(super) struct MemberFacts<'a> {
     /// Gave the leader key up itself lately (`ha_core::released_recently`).
     pub(super) released: bool,
     pub(super) scheduled_restart: Option<&'a ScheduledRestart>,
+    /// `postgresql.proxy_address`, published as Patroni's `proxy_url`.
+    pub(super) proxy_address: Option<&'a pgwarden_config::HostPort>,
 }
 
 /// The member key's fields beyond Patroni's core ones: Patroni's
@@ -102,6 +104,9 @@ pub(super) fn member_extra(facts: &MemberFacts<'_>) -> serde_json::Map<String, s
             restart.insert("timeout".into(), request.timeout_seconds.into());
         }
         extra.insert("scheduled_restart".into(), Value::Object(restart));
+    }
+    if let Some(proxy) = facts.proxy_address {
+        extra.insert("proxy_url".into(), Value::String(format!("postgres://{proxy}/postgres")));
     }
     extra
 }
@@ -159,6 +164,7 @@ impl Agent {
             fencer_ready: self.fencer_ready(),
             released: self.released_recently(self.view.borrow().ttl),
             scheduled_restart: self.scheduled_restart.as_ref(),
+            proxy_address: self.config.postgresql.proxy_address.as_ref(),
         });
         if let Some(progress) = clone {
             extra.insert("clone_progress".into(), serde_json::to_value(progress)?);
@@ -502,6 +508,7 @@ mod tests {
             fencer_ready: false,
             released: true,
             scheduled_restart: Some(&restart),
+            proxy_address: Some(&pgwarden_config::HostPort::new("10.0.0.5", 6432)),
         });
         assert_eq!(
             serde_json::Value::Object(all),
@@ -513,6 +520,7 @@ mod tests {
                 "fencer_ready": false,
                 "released_leader": true,
                 "scheduled_restart": {"schedule": "2026-12-05T12:00:00+00:00", "restart_pending": true, "role": "replica", "postgres_version": "15.4"},
+                "proxy_url": "postgres://10.0.0.5:6432/postgres",
             })
         );
     }
