@@ -216,7 +216,13 @@ async fn refused_requests_change_nothing() {
     let ask = |candidate: &str| SwitchoverRequest { candidate: candidate.into(), ..Default::default() };
     // Patroni's own words first, so scripts that match them still do.
     refused(grpc.switchover(ask("nobody")).await, Code::NotFound, "candidate does not exists: nobody is not a member");
-    refused(grpc.switchover(ask("node3")).await, Code::FailedPrecondition, "nofailover");
+    let none_good = "is not possible: no good candidates have been found";
+    refused(grpc.switchover(ask("node3")).await, Code::FailedPrecondition, &format!("switchover {none_good}"));
+    refused(
+        grpc.failover(FailoverRequest { candidate: "node3".into() }).await,
+        Code::FailedPrecondition,
+        &format!("failover {none_good}"),
+    );
     refused(grpc.switchover(ask(&current)).await, Code::InvalidArgument, "same");
     refused(
         grpc.switchover(SwitchoverRequest { leader: "node9".into(), ..Default::default() }).await,

@@ -208,6 +208,9 @@ async fn node_lost_fails_over_and_the_old_primary_rejoins() {
 async fn nofailover_and_failover_priority_are_respected() {
     let tags = |i: usize| match i {
         2 => "tags:\n  nofailover: true\n".to_string(),
+        // As in Patroni, a written `nofailover: false` wins over the
+        // priority beside it: node3 may lead.
+        3 => "tags:\n  nofailover: false\n  failover_priority: 0\n".to_string(),
         4 => "tags:\n  failover_priority: 3\n".to_string(),
         _ => String::new(),
     };
@@ -219,7 +222,7 @@ async fn nofailover_and_failover_priority_are_respected() {
     assert_eq!(cluster.nodes[new_leader].name, "node4", "the highest failover_priority wins");
     cluster.nodes[3].kill_node();
     let next = cluster.wait_healthy_among(&[1, 2], UP).await.expect("a replica takes over");
-    assert_eq!(cluster.nodes[next].name, "node3", "the nofailover member never leads");
+    assert_eq!(cluster.nodes[next].name, "node3", "the nofailover member never leads; node3's nofailover: false wins");
     assert_eq!(cluster.nodes[1].check("/primary"), 503);
 }
 

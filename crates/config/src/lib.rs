@@ -21,7 +21,7 @@ mod read;
 mod sections;
 pub use load::{LoadError, Loaded, Source, load, load_from, normalise_namespace};
 pub use read::{parse_bool, parse_int};
-pub use sections::{BOOLEAN_TAGS, effective_tags};
+pub use sections::{BOOLEAN_TAGS, TagPair, effective_tags};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -292,23 +292,47 @@ impl Postgresql {
 }
 
 /// Member tags (`tags:`), typed where pgwarden acts on them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tags {
+    /// Never takes the leader key: `nofailover`, or without it a
+    /// `failover_priority` of 0 or less ([`TagPair`]).
     pub nofailover: bool,
     pub noloadbalance: bool,
     pub clonefrom: bool,
+    /// Never a synchronous standby: `nosync`, or without it a
+    /// `sync_priority` of 0 or less.
     pub nosync: bool,
     /// `replicatefrom`: the member to stream from (cascading replication);
     /// the leader while that member cannot serve.
     pub replicatefrom: Option<String>,
     /// `nostream`: never stream WAL (recover from the archive only).
     pub nostream: bool,
-    pub failover_priority: Option<u32>,
-    /// `sync_priority`: the others read it from the member key's tags.
-    pub sync_priority: Option<u32>,
+    /// `failover_priority` reconciled with `nofailover`: 0 when this
+    /// member never leads, else at least 1 (default 1).
+    pub failover_priority: u32,
+    /// `sync_priority` reconciled with `nosync` (the others read it from
+    /// the member key's tags).
+    pub sync_priority: u32,
     /// The effective tags, as published in the member key and `/patroni`
     /// ([`effective_tags`]).
     pub json: Map<String, Value>,
+}
+
+impl Default for Tags {
+    /// No tags: may lead and be synchronous, priority 1 for both.
+    fn default() -> Self {
+        Tags {
+            nofailover: false,
+            noloadbalance: false,
+            clonefrom: false,
+            nosync: false,
+            replicatefrom: None,
+            nostream: false,
+            failover_priority: 1,
+            sync_priority: 1,
+            json: Map::new(),
+        }
+    }
 }
 
 /// `restapi.verify_client`: whether the REST API asks for client
@@ -559,10 +583,10 @@ mod tests {
         )
         .expect("json");
         let published: Map<String, Value> =
-            serde_json::from_str(r#"{"clonefrom":"true","nostream":true,"sync_priority":"0","dc":"east"}"#)
+            serde_json::from_str(r#"{"clonefrom":"true","nosync":0,"nostream":true,"sync_priority":"0","dc":"east"}"#)
                 .expect("json");
         assert_eq!(effective_tags(&tags), published);
-        // nofailover stays beside failover_priority, false or not, as in Patroni.
+        // nofailover stays beside failover_priority (nosync beside sync_priority), false or not, as in Patroni.
         let both: Map<String, Value> =
             serde_json::from_str(r#"{"nofailover":false,"failover_priority":2}"#).expect("json");
         assert_eq!(effective_tags(&both), both);

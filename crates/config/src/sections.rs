@@ -186,54 +186,114 @@ pub(crate) fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd>
 pub const BOOLEAN_TAGS: &[&str] = &["clonefrom", "nofailover", "noloadbalance", "nosync", "nostream"];
 
 /// The tags a member publishes, as Patroni's: a boolean tag only when it is
-/// true (and `nofailover` also when `failover_priority` is set, so the two
-/// can be reconciled), every other tag as written.
+/// true (and `nofailover` also when `failover_priority` is set, `nosync`
+/// when `sync_priority` is, so the two can be reconciled), every other tag
+/// as written.
 pub fn effective_tags(tags: &Map<String, Value>) -> Map<String, Value> {
     tags.iter()
         .filter(|(name, value)| {
             !BOOLEAN_TAGS.contains(&name.as_str())
                 || parse_bool(value) == Some(true)
                 || (name.as_str() == "nofailover" && tags.contains_key("failover_priority"))
+                || (name.as_str() == "nosync" && tags.contains_key("sync_priority"))
         })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
 
+/// A boolean tag and its priority tag (`nofailover` and
+/// `failover_priority`, `nosync` and `sync_priority`) reconciled as Patroni
+/// does: the boolean, when written, wins; without it a priority of 0 or
+/// less means "never"; a member that never takes part has priority 0, any
+/// other at least 1 (Patroni ranks an explicit `nofailover: false` with
+/// `failover_priority: 0` below priority 1; pgwarden ranks it as 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagPair {
+    pub never: bool,
+    pub priority: u32,
+}
+
+impl TagPair {
+    pub fn reconcile(flag: Option<bool>, priority: Option<i64>) -> Self {
+        let never = flag.unwrap_or_else(|| priority.is_some_and(|p| p <= 0));
+        let priority = match priority {
+            _ if never => 0,
+            Some(p) => u32::try_from(p.max(1)).unwrap_or(u32::MAX),
+            None => 1,
+        };
+        TagPair { never, priority }
+    }
+
+    /// Reads the pair from a tags map as Patroni reads any member's tags
+    /// (booleans and numbers also as strings).
+    pub fn from_tags(tags: &Map<String, Value>, flag: &str, priority: &str) -> Self {
+        Self::reconcile(tags.get(flag).and_then(parse_bool), tags.get(priority).and_then(parse_int))
+    }
+}
+
+/// Patroni's warning for a boolean tag and a priority tag that disagree
+/// (`nofailover: true` with `failover_priority: 1`, or `nofailover: false`
+/// with `failover_priority: 0`), in Patroni's words, which operators grep for.
+fn conflicting_tags(tags: &Map<String, Value>, flag: &str, priority: &str) -> Option<String> {
+    let written = tags.get(flag)?;
+    let number = tags.get(priority).and_then(parse_int)?;
+    let truthy = python_truth(written);
+    if truthy == (number > 0) {
+        let shown = python_repr(written);
+        return Some(format!(
+            "Conflicting configuration between {flag}: {shown} and {priority}: {number}. Defaulting to {flag}: {shown}"
+        ));
+    }
+    None
+}
+
+/// Python's `bool(value)` for a YAML value, as Patroni applies it to a tag.
+fn python_truth(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// A scalar as Python's `str()` prints it (`True`, `False`, `None`).
+fn python_repr(value: &Value) -> String {
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 pub(crate) fn tags(r: &mut Reader<'_>) -> Tags {
-    let json = effective_tags(&r.section("tags").cloned().unwrap_or_default());
-    let priority = |r: &mut Reader<'_>, key: &str| r.int(key, 0, i64::from(u32::MAX)).map(|n| n as u32);
-    let tags = Tags {
-        nofailover: r.bool("tags.nofailover", false),
+    let written = r.section("tags").cloned().unwrap_or_default();
+    let json = effective_tags(&written);
+    // Any integer is taken, as Patroni takes it (0 or less: never).
+    let priority = |r: &mut Reader<'_>, key: &str| r.int(key, i64::MIN, i64::from(u32::MAX));
+    let flag = |r: &mut Reader<'_>, key: &str| r.get(key).is_some().then(|| r.bool(key, false));
+    let failover = TagPair::reconcile(flag(r, "tags.nofailover"), priority(r, "tags.failover_priority"));
+    let sync = TagPair::reconcile(flag(r, "tags.nosync"), priority(r, "tags.sync_priority"));
+    for (flag, priority) in [("nofailover", "failover_priority"), ("nosync", "sync_priority")] {
+        if let Some(warning) = conflicting_tags(&written, flag, priority) {
+            r.problems.warn(format!("tags.{priority}"), warning);
+        }
+    }
+    Tags {
+        nofailover: failover.never,
         noloadbalance: r.bool("tags.noloadbalance", false),
         clonefrom: r.bool("tags.clonefrom", false),
-        nosync: r.bool("tags.nosync", false),
+        nosync: sync.never,
         replicatefrom: r.string("tags.replicatefrom").filter(|name| !name.is_empty()),
         nostream: r.bool("tags.nostream", false),
-        failover_priority: priority(r, "tags.failover_priority"),
-        sync_priority: priority(r, "tags.sync_priority"),
+        failover_priority: failover.priority,
+        sync_priority: sync.priority,
         json,
-    };
-    // Two tags that disagree: the stricter one wins, and the log says so.
-    let explicit = |r: &Reader<'_>, key: &str| r.get(key).and_then(parse_bool);
-    match (explicit(r, "tags.nofailover"), tags.failover_priority) {
-        (Some(true), Some(p)) if p > 0 => r.problems.warn(
-            "tags.failover_priority",
-            format!("is {p}, but tags.nofailover is true: this member never takes the leader key"),
-        ),
-        (Some(false), Some(0)) => r.problems.warn(
-            "tags.failover_priority",
-            "is 0, and tags.nofailover is false: this member never takes the leader key (Patroni lets an explicit \
-             nofailover: false win)",
-        ),
-        _ => {}
     }
-    if explicit(r, "tags.nosync") == Some(true) && tags.sync_priority.is_some_and(|p| p > 0) {
-        r.problems.warn(
-            "tags.sync_priority",
-            "is above 0, but tags.nosync is true: this member is never a synchronous standby",
-        );
-    }
-    tags
 }
 
 /// `log.mode` as Patroni users write it: `0640`. A YAML 1.1 reader (Python,

@@ -117,3 +117,19 @@ fn restapi_request_queue_size_is_read_and_bounded_as_patroni_bounds_it() {
 fn minimal() -> Source {
     source(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid/minimal.yml"))
 }
+
+#[test]
+fn a_written_boolean_tag_wins_over_the_priority_beside_it() {
+    let load = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid").join(name);
+        load_from(&source(&path), std::iter::empty(), Purpose::Agent).expect("loads").config.tags
+    };
+    let strict = load("tags_conflicting.yml");
+    assert!(strict.nofailover && strict.nosync, "{strict:?}");
+    assert_eq!((strict.failover_priority, strict.sync_priority), (0, 0));
+    // Patroni lets `nofailover: false` win over `failover_priority: 0`.
+    let loose = load("tags_conflicting_false.yml");
+    assert!(!loose.nofailover && !loose.nosync, "{loose:?}");
+    assert_eq!((loose.failover_priority, loose.sync_priority), (1, 1));
+    assert_eq!(loose.json.get("nosync"), Some(&serde_json::Value::Bool(false)), "published beside sync_priority");
+}

@@ -106,38 +106,49 @@ impl MemberRole {
 }
 
 /// A member's tags that change what the others do ([`MemberData::known_tags`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberTags {
+    /// Never takes the leader key (`nofailover`, or without it a
+    /// `failover_priority` of 0 or less: [`pgwarden_config::TagPair`]).
     pub nofailover: bool,
     pub noloadbalance: bool,
     pub clonefrom: bool,
+    /// Never a synchronous standby (`nosync`, or without it a
+    /// `sync_priority` of 0 or less).
     pub nosync: bool,
     pub nostream: bool,
     /// The member it streams from (cascading replication).
     pub replicatefrom: Option<String>,
-    pub failover_priority: Option<i64>,
-    pub sync_priority: Option<i64>,
+    /// Reconciled with `nofailover`: 0 when it never leads, else at least 1.
+    pub failover_priority: u32,
+    /// Reconciled with `nosync`: 0 when never synchronous, else at least 1.
+    pub sync_priority: u32,
+}
+
+impl Default for MemberTags {
+    fn default() -> Self {
+        MemberTags {
+            nofailover: false,
+            noloadbalance: false,
+            clonefrom: false,
+            nosync: false,
+            nostream: false,
+            replicatefrom: None,
+            failover_priority: 1,
+            sync_priority: 1,
+        }
+    }
 }
 
 impl MemberTags {
-    /// Never takes the leader key: `nofailover`, or `failover_priority: 0`.
+    /// Never takes the leader key.
     pub fn never_leads(&self) -> bool {
-        self.nofailover || self.failover_priority == Some(0)
+        self.nofailover
     }
 
-    /// Its `failover_priority` (1 unless set; an unreadable one counts as 1).
-    pub fn failover_priority(&self) -> u32 {
-        self.failover_priority.and_then(|p| u32::try_from(p).ok()).unwrap_or(1)
-    }
-
-    /// Never a synchronous standby: `nosync`, or `sync_priority: 0`.
+    /// Never a synchronous standby.
     pub fn never_sync(&self) -> bool {
-        self.nosync || self.sync_priority == Some(0)
-    }
-
-    /// Its `sync_priority` (1 unless set).
-    pub fn sync_priority(&self) -> u32 {
-        self.sync_priority.and_then(|p| u32::try_from(p).ok()).unwrap_or(1)
+        self.nosync
     }
 }
 
@@ -178,16 +189,17 @@ impl MemberData {
     /// whose config quoted it), a number as a number or a string.
     pub fn known_tags(&self) -> MemberTags {
         let flag = |name: &str| self.tags.get(name).and_then(pgwarden_config::parse_bool) == Some(true);
-        let number = |name: &str| self.tags.get(name).and_then(pgwarden_config::parse_int);
+        let failover = pgwarden_config::TagPair::from_tags(&self.tags, "nofailover", "failover_priority");
+        let sync = pgwarden_config::TagPair::from_tags(&self.tags, "nosync", "sync_priority");
         MemberTags {
-            nofailover: flag("nofailover"),
+            nofailover: failover.never,
             noloadbalance: flag("noloadbalance"),
             clonefrom: flag("clonefrom"),
-            nosync: flag("nosync"),
+            nosync: sync.never,
             nostream: flag("nostream"),
             replicatefrom: self.tags.get("replicatefrom").and_then(Value::as_str).map(str::to_string),
-            failover_priority: number("failover_priority"),
-            sync_priority: number("sync_priority"),
+            failover_priority: failover.priority,
+            sync_priority: sync.priority,
         }
     }
 
@@ -400,15 +412,24 @@ mod tests {
         assert!(tags.clonefrom);
         assert!(!tags.nofailover);
         assert!(!tags.noloadbalance, "absent");
-        assert_eq!(tags.sync_priority, Some(0));
-        assert!(tags.never_sync(), "sync_priority 0");
-        assert_eq!((tags.failover_priority, tags.failover_priority()), (Some(3), 3));
+        assert_eq!(tags.sync_priority, 0, "nosync wins over sync_priority");
+        assert!(tags.never_sync());
+        assert_eq!(tags.failover_priority, 3);
         assert!(!tags.never_leads());
         assert_eq!(tags.replicatefrom.as_deref(), Some("pg2"));
         let plain = MemberData::default().known_tags();
-        assert_eq!((plain.failover_priority(), plain.sync_priority()), (1, 1), "unset: 1");
-        let zero = MemberData::parse(br#"{"tags":{"failover_priority":"0"}}"#).expect("parses").known_tags();
-        assert!(zero.never_leads(), "failover_priority 0");
+        assert_eq!((plain.failover_priority, plain.sync_priority), (1, 1), "unset: 1");
+        let read = |json: &str| MemberData::parse(json.as_bytes()).expect("parses").known_tags();
+        let zero = read(r#"{"tags":{"failover_priority":"0","sync_priority":-1}}"#);
+        assert!(zero.never_leads() && zero.never_sync(), "a priority of 0 or less without the boolean: never");
+        // As Patroni: a written boolean wins over the priority beside it.
+        let explicit =
+            read(r#"{"tags":{"nofailover":false,"failover_priority":"0","nosync":"false","sync_priority":0}}"#);
+        assert!(!explicit.never_leads() && !explicit.never_sync(), "{explicit:?}");
+        assert_eq!((explicit.failover_priority, explicit.sync_priority), (1, 1));
+        let refused = read(r#"{"tags":{"nofailover":true,"failover_priority":5}}"#);
+        assert!(refused.never_leads());
+        assert_eq!(refused.failover_priority, 0);
     }
 
     #[test]

@@ -555,13 +555,15 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 "no leader: not a candidate, {lag} bytes behind the last leader (maximum_lag_on_failover {})",
                 obs.maximum_lag_on_failover
             )),
-            _ if obs.nofailover || obs.priority == 0 => Decision::idle("no leader: not a candidate (nofailover)"),
+            // Patroni's words for it, which operators grep for.
+            _ if obs.nofailover || obs.priority == 0 => Decision::idle(
+                "no leader: not a candidate: following a different leader because I am not allowed to promote \
+                 (nofailover)",
+            ),
             _ => match quorum_shortfall(obs, *lsn) {
                 Some(why) => Decision::idle(why),
                 None => match better_rival(obs, *lsn) {
-                    Some((peer, why)) => {
-                        Decision::idle(format!("no leader: waiting for a better candidate ({}: {why})", peer.name))
-                    }
+                    Some(why) => Decision::idle(format!("no leader: waiting for a better candidate: {why}")),
                     None => Decision::idle("no leader: waiting for a better candidate"),
                 },
             },
@@ -1184,7 +1186,10 @@ mod tests {
         };
         let early = decide(&scheduled);
         assert_eq!(early.action, None, "not due yet: {early}");
-        assert_eq!(early.reason, "no leader: waiting for a better candidate (a: further ahead)", "{early}");
+        assert_eq!(
+            early.reason, "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position",
+            "{early}"
+        );
         let due = Observed { now_unix_ms: 5_000, ..scheduled };
         assert_eq!(decide(&due).action, Some(Action::AcquireLeader), "{}", decide(&due));
     }
@@ -1306,7 +1311,7 @@ mod tests {
             Observed { leader: None, cluster_optime: Some(100 + limit), peers: vec![peer("a", 200)], ..base() };
         assert_eq!(
             decide(&at_limit).reason,
-            "no leader: waiting for a better candidate (a: further ahead)",
+            "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position",
             "{}",
             decide(&at_limit)
         );
@@ -1314,15 +1319,29 @@ mod tests {
         let unknown = Observed { peers: vec![Peer { lsn: None, ..peer("a", 0) }], ..at_limit.clone() };
         assert_eq!(
             decide(&unknown).reason,
-            "no leader: waiting for a better candidate (a: running, its WAL position not known yet)"
+            "no leader: waiting for a better candidate: a runs, its WAL position not known yet"
         );
         let preferred = Observed { peers: vec![Peer { priority: 2, ..peer("a", 100) }], ..at_limit.clone() };
-        assert!(decide(&preferred).reason.ends_with("(a: a higher failover_priority)"), "{}", decide(&preferred));
+        assert!(
+            decide(&preferred)
+                .reason
+                .ends_with("a has equally tolerable WAL position and priority 2, while this node has priority 1"),
+            "{}",
+            decide(&preferred)
+        );
         let tied = Observed { me: "b".into(), peers: vec![peer("a", 100)], ..at_limit.clone() };
-        assert!(decide(&tied).reason.ends_with("(a: as far ahead, first by name)"), "{}", decide(&tied));
+        assert!(
+            decide(&tied).reason.ends_with("a has the same WAL position and priority, and comes first by name"),
+            "{}",
+            decide(&tied)
+        );
         for tagged in [Observed { nofailover: true, ..base() }, Observed { priority: 0, ..base() }] {
             let obs = Observed { leader: None, ..tagged };
-            assert_eq!(decide(&obs).reason, "no leader: not a candidate (nofailover)", "{}", decide(&obs));
+            assert!(
+                decide(&obs).reason.contains("following a different leader because I am not allowed to promote"),
+                "{}",
+                decide(&obs)
+            );
         }
     }
 

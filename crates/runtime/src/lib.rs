@@ -84,11 +84,10 @@ fn patroni_format(log: &pgwarden_config::Log, parts: &[pgwarden_config::logforma
     logline::PatroniFormat { parts: parts.to_vec(), dateformat: log.dateformat.clone() }
 }
 
-/// Loads the config, sets up logging and logs the config's warnings once.
-pub fn start(args: &ConfigArgs, purpose: Purpose) -> anyhow::Result<Config> {
-    let loaded = args.load(purpose)?;
-    init_tracing(&loaded.config.log)?;
-    for problem in &loaded.warnings {
+/// Logs a loaded config's warnings and notes, at start and at each reload
+/// (Patroni warns about conflicting tags on both).
+pub fn log_config_problems(problems: &[pgwarden_config::Problem]) {
+    for problem in problems {
         match problem.severity {
             pgwarden_config::Severity::Notice => {
                 tracing::info!(path = %problem.path, "config: {}", problem.message)
@@ -96,6 +95,13 @@ pub fn start(args: &ConfigArgs, purpose: Purpose) -> anyhow::Result<Config> {
             _ => tracing::warn!(path = %problem.path, "config: {}", problem.message),
         }
     }
+}
+
+/// Loads the config, sets up logging and logs the config's warnings once.
+pub fn start(args: &ConfigArgs, purpose: Purpose) -> anyhow::Result<Config> {
+    let loaded = args.load(purpose)?;
+    init_tracing(&loaded.config.log)?;
+    log_config_problems(&loaded.warnings);
     tracing::info!(origin = %loaded.origin, scope = %loaded.config.scope, member = %loaded.config.name, "config loaded");
     Ok(loaded.config)
 }

@@ -73,7 +73,14 @@ async fn agent_status(view: &ClusterView, member: &str) -> Option<NodeStatus> {
 /// Why `candidate` cannot take over from a running leader now, if it cannot:
 /// unknown, or barred by the candidate rule (`ha_core::CandidateRules::problem`, the one
 /// `decide` and the leader apply), with a message that says what to do.
-async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position: u64) -> Option<WorkflowError> {
+/// `action` (`switchover` or `failover`) words the refusal of a candidate
+/// that may never lead as Patroni's.
+async fn candidate_problem(
+    view: &ClusterView,
+    action: &str,
+    candidate: &str,
+    leader_position: u64,
+) -> Option<WorkflowError> {
     let Some(member) = view.member(candidate) else {
         return Some(WorkflowError::NotFound(format!(
             "candidate does not exists: {candidate} is not a member of this cluster"
@@ -108,9 +115,15 @@ async fn candidate_problem(view: &ClusterView, candidate: &str, leader_position:
     };
     let problem = rules.problem(&contender)?;
     Some(match problem {
-        ha_core::Ineligible::NeverLeads => WorkflowError::Refused(format!(
-            "candidate {candidate} is tagged nofailover (or failover_priority 0): it never takes the leader key"
-        )),
+        // Patroni's answer, word for word (clients match it); the log says which tag.
+        ha_core::Ineligible::NeverLeads => {
+            tracing::warn!(
+                candidate,
+                "refused: the candidate is tagged nofailover (or failover_priority 0 without nofailover): it never \
+                 takes the leader key"
+            );
+            WorkflowError::Refused(format!("{action} is not possible: no good candidates have been found"))
+        }
         ha_core::Ineligible::NotSynchronous => WorkflowError::Refused(format!(
             "candidate name does not match with sync_standby: {candidate} is not a synchronous standby (the \
              sync key lists: {}); in synchronous \
@@ -161,6 +174,18 @@ pub async fn switchover(
     candidate: &str,
     scheduled_at: &str,
 ) -> Result<WorkflowResponse, WorkflowError> {
+    hand_over(cluster, "switchover", leader, candidate, scheduled_at).await
+}
+
+/// A switchover, asked for as `action` (`switchover`, or `failover` with a
+/// running leader), which words Patroni's refusals.
+async fn hand_over(
+    cluster: &Cluster,
+    action: &str,
+    leader: &str,
+    candidate: &str,
+    scheduled_at: &str,
+) -> Result<WorkflowResponse, WorkflowError> {
     let view = cluster.read().await?;
     let paused = dynamic(&view).pause;
     let Some(current) = view.leader.as_ref().map(|l| l.name.clone()) else {
@@ -205,7 +230,11 @@ pub async fn switchover(
         }
         let mut reasons = Vec::new();
         for other in others {
-            match candidate_problem(&view, other, leader_position).await {
+            if never_leads(&view, other) {
+                reasons.push(format!("{other} is tagged nofailover"));
+                continue;
+            }
+            match candidate_problem(&view, "switchover", other, leader_position).await {
                 None => {
                     reasons.clear();
                     break;
@@ -219,7 +248,7 @@ pub async fn switchover(
                 reasons.join("; ")
             )));
         }
-    } else if let Some(problem) = candidate_problem(&view, candidate, leader_position).await {
+    } else if let Some(problem) = candidate_problem(&view, action, candidate, leader_position).await {
         return Err(problem);
     }
     let request = Failover {
@@ -243,12 +272,12 @@ pub async fn failover(cluster: &Cluster, candidate: &str) -> Result<WorkflowResp
         return Err(WorkflowError::Invalid(format!("{candidate} is already the leader")));
     }
     if view.leader.is_some() {
-        return switchover(cluster, "", candidate, "").await;
+        return hand_over(cluster, "failover", "", candidate, "").await;
     }
     // The same checks as a switchover's, against the last leader's position
     // (the agents enforce them too: a named member that fails one is passed over).
     let optime = view.status.as_ref().map_or(0, |s| s.optime);
-    if let Some(problem) = candidate_problem(&view, candidate, optime).await {
+    if let Some(problem) = candidate_problem(&view, "failover", candidate, optime).await {
         return Err(problem);
     }
     let request = Failover { leader: None, member: Some(candidate.to_string()), scheduled_at: None };

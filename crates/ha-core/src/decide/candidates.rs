@@ -18,10 +18,11 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
     better_rival(obs, my_lsn).is_none()
 }
 
-/// The first peer that `is_best_candidate` makes this node wait for, with
-/// why: further ahead, ahead with a higher priority, equal and lower in
-/// name, or running with no position reported yet.
-pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<(&Peer, &'static str)> {
+/// Why `is_best_candidate` makes this node wait for a peer, naming the
+/// first such peer: further ahead, a higher priority within the lag limit,
+/// equal and first by name, or running with no position reported yet. The
+/// first two are Patroni's log lines, which operators grep for.
+pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
     let rules = obs.candidate_rules();
     let mine = (obs.priority, my_lsn);
     // A rival: it could lead but for its position, which is compared below
@@ -39,17 +40,23 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<(&Peer, &'stat
     if obs.released_leader()
         && let Some(peer) = fresh_rival
     {
-        return Some((peer, "it may lead, and I gave the key up"));
+        return Some(format!("{} may lead, and I gave the key up", peer.name));
     }
     let fresh_rival = fresh_rival.is_some();
     let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader());
     let within_lag = |lsn: u64| rules.lag(lsn) <= obs.maximum_lag_on_failover;
     obs.peers.iter().filter(rivals).find_map(|peer| {
-        let why = match peer.lsn {
+        let name = &peer.name;
+        Some(match peer.lsn {
             Some(lsn) if !within_lag(lsn) => return None,
-            Some(_) if peer.priority > obs.priority => "a higher failover_priority",
-            Some(lsn) if (peer.priority, lsn) > mine => "further ahead",
-            Some(lsn) if (peer.priority, lsn) == mine && peer.name < obs.me => "as far ahead, first by name",
+            Some(_) if peer.priority > obs.priority => format!(
+                "{name} has equally tolerable WAL position and priority {}, while this node has priority {}",
+                peer.priority, obs.priority
+            ),
+            Some(lsn) if (peer.priority, lsn) > mine => format!("Wal position of {name} is ahead of my wal position"),
+            Some(lsn) if (peer.priority, lsn) == mine && peer.name < obs.me => {
+                format!("{name} has the same WAL position and priority, and comes first by name")
+            }
             Some(_) => return None,
             // It gave the key up, and its PostgreSQL does not answer (it did
             // not start again after a crash, or it is stopping for a
@@ -58,9 +65,8 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<(&Peer, &'stat
             // limit and the synchronous rule still bound what this node
             // may lack.
             None if peer.released => return None,
-            None => "running, its WAL position not known yet",
-        };
-        Some((peer, why))
+            None => format!("{name} runs, its WAL position not known yet"),
+        })
     })
 }
 

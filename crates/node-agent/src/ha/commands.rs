@@ -141,6 +141,7 @@ impl Agent {
                     .map_err(|e| {
                         Status::invalid_argument(format!("the config file is not valid; nothing changed: {e:#}"))
                     })?;
+                pgwarden_runtime::log_config_problems(&loaded.warnings);
                 let new = loaded.config;
                 let fixed =
                     |c: &Config| (c.name.clone(), c.scope.clone(), c.postgresql.data_dir.clone(), c.namespace.clone());

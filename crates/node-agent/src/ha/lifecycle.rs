@@ -58,7 +58,11 @@ impl Agent {
             if next == NextTick::AtOnce {
                 continue;
             }
-            let loop_wait = self.loop_wait;
+            let loop_wait = if self.sync.in_flight() {
+                self.loop_wait.min(super::sync::SYNC_FOLLOW_UP_TICK)
+            } else {
+                self.loop_wait
+            };
             let mut lease_rx = self.keeper.renewal.as_ref().map(RenewalHandle::subscribe);
             let lease_changed = async {
                 match lease_rx.as_mut() {

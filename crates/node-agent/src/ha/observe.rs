@@ -111,7 +111,7 @@ impl Agent {
                             nofailover: tags.nofailover,
                             clonefrom: tags.clonefrom,
                             reachable: m.data.host_port().is_some(),
-                            priority: tags.failover_priority(),
+                            priority: tags.failover_priority,
                             timeline: m.data.timeline,
                             has_data: m.data.is_running()
                                 || m.data.xlog_location.is_some()
@@ -174,7 +174,7 @@ impl Agent {
             holds_leader,
             peers,
             nofailover: self.config.tags.nofailover,
-            priority: self.config.tags.failover_priority.unwrap_or(1),
+            priority: self.config.tags.failover_priority,
             cluster_optime: view.and_then(|v| v.status.as_ref()).map(|s| s.optime),
             maximum_lag_on_failover: dynamic.maximum_lag_on_failover,
             leader_timeline: leader_member.and_then(|m| m.data.timeline),

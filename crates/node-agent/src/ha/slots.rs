@@ -218,7 +218,7 @@ impl Agent {
         // them (a new leader then has each follower's slot, with the WAL it
         // needs). Each unused one is moved along to the position its member
         // reports, so that it pins no more WAL than that member needs.
-        let may_lead = !self.config.tags.nofailover && self.config.tags.failover_priority != Some(0);
+        let may_lead = !self.config.tags.nofailover;
         let me = self.config.name.clone();
         let wanted: Vec<(String, Option<u64>)> = if dynamic.use_slots {
             let downstream = downstream_of(view, &me);

@@ -21,9 +21,30 @@ pub(super) struct SyncState {
     /// mark (`ha_core::quorum`); `None` until rebuilt from PostgreSQL's
     /// live setting in this term.
     pub(super) ledger: Option<Ledger>,
+    /// When the last step that changed something (a setting, a mark, the
+    /// key) was taken: the next one follows within [`SYNC_FOLLOW_UP_TICK`]
+    /// rather than a `loop_wait`.
+    pub(super) stepped_at: Option<Instant>,
 }
 
+/// How soon the leader ticks again while a change to its synchronous
+/// standbys is under way: each change takes several steps (name the
+/// standby, see it confirm, see it flush, publish it), one per tick, and a
+/// standby lost should be replaced in about a second, not in four
+/// `loop_wait`s (Patroni replaces it within one).
+pub(super) const SYNC_FOLLOW_UP_TICK: Duration = Duration::from_millis(200);
+
+/// For how long after a step the leader ticks at [`SYNC_FOLLOW_UP_TICK`]:
+/// long enough for a standby to confirm and flush; a standby that does not
+/// is then waited for at the normal pace (no busy loop).
+const SYNC_FOLLOW_UP_FOR: Duration = Duration::from_secs(3);
+
 impl SyncState {
+    /// A change to the synchronous standbys is under way: tick again soon.
+    pub(super) fn in_flight(&self) -> bool {
+        self.stepped_at.is_some_and(|at| at.elapsed() < SYNC_FOLLOW_UP_FOR)
+    }
+
     /// `synchronous_standby_names` for the config files: none outside
     /// synchronous mode, else P (or, strict, a placeholder when P is empty).
     pub(super) fn names(&self, mode: SyncMode, strict: bool) -> Option<String> {
@@ -78,7 +99,7 @@ pub(super) fn standbys(view: &ClusterView, replication: &[sql::ReplicationRow]) 
             listed: r.sync_priority > 0,
             flush_lsn: r.flush_lsn,
             eligible: !nosync(&r.application_name),
-            priority: view.member(&r.application_name).map_or(1, |m| m.data.known_tags().sync_priority()),
+            priority: view.member(&r.application_name).map_or(1, |m| m.data.known_tags().sync_priority),
         })
         .collect()
 }
@@ -188,7 +209,11 @@ impl Agent {
         if self.pg.set_sync_names(self.sync_names(dynamic)) {
             self.apply_sync_names(dynamic).await?;
         }
-        match next_step(&input) {
+        let step = next_step(&input);
+        if step != SyncStep::Idle {
+            self.sync.stepped_at = Some(Instant::now());
+        }
+        match step {
             SyncStep::Idle => {}
             SyncStep::Mark(lsn) => {
                 if let Some(pending) = &mut self.sync.pending {
@@ -258,7 +283,11 @@ impl Agent {
         if self.pg.set_sync_names(self.sync_names(dynamic)) {
             self.apply_sync_names(dynamic).await?;
         }
-        match ha_core::quorum::next_step(&input) {
+        let step = ha_core::quorum::next_step(&input);
+        if !matches!(step, QuorumStep::Idle(_)) {
+            self.sync.stepped_at = Some(Instant::now());
+        }
+        match step {
             QuorumStep::Idle(why) => tracing::debug!(why, "quorum commit"),
             QuorumStep::Mark => {
                 // Read after this tick's observation that every WAL sender
@@ -397,7 +426,7 @@ mod tests {
             summary,
             [
                 ("b", true, true, true, 1),
-                ("c", true, false, false, 1),
+                ("c", true, false, false, 0),
                 ("d", false, false, false, 0),
                 ("e", true, true, true, 5),
                 ("gone", true, false, false, 1),

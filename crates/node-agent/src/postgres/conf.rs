@@ -84,7 +84,6 @@ impl Postgres {
             && dynamic.use_slots
             && !tags.nostream
             && !tags.nofailover
-            && tags.failover_priority != Some(0)
             && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }))
     }
 
