@@ -45,6 +45,21 @@ fn auth() -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")))
 }
 
+/// `PATCH /config` with `body` through node `node`'s REST API, which must
+/// answer 200.
+fn patch_config(cluster: &PgwardenCluster, node: usize, body: &str) {
+    let (status, text) = http_with(
+        "PATCH",
+        cluster.nodes[node].rest_port,
+        "/config",
+        &[("Authorization", &auth())],
+        body,
+        Duration::from_secs(30),
+    )
+    .expect("PATCH /config");
+    assert_eq!(status, 200, "{text}");
+}
+
 #[tokio::test]
 async fn parameter_changes_are_applied_by_reload_or_flagged_and_cleared_by_restart_pending() {
     let (cluster, _) = cluster().await;
@@ -53,16 +68,7 @@ async fn parameter_changes_are_applied_by_reload_or_flagged_and_cleared_by_resta
     assert!(ok && stdout.contains("+") && stdout.contains("Configuration changed"), "{stdout}{stderr}");
     everywhere(&cluster, "show work_mem", "8MB").await;
     // And through Patroni's REST API.
-    let (status, body) = http_with(
-        "PATCH",
-        cluster.nodes[1].rest_port,
-        "/config",
-        &[("Authorization", &auth())],
-        r#"{"postgresql":{"parameters":{"work_mem":"16MB"}}}"#,
-        Duration::from_secs(30),
-    )
-    .expect("PATCH /config");
-    assert_eq!(status, 200, "{body}");
+    patch_config(&cluster, 1, r#"{"postgresql":{"parameters":{"work_mem":"16MB"}}}"#);
     everywhere(&cluster, "show work_mem", "16MB").await;
 
     // One that needs a restart: flagged, then cleared by `restart --pending`.
@@ -180,16 +186,7 @@ async fn invalid_edits_write_nothing_and_a_concurrent_edit_loses_the_compare_and
     cluster.wait_healthy(UP).await.expect("healthy with the corrected timings");
 
     // Pause through the REST config: shown everywhere, /liveness stays 200.
-    let (status, body) = http_with(
-        "PATCH",
-        cluster.nodes[leader].rest_port,
-        "/config",
-        &[("Authorization", &auth())],
-        r#"{"pause": true}"#,
-        Duration::from_secs(30),
-    )
-    .expect("PATCH /config");
-    assert_eq!(status, 200, "{body}");
+    patch_config(&cluster, leader, r#"{"pause": true}"#);
     wait_until("every member to report the pause", UP, || async {
         let paused =
             cluster.nodes.iter().filter(|n| n.get("/patroni").is_some_and(|b| b.contains("\"pause\":true"))).count();
@@ -1124,16 +1121,7 @@ async fn pg_hba_and_pg_ident_from_the_dynamic_config_are_written_and_reloaded_on
         ],
         "pg_ident": ["ops  os_carol  carol", "ops  os_dave  carol"],
     }});
-    let (status, text) = http_with(
-        "PATCH",
-        cluster.nodes[0].rest_port,
-        "/config",
-        &[("Authorization", &auth())],
-        &body.to_string(),
-        Duration::from_secs(30),
-    )
-    .expect("PATCH /config");
-    assert_eq!(status, 200, "{text}");
+    patch_config(&cluster, 0, &body.to_string());
     let carol = "select count(*) from pg_hba_file_rules where 'carol' = any(user_name) and error is null";
     everywhere(&cluster, carol, "1").await;
     everywhere(&cluster, "select count(*) from pg_hba_file_rules where error is not null", "0").await;
@@ -1155,4 +1143,67 @@ async fn pg_hba_and_pg_ident_from_the_dynamic_config_are_written_and_reloaded_on
     // Nothing needs a restart, and the cluster is whole.
     everywhere(&cluster, "select count(*) from pg_settings where pending_restart", "0").await;
     cluster.wait_healthy(UP).await.expect("healthy");
+}
+
+/// Patroni's role-based settings (issue 23): `parameters_primary` and
+/// `parameters_replica` from the dynamic config, a member's own
+/// `parameters_replica` over them, `pg_hba_replica` replacing `pg_hba` on the
+/// replicas only, and a protected parameter that a role may not change; each
+/// follows the members' roles through a switchover.
+#[tokio::test]
+async fn role_based_parameters_and_pg_hba_follow_the_roles_through_a_switchover() {
+    let (cluster, leader) = cluster().await;
+    let (candidate, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.nodes[other]
+        .merge_config(serde_json::json!({"postgresql": {"parameters_replica": {"work_mem": "5MB"}}}))
+        .expect("the other replica's own parameters_replica");
+    let (ok, stdout, stderr) = ctl(&cluster, &["reload", "itest", &cluster.nodes[other].name, "--force"]);
+    assert!(ok, "{stdout}{stderr}");
+    let hba = [
+        "local all all scram-sha-256",
+        "host all all 127.0.0.1/32 scram-sha-256",
+        "host replication replicator 127.0.0.1/32 scram-sha-256",
+    ];
+    let mut replica_hba: Vec<&str> = hba.to_vec();
+    replica_hba.push("host all replica_only 127.0.0.1/32 reject");
+    let body = serde_json::json!({"postgresql": {
+        "pg_hba": hba,
+        "parameters_primary": {"work_mem": "8MB", "max_connections": 500},
+        "parameters_replica": {"work_mem": "3MB"},
+        "pg_hba_replica": replica_hba,
+    }});
+    patch_config(&cluster, 0, &body.to_string());
+
+    let marker = "select count(*) from pg_hba_file_rules where 'replica_only' = any(user_name)";
+    let expect = |want: [(usize, &'static str, &'static str); 3]| {
+        let cluster = &cluster;
+        async move {
+            wait_until("each member's role-based settings", UP, || async {
+                let got: Vec<(usize, String, String)> = want
+                    .iter()
+                    .map(|(i, _, _)| {
+                        let node = &cluster.nodes[*i];
+                        (*i, node.psql("show work_mem").unwrap_or_default(), node.psql(marker).unwrap_or_default())
+                    })
+                    .collect();
+                let wanted: Vec<(usize, String, String)> =
+                    want.iter().map(|(i, w, m)| (*i, w.to_string(), m.to_string())).collect();
+                if got == wanted { Ok(Some(())) } else { Err(format!("{got:?}, want {wanted:?}")) }
+            })
+            .await
+            .expect("role-based settings applied");
+        }
+    };
+    // The leader: parameters_primary, the base pg_hba; the replicas:
+    // parameters_replica (the other one's own wins) and pg_hba_replica.
+    expect([(leader, "8MB", "0"), (candidate, "3MB", "1"), (other, "5MB", "1")]).await;
+    assert_eq!(cluster.nodes[leader].psql("show max_connections").expect("psql"), "100", "protected");
+
+    let (ok, stdout, stderr) = ctl(&cluster, &["switchover", "--candidate", &cluster.nodes[candidate].name, "--force"]);
+    assert!(ok && stdout.contains("Successfully switched over"), "{stdout}{stderr}");
+    assert_eq!(cluster.wait_healthy(UP).await.expect("healthy"), candidate);
+    // The promoted member takes the primary's settings without a restart;
+    // the old primary starts again as a replica with the replica's.
+    expect([(candidate, "8MB", "0"), (leader, "3MB", "1"), (other, "5MB", "1")]).await;
+    everywhere(&cluster, "select count(*) from pg_settings where pending_restart", "0").await;
 }

@@ -239,6 +239,8 @@ pub struct DynamicConfig {
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
     pub pg_ident: Vec<String>,
+    /// `postgresql.parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`.
+    pub roles: crate::RoleConfig,
 }
 
 impl Default for DynamicConfig {
@@ -270,6 +272,7 @@ impl Default for DynamicConfig {
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             pg_ident: Vec::new(),
+            roles: crate::RoleConfig::default(),
         }
     }
 }
@@ -395,6 +398,7 @@ impl DynamicConfig {
             parameters,
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
             pg_ident: r.string_list(&path("postgresql.pg_ident")),
+            roles: crate::roles::read(&mut r, &path("postgresql")),
         };
         let section = if base.is_empty() { Some(root) } else { r.get(base) };
         let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
@@ -577,6 +581,31 @@ mod tests {
         let mut problems = Problems::default();
         let (cfg, json) = DynamicConfig::read(&v, "", &mut problems);
         (cfg, json, problems.into_vec())
+    }
+
+    #[test]
+    fn role_based_settings_are_read_and_protected_parameters_dropped_with_patronis_warning() {
+        let (cfg, _, problems) = read(json!({"postgresql": {
+            "parameters_primary": {"work_mem": "8MB", "Max_Connections": 500},
+            "parameters_replica": {},
+            "pg_hba_standby_leader": ["host all all 0.0.0.0/0 reject"],
+            "pg_ident_replica": "map os db",
+        }}));
+        let primary = cfg.roles.of(crate::PgRole::Primary);
+        assert_eq!(primary.parameters, Some(BTreeMap::from([("work_mem".to_string(), "8MB".to_string())])));
+        assert_eq!(primary.pg_hba, None);
+        let replica = cfg.roles.of(crate::PgRole::Replica);
+        assert_eq!(replica.parameters, Some(BTreeMap::new()), "written, even if empty");
+        assert_eq!(replica.pg_ident, Some(vec!["map os db".to_string()]));
+        let standby = cfg.roles.of(crate::PgRole::StandbyLeader);
+        assert_eq!(standby.pg_hba, Some(vec!["host all all 0.0.0.0/0 reject".to_string()]));
+        assert_eq!(standby.parameters, None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "postgresql.parameters_primary.Max_Connections");
+        assert_eq!(
+            problems[0].message,
+            "Role-based config attempted to override protected parameter 'Max_Connections', ignoring"
+        );
     }
 
     #[test]

@@ -18,9 +18,11 @@ mod methods;
 mod postgres_bin;
 mod problem;
 mod read;
+mod roles;
 mod sections;
 pub use load::{LoadError, Loaded, Source, load, load_from, normalise_namespace};
 pub use read::{parse_bool, parse_int};
+pub use roles::{PROTECTED as ROLE_PROTECTED_PARAMETERS, PgRole, RoleConfig, RoleSettings};
 pub use sections::{BOOLEAN_TAGS, TagPair, effective_tags};
 
 use std::collections::BTreeMap;
@@ -260,6 +262,9 @@ pub struct Postgresql {
     pub pg_hba: Vec<String>,
     /// `pg_ident`: the lines of `pg_ident.conf` (over the dynamic config's).
     pub pg_ident: Vec<String>,
+    /// `parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>` (over the
+    /// dynamic config's).
+    pub roles: RoleConfig,
     /// `create_replica_methods` with their sections, in order.
     pub create_replica_methods: Vec<ReplicaMethod>,
     pub basebackup: Vec<ToolOption>,

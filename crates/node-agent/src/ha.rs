@@ -500,12 +500,18 @@ impl Agent {
             && dynamic.standby_cluster.is_some()
             && self.pg.written_remote() != dynamic.standby_cluster;
         // So do changed `pg_hba` or `pg_ident` lines (a reload re-reads both).
-        let auth_files_changed = self.pg.written_auth_files().is_some_and(|w| w != self.pg.auth_files(&dynamic));
+        // The role counts: a promotion brings `parameters_primary` and
+        // `pg_hba_primary` in, a demotion those of the replica.
+        let role = self.running_role(&dynamic);
+        let auth_files_changed = self.pg.written_auth_files().is_some_and(|w| w != self.pg.auth_files(&dynamic, role));
         if let Some(view) = &view
             && local.sql.is_some()
             && (remote_changed
                 || auth_files_changed
-                || self.pg.written_parameters().is_some_and(|written| written != self.pg.parameters(&dynamic, false)))
+                || self
+                    .pg
+                    .written_parameters()
+                    .is_some_and(|written| written != self.pg.parameters(&dynamic, false, role)))
         {
             info!(
                 standby_cluster_changed = remote_changed,

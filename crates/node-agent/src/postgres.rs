@@ -51,6 +51,19 @@ pub enum StartAs {
     },
 }
 
+impl StartAs {
+    /// The role whose role-based settings apply (`None`: a restore, which
+    /// Patroni gives none either).
+    pub fn role(&self) -> Option<pgwarden_config::PgRole> {
+        match self {
+            StartAs::Primary => Some(pgwarden_config::PgRole::Primary),
+            StartAs::Restore { .. } => None,
+            StartAs::Replica { .. } => Some(pgwarden_config::PgRole::Replica),
+            StartAs::StandbyLeader { .. } => Some(pgwarden_config::PgRole::StandbyLeader),
+        }
+    }
+}
+
 /// A data directory as `pg_controldata` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -232,6 +232,20 @@ impl Agent {
 
     /// Writes the config files for the role PostgreSQL runs in now and
     /// reloads it (parameters, pg_hba); nothing when it does not run.
+    /// The role whose role-based settings the running PostgreSQL should
+    /// have, as `rewrite_running_config` writes them (`None`: not running).
+    pub(super) fn running_role(&self, dynamic: &DynamicConfig) -> Option<pgwarden_config::PgRole> {
+        let local = self.local.borrow();
+        let sql = local.sql.as_ref()?;
+        Some(if !sql.in_recovery {
+            pgwarden_config::PgRole::Primary
+        } else if dynamic.standby_cluster.is_some() && self.follows_remote {
+            pgwarden_config::PgRole::StandbyLeader
+        } else {
+            pgwarden_config::PgRole::Replica
+        })
+    }
+
     pub(super) async fn rewrite_running_config(
         &mut self,
         view: Option<&ClusterView>,

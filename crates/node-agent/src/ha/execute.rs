@@ -272,7 +272,14 @@ impl Agent {
                 let entry = sql::latest_history_entry(&mut conn).await;
                 self.release(conn);
                 self.checkpoint_pending = false;
+                let written = (self.pg.written_parameters(), self.pg.written_auth_files());
                 self.pg.write_config(dynamic, &StartAs::Primary, false)?;
+                // Role-based settings (`parameters_primary`, `pg_hba_primary`)
+                // take effect now, as Patroni applies them after a promotion.
+                if written != (self.pg.written_parameters(), self.pg.written_auth_files()) {
+                    info!("promoted: the primary's role-based settings differ from the replica's: reloading");
+                    self.pg.reload().await?;
+                }
                 match entry {
                     Ok(Some(entry)) => {
                         if let Err(e) = self.append_history(view, entry).await {

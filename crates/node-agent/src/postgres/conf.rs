@@ -3,12 +3,32 @@
 //! the standby's connection settings, and the logical slots' state files
 //! kept on replicas.
 
+use pgwarden_config::PgRole;
+
 use super::*;
+
+/// Where role-based lines come from, for the messages that name it.
+fn role_source(key: &str, role: PgRole) -> &'static str {
+    match (key, role) {
+        ("pg_hba", PgRole::Primary) => "postgresql.pg_hba_primary",
+        ("pg_hba", PgRole::Replica) => "postgresql.pg_hba_replica",
+        ("pg_hba", PgRole::StandbyLeader) => "postgresql.pg_hba_standby_leader",
+        (_, PgRole::Primary) => "postgresql.pg_ident_primary",
+        (_, PgRole::Replica) => "postgresql.pg_ident_replica",
+        (_, PgRole::StandbyLeader) => "postgresql.pg_ident_standby_leader",
+    }
+}
 
 impl Postgres {
     /// Every parameter pgwarden sets: what replication needs, the dynamic
-    /// config's parameters, then the local ones (the local YAML wins, as in Patroni).
-    pub fn parameters(&self, dynamic: &DynamicConfig, listen_local_only: bool) -> BTreeMap<String, String> {
+    /// config's parameters, then the local ones (the local YAML wins, as in
+    /// Patroni), then those of `role` (`parameters_primary`, ...).
+    pub fn parameters(
+        &self,
+        dynamic: &DynamicConfig,
+        listen_local_only: bool,
+        role: Option<PgRole>,
+    ) -> BTreeMap<String, String> {
         let mut params = BTreeMap::new();
         let set = |params: &mut BTreeMap<String, String>, k: &str, v: String| {
             params.insert(k.to_string(), v);
@@ -28,6 +48,10 @@ impl Postgres {
         }
         for (k, v) in dynamic.parameters.iter().chain(&self.config.postgresql.parameters) {
             params.insert(k.clone(), v.clone());
+        }
+        // The protected ones were dropped when the config was read.
+        if let Some(role_parameters) = role.and_then(|role| self.role_settings(dynamic, role, |s| &s.parameters)) {
+            params.extend(role_parameters.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         // What the agent relies on cannot be overridden.
         let listen = self.config.postgresql.listen.as_ref().map(|l| l.listen_addresses()).unwrap_or_default();
@@ -142,30 +166,60 @@ impl Postgres {
         changed
     }
 
-    /// The pg_hba.conf lines pgwarden owns, as Patroni: the local
-    /// `postgresql.pg_hba`, else the dynamic config's. `None`: the file is
-    /// left as it is (initdb's with `bootstrap.pg_hba` appended at bootstrap,
-    /// the leader's copy on a clone, Patroni's on an adopted node).
-    pub(super) fn hba_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+    /// A role-based setting: the local config's, else the dynamic config's
+    /// (`None`: neither sets it for `role`).
+    fn role_settings<'a, T>(
+        &'a self,
+        dynamic: &'a DynamicConfig,
+        role: PgRole,
+        pick: impl Fn(&'a pgwarden_config::RoleSettings) -> &'a Option<T>,
+    ) -> Option<&'a T> {
+        pick(self.config.postgresql.roles.of(role)).as_ref().or_else(|| pick(dynamic.roles.of(role)).as_ref())
+    }
+
+    /// The pg_hba.conf lines pgwarden owns, as Patroni: `pg_hba_<role>`
+    /// (local, else dynamic), else the local `postgresql.pg_hba`, else the
+    /// dynamic config's. `None`: the file is left as it is (initdb's with
+    /// `bootstrap.pg_hba` appended at bootstrap, the leader's copy on a
+    /// clone, Patroni's on an adopted node).
+    pub(super) fn hba_lines(
+        &self,
+        dynamic: &DynamicConfig,
+        role: Option<PgRole>,
+    ) -> Option<(Vec<String>, &'static str)> {
+        if let Some(role) = role
+            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_hba)
+        {
+            return Some((lines.clone(), role_source("pg_hba", role)));
+        }
         local_else_dynamic(
             (&self.config.postgresql.pg_hba, "postgresql.pg_hba"),
             (&dynamic.pg_hba, "the dynamic config's postgresql.pg_hba"),
         )
     }
 
-    /// The pg_ident.conf lines pgwarden owns, as Patroni: the local
-    /// `postgresql.pg_ident`, else the dynamic config's; `None`: the file is
-    /// left as it is.
-    pub(super) fn ident_lines(&self, dynamic: &DynamicConfig) -> Option<(Vec<String>, &'static str)> {
+    /// The pg_ident.conf lines pgwarden owns, as Patroni: `pg_ident_<role>`,
+    /// else the local `postgresql.pg_ident`, else the dynamic config's;
+    /// `None`: the file is left as it is.
+    pub(super) fn ident_lines(
+        &self,
+        dynamic: &DynamicConfig,
+        role: Option<PgRole>,
+    ) -> Option<(Vec<String>, &'static str)> {
+        if let Some(role) = role
+            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_ident)
+        {
+            return Some((lines.clone(), role_source("pg_ident", role)));
+        }
         local_else_dynamic(
             (&self.config.postgresql.pg_ident, "postgresql.pg_ident"),
             (&dynamic.pg_ident, "the dynamic config's postgresql.pg_ident"),
         )
     }
 
-    /// What `write_config` would write of the authentication files now.
-    pub fn auth_files(&self, dynamic: &DynamicConfig) -> AuthFiles {
-        AuthFiles { hba: self.hba_lines(dynamic), ident: self.ident_lines(dynamic) }
+    /// What `write_config` would write of the authentication files now for `role`.
+    pub fn auth_files(&self, dynamic: &DynamicConfig, role: Option<PgRole>) -> AuthFiles {
+        AuthFiles { hba: self.hba_lines(dynamic, role), ident: self.ident_lines(dynamic, role) }
     }
 
     /// What the last `write_config` of this process asked for (`None`: none yet).
@@ -202,7 +256,7 @@ impl Postgres {
     /// password rules (not initdb's `trust`).
     pub fn write_bootstrap_hba(&self, dynamic: &DynamicConfig) -> anyhow::Result<()> {
         self.adopt_config_files()?;
-        if let Some((lines, source)) = self.hba_lines(dynamic) {
+        if let Some((lines, source)) = self.hba_lines(dynamic, Some(PgRole::Primary)) {
             return self.write_hba(&lines, source);
         }
         let (lines, source) = pgwarden_config::hba::bootstrap_rules(&self.config);
@@ -237,7 +291,7 @@ impl Postgres {
             crate::confdir::WRITTEN_BY,
             quote(&self.base_include())
         );
-        let mut parameters = self.parameters(dynamic, listen_local_only);
+        let mut parameters = self.parameters(dynamic, listen_local_only, start_as.role());
         if !matches!(start_as, StartAs::Primary) {
             self.raise_to_the_primarys_settings(&mut parameters);
         }
@@ -300,7 +354,7 @@ impl Postgres {
                 std::fs::write(&standby_signal, "").context("write standby.signal")?;
             }
         }
-        let auth = self.auth_files(dynamic);
+        let auth = self.auth_files(dynamic, start_as.role());
         *self.written_auth.lock().expect("written auth files") = Some(auth.clone());
         if let Some((lines, source)) = &auth.hba {
             self.write_hba(lines, source)?;
