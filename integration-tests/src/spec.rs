@@ -61,7 +61,7 @@ impl<'a> ClusterSpec<'a> {
     /// Extra YAML for node `i` (1-based), e.g. a `tags:` section, merged
     /// into the harness's as values: a node's own `etcd3:` or `watchdog:`
     /// keys replace the harness's, the others stay (behind proxies, the
-    /// proxy's `etcd3.hosts` stays unless the node sets its own).
+    /// node's `etcd3.proxy` names its proxy, which wins over any `hosts`).
     pub fn node_yaml(mut self, yaml: impl Fn(usize) -> String + 'a) -> Self {
         self.node_yaml = Box::new(yaml);
         self
@@ -88,13 +88,14 @@ impl<'a> ClusterSpec<'a> {
     }
 }
 
-/// A node's YAML with its etcd reached through the proxy on `port`: the
-/// proxy's address under the node's own keys, merged as values (a node's
-/// `etcd3:` section joins it rather than repeating the key).
+/// A node's YAML with its etcd reached through the proxy on `port`, as
+/// Patroni's `etcd3.proxy` (the one address used, no member discovery:
+/// the node must not go round the proxy), merged as values (a node's
+/// `etcd3:` section joins it rather than repeating the key). The harness's
+/// own `hosts` stay in the file, so a node that ignored `proxy` would reach
+/// etcd directly and the cut tests would fail.
 fn through_proxy(port: u16, node_yaml: &str) -> anyhow::Result<String> {
-    // `use_proxies`: the proxy is all the node may reach; it must not look
-    // etcd's members up and go round the proxy.
-    crate::yaml::merged(&format!("etcd3:\n  hosts: 127.0.0.1:{port}\n  use_proxies: true\n"), node_yaml)
+    crate::yaml::merged(&format!("etcd3:\n  proxy: http://127.0.0.1:{port}\n"), node_yaml)
 }
 
 #[cfg(test)]
@@ -106,7 +107,7 @@ mod tests {
         let text = through_proxy(4001, "etcd3:\n  protocol: http\ntags:\n  nosync: true\n").expect("merged");
         let back: serde_json::Value = serde_saphyr::from_str(&text).expect("reads back");
         let expected = serde_json::json!({
-            "etcd3": {"hosts": "127.0.0.1:4001", "use_proxies": true, "protocol": "http"},
+            "etcd3": {"proxy": "http://127.0.0.1:4001", "protocol": "http"},
             "tags": {"nosync": true},
         });
         assert_eq!(back, expected, "{text}");
@@ -114,7 +115,7 @@ mod tests {
         let plain = through_proxy(4001, "").expect("merged");
         assert_eq!(
             serde_saphyr::from_str::<serde_json::Value>(&plain).expect("reads"),
-            serde_json::json!({"etcd3": {"hosts": "127.0.0.1:4001", "use_proxies": true}})
+            serde_json::json!({"etcd3": {"proxy": "http://127.0.0.1:4001"}})
         );
     }
 }

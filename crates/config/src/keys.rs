@@ -16,6 +16,11 @@ const TABLE: &str = include_str!("../keys.tsv");
 pub enum Status {
     Implemented,
     Unsupported,
+    /// A Patroni setting that only tunes Patroni's own Python process
+    /// (thread pools, the log writer's queue, tracebacks): pgwarden has
+    /// nothing it could apply to, so it is accepted with a note, not a
+    /// warning.
+    Inapplicable,
     /// Not implemented, and ignoring it could lose data or give a second
     /// writer: the loader refuses the config (the error is raised where the
     /// section is read), never just warns.
@@ -76,6 +81,7 @@ pub fn parse_table(text: &str) -> Result<Vec<KeySpec>, String> {
         let status = match cols[3] {
             "implemented" => Status::Implemented,
             "unsupported" => Status::Unsupported,
+            "inapplicable" => Status::Inapplicable,
             "refused" => Status::Refused,
             other => {
                 return Err(format!("keys.tsv line {}: unknown status {other:?}", idx + 1));
@@ -145,6 +151,9 @@ fn walk<'v>(node: &'v Value, path: &mut Vec<&'v str>, problems: &mut Problems) {
             }
             Some(spec) if spec.status == Status::Unsupported => {
                 problems.warn(&dotted, "is a Patroni setting pgwarden does not support yet; it is ignored")
+            }
+            Some(spec) if spec.status == Status::Inapplicable => {
+                problems.notice(&dotted, format!("has no counterpart in pgwarden, ignored: {}", spec.description))
             }
             // Refused keys get their error where the section is read.
             Some(spec) if spec.status == Status::Refused => {}

@@ -411,6 +411,9 @@ pub struct Log {
     /// when it changes (default false: also once per `loop_wait`, as
     /// Patroni's heartbeat line).
     pub deduplicate_heartbeat_logs: bool,
+    /// `log.loggers` as `tracing` filter directives (`node_agent::ha=warn`),
+    /// added to `log.level`'s.
+    pub loggers: Vec<String>,
 }
 
 /// `restapi.http_extra_headers` / `https_extra_headers`: header names and

@@ -165,6 +165,26 @@ pub(crate) fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd>
             );
         }
     }
+    // Patroni's `proxy`: the one URL to use, instead of every other, and
+    // no member discovery (as `use_proxies`).
+    let mut use_proxies = r.bool(&format!("{section}.use_proxies"), false);
+    if let Some(proxy) = r.string(&format!("{section}.proxy")) {
+        if proxy.starts_with("http://") || proxy.starts_with("https://") {
+            if !endpoints.is_empty() {
+                r.problems.warn(
+                    format!("{section}.proxy"),
+                    "is set: the other etcd addresses (host, hosts, url) are not used, as in Patroni",
+                );
+            }
+            endpoints = vec![proxy.trim_end_matches('/').to_string()];
+            use_proxies = true;
+        } else {
+            r.problems.error(
+                format!("{section}.proxy"),
+                format!("expected http://host:port or https://host:port, found {proxy:?}"),
+            );
+        }
+    }
     if endpoints.is_empty() && !r.problems.has_errors() {
         r.problems
             .error(format!("{section}.hosts"), "no etcd endpoint: set `hosts: [host:port, ...]` or `host: host:port`");
@@ -172,7 +192,7 @@ pub(crate) fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd>
     Some(Etcd {
         section,
         endpoints,
-        use_proxies: r.bool(&format!("{section}.use_proxies"), false),
+        use_proxies,
         username: r.string(&format!("{section}.username")),
         password: secret_of(r, &format!("{section}.password")),
         cacert: path_of(r, &format!("{section}.cacert")),
@@ -378,6 +398,7 @@ pub(crate) fn log_section(r: &mut Reader<'_>) -> Log {
         r.problems.warn("log.static_fields", "applies to log.type json only (as in Patroni): ignored with plain logs");
     }
     let deduplicate_heartbeat_logs = r.bool("log.deduplicate_heartbeat_logs", false);
+    let loggers = loggers(r);
     Log {
         level,
         json,
@@ -389,7 +410,83 @@ pub(crate) fn log_section(r: &mut Reader<'_>) -> Log {
         file_num,
         static_fields,
         deduplicate_heartbeat_logs,
+        loggers,
     }
+}
+
+/// Patroni's logger names and the pgwarden log targets that do their work.
+const LOGGER_TARGETS: &[(&str, &[&str])] = &[
+    ("patroni.ha", &["node_agent::ha"]),
+    ("patroni.postmaster", &["node_agent::postgres", "pg_local"]),
+    ("patroni.postgresql", &["node_agent::postgres", "node_agent::sql", "node_agent::confdir"]),
+    ("patroni.postgresql.slots", &["node_agent::ha::slots"]),
+    ("patroni.postgresql.sync", &["node_agent::ha::sync"]),
+    ("patroni.postgresql.callback_executor", &["node_agent::callbacks"]),
+    ("patroni.dcs", &["dcs", "election"]),
+    ("patroni.dcs.etcd", &["dcs", "election"]),
+    ("patroni.dcs.etcd3", &["dcs", "election"]),
+    ("patroni.api", &["health_api"]),
+    ("patroni.request", &["node_agent::peers", "pgwarden_workflows"]),
+    ("patroni.watchdog", &["node_agent::watchdog"]),
+    ("patroni.ctl", &["pgwarden_cli"]),
+    ("patroni", &["node_agent", "health_api", "controller", "dcs", "election", "pgwarden_workflows"]),
+    ("urllib3", &["hyper", "hyper_util", "h2", "tonic"]),
+    ("etcd.client", &["etcd_client"]),
+];
+
+/// pgwarden's own log targets, which `log.loggers` may also name.
+const OWN_TARGETS: &[&str] = &[
+    "node_agent",
+    "health_api",
+    "controller",
+    "dcs",
+    "election",
+    "pgwarden_workflows",
+    "pgwarden_cli",
+    "pgwarden_runtime",
+    "pg_local",
+    "ha_core",
+];
+
+/// `log.loggers`: a level per Patroni logger (`patroni.postmaster:
+/// WARNING`), as `tracing` filter directives for the pgwarden targets that
+/// do that logger's work, or for a pgwarden target named as such
+/// (`node_agent::ha::sync: DEBUG`). A name with no counterpart is ignored
+/// with a warning.
+fn loggers(r: &mut Reader<'_>) -> Vec<String> {
+    let Some(section) = r.section("log.loggers") else { return Vec::new() };
+    let mut directives = Vec::new();
+    for (name, value) in section {
+        let path = format!("log.loggers.{name}");
+        let level = match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("debug") => "debug",
+            Some("info") => "info",
+            Some("warning" | "warn") => "warn",
+            Some("error" | "critical" | "fatal") => "error",
+            Some("notset") => "trace",
+            _ => {
+                r.problems.error(&path, "expected a level: DEBUG, INFO, WARNING, ERROR or CRITICAL");
+                continue;
+            }
+        };
+        let targets: Vec<&str> = match LOGGER_TARGETS.iter().find(|(patroni, _)| patroni == name) {
+            Some((_, targets)) => targets.to_vec(),
+            None if OWN_TARGETS.iter().any(|t| name == t || name.starts_with(&format!("{t}::")))
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') =>
+            {
+                vec![name.as_str()]
+            }
+            None => {
+                r.problems.warn(
+                    &path,
+                    "names no Patroni logger pgwarden has a counterpart for, nor a pgwarden target: ignored",
+                );
+                continue;
+            }
+        };
+        directives.extend(targets.into_iter().map(|target| format!("{target}={level}")));
+    }
+    directives
 }
 
 pub(crate) fn pgwarden_section(r: &mut Reader<'_>, restapi: &RestApi) -> Option<Pgwarden> {

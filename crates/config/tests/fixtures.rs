@@ -133,3 +133,54 @@ fn a_written_boolean_tag_wins_over_the_priority_beside_it() {
     assert_eq!((loose.failover_priority, loose.sync_priority), (1, 1));
     assert_eq!(loose.json.get("nosync"), Some(&serde_json::Value::Bool(false)), "published beside sync_priority");
 }
+
+#[test]
+fn log_loggers_become_filter_directives_for_the_targets_doing_that_work() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid/unsupported_extras.yml");
+    let loaded = load_from(&source(&path), std::iter::empty(), Purpose::Agent).expect("valid");
+    assert_eq!(
+        loaded.config.log.loggers,
+        ["node_agent::postgres=warn", "pg_local=warn"],
+        "patroni.postmaster: WARNING"
+    );
+    let notes: Vec<String> =
+        loaded.warnings.iter().filter(|p| p.severity == Severity::Notice).map(ToString::to_string).collect();
+    assert!(notes.iter().any(|n| n.contains("thread_pool_size: has no counterpart in pgwarden")), "{notes:#?}");
+    let yaml = |loggers: &str| Source {
+        origin: "inline".into(),
+        yaml: format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\nlog:\n  loggers:\n{loggers}\
+             etcd3:\n  hosts: 127.0.0.1:2379\npostgresql:\n  listen: 127.0.0.1:5432\n  data_dir: /d\n"
+        ),
+    };
+    let own = load_from(&yaml("    node_agent::ha::sync: DEBUG\n    boto: INFO\n"), std::iter::empty(), Purpose::Agent)
+        .expect("valid");
+    assert_eq!(own.config.log.loggers, ["node_agent::ha::sync=debug"]);
+    assert!(own.warnings.iter().any(|w| w.path == "log.loggers.boto"), "{:?}", own.warnings);
+    let refused =
+        load_from(&yaml("    patroni.ha: LOUD\n"), std::iter::empty(), Purpose::Agent).expect_err("a bad level");
+    assert!(refused.to_string().contains("log.loggers.patroni.ha"), "{refused}");
+}
+
+#[test]
+fn an_etcd_proxy_replaces_the_other_addresses_and_turns_discovery_off() {
+    let yaml = |etcd: &str| Source {
+        origin: "inline".into(),
+        yaml: format!(
+            "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n{etcd}\
+             postgresql:\n  listen: 127.0.0.1:5432\n  data_dir: /d\n"
+        ),
+    };
+    let loaded = load_from(
+        &yaml("  hosts: 10.0.0.1:2379,10.0.0.2:2379\n  proxy: http://10.0.0.9:23790/\n"),
+        std::iter::empty(),
+        Purpose::Agent,
+    )
+    .expect("valid");
+    assert_eq!(loaded.config.etcd.endpoints, ["http://10.0.0.9:23790"]);
+    assert!(loaded.config.etcd.use_proxies);
+    assert!(loaded.warnings.iter().any(|w| w.path == "etcd3.proxy"), "{:?}", loaded.warnings);
+    let refused =
+        load_from(&yaml("  proxy: 10.0.0.9:23790\n"), std::iter::empty(), Purpose::Agent).expect_err("no scheme");
+    assert!(refused.to_string().contains("etcd3.proxy"), "{refused}");
+}

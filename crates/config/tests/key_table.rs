@@ -117,3 +117,26 @@ fn every_refused_key_is_refused_naming_it() {
         }
     }
 }
+
+/// A setting that only tunes Patroni's Python process is accepted with a
+/// note that says so, never a warning or an error.
+#[test]
+fn every_inapplicable_key_is_accepted_with_a_note() {
+    let mut checked = 0;
+    for row in table() {
+        if row.status != Status::Inapplicable {
+            continue;
+        }
+        let mut root = base("etcd3");
+        set(&mut root, &row.path, json!(10));
+        let warnings = load(&root).unwrap_or_else(|problems| panic!("{}: refused: {problems:#?}", row.path));
+        assert!(
+            warnings.iter().any(|w| w.severity == Severity::Notice && w.path == row.path),
+            "{}: no note; got {warnings:#?}",
+            row.path
+        );
+        assert!(!warnings.iter().any(|w| w.severity == Severity::Warning && w.path == row.path), "{}", row.path);
+        checked += 1;
+    }
+    assert_eq!(checked, 5, "thread_pool_size, thread_stack_size, restapi.thread_pool_size and two of log");
+}

@@ -41,7 +41,13 @@ impl ConfigArgs {
 pub fn init_tracing(log: &pgwarden_config::Log) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives).context("parse RUST_LOG")?,
-        _ => EnvFilter::try_new(&log.level).context("parse log.level")?,
+        _ => {
+            let mut filter = EnvFilter::try_new(&log.level).context("parse log.level")?;
+            for directive in &log.loggers {
+                filter = filter.add_directive(directive.parse().with_context(|| format!("log.loggers: {directive}"))?);
+            }
+            filter
+        }
     };
     // tonic reports a refused gRPC TLS handshake (no or a foreign client
     // certificate) only at debug level; it is worth a line at every level.
