@@ -26,6 +26,10 @@ struct Pki {
     /// Patroni's test suite sets up its REST certificates.
     own_ca_cert: PathBuf,
     own_ca_key: PathBuf,
+    /// A client certificate for PostgreSQL's `cert` authentication of the
+    /// replication user (its common name is the user's name).
+    replicator_cert: PathBuf,
+    replicator_key: PathBuf,
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -60,7 +64,11 @@ fn pki(dir: &Path) -> Pki {
     let mut own_ca_params = params(&["operator"], "its own CA");
     own_ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let own_ca = own_ca_params.self_signed(&own_ca_key).expect("self-signed CA");
+    let replicator_key = KeyPair::generate().expect("key");
+    let replicator = params(&["replicator"], "replicator").signed_by(&replicator_key, &issuer).expect("sign");
     Pki {
+        replicator_cert: write(dir, "replicator.pem", &replicator.pem()),
+        replicator_key: write(dir, "replicator.key", &replicator_key.serialize_pem()),
         ca: write(dir, "ca.pem", &format!("{}{}", ca_cert.pem(), own_ca.pem())),
         server_cert: write(dir, "server.pem", &server.pem()),
         server_key: write(dir, "server.key", &server_key.serialize_pem()),
@@ -433,4 +441,92 @@ async fn replicas_clone_and_stream_over_verified_tls_and_a_foreign_ca_is_refused
     println!("node3: {refused}");
     assert!(!cluster.nodes[2].data_dir().join("PG_VERSION").exists(), "node3 has no data directory");
     assert_ne!(cluster.nodes[2].check("/replica"), 200);
+}
+
+/// libpq's `sslpassword` (issue 23): the replication user authenticates
+/// with a client certificate whose key is encrypted. The clone
+/// (pg_basebackup, which takes the passphrase from the 0600 service file,
+/// never from its command line) and the streaming (`primary_conninfo`, in
+/// PostgreSQL's own 0600 file) both need it; without it the key does not
+/// load and the replica never gets its data.
+#[tokio::test]
+async fn a_replica_clones_and_streams_with_an_encrypted_client_key_and_its_sslpassword() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    for name in ["node1", "node2"] {
+        cluster.add_node(name, "").expect("node");
+    }
+    let dir = cluster.nodes[0].dir.path().to_path_buf();
+    let pki = pki(&dir);
+    let passphrase = "open sesame 42";
+    let pass_file = write(&dir, "key.pass", passphrase);
+    let encrypted = dir.join("replicator.enc.key");
+    let status = Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in"])
+        .arg(&pki.replicator_key)
+        .arg("-out")
+        .arg(&encrypted)
+        .arg("-passout")
+        .arg(format!("file:{}", pass_file.display()))
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl pkcs8 -topk8");
+    std::fs::set_permissions(&encrypted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    give_to_postgres(&encrypted);
+    assert!(std::fs::read_to_string(&encrypted).expect("key").contains("ENCRYPTED PRIVATE KEY"));
+    for node in &cluster.nodes {
+        node.merge_config(serde_json::json!({"postgresql": {
+            "pg_hba": [
+                "local all all scram-sha-256",
+                "hostssl replication replicator 127.0.0.1/32 cert",
+                "hostnossl replication all 127.0.0.1/32 reject",
+                "host all all 127.0.0.1/32 scram-sha-256",
+            ],
+            "parameters": {
+                "ssl": "on",
+                "ssl_cert_file": pki.server_cert.display().to_string(),
+                "ssl_key_file": pki.server_key.display().to_string(),
+                "ssl_ca_file": pki.ca.display().to_string(),
+            },
+            "authentication": {"replication": {
+                "sslmode": "verify-full",
+                "sslrootcert": pki.ca.display().to_string(),
+                "sslcert": pki.replicator_cert.display().to_string(),
+                "sslkey": encrypted.display().to_string(),
+                "sslpassword": passphrase,
+            }},
+        }}))
+        .expect("TLS and a client certificate for replication");
+    }
+    for node in &mut cluster.nodes {
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+    }
+    let leader = cluster.wait_healthy(UP).await.expect("a primary and a replica streaming with the client certificate");
+    let replica = 1 - leader;
+    let streams = cluster.nodes[leader]
+        .psql(
+            "select r.application_name || ':' || s.ssl || ':' || coalesce(s.client_dn, '') \
+             from pg_stat_replication r join pg_stat_ssl s using (pid)",
+        )
+        .expect("pg_stat_replication");
+    assert_eq!(streams, format!("node{}:true:/CN=replicator", replica + 1), "streams over TLS with the certificate");
+    // The passphrase: in the replica's postgresql.conf and the service file
+    // (both 0600), never in a log or on a command line.
+    // The harness sets no `pgpass`: the agent's default, beside the data directory.
+    let mut name = cluster.nodes[replica].data_dir().into_os_string();
+    name.push(".pgpass.service");
+    let service = PathBuf::from(name);
+    let text = std::fs::read_to_string(&service).expect("service file");
+    assert_eq!(text, format!("[pgwarden_replication]\nsslpassword={passphrase}\n"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&service).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", service.display());
+    for node in &cluster.nodes {
+        assert!(!node.agent_log().contains(passphrase), "{}: the passphrase in the agent's log", node.name);
+    }
+    for entry in std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(!String::from_utf8_lossy(&cmdline).contains(passphrase), "on a command line: {:?}", entry.path());
+        }
+    }
 }

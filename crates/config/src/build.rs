@@ -165,6 +165,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         pg_hba: r.string_list("postgresql.pg_hba"),
         pg_ident: r.string_list("postgresql.pg_ident"),
         roles: crate::roles::read(&mut r, "postgresql"),
+        krbsrvname: r.string("postgresql.krbsrvname").filter(|name| !name.is_empty()),
         create_replica_methods,
         basebackup: tool_options(&mut r, "postgresql.basebackup"),
         recovery_conf: methods::standby_recovery_conf(&mut r),

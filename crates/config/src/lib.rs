@@ -221,14 +221,21 @@ pub struct Credentials {
     pub sslkey: Option<PathBuf>,
     pub sslcert: Option<PathBuf>,
     pub sslrootcert: Option<PathBuf>,
-    /// libpq's `sslcrl`, `sslcrldir`, `gssencmode` and `channel_binding`:
-    /// read for the replication and rewind users, whose connections are
-    /// libpq's (primary_conninfo, pg_basebackup, pg_rewind); the
-    /// superuser's own connection is not libpq's, so not for it.
+    /// libpq's `sslcrl`, `sslcrldir`, `gssencmode`, `channel_binding`,
+    /// `sslpassword` and `sslnegotiation`: applied where libpq connects
+    /// (primary_conninfo, pg_basebackup, pg_rewind, psql and replica
+    /// methods; the superuser's where pg_rewind and psql connect as it),
+    /// each only where the PostgreSQL major has it, as Patroni does. The
+    /// agent's own connection to its PostgreSQL is not libpq's.
     pub sslcrl: Option<PathBuf>,
     pub sslcrldir: Option<PathBuf>,
     pub gssencmode: Option<String>,
     pub channel_binding: Option<String>,
+    /// The passphrase of an encrypted `sslkey`: in `primary_conninfo`
+    /// (PostgreSQL's own 0600 file), and for the tools through a 0600
+    /// service file, never on a command line.
+    pub sslpassword: Option<Secret>,
+    pub sslnegotiation: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +278,9 @@ pub struct Postgresql {
     /// `recovery_conf`: recovery settings written for every standby
     /// (`restore_command`, `archive_cleanup_command`, ...).
     pub recovery_conf: BTreeMap<String, String>,
+    /// `krbsrvname`: the Kerberos service name of GSS connections, in every
+    /// libpq connection string (Patroni sets `PGKRBSRVNAME`).
+    pub krbsrvname: Option<String>,
     /// Local override of the dynamic `postgresql.use_pg_rewind`.
     pub use_pg_rewind: Option<bool>,
     pub pg_ctl_timeout: Duration,

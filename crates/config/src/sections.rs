@@ -73,15 +73,21 @@ pub(crate) fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
 
 pub(crate) fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credentials {
     r.section(base);
-    let libpq = !base.ends_with(".superuser");
-    let choice = |r: &mut Reader<'_>, key: &str| {
-        libpq.then(|| r.choice(&format!("{base}.{key}"), &["disable", "prefer", "require"])).flatten()
-    };
+    let choice = |r: &mut Reader<'_>, key: &str| r.choice(&format!("{base}.{key}"), &["disable", "prefer", "require"]);
     Credentials {
-        sslcrl: libpq.then(|| path_of(r, &format!("{base}.sslcrl"))).flatten(),
-        sslcrldir: libpq.then(|| path_of(r, &format!("{base}.sslcrldir"))).flatten(),
+        sslcrl: path_of(r, &format!("{base}.sslcrl")),
+        sslcrldir: path_of(r, &format!("{base}.sslcrldir")),
         gssencmode: choice(r, "gssencmode"),
         channel_binding: choice(r, "channel_binding"),
+        sslpassword: secret_of(r, &format!("{base}.sslpassword")).filter(|password| {
+            // It goes on a line of libpq's service file.
+            let one_line = !password.expose().contains(['\n', '\r']);
+            if !one_line {
+                r.problems.error(format!("{base}.sslpassword"), "must be one line (it has a line break)");
+            }
+            one_line
+        }),
+        sslnegotiation: r.choice(&format!("{base}.sslnegotiation"), &["postgres", "direct"]),
         username: r.string(&format!("{base}.username")).unwrap_or_else(|| default_user.to_string()),
         password: secret_of(r, &format!("{base}.password")),
         sslmode: r

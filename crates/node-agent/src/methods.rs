@@ -30,7 +30,8 @@ pub enum CloneFor<'a> {
 async fn run_logged(what: &str, line: &str, args: &[String], pgpass: &std::path::Path) -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c").arg(format!("{line} \"$@\"")).arg("sh").args(args);
-    cmd.env("PGPASSFILE", pgpass).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("PGPASSFILE", pgpass).env("PGSERVICEFILE", crate::postgres::service_file(pgpass));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.kill_on_drop(true);
     let mut child = cmd.spawn().with_context(|| format!("start {what} {line:?}"))?;
     let stdout = child.stdout.take().context("the command's stdout")?;
@@ -87,7 +88,10 @@ impl Postgres {
             crate::postgres::conninfo_value(&replication.username),
             upstream.host,
             upstream.port,
-            crate::postgres::ssl_options(replication)
+            self.libpq_options(
+                replication,
+                crate::postgres::SslPassword::Service(crate::postgres::SERVICE_REPLICATION)
+            )
         )
     }
 

@@ -129,6 +129,8 @@ pub struct Postgres {
     /// The `pg_hba` and `pg_ident` lines the last config written asked for
     /// (also when refused), to notice a change in the dynamic config.
     written_auth: std::sync::Mutex<Option<AuthFiles>>,
+    /// The binaries' major version, once asked (`libpq_major`).
+    bin_major: std::sync::OnceLock<Option<u32>>,
 }
 
 /// A list set in the local config, else the dynamic config's, with where it
@@ -263,6 +265,7 @@ impl Postgres {
             written: std::sync::Mutex::new(None),
             written_remote: std::sync::Mutex::new(None),
             written_auth: std::sync::Mutex::new(None),
+            bin_major: std::sync::OnceLock::new(),
         })
     }
 
@@ -286,13 +289,46 @@ impl Postgres {
     /// cascading replica's upstream (its WAL receiver reads this file
     /// whenever it reconnects) and the leader a tool connects to meanwhile.
     pub fn write_pgpass_for(&self, upstreams: &[&Upstream]) -> anyhow::Result<()> {
-        let lines: String =
-            upstreams.iter().map(|u| pgpass_lines(&self.config.postgresql.authentication, Some(u))).collect();
-        write_private(&self.pgpass, &lines)
+        let auth = &self.config.postgresql.authentication;
+        let lines: String = upstreams.iter().map(|u| pgpass_lines(auth, Some(u))).collect();
+        write_private(&self.pgpass, &lines)?;
+        // The passphrases of encrypted client keys, for the tools.
+        let service = service_file_text(auth);
+        if !service.is_empty() {
+            write_private(&service_file(&self.pgpass), &service)?;
+        }
+        Ok(())
+    }
+
+    /// The environment every libpq tool the agent runs gets: the pgpass
+    /// and service files.
+    pub(crate) fn libpq_env(&self, cmd: &mut Command) {
+        cmd.env("PGPASSFILE", &self.pgpass).env("PGSERVICEFILE", service_file(&self.pgpass));
+    }
+
+    /// `libpq_options` for `credentials`, for this PostgreSQL's major
+    /// (the data directory's, else the binaries').
+    pub(crate) fn libpq_options(&self, credentials: &pgwarden_config::Credentials, password: SslPassword) -> String {
+        libpq_options(credentials, self.libpq_major(), self.config.postgresql.krbsrvname.as_deref(), password)
+    }
+
+    /// The major of the libpq the tools use: the data directory's, else
+    /// what `postgres --version` says (asked once).
+    fn libpq_major(&self) -> Option<u32> {
+        self.major().or_else(|| {
+            *self.bin_major.get_or_init(|| {
+                std::process::Command::new(self.bins.path("postgres"))
+                    .arg("--version")
+                    .output()
+                    .ok()
+                    .and_then(|o| crate::version::major_of(&String::from_utf8_lossy(&o.stdout)))
+            })
+        })
     }
 
     async fn run(&self, what: &str, cmd: &mut Command) -> anyhow::Result<String> {
-        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
+        self.libpq_env(cmd);
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
         let output = cmd.output().await.with_context(|| format!("run {what}"))?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -358,7 +394,7 @@ impl Postgres {
             upstream.port,
             replication.username,
             self.config.name,
-            ssl_options(replication)
+            self.libpq_options(replication, SslPassword::Service(SERVICE_REPLICATION))
         );
         let mut cmd = Command::new(self.bins.path("pg_basebackup"));
         cmd.arg("-D").arg(&self.data_dir).arg("-d").arg(&conninfo).args(["--wal-method=stream", "--progress"]);
@@ -370,7 +406,8 @@ impl Postgres {
         if !has_checkpoint {
             cmd.arg("--checkpoint=fast");
         }
-        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        self.libpq_env(&mut cmd);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         cmd.kill_on_drop(true);
         info!(from = %upstream.member, host = %upstream.host, port = upstream.port, "cloning with pg_basebackup");
         let mut child = cmd.spawn().context("run pg_basebackup")?;
@@ -572,32 +609,96 @@ impl Postgres {
     }
 }
 
-/// The libpq SSL options of `credentials` (`sslmode`, `sslcert`, `sslkey`,
-/// `sslrootcert`) as conninfo text, each preceded by a space.
-pub(crate) fn ssl_options(credentials: &pgwarden_config::Credentials) -> String {
+/// Where a libpq connection takes `sslpassword` from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslPassword {
+    /// In the conninfo itself: `primary_conninfo`, in PostgreSQL's own
+    /// 0600 config file, as Patroni writes it.
+    Inline,
+    /// From this section of the service file (`PGSERVICEFILE`, 0600): a
+    /// tool's conninfo is on its command line, where `ps` shows it.
+    Service(&'static str),
+}
+
+/// The first PostgreSQL major whose libpq knows each option (Patroni's
+/// table): an older one refuses a conninfo that names it.
+const LIBPQ_OPTION_SINCE: &[(&str, u32)] =
+    &[("gssencmode", 12), ("channel_binding", 13), ("sslpassword", 13), ("sslcrldir", 14), ("sslnegotiation", 17)];
+
+/// The libpq options of `credentials` (TLS, GSS, channel binding) and
+/// `postgresql.krbsrvname` as conninfo text, each preceded by a space; an
+/// option the libpq of `major` lacks is left out (unknown major: kept).
+pub(crate) fn libpq_options(
+    credentials: &pgwarden_config::Credentials,
+    major: Option<u32>,
+    krbsrvname: Option<&str>,
+    password: SslPassword,
+) -> String {
+    let known = |key: &str| {
+        LIBPQ_OPTION_SINCE
+            .iter()
+            .find(|(name, _)| *name == key)
+            .is_none_or(|(_, since)| major.is_none_or(|m| m >= *since))
+    };
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let mut text = String::new();
-    for (key, value) in [
-        ("sslmode", &credentials.sslmode),
-        ("gssencmode", &credentials.gssencmode),
-        ("channel_binding", &credentials.channel_binding),
-    ] {
-        if let Some(value) = value {
-            text.push_str(&format!(" {key}={}", conninfo_value(value)));
+    let secret = credentials.sslpassword.as_ref().map(|p| p.expose().to_string());
+    let options = [
+        ("sslmode", credentials.sslmode.clone()),
+        ("gssencmode", credentials.gssencmode.clone()),
+        ("channel_binding", credentials.channel_binding.clone()),
+        ("sslnegotiation", credentials.sslnegotiation.clone()),
+        ("sslcert", path(&credentials.sslcert)),
+        ("sslkey", path(&credentials.sslkey)),
+        ("sslrootcert", path(&credentials.sslrootcert)),
+        ("sslcrl", path(&credentials.sslcrl)),
+        ("sslcrldir", path(&credentials.sslcrldir)),
+        ("krbsrvname", krbsrvname.map(str::to_string)),
+        ("sslpassword", secret.clone().filter(|_| password == SslPassword::Inline)),
+    ];
+    for (key, value) in options {
+        if let Some(value) = value
+            && known(key)
+        {
+            text.push_str(&format!(" {key}={}", conninfo_value(&value)));
         }
     }
-    for (key, path) in [
-        ("sslcert", &credentials.sslcert),
-        ("sslkey", &credentials.sslkey),
-        ("sslrootcert", &credentials.sslrootcert),
-        ("sslcrl", &credentials.sslcrl),
-        ("sslcrldir", &credentials.sslcrldir),
-    ] {
-        if let Some(path) = path {
-            text.push_str(&format!(" {key}={}", conninfo_value(&path.display().to_string())));
+    if let (Some(_), SslPassword::Service(section)) = (&secret, password)
+        && known("sslpassword")
+    {
+        text.push_str(&format!(" service={section}"));
+    }
+    text
+}
+
+/// The service file beside the pgpass file: one section per role with an
+/// `sslpassword` (`PGSERVICEFILE` for the tools; 0600).
+pub(crate) fn service_file(pgpass: &std::path::Path) -> PathBuf {
+    let mut name = pgpass.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "pgpass".into());
+    name.push(".service");
+    pgpass.with_file_name(name)
+}
+
+/// The service file's text: `[section]` and `sslpassword=` for each role
+/// whose credentials have one (libpq reads the value to the end of the line).
+fn service_file_text(auth: &pgwarden_config::Authentication) -> String {
+    let roles = [
+        (SERVICE_SUPERUSER, Some(&auth.superuser)),
+        (SERVICE_REPLICATION, Some(&auth.replication)),
+        (SERVICE_REWIND, auth.rewind.as_ref()),
+    ];
+    let mut text = String::new();
+    for (section, credentials) in roles {
+        if let Some(password) = credentials.and_then(|c| c.sslpassword.as_ref()) {
+            text.push_str(&format!("[{section}]\nsslpassword={}\n", password.expose()));
         }
     }
     text
 }
+
+pub(crate) const SERVICE_SUPERUSER: &str = "pgwarden_superuser";
+pub(crate) const SERVICE_REPLICATION: &str = "pgwarden_replication";
+pub(crate) const SERVICE_REWIND: &str = "pgwarden_rewind";
 
 /// A conninfo value, quoted when it holds spaces, quotes or backslashes.
 pub(crate) fn conninfo_value(value: &str) -> String {
@@ -743,7 +844,7 @@ mod tests {
     }
 
     #[test]
-    fn ssl_options_name_every_file_and_quote_what_needs_it() {
+    fn libpq_options_name_every_file_quote_what_needs_it_and_follow_the_major() {
         let credentials = pgwarden_config::Credentials {
             username: "replicator".into(),
             sslmode: Some("verify-full".into()),
@@ -752,21 +853,59 @@ mod tests {
             sslrootcert: Some("/etc/pg/ca.crt".into()),
             ..Default::default()
         };
+        let options = |c: &pgwarden_config::Credentials, major, password| libpq_options(c, major, None, password);
         assert_eq!(
-            ssl_options(&credentials),
+            options(&credentials, Some(15), SslPassword::Inline),
             " sslmode=verify-full sslcert=/etc/pg/client.crt sslkey='/etc/pg/my key\\'s.key' sslrootcert=/etc/pg/ca.crt"
         );
-        assert_eq!(ssl_options(&pgwarden_config::Credentials::default()), "");
+        assert_eq!(options(&pgwarden_config::Credentials::default(), None, SslPassword::Inline), "");
         let strict = pgwarden_config::Credentials {
             gssencmode: Some("disable".into()),
             channel_binding: Some("require".into()),
             sslcrl: Some("/etc/pg/root.crl".into()),
             sslcrldir: Some("/etc/pg/crl.d".into()),
+            sslnegotiation: Some("direct".into()),
+            sslpassword: Some(pgwarden_config::Secret::new("key pass")),
             ..Default::default()
         };
         assert_eq!(
-            ssl_options(&strict),
-            " gssencmode=disable channel_binding=require sslcrl=/etc/pg/root.crl sslcrldir=/etc/pg/crl.d"
+            options(&strict, Some(17), SslPassword::Inline),
+            " gssencmode=disable channel_binding=require sslnegotiation=direct sslcrl=/etc/pg/root.crl \
+             sslcrldir=/etc/pg/crl.d sslpassword='key pass'"
+        );
+        // A tool's command line names the service file's section, never the passphrase.
+        let tool = options(&strict, Some(17), SslPassword::Service(SERVICE_REPLICATION));
+        assert!(tool.ends_with(" service=pgwarden_replication") && !tool.contains("key pass"), "{tool}");
+        // PostgreSQL 13's libpq knows neither sslcrldir nor sslnegotiation (Patroni's table).
+        assert_eq!(
+            options(&strict, Some(13), SslPassword::Inline),
+            " gssencmode=disable channel_binding=require sslcrl=/etc/pg/root.crl sslpassword='key pass'"
+        );
+        assert_eq!(
+            libpq_options(&pgwarden_config::Credentials::default(), Some(15), Some("postgres"), SslPassword::Inline),
+            " krbsrvname=postgres"
+        );
+    }
+
+    #[test]
+    fn the_service_file_holds_each_roles_key_passphrase() {
+        let mut auth = pgwarden_config::Authentication {
+            superuser: pgwarden_config::Credentials::default(),
+            replication: pgwarden_config::Credentials {
+                sslpassword: Some(pgwarden_config::Secret::new("r3pl")),
+                ..Default::default()
+            },
+            rewind: None,
+        };
+        assert_eq!(service_file_text(&auth), "[pgwarden_replication]\nsslpassword=r3pl\n");
+        auth.rewind = Some(pgwarden_config::Credentials {
+            sslpassword: Some(pgwarden_config::Secret::new("rw")),
+            ..Default::default()
+        });
+        assert!(service_file_text(&auth).ends_with("[pgwarden_rewind]\nsslpassword=rw\n"));
+        assert_eq!(
+            service_file(std::path::Path::new("/var/lib/pg/main.pgpass")),
+            std::path::Path::new("/var/lib/pg/main.pgpass.service")
         );
     }
 

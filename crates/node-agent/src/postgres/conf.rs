@@ -378,7 +378,8 @@ impl Postgres {
             self.config.name,
             self.pgpass.display()
         );
-        conninfo.push_str(&ssl_options(replication));
+        // PostgreSQL's own 0600 file: the key's passphrase may go in it.
+        conninfo.push_str(&self.libpq_options(replication, SslPassword::Inline));
         conninfo
     }
 

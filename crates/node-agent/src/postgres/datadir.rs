@@ -120,13 +120,16 @@ impl Postgres {
     /// the password comes from the pgpass file.
     pub(super) fn rewind_conninfo(&self, source: &Upstream) -> String {
         let auth = &self.config.postgresql.authentication;
-        let user = auth.rewind.as_ref().unwrap_or(&auth.superuser);
+        let (user, rewind_service) = match &auth.rewind {
+            Some(rewind) => (rewind, SERVICE_REWIND),
+            None => (&auth.superuser, SERVICE_SUPERUSER),
+        };
         format!(
             "host={} port={} user={} dbname=postgres connect_timeout=5{}",
             source.host,
             source.port,
             user.username,
-            ssl_options(user)
+            self.libpq_options(user, SslPassword::Service(rewind_service))
         )
     }
 
@@ -146,7 +149,8 @@ impl Postgres {
         if self.config_dir() != self.data_dir && self.major().is_some_and(|m| m >= 15) {
             cmd.arg(format!("--config-file={}", self.config_dir().join(MANAGED_CONF).display()));
         }
-        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null()).kill_on_drop(true);
+        self.libpq_env(&mut cmd);
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
         // A standby killed in recovery is first stopped cleanly in recovery
         // (see `stop_cleanly_in_recovery`), never left to pg_rewind's
         // single-user crash recovery.
