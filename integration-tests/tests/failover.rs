@@ -615,7 +615,15 @@ async fn a_fence_that_pg_ctl_cannot_do_kills_every_postgres_process_and_checks()
 /// Three nodes behind HAProxy, node `never_leads` tagged `nofailover`, node1
 /// leading, with writers and probes watching.
 async fn node1_leading_and_one_that_never_leads(never_leads: usize) -> LoadedCluster {
-    let tags = |i| if i == never_leads { "tags:\n  nofailover: true\n".into() } else { String::new() };
+    // Its own pg_rewind options too (Patroni's `postgresql.rewind`): one it
+    // may give, and one pgwarden sets itself (dropped with a warning).
+    let tags = |i| {
+        if i == never_leads {
+            "tags:\n  nofailover: true\npostgresql:\n  rewind:\n  - no-sync\n  - dry-run\n".into()
+        } else {
+            String::new()
+        }
+    };
     let loaded = loaded(ClusterSpec::nodes(3).node_yaml(tags)).await;
     assert_eq!(loaded.leader, 0, "node1 bootstraps (it starts first)");
     loaded
@@ -689,6 +697,7 @@ async fn a_standby_whose_data_passed_the_fork_is_rewound_even_with_the_new_timel
     let log = cluster.nodes[1].agent_log();
     assert!(log.contains("past where timeline 1 ended"), "node2 says why it rewinds:\n{log}");
     assert!(log.contains("rewound onto the leader's timeline"), "node2 was rewound:\n{log}");
+    assert!(log.contains(r#"options=["--no-sync"]"#), "postgresql.rewind reached pg_rewind, dry-run dropped:\n{log}");
     assert!(cluster.nodes[1].psql("select to_regclass('ahead') is null").expect("read") == "t", "rewound past it");
     let marker = cluster.nodes[1].data_dir().with_file_name("data.pgwarden.rewinding");
     assert!(!marker.exists(), "a finished pg_rewind leaves no marker");

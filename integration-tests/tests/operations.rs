@@ -1207,3 +1207,46 @@ async fn role_based_parameters_and_pg_hba_follow_the_roles_through_a_switchover(
     expect([(candidate, "8MB", "0"), (leader, "3MB", "1"), (other, "5MB", "1")]).await;
     everywhere(&cluster, "select count(*) from pg_settings where pending_restart", "0").await;
 }
+
+/// The `postgresql` settings Patroni merges from the dynamic config under
+/// each member's own (issue 23): `recovery_conf` and `basebackup` from the
+/// dynamic config reach every member that sets none (a change of
+/// `recovery_conf` by a reload), and a member's own `use_slots: false` and
+/// `database` win over the cluster's.
+#[tokio::test]
+async fn dynamic_postgresql_settings_apply_under_each_members_own() {
+    init_logging();
+    let own = |i: usize| {
+        if i == 3 { "postgresql:\n  use_slots: false\n  database: template1\n".to_string() } else { String::new() }
+    };
+    let cluster = pgwarden_integration_tests::ClusterSpec::nodes(3).node_yaml(own).start().await.expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("healthy");
+    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
+    // node3 streams without a slot, node2 with its own; node3's key names its database.
+    assert_eq!(cluster.nodes[1].psql("show primary_slot_name").expect("psql"), "node2");
+    assert_eq!(cluster.nodes[2].psql("show primary_slot_name").expect("psql"), "");
+    let member = cluster.get_key("members/node3").await.expect("read").expect("node3's key");
+    assert!(member.contains("/template1\""), "{member}");
+
+    patch_config(
+        &cluster,
+        0,
+        r#"{"postgresql": {"recovery_conf": {"recovery_min_apply_delay": "5ms"},
+            "basebackup": [{"label": "from-the-dynamic-config"}], "pg_ctl_timeout": 45}}"#,
+    );
+    wait_until("the replicas to take the dynamic recovery_conf", UP, || async {
+        let delays: Vec<String> =
+            (1..3).map(|i| cluster.nodes[i].psql("show recovery_min_apply_delay").unwrap_or_default()).collect();
+        if delays == ["5ms", "5ms"] { Ok(Some(())) } else { Err(format!("{delays:?}")) }
+    })
+    .await
+    .expect("recovery_conf from the dynamic config, by a reload");
+
+    let (ok, stdout, stderr) = ctl(&cluster, &["reinit", "itest", "node2", "--force", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
+    cluster.wait_healthy(UP).await.expect("healthy after the reinit");
+    // PostgreSQL keeps the clone's backup label as backup_label.old.
+    let label =
+        std::fs::read_to_string(cluster.nodes[1].data_dir().join("backup_label.old")).expect("backup_label.old");
+    assert!(label.contains("LABEL: from-the-dynamic-config"), "pg_basebackup got the dynamic options: {label}");
+}

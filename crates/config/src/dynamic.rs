@@ -241,6 +241,13 @@ pub struct DynamicConfig {
     pub pg_ident: Vec<String>,
     /// `postgresql.parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`.
     pub roles: crate::RoleConfig,
+    /// `postgresql.pg_ctl_timeout`, `basebackup`, `rewind` and
+    /// `recovery_conf`: each member's own, unless its local config sets it
+    /// (the local one wins, as every `postgresql` setting in Patroni).
+    pub pg_ctl_timeout: Option<Duration>,
+    pub basebackup: Vec<crate::ToolOption>,
+    pub rewind: Vec<crate::ToolOption>,
+    pub recovery_conf: BTreeMap<String, String>,
 }
 
 impl Default for DynamicConfig {
@@ -273,6 +280,10 @@ impl Default for DynamicConfig {
             pg_hba: Vec::new(),
             pg_ident: Vec::new(),
             roles: crate::RoleConfig::default(),
+            pg_ctl_timeout: None,
+            basebackup: Vec::new(),
+            rewind: Vec::new(),
+            recovery_conf: BTreeMap::new(),
         }
     }
 }
@@ -399,6 +410,10 @@ impl DynamicConfig {
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
             pg_ident: r.string_list(&path("postgresql.pg_ident")),
             roles: crate::roles::read(&mut r, &path("postgresql")),
+            pg_ctl_timeout: crate::sections::pg_ctl_timeout(&mut r, &path("postgresql.pg_ctl_timeout")),
+            basebackup: crate::sections::tool_options(&mut r, &path("postgresql.basebackup")),
+            rewind: crate::sections::rewind_options(&mut r, &path("postgresql.rewind")),
+            recovery_conf: crate::methods::standby_recovery_conf(&mut r, &path("postgresql.recovery_conf")),
         };
         let section = if base.is_empty() { Some(root) } else { r.get(base) };
         let mut json = section.cloned().filter(Value::is_object).unwrap_or_else(|| Value::Object(Map::new()));
@@ -581,6 +596,26 @@ mod tests {
         let mut problems = Problems::default();
         let (cfg, json) = DynamicConfig::read(&v, "", &mut problems);
         (cfg, json, problems.into_vec())
+    }
+
+    #[test]
+    fn local_postgresql_settings_are_read_from_the_dynamic_config_too() {
+        let (cfg, _, problems) = read(json!({"postgresql": {
+            "pg_ctl_timeout": 45,
+            "basebackup": [{"max-rate": "100M"}, "verbose"],
+            "rewind": ["no-sync", {"target-pgdata": "/elsewhere"}],
+            "recovery_conf": {"restore_command": "cp /archive/%f %p", "primary_conninfo": "host=x"},
+        }}));
+        assert_eq!(cfg.pg_ctl_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(
+            cfg.basebackup.iter().map(crate::ToolOption::to_arg).collect::<Vec<_>>(),
+            ["--max-rate=100M", "--verbose"]
+        );
+        assert_eq!(cfg.rewind.iter().map(crate::ToolOption::to_arg).collect::<Vec<_>>(), ["--no-sync"]);
+        assert_eq!(cfg.recovery_conf.keys().collect::<Vec<_>>(), ["restore_command"]);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["postgresql.rewind", "postgresql.recovery_conf.primary_conninfo"], "{problems:?}");
+        assert!(problems[0].message.contains("`target-pgdata` is pgwarden's to set"), "{problems:?}");
     }
 
     #[test]

@@ -275,6 +275,9 @@ pub struct Postgresql {
     /// `create_replica_methods` with their sections, in order.
     pub create_replica_methods: Vec<ReplicaMethod>,
     pub basebackup: Vec<ToolOption>,
+    /// `rewind`: extra pg_rewind options (those pgwarden sets itself are
+    /// dropped with a warning, as Patroni drops them).
+    pub rewind: Vec<ToolOption>,
     /// `recovery_conf`: recovery settings written for every standby
     /// (`restore_command`, `archive_cleanup_command`, ...).
     pub recovery_conf: BTreeMap<String, String>,
@@ -283,7 +286,12 @@ pub struct Postgresql {
     pub krbsrvname: Option<String>,
     /// Local override of the dynamic `postgresql.use_pg_rewind`.
     pub use_pg_rewind: Option<bool>,
-    pub pg_ctl_timeout: Duration,
+    /// `None`: the dynamic config's, else 60 s.
+    pub pg_ctl_timeout: Option<Duration>,
+    /// Local override of the dynamic `postgresql.use_slots`.
+    pub use_slots: Option<bool>,
+    /// `database`: the database the agent connects to (default `postgres`).
+    pub database: String,
     /// `on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`.
     pub callbacks: BTreeMap<String, String>,
     pub pre_promote: Option<String>,

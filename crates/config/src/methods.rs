@@ -144,20 +144,19 @@ pub(crate) fn settings_map(r: &mut Reader<'_>, path: &str) -> Option<BTreeMap<St
 /// upstream); a recovery target is refused, since a standby that reaches one
 /// stops following or, with `recovery_target_action: promote`, promotes
 /// itself behind the leader key.
-pub(crate) fn standby_recovery_conf(r: &mut Reader<'_>) -> BTreeMap<String, String> {
-    const PATH: &str = "postgresql.recovery_conf";
-    let mut settings = settings_map(r, PATH).unwrap_or_default();
+pub(crate) fn standby_recovery_conf(r: &mut Reader<'_>, path: &str) -> BTreeMap<String, String> {
+    let mut settings = settings_map(r, path).unwrap_or_default();
     for name in ["primary_conninfo", "primary_slot_name", "standby_mode"] {
         if settings.remove(name).is_some() {
             r.problems.warn(
-                format!("{PATH}.{name}"),
+                format!("{path}.{name}"),
                 "pgwarden sets this itself from the member a standby follows; the value here is ignored",
             );
         }
     }
     for name in settings.keys().filter(|n| n.starts_with("recovery_target") && *n != "recovery_target_timeline") {
         r.problems.error(
-            format!("{PATH}.{name}"),
+            format!("{path}.{name}"),
             "a standby that reaches a recovery target stops following its upstream, or promotes itself without the \
              leader key (recovery_target_action: promote): remove it (a point-in-time restore belongs in a \
              bootstrap method's recovery_conf)",
@@ -335,11 +334,12 @@ mod tests {
     fn standby_recovery_settings_refuse_a_target_and_leave_the_connection_to_pgwarden() {
         let yaml = "postgresql:\n  recovery_conf:\n    restore_command: cp /a/%f %p\n    recovery_min_apply_delay: 5min\n    \
                     primary_conninfo: host=x\n";
-        let (settings, problems) = read(yaml, standby_recovery_conf);
+        let (settings, problems) = read(yaml, |r| standby_recovery_conf(r, "postgresql.recovery_conf"));
         assert!(!problems.has_errors(), "{problems:?}");
         assert_eq!(settings.keys().collect::<Vec<_>>(), ["recovery_min_apply_delay", "restore_command"]);
-        let (_, problems) =
-            read("postgresql:\n  recovery_conf:\n    recovery_target_action: promote\n", standby_recovery_conf);
+        let (_, problems) = read("postgresql:\n  recovery_conf:\n    recovery_target_action: promote\n", |r| {
+            standby_recovery_conf(r, "postgresql.recovery_conf")
+        });
         assert!(problems.has_errors(), "a standby must never promote itself");
     }
 

@@ -71,6 +71,43 @@ pub(crate) fn tool_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
     }
 }
 
+/// `pg_ctl_timeout` in seconds (1 s to a day); `None`: unset.
+pub(crate) fn pg_ctl_timeout(r: &mut Reader<'_>, path: &str) -> Option<std::time::Duration> {
+    r.int(path, 1, 86_400).map(|n| std::time::Duration::from_secs(n as u64))
+}
+
+/// pg_rewind's options pgwarden sets itself (or that would change what it
+/// does), which `rewind` may not give: Patroni's list.
+const REWIND_OPTIONS_NOT_ALLOWED: &[&str] = &[
+    "target-pgdata",
+    "source-pgdata",
+    "source-server",
+    "write-recovery-conf",
+    "dry-run",
+    "restore-target-wal",
+    "config-file",
+    "no-ensure-shutdown",
+    "version",
+    "help",
+];
+
+/// `rewind`: extra pg_rewind options; one of those pgwarden sets itself is
+/// dropped with a warning (Patroni logs an error and drops it).
+pub(crate) fn rewind_options(r: &mut Reader<'_>, path: &str) -> Vec<ToolOption> {
+    let mut options = tool_options(r, path);
+    options.retain(|option| {
+        let name = match option {
+            ToolOption::Flag(name) | ToolOption::Value(name, _) => name,
+        };
+        let allowed = !REWIND_OPTIONS_NOT_ALLOWED.contains(&name.trim_start_matches('-'));
+        if !allowed {
+            r.problems.warn(path, format!("`{name}` is pgwarden's to set for pg_rewind: dropped"));
+        }
+        allowed
+    });
+    options
+}
+
 pub(crate) fn credentials(r: &mut Reader<'_>, base: &str, default_user: &str) -> Credentials {
     r.section(base);
     let choice = |r: &mut Reader<'_>, key: &str| r.choice(&format!("{base}.{key}"), &["disable", "prefer", "require"]);

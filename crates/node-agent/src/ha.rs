@@ -310,7 +310,14 @@ impl Agent {
 
     fn dynamic(&self, view: Option<&ClusterView>) -> DynamicConfig {
         // Before the bootstrap writes the key: what it will write.
-        view.and_then(ClusterView::dynamic_config).unwrap_or_else(|| self.config.bootstrap.dcs.clone())
+        let mut dynamic =
+            view.and_then(ClusterView::dynamic_config).unwrap_or_else(|| self.config.bootstrap.dcs.clone());
+        // This member's own `postgresql.use_slots` wins, as in Patroni.
+        if let Some(use_slots) = self.config.postgresql.use_slots {
+            dynamic.use_slots = use_slots;
+        }
+        self.pg.set_dynamic(&dynamic);
+        dynamic
     }
 
     /// Patroni's `patroni.dynamic.json` in the data directory: the last
@@ -504,10 +511,14 @@ impl Agent {
         // `pg_hba_primary` in, a demotion those of the replica.
         let role = self.running_role(&dynamic);
         let auth_files_changed = self.pg.written_auth_files().is_some_and(|w| w != self.pg.auth_files(&dynamic, role));
+        // And a changed `recovery_conf` (the dynamic one, when the local
+        // config sets none): reloadable since PostgreSQL 12.
+        let recovery_conf_changed = self.pg.recovery_conf_changed(&dynamic);
         if let Some(view) = &view
             && local.sql.is_some()
             && (remote_changed
                 || auth_files_changed
+                || recovery_conf_changed
                 || self
                     .pg
                     .written_parameters()
@@ -515,7 +526,9 @@ impl Agent {
         {
             info!(
                 standby_cluster_changed = remote_changed,
-                auth_files_changed, "PostgreSQL settings changed: rewriting the config and reloading"
+                auth_files_changed,
+                recovery_conf_changed,
+                "PostgreSQL settings changed: rewriting the config and reloading"
             );
             match self.rewrite_running_config(Some(view), &dynamic).await {
                 Ok(()) => {

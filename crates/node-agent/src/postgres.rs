@@ -131,6 +131,10 @@ pub struct Postgres {
     written_auth: std::sync::Mutex<Option<AuthFiles>>,
     /// The binaries' major version, once asked (`libpq_major`).
     bin_major: std::sync::OnceLock<Option<u32>>,
+    /// The dynamic config the HA loop last saw (`set_dynamic`).
+    dynamic: std::sync::Mutex<DynamicConfig>,
+    /// The `recovery_conf` settings the last config written had.
+    written_recovery: std::sync::Mutex<Option<BTreeMap<String, String>>>,
 }
 
 /// A list set in the local config, else the dynamic config's, with where it
@@ -266,6 +270,8 @@ impl Postgres {
             written_remote: std::sync::Mutex::new(None),
             written_auth: std::sync::Mutex::new(None),
             bin_major: std::sync::OnceLock::new(),
+            dynamic: std::sync::Mutex::new(config.bootstrap.dcs.clone()),
+            written_recovery: std::sync::Mutex::new(None),
         })
     }
 
@@ -399,7 +405,7 @@ impl Postgres {
         let mut cmd = Command::new(self.bins.path("pg_basebackup"));
         cmd.arg("-D").arg(&self.data_dir).arg("-d").arg(&conninfo).args(["--wal-method=stream", "--progress"]);
         let mut has_checkpoint = false;
-        for option in &self.config.postgresql.basebackup {
+        for option in &self.basebackup_options() {
             has_checkpoint |= matches!(option, pgwarden_config::ToolOption::Value(k, _) if k == "checkpoint");
             cmd.arg(option.to_arg());
         }
@@ -450,7 +456,47 @@ impl Postgres {
     }
 
     fn timeout_arg(&self) -> String {
-        self.config.postgresql.pg_ctl_timeout.as_secs().to_string()
+        self.pg_ctl_timeout().as_secs().to_string()
+    }
+
+    /// `pg_ctl_timeout`: the local config's, else the dynamic config's, else 60 s.
+    pub fn pg_ctl_timeout(&self) -> Duration {
+        self.config
+            .postgresql
+            .pg_ctl_timeout
+            .or_else(|| self.dynamic().pg_ctl_timeout)
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// A local list if set, else the dynamic config's (as Patroni merges
+    /// its `postgresql` section).
+    fn local_else<T: Clone>(&self, local: &[T], dynamic: impl Fn(&DynamicConfig) -> Vec<T>) -> Vec<T> {
+        if local.is_empty() { dynamic(&self.dynamic()) } else { local.to_vec() }
+    }
+
+    /// pg_basebackup's options: `postgresql.basebackup`, else the dynamic config's.
+    pub(crate) fn basebackup_options(&self) -> Vec<pgwarden_config::ToolOption> {
+        self.local_else(&self.config.postgresql.basebackup, |d| d.basebackup.clone())
+    }
+
+    /// pg_rewind's extra options: `postgresql.rewind`, else the dynamic config's.
+    pub(crate) fn rewind_options(&self) -> Vec<pgwarden_config::ToolOption> {
+        self.local_else(&self.config.postgresql.rewind, |d| d.rewind.clone())
+    }
+
+    /// The dynamic config the HA loop last saw (`set_dynamic`).
+    fn dynamic(&self) -> DynamicConfig {
+        self.dynamic.lock().expect("dynamic config").clone()
+    }
+
+    /// The dynamic config the HA loop works with now, for the local
+    /// settings that fall back on it (`pg_ctl_timeout`, `basebackup`,
+    /// `rewind`, `recovery_conf`).
+    pub fn set_dynamic(&self, dynamic: &DynamicConfig) {
+        let mut current = self.dynamic.lock().expect("dynamic config");
+        if *current != *dynamic {
+            *current = dynamic.clone();
+        }
     }
 
     /// Kills what a dead postmaster left behind: its children keep the shared
@@ -507,7 +553,7 @@ impl Postgres {
 
     /// Starts the postmaster and waits until it accepts connections.
     pub async fn start(&self) -> anyhow::Result<()> {
-        self.start_within(self.config.postgresql.pg_ctl_timeout).await
+        self.start_within(self.pg_ctl_timeout()).await
     }
 
     /// Starts the postmaster, waiting at most `timeout` for it to accept connections.

@@ -151,14 +151,15 @@ pub async fn replicas_flushed_to(conn: &mut PgConnection, lsn: u64) -> anyhow::R
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
-/// Connects as the superuser over `local` (TCP or the Unix socket).
+/// Connects as the superuser over `local` (TCP or the Unix socket), to
+/// `postgresql.database` (default `postgres`), as Patroni does.
 pub async fn connect(
     config: &Config,
     local: &LocalConnection,
     port: u16,
     timeout: Duration,
 ) -> anyhow::Result<PgConnection> {
-    connect_to(config, local, port, timeout, "postgres").await
+    connect_to(config, local, port, timeout, &config.postgresql.database).await
 }
 
 /// As [`connect`], to `database`.

@@ -521,7 +521,7 @@ impl Agent {
         what: &str,
         done: impl Fn(&LocalObservation) -> bool,
     ) -> anyhow::Result<()> {
-        let timeout = self.config.postgresql.pg_ctl_timeout;
+        let timeout = self.pg.pg_ctl_timeout();
         let mut rx = self.local.clone();
         let wait = async {
             loop {

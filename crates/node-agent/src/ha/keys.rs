@@ -170,7 +170,7 @@ impl Agent {
             extra.insert("clone_progress".into(), serde_json::to_value(progress)?);
         }
         Ok(MemberData {
-            conn_url: format!("postgres://{connect}/postgres"),
+            conn_url: format!("postgres://{connect}/{}", self.config.postgresql.database),
             api_url: self.config.restapi.api_url(),
             state: state.into(),
             role: role.into(),

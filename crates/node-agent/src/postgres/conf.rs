@@ -222,6 +222,23 @@ impl Postgres {
         AuthFiles { hba: self.hba_lines(dynamic, role), ident: self.ident_lines(dynamic, role) }
     }
 
+    /// `recovery_conf` for every standby: the local one, else the dynamic
+    /// config's.
+    pub(crate) fn recovery_conf(&self, dynamic: &DynamicConfig) -> BTreeMap<String, String> {
+        let local = &self.config.postgresql.recovery_conf;
+        if local.is_empty() { dynamic.recovery_conf.clone() } else { local.clone() }
+    }
+
+    /// The `recovery_conf` now wanted differs from the one last written (a
+    /// dynamic change): the config is rewritten and reloaded.
+    pub fn recovery_conf_changed(&self, dynamic: &DynamicConfig) -> bool {
+        self.written_recovery
+            .lock()
+            .expect("written recovery_conf")
+            .as_ref()
+            .is_some_and(|written| *written != self.recovery_conf(dynamic))
+    }
+
     /// What the last `write_config` of this process asked for (`None`: none yet).
     pub fn written_auth_files(&self) -> Option<AuthFiles> {
         self.written_auth.lock().expect("written auth files").clone()
@@ -299,6 +316,7 @@ impl Postgres {
             text.push_str(&format!("{name} = {}\n", quote(value)));
         }
         *self.written.lock().expect("written parameters") = Some(parameters);
+        *self.written_recovery.lock().expect("written recovery_conf") = Some(self.recovery_conf(dynamic));
         *self.written_remote.lock().expect("written remote") = match start_as {
             StartAs::StandbyLeader { remote } => Some(remote.clone()),
             _ => None,
@@ -322,7 +340,7 @@ impl Postgres {
             StartAs::StandbyLeader { remote } => {
                 // As Patroni: the local recovery settings, then the standby
                 // cluster's own over them.
-                let mut settings = self.config.postgresql.recovery_conf.clone();
+                let mut settings = self.recovery_conf(dynamic);
                 settings.extend(remote.recovery_settings());
                 for (name, value) in &settings {
                     text.push_str(&format!("{name} = {}\n", quote(value)));
@@ -336,7 +354,7 @@ impl Postgres {
                 std::fs::write(&standby_signal, "").context("write standby.signal")?;
             }
             StartAs::Replica { upstream } => {
-                for (name, value) in &self.config.postgresql.recovery_conf {
+                for (name, value) in &self.recovery_conf(dynamic) {
                     text.push_str(&format!("{name} = {}\n", quote(value)));
                 }
                 if let Some(upstream) = upstream {

@@ -144,6 +144,8 @@ impl Postgres {
         if dry_run {
             cmd.arg("--dry-run");
         }
+        let extra: Vec<String> = self.rewind_options().iter().map(pgwarden_config::ToolOption::to_arg).collect();
+        cmd.args(&extra);
         // The target's configuration outside its data directory: pg_rewind
         // (15 and newer) must be told where it is for its own start-up.
         if self.config_dir() != self.data_dir && self.major().is_some_and(|m| m >= 15) {
@@ -157,7 +159,7 @@ impl Postgres {
         if self.data_dir.join("standby.signal").exists() && self.cluster_state().await? == "in archive recovery" {
             self.stop_cleanly_in_recovery().await?;
         }
-        info!(from = %source.member, dry_run, "running pg_rewind");
+        info!(from = %source.member, dry_run, options = ?extra, "running pg_rewind");
         // pg_rewind first brings a target that was not shut down cleanly (a
         // primary that crashed) to a clean shutdown with `postgres
         // --single`, which refuses standby mode: as Patroni does, the signal
