@@ -459,21 +459,7 @@ async fn a_replica_clones_and_streams_with_an_encrypted_client_key_and_its_sslpa
     let dir = cluster.nodes[0].dir.path().to_path_buf();
     let pki = pki(&dir);
     let passphrase = "open sesame 42";
-    let pass_file = write(&dir, "key.pass", passphrase);
-    let encrypted = dir.join("replicator.enc.key");
-    let status = Command::new("openssl")
-        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in"])
-        .arg(&pki.replicator_key)
-        .arg("-out")
-        .arg(&encrypted)
-        .arg("-passout")
-        .arg(format!("file:{}", pass_file.display()))
-        .status()
-        .expect("openssl");
-    assert!(status.success(), "openssl pkcs8 -topk8");
-    std::fs::set_permissions(&encrypted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-    give_to_postgres(&encrypted);
-    assert!(std::fs::read_to_string(&encrypted).expect("key").contains("ENCRYPTED PRIVATE KEY"));
+    let encrypted = encrypt_key(&dir, &pki.replicator_key, passphrase);
     for node in &cluster.nodes {
         node.merge_config(serde_json::json!({"postgresql": {
             "pg_hba": [
@@ -529,4 +515,90 @@ async fn a_replica_clones_and_streams_with_an_encrypted_client_key_and_its_sslpa
             assert!(!String::from_utf8_lossy(&cmdline).contains(passphrase), "on a command line: {:?}", entry.path());
         }
     }
+}
+
+/// `key` encrypted with `passphrase` as OpenSSL 3 writes it (PKCS#8,
+/// AES-256-CBC), beside it, 0600 and the postgres user's.
+fn encrypt_key(dir: &Path, key: &Path, passphrase: &str) -> PathBuf {
+    let stem = key.file_stem().expect("a key file").to_string_lossy().into_owned();
+    let pass_file = write(dir, &format!("{stem}.pass"), passphrase);
+    let encrypted = dir.join(format!("{stem}.enc.key"));
+    let status = Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in"])
+        .arg(key)
+        .arg("-out")
+        .arg(&encrypted)
+        .arg("-passout")
+        .arg(format!("file:{}", pass_file.display()))
+        .status()
+        .expect("openssl");
+    assert!(status.success(), "openssl pkcs8 -topk8");
+    std::fs::set_permissions(&encrypted, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    give_to_postgres(&encrypted);
+    assert!(std::fs::read_to_string(&encrypted).expect("key").contains("ENCRYPTED PRIVATE KEY"));
+    encrypted
+}
+
+/// Patroni's `restapi.keyfile_password`, `ctl.keyfile_password` and
+/// `restapi.ciphers` (issue 23): the REST API serves HTTPS with an
+/// encrypted key and only the TLS 1.2 suites allowed, and pgwardenctl
+/// presents an encrypted client key to the controller; a wrong passphrase
+/// is refused naming the setting.
+#[tokio::test]
+async fn encrypted_keys_open_with_their_keyfile_password_and_ciphers_limit_tls12() {
+    init_logging();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    cluster.add_node("node1", "").expect("node");
+    let dir = cluster.nodes[0].dir.path().to_path_buf();
+    let pki = pki(&dir);
+    let server_key = encrypt_key(&dir, &pki.server_key, "rest secret");
+    let client_key = encrypt_key(&dir, &pki.client_key, "ctl secret");
+    set_grpc_tls(&cluster, 0, &pki);
+    let ctl = |password: &str| {
+        serde_json::json!({
+            "restapi": {
+                "certfile": pki.server_cert.display().to_string(),
+                "keyfile": server_key.display().to_string(),
+                "keyfile_password": "rest secret",
+            },
+            "ctl": {
+                "cacert": pki.ca.display().to_string(),
+                "certfile": pki.client_cert.display().to_string(),
+                "keyfile": client_key.display().to_string(),
+                "keyfile_password": password,
+            },
+        })
+    };
+    cluster.nodes[0].merge_config(ctl("ctl secret")).expect("TLS with encrypted keys");
+    // And `restapi.ciphers`, as OpenSSL reads it: of TLS 1.2's suites only
+    // this one (the test certificates are ECDSA); TLS 1.3 stays on.
+    cluster.nodes[0]
+        .merge_config(serde_json::json!({"restapi": {"ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256:!aNULL:!MD5"}}))
+        .expect("ciphers");
+    let node = &mut cluster.nodes[0];
+    node.start_agent().expect("agent");
+    node.start_health().expect("health");
+    node.start_controller().expect("controller");
+    let port = node.rest_port;
+    wait_until("/primary 200 over HTTPS served with the encrypted key", UP, || async {
+        let (_, code, stderr) = curl(port, &pki, None, &[&format!("https://localhost:{port}/primary")]);
+        if code == "200" { Ok(Some(())) } else { Err(format!("{code} {stderr}")) }
+    })
+    .await
+    .expect("HTTPS with restapi.keyfile_password");
+    let tls12 = |cipher: &str| {
+        let url = format!("https://localhost:{port}/primary");
+        curl(port, &pki, None, &["--tls-max", "1.2", "--ciphers", cipher, &url])
+    };
+    let (_, code, stderr) = tls12("ECDHE-ECDSA-AES128-GCM-SHA256");
+    assert_eq!(code, "200", "the allowed TLS 1.2 suite: {stderr}");
+    let (ok, _, stderr) = tls12("ECDHE-ECDSA-AES256-GCM-SHA384");
+    assert!(!ok, "a TLS 1.2 suite restapi.ciphers leaves out is refused ({stderr})");
+    let config = cluster.nodes[0].config_path().display().to_string();
+    let list = || pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "-v", "list"], &[]);
+    let (ok, stdout, stderr) = list().expect("list");
+    assert!(ok && stderr.contains("from controller https://"), "through the controller: {stdout}{stderr}");
+    cluster.nodes[0].merge_config(ctl("wrong")).expect("a wrong ctl passphrase");
+    let (ok, stdout, stderr) = list().expect("list");
+    assert!(!ok && stderr.contains("ctl.keyfile_password"), "refused naming the setting: {stdout}{stderr}");
 }

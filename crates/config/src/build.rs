@@ -50,6 +50,24 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         certfile: path_of(&mut r, "restapi.certfile"),
         keyfile: path_of(&mut r, "restapi.keyfile"),
         keyfile_password: secret_of(&mut r, "restapi.keyfile_password"),
+        ciphers: r.string("restapi.ciphers").and_then(|text| match crate::ciphers::parse(&text) {
+            Ok((chosen, unknown)) => {
+                if !unknown.is_empty() {
+                    r.problems.warn(
+                        "restapi.ciphers",
+                        format!(
+                            "names no cipher or alias pgwarden knows: {} (ignored, as OpenSSL ignores them)",
+                            unknown.join(", ")
+                        ),
+                    );
+                }
+                Some(chosen)
+            }
+            Err(why) => {
+                r.problems.error("restapi.ciphers", why);
+                None
+            }
+        }),
         cafile: path_of(&mut r, "restapi.cafile"),
         verify_client: match r.choice("restapi.verify_client", &["none", "optional", "required"]).as_deref() {
             Some("optional") => VerifyClient::Optional,
@@ -76,6 +94,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         cacert: path_of(&mut r, "ctl.cacert"),
         certfile: path_of(&mut r, "ctl.certfile"),
         keyfile: path_of(&mut r, "ctl.keyfile"),
+        keyfile_password: secret_of(&mut r, "ctl.keyfile_password"),
         authentication: basic_auth(&mut r, "ctl.authentication"),
     };
     let etcd = etcd_section(&mut r, purpose);

@@ -8,6 +8,7 @@
 
 mod address;
 mod build;
+pub mod ciphers;
 mod dynamic;
 mod env;
 pub mod hba;
@@ -109,6 +110,9 @@ pub struct RestApi {
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
     pub keyfile_password: Option<Secret>,
+    /// `ciphers`: the TLS 1.2 suites it allows, by OpenSSL name, in order
+    /// (`None`: all; TLS 1.3's are always on, as in OpenSSL).
+    pub ciphers: Option<Vec<&'static str>>,
     pub cafile: Option<PathBuf>,
     pub verify_client: VerifyClient,
     pub authentication: Option<BasicAuth>,
@@ -152,6 +156,8 @@ pub struct Ctl {
     pub cacert: Option<PathBuf>,
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
+    /// `keyfile_password`: the passphrase of an encrypted `keyfile`.
+    pub keyfile_password: Option<Secret>,
     pub authentication: Option<BasicAuth>,
 }
 

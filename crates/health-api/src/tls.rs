@@ -30,11 +30,6 @@ pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAc
         }
         return Ok(None);
     };
-    if restapi.keyfile_password.is_some() {
-        bail!(
-            "restapi.keyfile_password: encrypted private keys are not supported; store the key unencrypted with mode 0600"
-        );
-    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
         .with_context(|| format!("read restapi.certfile {}", certfile.display()))?
         .collect::<Result<_, _>>()
@@ -43,9 +38,16 @@ pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAc
         bail!("restapi.certfile {} holds no certificate", certfile.display());
     }
     let keyfile = restapi.keyfile.as_ref().unwrap_or(certfile);
-    let key = PrivateKeyDer::from_pem_file(keyfile)
+    // Decrypted with restapi.keyfile_password when it is encrypted, as Patroni's.
+    let pem = pgwarden_runtime::keyfile::read_private_key_pem(
+        keyfile,
+        restapi.keyfile_password.as_ref(),
+        "restapi.keyfile",
+        "restapi.keyfile_password",
+    )?;
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
         .with_context(|| format!("read the private key from {} (restapi.keyfile)", keyfile.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider(restapi.ciphers.as_deref()));
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -80,6 +82,35 @@ pub fn acceptor(restapi: &RestApi) -> anyhow::Result<Option<(tokio_rustls::TlsAc
         .with_context(|| format!("restapi.keyfile {} does not match restapi.certfile", keyfile.display()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some((tokio_rustls::TlsAcceptor::from(Arc::new(config)), mode)))
+}
+
+/// The TLS provider with the TLS 1.2 suites `restapi.ciphers` allows, in
+/// its order (TLS 1.3's always, as OpenSSL's cipher string leaves them).
+fn provider(ciphers: Option<&[&str]>) -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(names) = ciphers {
+        let (mut chosen, tls12): (Vec<_>, Vec<_>) =
+            provider.cipher_suites.iter().copied().partition(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+        for name in names {
+            chosen.extend(tls12.iter().copied().filter(|s| openssl_name(s.suite()) == Some(*name)));
+        }
+        provider.cipher_suites = chosen;
+    }
+    provider
+}
+
+/// OpenSSL's name of a TLS 1.2 suite (`pgwarden_config::ciphers::TLS12_SUITES`).
+fn openssl_name(suite: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as C;
+    Some(match suite {
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
 }
 
 /// Client certificates as webpki checks them, plus one case Patroni (Python's
@@ -149,4 +180,27 @@ impl rustls::server::danger::ClientCertVerifier for PinnedSelfSigned {
 fn ca_used_as_end_entity(error: &rustls::Error) -> bool {
     matches!(error, rustls::Error::InvalidCertificate(rustls::CertificateError::Other(_)))
         && format!("{error:?}").contains("CaUsedAsEndEntity")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ciphers_keep_tls13_and_the_chosen_tls12_suites_in_order() {
+        let every = provider(None).cipher_suites.len();
+        let all_named = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .all(|s| openssl_name(s.suite()).is_some());
+        assert!(all_named && every == 9, "each TLS 1.2 suite has its OpenSSL name");
+        let chosen = provider(Some(&["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"]));
+        let names: Vec<Option<&str>> = chosen.cipher_suites.iter().map(|s| openssl_name(s.suite())).collect();
+        assert_eq!(
+            names,
+            [None, None, None, Some("ECDHE-RSA-AES128-GCM-SHA256"), Some("ECDHE-ECDSA-AES256-GCM-SHA384")],
+            "TLS 1.3's three, then the chosen ones in order"
+        );
+    }
 }

@@ -42,16 +42,15 @@ fn read_pem(path: &std::path::Path, key: &str, what: &str) -> anyhow::Result<Vec
     Ok(pem)
 }
 
-fn read_key(path: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    let pem = read(path, key)?;
-    let text = String::from_utf8_lossy(&pem);
-    if text.contains("ENCRYPTED") {
-        bail!("{key} {} is encrypted: pgwarden needs the key unencrypted (mode 0600)", path.display());
-    }
-    if !text.contains("PRIVATE KEY-----") {
-        bail!("{key} {} holds no PEM private key", path.display());
-    }
-    Ok(pem)
+/// A PEM private key, decrypted with `password` (its setting named
+/// `password_setting`) when it is encrypted.
+fn read_key(
+    path: &std::path::Path,
+    key: &str,
+    password: Option<&pgwarden_config::Secret>,
+    password_setting: &str,
+) -> anyhow::Result<Vec<u8>> {
+    crate::keyfile::read_private_key_pem(path, password, key, password_setting).map(String::into_bytes)
 }
 
 /// The `authorization` header value for `auth`.
@@ -86,7 +85,7 @@ pub fn authorized(header: Option<&HeaderValue>, auth: Option<&BasicAuth>) -> boo
 /// stops the service at start-up with the file named.
 pub fn init_service_client(config: &Config) -> anyhow::Result<()> {
     let tls = match &config.pgwarden.grpc_tls {
-        Some(tls) => Some(client_tls(&tls.cafile, Some((&tls.certfile, &tls.keyfile)), "pgwarden.grpc")?),
+        Some(tls) => Some(client_tls(&tls.cafile, Some((&tls.certfile, &tls.keyfile)), "pgwarden.grpc", None)?),
         None => None,
     };
     init_client(tls, config.restapi.authentication.as_ref());
@@ -104,7 +103,8 @@ pub fn init_ctl_client(config: &Config) -> anyhow::Result<()> {
     let keyfile = ctl.keyfile.clone().or_else(|| ctl.certfile.clone()).or_else(|| node.map(|t| t.keyfile.clone()));
     let tls = match (cafile, certfile.zip(keyfile)) {
         (Some(ca), identity) => {
-            Some(client_tls(&ca, identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())), "ctl")?)
+            let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            Some(client_tls(&ca, identity, "ctl", ctl.keyfile_password.as_ref())?)
         }
         // A client certificate without a CA to verify the controller with:
         // a plain (http://) controller is reached without it, as patronictl
@@ -123,12 +123,13 @@ fn client_tls(
     cafile: &std::path::Path,
     identity: Option<(&std::path::Path, &std::path::Path)>,
     section: &str,
+    key_password: Option<&pgwarden_config::Secret>,
 ) -> anyhow::Result<ClientTlsConfig> {
     let ca = read_pem(cafile, &format!("{section} CA file"), "CERTIFICATE")?;
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some((certfile, keyfile)) = identity {
         let cert = read_pem(certfile, &format!("{section} certificate"), "CERTIFICATE")?;
-        let key = read_key(keyfile, &format!("{section} key"))?;
+        let key = read_key(keyfile, &format!("{section} key"), key_password, &format!("{section}.keyfile_password"))?;
         tls = tls.identity(Identity::from_pem(cert, key));
     }
     Ok(tls)
@@ -139,7 +140,7 @@ pub fn server(tls: Option<&GrpcTls>) -> anyhow::Result<Server> {
     let builder = Server::builder();
     let Some(tls) = tls else { return Ok(builder) };
     let cert = read_pem(&tls.certfile, "pgwarden.grpc_certfile", "CERTIFICATE")?;
-    let key = read_key(&tls.keyfile, "pgwarden.grpc_keyfile")?;
+    let key = read_key(&tls.keyfile, "pgwarden.grpc_keyfile", None, "a passphrase (none exists for it)")?;
     let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
     if tls.verify_client {
         let ca = read_pem(&tls.cafile, "pgwarden.grpc_cafile", "CERTIFICATE")?;

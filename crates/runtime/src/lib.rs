@@ -4,6 +4,7 @@
 //! the shutdown signal. It owns no service logic.
 
 pub mod grpc;
+pub mod keyfile;
 mod logfile;
 mod logline;
 
