@@ -1250,3 +1250,24 @@ async fn dynamic_postgresql_settings_apply_under_each_members_own() {
         std::fs::read_to_string(cluster.nodes[1].data_dir().join("backup_label.old")).expect("backup_label.old");
     assert!(label.contains("LABEL: from-the-dynamic-config"), "pg_basebackup got the dynamic options: {label}");
 }
+
+/// Patroni's `postgresql.config_base_name` (issue 23): pgwarden writes
+/// `<name>.conf`, keeps initdb's file as `<name>.base.conf`, and PostgreSQL
+/// reads the first, on the leader and on a clone; a parameter change
+/// reaches it.
+#[tokio::test]
+async fn config_base_name_names_the_files_postgresql_reads() {
+    init_logging();
+    let yaml = |_| "postgresql:\n  config_base_name: shop\n".to_string();
+    let cluster = pgwarden_integration_tests::ClusterSpec::nodes(2).node_yaml(yaml).start().await.expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    for node in &cluster.nodes {
+        let file = node.psql("show config_file").expect("psql");
+        assert_eq!(std::path::PathBuf::from(&file), node.data_dir().join("shop.conf"), "{}", node.name);
+        let written = std::fs::read_to_string(&file).expect("shop.conf");
+        assert!(written.starts_with("# Written by pgwarden-agent") && written.contains("include 'shop.base.conf'"));
+        assert!(node.data_dir().join("shop.base.conf").exists(), "{}: initdb's file kept as the base", node.name);
+    }
+    patch_config(&cluster, 0, r#"{"postgresql": {"parameters": {"work_mem": "9MB"}}}"#);
+    everywhere(&cluster, "show work_mem", "9MB").await;
+}

@@ -192,6 +192,16 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         use_pg_rewind: r.get("postgresql.use_pg_rewind").is_some().then(|| r.bool("postgresql.use_pg_rewind", false)),
         pg_ctl_timeout: crate::sections::pg_ctl_timeout(&mut r, "postgresql.pg_ctl_timeout"),
         use_slots: r.get("postgresql.use_slots").is_some().then(|| r.bool("postgresql.use_slots", true)),
+        config_base_name: r
+            .string("postgresql.config_base_name")
+            .filter(|name| {
+                let ok = !name.is_empty() && !name.contains(['/', '\0']) && name != "." && name != "..";
+                if !ok {
+                    r.problems.error("postgresql.config_base_name", "expected a file name without a directory");
+                }
+                ok
+            })
+            .unwrap_or_else(|| "postgresql".into()),
         database: r.string("postgresql.database").filter(|d| !d.is_empty()).unwrap_or_else(|| "postgres".into()),
         callbacks,
         pre_promote: r.string("postgresql.pre_promote"),

@@ -298,6 +298,9 @@ pub struct Postgresql {
     pub use_slots: Option<bool>,
     /// `database`: the database the agent connects to (default `postgres`).
     pub database: String,
+    /// `config_base_name`: pgwarden writes `<name>.conf` and keeps the
+    /// original as `<name>.base.conf` (default `postgresql`).
+    pub config_base_name: String,
     /// `on_start`, `on_stop`, `on_restart`, `on_reload`, `on_role_change`.
     pub callbacks: BTreeMap<String, String>,
     pub pre_promote: Option<String>,

@@ -10,13 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use tracing::info;
 
-use crate::postgres::{BASE_CONF, MANAGED_CONF, Postgres, write_private};
+use crate::postgres::{INITDB_CONF, Postgres, write_private};
 
 /// The first line of every `postgresql.conf` pgwarden writes.
 pub const WRITTEN_BY: &str = "# Written by pgwarden-agent";
-
-/// The files that live in `config_dir`, with their copies in the data directory.
-const KEPT: [&str; 3] = [BASE_CONF, "pg_hba.conf", "pg_ident.conf"];
 
 fn written_by_pgwarden(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|text| text.starts_with(WRITTEN_BY))
@@ -36,11 +33,35 @@ impl Postgres {
         self.config_dir() != self.data_dir
     }
 
+    /// The file pgwarden writes its parameters to: `<config_base_name>.conf`
+    /// (Patroni's `postgresql.config_base_name`, default `postgresql`).
+    pub(crate) fn managed_conf(&self) -> String {
+        format!("{}.conf", self.config().postgresql.config_base_name)
+    }
+
+    /// Where the original configuration is kept and included first:
+    /// `<config_base_name>.base.conf`.
+    pub(crate) fn base_conf(&self) -> String {
+        format!("{}.base.conf", self.config().postgresql.config_base_name)
+    }
+
+    /// PostgreSQL must be told where its configuration file is: outside the
+    /// data directory, or named other than `postgresql.conf`.
+    pub(crate) fn config_file_needed(&self) -> bool {
+        self.separate_config_dir() || self.managed_conf() != INITDB_CONF
+    }
+
+    /// The path of the file pgwarden writes.
+    pub(crate) fn managed_conf_path(&self) -> PathBuf {
+        self.config_dir().join(self.managed_conf())
+    }
+
     /// `-c config_file=...` for the postmaster when the configuration is
-    /// outside the data directory (quoted for the shell pg_ctl runs it in).
+    /// outside the data directory or named otherwise (quoted for the shell
+    /// pg_ctl runs it in).
     pub fn config_file_option(&self) -> Option<String> {
-        self.separate_config_dir().then(|| {
-            let path = self.config_dir().join(MANAGED_CONF).display().to_string();
+        self.config_file_needed().then(|| {
+            let path = self.managed_conf_path().display().to_string();
             format!("-c config_file='{}'", path.replace('\'', r"'\''"))
         })
     }
@@ -66,15 +87,22 @@ impl Postgres {
         if !dir.exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("create config_dir {}", dir.display()))?;
         }
-        let base = dir.join(BASE_CONF);
+        let base = dir.join(self.base_conf());
         if self.config().postgresql.custom_conf.is_none() && !base.exists() {
-            let own = [dir.join(MANAGED_CONF), self.data_dir.join(MANAGED_CONF)];
+            // The user's own file: ours in name, or initdb's.
+            let own = [
+                dir.join(self.managed_conf()),
+                self.data_dir.join(self.managed_conf()),
+                self.data_dir.join(INITDB_CONF),
+            ];
             if let Some(found) = own.iter().find(|p| p.exists() && !written_by_pgwarden(p)) {
                 std::fs::rename(found, &base)
                     .with_context(|| format!("keep {} as {}", found.display(), base.display()))?;
                 info!(from = %found.display(), to = %base.display(), "kept the existing postgresql.conf as the base file");
             } else if let Some(copy) =
-                [backup_of(&self.data_dir, BASE_CONF), self.data_dir.join(BASE_CONF)].into_iter().find(|p| p.exists())
+                [backup_of(&self.data_dir, &self.base_conf()), self.data_dir.join(self.base_conf())]
+                    .into_iter()
+                    .find(|p| p.exists())
             {
                 std::fs::copy(&copy, &base)
                     .with_context(|| format!("copy {} to {}", copy.display(), base.display()))?;
@@ -111,13 +139,13 @@ impl Postgres {
         std::fs::create_dir_all(self.config_dir())
             .with_context(|| format!("create config_dir {}", self.config_dir().display()))?;
         let custom = self.config().postgresql.custom_conf.is_some();
+        let base = self.base_conf();
         for (name, target) in
-            [(MANAGED_CONF, BASE_CONF), ("pg_hba.conf", "pg_hba.conf"), ("pg_ident.conf", "pg_ident.conf")]
+            [(INITDB_CONF, base.as_str()), ("pg_hba.conf", "pg_hba.conf"), ("pg_ident.conf", "pg_ident.conf")]
         {
             let made = self.data_dir.join(name);
             let target = self.config_dir().join(target);
-            let taken =
-                target.exists() || (name == MANAGED_CONF && (custom || self.config_dir().join(MANAGED_CONF).exists()));
+            let taken = target.exists() || (name == INITDB_CONF && (custom || self.managed_conf_path().exists()));
             if taken {
                 std::fs::remove_file(&made).with_context(|| format!("remove initdb's {}", made.display()))?;
             } else {
@@ -134,7 +162,8 @@ impl Postgres {
         if !self.separate_config_dir() {
             return Ok(());
         }
-        for name in KEPT {
+        // The files that live in `config_dir`, with their copies in the data directory.
+        for name in [self.base_conf().as_str(), "pg_hba.conf", "pg_ident.conf"] {
             let from = self.config_dir().join(name);
             if let Ok(text) = std::fs::read_to_string(&from) {
                 let to = backup_of(&self.data_dir, name);
@@ -151,7 +180,7 @@ impl Postgres {
     pub fn base_include(&self) -> String {
         match &self.config().postgresql.custom_conf {
             Some(custom) => custom.display().to_string(),
-            None => BASE_CONF.to_string(),
+            None => self.base_conf(),
         }
     }
 }

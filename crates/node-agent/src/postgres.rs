@@ -24,10 +24,8 @@ use conf::{parse_slot_state, write_slot_state};
 #[cfg(test)]
 use datadir::{parse_timeline_history, rewind_changed_target};
 
-/// The file pgwarden writes its parameters to, included by `postgresql.conf`.
-pub(crate) const MANAGED_CONF: &str = "postgresql.conf";
-/// Where initdb's original `postgresql.conf` is kept and included first.
-pub(crate) const BASE_CONF: &str = "postgresql.base.conf";
+/// The name of the file initdb writes and PostgreSQL reads by default.
+pub(crate) const INITDB_CONF: &str = "postgresql.conf";
 
 /// Who PostgreSQL should be when it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]

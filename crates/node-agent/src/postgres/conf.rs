@@ -301,7 +301,7 @@ impl Postgres {
         listen_local_only: bool,
     ) -> anyhow::Result<()> {
         self.adopt_config_files()?;
-        let managed = self.config_dir().join(MANAGED_CONF);
+        let managed = self.managed_conf_path();
         let mut text = format!(
             "{}; edits are overwritten. Put local settings in\n\
              # postgresql.parameters of the pgwarden config.\ninclude {}\n\n",

@@ -148,8 +148,8 @@ impl Postgres {
         cmd.args(&extra);
         // The target's configuration outside its data directory: pg_rewind
         // (15 and newer) must be told where it is for its own start-up.
-        if self.config_dir() != self.data_dir && self.major().is_some_and(|m| m >= 15) {
-            cmd.arg(format!("--config-file={}", self.config_dir().join(MANAGED_CONF).display()));
+        if self.config_file_needed() && self.major().is_some_and(|m| m >= 15) {
+            cmd.arg(format!("--config-file={}", self.managed_conf_path().display()));
         }
         self.libpq_env(&mut cmd);
         cmd.stdin(Stdio::null()).kill_on_drop(true);
