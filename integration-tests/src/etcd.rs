@@ -21,11 +21,19 @@ pub struct EtcdCluster {
     dir: TestDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// Client URLs member 0 advertises besides its own (`start_advertising`).
+    extra_advertised: Vec<String>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster has a leader.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_advertising(size, &[]).await
+    }
+
+    /// As [`EtcdCluster::start`], member 0 also advertising `extra` client
+    /// URLs (a misconfigured member: the URLs may reach another etcd).
+    pub async fn start_advertising(size: usize, extra: &[String]) -> anyhow::Result<Self> {
         let dir = TestDir::new("etcd");
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
@@ -40,7 +48,7 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self { dir, members, initial_cluster };
+        let mut cluster = Self { dir, members, initial_cluster, extra_advertised: extra.to_vec() };
         for idx in 0..size {
             cluster.spawn_member(idx, "new")?;
         }
@@ -53,13 +61,18 @@ impl EtcdCluster {
         let data = self.dir.path().join(&member.name);
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))?;
         let client_url = format!("http://127.0.0.1:{}", member.client_port);
+        let mut advertised = vec![client_url.clone()];
+        if idx == 0 {
+            advertised.extend(self.extra_advertised.iter().cloned());
+        }
+        let advertised = advertised.join(",");
         let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &advertised])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", &format!("pgwarden-test-{}", std::process::id())])
@@ -85,7 +98,12 @@ impl EtcdCluster {
             .iter()
             .map(|m| Member { name: m.name.clone(), client_port: m.client_port, peer_port: m.peer_port, process: None })
             .collect();
-        Self { dir: TestDir::new("etcd-shared"), members, initial_cluster: self.initial_cluster.clone() }
+        Self {
+            dir: TestDir::new("etcd-shared"),
+            members,
+            initial_cluster: self.initial_cluster.clone(),
+            extra_advertised: Vec::new(),
+        }
     }
 
     /// The PIDs of the running members (none for a shared handle).

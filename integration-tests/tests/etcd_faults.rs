@@ -484,3 +484,44 @@ async fn nodes_listing_one_etcd_member_find_the_others_and_outlive_it() {
     loaded.wait_writes_after(killed + TTL).await.expect("writes go on past the ttl");
     loaded.finish("the one listed etcd member lost", &[leader]).await;
 }
+
+/// A member that advertises a client URL of another etcd cluster (a
+/// loopback address seen from another host, a copied config): the nodes
+/// look the members up, find that URL answering with another cluster ID,
+/// and never use it, so no key of this cluster is ever written there.
+#[tokio::test]
+async fn an_advertised_url_of_another_etcd_cluster_is_never_used() {
+    init_logging();
+    let foreign = pgwarden_integration_tests::EtcdCluster::start(1).await.expect("another etcd cluster");
+    let foreign_url = foreign.endpoints()[0].clone();
+    let etcd = pgwarden_integration_tests::EtcdCluster::start_advertising(1, std::slice::from_ref(&foreign_url))
+        .await
+        .expect("etcd advertising the other's URL");
+    let mut cluster = PgwardenCluster::empty(etcd, "itest", TTL.as_secs() as u32);
+    for i in 1..=2 {
+        cluster.add_node(&format!("node{i}"), "").expect("add a node");
+    }
+    cluster.start_all().expect("start");
+    cluster.wait_healthy(UP).await.expect("healthy");
+    wait_until("every agent to refuse the foreign URL", UP, || async {
+        let missing: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| !n.agent_log().contains("which answers for another etcd cluster"))
+            .map(|n| n.name.clone())
+            .collect();
+        if missing.is_empty() { Ok(Some(())) } else { Err(format!("not yet: {missing:?}")) }
+    })
+    .await
+    .expect("the foreign URL refused");
+    for node in &cluster.nodes {
+        assert!(!node.agent_log().contains("etcd members discovered"), "{}: added a URL", node.name);
+    }
+    let client = etcd_client::Client::connect([foreign_url.as_str()], None).await.expect("the other etcd");
+    let mut kv = client.kv_client();
+    let keys = kv
+        .get("", Some(etcd_client::GetOptions::new().with_all_keys().with_count_only()))
+        .await
+        .expect("count the other etcd's keys");
+    assert_eq!(keys.count(), 0, "nothing was written to the other etcd cluster");
+}

@@ -220,18 +220,39 @@ impl Etcd {
     /// endpoints (the configured ones stay first); returns those added.
     pub async fn discover_members(&self) -> Result<Vec<String>, etcd_client::Error> {
         let response = self.call(|mut client| async move { client.member_list().await }).await?;
-        let urls: Vec<String> = response
+        let cluster_id = response.header().map(|h| h.cluster_id());
+        let known = self.endpoints();
+        let mut urls: Vec<String> = response
             .members()
             .iter()
             .flat_map(|member| member.client_urls())
             .map(|url| url.trim_end_matches('/').to_string())
-            .filter(|url| url.starts_with("http://") || url.starts_with("https://"))
+            .filter(|url| (url.starts_with("http://") || url.starts_with("https://")) && !known.contains(url))
             .collect();
+        urls.dedup();
+        // An advertised URL may reach another etcd than the one that listed
+        // it (a loopback address, seen from another host): used only once it
+        // answers with the same cluster ID, never to write a key elsewhere.
+        let mut verified = Vec::new();
+        for url in urls {
+            match self.cluster_id_of(&url).await {
+                Ok(id) if Some(id) == cluster_id => verified.push(url),
+                Ok(id) => tracing::warn!(
+                    %url,
+                    "an etcd member advertises {url}, which answers for another etcd cluster (id {id:x}, not {:x}): \
+                     not used; check the members' --advertise-client-urls",
+                    cluster_id.unwrap_or_default()
+                ),
+                Err(e) => {
+                    tracing::debug!(%url, "an advertised etcd URL does not answer; looked up again later: {}", describe_error(&e))
+                }
+            }
+        }
         // Clients first, so that an endpoint's index always has a slot.
         let mut clients = self.inner.clients.lock().await;
         let mut endpoints = self.inner.endpoints.write().expect("endpoints");
         let mut added = Vec::new();
-        for url in urls {
+        for url in verified {
             if !endpoints.contains(&url) {
                 clients.push(None);
                 endpoints.push(url.clone());
@@ -242,6 +263,28 @@ impl Etcd {
             tracing::info!(added = ?added, "etcd members discovered (etcd3.use_proxies is off): tried after the hosts");
         }
         Ok(added)
+    }
+
+    /// The cluster ID `url` answers with, asked without credentials (a
+    /// member's status needs none, and a password goes only where the
+    /// cluster is known to be this one).
+    async fn cluster_id_of(&self, url: &str) -> Result<u64, etcd_client::Error> {
+        let settings = &self.inner.settings;
+        let mut options = ConnectOptions::new().with_connect_timeout(settings.request_timeout);
+        if let Ok(Some(tls)) = tls_options(settings) {
+            options = options.with_tls(tls);
+        }
+        let ask = async {
+            let mut client = Client::connect([url], Some(options)).await?;
+            client.status().await
+        };
+        let status = tokio::time::timeout(settings.request_timeout, ask)
+            .await
+            .map_err(|_| timeout_error(settings.request_timeout))??;
+        status
+            .header()
+            .map(|h| h.cluster_id())
+            .ok_or_else(|| etcd_client::Error::InvalidArgs("no response header".into()))
     }
 
     /// Starts a look-up of the members when one is due (first, then every
