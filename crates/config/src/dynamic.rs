@@ -223,6 +223,10 @@ pub struct DynamicConfig {
     pub synchronous_node_count: u32,
     pub check_timeline: bool,
     pub max_timelines_history: u32,
+    /// Patroni's `primary_race_backoff` (seconds; 0: off): once the leader
+    /// key is gone, a replica whose WAL still arrives waits this long at
+    /// most before it races.
+    pub primary_race_backoff: u32,
     pub pause: bool,
     /// Patroni's `standby_cluster`: this cluster follows a remote primary;
     /// its leader runs as a standby of it and never promotes.
@@ -269,6 +273,7 @@ impl Default for DynamicConfig {
             synchronous_node_count: 1,
             check_timeline: false,
             max_timelines_history: 0,
+            primary_race_backoff: 0,
             pause: false,
             standby_cluster: None,
             member_slots_ttl: Duration::from_secs(30 * 60),
@@ -399,6 +404,7 @@ impl DynamicConfig {
             synchronous_node_count: u32_of(&mut r, "synchronous_node_count", 1, d.synchronous_node_count),
             check_timeline: r.bool(&path("check_timeline"), false),
             max_timelines_history: u32_of(&mut r, "max_timelines_history", 0, 0),
+            primary_race_backoff: u32_of(&mut r, "primary_race_backoff", 0, 0),
             pause: r.bool(&path("pause"), false),
             standby_cluster: standby_cluster(&mut r, &path("standby_cluster")),
             member_slots_ttl,

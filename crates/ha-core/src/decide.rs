@@ -190,6 +190,11 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     let leader_is_me = obs.leader.as_deref() == Some(obs.me.as_str());
     let other_leader = obs.leader.as_deref().filter(|l| *l != obs.me);
     let named_candidate = obs.failover.as_ref().and_then(|f| f.candidate.as_deref());
+    // Patroni's primary_race_backoff: not for a named candidate, in a pause
+    // or in a standby cluster.
+    let race_waits = (named_candidate.is_none() && !obs.paused && !obs.standby_cluster)
+        .then(|| obs.race_backoff.waits(obs.now_ms))
+        .flatten();
     // Named or not, a member tagged nofailover (or priority 0) never takes the key.
     let i_am_eligible = !obs.nofailover && obs.priority > 0;
 
@@ -523,6 +528,13 @@ fn decide_unfenced(obs: &Observed) -> Decision {
             "the leader key names me, unproven, and PostgreSQL is not a primary: give it up so the race can run",
             Action::ReleaseLeader,
         ),
+        // Patroni's words, which operators grep for.
+        (RunningAs::Replica { .. }, None) if race_waits.is_some() => Decision::idle(format!(
+            "no leader: My ({}) wal position moved since last heart beat loop, {:.0} seconds until leader race \
+             (primary_race_backoff)",
+            obs.me,
+            race_waits.unwrap_or_default() as f64 / 1000.0
+        )),
         (RunningAs::Replica { .. }, None) if obs.peers.iter().any(|p| p.primary) => {
             let alive: Vec<&str> = obs.peers.iter().filter(|p| p.primary).map(|p| p.name.as_str()).collect();
             Decision::idle(format!(
@@ -630,6 +642,7 @@ mod tests {
             clone_without_leader: false,
             standby_cluster: false,
             follows_remote: false,
+            race_backoff: RaceBackoff::default(),
         }
     }
 
@@ -653,6 +666,40 @@ mod tests {
             peers: vec![peer("a", 90), peer("c", 100)],
             ..base()
         }
+    }
+
+    #[test]
+    fn primary_race_backoff_holds_the_race_while_the_wal_moves_and_for_the_first_loop() {
+        let backoff = RaceBackoff {
+            backoff_ms: 10_000,
+            loop_wait_ms: 1_000,
+            since_ms: Some(0),
+            had_position: true,
+            wal_moved: false,
+        };
+        let race =
+            |now_ms: u64, race_backoff: RaceBackoff| decide(&Observed { leader: None, now_ms, race_backoff, ..base() });
+        // The first loop_wait: everyone waits.
+        let first = race(500, backoff);
+        assert_eq!(first.action, None, "{first}");
+        assert!(first.reason.contains("seconds until leader race"), "{first}");
+        // After it, only while the WAL still moves, and never past the backoff.
+        assert_eq!(race(2_000, backoff).action, Some(Action::AcquireLeader), "{}", race(2_000, backoff));
+        let moving = RaceBackoff { wal_moved: true, ..backoff };
+        assert_eq!(race(9_000, moving).action, None);
+        assert_eq!(race(10_000, moving).action, Some(Action::AcquireLeader), "the backoff is over");
+        // Off by default, and not for a member that had no position yet.
+        assert_eq!(race(500, RaceBackoff::default()).action, Some(Action::AcquireLeader));
+        assert_eq!(race(500, RaceBackoff { had_position: false, ..moving }).action, Some(Action::AcquireLeader));
+        // A named candidate does not wait.
+        let named = Observed {
+            leader: None,
+            now_ms: 500,
+            race_backoff: moving,
+            failover: Some(FailoverRequest { leader: None, candidate: Some("b".into()), scheduled: Schedule::Now }),
+            ..base()
+        };
+        assert_eq!(decide(&named).action, Some(Action::AcquireLeader), "{}", decide(&named));
     }
 
     #[test]
@@ -2161,6 +2208,7 @@ mod tests {
                 clone_without_leader: peers_released,
                 standby_cluster,
                 follows_remote: standby_cluster && pg_starting,
+                race_backoff: RaceBackoff::default(),
             }
         }
     }

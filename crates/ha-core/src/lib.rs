@@ -15,9 +15,9 @@ mod version;
 
 pub use candidate::{CandidateRules, Contender, Ineligible};
 pub use decide::{
-    Action, DataDir, Decision, FENCER_ACK_MAX_AGE_MS, FENCER_LOST_AFTER_MS, FailoverRequest, Observed, Peer, RunningAs,
-    Schedule, decide, fence_at_once, fencer_lost, fencer_ready, is_best_candidate, released_recently, stream_source,
-    switchover_candidate,
+    Action, DataDir, Decision, FENCER_ACK_MAX_AGE_MS, FENCER_LOST_AFTER_MS, FailoverRequest, Observed, Peer,
+    RaceBackoff, RunningAs, Schedule, decide, fence_at_once, fencer_lost, fencer_ready, is_best_candidate,
+    released_recently, stream_source, switchover_candidate,
 };
 pub use lsn::{Lsn, parse_lag};
 pub use version::{format_postgres_version, parse_postgres_version};

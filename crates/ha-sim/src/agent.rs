@@ -329,6 +329,7 @@ impl World {
             clone_without_leader: false,
             standby_cluster: false,
             follows_remote: false,
+            race_backoff: ha_core::RaceBackoff::default(),
             nostream: false,
             cascades: vec![],
         }

@@ -105,6 +105,10 @@ pub struct Agent {
     peer_unknown_since: HashMap<String, u64>,
     /// Since when (`now_ms`) PostgreSQL has not run as primary while we hold the key.
     primary_down_since_ms: Option<u64>,
+    /// Since when this agent sees no leader, and its WAL position at its
+    /// last tick (Patroni's `primary_race_backoff`).
+    no_leader_since_ms: Option<u64>,
+    last_tick_lsn: Option<u64>,
     last_dcs_seen_unix_ms: i64,
     /// Set between taking the key and the first checkpoint after promotion,
     /// published as `checkpoint_after_promote: false` (rejoining nodes wait).
@@ -231,6 +235,8 @@ impl Agent {
             managed: false,
             peer_unknown_since: HashMap::new(),
             primary_down_since_ms: None,
+            no_leader_since_ms: None,
+            last_tick_lsn: None,
             checkpoint_pending: false,
             released_at_ms: None,
             watchdog,

@@ -280,6 +280,42 @@ pub struct Observed {
     /// This member's standby follows the remote primary (the last
     /// `primary_conninfo` it wrote names it).
     pub follows_remote: bool,
+    /// Patroni's `primary_race_backoff` as this member sees it.
+    pub race_backoff: RaceBackoff,
+}
+
+/// Patroni's `primary_race_backoff`: once the leader key is gone, a replica
+/// whose WAL still arrives waits (up to the backoff) before it races, and
+/// every replica waits at least one `loop_wait`: the old primary may still
+/// be writing through an etcd hiccup. Waiting only delays a takeover; the
+/// key's compare-and-swap and the fencing rules are untouched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaceBackoff {
+    /// `primary_race_backoff` in milliseconds (0: off, the default).
+    pub backoff_ms: u64,
+    /// `loop_wait` in milliseconds.
+    pub loop_wait_ms: u64,
+    /// When this member first saw no leader (`None`: it sees one).
+    pub since_ms: Option<u64>,
+    /// A WAL position was known at its previous tick (Patroni's
+    /// `_prev_wal_lsn`): a member that just started does not wait.
+    pub had_position: bool,
+    /// Its WAL receiver streams and its position moved since that tick.
+    pub wal_moved: bool,
+}
+
+impl RaceBackoff {
+    /// Milliseconds until the race, if it waits now: while the WAL still
+    /// moves, and in any case for the first `loop_wait` after the leader
+    /// went (Patroni's rule).
+    pub fn waits(&self, now_ms: u64) -> Option<u64> {
+        if self.backoff_ms == 0 || !self.had_position {
+            return None;
+        }
+        let left = (self.since_ms? + self.backoff_ms).saturating_sub(now_ms);
+        let first_loop = left > self.backoff_ms.saturating_sub(self.loop_wait_ms);
+        (left > 0 && (self.wal_moved || first_loop)).then_some(left)
+    }
 }
 
 impl Observed {

@@ -150,6 +150,26 @@ impl Agent {
             self.start_timeout_override_ms = None;
             self.primary_start_failures = 0;
         }
+        // Patroni's primary_race_backoff: since when no leader is seen, and
+        // whether the WAL still arrives since the last tick.
+        if leader.is_some() || view.is_none() {
+            self.no_leader_since_ms = None;
+        } else {
+            self.no_leader_since_ms.get_or_insert(now_ms);
+        }
+        let lsn = match &pg {
+            RunningAs::Replica { lsn, .. } => Some(*lsn),
+            _ => None,
+        };
+        let streaming = local.sql.as_ref().is_some_and(|s| s.replication_state == "streaming");
+        let race_backoff = ha_core::RaceBackoff {
+            backoff_ms: u64::from(dynamic.primary_race_backoff) * 1000,
+            loop_wait_ms: u64::from(dynamic.loop_wait) * 1000,
+            since_ms: self.no_leader_since_ms,
+            had_position: self.last_tick_lsn.is_some(),
+            wal_moved: streaming && lsn.zip(self.last_tick_lsn).is_some_and(|(now, before)| now > before),
+        };
+        self.last_tick_lsn = lsn;
         let failover = view.and_then(|v| v.failover.as_ref()).map(|f| ha_core::FailoverRequest {
             leader: f.leader.clone(),
             candidate: f.member.clone(),
@@ -229,6 +249,7 @@ impl Agent {
             replicatefrom: self.config.tags.replicatefrom.clone(),
             standby_cluster: dynamic.standby_cluster.is_some(),
             follows_remote: self.follows_remote,
+            race_backoff,
             clone_without_leader: self
                 .config
                 .postgresql
