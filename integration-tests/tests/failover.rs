@@ -958,19 +958,23 @@ async fn a_primary_whose_restart_fails_outright_hands_over_without_waiting_for_t
 
 /// Patroni's `primary_race_backoff` (issue 23): once the leader key is
 /// gone, a replica waits before it races (at least a `loop_wait`, longer
-/// while WAL still arrives), says so in Patroni's words, and then takes over.
+/// while WAL still arrives), says so in Patroni's words, and then takes
+/// over; under several writers, never two writable nodes.
 #[tokio::test]
 async fn primary_race_backoff_holds_the_race_for_a_loop_and_then_fails_over() {
     let yaml = |_| "bootstrap:\n  dcs:\n    primary_race_backoff: 5\n".to_string();
-    let mut cluster = healthy(ClusterSpec::nodes(2).node_yaml(yaml)).await;
-    let leader = cluster.wait_primary(UP).await.expect("a primary");
-    let replica = 1 - leader;
-    cluster.nodes[leader].kill_node();
-    let new_leader = cluster.wait_healthy_among(&[replica], UP).await.expect("the replica takes over");
-    assert_eq!(new_leader, replica);
-    let log = cluster.nodes[replica].agent_log();
+    let mut loaded = loaded(ClusterSpec::nodes(3).node_yaml(yaml)).await;
+    let leader = loaded.leader;
+    Fault::NodeLost.inject(&mut loaded.cluster, leader).await.expect("lose the primary's node");
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = loaded.cluster.wait_healthy_among(&others, UP).await.expect("a replica takes over");
+    let log = loaded.cluster.nodes[new_leader].agent_log();
     assert!(
         log.contains("wal position moved since last heart beat loop") && log.contains("(primary_race_backoff)"),
-        "the replica said it held the race:\n{log}"
+        "the new leader said it held the race:\n{log}"
     );
+    Fault::NodeLost.recover(&mut loaded.cluster, leader).await.expect("the old primary's services");
+    assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("all three healthy"), new_leader);
+    let report = loaded.finish_asynchronous("primary_race_backoff").await;
+    assert_eq!(report.probes.writers(), [leader, new_leader], "the nodes that accepted writes, in order");
 }
