@@ -16,7 +16,9 @@ set -euo pipefail
 # headless browser; iproute2 (ip, tc) and nftables: the chaos run's network
 # namespaces, partitions, packet loss and slow links (make chaos); pgbackrest:
 # the backup tests (replicas restored from a repository, a point-in-time bootstrap).
-packages=(postgresql-15 pgbackrest etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver iproute2 nftables)
+# dnsmasq-base: a DNS server for the etcd SRV discovery test (only the binary;
+# the package starts no service).
+packages=(postgresql-15 pgbackrest etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev shellcheck curl procps keepalived wrk util-linux python3-venv prometheus chromium chromium-driver iproute2 nftables dnsmasq-base)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -59,6 +59,9 @@ pub struct Node {
     /// Extra environment of the services started from now on (e.g. systemd's
     /// `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// A file the services started from now on read as `/etc/resolv.conf`
+    /// (each in a private mount namespace): a test's own DNS server.
+    pub resolv_conf: Option<PathBuf>,
     agent: Option<ChildGuard>,
     health: Option<ChildGuard>,
     controller: Option<ChildGuard>,
@@ -100,7 +103,17 @@ impl Node {
     /// Starts `service` from this node's config file.
     pub fn start(&mut self, service: Service) -> anyhow::Result<()> {
         let config = self.config_path().display().to_string();
-        let child = spawn_with_env(service.binary(), &[&config], &self.dir, service.label(), &self.env)?;
+        let child = match &self.resolv_conf {
+            Some(resolv) => crate::service::spawn_with_resolv_conf(
+                service.binary(),
+                &[&config],
+                &self.dir,
+                service.label(),
+                &self.env,
+                resolv,
+            )?,
+            None => spawn_with_env(service.binary(), &[&config], &self.dir, service.label(), &self.env)?,
+        };
         *self.child(service) = Some(child);
         Ok(())
     }
@@ -376,6 +389,7 @@ impl PgwardenCluster {
             agent_port: rest_port + 1000,
             controller_port: rest_port + 2000,
             env: Vec::new(),
+            resolv_conf: None,
             agent: None,
             health: None,
             controller: None,
@@ -426,6 +440,7 @@ impl PgwardenCluster {
             agent_port: free_port(),
             controller_port: free_port(),
             env: Vec::new(),
+            resolv_conf: None,
             agent: None,
             health: None,
             controller: None,

@@ -116,6 +116,11 @@ impl EtcdCluster {
         self.members.iter().map(|m| format!("http://127.0.0.1:{}", m.client_port)).collect()
     }
 
+    /// Member `i`'s peer port.
+    pub fn peer_port(&self, i: usize) -> u16 {
+        self.members[i].peer_port
+    }
+
     /// Member `i`'s client port.
     pub fn client_port(&self, i: usize) -> u16 {
         self.members[i].client_port

@@ -69,6 +69,37 @@ pub fn spawn_with_env(
     ChildGuard::spawn(run_as_postgres(&mut cmd), name, dir)
 }
 
+/// As [`spawn_with_env`], in a private mount namespace where `resolv_conf`
+/// is bind-mounted over `/etc/resolv.conf` (the system's resolver then asks
+/// the name servers it lists: a test's own DNS server). `unshare`, `sh` and
+/// `setpriv` each exec the next, so the child's pid is the service's.
+pub fn spawn_with_resolv_conf(
+    name: &str,
+    args: &[&str],
+    dir: &TestDir,
+    label: &str,
+    env: &[(String, String)],
+    resolv_conf: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(format!("{label}.log")))?;
+    crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+        .arg(r#"mount --bind "$0" /etc/resolv.conf && exec setpriv --reuid=postgres --regid=postgres --init-groups "$@""#)
+        .arg(resolv_conf)
+        .arg(binary(name))
+        .args(args)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env("HOME", crate::process::postgres_user().map(|u| u.dir).unwrap_or_default())
+        .env("USER", "postgres")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    ChildGuard::spawn(&mut cmd, name, dir)
+}
+
 /// Runs a pgwarden binary as `postgres` to completion: (success, stdout, stderr).
 pub fn run(name: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<(bool, String, String)> {
     let mut cmd = Command::new(binary(name));

@@ -27,6 +27,7 @@ async fn contender_with_ttl(endpoints: Vec<String>, key: &str, member: &str, ttl
         key: None,
         // The endpoints each test names, and no others.
         discover_members: false,
+        srv: None,
     };
     let client = connect(&settings).await.expect("connect to etcd");
     Election::new(

@@ -525,3 +525,112 @@ async fn an_advertised_url_of_another_etcd_cluster_is_never_used() {
         .expect("count the other etcd's keys");
     assert_eq!(keys.count(), 0, "nothing was written to the other etcd cluster");
 }
+
+/// A DNS server of the test's own (dnsmasq on a loopback address of its
+/// own, port 53, authoritative for `.test`), and the `resolv.conf` that
+/// names it; killed on drop.
+struct TestDns {
+    resolv_conf: std::path::PathBuf,
+    _server: pgwarden_integration_tests::process::ChildGuard,
+}
+
+impl TestDns {
+    fn start(dir: &TestDir, records: &[String]) -> TestDns {
+        // 127.53.x.y: a loopback address no other test's server binds.
+        let pid = std::process::id();
+        let address = format!("127.53.{}.{}", (pid >> 8) % 250 + 1, pid % 250 + 1);
+        let mut cmd = std::process::Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            "--local=/test/",
+            "--log-queries",
+            "--log-facility=-",
+            "--pid-file=",
+        ])
+        .arg(format!("--listen-address={address}"))
+        .args(records)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("dnsmasq.log")).expect("dnsmasq log"));
+        let server =
+            pgwarden_integration_tests::process::ChildGuard::spawn(&mut cmd, "dnsmasq", dir).expect("start dnsmasq");
+        let resolv_conf = dir.path().join("resolv.conf");
+        std::fs::write(&resolv_conf, format!("nameserver {address}\noptions timeout:1 attempts:2\n"))
+            .expect("write resolv.conf");
+        TestDns { resolv_conf, _server: server }
+    }
+}
+
+/// `etcd3.srv` (Patroni's DNS discovery): node1 finds etcd by the client
+/// record `_etcd-client._tcp.<domain>`, node2 by the peer record
+/// `_etcd-server._tcp.<domain>` and etcd's `/members` on the peer port,
+/// both through the system resolver pointed at the test's DNS server, and
+/// neither config lists an etcd address. They form one cluster (node2
+/// clones from node1 and streams). A domain without records refuses to
+/// start, naming every record it asked.
+#[tokio::test]
+async fn etcd_is_found_through_dns_srv_records() {
+    init_logging();
+    let etcd = pgwarden_integration_tests::EtcdCluster::start(1).await.expect("etcd");
+    let (client_port, peer_port) = (etcd.client_port(0), etcd.peer_port(0));
+    let mut cluster = PgwardenCluster::empty(etcd, "itest", TTL.as_secs() as u32);
+    let dns_dir = TestDir::new("dns");
+    let dns = TestDns::start(
+        &dns_dir,
+        &[
+            "--host-record=etcd-a.pgwarden.test,127.0.0.1".to_string(),
+            format!("--srv-host=_etcd-client._tcp.clients.test,etcd-a.pgwarden.test,{client_port}"),
+            format!("--srv-host=_etcd-server._tcp.peers.test,etcd-a.pgwarden.test,{peer_port}"),
+        ],
+    );
+    for (name, domain) in [("node1", "clients.test"), ("node2", "peers.test"), ("node3", "missing.test")] {
+        let node = cluster.add_node(name, "").expect("add a node");
+        let path = node.config_path();
+        let mut config: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("parse config");
+        // Only the domain: no etcd address in the file.
+        config["etcd3"] = serde_json::json!({"srv": domain});
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("config")).expect("write config");
+        node.resolv_conf = Some(dns.resolv_conf.clone());
+    }
+    for i in 0..2 {
+        let node = &mut cluster.nodes[i];
+        node.start_agent().expect("agent");
+        node.start_health().expect("health");
+        node.start_controller().expect("controller");
+    }
+    let leader = cluster.wait_healthy_among(&[0, 1], UP).await.expect("a primary and a streaming replica");
+    let key = cluster.get_key("leader").await.expect("etcd").expect("the leader key");
+    assert_eq!(key, cluster.nodes[leader].name, "the leader key was written to the etcd the records name");
+    assert!(
+        cluster.nodes[0].agent_log().contains(&format!(
+            "etcd endpoints from DNS SRV _etcd-client._tcp.clients.test: http://etcd-a.pgwarden.test:{client_port}"
+        )),
+        "node1 used the client record: {}",
+        cluster.nodes[0].agent_log()
+    );
+    assert!(
+        cluster.nodes[1].agent_log().contains(&format!(
+            "etcd endpoints from DNS SRV _etcd-server._tcp.peers.test: http://127.0.0.1:{client_port}"
+        )),
+        "node2 used the peer record and etcd's member list: {}",
+        cluster.nodes[1].agent_log()
+    );
+    for name in ["node1", "node2"] {
+        let member = cluster.get_key(&format!("members/{name}")).await.expect("etcd").expect("member key");
+        assert!(member.contains("\"state\":\"running\""), "{name} runs: {member}");
+    }
+
+    cluster.nodes[2].start_agent().expect("agent");
+    let code = cluster.nodes[2].wait_agent_exit(Duration::from_secs(60)).await;
+    let log = cluster.nodes[2].agent_log();
+    assert_ne!(code, Some(0), "an agent that finds no etcd does not run: {log}");
+    assert!(
+        log.contains("no SRV record gave an etcd URL (asked _etcd-client-ssl._tcp.missing.test, _etcd-client._tcp.missing.test, _etcd-ssl._tcp.missing.test, _etcd._tcp.missing.test, _etcd-server-ssl._tcp.missing.test, _etcd-server._tcp.missing.test)"),
+        "the refusal names every record asked: {log}"
+    );
+}

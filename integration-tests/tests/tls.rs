@@ -601,4 +601,32 @@ async fn encrypted_keys_open_with_their_keyfile_password_and_ciphers_limit_tls12
     cluster.nodes[0].merge_config(ctl("wrong")).expect("a wrong ctl passphrase");
     let (ok, stdout, stderr) = list().expect("list");
     assert!(!ok && stderr.contains("ctl.keyfile_password"), "refused naming the setting: {stdout}{stderr}");
+
+    // `ctl.insecure` and `-k` (patronictl's): with a CA that did not sign
+    // the controller's certificate, the controller is refused (the CLI
+    // reads etcd instead) unless verification is off; the (encrypted)
+    // client certificate is still presented, which the controller requires.
+    let foreign_ca = |insecure: bool| {
+        let mut settings = ctl("ctl secret");
+        settings["ctl"]["cacert"] = serde_json::json!(pki.rogue_cert.display().to_string());
+        settings["ctl"]["insecure"] = serde_json::json!(insecure);
+        settings
+    };
+    cluster.nodes[0].merge_config(foreign_ca(false)).expect("a foreign ctl.cacert");
+    let (ok, stdout, stderr) = list().expect("list");
+    assert!(ok && stderr.contains("from etcd"), "the controller is not trusted, etcd read instead: {stdout}{stderr}");
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "-k", "-v", "list"], &[])
+            .expect("list");
+    assert!(ok && stderr.contains("from controller https://"), "-k: {stdout}{stderr}");
+    cluster.nodes[0].merge_config(foreign_ca(true)).expect("ctl.insecure");
+    let (ok, stdout, stderr) = list().expect("list");
+    assert!(ok && stderr.contains("from controller https://"), "ctl.insecure: {stdout}{stderr}");
+    // Without the client certificate the controller still refuses.
+    let mut no_identity = foreign_ca(true);
+    no_identity["ctl"]["certfile"] = serde_json::json!(pki.rogue_cert.display().to_string());
+    no_identity["ctl"]["keyfile"] = serde_json::json!(pki.rogue_key.display().to_string());
+    cluster.nodes[0].merge_config(no_identity).expect("a foreign client certificate");
+    let (ok, stdout, stderr) = list().expect("list");
+    assert!(ok && stderr.contains("from etcd"), "a foreign client certificate is refused: {stdout}{stderr}");
 }

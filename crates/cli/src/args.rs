@@ -18,8 +18,8 @@ pub struct Cli {
     /// (each part optional); the cluster is then read from etcd, not the controller.
     #[arg(short = 'd', long = "dcs-url", visible_alias = "dcs", env = "DCS_URL")]
     pub dcs_url: Option<String>,
-    /// Accepted for patronictl's scripts: pgwardenctl makes no REST calls
-    /// (it talks gRPC and etcd, verified with the config's CAs).
+    /// Do not verify the controller's TLS certificate (`ctl.insecure`;
+    /// patronictl's flag for its REST calls). etcd is verified as before.
     #[arg(short = 'k', long = "insecure")]
     pub insecure: bool,
     #[command(subcommand)]

@@ -125,7 +125,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(&cli)?;
+    let mut config = load_config(&cli)?;
+    // `-k` as patronictl's: the controller's certificate is not verified.
+    config.ctl.insecure |= cli.insecure;
     // Another etcd than the config's: the config's controller is not its.
     if cli.dcs_url.is_some() {
         source::skip_controller();

@@ -96,6 +96,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         keyfile: path_of(&mut r, "ctl.keyfile"),
         keyfile_password: secret_of(&mut r, "ctl.keyfile_password"),
         authentication: basic_auth(&mut r, "ctl.authentication"),
+        insecure: r.bool("ctl.insecure", false),
     };
     let etcd = etcd_section(&mut r, purpose);
 

@@ -159,6 +159,39 @@ pub struct Ctl {
     /// `keyfile_password`: the passphrase of an encrypted `keyfile`.
     pub keyfile_password: Option<Secret>,
     pub authentication: Option<BasicAuth>,
+    /// `insecure`: pgwardenctl does not verify the controller's TLS
+    /// certificate (patronictl's REST calls; `cacert` is not read). The
+    /// client certificate is still presented and the credentials sent.
+    pub insecure: bool,
+}
+
+/// Patroni's `etcd.srv`: the DNS domain whose SRV records name etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvDiscovery {
+    /// The domain (`example.com`): `_etcd-client._tcp.example.com` and the
+    /// others of [`SrvDiscovery::record_names`] are asked.
+    pub domain: String,
+    /// `srv_suffix`: appended to each service name (`_etcd-client-<suffix>`).
+    pub suffix: Option<String>,
+}
+
+impl SrvDiscovery {
+    /// The SRV names asked, in Patroni's order, each with the scheme of the
+    /// URLs it gives and whether it names peers (whose `/members` lists
+    /// the client URLs) rather than clients.
+    pub fn record_names(&self) -> Vec<(String, &'static str, bool)> {
+        ["-client-ssl", "-client", "-ssl", "", "-server-ssl", "-server"]
+            .into_iter()
+            .map(|kind| {
+                let service = match &self.suffix {
+                    Some(suffix) => format!("{kind}-{suffix}"),
+                    None => kind.to_string(),
+                };
+                let scheme = if kind.contains("-ssl") { "https" } else { "http" };
+                (format!("_etcd{service}._tcp.{}", self.domain), scheme, kind.contains("-server"))
+            })
+            .collect()
+    }
 }
 
 /// How to reach etcd (v3 API), from the `etcd:` or `etcd3:` section.
@@ -168,6 +201,10 @@ pub struct Etcd {
     pub section: &'static str,
     /// Endpoint URLs, `http://host:port` or `https://host:port`.
     pub endpoints: Vec<String>,
+    /// `srv`/`srv_suffix`: etcd's client URLs from DNS SRV records, looked
+    /// up at each connect before `endpoints` (which are used only when no
+    /// record answers).
+    pub srv: Option<SrvDiscovery>,
     /// `use_proxies`: the endpoints are proxies; do not look up etcd's
     /// members (off, Patroni's default: their client URLs are added to the
     /// endpoints).

@@ -228,13 +228,36 @@ pub(crate) fn etcd_section(r: &mut Reader<'_>, purpose: Purpose) -> Option<Etcd>
             );
         }
     }
-    if endpoints.is_empty() && !r.problems.has_errors() {
-        r.problems
-            .error(format!("{section}.hosts"), "no etcd endpoint: set `hosts: [host:port, ...]` or `host: host:port`");
+    // Patroni's `srv`: etcd's client URLs from DNS SRV records under this
+    // domain, looked up at each connect; `host(s)`/`url` only when none
+    // answer (`proxy` wins over it, as in Patroni).
+    let srv = r.string(&format!("{section}.srv")).filter(|domain| !domain.trim().is_empty());
+    let srv_suffix = r.string(&format!("{section}.srv_suffix")).filter(|suffix| !suffix.trim().is_empty());
+    let srv = match (srv, use_proxies && r.get(&format!("{section}.proxy")).is_some()) {
+        (Some(_), true) => {
+            r.problems.warn(format!("{section}.srv"), "is set beside proxy: proxy is used, as in Patroni");
+            None
+        }
+        (Some(domain), false) => {
+            Some(SrvDiscovery { domain: domain.trim().trim_end_matches('.').to_string(), suffix: srv_suffix })
+        }
+        (None, _) => {
+            if srv_suffix.is_some() {
+                r.problems.warn(format!("{section}.srv_suffix"), "has no effect without srv");
+            }
+            None
+        }
+    };
+    if endpoints.is_empty() && srv.is_none() && !r.problems.has_errors() {
+        r.problems.error(
+            format!("{section}.hosts"),
+            "no etcd endpoint: set `hosts: [host:port, ...]`, `host: host:port` or `srv: <DNS domain>`",
+        );
     }
     Some(Etcd {
         section,
         endpoints,
+        srv,
         use_proxies,
         username: r.string(&format!("{section}.username")),
         password: secret_of(r, &format!("{section}.password")),

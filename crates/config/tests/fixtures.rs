@@ -162,15 +162,20 @@ fn log_loggers_become_filter_directives_for_the_targets_doing_that_work() {
     assert!(refused.to_string().contains("log.loggers.patroni.ha"), "{refused}");
 }
 
-#[test]
-fn an_etcd_proxy_replaces_the_other_addresses_and_turns_discovery_off() {
-    let yaml = |etcd: &str| Source {
+/// A minimal config whose `etcd3:` section is `etcd` (indented lines).
+fn with_etcd3(etcd: &str) -> Source {
+    Source {
         origin: "inline".into(),
         yaml: format!(
             "scope: s\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n{etcd}\
              postgresql:\n  listen: 127.0.0.1:5432\n  data_dir: /d\n"
         ),
-    };
+    }
+}
+
+#[test]
+fn an_etcd_proxy_replaces_the_other_addresses_and_turns_discovery_off() {
+    let yaml = with_etcd3;
     let loaded = load_from(
         &yaml("  hosts: 10.0.0.1:2379,10.0.0.2:2379\n  proxy: http://10.0.0.9:23790/\n"),
         std::iter::empty(),
@@ -183,4 +188,36 @@ fn an_etcd_proxy_replaces_the_other_addresses_and_turns_discovery_off() {
     let refused =
         load_from(&yaml("  proxy: 10.0.0.9:23790\n"), std::iter::empty(), Purpose::Agent).expect_err("no scheme");
     assert!(refused.to_string().contains("etcd3.proxy"), "{refused}");
+}
+
+#[test]
+fn etcd_srv_names_the_records_in_patronis_order_and_needs_no_address() {
+    let yaml = with_etcd3;
+    let loaded = load_from(&yaml("  srv: example.com.\n  srv_suffix: dc1\n"), std::iter::empty(), Purpose::Agent)
+        .expect("srv alone is enough");
+    let srv = loaded.config.etcd.srv.expect("srv read");
+    assert!(loaded.config.etcd.endpoints.is_empty());
+    let names: Vec<(String, &str, bool)> = srv.record_names();
+    assert_eq!(
+        names,
+        [
+            ("_etcd-client-ssl-dc1._tcp.example.com".to_string(), "https", false),
+            ("_etcd-client-dc1._tcp.example.com".to_string(), "http", false),
+            ("_etcd-ssl-dc1._tcp.example.com".to_string(), "https", false),
+            ("_etcd-dc1._tcp.example.com".to_string(), "http", false),
+            ("_etcd-server-ssl-dc1._tcp.example.com".to_string(), "https", true),
+            ("_etcd-server-dc1._tcp.example.com".to_string(), "http", true),
+        ]
+    );
+    let plain = load_from(&yaml("  srv: example.com\n  hosts: 10.0.0.1:2379\n"), std::iter::empty(), Purpose::Agent)
+        .expect("srv with a fallback");
+    assert_eq!(plain.config.etcd.srv.expect("srv").record_names()[1].0, "_etcd-client._tcp.example.com");
+    assert_eq!(plain.config.etcd.endpoints, ["http://10.0.0.1:2379"]);
+    let proxied =
+        load_from(&yaml("  srv: example.com\n  proxy: http://10.0.0.9:23790\n"), std::iter::empty(), Purpose::Agent)
+            .expect("proxy wins");
+    assert!(proxied.config.etcd.srv.is_none());
+    assert!(proxied.warnings.iter().any(|w| w.path == "etcd3.srv"), "{:?}", proxied.warnings);
+    let refused = load_from(&yaml("  srv_suffix: dc1\n"), std::iter::empty(), Purpose::Agent).expect_err("nothing");
+    assert!(refused.to_string().contains("srv: <DNS domain>"), "{refused}");
 }

@@ -92,7 +92,7 @@ fn every_unsupported_key_warns_and_is_never_unknown() {
         }
         checked += 1;
     }
-    assert!(checked > 10, "only {checked} keys checked");
+    assert!(checked >= 10, "only {checked} keys checked");
 }
 
 /// Keys whose absence would give a second writer are refused at start, with

@@ -24,6 +24,9 @@ pub struct EtcdSettings {
     /// Look etcd's members up and add their client URLs to the endpoints
     /// (`etcd3.use_proxies` off, Patroni's default).
     pub discover_members: bool,
+    /// `etcd3.srv`: the endpoints come from DNS SRV records, asked at
+    /// [`connect`]; `endpoints` only when none answers.
+    pub srv: Option<pgwarden_config::SrvDiscovery>,
 }
 
 /// How often the members are looked up again while requests succeed.
@@ -41,6 +44,7 @@ impl EtcdSettings {
             cert: etcd.cert.clone(),
             key: etcd.key.clone(),
             discover_members: !etcd.use_proxies,
+            srv: etcd.srv.clone(),
         }
     }
 }
@@ -140,7 +144,27 @@ pub fn is_unreachable(e: &etcd_client::Error) -> bool {
 /// Connects to etcd. Connections are made lazily, so this succeeds while etcd
 /// is down (an agent must start and wait for etcd); [`Etcd::probe`] checks
 /// reachability. Every request requires an etcd leader.
+///
+/// With `srv`, the endpoints are looked up in DNS first (the configured
+/// ones are used only when no record answers); no answer and no configured
+/// endpoint is an error naming the records asked.
 pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
+    let mut settings = settings.clone();
+    if let Some(srv) = &settings.srv {
+        match crate::srv::lookup(srv, &settings).await {
+            Ok(urls) => settings.endpoints = urls,
+            Err(why) if !settings.endpoints.is_empty() => {
+                tracing::warn!("etcd srv {}: {why}; using the configured endpoints", srv.domain);
+            }
+            Err(why) => {
+                return Err(ConnectError::Unreachable {
+                    endpoints: format!("DNS SRV records under {}", srv.domain),
+                    cause: why,
+                });
+            }
+        }
+    }
+    let settings = &settings;
     if settings.endpoints.is_empty() {
         return Err(ConnectError::Invalid("no etcd endpoints".into()));
     }

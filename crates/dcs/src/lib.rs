@@ -10,6 +10,7 @@ mod cas;
 mod connect;
 mod keys;
 mod model;
+mod srv;
 pub mod v2;
 mod view;
 

@@ -192,6 +192,23 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &st
     Ok((status, body.to_string()))
 }
 
+/// The client URLs of etcd's members, from `GET /members` on a member's
+/// peer URL (etcd's peer API; `srv`'s `_etcd-server` records name peers).
+pub(crate) async fn peer_client_urls(settings: &EtcdSettings, peer: &str) -> Result<Vec<String>, String> {
+    let (status, body) = request(settings, peer, "GET", "/members").await?;
+    if status >= 400 {
+        return Err(format!("answered {status}"));
+    }
+    let members: Vec<Value> = serde_json::from_str(&body).map_err(|e| format!("not a member list: {e}"))?;
+    Ok(members
+        .iter()
+        .filter_map(|m| m.get("clientURLs").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|url| url.trim_end_matches('/').to_string())
+        .collect())
+}
+
 /// One request against one endpoint (`http(s)://host:port`).
 async fn request(settings: &EtcdSettings, endpoint: &str, method: &str, path: &str) -> Result<(u16, String), String> {
     let (https, authority) = match endpoint.split_once("://") {
@@ -240,7 +257,9 @@ pub async fn check_scope(
     if config.etcd.section != "etcd" {
         return Ok(());
     }
-    let settings = EtcdSettings::from_config(&config.etcd, timeout);
+    let mut settings = EtcdSettings::from_config(&config.etcd, timeout);
+    // Those `connect` found (DNS SRV records give them with `srv`).
+    settings.endpoints = etcd.endpoints();
     let keys = crate::Keys::new(&config.namespace, &config.scope);
     let dir = scope_dir(&config.namespace, &config.scope);
     let path = config_path.map_or_else(|| "<config>".to_string(), |p| p.display().to_string());

@@ -24,6 +24,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, Clone, Default)]
 struct ClientSettings {
     tls: Option<ClientTlsConfig>,
+    /// `ctl.insecure`: TLS without verifying the server's certificate.
+    unverified: Option<Arc<rustls::ClientConfig>>,
     authorization: Option<HeaderValue>,
 }
 
@@ -95,12 +97,23 @@ pub fn init_service_client(config: &Config) -> anyhow::Result<()> {
 /// Sets how the CLI calls the controller: `ctl.cacert`/`certfile`/`keyfile`,
 /// each falling back to the node's `pgwarden.grpc_*` file, and
 /// `ctl.authentication`, falling back to `restapi.authentication`.
+///
+/// With `ctl.insecure` the controller's certificate is not verified (no CA
+/// is read); the client certificate is still presented.
 pub fn init_ctl_client(config: &Config) -> anyhow::Result<()> {
     let ctl = &config.ctl;
     let node = config.pgwarden.grpc_tls.as_ref();
     let cafile = ctl.cacert.clone().or_else(|| node.map(|t| t.cafile.clone()));
     let certfile = ctl.certfile.clone().or_else(|| node.map(|t| t.certfile.clone()));
     let keyfile = ctl.keyfile.clone().or_else(|| ctl.certfile.clone()).or_else(|| node.map(|t| t.keyfile.clone()));
+    let authorization = ctl.authentication.as_ref().or(config.restapi.authentication.as_ref()).map(basic_header);
+    if ctl.insecure {
+        let identity = certfile.zip(keyfile);
+        let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        let unverified = unverified_tls(identity, ctl.keyfile_password.as_ref())?;
+        let _ = CLIENT.set(ClientSettings { tls: None, unverified: Some(Arc::new(unverified)), authorization });
+        return Ok(());
+    }
     let tls = match (cafile, certfile.zip(keyfile)) {
         (Some(ca), identity) => {
             let identity = identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
@@ -111,12 +124,12 @@ pub fn init_ctl_client(config: &Config) -> anyhow::Result<()> {
         // does; an https:// one is refused at connect, naming ctl.cacert.
         (None, _) => None,
     };
-    init_client(tls, ctl.authentication.as_ref().or(config.restapi.authentication.as_ref()));
+    let _ = CLIENT.set(ClientSettings { tls, unverified: None, authorization });
     Ok(())
 }
 
 fn init_client(tls: Option<ClientTlsConfig>, auth: Option<&BasicAuth>) {
-    let _ = CLIENT.set(ClientSettings { tls, authorization: auth.map(basic_header) });
+    let _ = CLIENT.set(ClientSettings { tls, unverified: None, authorization: auth.map(basic_header) });
 }
 
 fn client_tls(
@@ -182,6 +195,11 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AuthChannel, Connec
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| ConnectError::BadUrl { url: url.to_string(), reason: error_chain(&e) })?
         .connect_timeout(timeout);
+    if let (Some(rest), Some(config)) = (url.strip_prefix("https://"), settings.unverified.clone()) {
+        return connect_unverified(url, rest, config, timeout)
+            .await
+            .map(|inner| AuthChannel { inner, authorization: settings.authorization });
+    }
     if url.starts_with("https://") {
         let Some(tls) = settings.tls.clone() else {
             return Err(ConnectError::NoTrustAnchor { url: url.to_string() });
@@ -195,6 +213,135 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AuthChannel, Connec
         .map_err(|_| ConnectError::TimedOut { url: url.to_string(), timeout })?
         .map_err(|e| ConnectError::Refused { url: url.to_string(), reason: error_chain(&e) })?;
     Ok(AuthChannel { inner: channel, authorization: settings.authorization })
+}
+
+/// The TLS client settings of `ctl.insecure`: any server certificate is
+/// taken (the handshake's signatures are still checked against it), and
+/// `identity` is presented when given.
+fn unverified_tls(
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+    key_password: Option<&pgwarden_config::Secret>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider offers no protocol version")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)));
+    let mut config = match identity {
+        Some((certfile, keyfile)) => {
+            let pem = read_pem(certfile, "ctl certificate", "CERTIFICATE")?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parse ctl certificate {}", certfile.display()))?;
+            let key = read_key(keyfile, "ctl key", key_password, "ctl.keyfile_password")?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key).with_context(|| format!("parse ctl key {}", keyfile.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("ctl.certfile/ctl.keyfile: the certificate and key do not form a TLS identity")?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// `ctl.insecure`'s verifier: accepts whatever certificate the server shows.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A channel to `url` (`https://` + `rest`) over TLS that does not verify
+/// the server. tonic's own TLS always verifies, so the TLS stream is made
+/// here and handed to tonic as a plain connection.
+async fn connect_unverified(
+    url: &str,
+    rest: &str,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, ConnectError> {
+    let bad = |reason: String| ConnectError::BadUrl { url: url.to_string(), reason };
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let host = uri.host().ok_or_else(|| bad("no host".to_string()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| bad(e.to_string()))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{rest}")).map_err(|e| bad(error_chain(&e)))?.connect_timeout(timeout);
+    let connector = UnverifiedConnector { host, port, server_name, tls: tokio_rustls::TlsConnector::from(config) };
+    tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
+        .await
+        .map_err(|_| ConnectError::TimedOut { url: url.to_string(), timeout })?
+        .map_err(|e| ConnectError::Refused { url: url.to_string(), reason: error_chain(&e) })
+}
+
+/// Opens TCP to one address and TLS over it (for [`connect_unverified`]).
+#[derive(Clone)]
+struct UnverifiedConnector {
+    host: String,
+    port: u16,
+    server_name: rustls::pki_types::ServerName<'static>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for UnverifiedConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect((this.host.as_str(), this.port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = this.tls.connect(this.server_name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// The causes of a transport error, which tonic keeps in its source chain
