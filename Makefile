@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_INCREMENTAL ?= 0
 
-.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-scale bench-smoke bench-health soak install deb deb-check behave
+.PHONY: help setup build check test test-pg-versions monitoring-check sim fuzz chaos demo demo-stop demo-status fmt bench bench-footprint bench-scale bench-smoke bench-health soak install deb deb-check behave behave-ci
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ check: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni/pgBackRest, the status page in Chromium), the version matrix (PostgreSQL 13-18), the benchmark's smoke mode, a two-minute chaos run and the Debian package's install check
+test: build ## Run every test (unit, property, integration against real etcd/PostgreSQL/HAProxy/Patroni/pgBackRest, the status page in Chromium), the version matrix (PostgreSQL 13-18), the benchmark's smoke mode, a two-minute chaos run, Patroni's behave scenarios and the Debian package's install check
 	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./scripts/check-deploy.sh
 	./deploy/monitoring/check.sh
 	@if command -v cargo-nextest >/dev/null; then \
@@ -34,6 +34,7 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 	target/debug/pgwarden-fuzz --seconds 8 --out target/fuzz-smoke
 	$(MAKE) --no-print-directory bench-smoke
 	$(MAKE) --no-print-directory chaos DURATION=2m MODE=sync SEED=20261205
+	$(MAKE) --no-print-directory behave-ci
 	$(MAKE) --no-print-directory deb-check
 
 PG_VERSIONS ?= 18 17 16 14 13
@@ -96,6 +97,9 @@ PATRONI_FEATURES ?=
 
 behave: ## Patroni's own behave scenarios against pgwarden (root): PATRONI_FEATURES=<a checkout of github.com/patroni/patroni at v4.1.5>/features, BEHAVE_FEATURES to pick; skipped without it; results in target/behave/results.tsv (docs/behave.md)
 	PATRONI_FEATURES=$(PATRONI_FEATURES) ./integration-tests/behave/run.sh
+
+behave-ci: build ## Patroni's behave scenarios at tag v4.0.7 (fetched from Debian's archive, checksum pinned) against pgwarden, compared with integration-tests/behave/expected.tsv; part of `make test` (about 12 minutes; docs/behave.md)
+	PGWARDEN_BIN_DIR=$(CURDIR)/target/debug ./integration-tests/behave/ci.sh
 
 demo: build ## Run the local demo cluster on loopback (etcd + 3 nodes)
 	@./scripts/demo.sh up

@@ -6,9 +6,11 @@
 #
 #   run.sh [FEATURES_DIR]      or PATRONI_FEATURES=FEATURES_DIR run.sh
 #
-# FEATURES_DIR is the `features` directory of a Patroni checkout (v4.1.5);
-# its parent must hold Patroni's postgres0.yml, which the scenarios start
-# from. Without it the run is skipped (exit 0): CI has no GitHub access.
+# FEATURES_DIR is the `features` directory of a Patroni checkout (or of
+# the release tarball scripts/fetch-patroni-features.sh unpacks, which
+# `make behave-ci` uses: ci.sh beside this file); its parent must hold
+# Patroni's postgres0.yml, which the scenarios start from. Without it the
+# run is skipped (exit 0).
 #
 # Environment:
 #   PATRONI_FEATURES        the features directory (or the first argument)

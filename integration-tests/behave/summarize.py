@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads behave's JSON reports (one per feature file) and writes one line per
 scenario to a TSV file: feature, scenario, result, and for a failed scenario
-its first failing step and that step's error, each on one line. Prints the
+its first failing step and that step's error, each on one line, and the
+feature file (the report's name without .json). Prints the
 passed/failed/skipped counts per feature and in total.
 
     summarize.py RESULTS_TSV REPORT_JSON...
@@ -76,10 +77,11 @@ def main(argv):
     results, reports = argv[1], argv[2:]
     counts = {}
     with open(results, 'w') as out:
-        out.write('feature\tscenario\tresult\tfirst failing step\terror\n')
+        out.write('feature\tscenario\tresult\tfirst failing step\terror\tfile\n')
         for report in reports:
+            file = report.rsplit('/', 1)[-1].rsplit('.', 1)[0]
             for row in scenario_rows(report):
-                out.write('\t'.join(row) + '\n')
+                out.write('\t'.join(row + (file,)) + '\n')
                 per_feature = counts.setdefault(row[0], {'passed': 0, 'failed': 0, 'skipped': 0})
                 per_feature[row[2]] += 1
     total = {'passed': 0, 'failed': 0, 'skipped': 0}
