@@ -494,11 +494,16 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 Action::Demote,
             )
         }
-        (RunningAs::Replica { upstream, .. }, Some(leader)) if *upstream != stream_source(obs, leader) => {
+        (RunningAs::Replica { upstream, lsn, timeline, .. }, Some(leader))
+            if *upstream != stream_source(obs, leader) =>
+        {
             let source = stream_source(obs, leader);
             Decision::act(
                 match source.as_deref() {
-                    Some(s) if s == leader => format!("follow the new leader {leader}"),
+                    Some(s) if s == leader => match candidates::why_the_new_leader(obs, leader, *lsn, *timeline) {
+                        Some(why) => format!("follow the new leader {leader}: {why}"),
+                        None => format!("follow the new leader {leader}"),
+                    },
                     Some(s) => format!("stream from {s} (replicatefrom), a replica of {leader}"),
                     None => "stop streaming (nostream)".to_string(),
                 },
@@ -744,6 +749,42 @@ mod tests {
             assert_eq!(stream_source(&obs, "a").as_deref(), Some("a"), "{wanted}");
             assert_eq!(decide(&obs).action, None);
         }
+    }
+
+    #[test]
+    fn a_replica_says_why_the_new_leader_went_before_it_in_patronis_words() {
+        // b still streams from a; c has taken the key.
+        let taken = |c: Peer, b_priority: u32| Observed {
+            leader: Some("c".into()),
+            priority: b_priority,
+            peers: vec![c],
+            ..base()
+        };
+        let higher = taken(Peer { priority: 2, ..peer("c", 100) }, 1);
+        assert_eq!(decide(&higher).action, Some(Action::Follow { upstream: Some("c".into()) }));
+        assert_eq!(
+            decide(&higher).reason,
+            "follow the new leader c: c has equally tolerable WAL position and priority 2, while this node has priority 1"
+        );
+        let promoting = taken(Peer { priority: 2, lsn: None, ..peer("c", 100) }, 1);
+        assert_eq!(decide(&promoting).reason, decide(&higher).reason, "its position not published yet");
+        let unknown = taken(Peer { lsn: None, ..peer("c", 100) }, 1);
+        assert_eq!(decide(&unknown).reason, "follow the new leader c", "nothing to compare");
+        let ahead = taken(peer("c", 120), 1);
+        assert_eq!(decide(&ahead).reason, "follow the new leader c: Wal position of c is ahead of my wal position");
+        // No comparison when c did not go before b, or b may not lead.
+        let behind = taken(peer("c", 90), 1);
+        assert_eq!(decide(&behind).reason, "follow the new leader c");
+        // The new leader's promotion already recorded in `history`: b's
+        // timeline has ended, which came after the race.
+        let recorded = Observed { history_timeline: Some(1), leader_timeline: Some(2), ..higher.clone() };
+        assert!(
+            decide(&recorded).reason.contains("priority 2, while this node has priority 1"),
+            "{}",
+            decide(&recorded)
+        );
+        let never = Observed { nofailover: true, ..higher.clone() };
+        assert_eq!(decide(&never).reason, "follow the new leader c");
     }
 
     #[test]

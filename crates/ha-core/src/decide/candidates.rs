@@ -44,20 +44,10 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
     }
     let fresh_rival = fresh_rival.is_some();
     let rivals = |p: &&Peer| may_lead(p) && (!p.released || !fresh_rival && obs.released_leader());
-    let within_lag = |lsn: u64| rules.lag(lsn) <= obs.maximum_lag_on_failover;
     obs.peers.iter().filter(rivals).find_map(|peer| {
         let name = &peer.name;
         Some(match peer.lsn {
-            Some(lsn) if !within_lag(lsn) => return None,
-            Some(_) if peer.priority > obs.priority => format!(
-                "{name} has equally tolerable WAL position and priority {}, while this node has priority {}",
-                peer.priority, obs.priority
-            ),
-            Some(lsn) if (peer.priority, lsn) > mine => format!("Wal position of {name} is ahead of my wal position"),
-            Some(lsn) if (peer.priority, lsn) == mine && peer.name < obs.me => {
-                format!("{name} has the same WAL position and priority, and comes first by name")
-            }
-            Some(_) => return None,
+            Some(lsn) => return ahead_of_me(obs, peer, lsn, mine),
             // It gave the key up, and its PostgreSQL does not answer (it did
             // not start again after a crash, or it is stopping for a
             // switchover): not waited for, as a peer whose position stays
@@ -68,6 +58,52 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
             None => format!("{name} runs, its WAL position not known yet"),
         })
     })
+}
+
+/// Why `peer`, at `lsn`, goes before this node (`mine`: its priority and
+/// position) in the race, in Patroni's words; `None` when it does not, or
+/// when it lags beyond `maximum_lag_on_failover`.
+fn ahead_of_me(obs: &Observed, peer: &Peer, lsn: u64, mine: (u32, u64)) -> Option<String> {
+    let name = &peer.name;
+    if obs.candidate_rules().lag(lsn) > obs.maximum_lag_on_failover {
+        return None;
+    }
+    Some(match (peer.priority, lsn) {
+        _ if peer.priority > obs.priority => format!(
+            "{name} has equally tolerable WAL position and priority {}, while this node has priority {}",
+            peer.priority, obs.priority
+        ),
+        theirs if theirs > mine => format!("Wal position of {name} is ahead of my wal position"),
+        theirs if theirs == mine && peer.name < obs.me => {
+            format!("{name} has the same WAL position and priority, and comes first by name")
+        }
+        _ => return None,
+    })
+}
+
+/// Why a replica that could lead follows `leader`, which has just taken
+/// the key, in the race's words ("X has equally tolerable WAL position and
+/// priority 2, ...", "Wal position of X is ahead of my wal position"), from
+/// the new leader's last published position: a fast taker can hold the
+/// key before this node's tick ever sees it free, and the explanation is
+/// logged all the same (Patroni's replicas always log it). `None` when
+/// this node may not lead, or the leader did not go before it.
+pub(super) fn why_the_new_leader(obs: &Observed, leader: &str, my_lsn: u64, my_timeline: u64) -> Option<String> {
+    // The new leader's promotion may already have ended this node's
+    // timeline in the `history` key: that came after the race.
+    let rules = obs.candidate_rules();
+    if !matches!(rules.problem(&obs.contender_self(my_lsn, my_timeline)), None | Some(Ineligible::EndedTimeline { .. }))
+    {
+        return None;
+    }
+    let peer = obs.peers.iter().find(|p| p.name == leader)?;
+    match peer.lsn {
+        Some(lsn) => ahead_of_me(obs, peer, lsn, (obs.priority, my_lsn)),
+        // Promoting, its position not published yet: it passed the lag
+        // limit to take the key, so only the priority can be told.
+        None if peer.priority > obs.priority => ahead_of_me(obs, peer, my_lsn, (obs.priority, my_lsn)),
+        None => None,
+    }
 }
 
 /// A member on a timeline the `history` key records as ended: its WAL
