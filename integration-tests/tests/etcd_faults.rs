@@ -566,7 +566,7 @@ impl TestDns {
 }
 
 /// `etcd3.srv` (Patroni's DNS discovery): node1 finds etcd by the client
-/// record `_etcd-client._tcp.<domain>`, node2 by the peer record
+/// record `_etcd-client._tcp.<domain>`, node2 (an `etcd:` section) by the peer record
 /// `_etcd-server._tcp.<domain>` and etcd's `/members` on the peer port,
 /// both through the system resolver pointed at the test's DNS server, and
 /// neither config lists an etcd address. They form one cluster (node2
@@ -592,8 +592,12 @@ async fn etcd_is_found_through_dns_srv_records() {
         let path = node.config_path();
         let mut config: serde_json::Value =
             serde_saphyr::from_str(&std::fs::read_to_string(&path).expect("read config")).expect("parse config");
-        // Only the domain: no etcd address in the file.
-        config["etcd3"] = serde_json::json!({"srv": domain});
+        // Only the domain: no etcd address in the file. node2 writes the
+        // v2-era `etcd:` section, whose v2 keyspace check (and fencer) must
+        // use the endpoints the records gave.
+        let section = if name == "node2" { "etcd" } else { "etcd3" };
+        config.as_object_mut().expect("a mapping").remove("etcd3");
+        config[section] = serde_json::json!({"srv": domain});
         std::fs::write(&path, serde_json::to_string_pretty(&config).expect("config")).expect("write config");
         node.resolv_conf = Some(dns.resolv_conf.clone());
     }

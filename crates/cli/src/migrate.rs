@@ -23,7 +23,9 @@ pub struct MigrateV2 {
 
 pub async fn migrate_v2(config: &Config, target: &Target, options: MigrateV2) -> anyhow::Result<()> {
     let timeout = config.etcd_request_timeout(config.bootstrap.dcs.retry_timeout);
-    let settings = dcs::EtcdSettings::from_config(&config.etcd, timeout);
+    let mut settings = dcs::EtcdSettings::from_config(&config.etcd, timeout);
+    // The endpoints connecting found (from DNS SRV records with `srv`).
+    settings.endpoints = target.etcd.endpoints();
     let dir = v2::scope_dir(&config.namespace, &target.scope);
     let found = v2::probe(&settings, &config.namespace, &target.scope).await.map_err(anyhow::Error::msg)?;
     let view = dcs::read_cluster(&target.etcd, &target.keys)

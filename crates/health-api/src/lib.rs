@@ -554,7 +554,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
             // Patroni keeps an `etcd:` section's cluster in v2: a primary it
             // runs there is not pgwarden's to fence.
             v2: (config.etcd.section == "etcd").then(|| {
-                (dcs::EtcdSettings::from_config(&config.etcd, timeout), config.namespace.clone(), config.scope.clone())
+                let mut settings = dcs::EtcdSettings::from_config(&config.etcd, timeout);
+                // Those `connect` found (DNS SRV records give them with `srv`).
+                settings.endpoints = etcd.endpoints();
+                (settings, config.namespace.clone(), config.scope.clone())
             }),
         }),
         Err(why) => {
