@@ -193,8 +193,10 @@ fn next_look(plan: &CallPlan, every: Duration, now: BootInstant) -> Duration {
 /// The leader's side, beside its renewal task while it proves the key:
 /// once the HA loop has not read etcd for a renewal interval, calls every
 /// listed member each interval and, when all accept, extends the deadline.
-/// The first time, it wakes the HA loop (`running_on`), so that the health
-/// API reports `failsafe_mode_is_active` without waiting for a tick.
+/// The first time, it calls `running_on`, which publishes
+/// `failsafe_mode_is_active` and wakes the HA loop, so that the health API
+/// reports it without waiting for a tick (one may be waiting for an etcd
+/// call to time out).
 /// Ends when the lease is lost.
 pub async fn keep_running(
     me: String,

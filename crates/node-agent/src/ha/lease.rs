@@ -182,13 +182,19 @@ impl Agent {
             Some(extension_rx),
         );
         let wake = self.wake.clone();
+        let view = self.view.clone();
         tokio::spawn(crate::failsafe::keep_running(
             self.config.name.clone(),
             self.failsafe_plan.subscribe(),
             handle.subscribe(),
             extension_tx,
             self.failsafe.clone(),
-            move || wake.nudge(),
+            // Reported at once: the HA loop's next tick may wait for an
+            // etcd call that times out first (the tick recomputes it).
+            move || {
+                view.send_if_modified(|v| !std::mem::replace(&mut v.failsafe_active, true));
+                wake.nudge();
+            },
         ));
         tokio::spawn(forward_renewals(handle.subscribe(), self.view.clone(), self.watchdog.clone()));
         // The ordered fence's first step: no acknowledgement in the last
