@@ -342,6 +342,11 @@ fn transfer_request(
     failover: bool,
     body: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<TransferRequest, Reply> {
+    // Cancelling a scheduled switchover needs nothing from the body, and
+    // Patroni reads none: whatever it holds is ignored.
+    if *method == Method::DELETE {
+        return Ok(TransferRequest { leader: String::new(), candidate: String::new(), scheduled_at: String::new() });
+    }
     let leader = text_field(body, "leader")?;
     let candidate = text_field(body, "candidate")?;
     let member = text_field(body, "member")?;
@@ -432,6 +437,10 @@ mod tests {
         assert!(r.text.starts_with("unknown field \"canditate\""), "{}", r.text);
         let r = refused(true, serde_json::json!({"candidate": 5}));
         assert_eq!(r.text, "candidate must be a string, not 5");
+        // DELETE /switchover cancels whatever the body says, as Patroni's.
+        for json in [serde_json::json!({"foo": "bar"}), serde_json::json!({"candidate": 5})] {
+            assert!(transfer_request(&Method::DELETE, false, &body(json)).is_ok());
+        }
         let ok = transfer_request(&Method::POST, true, &body(serde_json::json!({"member": "pg1"}))).expect("runs");
         assert_eq!(ok, TransferRequest { leader: String::new(), candidate: "pg1".into(), scheduled_at: String::new() });
     }
