@@ -296,12 +296,7 @@ impl Postgres {
         let auth = &self.config.postgresql.authentication;
         let lines: String = upstreams.iter().map(|u| pgpass_lines(auth, Some(u))).collect();
         write_private(&self.pgpass, &lines)?;
-        // The passphrases of encrypted client keys, for the tools.
-        let service = service_file_text(auth);
-        if !service.is_empty() {
-            write_private(&service_file(&self.pgpass), &service)?;
-        }
-        Ok(())
+        write_service_file(&self.pgpass, auth)
     }
 
     /// The environment every libpq tool the agent runs gets: the pgpass
@@ -723,6 +718,23 @@ pub(crate) fn service_file(pgpass: &std::path::Path) -> PathBuf {
     pgpass.with_file_name(name)
 }
 
+/// The passphrases of encrypted client keys, for the tools: the service
+/// file beside `pgpass` written, or removed once no role has one (a
+/// passphrase taken out of the config leaves no copy on disk).
+fn write_service_file(pgpass: &std::path::Path, auth: &pgwarden_config::Authentication) -> anyhow::Result<()> {
+    let path = service_file(pgpass);
+    let service = service_file_text(auth);
+    if !service.is_empty() {
+        return write_private(&path, &service);
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::anyhow!("remove the service file {}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The service file's text: `[section]` and `sslpassword=` for each role
 /// whose credentials have one (libpq reads the value to the end of the line).
 fn service_file_text(auth: &pgwarden_config::Authentication) -> String {
@@ -951,6 +963,26 @@ mod tests {
             service_file(std::path::Path::new("/var/lib/pg/main.pgpass")),
             std::path::Path::new("/var/lib/pg/main.pgpass.service")
         );
+    }
+
+    #[test]
+    fn the_service_file_is_removed_once_no_role_has_a_passphrase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pgpass = dir.path().join("node1.pgpass");
+        let mut auth = pgwarden_config::Authentication {
+            superuser: pgwarden_config::Credentials {
+                sslpassword: Some(pgwarden_config::Secret::new("s3cret")),
+                ..Default::default()
+            },
+            replication: pgwarden_config::Credentials::default(),
+            rewind: None,
+        };
+        write_service_file(&pgpass, &auth).expect("write");
+        assert!(std::fs::read_to_string(service_file(&pgpass)).expect("written").contains("s3cret"));
+        auth.superuser.sslpassword = None;
+        write_service_file(&pgpass, &auth).expect("remove");
+        assert!(!service_file(&pgpass).exists(), "the passphrase is gone from disk");
+        write_service_file(&pgpass, &auth).expect("nothing to remove");
     }
 
     #[test]
