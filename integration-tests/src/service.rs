@@ -55,18 +55,26 @@ pub fn spawn_with_env(
     label: &str,
     env: &[(String, String)],
 ) -> anyhow::Result<ChildGuard> {
-    // Appended to, so that a restarted service's log keeps its history.
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(format!("{label}.log")))?;
-    crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
     let mut cmd = Command::new(binary(name));
-    cmd.args(args)
-        .current_dir(dir.path())
+    cmd.args(args);
+    as_service(&mut cmd, dir, label, env)?;
+    ChildGuard::spawn(run_as_postgres(&mut cmd), name, dir)
+}
+
+/// What every service gets: its directory, `RUST_LOG`, `env`, and its
+/// output appended to `<dir>/<label>.log` (a restarted service's log keeps
+/// its history).
+fn as_service(cmd: &mut Command, dir: &TestDir, label: &str, env: &[(String, String)]) -> anyhow::Result<()> {
+    let path = dir.path().join(format!("{label}.log"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    crate::process::give_to_postgres(&path);
+    cmd.current_dir(dir.path())
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    ChildGuard::spawn(run_as_postgres(&mut cmd), name, dir)
+    Ok(())
 }
 
 /// As [`spawn_with_env`], in a private mount namespace where `resolv_conf`
@@ -81,22 +89,15 @@ pub fn spawn_with_resolv_conf(
     env: &[(String, String)],
     resolv_conf: &Path,
 ) -> anyhow::Result<ChildGuard> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join(format!("{label}.log")))?;
-    crate::process::give_to_postgres(&dir.path().join(format!("{label}.log")));
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
         .arg(r#"mount --bind "$0" /etc/resolv.conf && exec setpriv --reuid=postgres --regid=postgres --init-groups "$@""#)
         .arg(resolv_conf)
         .arg(binary(name))
         .args(args)
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
         .env("HOME", crate::process::postgres_user().map(|u| u.dir).unwrap_or_default())
-        .env("USER", "postgres")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        .env("USER", "postgres");
+    as_service(&mut cmd, dir, label, env)?;
     ChildGuard::spawn(&mut cmd, name, dir)
 }
 

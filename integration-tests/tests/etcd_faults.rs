@@ -18,6 +18,17 @@ const UP: Duration = Duration::from_secs(90);
 /// The clusters' ttl (integration-tests/src/cluster.rs).
 const TTL: Duration = Duration::from_secs(10);
 
+/// Waits until every node's agent has logged `text`.
+async fn every_agent_logs(cluster: &PgwardenCluster, text: &str, what: &str) {
+    wait_until(what, UP, || async {
+        let missing: Vec<String> =
+            cluster.nodes.iter().filter(|n| !n.agent_log().contains(text)).map(|n| n.name.clone()).collect();
+        if missing.is_empty() { Ok(Some(())) } else { Err(format!("not yet: {missing:?}")) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 /// A healthy cluster under load (three clients writing through HAProxy,
 /// every node probed for writability) and the leader's timeline before the
 /// fault.
@@ -453,17 +464,7 @@ async fn nodes_listing_one_etcd_member_find_the_others_and_outlive_it() {
     let mut loaded = LoadedCluster::load(cluster, 3).await.expect("a loaded cluster");
     let leader = loaded.leader;
     let cluster = &loaded.cluster;
-    wait_until("every agent to find etcd's other members", UP, || async {
-        let missing: Vec<String> = cluster
-            .nodes
-            .iter()
-            .filter(|n| !n.agent_log().contains("etcd members discovered"))
-            .map(|n| n.name.clone())
-            .collect();
-        if missing.is_empty() { Ok(Some(())) } else { Err(format!("not yet: {missing:?}")) }
-    })
-    .await
-    .expect("the members found");
+    every_agent_logs(cluster, "etcd members discovered", "every agent to find etcd's other members").await;
     let before = timeline(cluster, leader);
     loaded.cluster.etcd.kill(0);
     let killed = Instant::now();
@@ -503,17 +504,7 @@ async fn an_advertised_url_of_another_etcd_cluster_is_never_used() {
     }
     cluster.start_all().expect("start");
     cluster.wait_healthy(UP).await.expect("healthy");
-    wait_until("every agent to refuse the foreign URL", UP, || async {
-        let missing: Vec<String> = cluster
-            .nodes
-            .iter()
-            .filter(|n| !n.agent_log().contains("which answers for another etcd cluster"))
-            .map(|n| n.name.clone())
-            .collect();
-        if missing.is_empty() { Ok(Some(())) } else { Err(format!("not yet: {missing:?}")) }
-    })
-    .await
-    .expect("the foreign URL refused");
+    every_agent_logs(&cluster, "which answers for another etcd cluster", "every agent to refuse the foreign URL").await;
     for node in &cluster.nodes {
         assert!(!node.agent_log().contains("etcd members discovered"), "{}: added a URL", node.name);
     }
@@ -636,5 +627,9 @@ async fn etcd_is_found_through_dns_srv_records() {
     assert!(
         log.contains("no SRV record gave an etcd URL (asked _etcd-client-ssl._tcp.missing.test, _etcd-client._tcp.missing.test, _etcd-ssl._tcp.missing.test, _etcd._tcp.missing.test, _etcd-server-ssl._tcp.missing.test, _etcd-server._tcp.missing.test)"),
         "the refusal names every record asked: {log}"
+    );
+    assert!(
+        log.contains("add the records to DNS") && log.contains("or list etcd in etcd3.hosts"),
+        "and the fix: {log}"
     );
 }

@@ -63,6 +63,11 @@ pub enum ConnectError {
         "cannot reach etcd at {endpoints}: {cause}; check that etcd is running and that etcd3.hosts lists its client URLs"
     )]
     Unreachable { endpoints: String, cause: String },
+    #[error(
+        "etcd srv {domain}: {cause}; add the records to DNS (and check that /etc/resolv.conf names that server), \
+         or list etcd in etcd3.hosts"
+    )]
+    NoSrvRecords { domain: String, cause: String },
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, ConnectError> {
@@ -157,10 +162,7 @@ pub async fn connect(settings: &EtcdSettings) -> Result<Etcd, ConnectError> {
                 tracing::warn!("etcd srv {}: {why}; using the configured endpoints", srv.domain);
             }
             Err(why) => {
-                return Err(ConnectError::Unreachable {
-                    endpoints: format!("DNS SRV records under {}", srv.domain),
-                    cause: why,
-                });
+                return Err(ConnectError::NoSrvRecords { domain: srv.domain.clone(), cause: why });
             }
         }
     }
