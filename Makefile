@@ -8,7 +8,7 @@ export CARGO_INCREMENTAL ?= 0
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: ## Install PostgreSQL 15, etcd, HAProxy, protoc, wrk, promtool (apt) and Patroni (PyPI, for the migration test) if missing
+setup: ## Install PostgreSQL 15, etcd, HAProxy, protoc, wrk, promtool, dnsmasq (apt) and Patroni (PyPI, for the migration test) if missing
 	@./scripts/install-deps.sh
 
 build: setup ## Build every crate and binary
