@@ -157,10 +157,50 @@ pub struct CallPlan {
     /// When etcd last answered this agent (a read, a write, a renewal).
     pub etcd_seen: Option<BootInstant>,
     /// The slots whose positions the calls carry: the permanent ones and
-    /// the listed members' (as the `status` key's `slots`).
+    /// the listed members' (as the `status` key's `slots`). Read from the
+    /// local PostgreSQL for each round (`SlotReader`).
     pub slot_names: Vec<String>,
-    /// Their positions on this leader, read while etcd does not answer.
-    pub slots: std::collections::BTreeMap<String, u64>,
+}
+
+/// Reads the leader's slot positions for a round of calls, from its own
+/// connection: each round carries what the consumers have confirmed at that
+/// moment, not what an HA tick read (a tick waits first for its etcd read
+/// to time out, and the positions then reached the members' copies up to
+/// three such waits late).
+#[derive(Clone)]
+pub struct SlotReader {
+    pub config: pgwarden_config::Config,
+    pub local: pgwarden_config::hba::LocalConnection,
+    pub port: u16,
+}
+
+impl SlotReader {
+    /// The positions of the `names` slots that exist here and have one.
+    pub async fn read(&self, names: &[String]) -> anyhow::Result<Positions> {
+        let mut conn = crate::sql::connect(&self.config, &self.local, self.port, Duration::from_millis(500)).await?;
+        let slots = crate::sql::slots(&mut conn).await;
+        crate::sql::close(conn).await;
+        Ok(slots?
+            .into_iter()
+            .filter(|slot| names.contains(&slot.name))
+            .filter_map(|slot| Some((slot.name, slot.position?)))
+            .collect())
+    }
+}
+
+/// Slot name to WAL position.
+pub type Positions = std::collections::BTreeMap<String, u64>;
+
+/// Where a leader's rounds get their slot positions: `SlotReader`, or a
+/// test's stand-in.
+pub trait ReadSlots: Send + Sync + 'static {
+    fn read(&self, names: &[String]) -> impl std::future::Future<Output = anyhow::Result<Positions>> + Send;
+}
+
+impl ReadSlots for SlotReader {
+    async fn read(&self, names: &[String]) -> anyhow::Result<Positions> {
+        SlotReader::read(self, names).await
+    }
 }
 
 /// One member's answer (`None`: no answer in time).
@@ -204,6 +244,7 @@ pub async fn keep_running(
     mut lease: watch::Receiver<LeaseState>,
     extension: watch::Sender<Option<BootInstant>>,
     shared: SharedFailsafe,
+    slots: impl ReadSlots,
     running_on: impl Fn(),
 ) {
     // One round of calls per interval: each extension moves the lease
@@ -211,6 +252,9 @@ pub async fn keep_running(
     // either must not start the next round early (it called every member
     // a few hundred times a second).
     let mut last_round: Option<BootInstant> = None;
+    // The positions last read: carried again when a read fails (PostgreSQL
+    // restarting, say), as the `status` key keeps its last ones.
+    let mut positions = Positions::new();
     loop {
         let every = plan.borrow().every.max(Duration::from_millis(250));
         let now = BootInstant::now();
@@ -239,6 +283,16 @@ pub async fn keep_running(
             shared.lock().await.kept_running_since = None;
             continue;
         }
+        let timeout = every.min(Duration::from_secs(2));
+        if !current.slot_names.is_empty() {
+            match tokio::time::timeout(timeout, slots.read(&current.slot_names)).await {
+                Ok(Ok(read)) => positions = read,
+                Ok(Err(e)) => warn!("failsafe: the slot positions could not be read, sending the last ones: {e:#}"),
+                Err(_) => warn!("failsafe: reading the slot positions timed out, sending the last ones"),
+            }
+        }
+        // Taken after the read and before any call: it precedes every
+        // acceptance, so the deadline below ends before every promise.
         let sent = BootInstant::now();
         last_round = Some(sent);
         let request = FailsafeRequest {
@@ -246,9 +300,12 @@ pub async fn keep_running(
             conn_url: current.conn_url.clone(),
             api_url: current.api_url.clone(),
             hold_ms: current.hold.as_millis() as u64,
-            slots: current.slots.iter().map(|(name, lsn)| (name.clone(), *lsn)).collect(),
+            slots: positions
+                .iter()
+                .filter(|(name, _)| current.slot_names.contains(name))
+                .map(|(n, l)| (n.clone(), *l))
+                .collect(),
         };
-        let timeout = every.min(Duration::from_secs(2));
         let answers = futures_util::future::join_all(
             current.members.iter().map(|(_, url)| call(url.clone(), request.clone(), timeout)),
         )
@@ -326,6 +383,103 @@ mod tests {
 
     fn request(hold_ms: u64) -> FailsafeRequest {
         FailsafeRequest { leader: "a".into(), hold_ms, ..FailsafeRequest::default() }
+    }
+
+    /// Positions that move on at every read, as a consumer's would.
+    struct Moving(std::sync::atomic::AtomicU64);
+
+    impl ReadSlots for Arc<Moving> {
+        async fn read(&self, names: &[String]) -> anyhow::Result<Positions> {
+            let at = self.0.fetch_add(100, std::sync::atomic::Ordering::SeqCst) + 100;
+            Ok(names.iter().map(|name| (name.clone(), at)).collect())
+        }
+    }
+
+    /// B14 (Patroni's `dcs_failsafe_mode`): each round carries the slot
+    /// positions read for it, with no HA tick in between (a tick waits out
+    /// its etcd read first), and the member that accepts wakes its HA loop
+    /// to move its copies at once. Against the member's own gRPC handler.
+    #[tokio::test]
+    async fn each_round_carries_positions_read_for_it_and_wakes_the_member() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let yaml = format!(
+            "scope: s\nname: b\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n  hosts: 127.0.0.1:2379\n\
+             postgresql:\n  listen: 127.0.0.1:5432\n  data_dir: {}\n",
+            dir.path().join("data").display()
+        );
+        let source = pgwarden_config::Source { origin: "test".into(), yaml };
+        let config = pgwarden_config::load_from(&source, std::iter::empty(), pgwarden_config::Purpose::Service)
+            .expect("a valid config")
+            .config;
+        let (_status_tx, status_rx) = watch::channel(status(Role::Replica, true));
+        let (commands, _commands_rx) = tokio::sync::mpsc::channel(1);
+        let checker = Arc::new(crate::grpc::ParameterChecker {
+            config,
+            local: pgwarden_config::hba::LocalConnection::Tcp("127.0.0.1".into()),
+            port: 1,
+            permits: tokio::sync::Semaphore::new(1),
+        });
+        let member = SharedFailsafe::default();
+        let waker = Arc::new(crate::ha::ClusterWatch::default());
+        let service =
+            crate::grpc::AgentService::new(status_rx, "b".into(), Default::default(), "t".into(), commands, checker)
+                .with_failsafe(member.clone(), dir.path().join("data"))
+                .with_waker(waker.clone())
+                .into_server();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        let (_plan_tx, plan_rx) = watch::channel(CallPlan {
+            enabled: true,
+            listed: true,
+            members: vec![("b".into(), Some(format!("http://{address}")))],
+            hold: Duration::from_secs(10),
+            margin: Duration::from_secs(1),
+            every: Duration::from_millis(250),
+            etcd_seen: None,
+            slot_names: vec!["cdc".into(), "keep".into()],
+            ..CallPlan::default()
+        });
+        let (_lease_tx, lease_rx) =
+            watch::channel(LeaseState::Held { lease: 1, deadline: BootInstant::now() + Duration::from_secs(60) });
+        let (extension_tx, mut extension_rx) = watch::channel(None);
+        let reads = Arc::new(Moving(std::sync::atomic::AtomicU64::new(0)));
+        let leader = tokio::spawn(keep_running(
+            "a".into(),
+            plan_rx,
+            lease_rx,
+            extension_tx,
+            SharedFailsafe::default(),
+            reads.clone(),
+            || {},
+        ));
+
+        tokio::time::timeout(Duration::from_secs(10), waker.wake.notified())
+            .await
+            .expect("the accepting member's HA loop is woken");
+        extension_rx.changed().await.expect("the deadline is extended");
+        let third = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let carried = member.lock().await.leader_slots.clone();
+                if carried.get("cdc").is_some_and(|&at| at >= 300) {
+                    return carried;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a third round's positions reach the member");
+        // Both slots from the same read: the latest one, not an older plan's.
+        assert_eq!(third.get("keep"), third.get("cdc"), "{third:?}");
+        assert!(third["cdc"] <= reads.0.load(std::sync::atomic::Ordering::SeqCst), "{third:?}");
+        assert_eq!(member.lock().await.promised_to(BootInstant::now()), Some("a"));
+        leader.abort();
+        server.abort();
     }
 
     #[test]

@@ -253,6 +253,7 @@ impl NodeAgent for AgentService {
         let mut failsafe = shared.lock().await;
         let status = self.status.borrow().clone();
         let before = failsafe.promise.clone();
+        let slots_before = failsafe.leader_slots.clone();
         let reply = failsafe.answer(&self.member, &request, &status, election::BootInstant::now());
         if reply.accepted
             && let Some(promise) = &failsafe.promise
@@ -269,6 +270,14 @@ impl NodeAgent for AgentService {
         }
         if reply.accepted && before.as_ref().is_none_or(|p| p.leader != request.leader) {
             tracing::info!(leader = %request.leader, hold_ms = request.hold_ms, "failsafe: promised the leader to stay out of any race");
+        }
+        // New slot positions: the HA loop moves the copies here at once
+        // (`Agent::follow_failsafe_slots`), not at its next timed tick.
+        if reply.accepted
+            && failsafe.leader_slots != slots_before
+            && let Some(waker) = &self.waker
+        {
+            waker.failsafe_positions();
         }
         Ok(Response::new(reply))
     }

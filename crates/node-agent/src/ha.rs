@@ -301,7 +301,6 @@ impl Agent {
                     .cloned()
                     .chain(listed.keys().filter(|name| **name != me).map(|name| slot_name(name)))
                     .collect(),
-                slots: Default::default(),
             };
             self.failsafe_plan.send_replace(plan);
         }
@@ -378,6 +377,12 @@ impl Agent {
                 Err(e) => error!("failed to fence PostgreSQL: {e:#}"),
             }
         }
+        // A promised failsafe leader's call carries its slot positions: the
+        // copies here move at once, not after an etcd read that, with etcd
+        // out of reach, first waits out its timeout.
+        if let Err(e) = self.follow_failsafe_slots().await {
+            warn!("failsafe: failed to move the slot copies along: {e:#}");
+        }
         let generation = self.wake.generation.load(Ordering::SeqCst);
         let cached = self.cached_view.as_ref().filter(|(_, read_at, at)| {
             self.wake.watching.load(Ordering::SeqCst) && *read_at == generation && at.elapsed() < MAX_VIEW_AGE
@@ -391,13 +396,30 @@ impl Agent {
                 }
                 Some(view.clone())
             }
-            None => match dcs::read_cluster(&self.etcd, &self.keys).await {
-                Ok(view) => {
+            // Given up when a failsafe leader's call brings slot positions
+            // meanwhile (the leader is cut off from etcd, and this read
+            // most likely waits out its timeout): the copies move first,
+            // this tick goes on without a view, and the next reads again.
+            None => match tokio::select! {
+                read = dcs::read_cluster(&self.etcd, &self.keys) => Some(read),
+                () = self.wake.failsafe_positions.notified() => None,
+            } {
+                None => {
+                    info!(
+                        "a failsafe leader's call brought slot positions during the etcd read: moving the copies first"
+                    );
+                    if let Err(e) = self.follow_failsafe_slots().await {
+                        warn!("failsafe: failed to move the slot copies along: {e:#}");
+                    }
+                    self.cached_view = None;
+                    None
+                }
+                Some(Ok(view)) => {
                     self.last_dcs_seen_unix_ms = crate::now_unix_ms();
                     self.cached_view = Some((view.clone(), generation, Instant::now()));
                     Some(view)
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
                     self.cached_view = None;
                     None
@@ -568,7 +590,7 @@ impl Agent {
         }
         let failsafe_active = self.keep_failsafe_plan(view.as_ref(), &dynamic, &obs).await;
         if view.is_none()
-            && let Err(e) = self.failsafe_slots(&obs).await
+            && let Err(e) = self.failsafe_member_slots(&obs).await
         {
             warn!("failsafe: failed to keep the replication slots: {e:#}");
         }

@@ -189,6 +189,11 @@ impl Agent {
             handle.subscribe(),
             extension_tx,
             self.failsafe.clone(),
+            crate::failsafe::SlotReader {
+                config: self.config.clone(),
+                local: self.pg.local.clone(),
+                port: self.pg.port,
+            },
             // Reported at once: the HA loop's next tick may wait for an
             // etcd call that times out first (the tick recomputes it).
             move || {

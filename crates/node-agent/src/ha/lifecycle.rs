@@ -8,11 +8,15 @@ use super::*;
 /// The cluster watch's signals to the HA loop: a wake-up on every change,
 /// a generation that grows with every change (and whenever the watch starts
 /// or ends, as events may have been missed), and whether a watch runs.
+/// Also a failsafe leader's call that brought new slot positions.
 #[derive(Debug, Default)]
 pub struct ClusterWatch {
     pub wake: Notify,
     pub generation: AtomicU64,
     pub watching: AtomicBool,
+    /// Notified (waiters only) when a failsafe call brings new positions:
+    /// a tick waiting for an etcd read gives that read up.
+    pub failsafe_positions: Notify,
 }
 
 impl ClusterWatch {
@@ -26,6 +30,13 @@ impl ClusterWatch {
     /// change, such as the fencer acknowledging again, to publish at once).
     pub fn nudge(&self) {
         self.wake.notify_one();
+    }
+
+    /// A promised failsafe leader's call brought new slot positions: a tick
+    /// waiting for etcd stops waiting and the next one moves the copies.
+    pub fn failsafe_positions(&self) {
+        self.failsafe_positions.notify_waiters();
+        self.nudge();
     }
 
     pub fn set_watching(&self, watching: bool) {

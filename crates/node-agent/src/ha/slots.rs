@@ -359,43 +359,41 @@ impl Agent {
         Ok(())
     }
 
-    /// `failsafe_mode` with etcd out of reach, where no `status` key carries
-    /// the leader's slot positions: the leader reads them from PostgreSQL
-    /// for its calls, and a replica that promised it moves its copies
-    /// (inactive, behind) along to what the last call carried, as Patroni's
-    /// failsafe does.
-    pub(super) async fn failsafe_slots(&mut self, obs: &Observed) -> anyhow::Result<()> {
+    /// `failsafe_mode` with etcd out of reach, on the leader: the slots of
+    /// members that stream from another (`replicatefrom`) are moved along
+    /// to the positions they gave with their promises, as their member keys
+    /// would move them. (The leader's rounds of calls carry its own slots'
+    /// positions: `failsafe::keep_running`.)
+    pub(super) async fn failsafe_member_slots(&mut self, obs: &Observed) -> anyhow::Result<()> {
         let running = self.local.borrow().sql.as_ref().map(|s| s.in_recovery);
         if obs.holds_leader && running == Some(false) {
-            let names = self.failsafe_plan.borrow().slot_names.clone();
-            if !self.failsafe_plan.borrow().enabled || names.is_empty() {
+            if !self.failsafe_plan.borrow().enabled {
                 return Ok(());
             }
-            // A member that streams from another (`replicatefrom`) leaves its
-            // slot here inactive: moved along to the position it gave with
+            // Left inactive here: moved along to the position it gave with
             // its promise, as the member key's would be.
             let members = self.failsafe.lock().await.member_positions.clone();
+            if members.is_empty() {
+                return Ok(());
+            }
             let mut conn = self.connect().await?;
             for (member, lsn) in &members {
                 if let Err(e) = sql::advance_slot(&mut conn, &slot_name(member), *lsn).await {
                     warn!("failsafe: {e:#}");
                 }
             }
-            let slots = sql::slots(&mut conn).await;
             self.release(conn);
-            let positions: std::collections::BTreeMap<String, u64> = slots?
-                .into_iter()
-                .filter(|slot| names.contains(&slot.name))
-                .filter_map(|slot| Some((slot.name, slot.position?)))
-                .collect();
-            self.failsafe_plan.send_if_modified(|plan| {
-                let changed = plan.slots != positions;
-                plan.slots = positions;
-                changed
-            });
-            return Ok(());
         }
-        if obs.holds_leader || running != Some(true) {
+        Ok(())
+    }
+
+    /// `failsafe_mode` with etcd out of reach, where no `status` key carries
+    /// the leader's slot positions: a replica that promised the leader moves
+    /// its copies (inactive, behind) along to what the leader's last call
+    /// carried, as Patroni's failsafe does. Run first in a tick (a call
+    /// wakes the loop), before the etcd read that may wait out its timeout.
+    pub(super) async fn follow_failsafe_slots(&mut self) -> anyhow::Result<()> {
+        if self.local.borrow().sql.as_ref().map(|s| s.in_recovery) != Some(true) {
             return Ok(());
         }
         let (leader, leader_url, positions) = {
