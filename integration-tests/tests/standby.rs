@@ -6,7 +6,8 @@
 //! writable), and takes writes
 //! only after `pgwardenctl promote-cluster`. Write probes on every member of
 //! the standby cluster see none of them writable before that. Then
-//! `demote-cluster` turns the first cluster into a standby of the second.
+//! `demote-cluster` turns the first cluster into a standby of the second;
+//! also to an archive only, which the promoted cluster replayed too.
 
 use std::time::Duration;
 
@@ -372,4 +373,88 @@ async fn a_standby_leader_that_cannot_be_rewound_is_copied_afresh_when_configure
     assert!(kept, "the old data directory is kept aside");
     let report = probe.stop().await;
     assert!(report.writers().is_empty(), "standby members accepted writes: {:?}", report.spans);
+}
+
+/// Patroni's "demote cluster" then "promote cluster" with an archive only
+/// (no host): a standby cluster `dr` replays the first cluster's WAL
+/// archive; the first cluster is demoted to replay that archive too, then
+/// `dr` is promoted. Its new timeline must fork after the first cluster's
+/// shutdown checkpoint, or the demoted leader (with no server to rewind
+/// from) can never follow it: so the demotion archives the WAL file with
+/// the shutdown checkpoint (which the archiver never sends: it is not
+/// full), as Patroni's does. Writers on every member of both clusters see
+/// at most one writable node at any moment.
+#[tokio::test]
+async fn a_cluster_demoted_to_an_archive_follows_the_other_cluster_promoted_from_it() {
+    init_logging();
+    let archive = tempfile::tempdir().expect("archive dir");
+    std::fs::set_permissions(archive.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let dir = archive.path().display();
+    let restore = format!("cp {dir}/%f %p");
+    let archiving = json!({"bootstrap": {"dcs": {"postgresql": {"parameters": {
+        "archive_mode": "on",
+        "archive_command": format!("test ! -f {dir}/%f && cp %p {dir}/%f"),
+        "wal_keep_size": "64MB",
+    }}}}});
+    let mut cluster = PgwardenCluster::start(0).await.expect("etcd");
+    let node = cluster.add_node("node1", "").expect("node1");
+    node.merge_config(archiving.clone()).expect("archiving");
+    cluster.start_all().expect("node1");
+    assert_eq!(cluster.wait_primary(UP).await.expect("node1 leads"), 0);
+    cluster.nodes[0].psql("create table t (id int primary key); insert into t values (1)").expect("row 1");
+    // Separately: one query string is one transaction, and its commit
+    // would come after the switch.
+    cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
+    // The standby cluster: cloned from node1, then replaying the archive only.
+    let write_port = cluster.nodes[0].pg_port;
+    let dr = start_standby_cluster(&mut cluster, 1, write_port, archiving);
+    let dr1 = dr[0];
+    assert_eq!(the_one(&cluster, &dr, "/standby-leader").await, dr1);
+    everywhere(&cluster, &dr, "select count(*) from t", "1").await;
+    cluster
+        .patch_config(json!({"standby_cluster": {"restore_command": restore}}))
+        .await
+        .expect("dr replays the archive only");
+    wait_until("dr1 to replay the archive only", UP, || async {
+        let body = cluster.nodes[dr1].get("/patroni").unwrap_or_default();
+        Ok::<_, String>(body.contains("\"replication_state\":\"in archive recovery\"").then_some(()))
+    })
+    .await
+    .expect("archive recovery");
+    let ports: Vec<u16> = [0, dr1].iter().map(|&i| cluster.nodes[i].pg_port).collect();
+    let probe = WriteProbe::start(&ports, SUPERUSER_PASSWORD);
+    probe.wait_answered(UP).await.expect("the probes reach both clusters");
+    cluster.nodes[0].psql("insert into t values (2)").expect("row 2");
+    cluster.nodes[0].psql("select pg_switch_wal()").expect("switch");
+    everywhere(&cluster, &dr, "select count(*) from t", "2").await;
+
+    // demote-cluster, to the same archive: node1 stops cleanly, archives
+    // the file with its shutdown checkpoint and replays the archive.
+    let node1_config = cluster.nodes[0].config_path().display().to_string();
+    let args = ["-c", &node1_config, "demote-cluster", "--restore-command", &restore, "--force"];
+    let (ok, stdout, stderr) = run("pgwardenctl", &args, &[]).expect("ctl");
+    assert!(ok, "{stdout}{stderr}");
+    cluster.scope = "itest".into();
+    assert_eq!(the_one(&cluster, &[0], "/standby-leader").await, 0);
+    everywhere(&cluster, &[0], "select pg_is_in_recovery()", "t").await;
+    let log = cluster.nodes[0].agent_log();
+    assert!(log.contains("archived the WAL file with the shutdown checkpoint"), "{log}");
+
+    // promote-cluster on dr, once it replayed everything node1 has (the
+    // shutdown checkpoint included: only the archived file holds it): its
+    // new timeline then forks after it.
+    let replayed = cluster.nodes[0].psql("select pg_last_wal_replay_lsn()").expect("node1's position");
+    let caught_up = format!("select pg_last_wal_replay_lsn() >= '{}'::pg_lsn", replayed.trim());
+    everywhere(&cluster, &dr, &caught_up, "t").await;
+    let dr_config = cluster.nodes[dr1].config_path().display().to_string();
+    let (ok, stdout, stderr) = run("pgwardenctl", &["-c", &dr_config, "promote-cluster", "--force"], &[]).expect("ctl");
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(the_one(&cluster, &dr, "/primary").await, dr1);
+    cluster.nodes[dr1].psql("insert into t values (3)").expect("row 3 on dr1");
+    cluster.nodes[dr1].psql("select pg_switch_wal()").expect("switch");
+    // node1 follows dr1's new timeline from the archive, with no rewind.
+    everywhere(&cluster, &[0], "select count(*) from t", "3").await;
+    everywhere(&cluster, &[0], "select pg_is_in_recovery()", "t").await;
+    let report = probe.stop().await;
+    assert_eq!(report.two_writer_seconds(), 0.0, "two writable nodes: {:?}", report.spans);
 }

@@ -777,6 +777,22 @@ pub fn basebackup_progress(line: &str) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// As PostgreSQL's archiver fills `archive_command`: `%p`, `%f`, `%%`;
+    /// any other `%` stays.
+    #[test]
+    fn archive_command_placeholders_are_filled_as_postgresqls_archiver_fills_them() {
+        let file = "000000020000000000000005";
+        let path = format!("pg_wal/{file}");
+        let line = |command: &str| datadir::archive_command_line(command, &path, file);
+        assert_eq!(
+            line("test ! -f /arch/%f && cp %p /arch/%f"),
+            "test ! -f /arch/000000020000000000000005 && cp pg_wal/000000020000000000000005 /arch/000000020000000000000005"
+        );
+        assert_eq!(line("echo 100%% %r %x %"), "echo 100% %r %x %");
+        assert_eq!(line("%%p"), "%p", "an escaped percent sign is not a placeholder");
+        assert_eq!(line("wal-g wal-push %p"), "wal-g wal-push pg_wal/000000020000000000000005");
+    }
+
     /// A slot copied from the primary replaces any older copy, whole, and
     /// only a slot name is accepted (it becomes a path).
     #[test]

@@ -325,6 +325,17 @@ impl Agent {
                         )
                 })
                 .await?;
+                // As Patroni's demote-cluster: the WAL file holding the
+                // shutdown checkpoint goes to the archive, so that a remote
+                // cluster replaying that archive, promoted later, forks
+                // after it and this one follows with no rewind.
+                if demoted_cluster && !replica {
+                    match self.pg.archive_shutdown_checkpoint_wal().await {
+                        Ok(Some(file)) => info!(file, "archived the WAL file with the shutdown checkpoint"),
+                        Ok(None) => info!("not archiving the WAL file with the shutdown checkpoint: archiving is off"),
+                        Err(e) => error!("failed to archive the WAL file with the shutdown checkpoint: {e:#}"),
+                    }
+                }
                 if replica {
                     info!(from = "replica", to = "stopped", "role change: stopped to rewind");
                 } else if obs.data.as_ref().is_some_and(|data| !data.was_primary) {

@@ -16,6 +16,48 @@ impl Postgres {
             .collect())
     }
 
+    /// A setting as the stopped server would read it from all its files
+    /// (`postgres -C`: `postgresql.conf`, its includes and
+    /// `postgresql.auto.conf`).
+    pub async fn setting_of_stopped(&self, name: &str) -> anyhow::Result<String> {
+        let mut cmd = Command::new(self.bins.path("postgres"));
+        cmd.arg("-D").arg(&self.data_dir).arg("-C").arg(name);
+        if self.config_file_needed() {
+            cmd.arg("-c").arg(format!("config_file={}", self.managed_conf_path().display()));
+        }
+        Ok(self.run("postgres -C", &mut cmd).await?.trim_end_matches('\n').to_string())
+    }
+
+    /// Demoting a cluster to a standby cluster (Patroni's `demote-cluster`)
+    /// with WAL archiving on: once the server stopped, its `archive_command`
+    /// archives the WAL file that holds the shutdown checkpoint, which the
+    /// archiver never sends (it is not full). The cluster this one will
+    /// follow may be replaying that archive; promoted later, it then forks
+    /// after the checkpoint and this server follows its new timeline from
+    /// the archive with no rewind (there is no server to rewind from when
+    /// it follows an archive only). Returns the file archived, `None` when
+    /// archiving is off.
+    pub async fn archive_shutdown_checkpoint_wal(&self) -> anyhow::Result<Option<String>> {
+        let mode = self.setting_of_stopped("archive_mode").await?;
+        let command = self.setting_of_stopped("archive_command").await?;
+        if !matches!(mode.as_str(), "on" | "always") || command.trim().is_empty() {
+            return Ok(None);
+        }
+        let control = self.controldata().await?;
+        let file = control
+            .get("Latest checkpoint's REDO WAL file")
+            .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_hexdigit()))
+            .cloned()
+            .context("pg_controldata printed no REDO WAL file")?;
+        let line = archive_command_line(&command, &format!("pg_wal/{file}"), &file);
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(&line).current_dir(&self.data_dir);
+        tokio::time::timeout(ARCHIVE_TIMEOUT, self.run("archive_command", &mut cmd))
+            .await
+            .with_context(|| format!("archive_command ran longer than {ARCHIVE_TIMEOUT:?}"))??;
+        Ok(Some(file))
+    }
+
     /// What `pg_controldata` says about the data directory (see [`Identity`]).
     pub async fn identity(&self) -> anyhow::Result<Identity> {
         let control = self.controldata().await?;
@@ -344,4 +386,34 @@ pub fn parse_timeline_history(text: &str) -> Vec<(u64, u64)> {
             Some((timeline, end.0))
         })
         .collect()
+}
+
+/// How long the shutdown checkpoint's WAL file may take to archive.
+const ARCHIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `archive_command` with its placeholders filled as PostgreSQL's archiver
+/// fills them: `%p` the file's path (relative to the data directory, where
+/// the command runs), `%f` its name, `%%` a percent sign; any other `%` is
+/// left as it is.
+pub(crate) fn archive_command_line(command: &str, path: &str, file: &str) -> String {
+    let mut line = String::with_capacity(command.len() + path.len());
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('%', Some('p')) => {
+                chars.next();
+                line.push_str(path);
+            }
+            ('%', Some('f')) => {
+                chars.next();
+                line.push_str(file);
+            }
+            ('%', Some('%')) => {
+                chars.next();
+                line.push('%');
+            }
+            _ => line.push(c),
+        }
+    }
+    line
 }
