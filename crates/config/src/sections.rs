@@ -290,9 +290,10 @@ pub fn effective_tags(tags: &Map<String, Value>) -> Map<String, Value> {
 /// A boolean tag and its priority tag (`nofailover` and
 /// `failover_priority`, `nosync` and `sync_priority`) reconciled as Patroni
 /// does: the boolean, when written, wins; without it a priority of 0 or
-/// less means "never"; a member that never takes part has priority 0, any
-/// other at least 1 (Patroni ranks an explicit `nofailover: false` with
-/// `failover_priority: 0` below priority 1; pgwarden ranks it as 1).
+/// less means "never"; a member that never takes part has priority 0. An
+/// explicit `nofailover: false` with `failover_priority: 0` (or less) takes
+/// part with priority 0, below every member of priority 1 or more, as in
+/// Patroni (a negative priority counts as 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TagPair {
     pub never: bool,
@@ -304,7 +305,7 @@ impl TagPair {
         let never = flag.unwrap_or_else(|| priority.is_some_and(|p| p <= 0));
         let priority = match priority {
             _ if never => 0,
-            Some(p) => u32::try_from(p.max(1)).unwrap_or(u32::MAX),
+            Some(p) => u32::try_from(p.max(0)).unwrap_or(u32::MAX),
             None => 1,
         };
         TagPair { never, priority }

@@ -127,10 +127,11 @@ fn a_written_boolean_tag_wins_over_the_priority_beside_it() {
     let strict = load("tags_conflicting.yml");
     assert!(strict.nofailover && strict.nosync, "{strict:?}");
     assert_eq!((strict.failover_priority, strict.sync_priority), (0, 0));
-    // Patroni lets `nofailover: false` win over `failover_priority: 0`.
+    // Patroni lets `nofailover: false` win over `failover_priority: 0`:
+    // the member takes part, ranked below every priority of 1 or more.
     let loose = load("tags_conflicting_false.yml");
     assert!(!loose.nofailover && !loose.nosync, "{loose:?}");
-    assert_eq!((loose.failover_priority, loose.sync_priority), (1, 1));
+    assert_eq!((loose.failover_priority, loose.sync_priority), (0, 0));
     assert_eq!(loose.json.get("nosync"), Some(&serde_json::Value::Bool(false)), "published beside sync_priority");
 }
 

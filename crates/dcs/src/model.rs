@@ -426,7 +426,7 @@ mod tests {
         let explicit =
             read(r#"{"tags":{"nofailover":false,"failover_priority":"0","nosync":"false","sync_priority":0}}"#);
         assert!(!explicit.never_leads() && !explicit.never_sync(), "{explicit:?}");
-        assert_eq!((explicit.failover_priority, explicit.sync_priority), (1, 1));
+        assert_eq!((explicit.failover_priority, explicit.sync_priority), (0, 0), "taking part, ranked lowest");
         let refused = read(r#"{"tags":{"nofailover":true,"failover_priority":5}}"#);
         assert!(refused.never_leads());
         assert_eq!(refused.failover_priority, 0);

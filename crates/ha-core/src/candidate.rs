@@ -30,7 +30,8 @@ pub struct CandidateRules<'a> {
 pub struct Contender<'a> {
     pub name: &'a str,
     pub nofailover: bool,
-    /// `tags.failover_priority` (0: never).
+    /// `tags.failover_priority`: ranks members as far ahead (0 is the
+    /// lowest; `nofailover` alone says never).
     pub priority: u32,
     /// Its agent reports it running with data.
     pub running: bool,
@@ -44,7 +45,7 @@ pub struct Contender<'a> {
 /// Why a member may not take over, checked in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
-    /// Tagged `nofailover`, or `failover_priority` 0.
+    /// Tagged `nofailover` (also set by `failover_priority: 0` alone).
     NeverLeads,
     /// Synchronous mode is active and the `sync` key neither lists it nor
     /// names it leader: it may miss acknowledged commits.
@@ -112,7 +113,7 @@ impl CandidateRules<'_> {
 
     /// Why `c` may not take over (`None`: it may).
     pub fn problem(&self, c: &Contender<'_>) -> Option<Ineligible> {
-        if c.nofailover || c.priority == 0 {
+        if c.nofailover {
             return Some(Ineligible::NeverLeads);
         }
         if !self.sync_allows(c.name) {
@@ -173,7 +174,9 @@ mod tests {
         assert_eq!(r.problem(&fit("b")), None);
         assert_eq!(r.problem(&fit("a")), None, "the leader the sync key names may take over");
         assert_eq!(r.problem(&Contender { nofailover: true, ..fit("b") }), Some(Ineligible::NeverLeads));
-        assert_eq!(r.problem(&Contender { priority: 0, ..fit("b") }), Some(Ineligible::NeverLeads));
+        // Priority 0 with an explicit `nofailover: false` (Patroni): it may
+        // lead, ranked below the others.
+        assert_eq!(r.problem(&Contender { priority: 0, ..fit("b") }), None);
         assert_eq!(r.problem(&fit("c")), Some(Ineligible::NotSynchronous));
         assert_eq!(r.problem(&Contender { running: false, ..fit("b") }), Some(Ineligible::NotRunning));
         assert_eq!(r.problem(&Contender { can_lead: false, ..fit("b") }), Some(Ineligible::FencerSilent));

@@ -195,8 +195,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
     let race_waits = (named_candidate.is_none() && !obs.paused && !obs.standby_cluster)
         .then(|| obs.race_backoff.waits(obs.now_ms))
         .flatten();
-    // Named or not, a member tagged nofailover (or priority 0) never takes the key.
-    let i_am_eligible = !obs.nofailover && obs.priority > 0;
+    // Named or not, a member tagged nofailover never takes the key (a
+    // `failover_priority` of 0 without a `nofailover: false` of its own
+    // sets it: `pgwarden_config::TagPair`).
+    let i_am_eligible = !obs.nofailover;
 
     if obs.holds_leader && obs.standby_cluster {
         return standby_leader(obs);
@@ -573,7 +575,7 @@ fn decide_unfenced(obs: &Observed) -> Decision {
                 obs.maximum_lag_on_failover
             )),
             // Patroni's words for it, which operators grep for.
-            _ if obs.nofailover || obs.priority == 0 => Decision::idle(
+            _ if obs.nofailover => Decision::idle(
                 "no leader: not a candidate: following a different leader because I am not allowed to promote \
                  (nofailover)",
             ),
@@ -1327,10 +1329,12 @@ mod tests {
         // its fencer: only a running primary re-binds its own key without one.
         let own_key = Observed { leader: Some("b".into()), can_lead: false, ..resumable() };
         assert_eq!(act(&own_key), None, "{}", decide(&own_key));
-        // Named nofailover or priority 0, the last primary does not resume by itself.
-        for ineligible in [Observed { nofailover: true, ..resumable() }, Observed { priority: 0, ..resumable() }] {
-            assert_ne!(act(&ineligible), Some(Action::AcquireLeader), "{}", decide(&ineligible));
-        }
+        // Tagged nofailover, the last primary does not resume by itself; with
+        // priority 0 and an explicit `nofailover: false` it may (Patroni).
+        let ineligible = Observed { nofailover: true, ..resumable() };
+        assert_ne!(act(&ineligible), Some(Action::AcquireLeader), "{}", decide(&ineligible));
+        let lowest = Observed { priority: 0, ..resumable() };
+        assert_eq!(act(&lowest), Some(Action::AcquireLeader), "{}", decide(&lowest));
         // Without etcd a replica waits, whatever it last saw.
         let cut_off = Observed { leader: None, etcd_answered: false, ..base() };
         let d = decide(&cut_off);
@@ -1423,7 +1427,7 @@ mod tests {
             "{}",
             decide(&tied)
         );
-        for tagged in [Observed { nofailover: true, ..base() }, Observed { priority: 0, ..base() }] {
+        for tagged in [Observed { nofailover: true, ..base() }, Observed { nofailover: true, priority: 0, ..base() }] {
             let obs = Observed { leader: None, ..tagged };
             assert!(
                 decide(&obs).reason.contains("following a different leader because I am not allowed to promote"),
@@ -1626,13 +1630,28 @@ mod tests {
         ];
         let more: Vec<(&str, Observed, Option<Action>)> = vec![
             (
-                "a higher failover_priority wins over a more advanced position",
+                "a more advanced position wins over a higher failover_priority (Patroni: priority breaks a tie)",
                 Observed { leader: None, peers: vec![Peer { priority: 2, ..peer("c", 90) }], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "at the same position a higher failover_priority goes first",
+                Observed { leader: None, peers: vec![Peer { priority: 2, ..peer("c", 100) }], ..base() },
                 None,
             ),
-            ("priority 0 never races", Observed { leader: None, priority: 0, ..base() }, None),
+            ("nofailover never races", Observed { leader: None, nofailover: true, priority: 0, ..base() }, None),
             (
-                "a peer beyond the lag limit does not hold me back",
+                "priority 0 with an explicit nofailover: false races when nobody is as far ahead",
+                Observed { leader: None, priority: 0, peers: vec![peer("c", 90)], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "priority 0 with an explicit nofailover: false lets a priority-1 member as far ahead go first",
+                Observed { leader: None, priority: 0, peers: vec![peer("c", 100)], ..base() },
+                None,
+            ),
+            (
+                "a peer within the lag limit but behind me does not hold me back, whatever its priority",
                 Observed {
                     leader: None,
                     cluster_optime: Some(3 << 20),
@@ -1640,7 +1659,7 @@ mod tests {
                     peers: vec![Peer { priority: 5, ..peer("c", 1) }],
                     ..base()
                 },
-                None,
+                Some(Action::AcquireLeader),
             ),
             (
                 "key held, PostgreSQL down past primary_start_timeout: release",
@@ -1739,9 +1758,23 @@ mod tests {
             // Cases that pin the candidate rule down (each kills a mutant
             // `cargo mutants` found surviving; docs/mutants.md).
             (
-                "a rival with failover_priority 0 never holds me back, whatever its position",
-                Observed { leader: None, peers: vec![Peer { priority: 0, ..peer("a", 500) }], ..base() },
+                "a rival tagged nofailover never holds me back, whatever its position",
+                Observed {
+                    leader: None,
+                    peers: vec![Peer { nofailover: true, priority: 0, ..peer("a", 500) }],
+                    ..base()
+                },
                 Some(Action::AcquireLeader),
+            ),
+            (
+                "a rival of priority 0 (nofailover: false) as far as me does not hold me back",
+                Observed { leader: None, peers: vec![Peer { priority: 0, ..peer("a", 100) }], ..base() },
+                Some(Action::AcquireLeader),
+            ),
+            (
+                "a rival of priority 0 (nofailover: false) ahead of me goes first",
+                Observed { leader: None, peers: vec![Peer { priority: 0, ..peer("a", 101) }], ..base() },
+                None,
             ),
             (
                 "a rival beyond the lag limit never holds me back, whatever its priority",
@@ -1770,8 +1803,8 @@ mod tests {
                 None,
             ),
             (
-                "a member named in the failover key with failover_priority 0 never takes the key",
-                Observed { leader: None, priority: 0, failover: request(None, Some("b")), ..base() },
+                "a member named in the failover key tagged nofailover never takes the key",
+                Observed { leader: None, nofailover: true, priority: 0, failover: request(None, Some("b")), ..base() },
                 None,
             ),
             (

@@ -5,11 +5,12 @@
 use super::*;
 
 /// Whether this node may race for the leader key now: not tagged
-/// `nofailover` (or priority 0), not lagging more than allowed behind the
-/// last leader, and no running, eligible peer is better: a higher
-/// `failover_priority`, then a more advanced WAL position, then (all equal)
-/// a lower name. A running peer that has not reported its position yet makes
-/// it wait.
+/// `nofailover`, not lagging more than allowed behind the last leader, and
+/// no running, eligible peer is better: a more advanced WAL position, then,
+/// at the same position, a higher `failover_priority` (Patroni's order:
+/// priority never outweighs WAL, which would lose commits), then (all
+/// equal) a lower name. A running peer that has not reported its position
+/// yet makes it wait.
 pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool {
     let rules = obs.candidate_rules();
     if rules.problem(&obs.contender_self(my_lsn, my_timeline)).is_some() || !quorum_reached(obs, my_lsn) {
@@ -19,12 +20,12 @@ pub fn is_best_candidate(obs: &Observed, my_lsn: u64, my_timeline: u64) -> bool 
 }
 
 /// Why `is_best_candidate` makes this node wait for a peer, naming the
-/// first such peer: further ahead, a higher priority within the lag limit,
-/// equal and first by name, or running with no position reported yet. The
+/// first such peer: further ahead, as far and of a higher priority, equal
+/// and first by name, or running with no position reported yet. The
 /// first two are Patroni's log lines, which operators grep for.
 pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
     let rules = obs.candidate_rules();
-    let mine = (obs.priority, my_lsn);
+    let mine = (my_lsn, obs.priority);
     // A rival: it could lead but for its position, which is compared below
     // (one beyond the lag limit never holds a candidate back).
     let may_lead = |p: &&Peer| {
@@ -60,21 +61,22 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
     })
 }
 
-/// Why `peer`, at `lsn`, goes before this node (`mine`: its priority and
-/// position) in the race, in Patroni's words; `None` when it does not, or
+/// Why `peer`, at `lsn`, goes before this node (`mine`: its position and
+/// priority) in the race, in Patroni's words; `None` when it does not, or
 /// when it lags beyond `maximum_lag_on_failover`.
-fn ahead_of_me(obs: &Observed, peer: &Peer, lsn: u64, mine: (u32, u64)) -> Option<String> {
+fn ahead_of_me(obs: &Observed, peer: &Peer, lsn: u64, mine: (u64, u32)) -> Option<String> {
     let name = &peer.name;
     if obs.candidate_rules().lag(lsn) > obs.maximum_lag_on_failover {
         return None;
     }
-    Some(match (peer.priority, lsn) {
-        _ if peer.priority > obs.priority => format!(
-            "{name} has equally tolerable WAL position and priority {}, while this node has priority {}",
-            peer.priority, obs.priority
+    let (my_lsn, my_priority) = mine;
+    Some(match lsn.cmp(&my_lsn) {
+        std::cmp::Ordering::Greater => format!("Wal position of {name} is ahead of my wal position"),
+        std::cmp::Ordering::Equal if peer.priority > my_priority => format!(
+            "{name} has equally tolerable WAL position and priority {}, while this node has priority {my_priority}",
+            peer.priority
         ),
-        theirs if theirs > mine => format!("Wal position of {name} is ahead of my wal position"),
-        theirs if theirs == mine && peer.name < obs.me => {
+        std::cmp::Ordering::Equal if peer.priority == my_priority && peer.name < obs.me => {
             format!("{name} has the same WAL position and priority, and comes first by name")
         }
         _ => return None,
@@ -98,10 +100,10 @@ pub(super) fn why_the_new_leader(obs: &Observed, leader: &str, my_lsn: u64, my_t
     }
     let peer = obs.peers.iter().find(|p| p.name == leader)?;
     match peer.lsn {
-        Some(lsn) => ahead_of_me(obs, peer, lsn, (obs.priority, my_lsn)),
+        Some(lsn) => ahead_of_me(obs, peer, lsn, (my_lsn, obs.priority)),
         // Promoting, its position not published yet: it passed the lag
         // limit to take the key, so only the priority can be told.
-        None if peer.priority > obs.priority => ahead_of_me(obs, peer, my_lsn, (obs.priority, my_lsn)),
+        None if peer.priority > obs.priority => ahead_of_me(obs, peer, my_lsn, (my_lsn, obs.priority)),
         None => None,
     }
 }
