@@ -87,6 +87,60 @@ async fn etcd_stopped_for_everyone_fences_the_primary_which_resumes_on_the_same_
     setup.finish("etcd stopped", &[setup.leader]).await;
 }
 
+/// `pgwarden_etcd_read_duration_seconds` on `node` (`None`: not published).
+fn etcd_read_seconds(cluster: &PgwardenCluster, node: usize) -> Option<f64> {
+    let body = cluster.nodes[node].get("/metrics")?;
+    let line = body.lines().find(|l| l.starts_with("pgwarden_etcd_read_duration_seconds{"))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// A frozen etcd (every call waits out its 1 s timeout; the writers keep
+/// writing) does not hold the HA loops up: once a read has failed, a tick
+/// waits for etcd at most 250 ms (a read in the background watches for its
+/// return), so each node's last etcd read soon takes well under the
+/// timeout, and the primary still fences before its lease could expire.
+/// Thawed, every agent says etcd answers again, and no acknowledged row is
+/// lost whoever leads next.
+#[tokio::test]
+async fn a_frozen_etcd_does_not_hold_the_ha_loops_up() {
+    let (mut setup, before) = loaded(1).await;
+    let leader = setup.leader;
+    let pid = setup.cluster.nodes[leader].postmaster_pid().expect("the primary runs");
+    setup.cluster.etcd.pause(0, true);
+    let frozen = Instant::now();
+    let cluster = &setup.cluster;
+    wait_until("the primary to fence itself", UP, || async { Ok::<_, String>((!is_running(pid)).then_some(())) })
+        .await
+        .expect("fenced");
+    let fenced_after = frozen.elapsed();
+    println!("etcd frozen: the primary fenced after {fenced_after:?} (ttl {TTL:?})");
+    assert!(fenced_after < TTL, "fenced before the lease could expire");
+    every_agent_logs(cluster, "ticks no longer wait for it", "every agent to stop waiting for etcd").await;
+    for node in 0..cluster.nodes.len() {
+        wait_until("a tick that did not wait for the frozen etcd", UP, || async {
+            match etcd_read_seconds(cluster, node) {
+                Some(seconds) if seconds < 0.6 => Ok(Some(())),
+                other => Err(format!("{}: last etcd read took {other:?} s", cluster.nodes[node].name)),
+            }
+        })
+        .await
+        .expect("ticks go on without waiting for etcd");
+    }
+    setup.cluster.etcd.pause(0, false);
+    every_agent_logs(&setup.cluster, "etcd answers again", "every agent to read etcd again").await;
+    // The freeze outlasted the ttl: thawed, etcd expires every lease, the
+    // leader key with them, and the members race (the fenced primary, its
+    // PostgreSQL stopped, is no rival: a replica may win). Either way no
+    // acknowledged row is lost (the ordered fence held acknowledgements
+    // until the replicas had them) and one node at a time accepts writes.
+    let next = setup.cluster.wait_healthy(UP).await.expect("healthy again");
+    if next == leader {
+        assert_eq!(timeline(&setup.cluster, leader), before, "same timeline, no promotion");
+    }
+    println!("etcd thawed: {} leads", setup.cluster.nodes[next].name);
+    setup.finish("etcd frozen", &[leader, next]).await;
+}
+
 #[tokio::test]
 async fn losing_an_etcd_follower_and_then_the_etcd_leader_keeps_the_primary() {
     let (mut setup, before) = loaded(3).await;

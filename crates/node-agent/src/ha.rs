@@ -33,6 +33,7 @@ pub use published::PublishedStatus;
 use published::pending_reason_json;
 mod slots;
 mod sync;
+mod view;
 
 use lease::{lease_ttl, lock_watchdog};
 
@@ -133,6 +134,10 @@ pub struct Agent {
     /// The last cluster view read from etcd, the watch generation it was
     /// read at and when: reused while the watch reports no change.
     cached_view: Option<(ClusterView, u64, Instant)>,
+    /// The last read of etcd failed: ticks do not wait for it (`view.rs`),
+    /// and `etcd_probe` watches for its return.
+    etcd_silent: bool,
+    etcd_probe: Option<tokio::task::JoinHandle<bool>>,
     fencer_acks: crate::grpc::FencerAcks,
     /// `failsafe_mode`: the promise this member made, whether it leads, and
     /// (as leader) whether its members keep it running.
@@ -256,6 +261,8 @@ impl Agent {
             view,
             wake: std::sync::Arc::new(ClusterWatch::default()),
             cached_view: None,
+            etcd_silent: false,
+            etcd_probe: None,
             fencer_acks,
             failsafe,
             failsafe_plan: watch::channel(crate::failsafe::CallPlan::default()).0,
@@ -396,35 +403,7 @@ impl Agent {
                 }
                 Some(view.clone())
             }
-            // Given up when a failsafe leader's call brings slot positions
-            // meanwhile (the leader is cut off from etcd, and this read
-            // most likely waits out its timeout): the copies move first,
-            // this tick goes on without a view, and the next reads again.
-            None => match tokio::select! {
-                read = dcs::read_cluster(&self.etcd, &self.keys) => Some(read),
-                () = self.wake.failsafe_positions.notified() => None,
-            } {
-                None => {
-                    info!(
-                        "a failsafe leader's call brought slot positions during the etcd read: moving the copies first"
-                    );
-                    if let Err(e) = self.follow_failsafe_slots().await {
-                        warn!("failsafe: failed to move the slot copies along: {e:#}");
-                    }
-                    self.cached_view = None;
-                    None
-                }
-                Some(Ok(view)) => {
-                    self.last_dcs_seen_unix_ms = crate::now_unix_ms();
-                    self.cached_view = Some((view.clone(), generation, Instant::now()));
-                    Some(view)
-                }
-                Some(Err(e)) => {
-                    warn!("failed to read the cluster from etcd: {}", dcs::describe_error(&e));
-                    self.cached_view = None;
-                    None
-                }
-            },
+            None => self.read_view(generation).await,
         };
         let etcd_read_duration = started.elapsed();
         let dynamic = self.dynamic(view.as_ref());
