@@ -21,6 +21,12 @@ pub const REPLICATION_PASSWORD: &str = "test-replication-secret";
 pub const REST_USER: &str = "admin";
 pub const REST_PASSWORD: &str = "test-rest-secret";
 
+/// The `Authorization` header of `REST_USER` for the REST API's write endpoints.
+pub fn rest_authorization() -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")))
+}
+
 /// One of a node's three pgwarden services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {

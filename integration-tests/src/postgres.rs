@@ -39,6 +39,16 @@ pub fn binaries() -> PostgresBinaries {
         .expect("PostgreSQL is installed (apt-get install postgresql-15)")
 }
 
+/// The major version of [`binaries`], from `postgres --version`
+/// (`postgres (PostgreSQL) 15.18 (Debian ...)`, `... 20devel`).
+pub fn binaries_major() -> u32 {
+    let out = Command::new(binaries().path("postgres")).arg("--version").output().expect("postgres --version");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let number = text.split(')').nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or_default();
+    let digits: String = number.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("a version in {text:?}"))
+}
+
 impl PgInstance {
     /// Runs `initdb` (trust authentication on loopback, as a test needs) in a
     /// fresh directory and picks a free port; does not start it.

@@ -350,13 +350,7 @@ async fn the_cluster_runs_the_postgresql_major_the_test_asks_for() {
     init_logging();
     let wanted: u32 = match std::env::var("PGWARDEN_TEST_PG_MAJOR") {
         Ok(major) => major.parse().expect("PGWARDEN_TEST_PG_MAJOR is a major version"),
-        Err(_) => {
-            let bins = pgwarden_integration_tests::postgres::binaries();
-            let out = std::process::Command::new(bins.path("postgres")).arg("--version").output().expect("postgres");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let number = text.split(')').nth(1).and_then(|t| t.split_whitespace().next()).unwrap_or_default();
-            number.split('.').next().and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("a version in {text:?}"))
-        }
+        Err(_) => pgwarden_integration_tests::postgres::binaries_major(),
     };
     let cluster = PgwardenCluster::start(2).await.expect("start");
     cluster.wait_healthy(UP).await.expect("healthy");

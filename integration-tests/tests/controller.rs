@@ -51,7 +51,7 @@ async fn active_controller(cluster: &PgwardenCluster, among: &[usize]) -> usize 
 }
 
 fn auth() -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")))
+    pgwarden_integration_tests::cluster::rest_authorization()
 }
 
 /// A REST write on `node`: (status, body).

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use pgwarden_integration_tests::postgres::binaries_major;
 use pgwarden_integration_tests::process::give_to_postgres;
 use pgwarden_integration_tests::service::run;
 use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
@@ -118,6 +119,16 @@ async fn a_debian_style_config_dir_and_custom_conf_are_used_in_place() {
     shows(&cluster, 1, "maintenance_work_mem", "64MB").await;
     assert!(etc2.join("pg_hba.conf").exists(), "pg_hba.conf from the clone's copy");
     assert!(!etc2.join("postgresql.base.conf").exists(), "custom_conf replaces the base file");
+    // PostgreSQL 19's pg_hosts.conf (initdb writes one) lives beside
+    // pg_hba.conf too, and reaches the clone through its copy.
+    if binaries_major() >= 19 {
+        for (node, etc) in [(0, &etc1), (1, &etc2)] {
+            shows(&cluster, node, "hosts_file", &etc.join("pg_hosts.conf").display().to_string()).await;
+            assert!(etc.join("pg_hosts.conf").exists(), "node{}: pg_hosts.conf in config_dir", node + 1);
+            assert!(!cluster.nodes[node].data_dir().join("pg_hosts.conf").exists(), "node{}", node + 1);
+        }
+        assert!(data1.join("pg_hosts.conf.backup").exists(), "the copy a clone needs");
+    }
 
     // A switchover each way: the old primary rejoins each time.
     cluster.nodes[0].psql("create table t (id int); insert into t values (1)").expect("a row");

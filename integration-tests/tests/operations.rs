@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use ha_proto::v1::{GetConfigRequest, PatchConfigRequest, ReinitializeMemberRequest};
-use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER, SUPERUSER_PASSWORD};
+use pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD;
 use pgwarden_integration_tests::grpc;
 use pgwarden_integration_tests::haproxy::deploy_config;
 use pgwarden_integration_tests::service::{http_with, run, run_with_input};
@@ -42,7 +41,7 @@ async fn everywhere(cluster: &PgwardenCluster, sql: &str, expected: &str) {
 }
 
 fn auth() -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{REST_USER}:{REST_PASSWORD}")))
+    pgwarden_integration_tests::cluster::rest_authorization()
 }
 
 /// `PATCH /config` with `body` through node `node`'s REST API, which must

@@ -7,12 +7,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER};
-use pgwarden_integration_tests::process::give_to_postgres;
+use pgwarden_integration_tests::cluster::{REST_PASSWORD, REST_USER, rest_authorization};
+use pgwarden_integration_tests::postgres::{binaries, binaries_major};
+use pgwarden_integration_tests::process::{give_to_postgres, run_as_postgres};
+use pgwarden_integration_tests::service::http_with;
 use pgwarden_integration_tests::{PgwardenCluster, init_logging, wait_until};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 const UP: Duration = Duration::from_secs(90);
+/// The server names of the SNI test (`pg_hosts`).
+const PRIMARY_NAME: &str = "primary.sni.test";
+const REPLICA_NAME: &str = "replica.sni.test";
 
 struct Pki {
     ca: PathBuf,
@@ -30,6 +35,9 @@ struct Pki {
     /// replication user (its common name is the user's name).
     replicator_cert: PathBuf,
     replicator_key: PathBuf,
+    /// Server certificates for one name each (PostgreSQL 19's SNI map).
+    primary_sni: (PathBuf, PathBuf),
+    replica_sni: (PathBuf, PathBuf),
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -66,7 +74,14 @@ fn pki(dir: &Path) -> Pki {
     let own_ca = own_ca_params.self_signed(&own_ca_key).expect("self-signed CA");
     let replicator_key = KeyPair::generate().expect("key");
     let replicator = params(&["replicator"], "replicator").signed_by(&replicator_key, &issuer).expect("sign");
+    let named = |name: &str, file: &str| {
+        let key = KeyPair::generate().expect("key");
+        let cert = params(&[name], name).signed_by(&key, &issuer).expect("sign");
+        (write(dir, &format!("{file}.pem"), &cert.pem()), write(dir, &format!("{file}.key"), &key.serialize_pem()))
+    };
     Pki {
+        primary_sni: named(PRIMARY_NAME, "primary-sni"),
+        replica_sni: named(REPLICA_NAME, "replica-sni"),
         replicator_cert: write(dir, "replicator.pem", &replicator.pem()),
         replicator_key: write(dir, "replicator.key", &replicator_key.serialize_pem()),
         ca: write(dir, "ca.pem", &format!("{}{}", ca_cert.pem(), own_ca.pem())),
@@ -629,4 +644,136 @@ async fn encrypted_keys_open_with_their_keyfile_password_and_ciphers_limit_tls12
     cluster.nodes[0].merge_config(no_identity).expect("a foreign client certificate");
     let (ok, stdout, stderr) = list().expect("list");
     assert!(ok && stderr.contains("from etcd"), "a foreign client certificate is refused: {stdout}{stderr}");
+}
+
+/// A `pg_hosts.conf` line: the name, the certificate and its key.
+fn hosts_line(name: &str, (cert, key): (&Path, &Path)) -> String {
+    format!("{name} {} {}", cert.display(), key.display())
+}
+
+/// Connects to `node`'s PostgreSQL asking for the server name `name` (SNI)
+/// and verifying that the certificate is for that name against the test CA.
+fn connect_as(cluster: &PgwardenCluster, node: usize, name: &str, pki: &Pki) -> Result<(), String> {
+    let conninfo = format!(
+        "host={name} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full sslsni=1 \
+         sslrootcert={} connect_timeout=3",
+        cluster.nodes[node].pg_port,
+        pki.ca.display()
+    );
+    let mut cmd = Command::new(binaries().bin_dir.join("psql"));
+    cmd.args(["-X", "-A", "-t", "-d", &conninfo, "-c", "select 1"])
+        .env("PGPASSWORD", pgwarden_integration_tests::cluster::SUPERUSER_PASSWORD)
+        .current_dir("/")
+        .stdin(std::process::Stdio::null());
+    let output = run_as_postgres(&mut cmd).output().map_err(|e| e.to_string())?;
+    if output.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&output.stderr).trim().to_string()) }
+}
+
+/// PostgreSQL 19's server name indication (`ssl_sni` with `pg_hosts.conf`),
+/// configured as Patroni's `pg_hosts` (issue 23): every member writes the
+/// lines of its role (`pg_hosts_replica` on the replica), an edit of the
+/// dynamic config reaches PostgreSQL by a reload, and a switchover hands
+/// each member its new role's lines. A client asking for a name with
+/// `sslmode=verify-full` is served the certificate the lines name for it (a
+/// name that is not listed gets the default one, which does not verify).
+/// Before PostgreSQL 19 the lines are not written, with a warning, and the
+/// cluster runs (18 would refuse the unknown `hosts_file`).
+#[tokio::test]
+async fn pg_hosts_gives_each_server_name_its_certificate_by_role_and_edits_are_reloaded() {
+    init_logging();
+    let major = binaries_major();
+    let mut cluster = PgwardenCluster::start_with(0, |_| String::new()).await.expect("etcd");
+    for name in ["node1", "node2"] {
+        cluster.add_node(name, "").expect("node");
+    }
+    let pki = pki(cluster.nodes[0].dir.path());
+    let default_line = hosts_line("*", (&pki.server_cert, &pki.server_key));
+    let primary_line = hosts_line(PRIMARY_NAME, (&pki.primary_sni.0, &pki.primary_sni.1));
+    let replica_line = hosts_line(REPLICA_NAME, (&pki.replica_sni.0, &pki.replica_sni.1));
+    let mut parameters = serde_json::json!({
+        "ssl": "on",
+        "ssl_cert_file": pki.server_cert,
+        "ssl_key_file": pki.server_key,
+    });
+    if major >= 19 {
+        parameters["ssl_sni"] = "on".into();
+    }
+    for node in &cluster.nodes {
+        node.merge_config(serde_json::json!({"bootstrap": {"dcs": {"postgresql": {
+            "parameters": parameters,
+            "pg_hosts": [primary_line, default_line],
+        }}}}))
+        .expect("pg_hosts in the dynamic config");
+    }
+    cluster.start_all().expect("start");
+    let leader = cluster.wait_healthy(UP).await.expect("a primary and a streaming replica");
+    let replica = 1 - leader;
+    if major < 19 {
+        for node in &cluster.nodes {
+            let warning = wait_until("the warning that pg_hosts is not written", UP, || async {
+                Ok::<_, String>(
+                    node.agent_log().lines().find(|l| l.contains("pg_hosts.conf is read from")).map(String::from),
+                )
+            })
+            .await
+            .expect("a warning naming the version");
+            assert!(warning.contains(&format!("PostgreSQL {major}")), "{warning}");
+            assert!(!node.data_dir().join("pg_hosts.conf").exists(), "{} wrote pg_hosts.conf", node.name);
+        }
+        println!("PostgreSQL {major}: pg_hosts not written, warned");
+        return;
+    }
+    // The primary serves its name; the replica's name is nobody's yet.
+    wait_until("the primary serving primary.sni.test", UP, || async {
+        connect_as(&cluster, leader, PRIMARY_NAME, &pki).map(Some)
+    })
+    .await
+    .expect("the primary's named certificate");
+    let refused = connect_as(&cluster, leader, REPLICA_NAME, &pki).expect_err("an unlisted name");
+    assert!(refused.contains("does not match host name"), "{refused}");
+    for node in &cluster.nodes {
+        let file = node.data_dir().join("pg_hosts.conf");
+        let text = std::fs::read_to_string(&file).expect("pg_hosts.conf");
+        assert!(text.contains(PRIMARY_NAME), "{text}");
+        let mode = std::fs::metadata(&file).expect("meta").permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    }
+
+    // The replica's own lines, through Patroni's REST API: reloaded, no restart.
+    let started = cluster.nodes[replica].postmaster_pid();
+    let body = serde_json::json!({"postgresql": {"pg_hosts_replica": [replica_line, default_line]}}).to_string();
+    let (status, text) = http_with(
+        "PATCH",
+        cluster.nodes[leader].rest_port,
+        "/config",
+        &[("Authorization", &rest_authorization())],
+        &body,
+        Duration::from_secs(30),
+    )
+    .expect("PATCH /config");
+    assert_eq!(status, 200, "{text}");
+    wait_until("the replica serving replica.sni.test", UP, || async {
+        connect_as(&cluster, replica, REPLICA_NAME, &pki).map(Some)
+    })
+    .await
+    .expect("the replica's named certificate");
+    assert_eq!(cluster.nodes[replica].postmaster_pid(), started, "a reload, not a restart");
+    assert!(connect_as(&cluster, replica, PRIMARY_NAME, &pki).is_err(), "the replica's lines replace pg_hosts");
+    connect_as(&cluster, leader, PRIMARY_NAME, &pki).expect("the primary keeps pg_hosts");
+
+    // A switchover: each member takes its new role's lines.
+    let config = cluster.nodes[leader].config_path().display().to_string();
+    let (ok, stdout, stderr) =
+        pgwarden_integration_tests::service::run("pgwardenctl", &["-c", &config, "switchover", "--force"], &[])
+            .expect("switchover");
+    assert!(ok, "{stdout}{stderr}");
+    wait_until("the new primary serving primary.sni.test, the new replica replica.sni.test", UP, || async {
+        match (connect_as(&cluster, replica, PRIMARY_NAME, &pki), connect_as(&cluster, leader, REPLICA_NAME, &pki)) {
+            (Ok(()), Ok(())) => Ok(Some(())),
+            (a, b) => Err(format!("{a:?} {b:?}")),
+        }
+    })
+    .await
+    .expect("the roles' lines after the switchover");
+    cluster.wait_healthy(UP).await.expect("healthy after the switchover");
 }

@@ -184,6 +184,7 @@ pub(crate) fn build(root: &Value, purpose: Purpose, problems: &mut Problems) -> 
         parameters,
         pg_hba: r.string_list("postgresql.pg_hba"),
         pg_ident: r.string_list("postgresql.pg_ident"),
+        pg_hosts: r.string_list("postgresql.pg_hosts"),
         roles: crate::roles::read(&mut r, "postgresql"),
         krbsrvname: r.string("postgresql.krbsrvname").filter(|name| !name.is_empty()),
         create_replica_methods,

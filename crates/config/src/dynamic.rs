@@ -243,7 +243,10 @@ pub struct DynamicConfig {
     pub parameters: BTreeMap<String, String>,
     pub pg_hba: Vec<String>,
     pub pg_ident: Vec<String>,
-    /// `postgresql.parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`.
+    /// `postgresql.pg_hosts`: the lines of `pg_hosts.conf` (PostgreSQL 19+).
+    pub pg_hosts: Vec<String>,
+    /// `postgresql.parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`,
+    /// `pg_hosts_<role>`.
     pub roles: crate::RoleConfig,
     /// `postgresql.pg_ctl_timeout`, `basebackup`, `rewind` and
     /// `recovery_conf`: each member's own, unless its local config sets it
@@ -284,6 +287,7 @@ impl Default for DynamicConfig {
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
             pg_ident: Vec::new(),
+            pg_hosts: Vec::new(),
             roles: crate::RoleConfig::default(),
             pg_ctl_timeout: None,
             basebackup: Vec::new(),
@@ -415,6 +419,7 @@ impl DynamicConfig {
             parameters,
             pg_hba: r.string_list(&path("postgresql.pg_hba")),
             pg_ident: r.string_list(&path("postgresql.pg_ident")),
+            pg_hosts: r.string_list(&path("postgresql.pg_hosts")),
             roles: crate::roles::read(&mut r, &path("postgresql")),
             pg_ctl_timeout: crate::sections::pg_ctl_timeout(&mut r, &path("postgresql.pg_ctl_timeout")),
             basebackup: crate::sections::tool_options(&mut r, &path("postgresql.basebackup")),

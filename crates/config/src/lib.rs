@@ -312,8 +312,11 @@ pub struct Postgresql {
     pub pg_hba: Vec<String>,
     /// `pg_ident`: the lines of `pg_ident.conf` (over the dynamic config's).
     pub pg_ident: Vec<String>,
-    /// `parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>` (over the
-    /// dynamic config's).
+    /// `pg_hosts`: the lines of `pg_hosts.conf`, PostgreSQL 19's server
+    /// name to certificate map (over the dynamic config's).
+    pub pg_hosts: Vec<String>,
+    /// `parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`,
+    /// `pg_hosts_<role>` (over the dynamic config's).
     pub roles: RoleConfig,
     /// `create_replica_methods` with their sections, in order.
     pub create_replica_methods: Vec<ReplicaMethod>,

@@ -1,7 +1,8 @@
 //! Role-based settings, as Patroni has them: `parameters_primary`,
 //! `parameters_replica` and `parameters_standby_leader` merged over
 //! `parameters` while the member runs in that role; `pg_hba_<role>` and
-//! `pg_ident_<role>` replacing `pg_hba` and `pg_ident`. Read from the local
+//! `pg_ident_<role>` and `pg_hosts_<role>` replacing `pg_hba`, `pg_ident` and
+//! `pg_hosts`. Read from the local
 //! `postgresql` section and from the dynamic config's; the local one wins,
 //! key by key, as every other `postgresql` setting does.
 
@@ -39,6 +40,7 @@ pub struct RoleSettings {
     pub parameters: Option<BTreeMap<String, String>>,
     pub pg_hba: Option<Vec<String>>,
     pub pg_ident: Option<Vec<String>>,
+    pub pg_hosts: Option<Vec<String>>,
 }
 
 /// The role-based settings of one section.
@@ -89,7 +91,8 @@ pub const PROTECTED: &[&str] = &[
     "wal_log_hints",
 ];
 
-/// Reads `<section>.parameters_<role>`, `pg_hba_<role>` and `pg_ident_<role>`.
+/// Reads `<section>.parameters_<role>`, `pg_hba_<role>`, `pg_ident_<role>`
+/// and `pg_hosts_<role>`.
 /// A protected parameter is dropped with Patroni's warning.
 pub(crate) fn read(r: &mut Reader<'_>, section: &str) -> RoleConfig {
     let mut config = RoleConfig::default();
@@ -118,6 +121,7 @@ pub(crate) fn read(r: &mut Reader<'_>, section: &str) -> RoleConfig {
         settings.parameters = parameters;
         settings.pg_hba = list(r, "pg_hba");
         settings.pg_ident = list(r, "pg_ident");
+        settings.pg_hosts = list(r, "pg_hosts");
     }
     config
 }

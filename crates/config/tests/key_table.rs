@@ -92,7 +92,8 @@ fn every_unsupported_key_warns_and_is_never_unknown() {
         }
         checked += 1;
     }
-    assert!(checked >= 10, "only {checked} keys checked");
+    // Citus and its section are all that is left besides the other DCS back-ends.
+    assert!(checked >= 2, "only {checked} keys checked");
 }
 
 /// Keys whose absence would give a second writer are refused at start, with

@@ -1,6 +1,6 @@
 //! `postgresql.config_dir` (Debian's `/etc/postgresql/<v>/main` layout):
 //! pgwarden's `postgresql.conf`, the user's `postgresql.base.conf`,
-//! `pg_hba.conf` and `pg_ident.conf` live there instead of in the data
+//! `pg_hba.conf`, `pg_ident.conf` (and `pg_hosts.conf`) live there instead of in the data
 //! directory, as with Patroni. PostgreSQL is started with `-c config_file=`;
 //! copies kept in the data directory (`*.backup`, Patroni's names) let a
 //! clone of this member find its configuration.
@@ -110,7 +110,8 @@ impl Postgres {
                 write_private(&base, "# The base configuration pgwarden's postgresql.conf includes.\n")?;
             }
         }
-        for name in ["pg_hba.conf", "pg_ident.conf"] {
+        // `pg_hosts.conf` (PostgreSQL 19+) moves only where there is one.
+        for name in ["pg_hba.conf", "pg_ident.conf", "pg_hosts.conf"] {
             let target = dir.join(name);
             if target.exists() {
                 continue;
@@ -129,7 +130,7 @@ impl Postgres {
     }
 
     /// Right after initdb with a separate `config_dir`: initdb's own
-    /// `postgresql.conf`, `pg_hba.conf` and `pg_ident.conf` go there where
+    /// `postgresql.conf`, `pg_hba.conf`, `pg_ident.conf` (and 19's `pg_hosts.conf`) go there where
     /// the directory has none (initdb's `postgresql.conf` as the base file),
     /// and are removed from the data directory where it has them (Debian's).
     pub fn settle_initdb_files(&self) -> anyhow::Result<()> {
@@ -140,10 +141,17 @@ impl Postgres {
             .with_context(|| format!("create config_dir {}", self.config_dir().display()))?;
         let custom = self.config().postgresql.custom_conf.is_some();
         let base = self.base_conf();
-        for (name, target) in
-            [(INITDB_CONF, base.as_str()), ("pg_hba.conf", "pg_hba.conf"), ("pg_ident.conf", "pg_ident.conf")]
-        {
+        for (name, target) in [
+            (INITDB_CONF, base.as_str()),
+            ("pg_hba.conf", "pg_hba.conf"),
+            ("pg_ident.conf", "pg_ident.conf"),
+            ("pg_hosts.conf", "pg_hosts.conf"),
+        ] {
             let made = self.data_dir.join(name);
+            if name == "pg_hosts.conf" && !made.exists() {
+                // initdb writes it from PostgreSQL 19 on.
+                continue;
+            }
             let target = self.config_dir().join(target);
             let taken = target.exists() || (name == INITDB_CONF && (custom || self.managed_conf_path().exists()));
             if taken {
@@ -163,7 +171,7 @@ impl Postgres {
             return Ok(());
         }
         // The files that live in `config_dir`, with their copies in the data directory.
-        for name in [self.base_conf().as_str(), "pg_hba.conf", "pg_ident.conf"] {
+        for name in [self.base_conf().as_str(), "pg_hba.conf", "pg_ident.conf", "pg_hosts.conf"] {
             let from = self.config_dir().join(name);
             if let Ok(text) = std::fs::read_to_string(&from) {
                 let to = backup_of(&self.data_dir, name);

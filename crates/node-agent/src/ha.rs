@@ -513,7 +513,8 @@ impl Agent {
         let remote_changed = self.follows_remote
             && dynamic.standby_cluster.is_some()
             && self.pg.written_remote() != dynamic.standby_cluster;
-        // So do changed `pg_hba` or `pg_ident` lines (a reload re-reads both).
+        // So do changed `pg_hba`, `pg_ident` or `pg_hosts` lines (a reload
+        // re-reads them).
         // The role counts: a promotion brings `parameters_primary` and
         // `pg_hba_primary` in, a demotion those of the replica.
         let role = self.running_role(&dynamic);

@@ -124,7 +124,7 @@ pub struct Postgres {
     /// The remote primary the last config written follows (a standby
     /// leader's), to notice a changed `standby_cluster`.
     written_remote: std::sync::Mutex<Option<pgwarden_config::StandbyCluster>>,
-    /// The `pg_hba` and `pg_ident` lines the last config written asked for
+    /// The `pg_hba`, `pg_ident` and `pg_hosts` lines the last config written asked for
     /// (also when refused), to notice a change in the dynamic config.
     written_auth: std::sync::Mutex<Option<AuthFiles>>,
     /// The binaries' major version, once asked (`libpq_major`).
@@ -144,12 +144,14 @@ fn local_else_dynamic(
     [local, dynamic].into_iter().find(|(lines, _)| !lines.is_empty()).map(|(lines, source)| (lines.to_vec(), source))
 }
 
-/// The lines pgwarden owns of `pg_hba.conf` and `pg_ident.conf` (`None`: the
-/// file is left as it is), with where they come from.
+/// The lines pgwarden owns of `pg_hba.conf`, `pg_ident.conf` and
+/// `pg_hosts.conf` (`None`: the file is left as it is), with where they
+/// come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFiles {
     pub hba: Option<(Vec<String>, &'static str)>,
     pub ident: Option<(Vec<String>, &'static str)>,
+    pub hosts: Option<(Vec<String>, &'static str)>,
 }
 
 /// The member name the remote primary of a standby cluster goes by in logs.
@@ -776,6 +778,113 @@ pub fn basebackup_progress(line: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgwarden_config::PgRole;
+
+    /// A `Postgres` over a data directory of `major` (its `PG_VERSION`), with
+    /// `postgresql_extra` YAML lines added to the `postgresql` section, and
+    /// the dynamic config read from `dynamic`.
+    fn postgres_of(
+        dir: &Path,
+        major: u32,
+        postgresql_extra: &str,
+        dynamic: serde_json::Value,
+    ) -> (Postgres, DynamicConfig) {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        std::fs::write(data.join("PG_VERSION"), format!("{major}\n")).expect("PG_VERSION");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        for binary in pgwarden_config::BINARIES {
+            let path = bin.join(binary);
+            std::fs::write(&path, "").expect("stub");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let yaml = format!(
+            "scope: s\nname: a\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n  hosts: 127.0.0.1:2379\n\
+             postgresql:\n  listen: 127.0.0.1:5432\n  data_dir: {}\n  bin_dir: {}\n{postgresql_extra}",
+            data.display(),
+            bin.display()
+        );
+        let source = pgwarden_config::Source { origin: "test".into(), yaml };
+        let config = pgwarden_config::load_from(&source, std::iter::empty(), pgwarden_config::Purpose::Service)
+            .expect("a valid config")
+            .config;
+        let mut problems = pgwarden_config::Problems::default();
+        let (dynamic, _) = DynamicConfig::read(&dynamic, "", &mut problems);
+        let bins = config.postgres_binaries().expect("binaries");
+        (Postgres::new(&config, bins).expect("postgres"), dynamic)
+    }
+
+    fn lines<'a>(owned: &'a Option<(Vec<String>, &'static str)>) -> Option<(Vec<&'a str>, &'static str)> {
+        owned.as_ref().map(|(lines, source)| (lines.iter().map(String::as_str).collect(), *source))
+    }
+
+    /// `pg_hosts` (PostgreSQL 19's server name to certificate map) is picked
+    /// as Patroni picks `pg_ident`: the role's lines, else the local ones,
+    /// else the dynamic config's; and only for a server that reads it.
+    #[test]
+    fn pg_hosts_lines_are_picked_as_patronis_and_only_for_postgresql_19_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dynamic = serde_json::json!({"postgresql": {
+            "pg_hosts": ["dyn.example /c/dyn.crt /c/dyn.key"],
+            "pg_hosts_replica": ["replica.example /c/r.crt /c/r.key"],
+        }});
+        let local = "  pg_hosts:\n  - '* /c/local.crt /c/local.key'\n";
+        let (pg, dynamic_config) = postgres_of(dir.path(), 19, local, dynamic.clone());
+        let hosts = |role| pg.auth_files(&dynamic_config, Some(role)).hosts;
+        assert_eq!(
+            lines(&hosts(PgRole::Replica)),
+            Some((vec!["replica.example /c/r.crt /c/r.key"], "postgresql.pg_hosts_replica"))
+        );
+        assert_eq!(lines(&hosts(PgRole::Primary)), Some((vec!["* /c/local.crt /c/local.key"], "postgresql.pg_hosts")));
+        let (pg, dynamic_config) = postgres_of(dir.path(), 20, "", dynamic.clone());
+        assert_eq!(
+            lines(&pg.auth_files(&dynamic_config, Some(PgRole::Primary)).hosts),
+            Some((vec!["dyn.example /c/dyn.crt /c/dyn.key"], "the dynamic config's postgresql.pg_hosts"))
+        );
+        assert_eq!(pg.hosts_ignored(&dynamic_config, None), None);
+        // PostgreSQL 18 has neither the file nor `hosts_file`.
+        let (pg, dynamic_config) = postgres_of(dir.path(), 18, local, dynamic.clone());
+        assert_eq!(pg.auth_files(&dynamic_config, Some(PgRole::Replica)).hosts, None);
+        assert_eq!(pg.hosts_ignored(&dynamic_config, None), Some(conf::HostsIgnored::Version(Some(18))));
+        let message = conf::HostsIgnored::Version(Some(18)).to_string();
+        assert!(message.contains("PostgreSQL 19") && message.contains("PostgreSQL 18"), "{message}");
+    }
+
+    /// With `config_dir` elsewhere `hosts_file` names pgwarden's file (19 on
+    /// only: 18 would refuse the unknown parameter); a `hosts_file` of the
+    /// user's own wins and its lines are left alone.
+    #[test]
+    fn hosts_file_points_at_pgwardens_file_unless_the_user_names_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("etc");
+        let extra = format!("  config_dir: {}\n  pg_hosts:\n  - '* /c/a.crt /c/a.key'\n", conf.display());
+        let ours = conf.join("pg_hosts.conf").display().to_string();
+        let (pg, dynamic) = postgres_of(dir.path(), 19, &extra, serde_json::json!({}));
+        assert_eq!(pg.parameters(&dynamic, false, None).get("hosts_file"), Some(&ours));
+        assert!(pg.auth_files(&dynamic, None).hosts.is_some());
+        let (pg, dynamic) = postgres_of(dir.path(), 18, &extra, serde_json::json!({}));
+        assert_eq!(pg.parameters(&dynamic, false, None).get("hosts_file"), None);
+        // The user's own file, named in the dynamic parameters.
+        let users = serde_json::json!({"postgresql": {"parameters": {"hosts_file": "/srv/sni/hosts.conf"}}});
+        let (pg, dynamic) = postgres_of(dir.path(), 19, &extra, users);
+        assert_eq!(
+            pg.parameters(&dynamic, false, None).get("hosts_file").map(String::as_str),
+            Some("/srv/sni/hosts.conf")
+        );
+        assert_eq!(pg.auth_files(&dynamic, None).hosts, None);
+        assert_eq!(pg.hosts_ignored(&dynamic, None), Some(conf::HostsIgnored::UsersFile("/srv/sni/hosts.conf".into())));
+        // Naming pgwarden's own file is as good as not naming one (Patroni's rule).
+        let same = serde_json::json!({"postgresql": {"parameters": {"hosts_file": ours}}});
+        let (pg, dynamic) = postgres_of(dir.path(), 19, &extra, same);
+        assert!(pg.auth_files(&dynamic, None).hosts.is_some());
+        // Written whole, 0600 (it names keys and passphrase commands).
+        std::fs::create_dir_all(&conf).expect("config dir");
+        pg.write_hosts(&["* /c/a.crt /c/a.key".to_string()], "postgresql.pg_hosts").expect("write");
+        let text = std::fs::read_to_string(&ours).expect("pg_hosts.conf");
+        assert_eq!(text, "# Written by pgwarden-agent from postgresql.pg_hosts.\n* /c/a.crt /c/a.key\n");
+        assert_eq!(std::fs::metadata(&ours).expect("meta").permissions().mode() & 0o777, 0o600);
+    }
 
     /// As PostgreSQL's archiver fills `archive_command`: `%p`, `%f`, `%%`;
     /// any other `%` stays.

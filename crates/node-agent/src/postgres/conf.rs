@@ -1,5 +1,6 @@
 //! The files PostgreSQL reads that pgwarden writes: the parameters
 //! (`postgresql.conf` over the base file), `pg_hba.conf`, `pg_ident.conf`,
+//! `pg_hosts.conf` (PostgreSQL 19+),
 //! the standby's connection settings, and the logical slots' state files
 //! kept on replicas.
 
@@ -13,9 +14,42 @@ fn role_source(key: &str, role: PgRole) -> &'static str {
         ("pg_hba", PgRole::Primary) => "postgresql.pg_hba_primary",
         ("pg_hba", PgRole::Replica) => "postgresql.pg_hba_replica",
         ("pg_hba", PgRole::StandbyLeader) => "postgresql.pg_hba_standby_leader",
+        ("pg_hosts", PgRole::Primary) => "postgresql.pg_hosts_primary",
+        ("pg_hosts", PgRole::Replica) => "postgresql.pg_hosts_replica",
+        ("pg_hosts", PgRole::StandbyLeader) => "postgresql.pg_hosts_standby_leader",
         (_, PgRole::Primary) => "postgresql.pg_ident_primary",
         (_, PgRole::Replica) => "postgresql.pg_ident_replica",
         (_, PgRole::StandbyLeader) => "postgresql.pg_ident_standby_leader",
+    }
+}
+
+/// The first major whose server reads `pg_hosts.conf` (and knows `hosts_file`).
+pub const PG_HOSTS_MAJOR: u32 = 19;
+
+/// Why the configured `pg_hosts` lines are not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostsIgnored {
+    /// The data directory's major is older than 19 (or not known yet).
+    Version(Option<u32>),
+    /// The parameters point `hosts_file` at a file of the user's own.
+    UsersFile(String),
+}
+
+impl std::fmt::Display for HostsIgnored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostsIgnored::Version(major) => write!(
+                f,
+                "pg_hosts.conf is read from PostgreSQL {PG_HOSTS_MAJOR} on; this data directory is {}: the pg_hosts \
+                 lines are not written (remove them, or upgrade)",
+                major.map_or_else(|| "not initialised yet".to_string(), |m| format!("PostgreSQL {m}"))
+            ),
+            HostsIgnored::UsersFile(file) => write!(
+                f,
+                "the parameters set hosts_file = {file}: that file is the user's, the pg_hosts lines are not \
+                 written (drop one or the other)"
+            ),
+        }
     }
 }
 
@@ -80,6 +114,10 @@ impl Postgres {
             // data directory and ident file too: the base file may say otherwise.
             set(&mut params, "data_directory", self.data_dir.display().to_string());
             set(&mut params, "ident_file", self.config_dir().join("pg_ident.conf").display().to_string());
+            // PostgreSQL 19's SNI map, unless the user names a file of their own.
+            if self.major().is_some_and(|m| m >= PG_HOSTS_MAJOR) && !params.contains_key("hosts_file") {
+                set(&mut params, "hosts_file", self.hosts_path().display().to_string());
+            }
         }
         if let Some(names) = self.sync_names.lock().expect("sync names").clone() {
             set(&mut params, "synchronous_standby_names", names);
@@ -217,9 +255,66 @@ impl Postgres {
         )
     }
 
+    /// The `pg_hosts` lines configured, as Patroni picks them: `pg_hosts_<role>`,
+    /// else the local `postgresql.pg_hosts`, else the dynamic config's.
+    fn configured_hosts_lines(
+        &self,
+        dynamic: &DynamicConfig,
+        role: Option<PgRole>,
+    ) -> Option<(Vec<String>, &'static str)> {
+        if let Some(role) = role
+            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_hosts)
+        {
+            return Some((lines.clone(), role_source("pg_hosts", role)));
+        }
+        local_else_dynamic(
+            (&self.config.postgresql.pg_hosts, "postgresql.pg_hosts"),
+            (&dynamic.pg_hosts, "the dynamic config's postgresql.pg_hosts"),
+        )
+    }
+
+    /// Where pgwarden writes `pg_hosts.conf`.
+    fn hosts_path(&self) -> PathBuf {
+        self.config_dir().join("pg_hosts.conf")
+    }
+
+    /// Why pgwarden does not own `pg_hosts.conf` (`None`: it does): the
+    /// server is older than 19, or the parameters point `hosts_file`
+    /// elsewhere (as Patroni, a `hosts_file` naming pgwarden's own file counts
+    /// as unset).
+    pub fn hosts_ignored(&self, dynamic: &DynamicConfig, role: Option<PgRole>) -> Option<HostsIgnored> {
+        let major = self.major();
+        if major.is_none_or(|m| m < PG_HOSTS_MAJOR) {
+            return Some(HostsIgnored::Version(major));
+        }
+        let role_parameters = role.and_then(|role| self.role_settings(dynamic, role, |s| &s.parameters));
+        let users = role_parameters
+            .and_then(|p| p.get("hosts_file"))
+            .or_else(|| self.config.postgresql.parameters.get("hosts_file"))
+            .or_else(|| dynamic.parameters.get("hosts_file"))?;
+        let ours = self.hosts_path();
+        let same = Path::new(users) == ours || self.data_dir.join(users) == ours;
+        (!same).then(|| HostsIgnored::UsersFile(users.clone()))
+    }
+
+    /// The pg_hosts.conf lines pgwarden owns (`None`: the file is left as it
+    /// is, also where [`Self::hosts_ignored`] says why).
+    pub(super) fn hosts_lines(
+        &self,
+        dynamic: &DynamicConfig,
+        role: Option<PgRole>,
+    ) -> Option<(Vec<String>, &'static str)> {
+        let lines = self.configured_hosts_lines(dynamic, role)?;
+        self.hosts_ignored(dynamic, role).is_none().then_some(lines)
+    }
+
     /// What `write_config` would write of the authentication files now for `role`.
     pub fn auth_files(&self, dynamic: &DynamicConfig, role: Option<PgRole>) -> AuthFiles {
-        AuthFiles { hba: self.hba_lines(dynamic, role), ident: self.ident_lines(dynamic, role) }
+        AuthFiles {
+            hba: self.hba_lines(dynamic, role),
+            ident: self.ident_lines(dynamic, role),
+            hosts: self.hosts_lines(dynamic, role),
+        }
     }
 
     /// `recovery_conf` for every standby: the local one, else the dynamic
@@ -252,6 +347,17 @@ impl Postgres {
             ident.push('\n');
         }
         write_private(&self.config_dir().join("pg_ident.conf"), &ident)
+    }
+
+    /// Writes `pg_hosts.conf` from `lines` (0600: it names key files and
+    /// passphrase commands).
+    pub(super) fn write_hosts(&self, lines: &[String], source: &str) -> anyhow::Result<()> {
+        let mut hosts = format!("# Written by pgwarden-agent from {source}.\n");
+        for line in lines {
+            hosts.push_str(line);
+            hosts.push('\n');
+        }
+        write_private(&self.hosts_path(), &hosts)
     }
 
     /// Writes `pg_hba.conf` from `lines`, unless they would lock the agent
@@ -379,6 +485,13 @@ impl Postgres {
         }
         if let Some((lines, source)) = &auth.ident {
             self.write_ident(lines, source)?;
+        }
+        if let Some((lines, source)) = &auth.hosts {
+            self.write_hosts(lines, source)?;
+        } else if let Some((_, source)) = self.configured_hosts_lines(dynamic, start_as.role())
+            && let Some(why) = self.hosts_ignored(dynamic, start_as.role())
+        {
+            warn!(source, "{why}");
         }
         // The HA loop's names, not a hold an earlier leader term left.
         crate::ackhold::clear_residue(&self.data_dir)?;
