@@ -38,15 +38,19 @@ pub struct Params {
     /// every member streaming within this bound.
     pub heal_bound: Time,
     pub writers: usize,
+    /// Each node's `failover_priority` (with `nofailover: false`): priority
+    /// 0 races too, ranked below every other.
+    pub failover_priority: Vec<u32>,
 }
 
 impl Params {
     pub fn for_seed(rng: &mut Rng) -> Self {
         let ttl = [10_000, 15_000, 30_000][rng.pick(3)];
+        let loop_wait = [1_000, 2_000][rng.pick(2)];
         Self {
             nodes: 3,
             ttl,
-            loop_wait: [1_000, 2_000][rng.pick(2)],
+            loop_wait,
             fence_margin: 2_000,
             primary_start_timeout: [3_000, 10_000][rng.pick(2)],
             retry_timeout: ttl / 2,
@@ -59,6 +63,10 @@ impl Params {
             fault_phase: 60_000,
             heal_bound: 4 * ttl + 30_000,
             writers: 3,
+            // Uneven priorities (0 among them) in the seeds with a 1 s
+            // loop_wait, drawn from it so that no seed's schedule changes:
+            // the race then weighs position against priority.
+            failover_priority: (0..3).map(|i| if loop_wait == 1_000 { [2, 0, 1][i] } else { 1 }).collect(),
         }
     }
 }
