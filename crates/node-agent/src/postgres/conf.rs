@@ -8,18 +8,36 @@ use pgwarden_config::PgRole;
 
 use super::*;
 
+/// The files whose lines pgwarden writes from a list in its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinesFile {
+    Hba,
+    Ident,
+    Hosts,
+}
+
+impl LinesFile {
+    fn of_role(self, settings: &pgwarden_config::RoleSettings) -> &Option<Vec<String>> {
+        match self {
+            LinesFile::Hba => &settings.pg_hba,
+            LinesFile::Ident => &settings.pg_ident,
+            LinesFile::Hosts => &settings.pg_hosts,
+        }
+    }
+}
+
 /// Where role-based lines come from, for the messages that name it.
-fn role_source(key: &str, role: PgRole) -> &'static str {
-    match (key, role) {
-        ("pg_hba", PgRole::Primary) => "postgresql.pg_hba_primary",
-        ("pg_hba", PgRole::Replica) => "postgresql.pg_hba_replica",
-        ("pg_hba", PgRole::StandbyLeader) => "postgresql.pg_hba_standby_leader",
-        ("pg_hosts", PgRole::Primary) => "postgresql.pg_hosts_primary",
-        ("pg_hosts", PgRole::Replica) => "postgresql.pg_hosts_replica",
-        ("pg_hosts", PgRole::StandbyLeader) => "postgresql.pg_hosts_standby_leader",
-        (_, PgRole::Primary) => "postgresql.pg_ident_primary",
-        (_, PgRole::Replica) => "postgresql.pg_ident_replica",
-        (_, PgRole::StandbyLeader) => "postgresql.pg_ident_standby_leader",
+fn role_source(file: LinesFile, role: PgRole) -> &'static str {
+    match (file, role) {
+        (LinesFile::Hba, PgRole::Primary) => "postgresql.pg_hba_primary",
+        (LinesFile::Hba, PgRole::Replica) => "postgresql.pg_hba_replica",
+        (LinesFile::Hba, PgRole::StandbyLeader) => "postgresql.pg_hba_standby_leader",
+        (LinesFile::Ident, PgRole::Primary) => "postgresql.pg_ident_primary",
+        (LinesFile::Ident, PgRole::Replica) => "postgresql.pg_ident_replica",
+        (LinesFile::Ident, PgRole::StandbyLeader) => "postgresql.pg_ident_standby_leader",
+        (LinesFile::Hosts, PgRole::Primary) => "postgresql.pg_hosts_primary",
+        (LinesFile::Hosts, PgRole::Replica) => "postgresql.pg_hosts_replica",
+        (LinesFile::Hosts, PgRole::StandbyLeader) => "postgresql.pg_hosts_standby_leader",
     }
 }
 
@@ -215,62 +233,43 @@ impl Postgres {
         pick(self.config.postgresql.roles.of(role)).as_ref().or_else(|| pick(dynamic.roles.of(role)).as_ref())
     }
 
-    /// The pg_hba.conf lines pgwarden owns, as Patroni: `pg_hba_<role>`
-    /// (local, else dynamic), else the local `postgresql.pg_hba`, else the
-    /// dynamic config's. `None`: the file is left as it is (initdb's with
-    /// `bootstrap.pg_hba` appended at bootstrap, the leader's copy on a
-    /// clone, Patroni's on an adopted node).
+    /// The lines pgwarden owns of one of its files, as Patroni picks them:
+    /// `<key>_<role>` (local, else dynamic), else the local
+    /// `postgresql.<key>`, else the dynamic config's. `None`: the file is
+    /// left as it is (for pg_hba.conf: initdb's with `bootstrap.pg_hba`
+    /// appended at bootstrap, the leader's copy on a clone, Patroni's on an
+    /// adopted node).
+    fn configured_lines(
+        &self,
+        dynamic: &DynamicConfig,
+        role: Option<PgRole>,
+        file: LinesFile,
+    ) -> Option<(Vec<String>, &'static str)> {
+        if let Some(role) = role
+            && let Some(lines) = self.role_settings(dynamic, role, |s| file.of_role(s))
+        {
+            return Some((lines.clone(), role_source(file, role)));
+        }
+        let (local, in_dynamic) = match file {
+            LinesFile::Hba => (&self.config.postgresql.pg_hba, &dynamic.pg_hba),
+            LinesFile::Ident => (&self.config.postgresql.pg_ident, &dynamic.pg_ident),
+            LinesFile::Hosts => (&self.config.postgresql.pg_hosts, &dynamic.pg_hosts),
+        };
+        let (local_source, dynamic_source) = match file {
+            LinesFile::Hba => ("postgresql.pg_hba", "the dynamic config's postgresql.pg_hba"),
+            LinesFile::Ident => ("postgresql.pg_ident", "the dynamic config's postgresql.pg_ident"),
+            LinesFile::Hosts => ("postgresql.pg_hosts", "the dynamic config's postgresql.pg_hosts"),
+        };
+        local_else_dynamic((local, local_source), (in_dynamic, dynamic_source))
+    }
+
+    /// The pg_hba.conf lines pgwarden owns (`configured_lines`).
     pub(super) fn hba_lines(
         &self,
         dynamic: &DynamicConfig,
         role: Option<PgRole>,
     ) -> Option<(Vec<String>, &'static str)> {
-        if let Some(role) = role
-            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_hba)
-        {
-            return Some((lines.clone(), role_source("pg_hba", role)));
-        }
-        local_else_dynamic(
-            (&self.config.postgresql.pg_hba, "postgresql.pg_hba"),
-            (&dynamic.pg_hba, "the dynamic config's postgresql.pg_hba"),
-        )
-    }
-
-    /// The pg_ident.conf lines pgwarden owns, as Patroni: `pg_ident_<role>`,
-    /// else the local `postgresql.pg_ident`, else the dynamic config's;
-    /// `None`: the file is left as it is.
-    pub(super) fn ident_lines(
-        &self,
-        dynamic: &DynamicConfig,
-        role: Option<PgRole>,
-    ) -> Option<(Vec<String>, &'static str)> {
-        if let Some(role) = role
-            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_ident)
-        {
-            return Some((lines.clone(), role_source("pg_ident", role)));
-        }
-        local_else_dynamic(
-            (&self.config.postgresql.pg_ident, "postgresql.pg_ident"),
-            (&dynamic.pg_ident, "the dynamic config's postgresql.pg_ident"),
-        )
-    }
-
-    /// The `pg_hosts` lines configured, as Patroni picks them: `pg_hosts_<role>`,
-    /// else the local `postgresql.pg_hosts`, else the dynamic config's.
-    fn configured_hosts_lines(
-        &self,
-        dynamic: &DynamicConfig,
-        role: Option<PgRole>,
-    ) -> Option<(Vec<String>, &'static str)> {
-        if let Some(role) = role
-            && let Some(lines) = self.role_settings(dynamic, role, |s| &s.pg_hosts)
-        {
-            return Some((lines.clone(), role_source("pg_hosts", role)));
-        }
-        local_else_dynamic(
-            (&self.config.postgresql.pg_hosts, "postgresql.pg_hosts"),
-            (&dynamic.pg_hosts, "the dynamic config's postgresql.pg_hosts"),
-        )
+        self.configured_lines(dynamic, role, LinesFile::Hba)
     }
 
     /// Where pgwarden writes `pg_hosts.conf`.
@@ -304,7 +303,7 @@ impl Postgres {
         dynamic: &DynamicConfig,
         role: Option<PgRole>,
     ) -> Option<(Vec<String>, &'static str)> {
-        let lines = self.configured_hosts_lines(dynamic, role)?;
+        let lines = self.configured_lines(dynamic, role, LinesFile::Hosts)?;
         self.hosts_ignored(dynamic, role).is_none().then_some(lines)
     }
 
@@ -312,7 +311,7 @@ impl Postgres {
     pub fn auth_files(&self, dynamic: &DynamicConfig, role: Option<PgRole>) -> AuthFiles {
         AuthFiles {
             hba: self.hba_lines(dynamic, role),
-            ident: self.ident_lines(dynamic, role),
+            ident: self.configured_lines(dynamic, role, LinesFile::Ident),
             hosts: self.hosts_lines(dynamic, role),
         }
     }
@@ -488,7 +487,7 @@ impl Postgres {
         }
         if let Some((lines, source)) = &auth.hosts {
             self.write_hosts(lines, source)?;
-        } else if let Some((_, source)) = self.configured_hosts_lines(dynamic, start_as.role())
+        } else if let Some((_, source)) = self.configured_lines(dynamic, start_as.role(), LinesFile::Hosts)
             && let Some(why) = self.hosts_ignored(dynamic, start_as.role())
         {
             warn!(source, "{why}");
