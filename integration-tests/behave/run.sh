@@ -57,7 +57,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 id postgres >/dev/null 2>&1 || { say "no postgres user (apt-get install postgresql-15)" >&2; exit 1; }
 
-pg_bin=/usr/lib/postgresql/15/bin
+# BEHAVE_PG_BIN: another installation's bin directory (default: Debian's 15).
+pg_bin="${BEHAVE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 for tool in "$pg_bin/postgres" "$(command -v etcd || true)" "$(command -v ip || true)" "$(command -v flock || true)"; do
     [ -n "$tool" ] && [ -x "$tool" ] || { say "missing PostgreSQL 15, etcd, ip or flock (make setup)" >&2; exit 1; }
 done

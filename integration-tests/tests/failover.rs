@@ -327,6 +327,64 @@ async fn resume_and_edits_work_while_the_leaders_postgres_is_stopped_in_pause() 
     assert_eq!(work_mem, "8MB");
 }
 
+/// Patroni's race order with real processes, under three writers: the more
+/// advanced WAL position wins and `failover_priority` only breaks a tie
+/// (session 26; before, a higher priority within `maximum_lag_on_failover`
+/// went first, losing the commits only the other replica had). node2 has
+/// the higher priority but its WAL receiver is frozen while the writers go
+/// on, so node3 holds WAL node2 lacks (well within the lag limit) when the
+/// primary's node is lost: node3 takes over, node2 says why in Patroni's
+/// words, and it follows node3 once thawed. Never two writable nodes.
+#[tokio::test]
+async fn a_more_advanced_replica_wins_the_race_over_a_lagging_one_of_higher_priority() {
+    let tags = |i: usize| if i == 2 { "tags:\n  failover_priority: 3\n".to_string() } else { String::new() };
+    let mut loaded = loaded(ClusterSpec::nodes(3).node_yaml(tags)).await;
+    let leader = loaded.leader;
+    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
+    let (preferred, advanced) = (1, 2);
+    let receiver: i32 = loaded.cluster.nodes[preferred]
+        .psql("select pid from pg_stat_wal_receiver")
+        .expect("walreceiver pid")
+        .parse()
+        .expect("a pid");
+    let signal = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(receiver), signal);
+    signal(nix::sys::signal::Signal::SIGSTOP).expect("freeze node2's WAL receiver");
+    let frozen = Instant::now();
+    let received = |i: usize| {
+        let text = loaded.cluster.nodes[i].psql("select pg_last_wal_receive_lsn()").unwrap_or_default();
+        text.trim().parse::<ha_core::Lsn>().map(|lsn| lsn.0).unwrap_or_default()
+    };
+    loaded.wait_writes_after(frozen).await.expect("the writers write on");
+    let ahead = wait_until("node3 to receive WAL that node2 lacks", UP, || async {
+        let (a, p) = (received(advanced), received(preferred));
+        if a > p { Ok(Some(a - p)) } else { Err(format!("node3 at {a}, node2 at {p}")) }
+    })
+    .await
+    .expect("node3 ahead");
+    assert!(ahead < 1 << 20, "within maximum_lag_on_failover: node2 could lead but for its position ({ahead} bytes)");
+    let lost = Instant::now();
+    Fault::NodeLost.inject(&mut loaded.cluster, leader).await.expect("lose the primary's node");
+    let new_leader = loaded.cluster.wait_primary(UP).await.expect("a replica takes over");
+    println!("node3 {ahead} bytes ahead of node2; new /primary after {:?}", lost.elapsed());
+    assert_eq!(new_leader, advanced, "the more advanced node3 wins over node2's higher failover_priority");
+    let said = wait_until("node2 to say why it does not lead", UP, || async {
+        let log = loaded.cluster.nodes[preferred].agent_log();
+        Ok::<_, String>(
+            log.lines().find(|l| l.contains("Wal position of node3 is ahead of my wal position")).map(String::from),
+        )
+    })
+    .await
+    .expect("Patroni's words in node2's log");
+    println!("node2: {said}");
+    signal(nix::sys::signal::Signal::SIGCONT).expect("thaw node2's WAL receiver");
+    Fault::NodeLost.recover(&mut loaded.cluster, leader).await.expect("the old primary's services");
+    assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("all three healthy"), advanced);
+    // Asynchronous replication: the old primary's last commits may be lost;
+    // never two writable nodes, and only node1 then node3 wrote.
+    let report = loaded.finish_asynchronous("the primary lost, node2 lagging").await;
+    assert_eq!(report.probes.writers(), [leader, advanced], "the nodes that accepted writes, in order");
+}
+
 #[tokio::test]
 async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() {
     // node2 may never lead; node3 is made to lag: nobody may take over.
