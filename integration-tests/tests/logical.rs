@@ -196,24 +196,35 @@ async fn a_cascading_replica_streams_from_its_upstream_after_copying_a_logical_s
         .patch_config(json!({"slots": {"cdc": {"type": "logical", "database": "postgres", "plugin": "test_decoding"}}}))
         .await
         .expect("a permanent logical slot");
-    // From 17 on PostgreSQL synchronises the slots itself (and not on a
-    // cascading standby): there is no copy, and no restart, to check.
-    let copies = major(&cluster, 0) < 17;
-    if copies {
-        wait_until("node3's copy of the permanent logical slot", UP, || async {
-            Ok::<_, String>((!cdc_on(&cluster, 2).is_empty()).then_some(()))
-        })
-        .await
-        .expect("cdc on node3");
-    }
+    // From 17 on PostgreSQL synchronises the slots itself, but its sync
+    // worker reads only from the primary: a cascading replica's copy is
+    // pgwarden's on every version (Patroni's way), and without it a failover
+    // to node3 would cost the consumer its changes.
+    wait_until("node3's copy of the permanent logical slot", UP, || async {
+        Ok::<_, String>((!cdc_on(&cluster, 2).is_empty()).then_some(()))
+    })
+    .await
+    .expect("cdc on node3");
     cluster.nodes[0].psql("create table after_copy (id int); insert into after_copy values (1)").expect("write");
     wait_until("node3 streaming from node2 after the copy", UP, streams_from_node2("after_copy"))
         .await
         .expect("node3 streams from node2 again");
-    if copies {
-        let log = cluster.nodes[2].agent_log();
-        assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
+    let log = cluster.nodes[2].agent_log();
+    assert!(log.contains("copying the leader's logical slots"), "the copy ran: {log}");
+    if major(&cluster, 0) >= 17 {
+        let sync = |i: usize| cluster.nodes[i].psql("show sync_replication_slots").expect("psql");
+        assert_eq!((sync(1), sync(2)), ("on".to_string(), "off".to_string()), "PostgreSQL's sync on node2 only");
     }
+    // The copy follows the consumer on the leader.
+    cluster.nodes[0].psql("select count(*) from pg_logical_slot_get_changes('cdc', NULL, NULL)").expect("consume");
+    let confirmed = "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'cdc'";
+    let wanted = cluster.nodes[0].psql(confirmed).expect("the consumer's position");
+    wait_until("node3's copy at the consumer's position", UP, || async {
+        let copy = cluster.nodes[2].psql(confirmed).unwrap_or_default();
+        if copy == wanted { Ok(Some(())) } else { Err(format!("node3 {copy:?}, the leader's {wanted:?}")) }
+    })
+    .await
+    .expect("the copy follows");
 }
 
 /// A replica that joins after the permanent logical slot was made gets a

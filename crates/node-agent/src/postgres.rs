@@ -133,6 +133,9 @@ pub struct Postgres {
     dynamic: std::sync::Mutex<DynamicConfig>,
     /// The `recovery_conf` settings the last config written had.
     written_recovery: std::sync::Mutex<Option<BTreeMap<String, String>>>,
+    /// This replica streams from another replica (`replicatefrom`), not from
+    /// the leader: PostgreSQL's slot synchronisation cannot serve it.
+    cascading: std::sync::atomic::AtomicBool,
 }
 
 /// A list set in the local config, else the dynamic config's, with where it
@@ -272,6 +275,7 @@ impl Postgres {
             bin_major: std::sync::OnceLock::new(),
             dynamic: std::sync::Mutex::new(config.bootstrap.dcs.clone()),
             written_recovery: std::sync::Mutex::new(None),
+            cascading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -370,13 +370,17 @@ pub struct Slot {
     pub position: Option<u64>,
     /// The `xmin` a standby's hot_standby_feedback left on the slot.
     pub xmin: Option<String>,
+    /// Kept by PostgreSQL's own slot synchronisation (17 and newer, on a
+    /// standby): only its sync worker may move or drop it.
+    pub synced: bool,
 }
 
 pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
     let rows = sqlx::query(
         "select slot_name::text, slot_type, database::text, plugin::text, active, \
-                pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint, xmin::text \
-         from pg_replication_slots",
+                pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint, xmin::text, \
+                coalesce((to_jsonb(s) ->> 'synced')::bool, false) \
+         from pg_replication_slots s",
     )
     .fetch_all(&mut *conn)
     .await
@@ -391,6 +395,7 @@ pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
                 active: row.try_get(4)?,
                 position: row.try_get::<Option<i64>, _>(5)?.map(|lsn| lsn as u64),
                 xmin: row.try_get(6)?,
+                synced: row.try_get(7)?,
             })
         })
         .collect()

@@ -127,6 +127,7 @@ impl Agent {
                     None => None,
                 };
                 self.pg.write_pgpass(upstream.as_ref())?;
+                self.pg.set_cascading(cascades(view, upstream.as_ref()));
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: upstream.clone() }, false)?;
                 self.pg.start().await?;
                 self.upstream = upstream.map(|u| u.member);
@@ -143,6 +144,7 @@ impl Agent {
                 // hold the password before the WAL receiver reconnects (an
                 // adopted replica may never have had it written).
                 self.pg.write_pgpass(target.as_ref())?;
+                self.pg.set_cascading(cascades(view, target.as_ref()));
                 self.pg.write_config(dynamic, &StartAs::Replica { upstream: target }, false)?;
                 self.pg.reload().await?;
                 match upstream {
@@ -466,6 +468,7 @@ impl Agent {
             }
             Err(e) => return Err(e),
         }
+        self.pg.set_cascading(false);
         self.pg.write_config(dynamic, &StartAs::Replica { upstream: Some(upstream.clone()) }, false)?;
         self.pg.start().await?;
         self.upstream = Some(upstream.member);
@@ -579,4 +582,10 @@ async fn candidate_until(grpc: &str, wait: Duration, done: impl Fn(&ha_proto::v1
     })
     .await
     .is_ok()
+}
+
+/// Whether `upstream` is another replica rather than the leader `view` names
+/// (`replicatefrom`): PostgreSQL's slot synchronisation cannot serve it.
+fn cascades(view: &ClusterView, upstream: Option<&Upstream>) -> bool {
+    upstream.is_some_and(|u| view.leader.as_ref().is_some_and(|leader| leader.name != u.member))
 }

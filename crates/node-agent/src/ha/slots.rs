@@ -305,12 +305,14 @@ impl Agent {
             }
         }
         self.release(conn);
-        // Logical slot failover before 17 (from 17 on PostgreSQL keeps the
-        // copies, `sync_replication_slots`): as Patroni, each permanent
-        // logical slot the leader has is copied from its `pg_replslot` (a
-        // restart loads it), then moved along to the position the leader
-        // publishes, which its consumer has confirmed; never further, so
-        // that a consumer continues after a failover with nothing missing.
+        // Logical slot failover before 17, and from 17 on a cascading
+        // replica (elsewhere PostgreSQL keeps the copies,
+        // `sync_replication_slots`, but its sync worker reads only from the
+        // primary): as Patroni, each permanent logical slot the leader has
+        // is copied from its `pg_replslot` (a restart loads it), then moved
+        // along to the position the leader publishes, which its consumer has
+        // confirmed; never further, so that a consumer continues after a
+        // failover with nothing missing.
         // Not behind a `nostream` member either: its feedback, which keeps
         // the catalog rows the copies need, would never reach the primary.
         let upstream_streams = self
@@ -320,7 +322,8 @@ impl Agent {
             .as_deref()
             .and_then(|from| view.member(from))
             .is_none_or(|m| !m.data.known_tags().nostream);
-        if self.pg.keeps_logical_slots(dynamic) && upstream_streams && self.pg.major().is_some_and(|m| m < 17) {
+        let own_copies = !self.pg.postgres_syncs_slots();
+        if self.pg.keeps_logical_slots(dynamic) && upstream_streams {
             let mut missing = Vec::new();
             for (name, permanent) in &dynamic.slots {
                 let pgwarden_config::PermanentSlot::Logical { database, plugin } = permanent else { continue };
@@ -328,7 +331,14 @@ impl Agent {
                     continue;
                 };
                 match existing.iter().find(|s| s.name == *name) {
-                    None if !members.contains(name) => missing.push(name.clone()),
+                    None if own_copies && !members.contains(name) => missing.push(name.clone()),
+                    // PostgreSQL's copy from before this replica cascaded:
+                    // its sync worker no longer moves it and nothing else
+                    // may (nor drop it): replaced by a fresh copy.
+                    Some(found) if found.synced && own_copies => missing.push(name.clone()),
+                    Some(found) if found.synced => {}
+                    // A copy of pgwarden's keeps moving, also once PostgreSQL
+                    // keeps the others (its sync worker leaves this name alone).
                     Some(found) if same_slot(permanent, found) && !found.active && found.position < Some(lsn) => {
                         let mut there = self.connect_database(database).await?;
                         let advanced = sql::advance_logical_slot(&mut there, name, lsn).await;
@@ -415,8 +425,11 @@ impl Agent {
                 return Err(e);
             }
         };
+        // PostgreSQL's own copies (`synced`) are its sync worker's to move.
         let behind = |slot: &&sql::Slot| {
-            !slot.active && positions.get(&slot.name).is_some_and(|lsn| slot.position.is_none_or(|p| p < *lsn))
+            !slot.active
+                && !slot.synced
+                && positions.get(&slot.name).is_some_and(|lsn| slot.position.is_none_or(|p| p < *lsn))
         };
         let mut result = Ok(());
         let mut stale = Vec::new();
@@ -607,6 +620,7 @@ mod tests {
             active: false,
             position: None,
             xmin: None,
+            synced: false,
         };
         assert!(kept(&dynamic, &slot("archive", "physical", None, None)));
         assert!(kept(&dynamic, &slot("manual", "physical", None, None)));

@@ -143,14 +143,33 @@ impl Postgres {
         // Logical slot failover (as Patroni enforces it): a standby's
         // copies of the primary's logical slots need the catalog rows their
         // decoding reads, which its feedback keeps on the primary. From 17
-        // on PostgreSQL keeps the copies itself.
+        // on PostgreSQL keeps the copies itself, on a standby of the primary
+        // (its sync worker cannot read a cascading standby's upstream).
         if self.keeps_logical_slots(dynamic) {
             set(&mut params, "hot_standby_feedback", "on".into());
-            if self.major().is_some_and(|m| m >= 17) {
+            if self.postgres_syncs_slots() {
                 set(&mut params, "sync_replication_slots", "on".into());
             }
         }
         params
+    }
+
+    /// Sets whether this replica streams from another replica rather than the
+    /// leader (for the next config written).
+    pub fn set_cascading(&self, cascading: bool) {
+        self.cascading.store(cascading, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This replica streams from another replica, not from the leader.
+    pub fn cascading(&self) -> bool {
+        self.cascading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// PostgreSQL keeps this replica's copies of the logical slots (17 and
+    /// newer, streaming from the leader); otherwise pgwarden copies them
+    /// and moves them along, as Patroni does on every version.
+    pub fn postgres_syncs_slots(&self) -> bool {
+        self.major().is_some_and(|m| m >= 17) && !self.cascading()
     }
 
     /// Whether this member keeps copies of the permanent logical slots
@@ -464,7 +483,7 @@ impl Postgres {
                 }
                 if let Some(upstream) = upstream {
                     let mut conninfo = self.primary_conninfo(upstream);
-                    if self.keeps_logical_slots(dynamic) && self.major().is_some_and(|m| m >= 17) {
+                    if self.keeps_logical_slots(dynamic) && self.postgres_syncs_slots() {
                         // PostgreSQL's slot synchronisation reads the
                         // primary's slots over this connection.
                         conninfo.push_str(" dbname=postgres");
