@@ -690,14 +690,18 @@ async fn pg_hosts_gives_each_server_name_its_certificate_by_role_and_edits_are_r
     let default_line = hosts_line("*", (&pki.server_cert, &pki.server_key));
     let primary_line = hosts_line(PRIMARY_NAME, (&pki.primary_sni.0, &pki.primary_sni.1));
     let replica_line = hosts_line(REPLICA_NAME, (&pki.replica_sni.0, &pki.replica_sni.1));
-    let mut parameters = serde_json::json!({
-        "ssl": "on",
-        "ssl_cert_file": pki.server_cert,
-        "ssl_key_file": pki.server_key,
-    });
-    if major >= 19 {
-        parameters["ssl_sni"] = "on".into();
-    }
+    // SSL only where the lines take effect (PyPI's PostgreSQL 13 has no
+    // OpenSSL: `ssl = on` would keep it from starting).
+    let parameters = if major >= 19 {
+        serde_json::json!({
+            "ssl": "on",
+            "ssl_sni": "on",
+            "ssl_cert_file": pki.server_cert,
+            "ssl_key_file": pki.server_key,
+        })
+    } else {
+        serde_json::json!({})
+    };
     for node in &cluster.nodes {
         node.merge_config(serde_json::json!({"bootstrap": {"dcs": {"postgresql": {
             "parameters": parameters,
