@@ -47,8 +47,9 @@ impl Params {
     pub fn for_seed(rng: &mut Rng) -> Self {
         let ttl = [10_000, 15_000, 30_000][rng.pick(3)];
         let loop_wait = [1_000, 2_000][rng.pick(2)];
+        let nodes = 3;
         Self {
-            nodes: 3,
+            nodes,
             ttl,
             loop_wait,
             fence_margin: 2_000,
@@ -66,7 +67,7 @@ impl Params {
             // Uneven priorities (0 among them) in the seeds with a 1 s
             // loop_wait, drawn from it so that no seed's schedule changes:
             // the race then weighs position against priority.
-            failover_priority: (0..3).map(|i| if loop_wait == 1_000 { [2, 0, 1][i] } else { 1 }).collect(),
+            failover_priority: (0..nodes).map(|i| if loop_wait == 1_000 { [2, 0, 1][i % 3] } else { 1 }).collect(),
         }
     }
 }
