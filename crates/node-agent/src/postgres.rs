@@ -214,6 +214,24 @@ fn waldump_record_end(line: &str) -> Option<u64> {
     lsn.0.checked_add(total)
 }
 
+/// Where the WAL in the segment file `name` (timeline, log and segment,
+/// 24 hex digits) begins, for segments of `segment_size` bytes; `None` for
+/// anything else in `pg_wal` (history, `.partial`, `.backup` files).
+fn wal_file_start(name: &str, segment_size: u64) -> Option<u64> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) || segment_size == 0 {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    log.checked_mul(0x1_0000_0000)?.checked_add(seg.checked_mul(segment_size)?)
+}
+
+/// Where the oldest WAL among the files `names` of `pg_wal` begins, on any
+/// timeline (PostgreSQL removes old segments by their number alone).
+fn oldest_wal_start<'a>(names: impl IntoIterator<Item = &'a str>, segment_size: u64) -> Option<u64> {
+    names.into_iter().filter_map(|name| wal_file_start(name, segment_size)).min()
+}
+
 /// Writes a file only the owner may read, replacing it atomically through
 /// `<name>.pgwarden-tmp` beside it. Where the directory is not writable
 /// (a pgpass file placed in a root-owned directory), the file itself is
@@ -927,12 +945,32 @@ mod tests {
 
     #[test]
     fn a_primary_slot_line_gives_its_state_file_bytes() {
-        let slot = parse_slot_state("cdc\u{1f}app db\u{1f}pgoutput\u{1f}a1c20001ff").expect("a line");
+        let slot = parse_slot_state("cdc\u{1f}app db\u{1f}pgoutput\u{1f}50331688\u{1f}a1c20001ff").expect("a line");
         assert_eq!((slot.name.as_str(), slot.database.as_str(), slot.plugin.as_str()), ("cdc", "app db", "pgoutput"));
+        assert_eq!(slot.restart_lsn, 0x0300_0028);
         assert_eq!(slot.state, vec![0xa1, 0xc2, 0x00, 0x01, 0xff]);
-        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}abc").is_err(), "odd length");
-        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}zz").is_err(), "not hex");
+        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}1\u{1f}abc").is_err(), "odd length");
+        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}1\u{1f}zz").is_err(), "not hex");
+        assert!(parse_slot_state("cdc\u{1f}app\u{1f}pgoutput\u{1f}\u{1f}ff").is_err(), "no restart_lsn");
         assert!(parse_slot_state("cdc\u{1f}app").is_err(), "too few fields");
+    }
+
+    #[test]
+    fn the_oldest_wal_is_found_by_segment_number_on_any_timeline() {
+        const MB16: u64 = 16 << 20;
+        assert_eq!(wal_file_start("000000010000000000000003", MB16), Some(0x0300_0000));
+        assert_eq!(wal_file_start("00000002000000010000000A", MB16), Some(0x1_0A00_0000));
+        // 64 MB segments: 64 to a 4 GB log file.
+        assert_eq!(wal_file_start("00000001000000010000003F", 64 << 20), Some(0x1_0000_0000 + 63 * (64 << 20)));
+        for other in
+            ["00000002.history", "000000010000000000000003.partial", "archive_status", "0000000100000000000000G3"]
+        {
+            assert_eq!(wal_file_start(other, MB16), None, "{other}");
+        }
+        let names =
+            ["00000002.history", "000000020000000000000005", "000000010000000000000004", "000000010000000000000006"];
+        assert_eq!(oldest_wal_start(names, MB16), Some(0x0400_0000), "timeline 1's segment 4 is the oldest");
+        assert_eq!(oldest_wal_start(["archive_status"], MB16), None);
     }
 
     /// A history file as PostgreSQL 15 writes it for timeline 3.

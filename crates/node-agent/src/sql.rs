@@ -373,13 +373,20 @@ pub struct Slot {
     /// Kept by PostgreSQL's own slot synchronisation (17 and newer, on a
     /// standby): only its sync worker may move or drop it.
     pub synced: bool,
+    /// Where decoding (a logical slot) or the WAL it keeps begins.
+    pub restart_lsn: Option<u64>,
+    /// `wal_status` is `lost`: the WAL the slot needs is gone
+    /// (`max_slot_wal_keep_size`); it can serve nobody again.
+    pub lost: bool,
 }
 
 pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
     let rows = sqlx::query(
         "select slot_name::text, slot_type, database::text, plugin::text, active, \
                 pg_wal_lsn_diff(coalesce(confirmed_flush_lsn, restart_lsn), '0/0')::bigint, xmin::text, \
-                coalesce((to_jsonb(s) ->> 'synced')::bool, false) \
+                coalesce((to_jsonb(s) ->> 'synced')::bool, false), \
+                pg_wal_lsn_diff(restart_lsn, '0/0')::bigint, \
+                coalesce(to_jsonb(s) ->> 'wal_status' = 'lost', false) \
          from pg_replication_slots s",
     )
     .fetch_all(&mut *conn)
@@ -396,6 +403,8 @@ pub async fn slots(conn: &mut PgConnection) -> anyhow::Result<Vec<Slot>> {
                 position: row.try_get::<Option<i64>, _>(5)?.map(|lsn| lsn as u64),
                 xmin: row.try_get(6)?,
                 synced: row.try_get(7)?,
+                restart_lsn: row.try_get::<Option<i64>, _>(8)?.map(|lsn| lsn as u64),
+                lost: row.try_get(9)?,
             })
         })
         .collect()
@@ -431,8 +440,19 @@ pub struct SlotState {
     pub name: String,
     pub database: String,
     pub plugin: String,
+    /// Where decoding begins: a copy needs the WAL from here on.
+    pub restart_lsn: u64,
     /// The slot's `pg_replslot/<name>/state` file.
     pub state: Vec<u8>,
+}
+
+/// `wal_segment_size` in bytes.
+pub async fn wal_segment_size(conn: &mut PgConnection) -> anyhow::Result<u64> {
+    let size: i64 = sqlx::query_scalar("select setting::bigint from pg_settings where name = 'wal_segment_size'")
+        .fetch_one(&mut *conn)
+        .await
+        .context("read wal_segment_size")?;
+    u64::try_from(size).ok().filter(|s| *s > 0).context("wal_segment_size is not a positive number")
 }
 
 /// Moves an inactive logical slot forward to `lsn`, or to what this server

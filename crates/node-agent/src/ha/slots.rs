@@ -22,6 +22,19 @@ pub(super) struct SlotKeeper {
     /// Permanent slots already warned about (named as a member, or present
     /// with other attributes), so that the warning is given once.
     pub(super) warned: std::collections::HashSet<String>,
+    /// Logical slots a replica does not copy yet: the leader's slot begins
+    /// before the oldest WAL here (the position named), so a copy could not
+    /// be decoded from. Said once per position.
+    pub(super) waiting: HashMap<String, u64>,
+}
+
+/// A logical slot copy on a replica that can never serve its consumer: the
+/// WAL it decodes from is gone here (copied when the leader's slot began
+/// before this replica's oldest WAL, or lost to `max_slot_wal_keep_size`).
+/// After a failover its consumer would fail for good ("requested WAL
+/// segment ... has already been removed").
+pub(super) fn undecodable(slot: &sql::Slot, oldest_wal: Option<u64>) -> bool {
+    slot.lost || slot.restart_lsn.is_none_or(|restart| oldest_wal.is_some_and(|oldest| restart < oldest))
 }
 
 /// A slot pgwarden must not drop: permanent, or matched by `ignore_slots`.
@@ -158,6 +171,15 @@ impl Agent {
             }
             match slots.iter().find(|s| s.name == *name) {
                 Some(slot) if same_slot(permanent, slot) => {
+                    // Left for the operator (Patroni drops and recreates it,
+                    // and its consumer would go on with changes missing).
+                    if slot.lost && self.slots.warned.insert(format!("{name} lost")) {
+                        warn!(
+                            slot = name,
+                            "the WAL this permanent slot needs is gone (wal_status lost, max_slot_wal_keep_size): \
+                             its consumer can read no more; drop the slot to have pgwarden create it afresh"
+                        );
+                    }
                     if let Some(position) = slot.position {
                         positions.insert(name.clone(), position.into());
                     }
@@ -304,6 +326,7 @@ impl Agent {
                 sql::advance_slot(&mut conn, name, lsn).await?;
             }
         }
+        let segment_size = sql::wal_segment_size(&mut conn).await?;
         self.release(conn);
         // Logical slot failover before 17, and from 17 on a cascading
         // replica (elsewhere PostgreSQL keeps the copies,
@@ -324,6 +347,7 @@ impl Agent {
             .is_none_or(|m| !m.data.known_tags().nostream);
         let own_copies = !self.pg.postgres_syncs_slots();
         if self.pg.keeps_logical_slots(dynamic) && upstream_streams {
+            let oldest_wal = self.pg.oldest_wal(segment_size)?;
             let mut missing = Vec::new();
             for (name, permanent) in &dynamic.slots {
                 let pgwarden_config::PermanentSlot::Logical { database, plugin } = permanent else { continue };
@@ -337,6 +361,26 @@ impl Agent {
                     // may (nor drop it): replaced by a fresh copy.
                     Some(found) if found.synced && own_copies => missing.push(name.clone()),
                     Some(found) if found.synced => {}
+                    // A copy of pgwarden's that no consumer could decode
+                    // from here: dropped, and copied again once the
+                    // leader's slot has moved past this replica's oldest WAL.
+                    Some(found) if same_slot(permanent, found) && !found.active && undecodable(found, oldest_wal) => {
+                        warn!(
+                            slot = name,
+                            restart_lsn = found.restart_lsn.map(|l| ha_core::Lsn(l).to_string()),
+                            oldest_wal = oldest_wal.map(|l| ha_core::Lsn(l).to_string()),
+                            lost = found.lost,
+                            "this logical slot copy begins before the WAL this replica has: dropping it, to be \
+                             copied again once the leader's slot has moved past that"
+                        );
+                        let mut there = self.connect_database(database).await?;
+                        let dropped = sql::drop_slot(&mut there, name).await;
+                        sql::close(there).await;
+                        dropped?;
+                        if own_copies {
+                            missing.push(name.clone());
+                        }
+                    }
                     // A copy of pgwarden's keeps moving, also once PostgreSQL
                     // keeps the others (its sync worker leaves this name alone).
                     Some(found) if same_slot(permanent, found) && !found.active && found.position < Some(lsn) => {
@@ -536,6 +580,22 @@ impl Agent {
         if states.is_empty() {
             return Ok(());
         }
+        let mut conn = self.connect().await?;
+        let segment_size = sql::wal_segment_size(&mut conn).await;
+        self.release(conn);
+        let segment_size = segment_size?;
+        // A copy needs the WAL from the leader's restart_lsn on, here; until
+        // the leader's slot has moved past this replica's oldest WAL (its
+        // consumer confirming), a copy could not serve after a failover.
+        let oldest_wal = self.pg.oldest_wal(segment_size)?;
+        let (states, early): (Vec<_>, Vec<_>) =
+            states.into_iter().partition(|state| oldest_wal.is_none_or(|oldest| state.restart_lsn >= oldest));
+        for state in &early {
+            self.slot_waits(&state.name, state.restart_lsn, oldest_wal.unwrap_or_default());
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
         let slots: Vec<&str> = states.iter().map(|s| s.name.as_str()).collect();
         info!(
             ?slots,
@@ -546,7 +606,46 @@ impl Agent {
         let written = states.iter().try_for_each(|state| self.pg.write_slot_state(&state.name, &state.state));
         self.pg.start().await?;
         written?;
-        self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await
+        self.await_local("answer as a replica", |l| l.sql.as_ref().is_some_and(|s| s.in_recovery)).await?;
+        // The stop's restartpoint may have removed WAL the copies begin in
+        // (nothing held it before they were loaded): such a copy is dropped
+        // at once, not left to fail its consumer after a failover.
+        let oldest_wal = self.pg.oldest_wal(segment_size)?;
+        let (gone, loaded): (Vec<_>, Vec<_>) =
+            states.iter().partition(|state| oldest_wal.is_some_and(|oldest| state.restart_lsn < oldest));
+        for state in loaded {
+            self.slots.waiting.remove(&state.name);
+        }
+        for state in gone {
+            let oldest = oldest_wal.unwrap_or_default();
+            warn!(
+                slot = state.name,
+                restart_lsn = %ha_core::Lsn(state.restart_lsn),
+                oldest_wal = %ha_core::Lsn(oldest),
+                "the WAL this slot copy begins in was removed as this replica restarted: dropping the copy"
+            );
+            let mut there = self.connect_database(&state.database).await?;
+            let dropped = sql::drop_slot(&mut there, &state.name).await;
+            sql::close(there).await;
+            dropped?;
+            self.slot_waits(&state.name, state.restart_lsn, oldest);
+        }
+        Ok(())
+    }
+
+    /// `name` is not copied yet: the leader's slot begins at `restart_lsn`,
+    /// before this replica's oldest WAL (`oldest`). Said once per `oldest`.
+    fn slot_waits(&mut self, name: &str, restart_lsn: u64, oldest: u64) {
+        if self.slots.waiting.insert(name.to_string(), oldest) != Some(oldest) {
+            info!(
+                slot = name,
+                restart_lsn = %ha_core::Lsn(restart_lsn),
+                oldest_wal = %ha_core::Lsn(oldest),
+                "not copying the leader's logical slot yet: it begins before the oldest WAL this replica has, \
+                 so a copy could not serve its consumer; copied once the consumer has moved the leader's slot \
+                 past that position"
+            );
+        }
     }
 }
 
@@ -621,6 +720,8 @@ mod tests {
             position: None,
             xmin: None,
             synced: false,
+            restart_lsn: Some(0x0300_0028),
+            lost: false,
         };
         assert!(kept(&dynamic, &slot("archive", "physical", None, None)));
         assert!(kept(&dynamic, &slot("manual", "physical", None, None)));
@@ -629,5 +730,27 @@ mod tests {
         assert!(same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("pgoutput"))));
         assert!(!same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("wal2json"))));
         assert!(!same_slot(cdc, &slot("cdc", "physical", None, None)));
+    }
+
+    #[test]
+    fn a_copy_is_undecodable_when_its_wal_is_gone_here() {
+        let copy = |restart_lsn: Option<u64>, lost: bool| sql::Slot {
+            name: "cdc".into(),
+            kind: "logical".into(),
+            database: Some("app".into()),
+            plugin: Some("test_decoding".into()),
+            active: false,
+            position: Some(0x0400_0000),
+            xmin: None,
+            synced: false,
+            restart_lsn,
+            lost,
+        };
+        // The copy begins in segment 2; this replica's WAL, in segment 3.
+        assert!(undecodable(&copy(Some(0x0200_0028), false), Some(0x0300_0000)));
+        assert!(!undecodable(&copy(Some(0x0300_0000), false), Some(0x0300_0000)), "its first byte is there");
+        assert!(!undecodable(&copy(Some(0x0200_0028), false), None), "no WAL listed: nothing to say");
+        assert!(undecodable(&copy(Some(0x0500_0000), true), Some(0x0300_0000)), "wal_status lost");
+        assert!(undecodable(&copy(None, false), Some(0x0300_0000)), "invalidated: no restart_lsn");
     }
 }

@@ -206,7 +206,7 @@ impl Postgres {
             return Ok(Vec::new());
         }
         let query = format!(
-            "select s.slot_name, d.datname, s.plugin, \
+            "select s.slot_name, d.datname, s.plugin, pg_wal_lsn_diff(s.restart_lsn, '0/0')::bigint, \
                     encode(pg_catalog.pg_read_binary_file('pg_replslot/' || s.slot_name || '/state'), 'hex') \
              from pg_catalog.pg_replication_slots s join pg_catalog.pg_database d on d.oid = s.datoid \
              where s.slot_type = 'logical' and not pg_catalog.pg_is_in_recovery() and s.slot_name in ({})",
@@ -218,6 +218,17 @@ impl Postgres {
             .args(["-c", &query]);
         let text = self.run("psql (read the primary's logical slots)", &mut cmd).await?;
         text.lines().filter(|l| !l.is_empty()).map(parse_slot_state).collect()
+    }
+
+    /// Where the oldest WAL this server still has begins (its `pg_wal`):
+    /// a slot whose restart_lsn is earlier cannot be decoded from here.
+    pub fn oldest_wal(&self, segment_size: u64) -> anyhow::Result<Option<u64>> {
+        let dir = self.data_dir.join("pg_wal");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("list {}", dir.display()))?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect();
+        Ok(super::oldest_wal_start(names.iter().map(String::as_str), segment_size))
     }
 
     /// Writes a replication slot's state file (read on the primary) into
@@ -617,12 +628,15 @@ pub fn write_slot_state(data_dir: &Path, name: &str, state: &[u8]) -> anyhow::Re
 }
 
 /// One line of [`Postgres::logical_slot_states`]' output: name, database,
-/// plugin and the state file in hex, separated by U+001F.
+/// plugin, restart_lsn and the state file in hex, separated by U+001F.
 pub(super) fn parse_slot_state(line: &str) -> anyhow::Result<crate::sql::SlotState> {
     let fields: Vec<&str> = line.split('\u{1f}').collect();
-    let [name, database, plugin, hex] = fields.as_slice() else {
+    let [name, database, plugin, restart_lsn, hex] = fields.as_slice() else {
         bail!("unexpected line from the primary's slots: {line:?}");
     };
+    let restart_lsn = restart_lsn
+        .parse::<u64>()
+        .with_context(|| format!("slot {name}: restart_lsn {restart_lsn:?} is not a number"))?;
     anyhow::ensure!(hex.len() % 2 == 0, "slot {name}: a state file of odd hex length");
     let state = (0..hex.len())
         .step_by(2)
@@ -633,6 +647,7 @@ pub(super) fn parse_slot_state(line: &str) -> anyhow::Result<crate::sql::SlotSta
         name: name.to_string(),
         database: database.to_string(),
         plugin: plugin.to_string(),
+        restart_lsn,
         state,
     })
 }
