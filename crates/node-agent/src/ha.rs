@@ -518,6 +518,9 @@ impl Agent {
         // The role counts: a promotion brings `parameters_primary` and
         // `pg_hba_primary` in, a demotion those of the replica.
         let role = self.running_role(&dynamic);
+        if let Some(view) = &view {
+            self.pg.set_relays_feedback(slots::relays_feedback(view, &self.config.name, &dynamic));
+        }
         let auth_files_changed = self.pg.written_auth_files().is_some_and(|w| w != self.pg.auth_files(&dynamic, role));
         // And a changed `recovery_conf` (the dynamic one, when the local
         // config sets none): reloadable since PostgreSQL 12.

@@ -136,6 +136,10 @@ pub struct Postgres {
     /// This replica streams from another replica (`replicatefrom`), not from
     /// the leader: PostgreSQL's slot synchronisation cannot serve it.
     cascading: std::sync::atomic::AtomicBool,
+    /// A member streaming from this one (`replicatefrom`), directly or
+    /// further down, keeps logical slot copies: its feedback must reach the
+    /// primary through this one (`hot_standby_feedback`).
+    relays_feedback: std::sync::atomic::AtomicBool,
 }
 
 /// A list set in the local config, else the dynamic config's, with where it
@@ -294,6 +298,7 @@ impl Postgres {
             dynamic: std::sync::Mutex::new(config.bootstrap.dcs.clone()),
             written_recovery: std::sync::Mutex::new(None),
             cascading: std::sync::atomic::AtomicBool::new(false),
+            relays_feedback: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

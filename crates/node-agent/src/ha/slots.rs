@@ -104,6 +104,47 @@ fn downstream_of(view: &ClusterView, upstream: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a member that streams from `me` (`replicatefrom`), directly or
+/// through others, keeps logical slot copies (as
+/// [`crate::postgres::Postgres::keeps_logical_slots`] decides for itself):
+/// its feedback, which keeps the catalog rows its copies need on the
+/// primary, reaches the primary only if `me` sends feedback too. Patroni's
+/// `should_enforce_hot_standby_feedback`.
+pub(super) fn relays_feedback(view: &ClusterView, me: &str, dynamic: &DynamicConfig) -> bool {
+    let copies_kept = dynamic.standby_cluster.is_none()
+        && dynamic.use_slots
+        && dynamic.slots.values().any(|slot| matches!(slot, pgwarden_config::PermanentSlot::Logical { .. }));
+    if !copies_kept {
+        return false;
+    }
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    if leader == Some(me) {
+        return false;
+    }
+    // Walked breadth-first from `me`, each member once (tags may loop).
+    let mut seen = vec![me.to_string()];
+    let mut next = 0;
+    while next < seen.len() {
+        let upstream = seen[next].clone();
+        next += 1;
+        for member in &view.members {
+            let tags = member.data.known_tags();
+            if tags.replicatefrom.as_deref() != Some(upstream.as_str())
+                || Some(member.name.as_str()) == leader
+                || tags.nostream
+                || seen.contains(&member.name)
+            {
+                continue;
+            }
+            if !tags.nofailover {
+                return true;
+            }
+            seen.push(member.name.clone());
+        }
+    }
+    false
+}
+
 impl Agent {
     /// The leader's slots: one per member, and the permanent ones. Returns
     /// the members' and the permanent slots' positions, for the `status` key.
@@ -730,6 +771,58 @@ mod tests {
         assert!(same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("pgoutput"))));
         assert!(!same_slot(cdc, &slot("cdc", "logical", Some("app"), Some("wal2json"))));
         assert!(!same_slot(cdc, &slot("cdc", "physical", None, None)));
+    }
+
+    #[test]
+    fn a_member_relays_feedback_for_a_downstream_member_that_keeps_logical_copies() {
+        let member = |name: &str, tags: serde_json::Value| dcs::MemberEntry {
+            name: name.into(),
+            data: dcs::MemberData { tags: tags.as_object().cloned().unwrap_or_default(), ..Default::default() },
+            lease: 0,
+        };
+        let logical = DynamicConfig {
+            slots: [(
+                "cdc".to_string(),
+                pgwarden_config::PermanentSlot::Logical { database: "app".into(), plugin: "pgoutput".into() },
+            )]
+            .into(),
+            ..DynamicConfig::default()
+        };
+        let view = |members: Vec<dcs::MemberEntry>| ClusterView {
+            leader: Some(dcs::LeaderView { name: "a".into(), lease: 1, mod_revision: 1 }),
+            members,
+            ..ClusterView::default()
+        };
+        // a leads; b (nofailover) streams from a; c from b; d from c.
+        let chain = |c_tags: serde_json::Value| {
+            view(vec![
+                member("a", serde_json::json!({})),
+                member("b", serde_json::json!({"nofailover": true})),
+                member("c", c_tags),
+            ])
+        };
+        let c_may_lead = chain(serde_json::json!({"replicatefrom": "b"}));
+        assert!(relays_feedback(&c_may_lead, "b", &logical));
+        assert!(!relays_feedback(&c_may_lead, "c", &logical), "nobody streams from c");
+        assert!(!relays_feedback(&c_may_lead, "a", &logical), "the leader");
+        assert!(!relays_feedback(&c_may_lead, "b", &DynamicConfig::default()), "no logical slot configured");
+        let no_slots = DynamicConfig { use_slots: false, ..logical.clone() };
+        assert!(!relays_feedback(&c_may_lead, "b", &no_slots), "use_slots off: no copies anywhere");
+        // Neither c (nofailover) nor a nostream member keeps copies...
+        let c_nofailover = chain(serde_json::json!({"replicatefrom": "b", "nofailover": "true"}));
+        assert!(!relays_feedback(&c_nofailover, "b", &logical));
+        let c_nostream = chain(serde_json::json!({"replicatefrom": "b", "nostream": true}));
+        assert!(!relays_feedback(&c_nostream, "b", &logical));
+        // ...but one further down, through c, does.
+        let mut deeper = c_nofailover.clone();
+        deeper.members.push(member("d", serde_json::json!({"replicatefrom": "c"})));
+        assert!(relays_feedback(&deeper, "b", &logical) && relays_feedback(&deeper, "c", &logical));
+        // Tags that loop end the walk.
+        let looped = view(vec![
+            member("b", serde_json::json!({"replicatefrom": "c", "nofailover": true})),
+            member("c", serde_json::json!({"replicatefrom": "b", "nofailover": true})),
+        ]);
+        assert!(!relays_feedback(&looped, "b", &logical));
     }
 
     #[test]

@@ -145,11 +145,14 @@ impl Postgres {
         // decoding reads, which its feedback keeps on the primary. From 17
         // on PostgreSQL keeps the copies itself, on a standby of the primary
         // (its sync worker cannot read a cascading standby's upstream).
-        if self.keeps_logical_slots(dynamic) {
+        // A standby that a member keeping copies streams from passes that
+        // member's feedback on only with its own on (also when it keeps no
+        // copies itself: `nofailover`).
+        if self.keeps_logical_slots(dynamic) || self.relays_feedback() {
             set(&mut params, "hot_standby_feedback", "on".into());
-            if self.postgres_syncs_slots() {
-                set(&mut params, "sync_replication_slots", "on".into());
-            }
+        }
+        if self.keeps_logical_slots(dynamic) && self.postgres_syncs_slots() {
+            set(&mut params, "sync_replication_slots", "on".into());
         }
         params
     }
@@ -158,6 +161,17 @@ impl Postgres {
     /// leader (for the next config written).
     pub fn set_cascading(&self, cascading: bool) {
         self.cascading.store(cascading, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets whether a member downstream of this one keeps logical slot
+    /// copies (for the parameters written next): its feedback is relayed.
+    pub fn set_relays_feedback(&self, relays: bool) {
+        self.relays_feedback.store(relays, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`Postgres::set_relays_feedback`].
+    pub fn relays_feedback(&self) -> bool {
+        self.relays_feedback.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This replica streams from another replica, not from the leader.
