@@ -563,9 +563,10 @@ fn decide_unfenced(obs: &Observed) -> Decision {
         {
             Decision::idle(format!("waiting for {} to take over", named_candidate.unwrap_or_default()))
         }
-        (RunningAs::Replica { lsn, timeline, .. }, None) if is_best_candidate(obs, *lsn, *timeline) => {
-            Decision::act("no leader and I am the best candidate: take the leader key", Action::AcquireLeader)
-        }
+        (RunningAs::Replica { lsn, timeline, .. }, None) if is_best_candidate(obs, *lsn, *timeline) => Decision::act(
+            format!("no leader and I am the best candidate: take the leader key ({})", race_positions(obs, *lsn)),
+            Action::AcquireLeader,
+        ),
         (RunningAs::Replica { timeline, .. }, None) if behind_cluster_timeline(obs, *timeline) => Decision::idle(
             format!("no leader: not a candidate, timeline {timeline} ended with a promotion the history key records"),
         ),
@@ -754,6 +755,15 @@ mod tests {
     }
 
     #[test]
+    fn the_race_winner_logs_the_positions_it_compared() {
+        let obs =
+            Observed { leader: None, peers: vec![peer("a", 90), Peer { running: false, ..peer("c", 100) }], ..base() };
+        let decision = decide(&obs);
+        assert_eq!(decision.action, Some(Action::AcquireLeader), "{decision}");
+        assert!(decision.reason.ends_with("(mine 0/64 priority 1, a at 0/5A priority 1, c not running)"), "{decision}");
+    }
+
+    #[test]
     fn a_replica_says_why_the_new_leader_went_before_it_in_patronis_words() {
         // b still streams from a; c has taken the key.
         let taken = |c: Peer, b_priority: u32| Observed {
@@ -773,7 +783,10 @@ mod tests {
         let unknown = taken(Peer { lsn: None, ..peer("c", 100) }, 1);
         assert_eq!(decide(&unknown).reason, "follow the new leader c", "nothing to compare");
         let ahead = taken(peer("c", 120), 1);
-        assert_eq!(decide(&ahead).reason, "follow the new leader c: Wal position of c is ahead of my wal position");
+        assert_eq!(
+            decide(&ahead).reason,
+            "follow the new leader c: Wal position of c is ahead of my wal position (0/78 > 0/64)"
+        );
         // No comparison when c did not go before b, or b may not lead.
         let behind = taken(peer("c", 90), 1);
         assert_eq!(decide(&behind).reason, "follow the new leader c");
@@ -1277,7 +1290,8 @@ mod tests {
         let early = decide(&scheduled);
         assert_eq!(early.action, None, "not due yet: {early}");
         assert_eq!(
-            early.reason, "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position",
+            early.reason,
+            "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position (0/96 > 0/64)",
             "{early}"
         );
         let due = Observed { now_unix_ms: 5_000, ..scheduled };
@@ -1403,7 +1417,7 @@ mod tests {
             Observed { leader: None, cluster_optime: Some(100 + limit), peers: vec![peer("a", 200)], ..base() };
         assert_eq!(
             decide(&at_limit).reason,
-            "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position",
+            "no leader: waiting for a better candidate: Wal position of a is ahead of my wal position (0/C8 > 0/64)",
             "{}",
             decide(&at_limit)
         );

@@ -61,6 +61,19 @@ pub(super) fn better_rival(obs: &Observed, my_lsn: u64) -> Option<String> {
     })
 }
 
+/// What a race was decided on, for the log: this node's position and
+/// priority, then each other member's ("b at 0/3000060 priority 2", "c not
+/// running").
+pub(super) fn race_positions(obs: &Observed, my_lsn: u64) -> String {
+    let mut parts = vec![format!("mine {} priority {}", Lsn(my_lsn), obs.priority)];
+    parts.extend(obs.peers.iter().map(|peer| match (peer.running, peer.lsn) {
+        (true, Some(lsn)) => format!("{} at {} priority {}", peer.name, Lsn(lsn), peer.priority),
+        (true, None) => format!("{} position unknown", peer.name),
+        (false, _) => format!("{} not running", peer.name),
+    }));
+    parts.join(", ")
+}
+
 /// Why `peer`, at `lsn`, goes before this node (`mine`: its position and
 /// priority) in the race, in Patroni's words; `None` when it does not, or
 /// when it lags beyond `maximum_lag_on_failover`.
@@ -71,7 +84,11 @@ fn ahead_of_me(obs: &Observed, peer: &Peer, lsn: u64, mine: (u64, u32)) -> Optio
     }
     let (my_lsn, my_priority) = mine;
     Some(match lsn.cmp(&my_lsn) {
-        std::cmp::Ordering::Greater => format!("Wal position of {name} is ahead of my wal position"),
+        // Patroni's words, then both positions (races lost by a few bytes
+        // are told apart in the log).
+        std::cmp::Ordering::Greater => {
+            format!("Wal position of {name} is ahead of my wal position ({} > {})", Lsn(lsn), Lsn(my_lsn))
+        }
         std::cmp::Ordering::Equal if peer.priority > my_priority => format!(
             "{name} has equally tolerable WAL position and priority {}, while this node has priority {my_priority}",
             peer.priority

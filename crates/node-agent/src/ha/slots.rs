@@ -367,7 +367,10 @@ impl Agent {
                 sql::advance_slot(&mut conn, name, lsn).await?;
             }
         }
-        let segment_size = sql::wal_segment_size(&mut conn).await?;
+        let segment_size = match self.pg.keeps_logical_slots(dynamic) {
+            true => Some(sql::wal_segment_size(&mut conn).await?),
+            false => None,
+        };
         self.release(conn);
         // Logical slot failover before 17, and from 17 on a cascading
         // replica (elsewhere PostgreSQL keeps the copies,
@@ -387,7 +390,7 @@ impl Agent {
             .and_then(|from| view.member(from))
             .is_none_or(|m| !m.data.known_tags().nostream);
         let own_copies = !self.pg.postgres_syncs_slots();
-        if self.pg.keeps_logical_slots(dynamic) && upstream_streams {
+        if let (Some(segment_size), true) = (segment_size, upstream_streams) {
             let oldest_wal = self.pg.oldest_wal(segment_size)?;
             let mut missing = Vec::new();
             for (name, permanent) in &dynamic.slots {
