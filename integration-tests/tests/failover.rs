@@ -385,6 +385,53 @@ async fn a_more_advanced_replica_wins_the_race_over_a_lagging_one_of_higher_prio
     assert_eq!(report.probes.writers(), [leader, advanced], "the nodes that accepted writes, in order");
 }
 
+/// A primary whose agent stops cleanly has sent its replicas every WAL
+/// record by the time it gives the key up, so the race compares equal
+/// positions and the highest `failover_priority` takes over, every time:
+/// four handovers under three writers (priorities 1, 2, 3 on node1..node3:
+/// node3, node2, node3, node2). Each side of the race compares looks of
+/// PostgreSQL begun after the key went; with a node's own look up to 100 ms
+/// old and a peer's up to 50 ms, two replicas once compared positions from
+/// either side of the old primary's shutdown checkpoint and the lower
+/// priority won (Patroni's `priority_failover` scenario). Never two
+/// writable nodes, and no acknowledged row lost.
+#[tokio::test]
+async fn a_clean_stop_hands_the_key_to_the_highest_priority_replica_every_time() {
+    let tags = |i: usize| format!("tags:\n  failover_priority: {}\n", i + 1);
+    let mut loaded = loaded(ClusterSpec::nodes(3).node_yaml(tags)).await;
+    let mut leader = loaded.leader;
+    assert_eq!(leader, 0, "node1 bootstraps (it starts first)");
+    for round in 1..=4 {
+        let stopped = Instant::now();
+        assert!(loaded.cluster.nodes[leader].stop_agent(), "node{} stops cleanly", leader + 1);
+        // The highest priority among the two left: the higher index.
+        let expected = (0..3).filter(|&i| i != leader).max().expect("two replicas");
+        let new_leader = loaded.cluster.wait_primary(UP).await.expect("a replica takes over");
+        println!(
+            "round {round}: node{} stopped, node{} primary after {:?}",
+            leader + 1,
+            new_leader + 1,
+            stopped.elapsed()
+        );
+        let other = (0..3).find(|&i| i != leader && i != expected).expect("the other replica");
+        assert_eq!(
+            new_leader,
+            expected,
+            "round {round}: node{} of priority {} should have won; node{}'s log:\n{}",
+            expected + 1,
+            expected + 1,
+            other + 1,
+            loaded.cluster.nodes[other].agent_log()
+        );
+        loaded.cluster.nodes[leader].start_agent().expect("the stopped node's agent again");
+        assert_eq!(loaded.cluster.wait_healthy(UP).await.expect("all three healthy"), new_leader);
+        loaded.wait_writes_after(Instant::now()).await.expect("the writers write on");
+        leader = new_leader;
+    }
+    let report = loaded.finish_asynchronous("four clean stops of the primary").await;
+    assert!(report.lost.is_empty(), "a clean stop sends every record first: {:?}", report.lost);
+}
+
 #[tokio::test]
 async fn a_candidate_lagging_beyond_maximum_lag_on_failover_is_never_promoted() {
     // node2 may never lead; node3 is made to lag: nobody may take over.

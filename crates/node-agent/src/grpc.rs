@@ -53,19 +53,28 @@ pub struct AgentService {
     failsafe: Option<(crate::failsafe::SharedFailsafe, std::path::PathBuf)>,
     /// Asked for a fresh look before `GetStatus` answers (a peer comparing
     /// WAL positions before a race must not read a settled observer's
-    /// second-old position).
-    observer: Option<crate::local::Observer>,
+    /// second-old position), and the status composed from that look.
+    observer: Option<(crate::local::Observer, Composer)>,
 }
 
-/// A `GetStatus` answer's WAL position is at most this old...
-const FRESH_FOR_PEERS: std::time::Duration = std::time::Duration::from_millis(50);
+/// A status composed from a look of the local PostgreSQL (and the HA
+/// loop's latest view), as the composer publishes it.
+pub type Composer = std::sync::Arc<dyn Fn(&crate::LocalObservation) -> NodeStatus + Send + Sync>;
+
+/// A `GetStatus` answer's WAL position is from a look that began after the
+/// call arrived (one under way then counts: it began a query's time
+/// earlier at most). A racing peer asks after it saw the leader key go, so
+/// the answer includes the last WAL the old primary sent before it
+/// stopped. With a look up to 50 ms old (and a composed status waited for
+/// 50 ms at most), two replicas could compare positions taken on either
+/// side of the old primary's shutdown checkpoint, and the lower priority
+/// won once in Patroni's `priority_failover` scenario...
+const FRESH_FOR_PEERS: std::time::Duration = std::time::Duration::ZERO;
 /// ...unless PostgreSQL does not answer within this (then the latest look):
 /// well inside the 800 ms a racing peer waits (`ha::observe::ask_peers`), so
 /// a member whose PostgreSQL hangs still answers, as one with data whose
 /// position is unknown or last known, not as an unreachable one.
 const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-/// How long the composer may take to publish the fresh look as a status.
-const COMPOSED_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// `WatchStatus` sends a status whose only news is its timestamps at most
 /// this often: every look at PostgreSQL is one, and a reader woken for each
@@ -117,9 +126,10 @@ impl AgentService {
         Self { status, member, fencer, fencer_token, waker: None, commands, parameters, failsafe: None, observer: None }
     }
 
-    /// Answers `GetStatus` from a fresh look of `observer`.
-    pub fn with_observer(mut self, observer: crate::local::Observer) -> Self {
-        self.observer = Some(observer);
+    /// Answers `GetStatus` from a fresh look of `observer`, composed by
+    /// `compose` (not waiting for the composer to publish it).
+    pub fn with_observer(mut self, observer: crate::local::Observer, compose: Composer) -> Self {
+        self.observer = Some((observer, compose));
         self
     }
 
@@ -159,12 +169,14 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<NodeStatus, Status>> + Send
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
     async fn get_status(&self, request: Request<GetStatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        if let Some(observer) = self.observer.as_ref().filter(|_| !request.get_ref().latest) {
+        if let Some((observer, compose)) = self.observer.as_ref().filter(|_| !request.get_ref().latest) {
             let local = observer.fresh(FRESH_FOR_PEERS, FRESH_WAIT).await;
-            // The composer publishes each look as a status right after it.
-            let mut status = self.status.clone();
-            let composed = status.wait_for(|s| s.observed_at_unix_ms >= local.observed_at_unix_ms);
-            let _ = tokio::time::timeout(COMPOSED_WAIT, composed).await;
+            // Composed here: the composer's status may come later than a
+            // loaded machine's caller can wait (it waited up to 50 ms, then
+            // answered with the previous look).
+            let mut status = compose(&local);
+            status.sequence = self.status.borrow().sequence;
+            return Ok(Response::new(status));
         }
         Ok(Response::new(self.status.borrow().clone()))
     }

@@ -434,8 +434,15 @@ impl Agent {
         }
         // As fresh as the observer was when it looked every 100 ms: a
         // settled observer queries once a second, and a tick (a race for the
-        // key above all) must not act on a second-old WAL position.
-        let local = self.observer.fresh(TICK_FRESH_FOR, TICK_FRESH_WAIT).await;
+        // key above all) must not act on a second-old WAL position. Without
+        // a leader (a race), a look begun now: the peers answer with one
+        // begun after they were asked (`grpc::FRESH_FOR_PEERS`), and this
+        // node's own must not be older than theirs (with 100 ms, two
+        // replicas each saw itself before the old primary's shutdown
+        // checkpoint and the other after it).
+        let racing = view.as_ref().is_some_and(|v| v.leader.is_none());
+        let fresh_for = if racing { Duration::ZERO } else { TICK_FRESH_FOR };
+        let local = self.observer.fresh(fresh_for, TICK_FRESH_WAIT).await;
         // Peers must see this member (and whether it has data) before it
         // acts, so that a race waits for its WAL position.
         if view.is_some()

@@ -322,6 +322,10 @@ pub async fn run(
         permits: tokio::sync::Semaphore::new(2),
     });
     let view_rx_for_watchdog = view_rx.clone();
+    let compose_now: grpc::Composer = {
+        let (config, view) = (config.clone(), view_rx.clone());
+        std::sync::Arc::new(move |local: &LocalObservation| compose(&config, local, &view.borrow()))
+    };
     let composer = tokio::spawn(compose_loop(config.clone(), local_rx.clone(), view_rx, status_tx));
     let fencer_acks = grpc::FencerAcks::default();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
@@ -369,7 +373,7 @@ pub async fn run(
                     parameter_checker,
                 )
                 .with_waker(waker)
-                .with_observer(observer_handle)
+                .with_observer(observer_handle, compose_now)
                 .with_failsafe(failsafe, config.postgresql.data_dir.clone())
                 .into_server(),
             )
