@@ -174,6 +174,7 @@ async fn the_consumer_goes_on_after_the_leader_is_lost(
     let after_failover = Instant::now();
     writers.wait_ack_after(after_failover + Duration::from_secs(1), UP).await.expect("more writes");
     let (acked, lost) = writers.stop_and_check(UP).await.expect("the writers' rows");
+    println!("{acked} rows acknowledged, {} lost", lost.len());
     if cluster.synchronous {
         assert!(lost.is_empty(), "acknowledged rows lost in synchronous mode: {lost:?}");
     }
@@ -184,7 +185,14 @@ async fn the_consumer_goes_on_after_the_leader_is_lost(
     for table in ["w0", "w1", "w2"] {
         committed.extend(ids(cluster, new_leader, table));
     }
-    assert!(committed.len() >= acked, "{} rows for {acked} acknowledged", committed.len());
+    // Asynchronous replication may lose the old primary's last
+    // acknowledged rows (they are in `lost`); every other one is there.
+    assert!(
+        committed.len() + lost.len() >= acked,
+        "{} rows for {acked} acknowledged, {} of them lost",
+        committed.len(),
+        lost.len()
+    );
     wait_until("the consumer to have every committed row", UP, || async {
         let seen = decoded(&read());
         let missing: Vec<&(String, i64)> = committed.difference(&seen).collect();
