@@ -690,9 +690,16 @@ async fn etcd_is_found_through_dns_srv_records() {
         "node2 used the peer record and etcd's member list: {}",
         cluster.nodes[1].agent_log()
     );
+    // The health checks may answer from the agent's status before its next
+    // tick has written the member key: waited for, not read once.
     for name in ["node1", "node2"] {
-        let member = cluster.get_key(&format!("members/{name}")).await.expect("etcd").expect("member key");
-        assert!(member.contains("\"state\":\"running\""), "{name} runs: {member}");
+        wait_until(&format!("{name}'s member key to say it runs"), UP, || async {
+            let member = cluster.get_key(&format!("members/{name}")).await.map_err(|e| e.to_string())?;
+            let member = member.unwrap_or_default();
+            if member.contains("\"state\":\"running\"") { Ok(Some(())) } else { Err(member) }
+        })
+        .await
+        .expect("the member key in the etcd the records name");
     }
 
     cluster.nodes[2].start_agent().expect("agent");
