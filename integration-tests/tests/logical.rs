@@ -188,7 +188,26 @@ async fn the_consumer_goes_on_after_the_leader_is_lost(
     // (pg_recvlogical gives up if its first connection fails).
     drop(consumer);
     writers.wait_ack_after(killed_at, UP).await.expect("writes on the new primary");
-    let _consumer = start_consumer(cluster);
+    // pg_recvlogical gives up if its first connection fails (HAProxy may
+    // still close one while its checks settle): started again until the
+    // slot on the new primary is in use.
+    let mut consumer = start_consumer(cluster);
+    let deadline = Instant::now() + UP;
+    loop {
+        let sql = "select active from pg_replication_slots where slot_name = 'cdc'";
+        if cluster.nodes[new_leader].psql(sql).unwrap_or_default().trim() == "t" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the consumer never read from the new primary: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        if consumer.has_exited() {
+            consumer = start_consumer(cluster);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let after_failover = Instant::now();
     writers.wait_ack_after(after_failover + Duration::from_secs(1), UP).await.expect("more writes");
     let (acked, lost) = writers.stop_and_check(UP).await.expect("the writers' rows");

@@ -219,11 +219,15 @@ impl Postgres {
         if listed.is_empty() {
             return Ok(Vec::new());
         }
+        // A slot without a restart_lsn (invalidated: its WAL is gone) is not
+        // copied: no copy of it could be decoded from (and one such slot
+        // must not stop the others being copied).
         let query = format!(
             "select s.slot_name, d.datname, s.plugin, pg_wal_lsn_diff(s.restart_lsn, '0/0')::bigint, \
                     encode(pg_catalog.pg_read_binary_file('pg_replslot/' || s.slot_name || '/state'), 'hex') \
              from pg_catalog.pg_replication_slots s join pg_catalog.pg_database d on d.oid = s.datoid \
-             where s.slot_type = 'logical' and not pg_catalog.pg_is_in_recovery() and s.slot_name in ({})",
+             where s.slot_type = 'logical' and not pg_catalog.pg_is_in_recovery() and s.restart_lsn is not null \
+               and s.slot_name in ({})",
             listed.join(", ")
         );
         let mut cmd = Command::new(self.bins.path("psql"));
